@@ -1,0 +1,1 @@
+"""Small shared plumbing for the nanoreason scripts (never algorithm logic)."""
