@@ -1,0 +1,244 @@
+"""Load HF language / vision-language models, and build tiny offline ones for the CPU defaults.
+
+`load_model` / `load_tokenizer` / `load_processor` take a hub id or a local path. `make_tiny_lm` and
+`make_tiny_vlm` build, fully offline, models that go through exactly the same loading code as a real
+Qwen or LLaVA checkpoint:
+
+- a byte-level BPE tokenizer trained here with `tokenizers` (digits split one per token, as Qwen2 does),
+  with ChatML special tokens, a ChatML chat template, and pad/eos set;
+- a tiny `Qwen2Config` causal LM (2 layers, width 64 by default);
+- a tiny LLaVA (`LlavaForConditionalGeneration`: tiny CLIP vision tower + projector + tiny Qwen2) with a
+  `LlavaProcessor` whose `<image>` placeholder expands to 16 image tokens (64x64 image, 16x16 patches).
+
+Both are written with `save_pretrained` into a cache folder (default `~/.cache/nanoreason`, override with
+`NANOREASON_CACHE`) and built once: the folder name carries a hash of the config, and the build goes to a
+temporary folder that is renamed into place, so concurrent builders (torchrun ranks, tests) are safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # weight-loading bars would drown the scripts' own tqdm output
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+
+TINY_LM_DEFAULTS = dict(
+    hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0,
+)
+TINY_VISION_DEFAULTS = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    image_size=64, patch_size=16, projection_dim=32,
+)
+TOKENIZER_VOCAB = 1024
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NANOREASON_CACHE", Path.home() / ".cache" / "nanoreason"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading (hub id or local path)
+
+
+def _dtype(dtype):
+    if dtype in (None, "auto"):
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"--dtype {dtype!r} is not one of {sorted(names)} or 'auto'")
+    return names[dtype]
+
+
+def load_model(name_or_path: str, *, vlm: bool = False, dtype="auto", device="cpu", attn_implementation=None):
+    """AutoModelForCausalLM (or AutoModelForImageTextToText when `vlm`) from a hub id or local folder."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+    kwargs = {"dtype": _dtype(dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = auto_cls.from_pretrained(name_or_path, **kwargs)
+    except OSError as e:
+        raise OSError(f"could not load model {name_or_path!r} (--model): {e}") from e
+    return model.to(device)
+
+
+def load_tokenizer(name_or_path: str):
+    """AutoTokenizer with left padding (for batched generation) and a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_processor(name_or_path: str):
+    """AutoProcessor for a VLM, with its tokenizer set to left padding and a pad token."""
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(name_or_path)
+    proc.tokenizer.padding_side = "left"
+    if proc.tokenizer.pad_token is None:
+        proc.tokenizer.pad_token = proc.tokenizer.eos_token
+    return proc
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a completion: eos plus ChatML's <|im_end|> when the vocabulary has it."""
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end is not None:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# tiny offline models
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text the tiny tokenizer's merges are learnt from: English, arithmetic, LaTeX, code, JSON."""
+    words = (
+        "the a an of to and in is it that for on with as was be by this are or from at which you one "
+        "all we can has have not but what there their more if will up out so about into than then "
+        "question answer let us think step by step final number numbers sum total each first second "
+        "left right above below on under front behind red green blue yellow circle square triangle "
+        "shape shapes image how many what color where is there yes no true false click type scroll "
+        "back home open app button text settings notes mail shop search send save delete task done "
+        "solve equation using create equals result check verify wait so therefore because def return "
+        "print import for while range len list dict input output main solution generator problem "
+        "please reason put your within boxed assistant user system helpful language sentence word"
+    ).split()
+    lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
+    lines += [f"{a} + {b} = {a + b}. {a} * {b} = {a * b}. ({a} - {b}) / 2" for a in range(30) for b in range(0, 30, 7)]
+    lines += ["\\boxed{\\frac{1}{2}} \\sqrt{3} \\pi x^2 <answer> </answer> <think> </think>"] * 20
+    lines += ['def main_solution(x):\n    return {"output": x}\n', '{"input": {"n": 3}, "output": [1, 2]}'] * 20
+    lines += ["Question:\nAnswer:\nLet's think step by step.\n", "The answer is 42."] * 20
+    return lines
+
+
+def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
+    """Train a byte-level BPE tokenizer in code and wrap it as a HF fast tokenizer with ChatML."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Digits one per token (as Qwen2 does), then GPT-2 style byte-level so every string is encodable.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"], padding_side="left",
+    )
+    hf_tok.chat_template = CHATML_TEMPLATE
+    return hf_tok
+
+
+def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
+    """Build into a temp folder and rename it into place; reuse it if it is already there."""
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    target = Path(path) if path else cache_dir() / f"{kind}-{digest}"
+    if (target / "config.json").exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race (target exists and is not empty)
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def make_tiny_lm(path: str | None = None, seed: int = 0, **overrides) -> str:
+    """Build (once) a tiny Qwen2 causal LM + trained tokenizer; return the folder to load it from."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    spec = {**TINY_LM_DEFAULTS, **overrides, "vocab": TOKENIZER_VOCAB, "seed": seed, "v": 1}
+
+    def build(folder: Path):
+        tok = make_tokenizer()
+        cfg = Qwen2Config(
+            vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, **{**TINY_LM_DEFAULTS, **overrides},
+        )
+        torch.manual_seed(seed)
+        Qwen2ForCausalLM(cfg).save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return _cached_build("tiny-lm", spec, path, build)
+
+
+def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> str:
+    """Build (once) a tiny LLaVA (CLIP vision tower + projector + Qwen2) with its processor."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config
+
+    spec = {**TINY_LM_DEFAULTS, **TINY_VISION_DEFAULTS, **text_overrides, "seed": seed, "v": 1}
+    side, patch = TINY_VISION_DEFAULTS["image_size"], TINY_VISION_DEFAULTS["patch_size"]
+    num_image_tokens = (side // patch) ** 2  # the CLS token is dropped ("default" feature strategy)
+
+    def build(folder: Path):
+        tok = make_tokenizer()
+        text_cfg = Qwen2Config(
+            vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, **{**TINY_LM_DEFAULTS, **text_overrides},
+        )
+        cfg = LlavaConfig(
+            vision_config=CLIPVisionConfig(**TINY_VISION_DEFAULTS), text_config=text_cfg,
+            image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=num_image_tokens,
+            vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=True,
+        )
+        torch.manual_seed(seed)
+        LlavaForConditionalGeneration(cfg).save_pretrained(folder)
+        image_processor = CLIPImageProcessorPil(  # PIL backend: no torchvision needed
+           
+            size={"height": side, "width": side}, do_center_crop=False,
+            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        )
+        processor = LlavaProcessor(
+            image_processor=image_processor, tokenizer=tok, patch_size=patch,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+            chat_template=CHATML_TEMPLATE, image_token="<image>",
+        )
+        processor.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return _cached_build("tiny-vlm", spec, path, build)
