@@ -1,0 +1,35 @@
+"""Shared test set-up: everything offline, scripts run as subprocesses from the repository root."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE_ENV)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root with the offline environment; fail with its output."""
+    full_env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture
+def run_cmd():
+    """run_cmd([sys.executable, "zero_rl.py", "--total-steps", "2"], timeout=...) -> CompletedProcess."""
+    return _run
+
+
+@pytest.fixture
+def torchrun_cmd():
+    """The command prefix for a 2-process gloo run: [*torchrun_cmd, "script.py", ...]."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
