@@ -7,7 +7,8 @@ generation prompt). `temperature=0` means greedy. Each `Completion` carries the 
 token ids (including the end-of-turn token when the model stopped by itself), the model's per-token
 log-probs at temperature 1 (what the RL losses call "old" log-probs), and a finish reason: "stop" (eos,
 <|im_end|> or a stop string) or "length" (hit max_new_tokens). Stop strings stay in the text and the
-tokens, as vLLM does with `include_stop_str_in_output=True`.
+text, as vLLM does with `include_stop_str_in_output=True`; the token ids end with the token that
+completed the stop string.
 
 The HF backend records log-probs during generation with a logits processor that sits before the
 temperature / top-p warpers, so they are the raw model's log-probs of the sampled tokens; a test checks
@@ -67,6 +68,12 @@ class _RecordLogprobs:
         return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(sequences.shape[0], 0)  # (B, T)
 
 
+def _cut_text(text: str, stop) -> str:
+    """Text up to and including the first stop string (tokens can run a few characters past it)."""
+    ends = [text.index(s) + len(s) for s in (stop or []) if s in text]
+    return text[: min(ends)] if ends else text
+
+
 class Sampler:
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=128, stop=None, images=None, batch_size=None):
         raise NotImplementedError
@@ -105,7 +112,7 @@ class HFSampler(Sampler):
                         hi = mid
                     else:
                         lo = mid + 1
-                return body[:lo], "stop"
+                return body[:lo], "stop"  # the last token may run past the stop string; the text is cut
         if eos_at is not None:
             return tokens[: eos_at + 1], "stop"
         return tokens, "length"
@@ -145,7 +152,7 @@ class HFSampler(Sampler):
             new_tokens = new_tokens.cpu().tolist()
             for j, row in enumerate(new_tokens):
                 ids, reason = self._cut(row, stop)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = _cut_text(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
                 if j % n == 0:
                     results.append([])
                 results[-1].append(Completion(text, ids, logprobs[j, : len(ids)].tolist(), reason))
