@@ -1,0 +1,184 @@
+"""Tests for codeio.py: the spec's faithfulness checks (§5.1-5.6), the parsers, the sandbox-backed
+verification, the CodeI/O++ assembly, and one end-to-end run on a slice of the sample corpus."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import codeio
+from codeio import (NO_ANSWER, REDO, assemble_revision, build_prompt, extract_json_answer, feedback_text, is_close,
+                    object_size, parse_rewrite_response, parse_unified_file, strict_check_size, verify_input)
+from common.sandbox import Sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+JOSEPHUS = "def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n        last = (last + m) % i\n    return last"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(workers=2, timeout=5.0) as box:
+        yield box
+
+
+@pytest.mark.parametrize("pred, gold", [(3.1416, 3.14159), (1000.9, 1000.0), (2, 2.0005), (True, 1),
+                                        ({"a": [1, 2.00001]}, {"a": [1, 2.0]}), ("x", "x"), ([], [])])
+def test_is_close_true(pred, gold):  # §5.1 plus our own
+    assert is_close(pred, gold)
+
+
+@pytest.mark.parametrize("pred, gold", [(1.9995, 2.0), (-0.9995, -1.0), (0.0001, 0), ([1, 2], [1, 2, 3]),
+                                        ({"a": 1}, {"b": 1}), (4, "4"), (float("nan"), float("nan")),
+                                        (float("inf"), float("inf")), (3, 4), ([1], {"0": 1}), (None, 0)])
+def test_is_close_false(pred, gold):
+    assert not is_close(pred, gold)
+
+
+def test_extract_json_answer():  # §5.4 plus our own
+    assert extract_json_answer('Thus:\n```json\n{"output": True}\n```') == {"output": True}
+    assert extract_json_answer('first {"output": 1} then {"output": 2} done') == {"output": 2}
+    assert extract_json_answer("no braces at all") == NO_ANSWER
+    assert extract_json_answer(None) == NO_ANSWER
+    assert extract_json_answer('{"output": (1, 2)}') == {"output": [1, 2]}
+    assert extract_json_answer('{"output": None, "x": False}') == {"output": None, "x": False}
+    assert extract_json_answer(r'so {"output": \boxed{7}}') == {"output": 7}
+    assert extract_json_answer('{"output": "a } b { c"}') == {"output": "a } b { c"}  # braces in strings
+    assert extract_json_answer('{"input": {"n": 61, "m": 4}}') == {"input": {"n": 61, "m": 4}}
+    assert extract_json_answer("```json\n{broken\n```") == NO_ANSWER
+    assert extract_json_answer("{unclosed") == NO_ANSWER
+
+
+def test_size_filter():  # §5.3 (byte counts are ours, see Departures)
+    assert strict_check_size("a" * 99) and not strict_check_size("a" * 100)
+    assert strict_check_size(list(range(19))) and not strict_check_size(list(range(20)))
+    assert object_size(list(range(19))) == 824  # what pympler.asizeof reports (§5.3)
+    assert not strict_check_size({str(i): i for i in range(20)})
+    assert not strict_check_size([["x" * 90] * 5, "y" * 90, "z" * 90, "w" * 90, "v" * 90, "u" * 90, "t" * 90])
+    assert strict_check_size({"n": 61, "m": 4}) and not strict_check_size(1 << 2000)
+
+
+def test_verify_input_by_reexecution(sandbox):  # §5.2
+    right = verify_input(sandbox, JOSEPHUS, {"n": 61, "m": 4}, 38)
+    assert right["status"] == "success" and right["actual"] == 38
+    wrong = verify_input(sandbox, JOSEPHUS, {"n": 5, "m": 2}, 38)
+    assert wrong["status"] == "AssertionError" and wrong["actual"] == 2
+    assert "38" in wrong["message"] and "{'n': 5, 'm': 2}" in wrong["message"] and wrong["message"].endswith("2")
+    slow = verify_input(sandbox, JOSEPHUS, {"n": 10 ** 9, "m": 2}, 38, timeout=1.0)
+    assert slow["status"] == "timeout"
+    bad_keys = verify_input(sandbox, JOSEPHUS, {"people": 3}, 38)
+    assert bad_keys["status"] == "exception" and "TypeError" in bad_keys["message"]
+    assert verify_input(sandbox, JOSEPHUS, [61, 4], 38)["status"] == "exception"
+    assert codeio.Args().verify_timeout == 5.0
+
+
+def test_io_pairs_in_sandbox(sandbox):  # §1.2 limits and drops, through the real driver
+    args = codeio.Args(max_generator_calls=1000, max_pairs=10)
+    josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
+    code, kwargs = codeio.io_job(josephus, args, seed=1)
+    result = sandbox.call(code, "_codeio_collect", kwargs, timeout=60)
+    assert result.ok and len(result.value["pairs"]) == 10
+    for pair in result.value["pairs"]:
+        n, m = pair["input"]["n"], pair["input"]["m"]
+        last = 0
+        for i in range(2, n + 1):
+            last = (last + m) % i
+        assert pair["output"] == last
+    single = {"main_code": "def main_solution(x):\n    return x + 1", "generator_code": "def input_generator():\n    return {'x': 1}"}
+    code, kwargs = codeio.io_job(single, args, seed=0)
+    result = sandbox.call(code, "_codeio_collect", kwargs, timeout=60)
+    assert len(result.value["pairs"]) == 1 and result.value["stats"]["duplicate"] == 999  # -> dropped (<= 1 pair)
+    noisy = {"main_code": "import random\ndef main_solution(x):\n    return random.random()",
+             "generator_code": "def input_generator():\n    return {'x': random.randint(0, 9)}"}
+    code, kwargs = codeio.io_job(noisy, args, seed=0)
+    assert sandbox.call(code, "_codeio_collect", kwargs, timeout=60).value["stats"]["nondeterministic"] > 0
+
+
+def test_rewrite_parser_counts_reasons():
+    good = ("## Main Function\n```python\ndef main_solution(a):\n    return a * 2\n```\n"
+            "## Input Output Description\nInput: a (int). Output: int.\n"
+            "## Input Generator\n```python\nimport random\ndef input_generator():\n    return {'a': random.randint(0, 9)}\n```\n"
+            "## Problem Statement\nWhat is twice a?\n")
+    record, reason = parse_rewrite_response(good)
+    assert reason == "ok" and record["problem"] == "What is twice a?" and "main_solution" in record["main_code"]
+    assert parse_rewrite_response(good.replace("## Problem Statement", "## Notes"))[1] == "missing section: Problem Statement"
+    assert parse_rewrite_response(good.replace("```python\ndef main", "```\ndef main"))[1] == "no python block in: Main Function"
+    assert parse_rewrite_response(good.replace("def main_solution", "def solve"))[1] == "no main_solution"
+    assert parse_rewrite_response(good.replace("def input_generator", "def make"))[1] == "no input_generator"
+    assert parse_rewrite_response(good.replace("return a * 2", "return a *"))[1] == "syntax error in: Main Function"
+    assert parse_rewrite_response("garbage ##")[1] == "missing section: Main Function"
+    assert parse_rewrite_response(None)[1] == "not text"
+
+
+def test_corpus_files_and_prompts():
+    corpus = sorted((ROOT / "data/codeio_corpus").glob("*.py"))
+    unified = [f for f in corpus if parse_unified_file(f.read_text())]
+    assert len(corpus) >= 30 and len(unified) >= 25 and len(corpus) - len(unified) >= 3
+    fn = parse_unified_file((ROOT / "data/codeio_corpus/anagram_check.py").read_text())
+    assert "input_generator" not in fn["main_code"] and '"""' not in fn["main_code"]
+    pair = {"input": {"first": "listen", "second": "Silent"}, "output": True}
+    prompt = build_prompt("output", fn, pair)
+    assert prompt.startswith("You are given a question that requires some input and output variables as follows:")
+    assert "{'first': 'listen', 'second': 'Silent'}" in prompt  # Python literal, the repo's f"{x}" (§1.3 gotcha)
+    assert '{"output": <your output>}' in prompt and "Tip: Here is a reference code snippet" in prompt
+    assert prompt.index("The input and output requirements") < prompt.index("Given the following input:")
+    prompt = build_prompt("input", fn, pair)
+    assert "Given the following output:\n\nTrue" in prompt and '{"input": <your input>}' in prompt
+    assert "Given the following output:\n\ntrue" in build_prompt("input", fn, pair, style="json")
+
+
+def test_revision_assembly_and_feedback():  # §5.6
+    pair = {"input": {"n": 61, "m": 4}, "output": 38}
+    assert assemble_revision({"turn_1": "T1", "feedback_1": "ok", "turn_2": None, "feedback_2": None}) == "T1"
+    wrong = {"turn_1": "T1", "feedback_1": "F1", "turn_2": "T2", "feedback_2": "F2", "correct_2": False}
+    assert assemble_revision(wrong) == ("T1\n\nLet me check if I did it correctly...\n\nOops! Something went wrong. F1"
+                                        "\n\nT2\n\nLet me check if I did it correctly...\n\nOops! Something went wrong. F2")
+    fixed = assemble_revision({**wrong, "correct_2": True})
+    assert fixed.endswith("T2\n\nLet me check if I did it correctly...\n\nYes, that's correct!")
+    text = feedback_text("output", pair, {"status": "mismatch", "predicted": 37})
+    assert text == "[Mismatch] Your output is not correct! Given the input {'n': 61, 'm': 4}, your predicted output is 37 which is wrong!"
+    assert "38" not in text  # the correct answer is never revealed
+    text = feedback_text("input", pair, {"status": "AssertionError", "predicted": {"n": 5, "m": 2}, "actual": 2})
+    assert "Given the output 38" in text and "{'n': 5, 'm': 2}" in text and text.endswith("wrong output as 2")
+    assert "boom" in feedback_text("input", pair, {"status": "exception", "predicted": {}, "message": "boom"})
+    assert REDO.startswith("Please redo it")
+
+
+def test_end_to_end_on_corpus_slice(tmp_path, run_cmd):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("josephus", "roman_numeral", "dice_game", "leap_year_constant", "raw_bubble_sort"):
+        shutil.copy(ROOT / f"data/codeio_corpus/{name}.py", corpus)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "codeio.py", "--corpus", str(corpus), "--output_dir", str(out), "--max_new_tokens", "8",
+           "--batch_size", "4", "--micro_batch_size", "4", "--pairs_per_function", "1", "--stage2_data", "toy",
+           "--stage2_steps", "2", "--max_length", "512"]
+    proc = run_cmd(cmd, timeout=300)
+    summary = {row["stage"]: row for row in json.loads((out / "summary.json").read_text())}
+    assert summary["rewrite"]["in"] == 5 and summary["rewrite"]["out"] == 4  # the tiny model's rewrite is rejected
+    assert summary["io"]["out"] == 2 and "uses randomness" in summary["io"]["notes"] and "<= 1 pair" in summary["io"]["notes"]
+    assert summary["prompts"]["out"] == 4 and summary["verify"]["in"] == 4
+    assert (out / "sft_loss.png").exists() and "sft stage 2" in summary and "| stage" in proc.stdout
+    revise = [json.loads(line) for line in (out / "revise.jsonl").read_text().splitlines()]
+    assert len(revise) == 4 and all(r["turn_2"] is not None for r in revise if r["feedback_1"] != codeio.CORRECT)
+    # a rerun skips every finished record: the stage files do not grow
+    sizes = {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"}
+    run_cmd(cmd[:2] + cmd[2:] + ["--stages", "rewrite,io,prompts,cot,verify,revise"], timeout=300)
+    assert {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"} == sizes
+
+
+def test_check_answer_on_model_style_responses(sandbox):
+    fn = {"main_code": JOSEPHUS}
+    args = codeio.Args(verify_timeout=2.0)
+    pair = {"input": {"n": 61, "m": 4}, "output": 38}
+    output_sample, input_sample = {"kind": "output", "pair": pair}, {"kind": "input", "pair": pair}
+    right = codeio.check_answer(sandbox, output_sample, fn, 'Reasoning...\n```json\n{"output": 38.0001}\n```', args)
+    assert right["correct"] and right["feedback"] == codeio.CORRECT
+    wrong = codeio.check_answer(sandbox, output_sample, fn, 'so {"output": 37}', args)
+    assert wrong["status"] == "mismatch" and "predicted output is 37" in wrong["feedback"]
+    feasible = codeio.check_answer(sandbox, input_sample, fn, 'I guess {"input": {"n": 61, "m": 4}}', args)
+    assert feasible["correct"] and feasible["actual"] == 38
+    infeasible = codeio.check_answer(sandbox, input_sample, fn, '{"input": {"n": 5, "m": 2}}', args)
+    assert infeasible["status"] == "AssertionError" and "wrong output as 2" in infeasible["feedback"]
+    garbage = codeio.check_answer(sandbox, input_sample, fn, "\x00\x01 garbage {{{", args)
+    assert garbage["status"] == "no answer" and not garbage["correct"]
