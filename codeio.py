@@ -39,6 +39,7 @@ import json
 import math
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,31 +95,23 @@ class Args:
 
 # ------------------------------------------------------------------------------------------------ §1.1 rewrite
 SECTIONS = ("Main Function", "Input Output Description", "Input Generator", "Problem Statement")
-REWRITE_PROMPT = """You will turn a piece of raw Python code into a self-contained reasoning task.
-
-Raw code:
+REWRITE_PROMPT = """Turn this raw Python code into a self-contained reasoning task.
 ```python
 {code}
 ```
-
 Answer with exactly these four sections, each starting with a level-2 markdown heading:
-
 ## Main Function
-One python code block with the imports it needs and an entry function named `main_solution`. Its
-arguments and return value must be JSON serialisable (convert sets, tuples, numpy arrays and custom
-objects at the boundaries). Keep it under about 1KB. No printing, plotting or file access: return the
-result.
-
+One python code block with the imports it needs and an entry function `main_solution` whose arguments and
+return value are JSON serialisable (convert sets, tuples, numpy arrays and custom objects at the boundaries).
+Under about 1KB. No printing, plotting or file access: return the result.
 ## Input Output Description
 Every argument of `main_solution` and its return value, each with its type and meaning.
-
 ## Input Generator
-One python code block defining `input_generator()`: no arguments, returns a dict of random keyword
-arguments for `main_solution`.
-
+One python code block defining `input_generator()`: no arguments, returns a dict of random keyword arguments
+for `main_solution`.
 ## Problem Statement
-A question that names the inputs and asks for the result, phrased as a problem to think about, not a
-programming task (never "write a function").
+A question that names the inputs and asks for the result, as a problem to think about, not a programming
+task (never "write a function").
 """
 
 
@@ -126,7 +119,8 @@ def parse_rewrite_response(text: str) -> tuple[dict | None, str]:
     """Strict parser of a rewrite answer: (record, "ok") or (None, why it was rejected)."""
     if not isinstance(text, str):
         return None, "not text"
-    headings = list(re.finditer(r"^##\s*(.+?)\s*$", text, flags=re.M))
+    outside_code = re.sub(r"```.*?```", lambda m: re.sub(r"[^\n]", " ", m.group()), text, flags=re.S)
+    headings = list(re.finditer(r"^##\s*(.+?)[ \t]*$", outside_code, flags=re.M))  # a '## x' comment in code is no heading
     bodies = {}
     for i, heading in enumerate(headings):
         end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
@@ -204,59 +198,40 @@ def strict_check_size(obj) -> bool:
     return object_size(obj) < 128
 
 
-IO_DRIVER = '''
-def _codeio_collect(max_calls, max_pairs, seed):
-    import json, random
+def collect_io_pairs(max_calls: int, max_pairs: int, seed: int) -> dict:
+    """§1.2, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
+    input_generator() up to max_calls times, keep unique inputs whose input and output pass the size
+    filter, whose output is not None, and which give the same output twice; stop at max_pairs."""
+    import json
+    import random
+
     random.seed(seed)
-    try:
-        import numpy
-        numpy.random.seed(seed % 2 ** 32)
-    except ImportError:
-        pass
-    pairs, seen = [], set()
-    stats = dict.fromkeys(["calls", "generator_error", "duplicate", "too_large", "exception", "none_output",
-                           "not_json", "nondeterministic"], 0)
+    np.random.seed(seed % 2 ** 32)  # noqa: F821 (np comes from IMPORT_PREFIX in the sandbox)
+    pairs, seen, stats = [], set(), {}
     for _ in range(max_calls):
         if len(pairs) >= max_pairs:
             break
-        stats["calls"] += 1
         try:
-            kwargs = input_generator()
+            kwargs = input_generator()  # noqa: F821 (defined by the function's code)
             key = json.dumps(kwargs, sort_keys=True)
-        except Exception:
-            stats["generator_error"] += 1
-            continue
-        if key in seen:
-            stats["duplicate"] += 1
-            continue
-        seen.add(key)
-        if not isinstance(kwargs, dict) or not strict_check_size(kwargs):
-            stats["too_large"] += 1
-            continue
-        try:  # fresh copies: a function that mutates its arguments must not change the recorded input
-            output = main_solution(**json.loads(key))
-            again = main_solution(**json.loads(key))
-        except Exception:
-            stats["exception"] += 1
-            continue
-        if output is None:
-            stats["none_output"] += 1
-            continue
-        try:
-            output_json, again_json = json.dumps(output), json.dumps(again)
-        except (TypeError, ValueError):
-            stats["not_json"] += 1
-            continue
-        if output_json != again_json:
-            stats["nondeterministic"] += 1
-            continue
-        if not strict_check_size(output):
-            stats["too_large"] += 1
-            continue
-        pairs.append({"input": json.loads(json.dumps(kwargs)), "output": json.loads(output_json)})
+            reason = "duplicate" if key in seen else None
+            seen.add(key)
+            if reason is None and not (isinstance(kwargs, dict) and strict_check_size(kwargs)):
+                reason = "too_large"
+            if reason is None:  # fresh copies: a function that mutates its arguments cannot alter the input
+                outputs = [json.dumps(main_solution(**json.loads(key))) for _ in range(2)]  # noqa: F821
+                output = json.loads(outputs[0])
+                reason = ("none_output" if output is None else "nondeterministic" if outputs[0] != outputs[1]
+                          else "too_large" if not strict_check_size(output) else None)
+        except Exception as error:  # generator or function raised, or a value is not JSON-serialisable
+            reason = type(error).__name__
+        stats[reason or "kept"] = stats.get(reason or "kept", 0) + 1
+        if reason is None:
+            pairs.append({"input": json.loads(key), "output": output})
     return {"pairs": pairs, "stats": stats}
-'''
-IO_HELPERS = inspect.getsource(object_size) + "\n" + inspect.getsource(strict_check_size) + IO_DRIVER
+
+
+IO_HELPERS = "\n\n".join(inspect.getsource(f) for f in (object_size, strict_check_size, collect_io_pairs))
 
 
 def io_job(function: dict, args: Args, seed: int) -> tuple[str, dict]:
@@ -272,13 +247,10 @@ from functools import lru_cache, reduce
 from itertools import permutations, combinations, product, accumulate
 from typing import List, Dict, Tuple, Optional, Any
 import numpy as np"""
-ANSWER_RULES = {
-    "output": ('{"output": <your output>}', "where <your output> should strictly match the output requirement "
-                                            "as specified"),
-    "input": ('{"input": <your input>}', "where <your input> should be a dictionary, even if there is only one "
-                                         "input variable, with keys strictly matching the input variables' names "
-                                         "as specified"),
-}
+ANSWER_RULES = {"output": '{"output": <your output>}, where <your output> should strictly match the output '
+                          'requirement as specified',
+                "input": '{"input": <your input>}, where <your input> should be a dictionary, even if there is only '
+                         'one input variable, with keys strictly matching the input variables\' names as specified'}
 
 
 def show_value(value, style: str = "python") -> str:
@@ -290,13 +262,12 @@ def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -
     """§1.3 prompt for kind "output" (given the input) or "input" (given the output)."""
     given = (f"Given the following input:\n\n{show_value(pair['input'], style)}" if kind == "output" else
              f"Given the following output:\n\n{show_value(pair['output'], style)}")
-    answer_format, rule = ANSWER_RULES[kind]
     ask = "the output" if kind == "output" else "a feasible input"
     return (f"You are given a question that requires some input and output variables as follows:\n\n"
             f"{function['problem']}\n\nThe input and output requirements are as follows:\n\n"
             f"{function['io_description']}\n\n{given}\n\n"
             f"Can you predict {ask} without writing any code? Please reason and put your final answer in the "
-            f"following json format: {answer_format}, {rule}.\n\n"
+            f"following json format: {ANSWER_RULES[kind]}.\n\n"
             f"Tip: Here is a reference code snippet for this question. You can refer to this code to guide your "
             f"reasoning but not copy spans of code directly.\n\n{function['main_code']}")
 
@@ -437,13 +408,11 @@ def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
 
 
 def load_corpus(source: str) -> list[dict]:
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(path.glob("*.py"))
-        if not files:
+    if Path(source).is_dir():
+        if not (files := sorted(Path(source).glob("*.py"))):
             raise FileNotFoundError(f"--corpus {source}: no .py files in that folder")
         return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
-    rows = load_rows(source, required=("code",))
+    rows = load_rows(source, required=("code",))  # a JSONL/JSON/Parquet file or hub data set of raw code
     return [{"name": str(row.get("name", i)), "code": row["code"]} for i, row in enumerate(rows)]
 
 
@@ -474,13 +443,6 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ SFT (§1.7)
-def training_examples(args: Args, out: Path) -> list[dict]:
-    """CodeI/O: every first-turn CoT, right or wrong (§1.4). CodeI/O++: the assembled revision (§1.5)."""
-    source = out / ("revise.jsonl" if args.revise else "cot.jsonl")
-    rows = read_jsonl_tolerant(source)
-    return [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]} for r in rows]
-
-
 def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logger, stage: str, lr: float,
             total_steps: int | None, ckpt: Path, scheduler_kind: str) -> float:
     from transformers import get_scheduler
@@ -504,7 +466,7 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.cat([torch.randperm(len(encoded), generator=generator) for _ in range(total // steps_per_epoch + 1)])
     per_rank = args.batch_size // dist_info.world_size
-    loss_value = float("nan")
+    total_loss = float("nan")
     for step in tqdm(range(start, total), desc=f"sft {stage}", disable=not dist_info.is_main):
         batch = order[step * args.batch_size:(step + 1) * args.batch_size].tolist()
         mine = batch[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank] or batch[:1]
@@ -519,11 +481,10 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = total_loss
-        logger.log({f"{stage}/loss": loss_value, f"{stage}/lr": scheduler.get_last_lr()[0]}, step=step + 1)
+        logger.log({f"{stage}/loss": total_loss, f"{stage}/lr": scheduler.get_last_lr()[0]}, step=step + 1)
         if (step + 1) % args.save_every == 0 or step + 1 == total:
             save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, extra={"stage": stage})
-    return loss_value
+    return total_loss
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -560,12 +521,8 @@ def main(args: Args):
             write_jsonl(path, [{"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected",
                                 "reason": reason, "response": answer, **(fn or {})}], mode="a")
         records = read_jsonl_tolerant(path)
-    rejected = {}
-    for r in records:
-        if r["status"] != "ok":
-            rejected[r["reason"]] = rejected.get(r["reason"], 0) + 1
+    rejected = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     counts.append({"stage": "rewrite", "in": len(records), "out": sum(r["status"] == "ok" for r in records),
-                   "dropped": len(records) - sum(r["status"] == "ok" for r in records),
                    "notes": f"{sum(r['origin'] == 'unified' for r in records)} already unified; rejects {rejected}"})
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
 
@@ -575,7 +532,7 @@ def main(args: Args):
     if "io" in stages:
         todo = [fn for name, fn in functions.items() if name not in done]
         jobs = [io_job(fn, args, seed=args.seed * 100003 + zlib.crc32(fn["name"].encode())) for fn in todo]
-        results = sandbox.call_many([(code, "_codeio_collect", kw) for code, kw in jobs], timeout=args.io_timeout)
+        results = sandbox.call_many([(code, "collect_io_pairs", kw) for code, kw in jobs], timeout=args.io_timeout)
         for fn, res in zip(todo, results):
             pairs, stats = (res.value["pairs"], res.value["stats"]) if res.ok else ([], {})
             reason = ("ok" if len(pairs) > 1 and not stats.get("nondeterministic") else
@@ -585,7 +542,7 @@ def main(args: Args):
                                 "pairs": pairs if reason == "ok" else [], "stats": stats}], mode="a")
         records = read_jsonl_tolerant(path)
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
-    counts.append({"stage": "io", "in": len(records), "out": len(io_ok), "dropped": len(records) - len(io_ok),
+    counts.append({"stage": "io", "in": len(records), "out": len(io_ok),
                    "notes": f"{sum(len(r['pairs']) for r in io_ok.values())} pairs; drops "
                             f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"})
 
@@ -600,7 +557,7 @@ def main(args: Args):
         write_jsonl(path, [p for p in new if p["id"] not in done], mode="a")
         records = read_jsonl_tolerant(path)
     prompts = {r["id"]: r for r in records}
-    counts.append({"stage": "prompts", "in": len(io_ok), "out": len(prompts), "dropped": 0,
+    counts.append({"stage": "prompts", "in": len(io_ok), "out": len(prompts),
                    "notes": f"{sum(p['kind'] == 'input' for p in prompts.values())} input / "
                             f"{sum(p['kind'] == 'output' for p in prompts.values())} output"})
 
@@ -615,7 +572,7 @@ def main(args: Args):
             write_jsonl(path, [{"id": p["id"], "prompt": p["prompt"], "response": t} for p, t in zip(batch, texts)], "a")
         records = read_jsonl_tolerant(path)
     cots = {r["id"]: r for r in records if r["id"] in prompts}
-    counts.append({"stage": "cot", "in": len(prompts), "out": len(cots), "dropped": len(prompts) - len(cots),
+    counts.append({"stage": "cot", "in": len(prompts), "out": len(cots),
                    "notes": f"{sum(not r['response'].strip() for r in cots.values())} empty"})
 
     # 5. verification (§1.4)
@@ -628,43 +585,42 @@ def main(args: Args):
             write_jsonl(path, [{"id": cot["id"], "kind": sample["kind"], **check}], mode="a")
         records = read_jsonl_tolerant(path)
     verified = {r["id"]: r for r in records if r["id"] in cots}
-    statuses = {}
-    for r in verified.values():
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    statuses = dict(Counter(r["status"] for r in verified.values()))
     accuracy = {kind: f"{sum(r['correct'] for r in verified.values() if r['kind'] == kind)}/"
                       f"{sum(r['kind'] == kind for r in verified.values())}" for kind in ("input", "output")}
-    counts.append({"stage": "verify", "in": len(cots), "out": sum(r["correct"] for r in verified.values()),
-                   "dropped": 0, "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"})
+    counts.append({"stage": "verify", "in": len(cots), "out": len(verified),
+                   "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"})
 
     # 6. CodeI/O++ revision turn (§1.5)
     path = out / "revise.jsonl"
     records, done = open_stage(path, "id")
     if "revise" in stages and args.revise:
         todo = [v for v in verified.values() if v["id"] not in done]
-        correct = [v for v in todo if v["correct"]]
-        write_jsonl(path, [{"id": v["id"], "prompt": cots[v["id"]]["prompt"], "turn_1": cots[v["id"]]["response"],
-                            "feedback_1": v["feedback"], "turn_2": None, "feedback_2": None, "correct_2": None}
-                           for v in correct], mode="a")
-        failed = [v for v in todo if not v["correct"]]
+        failed = [v for v in todo if not v["correct"]]  # only failed samples get a second turn
         conversations = [[{"role": "user", "content": cots[v["id"]]["prompt"]},
                           {"role": "assistant", "content": cots[v["id"]]["response"]},
                           {"role": "user", "content": f"{v['feedback']}\n\n{REDO}"}] for v in failed]
-        for v, turn_2 in zip(failed, generate(sampler, conversations, args, "revise")):
-            sample = prompts[v["id"]]
-            check = check_answer(sandbox, sample, functions[sample["name"]], turn_2, args)
+        second = dict(zip([v["id"] for v in failed], generate(sampler, conversations, args, "revise")))
+        for v in todo:
+            sample, turn_2 = prompts[v["id"]], second.get(v["id"])
+            check = (check_answer(sandbox, sample, functions[sample["name"]], turn_2, args) if turn_2 is not None
+                     else {"feedback": None, "correct": None})
             write_jsonl(path, [{"id": v["id"], "prompt": cots[v["id"]]["prompt"], "turn_1": cots[v["id"]]["response"],
                                 "feedback_1": v["feedback"], "turn_2": turn_2, "feedback_2": check["feedback"],
                                 "correct_2": check["correct"]}], mode="a")
         records = read_jsonl_tolerant(path)
     revised = [r for r in records if r["turn_2"] is not None]
-    counts.append({"stage": "revise", "in": len(revised), "out": sum(bool(r["correct_2"]) for r in revised),
-                   "dropped": 0, "notes": "second turns; kept whether or not correct"})
+    counts.append({"stage": "revise", "in": len(records), "out": len(records),
+                   "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
+                            "all kept (§1.5)"})
     if sandbox is not None:
         sandbox.close()
 
     # 7. SFT, response-only loss (§1.7), optional stage 2
     if "sft" in stages:
-        examples = training_examples(args, out)
+        # CodeI/O: every first-turn CoT, right or wrong (§1.4); CodeI/O++: the assembled revision (§1.5)
+        examples = [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
+                    for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
         if not examples:
             raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
         model = shard_model(model, dist_info)
@@ -672,8 +628,7 @@ def main(args: Args):
         logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args))
         loss = run_sft(model, tokenizer, examples, args, dist_info, logger, "stage1", args.lr, None,
                        out / "checkpoint", "constant")
-        counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "dropped": 0,
-                       "notes": f"stage-1 final loss {loss:.3f}"})
+        counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "notes": f"stage-1 final loss {loss:.3f}"})
         if args.stage2_data:
             from common.data import make_arithmetic_rows
 
@@ -682,8 +637,7 @@ def main(args: Args):
                     else load_rows(args.stage2_data, required=("prompt", "response")))
             loss2 = run_sft(model, tokenizer, rows, args, dist_info, logger, "stage2", args.stage2_lr,
                             args.stage2_steps, out / "checkpoint_stage2", "cosine_with_min_lr")
-            counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "dropped": 0,
-                           "notes": f"final loss {loss2:.3f}"})
+            counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "notes": f"final loss {loss2:.3f}"})
         if dist_info.is_main:
             keys = ["stage1/loss"] + (["stage2/loss"] if args.stage2_data else [])
             print0(f"loss curve: {logger.plot(keys, out / 'sft_loss.png', title='CodeI/O SFT')}")

@@ -76,7 +76,7 @@ def test_io_pairs_in_sandbox(sandbox):  # §1.2 limits and drops, through the re
     args = codeio.Args(max_generator_calls=1000, max_pairs=10)
     josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
     code, kwargs = codeio.io_job(josephus, args, seed=1)
-    result = sandbox.call(code, "_codeio_collect", kwargs, timeout=60)
+    result = sandbox.call(code, "collect_io_pairs", kwargs, timeout=60)
     assert result.ok and len(result.value["pairs"]) == 10
     for pair in result.value["pairs"]:
         n, m = pair["input"]["n"], pair["input"]["m"]
@@ -86,12 +86,12 @@ def test_io_pairs_in_sandbox(sandbox):  # §1.2 limits and drops, through the re
         assert pair["output"] == last
     single = {"main_code": "def main_solution(x):\n    return x + 1", "generator_code": "def input_generator():\n    return {'x': 1}"}
     code, kwargs = codeio.io_job(single, args, seed=0)
-    result = sandbox.call(code, "_codeio_collect", kwargs, timeout=60)
+    result = sandbox.call(code, "collect_io_pairs", kwargs, timeout=60)
     assert len(result.value["pairs"]) == 1 and result.value["stats"]["duplicate"] == 999  # -> dropped (<= 1 pair)
     noisy = {"main_code": "import random\ndef main_solution(x):\n    return random.random()",
              "generator_code": "def input_generator():\n    return {'x': random.randint(0, 9)}"}
     code, kwargs = codeio.io_job(noisy, args, seed=0)
-    assert sandbox.call(code, "_codeio_collect", kwargs, timeout=60).value["stats"]["nondeterministic"] > 0
+    assert sandbox.call(code, "collect_io_pairs", kwargs, timeout=60).value["stats"]["nondeterministic"] > 0
 
 
 def test_rewrite_parser_counts_reasons():
@@ -106,6 +106,8 @@ def test_rewrite_parser_counts_reasons():
     assert parse_rewrite_response(good.replace("def main_solution", "def solve"))[1] == "no main_solution"
     assert parse_rewrite_response(good.replace("def input_generator", "def make"))[1] == "no input_generator"
     assert parse_rewrite_response(good.replace("return a * 2", "return a *"))[1] == "syntax error in: Main Function"
+    commented = good.replace("def main_solution(a):", "## a comment, not a heading\ndef main_solution(a):")
+    assert parse_rewrite_response(commented)[1] == "ok"
     assert parse_rewrite_response("garbage ##")[1] == "missing section: Main Function"
     assert parse_rewrite_response(None)[1] == "not text"
 
