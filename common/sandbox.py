@@ -27,8 +27,8 @@ What is isolated (as root, which is how this project runs; `Sandbox.isolation` r
     - Network: a new, empty network namespace (unshare CLONE_NEWNET: no interfaces but a down
       loopback), so nothing, not even 127.0.0.1 of the host, is reachable.
     - Files: a new mount namespace where /tmp, /var/tmp and /dev/shm are private tmpfs mounts
-      (`tmpfs_mb`, in RAM, invisible to the host); the job's working directory is a fresh directory
-      in that /tmp, removed afterwards. Directories on the way to the Python installation that "other"
+      (`tmpfs_mb`, in RAM, invisible to the host) that are emptied after every job; the job's working
+      directory is a fresh directory in that /tmp. Directories on the way to the Python installation that "other"
       cannot enter (e.g. /root for pyenv) are replaced by an empty tmpfs with only the installation
       bound back in, so the job can import the standard library but sees nothing else of /root.
       Unix permissions of the dropped uid do the rest: it cannot write root-owned files.
@@ -601,6 +601,13 @@ def _run_job(job: dict, config: dict, iso: dict, libc, address_space: int) -> di
         reply["status"] = "output_limit"
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.rmtree(io_dir, ignore_errors=True)
+    if iso["private_tmp"]:  # the next job must not see (or be starved by) what this one left in /tmp
+        for scratch in ("/tmp", "/var/tmp", "/dev/shm"):
+            for entry in os.scandir(scratch) if os.path.isdir(scratch) else []:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
     return reply
 
 

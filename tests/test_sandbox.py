@@ -182,3 +182,10 @@ def test_call_function_helper_and_bad_arguments():
     assert result.status == "ok" and result.value == 38
     with pytest.raises(ValueError, match="workers=0"):
         Sandbox(workers=0)
+
+
+def test_private_tmp_is_emptied_between_jobs():
+    with Sandbox(workers=1, timeout=2.0, memory_mb=128) as box:  # one worker: both jobs use the same zygote
+        first = box.run("open('/tmp/leftover', 'w').write('x')\nopen('/dev/shm/leftover', 'w').write('x')\nprint('ok')")
+        second = box.run("import os\nprint(os.path.exists('/tmp/leftover'), os.path.exists('/dev/shm/leftover'))")
+    assert first.stdout == "ok\n" and second.stdout == "False False\n"
