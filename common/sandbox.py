@@ -190,6 +190,7 @@ class Sandbox:
                              f"memory_mb={memory_mb} max_output={max_output}")
         self.timeout = float(timeout)
         self.cpu_time = cpu_time
+        self._owner_pid = os.getpid()  # a forked copy of this object (e.g. a DataLoader worker) must not kill the pool
         self._uid_locks: list[int] = []
         self._workers: list[_Worker] = []
         self._idle: queue.Queue = queue.Queue()
@@ -257,6 +258,8 @@ class Sandbox:
         return self._parallel(self.call, [(c, f, k, timeout) for c, f, k in calls])
 
     def close(self):
+        if os.getpid() != self._owner_pid:
+            return
         for worker in self._workers:
             worker.kill()
         self._workers = []
