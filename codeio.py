@@ -444,7 +444,8 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ SFT (§1.7)
 def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logger, stage: str, lr: float,
-            total_steps: int | None, ckpt: Path, scheduler_kind: str) -> float:
+            total_steps: int | None, ckpt: Path, scheduler_kind: str, step_offset: int = 0) -> tuple[float, int]:
+    """Response-only SFT; returns (last loss, global step at the end). Metrics use global steps."""
     from transformers import get_scheduler
 
     end_ids = stop_token_ids(tokenizer)[-1:]  # <|im_end|> closes the assistant turn of the ChatML template
@@ -481,10 +482,11 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        logger.log({f"{stage}/loss": total_loss, f"{stage}/lr": scheduler.get_last_lr()[0]}, step=step + 1)
+        logger.log({f"{stage}/loss": total_loss, f"{stage}/lr": scheduler.get_last_lr()[0]}, step=step_offset + step + 1)
         if (step + 1) % args.save_every == 0 or step + 1 == total:
-            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, extra={"stage": stage})
-    return total_loss
+            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1,
+                            extra={"stage": stage, "global_step": step_offset + step + 1})
+    return total_loss, step_offset + total
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -625,19 +627,22 @@ def main(args: Args):
             raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
         model = shard_model(model, dist_info)
         model.train()
-        logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args))
-        loss = run_sft(model, tokenizer, examples, args, dist_info, logger, "stage1", args.lr, None,
+        metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
+        done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
+        logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),
+                               resume_step=max(done_steps) if done_steps else None)
+        loss, global_step = run_sft(model, tokenizer, examples, args, dist_info, logger, "stage1", args.lr, None,
                        out / "checkpoint", "constant")
-        counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "notes": f"stage-1 final loss {loss:.3f}"})
+        counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "notes": f"stage-1 final loss {loss:.3f}" if loss == loss else "already trained (resumed)"})
         if args.stage2_data:
             from common.data import make_arithmetic_rows
 
             rows = ([{"prompt": r["question"], "response": f"The answer is {r['answer']}."}
                      for r in make_arithmetic_rows(64, seed=args.seed)] if args.stage2_data == "toy"
                     else load_rows(args.stage2_data, required=("prompt", "response")))
-            loss2 = run_sft(model, tokenizer, rows, args, dist_info, logger, "stage2", args.stage2_lr,
-                            args.stage2_steps, out / "checkpoint_stage2", "cosine_with_min_lr")
-            counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "notes": f"final loss {loss2:.3f}"})
+            loss2, _ = run_sft(model, tokenizer, rows, args, dist_info, logger, "stage2", args.stage2_lr,
+                               args.stage2_steps, out / "checkpoint_stage2", "cosine_with_min_lr", global_step)
+            counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "notes": f"final loss {loss2:.3f}" if loss2 == loss2 else "already trained (resumed)"})
         if dist_info.is_main:
             keys = ["stage1/loss"] + (["stage2/loss"] if args.stage2_data else [])
             print0(f"loss curve: {logger.plot(keys, out / 'sft_loss.png', title='CodeI/O SFT')}")
