@@ -502,8 +502,10 @@ def main(args: Args):
     out.mkdir(parents=True, exist_ok=True)
     model_path = args.model or make_tiny_lm()
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, dtype="float32" if not args.model else "auto")
-    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if set(stages) - {"sft"} else None
+    generating = bool(set(stages) & {"rewrite", "cot", "revise"})
+    model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
+             if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
+    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
     sandbox = Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout) if set(stages) & {"io", "verify", "revise"} else None
     counts = []  # per-stage summary rows
 
