@@ -311,14 +311,34 @@ def _mount(libc, source, target, fstype, flags, data=None) -> None:
         raise OSError(ctypes.get_errno(), f"mount {source} on {target} failed")
 
 
+def _install_paths() -> set[str]:
+    """The Python installation a job needs: the interpreter's prefix, stdlib and site-packages."""
+    import sysconfig
+
+    return {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sysconfig.get_paths()["stdlib"],
+                                          sysconfig.get_paths()["purelib"]) if os.path.isdir(p)}
+
+
+def _private_tmpfs(libc, mount_point: str, tmpfs_mb: int) -> None:
+    """Mount an empty tmpfs on mount_point, keeping any part of the Python installation that lives
+    under it (a virtual environment in /tmp, as CI clones have) bound back at the same path."""
+    inside = sorted(p for p in _install_paths() if p.startswith(mount_point.rstrip("/") + "/"))
+    inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside if q != p)]
+    handles = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in inside]
+    _mount(libc, "tmpfs", mount_point, "tmpfs", 0, f"size={tmpfs_mb}m,mode=1777")
+    for path, fd in handles:  # /proc/self/fd/N still names the directory of the now-hidden mount
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+        os.close(fd)
+
+
 def _expose_python_install(libc, tmpfs_mb: int) -> list[str]:
     """Replace each directory that 'other' cannot enter on the way to the Python installation
     (e.g. /root when Python lives in /root/.pyenv) by an empty tmpfs, binding only the installation
     back in, so a job under the dropped uid can import the standard library and nothing else."""
     import sysconfig
 
-    needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sysconfig.get_paths()["stdlib"],
-                                            sysconfig.get_paths()["purelib"]) if os.path.isdir(p)}
+    needed = _install_paths()
     blocked: dict[str, set[str]] = {}
     for path in sorted(needed):
         parts = path.split("/")
@@ -358,7 +378,7 @@ def _zygote_setup(config: dict) -> dict:
             _mount(libc, "none", "/", None, _MS_REC | _MS_PRIVATE)  # nothing propagates to the host
             for path in ("/tmp", "/var/tmp", "/dev/shm"):
                 if os.path.isdir(path):
-                    _mount(libc, "tmpfs", path, "tmpfs", 0, f"size={config['tmpfs_mb']}m,mode=1777")
+                    _private_tmpfs(libc, path, config["tmpfs_mb"])
             iso["private_tmp"] = True
             if as_root and config["uid"] is not None:
                 iso["hidden_dirs"] = _expose_python_install(libc, config["tmpfs_mb"])
@@ -605,8 +625,11 @@ def _run_job(job: dict, config: dict, iso: dict, libc, address_space: int) -> di
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.rmtree(io_dir, ignore_errors=True)
     if iso["private_tmp"]:  # the next job must not see (or be starved by) what this one left in /tmp
+        install = _install_paths()
         for scratch in ("/tmp", "/var/tmp", "/dev/shm"):
             for entry in os.scandir(scratch) if os.path.isdir(scratch) else []:
+                if any(p == entry.path or p.startswith(entry.path + "/") for p in install):
+                    continue  # leads to the bound-in Python installation (root-owned, not the job's)
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
