@@ -1089,6 +1089,50 @@ def rollout(env: ToyGUIEnv, policy: Callable[[dict], Any], task: Task | str | No
     return steps, info
 
 
+def replay(task: Task, actions: list) -> list[dict]:
+    """The observations of a recorded episode, rebuilt by re-running its actions (the env is deterministic)."""
+    env = ToyGUIEnv(task, max_steps=10**6, end_on_success=False)
+    return [env.obs] + [env.step(a if isinstance(a, (str, GUIAction)) else GUIAction(**a))[0] for a in actions]
+
+
+def run_episodes(tasks: list[Task], policy: Callable, max_steps: int = 15,
+                 stop_fn: Callable[[list[dict]], bool] | None = None, progress: Callable = lambda it: it) -> list[dict]:
+    """Lock-step episodes for batched model agents. `policy([(i, obs, steps)]) -> [(thought, action)]` where
+    action is a GUIAction or raw model text (a bad one costs a step, as in `step`). `stop_fn(steps)` may
+    end an episode early (e.g. a repeat rule). Each step records thought, action JSON (or the raw text),
+    the target's centre `xy` (for coordinate-style histories) and the error."""
+    envs = [ToyGUIEnv(max_steps=max_steps) for _ in tasks]
+    obs = [env.reset(task)[0] for env, task in zip(envs, tasks)]
+    records = [dict(task_id=t.task_id, goal=t.goal, app=t.app, steps=[], success=False, aborted=False, invalid=0)
+               for t in tasks]
+    active = list(range(len(tasks)))
+    for _ in progress(range(max_steps)):
+        if not active:
+            break
+        for i, (thought, action) in zip(list(active), policy([(i, obs[i], records[i]["steps"]) for i in active])):
+            elements, (new_obs, _, terminated, truncated, info) = obs[i]["ui_elements"], envs[i].step(action)
+            valid_index = isinstance(action, GUIAction) and isinstance(action.index, int) and 0 <= action.index < len(elements)
+            records[i]["steps"].append(dict(
+                thought=thought, action=action.to_json() if isinstance(action, GUIAction) else str(action),
+                xy=list(element_center(elements[action.index])) if valid_index else None, error=new_obs["last_action_error"]))
+            records[i]["invalid"] += bool(new_obs["last_action_error"])
+            obs[i] = new_obs
+            aborted = stop_fn is not None and stop_fn(records[i]["steps"])
+            if terminated or truncated or aborted:
+                records[i].update(success=bool(info["success"] or envs[i].task_success()), aborted=bool(aborted and not terminated),
+                                  final_url=new_obs["url"])
+                active.remove(i)
+    return records
+
+
+def side_by_side(images: list[Image.Image]) -> Image.Image:
+    """Screenshots pasted left to right (one image for VLMs that take one image per prompt)."""
+    canvas = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    for k, img in enumerate(images):
+        canvas.paste(img, (sum(i.width for i in images[:k]), 0))
+    return canvas
+
+
 def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
     """A short low-level description ("click 'Wi-Fi'"), the GUIMid history and rule-based describer form."""
     name = None
@@ -1102,6 +1146,160 @@ def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
             "keyboard_enter": "press enter", "scroll": f"scroll {action.direction}", "navigate_back": "go back",
             "navigate_home": "go home", "open_app": f"open app '{action.app_name}'", "wait": "wait",
             "status": f"stop ({action.goal_status})", "answer": f"answer '{action.text}'"}.get(t, t)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step accuracy (spec section 3: the SR/PR/step-accuracy evaluator)
+
+
+def token_f1(pred: str, gold: str) -> float:
+    """SQuAD-style token F1 on normalised answers ("buy milk now" vs "buy milk" -> 0.8)."""
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    common = sum(min(p.count(w), g.count(w)) for w in set(p))
+    if common == 0:
+        return float(p == g)
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def androidcontrol_click_ok(pred_xy, gold_xy, width=1080, height=2400) -> bool:
+    """OS-Genesis sec 2.6 (AndroidControl): a click is right within sqrt((0.14 W)^2 + (0.14 H)^2) pixels of the
+    truth (368.45 px on a 1080x2400 screen)."""
+    return math.dist(pred_xy, gold_xy) <= math.hypot(0.14 * width, 0.14 * height)
+
+
+def step_match(pred: GUIAction | None, gold: GUIAction) -> tuple[bool, bool]:
+    """(type match, full match) for step accuracy. Points are already mapped to the nearest element centre
+    (OS-Genesis' AndroidWorld rule), so targets compare by element; text is right when exact or token F1 > 0.5
+    (OS-Genesis sec 2.6)."""
+    if pred is None or pred.action_type != gold.action_type:
+        return False, False
+    same_text = token_f1(pred.text or "", gold.text or "") > 0.5
+    ok = {"click": pred.index == gold.index, "long_press": pred.index == gold.index, "answer": same_text,
+          "input_text": same_text and (gold.index is None or pred.index == gold.index), "scroll": pred.direction == gold.direction,
+          "open_app": str(pred.app_name).lower() == str(gold.app_name).lower(), "status": pred.goal_status == gold.goal_status}
+    return True, ok.get(gold.action_type, True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stand-ins for big models that read the toy world's state (used by os_genesis.py, named as stand-ins there)
+
+SWITCHES = {"airplane": "airplane mode", "wifi": "Wi-Fi", "bluetooth": "Bluetooth", "dark_theme": "dark theme",
+            "dnd": "Do not disturb", "vibrate": "vibration"}
+SETTINGS = {"brightness": "Set the brightness to {}.", "volume": "Set the volume to {}.", "font_size": "Change the font size to {}.",
+            "network": "Connect to the Wi-Fi network {}.", "device_name": "Rename this phone to {}."}
+
+
+def describe_state_change(diff: list) -> str | None:
+    """Stand-in describer knowledge: the user task a `state_diff` accomplishes ("Turn on Bluetooth."), or None
+    when nothing in the app state changed (the action only moved between screens)."""
+    for path, old, new in diff:
+        app, key, *rest = path.strip("/").split("/")
+        if key in SWITCHES:
+            return f"Turn {'on' if new else 'off'} {SWITCHES[key]}."
+        if key in SETTINGS:
+            return SETTINGS[key].format(new.lower() if key == "font_size" else new)
+        if key == "cart":
+            return f"Add {new - (old or 0)} {rest[0]} to the cart." if new else f"Remove {rest[0]} from the cart."
+        old, new = old or [], new or []  # the rest are lists of records
+        added, removed = [x for x in new if x not in old], [x for x in old if x not in new]
+        if key == "orders":
+            return f"Order {' and '.join(added[0]['items'])} to {added[0]['address']}."
+        if key == "sent":
+            return f"Send an email to {added[0]['to']} with the subject '{added[0]['subject']}'."
+        if key in ("notes", "emails"):
+            for a in added:
+                b = next((r for r in removed if r["id"] == a["id"]), None)
+                noun = f"the note '{(b or a).get('title')}'" if key == "notes" else f"the email from {a['sender']}"
+                if b is None:
+                    return f"Create a note titled '{a['title']}' that says '{a['body']}'."
+                if key == "notes" and a["pinned"] != b["pinned"]:
+                    return f"{'Pin' if a['pinned'] else 'Unpin'} {noun}."
+                if key == "emails" and a["starred"] != b["starred"]:
+                    return f"{'Star' if a['starred'] else 'Unstar'} {noun}."
+                return f"Rename {noun} to '{a['title']}'." if a.get("title") != b.get("title") else f"Edit {noun}."
+            if removed:
+                return f"Delete the note '{removed[0]['title']}'." if key == "notes" else f"Delete the email from {removed[0]['sender']}."
+    return None
+
+
+QUESTIONS = {  # element on a screen -> (question, answer from its (text, value))
+    "price": ("How much does the {title} cost?", lambda text, value: text.split()[-1]),
+    "android_version": ("Which Android version is this phone running?", lambda text, value: text.split()[-1]),
+    "subject": ("What is the subject of the email from {sender}?", lambda text, value: text),
+    "body_box": ("What does the note '{note}' say?", lambda text, value: value)}
+FIELD_TEXTS = {"title": ["Shopping", "Todo", "Plans"], "body": ["call mom", "buy bread", "hello"], "to": ["dave", "erin", "grace"],
+               "subject": ["Hi", "Update", "Question"], "address": ["1 Main St", "7 Hill Rd"], "device": ["My Phone", "Toy 2"],
+               "search": ["mug", "seed", "novel", "pan"]}  # none is a held-out task's parameter
+
+
+def screen_question(after: list, title: str) -> tuple[str, str] | None:
+    """Stand-in describer knowledge: a question answerable from a screen (elements as [resource_id, text,
+    value] rows) and its answer, or None when the screen shows nothing to ask about."""
+    info = {rid: (text, value) for rid, text, value in after}
+    rid = next((r for r in QUESTIONS if r in info), None)
+    if rid is None:
+        return None
+    template, extract = QUESTIONS[rid]
+    sender = info.get("from", ("", ""))[0].removeprefix("From: ")
+    return template.format(title=title, note=info.get("title_box", ("", ""))[1], sender=sender), extract(*info[rid])
+
+
+def toy_field_text(field_name: str, rng) -> str:
+    """Stand-in text generator: a seeded pick from a small word list for the field, else 'Test Input'."""
+    key = next((k for k in FIELD_TEXTS if k in field_name.lower()), None)
+    return rng.choice(FIELD_TEXTS[key]) if key else "Test Input"
+
+
+def apply_diff(state: dict, diff: list) -> dict:
+    """`state` with a `state_diff` applied on top (list changes as add/remove of items). A change is already
+    present in `state` exactly when `state_diff(apply_diff(state, diff), state)` is empty."""
+    out = json.loads(json.dumps(state))
+    for path, old, new in diff:
+        *parents, leaf = path.strip("/").split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        if isinstance(new, list) or isinstance(old, list):
+            gone = [x for x in old or [] if x not in (new or [])]
+            kept = [x for x in node.get(leaf) or [] if x not in gone]
+            node[leaf] = kept + [x for x in new or [] if x not in (old or []) and x not in kept]
+        else:
+            node[leaf] = new
+    return out
+
+
+class PathFollower:
+    """Stand-in executor (os_genesis.py): follows a plan of steps addressed by resource id (["open_app", label],
+    ["click" | "long_press", rid], ["type", rid, text], ["scroll", direction], ["back"]), then answers or stops.
+    With probability `noise` it clicks something at random instead; when its target is not on screen it goes
+    back (a caller's repeat rule ends hopeless loops)."""
+
+    def __init__(self, plan: list, answer: str | None, noise: float, rng):
+        self.plan, self.answer, self.noise, self.rng, self.pos = plan, answer, noise, rng, 0
+
+    def act(self, obs: dict) -> GUIAction:
+        clickable = [e for e in obs["ui_elements"] if e["is_clickable"]]
+        if clickable and self.rng.random() < self.noise:
+            return GUIAction("click", index=self.rng.choice(clickable)["index"])
+        if self.pos >= len(self.plan):
+            return GUIAction("answer", text=self.answer) if self.answer else GUIAction("status", goal_status="complete")
+        step = self.plan[self.pos]
+        if step[0] in ("open_app", "scroll", "back"):
+            self.pos += 1
+            return (GUIAction("open_app", app_name=step[1]) if step[0] == "open_app" else
+                    GUIAction("scroll", direction=step[1]) if step[0] == "scroll" else GUIAction("navigate_back"))
+        index = next((e["index"] for e in obs["ui_elements"] if e["resource_id"] == step[1]), None)
+        if index is None:
+            return GUIAction("navigate_back")  # lost: go back (hopeless cases end by the repeat rule)
+        self.pos += 1
+        return GUIAction("input_text", index=index, text=step[2]) if step[0] == "type" else GUIAction(step[0], index=index)
+
+
+def instruction(action: GUIAction, ui_elements: list[dict]) -> str:
+    """The action as a low-level instruction sentence: "Click 'Bluetooth'."."""
+    text = describe_action(action, ui_elements)
+    return text[:1].upper() + text[1:] + "."
 
 
 # ----------------------------------------------------------------------------------------------------

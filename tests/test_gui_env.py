@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.gui_env import (
-    BACKGROUND, SCREEN_H, SCREEN_W, STATUS_BAR_H, TASKS, ActionError, GUIAction, GUIEnvironment, ScriptedExpert,
+    BACKGROUND, SCREEN_H, SCREEN_W, TASKS, ActionError, GUIAction, GUIEnvironment, ScriptedExpert,
     StubGrounder, Task, ToyGUIEnv, action_to_guimid, browsergym_to_action, describe_action, element_at_point,
     format_browsergym, format_guimid, format_osgenesis, format_webarena, guimid_to_action, list_tasks,
     nearest_center_index, normalize_answer, osgenesis_a11y, osgenesis_to_indexed, parse_action,
