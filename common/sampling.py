@@ -139,6 +139,11 @@ class HFSampler(Sampler):
         synced = dist.is_initialized() and dist.get_world_size() > 1
         was_training = self.model.training
         self.model.eval()
+        # FSDP2: gather the root's own parameters (embeddings, lm_head, a VLM's projector) for the whole
+        # generation; transformers 5 touches some of them outside the root forward (image features).
+        sharded_root = hasattr(self.model, "unshard")
+        if sharded_root:
+            self.model.unshard()
         results = []
         for start in range(0, len(texts), bs):
             enc = self._encode(texts[start : start + bs], None if images is None else images[start : start + bs])
@@ -156,6 +161,8 @@ class HFSampler(Sampler):
                 if j % n == 0:
                     results.append([])
                 results[-1].append(Completion(text, ids, logprobs[j, : len(ids)].tolist(), reason))
+        if sharded_root:
+            self.model.reshard()
         self.model.train(was_training)
         return results
 

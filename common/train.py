@@ -267,7 +267,14 @@ def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng
     model_sd = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)
     if optimizer is not None and (ckpt_dir / "optimizer.pt").exists():
         optim_sd = torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=False)
-        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=opts)
+        # Parameters that never had a gradient (a VLM's unused vision layer norm, the vision tower during a
+        # text-only stage) have no AdamW state: load leniently and drop the zero state torch makes up for
+        # them, so they start fresh at their first gradient exactly as in the uninterrupted run.
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+        for name, param in model.named_parameters():
+            if name not in optim_sd["state"]:
+                optimizer.state.pop(param, None)
     else:
         set_model_state_dict(model, model_sd, options=opts)
     if scheduler is not None and (ckpt_dir / "scheduler.pt").exists():
