@@ -1,0 +1,270 @@
+"""zero_rl.py: the paper's functions pinned to hand-computed values, garbage-proof rewards, the LLM-judge
+path with the tiny model, data loading errors, and end-to-end runs (learning, resume, 2-process torchrun)."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+import zero_rl as Z
+from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.sampling import HFSampler
+from common.train import token_logprobs
+
+# ----------------------------------------------------------------------------------------------------
+# GRPO advantages (spec §5 check 6)
+
+
+def test_grpo_advantages_spec_case():
+    adv = Z.grpo_advantages(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0]), 8)
+    assert adv[0].item() == pytest.approx(2.4749, abs=1e-4)  # (1 - 0.125) / (0.35355 + 1e-6)
+    assert torch.allclose(adv[1:], torch.full((7,), -0.35355), atol=1e-4)
+
+
+def test_grpo_advantages_equal_group_is_zero_and_groups_are_independent():
+    assert Z.grpo_advantages(torch.full((8,), 0.7), 8).abs().max() < 1e-6  # float32 mean/std would give 0.056
+    assert torch.equal(Z.grpo_advantages(torch.zeros(8), 8), torch.zeros(8))
+    adv = Z.grpo_advantages(torch.tensor([1.0, 0.0, 3.0, 3.0]), 2)  # unbiased std of [1, 0] = 0.70711
+    assert torch.allclose(adv, torch.tensor([0.70711, -0.70711, 0.0, 0.0]), atol=1e-4)
+    assert torch.allclose(Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1), torch.tensor([2.0, -1.0]), atol=1e-5)  # G=1: mean 0, std 1
+    with pytest.raises(ValueError, match="groups of 8"):
+        Z.grpo_advantages(torch.ones(7), 8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PPO-clip, k3 KL, loss aggregation
+
+
+def test_ppo_clip_ratio_one_is_minus_advantage():
+    logp = torch.log(torch.tensor([[0.5, 0.25]]))
+    loss, ratio = Z.ppo_clip_loss(logp, logp.clone(), torch.tensor([1.5]))
+    assert torch.allclose(ratio, torch.ones(1, 2)) and torch.allclose(loss, torch.full((1, 2), -1.5))
+
+
+def test_ppo_clip_clipped_and_unclipped_sides():
+    old = torch.zeros(4, 1)
+    logp = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    loss, _ = Z.ppo_clip_loss(logp, old, adv, 0.2, 0.2)
+    # ratio 1.5, A=+1 -> clipped at 1.2; A=-1 -> unclipped 1.5; ratio 0.5, A=-1 -> clipped at 0.8; A=+1 -> 0.5
+    assert torch.allclose(loss.squeeze(1), torch.tensor([-1.2, 1.5, 0.8, -0.5]))
+    loss.sum().backward()
+    assert logp.grad[0].item() == 0 and logp.grad[2].item() == 0  # clipped tokens carry no gradient
+    assert logp.grad[1].item() == pytest.approx(1.5) and logp.grad[3].item() == pytest.approx(-0.5)
+    high, _ = Z.ppo_clip_loss(torch.log(torch.tensor([[1.25]])), torch.zeros(1, 1), torch.tensor([1.0]), 0.2, 0.28)
+    assert high.item() == pytest.approx(-1.25)  # clip-higher: 1.25 < 1 + 0.28
+
+
+def test_k3_kl_hand_values():
+    logp, ref = torch.log(torch.tensor([0.5, 0.3])), torch.log(torch.tensor([0.25, 0.3]))
+    kl = Z.k3_kl(logp, ref)  # exp(-0.6931) + 0.6931 - 1 = 0.19315; equal -> 0
+    assert kl[0].item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6) and kl[1].item() == pytest.approx(0.0, abs=1e-7)
+    assert Z.k3_kl(torch.tensor([-30.0]), torch.tensor([0.0])).item() == 10.0  # clamped
+    assert (Z.k3_kl(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_aggregate_loss_variants():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    assert Z.aggregate_loss(per_token, mask, "dapo", 4).item() == pytest.approx(10 / 4)  # token mean
+    assert Z.aggregate_loss(per_token, mask, "bnpo", 4).item() == pytest.approx(10 / 4)
+    assert Z.aggregate_loss(per_token, mask, "grpo", 4).item() == pytest.approx((6 / 3 + 4 / 1) / 2)  # sequence means
+    assert Z.aggregate_loss(per_token, mask, "dr_grpo", 4).item() == pytest.approx(10 / (2 * 4))  # / (B * max len)
+    # a micro-batch of a larger mini-batch uses the mini-batch's normalisers
+    assert Z.aggregate_loss(per_token, mask, "dapo", 4, num_tokens=8).item() == pytest.approx(10 / 8)
+    assert Z.aggregate_loss(per_token, mask, "grpo", 4, num_seqs=4).item() == pytest.approx(6 / 4)
+    with pytest.raises(ValueError, match="--loss_type"):
+        Z.aggregate_loss(per_token, mask, "sum", 4)
+
+
+def test_micro_batches_add_up_to_the_mini_batch_loss():
+    torch.manual_seed(0)
+    per_token, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).long()
+    for kind in ("dapo", "grpo", "dr_grpo"):
+        whole = Z.aggregate_loss(per_token, mask, kind, 5)
+        parts = sum(Z.aggregate_loss(per_token[s:s + 2], mask[s:s + 2], kind, 5, num_tokens=float(mask.sum()), num_seqs=6)
+                    for s in range(0, 6, 2))
+        assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+def test_length_rewards_dispatch_hand_values():
+    kimi = Z.length_rewards("kimi", [100, 200, 300, 100, 200, 300], [1, 1, 1, 0, 0, 0], 3, 1000)
+    assert kimi == pytest.approx([0.5, 0.0, -0.5, 0.0, 0.0, -0.5])
+    assert Z.length_rewards("dapo_overlong", [700, 900, 1000], [1, 1, 1], 3, 1000, buffer=200) == pytest.approx([0.0, -0.5, -1.0])
+    assert Z.length_rewards("cosine", [0, 500], [1, 0], 2, 1000) == pytest.approx([2.0, -5.0])
+    assert Z.length_rewards("l1_exact", [1500], [1], 1, 4000, budgets=[1000]) == pytest.approx([0.85])
+    assert Z.length_rewards("l1_max", [500], [1], 1, 4000, budgets=[1000]) == pytest.approx([0.65])
+    assert Z.length_rewards("none", [5, 6], [1, 0], 2, 16) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="--overlong_buffer"):
+        Z.length_rewards("dapo_overlong", [5], [1], 1, 16, buffer=4096)
+    with pytest.raises(ValueError, match="--length_reward"):
+        Z.length_rewards("longer", [5], [1], 1, 16)
+
+
+def test_response_logprobs_match_common_token_logprobs():
+    """Shared-prompt log-probs (left-padded prompts, KV cache indexed out to each group) equal the plain
+    full-sequence log-probs of every prompt + response, gradients included."""
+    path = make_tiny_lm()
+    model, tok = load_model(path), load_tokenizer(path)
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]  # two prompts of different lengths
+    responses = [[20, 21, 22, 23], [24, 25], [26, 27, 28], [29]]  # rows 0-1 -> prompt 0, rows 2-3 -> prompt 1
+    index = torch.tensor([0, 0, 1, 1])
+    enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+    resp = torch.tensor([r + [0] * (4 - len(r)) for r in responses])
+    resp_mask = torch.tensor([[1] * len(r) + [0] * (4 - len(r)) for r in responses])
+    logps, entropy = Z.response_logprobs(model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, return_entropy=True)
+    assert logps.shape == (4, 4)
+    (logps * resp_mask).sum().backward()
+    shared_grad = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    total = 0.0
+    for i, r in enumerate(responses):
+        p = prompts[int(index[i])]
+        ids = torch.tensor([p + r])
+        full, full_ent = token_logprobs(model, ids, torch.ones_like(ids), return_entropy=True)  # (1, L-1)
+        assert torch.allclose(logps[i, : len(r)], full[0, len(p) - 1:], atol=1e-5)
+        assert torch.allclose(entropy[i, : len(r)], full_ent[0, len(p) - 1:], atol=1e-4)
+        total = total + full[0, len(p) - 1:].sum()
+    total.backward()
+    assert torch.allclose(shared_grad, model.model.embed_tokens.weight.grad, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# prompts, data, rewards
+
+
+def test_prompt_templates():
+    chat = Z.make_prompt("What is 2+3?", "qwen-boxed")
+    assert chat[0] == {"role": "system", "content": "You are a helpful assistant."}
+    assert chat[1]["content"] == "What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert Z.make_prompt("What is 2+3?", "abel") == "Question:\nWhat is 2+3?\nAnswer:\nLet's think step by step.\n"
+    assert Z.make_prompt("Q?", "abel", budget=512, l1_kind="l1_max").startswith("Question:\nQ? Think for maximum 512 tokens.")
+    with pytest.raises(ValueError, match="--prompt_template"):
+        Z.make_prompt("Q", "alpaca")
+
+
+def test_toy_held_out_prompts_never_in_training():
+    for task in ("math", "countdown"):
+        train, held_out = Z.make_toy_rows(task, seed=1)
+        assert len(held_out) == Z.TOY_HELD_OUT and not {r["question"] for r in train} & {r["question"] for r in held_out}
+    train, _ = Z.make_toy_rows("math", seed=1)
+    assert train[0]["answer"] == "".join(sorted(train[0]["answer"]))
+    assert Z.score(f"\\boxed{{{train[0]['answer']}}}", train[0], Z.Args())[:2] == (1.0, True)
+
+
+@pytest.mark.parametrize("text", ["", "no answer at all", "9" * 5000, "\\boxed{", "\\boxed{}}}{{", "ünïcödé 🙂 ∑∫ \x00",
+                                  "<answer></answer>", "\\boxed{1/0}", "1e999999", "\\boxed{" * 300])
+def test_garbage_completions_get_zero_reward(text):
+    row = {"question": "Sort the digits 4 3 2 1 from smallest to largest.", "answer": "1234"}
+    assert Z.score(text, row, Z.Args())[:2] == (0.0, False)
+    countdown = {"question": "q", "target": 48, "nums": [3, 4, 8, 2], "answer": "3 * 4 * (8 / 2)"}
+    reward, correct, _ = Z.score(text, countdown, Z.Args(task="countdown"))
+    assert not correct and reward == (0.1 if text == "<answer></answer>" else 0.0)  # TinyZero: a tagged answer earns 0.1
+
+
+def test_reward_modes():
+    row = {"answer": "7"}
+    assert Z.score("so we get 7 apples", row, Z.Args())[0] == 1.0  # last-number fallback (spec §5 check 3)
+    assert Z.score("so we get 7 apples", row, Z.Args(reward_mode="independent"))[0] == 0.5
+    assert Z.score("\\boxed{8}", row, Z.Args(reward_mode="independent"))[0] == -0.5
+    assert Z.score("nothing", row, Z.Args(reward_mode="independent"))[0] == -1.0
+    assert Z.score("<answer> 3 * 4 * (8 / 2) </answer>", {"target": 48, "nums": [3, 4, 8, 2]}, Z.Args(task="countdown"))[:2] == (1.0, True)
+
+
+def test_levels_and_field_names_from_a_local_file(tmp_path):
+    path = tmp_path / "math.jsonl"
+    rows = [{"problem": f"q{i}", "solution": str(i), "level": f"Level {1 + i % 5}"} for i in range(20)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    args = Z.Args(data=str(path), question_field="problem", answer_field="solution", levels="3-5", num_eval_prompts=2)
+    train, evals = Z.load_task_rows(args)
+    assert len(train) + len(evals) == 12 and all(r["level"] in ("Level 3", "Level 4", "Level 5") for r in train + evals)
+    assert train[0]["question"] == "q2" and train[0]["answer"] == "2"
+    assert Z.parse_range("2", "--levels") == (2, 2) and Z.parse_range("3-5", "--levels") == (3, 5)
+    for bad in ("hard", "3-", "-1", ""):
+        with pytest.raises(ValueError, match="--levels"):
+            Z.parse_range(bad, "--levels")
+    with pytest.raises(ValueError, match="'difficulty'.*--level_field"):
+        Z.load_task_rows(Z.Args(data=str(path), question_field="problem", answer_field="solution", levels="3", level_field="difficulty"))
+    with pytest.raises(ValueError, match="missing field 'question'"):
+        Z.load_task_rows(Z.Args(data=str(path)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# reasoning behaviours: keyword stand-in and the LLM judge (tiny model: garbage JSON is counted)
+
+
+def test_keyword_behaviours():
+    text = "First, list all cases. Let me check 2+2=4. Wait, that was a mistake."
+    assert Z.keyword_behaviours(text) == {"subgoal setting", "enumeration", "verification", "backtracking"}
+    assert Z.keyword_behaviours("\\boxed{1234}") == set()
+
+
+def test_parse_judge_reply():
+    assert Z.parse_judge_reply("[]") == set()
+    assert Z.parse_judge_reply('Sure: [{"behavior": "Verification", "example": "check"}, {"behavior": "Subgoal Setting"}] done') == {
+        "verification", "subgoal setting"}
+    assert Z.parse_judge_reply('[{"behavior": "Flying"}]') == set()
+    for bad in ("garbage", "[1, 2]", '{"behavior": "Verification"}', "[{", "][", "[" * 5000 + "]" * 5000, ""):
+        assert Z.parse_judge_reply(bad) is None
+
+
+def test_judge_through_the_sampler_with_the_tiny_model():
+    path = make_tiny_lm()
+    judge = HFSampler(load_model(path), load_tokenizer(path))
+    labels = Z.judge_behaviours(judge, ["Sort 2 1", "Sort 4 3"], ["\\boxed{12}", "wait, check: 34"], max_new_tokens=8)
+    assert len(labels) == 2 and all(lab is None or lab <= set(Z.BEHAVIOURS) for lab in labels)  # garbage is None, not an error
+
+
+# ----------------------------------------------------------------------------------------------------
+# end to end (subprocesses, the way the scripts are run)
+
+SMALL = ["--num_eval_prompts", "16", "--eval_samples", "2", "--prompts_per_step", "4", "--mini_batch_prompts", "2"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
+
+
+def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
+    out = tmp_path / "learn"
+    run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(out), "--total_steps", "20", "--eval_every", "20",
+             "--num_eval_prompts", "64", "--save_every", "100"], timeout=600, env=ONE_THREAD)
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["before"]["eval/accuracy_sampled"], summary["after"]["eval/accuracy_sampled"]
+    assert after - before >= 0.15, (before, after)
+    assert (out / "curves.png").stat().st_size > 0 and (out / "model" / "config.json").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "reward" in r]
+    assert [r["step"] for r in train] == list(range(1, 21))
+    for key in ("completions/mean_length", "completions/clipped_ratio", "completions/mean_terminated_length", "entropy", "kl",
+                "clip_ratio/region_mean", "frac_reward_zero_std", "time/step", "tokens_per_s"):
+        assert math.isfinite(train[-1][key]), key
+
+
+def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
+    """Run to step 2 (checkpoint), resume to 4; steps 3-4 match an uninterrupted 4-step run exactly.
+    Also exercises the LLM-judge eval path, a length reward, the format-penalty reward and grpo loss."""
+    judge = make_tiny_lm()
+    flags = SMALL + ["--save_every", "2", "--eval_every", "100", "--judge_model", judge, "--judge_max_new_tokens", "8",
+                     "--length_reward", "kimi", "--reward_mode", "independent", "--loss_type", "grpo"]
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "2", *flags], env=ONE_THREAD)
+    proc = run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "4", "--resume", *flags], env=ONE_THREAD)
+    assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
+    run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(straight), "--total_steps", "4", *flags], env=ONE_THREAD)
+    load = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = load(resumed), load(straight)
+    assert [r["step"] for r in a if "reward" in r] == [1, 2, 3, 4]
+    assert json.loads((resumed / "checkpoint" / "meta.json").read_text())["step"] == 4
+    for key in ("reward", "completions/mean_length", "loss"):
+        assert [r[key] for r in a if "reward" in r] == pytest.approx([r[key] for r in b if "reward" in r], abs=1e-5), key
+    final = [r for r in a if "eval/judge_parse_failures" in r][-1]
+    assert 0 <= final["eval/judge_parse_failures"] <= 16 and "eval/behaviour_keyword/verification" in final
+
+
+def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
+    out = tmp_path / "ddp"
+    run_cmd([*torchrun_cmd, "zero_rl.py", "--output_dir", str(out), "--total_steps", "2", "--eval_every", "2",
+             "--micro_batch_size", "4", *SMALL], timeout=600)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reward" in r] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["after"]["eval/accuracy_greedy"] >= 0.0

@@ -1,0 +1,598 @@
+"""Zero RL: GRPO from a base model with a correctness-only reward, plus optional length-aware rewards.
+
+Paper: "SimpleRL-Zoo: Investigating and Taming Zero Reinforcement Learning for Open Base Models in the
+Wild" (Zeng et al., arXiv 2503.18892); length rewards from the surveys arXiv 2503.21614 / 2503.16419.
+
+Idea: RL straight from a base model (no SFT). Sample G=8 answers per question, reward 1 for a correct
+final answer and 0 otherwise (format not enforced), normalise rewards within each group (GRPO), update
+with PPO-clip averaged over all valid tokens of the mini-batch plus a tiny k3 KL to the frozen base.
+RL sharpens what the base can already do; the paper tracks accuracy, response length, clip ratio,
+pass@k and the share of responses showing reasoning behaviours.
+
+Departures (from the paper and its released verl code):
+- CPU default = a toy: a 2-layer tiny Qwen2 "base" (a short, cached SFT on noisy demonstrations of
+  sorting four digits, never on the held-out prompts) answers through the paper's qwen-boxed template
+  and is graded by the paper's grader. Scale-dependent defaults (batch, lr, lengths, steps) are the
+  toy's; the help strings give the paper's values.
+- Old log-probs come from the sampler (HF generate records the model's own) instead of a recomputing
+  forward; with `--sampler vllm` the trainer recomputes them, as verl does.
+- The loss forward computes each prompt once for its G responses (shared KV cache): exact, and the main
+  reason a step is several times faster than TRL's on the toy.
+- Reasoning behaviours: a keyword detector is the stand-in labeller (the paper rejects keyword counts,
+  uses GPT-4o); `--judge_model` labels with any local/hub model through the Sampler.
+- FSDP2: every rank samples its own prompts; all rewards are gathered before the group normalisation.
+  Weights go to vLLM per tensor (DTensor.full_tensor) so every rank's colocated engine gets them.
+  On CUDA the forwards run under bf16 autocast with fp32 master weights.
+
+Commands:
+    python zero_rl.py                                  # CPU toy, about 1-2 minutes on 2 cores
+    python zero_rl.py --model Qwen/Qwen2.5-0.5B --data simplerl/simplelr_qwen_level1to4/train.parquet \\
+        --prompts_per_step 64 --mini_batch_prompts 16 --micro_batch_size 8 --max_new_tokens 2048 --lr 5e-7   # 1 GPU
+    torchrun --nproc_per_node=8 zero_rl.py --model Qwen/Qwen2.5-0.5B --data simplerl/simplelr_qwen_level3to5/train.parquet \\
+        --sampler vllm --prompts_per_step 1024 --mini_batch_prompts 256 --micro_batch_size 2 --max_new_tokens 8192 \\
+        --lr 5e-7 --total_steps 100 --eval_every 10 --save_every 10
+(simplerl/ = `huggingface-cli download hkust-nlp/SimpleRL-Zoo-Data --repo-type dataset --local-dir simplerl`)
+"""
+
+import json
+import random
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import HfArgumentParser
+
+from common import rewards as R
+from common.data import load_rows, make_countdown_rows
+from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
+from common.sampling import HFSampler, make_sampler, render_prompt
+from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
+                          format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
+                          save_checkpoint, seed_everything, shard_model, sft_loss)
+
+
+def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it in --help)
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    # --- generic
+    seed: int = arg(1, "random seed (each rank samples with seed + rank)")
+    output_dir: str = arg("runs/zero_rl", "metrics.jsonl, curves.png, summary.json, checkpoint/ and the final model go here")
+    model: str = arg("", "hub id or local folder of the base model; empty = the toy's tiny warm-started Qwen2 (cached)")
+    data: str = arg("", "hub id or local .jsonl/.json/.parquet file/folder (SimpleRL-Zoo-Data: one tier's train.parquet, "
+                        "spec §1.3); empty = toy prompts made in code")
+    data_split: str = arg("train", "split of --data")
+    eval_data: str = arg("", "held-out rows, same fields (hub id: its 'test' split); empty = last --num_eval_prompts of --data")
+    question_field: str = arg("question", "field holding the question")
+    answer_field: str = arg("answer", "field holding the gold answer")
+    level_field: str = arg("level", "difficulty field used by --levels (ints or strings like 'Level 3')")
+    levels: str = arg("", "keep rows whose level is in this range, e.g. 3-5 (the paper's Hard tier, spec §1.3)")
+    task: str = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
+    prompt_template: str = arg("auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (spec §1.3) | countdown (TinyZero "
+                               "instruct); auto = countdown for --task countdown, else qwen-boxed")
+    sampler: str = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
+    dtype: str = arg("float32", "training weights dtype; float32 keeps AdamW exact (bf16 autocast is used on CUDA)")
+    track: bool = arg(False, "log to Weights & Biases")
+    resume: bool = arg(False, "continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)")
+    save_every: int = arg(50, "checkpoint every N steps (and at the end)")
+    # --- algorithm (paper App. B.5 / spec §1.1 unless stated)
+    total_steps: int = arg(60, "rollout steps; paper: ~100 (App. B.5)")
+    prompts_per_step: int = arg(16, "prompts per rollout batch; paper: 1024 (App. B.5)")
+    group_size: int = arg(8, "samples per prompt G; paper: 8 (App. B.5; App. G: N=32 better, N<=4 unstable)")
+    mini_batch_prompts: int = arg(4, "prompts per optimizer update; paper: 256, i.e. 4 updates per rollout batch")
+    micro_batch_size: int = arg(0, "completions per forward/backward (gradient accumulation); 0 = whole mini-batch; paper: 2")
+    lr: float = arg(1e-3, "learning rate; toy 1e-3; SimpleRL script default 5e-7, constant (spec §1.1)")
+    max_new_tokens: int = arg(16, "max response tokens; paper: 8192 (App. B.5)")
+    max_prompt_length: int = arg(1024, "drop training prompts longer than this; paper: 1024")
+    temperature: float = arg(1.0, "rollout temperature; paper: 1.0 (App. B.5; App. G: 1.0 beats 0.6/0.8)")
+    top_p: float = arg(1.0, "rollout top-p; paper: 1.0")
+    clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2")
+    clip_eps_high: float = arg(0.0, "upper clip epsilon (DAPO clip-higher uses 0.28); 0 = same as --clip_eps")
+    loss_type: str = arg("dapo", "dapo (paper: token mean over the mini-batch) | bnpo | grpo | dr_grpo, see aggregate_loss")
+    beta: float = arg(1e-4, "k3 KL coefficient to the frozen base; paper: 1e-4 for 0.5B-14B, 1e-3 larger; 0 = no reference model")
+    entropy_coef: float = arg(0.001, "entropy bonus; verl/SimpleRL: 0.001 (spec §1.1)")
+    max_grad_norm: float = arg(1.0, "gradient clipping; SimpleRL script: 1.0")
+    mask_truncated: bool = arg(False, "drop truncated responses from the loss (SimpleRL remove_clip, default off)")
+    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm)")
+    reward_mode: str = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty (§3.1)")
+    format_penalty: float = arg(-1.0, "reward of a wrong, unboxed answer in --reward_mode independent")
+    length_reward: str = arg("none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, added to the task reward (spec §3)")
+    length_reward_coef: float = arg(1.0, "weight of the length reward")
+    l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the model in the prompt (spec §3.3)")
+    overlong_buffer: int = arg(4096, "DAPO soft overlong buffer L_c (DAPO: 4096); L_max = --max_new_tokens")
+    # --- evaluation and reasoning behaviours
+    eval_every: int = arg(20, "evaluate every N steps (and before/after training)")
+    num_eval_prompts: int = arg(128, "held-out eval prompts (toy: never seen in warm start or RL)")
+    eval_samples: int = arg(4, "samples per eval prompt for sampled accuracy and pass@k")
+    eval_temperature: float = arg(1.0, "eval sampling temperature; paper: 1.0 for RL models (§1.5)")
+    eval_top_p: float = arg(0.95, "eval top-p; paper: 0.95 (§1.5)")
+    judge_model: str = arg("", "model that labels reasoning behaviours (paper: GPT-4o); empty = keyword stand-in only")
+    judge_max_new_tokens: int = arg(256, "max tokens of a judge reply")
+    # --- toy base model (used when --model is empty)
+    warm_start_steps: int = arg(400, "toy only: SFT steps that give the tiny model its 'base' competence")
+    warm_start_noise: float = arg(0.6, "toy only: share of warm-start demonstrations with a wrong answer")
+
+
+# ----------------------------------------------------------------------------------------------------
+# ALGO LOGIC: the paper's equations as small pure functions
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """GRPO (spec §1.1): A_i = (r_i - mean_g) / (std_g + 1e-6), unbiased std, per group of G samples.
+    A group of one gets mean 0 and std 1 (verl)."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    groups = rewards.double().view(-1, group_size)  # (P, G); float64: equal rewards must give ~0, not 0.7 -> 0.056
+    if group_size == 1:
+        mean, std = torch.zeros_like(groups), torch.ones_like(groups)
+    else:
+        mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)  # torch.std is unbiased
+    return ((groups - mean) / (std + 1e-6)).view(-1).float()  # (P*G,)
+
+
+def ppo_clip_loss(logps, old_logps, advantages, eps_low=0.2, eps_high=0.2):
+    """PPO-clip per token: -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), rho = exp(logp - old)."""
+    ratio = torch.exp(logps - old_logps)  # (B, T)
+    adv = advantages.unsqueeze(-1)  # (B, 1)
+    loss = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)  # (B, T)
+    return loss, ratio
+
+
+def k3_kl(logps, ref_logps):
+    """k3 KL estimator to the reference, exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10] (verl)."""
+    delta = ref_logps - logps
+    return torch.clamp(torch.exp(delta) - delta - 1, -10.0, 10.0)
+
+
+def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_tokens=None, num_seqs=None):
+    """Reduce a (B, T) per-token loss to a scalar. `num_tokens` / `num_seqs` are the normalisers of the
+    whole mini-batch when it is split into micro-batches (default: this micro-batch's own).
+
+    dapo    token mean over all valid tokens of the mini-batch (SimpleRL "token-level"; caller passes the
+            global token count / world size, so FSDP's gradient averaging gives the global mean)
+    bnpo    token mean over this rank's mini-batch tokens (TRL bnpo)
+    grpo    per-sequence token mean, then mean over sequences (GRPO paper; favours short answers)
+    dr_grpo token sum / (sequences * max completion length) (Dr. GRPO: no length bias)
+    """
+    mask = mask.to(per_token_loss.dtype)
+    num_seqs = num_seqs or mask.shape[0]
+    if loss_type in ("dapo", "bnpo"):
+        return (per_token_loss * mask).sum() / max(float(num_tokens or mask.sum()), 1.0)
+    if loss_type == "grpo":
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_seqs
+    if loss_type == "dr_grpo":
+        return (per_token_loss * mask).sum() / (num_seqs * max_completion_length)
+    raise ValueError(f"--loss_type must be dapo, bnpo, grpo or dr_grpo, got {loss_type!r}")
+
+
+def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, buffer=4096):
+    """Length-aware rewards (spec §3), one per completion; groups of G are consecutive."""
+    if kind == "none":
+        return [0.0] * len(lengths)
+    if kind == "kimi":  # per group: lambda = 0.5 - (L - Lmin) / (Lmax - Lmin)
+        return [r for s in range(0, len(lengths), group_size)
+                for r in R.kimi_length_reward(lengths[s:s + group_size], correct[s:s + group_size])]
+    if kind == "cosine":
+        return [R.cosine_length_reward(n, c, max_len) for n, c in zip(lengths, correct)]
+    if kind in ("l1_exact", "l1_max"):
+        return [R.l1_length_reward(n, c, b, kind[3:]) for n, c, b in zip(lengths, correct, budgets)]
+    if kind == "dapo_overlong":
+        if buffer > max_len:
+            raise ValueError(f"--overlong_buffer {buffer} must be <= --max_new_tokens {max_len}")
+        return [R.dapo_overlong_penalty(n, max_len, buffer) for n in lengths]
+    raise ValueError(f"--length_reward must be none|kimi|cosine|l1_exact|l1_max|dapo_overlong, got {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# prompts, data, rewards
+
+
+def make_prompt(question: str, template: str, budget: int | None = None, l1_kind: str = ""):
+    """qwen-boxed: chat with system turn; abel: plain text (spec §1.3); countdown: TinyZero instruct."""
+    if budget is not None:  # L1 tells the model its budget (spec §3.3)
+        question += f" Think for {'maximum ' if l1_kind == 'l1_max' else ''}{budget} tokens."
+    if template == "qwen-boxed":
+        return [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question
+                + "\nPlease reason step by step, and put your final answer within \\boxed{}."}]
+    if template == "abel":
+        return f"Question:\n{question}\nAnswer:\nLet's think step by step.\n"
+    if template == "countdown":
+        return [{"role": "user", "content": question + " You can use + - * / and each number once. Show your work in <think> "
+                 "</think> tags and give the final equation in <answer> </answer> tags, e.g. <answer> (1 + 2) / 3 </answer>."}]
+    raise ValueError(f"--prompt_template must be qwen-boxed, abel or countdown, got {template!r}")
+
+
+TOY_HELD_OUT = 512  # toy questions reserved for evaluation (never in warm start or RL), whatever --num_eval_prompts
+
+
+def make_toy_rows(task: str, seed: int):
+    """Toy prompts: sorting four digits 1-9 (answer '1347', graded by the math grader) or small countdowns.
+    Returns (train_rows, held_out_rows); no held-out question appears in the train rows."""
+    if task == "countdown":
+        rows = list({r["question"]: r for r in make_countdown_rows(4000, seed=seed)}.values())
+    else:
+        tuples = [(a, b, c, d) for a in range(1, 10) for b in range(1, 10) for c in range(1, 10) for d in range(1, 10)]
+        rows = [{"question": f"Sort the digits {' '.join(map(str, t))} from smallest to largest.",
+                 "answer": "".join(map(str, sorted(t))), "digits": list(t)} for t in tuples]
+    random.Random(seed).shuffle(rows)
+    return rows[TOY_HELD_OUT:], rows[:TOY_HELD_OUT]
+
+
+def parse_range(spec: str, flag: str) -> tuple[int, int]:
+    """'3-5' -> (3, 5), '2' -> (2, 2); the error names the flag."""
+    if not (m := re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)):
+        raise ValueError(f"{flag} must look like 3-5 or 2, got {spec!r}")
+    return int(m[1]), int(m[2] or m[1])
+
+
+def load_task_rows(args):
+    """(train_rows, eval_rows) with `question` and `answer` keys (plus `target`/`nums` for countdown)."""
+    if not args.data:
+        train_rows, held_out = make_toy_rows(args.task, args.seed)
+        return train_rows, held_out[: args.num_eval_prompts]
+    need = (args.question_field,) + (("target", "nums") if args.task == "countdown" else (args.answer_field,))
+
+    def read(source, split):
+        rows = load_rows(source, split=split, required=need)
+        if args.levels:
+            lo, hi = parse_range(args.levels, "--levels")
+            for i, r in enumerate(rows):
+                if args.level_field not in r:
+                    raise ValueError(f"{source} row {i}: no field {args.level_field!r} for --levels (see --level_field)")
+            rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
+        return [{**r, "question": str(r[args.question_field]), "answer": str(r.get(args.answer_field))} for r in rows]
+
+    rows = read(args.data, args.data_split)
+    if args.eval_data:
+        return rows, read(args.eval_data, "test")[: args.num_eval_prompts]
+    return rows[: -args.num_eval_prompts], rows[-args.num_eval_prompts:]
+
+
+def score(text: str, row: dict, args) -> tuple[float, bool, bool]:
+    """(task reward, correct, an answer was found). Never raises on garbage text."""
+    if args.task == "countdown":
+        reward = R.countdown_reward(text, row["target"], row["nums"])
+        return reward, reward == 1.0, reward > 0.0  # 0.1 = a well-formed but wrong equation
+    reward = R.correctness_reward(text, row["answer"], mode=args.reward_mode, format_penalty=args.format_penalty)
+    return reward, reward > 0.0, R.extract_answer(text) is not None  # "mix": 1/0; "independent": correct iff > 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# reasoning behaviours (spec §1.4): keyword stand-in and an LLM judge through the Sampler
+
+BEHAVIOUR_KEYWORDS = {
+    "verification": ("verify", "check", "confirm", "substitut", "plug"),
+    "backtracking": ("wait", "mistake", "actually", "try again", "rethink", "retry", "instead"),
+    "subgoal setting": ("first", "step 1", "next,", "then", "we need to", "break down"),
+    "enumeration": ("case", "possibilit", "list all", "for each", "enumerat", "all options"),
+}
+BEHAVIOURS = tuple(BEHAVIOUR_KEYWORDS)
+JUDGE_PROMPT = (
+    "Read the response to the problem below and say which reasoning behaviours it shows.\n"
+    "- Verification: the response checks an intermediate result.\n- Backtracking: it notices an error and revises.\n"
+    "- Subgoal Setting: it splits the problem into smaller steps.\n- Enumeration: it goes through cases exhaustively.\n"
+    'Reply with a JSON list only, one object per behaviour found, e.g. [{{"behavior": "Verification", "example": '
+    '"a short quote"}}], or [] if there is none.\n\nProblem: {question}\n\nResponse: {response}'
+)
+
+
+def keyword_behaviours(text: str) -> set[str]:
+    low = text.lower()
+    return {b for b, words in BEHAVIOUR_KEYWORDS.items() if any(w in low for w in words)}
+
+
+def parse_judge_reply(reply: str) -> set[str] | None:
+    """Behaviours named in the judge's JSON list; None if the reply is not such a list (counted)."""
+    start, end = reply.find("["), reply.rfind("]")
+    try:
+        items = json.loads(reply[start:end + 1]) if 0 <= start < end else None
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return None
+    names = {str(i.get("behavior", i.get("behaviour", ""))).strip().lower() for i in items}
+    return {b for b in BEHAVIOURS if b in names}
+
+
+def judge_behaviours(judge, questions, responses, max_new_tokens=256) -> list[set[str] | None]:
+    """Label each response with the judge model (any Sampler, greedy); None where the reply was not parseable."""
+    prompts = [[{"role": "user", "content": JUDGE_PROMPT.format(question=q, response=r)}] for q, r in zip(questions, responses)]
+    return [parse_judge_reply(g[0].text) for g in judge.generate(prompts, n=1, temperature=0, max_new_tokens=max_new_tokens)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# toy base model: a short SFT on noisy demonstrations, cached
+
+
+def toy_demo(row: dict, task: str, rng: random.Random, noise: float) -> str:
+    """The response a noisy 'base' model imitates; with probability `noise` the answer is wrong."""
+    wrong = rng.random() < noise
+    if task == "countdown":  # wrong: the same numbers, shuffled, joined by one random operator
+        expr = f" {rng.choice('+-*')} ".join(map(str, rng.sample(row["nums"], len(row["nums"])))) if wrong else row["answer"]
+        return f"<think> </think>\n<answer> {expr} </answer>"
+    answer = "".join(map(str, rng.sample(row["digits"], 4))) if wrong else row["answer"]  # wrong: a random order
+    return f"\\boxed{{{answer}}}"
+
+
+def warm_start_base(args, train_rows, template) -> str:
+    spec = {"task": args.task, "template": template, "steps": args.warm_start_steps, "noise": args.warm_start_noise,
+            "seed": args.seed, "held_out": TOY_HELD_OUT, "v": 2}
+
+    def build(folder):
+        tiny = make_tiny_lm()
+        tok, model = load_tokenizer(tiny), load_model(tiny, dtype="float32")
+        rng = random.Random(args.seed)
+        torch.manual_seed(args.seed)
+        opt = make_optimizer(model, lr=3e-3)
+        end_id = tok.convert_tokens_to_ids("<|im_end|>")
+        encoded = {}  # question -> prompt ids (each question is rendered and tokenised once)
+        for _ in tqdm(range(args.warm_start_steps), desc="warm start (toy base, cached)", leave=False):
+            batch = rng.sample(train_rows, 32)
+            prompts = [encoded.get(r["question"]) or encoded.setdefault(r["question"], tok(
+                render_prompt(tok, make_prompt(r["question"], template)), add_special_tokens=False).input_ids) for r in batch]
+            answers = [tok(toy_demo(r, args.task, rng, args.warm_start_noise), add_special_tokens=False).input_ids + [end_id]
+                       for r in batch]
+            sft_loss(model, *pad_batch(prompts, answers, tok.pad_token_id)).backward()
+            opt.step()
+            opt.zero_grad()
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return _cached_build("zero_rl-base", spec, None, build)
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation and the training loop
+
+
+@torch.no_grad()
+def evaluate(sampler, eval_rows, args, dist, template, judge=None):
+    """Greedy accuracy, sampled accuracy (T=eval_temperature), pass@k, length and behaviour ratios.
+    Each rank evaluates its slice; the results are gathered so every rank returns the same dict."""
+    rows = eval_rows[dist.rank::dist.world_size][: len(eval_rows) // dist.world_size]  # equal count per rank
+    prompts = [make_prompt(r["question"], template) for r in rows]
+    greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
+    sampled = sampler.generate(prompts, n=args.eval_samples, temperature=args.eval_temperature,
+                               top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens)
+    local = {"greedy": [score(g[0].text, r, args)[1] for g, r in zip(greedy, rows)],
+             "sampled": [[score(c.text, r, args)[1] for c in g] for g, r in zip(sampled, rows)],
+             "lengths": [len(c.token_ids) for g in sampled for c in g],
+             "keywords": [sorted(keyword_behaviours(c.text)) for g in sampled for c in g]}
+    if judge is not None:  # label the first sample of each prompt
+        labels = judge_behaviours(judge, [r["question"] for r in rows], [g[0].text for g in sampled], args.judge_max_new_tokens)
+        local["judge"], local["judge_fail"] = [sorted(lab or ()) for lab in labels], [lab is None for lab in labels]
+    merged = {k: [x for part in all_gather_object(local) for x in part[k]] for k in local}
+    k = args.eval_samples
+    out = {"eval/accuracy_greedy": float(np.mean(merged["greedy"])),
+           "eval/accuracy_sampled": float(np.mean([np.mean(s) for s in merged["sampled"]])),
+           f"eval/pass@{k}": float(np.mean([R.pass_at_k(k, sum(s), k) for s in merged["sampled"]])),
+           "eval/mean_length": float(np.mean(merged["lengths"]))}
+    for b in BEHAVIOURS:
+        out[f"eval/behaviour_keyword/{b}"] = float(np.mean([b in s for s in merged["keywords"]]))
+        if judge is not None:
+            out[f"eval/behaviour_judge/{b}"] = float(np.mean([b in s for s in merged["judge"]]))
+    if judge is not None:
+        out["eval/judge_parse_failures"] = float(sum(merged["judge_fail"]))  # replies that were not a JSON list
+    return out, sampled[0][0].text if sampled else ""
+
+
+def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, return_entropy=False):
+    """Log-probs (B, T) of the response tokens (and entropies), each prompt computed once for its group: the P
+    prompts (left padded) go through the model once, their KV cache is indexed out to the B responses
+    (`prompt_index` (B,): each row's prompt) and the responses (right padded) attend to it; gradients flow
+    through the shared prompt too. Only response positions reach the lm_head. Equals
+    common.train.token_logprobs on the concatenated sequences (tested)."""
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
+    cache_kw = "cache" if "cache" in out else "past_key_values"  # transformers 5.2x renamed past_key_values
+    cache = out[cache_kw]
+    cache.batch_select_indices(prompt_index)  # (P, ...) -> (B, ...)
+    logits = out.logits[prompt_index]  # (B, 1, V)
+    if response_ids.shape[1] > 1:
+        mask = torch.cat([prompt_mask[prompt_index], response_mask[:, :-1]], dim=1)  # (B, Lp + T - 1)
+        rest = model(input_ids=response_ids[:, :-1], attention_mask=mask, **{cache_kw: cache}).logits  # (B, T-1, V)
+        logits = torch.cat([logits, rest], dim=1)
+    logits = logits.float()  # (B, T, V)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
+    logps = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse  # (B, T)
+    if not return_entropy:
+        return logps
+    return logps, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # entropy (B, T)
+
+
+def push_weights_to_vllm(model, sampler):  # per tensor; full_tensor() gathers FSDP2 shards, so every rank's engine gets all
+    sampler.load_weights((name, t.full_tensor() if hasattr(t, "full_tensor") else t) for name, t in model.state_dict().items())
+
+
+def main(args):
+    dist = init_distributed()
+    G, world, out_dir, ckpt_dir = args.group_size, dist.world_size, Path(args.output_dir), Path(args.output_dir) / "checkpoint"
+    template = {"auto": "countdown" if args.task == "countdown" else "qwen-boxed"}.get(args.prompt_template, args.prompt_template)
+    if args.prompts_per_step % args.mini_batch_prompts or args.mini_batch_prompts % world:
+        raise ValueError(f"--prompts_per_step {args.prompts_per_step} must be a multiple of --mini_batch_prompts "
+                         f"{args.mini_batch_prompts}, itself a multiple of the {world} processes")
+    local_prompts, local_mb = args.prompts_per_step // world, args.mini_batch_prompts // world * G  # local_mb: completions
+    num_updates, eps_high = args.prompts_per_step // args.mini_batch_prompts, args.clip_eps_high or args.clip_eps
+    train_rows, eval_rows = load_task_rows(args)
+    if not args.model and dist.is_main:
+        warm_start_base(args, train_rows, template)  # the toy base: rank 0 builds it once (cached), the others wait
+    barrier()
+    model_path = args.model or warm_start_base(args, train_rows, template)
+    tok = load_tokenizer(model_path)
+    encode = lambda prompt: tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids  # noqa: E731
+    if args.data:
+        train_rows = [r for r in train_rows if len(encode(make_prompt(r["question"], template))) <= args.max_prompt_length]
+    if len(train_rows) < args.prompts_per_step:
+        raise ValueError(f"only {len(train_rows)} training rows for --prompts_per_step {args.prompts_per_step}")
+    model = shard_model(load_model(model_path, dtype=args.dtype), dist)
+    ref_model = shard_model(load_model(model_path, dtype=args.dtype), dist).eval().requires_grad_(False) if args.beta else None
+    opt = make_optimizer(model, args.lr)
+    sched = make_scheduler(opt, "constant", 0, args.total_steps)
+    extra = {"seed": args.seed + dist.rank, **({"distributed_executor_backend": "external_launcher"} if world > 1 else {})} \
+        if args.sampler == "vllm" else {}
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, **extra)  # vllm: one colocated engine per rank
+    recompute = args.recompute_old_logprobs or args.sampler == "vllm"  # vLLM's log-probs differ from the trainer's
+    judge = None if not args.judge_model else HFSampler(load_model(args.judge_model, device=dist.device).eval(),
+                                                        load_tokenizer(args.judge_model))
+    seed_everything(args.seed + dist.rank)  # ranks sample different completions
+    start_step = 0
+    if args.resume and (state := load_checkpoint(ckpt_dir, model, opt, sched)) is not None:  # last: it restores the RNG
+        start_step = state[0]  # the data position is a function of the step
+        print0(f"resumed from {ckpt_dir} at step {start_step} (data position {state[1]['data_position']})")
+        if args.sampler == "vllm":
+            push_weights_to_vllm(model, sampler)
+    logger = MetricsLogger(out_dir, args.track, "zero_rl", asdict(args), resume_step=start_step if args.resume else None)
+    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext()  # noqa: E731
+    l1_lo, l1_hi = parse_range(args.l1_budget, "--l1_budget") if args.length_reward.startswith("l1") else (0, 0)
+    orders = {}  # epoch -> permutation of the training rows: a function of (seed, epoch), so resuming needs no state
+
+    def rows_for_step(step):
+        """This rank's (row, L1 budget) pairs of rollout step `step` (1-based)."""
+        out, first = [], (step - 1) * args.prompts_per_step + dist.rank * local_prompts
+        for pos in range(first, first + local_prompts):
+            epoch, i = divmod(pos, len(train_rows))
+            order = orders.setdefault(epoch, np.random.RandomState(args.seed + epoch).permutation(len(train_rows)))
+            budget = random.Random(args.seed * 1_000_003 + pos).randint(l1_lo, l1_hi)  # L1's n_gold, fixed per position
+            out.append((train_rows[order[i]], budget if args.length_reward.startswith("l1") else None))
+        return out
+
+    def run_eval(step):
+        with amp():
+            metrics, example = evaluate(sampler, eval_rows, args, dist, template, judge)
+        logger.log(metrics, step)
+        shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if "behaviour" not in k)
+        print0(f"\n[eval step {step}] {shown}\n  sample: {example!r}")
+        return metrics
+
+    history = [r for r in logger.history if r["step"] == 0 and "eval/mean_length" in r]  # a resumed run's "before"
+    after = before = run_eval(0) if start_step == 0 else (history or [{}])[0]
+    pbar = tqdm(range(start_step + 1, args.total_steps + 1), "zero RL", args.total_steps, initial=start_step,
+                disable=not dist.is_main)
+    for step in pbar:
+        t0 = time.perf_counter()
+        # 1. rollout: G samples per prompt on every rank; the G samples of a prompt are consecutive
+        batch = rows_for_step(step)
+        prompts = [make_prompt(r["question"], template, b, args.length_reward) for r, b in batch]
+        with amp():
+            groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
+        comps, t_gen = [c for g in groups for c in g], time.perf_counter() - t0
+        B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
+        # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
+        per_completion = [x for x in batch for _ in range(G)]  # (row, budget) of each completion
+        scored = [score(c.text, r, args) for c, (r, _) in zip(comps, per_completion)]
+        lengths, correct = [len(c.token_ids) for c in comps], [s[1] for s in scored]
+        bonus = length_rewards(args.length_reward, lengths, correct, G, args.max_new_tokens, [b for _, b in per_completion],
+                               args.overlong_buffer)
+        local = {"reward": [s[0] + args.length_reward_coef * b for s, b in zip(scored, bonus)], "correct": correct,
+                 "length": lengths, "found": [s[2] for s in scored], "bonus": bonus,
+                 "truncated": [c.finish_reason == "length" for c in comps]}
+        every = {k: [x for part in all_gather_object(local) for x in part[k]] for k in local}
+        all_rewards = torch.tensor(every["reward"])  # (W*B,)
+        advantages = grpo_advantages(all_rewards, G)[dist.rank * B:(dist.rank + 1) * B]  # (B,) this rank's slice
+        # 3. tensors: prompts (P, Lp) left padded; responses, loss mask and the sampler's old log-probs (B, T) right padded
+        enc = tok.pad({"input_ids": [encode(p) for p in prompts]}, padding=True, return_tensors="pt")  # left (load_tokenizer)
+        responses, loss_mask, old_logps = torch.full((B, T), tok.pad_token_id), torch.zeros(B, T), torch.zeros(B, T)
+        for i, c in enumerate(comps):
+            responses[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
+            loss_mask[i, : len(c.token_ids)] = 0.0 if args.mask_truncated and c.finish_reason == "length" else 1.0
+            old_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs[:T])
+        response_mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()  # (B, T)
+        prompt_ids, prompt_mask, responses, response_mask, loss_mask, old_logps, advantages = (t.to(dist.device) for t in (
+            enc["input_ids"], enc["attention_mask"], responses, response_mask, loss_mask, old_logps, advantages))
+
+        def chunks(lo, hi):  # micro-batches of rows [lo, hi), each trimmed to its longest response
+            for s in range(lo, hi, args.micro_batch_size or hi - lo):
+                e = min(s + (args.micro_batch_size or hi - lo), hi)
+                yield s, e, int(response_mask[s:e].sum(1).max())
+
+        def logprobs_of(m, s, e, t, entropy=False):  # rows s..e-1 belong to prompts s//G .. (e-1)//G
+            p_lo, p_hi = s // G, (e - 1) // G + 1
+            pad = int((prompt_mask[p_lo:p_hi].sum(0) == 0).sum())  # left-padding columns all these prompts share
+            index = torch.arange(s, e, device=dist.device) // G - p_lo  # (b,) each row's prompt
+            return response_logprobs(m, prompt_ids[p_lo:p_hi, pad:], prompt_mask[p_lo:p_hi, pad:], responses[s:e, :t],
+                                     response_mask[s:e, :t], index, return_entropy=entropy)  # (b, t)
+
+        ref_logps = torch.zeros_like(old_logps)
+        with torch.no_grad(), amp():
+            for s, e, t in chunks(0, B):
+                if recompute:
+                    old_logps[s:e, :t] = logprobs_of(model, s, e, t).float()
+                if ref_model is not None:
+                    ref_logps[s:e, :t] = logprobs_of(ref_model, s, e, t).float()
+        # 4. policy updates: several mini-batches per rollout batch, gradient accumulation over micro-batches
+        t_train, sums = time.perf_counter(), dict.fromkeys(("tokens", "entropy", "kl", "low", "high", "loss", "grad_norm"), 0.0)
+        for lo in range(0, B, local_mb):
+            hi = lo + local_mb
+            mb_tokens = float(loss_mask[lo:hi].sum())
+            # dapo: token mean over the whole mini-batch of all ranks (FSDP averages the ranks' gradients, hence / world)
+            num_tokens = sum(all_gather_object(mb_tokens)) / world if args.loss_type == "dapo" else mb_tokens
+            for s, e, t in chunks(lo, hi):
+                with amp():
+                    logps, entropy = logprobs_of(model, s, e, t, entropy=True)  # (b, t)
+                mask, adv = loss_mask[s:e, :t], advantages[s:e]
+                per_token, ratio = ppo_clip_loss(logps, old_logps[s:e, :t], adv, args.clip_eps, eps_high)  # (b, t)
+                if ref_model is not None:
+                    kl = k3_kl(logps, ref_logps[s:e, :t])
+                    per_token = per_token + args.beta * kl
+                    sums["kl"] += float((kl.detach() * mask).sum())
+                per_token = per_token - args.entropy_coef * entropy
+                loss = aggregate_loss(per_token, mask, args.loss_type, args.max_new_tokens, num_tokens, hi - lo)
+                loss.backward()
+                with torch.no_grad():
+                    sums["tokens"] += float(mask.sum())
+                    sums["entropy"] += float((entropy * mask).sum())
+                    sums["low"] += float((((ratio < 1 - args.clip_eps) & (adv[:, None] < 0)) * mask).sum())
+                    sums["high"] += float((((ratio > 1 + eps_high) & (adv[:, None] > 0)) * mask).sum())
+                    sums["loss"] += float(loss) / num_updates
+            sums["grad_norm"] += clip_grad_norm(model, args.max_grad_norm) / num_updates
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        if args.sampler == "vllm":  # the next rollout samples from the updated policy
+            push_weights_to_vllm(model, sampler)
+        # 5. metrics (TRL's names where TRL has the metric)
+        tot = {k: sum(part[k] for part in all_gather_object(sums)) for k in sums}
+        n_tok, step_time = max(tot["tokens"], 1.0), time.perf_counter() - t0
+        lengths, truncated = np.array(every["length"]), np.array(every["truncated"])
+        metrics = {
+            "reward": float(all_rewards.mean()), "reward_std": float(all_rewards.std()), "accuracy": np.mean(every["correct"]),
+            "frac_reward_zero_std": float((all_rewards.view(-1, G).std(1) == 0).float().mean()),
+            "completions/mean_length": lengths.mean(), "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()), "completions/clipped_ratio": truncated.mean(),
+            "completions/mean_terminated_length": lengths[~truncated].mean() if (~truncated).any() else 0.0,
+            "completions/no_answer_ratio": 1 - np.mean(every["found"]),
+            "entropy": tot["entropy"] / n_tok, "kl": tot["kl"] / n_tok, "clip_ratio/low_mean": tot["low"] / n_tok,
+            "clip_ratio/high_mean": tot["high"] / n_tok, "clip_ratio/region_mean": (tot["low"] + tot["high"]) / n_tok,
+            "loss": tot["loss"] / world, "grad_norm": tot["grad_norm"] / world, "learning_rate": sched.get_last_lr()[0],
+            "time/step": step_time, "time/generate": t_gen, "time/train": time.perf_counter() - t_train,
+            "tokens_per_s": lengths.sum() / step_time,
+            **({"length_reward": np.mean(every["bonus"])} if args.length_reward != "none" else {}),
+        }
+        logger.log(metrics, step)
+        pbar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}", len=f"{lengths.mean():.1f}")
+        # 6. checkpoint (before eval, so a resumed run's RNG continues exactly like an uninterrupted one's), eval
+        if step % args.save_every == 0 or step == args.total_steps:
+            save_checkpoint(ckpt_dir, model, opt, sched, step, extra={"data_position": step * args.prompts_per_step})
+        if step % args.eval_every == 0 or step == args.total_steps:
+            after = run_eval(step)
+    export_pretrained(model, tok, out_dir / "model")
+    if dist.is_main:
+        logger.plot(["reward", "accuracy", "completions/mean_length", "eval/accuracy_sampled"], out_dir / "curves.png")
+        keys = ["eval/accuracy_greedy", "eval/accuracy_sampled", f"eval/pass@{args.eval_samples}", "eval/mean_length"]
+        table = [{"": name, **{k[5:]: d.get(k, float("nan")) for k in keys}}
+                 for name, d in (("before RL", before), (f"after {args.total_steps} steps", after))]
+        print0("\n" + format_table(table))
+        (out_dir / "summary.json").write_text(json.dumps({"before": before, "after": after, "steps": args.total_steps}, indent=1))
+        print0(f"metrics: {logger.path}  curves: {out_dir / 'curves.png'}  model: {out_dir / 'model'}")
+    logger.close()
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
