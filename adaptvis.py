@@ -51,11 +51,12 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.integrations.sdpa_attention import repeat_kv
 
+from common.data import read_jsonl_tolerant, write_jsonl
 from common.models import _cached_build, load_model, load_processor, make_tiny_vlm
 from common.sampling import HFSampler, render_prompt
 from common.spatial_scenes import make_vsr_rows, make_whatsup_rows
 from common.train import (MetricsLogger, all_gather_object, barrier, format_table, init_distributed, make_optimizer,
-                          pad_batch, plot_curves, print0, seed_everything, sft_loss)
+                          pad_batch, print0, seed_everything, sft_loss)
 
 
 @dataclass
@@ -362,11 +363,7 @@ class Generations:
         self.path = Path(args.output_dir) / "generations.jsonl"
         self.memo = {}
         if args.resume and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a killed run
+            for rec in read_jsonl_tolerant(self.path):  # a last line cut short by a killed run is dropped
                 self.memo[(rec["alpha"], rec["id"])] = rec
         elif dist.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,8 +388,7 @@ class Generations:
             for rec in part.values():
                 self.memo[(alpha, rec["id"])] = rec
                 if self.dist.is_main:
-                    with open(self.path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    write_jsonl(self.path, [rec], mode="a")
         return [self.memo[(alpha, r["id"])] for r in rows]
 
 

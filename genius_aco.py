@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from common.data import DataError, load_rows, read_jsonl_tolerant
+from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal
 from common.sampling import HFSampler, make_sampler, render_prompt
@@ -379,13 +379,10 @@ def sample_stage(args, dist_info, model_path, tok, query_rows, pairs_path):
         pairs, completed, counts = foresight_search(sampler, prompts, [i for i, _ in part], [q for _, q in part], args, generator)
         gathered = all_gather_object((pairs, completed, counts))
         if dist_info.is_main:
-            with open(pairs_path, "a") as fp, open(pairs_path.parent / "completions.jsonl", "a") as fc:
-                for rank_pairs, rank_completed, rank_counts in gathered:
-                    for per_query in rank_pairs:
-                        fp.writelines(json.dumps(p) + "\n" for p in per_query)
-                    fc.writelines(json.dumps(c) + "\n" for c in rank_completed)
-                    totals = {k: totals.get(k, 0) + v for k, v in rank_counts.items()}
-                fp.flush(), fc.flush()
+            for rank_pairs, rank_completed, rank_counts in gathered:
+                write_jsonl(pairs_path, [p for per_query in rank_pairs for p in per_query], mode="a")
+                write_jsonl(pairs_path.parent / "completions.jsonl", rank_completed, mode="a")
+                totals = {k: totals.get(k, 0) + v for k, v in rank_counts.items()}
     del sampler
     if dist_info.is_main:
         print0("sample stage counts: " + json.dumps(totals))

@@ -85,8 +85,15 @@ def load_rows(source: str, split: str = "train", required=(), limit: int | None 
 
 
 def write_jsonl(path, rows, mode: str = "w"):
-    """Write complete JSON records, one per line, flushed (appending never leaves half a record)."""
+    """Write complete JSON records, one per line, flushed (appending never leaves half a record). Appending to a
+    file whose last line was cut short by a kill first drops that fragment, so the new records start on a line
+    of their own instead of gluing onto it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if mode == "a" and Path(path).exists():
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
     with open(path, mode, encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -44,7 +44,6 @@ from __future__ import annotations
 import ast
 import atexit
 import decimal
-import inspect
 import json
 import math
 import os

@@ -336,7 +336,6 @@ def _expose_python_install(libc, tmpfs_mb: int) -> list[str]:
     """Replace each directory that 'other' cannot enter on the way to the Python installation
     (e.g. /root when Python lives in /root/.pyenv) by an empty tmpfs, binding only the installation
     back in, so a job under the dropped uid can import the standard library and nothing else."""
-    import sysconfig
 
     needed = _install_paths()
     blocked: dict[str, set[str]] = {}

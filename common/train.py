@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from common.data import write_jsonl
+
 # ----------------------------------------------------------------------------------------------------
 # distributed
 
@@ -343,8 +345,7 @@ class MetricsLogger:
             return
         rec = {"step": step, **{k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in metrics.items()}}
         self.history.append(rec)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        write_jsonl(self.path, [rec], mode="a")
         if self.tb is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, float) and math.isfinite(v):

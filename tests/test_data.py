@@ -48,6 +48,16 @@ def test_tolerant_reader_drops_only_a_cut_off_last_line(tmp_path):
         read_jsonl_tolerant(p)
 
 
+def test_append_after_a_kill_drops_the_fragment(tmp_path):
+    p = tmp_path / "gen.jsonl"
+    p.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2, "b"')  # killed while writing record 2
+    write_jsonl(p, [{"a": 2}, {"a": 3}], mode="a")  # the rerun writes it again
+    assert read_jsonl_tolerant(p) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    p.write_text('{"a": 1')  # only a fragment
+    write_jsonl(p, [{"a": 1}], mode="a")
+    assert read_jsonl_tolerant(p) == [{"a": 1}]
+
+
 def test_toy_generators_are_deterministic_and_correct():
     assert make_arithmetic_rows(5, seed=3) == make_arithmetic_rows(5, seed=3)
     for r in make_arithmetic_rows(50, seed=1, ops="+-*", num_terms=3):
