@@ -178,11 +178,13 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.99
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
-def make_scheduler(optimizer, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1):
-    """transformers.get_scheduler: 'constant', 'constant_with_warmup', 'cosine', 'linear', ..."""
+def make_scheduler(optimizer, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1, **kind_kwargs):
+    """transformers.get_scheduler: 'constant', 'constant_with_warmup', 'cosine', 'linear', ...; `kind_kwargs` go to
+    the schedule itself (e.g. min_lr_rate=0.1 for 'cosine_with_min_lr')."""
     from transformers import get_scheduler
 
-    return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(1, total_steps))
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(1, total_steps),
+                         scheduler_specific_kwargs=kind_kwargs or None)
 
 
 def clip_grad_norm(model, max_norm: float) -> float:

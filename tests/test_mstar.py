@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mstar
+from common.data import read_jsonl_tolerant
 from common.models import make_tiny_vlm
 from common.shapes_world import grade_steps, in_eval_split, make_shapes_rows, misperceive, record_to_row, row_to_record, solve
 
@@ -212,8 +213,10 @@ def test_optimizer_state_across_iterations(tmp_path, monkeypatch, training):
 def test_resume_skips_done_iterations(tmp_path, run_cmd):
     flags = [f"--{k}={v}" for k, v in TINY.items()] + ["--model", make_tiny_vlm(), "--output_dir", str(tmp_path)]
     run_cmd([sys.executable, "mstar.py", *flags, "--num_iterations", "1"], timeout=300)
+    (tmp_path / "samples" / "iter002.jsonl").write_text('{"query_id": "shapes-1-3", "respon')  # killed mid-record
     proc = run_cmd([sys.executable, "mstar.py", *flags, "--resume"], timeout=300)
     assert "resumed after iteration 1" in proc.stdout
+    assert len(read_jsonl_tolerant(tmp_path / "samples" / "iter002.jsonl")) == 2  # 25% of 8 queries, fragment dropped
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [-1, 0, 1, 2]
     assert (tmp_path / "curves.png").exists() and (tmp_path / "samples" / "iter002.jsonl").exists()

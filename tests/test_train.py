@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.models import load_model, make_tiny_lm
-from common.train import MetricsLogger, format_table, pad_batch, sft_loss, token_logprobs
+from common.train import MetricsLogger, format_table, make_scheduler, pad_batch, sft_loss, token_logprobs
 from conftest import OFFLINE_ENV, ROOT
 
 
@@ -80,3 +80,11 @@ def test_metrics_logger_jsonl_plot_and_resume_truncation(tmp_path):
     assert [r["step"] for r in resumed.history] == [1, 2, 3]
     table = format_table([{"step": 1, "acc": 0.5}, {"step": 2, "acc": 0.75}])
     assert "| acc" in table and "0.750" in table
+
+
+def test_make_scheduler_passes_schedule_kwargs():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, "cosine_with_min_lr", warmup_steps=0, total_steps=10, min_lr_rate=0.1)
+    for _ in range(10):
+        opt.step(), sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.1)
