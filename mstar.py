@@ -349,10 +349,6 @@ def load_splits(args: Args) -> tuple[list, list, list, list]:
 # the toy base's bad habit: wrong side counts and wrong letter counts of colour names
 MISCONCEPTION = {"sides": {"circle": 1, "square": 3, "triangle": 4}, "letters": {"red": 4, "green": 4, "blue": 5, "yellow": 5}}
 FACT_KINDS = ("sides", "times", "plus", "letters", "letters_plus", "letters_times")  # questions that use those facts
-# The intra-op thread count changes the order of float reductions, so a base built with 1 thread differs from one
-# built with 2 (max weight difference 0.4 after the 200 SFT steps), and the toy's trajectory with it. Fixed, so
-# `python mstar.py`, the tests and every machine start from the same base.
-BASE_THREADS = 2
 
 
 def tiny_base_vlm(args: Args) -> str:
@@ -362,17 +358,9 @@ def tiny_base_vlm(args: Args) -> str:
     of all are solved on a misperceived scene and a quarter carry the answer as a hint. Training problems only."""
     spec = {"steps": args.base_steps, "noise": args.base_noise, "lr": args.base_lr, "batch": 32, "hints": 0.25,
             "captions": args.base_caption_share, "vision_steps": args.base_vision_steps, "instruction": args.instruction,
-            "scene": args.toy_scene, "kinds": args.toy_kinds, "threads": BASE_THREADS, "v": 6}
+            "scene": args.toy_scene, "kinds": args.toy_kinds, "v": 6}
 
-    def build(folder: Path):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(BASE_THREADS)  # the same base on every machine: see BASE_THREADS
-        try:
-            build_base(folder)
-        finally:
-            torch.set_num_threads(threads)
-
-    def build_base(folder: Path):
+    def build(folder: Path):  # on a fixed thread count (common.models.BUILD_THREADS): the same base on every machine
         path = make_tiny_vlm()
         processor, model = load_processor(path), load_model(path, vlm=True)
         seed_everything(1234)

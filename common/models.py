@@ -168,15 +168,24 @@ def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
     return hf_tok
 
 
+# Toy bases are trained while they are built. The intra-op thread count changes the order of float reductions, so
+# a base built on 1 thread is a different model from one built on 2 (mstar's: max weight difference 0.4 after 350
+# steps), and the toy's trajectory changes with it. Builds run on this fixed count, so `python <script>.py`, the
+# test suite (whatever test builds a base first) and every machine start from the same model.
+BUILD_THREADS = 2
+
+
 def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
-    """Build into a temp folder and rename it into place; reuse it if it is already there."""
-    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    """Build into a temp folder (on BUILD_THREADS threads) and rename it into place; reuse it if it is there."""
+    digest = hashlib.sha1(json.dumps({**spec, "build_threads": BUILD_THREADS}, sort_keys=True).encode()).hexdigest()[:10]
     target = Path(path) if path else cache_dir() / f"{kind}-{digest}"
     if (target / "config.json").exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(BUILD_THREADS)
         build(tmp)
         try:
             os.rename(tmp, target)
@@ -184,6 +193,7 @@ def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
             if not (target / "config.json").exists():
                 raise
     finally:
+        torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
 
