@@ -384,11 +384,10 @@ class Generations:
                 done[r["id"]] = {"id": r["id"], "alpha": alpha, "text": c.text, "confidence": first_token_confidence(c.logprobs), "finish": c.finish_reason}
             self.bar.update(len(chunk) * self.dist.world_size)
         self.state.alpha = 1.0
-        for part in all_gather_object(done):
-            for rec in part.values():
-                self.memo[(alpha, rec["id"])] = rec
-                if self.dist.is_main:
-                    write_jsonl(self.path, [rec], mode="a")
+        new = [rec for part in all_gather_object(done) for rec in part.values()]
+        self.memo.update({(alpha, rec["id"]): rec for rec in new})
+        if self.dist.is_main:
+            write_jsonl(self.path, new, mode="a")
         return [self.memo[(alpha, r["id"])] for r in rows]
 
 

@@ -90,10 +90,12 @@ def write_jsonl(path, rows, mode: str = "w"):
     of their own instead of gluing onto it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if mode == "a" and Path(path).exists():
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+        with open(path, "rb+") as f:  # every append reads the last byte; only a cut-off file is read whole
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 1))
+            if size and f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
     with open(path, mode, encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
