@@ -49,6 +49,7 @@ from transformers import HfArgumentParser
 
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
+from common.rewards import last_json_object
 from common.sampling import make_sampler, render_prompt
 from common.sandbox import Sandbox
 from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
@@ -276,30 +277,6 @@ def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -
 NO_ANSWER = "no answer"
 
 
-def _last_top_level_braces(text: str) -> str | None:
-    """The last complete top-level {...} (braces inside JSON strings are ignored)."""
-    depth, start, in_string, escaped, last = 0, None, False, False, None
-    for i, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-            continue
-        if char == '"' and depth:
-            in_string = True
-        elif char == "{":
-            start = i if depth == 0 else start
-            depth += 1
-        elif char == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                last = text[start:i + 1]
-    return last
-
-
 def _unbox(text: str) -> str:
     while (at := text.find("\\boxed{")) >= 0:
         depth, end = 1, at + 7
@@ -316,7 +293,7 @@ def extract_json_answer(text):
     if not isinstance(text, str):
         return NO_ANSWER
     fenced = re.findall(r"```json\s*(.*?)```", text, flags=re.S)
-    candidate = fenced[-1].strip() if fenced else _last_top_level_braces(text)
+    candidate = fenced[-1].strip() if fenced else last_json_object(text)
     if not candidate:
         return NO_ANSWER
     repairs = [lambda s: s, lambda s: re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false",

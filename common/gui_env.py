@@ -40,6 +40,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from common.rewards import last_json_object
+
 SCREEN_W, SCREEN_H = 128, 192  # small on purpose: a tiny VLM processor resizes it anyway
 STATUS_BAR_H = 14
 ROW_H = 17
@@ -1309,23 +1311,13 @@ def instruction(action: GUIAction, ui_elements: list[dict]) -> str:
 def _extract_json_object(text: str) -> dict:
     """The last balanced {...} in the text, parsed; raises ActionError naming what was wrong."""
     fenced = re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
-    candidates = fenced[-1:] if fenced else []
-    if not candidates:
-        depth, start = 0, None
-        for i, ch in enumerate(text):
-            if ch == "{":
-                start = i if depth == 0 else start
-                depth += 1
-            elif ch == "}" and depth:
-                depth -= 1
-                if depth == 0:
-                    candidates.append(text[start:i + 1])
-    if not candidates:
+    candidate = fenced[-1] if fenced else last_json_object(text)
+    if candidate is None:
         raise ActionError(f"no JSON object found in {text[:80]!r}")
     try:
-        obj = json.loads(candidates[-1])
+        obj = json.loads(candidate)
     except json.JSONDecodeError as exc:
-        raise ActionError(f"malformed JSON action {candidates[-1][:80]!r}: {exc}") from None
+        raise ActionError(f"malformed JSON action {candidate[:80]!r}: {exc}") from None
     if not isinstance(obj, dict):
         raise ActionError("the JSON action must be an object")
     return obj

@@ -6,6 +6,7 @@ What is here (spec = `shared/papers/zero_rl.md`, cited as "spec §x"):
   cut at end-of-text markers -> Qwen2.5-Math `extract_answer` order -> `strip_string` normalisation ->
   both sides wrapped in `\\boxed{}` -> `math_verify.verify(parse(gold), parse(pred))` under a hard time limit.
   `extract_answer`, `strip_string`, `math_equal`, `correctness_reward` ("mix" / "independent" modes).
+- `last_json_object`: the last complete top-level `{...}` of a text (JSON answers and JSON actions).
 - TinyZero countdown reward, 0 / 0.1 / 1.0 (spec §2): `countdown_reward`.
 - Unbiased pass@k (Chen et al. 2021, spec §5 check 7): `pass_at_k`.
 - Length-aware rewards from the efficient-reasoning surveys (spec §3): `kimi_length_reward`,
@@ -57,7 +58,7 @@ import warnings
 from typing import Any, Sequence
 
 __all__ = [
-    "extract_answer", "strip_string", "math_equal", "correctness_reward", "math_reward",
+    "extract_answer", "last_json_object", "strip_string", "math_equal", "correctness_reward", "math_reward",
     "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
     "cosine_length_reward", "l1_length_reward", "dapo_overlong_penalty", "completion_text",
 ]
@@ -110,6 +111,30 @@ def _last_boxed_content(text: str) -> str | None:
     if matches and text[matches[-1].end():].startswith("{"):
         return text[matches[-1].end() + 1:].strip() or None
     return None
+
+
+def last_json_object(text: str) -> str | None:
+    """The last complete top-level {...} of `text`, braces inside JSON strings ignored; None if there is none."""
+    depth, start, in_string, escaped, last = 0, None, False, False, None
+    for i, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+            continue
+        if char == '"' and depth:
+            in_string = True
+        elif char == "{":
+            start = i if depth == 0 else start
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                last = text[start:i + 1]
+    return last
 
 
 _NUMBER_RE = re.compile(r"-?\d*\.?\d+")

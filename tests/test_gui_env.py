@@ -253,6 +253,8 @@ def test_check3_json_action_validity():
         with pytest.raises(ActionError):
             parse_json_action(bad)
     assert parse_json_action('prefix {"action_type":"click","index":"3"} suffix') == GUIAction("click", index=3)
+    # a brace inside the typed text is text, not the end of the object (common.rewards.last_json_object)
+    assert parse_json_action('I type: {"action_type":"input_text","index":2,"text":"a}b"}') == GUIAction("input_text", index=2, text="a}b")
 
 
 def test_check12_browsergym_calls():
