@@ -63,6 +63,8 @@ import re
 
 from PIL import Image, ImageDraw
 
+from common.rewards import extract_answer
+
 COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 230), "yellow": (235, 200, 20)}
 SHAPES = ("circle", "square", "triangle")
 KINDS = ("count_all", "count_color", "count_shape", "color_of", "shape_of", "position", "add", "subtract")
@@ -416,18 +418,10 @@ def record_to_row(record: dict) -> dict:
 # checking answers and steps
 
 
-def extract_answer(text) -> str | None:
-    """The text after the last 'The answer is' up to the end of that line/sentence, lower-cased."""
-    if not isinstance(text, str) or ANSWER_PREFIX not in text:
-        return None
-    tail = text.rsplit(ANSWER_PREFIX, 1)[1].strip().split("\n")[0]
-    tail = tail.strip().rstrip(".").strip().lower()
-    return tail or None
-
-
 def is_correct(text, answer: str) -> bool:
+    """Does the text's final answer (common.rewards.extract_answer: after the last 'The answer is') equal `answer`?"""
     pred = extract_answer(text)
-    return pred is not None and pred == str(answer).strip().lower()
+    return pred is not None and pred.strip().lower() == str(answer).strip().lower()
 
 
 _SHAPES_RE = re.compile(r"^Shapes: (.*)\.$")
