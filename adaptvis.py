@@ -52,7 +52,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from common.data import read_jsonl_tolerant, write_jsonl
-from common.models import _cached_build, load_model, load_processor, make_tiny_vlm
+from common.models import load_model, load_processor, make_tiny_vlm
+from common.toys import toy_model
 from common.sampling import HFSampler, render_prompt
 from common.spatial_scenes import make_vsr_rows, make_whatsup_rows
 from common.train import (MetricsLogger, all_gather_object, barrier, format_table, init_distributed, make_optimizer,
@@ -322,7 +323,7 @@ def score(rows: list[dict], outputs: list[dict]) -> dict:
 
 def build_toy_base(args, dist) -> str:
     """A tiny LLaVA with some spatial skill: SFT on toy scenes from seeds the evaluation never uses."""
-    spec = {k: v for k, v in asdict(args).items() if k.startswith("toy_") and k != "toy_eval_rows"} | {"seed": args.seed, "subsets": args.subsets, "v": 1}
+    spec = {k: v for k, v in asdict(args).items() if k.startswith("toy_") and k != "toy_eval_rows"} | {"seed": args.seed, "subsets": args.subsets}
 
     def build(folder: Path):
         tiny = make_tiny_vlm()
@@ -348,9 +349,9 @@ def build_toy_base(args, dist) -> str:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    path = _cached_build("adaptvis-base", spec, None, build) if dist.is_main else None
-    barrier()
-    return path or _cached_build("adaptvis-base", spec, None, build)
+    path = toy_model("adaptvis-base", spec, build, code=[toy_rows, messages]) if dist.is_main else None
+    barrier()  # rank 0 builds; the others then find it in the cache
+    return path or toy_model("adaptvis-base", spec, build, code=[toy_rows, messages])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from transformers import AutoModelForTokenClassification, HfArgumentParser, get_scheduler
 
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
-from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
+from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.toys import toy_model
 from common.rewards import extract_answer, math_equal
 from common.sampling import make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
@@ -352,7 +353,7 @@ def build_warm_start(args) -> str:
     """The toy's P0: the tiny LM after a short SFT on toy solutions (never eval queries), cached on disk."""
     lo, hi = (int(x) for x in args.toy_terms.split(":"))
     spec = {"steps": args.warm_start_steps, "lr": args.warm_start_lr, "terms": args.toy_terms, "seed": args.seed,
-            "held_out": TOY_HELD_OUT, "batch": 32, "v": 1}
+            "held_out": TOY_HELD_OUT, "batch": 32}
 
     def build(folder):
         tok, model = load_tokenizer(make_tiny_lm()), load_model(make_tiny_lm())
@@ -365,7 +366,8 @@ def build_warm_start(args) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return _cached_build("bstar-base", spec, None, build)
+    return toy_model("bstar-base", spec, build,
+                     code=[make_toy_row, make_toy_split, sft_step, encode_sft, chat])
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
-from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
+from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.toys import toy_model
 from common.rewards import extract_answer, math_equal
 from common.sampling import HFSampler, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
@@ -301,7 +302,7 @@ def encode_response(tok, query: str, response: str, max_length: int) -> tuple[li
 
 def toy_base_model(args, prefill: str) -> str:
     """Warm-start the tiny LM by a short SFT on toy CoT (sft pool only), cached like common.models."""
-    spec = dict(steps=args.toy_warmstart_steps, lr=5e-3, batch=32, guess_rate=0.2, prefill=prefill, v=3)
+    spec = dict(steps=args.toy_warmstart_steps, lr=5e-3, batch=32, guess_rate=0.2, prefill=prefill)
 
     def build(folder):
         path = make_tiny_lm()
@@ -318,7 +319,7 @@ def toy_base_model(args, prefill: str) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return _cached_build("genius_aco-base", spec, None, build)
+    return toy_model("genius_aco-base", spec, build, code=[make_toy_rows, encode_response])
 
 
 @torch.no_grad()

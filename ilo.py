@@ -48,7 +48,8 @@ import torch
 from tqdm import tqdm
 
 from common.data import load_rows
-from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
+from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.toys import toy_model
 from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, load_checkpoint, make_optimizer,
                           make_scheduler, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
@@ -248,7 +249,7 @@ def toy_corpus(n: int, seed: int) -> list[dict]:
 
 def toy_base_model(seed: int) -> str:
     """The tiny 4-layer LM trained briefly on the toy languages (monolingual + translation pairs), cached."""
-    spec = {"v": 3, "seed": seed, "steps": 300}
+    spec = {"seed": seed, "steps": 300}
 
     def build(folder: Path):
         path = make_tiny_lm(num_hidden_layers=4)
@@ -270,7 +271,7 @@ def toy_base_model(seed: int) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return _cached_build("ilo-base", spec, None, build)
+    return toy_model("ilo-base", spec, build, code=[toy_corpus, toy_lexicon])
 
 
 def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:

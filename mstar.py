@@ -50,7 +50,8 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
-from common.models import _cached_build, load_model, load_processor, make_tiny_vlm
+from common.models import load_model, load_processor, make_tiny_vlm
+from common.toys import toy_model
 from common.rewards import extract_answer, math_equal, pass_at_k, strip_string
 from common.sampling import get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import grade_steps, make_shapes_rows, misperceive, pretrain_tiny_vision, solve
@@ -358,7 +359,7 @@ def tiny_base_vlm(args: Args) -> str:
     of all are solved on a misperceived scene and a quarter carry the answer as a hint. Training problems only."""
     spec = {"steps": args.base_steps, "noise": args.base_noise, "lr": args.base_lr, "batch": 32, "hints": 0.25,
             "captions": args.base_caption_share, "vision_steps": args.base_vision_steps, "instruction": args.instruction,
-            "scene": args.toy_scene, "kinds": args.toy_kinds, "v": 6}
+            "scene": args.toy_scene, "kinds": args.toy_kinds}
 
     def build(folder: Path):  # on a fixed thread count (common.models.BUILD_THREADS): the same base on every machine
         path = make_tiny_vlm()
@@ -390,7 +391,8 @@ def tiny_base_vlm(args: Args) -> str:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    return _cached_build("mstar-base", spec, None, build)
+    return toy_model("mstar-base", spec, build,
+                     code=[sft_step, make_shapes_rows, pretrain_tiny_vision, solve, misperceive])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ from transformers import HfArgumentParser
 
 from common import rewards as R
 from common.data import load_rows, make_countdown_rows
-from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
+from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.toys import toy_model
 from common.sampling import HFSampler, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
                           format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
@@ -323,7 +324,7 @@ def toy_demo(row: dict, task: str, rng: random.Random, noise: float) -> str:
 
 def warm_start_base(args, train_rows, template) -> str:
     spec = {"task": args.task, "template": template, "steps": args.warm_start_steps, "noise": args.warm_start_noise,
-            "seed": args.seed, "held_out": TOY_HELD_OUT, "v": 2}
+            "seed": args.seed, "held_out": TOY_HELD_OUT}
 
     def build(folder):
         tiny = make_tiny_lm()
@@ -345,7 +346,7 @@ def warm_start_base(args, train_rows, template) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return _cached_build("zero_rl-base", spec, None, build)
+    return toy_model("zero_rl-base", spec, build, code=[toy_demo, make_toy_rows, make_prompt])
 
 
 # ----------------------------------------------------------------------------------------------------
