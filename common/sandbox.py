@@ -73,6 +73,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "crash", "killed", "sandbox_error")
@@ -223,6 +224,7 @@ def _install_paths() -> list[str]:
                                            sysconfig.get_paths()["platlib"])
              if os.path.isdir(p)}
     paths |= {p for p in (sys.base_prefix, sys.prefix) if os.path.isdir(p)}  # as named (symlinks)
+    paths.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))  # bin/python
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths if q != p))
 
 
@@ -321,6 +323,9 @@ class _Worker:
         self.plan = plan
         self.proc = None
         self.sock = None
+        self.zygote_pidfd = None
+        self.lock = threading.Lock()
+        self.closed = False  # set by Sandbox.close(): a job cut short then is not restarted
         self.isolation: dict = {}
         self.start()
 
@@ -364,14 +369,20 @@ class _Worker:
                                      f"({' '.join(cmd[:1])}): {detail or 'no message'}")
         errors.close()
         self.isolation = hello["isolation"]
+        zygote = self.proc.pid  # with bwrap: its only child, PID 1 of the namespace
+        if self.plan["bwrap"]:
+            with open(f"/proc/{zygote}/task/{zygote}/children") as handle:
+                zygote = int(handle.read().split()[0])
+        self.zygote_pidfd = os.pidfd_open(zygote)
 
     def _receive(self, deadline: float) -> dict | None:
+        sock = self.sock
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
-            return None
         try:
-            data = self.sock.recv(1 << 16)
-        except OSError:
+            if sock is None or remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                return None
+            data = sock.recv(1 << 16)
+        except (OSError, ValueError):  # closed under us by Sandbox.close()
             return None
         return json.loads(data) if data else None  # b"": the zygote died
 
@@ -389,6 +400,8 @@ class _Worker:
                 reply = None
             if reply is None:  # the zygote died or hangs: never block, replace it
                 self.kill()
+                if self.closed:
+                    return ExecResult("sandbox_error", stderr="the sandbox was closed")
                 self.start()
                 return ExecResult("sandbox_error",
                                   stderr="sandbox worker died or stopped answering; replaced")
@@ -398,17 +411,28 @@ class _Worker:
                 os.close(fd)
 
     def kill(self):
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap dies -> its PID 1 dies -> all jobs die
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        self.proc = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        """Kill the zygote and wait until it is gone: when PID 1 of a namespace exits, the kernel
+        kills every other process in it and finishes the exit only after they are all reaped."""
+        with self.lock:  # Sandbox.close() and a request that lost its zygote may both get here
+            if self.proc is None:
+                return
+            if self.zygote_pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self.zygote_pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                select.select([self.zygote_pidfd], [], [], 10.0)
+                os.close(self.zygote_pidfd)
+                self.zygote_pidfd = None
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            self.proc = None
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
 
 
 def _read_memfd(fd: int, limit: int) -> str:
@@ -498,6 +522,7 @@ class Sandbox:
         self._workers: list[_Worker] = []
         self._idle: queue.Queue = queue.Queue()
         self._missing: list[str] = []
+        self.token = os.urandom(8).hex()  # in every zygote's command line: find its processes by it
         probe = probe_isolation()
         plan = {"bwrap": probe["bubblewrap"] is not None, "bpf": probe["bpf"]}
         missing = self._missing
@@ -511,7 +536,7 @@ class Sandbox:
                 if as_root:
                     uid, lock_fd = _claim_uid()
                     self._uid_locks.append(lock_fd)
-                config = dict(uid=uid, memory_mb=memory_mb, max_output=max_output,
+                config = dict(token=self.token, uid=uid, memory_mb=memory_mb, max_output=max_output,
                               max_processes=max_processes, tmpfs_mb=tmpfs_mb, preload=list(preload),
                               bwrap=plan["bwrap"], seccomp=probe["bpf"] is not None)
                 try:
@@ -587,6 +612,7 @@ class Sandbox:
         if os.getpid() != self._owner_pid:
             return
         for worker in self._workers:
+            worker.closed = True
             worker.kill()
             if worker.config["uid"] is not None and not worker.config["bwrap"]:
                 _kill_uid(worker.config["uid"])  # without a PID namespace: the uid's processes
@@ -703,6 +729,7 @@ def _child(fds: dict, control: dict, config: dict, iso: dict, libc, filter_ctx,
             os.setgroups([])
             os.setgid(config["uid"])
             os.setuid(config["uid"])
+        libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # its own /proc/self (the zygote stays closed)
         libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if filter_ctx is not None:  # weaker mode: the zygote could not get bwrap to load it
             if filter_ctx[0].seccomp_load(filter_ctx[1]) != 0:
@@ -854,7 +881,7 @@ def _zygote_setup(config: dict, libc) -> tuple[dict, object]:
             iso["seccomp"] = "libseccomp filter via bwrap --seccomp (AF_UNIX sockets, namespaces, ...)"
             refusals.append("seccomp")
         iso["nested_userns"] = f"refused ({' + '.join(refusals)})" if refusals else "allowed"
-    else:
+    elif config["seccomp"]:
         filter_ctx = seccomp_filter(deny_all_sockets=True)
         if filter_ctx is not None:
             iso["seccomp"] = "libseccomp filter per job (every socket(), namespaces, ...)"
@@ -905,7 +932,7 @@ def _zygote_main(config: dict) -> None:
         request = json.loads(message)  # numbers only: the job itself stays in its memfd
         named = dict(zip(("job", "stdout", "stderr", "result"), fds))
         try:
-            reply = _serve(named, request, config, iso, libc, filter_ctx, address_space)
+            reply = _serve(named, request, config, iso, libc, filter_ctx, address_space, control)
         except Exception as error:  # a zygote bug must not kill the pool: report it
             reply = {"error": f"zygote: {error!r}", "elapsed": 0.0}
         for fd in fds:
@@ -920,7 +947,7 @@ def _zygote_main(config: dict) -> None:
 
 
 def _serve(fds: dict, request: dict, config: dict, iso: dict, libc, filter_ctx,
-           address_space: int) -> dict:
+           address_space: int, control: socket.socket) -> dict:
     import shutil
     import tempfile
 
@@ -946,7 +973,9 @@ def _serve(fds: dict, request: dict, config: dict, iso: dict, libc, filter_ctx,
             os.kill(pid, signal.SIGKILL)
             status_word = os.waitpid(pid, 0)[1]
             break
-        select.select([pidfd], [], [], remaining)
+        if control in select.select([pidfd, control], [], [], remaining)[0]:
+            _sweep(config, pid)  # the parent is gone (no request is ever sent mid-job): stop
+            os._exit(0)
     elapsed = time.monotonic() - start
     os.close(pidfd)
     _sweep(config, pid)
