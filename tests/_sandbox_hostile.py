@@ -77,7 +77,8 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
             f"    except OSError:\n        pass\nprint('seen', seen)"),
         # the network of the host (a listening TCP socket on 127.0.0.1)
         "network": (
-            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {ctx['port']}), timeout=0.5)\n"
+            f"import socket\ntry:\n    s = socket.socket()\n    s.settimeout(0.5)\n"
+            f"    s.connect(('127.0.0.1', {ctx['port']}))\n"
             f"    print('CONNECTED')\nexcept OSError as e:\n    print('no network', e)"),
         # a daemon that outlives its job (new session), and a fork bomb
         "orphan_daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
