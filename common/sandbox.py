@@ -298,16 +298,15 @@ def _bwrap_command(config: dict, fds: list[int], bpf_fd: int | None) -> list[str
             cmd += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
-    cmd += ["--ro-bind", "/etc", "/etc"]
-    for path in _install_paths():
+    cmd += ["--ro-bind", "/etc", "/etc", "--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp"]
+    for path in _install_paths():  # after /tmp: a CI clone's .venv may live under /tmp
         if not path.startswith(("/usr/", "/etc/")) and path not in ("/usr", "/etc"):
             parts = path.split("/")
             for depth in range(2, len(parts)):  # bwrap would make the parents 0700 (e.g. /root)
                 cmd += ["--perms", "0755", "--dir", "/".join(parts[:depth])]
             cmd += ["--ro-bind", path, path]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", tmp_bytes, "--tmpfs",
-            "/dev/shm", "--mqueue", "/dev/mqueue", "--perms", "1777", "--size", tmp_bytes, "--tmpfs",
-            "/tmp", "--remount-ro", "/dev",
+            "/dev/shm", "--mqueue", "/dev/mqueue", "--remount-ro", "/dev",
             "--remount-ro", "/", "--chdir", "/tmp"]
     if bpf_fd is not None:
         fds.append(bpf_fd)
@@ -799,10 +798,12 @@ def _remove_sysv_ipc(libc, owner: int | None) -> None:
                 remove(int(row[1]))
 
 
-def _empty_dir(path: str) -> None:
+def _empty_dir(path: str, keep: tuple[str, ...] = ()) -> None:
     import shutil
 
     for entry in os.scandir(path) if os.path.isdir(path) else []:
+        if any(k == entry.path or k.startswith(entry.path + "/") for k in keep):
+            continue  # leads to the read-only Python installation bound under /tmp
         try:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
@@ -918,6 +919,7 @@ def _zygote_main(config: dict) -> None:
             iso.setdefault("preload_errors", {})[module] = repr(error)
     os.environ.clear()
     scratch = ["/tmp", "/dev/shm", "/dev/mqueue"] if config["bwrap"] else []
+    keep = tuple(_install_paths())
     with open("/proc/self/status") as handle:
         vm_kb = int(next(line for line in handle if line.startswith("VmSize:")).split()[1])
     address_space = vm_kb * 1024 + config["memory_mb"] * (1 << 20)
@@ -940,7 +942,7 @@ def _zygote_main(config: dict) -> None:
         if config["bwrap"]:
             _remove_sysv_ipc(libc, None)
             for path in scratch:
-                _empty_dir(path)
+                _empty_dir(path, keep)
         elif config["uid"] is not None:
             _remove_sysv_ipc(libc, config["uid"])
         control.send(json.dumps(reply).encode())

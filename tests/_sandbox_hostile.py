@@ -40,8 +40,11 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
             "import errno\nblock = b'x' * (1 << 15)\ncount = 0\ntry:\n    while count < 4000:\n"
             "        with open(f'f{count}', 'wb') as f:\n            f.write(block)\n        count += 1\n"
             "except OSError as e:\n    print('stopped', errno.errorcode[e.errno], count)"),
-        "after_fill_disk": ("import os\nmine = os.path.basename(os.getcwd())\n"
-                            "print('scratch', sorted(set(os.listdir('/tmp')) - {mine}))"),
+        "after_fill_disk": (  # what is in /tmp but its own dir and the way to a Python under /tmp
+            "import os, sys\nmine = {os.path.basename(os.getcwd())}\n"
+            "for path in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable)):\n"
+            "    if path.startswith('/tmp/'):\n        mine.add(path.split('/')[2])\n"
+            "print('scratch', sorted(set(os.listdir('/tmp')) - mine))"),
         # a connection to an AF_UNIX socket at a filesystem path
         "unix_socket": (
             f"import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.settimeout(0.5)\n"
