@@ -17,13 +17,16 @@ How it works
     failure, never the program's fault: callers must not score it) and the batch goes on.
 
 Full isolation (the default; `Sandbox.isolation["level"] == "full"`)
-    Each zygote runs inside bubblewrap (`bwrap`, the OS package Flatpak uses), started as an ordinary
-    user. As root, each worker first switches to its own unused uid (1,900,000,000 and up: outside
-    systemd's system, regular, dynamic-user and container ranges; checked free in the password
-    database and in /proc, and held with a file lock), so the same unprivileged path is used.
-    - Namespaces: new user (the caller's uid mapped to itself, no capabilities), PID (the zygote is
-      PID 1: the job cannot signal it, and when it dies the kernel kills every job process), mount,
-      IPC, network (empty: no interface but a down loopback), UTS, cgroup.
+    Each zygote runs inside bubblewrap (`bwrap`, the OS package Flatpak uses). As an ordinary user,
+    bwrap creates a user namespace (the caller's uid mapped to itself, no capabilities) and
+    --disable-userns. As root, bwrap runs privileged without a user namespace and keeps only
+    CAP_SETUID/CAP_SETGID, which the zygote uses once, before anything else, to become its worker's
+    own uid (1,900,000,000 and up: outside systemd's system, regular, dynamic-user, container and
+    foreign ranges; checked free in the password database and in /proc, held with a file lock);
+    from then on it and its jobs have no capability at all.
+    - Namespaces: user (ordinary user only), PID (the zygote is PID 1: a job cannot signal it, and
+      when it dies the kernel kills every job process; close() waits for that), mount, IPC, network
+      (empty: no interface but a down loopback), UTS, cgroup.
     - Files: a new root that is read-only: /usr, /etc, /bin, /lib*, /sbin and the Python installation
       (its prefix, base prefix and site-packages) bound read-only; nothing else of the host (no /home,
       /root, /run, /var, /work, the repository, or host /tmp). Writable: /tmp and /dev/shm, private
@@ -34,7 +37,9 @@ Full isolation (the default; `Sandbox.isolation["level"] == "full"`)
       AF_UNIX sockets (path sockets on bound files are unreachable), ptrace and
       process_vm_readv/writev, keyctl/add_key/request_key, bpf, perf_event_open, userfaultfd,
       io_uring (which would bypass the filter), mount/pivot_root/chroot, module and kexec calls.
-      bwrap's --disable-userns also stops nested user namespaces (max_user_namespaces = 0 inside).
+      As an ordinary user bwrap's --disable-userns also stops nested user namespaces.
+    - Memory: the zygote is not dumpable (a job of the same uid cannot ptrace it or read its
+      /proc files) and never holds a job's code, input or output, so no job finds another's data.
     - Processes: each job runs in its own session; after it ends the zygote (PID 1) kills every
       other process of the namespace (kill(-1)), reaps them, and removes every SysV shared-memory
       segment, semaphore set and message queue of the IPC namespace.
@@ -50,15 +55,17 @@ Full isolation (the default; `Sandbox.isolation["level"] == "full"`)
 Weaker isolation (only with `allow_weaker=True`; `isolation["missing"]` names what is absent)
     Where bubblewrap, unprivileged user namespaces or libseccomp are unavailable, Sandbox() raises
     SandboxUnavailable with what is missing and how to get it. With allow_weaker=True it runs what
-    it can: with bwrap but no libseccomp, every layer above except the seccomp filter (bwrap's
-    --disable-userns still refuses nested user namespaces; AF_UNIX sockets are then reachable only
-    if a socket file lies in a bound directory). Without bwrap the zygote runs directly:
-    - as root, each worker under its own unused uid (as above); the sweep kills every process of
-      that uid (kill(-1)) and removes its SysV IPC objects; the job cannot write root's files;
+    it can: with bwrap but no libseccomp, every layer above except the seccomp filter (as an
+    ordinary user bwrap's --disable-userns still refuses nested user namespaces, as root nothing
+    does; AF_UNIX sockets are reachable if a socket file lies in a bound directory; ptrace of the
+    job's own processes works). Without bwrap the zygote runs directly:
+    - as root, each job under its worker's unused uid (as above); the sweep kills every process of
+      that uid (kill(-1)) and removes its SysV IPC objects; the job cannot write root's files, and
+      imports only what that uid can read (a Python under /root: only the preloaded modules);
     - the job's own session, the same rlimits, an empty environment, a fresh working directory;
     - with libseccomp, a filter refusing socket() of every family (no network), new namespaces,
-      ptrace and the calls listed above; without it only Python's socket module is disabled (a job
-      using ctypes still reaches the network);
+      ptrace and the calls listed above; without it only the constructors of Python's socket and
+      _socket modules are disabled (a job using ctypes still reaches the network);
     - NOT isolated then: the host filesystem (the job reads what its uid may read and writes every
       world-writable directory: /tmp, /var/tmp, /dev/shm, /run/lock; as an ordinary user it is the
       caller and can write the caller's files), other processes in /proc, and, as an ordinary
