@@ -377,8 +377,7 @@ class _Worker:
         self.isolation = hello["isolation"]
         zygote = self.proc.pid  # with bwrap: its only child, PID 1 of the namespace
         if self.plan["bwrap"]:
-            with open(f"/proc/{zygote}/task/{zygote}/children") as handle:
-                zygote = int(handle.read().split()[0])
+            zygote = _children(zygote)[0]
         self.zygote_pidfd = os.pidfd_open(zygote)
 
     def _receive(self, deadline: float) -> dict | None:
@@ -439,6 +438,20 @@ class _Worker:
             if self.sock is not None:
                 self.sock.close()
                 self.sock = None
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (from /proc/<pid>/stat parent links)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
 
 
 def _read_memfd(fd: int, limit: int) -> str:
@@ -813,11 +826,25 @@ def _empty_dir(path: str, keep: tuple[str, ...] = ()) -> None:
             continue  # leads to the read-only Python installation bound under /tmp
         try:
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                shutil.rmtree(entry.path, onerror=_unlock_and_retry)
             else:
                 os.unlink(entry.path)
         except OSError:
             pass
+
+
+def _unlock_and_retry(function, path: str, _) -> None:
+    """rmtree's error handler: a job may have made its directories unreadable (chmod 000)."""
+    try:
+        os.chmod(path if function in (os.open, os.scandir, os.rmdir) else os.path.dirname(path),
+                 0o700)
+        if function in (os.open, os.scandir):
+            _empty_dir(path)
+            os.rmdir(path)
+        else:
+            function(path)
+    except OSError:
+        pass
 
 
 def _descendants() -> list[int]:
@@ -960,6 +987,12 @@ def _serve(fds: dict, request: dict, config: dict, iso: dict, libc, filter_ctx,
     import shutil
     import tempfile
 
+    if config["bwrap"]:  # as an ordinary user a job owns /tmp and /dev/shm: it may have chmod-ed them
+        for path in ("/tmp", "/dev/shm"):
+            try:
+                os.chmod(path, 0o1777)
+            except OSError:
+                pass
     workdir = tempfile.mkdtemp(prefix="job-")
     if config["uid"] is not None and not config["bwrap"]:
         os.chown(workdir, config["uid"], config["uid"])

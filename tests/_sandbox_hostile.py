@@ -45,6 +45,14 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
             "for path in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable)):\n"
             "    if path.startswith('/tmp/'):\n        mine.add(path.split('/')[2])\n"
             "print('scratch', sorted(set(os.listdir('/tmp')) - mine))"),
+        # scratch the zygote cannot empty (or use: chmod 000 on what it owns)
+        "locked_scratch": (
+            "import os\nfor top in ('/tmp', '/dev/shm'):\n    os.makedirs(top + '/locked/deep', exist_ok=True)\n"
+            "    open(top + '/locked/deep/f', 'w').write('x')\n    os.chmod(top + '/locked/deep', 0)\n"
+            "    os.chmod(top + '/locked', 0)\n    try:\n        os.chmod(top, 0)\n"
+            "    except OSError:\n        pass\nprint('locked')"),
+        "after_locked_scratch": ("import os\nprint(os.path.exists('/tmp/locked'), "
+                                 "os.path.exists('/dev/shm/locked'))"),
         # a connection to an AF_UNIX socket at a filesystem path
         "unix_socket": (
             f"import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.settimeout(0.5)\n"
@@ -106,6 +114,7 @@ def job_failures(results: dict, ctx: dict) -> list[str]:
            and "allowed in the working dir" in out["files_outside"], "files_outside")
     expect(out["fill_disk"].startswith("stopped ENOSPC"), "fill_disk")
     expect(out["after_fill_disk"] == "scratch []\n", "after_fill_disk")
+    expect(out["after_locked_scratch"] == "False False\n", "after_locked_scratch")
     expect(out["unix_socket"].startswith("refused"), "unix_socket")
     expect(out["after_sysv_shm"] == "found False\n", "after_sysv_shm")
     expect(out["nested_userns"] == "unshare -1\nclone -1\n", "nested_userns")
