@@ -17,8 +17,15 @@ Departures:
 - The size filter's byte count is a recursive sys.getsizeof (8-byte aligned, shared objects counted
   once) instead of pympler.asizeof (not a dependency); it gives pympler's 824 B for list(range(19)) but
   may differ by a few bytes on other objects.
-- "Functions that use randomness are excluded" has no stated criterion: here a function is dropped
-  when two calls on the same input disagree. The generator is seeded per function for resumable runs.
+- "Functions that use randomness are excluded" has no stated criterion, and the release checks
+  nothing (hkust-nlp/CodeIO: src/parse_gen_ios.py calls main_solution once per candidate input).
+  Each candidate runs once here too; then each KEPT input runs once more and the function is dropped
+  if an output changed (at most max_pairs extra calls; --io_recheck false = the release). The
+  generator is seeded per function for resumable runs; a candidate that raises is skipped (the
+  release's script dies).
+- Sandbox infrastructure failures (status sandbox_error: a worker died, the sandbox broke) are not
+  written to io/verify/revise: they are counted in the summary and retried by a rerun, never shown
+  to the model as its exception or scored (the release has no sandbox, so no such case).
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
 - The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
@@ -72,10 +79,16 @@ class Args:
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (§1.2)"})
     max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (§1.2; 'Other' source)"})
+    io_recheck: bool = field(default=True, metadata={
+        "help": "run each kept input once more and drop functions whose output changes (the paper "
+                "excludes functions that use randomness; the release's parse_gen_ios.py does not)"})
     pairs_per_function: int = field(default=3, metadata={"help": "pairs turned into prompts, x2 tasks (§1.3)"})
     io_timeout: float = field(default=60.0, metadata={"help": "seconds for one function's whole I/O run (§1.2)"})
     verify_timeout: float = field(default=5.0, metadata={"help": "seconds to re-execute a predicted input (§1.4)"})
     sandbox_workers: int = field(default=2, metadata={"help": "parallel sandbox processes (repo: 24-64)"})
+    sandbox_allow_weaker: bool = field(default=False, metadata={
+        "help": "run generated code even where common/sandbox.py cannot isolate it fully (no "
+                "bubblewrap, user namespaces or libseccomp); the summary prints what is missing"})
     prompt_values: str = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
                                                                    "f'{x}', §1.3 gotcha) | json"})
     revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (§1.5)"})
@@ -199,10 +212,12 @@ def strict_check_size(obj) -> bool:
     return object_size(obj) < 128
 
 
-def collect_io_pairs(max_calls: int, max_pairs: int, seed: int) -> dict:
+def collect_io_pairs(max_calls: int, max_pairs: int, seed: int, recheck: bool = True) -> dict:
     """§1.2, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
     input_generator() up to max_calls times, keep unique inputs whose input and output pass the size
-    filter, whose output is not None, and which give the same output twice; stop at max_pairs."""
+    filter and whose output is not None; stop at max_pairs. Each candidate input runs main_solution
+    once, as in the release (hkust-nlp/CodeIO: src/parse_gen_ios.py, the generated I/O script); with
+    `recheck`, each kept input runs once more and a changed output counts as "nondeterministic"."""
     import json
     import random
 
@@ -219,16 +234,22 @@ def collect_io_pairs(max_calls: int, max_pairs: int, seed: int) -> dict:
             seen.add(key)
             if reason is None and not (isinstance(kwargs, dict) and strict_check_size(kwargs)):
                 reason = "too_large"
-            if reason is None:  # fresh copies: a function that mutates its arguments cannot alter the input
-                outputs = [json.dumps(main_solution(**json.loads(key))) for _ in range(2)]  # noqa: F821
-                output = json.loads(outputs[0])
-                reason = ("none_output" if output is None else "nondeterministic" if outputs[0] != outputs[1]
-                          else "too_large" if not strict_check_size(output) else None)
+            if reason is None:  # a fresh copy: a function mutating its arguments keeps the input
+                output = json.loads(json.dumps(main_solution(**json.loads(key))))  # noqa: F821
+                reason = ("none_output" if output is None else
+                          "too_large" if not strict_check_size(output) else None)
         except Exception as error:  # generator or function raised, or a value is not JSON-serialisable
             reason = type(error).__name__
         stats[reason or "kept"] = stats.get(reason or "kept", 0) + 1
         if reason is None:
             pairs.append({"input": json.loads(key), "output": output})
+    for pair in pairs if recheck else []:  # the paper's randomness exclusion, <= max_pairs calls
+        try:
+            again = json.dumps(main_solution(**json.loads(json.dumps(pair["input"]))))  # noqa: F821
+        except Exception:
+            again = None
+        if again != json.dumps(pair["output"]):
+            stats["nondeterministic"] = stats.get("nondeterministic", 0) + 1
     return {"pairs": pairs, "stats": stats}
 
 
@@ -237,7 +258,8 @@ IO_HELPERS = "\n\n".join(inspect.getsource(f) for f in (object_size, strict_chec
 
 def io_job(function: dict, args: Args, seed: int) -> tuple[str, dict]:
     code = "\n\n".join([IMPORT_PREFIX, function["main_code"], function["generator_code"], IO_HELPERS])
-    return code, {"max_calls": args.max_generator_calls, "max_pairs": args.max_pairs, "seed": seed}
+    return code, {"max_calls": args.max_generator_calls, "max_pairs": args.max_pairs, "seed": seed,
+                  "recheck": args.io_recheck}
 
 
 # ------------------------------------------------------------------------------------------------ §1.3 prompts
@@ -331,6 +353,8 @@ def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output,
     if not isinstance(predicted_input, dict):
         return {"status": "exception", "message": f"the predicted input {predicted_input!r} is not a dict", "actual": None}
     run = sandbox.call(IMPORT_PREFIX + "\n\n" + main_code, "main_solution", json.dumps(predicted_input), timeout=timeout)
+    if run.infrastructure_failure:  # the sandbox broke, not the input: never scored, never shown
+        return {"status": "sandbox_error", "message": run.stderr.strip(), "actual": None}
     if run.status == "timeout":
         return {"status": "timeout", "message": f"execution did not finish within {timeout:g} s", "actual": None}
     if not run.ok:
@@ -347,22 +371,30 @@ REDO = "Please redo it, and your prediction should no longer be any of the wrong
 CHECK, OOPS, CORRECT = "Let me check if I did it correctly...", "Oops! Something went wrong.", "Yes, that's correct!"
 
 
-def feedback_text(kind: str, pair: dict, check: dict) -> str:
-    """§1.5 verifier message (the correct answer is never revealed)."""
+def feedback_text(kind: str, pair: dict, check: dict) -> str | None:
+    """§1.5 verifier message (the correct answer is never revealed). Values are serialised with
+    json.dumps as in the release (hkust-nlp/CodeIO: src/check_io_pred_acc_mp.py, check_io_pred_acc;
+    src/codeio_utils.py, template_check_input), so the model sees JSON (true, null, "a"), not Python
+    literals. None for a sandbox failure: there is nothing to tell the model."""
+    show = json.dumps
+    if check["status"] == "sandbox_error":
+        return None
     if check["status"] == "success":
         return CORRECT
     if check["status"] == "no answer":
         return "[Format Error] No answer in the required JSON format was found in your response."
     if kind == "output":
-        return (f"[Mismatch] Your output is not correct! Given the input {show_value(pair['input'])}, your "
-                f"predicted output is {show_value(check['predicted'])} which is wrong!")
+        return (f"[Mismatch] Your output is not correct! Given the input {show(pair['input'])}, "
+                f"your predicted output is {show(check['predicted'])} which is wrong!")
     if check["status"] == "AssertionError":
-        return (f"[Mismatch] Your input is not feasible! Given the output {show_value(pair['output'])}, your "
-                f"predicted input is {show_value(check['predicted'])}, which actually gets a wrong output as "
-                f"{show_value(check['actual'])}")
+        return (f"[Mismatch] Your input is not feasible! Given the output {show(pair['output'])}, "
+                f"your predicted input is {show(check['predicted'])}, which actually gets a wrong "
+                f"output as {show(check['actual'])}")
     if check["status"] == "timeout":
-        return f"[Timeout] Running the code on your predicted input {show_value(check['predicted'])} did not finish in time."
-    return f"[Error] Running the code on your predicted input {show_value(check['predicted'])} failed: {check['message']}"
+        return (f"[Timeout] Running the code on your predicted input {show(check['predicted'])} "
+                "did not finish in time.")
+    return (f"[Error] Running the code on your predicted input {show(check['predicted'])} failed: "
+            f"{check['message']}")
 
 
 def assemble_revision(record: dict) -> str:
@@ -405,9 +437,13 @@ def check_answer(sandbox: Sandbox, sample: dict, function: dict, response: str, 
     else:
         check = verify_input(sandbox, function["main_code"], predicted, pair["output"], args.verify_timeout)
     check["predicted"] = predicted
-    check["correct"] = check["status"] == "success"
+    check["correct"] = None if check["status"] == "sandbox_error" else check["status"] == "success"
     check["feedback"] = feedback_text(kind, pair, check)
     return check
+
+
+def infra_note(count: int) -> str:
+    return f"; {count} sandbox errors (not written: a rerun retries them)" if count else ""
 
 
 def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
@@ -483,8 +519,16 @@ def main(args: Args):
     model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
              if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
     sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
-    sandbox = Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout) if set(stages) & {"io", "verify", "revise"} else None
+    executes = set(stages) & {"io", "verify", "revise"}
+    sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
+                       allow_weaker=args.sandbox_allow_weaker) if executes else None)
     counts = []  # per-stage summary rows
+    if sandbox is not None:  # how isolated the generated code is (SandboxUnavailable if not fully)
+        iso = sandbox.isolation
+        missing = f", missing {', '.join(iso['missing'])}" if iso["missing"] else ""
+        counts.append({"stage": "sandbox", "in": args.sandbox_workers, "out": args.sandbox_workers,
+                       "notes": f"isolation {iso['level']}{missing}"})
+    infra = Counter()  # sandbox_error per stage: not written, so a rerun retries them
 
     # 1. rewrite raw files into the unified format (§1.1); unified files pass through
     path = out / "rewrite.jsonl"
@@ -515,6 +559,9 @@ def main(args: Args):
         jobs = [io_job(fn, args, seed=args.seed * 100003 + zlib.crc32(fn["name"].encode())) for fn in todo]
         results = sandbox.call_many([(code, "collect_io_pairs", kw) for code, kw in jobs], timeout=args.io_timeout)
         for fn, res in zip(todo, results):
+            if res.infrastructure_failure:  # the sandbox broke, not the function: a rerun retries
+                infra["io"] += 1
+                continue
             pairs, stats = (res.value["pairs"], res.value["stats"]) if res.ok else ([], {})
             reason = ("ok" if len(pairs) > 1 and not stats.get("nondeterministic") else
                       f"sandbox {res.status}" if not res.ok else
@@ -525,7 +572,8 @@ def main(args: Args):
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
     counts.append({"stage": "io", "in": len(records), "out": len(io_ok),
                    "notes": f"{sum(len(r['pairs']) for r in io_ok.values())} pairs; drops "
-                            f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"})
+                            f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"
+                            + infra_note(infra["io"])})
 
     # 3. prompts (§1.3): first pairs_per_function pairs -> one input- and one output-prediction prompt each
     path = out / "prompts.jsonl"
@@ -563,6 +611,9 @@ def main(args: Args):
         for cot in tqdm([c for c in cots.values() if c["id"] not in done], desc="verify", leave=False):
             sample = prompts[cot["id"]]
             check = check_answer(sandbox, sample, functions[sample["name"]], cot["response"], args)
+            if check["status"] == "sandbox_error":  # neither scored nor fed back; a rerun retries
+                infra["verify"] += 1
+                continue
             write_jsonl(path, [{"id": cot["id"], "kind": sample["kind"], **check}], mode="a")
         records = read_jsonl_tolerant(path)
     verified = {r["id"]: r for r in records if r["id"] in cots}
@@ -570,7 +621,8 @@ def main(args: Args):
     accuracy = {kind: f"{sum(r['correct'] for r in verified.values() if r['kind'] == kind)}/"
                       f"{sum(r['kind'] == kind for r in verified.values())}" for kind in ("input", "output")}
     counts.append({"stage": "verify", "in": len(cots), "out": len(verified),
-                   "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"})
+                   "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
+                            + infra_note(infra["verify"])})
 
     # 6. CodeI/O++ revision turn (§1.5)
     path = out / "revise.jsonl"
@@ -586,6 +638,9 @@ def main(args: Args):
             sample, turn_2 = prompts[v["id"]], second.get(v["id"])
             check = (check_answer(sandbox, sample, functions[sample["name"]], turn_2, args) if turn_2 is not None
                      else {"feedback": None, "correct": None})
+            if check.get("status") == "sandbox_error":  # turn 2 unverifiable now: a rerun redoes it
+                infra["revise"] += 1
+                continue
             write_jsonl(path, [{"id": v["id"], "prompt": cots[v["id"]]["prompt"], "turn_1": cots[v["id"]]["response"],
                                 "feedback_1": v["feedback"], "turn_2": turn_2, "feedback_2": check["feedback"],
                                 "correct_2": check["correct"]}], mode="a")
@@ -593,7 +648,7 @@ def main(args: Args):
     revised = [r for r in records if r["turn_2"] is not None]
     counts.append({"stage": "revise", "in": len(records), "out": len(records),
                    "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
-                            "all kept (§1.5)"})
+                            "all kept (§1.5)" + infra_note(infra["revise"])})
     if sandbox is not None:
         sandbox.close()
 

@@ -138,10 +138,10 @@ def test_revision_assembly_and_feedback():  # §5.6
     fixed = assemble_revision({**wrong, "correct_2": True})
     assert fixed.endswith("T2\n\nLet me check if I did it correctly...\n\nYes, that's correct!")
     text = feedback_text("output", pair, {"status": "mismatch", "predicted": 37})
-    assert text == "[Mismatch] Your output is not correct! Given the input {'n': 61, 'm': 4}, your predicted output is 37 which is wrong!"
+    assert text == '[Mismatch] Your output is not correct! Given the input {"n": 61, "m": 4}, your predicted output is 37 which is wrong!'
     assert "38" not in text  # the correct answer is never revealed
     text = feedback_text("input", pair, {"status": "AssertionError", "predicted": {"n": 5, "m": 2}, "actual": 2})
-    assert "Given the output 38" in text and "{'n': 5, 'm': 2}" in text and text.endswith("wrong output as 2")
+    assert "Given the output 38" in text and '{"n": 5, "m": 2}' in text and text.endswith("wrong output as 2")
     assert "boom" in feedback_text("input", pair, {"status": "exception", "predicted": {}, "message": "boom"})
     assert REDO.startswith("Please redo it")
 
