@@ -27,14 +27,13 @@ Departures (paper = arXiv text; code = hkust-nlp/B-STaR `determine_hyper.py`, `m
 - `star` = STaR with rationalisation (failures re-sampled with the answer as a hint, kept if correct,
   trained without the hint), restarting from P0 each iteration like ReST-EM.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below: the MATH setting; flags you pass win;
+--print_config shows the effective configuration without loading anything):
   CPU toy (tiny model, warm start cached):  python bstar.py
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
-      --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --samples_per_query 64 \
-      --queries_per_iteration 0 --sft_steps 500 --batch_size 128 --lr 4.12e-6 --max_new_tokens 1024 \
-      --search_queries 600 --iterations 9 --eval_queries 500 --dtype bfloat16 --sampler vllm \
+      --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --dtype bfloat16 --sampler vllm \
       --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
-  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; with vllm rank 0 samples)
+  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   # FSDP2; with vllm rank 0 samples
 """
 
 from __future__ import annotations
@@ -46,12 +45,14 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from transformers import AutoModelForTokenClassification, HfArgumentParser, get_scheduler
+from transformers import AutoModelForTokenClassification, get_scheduler
 
+from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
@@ -75,47 +76,69 @@ class Args:
     question_field: str = field(default="question", metadata={"help": "question column"})
     answer_field: str = field(default="answer", metadata={"help": "gold answer column (GSM8K's '#### N' is understood)"})
     prompt_template: str = field(default="{question}", metadata={"help": "user message; {question} is replaced"})
-    sampler: str = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
     dtype: str = field(default="float32", metadata={"help": "model dtype (bfloat16 on GPU)"})
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/ckpt (iteration or mid-SFT) and reuse finished sampling"})
     track: bool = field(default=False, metadata={"help": "log to W&B"})
     # algorithm (§2)
-    mode: str = field(default="bstar", metadata={"help": f"{MODES} (§2.1): B-STaR; online RFT (fixed T/tau); iterative RFT (fresh optimizer); ReST-EM / STaR (from P0)"})
-    iterations: int = field(default=6, metadata={"help": "self-improvement iterations (paper: 9 x 500 steps, §2.6)"})
-    queries_per_iteration: int = field(default=240, metadata={"help": "M queries sampled per iteration, 0 = all (paper: all 11.5K MATH queries)"})
-    samples_per_query: int = field(default=8, metadata={"help": "k samples per query (paper: 64, §2.6)"})
+    mode: Literal["bstar", "online_rft", "iterative_rft", "rest_em", "star"] = field(default="bstar", metadata={"help": f"{MODES} (§2.1): B-STaR; online RFT (fixed T/tau); iterative RFT (fresh optimizer); ReST-EM / STaR (from P0)"})
+    iterations: int = field(default=6, metadata={"help": "self-improvement iterations; paper: 9 (9 x 500 SFT steps, MATH setting)"})
+    queries_per_iteration: int = field(default=240, metadata={"help": "M queries sampled per iteration, 0 = all; paper: 0 (all 11.5K MATH queries)"})
+    samples_per_query: int = field(default=8, metadata={"help": "k samples per query; paper: 64 (MATH setting)"})
     temperature_grid: str = field(default="0.5:1.2:0.1", metadata={"help": "start:stop:step, inclusive (paper §2.5; fine variant 0.5:1.2:0.05)"})
     threshold_grid: str = field(default="-1:1:0.1", metadata={"help": "start:stop:step, inclusive (paper §2.5; fine variant -1:1:0.01)"})
-    search_queries: int = field(default=24, metadata={"help": "query subset for the configuration search (paper: 600 MATH queries)"})
+    search_queries: int = field(default=24, metadata={"help": "query subset for the configuration search; paper: 600 (MATH queries x 64 samples)"})
     temperature: float = field(default=1.0, metadata={"help": "fixed temperature of the non-B-STaR modes (online RFT baseline)"})
     threshold: float = field(default=0.0, metadata={"help": "fixed reward threshold of the non-B-STaR modes (default tau = 0, §2.2)"})
-    reward: str = field(default="answer_prm", metadata={"help": "'answer' (1[a = a*]) or 'answer_prm' (+ normalised min step score, §2.2)"})
+    reward: Literal["answer", "answer_prm"] = field(default="answer_prm", metadata={"help": "'answer' (1[a = a*]) or 'answer_prm' (+ normalised min step score, §2.2)"})
     prm: str = field(default="rule", metadata={"help": "'rule' (toy stand-in step checker) or an HF PRM path (Math-Shepherd style)"})
-    prm_head: str = field(default="token", metadata={"help": "'token' (P('+') vs '-' at the step tag) or 'classifier' (token-classification head)"})
+    prm_head: Literal["token", "classifier"] = field(default="token", metadata={"help": "'token' (P('+') vs '-' at the step tag) or 'classifier' (token-classification head)"})
     prm_step_tag: str = field(default="ки", metadata={"help": "step tag the PRM scores at (Math-Shepherd: 'ки')"})
     prm_good_token: str = field(default="+", metadata={"help": "good-step token"})
     prm_bad_token: str = field(default="-", metadata={"help": "bad-step token"})
     step_separator: str = field(default="\n", metadata={"help": "splits a response into steps (PRM) and equations"})
-    balance_rule: str = field(default="paper", metadata={"help": "'paper' (§2.4) or 'code' (cal_modi_acc_soft: dedup, drop empty queries, n* = 8)"})
+    balance_rule: Literal["paper", "code"] = field(default="paper", metadata={"help": "'paper' (§2.4) or 'code' (cal_modi_acc_soft: dedup, drop empty queries, n* = 8)"})
     n_star: int = field(default=0, metadata={"help": "n*; 0 = ceil(N/M) (§2.4), N = sft_steps * batch_size"})
     rechoose_threshold: bool = field(default=False, metadata={"help": "released code: re-pick tau on the full sample set"})
-    pass_s: int = field(default=4, metadata={"help": "S of Pass@K-S / Reward@K-S (paper: Pass@32-4)"})
+    pass_s: int = field(default=4, metadata={"help": "S of Pass@K-S / Reward@K-S; paper: 4 (Pass@32-4)"})
     hint_template: str = field(default="{question} (answer: {answer})", metadata={"help": "star rationalisation prompt"})
     # SFT update (§2.6)
-    sft_steps: int = field(default=30, metadata={"help": "SFT steps per iteration (paper: 500)"})
-    batch_size: int = field(default=32, metadata={"help": "global SFT batch (paper: 128)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak LR (code: 4.12e-6 for Mistral-7B; SFT of P0 5e-6)"})
+    sft_steps: int = field(default=30, metadata={"help": "SFT steps per iteration; paper: 500 (MATH setting)"})
+    batch_size: int = field(default=32, metadata={"help": "SFT batch, all ranks; paper: 128 (MATH setting)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak LR; paper: 4.12e-6 (released code, Mistral-7B; the SFT of P0 used 5e-6)"})
     min_lr_ratio: float = field(default=2e-7 / 4.12e-6, metadata={"help": "cosine floor / peak (code: 2e-7 / 4.12e-6)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N SFT steps (mid-iteration --resume)"})
-    max_new_tokens: int = field(default=48, metadata={"help": "sampling length"})
+    max_new_tokens: int = field(default=48, metadata={"help": "sampling length; paper preset: 1024 (not stated in the paper)"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
-    eval_queries: int = field(default=200, metadata={"help": "held-out queries for greedy accuracy"})
+    eval_queries: int = field(default=200, metadata={"help": "held-out queries for greedy accuracy; paper: 500 (MATH500)"})
     # toy world
     toy_train_queries: int = field(default=600, metadata={"help": "training query pool of the toy (at most 529 with 3 digits)"})
     toy_terms: str = field(default="3:3", metadata={"help": "min:max numbers to add per toy query"})
     warm_start_steps: int = field(default=400, metadata={"help": "toy SFT steps that make the tiny P0 (cached)"})
     warm_start_lr: float = field(default=5e-3, metadata={"help": "toy warm-start LR"})
+
+
+# The paper's MATH setting (Mistral-7B; LR schedule from the released code), used with --preset paper (the
+# default once --model is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    iterations=9,  # 9 x 500 SFT steps
+    queries_per_iteration=0,  # all 11.5K MATH queries every iteration
+    samples_per_query=64,
+    search_queries=600,  # configuration search on 600 MATH queries
+    sft_steps=500,
+    batch_size=128,
+    lr=4.12e-6,  # released code, cosine down to 2e-7 (--min_lr_ratio)
+    max_new_tokens=1024,  # not stated in the paper
+    eval_queries=500,  # MATH500
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Checks the choices and grids (`validate`) and splits the SFT batch over the ranks."""
+    validate(args)
+    return dict(sft_rows_per_rank=per_rank(args.batch_size, world_size, "--batch_size"),
+                samples_per_iteration=args.sft_steps * args.batch_size)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -599,4 +622,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

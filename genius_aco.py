@@ -27,13 +27,16 @@ Departures (paper vs released code, see shared spec §1.3/§1.6):
   7. Toy: a tiny Qwen2 warm-started on running-sum CoT where demonstrations may switch to guessing lines
      (so the base sometimes guesses); toy lr/batch/epochs/lengths (Args marked 'toy').
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   CPU toy:  python genius_aco.py
   1 GPU:    python genius_aco.py --stage sample --sampler vllm --model meta-llama/Llama-3.1-8B-Instruct \
                 --data xufangzhi/Magpie_reasoning_150K_train
             python genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct --micro_batch_size 2
-  8 GPUs:   torchrun --nproc_per_node=8 genius_aco.py --stage sample --sampler vllm --model ... --data ...
-            torchrun --nproc_per_node=8 genius_aco.py --stage train --model ... --pairs_file runs/genius_aco/pairs.jsonl
+  8 GPUs:   torchrun --nproc_per_node=8 genius_aco.py --stage sample --sampler vllm \
+                --model meta-llama/Llama-3.1-8B-Instruct --data xufangzhi/Magpie_reasoning_150K_train
+            torchrun --nproc_per_node=8 genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct \
+                --pairs_file runs/genius_aco/pairs.jsonl
 """
 
 from __future__ import annotations
@@ -44,13 +47,13 @@ import random
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
@@ -60,8 +63,6 @@ from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_dis
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
                           save_checkpoint, seed_everything, sequence_logprob, shard_model, sft_loss)
 
-PAPER = dict(lr=5e-7, batch_size=128, epochs=1, eval_fraction=0.01, eval_every=50, num_queries=25000, max_step_tokens=1024, max_foresight_tokens=1024, max_completion_tokens=3000)
-TOY = dict(lr=1e-4, batch_size=16, epochs=2, eval_fraction=0.25, eval_every=5, num_queries=128, max_step_tokens=16, max_foresight_tokens=64, max_completion_tokens=64)
 STOP = ["\n", "<end_of_reasoning>"]  # §1.1: a step is one line
 PAIR_FIELDS = ("query", "chosen", "rejected", "chosen_advantage", "rejected_advantage")
 
@@ -71,16 +72,16 @@ class Args:
     # generic
     seed: int = field(default=42, metadata={"help": "random seed (the released code seeds its rejected draw with 42)"})
     output_dir: str = field(default="runs/genius_aco", metadata={"help": "pairs, checkpoint, metrics.jsonl, curves.png"})
-    model: str = field(default="", metadata={"help": "hub id or folder (paper: LLaMA3.1-8B-Instruct, Qwen2.5-3B/7B-Instruct, §1); empty = tiny offline model warm-started on the arithmetic toy"})
-    data: str = field(default="", metadata={"help": "queries: hub id or .jsonl/.json/.parquet (paper: xufangzhi/Magpie_reasoning_150K_train or OpenHermes_48K_train, §1); empty = toy arithmetic queries, answers hidden"})
+    model: str = field(default="", metadata={"help": "hub id or folder (the paper trains LLaMA3.1-8B-Instruct, Qwen2.5-3B/7B-Instruct); empty = tiny offline model warm-started on the arithmetic toy"})
+    data: str = field(default="", metadata={"help": "queries: hub id or .jsonl/.json/.parquet (the paper uses xufangzhi/Magpie_reasoning_150K_train or OpenHermes_48K_train); empty = toy arithmetic queries, answers hidden"})
     query_field: str = field(default="instruction", metadata={"help": "field of --data holding the query"})
     eval_data: str = field(default="", metadata={"help": "rows with the query field and 'answer' for accuracy before/after; empty = the toy's held-out rows when --data is empty, else none"})
     num_eval_queries: int = field(default=64, metadata={"help": "held-out toy queries for the accuracy before/after"})
-    num_queries: Optional[int] = field(default=None, metadata={"help": "queries to sample from (paper: 25K Magpie / 32K OpenHermes, §1); toy 128"})
-    stage: str = field(default="all", metadata={"help": "sample | train | all"})
+    num_queries: int = field(default=128, metadata={"help": "queries to sample from; toy 128; paper: 25000 (25K random Magpie queries; 32K for OpenHermes)"})
+    stage: Literal["sample", "train", "all"] = field(default="all", metadata={"help": "sample | train | all"})
     pairs_file: str = field(default="", metadata={"help": "JSONL of pairs written by --stage sample, read by --stage train; empty = <output_dir>/pairs.jsonl"})
     resume: bool = field(default=False, metadata={"help": "sample: keep and skip queries already in the pairs file; train: continue from <output_dir>/checkpoint"})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm (sample stage)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm (sample stage)"})
     vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM memory share in the sample stage (nothing else on the GPU then)"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     # foresight re-sampling, §1.1
@@ -91,31 +92,52 @@ class Args:
     foresight_temperature: float = field(default=1.0, metadata={"help": "temperature of foresight rollouts and completions (not set in the code: vLLM's 1.0, §1.1)"})
     tau: float = field(default=0.1, metadata={"help": "re-sampling distribution softmax(f / tau) (§1.1)"})
     prefill: str = field(default="The reasoning steps are:\n\n", metadata={"help": "assistant pre-fill (§1.1)"})
-    max_step_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens of a step (§1.1: 1024); toy 16"})
-    max_foresight_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens of a foresight rollout (§1.1: 1024); toy 64"})
-    max_completion_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens when completing the beams after K steps (§1.1: 3000); toy 64"})
-    beam_selection: str = field(default="sample", metadata={"help": "sample (paper) | greedy (top-M f, the 'w/o sampling' ablation, §1.1)"})
-    rejected: str = field(default="paper", metadata={"help": "paper: re-sampled from F without the winner | uniform: released code | lowest: greedy ablation (§1.2)"})
+    max_step_tokens: int = field(default=16, metadata={"help": "max tokens of a step; toy 16; paper: 1024 (released sampling code)"})
+    max_foresight_tokens: int = field(default=64, metadata={"help": "max tokens of a foresight rollout; toy 64; paper: 1024 (released sampling code)"})
+    max_completion_tokens: int = field(default=64, metadata={"help": "max tokens when completing the beams after K steps; toy 64; paper: 3000 (released sampling code)"})
+    beam_selection: Literal["sample", "greedy"] = field(default="sample", metadata={"help": "sample (paper) | greedy (top-M f, the 'w/o sampling' ablation, §1.1)"})
+    rejected: Literal["paper", "uniform", "lowest"] = field(default="paper", metadata={"help": "paper = re-sampled from F without the winner | uniform = released code | lowest = greedy 'w/o sampling' ablation"})
     queries_per_chunk: int = field(default=16, metadata={"help": "queries searched together per rank (batched generate); records are appended per chunk"})
     # ACO loss, §1.3
-    loss: str = field(default="aco", metadata={"help": "aco | dpo (the paper's main baseline, §1.5)"})
+    loss: Literal["aco", "dpo"] = field(default="aco", metadata={"help": "aco | dpo (the paper's main baseline, §1.5)"})
     beta: float = field(default=0.1, metadata={"help": "beta (§1.3: argparse default)"})
     alpha: float = field(default=1.0, metadata={"help": "alpha of w (§1.3)"})
-    clamp: str = field(default="paper", metadata={"help": "paper: w = min(1, .) | code: released max(1, .) (§1.3)"})
+    clamp: Literal["paper", "code"] = field(default="paper", metadata={"help": "paper = w = min(1, .) | code = released max(1, .)"})
     # training, §1.4
-    lr: Optional[float] = field(default=None, metadata={"help": "learning rate (§1.4: 5e-7); toy 1e-4"})
-    batch_size: Optional[int] = field(default=None, metadata={"help": "pairs per optimizer step, all ranks (§1.4: 128); toy 16"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate, linear schedule; toy 1e-4; paper: 5e-7 (training setup)"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step, all ranks; toy 16; paper: 128 (training setup, 8 GPUs)"})
     micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward per rank (gradient accumulation)"})
-    epochs: Optional[int] = field(default=None, metadata={"help": "passes over the pairs (§1.4: 1); toy 2"})
+    epochs: int = field(default=2, metadata={"help": "passes over the pairs; toy 2; paper: 1 (training setup)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warmup share (§1.4)"})
     weight_decay: float = field(default=0.0, metadata={"help": "(§1.4: 0)"})
     max_length: int = field(default=1300, metadata={"help": "max prompt + response tokens (§1.4)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (not stated in the paper)"})
     bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 compute under FSDP2 (§1.4: bf16); default on with CUDA"})
-    eval_fraction: Optional[float] = field(default=None, metadata={"help": "share of queries whose pairs are held out for the eval metrics (not in the paper); 0.01, toy 0.25"})
-    eval_every: Optional[int] = field(default=None, metadata={"help": "optimizer steps between held-out evaluations; 50, toy 5"})
+    eval_fraction: float = field(default=0.25, metadata={"help": "share of queries whose pairs are held out for the eval metrics; toy 0.25; paper preset: 0.01 (not in the paper)"})
+    eval_every: int = field(default=5, metadata={"help": "optimizer steps between held-out evaluations; toy 5; paper preset: 50 (not in the paper)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     toy_warmstart_steps: int = field(default=400, metadata={"help": "SFT steps that build the cached toy base model"})
+
+
+# The paper's values (training setup; sampling sizes from the released code), used with --preset paper (the
+# default once --model is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    num_queries=25000,  # 25K random Magpie queries (32K for OpenHermes)
+    max_step_tokens=1024,  # released sampling code: max_tokens of a step
+    max_foresight_tokens=1024,  # released sampling code: max_tokens of a foresight rollout
+    max_completion_tokens=3000,  # released sampling code: completing the beams
+    lr=5e-7,  # training setup (open-instruct DPO, 8xA100)
+    batch_size=128,  # training setup
+    epochs=1,  # training setup
+    eval_fraction=0.01,  # not in the paper: 1% of the queries' pairs held out
+    eval_every=50,  # not in the paper
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank sizes of the train stage implied by the global batch; raises naming the flag."""
+    pairs_per_rank = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(pairs_per_rank=pairs_per_rank, micro_batches_per_step=-(-pairs_per_rank // args.micro_batch_size))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -509,9 +531,6 @@ def main(args: Args):
                          ("rejected", "paper uniform lowest"), ("beam_selection", "sample greedy")):
         if getattr(args, key) not in choices.split():
             raise ValueError(f"--{key} must be one of {choices.split()}, got {getattr(args, key)!r}")
-    for key, value in (TOY if not args.model else PAPER).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
     if args.sampler == "vllm" and args.stage == "all":
         raise ValueError("--sampler vllm: run --stage sample and --stage train as two commands (vLLM holds its GPU memory until the process exits)")
     dist_info = init_distributed()
@@ -545,4 +564,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

@@ -24,13 +24,14 @@ Departures (from the paper and its released verl code):
   Weights go to vLLM per tensor (DTensor.full_tensor) so every rank's colocated engine gets them.
   On CUDA the forwards run under bf16 autocast with fp32 master weights.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration and per-rank sizes without loading anything):
     python zero_rl.py                                  # CPU toy, about 1-2 minutes on 2 cores
     python zero_rl.py --model Qwen/Qwen2.5-0.5B --data simplerl/simplelr_qwen_level1to4/train.parquet \\
-        --prompts_per_step 64 --mini_batch_prompts 16 --micro_batch_size 8 --max_new_tokens 2048 --lr 5e-7   # 1 GPU
-    torchrun --nproc_per_node=8 zero_rl.py --model Qwen/Qwen2.5-0.5B --data simplerl/simplelr_qwen_level3to5/train.parquet \\
-        --sampler vllm --prompts_per_step 1024 --mini_batch_prompts 256 --micro_batch_size 2 --max_new_tokens 8192 \\
-        --lr 5e-7 --total_steps 100 --eval_every 10 --save_every 10
+        --prompts_per_step 64 --mini_batch_prompts 16 --micro_batch_size 8 --max_new_tokens 2048   # 1 GPU
+    torchrun --nproc_per_node=8 zero_rl.py --model Qwen/Qwen2.5-0.5B \\
+        --data simplerl/simplelr_qwen_level3to5/train.parquet --sampler vllm --eval_every 10 --save_every 10
+    python zero_rl.py --model Qwen/Qwen2.5-0.5B --print_config --world_size 8   # what the 8-GPU run uses
 (simplerl/ = `huggingface-cli download hkust-nlp/SimpleRL-Zoo-Data --repo-type dataset --local-dir simplerl`)
 """
 
@@ -41,13 +42,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from common import rewards as R
+from common.config import parse_config, per_rank
 from common.data import load_rows, make_countdown_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
@@ -75,36 +77,38 @@ class Args:
     answer_field: str = arg("answer", "field holding the gold answer")
     level_field: str = arg("level", "difficulty field used by --levels (ints or strings like 'Level 3')")
     levels: str = arg("", "keep rows whose level is in this range, e.g. 3-5 (the paper's Hard tier, spec §1.3)")
-    task: str = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
-    prompt_template: str = arg("auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (spec §1.3) | countdown (TinyZero "
+    task: Literal["math", "countdown"] = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
+    prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown"] = arg("auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (spec §1.3) | countdown (TinyZero "
                                "instruct); auto = countdown for --task countdown, else qwen-boxed")
-    sampler: str = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
+    sampler: Literal["hf", "vllm"] = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
     dtype: str = arg("float32", "training weights dtype; float32 keeps AdamW exact (bf16 autocast is used on CUDA)")
     track: bool = arg(False, "log to Weights & Biases")
     resume: bool = arg(False, "continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)")
     save_every: int = arg(50, "checkpoint every N steps (and at the end)")
     # --- algorithm (paper App. B.5 / spec §1.1 unless stated)
-    total_steps: int = arg(60, "rollout steps; paper: ~100 (App. B.5)")
-    prompts_per_step: int = arg(16, "prompts per rollout batch; paper: 1024 (App. B.5)")
+    total_steps: int = arg(60, "rollout steps; paper: 100 (App. B.5: about 100, about 150 for 24B and 32B)")
+    prompts_per_step: int = arg(16, "prompts per rollout batch, all ranks; paper: 1024 (App. B.5)")
     group_size: int = arg(8, "samples per prompt G; paper: 8 (App. B.5; App. G: N=32 better, N<=4 unstable)")
-    mini_batch_prompts: int = arg(4, "prompts per optimizer update; paper: 256, i.e. 4 updates per rollout batch")
-    micro_batch_size: int = arg(0, "completions per forward/backward (gradient accumulation); 0 = whole mini-batch; paper: 2")
-    lr: float = arg(1e-3, "learning rate; toy 1e-3; SimpleRL script default 5e-7, constant (spec §1.1)")
+    mini_batch_prompts: int = arg(4, "prompts per optimizer update, all ranks; paper: 256 (App. B.5), i.e. 4 updates per rollout batch")
+    micro_batch_size: int = arg(0, "completions per forward/backward per rank (gradient accumulation); 0 = whole mini-batch; "
+                               "paper: 2 (SimpleRL script: micro-batch 2 per GPU)")
+    lr: float = arg(1e-3, "learning rate, constant; toy 1e-3; paper: 5e-7 (SimpleRL-Zoo "
+                          "train_grpo_math_tune_ray.sh default; the paper does not state it)")
     max_new_tokens: int = arg(16, "max response tokens; paper: 8192 (App. B.5)")
-    max_prompt_length: int = arg(1024, "drop training prompts longer than this; paper: 1024")
+    max_prompt_length: int = arg(1024, "drop training prompts longer than this; paper: 1024 (SimpleRL script)")
     temperature: float = arg(1.0, "rollout temperature; paper: 1.0 (App. B.5; App. G: 1.0 beats 0.6/0.8)")
-    top_p: float = arg(1.0, "rollout top-p; paper: 1.0")
-    clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2")
+    top_p: float = arg(1.0, "rollout top-p; paper: 1.0 (App. B.5)")
+    clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2 (SimpleRL script)")
     clip_eps_high: float = arg(0.0, "upper clip epsilon (DAPO clip-higher uses 0.28); 0 = same as --clip_eps")
-    loss_type: str = arg("dapo", "dapo (paper: token mean over the mini-batch) | bnpo | grpo | dr_grpo, see aggregate_loss")
+    loss_type: Literal["dapo", "bnpo", "grpo", "dr_grpo"] = arg("dapo", "dapo (the paper's token mean over the mini-batch) | bnpo | grpo | dr_grpo, see aggregate_loss")
     beta: float = arg(1e-4, "k3 KL coefficient to the frozen base; paper: 1e-4 for 0.5B-14B, 1e-3 larger; 0 = no reference model")
     entropy_coef: float = arg(0.001, "entropy bonus; verl/SimpleRL: 0.001 (spec §1.1)")
     max_grad_norm: float = arg(1.0, "gradient clipping; SimpleRL script: 1.0")
     mask_truncated: bool = arg(False, "drop truncated responses from the loss (SimpleRL remove_clip, default off)")
     recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm)")
-    reward_mode: str = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty (§3.1)")
+    reward_mode: Literal["mix", "independent"] = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty (§3.1)")
     format_penalty: float = arg(-1.0, "reward of a wrong, unboxed answer in --reward_mode independent")
-    length_reward: str = arg("none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, added to the task reward (spec §3)")
+    length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg("none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, added to the task reward (spec §3)")
     length_reward_coef: float = arg(1.0, "weight of the length reward")
     l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the model in the prompt (spec §3.3)")
     overlong_buffer: int = arg(4096, "DAPO soft overlong buffer L_c (DAPO: 4096); L_max = --max_new_tokens")
@@ -114,11 +118,35 @@ class Args:
     eval_samples: int = arg(4, "samples per eval prompt for sampled accuracy and pass@k")
     eval_temperature: float = arg(1.0, "eval sampling temperature; paper: 1.0 for RL models (§1.5)")
     eval_top_p: float = arg(0.95, "eval top-p; paper: 0.95 (§1.5)")
-    judge_model: str = arg("", "model that labels reasoning behaviours (paper: GPT-4o); empty = keyword stand-in only")
+    judge_model: str = arg("", "model that labels reasoning behaviours (the paper uses GPT-4o); empty = keyword stand-in only")
     judge_max_new_tokens: int = arg(256, "max tokens of a judge reply")
     # --- toy base model (used when --model is empty)
     warm_start_steps: int = arg(400, "toy only: SFT steps that give the tiny model its 'base' competence")
     warm_start_noise: float = arg(0.6, "toy only: share of warm-start demonstrations with a wrong answer")
+
+
+# The paper's values (App. B.5 and the SimpleRL script), used with --preset paper (the default once --model is
+# named); the defaults above are the CPU toy's. A flag given on the command line wins over both.
+PAPER = dict(
+    total_steps=100,  # App. B.5
+    prompts_per_step=1024,  # App. B.5
+    mini_batch_prompts=256,  # App. B.5: 4 updates per rollout batch
+    micro_batch_size=2,  # SimpleRL script: 2 per GPU
+    lr=5e-7,  # SimpleRL script default, constant
+    max_new_tokens=8192,  # App. B.5
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank sizes implied by the global ones; raises naming the flags when they do not fit."""
+    if args.prompts_per_step % args.mini_batch_prompts:
+        raise ValueError(f"--prompts_per_step {args.prompts_per_step} must be a multiple of --mini_batch_prompts "
+                         f"{args.mini_batch_prompts}")
+    local_mb = per_rank(args.mini_batch_prompts, world_size, "--mini_batch_prompts") * args.group_size
+    return dict(prompts_per_rank=per_rank(args.prompts_per_step, world_size, "--prompts_per_step"),
+                updates_per_rollout=args.prompts_per_step // args.mini_batch_prompts,
+                completions_per_update_per_rank=local_mb,
+                micro_batches_per_update=-(-local_mb // args.micro_batch_size) if args.micro_batch_size else 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -596,4 +624,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))
