@@ -13,7 +13,8 @@ records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft. All code r
 
 Departures:
 - CPU-sized defaults where a paper value would take hours on the toy: max_new_tokens 32 (repo: 4096),
-  batch_size 16 sequences (paper: 1024), max_length 2048 (paper: 4096). Pass the paper values on GPU.
+  batch_size 16 sequences (paper: 1024), max_length 2048 (paper: 4096); a named --model selects the
+  paper preset (PAPER below), which has the paper's values.
 - The size filter's byte count is a recursive sys.getsizeof (8-byte aligned, shared objects counted
   once) instead of pympler.asizeof (not a dependency); it gives pympler's 824 B for list(range(19)) but
   may differ by a few bytes on other objects.
@@ -31,12 +32,13 @@ Departures:
 - The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
 - Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
     python codeio.py                                   # CPU toy: tiny model, data/codeio_corpus, ~2 min
     python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
-        --max_new_tokens 4096 --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise   # 1 GPU
+        --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise                # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft --output_dir runs/codeio \\
-        --batch_size 1024 --max_length 4096 --stage2_data tulu3.jsonl                             # 8 GPUs
+        --stage2_data tulu3.jsonl                                                         # 8 GPUs
 """
 from __future__ import annotations
 
@@ -49,11 +51,12 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common.config import parse_config, per_rank
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
 from common.rewards import last_json_object
@@ -68,14 +71,14 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 @dataclass
 class Args:
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
-                                                      "(paper: DeepSeek-V2.5 writes CoTs, §1.4)"})
+                                                      "(the paper's CoTs are DeepSeek-V2.5's)"})
     corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/hub set "
                                                                         "with a `code` column (raw code)"})
     output_dir: str = field(default="runs/codeio", metadata={"help": "stage JSONL files, metrics, checkpoint"})
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
-    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature (repo API calls: 0.7, §1.1)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; CPU-toy size (repo: 4096, §1.1)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
+    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature; paper: 0.7 (released repo's API calls)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; toy 32; paper: 4096 (released repo's API calls)"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (§1.2)"})
     max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (§1.2; 'Other' source)"})
@@ -89,22 +92,42 @@ class Args:
     sandbox_allow_weaker: bool = field(default=False, metadata={
         "help": "run generated code even where common/sandbox.py cannot isolate it fully (no "
                 "bubblewrap, user namespaces or libseccomp); the summary prints what is missing"})
-    prompt_values: str = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
+    prompt_values: Literal["python", "json"] = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
                                                                    "f'{x}', §1.3 gotcha) | json"})
     revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (§1.5)"})
-    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup (§1.7)"})
-    epochs: int = field(default=1, metadata={"help": "stage-1 epochs (§1.7)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step (paper: 1024, §1.7)"})
+    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup; paper: 1e-5 (Gemma-2-27B: 4e-6)"})
+    epochs: int = field(default=1, metadata={"help": "stage-1 epochs; paper: 1"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all ranks; paper: 1024 (both stages)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank"})
-    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens (paper: 4096, §1.7)"})
+    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens; paper: 4096"})
     stage2_data: str = field(default="", metadata={"help": "general instruction JSONL (prompt/response) for stage 2; "
                                                            "'toy' = arithmetic rows; '' = skip (§1.7)"})
-    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps (§1.7)"})
-    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6 (§1.7)"})
+    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps; paper: 700"})
+    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6; paper: 3e-5 (Gemma: 1e-5)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue SFT from output_dir/checkpoint"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
+
+
+# The paper's values, used with --preset paper (the default once --model is named); the defaults above are
+# the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    max_new_tokens=4096,  # the released repo's API calls
+    batch_size=1024,  # both SFT stages
+    max_length=4096,
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Checks --stages (only sft runs under torchrun) and splits the SFT batch over the ranks."""
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
+    if world_size > 1 and set(stages) != {"sft"}:
+        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
+    rows = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(sft_rows_per_rank=rows, micro_batches_per_step=-(-rows // args.micro_batch_size))
 
 
 # ------------------------------------------------------------------------------------------------ §1.1 rewrite
@@ -690,4 +713,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

@@ -15,8 +15,8 @@ Departures:
 - Toy scale (no --model): tiny LLaVA, toy domains made in code (MathInstruct -> 2-term arithmetic with steps,
   olympiad -> 4-term arithmetic, multimodal math -> common/shapes_world, CodeI/O -> compact "predict the
   output of f" samples written here; codeio.py's prompts are ~1K tokens each, too long for the CPU budget),
-  GUI trajectories = the scripted expert on the GUI world's train tasks. Toy hyperparameters (TOY below)
-  replace the paper's (PAPER below, Table 8) only when the tiny model is used.
+  GUI trajectories = the scripted expert on the GUI world's train tasks. The defaults are toy
+  hyperparameters; a named --model selects the paper preset (PAPER below, Table 8).
 - Grounding: the toy uses the accessibility tree (common.gui_env.StubGrounder, a stand-in for UGround-V1-7B);
   `--grounder <VLM path>` asks a model for "(x, y)" in [0, 1000) through the same interface.
 - The non-GUI:GUI ratio is not stated: default 56,062/150,000 GUI samples per mid-training sample (Table 2's
@@ -26,7 +26,8 @@ Departures:
 - `--data hub` reads the MidGUI per-domain release files; their columns are not documented, so rows may use
   LLaVA `conversations` (from/value), `messages` (role/content) or prompt/response columns; one image per row.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, ~2-3 min
   python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --dtype bfloat16   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --data hub \\
@@ -43,15 +44,16 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common.config import parse_config, per_rank
 from common.data import load_rows, make_arithmetic_rows, read_jsonl_tolerant, write_jsonl
 from common.gui_env import (ActionError, GUIAction, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid,
                             format_axtree, format_guimid, guimid_to_action, list_tasks, parse_guimid)
@@ -67,39 +69,56 @@ from common.train import (MetricsLogger, all_gather_object, cleanup_distributed,
 class Args:
     seed: int = field(default=0, metadata={"help": "random seed (mixture order, toy data, init)"})
     output_dir: str = field(default="runs/guimid", metadata={"help": "metrics, checkpoints, episodes, PNG"})
-    model: str = field(default="", metadata={"help": "VLM hub id/path; '' = tiny LLaVA (paper: Qwen2-VL-7B-Instruct, §2)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (paper: bf16, Table 8)"})
-    data: str = field(default="toy", metadata={"help": "toy (domains made in code) | hub (the DOMAINS table's files)"})
+    model: str = field(default="", metadata={"help": "VLM hub id/path; '' = tiny LLaVA (the paper trains Qwen2-VL-7B-Instruct)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (the paper trains in bf16, Table 8)"})
+    data: Literal["toy", "hub"] = field(default="toy", metadata={"help": "toy (domains made in code) | hub (the DOMAINS table's files)"})
     domain_data: str = field(default="", metadata={"help": "overrides: 'domain=path_or_hub,...' (JSON/JSONL/parquet)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths in --data hub rows use"})
     mixture: str = field(default="guimid_300k", metadata={"help": "a RECIPES name or 'domain:weight,...' (Table 3 rows, §4)"})
-    mixture_size: int | None = field(default=None, metadata={"help": "mid-training samples from the mixture (None: paper = the recipe total, 300K for GUIMid; toy 960)"})
+    mixture_size: int | None = field(default=960, metadata={"help": "mid-training samples from the mixture; None = the recipe total; toy 960; paper: None (300K for GUIMid, §4)"})
     gui_mix_ratio: float = field(default=56_062 / 150_000, metadata={"help": "GUI samples mixed into mid-training per mixture sample (not stated; §3 says they are mixed in)"})
     compare: bool = field(default=True, metadata={"help": "also train the 'GUI post-training only' baseline (Table 3 row 1)"})
-    lr: float | None = field(default=None, metadata={"help": "peak LR (None: paper 2e-5, Table 8; toy 1e-2)"})
-    batch_size: int | None = field(default=None, metadata={"help": "global batch (None: paper 32 = 8 GPUs x 2 x accum 2; toy 16)"})
-    micro_batch_size: int = field(default=2, metadata={"help": "rows per forward on one rank; the rest is grad accumulation (Table 8: 2)"})
-    gui_epochs: int | None = field(default=None, metadata={"help": "epochs of GUI fine-tuning (None: paper 1, Table 8; toy 20)"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "warmup share of the ONE schedule (Table 8)"})
+    lr: float = field(default=1e-2, metadata={"help": "peak LR; toy 1e-2; paper: 2e-5 (Table 8)"})
+    batch_size: int = field(default=16, metadata={"help": "batch, all ranks; toy 16; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)"})
+    micro_batch_size: int = field(default=2, metadata={"help": "rows per forward on one rank; the rest is grad accumulation; paper: 2 (Table 8)"})
+    gui_epochs: int = field(default=20, metadata={"help": "epochs of GUI fine-tuning; toy 20; paper: 1 (Table 8)"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "warmup share of the ONE schedule; paper: 0.05 (Table 8)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler over both stages (Table 8: cosine)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not stated)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (not stated)"})
-    max_length: int = field(default=8192, metadata={"help": "context length, tokens (Table 8)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models"})
+    max_length: int = field(default=8192, metadata={"help": "context length, tokens; paper: 8192 (Table 8)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models; paper preset: True (not stated; a 7B VLM at 8192 tokens needs it)"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (and at the stage boundary)"})
     resume: bool = field(default=False, metadata={"help": "continue each condition from its checkpoint"})
     stop_after_step: int = field(default=0, metadata={"help": "stop a condition after this many steps, checkpointed (0 = run to the end)"})
-    grounder: str = field(default="stub", metadata={"help": "'stub' (a11y-tree stand-in) | a VLM path answering '(x, y)' (paper: UGround-V1-7B)"})
-    observation: str = field(default="screenshot", metadata={"help": "screenshot (paper: pure vision) | screenshot+axtree"})
-    max_episode_steps: int | None = field(default=None, metadata={"help": "agent steps per task (None: paper 30, AgentBoard; toy 15)"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "planner output tokens (None: 512; toy 96)"})
-    eval_split: str = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
+    grounder: str = field(default="stub", metadata={"help": "'stub' (a11y-tree stand-in) | a VLM path answering '(x, y)' (the paper uses UGround-V1-7B)"})
+    observation: Literal["screenshot", "screenshot+axtree"] = field(default="screenshot", metadata={"help": "screenshot (the paper's pure vision) | screenshot+axtree"})
+    max_episode_steps: int = field(default=15, metadata={"help": "agent steps per task; toy 15; paper: 30 (AgentBoard)"})
+    max_new_tokens: int = field(default=96, metadata={"help": "planner output tokens; toy 96; paper preset: 512 (not stated in the paper)"})
+    eval_split: Literal["test", "train", "all"] = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
     env_factory: str = field(default="", metadata={"help": "'module:function' returning (make_env, tasks) for an external GUIEnvironment"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
 
 
-PAPER = dict(lr=2e-5, batch_size=32, gui_epochs=1, mixture_size=None, max_episode_steps=30, max_new_tokens=512)
-TOY = dict(lr=1e-2, batch_size=16, gui_epochs=20, mixture_size=960, max_episode_steps=15, max_new_tokens=96)
+
+
+# The paper's values (Table 8; AgentBoard's step limit), used with --preset paper (the default once --model
+# is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    lr=2e-5,  # Table 8
+    batch_size=32,  # Table 8: 8 GPUs x 2 per device x accumulation 2
+    gui_epochs=1,  # Table 8
+    mixture_size=None,  # the recipe total: 300K for guimid_300k (§4)
+    max_episode_steps=30,  # AgentBoard
+    max_new_tokens=512,  # not stated in the paper
+    gradient_checkpointing=True,  # not stated; a 7B VLM at 8192 tokens needs it
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank rows and gradient-accumulation steps implied by the global batch."""
+    rows = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(rows_per_rank=rows, accumulation_steps=-(-rows // args.micro_batch_size))
 
 # ----------------------------------------------------------------------------------------------------
 # The 11 mid-training domains (Table 1) + the GUI trajectories (Table 2). `hub` is the loadable release file.
@@ -531,7 +550,6 @@ def make_policy(model, processor, max_new_tokens: int):
 
 def main(args: Args):
     dist_info = init_distributed()
-    args = replace(args, **{k: v for k, v in (PAPER if args.model else TOY).items() if getattr(args, k) is None})
     seed_everything(args.seed)
     model_path = args.model or make_tiny_vlm()
     processor = load_processor(model_path)
@@ -597,4 +615,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

@@ -27,11 +27,11 @@ Departures (the paper's pipeline code is not released, so there is no code to di
   The default questions need only the colour of one shape, which that model reads reliably. Sizes, lr, batch,
   K for validation are toy values (paper values in --help). alpha of `threshold` is not in the sources (0.5).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   python mstar.py                                                    # CPU, offline, tiny VLM + shapes world
   python mstar.py --model Qwen/Qwen2-VL-2B-Instruct --data mathv360k.jsonl --image_root images/ \\
-      --prm /path/to/prm --lr 1e-6 --batch_size 128 --num_iterations 16 --steps_per_iteration 600 \\
-      --num_train 180000 --num_val 250 --num_test 750 --max_new_tokens 1024 --dtype bfloat16    # 1 GPU
+      --prm /path/to/prm --dtype bfloat16                             # 1 GPU
   torchrun --nproc_per_node=8 mstar.py  <same flags>                  # FSDP2 over 8 GPUs
 """
 
@@ -43,12 +43,13 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common.config import parse_config, per_rank
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.toys import toy_model
@@ -72,15 +73,15 @@ class Args:
     answer_field: str = field(default="answer", metadata={"help": "field of --data holding the gold answer"})
     image_field: str = field(default="image", metadata={"help": "field of --data holding the image (path or PIL)"})
     instruction: str = field(default="", metadata={"help": "text appended to every question (real models: ask for one step per line and 'The answer is X.')"})
-    toy_scene: str = field(default="single", metadata={"help": "shapes-world scenes without --data: single (one shape; what the tiny VLM learns on CPU) | group | mixed"})
+    toy_scene: Literal["single", "group", "mixed"] = field(default="single", metadata={"help": "shapes-world scenes without --data: single (one shape; what the tiny VLM learns on CPU) | group | mixed"})
     toy_kinds: str = field(default="color,letters,letters_plus,letters_times", metadata={"help": "comma-separated shapes-world question kinds; empty = all kinds of --toy_scene (the default ones need only the colour, which the tiny VLM reads reliably)"})
-    num_train: int = field(default=512, metadata={"help": "labelled training queries (paper: 180K of MathV360K, §3)"})
-    num_unlabeled: int = field(default=64, metadata={"help": "unlabelled queries for prompt variation (paper: the rest of MathV360K)"})
-    num_val: int = field(default=32, metadata={"help": "validation queries for the temperature rule (paper: 250)"})
-    num_test: int = field(default=96, metadata={"help": "held-out test queries (paper: 750 in-domain)"})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
+    num_train: int = field(default=512, metadata={"help": "labelled training queries; paper: 180000 (180K labelled MathV360K queries)"})
+    num_unlabeled: int = field(default=64, metadata={"help": "unlabelled queries for prompt variation (the paper uses the rest of MathV360K)"})
+    num_val: int = field(default=32, metadata={"help": "validation queries for the temperature rule; paper: 250"})
+    num_test: int = field(default=96, metadata={"help": "held-out test queries; paper: 750 (in-domain)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
     dtype: str = field(default="float32", metadata={"help": "model dtype: float32 | bfloat16 | auto"})
-    max_new_tokens: int = field(default=48, metadata={"help": "tokens per sampled response"})
+    max_new_tokens: int = field(default=48, metadata={"help": "tokens per sampled response; paper preset: 1024 (not stated in the paper)"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     resume: bool = field(default=False, metadata={"help": "continue from the checkpoints in --output_dir"})
@@ -91,32 +92,52 @@ class Args:
     base_caption_share: float = field(default=0.5, metadata={"help": "share of caption examples in the tiny base's SFT"})
     base_vision_steps: int = field(default=150, metadata={"help": "toy vision pre-training steps of the tiny base (stand-in for a pretrained encoder)"})
     # algorithm (§3)
-    training: str = field(default="continuous", metadata={"help": "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (restart from the warm-up model each iteration), §3 Table 'training methods'"})
+    training: Literal["continuous", "iterative_rft", "rest_em"] = field(default="continuous", metadata={"help": "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (restart from the warm-up model each iteration), §3 Table 'training methods'"})
     interval: float | None = field(default=None, metadata={"help": "fraction of queries per iteration; None: 0.25 for continuous (best in §3 interval table), 1.0 for the baselines"})
-    num_iterations: int = field(default=8, metadata={"help": "self-evolving iterations (paper: 10K steps in total)"})
-    steps_per_iteration: int = field(default=8, metadata={"help": "SFT steps per iteration"})
-    samples_per_query: int = field(default=16, metadata={"help": "responses sampled per query (§3: 16)"})
-    batch_size: int = field(default=32, metadata={"help": "global SFT batch (paper: 128)"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW lr (paper: 1e-6 for 8B models)"})
+    num_iterations: int = field(default=8, metadata={"help": "self-evolving iterations; paper preset: 16 (x 625 steps = the paper's 10K steps)"})
+    steps_per_iteration: int = field(default=8, metadata={"help": "SFT steps per iteration; paper preset: 625 (16 x 625 = the paper's 10K steps)"})
+    samples_per_query: int = field(default=16, metadata={"help": "responses sampled per query; paper: 16"})
+    batch_size: int = field(default=32, metadata={"help": "SFT batch, all ranks; paper: 128"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW lr; paper: 1e-6 (8B models)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler kind, inherited across iterations in continuous mode"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "LR warmup share of the schedule"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    selection: str = field(default="top2", metadata={"help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"})
+    selection: Literal["top2", "top1", "top4", "threshold", "random2", "all"] = field(default="top2", metadata={"help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"})
     prm_threshold: float = field(default=0.5, metadata={"help": "alpha of the 'threshold' selection (R_p > alpha); not given in the paper"})
     prm: str = field(default="rule", metadata={"help": "'rule' (stand-in: shapes-world step checker) or an HF model path scored Math-Shepherd style"})
     prm_step_tag: str = field(default=" ки", metadata={"help": "tag appended to each step for a model PRM (Math-Shepherd)"})
     prm_good_token: str = field(default="+", metadata={"help": "token whose probability is the step score"})
     prm_bad_token: str = field(default="-", metadata={"help": "the competing token"})
-    pseudo_label_share: float = field(default=0.0, metadata={"help": "share of training queries that are unlabelled with weighted-vote pseudo-labels (§3 prompt variation: 0 recommended)"})
+    pseudo_label_share: float = field(default=0.0, metadata={"help": "share of training queries that are unlabelled with weighted-vote pseudo-labels ; paper: 0.0 (prompt variation off: labelled data only)"})
     auto_temperature: bool = field(default=True, metadata={"help": "re-choose T by Reward-Pass@2 on the validation split (§3)"})
-    temperature_every: int = field(default=2, metadata={"help": "iterations between temperature choices (§3: 2)"})
+    temperature_every: int = field(default=2, metadata={"help": "iterations between temperature choices; paper: 2"})
     temperature_grid: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6", metadata={"help": "candidate temperatures (§3)"})
-    temperature: float = field(default=1.0, metadata={"help": "T without --auto_temperature (§3 static runs: 1.0)"})
+    temperature: float = field(default=1.0, metadata={"help": "T without --auto_temperature; paper: 1.0 (static runs)"})
     val_samples_per_query: int = field(default=4, metadata={"help": "responses per validation query when scoring a temperature"})
     warmup_samples: int = field(default=4, metadata={"help": "hinted CoT samples per training query for the warm-up set"})
-    warmup_selection: str | None = field(default=None, metadata={"help": "which correct hinted responses the warm-up keeps: all (paper) | threshold | top2 | ...; None: all with --data, threshold on the shapes world (see Departures)"})
+    warmup_selection: Literal["all", "threshold", "top2", "top1", "top4", "random2"] | None = field(default=None, metadata={"help": "which correct hinted responses the warm-up keeps: all (paper) | threshold | top2 | ...; None: all with --data, threshold on the shapes world (see Departures)"})
     warmup_steps: int = field(default=16, metadata={"help": "SFT steps of the warm-up"})
     eval_k: int = field(default=8, metadata={"help": "K for Pass@K and Reward-Pass@2 on the test split"})
+
+
+# The paper's setting (MiniCPM-V-2.5 on MathV360K), used with --preset paper (the default once --model
+# is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    num_train=180_000,  # 180K labelled MathV360K queries (the rest unlabelled)
+    num_val=250,
+    num_test=750,  # in-domain test
+    max_new_tokens=1024,  # not stated in the paper
+    num_iterations=16,  # 16 x 625 = the paper's 10K SFT steps in total
+    steps_per_iteration=625,
+    batch_size=128,
+    lr=1e-6,
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank SFT rows implied by the global batch; raises naming the flag."""
+    return dict(sft_rows_per_rank=per_rank(args.batch_size, world_size, "--batch_size"),
+                total_sft_steps=args.num_iterations * args.steps_per_iteration)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -600,4 +621,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

@@ -18,10 +18,11 @@ Departures (vs the paper and its released `collection/` code):
 - A judge output still invalid after 5 tries scores 1; screenshots are re-rendered by replay, not stored.
 - The agent (tiny VLM; `--vlm False`: text-only LM) sees the last `--max_history 2` steps (paper: all).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   CPU toy (offline, tiny VLM):  python os_genesis.py
   1 GPU:   python os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model --judge model \
-             --annotator_model Qwen/Qwen2-VL-72B-Instruct --judge_model Qwen/Qwen2-VL-72B-Instruct --learning_rate 1e-5
+             --annotator_model Qwen/Qwen2-VL-72B-Instruct --judge_model Qwen/Qwen2-VL-72B-Instruct
   8 GPUs:  torchrun --nproc_per_node=8 os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model --judge model
 """
 
@@ -33,16 +34,17 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import ImageDraw
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from common.gui_env import (APPS, ActionError, GUIAction, PathFollower, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
                             apply_diff, describe_action, describe_state_change, instruction, screen_question, toy_field_text, format_osgenesis, list_tasks, normalize_answer,
                             osgenesis_a11y, osgenesis_to_indexed, parse_json_action, parse_osgenesis, replay, rollout,
                             run_episodes, screen_signature, side_by_side, state_diff, step_match, with_center_point)
+from common.config import parse_config
 from common.data import read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, load_tokenizer, make_tiny_lm, make_tiny_vlm
 from common.sampling import make_sampler
@@ -56,40 +58,54 @@ class Args:
     output_dir: str = field(default="runs/os_genesis", metadata={"help": "JSONL data, checkpoint, metrics, PNG"})
     model: str = field(default="", metadata={"help": "agent to fine-tune (hub id or path); empty = tiny VLM built in code"})
     vlm: bool = field(default=True, metadata={"help": "agent sees the screenshot; False = text-only LM on the a11y text"})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm, for the model-backed annotator/executor/judge"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm, for the model-backed annotator/executor/judge"})
     resume: bool = field(default=False, metadata={"help": "continue from the JSONL files and the SFT checkpoint"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     apps: str = field(default="settings,notes,shop,mail", metadata={"help": "apps to explore"})
-    walks_per_app: int = field(default=15, metadata={"help": "walks per app (paper: one per AndroidWorld task, 116 in all)"})
+    walks_per_app: int = field(default=15, metadata={"help": "walks per app (the paper walks once per AndroidWorld task, 116 in all)"})
     walk_steps: int = field(default=10, metadata={"help": "steps per walk (sec 2.1: 10 mobile, 5 web)"})
-    walk_style: str = field(default="mobile", metadata={"help": "mobile (elements x10, scroll/back x1) | web (4/3/3/1)"})
+    walk_style: Literal["mobile", "web"] = field(default="mobile", metadata={"help": "mobile (elements x10, scroll/back x1) | web (4/3/3/1)"})
     interactive_weight: float = field(default=10.0, metadata={"help": "weight per interactive element (sec 2.1)"})
     nav_weight: float = field(default=1.0, metadata={"help": "weight of scroll down / scroll up / back each (sec 2.1)"})
     long_press_ratio: float = field(default=0.1, metadata={"help": "long-clickable: click:long_press 9:1 (sec 2.1)"})
-    text_filler: str = field(default="rule", metadata={"help": "text for fields: rule (stand-in) | model (gpt-4o-mini)"})
+    text_filler: Literal["rule", "model"] = field(default="rule", metadata={"help": "text for fields: rule (stand-in) | model (gpt-4o-mini)"})
     filler_max_tokens: int = field(default=20, metadata={"help": "<= 20 tokens, T=0.7, fallback 'Test Input' (sec 2.1)"})
-    annotator: str = field(default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"})
+    annotator: Literal["rule", "model"] = field(default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"})
     annotator_model: str = field(default="", metadata={"help": "LLM/VLM for annotator, filler, executor (empty = --model)"})
     question_ratio: float = field(default=0.3, metadata={"help": "rule describer: info screens made questions (sec 2.2)"})
-    executor: str = field(default="follower", metadata={"help": "collection: follower (stand-in) | model (GPT-4o M3A)"})
+    executor: Literal["follower", "model"] = field(default="follower", metadata={"help": "collection: follower (stand-in) | model (GPT-4o M3A)"})
     executor_noise: float = field(default=0.15, metadata={"help": "follower stand-in: chance of a random click per step"})
     max_steps: int = field(default=15, metadata={"help": "step cap for collection and evaluation (sec 2.3)"})
     abort_repeats: int = field(default=3, metadata={"help": "abort after the same action this many times (sec 2.3)"})
-    judge: str = field(default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"})
+    judge: Literal["state", "model"] = field(default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"})
     judge_model: str = field(default="", metadata={"help": "LLM/VLM for --judge model (empty = --model)"})
     judge_temperature: float = field(default=0.5, metadata={"help": "TRM sampling T (sec 2.4)"})
     judge_top_p: float = field(default=0.9, metadata={"help": "TRM top_p (sec 2.4)"})
     judge_retries: int = field(default=5, metadata={"help": "TRM tries until 1 <= score <= 5 (sec 2.4)"})
-    max_history: int = field(default=2, metadata={"help": "past steps shown to the agent (paper: all; 0 = all)"})
-    action_space: str = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
+    max_history: int = field(default=2, metadata={"help": "past steps shown to the agent, 0 = all; toy 2; paper: 0 (all past steps)"})
+    action_space: Literal["coords", "index"] = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
     train_steps: int = field(default=400, metadata={"help": "SFT optimizer steps"})
-    batch_size: int = field(default=4, metadata={"help": "trajectory draws per step, each -> planning + action sample"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; tiny model from scratch (paper: not stated; ~1e-5 at 7B)"})
+    batch_size: int = field(default=4, metadata={"help": "trajectory draws per step per rank, each -> planning + action sample"})
+    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; toy 3e-3 (tiny model from scratch); paper preset: 1e-5 (not stated in the paper; usual at 7B)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "cosine schedule warmup share"})
     save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
-    max_new_tokens: int = field(default=96, metadata={"help": "agent generation budget"})
-    eval_split: str = field(default="test", metadata={"help": "held-out tasks of the toy env"})
+    max_new_tokens: int = field(default=96, metadata={"help": "agent generation budget; toy 96; paper preset: 512 (not stated in the paper)"})
+    eval_split: Literal["test", "train"] = field(default="test", metadata={"help": "held-out tasks of the toy env"})
     eval_limit: int = field(default=0, metadata={"help": "evaluate on the first N held-out tasks (0 = all)"})
+
+
+# Used with --preset paper (the default once --model is named); the defaults above are the CPU toy's. The
+# paper states no SFT hyperparameters: the LR and budget are ours for a 7B VLM. A flag on the command line wins.
+PAPER = dict(
+    max_history=0,  # every past step
+    learning_rate=1e-5,  # not stated in the paper
+    max_new_tokens=512,  # not stated: room for a low-level thought and the action
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Every rank draws --batch_size trajectories per step (rank-seeded), so the global batch grows."""
+    return dict(trajectory_draws_per_step_all_ranks=args.batch_size * world_size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -539,7 +555,7 @@ def main(args: Args):
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:  # a fresh run starts from nothing
-            for f in [*out.glob("*.jsonl"), *out.glob("*.json")]:
+            for f in [*out.glob("*.jsonl"), *(f for f in out.glob("*.json") if f.name != "config.json")]:
                 f.unlink()
             shutil.rmtree(out / "ckpt", ignore_errors=True)
         counts = generate_data(args, out)
@@ -610,4 +626,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))
