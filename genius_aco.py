@@ -32,7 +32,7 @@ the effective configuration without loading anything):
   CPU toy:  python genius_aco.py
   1 GPU:    python genius_aco.py --stage sample --sampler vllm --model meta-llama/Llama-3.1-8B-Instruct \
                 --data xufangzhi/Magpie_reasoning_150K_train
-            python genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct --micro_batch_size 2
+            python genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct
   8 GPUs:   torchrun --nproc_per_node=8 genius_aco.py --stage sample --sampler vllm \
                 --model meta-llama/Llama-3.1-8B-Instruct --data xufangzhi/Magpie_reasoning_150K_train
             torchrun --nproc_per_node=8 genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct \
@@ -106,7 +106,7 @@ class Args:
     # training, §1.4
     lr: float = field(default=1e-4, metadata={"help": "learning rate, linear schedule; toy 1e-4; paper: 5e-7 (training setup)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step, all ranks; toy 16; paper: 128 (training setup, 8 GPUs)"})
-    micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward per rank (gradient accumulation)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward per rank (gradient accumulation); toy 4; paper preset: 2 (not stated; an 8B model at 1300 tokens)"})
     epochs: int = field(default=2, metadata={"help": "passes over the pairs; toy 2; paper: 1 (training setup)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warmup share (§1.4)"})
     weight_decay: float = field(default=0.0, metadata={"help": "(§1.4: 0)"})
@@ -129,6 +129,7 @@ PAPER = dict(
     lr=5e-7,  # training setup (open-instruct DPO, 8xA100)
     batch_size=128,  # training setup
     epochs=1,  # training setup
+    micro_batch_size=2,  # not stated: pairs per forward for an 8B model at 1300 tokens
     eval_fraction=0.01,  # not in the paper: 1% of the queries' pairs held out
     eval_every=50,  # not in the paper
 )

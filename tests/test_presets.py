@@ -35,13 +35,13 @@ def config_of(module, argv, capsys, monkeypatch, world_size=None):
     return json.loads(out.out)
 
 
-# Runs every script as __main__ with `--model <hub id> --print_config` in ONE offline subprocess (one
-# interpreter start instead of nine); prints {script: the configuration it printed}.
+# Runs every script as __main__ with `--model <hub id> --print_config` in ONE offline subprocess
+# (one interpreter start instead of nine); prints {script: the configuration it printed}.
 RUN_ALL = """
 import contextlib, io, json, runpy, sys
-found = {}
-for script in sys.argv[1:]:
-    sys.argv, out = [script + ".py", "--model", "%s", "--print_config"], io.StringIO()
+found, hub_id = {}, sys.argv[1]
+for script in sys.argv[2:]:
+    sys.argv, out = [script + ".py", "--model", hub_id, "--print_config"], io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
             runpy.run_path(script + ".py", run_name="__main__")
@@ -49,12 +49,12 @@ for script in sys.argv[1:]:
             assert exit.code == 0, (script, exit.code)
     found[script] = json.loads(out.getvalue())
 print(json.dumps(found))
-""" % HUB_ID
+"""
 
 
 @pytest.fixture(scope="module")
 def printed_paper_configs():
-    return json.loads(_run([sys.executable, "-c", RUN_ALL, *SCRIPTS], timeout=300).stdout)
+    return json.loads(_run([sys.executable, "-c", RUN_ALL, HUB_ID, *SCRIPTS], timeout=300).stdout)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -212,6 +212,7 @@ def test_every_documented_command_parses_with_consistent_sizes(script, capsys, m
     assert len(commands) >= 3, f"{script}: expected toy, 1-GPU and multi-GPU commands: {commands}"
     assert any(world > 1 for world, _ in commands), f"{script}: no torchrun command documented"
     for world, argv in commands:
-        config = config_of(module, argv, capsys, monkeypatch, world_size=world)
+        launched = world if world > 1 else None  # torchrun sets WORLD_SIZE; plain python does not
+        config = config_of(module, argv, capsys, monkeypatch, world_size=launched)
         shown = argv[argv.index("--world_size") + 1] if "--world_size" in argv else world
         assert config["world_size"] == int(shown)
