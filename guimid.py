@@ -75,7 +75,7 @@ class Args:
     domain_data: str = field(default="", metadata={"help": "overrides: 'domain=path_or_hub,...' (JSON/JSONL/parquet)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths in --data hub rows use"})
     mixture: str = field(default="guimid_300k", metadata={"help": "a RECIPES name or 'domain:weight,...' (Table 3 rows, §4)"})
-    mixture_size: int | None = field(default=960, metadata={"help": "mid-training samples from the mixture; None = the recipe total; toy 960; paper: None (300K for GUIMid, §4)"})
+    mixture_size: int | None = field(default=960, metadata={"help": "mid-training samples from the mixture; None = the recipe total; toy 960; paper: None (300K for guimid_300k)"})
     gui_mix_ratio: float = field(default=56_062 / 150_000, metadata={"help": "GUI samples mixed into mid-training per mixture sample (not stated; §3 says they are mixed in)"})
     compare: bool = field(default=True, metadata={"help": "also train the 'GUI post-training only' baseline (Table 3 row 1)"})
     lr: float = field(default=1e-2, metadata={"help": "peak LR; toy 1e-2; paper: 2e-5 (Table 8)"})
@@ -108,7 +108,7 @@ PAPER = dict(
     lr=2e-5,  # Table 8
     batch_size=32,  # Table 8: 8 GPUs x 2 per device x accumulation 2
     gui_epochs=1,  # Table 8
-    mixture_size=None,  # the recipe total: 300K for guimid_300k (§4)
+    mixture_size=None,  # the recipe total: 300K for guimid_300k
     max_episode_steps=30,  # AgentBoard
     max_new_tokens=512,  # not stated in the paper
     gradient_checkpointing=True,  # not stated; a 7B VLM at 8192 tokens needs it
