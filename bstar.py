@@ -54,7 +54,7 @@ from transformers import AutoModelForTokenClassification, HfArgumentParser, get_
 
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
-from common.rewards import extract_answer, math_equal
+from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.sampling import make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
                           format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, pad_batch,
@@ -397,7 +397,7 @@ def score_groups(rt: Runtime, rows, groups, temperature: float) -> list[dict]:
     mine = []
     for i in range(rt.dist.rank, len(rows), rt.dist.world_size):
         texts = [t for t, _ in groups[i]]
-        correct = [is_correct(t, rows[i]["answer"]) for t in texts]
+        correct = math_equal_batch([extract_answer(t) for t in texts], [rows[i]["answer"]] * len(texts))
         steps = rt.scorer.step_scores([rows[i]["question"]] * len(texts), texts) if rt.scorer else [None] * len(texts)
         prm = [None if s is None else prm_to_reward(min(s) if s else 0.0) for s in steps]  # no steps at all: worst score
         mine.append((i, {"id": rows[i]["id"], "question": rows[i]["question"], "answer": rows[i]["answer"],
@@ -431,7 +431,8 @@ def sample_and_score(rt: Runtime, rows, n: int, temperature: float, path: Path, 
 
 def evaluate_greedy(rt: Runtime, eval_rows) -> float:
     groups = generate_all(rt, [chat(rt.args, r["question"]) for r in eval_rows], 1, 0.0)
-    return sum(is_correct(g[0][0], r["answer"]) for g, r in zip(groups, eval_rows)) / len(eval_rows)
+    hits = math_equal_batch([extract_answer(g[0][0]) for g in groups], [r["answer"] for r in eval_rows])
+    return sum(hits) / len(eval_rows)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from transformers import HfArgumentParser
 
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
-from common.rewards import extract_answer, math_equal
+from common.rewards import extract_answer, math_equal_batch
 from common.sampling import HFSampler, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
@@ -329,7 +329,8 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled_T1", 1.0)):
         comps = generate_lockstep(sampler, prompts, n=4 if temp else 1, temperature=temp, max_new_tokens=args.max_completion_tokens)
-        hits = [math_equal(extract_answer(c.text), r["answer"]) for cs, r in zip(comps, mine) for c in cs]
+        golds = [r["answer"] for cs, r in zip(comps, mine) for _ in cs]
+        hits = math_equal_batch([extract_answer(c.text) for cs in comps for c in cs], golds)
         gathered = [h for part in all_gather_object(hits) for h in part]
         out[f"accuracy_{name}"] = sum(gathered) / max(1, len(gathered))
     return out

@@ -264,6 +264,14 @@ def score(text: str, row: dict, args) -> tuple[float, bool, bool]:
     return reward, reward > 0.0, R.extract_answer(text) is not None  # "mix": 1/0; "independent": correct iff > 0
 
 
+def score_all(texts: list[str], rows: list[dict], args) -> list[tuple[float, bool, bool]]:
+    """`score` of many responses; math answers are graded in parallel (common.rewards.math_equal_batch)."""
+    if args.task == "countdown":
+        return [score(t, r, args) for t, r in zip(texts, rows)]
+    rewards = R.correctness_reward_batch(texts, [r["answer"] for r in rows], args.reward_mode, args.format_penalty)
+    return [(rw, rw > 0.0, R.extract_answer(t) is not None) for rw, t in zip(rewards, texts)]
+
+
 # ----------------------------------------------------------------------------------------------------
 # reasoning behaviours (spec §1.4): keyword stand-in and an LLM judge through the Sampler
 
@@ -361,8 +369,9 @@ def evaluate(sampler, eval_rows, args, dist, template, judge=None):
     greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
     sampled = sampler.generate(prompts, n=args.eval_samples, temperature=args.eval_temperature,
                                top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens)
-    local = {"greedy": [score(g[0].text, r, args)[1] for g, r in zip(greedy, rows)],
-             "sampled": [[score(c.text, r, args)[1] for c in g] for g, r in zip(sampled, rows)],
+    flat = score_all([c.text for g in sampled for c in g], [r for g, r in zip(sampled, rows) for _ in g], args)
+    local = {"greedy": [s[1] for s in score_all([g[0].text for g in greedy], rows, args)],
+             "sampled": [[s[1] for s in flat[i * len(g):(i + 1) * len(g)]] for i, g in enumerate(sampled)],
              "lengths": [len(c.token_ids) for g in sampled for c in g],
              "keywords": [sorted(keyword_behaviours(c.text)) for g in sampled for c in g]}
     if judge is not None:  # label the first sample of each prompt
@@ -485,7 +494,7 @@ def main(args):
         B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
         # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
         per_completion = [x for x in batch for _ in range(G)]  # (row, budget) of each completion
-        scored = [score(c.text, r, args) for c, (r, _) in zip(comps, per_completion)]
+        scored = score_all([c.text for c in comps], [r for r, _ in per_completion], args)
         lengths, correct = [len(c.token_ids) for c in comps], [s[1] for s in scored]
         bonus = length_rewards(args.length_reward, lengths, correct, G, args.max_new_tokens, [b for _, b in per_completion],
                                args.overlong_buffer)

@@ -2,8 +2,10 @@
 
 Command (from the repository root, CPU):
 
-    python bench/grader.py            # 5 timed runs, prints a markdown table
+    python bench/grader.py            # 5 timed runs, prints a markdown table, then serial vs pool
     python bench/grader.py --show-errors
+    python bench/grader.py --only batch --workers 2   # only serial `math_equal` vs `math_equal_batch`
+    python bench/grader.py --only batch --responses FILE.jsonl   # your own responses file (format below)
 
 Cases: (prediction, gold, label) triples written here from templates (see `make_cases`): for each gold
 answer in MATH-style LaTeX, equivalent forms a model writes (decimals for fractions, `\\dfrac`, `a/b`,
@@ -20,10 +22,21 @@ Graders:
 - plain string match after `.strip()`.
 Speed is answers per second over all cases, median of `--runs` runs, after one warm-up run (the warm-up
 also starts our worker process). No pathological inputs here: they would only measure the timeouts.
+
+Serial vs pool (`--only batch`): whole model responses in the format of SimpleRL-Zoo's
+`examples/simplelr_math_eval/data/eval_rm_maj_example/math_cot_100.jsonl` (one row per problem: `question`,
+`gt`, `answer`, `code` = 8 responses, `pred`, `score`), written here by `make_response_rows` (100 problems x 8
+Qwen2.5-style responses ending in `\\boxed{}`: the gold verbatim, an equivalent form, a wrong answer, no box,
+a cut-off generation) or read from `--responses`. The answers are extracted once with `extract_answer`; then
+`[math_equal(p, g) ...]` (serial), `math_equal_batch(..., workers=1)` (what the deduplication of repeated
+pairs alone gives) and `math_equal_batch(..., workers)` are timed on the same pairs
+(median of `--runs`, after a warm-up that starts the workers) and must give identical verdicts.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
 import sys
 import time
@@ -32,7 +45,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
-from common.rewards import math_equal  # noqa: E402
+from common.rewards import (  # noqa: E402
+    default_grading_workers,
+    extract_answer,
+    math_equal,
+    math_equal_batch,
+)
 
 
 def make_cases() -> list[tuple[str, str, bool]]:
@@ -118,6 +136,92 @@ def make_cases() -> list[tuple[str, str, bool]]:
     return cases
 
 
+# (gold, equivalent forms, wrong answers) of MATH-style problems; the responses below are built from them
+_ANSWERS = [
+    ("420", ["420.0", "420 \\text{ units}"], ["419", "42"]),
+    ("\\frac{1}{9}", ["\\dfrac{1}{9}", "1/9", "\\frac{4}{36}"], ["\\frac{1}{8}", "9", "0.11"]),
+    ("\\frac{3}{8}", ["0.375", "\\dfrac{3}{8}"], ["\\frac{5}{16}", "\\frac{3}{4}", "\\frac{1}{4}"]),
+    ("-4", ["x = -4", "-4.0"], ["4", "-5"]),
+    ("2\\sqrt{3}", ["\\sqrt{12}", "2 \\sqrt 3"], ["\\sqrt{6}", "3\\sqrt{2}"]),
+    ("\\frac{\\sqrt{2}}{2}", ["\\frac{1}{\\sqrt{2}}"], ["\\frac{\\sqrt{3}}{2}", "\\sqrt{2}"]),
+    ("\\pi", ["\\pi"], ["2\\pi", "\\frac{\\pi}{2}"]),
+    ("18+2\\pi", ["2\\pi + 18"], ["18+\\pi", "20\\pi"]),
+    ("(3, \\frac{\\pi}{2})", ["\\left( 3, \\frac{\\pi}{2} \\right)"], ["(3, \\pi)", "(\\frac{\\pi}{2}, 3)"]),
+    ("[-2, 7]", ["\\left[-2,7\\right]"], ["(-2, 7)", "[-2, 7)"]),
+    ("x^2+2x+1", ["(x+1)^2"], ["x^2+1", "(x-1)^2"]),
+    ("\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", ["\\begin{bmatrix} -7 \\\\ 16 \\\\ 5 \\end{bmatrix}"],
+     ["\\begin{pmatrix} 7 \\\\ 16 \\\\ 5 \\end{pmatrix}"]),
+    ("1.25", ["\\frac{5}{4}", "1.250"], ["1.2", "125"]),
+    ("\\$18.90", ["18.90", "18.9"], ["18.09", "1890"]),
+    ("\\text{(C)}", ["(C)", "C"], ["(B)", "(D)"]),
+    ("5\\sqrt{2}", ["\\sqrt{50}"], ["5\\sqrt{3}", "10"]),
+    ("\\frac{10}{11}", ["\\dfrac{20}{22}"], ["\\frac{11}{10}", "0.9"]),
+    ("81", ["81"], ["72", "27"]),
+    ("3", ["3"], ["2", "6"]),
+    ("\\frac{2}{21}", ["\\frac{4}{42}"], ["\\frac{1}{21}", "\\frac{2}{7}"]),
+]
+_OPENINGS = ["To solve this problem, we start from the given conditions.",
+             "Let's break the problem into steps.", "We first rewrite the expression in a simpler form."]
+_MIDDLES = ["\n\n\\[\n{a} = {a}\n\\]\n\nNext, we simplify the result:\n\n\\[\n{a}\n\\]",
+            "\n\n1. Compute the first part: \\( 2 \\cdot 3 = 6 \\).\n2. Substitute back: \\( {a} \\)."]
+_ENDINGS = ["\n\nTherefore, the final answer is \\(\\boxed{{{a}}}\\).", "\n\nThus, the answer is:\n\\[\n\\boxed{{{a}}}\n\\]",
+            "\n\nSo the answer is {a}."]
+
+
+def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 0) -> list[dict]:
+    """Rows in the format of SimpleRL-Zoo's `math_cot_100.jsonl` with our own problems and responses:
+    per problem the gold (`gt`, `answer`), `n_responses` Qwen2.5-style responses (`code`), the intended
+    answer of each (`pred`) and whether it is right by construction (`score`)."""
+    rng = random.Random(seed)
+    rows = []
+    for idx in range(n_problems):
+        gold, same, wrong = _ANSWERS[idx % len(_ANSWERS)]
+        responses, preds, labels = [], [], []
+        for _ in range(n_responses):
+            kind = rng.choices(["gold", "same", "wrong", "cut"], weights=[5, 2, 3, 0.5])[0]
+            answer = {"gold": gold, "same": rng.choice(same), "wrong": rng.choice(wrong), "cut": gold}[kind]
+            text = rng.choice(_OPENINGS) + rng.choice(_MIDDLES).format(a=answer) * rng.randint(1, 6)
+            text += rng.choice(_ENDINGS).format(a=answer)
+            if kind == "cut":  # a generation stopped by the token limit inside its final box
+                text = text[: text.rindex("boxed{") + 8] if "boxed{" in text else text[:-12]
+            responses.append(text)
+            preds.append(extract_answer(text))
+            labels.append(kind in ("gold", "same"))
+        rows.append({"idx": idx, "question": f"Problem {idx}", "gt": gold, "answer": gold, "code": responses,
+                     "pred": preds, "score": labels})
+    return rows
+
+
+def bench_batch(rows: list[dict], runs: int, workers: int) -> None:
+    """Serial `math_equal` vs `math_equal_batch` on the extracted answers of every response."""
+    golds = [str(r.get("gt", r.get("answer"))) for r in rows for _ in r["code"]]
+    preds = [extract_answer(text) for r in rows for text in r["code"]]
+    serial_verdicts = [math_equal(p, g) for p, g in zip(preds, golds)]  # warm-up: starts one worker
+    pool_verdicts = math_equal_batch(preds, golds, workers=workers)  # warm-up: starts `workers` workers
+    if serial_verdicts != pool_verdicts:
+        bad = [i for i, (a, b) in enumerate(zip(serial_verdicts, pool_verdicts)) if a != b]
+        raise SystemExit(f"math_equal_batch disagrees with math_equal on {len(bad)} responses, e.g. "
+                         f"pred={preds[bad[0]]!r} gold={golds[bad[0]]!r}")
+    graders = {"serial `math_equal`": lambda: [math_equal(p, g) for p, g in zip(preds, golds)],
+               "`math_equal_batch(workers=1)` (fast path + each distinct pair once)":
+                   lambda: math_equal_batch(preds, golds, workers=1),
+               f"`math_equal_batch(workers={workers})`": lambda: math_equal_batch(preds, golds, workers=workers)}
+    speeds: dict[str, list[float]] = {name: [] for name in graders}
+    for _ in range(runs):
+        for name, grade in graders.items():
+            start = time.perf_counter()
+            grade()
+            speeds[name].append(len(preds) / (time.perf_counter() - start))
+    accuracy = sum(serial_verdicts) / len(serial_verdicts)
+    print(f"\n{len(preds)} responses of {len(rows)} problems (graded correct: {accuracy:.1%}), "
+          f"median of {runs} runs, verdicts identical\n")
+    print("| grading | responses/s | ratio to serial |")
+    print("|---|---:|---:|")
+    serial = statistics.median(speeds["serial `math_equal`"])
+    for name, values in speeds.items():
+        print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / serial:.2f} |")
+
+
 def string_match(pred: str, gold: str) -> bool:
     return pred.strip() == gold.strip()
 
@@ -126,7 +230,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="timed runs; the table reports the median speed")
     ap.add_argument("--show-errors", action="store_true", help="list every case each grader gets wrong")
+    ap.add_argument("--only", choices=["labels", "batch"], default="", help="run one of the two benchmarks")
+    ap.add_argument("--workers", type=int, default=0, help="math_equal_batch workers; 0 = default_grading_workers()")
+    ap.add_argument("--responses", default="", help="JSONL in the math_cot_100.jsonl format (`code`, `gt`); "
+                    "default: 100 problems x 8 responses made by make_response_rows")
     args = ap.parse_args()
+    if args.only != "labels":
+        rows = make_response_rows()
+        if args.responses:
+            rows = [json.loads(line) for line in Path(args.responses).read_text(encoding="utf-8").splitlines() if line]
+        bench_batch(rows, args.runs, args.workers or default_grading_workers())
+        if args.only == "batch":
+            return
 
     import logging
 
