@@ -48,6 +48,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from common import rewards as R
+from common.benchmarks import load_math_rows
 from common.data import load_rows, make_countdown_rows
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler, make_sampler, render_prompt
@@ -240,13 +241,16 @@ def load_task_rows(args):
     need = (args.question_field,) + (("target", "nums") if args.task == "countdown" else (args.answer_field,))
 
     def read(source, split):
-        rows = load_rows(source, split=split, required=need)
+        release_format = args.task == "math" and need == ("question", "answer")  # no field flags given
+        rows = load_math_rows(source, split) if release_format else load_rows(source, split=split, required=need)
         if args.levels:
             lo, hi = parse_range(args.levels, "--levels")
             for i, r in enumerate(rows):
                 if args.level_field not in r:
                     raise ValueError(f"{source} row {i}: no field {args.level_field!r} for --levels (see --level_field)")
             rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
+        if release_format:  # SimpleRL-Zoo-Data parquet, MATH, GSM8K "#### N", ... (common.benchmarks)
+            return rows
         return [{**r, "question": str(r[args.question_field]), "answer": str(r.get(args.answer_field))} for r in rows]
 
     rows = read(args.data, args.data_split)

@@ -58,7 +58,7 @@ import warnings
 from typing import Any, Sequence
 
 __all__ = [
-    "extract_answer", "last_json_object", "strip_string", "math_equal", "math_equal_batch",
+    "extract_answer", "last_boxed", "last_json_object", "strip_string", "math_equal", "math_equal_batch",
     "default_grading_workers", "correctness_reward", "correctness_reward_batch", "math_reward",
     "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
     "cosine_length_reward", "l1_length_reward", "dapo_overlong_penalty", "completion_text",
@@ -112,6 +112,18 @@ def _last_boxed_content(text: str) -> str | None:
     if matches and text[matches[-1].end():].startswith("{"):
         return text[matches[-1].end() + 1:].strip() or None
     return None
+
+
+def last_boxed(text: Any) -> str | None:
+    """Content of the last brace-balanced `\\boxed{...}` / `\\fbox{...}` of `text` (stripped), or None.
+    How Qwen2.5-Math's `parse_ground_truth` reads a MATH / Minerva gold answer from its worked solution."""
+    try:
+        if not isinstance(text, str) or not _BOX_RE.search(text):
+            return None
+        content = _last_boxed_content(text)
+        return content.strip() if content and content.strip() else None
+    except Exception:
+        return None
 
 
 def last_json_object(text: str) -> str | None:
