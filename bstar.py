@@ -40,25 +40,49 @@ Commands:
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 import random
 import re
 import shutil
+from collections import namedtuple
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    set_model_state_dict,
+)
 from tqdm import tqdm
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from transformers import AutoModelForTokenClassification, HfArgumentParser, get_scheduler
+from transformers import (
+    AutoModelForTokenClassification,
+    HfArgumentParser,
+    get_scheduler,
+)
 
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.sampling import make_sampler, render_prompt
-from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
-                          format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, pad_batch,
-                          print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+from common.train import (
+    MetricsLogger,
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    clip_grad_norm,
+    format_table,
+    full_state_dict,
+    init_distributed,
+    load_checkpoint,
+    make_optimizer,
+    pad_batch,
+    print0,
+    save_checkpoint,
+    seed_everything,
+    sft_loss,
+    shard_model,
+)
 
 MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
 
@@ -597,5 +621,16 @@ def main(args: Args):
     return logger.history
 
 
+def eval_only(args: Args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's --prompt_template."""
+    model_path = build_warm_start(args) if args.model == "tiny" else args.model
+    evaluate_model(suite, model_path, lambda q, tok: chat(args, q), args.sampler, args.output_dir, args.seed,
+                   dtype=args.dtype, is_toy=args.model == "tiny")
+
+
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    cli_args, suite_args = HfArgumentParser((Args, EvalArgs)).parse_args_into_dataclasses()
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

@@ -52,12 +52,29 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal_batch
 from common.sampling import HFSampler, make_sampler, render_prompt
-from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
-                          init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
-                          save_checkpoint, seed_everything, sequence_logprob, shard_model, sft_loss)
+from common.train import (
+    MetricsLogger,
+    all_gather_object,
+    barrier,
+    cleanup_distributed,
+    clip_grad_norm,
+    format_table,
+    init_distributed,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    pad_batch,
+    print0,
+    save_checkpoint,
+    seed_everything,
+    sequence_logprob,
+    sft_loss,
+    shard_model,
+)
 
 PAPER = dict(lr=5e-7, batch_size=128, epochs=1, eval_fraction=0.01, eval_every=50, num_queries=25000, max_step_tokens=1024, max_foresight_tokens=1024, max_completion_tokens=3000)
 TOY = dict(lr=1e-4, batch_size=16, epochs=2, eval_fraction=0.25, eval_every=5, num_queries=128, max_step_tokens=16, max_foresight_tokens=64, max_completion_tokens=64)
@@ -544,5 +561,19 @@ def main(args: Args):
     cleanup_distributed()
 
 
+def eval_only(args: Args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's prompt (user turn + pre-fill)."""
+    for key, value in (TOY if not args.model else PAPER).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    model_path = args.model or toy_base_model(args, args.prefill)
+    prompt = lambda q, tok: render_prompt(tok, [{"role": "user", "content": q}]) + args.prefill  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed, is_toy=not args.model)
+
+
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    cli_args, suite_args = HfArgumentParser((Args, EvalArgs)).parse_args_into_dataclasses()
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

@@ -50,11 +50,28 @@ from transformers import HfArgumentParser
 from common import rewards as R
 from common.benchmarks import load_math_rows
 from common.data import load_rows, make_countdown_rows
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler, make_sampler, render_prompt
-from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
-                          format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
-                          save_checkpoint, seed_everything, shard_model, sft_loss)
+from common.train import (
+    MetricsLogger,
+    all_gather_object,
+    barrier,
+    cleanup_distributed,
+    clip_grad_norm,
+    export_pretrained,
+    format_table,
+    init_distributed,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    pad_batch,
+    print0,
+    save_checkpoint,
+    seed_everything,
+    sft_loss,
+    shard_model,
+)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it in --help)
@@ -607,5 +624,17 @@ def main(args):
     cleanup_distributed()
 
 
+def eval_only(args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks with the training template (the paper reuses it)."""
+    template = args.prompt_template if args.prompt_template in ("qwen-boxed", "abel") else "qwen-boxed"
+    model_path = args.model or warm_start_base(args, load_task_rows(args)[0], template)
+    evaluate_model(suite, model_path, lambda q, tok: make_prompt(q, template), args.sampler, args.output_dir,
+                   args.seed, is_toy=not args.model)
+
+
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    cli_args, suite_args = HfArgumentParser((Args, EvalArgs)).parse_args_into_dataclasses()
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)
