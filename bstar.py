@@ -59,6 +59,7 @@ from transformers import (
     get_scheduler,
 )
 
+from common.benchmarks import load_math_rows
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
@@ -96,7 +97,7 @@ class Args:
     data: str = field(default="toy", metadata={"help": "'toy' (multi-digit addition in steps) or a file/folder/hub id with question + answer fields"})
     eval_data: str = field(default="", metadata={"help": "held-out queries (MATH500 in §2.6); empty = the last --eval_queries rows of --data"})
     question_field: str = field(default="question", metadata={"help": "question column"})
-    answer_field: str = field(default="answer", metadata={"help": "gold answer column (GSM8K's '#### N' is understood)"})
+    answer_field: str = field(default="answer", metadata={"help": "gold answer column; with both field defaults, MATH (boxed solution), GSM8K ('#### N') and SimpleRL-Zoo-Data rows are read as released"})
     prompt_template: str = field(default="{question}", metadata={"help": "user message; {question} is replaced"})
     sampler: str = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
     dtype: str = field(default="float32", metadata={"help": "model dtype (bfloat16 on GPU)"})
@@ -340,6 +341,9 @@ def load_task(args):
     need = (args.question_field, args.answer_field)
     read = lambda src, tag: [{"id": f"{tag}-{i}", "question": str(r[args.question_field]),  # noqa: E731
                               "answer": str(r[args.answer_field]).split("####")[-1].strip()} for i, r in enumerate(load_rows(src, required=need))]
+    if need == ("question", "answer"):  # no field flags: MATH, GSM8K, SimpleRL-Zoo-Data as released (common/benchmarks.py)
+        read = lambda src, tag: [{"id": f"{tag}-{i}", "question": r["question"], "answer": r["answer"]}  # noqa: E731
+                                 for i, r in enumerate(load_math_rows(src))]
     rows = read(args.data, "train")
     if args.eval_data:
         return rows, read(args.eval_data, "eval")[: args.eval_queries]

@@ -114,3 +114,27 @@ def test_vsr_release_jsonl(tmp_path):
     assert rows[0]["image_path"] == str(tmp_path / "000000123456.jpg")  # neither exists: the `image` name
     assert rows[1]["image_path"] == str(tmp_path / "val2017" / "000000654321.jpg")
     assert rows[1]["question"].endswith("Answer with yes or no: The bicycle is behind the bench.")
+
+
+# ------------------------------------------------------------------------------------------------
+# zero_rl / bstar training files: MATH (problem + boxed solution), GSM8K ("#### N"), no field flags
+
+
+def test_math_scripts_read_release_training_files(tmp_path):
+    import bstar
+    import zero_rl
+
+    math_rows = [{"problem": f"Compute ${i} + {i}$.", "solution": f"It is $\\boxed{{{2 * i}}}$.",
+                  "level": f"Level {1 + i % 5}", "type": "Prealgebra"} for i in range(10)]
+    write_jsonl(tmp_path / "math_train.jsonl", math_rows)
+    args = SimpleNamespace(data=str(tmp_path / "math_train.jsonl"), data_split="train", task="math",
+                           question_field="question", answer_field="answer", level_field="level", levels="3-5",
+                           eval_data="", num_eval_prompts=2)
+    train, held_out = zero_rl.load_task_rows(args)
+    kept = [i for i in range(10) if 3 <= 1 + i % 5 <= 5]
+    assert [r["answer"] for r in train + held_out] == [str(2 * i) for i in kept]
+    assert train[0]["question"] == f"Compute ${kept[0]} + {kept[0]}$." and len(held_out) == 2
+    gsm = FIXTURES / "simplerl_eval/gsm8k/test.jsonl"
+    rows, evals = bstar.load_task(SimpleNamespace(data=str(gsm), question_field="question", answer_field="answer",
+                                                  eval_data=str(tmp_path / "math_train.jsonl"), eval_queries=2))
+    assert [r["answer"] for r in rows] == ["38", "1200", "25", "4"] and [r["answer"] for r in evals] == ["0", "2"]
