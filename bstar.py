@@ -40,24 +40,17 @@ Commands:
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 import random
 import re
 import shutil
-from collections import namedtuple
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    set_model_state_dict,
-)
 from tqdm import tqdm
-from transformers import (
-    AutoModelForTokenClassification,
-    HfArgumentParser,
-    get_scheduler,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from transformers import AutoModelForTokenClassification, HfArgumentParser, get_scheduler
 
 from common.benchmarks import load_math_rows
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
@@ -65,25 +58,9 @@ from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.sampling import make_sampler, render_prompt
-from common.train import (
-    MetricsLogger,
-    all_gather_object,
-    barrier,
-    broadcast_object,
-    cleanup_distributed,
-    clip_grad_norm,
-    format_table,
-    full_state_dict,
-    init_distributed,
-    load_checkpoint,
-    make_optimizer,
-    pad_batch,
-    print0,
-    save_checkpoint,
-    seed_everything,
-    sft_loss,
-    shard_model,
-)
+from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
+                          format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, pad_batch,
+                          print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
 

@@ -56,25 +56,9 @@ from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal_batch
 from common.sampling import HFSampler, make_sampler, render_prompt
-from common.train import (
-    MetricsLogger,
-    all_gather_object,
-    barrier,
-    cleanup_distributed,
-    clip_grad_norm,
-    format_table,
-    init_distributed,
-    load_checkpoint,
-    make_optimizer,
-    make_scheduler,
-    pad_batch,
-    print0,
-    save_checkpoint,
-    seed_everything,
-    sequence_logprob,
-    sft_loss,
-    shard_model,
-)
+from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
+                          init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
+                          save_checkpoint, seed_everything, sequence_logprob, shard_model, sft_loss)
 
 PAPER = dict(lr=5e-7, batch_size=128, epochs=1, eval_fraction=0.01, eval_every=50, num_queries=25000, max_step_tokens=1024, max_foresight_tokens=1024, max_completion_tokens=3000)
 TOY = dict(lr=1e-4, batch_size=16, epochs=2, eval_fraction=0.25, eval_every=5, num_queries=128, max_step_tokens=16, max_foresight_tokens=64, max_completion_tokens=64)

@@ -53,25 +53,9 @@ from common.data import load_rows, make_countdown_rows
 from common.evaluation import EvalArgs, evaluate_model
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler, make_sampler, render_prompt
-from common.train import (
-    MetricsLogger,
-    all_gather_object,
-    barrier,
-    cleanup_distributed,
-    clip_grad_norm,
-    export_pretrained,
-    format_table,
-    init_distributed,
-    load_checkpoint,
-    make_optimizer,
-    make_scheduler,
-    pad_batch,
-    print0,
-    save_checkpoint,
-    seed_everything,
-    sft_loss,
-    shard_model,
-)
+from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
+                          format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
+                          save_checkpoint, seed_everything, shard_model, sft_loss)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it in --help)
