@@ -63,7 +63,10 @@ from common.train import (MetricsLogger, all_gather_object, barrier, format_tabl
 class Args:
     # generic
     model: str = field(default="", metadata={"help": "LLaVA / Qwen2-VL hub id or folder (paper: llava-hf/llava-1.5-7b-hf, §2.1); empty = tiny LLaVA fine-tuned on toy scenes"})
-    data: str = field(default="toy", metadata={"help": "'toy' or a file: for --task whatsup WhatsUp's released controlled-image JSON (image_path, caption_options) or an AdaptVis prompts JSONL (question, answer) with --annotations; for --task vsr VSR's released JSONL (image, caption, label)"})
+    data: str = field(default="toy", metadata={
+        "help": "'toy' or a file: for --task whatsup WhatsUp's released controlled-image JSON (image_path, "
+                "caption_options) or an AdaptVis prompts JSONL (question, answer) with --annotations; for "
+                "--task vsr VSR's released JSONL (image, caption, label)"})
     task: str = field(default="whatsup", metadata={"help": "whatsup | vsr (real data only; the toy runs every subset in --subsets)"})
     annotations: str = field(default="", metadata={"help": "WhatsUp annotation JSON whose row i holds the image of prompt row i (image_path, or a list starting with the file name)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths are resolved against"})
@@ -284,13 +287,16 @@ def whatsup_release_rows(path: Path, root: Path) -> list[dict]:
         options = d.get("caption_options") if isinstance(d, dict) else None
         gold = whatsup_relation(options[0]) if isinstance(options, list) and options else None
         if not isinstance(d, dict) or not isinstance(d.get("image_path"), str) or gold is None:
-            raise DataError(f"{path} row {i}: needs 'image_path' and 'caption_options' whose first caption names "
-                            f"a relation ({', '.join(p for p, _ in WHATSUP_RELATIONS)})")
+            raise DataError(f"{path} row {i}: needs 'image_path' and 'caption_options' whose first "
+                            f"caption names a relation ({', '.join(p for p, _ in WHATSUP_RELATIONS)})")
         stem = Path(d["image_path"]).stem.split("_")
         subject, obj = stem[0].replace("-", " "), stem[-1].replace("-", " ")
         words = {whatsup_relation(c) for c in options}
-        listed = "left, right, front or behind" if words & {"Front", "Behind"} else "left, right, on or under"
-        rows.append({"id": f"{path.stem}-{i}", "subset": path.stem, "image_path": str(root / d["image_path"]),
+        listed = "left, right, on or under"
+        if words & {"Front", "Behind"}:  # the B set
+            listed = "left, right, front or behind"
+        rows.append({"id": f"{path.stem}-{i}", "subset": path.stem,
+                     "image_path": str(root / d["image_path"]),
                      "question": f"Where is the {subject} in relation to the {obj}? Answer with {listed}.",
                      "answer": gold, "options": re.split(r", | or ", listed),
                      "caption_options": options})
@@ -307,15 +313,16 @@ def vsr_image_path(root: Path, row: dict) -> str:
 
 
 def load_real_rows(args) -> list[dict]:
-    """WhatsUp: the released controlled-image JSON alone, or AdaptVis prompt rows {question, answer} + the
-    image of --annotations row i. VSR: its released JSONL rows {image, image_link, caption, label, ...}."""
+    """WhatsUp: the released controlled-image JSON alone, or AdaptVis prompt rows {question, answer}
+    + the image of --annotations row i. VSR: its released JSONL rows {image, image_link, caption,
+    label, ...}."""
     from common.data import load_rows
 
     root = Path(args.image_root)
     if args.task == "vsr":
         rows = load_rows(args.data, required=("image", "caption", "label"))
-        return [{**{k: r[k] for k in ("relation", "subj", "obj") if k in r}, "id": f"vsr-{i}", "subset": "vsr",
-                 "image_path": vsr_image_path(root, r), "caption": r["caption"],
+        return [{**{k: r[k] for k in ("relation", "subj", "obj") if k in r}, "id": f"vsr-{i}",
+                 "subset": "vsr", "image_path": vsr_image_path(root, r), "caption": r["caption"],
                  "label": int(r["label"]), "question": "Determine whether the description about the spatial relationship is "
                  f"correct or not. Answer with yes or no: {r['caption']}", "answer": "Yes" if int(r["label"]) else "No"} for i, r in enumerate(rows)]
     if args.task != "whatsup":

@@ -62,9 +62,9 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 class Args:
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
                                                       "(paper: DeepSeek-V2.5 writes CoTs, §1.4)"})
-    corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/Parquet "
-                                                                        "file/hub set of raw code: CodeI/O's release "
-                                                                        "(`content`, repo_name, path) or a `code` column"})
+    corpus: str = field(default="data/codeio_corpus", metadata={
+        "help": "folder of .py files, or a JSONL/Parquet file/hub set of raw code: CodeI/O's release "
+                "(`content`, repo_name, path) or a `code` column"})
     output_dir: str = field(default="runs/codeio", metadata={"help": "stage JSONL files, metrics, checkpoint"})
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
     sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
@@ -385,25 +385,26 @@ def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
     return records, {r[key] for r in records}
 
 
-CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license", "language")
+CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
 
 
 def load_corpus(source: str) -> list[dict]:
-    """A folder of .py files, or rows of raw code: CodeI/O's release (hkust-nlp/CodeIO data/rawcode_1k.jsonl:
-    `content` + repo_name, path, blob_id, ...) or any rows with `code`. A release row is named
-    "repo_name/path" and keeps its metadata under `source` (written to rewrite.jsonl)."""
+    """A folder of .py files, or rows of raw code: CodeI/O's release (hkust-nlp/CodeIO
+    data/rawcode_1k.jsonl: `content` + repo_name, path, blob_id, ...) or any rows with `code`. A
+    release row is named "repo_name/path" and keeps its metadata under `source` (in rewrite.jsonl)."""
     if Path(source).is_dir() and any(Path(source).glob("*.py")):
         files = sorted(Path(source).glob("*.py"))
         return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
     corpus = []
-    for i, (where, row) in enumerate(load_located_rows(source)):  # JSONL/JSON/Parquet file, folder or hub set
+    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
         code = row.get("content", row.get("code"))
         if not isinstance(code, str) or not code.strip():
-            raise DataError(f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing or empty "
-                            f"(fields present: {sorted(row)})")
+            raise DataError(f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
+                            f"or empty (fields present: {sorted(row)})")
         meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
-        name = row.get("name") or ("/".join([meta["repo_name"], meta["path"].lstrip("/")]) if "repo_name" in meta
-                                   and "path" in meta else meta.get("blob_id", i))
+        name = row.get("name") or meta.get("blob_id", i)
+        if "repo_name" in meta and "path" in meta:
+            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
         corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
     return corpus
 
@@ -507,7 +508,7 @@ def main(args: Args):
     if "rewrite" in stages:
         corpus = [c for c in load_corpus(args.corpus) if c["name"] not in done]
         unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn,
-                    **({"source": c["source"]} if "source" in c else {})}  # release rows keep repo/path
+                    **({"source": c["source"]} if "source" in c else {})}  # repo/path of release rows
                    for c in corpus if (fn := parse_unified_file(c["code"]))]
         write_jsonl(path, unified, mode="a")
         raw = [c for c in corpus if c["name"] not in {u["name"] for u in unified}]

@@ -546,13 +546,15 @@ def main(args: Args):
 
 
 def eval_only(args: Args, suite):
-    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's prompt (user turn + pre-fill)."""
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's prompt."""
     for key, value in (TOY if not args.model else PAPER).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     model_path = args.model or toy_base_model(args, args.prefill)
-    prompt = lambda q, tok: render_prompt(tok, [{"role": "user", "content": q}]) + args.prefill  # noqa: E731
-    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed, is_toy=not args.model)
+    user_turn = lambda q, tok: render_prompt(tok, [{"role": "user", "content": q}])  # noqa: E731
+    prompt = lambda q, tok: user_turn(q, tok) + args.prefill  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=not args.model)
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ def toy_base_model(seed: int) -> str:
     return _cached_build("ilo-base", spec, None, build)
 
 
-FLORES_TEXT_SUFFIXES = (".txt", ".dev", ".devtest")  # FLORES-200 release: <split>/<lang>.<split>, one sentence a line
+FLORES_TEXT_SUFFIXES = (".txt", ".dev", ".devtest")  # FLORES-200: <split>/<lang>.<split>, a sentence a line
 FLORES_ROW_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")  # FLORES+ release: <split>/<lang>.parquet
 
 
@@ -305,17 +305,19 @@ def load_flores(source: str, split: str, languages: list[str], text_field: str =
                 ds = datasets.load_dataset(source, lang, split=split)
             except Exception as e:  # offline, gated, unknown language or split: say which
                 raise DataError(f"could not load {source!r} language {lang!r} split {split!r}: {e}") from e
+            ordered = sorted(ds, key=lambda r: r.get("id", 0))
             rows += [{"lang": lang, "text": _flores_text(f"{source}[{lang}/{split}] row {i}", dict(r), text_field)}
-                     for i, r in enumerate(sorted(ds, key=lambda r: r.get("id", 0)))]
+                     for i, r in enumerate(ordered)]
         return rows
     folder = path / split if (path / split).is_dir() else path
     rows = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix in FLORES_TEXT_SUFFIXES:
-            rows += [{"lang": p.stem, "text": line.strip()} for line in p.read_text(encoding="utf-8").splitlines()
-                     if line.strip()]
+            lines = p.read_text(encoding="utf-8").splitlines()
+            rows += [{"lang": p.stem, "text": line.strip()} for line in lines if line.strip()]
         elif p.is_file() and p.suffix in FLORES_ROW_SUFFIXES:
-            rows += [{"lang": p.stem, "text": _flores_text(where, r, text_field)} for where, r in load_located_rows(str(p))]
+            rows += [{"lang": p.stem, "text": _flores_text(where, r, text_field)}
+                     for where, r in load_located_rows(str(p))]
         elif p.is_dir() and (files := sorted(f for f in p.iterdir() if f.suffix in FLORES_ROW_SUFFIXES
                                              and (f.stem == split or f.stem.startswith(split + "-")))):
             rows += [{"lang": p.name, "text": _flores_text(where, r, text_field)}
@@ -327,8 +329,8 @@ def load_flores(source: str, split: str, languages: list[str], text_field: str =
 
 
 def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
-    """(ILO rows, fine-tune rows) as {lang, text}. Real data: FLORES-200 / FLORES+ as released, from a folder
-    or the hub (`load_flores`, split --data_split), or a rows file with --lang_field / --text_field."""
+    """(ILO rows, fine-tune rows) as {lang, text}. Real data: FLORES-200 / FLORES+ as released, from a
+    folder or the hub (`load_flores`, split --data_split), or a rows file (--lang_field, --text_field)."""
     if not args.data:
         return toy_corpus(120, seed=1), toy_corpus(400, seed=2)
     wanted = args.languages.split(",") if args.languages else []

@@ -242,15 +242,18 @@ def load_task_rows(args):
     need = (args.question_field,) + (("target", "nums") if args.task == "countdown" else (args.answer_field,))
 
     def read(source, split):
-        release_format = args.task == "math" and need == ("question", "answer")  # no field flags given
-        rows = load_math_rows(source, split) if release_format else load_rows(source, split=split, required=need)
+        release_format = args.task == "math" and need == ("question", "answer")  # no field flags
+        if release_format:  # SimpleRL-Zoo-Data parquet, MATH, GSM8K "#### N" (common/benchmarks.py)
+            rows = load_math_rows(source, split)
+        else:
+            rows = load_rows(source, split=split, required=need)
         if args.levels:
             lo, hi = parse_range(args.levels, "--levels")
             for i, r in enumerate(rows):
                 if args.level_field not in r:
                     raise ValueError(f"{source} row {i}: no field {args.level_field!r} for --levels (see --level_field)")
             rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
-        if release_format:  # SimpleRL-Zoo-Data parquet, MATH, GSM8K "#### N", ... (common.benchmarks)
+        if release_format:
             return rows
         return [{**r, "question": str(r[args.question_field]), "answer": str(r.get(args.answer_field))} for r in rows]
 
@@ -270,10 +273,11 @@ def score(text: str, row: dict, args) -> tuple[float, bool, bool]:
 
 
 def score_all(texts: list[str], rows: list[dict], args) -> list[tuple[float, bool, bool]]:
-    """`score` of many responses; math answers are graded in parallel (common.rewards.math_equal_batch)."""
+    """`score` of many responses; math answers graded in parallel (rewards.math_equal_batch)."""
     if args.task == "countdown":
         return [score(t, r, args) for t, r in zip(texts, rows)]
-    rewards = R.correctness_reward_batch(texts, [r["answer"] for r in rows], args.reward_mode, args.format_penalty)
+    golds = [r["answer"] for r in rows]
+    rewards = R.correctness_reward_batch(texts, golds, args.reward_mode, args.format_penalty)
     return [(rw, rw > 0.0, R.extract_answer(t) is not None) for rw, t in zip(rewards, texts)]
 
 
@@ -374,9 +378,11 @@ def evaluate(sampler, eval_rows, args, dist, template, judge=None):
     greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
     sampled = sampler.generate(prompts, n=args.eval_samples, temperature=args.eval_temperature,
                                top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens)
-    flat = score_all([c.text for g in sampled for c in g], [r for g, r in zip(sampled, rows) for _ in g], args)
+    k = args.eval_samples
+    texts = [c.text for g in sampled for c in g]
+    flat = score_all(texts, [r for r in rows for _ in range(k)], args)
     local = {"greedy": [s[1] for s in score_all([g[0].text for g in greedy], rows, args)],
-             "sampled": [[s[1] for s in flat[i * len(g):(i + 1) * len(g)]] for i, g in enumerate(sampled)],
+             "sampled": [[s[1] for s in flat[i * k:(i + 1) * k]] for i in range(len(rows))],
              "lengths": [len(c.token_ids) for g in sampled for c in g],
              "keywords": [sorted(keyword_behaviours(c.text)) for g in sampled for c in g]}
     if judge is not None:  # label the first sample of each prompt
@@ -609,11 +615,12 @@ def main(args):
 
 
 def eval_only(args, suite):
-    """`--eval_only`: SimpleRL-Zoo's six benchmarks with the training template (the paper reuses it)."""
-    template = args.prompt_template if args.prompt_template in ("qwen-boxed", "abel") else "qwen-boxed"
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with the training template."""
+    template = "abel" if args.prompt_template == "abel" else "qwen-boxed"
     model_path = args.model or warm_start_base(args, load_task_rows(args)[0], template)
-    evaluate_model(suite, model_path, lambda q, tok: make_prompt(q, template), args.sampler, args.output_dir,
-                   args.seed, is_toy=not args.model)
+    prompt = lambda q, tok: make_prompt(q, template)  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=not args.model)
 
 
 if __name__ == "__main__":

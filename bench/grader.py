@@ -4,8 +4,8 @@ Command (from the repository root, CPU):
 
     python bench/grader.py            # 5 timed runs, prints a markdown table, then serial vs pool
     python bench/grader.py --show-errors
-    python bench/grader.py --only batch --workers 2   # only serial `math_equal` vs `math_equal_batch`
-    python bench/grader.py --only batch --responses FILE.jsonl   # your own responses file (format below)
+    python bench/grader.py --only batch --workers 2   # serial `math_equal` vs `math_equal_batch`
+    python bench/grader.py --only batch --responses FILE.jsonl   # your own responses (format below)
 
 Cases: (prediction, gold, label) triples written here from templates (see `make_cases`): for each gold
 answer in MATH-style LaTeX, equivalent forms a model writes (decimals for fractions, `\\dfrac`, `a/b`,
@@ -24,12 +24,13 @@ Speed is answers per second over all cases, median of `--runs` runs, after one w
 also starts our worker process). No pathological inputs here: they would only measure the timeouts.
 
 Serial vs pool (`--only batch`): whole model responses in the format of SimpleRL-Zoo's
-`examples/simplelr_math_eval/data/eval_rm_maj_example/math_cot_100.jsonl` (one row per problem: `question`,
-`gt`, `answer`, `code` = 8 responses, `pred`, `score`), written here by `make_response_rows` (100 problems x 8
-Qwen2.5-style responses ending in `\\boxed{}`: the gold verbatim, an equivalent form, a wrong answer, no box,
-a cut-off generation) or read from `--responses`. The answers are extracted once with `extract_answer`; then
-`[math_equal(p, g) ...]` (serial), `math_equal_batch(..., workers=1)` (what the deduplication of repeated
-pairs alone gives) and `math_equal_batch(..., workers)` are timed on the same pairs
+`examples/simplelr_math_eval/data/eval_rm_maj_example/math_cot_100.jsonl` (one row per problem:
+`question`, `gt`, `answer`, `code` = 8 responses, `pred`, `score`), written here by
+`make_response_rows` (100 problems x 8 Qwen2.5-style responses ending in `\\boxed{}`: the gold
+verbatim, an equivalent form, a wrong answer, no box, a cut-off generation) or read from
+`--responses`. The answers are extracted once with `extract_answer`; then `[math_equal(p, g) ...]`
+(serial), `math_equal_batch(..., workers=1)` (what the deduplication of repeated pairs alone gives)
+and `math_equal_batch(..., workers)` are timed on the same pairs
 (median of `--runs`, after a warm-up that starts the workers) and must give identical verdicts.
 """
 from __future__ import annotations
@@ -136,7 +137,7 @@ def make_cases() -> list[tuple[str, str, bool]]:
     return cases
 
 
-# (gold, equivalent forms, wrong answers) of MATH-style problems; the responses below are built from them
+# (gold, equivalent forms, wrong answers) of MATH-style problems; the responses are built from them
 _ANSWERS = [
     ("420", ["420.0", "420 \\text{ units}"], ["419", "42"]),
     ("\\frac{1}{9}", ["\\dfrac{1}{9}", "1/9", "\\frac{4}{36}"], ["\\frac{1}{8}", "9", "0.11"]),
@@ -164,14 +165,16 @@ _OPENINGS = ["To solve this problem, we start from the given conditions.",
              "Let's break the problem into steps.", "We first rewrite the expression in a simpler form."]
 _MIDDLES = ["\n\n\\[\n{a} = {a}\n\\]\n\nNext, we simplify the result:\n\n\\[\n{a}\n\\]",
             "\n\n1. Compute the first part: \\( 2 \\cdot 3 = 6 \\).\n2. Substitute back: \\( {a} \\)."]
-_ENDINGS = ["\n\nTherefore, the final answer is \\(\\boxed{{{a}}}\\).", "\n\nThus, the answer is:\n\\[\n\\boxed{{{a}}}\n\\]",
+_ENDINGS = ["\n\nTherefore, the final answer is \\(\\boxed{{{a}}}\\).",
+            "\n\nThus, the answer is:\n\\[\n\\boxed{{{a}}}\n\\]",
             "\n\nSo the answer is {a}."]
 
 
 def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 0) -> list[dict]:
-    """Rows in the format of SimpleRL-Zoo's `math_cot_100.jsonl` with our own problems and responses:
-    per problem the gold (`gt`, `answer`), `n_responses` Qwen2.5-style responses (`code`), the intended
-    answer of each (`pred`) and whether it is right by construction (`score`)."""
+    """Rows in the format of SimpleRL-Zoo's `math_cot_100.jsonl` with our own problems and
+    responses: per problem the gold (`gt`, `answer`), `n_responses` Qwen2.5-style responses
+    (`code`), the intended answer of each (`pred`) and whether it is right by construction
+    (`score`)."""
     rng = random.Random(seed)
     rows = []
     for idx in range(n_problems):
@@ -179,7 +182,9 @@ def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 
         responses, preds, labels = [], [], []
         for _ in range(n_responses):
             kind = rng.choices(["gold", "same", "wrong", "cut"], weights=[5, 2, 3, 0.5])[0]
-            answer = {"gold": gold, "same": rng.choice(same), "wrong": rng.choice(wrong), "cut": gold}[kind]
+            choices = {"gold": gold, "same": rng.choice(same), "wrong": rng.choice(wrong),
+                       "cut": gold}
+            answer = choices[kind]
             text = rng.choice(_OPENINGS) + rng.choice(_MIDDLES).format(a=answer) * rng.randint(1, 6)
             text += rng.choice(_ENDINGS).format(a=answer)
             if kind == "cut":  # a generation stopped by the token limit inside its final box
@@ -187,8 +192,8 @@ def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 
             responses.append(text)
             preds.append(extract_answer(text))
             labels.append(kind in ("gold", "same"))
-        rows.append({"idx": idx, "question": f"Problem {idx}", "gt": gold, "answer": gold, "code": responses,
-                     "pred": preds, "score": labels})
+        rows.append({"idx": idx, "question": f"Problem {idx}", "gt": gold, "answer": gold,
+                     "code": responses, "pred": preds, "score": labels})
     return rows
 
 
@@ -197,15 +202,17 @@ def bench_batch(rows: list[dict], runs: int, workers: int) -> None:
     golds = [str(r.get("gt", r.get("answer"))) for r in rows for _ in r["code"]]
     preds = [extract_answer(text) for r in rows for text in r["code"]]
     serial_verdicts = [math_equal(p, g) for p, g in zip(preds, golds)]  # warm-up: starts one worker
-    pool_verdicts = math_equal_batch(preds, golds, workers=workers)  # warm-up: starts `workers` workers
+    pool_verdicts = math_equal_batch(preds, golds, workers=workers)  # warm-up: starts the workers
     if serial_verdicts != pool_verdicts:
         bad = [i for i, (a, b) in enumerate(zip(serial_verdicts, pool_verdicts)) if a != b]
-        raise SystemExit(f"math_equal_batch disagrees with math_equal on {len(bad)} responses, e.g. "
+        raise SystemExit(f"math_equal_batch disagrees with math_equal on {len(bad)} responses, "
+                         f"e.g. "
                          f"pred={preds[bad[0]]!r} gold={golds[bad[0]]!r}")
     graders = {"serial `math_equal`": lambda: [math_equal(p, g) for p, g in zip(preds, golds)],
                "`math_equal_batch(workers=1)` (fast path + each distinct pair once)":
                    lambda: math_equal_batch(preds, golds, workers=1),
-               f"`math_equal_batch(workers={workers})`": lambda: math_equal_batch(preds, golds, workers=workers)}
+               f"`math_equal_batch(workers={workers})`":
+                   lambda: math_equal_batch(preds, golds, workers=workers)}
     speeds: dict[str, list[float]] = {name: [] for name in graders}
     for _ in range(runs):
         for name, grade in graders.items():
@@ -219,7 +226,8 @@ def bench_batch(rows: list[dict], runs: int, workers: int) -> None:
     print("|---|---:|---:|")
     serial = statistics.median(speeds["serial `math_equal`"])
     for name, values in speeds.items():
-        print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / serial:.2f} |")
+        speed = statistics.median(values)
+        print(f"| {name} | {speed:,.0f} | {speed / serial:.2f} |")
 
 
 def string_match(pred: str, gold: str) -> bool:
@@ -230,15 +238,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="timed runs; the table reports the median speed")
     ap.add_argument("--show-errors", action="store_true", help="list every case each grader gets wrong")
-    ap.add_argument("--only", choices=["labels", "batch"], default="", help="run one of the two benchmarks")
-    ap.add_argument("--workers", type=int, default=0, help="math_equal_batch workers; 0 = default_grading_workers()")
-    ap.add_argument("--responses", default="", help="JSONL in the math_cot_100.jsonl format (`code`, `gt`); "
+    ap.add_argument("--only", choices=["labels", "batch"], default="",
+                    help="run one of the two benchmarks")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="math_equal_batch workers; 0 = default_grading_workers()")
+    ap.add_argument("--responses", default="",
+                    help="JSONL in the math_cot_100.jsonl format (`code`, `gt`); "
                     "default: 100 problems x 8 responses made by make_response_rows")
     args = ap.parse_args()
     if args.only != "labels":
         rows = make_response_rows()
         if args.responses:
-            rows = [json.loads(line) for line in Path(args.responses).read_text(encoding="utf-8").splitlines() if line]
+            lines = Path(args.responses).read_text(encoding="utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line]
         bench_batch(rows, args.runs, args.workers or default_grading_workers())
         if args.only == "batch":
             return

@@ -58,9 +58,9 @@ import warnings
 from typing import Any, Sequence
 
 __all__ = [
-    "extract_answer", "last_boxed", "last_json_object", "strip_string", "math_equal", "math_equal_batch",
-    "default_grading_workers", "correctness_reward", "correctness_reward_batch", "math_reward",
-    "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
+    "extract_answer", "last_boxed", "last_json_object", "strip_string", "math_equal",
+    "math_equal_batch", "default_grading_workers", "correctness_reward", "correctness_reward_batch",
+    "math_reward", "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
     "cosine_length_reward", "l1_length_reward", "dapo_overlong_penalty", "completion_text",
 ]
 
@@ -115,8 +115,8 @@ def _last_boxed_content(text: str) -> str | None:
 
 
 def last_boxed(text: Any) -> str | None:
-    """Content of the last brace-balanced `\\boxed{...}` / `\\fbox{...}` of `text` (stripped), or None.
-    How Qwen2.5-Math's `parse_ground_truth` reads a MATH / Minerva gold answer from its worked solution."""
+    """Content of the last brace-balanced `\\boxed{...}` / `\\fbox{...}` of `text`, stripped, or
+    None. How Qwen2.5-Math's `parse_ground_truth` reads a MATH / Minerva gold from its solution."""
     try:
         if not isinstance(text, str) or not _BOX_RE.search(text):
             return None
@@ -448,7 +448,7 @@ def _verify_in_worker(gold_latex: str, pred_latex: str, timeout: float) -> bool:
 
 
 def _fast_verdict(pred: Any, gold: Any) -> bool | tuple[str, str]:
-    """math_equal's in-process part: a verdict, or the normalised (pred, gold) math-verify must decide."""
+    """math_equal's in-process part: a verdict, or the normalised (pred, gold) for math-verify."""
     if pred is None or gold is None:
         return False
     pred_norm, gold_norm = strip_string(pred), strip_string(gold)
@@ -462,7 +462,8 @@ def _fast_verdict(pred: Any, gold: Any) -> bool | tuple[str, str]:
 
 
 def _slow_verdict(pred_norm: str, gold_norm: str, timeout: float) -> bool:
-    return _verify_in_worker("\\boxed{" + gold_norm + "}", "\\boxed{" + pred_norm + "}", float(timeout))
+    gold_latex, pred_latex = "\\boxed{" + gold_norm + "}", "\\boxed{" + pred_norm + "}"
+    return _verify_in_worker(gold_latex, pred_latex, float(timeout))
 
 
 def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
@@ -485,7 +486,7 @@ def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
 
 
 def default_grading_workers() -> int:
-    """CPUs this process may use, shared among the torchrun ranks of this node (LOCAL_WORLD_SIZE), at least 1."""
+    """CPUs this process may use, shared by the node's torchrun ranks (LOCAL_WORLD_SIZE); >= 1."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -497,22 +498,24 @@ def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | 
                      timeout: float = 5.0) -> list[bool]:
     """`[math_equal(p, g, timeout) for p, g in zip(preds, golds)]`, graded in parallel.
 
-    Same verdicts as `math_equal` on every pair (same normalisation, fast path and math-verify call),
-    with the same hard per-item `timeout`. The cheap cases (identical normalised strings, two plain numbers) are decided here; each
-    distinct remaining (pred, gold) pair is verified once (the verdict is a function of the normalised
-    pair), by `workers` threads (default: `default_grading_workers()`), each driving its own
-    math-verify worker *process* from the shared pool above, so the sympy work runs on `workers` CPUs.
+    Same verdicts as `math_equal` on every pair (same normalisation, fast path, math-verify call),
+    with the same hard per-item `timeout`. The cheap cases (identical normalised strings, two plain
+    numbers) are decided here; each distinct remaining (pred, gold) pair is verified once (the
+    verdict is a function of the normalised pair), by `workers` threads (default:
+    `default_grading_workers()`), each driving its own math-verify worker *process* from the shared
+    pool above, so the sympy work runs on `workers` CPUs.
     Why threads driving processes rather than a `multiprocessing` pool: forking a trainer that holds
     CUDA state is unsafe, a spawn pool pays the sympy import per call, and the persistent workers
     already give every item a hard, killable deadline. Workers stay alive for the next call.
     """
     if len(preds) != len(golds):
-        raise ValueError(f"math_equal_batch: {len(preds)} predictions but {len(golds)} gold answers")
+        raise ValueError(f"math_equal_batch: {len(preds)} predictions but {len(golds)} gold "
+                         "answers")
     workers = default_grading_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"math_equal_batch: workers must be >= 1, got {workers}")
     results: list[bool] = [False] * len(preds)
-    slow: dict[tuple[str, str], list[int]] = {}  # normalised (pred, gold) -> the indices that need math-verify
+    slow: dict[tuple[str, str], list[int]] = {}  # normalised (pred, gold) -> its indices
     for i, (pred, gold) in enumerate(zip(preds, golds)):
         try:
             verdict = _fast_verdict(pred, gold)
@@ -529,7 +532,7 @@ def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | 
         except Exception:
             return False
 
-    pairs = list(slow)  # each distinct pair once: a group's samples often repeat the same wrong answer
+    pairs = list(slow)  # each distinct pair once: a group's samples often repeat one wrong answer
     if len(pairs) <= 1 or workers == 1:
         verdicts = [verify(pair) for pair in pairs]
     else:
@@ -575,10 +578,12 @@ def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_p
 def correctness_reward_batch(completions: Sequence[Any], answers: Sequence[Any], mode: str = "mix",
                              format_penalty: float = -1.0, timeout: float = 5.0,
                              workers: int | None = None) -> list[float]:
-    """`correctness_reward` of many responses, the answers graded in parallel by `math_equal_batch`."""
+    """`correctness_reward` of many responses, answers graded in parallel by `math_equal_batch`."""
     if mode not in ("mix", "independent"):
-        raise ValueError(f"correctness_reward_batch: mode must be 'mix' or 'independent', got {mode!r}")
-    correct = math_equal_batch([extract_answer(c) for c in completions], list(answers), workers, timeout)
+        raise ValueError(f"correctness_reward_batch: mode must be 'mix' or 'independent', "
+                         f"got {mode!r}")
+    preds = [extract_answer(c) for c in completions]
+    correct = math_equal_batch(preds, list(answers), workers, timeout)
     if mode == "mix":
         return [1.0 if ok else 0.0 for ok in correct]
     rewards = []
