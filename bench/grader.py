@@ -137,30 +137,34 @@ def make_cases() -> list[tuple[str, str, bool]]:
     return cases
 
 
-# (gold, equivalent forms, wrong answers) of MATH-style problems; the responses are built from them
-_ANSWERS = [
-    ("420", ["420.0", "420 \\text{ units}"], ["419", "42"]),
-    ("\\frac{1}{9}", ["\\dfrac{1}{9}", "1/9", "\\frac{4}{36}"], ["\\frac{1}{8}", "9", "0.11"]),
-    ("\\frac{3}{8}", ["0.375", "\\dfrac{3}{8}"], ["\\frac{5}{16}", "\\frac{3}{4}", "\\frac{1}{4}"]),
-    ("-4", ["x = -4", "-4.0"], ["4", "-5"]),
-    ("2\\sqrt{3}", ["\\sqrt{12}", "2 \\sqrt 3"], ["\\sqrt{6}", "3\\sqrt{2}"]),
-    ("\\frac{\\sqrt{2}}{2}", ["\\frac{1}{\\sqrt{2}}"], ["\\frac{\\sqrt{3}}{2}", "\\sqrt{2}"]),
-    ("\\pi", ["\\pi"], ["2\\pi", "\\frac{\\pi}{2}"]),
-    ("18+2\\pi", ["2\\pi + 18"], ["18+\\pi", "20\\pi"]),
-    ("(3, \\frac{\\pi}{2})", ["\\left( 3, \\frac{\\pi}{2} \\right)"], ["(3, \\pi)", "(\\frac{\\pi}{2}, 3)"]),
-    ("[-2, 7]", ["\\left[-2,7\\right]"], ["(-2, 7)", "[-2, 7)"]),
-    ("x^2+2x+1", ["(x+1)^2"], ["x^2+1", "(x-1)^2"]),
-    ("\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}", ["\\begin{bmatrix} -7 \\\\ 16 \\\\ 5 \\end{bmatrix}"],
-     ["\\begin{pmatrix} 7 \\\\ 16 \\\\ 5 \\end{pmatrix}"]),
-    ("1.25", ["\\frac{5}{4}", "1.250"], ["1.2", "125"]),
-    ("\\$18.90", ["18.90", "18.9"], ["18.09", "1890"]),
-    ("\\text{(C)}", ["(C)", "C"], ["(B)", "(D)"]),
-    ("5\\sqrt{2}", ["\\sqrt{50}"], ["5\\sqrt{3}", "10"]),
-    ("\\frac{10}{11}", ["\\dfrac{20}{22}"], ["\\frac{11}{10}", "0.9"]),
-    ("81", ["81"], ["72", "27"]),
-    ("3", ["3"], ["2", "6"]),
-    ("\\frac{2}{21}", ["\\frac{4}{42}"], ["\\frac{1}{21}", "\\frac{2}{7}"]),
-]
+def answer_family(family: int, k: int) -> tuple[str, list[str], list[str]]:
+    """(gold, equivalent forms, wrong answers) of a MATH-style problem: 13 answer shapes, each with a
+    parameter k so that no two of the 100 problems share a gold answer."""
+    g = 100 + 7 * k
+    shapes = [
+        (str(g), [f"{g}.0", f"{g} \\text{{ units}}"], [str(g + 1), str(10 * g)]),
+        (f"\\frac{{1}}{{{k + 2}}}", [f"\\dfrac{{1}}{{{k + 2}}}", f"1/{k + 2}", f"\\frac{{2}}{{{2 * k + 4}}}"],
+         [f"\\frac{{1}}{{{k + 3}}}", str(k + 2)]),
+        (str(-k - 3), [f"x = {-k - 3}", f"{-k - 3}.0"], [str(k + 3), str(-k - 4)]),
+        (f"{k + 1}\\sqrt{{2}}", [f"\\sqrt{{{2 * (k + 1) ** 2}}}", f"{k + 1} \\sqrt 2"],
+         [f"\\sqrt{{{k + 1}}}", f"{k + 1}\\sqrt{{3}}"]),
+        (f"{k + 1}\\pi", [f"\\pi \\cdot {k + 1}"], [f"{k + 2}\\pi", f"\\frac{{\\pi}}{{{k + 1}}}"]),
+        (f"({k}, \\frac{{\\pi}}{{2}})", [f"\\left( {k}, \\frac{{\\pi}}{{2}} \\right)"],
+         [f"(\\frac{{\\pi}}{{2}}, {k})", f"({k}, \\pi)"]),
+        (f"[-{k}, {k + 5}]", [f"\\left[-{k},{k + 5}\\right]"], [f"(-{k}, {k + 5})", f"[-{k}, {k + 5})"]),
+        (f"x^2+{2 * k}x+{k * k}", [f"(x+{k})^2"], [f"x^2+{k * k}", f"(x-{k})^2"]),
+        (f"\\begin{{pmatrix}} {k} \\\\ -{k + 1} \\end{{pmatrix}}",
+         [f"\\begin{{bmatrix}} {k} \\\\ -{k + 1} \\end{{bmatrix}}"],
+         [f"\\begin{{pmatrix}} -{k + 1} \\\\ {k} \\end{{pmatrix}}"]),
+        (f"{k}.25", [f"\\frac{{{4 * k + 1}}}{{4}}", f"{k}.250"], [f"{k}.2", f"{k}25"]),
+        (f"\\${k}.90", [f"{k}.90", f"{k}.9"], [f"{k}.09", f"{k}90"]),
+        (f"\\text{{({'ABCDE'[k % 5]})}}", [f"({'ABCDE'[k % 5]})"], [f"({'ABCDE'[(k + 1) % 5]})"]),
+        (f"\\frac{{{k}}}{{{k + 7}}}", [f"\\dfrac{{{2 * k}}}{{{2 * k + 14}}}"],
+         [f"\\frac{{{k + 7}}}{{{k}}}", f"\\frac{{{k}}}{{{k + 8}}}"]),
+    ]
+    return shapes[family]
+
+
 _OPENINGS = ["To solve this problem, we start from the given conditions.",
              "Let's break the problem into steps.", "We first rewrite the expression in a simpler form."]
 _MIDDLES = ["\n\n\\[\n{a} = {a}\n\\]\n\nNext, we simplify the result:\n\n\\[\n{a}\n\\]",
@@ -178,7 +182,7 @@ def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 
     rng = random.Random(seed)
     rows = []
     for idx in range(n_problems):
-        gold, same, wrong = _ANSWERS[idx % len(_ANSWERS)]
+        gold, same, wrong = answer_family(idx % 13, idx // 13 + 1)
         responses, preds, labels = [], [], []
         for _ in range(n_responses):
             kind = rng.choices(["gold", "same", "wrong", "cut"], weights=[5, 2, 3, 0.5])[0]
