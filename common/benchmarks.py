@@ -195,8 +195,9 @@ def math_row(where: str, row: dict, fmt: str) -> dict:
     gold = find_gold(row, rules)
     if gold is None:
         wanted = "; ".join(f"field {_RULES[r][0]!r} with {_RULES[r][1]}" for r in rules)
+        missing = "missing field 'answer' and no other gold" if "answer" not in row else "no gold"
         raise DataError(
-            f"{where}: no gold answer ({fmt}): expected {wanted} (fields present: {sorted(row)})"
+            f"{where}: {missing} answer ({fmt}): expected {wanted} (fields present: {sorted(row)})"
         )
     out = dict(row)
     if "hashes" in rules and gsm8k_gold(row.get("answer")) is not None:

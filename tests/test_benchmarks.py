@@ -209,5 +209,6 @@ def test_math_and_gsm8k_train_files(tmp_path):
     loaded = load_math_rows(str(tmp_path / "gsm_train.jsonl"))
     assert loaded[0]["answer"] == "12" and loaded[0]["solution"].startswith("3 * 4")
     write_jsonl(tmp_path / "bad.jsonl", math_rows + [{"problem": "x", "solution": "no box"}])
-    with pytest.raises(DataError, match=r"bad\.jsonl:3: no gold answer .*'solution'"):
+    expected = r"bad\.jsonl:3: missing field 'answer' and no other gold .*'solution'"
+    with pytest.raises(DataError, match=expected):
         load_math_rows(str(tmp_path / "bad.jsonl"))
