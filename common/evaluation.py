@@ -98,15 +98,15 @@ def suite_average(scores: dict[str, float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def suite_names(spec: str) -> list[str]:
+def suite_names(spec: str, flag: str = "--eval_suite") -> list[str]:
     """'simplerl' -> the six benchmarks; else a comma list, each checked (errors name the flag)."""
     if spec == "simplerl":
         return list(SIMPLERL_SUITE)
     names = [n.strip() for n in spec.split(",") if n.strip()]
     bad = [n for n in names if n not in SIMPLERL_SUITE]
-    if bad or not names:
+    if bad or (not names and flag == "--eval_suite"):
         raise ValueError(
-            f"--eval_suite: unknown benchmark(s) {bad or spec!r}; use 'simplerl' or a comma "
+            f"{flag}: unknown benchmark(s) {bad or spec!r}; use 'simplerl' or a comma "
             f"list of {', '.join(SIMPLERL_SUITE)}"
         )
     return names
@@ -164,7 +164,11 @@ def run_suite(
 ) -> dict:
     """Evaluate every benchmark of the suite; returns (rank 0 also writes) the eval.json dict."""
     names = suite_names(eval_args.eval_suite)
-    avg_on = names if eval_args.eval_avg_on == "all" else suite_names(eval_args.eval_avg_on)
+    avg_on = (
+        names
+        if eval_args.eval_avg_on == "all"
+        else suite_names(eval_args.eval_avg_on, "--eval_avg_on")
+    )
     k = eval_args.eval_avg_k
     results, started = {}, time.perf_counter()
     for name in names:
@@ -250,8 +254,8 @@ def evaluate_model(
     is_toy: bool = False,
     **sampler_kwargs,
 ) -> dict:
-    """Load `model_path` on every rank (no sharding: generation only), make the Sampler, run the suite.
-    `prompt_fn(question, tokenizer)` is the script's own training prompt (the paper reuses it)."""
+    """Load `model_path` on every rank (no sharding: generation only), make the Sampler, run the
+    suite. `prompt_fn(question, tokenizer)` is the script's own training prompt (as the paper)."""
     from common.models import load_model, load_tokenizer
     from common.sampling import make_sampler
     from common.train import (

@@ -1,5 +1,6 @@
-"""common/benchmarks.py on our own fixture rows in each release format (tests/fixtures/
-simplerl_eval, laid out like SimpleRL-Zoo's `examples/simplelr_math_eval/data/<name>/test.jsonl`)."""
+"""common/benchmarks.py on our own fixture rows in each release format
+(tests/fixtures/simplerl_eval, laid out like SimpleRL-Zoo's
+`examples/simplelr_math_eval/data/<name>/test.jsonl`)."""
 
 import json
 import re

@@ -52,6 +52,9 @@ def test_metric_functions():
     assert suite_names("aime24, amc23") == ["aime24", "amc23"]
     with pytest.raises(ValueError, match="--eval_suite: unknown benchmark"):
         suite_names("aime25")
+    with pytest.raises(ValueError, match="--eval_avg_on: unknown benchmark"):
+        suite_names("aime24,math", "--eval_avg_on")
+    assert suite_names("", "--eval_avg_on") == []  # avg@k on nothing
 
 
 def test_table_has_one_row_per_metric_and_the_average_column():
