@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from common.data import DataError, load_located_rows
+from common.data import FILE_SUFFIXES, DataError, load_located_rows
 from common.rewards import last_boxed
 
 SIMPLERL_SUITE = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23")
@@ -218,14 +218,13 @@ def _resolve(name: str, source: str) -> tuple[str, str, str | None]:
         return HUB_SOURCES[name][0], HUB_SOURCES[name][2], HUB_SOURCES[name][1]
     path = Path(source)
     if path.is_dir():
-        for candidate in (
-            path / name / "test.jsonl",
-            path / "test.jsonl",
-        ):  # SimpleRL-Zoo's layout first
+        for candidate in (path / name / "test.jsonl", path / "test.jsonl"):  # SimpleRL-Zoo's first
             if candidate.is_file():
                 return str(candidate), "test", None
         if (path / name).is_dir():
             return str(path / name), "test", None
+        if not any(f.is_file() and f.suffix.lower() in FILE_SUFFIXES for f in path.iterdir()):
+            raise DataError(f"{source}: no {name}/test.jsonl (SimpleRL-Zoo's layout) and no data files")
         return str(path), "test", None
     if source == HUB_SOURCES[name][0]:
         return source, HUB_SOURCES[name][2], HUB_SOURCES[name][1]

@@ -129,11 +129,14 @@ def test_missing_gold_names_file_line_and_field(tmp_path, name, row, field):
         load_benchmark(name, str(tmp_path))
 
 
-def test_unknown_benchmark_and_missing_file():
+def test_unknown_benchmark_and_missing_file(tmp_path):
     with pytest.raises(DataError, match="unknown benchmark 'math'; choose from gsm8k"):
         load_benchmark("math", str(FIXTURES))
     with pytest.raises(DataError, match="no such file"):
         load_benchmark("gsm8k", str(FIXTURES / "nope.jsonl"))
+    (tmp_path / "aime24").mkdir()  # an eval data folder without the asked benchmark
+    with pytest.raises(DataError, match="no gsm8k/test.jsonl"):
+        load_benchmark("gsm8k", str(tmp_path))
 
 
 QWEN_PROMPT = (
