@@ -316,6 +316,10 @@ sys.stdout = sys.stderr  # library prints must not corrupt the protocol
 from math_verify import parse, verify
 parse_kw = "parsing_timeout" if "parsing_timeout" in inspect.signature(parse).parameters else None
 verify_kw = "timeout_seconds" if "timeout_seconds" in inspect.signature(verify).parameters else None
+try:  # warm up: the first parse loads the LaTeX grammar lazily, which must not count in a timeout
+    verify(parse("\\boxed{\\frac{1}{2}}"), parse("\\boxed{0.5}"))
+except BaseException:
+    pass
 reply.write("ready\n")
 for line in sys.stdin:
     try:
@@ -365,13 +369,20 @@ class _Worker:
             self.ready = self._read_line(time.monotonic() + _WORKER_START_TIMEOUT_S) == "ready"
         return self.ready
 
-    def ask(self, gold: str, pred: str, timeout: float) -> bool | None:
-        """True/False from math-verify, or None if the child did not answer in time (or died)."""
-        request = json.dumps([gold, pred, timeout]) + "\n"
-        self.proc.stdin.write(request.encode())
+    def ask(self, pairs: list[tuple[str, str]], timeout: float) -> list[bool]:
+        """math-verify's verdicts on (gold, pred) pairs, sent at once (pipelined: one wake-up per
+        batch, not per pair). Each answer must come within `timeout` s of the previous one; the
+        list stops short at the first pair the child did not answer in time (or if it died)."""
+        payload = "".join(json.dumps([gold, pred, timeout]) + "\n" for gold, pred in pairs)
+        self.proc.stdin.write(payload.encode())
         self.proc.stdin.flush()
-        answer = self._read_line(time.monotonic() + timeout)
-        return None if answer is None else answer == "1"
+        verdicts = []
+        for _ in pairs:
+            answer = self._read_line(time.monotonic() + timeout)
+            if answer is None:
+                break
+            verdicts.append(answer == "1")
+        return verdicts
 
     def kill(self) -> None:
         try:
@@ -426,25 +437,39 @@ _POOL = _WorkerPool()
 atexit.register(_POOL.close)
 
 
+_PIPELINE_PAIRS = 32  # pairs per write: keeps a request well inside the 64 KiB pipe buffer
+
+
+def _verify_in_workers(pairs: list[tuple[str, str]], timeout: float) -> list[bool]:
+    """Verdicts on (gold_latex, pred_latex) pairs from one pooled worker at a time, in pipelined
+    batches. A pair the worker does not answer within `timeout` is False; that worker is killed and
+    replaced, and the pairs after it go to the next worker (each keeps its own full `timeout`)."""
+    verdicts: list[bool] = []
+    while len(verdicts) < len(pairs):
+        batch = pairs[len(verdicts):len(verdicts) + _PIPELINE_PAIRS]
+        worker = _POOL.acquire()
+        try:
+            if not worker.wait_ready():
+                if not _POOL.warned:
+                    _POOL.warned = True
+                    warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
+                                  "installed?); non-trivial answers are graded as wrong.")
+                worker.kill()
+                return verdicts + [False] * (len(pairs) - len(verdicts))
+            answered = worker.ask(batch, timeout)
+        except Exception:
+            answered = []
+        verdicts += answered
+        if len(answered) < len(batch):  # stuck on a pathological expression, or died: replace it
+            _POOL.replace(worker)
+            verdicts.append(False)
+        else:
+            _POOL.release(worker)
+    return verdicts
+
+
 def _verify_in_worker(gold_latex: str, pred_latex: str, timeout: float) -> bool:
-    worker = _POOL.acquire()
-    try:
-        if not worker.wait_ready():
-            if not _POOL.warned:
-                _POOL.warned = True
-                warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
-                              "installed?); non-trivial answers are graded as wrong.")
-            worker.kill()
-            return False
-        result = worker.ask(gold_latex, pred_latex, timeout)
-    except Exception:
-        _POOL.replace(worker)
-        return False
-    if result is None:  # stuck on a pathological expression (or died): kill it, start a fresh one
-        _POOL.replace(worker)
-        return False
-    _POOL.release(worker)
-    return result
+    return _verify_in_workers([(gold_latex, pred_latex)], timeout)[0]
 
 
 def _fast_verdict(pred: Any, gold: Any) -> bool | tuple[str, str]:
@@ -503,7 +528,9 @@ def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | 
     numbers) are decided here; each distinct remaining (pred, gold) pair is verified once (the
     verdict is a function of the normalised pair), by `workers` threads (default:
     `default_grading_workers()`), each driving its own math-verify worker *process* from the shared
-    pool above, so the sympy work runs on `workers` CPUs.
+    pool above, so the sympy work runs on `workers` CPUs. Each worker gets its pairs in pipelined
+    batches (one wake-up per 32 pairs instead of per pair), and a pair it does not answer within
+    `timeout` of the previous answer is False, the worker replaced, as in `math_equal`.
     Why threads driving processes rather than a `multiprocessing` pool: forking a trainer that holds
     CUDA state is unsafe, a spawn pool pays the sympy import per call, and the persistent workers
     already give every item a hard, killable deadline. Workers stay alive for the next call.
@@ -526,23 +553,27 @@ def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | 
         else:
             slow.setdefault(verdict, []).append(i)
 
-    def verify(pair: tuple[str, str]) -> bool:
-        try:
-            return _slow_verdict(pair[0], pair[1], timeout)
-        except Exception:
-            return False
-
     pairs = list(slow)  # each distinct pair once: a group's samples often repeat one wrong answer
-    if len(pairs) <= 1 or workers == 1:
-        verdicts = [verify(pair) for pair in pairs]
+    latex = [("\\boxed{" + gold + "}", "\\boxed{" + pred + "}") for pred, gold in pairs]
+    shares = [latex[w::workers] for w in range(min(workers, len(latex)))]  # one worker process each
+
+    def verify(share: list[tuple[str, str]]) -> list[bool]:
+        try:
+            return _verify_in_workers(share, float(timeout))
+        except Exception:
+            return [False] * len(share)
+
+    if len(shares) <= 1:
+        verdicts_per_share = [verify(share) for share in shares]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
-            verdicts = list(pool.map(verify, pairs))
-    for pair, ok in zip(pairs, verdicts):
-        for i in slow[pair]:
-            results[i] = ok
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            verdicts_per_share = list(pool.map(verify, shares))
+    for w, verdicts in enumerate(verdicts_per_share):
+        for pair, ok in zip(pairs[w::workers], verdicts):
+            for i in slow[pair]:
+                results[i] = ok
     return results
 
 
