@@ -29,8 +29,8 @@ Serial vs pool (`--only batch`): whole model responses in the format of SimpleRL
 `make_response_rows` (100 problems x 8 Qwen2.5-style responses ending in `\\boxed{}`: the gold
 verbatim, an equivalent form, a wrong answer, no box, a cut-off generation) or read from
 `--responses`. The answers are extracted once with `extract_answer`; then `[math_equal(p, g) ...]`
-(serial), `math_equal_batch(..., workers=1)` (what the deduplication of repeated pairs alone gives)
-and `math_equal_batch(..., workers)` are timed on the same pairs
+(serial), `math_equal_batch(..., workers=1)` (one worker process: what deduplicating repeated
+pairs and pipelining alone give) and `math_equal_batch(..., workers)` are timed on the same pairs
 (median of `--runs`, after a warm-up that starts the workers) and must give identical verdicts.
 """
 from __future__ import annotations
@@ -174,14 +174,15 @@ _ENDINGS = ["\n\nTherefore, the final answer is \\(\\boxed{{{a}}}\\).",
             "\n\nSo the answer is {a}."]
 
 
-def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 0) -> list[dict]:
+def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 0,
+                       first: int = 0) -> list[dict]:
     """Rows in the format of SimpleRL-Zoo's `math_cot_100.jsonl` with our own problems and
     responses: per problem the gold (`gt`, `answer`), `n_responses` Qwen2.5-style responses
     (`code`), the intended answer of each (`pred`) and whether it is right by construction
-    (`score`)."""
+    (`score`). `first` numbers the problems, so blocks with different `first` share no answer."""
     rng = random.Random(seed)
     rows = []
-    for idx in range(n_problems):
+    for idx in range(first, first + n_problems):
         gold, same, wrong = answer_family(idx % 13, idx // 13 + 1)
         responses, preds, labels = [], [], []
         for _ in range(n_responses):
@@ -201,31 +202,40 @@ def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 
     return rows
 
 
-def bench_batch(rows: list[dict], runs: int, workers: int) -> None:
-    """Serial `math_equal` vs `math_equal_batch` on the extracted answers of every response."""
+def _pairs(rows: list[dict]) -> tuple[list, list[str]]:
+    """(extracted answers, golds) of every response of `rows`."""
     golds = [str(r.get("gt", r.get("answer"))) for r in rows for _ in r["code"]]
-    preds = [extract_answer(text) for r in rows for text in r["code"]]
+    return [extract_answer(text) for r in rows for text in r["code"]], golds
+
+
+def bench_batch(blocks: list[list[dict]], runs: int, workers: int) -> None:
+    """Serial `math_equal` vs `math_equal_batch` on the extracted answers of every response. Each
+    timed pass grades a block of responses no grader has seen (sympy caches what it computed, so
+    regrading the same answers would flatter whichever worker saw them before); with one block
+    (`--responses`) every pass regrades it."""
+    preds, golds = _pairs(blocks[0])
     serial_verdicts = [math_equal(p, g) for p, g in zip(preds, golds)]  # warm-up: starts one worker
     pool_verdicts = math_equal_batch(preds, golds, workers=workers)  # warm-up: starts the workers
     if serial_verdicts != pool_verdicts:
         bad = [i for i, (a, b) in enumerate(zip(serial_verdicts, pool_verdicts)) if a != b]
         raise SystemExit(f"math_equal_batch disagrees with math_equal on {len(bad)} responses, "
-                         f"e.g. "
-                         f"pred={preds[bad[0]]!r} gold={golds[bad[0]]!r}")
-    graders = {"serial `math_equal`": lambda: [math_equal(p, g) for p, g in zip(preds, golds)],
-               "`math_equal_batch(workers=1)` (fast path + each distinct pair once)":
-                   lambda: math_equal_batch(preds, golds, workers=1),
+                         f"e.g. pred={preds[bad[0]]!r} gold={golds[bad[0]]!r}")
+    graders = {"serial `math_equal`": lambda p, g: [math_equal(a, b) for a, b in zip(p, g)],
+               "`math_equal_batch(workers=1)` (distinct pairs once, pipelined)":
+                   lambda p, g: math_equal_batch(p, g, workers=1),
                f"`math_equal_batch(workers={workers})`":
-                   lambda: math_equal_batch(preds, golds, workers=workers)}
+                   lambda p, g: math_equal_batch(p, g, workers=workers)}
     speeds: dict[str, list[float]] = {name: [] for name in graders}
+    fresh = iter(blocks[1:])
     for _ in range(runs):
         for name, grade in graders.items():
+            p, g = _pairs(next(fresh, blocks[0]))
             start = time.perf_counter()
-            grade()
-            speeds[name].append(len(preds) / (time.perf_counter() - start))
+            grade(p, g)
+            speeds[name].append(len(p) / (time.perf_counter() - start))
     accuracy = sum(serial_verdicts) / len(serial_verdicts)
-    print(f"\n{len(preds)} responses of {len(rows)} problems (graded correct: {accuracy:.1%}), "
-          f"median of {runs} runs, verdicts identical\n")
+    print(f"\n{len(preds)} responses of {len(blocks[0])} problems per pass (graded correct: "
+          f"{accuracy:.1%}), median of {runs} runs, verdicts identical\n")
     print("| grading | responses/s | ratio to serial |")
     print("|---|---:|---:|")
     serial = statistics.median(speeds["serial `math_equal`"])
@@ -251,11 +261,11 @@ def main() -> None:
                     "default: 100 problems x 8 responses made by make_response_rows")
     args = ap.parse_args()
     if args.only != "labels":
-        rows = make_response_rows()
+        blocks = [make_response_rows(first=100 * b, seed=b) for b in range(1 + 3 * args.runs)]
         if args.responses:
             lines = Path(args.responses).read_text(encoding="utf-8").splitlines()
-            rows = [json.loads(line) for line in lines if line]
-        bench_batch(rows, args.runs, args.workers or default_grading_workers())
+            blocks = [[json.loads(line) for line in lines if line]]
+        bench_batch(blocks, args.runs, args.workers or default_grading_workers())
         if args.only == "batch":
             return
 
