@@ -54,7 +54,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from common.config import parse_config
-from common.data import read_jsonl_tolerant, write_jsonl
+from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.toys import toy_model
 from common.sampling import HFSampler, render_prompt
@@ -67,7 +67,10 @@ from common.train import (MetricsLogger, all_gather_object, barrier, format_tabl
 class Args:
     # generic
     model: str = field(default="", metadata={"help": "LLaVA / Qwen2-VL hub id or folder (the paper uses llava-hf/llava-1.5-7b-hf); empty = tiny LLaVA fine-tuned on toy scenes"})
-    data: str = field(default="toy", metadata={"help": "'toy' or a file: AdaptVis prompts JSONL (question, answer) for --task whatsup, VSR JSONL (image, caption, label) for --task vsr"})
+    data: str = field(default="toy", metadata={
+        "help": "'toy' or a file: for --task whatsup WhatsUp's released controlled-image JSON (image_path, "
+                "caption_options) or an AdaptVis prompts JSONL (question, answer) with --annotations; for "
+                "--task vsr VSR's released JSONL (image, caption, label)"})
     task: Literal["whatsup", "vsr"] = field(default="whatsup", metadata={"help": "whatsup | vsr (real data only; the toy runs every subset in --subsets)"})
     annotations: str = field(default="", metadata={"help": "WhatsUp annotation JSON whose row i holds the image of prompt row i (image_path, or a list starting with the file name)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths are resolved against"})
@@ -270,18 +273,71 @@ def toy_rows(subset: str, n: int, seed: int, args) -> list[dict]:
     return make_vsr_rows(n, seed, **colors) if subset == "vsr" else make_whatsup_rows(n, seed, subset, **colors)
 
 
+# WhatsUp caption phrase -> the one-word option AdaptVis asks for (prompts/Controlled_Images_*.jsonl)
+WHATSUP_RELATIONS = (("to the left of", "Left"), ("to the right of", "Right"), ("in front of", "Front"),
+                     ("behind", "Behind"), ("under", "Under"), ("on", "On"))
+
+
+def whatsup_relation(caption: str) -> str | None:
+    """'A beer bottle on a armchair' -> 'On'; 'A mug to the right of a knife' -> 'Right'."""
+    text = f" {caption.lower()} "
+    return next((word for phrase, word in WHATSUP_RELATIONS if f" {phrase} " in text), None)
+
+
+def whatsup_release_rows(path: Path, root: Path) -> list[dict]:
+    """WhatsUp's controlled-image JSON as released (whatsup_vlms: data/controlled_images_dataset.json,
+    controlled_clevr_dataset.json): [{image_path, caption_options}], the true caption first, the image
+    named `<subject>_<relation>_<object>.jpeg`. Each becomes AdaptVis's four-option question: "Where is
+    the beer bottle in relation to the armchair? Answer with left, right, on or under." (front/behind
+    for the B set), gold = the true caption's relation."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for i, d in enumerate(data):
+        options = d.get("caption_options") if isinstance(d, dict) else None
+        gold = whatsup_relation(options[0]) if isinstance(options, list) and options else None
+        if not isinstance(d, dict) or not isinstance(d.get("image_path"), str) or gold is None:
+            raise DataError(f"{path} row {i}: needs 'image_path' and 'caption_options' whose first "
+                            f"caption names a relation ({', '.join(p for p, _ in WHATSUP_RELATIONS)})")
+        stem = Path(d["image_path"]).stem.split("_")
+        subject, obj = stem[0].replace("-", " "), stem[-1].replace("-", " ")
+        words = {whatsup_relation(c) for c in options}
+        listed = "left, right, on or under"
+        if words & {"Front", "Behind"}:  # the B set
+            listed = "left, right, front or behind"
+        rows.append({"id": f"{path.stem}-{i}", "subset": path.stem,
+                     "image_path": str(root / d["image_path"]),
+                     "question": f"Where is the {subject} in relation to the {obj}? Answer with {listed}.",
+                     "answer": gold, "options": re.split(r", | or ", listed),
+                     "caption_options": options})
+    return rows
+
+
+def vsr_image_path(root: Path, row: dict) -> str:
+    """VSR names the COCO file (`image`) and links it (`image_link`, .../train2017/<file>); AdaptVis
+    reads the link's path under its data folder. Use whichever exists under --image_root."""
+    candidates = [root / row["image"]]
+    if isinstance(row.get("image_link"), str) and ".org/" in row["image_link"]:
+        candidates.append(root / row["image_link"].split(".org/", 1)[1])
+    return str(next((c for c in candidates if c.exists()), candidates[0]))
+
+
 def load_real_rows(args) -> list[dict]:
-    """WhatsUp: AdaptVis prompt rows {question, answer} + the image of annotation row i. VSR: {image, caption, label}."""
+    """WhatsUp: the released controlled-image JSON alone, or AdaptVis prompt rows {question, answer}
+    + the image of --annotations row i. VSR: its released JSONL rows {image, image_link, caption,
+    label, ...}."""
     from common.data import load_rows
 
     root = Path(args.image_root)
     if args.task == "vsr":
         rows = load_rows(args.data, required=("image", "caption", "label"))
-        return [{"id": f"vsr-{i}", "subset": "vsr", "image_path": str(root / r["image"]), "caption": r["caption"],
+        return [{**{k: r[k] for k in ("relation", "subj", "obj") if k in r}, "id": f"vsr-{i}",
+                 "subset": "vsr", "image_path": vsr_image_path(root, r), "caption": r["caption"],
                  "label": int(r["label"]), "question": "Determine whether the description about the spatial relationship is "
                  f"correct or not. Answer with yes or no: {r['caption']}", "answer": "Yes" if int(r["label"]) else "No"} for i, r in enumerate(rows)]
     if args.task != "whatsup":
         raise ValueError(f"--task must be whatsup or vsr, got {args.task!r}")
+    if Path(args.data).suffix == ".json" and not args.annotations:
+        return whatsup_release_rows(Path(args.data), root)
     prompts = load_rows(args.data, required=("question", "answer"))
     if not args.annotations:
         raise ValueError("--task whatsup needs --annotations (the WhatsUp JSON that holds each prompt row's image)")

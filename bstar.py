@@ -52,11 +52,13 @@ from tqdm import tqdm
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from transformers import AutoModelForTokenClassification, get_scheduler
 
+from common.benchmarks import load_math_rows
 from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.toys import toy_model
-from common.rewards import extract_answer, math_equal
 from common.sampling import make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
                           format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, pad_batch,
@@ -74,7 +76,9 @@ class Args:
     data: str = field(default="toy", metadata={"help": "'toy' (multi-digit addition in steps) or a file/folder/hub id with question + answer fields"})
     eval_data: str = field(default="", metadata={"help": "held-out queries (MATH500 in §2.6); empty = the last --eval_queries rows of --data"})
     question_field: str = field(default="question", metadata={"help": "question column"})
-    answer_field: str = field(default="answer", metadata={"help": "gold answer column (GSM8K's '#### N' is understood)"})
+    answer_field: str = field(default="answer", metadata={"help": "gold answer column; with both field "
+                              "defaults, MATH (boxed solution), GSM8K ('#### N') and SimpleRL-Zoo-Data rows "
+                              "are read as released"})
     prompt_template: str = field(default="{question}", metadata={"help": "user message; {question} is replaced"})
     sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
     dtype: str = field(default="float32", metadata={"help": "model dtype (bfloat16 on GPU)"})
@@ -340,6 +344,9 @@ def load_task(args):
     need = (args.question_field, args.answer_field)
     read = lambda src, tag: [{"id": f"{tag}-{i}", "question": str(r[args.question_field]),  # noqa: E731
                               "answer": str(r[args.answer_field]).split("####")[-1].strip()} for i, r in enumerate(load_rows(src, required=need))]
+    if need == ("question", "answer"):  # no field flags: release formats (common/benchmarks.py)
+        read = lambda src, tag: [{"id": f"{tag}-{i}", "question": r["question"],  # noqa: E731
+                                  "answer": r["answer"]} for i, r in enumerate(load_math_rows(src))]
     rows = read(args.data, "train")
     if args.eval_data:
         return rows, read(args.eval_data, "eval")[: args.eval_queries]
@@ -422,7 +429,8 @@ def score_groups(rt: Runtime, rows, groups, temperature: float) -> list[dict]:
     mine = []
     for i in range(rt.dist.rank, len(rows), rt.dist.world_size):
         texts = [t for t, _ in groups[i]]
-        correct = [is_correct(t, rows[i]["answer"]) for t in texts]
+        preds = [extract_answer(t) for t in texts]
+        correct = math_equal_batch(preds, [rows[i]["answer"]] * len(texts))
         steps = rt.scorer.step_scores([rows[i]["question"]] * len(texts), texts) if rt.scorer else [None] * len(texts)
         prm = [None if s is None else prm_to_reward(min(s) if s else 0.0) for s in steps]  # no steps at all: worst score
         mine.append((i, {"id": rows[i]["id"], "question": rows[i]["question"], "answer": rows[i]["answer"],
@@ -456,7 +464,9 @@ def sample_and_score(rt: Runtime, rows, n: int, temperature: float, path: Path, 
 
 def evaluate_greedy(rt: Runtime, eval_rows) -> float:
     groups = generate_all(rt, [chat(rt.args, r["question"]) for r in eval_rows], 1, 0.0)
-    return sum(is_correct(g[0][0], r["answer"]) for g, r in zip(groups, eval_rows)) / len(eval_rows)
+    preds = [extract_answer(g[0][0]) for g in groups]
+    hits = math_equal_batch(preds, [r["answer"] for r in eval_rows])
+    return sum(hits) / len(eval_rows)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -621,5 +631,17 @@ def main(args: Args):
     return logger.history
 
 
+def eval_only(args: Args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's --prompt_template."""
+    model_path = build_warm_start(args) if args.model == "tiny" else args.model
+    prompt = lambda q, tok: chat(args, q)  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   dtype=args.dtype, is_toy=args.model == "tiny")
+
+
 if __name__ == "__main__":
-    main(parse_config(Args, PAPER, derived))
+    cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

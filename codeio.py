@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from common.config import parse_config, per_rank
-from common.data import load_rows, read_jsonl_tolerant, write_jsonl
+from common.data import DataError, load_located_rows, load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
 from common.rewards import last_json_object
 from common.sampling import make_sampler, render_prompt
@@ -72,8 +72,9 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 class Args:
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
                                                       "(the paper's CoTs are DeepSeek-V2.5's)"})
-    corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/hub set "
-                                                                        "with a `code` column (raw code)"})
+    corpus: str = field(default="data/codeio_corpus", metadata={
+        "help": "folder of .py files, or a JSONL/Parquet file/hub set of raw code: CodeI/O's release "
+                "(`content`, repo_name, path) or a `code` column"})
     output_dir: str = field(default="runs/codeio", metadata={"help": "stage JSONL files, metrics, checkpoint"})
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
     sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
@@ -439,13 +440,28 @@ def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
     return records, {r[key] for r in records}
 
 
+CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
+
+
 def load_corpus(source: str) -> list[dict]:
-    if Path(source).is_dir():
-        if not (files := sorted(Path(source).glob("*.py"))):
-            raise FileNotFoundError(f"--corpus {source}: no .py files in that folder")
+    """A folder of .py files, or rows of raw code: CodeI/O's release (hkust-nlp/CodeIO
+    data/rawcode_1k.jsonl: `content` + repo_name, path, blob_id, ...) or any rows with `code`. A
+    release row is named "repo_name/path" and keeps its metadata under `source` (in rewrite.jsonl)."""
+    if Path(source).is_dir() and any(Path(source).glob("*.py")):
+        files = sorted(Path(source).glob("*.py"))
         return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
-    rows = load_rows(source, required=("code",))  # a JSONL/JSON/Parquet file or hub data set of raw code
-    return [{"name": str(row.get("name", i)), "code": row["code"]} for i, row in enumerate(rows)]
+    corpus = []
+    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
+        code = row.get("content", row.get("code"))
+        if not isinstance(code, str) or not code.strip():
+            raise DataError(f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
+                            f"or empty (fields present: {sorted(row)})")
+        meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
+        name = row.get("name") or meta.get("blob_id", i)
+        if "repo_name" in meta and "path" in meta:
+            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
+        corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
+    return corpus
 
 
 def check_answer(sandbox: Sandbox, sample: dict, function: dict, response: str, args: Args) -> dict:
@@ -558,7 +574,8 @@ def main(args: Args):
     records, done = open_stage(path, "name")
     if "rewrite" in stages:
         corpus = [c for c in load_corpus(args.corpus) if c["name"] not in done]
-        unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn}
+        unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn,
+                    **({"source": c["source"]} if "source" in c else {})}  # repo/path of release rows
                    for c in corpus if (fn := parse_unified_file(c["code"]))]
         write_jsonl(path, unified, mode="a")
         raw = [c for c in corpus if c["name"] not in {u["name"] for u in unified}]
@@ -567,7 +584,8 @@ def main(args: Args):
         for item, answer in zip(raw, answers):
             fn, reason = parse_rewrite_response(answer)
             write_jsonl(path, [{"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected",
-                                "reason": reason, "response": answer, **(fn or {})}], mode="a")
+                                "reason": reason, "response": answer, **(fn or {}),
+                                **({"source": item["source"]} if "source" in item else {})}], mode="a")
         records = read_jsonl_tolerant(path)
     rejected = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     counts.append({"stage": "rewrite", "in": len(records), "out": sum(r["status"] == "ok" for r in records),

@@ -55,9 +55,10 @@ from tqdm import tqdm
 
 from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.rewards import extract_answer, math_equal_batch
 from common.toys import toy_model
-from common.rewards import extract_answer, math_equal
 from common.sampling import HFSampler, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
@@ -353,7 +354,8 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled_T1", 1.0)):
         comps = generate_lockstep(sampler, prompts, n=4 if temp else 1, temperature=temp, max_new_tokens=args.max_completion_tokens)
-        hits = [math_equal(extract_answer(c.text), r["answer"]) for cs, r in zip(comps, mine) for c in cs]
+        golds = [r["answer"] for cs, r in zip(comps, mine) for _ in cs]
+        hits = math_equal_batch([extract_answer(c.text) for cs in comps for c in cs], golds)
         gathered = [h for part in all_gather_object(hits) for h in part]
         out[f"accuracy_{name}"] = sum(gathered) / max(1, len(gathered))
     return out
@@ -564,5 +566,18 @@ def main(args: Args):
     cleanup_distributed()
 
 
+def eval_only(args: Args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's prompt."""
+    model_path = args.model or toy_base_model(args, args.prefill)
+    user_turn = lambda q, tok: render_prompt(tok, [{"role": "user", "content": q}])  # noqa: E731
+    prompt = lambda q, tok: user_turn(q, tok) + args.prefill  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=not args.model)
+
+
 if __name__ == "__main__":
-    main(parse_config(Args, PAPER, derived))
+    cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

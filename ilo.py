@@ -31,7 +31,9 @@ the effective configuration without loading anything):
     python ilo.py                                   # CPU toy, ~2 min
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ --languages eng_Latn,fra_Latn,... \\
         --finetune_language ind_Latn --dtype bfloat16     # 1 GPU (paper preset: --freeze_first 8)
-    torchrun --nproc_per_node=8 ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ \\
+    python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data openlanguagedata/flores_plus \
+        --languages eng_Latn,fra_Latn,ind_Latn                                # FLORES+ from the hub
+    torchrun --nproc_per_node=8 ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ \
         --finetune_language ind_Latn                                          # fine-tuning sharded with FSDP2
 """
 
@@ -51,7 +53,7 @@ import torch
 from tqdm import tqdm
 
 from common.config import parse_config, per_rank
-from common.data import load_rows
+from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
 from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, load_checkpoint, make_optimizer,
@@ -70,7 +72,9 @@ class Args:
     model: str = arg("", "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
                          "'' = tiny offline LM (4 layers), warm-started on the toy languages")
     dtype: str = arg("auto", "model dtype: auto | float32 | bfloat16")
-    data: str = arg("", "'' = toy parallel corpus; else a folder with one file per language or a rows file")
+    data: str = arg("", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, "
+                        "or a rows file")
+    data_split: str = arg("dev", "FLORES split: dev (997 sentences per language) or devtest (1012)")
     text_field: str = arg("text", "field of a rows file holding the sentence")
     lang_field: str = arg("lang", "field of a rows file holding the language")
     languages: str = arg("", "comma-separated subset; '' = all found")
@@ -298,19 +302,70 @@ def toy_base_model(seed: int) -> str:
     return toy_model("ilo-base", spec, build, code=[toy_corpus, toy_lexicon])
 
 
+FLORES_TEXT_SUFFIXES = (".txt", ".dev", ".devtest")  # FLORES-200: <split>/<lang>.<split>, a sentence a line
+FLORES_ROW_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")  # FLORES+ release: <split>/<lang>.parquet
+
+
+def _flores_text(where: str, row: dict, text_field: str) -> str:
+    text = row.get(text_field, row.get("sentence"))  # FLORES+ calls it `text`, facebook/flores `sentence`
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: field {text_field!r} (or 'sentence') is missing or empty (see --text_field)")
+    return text.strip()
+
+
+def load_flores(source: str, split: str, languages: list[str], text_field: str = "text") -> list[dict]:
+    """{lang, text} rows of FLORES-200 / FLORES+ in their release layouts, `split` = dev or devtest:
+    - a folder with one file per language, `<lang>.dev|.devtest|.txt` (FLORES-200 tarball) or
+      `<lang>.parquet|.jsonl` rows with `text` (FLORES+), directly or under `<split>/`;
+    - a folder with one sub-folder per language holding `<split>*.parquet` (a hub snapshot);
+    - a hub id with one config per language (openlanguagedata/flores_plus: `text`; facebook/flores:
+      `sentence`): `--languages` names the configs to load."""
+    path = Path(source)
+    if not path.is_dir():
+        if not languages:
+            raise ValueError(f"--data {source}: a hub data set needs --languages (one config per language)")
+        import datasets
+
+        rows = []
+        for lang in languages:
+            try:
+                ds = datasets.load_dataset(source, lang, split=split)
+            except Exception as e:  # offline, gated, unknown language or split: say which
+                raise DataError(f"could not load {source!r} language {lang!r} split {split!r}: {e}") from e
+            ordered = sorted(ds, key=lambda r: r.get("id", 0))
+            rows += [{"lang": lang, "text": _flores_text(f"{source}[{lang}/{split}] row {i}", dict(r), text_field)}
+                     for i, r in enumerate(ordered)]
+        return rows
+    folder = path / split if (path / split).is_dir() else path
+    rows = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in FLORES_TEXT_SUFFIXES:
+            lines = p.read_text(encoding="utf-8").splitlines()
+            rows += [{"lang": p.stem, "text": line.strip()} for line in lines if line.strip()]
+        elif p.is_file() and p.suffix in FLORES_ROW_SUFFIXES:
+            rows += [{"lang": p.stem, "text": _flores_text(where, r, text_field)}
+                     for where, r in load_located_rows(str(p))]
+        elif p.is_dir() and (files := sorted(f for f in p.iterdir() if f.suffix in FLORES_ROW_SUFFIXES
+                                             and (f.stem == split or f.stem.startswith(split + "-")))):
+            rows += [{"lang": p.name, "text": _flores_text(where, r, text_field)}
+                     for f in files for where, r in load_located_rows(str(f))]
+    if not rows:
+        raise DataError(f"--data {source}: no FLORES files (<lang>.dev/.devtest/.txt or <lang>.parquet/.jsonl, "
+                        f"directly or under {split}/)")
+    return rows
+
+
 def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
-    """(ILO rows, fine-tune rows) as {lang, text}. Real data: a folder with one file per language
-    (`<lang>.txt` / `.dev` / `.devtest`: one sentence per line) or a rows file with lang/text fields."""
+    """(ILO rows, fine-tune rows) as {lang, text}. Real data: FLORES-200 / FLORES+ as released, from a
+    folder or the hub (`load_flores`, split --data_split), or a rows file (--lang_field, --text_field)."""
     if not args.data:
         return toy_corpus(120, seed=1), toy_corpus(400, seed=2)
-    path = Path(args.data)
-    if path.is_dir() and any(p.suffix in (".txt", ".dev", ".devtest") for p in path.iterdir()):
-        rows = [{"lang": p.stem, "text": line.strip()} for p in sorted(path.iterdir()) if p.suffix in (".txt", ".dev", ".devtest")
-                for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
+    wanted = args.languages.split(",") if args.languages else []
+    if Path(args.data).is_file():
         rows = [{"lang": r[args.lang_field], "text": r[args.text_field]} for r in load_rows(args.data, required=(args.lang_field, args.text_field))]
-    if args.languages:
-        wanted = args.languages.split(",")
+    else:
+        rows = load_flores(args.data, args.data_split, wanted, args.text_field)
+    if wanted:
         missing = sorted(set(wanted) - {r["lang"] for r in rows})
         if missing:
             raise ValueError(f"--languages: {missing} not found in {args.data}")

@@ -49,8 +49,10 @@ import torch
 from tqdm import tqdm
 
 from common import rewards as R
+from common.benchmarks import load_math_rows
 from common.config import parse_config, per_rank
 from common.data import load_rows, make_countdown_rows
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
 from common.sampling import HFSampler, make_sampler, render_prompt
@@ -269,13 +271,19 @@ def load_task_rows(args):
     need = (args.question_field,) + (("target", "nums") if args.task == "countdown" else (args.answer_field,))
 
     def read(source, split):
-        rows = load_rows(source, split=split, required=need)
+        release_format = args.task == "math" and need == ("question", "answer")  # no field flags
+        if release_format:  # SimpleRL-Zoo-Data parquet, MATH, GSM8K "#### N" (common/benchmarks.py)
+            rows = load_math_rows(source, split)
+        else:
+            rows = load_rows(source, split=split, required=need)
         if args.levels:
             lo, hi = parse_range(args.levels, "--levels")
             for i, r in enumerate(rows):
                 if args.level_field not in r:
                     raise ValueError(f"{source} row {i}: no field {args.level_field!r} for --levels (see --level_field)")
             rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
+        if release_format:
+            return rows
         return [{**r, "question": str(r[args.question_field]), "answer": str(r.get(args.answer_field))} for r in rows]
 
     rows = read(args.data, args.data_split)
@@ -291,6 +299,15 @@ def score(text: str, row: dict, args) -> tuple[float, bool, bool]:
         return reward, reward == 1.0, reward > 0.0  # 0.1 = a well-formed but wrong equation
     reward = R.correctness_reward(text, row["answer"], mode=args.reward_mode, format_penalty=args.format_penalty)
     return reward, reward > 0.0, R.extract_answer(text) is not None  # "mix": 1/0; "independent": correct iff > 0
+
+
+def score_all(texts: list[str], rows: list[dict], args) -> list[tuple[float, bool, bool]]:
+    """`score` of many responses; math answers graded in parallel (rewards.math_equal_batch)."""
+    if args.task == "countdown":
+        return [score(t, r, args) for t, r in zip(texts, rows)]
+    golds = [r["answer"] for r in rows]
+    rewards = R.correctness_reward_batch(texts, golds, args.reward_mode, args.format_penalty)
+    return [(rw, rw > 0.0, R.extract_answer(t) is not None) for rw, t in zip(rewards, texts)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,8 +407,11 @@ def evaluate(sampler, eval_rows, args, dist, template, judge=None):
     greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
     sampled = sampler.generate(prompts, n=args.eval_samples, temperature=args.eval_temperature,
                                top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens)
-    local = {"greedy": [score(g[0].text, r, args)[1] for g, r in zip(greedy, rows)],
-             "sampled": [[score(c.text, r, args)[1] for c in g] for g, r in zip(sampled, rows)],
+    k = args.eval_samples
+    texts = [c.text for g in sampled for c in g]
+    flat = score_all(texts, [r for r in rows for _ in range(k)], args)
+    local = {"greedy": [s[1] for s in score_all([g[0].text for g in greedy], rows, args)],
+             "sampled": [[s[1] for s in flat[i * k:(i + 1) * k]] for i in range(len(rows))],
              "lengths": [len(c.token_ids) for g in sampled for c in g],
              "keywords": [sorted(keyword_behaviours(c.text)) for g in sampled for c in g]}
     if judge is not None:  # label the first sample of each prompt
@@ -514,7 +534,7 @@ def main(args):
         B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
         # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
         per_completion = [x for x in batch for _ in range(G)]  # (row, budget) of each completion
-        scored = [score(c.text, r, args) for c, (r, _) in zip(comps, per_completion)]
+        scored = score_all([c.text for c in comps], [r for r, _ in per_completion], args)
         lengths, correct = [len(c.token_ids) for c in comps], [s[1] for s in scored]
         bonus = length_rewards(args.length_reward, lengths, correct, G, args.max_new_tokens, [b for _, b in per_completion],
                                args.overlong_buffer)
@@ -623,5 +643,18 @@ def main(args):
     cleanup_distributed()
 
 
+def eval_only(args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with the training template."""
+    template = "abel" if args.prompt_template == "abel" else "qwen-boxed"
+    model_path = args.model or warm_start_base(args, load_task_rows(args)[0], template)
+    prompt = lambda q, tok: make_prompt(q, template)  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=not args.model)
+
+
 if __name__ == "__main__":
-    main(parse_config(Args, PAPER, derived))
+    cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

@@ -103,20 +103,24 @@ def per_rank(total: int, world_size: int, flag: str) -> int:
 
 
 def parse_config(args_cls, paper: dict, derived: Callable | None = None,
-                 argv: list[str] | None = None, script: str | None = None):
+                 argv: list[str] | None = None, script: str | None = None, extra: tuple = ()):
     """The script's `Args` with the chosen preset applied under the user's flags. Rank 0 prints the
-    configuration and writes <output_dir>/config.json; with --print_config it prints and exits 0."""
+    configuration and writes <output_dir>/config.json; with --print_config it prints and exits 0.
+    `extra`: more dataclasses parsed from the same command line (e.g. common.evaluation.EvalArgs);
+    then the result is `(args, *extra_instances)`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     script = script or Path(sys.argv[0]).stem
     names = {f.name for f in dataclasses.fields(args_cls)}
     if unknown := set(paper) - names:
         raise KeyError(f"{script}: PAPER names fields {args_cls.__name__} lacks: {sorted(unknown)}")
-    parser = HfArgumentParser((args_cls, PresetArgs))
+    parser = HfArgumentParser((args_cls, *extra, PresetArgs))
     namespace = parser.parse_args(argv)  # an unknown flag or a bad choice exits 2 here
     args = args_cls(**{f.name: getattr(namespace, f.name)
                         for f in dataclasses.fields(args_cls) if f.init})
     options = PresetArgs(**{f.name: getattr(namespace, f.name)
                             for f in dataclasses.fields(PresetArgs)})
+    extras = [cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
+              for cls in extra]
     explicit = _explicit_flags(parser, argv) & names
     preset = options.preset
     if preset == "auto":
@@ -131,6 +135,7 @@ def parse_config(args_cls, paper: dict, derived: Callable | None = None,
         parser.exit(2, f"{script}: error: {err}\n")  # before anything is loaded
     config = {"script": script, "preset": preset, "world_size": world_size,
               "args": dataclasses.asdict(args), "derived": sizes,
+              **{type(e).__name__: dataclasses.asdict(e) for e in extras},
               "set_on_command_line": sorted(explicit), "set_by_preset": sorted(from_preset)}
     text = json.dumps(config, indent=1, default=str)
     if options.print_config:
@@ -142,4 +147,4 @@ def parse_config(args_cls, paper: dict, derived: Callable | None = None,
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(text + "\n")
-    return args
+    return (args, *extras) if extra else args

@@ -28,8 +28,9 @@ def config_of(module, argv, capsys, monkeypatch, world_size=None):
         monkeypatch.setenv("WORLD_SIZE", str(world_size))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
+        extra = (module.EvalArgs,) if hasattr(module, "EvalArgs") else ()  # --eval_only scripts
         parse_config(module.Args, module.PAPER, getattr(module, "derived", None),
-                     [*argv, "--print_config"], script=module.__name__)
+                     [*argv, "--print_config"], script=module.__name__, extra=extra)
     out = capsys.readouterr()
     assert exit_info.value.code == 0, f"{module.__name__} {argv}: {out.err}"
     return json.loads(out.out)
