@@ -151,9 +151,9 @@ def _ensure_process_group(device: torch.device):
 
 def enable_gradient_checkpointing(model):
     """HF activation checkpointing of every decoder layer, non-reentrant (the variant FSDP2 supports).
-    HF checkpoints only while the model is in train mode with gradients on: trainers call
-    `model.train()` before their loss pass (every model here has dropout 0, so train mode changes
-    nothing else). It also turns off the KV cache in train mode (a recomputed layer cannot append)."""
+    HF checkpoints only while the model is in train mode with gradients on (shard_model leaves trained
+    models in train mode; a script that switches to eval switches back before its loss pass). It
+    also turns off the KV cache in train mode (a recomputed layer cannot append to it)."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -171,8 +171,9 @@ def shard_model(model, dist_info: Dist, frozen: bool = False, policy: Precision 
     and moves only this rank's shard to the device; without FSDP the model is just moved there.
     """
     policy = policy or precision_policy(dist_info.device.type, dist_info.world_size)
-    if frozen:
-        model.requires_grad_(False).eval()
+    # train mode for trained models: HF checkpoints layers only in train mode (the samplers switch to
+    # eval and back); every model here has dropout 0, so the mode changes nothing else
+    model.requires_grad_(False).eval() if frozen else model.train()
     model.to(dtype=policy.frozen_dtype if frozen else torch.float32)
     if gradient_checkpointing and not frozen:
         enable_gradient_checkpointing(model)
