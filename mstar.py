@@ -31,7 +31,7 @@ Commands:
   python mstar.py                                                    # CPU, offline, tiny VLM + shapes world
   python mstar.py --model Qwen/Qwen2-VL-2B-Instruct --data mathv360k.jsonl --image_root images/ \\
       --prm /path/to/prm --lr 1e-6 --batch_size 128 --num_iterations 16 --steps_per_iteration 600 \\
-      --num_train 180000 --num_val 250 --num_test 750 --max_new_tokens 1024 --dtype bfloat16    # 1 GPU
+      --num_train 180000 --num_val 250 --num_test 750 --max_new_tokens 1024 --micro_batch_size 4 --gradient_checkpointing  # 1 GPU
   torchrun --nproc_per_node=8 mstar.py  <same flags>                  # FSDP2 over 8 GPUs
 """
 
@@ -55,8 +55,8 @@ from common.rewards import extract_answer, math_equal, pass_at_k, strip_string
 from common.sampling import get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import grade_steps, make_shapes_rows, misperceive, pretrain_tiny_vision, solve
 from common.train import (all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table, full_state_dict, init_distributed,
-                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger, pad_batch, print0, save_checkpoint,
-                          seed_everything, shard_model, sft_loss)
+                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger, micro_batches, pad_batch,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 
 @dataclass
@@ -78,7 +78,6 @@ class Args:
     num_val: int = field(default=32, metadata={"help": "validation queries for the temperature rule (paper: 250)"})
     num_test: int = field(default=96, metadata={"help": "held-out test queries (paper: 750 in-domain)"})
     sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32 | bfloat16 | auto"})
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per sampled response"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
@@ -100,6 +99,9 @@ class Args:
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler kind, inherited across iterations in continuous mode"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "LR warmup share of the schedule"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward/backward on one rank (gradient "
+                                                                "accumulation, same token-mean loss); 0 = the rank's whole batch"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass"})
     selection: str = field(default="top2", metadata={"help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"})
     prm_threshold: float = field(default=0.5, metadata={"help": "alpha of the 'threshold' selection (R_p > alpha); not given in the paper"})
     prm: str = field(default="rule", metadata={"help": "'rule' (stand-in: shapes-world step checker) or an HF model path scored Math-Shepherd style"})
@@ -233,7 +235,8 @@ class HFProcessRewardModel:
 
     def __init__(self, path: str, args: Args, device):
         self.processor = load_processor(path)
-        self.model = load_model(path, vlm=True, dtype=args.dtype, device=device).eval()
+        frozen = precision_policy(torch.device(device).type).frozen_dtype  # a frozen model: bf16 on CUDA
+        self.model = load_model(path, vlm=True, dtype=frozen, device=device).eval()
         self.tok = get_tokenizer(self.processor)
         self.tag_ids = self.tok(args.prm_step_tag, add_special_tokens=False).input_ids
         good, bad = (self.tok(t, add_special_tokens=False).input_ids for t in (args.prm_good_token, args.prm_bad_token))
@@ -303,14 +306,22 @@ def end_of_turn(tokenizer) -> str:
     return "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
 
 
-def sft_step(model, processor, examples: list[tuple[dict, str]], args: Args, device, hint_flags=None) -> torch.Tensor:
-    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out."""
+def response_ids(processor, examples: list[tuple[dict, str]]) -> list[list[int]]:
+    tok = get_tokenizer(processor)
+    return [tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples]
+
+
+def sft_step(model, processor, examples: list[tuple[dict, str]], args: Args, device, hint_flags=None,
+             normalizer: float | None = None) -> torch.Tensor:
+    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out. A micro-batch
+    passes its whole batch's response-token count as `normalizer` (common.train.sft_loss)."""
     tok = get_tokenizer(processor)
     encs = [encode_prompt(processor, row, args, hint=bool(hint_flags and hint_flags[i])) for i, (row, _) in enumerate(examples)]
-    resp = [tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples]
+    resp = response_ids(processor, examples)
     input_ids, attention_mask, loss_mask = pad_batch([e["input_ids"][0].tolist() for e in encs], resp, tok.pad_token_id)  # (B, L)
     extra = collate_vision(encs, input_ids.shape[1])
-    return sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), **{k: v.to(device) for k, v in extra.items()})
+    return sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), normalizer,
+                    **{k: v.to(device) for k, v in extra.items()})
 
 
 def load_image(value, root: str | None, where: str):
@@ -458,11 +469,16 @@ def train_steps(model, processor, optimizer, scheduler, examples, num_steps, arg
     losses = []
     for step in range(num_steps):
         batch = [examples[order[(step * args.batch_size + i) % len(order)]] for i in range(args.batch_size)]
-        loss = sft_step(model, processor, batch[d.rank::d.world_size], args, d.device)
-        loss.backward()
+        mine = batch[d.rank::d.world_size]
+        num_tokens = sum(map(len, response_ids(processor, mine)))  # the rank's batch: token mean over all of it
+        loss = 0.0
+        for sl in micro_batches(len(mine), args.micro_batch_size):  # images are encoded per micro-batch
+            micro = sft_step(model, processor, mine[sl], args, d.device, normalizer=num_tokens)
+            micro.backward()
+            loss += micro.item()
         clip_grad_norm(model, args.max_grad_norm)
         optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss)
     return sum(sum(p) / len(p) for p in all_gather_object(losses)) / d.world_size
 
 
@@ -494,7 +510,7 @@ def main(args: Args):
     barrier()
     model_path = args.model or tiny_base_vlm(args)
     processor = load_processor(model_path)
-    model = shard_model(load_model(model_path, vlm=True, dtype=args.dtype), d)
+    model = shard_model(load_model(model_path, vlm=True), d, gradient_checkpointing=args.gradient_checkpointing)
     seed_everything(args.seed)  # after the (maybe first-time) toy base build, so cold and warm caches give one run
     sampler = make_sampler(args.sampler, model, processor, model_path=model_path)
     prm = RuleStepPRM() if args.prm == "rule" else HFProcessRewardModel(args.prm, args, d.device)
