@@ -29,7 +29,7 @@ Departures:
 Commands:
     python ilo.py                                   # CPU toy, ~2 min
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ --languages eng_Latn,fra_Latn,... \\
-        --finetune_language ind_Latn --freeze_first 8 --dtype bfloat16     # 1 GPU
+        --finetune_language ind_Latn --freeze_first 8 --dtype bfloat16 --micro_batch_size 4   # 1 GPU
     torchrun --nproc_per_node=8 ilo.py --model ... --data ...                 # fine-tuning sharded with FSDP2
 """
 
@@ -50,7 +50,7 @@ from tqdm import tqdm
 from common.data import load_rows
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+                          make_scheduler, micro_batches, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Args:
     seed: int = 0
     output_dir: str = "runs/ilo"
     model: str = ""  # "" = tiny offline LM (4 layers), warm-started on the toy languages
-    dtype: str = "auto"
+    dtype: str = "auto"  # the measured base model's dtype; fine-tuned copies train fp32 masters (common.train policy)
     data: str = ""  # "" = toy parallel corpus; else a folder with one file per language or a rows file
     text_field: str = "text"
     lang_field: str = "lang"
@@ -77,6 +77,8 @@ class Args:
     finetune_steps: int = 120
     finetune_lr: float = 3e-3
     finetune_batch: int = 16
+    micro_batch_size: int = 0  # sentences per forward/backward on one rank (same token mean); 0 = the rank's batch
+    gradient_checkpointing: bool = False  # recompute decoder layers in the backward pass
     ckpt_every: int = 50
     resume: bool = False
     track: bool = False
@@ -321,9 +323,21 @@ def mean_ilo_by_layer(records: list[dict]) -> dict[int, float]:
     return {layer: sum(r["ilo"] for r in records if r["layer"] == layer) / sum(1 for r in records if r["layer"] == layer) for layer in layers}
 
 
+def finetune_backward(model, input_ids, attention_mask, micro_batch_size: int) -> float:
+    """Causal-LM loss of one rank's batch (B, T), backpropagated in micro-batches of rows; each micro-batch
+    divides by the whole batch's token count, so the gradient is the unsplit batch's token mean."""
+    num_tokens = float(attention_mask[:, 1:].sum())
+    total = 0.0
+    for sl in micro_batches(input_ids.shape[0], micro_batch_size):
+        loss = sft_loss(model, input_ids[sl], attention_mask[sl], attention_mask[sl], normalizer=num_tokens)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path, logger: MetricsLogger, tag: str):
     """Causal-LM fine-tuning on one language's text; only parameters with requires_grad train."""
-    model = shard_model(model, dist_info)
+    model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters, train mode
     opt = make_optimizer(model, lr=args.finetune_lr)
     sched = make_scheduler(opt, "constant", total_steps=args.finetune_steps)
     start = 0
@@ -338,10 +352,9 @@ def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path
         batch = batch[dist_info.rank :: dist_info.world_size] or batch[:1]  # this rank's share
         enc = tok([b + tok.eos_token for b in batch], return_tensors="pt", padding=True, padding_side="right",
                   truncation=True, max_length=args.max_length).to(dist_info.device)
-        loss = sft_loss(model, enc["input_ids"], enc["attention_mask"], enc["attention_mask"])
-        loss.backward()
+        loss = finetune_backward(model, enc["input_ids"], enc["attention_mask"], args.micro_batch_size)
         opt.step(), sched.step(), opt.zero_grad()
-        logger.log({f"{tag}/loss": loss.item()}, step=step + 1)
+        logger.log({f"{tag}/loss": loss}, step=step + 1)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.finetune_steps:
             save_checkpoint(ckpt_dir, model, opt, sched, step=step + 1)
     return model
