@@ -148,3 +148,18 @@ def test_dcp_checkpoint_two_ranks_resume_equals_uninterrupted(tmp_path, run_cmd,
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_token_logprobs_of_a_vlm_with_images_match_its_logits():
+    from common.models import make_tiny_vlm
+
+    model = load_model(make_tiny_vlm(), vlm=True)
+    image_id = model.config.image_token_index
+    ids = torch.tensor([[5] + [image_id] * 16 + [7, 8, 9, 10]])  # (1, L): one 64x64 image = 16 image tokens
+    pixels = torch.randn(1, 3, 64, 64)
+    lp = token_logprobs(model, ids, torch.ones_like(ids), pixel_values=pixels, chunk_size=4)
+    logits = model(input_ids=ids, pixel_values=pixels).logits[:, :-1].float()  # (1, L-1, V)
+    ref = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    assert torch.allclose(lp, ref, atol=1e-5)
+    text_only = token_logprobs(model, ids, torch.ones_like(ids), pixel_values=torch.zeros_like(pixels))
+    assert not torch.allclose(lp[0, -4:], text_only[0, -4:], atol=1e-4)  # the image reached the text positions
