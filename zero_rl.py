@@ -52,9 +52,9 @@ from common.data import load_rows, make_countdown_rows
 from common.models import _cached_build, load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
-                          format_table, forward_hidden, init_distributed, lm_head_weight, load_checkpoint,
-                          logprobs_from_hidden, make_optimizer, make_scheduler, pad_batch, plain_lm_head, precision_policy,
-                          print0, save_checkpoint, seed_everything, shard_model, sft_loss, token_logprobs)
+                          format_table, forward_hidden, gradient_checkpointing_on, init_distributed, lm_head_weight,
+                          load_checkpoint, logprobs_from_hidden, make_optimizer, make_scheduler, pad_batch, plain_lm_head,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss, token_logprobs)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it in --help)
@@ -393,7 +393,7 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
     (common.train.logprobs_from_hidden: no (B, T, V) logits). Equals common.train.token_logprobs on the
     concatenated sequences (tested), which is the path taken under gradient checkpointing: a checkpointed
     layer cannot fill a KV cache (HF drops it in train mode), so each row's prompt is concatenated instead."""
-    checkpointed = model.training and torch.is_grad_enabled() and getattr(model, "is_gradient_checkpointing", False)
+    checkpointed = model.training and torch.is_grad_enabled() and gradient_checkpointing_on(model)
     if checkpointed or not plain_lm_head(model):
         ids = torch.cat([prompt_ids[prompt_index], response_ids], dim=1)  # (B, Lp + T)
         att = torch.cat([prompt_mask[prompt_index], response_mask], dim=1)  # (B, Lp + T)

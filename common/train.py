@@ -162,6 +162,12 @@ def enable_gradient_checkpointing(model):
     return model
 
 
+def gradient_checkpointing_on(model) -> bool:
+    """Whether HF activation checkpointing is enabled (transformers 5.2x renamed the property)."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
 def shard_model(model, dist_info: Dist, frozen: bool = False, policy: Precision | None = None,
                 gradient_checkpointing: bool = False):
     """Apply the precision policy and FSDP2: shard each transformer block, then the root.

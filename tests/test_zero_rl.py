@@ -11,7 +11,7 @@ import torch
 import zero_rl as Z
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler
-from common.train import Dist, shard_model, token_logprobs
+from common.train import Dist, gradient_checkpointing_on, shard_model, token_logprobs
 
 # ----------------------------------------------------------------------------------------------------
 # GRPO advantages (spec §5 check 6)
@@ -144,7 +144,7 @@ def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenati
         logps, ent = Z.response_logprobs(model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, True)
         ((logps + ent) * resp_mask).sum().backward()
         out.append((logps.detach(), ent.detach(), model.model.embed_tokens.weight.grad))
-    assert model.is_gradient_checkpointing
+    assert gradient_checkpointing_on(model)
     (lp0, ent0, grad0), (lp1, ent1, grad1) = out
     assert torch.allclose(lp0 * resp_mask, lp1 * resp_mask, atol=1e-5)
     assert torch.allclose(ent0 * resp_mask, ent1 * resp_mask, atol=1e-4)
