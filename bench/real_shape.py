@@ -140,11 +140,11 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
 
 def bstar_step(model, optimizer, args, meter: Meter, vocab: int) -> dict:
     """One bstar.sft_step (token-mean NLL over micro-batches, clipping, AdamW) on random (prompt, response) pairs."""
+    import types
+
     import bstar
 
-    from common.models import make_tokenizer
-
-    tok = make_tokenizer()  # only its pad id is used; the ids below span the whole 151,936-word vocabulary
+    tok = types.SimpleNamespace(pad_token_id=0)  # sft_step only pads; the ids below span the whole vocabulary
     g = torch.Generator().manual_seed(1)
     pairs = [(torch.randint(0, vocab, (args.prompt_len,), generator=g).tolist(),
               torch.randint(0, vocab, (args.response_len,), generator=g).tolist()) for _ in range(args.sft_batch)]
