@@ -37,6 +37,7 @@ Commands:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
@@ -281,7 +282,7 @@ def chat_prompt(row: dict, args: Args, hint: bool = False) -> list[dict]:
 
 
 def encode_prompt(processor, row: dict, args: Args, hint: bool = False) -> dict:
-    return processor(text=[render_prompt(processor, chat_prompt(row, args, hint))], images=[row["image"]], return_tensors="pt")
+    return processor(text=[render_prompt(processor, chat_prompt(row, args, hint))], images=[image_of(row)], return_tensors="pt")
 
 
 def collate_vision(encs: list[dict], total_len: int) -> dict:
@@ -337,12 +338,27 @@ def load_image(value, root: str | None, where: str):
     return Image.open(path).convert("RGB")
 
 
+def image_loader(value, root: str | None, where: str):
+    """A zero-argument loader of one row's image: a missing file is reported now, the decoding waits for image_of."""
+    if not hasattr(value, "convert") and not (isinstance(value, dict) and value.get("bytes")):
+        path = Path(value["path"] if isinstance(value, dict) else str(value))
+        if not (path if path.is_absolute() or root is None else Path(root) / path).exists():
+            load_image(value, root, where)  # raises the FileNotFoundError that names the row
+    return functools.partial(load_image, value, root, where)
+
+
+def image_of(row: dict):
+    """The row's PIL image. Rows of --data hold a loader and decode on use (one micro-batch or generate batch at a
+    time), not 180K decoded images on every rank; shapes-world rows hold their (small) image."""
+    return row["image"]() if callable(row["image"]) else row["image"]
+
+
 def toy_kinds(args: Args):
     return tuple(k for k in args.toy_kinds.split(",") if k) or None
 
 
 def load_splits(args: Args) -> tuple[list, list, list, list]:
-    """(labelled train, unlabelled, validation, test) rows with a PIL image each."""
+    """(labelled train, unlabelled, validation, test) rows, each with its image (a loader for --data: image_of)."""
     if args.data is None:  # shapes world; train and evaluation problems are disjoint (common.shapes_world)
         return tuple(make_shapes_rows(n, seed=args.seed + i, split=split, scene=args.toy_scene, kinds=toy_kinds(args)) for i, (n, split) in enumerate(
             [(args.num_train, "train"), (args.num_unlabeled, "train"), (args.num_val, "eval"), (args.num_test, "eval")], 1))
@@ -351,7 +367,7 @@ def load_splits(args: Args) -> tuple[list, list, list, list]:
     if len(rows) < args.num_test + args.num_val + 1:
         raise ValueError(f"--data {args.data}: {len(rows)} rows, fewer than --num_test + --num_val + 1")
     rows = [{"id": f"row{i}", "question": r[args.question_field], "answer": str(r[args.answer_field]),
-             "image": load_image(r[args.image_field], args.image_root, f"{args.data} row {i}")}
+             "image": image_loader(r[args.image_field], args.image_root, f"{args.data} row {i}")}
             for i, r in enumerate(rows[: args.num_test + args.num_val + args.num_train + args.num_unlabeled])]
     cut = [args.num_test, args.num_test + args.num_val, args.num_test + args.num_val + args.num_train]
     return rows[cut[1]:cut[2]], rows[cut[2]:], rows[cut[0]:cut[1]], rows[:cut[0]]  # train, unlabelled, val, test
@@ -422,7 +438,7 @@ def sample_and_score(sampler, prm, rows, n, temperature, args, d, hint=False, sc
         return []
     mine, real = shard(rows, d)
     groups = sampler.generate([chat_prompt(r, args, hint) for r in mine], n=n, temperature=temperature,
-                              max_new_tokens=args.max_new_tokens, images=[r["image"] for r in mine], batch_size=args.gen_batch_size)
+                              max_new_tokens=args.max_new_tokens, images=[image_of(r) for r in mine], batch_size=args.gen_batch_size)
     texts = [[c.text for c in g] for g in groups][:real]
     step_scores = prm.step_scores(mine[:real], texts) if score else [[[] for _ in t] for t in texts]
     preds = [[extract_answer(t) for t in group] for group in texts]  # None for garbage: counted, never raised

@@ -144,9 +144,10 @@ def _ensure_process_group(device: torch.device):
     """A one-rank process group for FSDP2 in a plain (non-torchrun) process."""
     if dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
-                            device_id=device if device.type == "cuda" else None)
+    cuda = device.type == "cuda"
+    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else None)
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            device_id=torch.device("cuda", index) if cuda else None)
 
 
 def enable_gradient_checkpointing(model):
