@@ -34,13 +34,35 @@ from common.train import Dist, make_optimizer, micro_batches, shard_model  # noq
 
 # Qwen2.5-0.5B / -1.5B config.json (hub: Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B), the fields that set the shape
 QWEN25 = {
-    "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151_936, tie_word_embeddings=True),
-    "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151_936, tie_word_embeddings=True),
+    "0.5B": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+    ),
+    "1.5B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+    ),
 }
-QWEN25_COMMON = dict(max_position_embeddings=32_768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, hidden_act="silu",
-                     bos_token_id=151_643, eos_token_id=151_643, attention_dropout=0.0, use_sliding_window=False)
+QWEN25_COMMON = dict(
+    max_position_embeddings=32_768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+    bos_token_id=151_643,
+    eos_token_id=151_643,
+    attention_dropout=0.0,
+    use_sliding_window=False,
+)
 
 
 def qwen25_config(size: str = "0.5B", layers: int | None = None):
@@ -82,7 +104,13 @@ class Meter:
             peak = torch.cuda.max_memory_allocated() / 2**30
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB
-        self.rows.append({"phase": name, "seconds": round(time.perf_counter() - t0, 3), "peak_gib": round(peak, 3)})
+        self.rows.append(
+            {
+                "phase": name,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "peak_gib": round(peak, 3),
+            }
+        )
         return out
 
 
@@ -96,9 +124,16 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
 
     def generate():
         with torch.no_grad():
-            out = model.generate(input_ids=prompts, attention_mask=prompt_mask, do_sample=True, max_new_tokens=T,
-                                 min_new_tokens=T, num_return_sequences=G, pad_token_id=0)
-        return out[:, args.prompt_len:]  # (P*G, T)
+            out = model.generate(
+                input_ids=prompts,
+                attention_mask=prompt_mask,
+                do_sample=True,
+                max_new_tokens=T,
+                min_new_tokens=T,
+                num_return_sequences=G,
+                pad_token_id=0,
+            )
+        return out[:, args.prompt_len :]  # (P*G, T)
 
     responses = meter("zero_rl/generate", generate)
     B = responses.shape[0]
@@ -109,12 +144,24 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
 
     def logprobs_no_grad(m):
         with torch.no_grad():
-            return torch.cat([Z.response_logprobs(m, prompts[index[sl]], prompt_mask[index[sl]], responses[sl],
-                                                  response_mask[sl], torch.arange(sl.stop - sl.start, device=dev))
-                              for sl in micro_batches(B, args.micro_batch_size)])  # (B, T)
+            return torch.cat(
+                [
+                    Z.response_logprobs(
+                        m,
+                        prompts[index[sl]],
+                        prompt_mask[index[sl]],
+                        responses[sl],
+                        response_mask[sl],
+                        torch.arange(sl.stop - sl.start, device=dev),
+                    )
+                    for sl in micro_batches(B, args.micro_batch_size)
+                ]
+            )  # (B, T)
 
     old = meter("zero_rl/old_logprobs", lambda: logprobs_no_grad(model))
-    ref_lp = meter("zero_rl/ref_logprobs", lambda: logprobs_no_grad(ref)) if ref is not None else None
+    ref_lp = (
+        meter("zero_rl/ref_logprobs", lambda: logprobs_no_grad(ref)) if ref is not None else None
+    )
 
     def update():
         model.train()
@@ -122,8 +169,15 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
         total = 0.0
         for sl in micro_batches(B, args.micro_batch_size):
             n = sl.stop - sl.start
-            logps, entropy = Z.response_logprobs(model, prompts[index[sl]], prompt_mask[index[sl]], responses[sl],
-                                                 response_mask[sl], torch.arange(n, device=dev), return_entropy=True)
+            logps, entropy = Z.response_logprobs(
+                model,
+                prompts[index[sl]],
+                prompt_mask[index[sl]],
+                responses[sl],
+                response_mask[sl],
+                torch.arange(n, device=dev),
+                return_entropy=True,
+            )
             per_token, _ = Z.ppo_clip_loss(logps, old[sl], advantages[sl], 0.2, 0.2)  # (b, T)
             if ref_lp is not None:
                 per_token = per_token + 1e-4 * Z.k3_kl(logps, ref_lp[sl])
@@ -134,7 +188,9 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
         return total
 
     loss = meter("zero_rl/forward_backward", update)
-    meter("zero_rl/optimizer_step", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    meter(
+        "zero_rl/optimizer_step", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True))
+    )
     return {"loss": loss, "tokens": B * (args.prompt_len + T)}
 
 
@@ -144,29 +200,52 @@ def bstar_step(model, optimizer, args, meter: Meter, vocab: int) -> dict:
 
     import bstar
 
-    tok = types.SimpleNamespace(pad_token_id=0)  # sft_step only pads; the ids below span the whole vocabulary
+    tok = types.SimpleNamespace(
+        pad_token_id=0
+    )  # sft_step only pads; the ids below span the whole vocabulary
     g = torch.Generator().manual_seed(1)
-    pairs = [(torch.randint(0, vocab, (args.prompt_len,), generator=g).tolist(),
-              torch.randint(0, vocab, (args.response_len,), generator=g).tolist()) for _ in range(args.sft_batch)]
+    pairs = [
+        (
+            torch.randint(0, vocab, (args.prompt_len,), generator=g).tolist(),
+            torch.randint(0, vocab, (args.response_len,), generator=g).tolist(),
+        )
+        for _ in range(args.sft_batch)
+    ]
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model.train()
-    loss = meter("bstar/sft_step", lambda: bstar.sft_step(model, optimizer, sched, tok, pairs, 1.0, meter.device,
-                                                          args.micro_batch_size))
+    loss = meter(
+        "bstar/sft_step",
+        lambda: bstar.sft_step(
+            model, optimizer, sched, tok, pairs, 1.0, meter.device, args.micro_batch_size
+        ),
+    )
     return {"loss": loss, "tokens": args.sft_batch * (args.prompt_len + args.response_len)}
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="0.5B", choices=sorted(QWEN25))
-    p.add_argument("--layers", type=int, default=0, help="override the number of decoder layers (0 = the real one)")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=0,
+        help="override the number of decoder layers (0 = the real one)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--prompts", type=int, default=2, help="prompts per zero_rl step")
     p.add_argument("--group", type=int, default=2, help="responses per prompt (G)")
     p.add_argument("--prompt_len", type=int, default=64)
     p.add_argument("--response_len", type=int, default=64)
-    p.add_argument("--micro_batch_size", type=int, default=2, help="rows per forward/backward (paper preset: 2)")
+    p.add_argument(
+        "--micro_batch_size",
+        type=int,
+        default=2,
+        help="rows per forward/backward (paper preset: 2)",
+    )
     p.add_argument("--sft_batch", type=int, default=4, help="pairs per bstar SFT step")
-    p.add_argument("--no_ref", action="store_true", help="skip zero_rl's frozen reference model (beta = 0)")
+    p.add_argument(
+        "--no_ref", action="store_true", help="skip zero_rl's frozen reference model (beta = 0)"
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -178,17 +257,31 @@ def main(argv=None) -> dict:
     cfg = qwen25_config(args.size, args.layers or None)
     meter = Meter(dist.device)
     model = meter("build/policy", lambda: build_model(cfg, dist))
-    ref = None if args.no_ref else meter("build/reference", lambda: build_model(cfg, dist, frozen=True))
+    ref = (
+        None
+        if args.no_ref
+        else meter("build/reference", lambda: build_model(cfg, dist, frozen=True))
+    )
     optimizer = make_optimizer(model, 1e-6)
     z = zero_rl_step(model, ref, optimizer, args, meter, cfg.vocab_size)
     b = bstar_step(model, optimizer, args, meter, cfg.vocab_size)
-    result = {"size": args.size, "layers": cfg.num_hidden_layers, "params": params_of(model), "device": args.device,
-              "args": vars(args), "phases": meter.rows, "zero_rl_loss": z["loss"], "bstar_loss": b["loss"],
-              "finite": all(map(lambda v: v == v and abs(v) != float("inf"), (z["loss"], b["loss"])))}
+    result = {
+        "size": args.size,
+        "layers": cfg.num_hidden_layers,
+        "params": params_of(model),
+        "device": args.device,
+        "args": vars(args),
+        "phases": meter.rows,
+        "zero_rl_loss": z["loss"],
+        "bstar_loss": b["loss"],
+        "finite": all(map(lambda v: v == v and abs(v) != float("inf"), (z["loss"], b["loss"]))),
+    }
     width = max(len(r["phase"]) for r in meter.rows)
-    print(f"Qwen2.5-{args.size} shape, {cfg.num_hidden_layers} layers, {result['params'] / 1e6:.0f}M parameters, "
-          f"{args.device}; policy fp32 masters{' + bf16 FSDP2 compute' if args.device == 'cuda' else ''}, "
-          "gradient checkpointing, chunked log-probs, micro-batches of " + str(args.micro_batch_size))
+    print(
+        f"Qwen2.5-{args.size} shape, {cfg.num_hidden_layers} layers, {result['params'] / 1e6:.0f}M parameters, "
+        f"{args.device}; policy fp32 masters{' + bf16 FSDP2 compute' if args.device == 'cuda' else ''}, "
+        "gradient checkpointing, chunked log-probs, micro-batches of " + str(args.micro_batch_size)
+    )
     for r in meter.rows:
         print(f"  {r['phase']:<{width}}  {r['seconds']:8.2f} s   peak {r['peak_gib']:.2f} GiB")
     if args.json:

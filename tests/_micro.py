@@ -15,10 +15,14 @@ def weights_after_step(path, step, micro_batch_size: int, vlm: bool = False) -> 
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def assert_micro_batching_matches(path, step, micro_batch_size: int = 2, vlm: bool = False, atol: float = 1e-6):
+def assert_micro_batching_matches(
+    path, step, micro_batch_size: int = 2, vlm: bool = False, atol: float = 1e-6
+):
     whole = weights_after_step(path, step, 0, vlm)
     split = weights_after_step(path, step, micro_batch_size, vlm)
     base = load_model(path, vlm=vlm).state_dict()
-    assert any(not torch.equal(whole[k], base[k]) for k in base), "the step changed nothing: the check could not fail"
+    assert any(not torch.equal(whole[k], base[k]) for k in base), (
+        "the step changed nothing: the check could not fail"
+    )
     for k in whole:
         assert torch.allclose(whole[k], split[k], atol=atol, rtol=0), k
