@@ -145,9 +145,9 @@ def _ensure_process_group(device: torch.device):
     if dist.is_initialized():
         return
     cuda = device.type == "cuda"
-    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else None)
-    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
-                            device_id=torch.device("cuda", index) if cuda else None)
+    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else 0)
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0,
+                            world_size=1, device_id=torch.device("cuda", index) if cuda else None)
 
 
 def enable_gradient_checkpointing(model):
@@ -165,7 +165,8 @@ def enable_gradient_checkpointing(model):
 
 def gradient_checkpointing_on(model) -> bool:
     """Whether HF activation checkpointing is enabled (transformers 5.2x renamed the property)."""
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    new = hasattr(type(model), "is_activation_checkpointing")
+    name = "is_activation_checkpointing" if new else "is_gradient_checkpointing"
     return bool(getattr(model, name, False))
 
 
@@ -199,7 +200,7 @@ def shard_model(model, dist_info: Dist, frozen: bool = False, policy: Precision 
         if type(module).__name__ in block_names:
             fully_shard(module, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embeddings, (tied) lm_head, final norm
-    return model.to(dist_info.device)  # buffers outside any block (rotary inv_freq); params are there
+    return model.to(dist_info.device)  # buffers outside any block (rotary inv_freq)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -327,7 +328,8 @@ def token_logprobs(model, input_ids, attention_mask, return_entropy: bool = Fals
         if not return_entropy:
             return logps
         return logps, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    hidden, _ = forward_hidden(model, input_ids=input_ids, attention_mask=attention_mask, **model_kwargs)
+    hidden, _ = forward_hidden(model, input_ids=input_ids, attention_mask=attention_mask,
+                               **model_kwargs)  # (B, L, H)
     return logprobs_from_hidden(hidden[:, :-1], lm_head_weight(model), targets, chunk_size,
                                 return_entropy, temperature)  # (B, L-1)
 
@@ -355,11 +357,13 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.99
     """AdamW over the trainable parameters, which must be fp32 master weights: at lr 1e-6 a bf16
     weight (8 mantissa bits) rounds most updates away. shard_model casts trained models to fp32."""
     params = [p for p in model.parameters() if p.requires_grad]
-    bad = [(n, p.dtype) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    bad = [(n, p.dtype) for n, p in model.named_parameters()
+           if p.requires_grad and p.dtype != torch.float32]
     if bad:
-        raise ValueError(f"make_optimizer: trainable parameter {bad[0][0]!r} is {bad[0][1]} ({len(bad)} such); "
-                         "AdamW steps fp32 master weights only: pass the model through shard_model (or load "
-                         "it with dtype='float32'); bf16 compute comes from the FSDP2 mixed-precision policy")
+        raise ValueError(
+            f"make_optimizer: trainable parameter {bad[0][0]!r} is {bad[0][1]} ({len(bad)} such); "
+            "AdamW steps fp32 master weights only: pass the model through shard_model (or load it "
+            "with dtype='float32'); bf16 compute comes from the FSDP2 mixed-precision policy")
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
@@ -458,8 +462,9 @@ def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                         set_model_state_dict, set_state_dict)
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_state_dict, set_model_state_dict,
+                                                         set_state_dict)
 
     ckpt_dir = Path(ckpt_dir)
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
@@ -476,9 +481,10 @@ def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng
         # made-up state, so they start fresh at their first gradient exactly as in the uninterrupted run.
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(ckpt_dir / "state"), planner=DefaultLoadPlanner(allow_partial_load=True))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                       options=StateDictOptions(strict=False))
+        dcp.load(state, checkpoint_id=str(ckpt_dir / "state"),
+                 planner=DefaultLoadPlanner(allow_partial_load=True))
+        set_state_dict(model, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"], options=StateDictOptions(strict=False))
         keep = set(meta["params_with_optimizer_state"])
         for name, param in model.named_parameters():
             if name not in keep:
