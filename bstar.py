@@ -31,7 +31,7 @@ Commands (naming --model selects the paper preset, PAPER below: the MATH setting
 --print_config shows the effective configuration without loading anything):
   CPU toy (tiny model, warm start cached):  python bstar.py
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
-      --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --dtype bfloat16 --sampler vllm \
+      --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --sampler vllm \
       --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
   8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   # FSDP2; with vllm rank 0 samples
 """
@@ -61,8 +61,8 @@ from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.toys import toy_model
 from common.sampling import make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
-                          format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, pad_batch,
-                          print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+                          format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, micro_batches,
+                          pad_batch, precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
 
@@ -81,7 +81,6 @@ class Args:
                               "are read as released"})
     prompt_template: str = field(default="{question}", metadata={"help": "user message; {question} is replaced"})
     sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype (bfloat16 on GPU)"})
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/ckpt (iteration or mid-SFT) and reuse finished sampling"})
     track: bool = field(default=False, metadata={"help": "log to W&B"})
     # algorithm (§2)
@@ -112,6 +111,11 @@ class Args:
     lr: float = field(default=1e-3, metadata={"help": "peak LR; paper: 4.12e-6 (released code, Mistral-7B; the SFT of P0 used 5e-6)"})
     min_lr_ratio: float = field(default=2e-7 / 4.12e-6, metadata={"help": "cosine floor / peak (code: 2e-7 / 4.12e-6)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward/backward on one rank (gradient "
+                                                                "accumulation, same token-mean loss); 0 = the rank's whole batch; "
+                                                                "paper preset: 4 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+                                                                  "paper preset: True (not stated in the paper)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N SFT steps (mid-iteration --resume)"})
     max_new_tokens: int = field(default=48, metadata={"help": "sampling length; paper preset: 1024 (not stated in the paper)"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
@@ -135,6 +139,8 @@ PAPER = dict(
     lr=4.12e-6,  # released code, cosine down to 2e-7 (--min_lr_ratio)
     max_new_tokens=1024,  # not stated in the paper
     eval_queries=500,  # MATH500
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=4,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -268,7 +274,7 @@ class HFProcessRewardModel:
             raise ValueError(f"--prm_good_token {good!r} / --prm_bad_token {bad!r} must each be one token of {path}")
         self.candidates = [i[0] for i in ids if i]  # used by the token head only
         self.model = (load_model(path, dtype=dtype, device=device) if head == "token" else
-                      AutoModelForTokenClassification.from_pretrained(path, num_labels=2, dtype="auto").to(device)).eval()
+                      AutoModelForTokenClassification.from_pretrained(path, num_labels=2, dtype=dtype).to(device)).eval()
 
     @torch.no_grad()
     def step_scores(self, questions, responses, batch_size: int = 16) -> list[list[float]]:
@@ -300,7 +306,7 @@ def make_step_scorer(args, device):
             raise ValueError("--prm rule is the toy's stand-in step checker; give --prm <HF PRM path> or --reward answer")
         return RuleStepChecker(args.step_separator)
     return HFProcessRewardModel(args.prm, args.prm_head, args.prm_step_tag, args.prm_good_token, args.prm_bad_token,
-                                args.step_separator, device, args.dtype)
+                                args.step_separator, device, precision_policy(device.type).frozen_dtype)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -367,16 +373,22 @@ def encode_sft(tok, prompt, response: str) -> tuple[list[int], list[int]]:
     return prompt_ids, tok(response, add_special_tokens=False).input_ids + [end]
 
 
-def sft_step(model, optimizer, scheduler, tok, pairs, max_grad_norm, device) -> float:
-    """One SFT step on (prompt ids, response ids) pairs: mean NLL of the response tokens."""
-    input_ids, attention_mask, loss_mask = pad_batch([p for p, _ in pairs], [r for _, r in pairs], tok.pad_token_id)  # (B, L)
-    loss = sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device))
-    loss.backward()
+def sft_step(model, optimizer, scheduler, tok, pairs, max_grad_norm, device, micro_batch_size: int = 0) -> float:
+    """One SFT step on (prompt ids, response ids) pairs: mean NLL of the response tokens, accumulated over
+    micro-batches of `micro_batch_size` rows, each divided by the token count of all the pairs."""
+    num_tokens = sum(len(r) for _, r in pairs)  # the unsplit batch's loss-token count
+    loss = 0.0
+    for sl in micro_batches(len(pairs), micro_batch_size):
+        part = pairs[sl]
+        input_ids, attention_mask, loss_mask = pad_batch([p for p, _ in part], [r for _, r in part], tok.pad_token_id)  # (b, L)
+        micro = sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), normalizer=num_tokens)
+        micro.backward()
+        loss += micro.item()
     clip_grad_norm(model, max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return loss
 
 
 def build_warm_start(args) -> str:
@@ -502,9 +514,9 @@ def make_optimizer_and_schedule(model, args, total_steps: int):
     return optimizer, scheduler
 
 
-def reset_to_initial_weights(model, model_path: str, dtype):
+def reset_to_initial_weights(model, model_path: str):
     """ReST-EM / STaR: every iteration fine-tunes the initial model P0 (works on FSDP2-sharded models)."""
-    initial = load_model(model_path, dtype=dtype).state_dict()
+    initial = load_model(model_path, dtype="float32").state_dict()  # fp32 master weights
     set_model_state_dict(model, initial, options=StateDictOptions(full_state_dict=True))
 
 
@@ -515,7 +527,7 @@ def start_iteration(mode: str, model, optimizer, scheduler, args, model_path: st
     if mode in ("bstar", "online_rft"):
         return optimizer, scheduler
     if mode in ("rest_em", "star"):
-        reset_to_initial_weights(model, model_path, args.dtype)
+        reset_to_initial_weights(model, model_path)
     return make_optimizer_and_schedule(model, args, args.sft_steps)
 
 
@@ -548,7 +560,7 @@ def main(args: Args):
     barrier()
     model_path = build_warm_start(args) if args.model == "tiny" else args.model
     tok = load_tokenizer(model_path)
-    model = shard_model(load_model(model_path, dtype=args.dtype), d)
+    model = shard_model(load_model(model_path), d, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters
     sampler = make_sampler(args.sampler, model, tok, model_path=model_path) if args.sampler == "hf" or d.is_main else None
     rt = Runtime(args, d, tok, sampler, make_step_scorer(args, d.device))
     inherit = args.mode in ("bstar", "online_rft")
@@ -602,7 +614,8 @@ def main(args: Args):
         for step in bar:
             rows = order[step * args.batch_size:(step + 1) * args.batch_size][d.rank::d.world_size]  # this rank's slice
             batch = [encoded.setdefault(i, encode_sft(tok, chat(args, pairs[i][0]), pairs[i][1])) for i in rows]
-            losses.append(sft_step(model, optimizer, scheduler, tok, batch, args.max_grad_norm, d.device))
+            losses.append(sft_step(model, optimizer, scheduler, tok, batch, args.max_grad_norm, d.device,
+                                   args.micro_batch_size))
             global_step += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if (step + 1) % args.save_every == 0 and step + 1 < args.sft_steps:
@@ -636,7 +649,7 @@ def eval_only(args: Args, suite):
     model_path = build_warm_start(args) if args.model == "tiny" else args.model
     prompt = lambda q, tok: chat(args, q)  # noqa: E731
     evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
-                   dtype=args.dtype, is_toy=args.model == "tiny")
+                   is_toy=args.model == "tiny")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ from common.rewards import last_json_object
 from common.sampling import make_sampler, render_prompt
 from common.sandbox import Sandbox
 from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
-                          make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+                          make_optimizer, micro_batches, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss,
+                          shard_model)
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 
@@ -99,7 +100,10 @@ class Args:
     lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup; paper: 1e-5 (Gemma-2-27B: 4e-6)"})
     epochs: int = field(default=1, metadata={"help": "stage-1 epochs; paper: 1"})
     batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all ranks; paper: 1024 (both stages)"})
-    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank"})
+    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
     max_length: int = field(default=2048, metadata={"help": "prompt+response tokens; paper: 4096"})
     stage2_data: str = field(default="", metadata={"help": "general instruction JSONL (prompt/response) for stage 2; "
                                                            "'toy' = arithmetic rows; '' = skip (§1.7)"})
@@ -117,6 +121,8 @@ PAPER = dict(
     max_new_tokens=4096,  # the released repo's API calls
     batch_size=1024,  # both SFT stages
     max_length=4096,
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -524,11 +530,12 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
         batch = order[step * args.batch_size:(step + 1) * args.batch_size].tolist()
         mine = batch[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank] or batch[:1]
         total_loss = 0.0
-        for m in range(0, len(mine), args.micro_batch_size):
-            chunk = [encoded[i] for i in mine[m:m + args.micro_batch_size]]
+        num_tokens = sum(len(encoded[i][1]) for i in mine)  # token mean over the rank's whole batch (§1.7)
+        for sl in micro_batches(len(mine), args.micro_batch_size):
+            chunk = [encoded[i] for i in mine[sl]]
             input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [c[0] for c in chunk], [c[1] for c in chunk],
                                                               dist_info.device)  # (b, L) each
-            loss = sft_loss(model, input_ids, attention_mask, loss_mask) * len(chunk) / len(mine)
+            loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens)
             loss.backward()
             total_loss += loss.item()
         optimizer.step()
@@ -555,7 +562,10 @@ def main(args: Args):
     model_path = args.model or make_tiny_lm()
     tokenizer = load_tokenizer(model_path)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
-    model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
+    # SFT trains fp32 master weights (common.train's precision policy); SFT alone (torchrun) stays on the CPU
+    # until shard_model puts each rank's shard on its GPU; generation alone runs the checkpoint's own dtype
+    model = (load_model(model_path, dtype="float32" if "sft" in stages or not args.model else "auto",
+                        device="cpu" if stages == ["sft"] else dist_info.device)
              if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
     sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
     executes = set(stages) & {"io", "verify", "revise"}
@@ -700,8 +710,7 @@ def main(args: Args):
                     for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
         if not examples:
             raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
-        model = shard_model(model, dist_info)
-        model.train()
+        model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)
         metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
         done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
         logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),

@@ -47,7 +47,7 @@ import random
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,8 @@ class Args:
     weight_decay: float = field(default=0.0, metadata={"help": "(§1.4: 0)"})
     max_length: int = field(default=1300, metadata={"help": "max prompt + response tokens (§1.4)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (not stated in the paper)"})
-    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 compute under FSDP2 (§1.4: bf16); default on with CUDA"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
     eval_fraction: float = field(default=0.25, metadata={"help": "share of queries whose pairs are held out for the eval metrics; toy 0.25; paper preset: 0.01 (not in the paper)"})
     eval_every: int = field(default=5, metadata={"help": "optimizer steps between held-out evaluations; toy 5; paper preset: 50 (not in the paper)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
@@ -133,6 +134,7 @@ PAPER = dict(
     micro_batch_size=2,  # not stated: pairs per forward for an 8B model at 1300 tokens
     eval_fraction=0.01,  # not in the paper: 1% of the queries' pairs held out
     eval_every=50,  # not in the paper
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -467,7 +469,8 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
         prompt, chosen = encode_response(tok, p["query"], p["chosen"], args.max_length)
         encoded.append((prompt, chosen, encode_response(tok, p["query"], p["rejected"], args.max_length)[1]))
     adv = torch.tensor([[p["chosen_advantage"], p["rejected_advantage"]] for p in pairs], dtype=torch.float32)  # (P, 2)
-    model = shard_model(load_model(model_path, dtype="float32"), dist_info, bf16_compute=args.bf16)
+    # common.train's precision policy: fp32 masters + AdamW state; bf16 compute on CUDA (§1.4: bf16), one GPU included
+    model = shard_model(load_model(model_path, dtype="float32"), dist_info, gradient_checkpointing=args.gradient_checkpointing)
     steps_per_epoch = len(train_idx) // args.batch_size
     total_steps = steps_per_epoch * args.epochs
     optimizer = make_optimizer(model, args.lr, weight_decay=args.weight_decay)
@@ -539,7 +542,6 @@ def main(args: Args):
     dist_info = init_distributed()
     if not torch.cuda.is_available():  # tiny-model ops are too small to split, and spinning threads on shared cores cost 10x
         torch.set_num_threads(1)
-    args.bf16 = torch.cuda.is_available() if args.bf16 is None else args.bf16
     seed_everything(args.seed)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     pairs_path = Path(args.pairs_file or Path(args.output_dir) / "pairs.jsonl")

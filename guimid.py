@@ -29,9 +29,9 @@ Departures:
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
   python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, ~2-3 min
-  python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --dtype bfloat16   # 1 GPU, toy data
+  python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --gradient_checkpointing   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --data hub \\
-      --image_root /data/guimid_images --dtype bfloat16 --gradient_checkpointing --compare False   # FSDP2
+      --image_root /data/guimid_images --gradient_checkpointing --compare False   # FSDP2
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from typing import Literal
 
 import torch
 from PIL import Image
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from tqdm import tqdm
 
 from common.config import parse_config, per_rank
@@ -61,8 +60,8 @@ from common.models import load_model, load_processor, make_tiny_vlm
 from common.sampling import HFSampler, get_tokenizer, render_prompt
 from common.shapes_world import make_shapes_rows
 from common.train import (MetricsLogger, all_gather_object, cleanup_distributed, clip_grad_norm, format_table,
-                          init_distributed, load_checkpoint, make_optimizer, make_scheduler, plot_curves, print0,
-                          save_checkpoint, seed_everything, shard_model, token_logprobs)
+                          init_distributed, load_checkpoint, make_optimizer, make_scheduler, plot_curves,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, token_logprobs)
 
 
 @dataclass
@@ -70,7 +69,6 @@ class Args:
     seed: int = field(default=0, metadata={"help": "random seed (mixture order, toy data, init)"})
     output_dir: str = field(default="runs/guimid", metadata={"help": "metrics, checkpoints, episodes, PNG"})
     model: str = field(default="", metadata={"help": "VLM hub id/path; '' = tiny LLaVA (the paper trains Qwen2-VL-7B-Instruct)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (the paper trains in bf16, Table 8)"})
     data: Literal["toy", "hub"] = field(default="toy", metadata={"help": "toy (domains made in code) | hub (the DOMAINS table's files)"})
     domain_data: str = field(default="", metadata={"help": "overrides: 'domain=path_or_hub,...' (JSON/JSONL/parquet)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths in --data hub rows use"})
@@ -430,16 +428,10 @@ def train_condition(model, processor, pools, mid_batches, gui_batches, args: Arg
     scheduler = make_scheduler(optimizer, args.lr_scheduler, math.ceil(args.warmup_ratio * len(batches)), len(batches))
     digest = hashlib.sha1(json.dumps([n_mid, batches]).encode()).hexdigest()[:12]
     start, ckpt = 0, out_dir / "checkpoint"
-    if args.resume and (loaded := load_checkpoint(ckpt, model, None, scheduler)) is not None:
+    # Parameters with no gradient yet (the vision tower during text-only mid-training) have no AdamW state:
+    # load_checkpoint leaves them without, so they start fresh at their first gradient, as uninterrupted.
+    if args.resume and (loaded := load_checkpoint(ckpt, model, optimizer, scheduler)) is not None:
         start, extra = loaded
-        # Parameters with no gradient yet (the vision tower during text-only mid-training) have no AdamW state;
-        # common.train.load_checkpoint loads strictly and refuses, so the optimizer is loaded here, and the zero
-        # state torch fabricates for them is dropped: they start fresh at their first gradient, as uninterrupted.
-        saved = torch.load(ckpt / "optimizer.pt", weights_only=False)
-        set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True, strict=False))
-        for name, param in model.named_parameters():
-            if name not in saved["state"]:
-                optimizer.state.pop(param, None)
         if extra.get("plan") != digest:
             raise ValueError(f"{ckpt}: written with other data flags (--mixture/--mixture_size/--batch_size/--seed/...)")
     logger = MetricsLogger(out_dir, track=args.track, run_name=f"guimid-{out_dir.name}", config=asdict(args),
@@ -571,7 +563,8 @@ def main(args: Args):
     else:
         tasks = list_tasks(None if args.eval_split == "all" else args.eval_split)
         make_env, target_urls = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps), [expert_target_url(t) for t in tasks]
-    grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, args.dtype)
+    frozen = precision_policy(dist_info.device.type).frozen_dtype  # the frozen grounder: bf16 on CUDA
+    grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, frozen)
     conditions = (["gui_only"] if args.compare and args.mixture != "gui_only" else []) + [args.mixture]
     table, curves = [], []
     for cond in conditions:
@@ -582,10 +575,9 @@ def main(args: Args):
             row = json.loads((cond_dir / "eval.json").read_text())
         else:
             seed_everything(args.seed)  # both conditions start from the same weights
-            model = load_model(model_path, vlm=True, dtype=args.dtype)
-            if args.gradient_checkpointing:
-                model.gradient_checkpointing_enable()
-            model = shard_model(model, dist_info)
+            # fp32 masters, bf16 compute on CUDA (Table 8: bf16) through common.train's precision policy
+            model = load_model(model_path, vlm=True, dtype="float32")
+            model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # train mode
             _, _, logger = train_condition(model, processor, pools, mid_batches, gui_batches, args, dist_info, cond_dir)
             if args.stop_after_step and args.stop_after_step < len(mid_batches) + len(gui_batches):
                 print0(f"{cond}: stopped after step {args.stop_after_step} (checkpointed); rerun with --resume")

@@ -57,7 +57,7 @@ from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
 from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+                          make_scheduler, micro_batches, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (--help shows it)
@@ -71,7 +71,8 @@ class Args:
     output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
     model: str = arg("", "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
                          "'' = tiny offline LM (4 layers), warm-started on the toy languages")
-    dtype: str = arg("auto", "model dtype: auto | float32 | bfloat16")
+    dtype: str = arg("auto", "dtype of the measured base model: auto | float32 | bfloat16; "
+                        "fine-tuned copies train fp32 masters (common.train precision policy)")
     data: str = arg("", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, "
                         "or a rows file")
     data_split: str = arg("dev", "FLORES split: dev (997 sentences per language) or devtest (1012)")
@@ -93,6 +94,10 @@ class Args:
     finetune_steps: int = arg(120, "fine-tuning optimizer steps per condition")
     finetune_lr: float = arg(3e-3, "fine-tuning LR, constant; toy 3e-3; paper preset: 1e-5 (not stated in the paper)")
     finetune_batch: int = arg(16, "sentences per fine-tuning step, all ranks")
+    micro_batch_size: int = arg(0, "sentences per forward/backward on one rank (same token mean); "
+                                   "0 = the rank's batch; paper preset: 1 (not stated in the paper)")
+    gradient_checkpointing: bool = arg(False, "recompute decoder layers in the backward pass; "
+                                              "paper preset: True (not stated in the paper)")
     ckpt_every: int = arg(50, "checkpoint every N fine-tuning steps")
     resume: bool = arg(False, "continue the fine-tuning runs from their checkpoints")
     track: bool = arg(False, "log to Weights & Biases")
@@ -107,6 +112,8 @@ class Args:
 PAPER = dict(
     freeze_first=8,  # released selective_grad_freeze(n_first=8), the README's best setting
     finetune_lr=1e-5,  # not stated in the paper
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=1,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -401,9 +408,21 @@ def mean_ilo_by_layer(records: list[dict]) -> dict[int, float]:
     return {layer: sum(r["ilo"] for r in records if r["layer"] == layer) / sum(1 for r in records if r["layer"] == layer) for layer in layers}
 
 
+def finetune_backward(model, input_ids, attention_mask, micro_batch_size: int) -> float:
+    """Causal-LM loss of one rank's batch (B, T), backpropagated in micro-batches of rows; each micro-batch
+    divides by the whole batch's token count, so the gradient is the unsplit batch's token mean."""
+    num_tokens = float(attention_mask[:, 1:].sum())
+    total = 0.0
+    for sl in micro_batches(input_ids.shape[0], micro_batch_size):
+        loss = sft_loss(model, input_ids[sl], attention_mask[sl], attention_mask[sl], normalizer=num_tokens)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path, logger: MetricsLogger, tag: str):
     """Causal-LM fine-tuning on one language's text; only parameters with requires_grad train."""
-    model = shard_model(model, dist_info)
+    model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters, train mode
     opt = make_optimizer(model, lr=args.finetune_lr)
     sched = make_scheduler(opt, "constant", total_steps=args.finetune_steps)
     start = 0
@@ -418,10 +437,9 @@ def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path
         batch = batch[dist_info.rank :: dist_info.world_size] or batch[:1]  # this rank's share
         enc = tok([b + tok.eos_token for b in batch], return_tensors="pt", padding=True, padding_side="right",
                   truncation=True, max_length=args.max_length).to(dist_info.device)
-        loss = sft_loss(model, enc["input_ids"], enc["attention_mask"], enc["attention_mask"])
-        loss.backward()
+        loss = finetune_backward(model, enc["input_ids"], enc["attention_mask"], args.micro_batch_size)
         opt.step(), sched.step(), opt.zero_grad()
-        logger.log({f"{tag}/loss": loss.item()}, step=step + 1)
+        logger.log({f"{tag}/loss": loss}, step=step + 1)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.finetune_steps:
             save_checkpoint(ckpt_dir, model, opt, sched, step=step + 1)
     return model

@@ -31,12 +31,13 @@ Commands (naming --model selects the paper preset, PAPER below; flags you pass w
 the effective configuration without loading anything):
   python mstar.py                                                    # CPU, offline, tiny VLM + shapes world
   python mstar.py --model Qwen/Qwen2-VL-2B-Instruct --data mathv360k.jsonl --image_root images/ \\
-      --prm /path/to/prm --dtype bfloat16                             # 1 GPU
+      --prm /path/to/prm                             # 1 GPU
   torchrun --nproc_per_node=8 mstar.py  <same flags>                  # FSDP2 over 8 GPUs
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
@@ -57,8 +58,8 @@ from common.rewards import extract_answer, math_equal, pass_at_k, strip_string
 from common.sampling import get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import grade_steps, make_shapes_rows, misperceive, pretrain_tiny_vision, solve
 from common.train import (all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table, full_state_dict, init_distributed,
-                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger, pad_batch, print0, save_checkpoint,
-                          seed_everything, shard_model, sft_loss)
+                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger, micro_batches, pad_batch,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 
 @dataclass
@@ -80,7 +81,6 @@ class Args:
     num_val: int = field(default=32, metadata={"help": "validation queries for the temperature rule; paper: 250"})
     num_test: int = field(default=96, metadata={"help": "held-out test queries; paper: 750 (in-domain)"})
     sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32 | bfloat16 | auto"})
     max_new_tokens: int = field(default=48, metadata={"help": "tokens per sampled response; paper preset: 1024 (not stated in the paper)"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
@@ -102,6 +102,10 @@ class Args:
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler kind, inherited across iterations in continuous mode"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "LR warmup share of the schedule"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward/backward on one rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
     selection: Literal["top2", "top1", "top4", "threshold", "random2", "all"] = field(default="top2", metadata={"help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"})
     prm_threshold: float = field(default=0.5, metadata={"help": "alpha of the 'threshold' selection (R_p > alpha); not given in the paper"})
     prm: str = field(default="rule", metadata={"help": "'rule' (stand-in: shapes-world step checker) or an HF model path scored Math-Shepherd style"})
@@ -131,6 +135,8 @@ PAPER = dict(
     steps_per_iteration=625,
     batch_size=128,
     lr=1e-6,
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -255,7 +261,8 @@ class HFProcessRewardModel:
 
     def __init__(self, path: str, args: Args, device):
         self.processor = load_processor(path)
-        self.model = load_model(path, vlm=True, dtype=args.dtype, device=device).eval()
+        frozen = precision_policy(torch.device(device).type).frozen_dtype  # a frozen model: bf16 on CUDA
+        self.model = load_model(path, vlm=True, dtype=frozen, device=device).eval()
         self.tok = get_tokenizer(self.processor)
         self.tag_ids = self.tok(args.prm_step_tag, add_special_tokens=False).input_ids
         good, bad = (self.tok(t, add_special_tokens=False).input_ids for t in (args.prm_good_token, args.prm_bad_token))
@@ -300,7 +307,7 @@ def chat_prompt(row: dict, args: Args, hint: bool = False) -> list[dict]:
 
 
 def encode_prompt(processor, row: dict, args: Args, hint: bool = False) -> dict:
-    return processor(text=[render_prompt(processor, chat_prompt(row, args, hint))], images=[row["image"]], return_tensors="pt")
+    return processor(text=[render_prompt(processor, chat_prompt(row, args, hint))], images=[image_of(row)], return_tensors="pt")
 
 
 def collate_vision(encs: list[dict], total_len: int) -> dict:
@@ -325,14 +332,22 @@ def end_of_turn(tokenizer) -> str:
     return "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
 
 
-def sft_step(model, processor, examples: list[tuple[dict, str]], args: Args, device, hint_flags=None) -> torch.Tensor:
-    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out."""
+def response_ids(processor, examples: list[tuple[dict, str]]) -> list[list[int]]:
+    tok = get_tokenizer(processor)
+    return [tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples]
+
+
+def sft_step(model, processor, examples: list[tuple[dict, str]], args: Args, device, hint_flags=None,
+             normalizer: float | None = None) -> torch.Tensor:
+    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out. A micro-batch
+    passes its whole batch's response-token count as `normalizer` (common.train.sft_loss)."""
     tok = get_tokenizer(processor)
     encs = [encode_prompt(processor, row, args, hint=bool(hint_flags and hint_flags[i])) for i, (row, _) in enumerate(examples)]
-    resp = [tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples]
+    resp = response_ids(processor, examples)
     input_ids, attention_mask, loss_mask = pad_batch([e["input_ids"][0].tolist() for e in encs], resp, tok.pad_token_id)  # (B, L)
     extra = collate_vision(encs, input_ids.shape[1])
-    return sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), **{k: v.to(device) for k, v in extra.items()})
+    return sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), normalizer,
+                    **{k: v.to(device) for k, v in extra.items()})
 
 
 def load_image(value, root: str | None, where: str):
@@ -348,12 +363,27 @@ def load_image(value, root: str | None, where: str):
     return Image.open(path).convert("RGB")
 
 
+def image_loader(value, root: str | None, where: str):
+    """A zero-argument loader of one row's image: a missing file is reported now, the decoding waits for image_of."""
+    if not hasattr(value, "convert") and not (isinstance(value, dict) and value.get("bytes")):
+        path = Path(value["path"] if isinstance(value, dict) else str(value))
+        if not (path if path.is_absolute() or root is None else Path(root) / path).exists():
+            load_image(value, root, where)  # raises the FileNotFoundError that names the row
+    return functools.partial(load_image, value, root, where)
+
+
+def image_of(row: dict):
+    """The row's PIL image. Rows of --data hold a loader and decode on use (one micro-batch or generate batch at a
+    time), not 180K decoded images on every rank; shapes-world rows hold their (small) image."""
+    return row["image"]() if callable(row["image"]) else row["image"]
+
+
 def toy_kinds(args: Args):
     return tuple(k for k in args.toy_kinds.split(",") if k) or None
 
 
 def load_splits(args: Args) -> tuple[list, list, list, list]:
-    """(labelled train, unlabelled, validation, test) rows with a PIL image each."""
+    """(labelled train, unlabelled, validation, test) rows, each with its image (a loader for --data: image_of)."""
     if args.data is None:  # shapes world; train and evaluation problems are disjoint (common.shapes_world)
         return tuple(make_shapes_rows(n, seed=args.seed + i, split=split, scene=args.toy_scene, kinds=toy_kinds(args)) for i, (n, split) in enumerate(
             [(args.num_train, "train"), (args.num_unlabeled, "train"), (args.num_val, "eval"), (args.num_test, "eval")], 1))
@@ -362,7 +392,7 @@ def load_splits(args: Args) -> tuple[list, list, list, list]:
     if len(rows) < args.num_test + args.num_val + 1:
         raise ValueError(f"--data {args.data}: {len(rows)} rows, fewer than --num_test + --num_val + 1")
     rows = [{"id": f"row{i}", "question": r[args.question_field], "answer": str(r[args.answer_field]),
-             "image": load_image(r[args.image_field], args.image_root, f"{args.data} row {i}")}
+             "image": image_loader(r[args.image_field], args.image_root, f"{args.data} row {i}")}
             for i, r in enumerate(rows[: args.num_test + args.num_val + args.num_train + args.num_unlabeled])]
     cut = [args.num_test, args.num_test + args.num_val, args.num_test + args.num_val + args.num_train]
     return rows[cut[1]:cut[2]], rows[cut[2]:], rows[cut[0]:cut[1]], rows[:cut[0]]  # train, unlabelled, val, test
@@ -434,7 +464,7 @@ def sample_and_score(sampler, prm, rows, n, temperature, args, d, hint=False, sc
         return []
     mine, real = shard(rows, d)
     groups = sampler.generate([chat_prompt(r, args, hint) for r in mine], n=n, temperature=temperature,
-                              max_new_tokens=args.max_new_tokens, images=[r["image"] for r in mine], batch_size=args.gen_batch_size)
+                              max_new_tokens=args.max_new_tokens, images=[image_of(r) for r in mine], batch_size=args.gen_batch_size)
     texts = [[c.text for c in g] for g in groups][:real]
     step_scores = prm.step_scores(mine[:real], texts) if score else [[[] for _ in t] for t in texts]
     preds = [[extract_answer(t) for t in group] for group in texts]  # None for garbage: counted, never raised
@@ -481,11 +511,16 @@ def train_steps(model, processor, optimizer, scheduler, examples, num_steps, arg
     losses = []
     for step in range(num_steps):
         batch = [examples[order[(step * args.batch_size + i) % len(order)]] for i in range(args.batch_size)]
-        loss = sft_step(model, processor, batch[d.rank::d.world_size], args, d.device)
-        loss.backward()
+        mine = batch[d.rank::d.world_size]
+        num_tokens = sum(map(len, response_ids(processor, mine)))  # the rank's batch: token mean over all of it
+        loss = 0.0
+        for sl in micro_batches(len(mine), args.micro_batch_size):  # images are encoded per micro-batch
+            micro = sft_step(model, processor, mine[sl], args, d.device, normalizer=num_tokens)
+            micro.backward()
+            loss += micro.item()
         clip_grad_norm(model, args.max_grad_norm)
         optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss)
     return sum(sum(p) / len(p) for p in all_gather_object(losses)) / d.world_size
 
 
@@ -517,7 +552,7 @@ def main(args: Args):
     barrier()
     model_path = args.model or tiny_base_vlm(args)
     processor = load_processor(model_path)
-    model = shard_model(load_model(model_path, vlm=True, dtype=args.dtype), d)
+    model = shard_model(load_model(model_path, vlm=True), d, gradient_checkpointing=args.gradient_checkpointing)
     seed_everything(args.seed)  # after the (maybe first-time) toy base build, so cold and warm caches give one run
     sampler = make_sampler(args.sampler, model, processor, model_path=model_path)
     prm = RuleStepPRM() if args.prm == "rule" else HFProcessRewardModel(args.prm, args, d.device)

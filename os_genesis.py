@@ -49,7 +49,8 @@ from common.data import read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, load_tokenizer, make_tiny_lm, make_tiny_vlm
 from common.sampling import make_sampler
 from common.train import (MetricsLogger, barrier, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+                          make_scheduler, micro_batches, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss,
+                          shard_model)
 
 
 @dataclass
@@ -86,6 +87,10 @@ class Args:
     action_space: Literal["coords", "index"] = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
     train_steps: int = field(default=400, metadata={"help": "SFT optimizer steps"})
     batch_size: int = field(default=4, metadata={"help": "trajectory draws per step per rank, each -> planning + action sample"})
+    micro_batch_size: int = field(default=0, metadata={"help": "samples per forward/backward on one rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; toy 3e-3 (tiny model from scratch); paper preset: 1e-5 (not stated in the paper; usual at 7B)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "cosine schedule warmup share"})
     save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
@@ -100,6 +105,8 @@ PAPER = dict(
     max_history=0,  # every past step
     learning_rate=1e-5,  # not stated in the paper
     max_new_tokens=512,  # not stated: room for a low-level thought and the action
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -472,6 +479,22 @@ def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
     return result
 
 
+def sft_micro_steps(model, tok, batch: list[dict], micro_batch_size: int, device) -> float:
+    """Forward/backward of one rank's SFT batch in micro-batches; each micro-batch's summed NLL is divided by the
+    target-token count of the whole batch, so the accumulated gradient is the unsplit batch's token mean."""
+    num_tokens = sum(len(b["target_ids"]) for b in batch)
+    total = 0.0
+    for sl in micro_batches(len(batch), micro_batch_size):
+        part = batch[sl]
+        input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in part],
+                                                          [b["target_ids"] for b in part], device)  # (b, L) each
+        extra = {k: torch.cat([b["extra"][k] for b in part]).to(device) for k in part[0]["extra"]}  # pixel_values (b, 3, H, W)
+        loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens, **extra)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -566,7 +589,7 @@ def main(args: Args):
 
     # ALGO LOGIC: SFT on score-weighted draws of trajectories, two objectives per drawn step
     path = args.model or (make_tiny_vlm() if args.vlm else make_tiny_lm())
-    model = load_model(path, vlm=args.vlm, dtype="float32" if d.device.type == "cpu" else "bfloat16")
+    model = load_model(path, vlm=args.vlm, dtype="float32")  # fp32 masters; bf16 compute on CUDA via shard_model
     proc = load_processor(path) if args.vlm else load_tokenizer(path)
     encode, tok, per_traj, weights = make_encoder(proc, args.vlm), getattr(proc, "tokenizer", proc), [], []
     scores = {s["task_id"]: s["score"] for s in read_jsonl_tolerant(out / "scores.jsonl")}
@@ -576,7 +599,7 @@ def main(args: Args):
             weights.append(scores[traj["task_id"]])
     probs = trm_sampling_probs(weights) if weights else []
     print0(f"SFT data: {len(per_traj)} trajectories, {sum(map(len, per_traj))} steps x 2 objectives")
-    model = shard_model(model, d)
+    model = shard_model(model, d, gradient_checkpointing=args.gradient_checkpointing)
     sampler, eval_tasks = make_sampler("hf", model, proc), list_tasks(args.eval_split)[:args.eval_limit or None]
     optimizer = make_optimizer(model, args.learning_rate)
     scheduler = make_scheduler(optimizer, "cosine", int(args.warmup_ratio * args.train_steps), args.train_steps)
@@ -598,11 +621,7 @@ def main(args: Args):
         rng = random.Random(args.seed * 7919 + step * 131 + d.rank)  # the draw depends only on the step: resume-exact
         picks = rng.choices(range(len(per_traj)), weights=probs, k=args.batch_size)  # P(i) = R_i / sum R
         batch = [sample for i in picks for sample in rng.choice(per_traj[i])]  # a random step, both objectives
-        input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in batch],
-                                                          [b["target_ids"] for b in batch], d.device)  # (B, L) each
-        extra = {k: torch.cat([b["extra"][k] for b in batch]).to(d.device) for k in batch[0]["extra"]}  # pixel_values (B, 3, H, W)
-        loss = sft_loss(model, input_ids, attention_mask, loss_mask, **extra)
-        loss.backward()
+        loss = sft_micro_steps(model, tok, batch, args.micro_batch_size, d.device)
         for p in model.parameters():  # unused ones (LLaVA's vision post-layernorm): a zero grad is a zero AdamW update,
             if p.grad is None:  # but gives them optimizer state, which the strict checkpoint loader needs on --resume
                 p.grad = torch.zeros_like(p)
@@ -610,8 +629,8 @@ def main(args: Args):
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        logger.log({"loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step + 1)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        logger.log({"loss": loss, "lr": scheduler.get_last_lr()[0]}, step + 1)
+        progress.set_postfix(loss=f"{loss:.3f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.train_steps:
             save_checkpoint(out / "ckpt", model, optimizer, scheduler, step + 1)
 

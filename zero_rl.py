@@ -22,7 +22,8 @@ Departures (from the paper and its released verl code):
   uses GPT-4o); `--judge_model` labels with any local/hub model through the Sampler.
 - FSDP2: every rank samples its own prompts; all rewards are gathered before the group normalisation.
   Weights go to vLLM per tensor (DTensor.full_tensor) so every rank's colocated engine gets them.
-  On CUDA the forwards run under bf16 autocast with fp32 master weights.
+  Precision: common.train's policy (fp32 master weights and AdamW state; on CUDA bf16 compute through
+  FSDP2 mixed precision, one GPU included; the reference model held in bf16).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration and per-rank sizes without loading anything):
@@ -39,7 +40,6 @@ import json
 import random
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,8 +57,9 @@ from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
 from common.sampling import HFSampler, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
-                          format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
-                          save_checkpoint, seed_everything, shard_model, sft_loss)
+                          format_table, forward_hidden, gradient_checkpointing_on, init_distributed, lm_head_weight,
+                          load_checkpoint, logprobs_from_hidden, make_optimizer, make_scheduler, pad_batch, plain_lm_head,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss, token_logprobs)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it in --help)
@@ -83,7 +84,9 @@ class Args:
     prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown"] = arg("auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (spec §1.3) | countdown (TinyZero "
                                "instruct); auto = countdown for --task countdown, else qwen-boxed")
     sampler: Literal["hf", "vllm"] = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
-    dtype: str = arg("float32", "training weights dtype; float32 keeps AdamW exact (bf16 autocast is used on CUDA)")
+    gradient_checkpointing: bool = arg(False, "recompute each decoder layer in the backward pass (HF, non-reentrant); the "
+                                       "policy forward then concatenates prompt and response (no shared KV cache); "
+                                       "paper preset: True (not stated in the paper)")
     track: bool = arg(False, "log to Weights & Biases")
     resume: bool = arg(False, "continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)")
     save_every: int = arg(50, "checkpoint every N steps (and at the end)")
@@ -136,6 +139,7 @@ PAPER = dict(
     micro_batch_size=2,  # SimpleRL script: 2 per GPU
     lr=5e-7,  # SimpleRL script default, constant
     max_new_tokens=8192,  # App. B.5
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
 )
 
 
@@ -436,23 +440,27 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
     """Log-probs (B, T) of the response tokens (and entropies), each prompt computed once for its group: the P
     prompts (left padded) go through the model once, their KV cache is indexed out to the B responses
     (`prompt_index` (B,): each row's prompt) and the responses (right padded) attend to it; gradients flow
-    through the shared prompt too. Only response positions reach the lm_head. Equals
-    common.train.token_logprobs on the concatenated sequences (tested)."""
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
+    through the shared prompt too. Only response positions are projected onto the vocabulary, chunk by chunk
+    (common.train.logprobs_from_hidden: no (B, T, V) logits). Equals common.train.token_logprobs on the
+    concatenated sequences (tested), which is the path taken under gradient checkpointing: a checkpointed
+    layer cannot fill a KV cache (HF drops it in train mode), so each row's prompt is concatenated instead."""
+    checkpointed = model.training and torch.is_grad_enabled() and gradient_checkpointing_on(model)
+    if checkpointed or not plain_lm_head(model):
+        ids = torch.cat([prompt_ids[prompt_index], response_ids], dim=1)  # (B, Lp + T)
+        att = torch.cat([prompt_mask[prompt_index], response_mask], dim=1)  # (B, Lp + T)
+        out = token_logprobs(model, ids, att, return_entropy=return_entropy)  # (B, Lp + T - 1) [x2]
+        first = prompt_ids.shape[1] - 1  # the last prompt position predicts the first response token
+        return tuple(x[:, first:] for x in out) if return_entropy else out[:, first:]
+    hidden, out = forward_hidden(model, input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)  # (P, Lp, H)
     cache_kw = "cache" if "cache" in out else "past_key_values"  # transformers 5.2x renamed past_key_values
     cache = out[cache_kw]
     cache.batch_select_indices(prompt_index)  # (P, ...) -> (B, ...)
-    logits = out.logits[prompt_index]  # (B, 1, V)
+    hidden = hidden[prompt_index, -1:]  # (B, 1, H) the last prompt position predicts the first response token
     if response_ids.shape[1] > 1:
         mask = torch.cat([prompt_mask[prompt_index], response_mask[:, :-1]], dim=1)  # (B, Lp + T - 1)
-        rest = model(input_ids=response_ids[:, :-1], attention_mask=mask, **{cache_kw: cache}).logits  # (B, T-1, V)
-        logits = torch.cat([logits, rest], dim=1)
-    logits = logits.float()  # (B, T, V)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
-    logps = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse  # (B, T)
-    if not return_entropy:
-        return logps
-    return logps, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # entropy (B, T)
+        rest, _ = forward_hidden(model, input_ids=response_ids[:, :-1], attention_mask=mask, **{cache_kw: cache})
+        hidden = torch.cat([hidden, rest], dim=1)  # (B, T, H)
+    return logprobs_from_hidden(hidden, lm_head_weight(model), response_ids, return_entropy=return_entropy)  # (B, T)
 
 
 def push_weights_to_vllm(model, sampler):  # per tensor; full_tensor() gathers FSDP2 shards, so every rank's engine gets all
@@ -479,16 +487,17 @@ def main(args):
         train_rows = [r for r in train_rows if len(encode(make_prompt(r["question"], template))) <= args.max_prompt_length]
     if len(train_rows) < args.prompts_per_step:
         raise ValueError(f"only {len(train_rows)} training rows for --prompts_per_step {args.prompts_per_step}")
-    model = shard_model(load_model(model_path, dtype=args.dtype), dist)
-    ref_model = shard_model(load_model(model_path, dtype=args.dtype), dist).eval().requires_grad_(False) if args.beta else None
+    model = shard_model(load_model(model_path), dist, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters
+    ref_model = shard_model(load_model(model_path), dist, frozen=True) if args.beta else None  # bf16 on CUDA
     opt = make_optimizer(model, args.lr)
     sched = make_scheduler(opt, "constant", 0, args.total_steps)
     extra = {"seed": args.seed + dist.rank, **({"distributed_executor_backend": "external_launcher"} if world > 1 else {})} \
         if args.sampler == "vllm" else {}
     sampler = make_sampler(args.sampler, model, tok, model_path=model_path, **extra)  # vllm: one colocated engine per rank
     recompute = args.recompute_old_logprobs or args.sampler == "vllm"  # vLLM's log-probs differ from the trainer's
-    judge = None if not args.judge_model else HFSampler(load_model(args.judge_model, device=dist.device).eval(),
-                                                        load_tokenizer(args.judge_model))
+    judge_dtype = precision_policy(dist.device.type).frozen_dtype  # a frozen model: bf16 on CUDA
+    judge = None if not args.judge_model else HFSampler(
+        load_model(args.judge_model, dtype=judge_dtype, device=dist.device).eval(), load_tokenizer(args.judge_model))
     seed_everything(args.seed + dist.rank)  # ranks sample different completions
     start_step = 0
     if args.resume and (state := load_checkpoint(ckpt_dir, model, opt, sched)) is not None:  # last: it restores the RNG
@@ -497,7 +506,6 @@ def main(args):
         if args.sampler == "vllm":
             push_weights_to_vllm(model, sampler)
     logger = MetricsLogger(out_dir, args.track, "zero_rl", asdict(args), resume_step=start_step if args.resume else None)
-    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext()  # noqa: E731
     l1_lo, l1_hi = parse_range(args.l1_budget, "--l1_budget") if args.length_reward.startswith("l1") else (0, 0)
     orders = {}  # epoch -> permutation of the training rows: a function of (seed, epoch), so resuming needs no state
 
@@ -512,8 +520,7 @@ def main(args):
         return out
 
     def run_eval(step):
-        with amp():
-            metrics, example = evaluate(sampler, eval_rows, args, dist, template, judge)
+        metrics, example = evaluate(sampler, eval_rows, args, dist, template, judge)
         logger.log(metrics, step)
         shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if "behaviour" not in k)
         print0(f"\n[eval step {step}] {shown}\n  sample: {example!r}")
@@ -528,8 +535,7 @@ def main(args):
         # 1. rollout: G samples per prompt on every rank; the G samples of a prompt are consecutive
         batch = rows_for_step(step)
         prompts = [make_prompt(r["question"], template, b, args.length_reward) for r, b in batch]
-        with amp():
-            groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
+        groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
         comps, t_gen = [c for g in groups for c in g], time.perf_counter() - t0
         B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
         # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
@@ -568,13 +574,14 @@ def main(args):
                                      response_mask[s:e, :t], index, return_entropy=entropy)  # (b, t)
 
         ref_logps = torch.zeros_like(old_logps)
-        with torch.no_grad(), amp():
+        with torch.no_grad():
             for s, e, t in chunks(0, B):
                 if recompute:
                     old_logps[s:e, :t] = logprobs_of(model, s, e, t).float()
                 if ref_model is not None:
                     ref_logps[s:e, :t] = logprobs_of(ref_model, s, e, t).float()
         # 4. policy updates: several mini-batches per rollout batch, gradient accumulation over micro-batches
+        model.train()  # gradient checkpointing only acts in train mode (the sampler may have set eval)
         t_train, sums = time.perf_counter(), dict.fromkeys(("tokens", "entropy", "kl", "low", "high", "loss", "grad_norm"), 0.0)
         for lo in range(0, B, local_mb):
             hi = lo + local_mb
@@ -582,8 +589,7 @@ def main(args):
             # dapo: token mean over the whole mini-batch of all ranks (FSDP averages the ranks' gradients, hence / world)
             num_tokens = sum(all_gather_object(mb_tokens)) / world if args.loss_type == "dapo" else mb_tokens
             for s, e, t in chunks(lo, hi):
-                with amp():
-                    logps, entropy = logprobs_of(model, s, e, t, entropy=True)  # (b, t)
+                logps, entropy = logprobs_of(model, s, e, t, entropy=True)  # (b, t)
                 mask, adv = loss_mask[s:e, :t], advantages[s:e]
                 per_token, ratio = ppo_clip_loss(logps, old_logps[s:e, :t], adv, args.clip_eps, eps_high)  # (b, t)
                 if ref_model is not None:

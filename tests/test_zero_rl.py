@@ -11,7 +11,7 @@ import torch
 import zero_rl as Z
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler
-from common.train import token_logprobs
+from common.train import Dist, gradient_checkpointing_on, shard_model, token_logprobs
 
 # ----------------------------------------------------------------------------------------------------
 # GRPO advantages (spec §5 check 6)
@@ -129,6 +129,26 @@ def test_response_logprobs_match_common_token_logprobs():
         total = total + full[0, len(p) - 1:].sum()
     total.backward()
     assert torch.allclose(shared_grad, model.model.embed_tokens.weight.grad, atol=1e-5)
+
+
+def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenation():
+    """Checkpointed layers cannot fill a KV cache: the concatenated path runs, with the same values and grads."""
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    enc = tok.pad({"input_ids": [[5, 6, 7, 8, 9], [10, 11, 12]]}, padding=True, return_tensors="pt")
+    resp, resp_mask = torch.tensor([[20, 21, 22], [24, 25, 0], [26, 0, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    index = torch.tensor([0, 1, 1])
+    out = []
+    for ckpt in (False, True):
+        model = shard_model(load_model(path), Dist(), gradient_checkpointing=ckpt).train()
+        logps, ent = Z.response_logprobs(model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, True)
+        ((logps + ent) * resp_mask).sum().backward()
+        out.append((logps.detach(), ent.detach(), model.model.embed_tokens.weight.grad))
+    assert gradient_checkpointing_on(model)
+    (lp0, ent0, grad0), (lp1, ent1, grad1) = out
+    assert torch.allclose(lp0 * resp_mask, lp1 * resp_mask, atol=1e-5)
+    assert torch.allclose(ent0 * resp_mask, ent1 * resp_mask, atol=1e-4)
+    assert torch.allclose(grad0, grad1, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------
