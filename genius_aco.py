@@ -121,7 +121,7 @@ class Args:
     eval_fraction: Optional[float] = field(default=None, metadata={"help": "share of queries whose pairs are held out for the eval metrics (not in the paper); 0.01, toy 0.25"})
     eval_every: Optional[int] = field(default=None, metadata={"help": "optimizer steps between held-out evaluations; 50, toy 5"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
-    toy_warmstart_steps: int = field(default=400, metadata={"help": "SFT steps that build the cached toy base model"})
+    toy_warmstart_steps: int = field(default=800, metadata={"help": "SFT steps that build the cached toy base model (800: its arithmetic is crisp at T = 1, so its wrong answers are mostly guesses)"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def sample_distinct(probs: torch.Tensor, m: int, generator=None) -> torch.Tensor
     return torch.multinomial(probs, m, replacement=False, generator=generator)
 
 
-def step_value(step_logprobs: list[float], foresight_logprobs: Optional[list[float]] = None) -> float:
+def step_value(step_logprobs: list[float], foresight_logprobs: list[float] | None = None) -> float:
     """Foresight step value: f = mean token log-prob of the rollout after the step (its tokens only). Without a
     rollout (a step that ended the response, or `--step_value step`, the paper's 'w/o foresight'
     ablation) f is the mean log-prob of the step's own tokens: its uncertainty, with no look-ahead."""
@@ -276,13 +276,14 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
 
 
 def make_toy_rows(n: int, seed: int, pool: str, num_terms: int = 5, max_term: int = 5, guess_rate: float = 0.0) -> list[dict]:
-    """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' / 'heldout'
-    split the query space by a hash, so held-out queries never appear in the warm-start. With guess_rate,
-    the demonstrator is unsure when it adds the largest term (max_term): there it switches, with that
-    probability, to guessing, 'a + b is about c' with c off by up to 2, and keeps guessing to the end. With
-    guess_rate > 0.5 a base model learnt from it most likely guesses at such a line (greedy decoding always
-    does), after which the rest of its answer is unpredictable and usually wrong: the situation Genius's
-    foresight is built to notice (a computed line leads to a predictable rest, a guess does not)."""
+    """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' /
+    'heldout' split the query space by a hash, so held-out queries never appear in the warm-start.
+    With guess_rate, the demonstrator is unsure when it adds the largest term (max_term): there it
+    switches, with that probability, to guessing, 'a + b is about c' with c off by up to 2, and keeps
+    guessing to the end. With guess_rate > 0.5 a base model learnt from it is more likely to guess
+    than to compute at such a line (so greedy decoding mostly guesses there), after which the rest of
+    its answer is unpredictable and usually wrong: the situation Genius's foresight is built to
+    notice (a computed line leads to a predictable rest, a guess does not)."""
     rng, rows, seen = random.Random(seed), [], set()
     for _ in range(1000 * n):
         if len(rows) == n:
@@ -354,7 +355,7 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
 # stages
 
 
-def sample_queries(rows: list, n: Optional[int], seed: int) -> list:
+def sample_queries(rows: list, n: int | None, seed: int) -> list:
     """The paper trains on 25K *random* Magpie queries (32K OpenHermes): the first n rows of a seeded
     permutation, so a larger n extends a smaller one (same seed) and query ids stay stable on resume."""
     order = list(range(len(rows)))

@@ -227,9 +227,24 @@ def test_end_to_end_and_resume(run_cmd, tmp_path):
     assert all(len({p["timestamp"] for p in pairs if p["query_id"] == q}) == sum(p["query_id"] == q for p in pairs) for q in {p["query_id"] for p in pairs})
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in m for m in metrics) and any("train/w_mean" in m for m in metrics)
-    assert (out / "curves.png").stat().st_size > 0 and (out / "checkpoint" / "meta.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    evals = [m for m in metrics if "eval/loss" in m]
+    first = summary["claims"][0]  # computed from this run's own held-out pair losses, not typed in
+    assert first["metric"] == "eval/loss" and first["baseline"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first["result"] == pytest.approx(evals[-1]["eval/loss"]) and not first["higher_is_better"]
+    assert {c["metric"] for c in summary["claims"]} == {"eval/loss", "accuracy_greedy", "accuracy_sampled_T1"}
+    assert 0 < summary["w_train"]["min"] <= summary["w_train"]["mean"] <= 1.0  # the paper's clamp: w <= 1
     proc = run_cmd(cmd + ["--resume"], timeout=300)
     assert "0 queries to search" in proc.stdout and len((out / "pairs.jsonl").read_text().splitlines()) == len(pairs)
+
+
+def test_learning_no_argument_run_holds_its_claims(run_cmd, tmp_path):
+    """The no-argument toy with its fixed seed: no answer is used, yet held-out greedy and sampled
+    accuracy rise over the warm-started base, and the held-out pairs' loss falls."""
+    out = tmp_path / "toy"
+    proc = run_cmd([sys.executable, "genius_aco.py", "--output_dir", str(out)], timeout=900)
+    claims = json.loads((out / "summary.json").read_text())["claims"]
+    assert len(claims) == 3 and all(c["holds"] for c in claims), proc.stdout[-3000:]
 
 
 def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):
