@@ -20,16 +20,18 @@ Departures (from the paper and the released code):
   3. A candidate step that ends the response (end-of-turn instead of a newline) has nothing to look
      ahead at: its f is the mean log-prob of its own tokens and its beam stops growing (the released code
      never uses `traj_complete` and keeps stepping).
-  4. Pairs are written directly by the sampler, one per timestamp (the released pair builder skips every
-     record because its lists have unequal lengths: foresight-sampling/construct_foresight_preference_data.py).
+  4. Pairs are written directly by the sampler, one per timestamp (the released pair builder,
+     foresight-sampling/construct_foresight_preference_data.py, skips every record because its lists
+     have unequal lengths).
   5. Own FSDP2 DPO/ACO loop instead of open-instruct + ZeRO-3; reference log-probs are computed once
      with the initial model before training (the same frozen reference, without a second model).
   6. The sample stage is data-parallel: every rank holds the full model (HF generate or its own vLLM).
-  7. Toy: a tiny Qwen2 warm-started on running-sum CoT whose demonstrator, when adding a 5, switches to
-     guessing more often than not (so the base guesses there); toy lr/batch/epochs/lengths (Args marked 'toy').
-  8. `--data` queries are the first --num_queries of a permutation seeded by --seed (the paper: 25K random
-     queries; the permutation keeps ids stable when --num_queries grows). `--step_value step` is the
-     paper's "w/o foresight" ablation (f from the step's own tokens; its pairs hold no rollout text).
+  7. Toy: a tiny Qwen2 warm-started on running-sum CoT whose demonstrator, when adding a 5, switches
+     to guessing more often than not (so the base guesses there); toy lr/batch/epochs/lengths (Args
+     marked 'toy').
+  8. `--data` queries are the first --num_queries of a permutation seeded by --seed (the paper: 25K
+     random queries; the permutation keeps ids stable when --num_queries grows). `--step_value step`
+     is the paper's "w/o foresight" ablation (f from the step's own tokens; pairs hold no rollout).
 
 Commands:
   CPU toy:  python genius_aco.py
@@ -99,7 +101,9 @@ class Args:
     max_step_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens of a step (§1.1: 1024); toy 16"})
     max_foresight_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens of a foresight rollout (§1.1: 1024); toy 64"})
     max_completion_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens when completing the beams after K steps (§1.1: 3000); toy 64"})
-    step_value: str = field(default="foresight", metadata={"help": "foresight: f = mean log-prob of a rollout after the step (the paper) | step: the paper's 'w/o foresight' sampling ablation, f = mean log-prob of the step's own tokens, no rollout"})
+    step_value: str = field(default="foresight", metadata={"help": (
+        "foresight: f = mean log-prob of a rollout after the step (the paper) | step: the paper's "
+        "'w/o foresight' ablation, f = mean log-prob of the step's own tokens, no rollout")})
     beam_selection: str = field(default="sample", metadata={"help": "sample (paper) | greedy (top-M f, the 'w/o sampling' ablation, §1.1)"})
     rejected: str = field(default="paper", metadata={"help": "paper: re-sampled from F without the winner | uniform: released code | lowest: greedy ablation (§1.2)"})
     queries_per_chunk: int = field(default=16, metadata={"help": "queries searched together per rank (batched generate); records are appended per chunk"})
@@ -121,7 +125,9 @@ class Args:
     eval_fraction: Optional[float] = field(default=None, metadata={"help": "share of queries whose pairs are held out for the eval metrics (not in the paper); 0.01, toy 0.25"})
     eval_every: Optional[int] = field(default=None, metadata={"help": "optimizer steps between held-out evaluations; 50, toy 5"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
-    toy_warmstart_steps: int = field(default=800, metadata={"help": "SFT steps that build the cached toy base model (800: its arithmetic is crisp at T = 1, so its wrong answers are mostly guesses)"})
+    toy_warmstart_steps: int = field(default=800, metadata={"help": (
+        "SFT steps that build the cached toy base model (800: its arithmetic is crisp at T = 1, so "
+        "its wrong answers are mostly guesses)")})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,9 +145,9 @@ def sample_distinct(probs: torch.Tensor, m: int, generator=None) -> torch.Tensor
 
 
 def step_value(step_logprobs: list[float], foresight_logprobs: list[float] | None = None) -> float:
-    """Foresight step value: f = mean token log-prob of the rollout after the step (its tokens only). Without a
-    rollout (a step that ended the response, or `--step_value step`, the paper's 'w/o foresight'
-    ablation) f is the mean log-prob of the step's own tokens: its uncertainty, with no look-ahead."""
+    """Foresight step value: f = mean token log-prob of the rollout after the step (its tokens
+    only). Without a rollout (a step that ended the response, or `--step_value step`, the paper's
+    'w/o foresight' ablation) f is the mean log-prob of the step's own tokens: its uncertainty."""
     lps = foresight_logprobs if foresight_logprobs else step_logprobs
     return sum(lps) / max(1, len(lps))
 
@@ -238,7 +244,8 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
         for c, outs in zip(looking, rollouts):
             c["foresight"], c["f"] = outs[0].text, step_value(c["step_logprobs"], outs[0].logprobs)
         for c in cands:
-            if "f" not in c:  # no look-ahead: the step ended the response (departure 3) or --step_value step
+            if "f" not in c:  # no look-ahead: the step ended the response (departure 3), or
+                # --step_value step: f from the step's own tokens
                 c["foresight"], c["f"] = "", step_value(c["step_logprobs"])
         counts["candidates"] += len(cands)
         counts["ended_response"] += sum(c["ended"] for c in cands)
@@ -279,11 +286,11 @@ def make_toy_rows(n: int, seed: int, pool: str, num_terms: int = 5, max_term: in
     """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' /
     'heldout' split the query space by a hash, so held-out queries never appear in the warm-start.
     With guess_rate, the demonstrator is unsure when it adds the largest term (max_term): there it
-    switches, with that probability, to guessing, 'a + b is about c' with c off by up to 2, and keeps
-    guessing to the end. With guess_rate > 0.5 a base model learnt from it is more likely to guess
-    than to compute at such a line (so greedy decoding mostly guesses there), after which the rest of
-    its answer is unpredictable and usually wrong: the situation Genius's foresight is built to
-    notice (a computed line leads to a predictable rest, a guess does not)."""
+    switches, with that probability, to guessing, 'a + b is about c' with c off by up to 2, and
+    keeps guessing to the end. With guess_rate > 0.5 a base model learnt from it is more likely to
+    guess than to compute at such a line (so greedy decoding mostly guesses there), after which the
+    rest of its answer is unpredictable and usually wrong: the situation Genius's foresight is
+    built to notice (a computed line leads to a predictable rest, a guess does not)."""
     rng, rows, seen = random.Random(seed), [], set()
     for _ in range(1000 * n):
         if len(rows) == n:
@@ -356,8 +363,9 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
 
 
 def sample_queries(rows: list, n: int | None, seed: int) -> list:
-    """The paper trains on 25K *random* Magpie queries (32K OpenHermes): the first n rows of a seeded
-    permutation, so a larger n extends a smaller one (same seed) and query ids stay stable on resume."""
+    """The paper trains on 25K *random* Magpie queries (32K OpenHermes): the first n rows of a
+    seeded permutation, so a larger n extends a smaller one (same seed) and query ids stay stable
+    on resume."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     return [rows[i] for i in order[:n]]
@@ -453,24 +461,26 @@ def sharded_logps(model, tok, encoded, idx, args, dist_info):
 
 
 def weight_spread(w: torch.Tensor) -> dict:
-    """How far ACO departs from DPO on these pairs: the distribution of w (DPO is w = 1 everywhere)."""
+    """How far ACO departs from DPO on these pairs: the distribution of w (DPO: w = 1)."""
     q = torch.quantile(w.double(), torch.tensor([0.1, 0.5], dtype=torch.float64))
-    return {"mean": round(w.mean().item(), 4), "min": round(w.min().item(), 4), "p10": round(q[0].item(), 4),
-            "p50": round(q[1].item(), 4), "frac_below_1": round((w < 1).double().mean().item(), 4),
-            "frac_above_1": round((w > 1).double().mean().item(), 4)}
+    stats = {"mean": w.mean(), "min": w.min(), "p10": q[0], "p50": q[1],
+             "frac_below_1": (w < 1).double().mean(), "frac_above_1": (w > 1).double().mean()}
+    return {k: round(v.item(), 4) for k, v in stats.items()}
 
 
 def run_claims(evals: list[dict], acc_before: dict, acc_after: dict) -> list[dict]:
-    """summary.json's claims, from this run: the held-out pairs' loss falls (the self-made preferences
-    generalise to queries never trained on) and, where rows have answers (the toy's held-out queries or
-    --eval_data), held-out accuracy rises though no answer was used in sampling or training."""
+    """summary.json's claims, from this run: the held-out pairs' loss falls (the self-made
+    preferences generalise to queries never trained on) and, where rows have answers (the toy's
+    held-out queries or --eval_data), held-out accuracy rises though no answer was ever used."""
     claims = []
     if len(evals) >= 2:
-        claims.append(claim("held-out pair loss falls", "eval/loss", evals[0]["eval/loss"], evals[-1]["eval/loss"],
-                            higher_is_better=False))
+        first, last = evals[0]["eval/loss"], evals[-1]["eval/loss"]
+        name = "held-out pair loss falls"
+        claims.append(claim(name, "eval/loss", first, last, higher_is_better=False))
     for key, name in (("accuracy_greedy", "greedy"), ("accuracy_sampled_T1", "sampled (T=1)")):
         if key in acc_before and key in acc_after:
-            claims.append(claim(f"held-out {name} accuracy rises, no labels", key, acc_before[key], acc_after[key]))
+            name = f"held-out {name} accuracy rises, no labels"
+            claims.append(claim(name, key, acc_before[key], acc_after[key]))
     return claims
 
 
@@ -538,8 +548,9 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
         if (step + 1) % args.save_every == 0 or step + 1 == total_steps:
             save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, extra={"acc_before": acc_before})
     acc_after = heldout_accuracy(model, tok, eval_rows, args, dist_info) if eval_rows else {}
-    w_train = weight_spread(aco_weight(adv[train_idx, 0], adv[train_idx, 1], args.alpha, args.clamp))
-    print0("w over the training pairs (what ACO scales the rejected side by; DPO: 1): " + json.dumps(w_train))
+    w = aco_weight(adv[train_idx, 0], adv[train_idx, 1], args.alpha, args.clamp)  # (P_train,)
+    w_train = weight_spread(w)
+    print0(f"w over the training pairs (ACO's scale on the rejected side; DPO: 1): {w_train}")
     logger.plot(["eval/loss", "eval/margin", "eval/reward_accuracy", "eval/logratio_chosen", "eval/logratio_rejected", "train/loss", "train/w_mean"])
     evals = [r for r in logger.history if "eval/loss" in r]
     print0(f"\nheld-out pairs: {len(eval_idx)}, training pairs: {len(train_idx)}, loss: {args.loss}, clamp: {args.clamp}")
@@ -548,8 +559,8 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
         print0(format_table([{"model": "before", **acc_before}, {"model": "after", **acc_after}]))
     if dist_info.is_main:
         claims = run_claims(evals, acc_before, acc_after)
-        write_summary(args.output_dir, claims, loss=args.loss, clamp=args.clamp, w_train=w_train, eval=evals,
-                      accuracy_before=acc_before, accuracy_after=acc_after)
+        write_summary(args.output_dir, claims, loss=args.loss, clamp=args.clamp, w_train=w_train,
+                      eval=evals, accuracy_before=acc_before, accuracy_after=acc_after)
         print0(format_claims(claims))
     logger.close()
 
@@ -579,7 +590,8 @@ def main(args: Args):
     model_path = args.model or toy_base_model(args, args.prefill)
     tok = load_tokenizer(model_path)
     if args.data:
-        query_rows = sample_queries(load_rows(args.data, required=(args.query_field,)), args.num_queries, args.seed)
+        rows = load_rows(args.data, required=(args.query_field,))
+        query_rows = sample_queries(rows, args.num_queries, args.seed)
     else:  # toy: queries only, answers dropped before the search ever sees them
         query_rows = [{"instruction": r["instruction"]} for r in make_toy_rows(args.num_queries, seed=2, pool="heldout")]
     eval_rows = load_rows(args.eval_data, required=(args.query_field, "answer")) if args.eval_data else []
