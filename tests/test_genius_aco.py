@@ -1,5 +1,7 @@
-"""Tests for genius_aco.py: the spec's faithfulness checks 1-6 (shared spec §5), w's missing gradient, the
-foresight search on a scripted sampler, bad pairs files, one end-to-end run and a 2-process train stage."""
+"""Tests for genius_aco.py: the paper's equations against hand-computed values (checks 1-6), w's
+missing gradient, the foresight search on a scripted sampler (with and without foresight), the seeded
+query sample, bad pairs files, one end-to-end run, the no-argument run's claims and a 2-process
+train stage."""
 
 import json
 import math
