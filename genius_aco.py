@@ -12,20 +12,26 @@ term scaled by w = min(1, exp(-(A_l - A_w) / alpha)), where A = f minus the valu
 beam: if the "rejected" step improved its beam more than the winner did, the label is probably noisy
 and the rejected side is pushed down less.
 
-Departures (paper vs released code, see shared spec §1.3/§1.6):
-  1. w uses the paper's min(1, .) (default); `--clamp code` gives the released max(1, .).
+Departures (from the paper and the released code):
+  1. w uses the paper's min(1, .) (default); `--clamp code` gives the released max(1, .)
+     (aco-training/open_instruct/aco_utils.py and the README use max).
   2. Rejected step re-sampled from the distribution without the winner (paper); `--rejected uniform` is
      the released rule, `--rejected lowest --beam_selection greedy` the paper's "w/o sampling" ablation.
   3. A candidate step that ends the response (end-of-turn instead of a newline) has nothing to look
      ahead at: its f is the mean log-prob of its own tokens and its beam stops growing (the released code
      never uses `traj_complete` and keeps stepping).
-  4. Pairs are written directly by the sampler, one per timestamp (the released pair builder skips every
-     record because its lists have unequal lengths, spec §1.6).
+  4. Pairs are written directly by the sampler, one per timestamp (the released pair builder,
+     foresight-sampling/construct_foresight_preference_data.py, skips every record because its lists
+     have unequal lengths).
   5. Own FSDP2 DPO/ACO loop instead of open-instruct + ZeRO-3; reference log-probs are computed once
      with the initial model before training (the same frozen reference, without a second model).
   6. The sample stage is data-parallel: every rank holds the full model (HF generate or its own vLLM).
-  7. Toy: a tiny Qwen2 warm-started on running-sum CoT where demonstrations may switch to guessing lines
-     (so the base sometimes guesses); toy lr/batch/epochs/lengths (Args marked 'toy').
+  7. Toy: a tiny Qwen2 warm-started on running-sum CoT whose demonstrator, when adding a 5, switches
+     to guessing more often than not (so the base guesses there); toy lr/batch/epochs/lengths (Args
+     marked 'toy').
+  8. `--data` queries are the first --num_queries of a permutation seeded by --seed (the paper: 25K
+     random queries; the permutation keeps ids stable when --num_queries grows). `--step_value step`
+     is the paper's "w/o foresight" ablation (f from the step's own tokens; pairs hold no rollout).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
@@ -53,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.claims import claim, format_claims, write_summary
 from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.evaluation import EvalArgs, evaluate_model
@@ -96,6 +103,9 @@ class Args:
     max_step_tokens: int = field(default=16, metadata={"help": "max tokens of a step; toy 16; paper: 1024 (released sampling code)"})
     max_foresight_tokens: int = field(default=64, metadata={"help": "max tokens of a foresight rollout; toy 64; paper: 1024 (released sampling code)"})
     max_completion_tokens: int = field(default=64, metadata={"help": "max tokens when completing the beams after K steps; toy 64; paper: 3000 (released sampling code)"})
+    step_value: Literal["foresight", "step"] = field(default="foresight", metadata={"help": (
+        "foresight: f = mean log-prob of a rollout after the step (the paper) | step: the paper's "
+        "'w/o foresight' ablation, f = mean log-prob of the step's own tokens, no rollout")})
     beam_selection: Literal["sample", "greedy"] = field(default="sample", metadata={"help": "sample (paper) | greedy (top-M f, the 'w/o sampling' ablation, §1.1)"})
     rejected: Literal["paper", "uniform", "lowest"] = field(default="paper", metadata={"help": "paper = re-sampled from F without the winner | uniform = released code | lowest = greedy 'w/o sampling' ablation"})
     queries_per_chunk: int = field(default=16, metadata={"help": "queries searched together per rank (batched generate); records are appended per chunk"})
@@ -118,7 +128,9 @@ class Args:
     eval_fraction: float = field(default=0.25, metadata={"help": "share of queries whose pairs are held out for the eval metrics; toy 0.25; paper preset: 0.01 (not in the paper)"})
     eval_every: int = field(default=5, metadata={"help": "optimizer steps between held-out evaluations; toy 5; paper preset: 50 (not in the paper)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
-    toy_warmstart_steps: int = field(default=400, metadata={"help": "SFT steps that build the cached toy base model"})
+    toy_warmstart_steps: int = field(default=800, metadata={"help": (
+        "SFT steps that build the cached toy base model (800: its arithmetic is crisp at T = 1, so "
+        "its wrong answers are mostly guesses)")})
 
 
 # The paper's values (training setup; sampling sizes from the released code), used with --preset paper (the
@@ -156,6 +168,14 @@ def foresight_distribution(f: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
 def sample_distinct(probs: torch.Tensor, m: int, generator=None) -> torch.Tensor:
     """§1.1: m distinct candidate indices drawn from probs (no replacement); works on (..., C)."""
     return torch.multinomial(probs, m, replacement=False, generator=generator)
+
+
+def step_value(step_logprobs: list[float], foresight_logprobs: list[float] | None = None) -> float:
+    """Foresight step value: f = mean token log-prob of the rollout after the step (its tokens
+    only). Without a rollout (a step that ended the response, or `--step_value step`, the paper's
+    'w/o foresight' ablation) f is the mean log-prob of the step's own tokens: its uncertainty."""
+    lps = foresight_logprobs if foresight_logprobs else step_logprobs
+    return sum(lps) / max(1, len(lps))
 
 
 def step_advantages(f: torch.Tensor, beam_value: torch.Tensor) -> torch.Tensor:
@@ -244,18 +264,17 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
                 text = next((c.text[: -len(s)] for s in STOP if c.text.endswith(s)), c.text)
                 counts["truncated_steps"] += c.finish_reason == "length"
                 cands.append(dict(qi=qi, beam=beam, step=text, ended=ended, step_logprobs=c.logprobs))
-        looking = [c for c in cands if not c["ended"]]
+        looking = [c for c in cands if not c["ended"]] if args.step_value == "foresight" else []
         rollouts = generate_lockstep(sampler, [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking], n=1,
                                      temperature=args.foresight_temperature, max_new_tokens=args.max_foresight_tokens)
         for c, outs in zip(looking, rollouts):
-            c["foresight"], lps = outs[0].text, outs[0].logprobs
-            c["f"] = sum(lps) / len(lps) if lps else sum(c["step_logprobs"]) / max(1, len(c["step_logprobs"]))
+            c["foresight"], c["f"] = outs[0].text, step_value(c["step_logprobs"], outs[0].logprobs)
         for c in cands:
-            if c["ended"]:  # nothing to look ahead at: the step's own mean log-prob (departure 3)
-                c["foresight"], lps = "", c["step_logprobs"]
-                c["f"] = sum(lps) / max(1, len(lps))
+            if "f" not in c:  # no look-ahead: the step ended the response (departure 3), or
+                # --step_value step: f from the step's own tokens
+                c["foresight"], c["f"] = "", step_value(c["step_logprobs"])
         counts["candidates"] += len(cands)
-        counts["ended_response"] += len(cands) - len(looking)
+        counts["ended_response"] += sum(c["ended"] for c in cands)
         for qi in range(len(chat_prompts)):
             mine = [c for c in cands if c["qi"] == qi]
             if len(mine) < 2:
@@ -290,11 +309,14 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
 
 
 def make_toy_rows(n: int, seed: int, pool: str, num_terms: int = 5, max_term: int = 5, guess_rate: float = 0.0) -> list[dict]:
-    """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' / 'heldout'
-    split the query space by a hash, so held-out queries never appear in the warm-start. With guess_rate,
-    a demonstration may switch (per line) to guessing, 'a + b is about c' with c off by up to 2, and keeps
-    guessing to the end: a base model learnt from it sometimes starts guessing, after which the rest of its
-    answer is less predictable and usually wrong, the situation Genius's foresight is built to notice."""
+    """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' /
+    'heldout' split the query space by a hash, so held-out queries never appear in the warm-start.
+    With guess_rate, the demonstrator is unsure when it adds the largest term (max_term): there it
+    switches, with that probability, to guessing, 'a + b is about c' with c off by up to 2, and
+    keeps guessing to the end. With guess_rate > 0.5 a base model learnt from it is more likely to
+    guess than to compute at such a line (so greedy decoding mostly guesses there), after which the
+    rest of its answer is unpredictable and usually wrong: the situation Genius's foresight is
+    built to notice (a computed line leads to a predictable rest, a guess does not)."""
     rng, rows, seen = random.Random(seed), [], set()
     for _ in range(1000 * n):
         if len(rows) == n:
@@ -306,7 +328,7 @@ def make_toy_rows(n: int, seed: int, pool: str, num_terms: int = 5, max_term: in
         seen.add(query)
         lines, carried, guessing = [], terms[0], False
         for x in terms[1:]:
-            guessing = guessing or rng.random() < guess_rate
+            guessing = guessing or (x == max_term and rng.random() < guess_rate)
             shown = carried + x + (rng.randint(-2, 2) if guessing else 0)
             lines.append(f"{carried} + {x} {'is about' if guessing else '='} {shown}")
             carried = shown
@@ -328,7 +350,7 @@ def encode_response(tok, query: str, response: str, max_length: int) -> tuple[li
 
 def toy_base_model(args, prefill: str) -> str:
     """Warm-start the tiny LM by a short SFT on toy CoT (sft pool only), cached like common.models."""
-    spec = dict(steps=args.toy_warmstart_steps, lr=5e-3, batch=32, guess_rate=0.2, prefill=prefill)
+    spec = dict(steps=args.toy_warmstart_steps, lr=5e-3, batch=32, guess_rate=0.6, prefill=prefill)
 
     def build(folder):
         path = make_tiny_lm()
@@ -365,6 +387,15 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # stages
+
+
+def sample_queries(rows: list, n: int | None, seed: int) -> list:
+    """The paper trains on 25K *random* Magpie queries (32K OpenHermes): the first n rows of a
+    seeded permutation, so a larger n extends a smaller one (same seed) and query ids stay stable
+    on resume."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in order[:n]]
 
 
 def load_pairs(path) -> list[dict]:
@@ -456,6 +487,30 @@ def sharded_logps(model, tok, encoded, idx, args, dist_info):
     return {i: (a, b) for part in all_gather_object(out) for i, a, b in part}
 
 
+def weight_spread(w: torch.Tensor) -> dict:
+    """How far ACO departs from DPO on these pairs: the distribution of w (DPO: w = 1)."""
+    q = torch.quantile(w.double(), torch.tensor([0.1, 0.5], dtype=torch.float64))
+    stats = {"mean": w.mean(), "min": w.min(), "p10": q[0], "p50": q[1],
+             "frac_below_1": (w < 1).double().mean(), "frac_above_1": (w > 1).double().mean()}
+    return {k: round(v.item(), 4) for k, v in stats.items()}
+
+
+def run_claims(evals: list[dict], acc_before: dict, acc_after: dict) -> list[dict]:
+    """summary.json's claims, from this run: the held-out pairs' loss falls (the self-made
+    preferences generalise to queries never trained on) and, where rows have answers (the toy's
+    held-out queries or --eval_data), held-out accuracy rises though no answer was ever used."""
+    claims = []
+    if len(evals) >= 2:
+        first, last = evals[0]["eval/loss"], evals[-1]["eval/loss"]
+        name = "held-out pair loss falls"
+        claims.append(claim(name, "eval/loss", first, last, higher_is_better=False))
+    for key, name in (("accuracy_greedy", "greedy"), ("accuracy_sampled_T1", "sampled (T=1)")):
+        if key in acc_before and key in acc_after:
+            name = f"held-out {name} accuracy rises, no labels"
+            claims.append(claim(name, key, acc_before[key], acc_after[key]))
+    return claims
+
+
 def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
     """§1.3-1.4: ACO (or DPO) on the pairs against the frozen initial model, FSDP2 under torchrun."""
     pairs = load_pairs(pairs_path)
@@ -521,6 +576,9 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
         if (step + 1) % args.save_every == 0 or step + 1 == total_steps:
             save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, extra={"acc_before": acc_before})
     acc_after = heldout_accuracy(model, tok, eval_rows, args, dist_info) if eval_rows else {}
+    w = aco_weight(adv[train_idx, 0], adv[train_idx, 1], args.alpha, args.clamp)  # (P_train,)
+    w_train = weight_spread(w)
+    print0(f"w over the training pairs (ACO's scale on the rejected side; DPO: 1): {w_train}")
     logger.plot(["eval/loss", "eval/margin", "eval/reward_accuracy", "eval/logratio_chosen", "eval/logratio_rejected", "train/loss", "train/w_mean"])
     evals = [r for r in logger.history if "eval/loss" in r]
     print0(f"\nheld-out pairs: {len(eval_idx)}, training pairs: {len(train_idx)}, loss: {args.loss}, clamp: {args.clamp}")
@@ -528,13 +586,17 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
     if acc_before:
         print0(format_table([{"model": "before", **acc_before}, {"model": "after", **acc_after}]))
     if dist_info.is_main:
-        (Path(args.output_dir) / "summary.json").write_text(json.dumps({"eval": evals, "accuracy_before": acc_before, "accuracy_after": acc_after}, indent=1))
+        claims = run_claims(evals, acc_before, acc_after)
+        write_summary(args.output_dir, claims, loss=args.loss, clamp=args.clamp, w_train=w_train,
+                      eval=evals, accuracy_before=acc_before, accuracy_after=acc_after)
+        print0(format_claims(claims))
     logger.close()
 
 
 def main(args: Args):
     for key, choices in (("stage", "sample train all"), ("sampler", "hf vllm"), ("loss", "aco dpo"), ("clamp", "paper code"),
-                         ("rejected", "paper uniform lowest"), ("beam_selection", "sample greedy")):
+                         ("rejected", "paper uniform lowest"), ("beam_selection", "sample greedy"),
+                         ("step_value", "foresight step")):
         if getattr(args, key) not in choices.split():
             raise ValueError(f"--{key} must be one of {choices.split()}, got {getattr(args, key)!r}")
     if args.sampler == "vllm" and args.stage == "all":
@@ -552,7 +614,8 @@ def main(args: Args):
     model_path = args.model or toy_base_model(args, args.prefill)
     tok = load_tokenizer(model_path)
     if args.data:
-        query_rows = load_rows(args.data, required=(args.query_field,), limit=args.num_queries)
+        rows = load_rows(args.data, required=(args.query_field,))
+        query_rows = sample_queries(rows, args.num_queries, args.seed)
     else:  # toy: queries only, answers dropped before the search ever sees them
         query_rows = [{"instruction": r["instruction"]} for r in make_toy_rows(args.num_queries, seed=2, pool="heldout")]
     eval_rows = load_rows(args.eval_data, required=(args.query_field, "answer")) if args.eval_data else []
