@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.models import load_model, load_tokenizer, make_tiny_lm, make_tiny_vlm
 from common.sampling import (VLLMArgs, end_of_turn_ids, generate_local, generate_sharded, make_sampler,
                              old_logprobs_need_recompute, render_prompt)
 
@@ -165,20 +165,36 @@ def _rank_generations(log: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("script", ["bstar", "mstar", "genius_aco"])
+# script -> (flags, which generate call of each rank to count, prompts per local query in that call, the file
+# holding one gathered record per query of that phase)
+SCRIPT_RUNS = {
+    "bstar": (["--iterations", "1", "--queries_per_iteration", "6", "--samples_per_query", "2", "--sft_steps", "2",
+               "--batch_size", "2", "--eval_queries", "4", "--max_new_tokens", "8", "--mode", "online_rft"],
+              1, 1, "samples/iter_01/samples.jsonl"),  # call 0: greedy eval; call 1: k samples of the 6 queries
+    "mstar": (["--num_iterations", "1", "--warmup_samples", "2", "--samples_per_query", "2", "--max_new_tokens", "8",
+               "--steps_per_iteration", "1", "--warmup_steps", "1", "--eval_k", "2", "--num_train", "8",
+               "--num_unlabeled", "4", "--num_val", "2", "--num_test", "4", "--batch_size", "4",
+               "--val_samples_per_query", "2", "--temperature_grid", "0.5,1.0"],
+              2, 1, "samples/warmup.jsonl"),  # calls 0-1: base eval; call 2: warm-up samples of the 8 train rows
+    "genius_aco": (["--stage", "sample", "--num_queries", "6", "--max_step_tokens", "6", "--max_foresight_tokens", "8",
+                    "--max_completion_tokens", "8", "--num_steps", "2"],
+                   0, 2, "completions.jsonl"),  # call 0: candidate steps of M=2 beams per query
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPT_RUNS))
 def test_two_rank_scripts_sample_on_every_rank(script, run_cmd, torchrun_cmd, tmp_path):
+    flags, call, per_query, records = SCRIPT_RUNS[script]
     log, out = tmp_path / "log", tmp_path / "run"
     env = {"FAKE_VLLM_LOG": str(log), "PYTHONPATH": f"{FAKE}:{Path(__file__).parents[1]}"}
-    flags = {
-        "bstar": ["--iterations", "1", "--queries_per_iteration", "6", "--samples_per_query", "2", "--sft_steps", "2",
-                  "--batch_size", "2", "--eval_queries", "4", "--max_new_tokens", "8", "--mode", "rft"],
-        "mstar": ["--num_iterations", "1", "--warmup_samples", "2", "--samples_per_query", "2", "--max_new_tokens", "8",
-                  "--steps_per_iteration", "1", "--warmup_steps", "1", "--eval_k", "2"],
-        "genius_aco": ["--stage", "sample", "--num_queries", "6", "--max_completion_tokens", "8"],
-    }[script]
-    run_cmd([*torchrun_cmd, f"{script}.py", "--sampler", "vllm", "--output_dir", str(out), *flags], timeout=400, env=env)
+    model = make_tiny_vlm() if script == "mstar" else make_tiny_lm()  # cached: no toy warm start to build
+    run_cmd([*torchrun_cmd, f"{script}.py", "--sampler", "vllm", "--model", model, "--output_dir", str(out), *flags],
+            timeout=400, env=env)
     gens = _rank_generations(log)
     assert gens[0] and gens[1], "both ranks generate"
-    samples = {r: [c for g in gens[r] for group in g["completions"] for c in group] for r in (0, 1)}
-    assert samples[0] != samples[1]  # distinct samples (different prompts, different seeds)
-    assert [c["prompts"] for c in gens[0]] != [c["prompts"] for c in gens[1]]
+    local = [len(gens[r][call]["prompts"]) // per_query for r in (0, 1)]
+    assert local[0] == local[1] > 0
+    assert len((out / records).read_text().splitlines()) == 2 * local[0]  # gathered = world x local
+    assert gens[0][call]["prompts"] != gens[1][call]["prompts"]  # each rank its own share
+    samples = {r: [c for g in gens[r] if g["temperature"] > 0 for group in g["completions"] for c in group] for r in (0, 1)}
+    assert samples[0] and samples[1] and samples[0] != samples[1]  # distinct samples
