@@ -29,7 +29,8 @@ Departures:
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
 - The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
-- Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
+- Under torchrun every rank generates its share of each batch (HF or its own vLLM engine) and rank 0
+  writes the records; the sandbox stages run on every rank and rank 0's records are the ones kept.
 
 Commands:
     python codeio.py                                   # CPU toy: tiny model, data/codeio_corpus, ~2 min
@@ -54,19 +55,20 @@ import torch
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from common.data import load_rows, read_jsonl_tolerant, write_jsonl
+from common import data
+from common.data import load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
 from common.rewards import last_json_object
-from common.sampling import make_sampler, render_prompt
+from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.sandbox import Sandbox
-from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
-                          make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, is_main_process,
+                          load_checkpoint, make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
                                                       "(paper: DeepSeek-V2.5 writes CoTs, §1.4)"})
     corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/hub set "
@@ -446,11 +448,26 @@ def infra_note(count: int) -> str:
     return f"; {count} sandbox errors (not written: a rerun retries them)" if count else ""
 
 
+def write_jsonl(path, rows, mode="w"):
+    """Under torchrun every rank holds the same records (gathered generations); rank 0 writes them."""
+    if is_main_process():
+        data.write_jsonl(path, rows, mode)
+
+
+def read_jsonl_tolerant(path) -> list[dict]:
+    """Every rank reads rank 0's file after its writes, and before rank 0 repairs a line cut by a kill."""
+    barrier()
+    rows = data.read_jsonl_tolerant(path)
+    barrier()
+    return rows
+
+
 def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
+    """One completion per message; under torchrun each rank generates its share of every batch."""
     texts = []
     for start in tqdm(range(0, len(messages), args.generation_batch_size), desc=desc, leave=False):
         batch = messages[start:start + args.generation_batch_size]
-        groups = sampler.generate(batch, n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        groups = generate_sharded(sampler, batch, n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
         texts += [group[0].text for group in groups]
     return texts
 
@@ -508,8 +525,6 @@ def main(args: Args):
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
     dist_info = init_distributed()
-    if dist_info.world_size > 1 and set(stages) != {"sft"}:
-        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -518,7 +533,7 @@ def main(args: Args):
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
     model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
              if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
-    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
+    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args) if generating else None
     executes = set(stages) & {"io", "verify", "revise"}
     sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
                        allow_weaker=args.sandbox_allow_weaker) if executes else None)

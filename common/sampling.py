@@ -408,29 +408,45 @@ def make_sampler(kind: str, model=None, tokenizer=None, model_path: str | None =
 # every rank samples its share
 
 
-def generate_local(sampler, prompts, images=None, **kwargs) -> list[list[Completion]]:
-    """Generate this rank's own prompts (each rank may hold a different number).
-
-    A lock-step sampler (HF on an FSDP2 model) needs equal counts on every rank: the short ranks pad with
-    repeats of a real prompt (their own, or the first of a rank that has one) and drop those results.
-    The only collective before generating is that count exchange.
-    """
-    if not (sampler.lockstep and dist.is_initialized() and dist.get_world_size() > 1):
-        return sampler.generate(prompts, images=images, **kwargs) if prompts else []
+def _lockstep_round(sampler, prompts, images, **kwargs) -> tuple[list[list[Completion]], int]:
+    """One lock-step round: ranks swap their prompt counts (and a spare prompt), the short ranks pad with
+    repeats of a real prompt (their own, or the first of a rank that has one), every rank generates the
+    longest count and drops its padding. Returns (this rank's groups, the longest count)."""
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, (len(prompts), (prompts[:1], None if images is None else images[:1])))
     most = max(count for count, _ in out)
     if most == 0:
-        return []
-    filler_prompt, filler_images = next(f for count, f in out if count > 0)
+        return [], 0
+    filler_prompts, filler_images = next(spare for count, spare in out if count > 0)
     pad = most - len(prompts)
-    padded = list(prompts) + [prompts[-1] if prompts else filler_prompt[0]] * pad
+    padded = list(prompts) + [prompts[-1] if prompts else filler_prompts[0]] * pad
+    padded_images = None
     if images is not None or filler_images is not None:
         own = list(images or [])
         padded_images = own + [own[-1] if own else filler_images[0]] * pad
-    else:
-        padded_images = None
-    return sampler.generate(padded, images=padded_images, **kwargs)[: len(prompts)]
+    return sampler.generate(padded, images=padded_images, **kwargs)[: len(prompts)], most
+
+
+def _lockstep(sampler) -> bool:
+    return sampler.lockstep and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def generate_local(sampler, prompts, images=None, **kwargs) -> list[list[Completion]]:
+    """Generate this rank's own prompts (ranks may hold different numbers). An independent sampler (vLLM,
+    HF on an unsharded model) just generates; a lock-step one (HF on FSDP2) runs one `_lockstep_round`,
+    whose only collective before generating is the count exchange."""
+    if not _lockstep(sampler):
+        return sampler.generate(prompts, images=images, **kwargs) if prompts else []
+    return _lockstep_round(sampler, prompts, images, **kwargs)[0]
+
+
+def finish_local(sampler, **kwargs):
+    """For loops whose number of `generate_local` calls differs across ranks (episodes that end early): a
+    rank out of prompts keeps joining the others' lock-step rounds until every rank is. Every rank calls it
+    once after its loop; a no-op for independent samplers."""
+    if _lockstep(sampler):
+        while _lockstep_round(sampler, [], None, **kwargs)[1] > 0:
+            pass
 
 
 def generate_sharded(sampler, prompts, images=None, **kwargs) -> list[list[Completion]]:
