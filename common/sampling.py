@@ -207,6 +207,8 @@ class HFSampler(Sampler):
             top_p=None if greedy else top_p, top_k=None, num_return_sequences=n,
             eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, stop_strings=stop or None,
         )
+        one_each = copy.deepcopy(gen_cfg)  # for rows already expanded n times (shared prefill)
+        one_each.num_return_sequences = 1
         # FSDP2 forwards are collectives: every rank runs as many as the longest (transformers' synced_gpus)
         synced = self.lockstep and dist.is_initialized() and dist.get_world_size() > 1
         was_training = self.model.training
@@ -223,8 +225,8 @@ class HFSampler(Sampler):
                 enc, extra = self._prefilled_cache(enc, n)  # (b * n, P) and the expanded cache
             recorder = _RecordLogprobs()
             out = self.model.generate(
-                **enc, **extra, generation_config=gen_cfg, logits_processor=LogitsProcessorList([recorder]),
-                tokenizer=self.tokenizer, synced_gpus=synced, num_return_sequences=1 if extra else n,
+                **enc, **extra, generation_config=one_each if extra else gen_cfg, tokenizer=self.tokenizer,
+                logits_processor=LogitsProcessorList([recorder]), synced_gpus=synced,
             )  # (b * n, P + T)
             new_tokens = out[:, enc["input_ids"].shape[1] :]  # (b * n, T)
             logprobs = recorder.finish(out).cpu()  # (b * n, T)
