@@ -34,7 +34,7 @@ Commands:
       --queries_per_iteration 0 --sft_steps 500 --batch_size 128 --lr 4.12e-6 --max_new_tokens 1024 \
       --search_queries 600 --iterations 9 --eval_queries 500 --dtype bfloat16 --sampler vllm \
       --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
-  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; every rank samples its share)
+  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; each rank samples a share)
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from common.toys import toy_model
 from common.rewards import extract_answer, math_equal
 from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
-                          format_table, init_distributed, load_checkpoint, make_optimizer, pad_batch,
+                          format_table, init_distributed, load_checkpoint, make_optimizer,
+                          pad_batch,
                           print0, save_checkpoint, seed_everything, shard_model, sft_loss)
 
 MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
@@ -378,10 +379,11 @@ Runtime = namedtuple("Runtime", "args dist tok sampler scorer")  # what the samp
 
 
 def generate_all(rt: Runtime, prompts, n: int, temperature: float) -> list[list[tuple[str, bool]]]:
-    """(text, truncated) of n samples per prompt, on every rank: each rank samples its share with its own
-    sampler (HF on the FSDP2 model, or the rank's own vLLM engine), then the groups are gathered."""
+    """(text, truncated) of n samples per prompt, on every rank: each rank samples its share with its
+    own sampler (HF on the FSDP2 model, or the rank's own vLLM engine), then the groups are gathered."""
     kw = dict(n=n, temperature=temperature, max_new_tokens=rt.args.max_new_tokens, batch_size=rt.args.gen_batch_size)
-    return [[(c.text, c.finish_reason == "length") for c in g] for g in generate_sharded(rt.sampler, prompts, **kw)]
+    groups = generate_sharded(rt.sampler, prompts, **kw)
+    return [[(c.text, c.finish_reason == "length") for c in g] for g in groups]
 
 
 def is_correct(text: str, gold: str) -> bool:
@@ -510,7 +512,8 @@ def main(args: Args):
     model_path = build_warm_start(args) if args.model == "tiny" else args.model
     tok = load_tokenizer(model_path)
     model = shard_model(load_model(model_path, dtype=args.dtype), d)
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)  # vllm: one engine per rank
+    # vllm: one engine per rank
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
     rt = Runtime(args, d, tok, sampler, make_step_scorer(args, d.device))
     inherit = args.mode in ("bstar", "online_rft")
     optimizer, scheduler = make_optimizer_and_schedule(model, args, args.sft_steps * (args.iterations if inherit else 1))
@@ -572,7 +575,7 @@ def main(args: Args):
             if (step + 1) % args.save_every == 0 and step + 1 < args.sft_steps:
                 save_checkpoint(ckpt_dir, model, optimizer, scheduler, global_step, {"iteration": it, "sft_step": step + 1})
         resume_step = 0
-        sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF samples from `model` itself)
+        sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF: a no-op)
         stats.update(greedy_acc=evaluate_greedy(rt, eval_rows), temperature=temperature, threshold=threshold, search_bs=search_bs,
                      sft_loss=sum(losses) / len(losses) if losses else None, lr=scheduler.get_last_lr()[0],
                      num_pairs=len(pairs), num_rationalized=num_rationalized, sft_steps_total=global_step)

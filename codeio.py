@@ -61,8 +61,9 @@ from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_i
 from common.rewards import last_json_object
 from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.sandbox import Sandbox
-from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, is_main_process,
-                          load_checkpoint, make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed,
+                          is_main_process, load_checkpoint, make_optimizer, print0, save_checkpoint,
+                          seed_everything, sft_inputs, sft_loss, shard_model)
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 
@@ -449,13 +450,13 @@ def infra_note(count: int) -> str:
 
 
 def write_jsonl(path, rows, mode="w"):
-    """Under torchrun every rank holds the same records (gathered generations); rank 0 writes them."""
+    """Under torchrun every rank holds the same records (gathered generations): rank 0 writes."""
     if is_main_process():
         data.write_jsonl(path, rows, mode)
 
 
 def read_jsonl_tolerant(path) -> list[dict]:
-    """Every rank reads rank 0's file after its writes, and before rank 0 repairs a line cut by a kill."""
+    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
     barrier()
     rows = data.read_jsonl_tolerant(path)
     barrier()
@@ -467,7 +468,8 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
     texts = []
     for start in tqdm(range(0, len(messages), args.generation_batch_size), desc=desc, leave=False):
         batch = messages[start:start + args.generation_batch_size]
-        groups = generate_sharded(sampler, batch, n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        groups = generate_sharded(sampler, batch, n=1, temperature=args.temperature,
+                                  max_new_tokens=args.max_new_tokens)
         texts += [group[0].text for group in groups]
     return texts
 
@@ -533,7 +535,8 @@ def main(args: Args):
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
     model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
              if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
-    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args) if generating else None
+    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args)
+               if generating else None)
     executes = set(stages) & {"io", "verify", "revise"}
     sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
                        allow_weaker=args.sandbox_allow_weaker) if executes else None)

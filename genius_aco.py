@@ -199,7 +199,8 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
     for t in range(args.num_steps):
         live = [(qi, b) for qi, bs in enumerate(beams) for b in bs if not b.done]
         step_outs = generate_local(sampler, [head(qi, b.steps) for qi, b in live], n=args.num_candidates,
-                                      temperature=args.step_temperature, max_new_tokens=args.max_step_tokens, stop=STOP)
+                                   temperature=args.step_temperature, max_new_tokens=args.max_step_tokens,
+                                   stop=STOP)
         cands = []  # dict per candidate step
         for (qi, beam), outs in zip(live, step_outs):
             for c in outs:
@@ -208,8 +209,9 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
                 counts["truncated_steps"] += c.finish_reason == "length"
                 cands.append(dict(qi=qi, beam=beam, step=text, ended=ended, step_logprobs=c.logprobs))
         looking = [c for c in cands if not c["ended"]]
-        rollouts = generate_local(sampler, [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking], n=1,
-                                     temperature=args.foresight_temperature, max_new_tokens=args.max_foresight_tokens)
+        heads = [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking]
+        rollouts = generate_local(sampler, heads, n=1, temperature=args.foresight_temperature,
+                                  max_new_tokens=args.max_foresight_tokens)
         for c, outs in zip(looking, rollouts):
             c["foresight"], lps = outs[0].text, outs[0].logprobs
             c["f"] = sum(lps) / len(lps) if lps else sum(c["step_logprobs"]) / max(1, len(c["step_logprobs"]))
@@ -238,7 +240,7 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
             beams[qi] = done + [Beam(mine[i]["beam"].steps + [mine[i]["step"]], float(f[i]), mine[i]["ended"]) for i in keep.tolist()]
     live = [(qi, b) for qi, bs in enumerate(beams) for b in bs if not b.done]
     finals = generate_local(sampler, [head(qi, b.steps) for qi, b in live], n=1,
-                               temperature=args.foresight_temperature, max_new_tokens=args.max_completion_tokens)
+                            temperature=args.foresight_temperature, max_new_tokens=args.max_completion_tokens)
     completed = [dict(query_id=qid, query=q, responses=[]) for qid, q in zip(query_ids, queries)]
     for (qi, b), outs in zip(live, finals):
         completed[qi]["responses"].append(args.prefill + "".join(s + "\n" for s in b.steps) + outs[0].text)
@@ -318,7 +320,8 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
     prompts = [render_prompt(tok, [{"role": "user", "content": r[args.query_field]}]) + args.prefill for r in mine]
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled_T1", 1.0)):
-        comps = generate_local(sampler, prompts, n=4 if temp else 1, temperature=temp, max_new_tokens=args.max_completion_tokens)
+        comps = generate_local(sampler, prompts, n=4 if temp else 1, temperature=temp,
+                               max_new_tokens=args.max_completion_tokens)
         hits = [math_equal(extract_answer(c.text), r["answer"]) for cs, r in zip(comps, mine) for c in cs]
         gathered = [h for part in all_gather_object(hits) for h in part]
         out[f"accuracy_{name}"] = sum(gathered) / max(1, len(gathered))
@@ -356,7 +359,7 @@ def sample_stage(args, dist_info, model_path, tok, query_rows, pairs_path):
     mine = todo[dist_info.rank :: dist_info.world_size]
     n_chunks = max(1, math.ceil(math.ceil(len(todo) / dist_info.world_size) / args.queries_per_chunk))
     if args.sampler == "vllm":
-        sampler = make_sampler("vllm", model_path=model_path, args=args)  # one engine per rank, each its own share
+        sampler = make_sampler("vllm", model_path=model_path, args=args)  # one engine per rank
     else:
         sampler = make_sampler("hf", load_model(model_path, device=dist_info.device), tok)
     totals = {}

@@ -498,7 +498,8 @@ def main(args: Args):
     processor = load_processor(model_path)
     model = shard_model(load_model(model_path, vlm=True, dtype=args.dtype), d)
     seed_everything(args.seed)  # after the (maybe first-time) toy base build, so cold and warm caches give one run
-    sampler = make_sampler(args.sampler, model, processor, model_path=model_path, args=args)  # vllm: one per rank
+    # vllm: one engine per rank
+    sampler = make_sampler(args.sampler, model, processor, model_path=model_path, args=args)
     prm = RuleStepPRM() if args.prm == "rule" else HFProcessRewardModel(args.prm, args, d.device)
     train, unlabeled, val, test = load_splits(args)
 
@@ -516,7 +517,7 @@ def main(args: Args):
     print0(f"model {model_path} | PRM: {prm.name} | {len(train)} train, {len(unlabeled)} unlabelled, {len(val)} val, "
            f"{len(test)} test | training={args.training} interval={interval} selection={args.selection}")
 
-    def sync_sampler():  # vLLM keeps its own copy of the weights: every rank pushes into its own engine
+    def sync_sampler():  # vLLM keeps its own weights: every rank pushes into its own engine
         sampler.sync_weights(model)  # a no-op for HF, which samples from `model` itself
 
     ckpt, warm_ckpt = out / "ckpt", out / "ckpt_warmup"

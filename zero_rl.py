@@ -15,7 +15,7 @@ Departures (from the paper and its released verl code):
   and is graded by the paper's grader. Scale-dependent defaults (batch, lr, lengths, steps) are the
   toy's; the help strings give the paper's values.
 - Old log-probs come from the sampler (HF generate records the model's own) on CPU, where they equal
-  the trainer's forward; on CUDA (bf16) and with `--sampler vllm` the trainer recomputes them, as verl does.
+  the trainer's forward; on CUDA (bf16) and with `--sampler vllm` the trainer recomputes them (verl).
 - The loss forward computes each prompt once for its G responses (shared KV cache): exact, and the main
   reason a step is several times faster than TRL's on the toy.
 - Reasoning behaviours: a keyword detector is the stand-in labeller (the paper rejects keyword counts,
@@ -51,7 +51,8 @@ from common import rewards as R
 from common.data import load_rows, make_countdown_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
-from common.sampling import HFSampler, VLLMArgs, make_sampler, old_logprobs_need_recompute, render_prompt
+from common.sampling import (HFSampler, VLLMArgs, make_sampler, old_logprobs_need_recompute,
+                             render_prompt)
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
                           format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
                           save_checkpoint, seed_everything, shard_model, sft_loss)
@@ -431,8 +432,9 @@ def main(args):
     ref_model = shard_model(load_model(model_path, dtype=args.dtype), dist).eval().requires_grad_(False) if args.beta else None
     opt = make_optimizer(model, args.lr)
     sched = make_scheduler(opt, "constant", 0, args.total_steps)
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)  # vllm: one engine per rank
-    recompute = args.recompute_old_logprobs or old_logprobs_need_recompute(sampler, dist.device)  # vLLM, CUDA
+    # vllm: one engine per rank; vLLM's and CUDA's sampler log-probs are not the trainer's
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
+    recompute = args.recompute_old_logprobs or old_logprobs_need_recompute(sampler, dist.device)
     judge = None if not args.judge_model else HFSampler(load_model(args.judge_model, device=dist.device).eval(),
                                                         load_tokenizer(args.judge_model))
     seed_everything(args.seed + dist.rank)  # ranks sample different completions
@@ -473,7 +475,8 @@ def main(args):
         # 1. rollout: G samples per prompt on every rank; the G samples of a prompt are consecutive
         batch = rows_for_step(step)
         prompts = [make_prompt(r["question"], template, b, args.length_reward) for r, b in batch]
-        with amp() if args.sampler == "hf" else nullcontext():  # vLLM runs its own kernels, never under autocast
+        # vLLM runs its own kernels, never under autocast
+        with amp() if args.sampler == "hf" else nullcontext():
             groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
         sampler.sleep()  # vLLM frees its memory for the update
         comps, t_gen = [c for g in groups for c in g], time.perf_counter() - t0
@@ -549,7 +552,7 @@ def main(args):
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-        sampler.sync_weights(model)  # vLLM: the next rollout samples from the updated policy; HF: a no-op
+        sampler.sync_weights(model)  # vLLM: the next rollout samples the updated policy; HF: no-op
         # 5. metrics (TRL's names where TRL has the metric)
         tot = {k: sum(part[k] for part in all_gather_object(sums)) for k in sums}
         n_tok, step_time = max(tot["tokens"], 1.0), time.perf_counter() - t0

@@ -27,9 +27,16 @@ def test_llm_constructor_keywords():
     direct = _params(vllm.LLM.__init__)
     for name in ("model", "seed", "gpu_memory_utilization", "tensor_parallel_size"):
         assert name in direct, f"LLM({name}=...) is gone"
-    assert inspect.Parameter.VAR_KEYWORD in {p.kind for p in direct.values()}  # the rest goes to EngineArgs
+    assert inspect.Parameter.VAR_KEYWORD in {
+        p.kind for p in direct.values()
+    }  # the rest goes to EngineArgs
     engine_fields = {f.name for f in dataclasses.fields(EngineArgs)}
-    for name in ("max_model_len", "enable_prefix_caching", "enable_sleep_mode", "distributed_executor_backend"):
+    for name in (
+        "max_model_len",
+        "enable_prefix_caching",
+        "enable_sleep_mode",
+        "distributed_executor_backend",
+    ):
         assert name in engine_fields, f"EngineArgs.{name} is gone"
 
 
@@ -39,29 +46,38 @@ def test_external_launcher_runs_in_process_and_reads_the_torchrun_env():
 
     assert "external_launcher" in typing.get_args(parallel.DistributedExecutorBackend)
     # the launcher switches V1 multiprocessing off, so LLMEngine keeps the executor in this process
-    assert 'os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"' in inspect.getsource(parallel.ParallelConfig)
+    assert 'os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"' in inspect.getsource(
+        parallel.ParallelConfig
+    )
     source = inspect.getsource(uniproc_executor.ExecutorWithExternalLauncher)
     for var in ("RANK", "LOCAL_RANK"):
         assert f'os.environ["{var}"]' in source
 
 
 def test_weight_loading_path():
-    """llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights([(name, tensor)])."""
+    """llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights([(name, t)])."""
     from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
     from vllm.v1.engine.llm_engine import LLMEngine
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
     from vllm.v1.worker import gpu_worker, worker_base
 
-    assert "self.model_executor = self.engine_core.engine_core.model_executor" in inspect.getsource(LLMEngine)
+    assert "self.model_executor = self.engine_core.engine_core.model_executor" in inspect.getsource(
+        LLMEngine
+    )
     assert "self.driver_worker = WorkerWrapperBase(" in inspect.getsource(UniProcExecutor)
-    assert "return getattr(self.worker, attr)" in inspect.getsource(worker_base.WorkerWrapperBase.__getattr__)
+    assert "return getattr(self.worker, attr)" in inspect.getsource(
+        worker_base.WorkerWrapperBase.__getattr__
+    )
     assert "self.model_runner" in inspect.getsource(gpu_worker.Worker)
     assert list(_params(Qwen2ForCausalLM.load_weights)) == ["self", "weights"]
 
 
 def test_llm_methods():
     gen = _params(vllm.LLM.generate)
-    assert list(gen)[:3] == ["self", "prompts", "sampling_params"] and gen["use_tqdm"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert (
+        list(gen)[:3] == ["self", "prompts", "sampling_params"]
+        and gen["use_tqdm"].kind == inspect.Parameter.KEYWORD_ONLY
+    )
     assert _params(vllm.LLM.sleep)["level"].default == 1
     assert "tags" in _params(vllm.LLM.wake_up)
     assert list(_params(vllm.LLM.reset_prefix_cache))[0] == "self"
@@ -70,12 +86,30 @@ def test_llm_methods():
 
 def test_sampling_params_fields_and_greedy_n():
     fields = set(_params(vllm.SamplingParams))
-    for name in ("n", "temperature", "top_p", "max_tokens", "stop", "stop_token_ids", "include_stop_str_in_output",
-                 "logprobs"):
+    for name in (
+        "n",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stop",
+        "stop_token_ids",
+        "include_stop_str_in_output",
+        "logprobs",
+    ):
         assert name in fields, f"SamplingParams.{name} is gone"
-    vllm.SamplingParams(n=4, temperature=1.0, top_p=0.9, max_tokens=8, stop=["\n"], stop_token_ids=[2],
-                        include_stop_str_in_output=True, logprobs=0)
-    with pytest.raises(Exception, match="greedy"):  # why VLLMSampler copies one greedy completion n times
+    vllm.SamplingParams(
+        n=4,
+        temperature=1.0,
+        top_p=0.9,
+        max_tokens=8,
+        stop=["\n"],
+        stop_token_ids=[2],
+        include_stop_str_in_output=True,
+        logprobs=0,
+    )
+    with pytest.raises(
+        Exception, match="greedy"
+    ):  # why VLLMSampler copies one greedy completion n times
         vllm.SamplingParams(n=2, temperature=0)
 
 
@@ -94,13 +128,22 @@ def test_prompt_and_output_shapes():
 
 
 def test_the_fake_engine_matches_the_real_surface():
-    """tests/fake_vllm mirrors what the sampler calls; its keywords must exist on the real classes."""
+    """tests/fake_vllm mirrors what the sampler calls; its keywords exist on the real classes."""
     import ast
 
     tree = ast.parse(FAKE.read_text())
     fake = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    for method in ("get_tokenizer", "sleep", "wake_up", "reset_prefix_cache", "generate", "collective_rpc"):
-        fn = next(n for n in fake["LLM"].body if isinstance(n, ast.FunctionDef) and n.name == method)
+    for method in (
+        "get_tokenizer",
+        "sleep",
+        "wake_up",
+        "reset_prefix_cache",
+        "generate",
+        "collective_rpc",
+    ):
+        fn = next(
+            n for n in fake["LLM"].body if isinstance(n, ast.FunctionDef) and n.name == method
+        )
         real = _params(getattr(vllm.LLM, method))
         for arg in fn.args.args[1:]:
             assert arg.arg in real, f"fake LLM.{method}({arg.arg}) is not a vllm keyword"

@@ -1,16 +1,16 @@
-"""A fake `vllm` for tests: the surface of vLLM's offline `LLM` that common/sampling.py uses, on CPU.
+"""A fake `vllm` for tests: the surface of vLLM's offline `LLM` that common/sampling.py uses, on
+CPU.
 
-Put `tests/fake_vllm` first on PYTHONPATH and `--sampler vllm` runs against this module. It behaves like
-vLLM where the sampler depends on it and refuses what vLLM refuses:
-- the model is reachable in-process (`llm.llm_engine.model_executor.driver_worker.model_runner.model`)
-  only with `distributed_executor_backend="external_launcher"`, which needs the torchrun environment;
+Put `tests/fake_vllm` first on PYTHONPATH and `--sampler vllm` runs against this module. It behaves
+like vLLM where the sampler depends on it and refuses what vLLM refuses:
+- the model is reachable in-process
+  (`llm.llm_engine.model_executor.driver_worker.model_runner.model`) only with
+  `distributed_executor_backend="external_launcher"`, which needs the torchrun environment;
 - prompts must be token-id prompts (`{"prompt_token_ids": [...]}`, optional `multi_modal_data`);
 - greedy (temperature 0) with n > 1 is refused; a sleeping engine cannot generate, and a sleeping
-  engine's weights cannot be loaded before `wake_up(tags=["weights"])`.
-It generates with the real (tiny) HF model from the model path, so pushed weights change its samples.
-Every call is appended to `$FAKE_VLLM_LOG/rank{RANK}.jsonl` when FAKE_VLLM_LOG is set, and kept in
-`llm.calls`.
-"""
+  engine's weights cannot be loaded before `wake_up(tags=["weights"])`. It generates with the real
+  (tiny) HF model from the model path, so pushed weights change its samples. Every call is appended
+  to `$FAKE_VLLM_LOG/rank{RANK}.jsonl` when FAKE_VLLM_LOG is set, and kept in `llm.calls`."""
 
 from __future__ import annotations
 
@@ -97,7 +97,9 @@ class _EngineModel(torch.nn.Module):
 
     def load_weights(self, weights):
         if not self.awake():
-            raise RuntimeError("load_weights on sleeping weights: call wake_up(tags=['weights']) first")
+            raise RuntimeError(
+                "load_weights on sleeping weights: call wake_up(tags=['weights']) first"
+            )
         params = dict(self.hf.state_dict(keep_vars=True))
         loaded = set()
         for name, tensor in weights:
@@ -119,11 +121,17 @@ class LLM:
         self.calls: list[dict] = []
         self.kwargs = kwargs
         self.seed = kwargs.get("seed", 0)
-        self.env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        self.env = {
+            k: os.environ.get(k)
+            for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        }
         backend = kwargs.get("distributed_executor_backend")
         if backend == "external_launcher" and None in self.env.values():
             raise RuntimeError(f"external_launcher needs the torchrun environment, got {self.env}")
-        if torch.distributed.is_initialized() and int(self.env["WORLD_SIZE"]) != torch.distributed.get_world_size():
+        if (
+            torch.distributed.is_initialized()
+            and int(self.env["WORLD_SIZE"]) != torch.distributed.get_world_size()
+        ):
             raise RuntimeError("WORLD_SIZE differs from the initialised process group")
         cfg = json.loads((Path(model) / "config.json").read_text())
         self.vlm = "vision_config" in cfg
@@ -135,8 +143,17 @@ class LLM:
         self.engine_model.awake = lambda: "weights" not in self.asleep
         if backend == "external_launcher":  # in-process executor: the worker's model is reachable
             self.llm_engine = _Engine(self.engine_model)
-        self._log("init", model=model, kwargs={k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
-                  env=self.env, device=f"cuda:{self.env['LOCAL_RANK']}")
+        self._log(
+            "init",
+            model=model,
+            kwargs={
+                k: v
+                for k, v in kwargs.items()
+                if isinstance(v, (int, float, str, bool, type(None)))
+            },
+            env=self.env,
+            device=f"cuda:{self.env['LOCAL_RANK']}",
+        )
 
     def _log(self, event: str, **info):
         rec = {"event": event, **info}
@@ -170,22 +187,42 @@ class LLM:
         ids = prompt["prompt_token_ids"]
         if self.vlm and "multi_modal_data" in prompt:
             text = self._tokenizer.decode(ids)
-            return dict(self.processor(text=[text], images=[prompt["multi_modal_data"]["image"]], return_tensors="pt"))
-        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            return dict(
+                self.processor(
+                    text=[text], images=[prompt["multi_modal_data"]["image"]], return_tensors="pt"
+                )
+            )
+        return {
+            "input_ids": torch.tensor([ids]),
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        }
 
     @torch.no_grad()
-    def _sample(self, inputs: dict, params: SamplingParams, gen: torch.Generator) -> CompletionOutput:
-        ids, extra = inputs["input_ids"], {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    def _sample(
+        self, inputs: dict, params: SamplingParams, gen: torch.Generator
+    ) -> CompletionOutput:
+        ids, extra = (
+            inputs["input_ids"],
+            {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")},
+        )
         out, lps = [], []
         reason = "length"
         for _ in range(params.max_tokens):
             seq = torch.cat([ids, torch.tensor([out], dtype=torch.long).view(1, -1)], dim=1)
-            logits = self.hf(input_ids=seq, attention_mask=torch.ones_like(seq), **extra).logits[0, -1].float()
+            logits = (
+                self.hf(input_ids=seq, attention_mask=torch.ones_like(seq), **extra)
+                .logits[0, -1]
+                .float()
+            )
             logp = torch.log_softmax(logits, -1)
             if params.temperature < 1e-5:
                 tok = int(logits.argmax())
             else:
-                tok = int(torch.multinomial(torch.softmax(logits / params.temperature, -1), 1, generator=gen))
+                tok = int(
+                    torch.multinomial(
+                        torch.softmax(logits / params.temperature, -1), 1, generator=gen
+                    )
+                )
             out.append(tok)
             lps.append({tok: Logprob(float(logp[tok]))})
             if tok in (params.stop_token_ids or []):
@@ -195,9 +232,13 @@ class LLM:
                 reason = "stop"
                 break
         text = self._tokenizer.decode(out, skip_special_tokens=True)
-        return CompletionOutput(0, text, out, sum(next(iter(d.values())).logprob for d in lps), lps, reason)
+        return CompletionOutput(
+            0, text, out, sum(next(iter(d.values())).logprob for d in lps), lps, reason
+        )
 
-    def generate(self, prompts, sampling_params: SamplingParams | None = None, use_tqdm: bool = True):
+    def generate(
+        self, prompts, sampling_params: SamplingParams | None = None, use_tqdm: bool = True
+    ):
         if self.asleep:
             raise RuntimeError(f"generate on a sleeping engine ({sorted(self.asleep)} asleep)")
         params = sampling_params or SamplingParams()
@@ -212,7 +253,13 @@ class LLM:
             for j, o in enumerate(outs):
                 o.index = j
             results.append(RequestOutput(str(i), None, list(p["prompt_token_ids"]), outs))
-        self._log("generate", prompts=[p["prompt_token_ids"] for p in prompts], n=params.n,
-                  temperature=params.temperature, stop_token_ids=params.stop_token_ids, stop=params.stop,
-                  completions=[[o.token_ids for o in r.outputs] for r in results])
+        self._log(
+            "generate",
+            prompts=[p["prompt_token_ids"] for p in prompts],
+            n=params.n,
+            temperature=params.temperature,
+            stop_token_ids=params.stop_token_ids,
+            stop=params.stop,
+            completions=[[o.token_ids for o in r.outputs] for r in results],
+        )
         return results
