@@ -33,7 +33,7 @@ Commands (naming --model selects the paper preset, PAPER below: the MATH setting
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
       --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --sampler vllm \
       --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
-  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   # FSDP2; with vllm rank 0 samples
+  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; each rank samples a share)
 """
 
 from __future__ import annotations
@@ -59,16 +59,18 @@ from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.toys import toy_model
-from common.sampling import make_sampler, render_prompt
-from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
-                          format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, micro_batches,
-                          pad_batch, precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
+from common.train import (all_gather_object, barrier, broadcast_object, cleanup_distributed,
+                          clip_grad_norm, format_table, init_distributed,
+                          load_checkpoint, make_optimizer, MetricsLogger, micro_batches, pad_batch,
+                          precision_policy, print0, save_checkpoint, seed_everything, sft_loss,
+                          shard_model)
 
 MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # generic
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/bstar", metadata={"help": "metrics, PNG, samples JSONL, checkpoint"})
@@ -420,16 +422,11 @@ Runtime = namedtuple("Runtime", "args dist tok sampler scorer")  # what the samp
 
 
 def generate_all(rt: Runtime, prompts, n: int, temperature: float) -> list[list[tuple[str, bool]]]:
-    """(text, truncated) of n samples per prompt, on every rank. HF: each rank samples an equal-sized slice
-    (FSDP2 forwards run in lock-step); vLLM: rank 0 samples everything and broadcasts."""
+    """(text, truncated) of n samples per prompt, on every rank: each rank samples its share with its
+    own sampler (HF on the FSDP2 model, or the rank's own vLLM engine), then the groups are gathered."""
     kw = dict(n=n, temperature=temperature, max_new_tokens=rt.args.max_new_tokens, batch_size=rt.args.gen_batch_size)
-    pack = lambda groups: [[(c.text, c.finish_reason == "length") for c in g] for g in groups]  # noqa: E731
-    if rt.args.sampler == "vllm":
-        return broadcast_object(pack(rt.sampler.generate(prompts, **kw)) if rt.dist.is_main else None)
-    per_rank = math.ceil(len(prompts) / rt.dist.world_size)
-    mine = prompts[rt.dist.rank * per_rank:(rt.dist.rank + 1) * per_rank]
-    real, mine = len(mine), mine + [prompts[0]] * (per_rank - len(mine))  # padding keeps ranks in step; dropped after
-    return [g for part in all_gather_object(pack(rt.sampler.generate(mine, **kw))[:real]) for g in part]
+    groups = generate_sharded(rt.sampler, prompts, **kw)
+    return [[(c.text, c.finish_reason == "length") for c in g] for g in groups]
 
 
 def is_correct(text: str, gold: str) -> bool:
@@ -561,11 +558,13 @@ def main(args: Args):
     model_path = build_warm_start(args) if args.model == "tiny" else args.model
     tok = load_tokenizer(model_path)
     model = shard_model(load_model(model_path), d, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path) if args.sampler == "hf" or d.is_main else None
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)  # vllm: one engine per rank
     rt = Runtime(args, d, tok, sampler, make_step_scorer(args, d.device))
     inherit = args.mode in ("bstar", "online_rft")
     optimizer, scheduler = make_optimizer_and_schedule(model, args, args.sft_steps * (args.iterations if inherit else 1))
     state = load_checkpoint(ckpt_dir, model, optimizer, scheduler) if args.resume else None
+    if state:
+        sampler.sync_weights(model)  # vLLM loaded the base weights from disk
     global_step, extra = state or (0, {"iteration": 1, "sft_step": 0})
     start_iter, resume_step = extra["iteration"], extra["sft_step"]
     logger = MetricsLogger(out, track=args.track, run_name="bstar", config=asdict(args), resume_step=start_iter - 1 if state else None)
@@ -610,6 +609,7 @@ def main(args: Args):
         order, shuffle_rng, encoded, losses = [], random.Random(args.seed * 7 + it), {}, []
         while pairs and len(order) < args.sft_steps * args.batch_size:  # epochs over the selected set, same order on resume
             order += shuffle_rng.sample(range(len(pairs)), len(pairs))
+        sampler.sleep()  # vLLM frees its memory for the update
         bar = tqdm(range(resume_step, args.sft_steps if pairs else resume_step), desc=f"SFT iter {it}", leave=False, disable=not d.is_main)
         for step in bar:
             rows = order[step * args.batch_size:(step + 1) * args.batch_size][d.rank::d.world_size]  # this rank's slice
@@ -621,9 +621,7 @@ def main(args: Args):
             if (step + 1) % args.save_every == 0 and step + 1 < args.sft_steps:
                 save_checkpoint(ckpt_dir, model, optimizer, scheduler, global_step, {"iteration": it, "sft_step": step + 1})
         resume_step = 0
-        weights = full_state_dict(model) if args.sampler == "vllm" else None  # push the update into the colocated vLLM
-        if weights is not None and d.is_main:
-            sampler.load_weights(weights.items())
+        sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF: a no-op)
         stats.update(greedy_acc=evaluate_greedy(rt, eval_rows), temperature=temperature, threshold=threshold, search_bs=search_bs,
                      sft_loss=sum(losses) / len(losses) if losses else None, lr=scheduler.get_last_lr()[0],
                      num_pairs=len(pairs), num_rationalized=num_rationalized, sft_steps_total=global_step)

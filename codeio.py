@@ -30,7 +30,8 @@ Departures:
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
 - The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
-- Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
+- Under torchrun every rank generates its share of each batch (HF or its own vLLM engine) and rank 0
+  writes the records; the sandbox stages run on every rank and rank 0's records are the ones kept.
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
@@ -56,21 +57,23 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from common import data
 from common.config import parse_config, per_rank
-from common.data import DataError, load_located_rows, load_rows, read_jsonl_tolerant, write_jsonl
+from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
 from common.rewards import last_json_object
-from common.sampling import make_sampler, render_prompt
+from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.sandbox import Sandbox
-from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
-                          make_optimizer, micro_batches, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss,
-                          shard_model)
+from common.train import (barrier, cleanup_distributed, format_table, init_distributed,
+                          is_main_process, load_checkpoint, make_optimizer, MetricsLogger,
+                          micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
+                          sft_loss, shard_model)
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
                                                       "(the paper's CoTs are DeepSeek-V2.5's)"})
     corpus: str = field(default="data/codeio_corpus", metadata={
@@ -491,11 +494,27 @@ def infra_note(count: int) -> str:
     return f"; {count} sandbox errors (not written: a rerun retries them)" if count else ""
 
 
+def write_jsonl(path, rows, mode="w"):
+    """Under torchrun every rank holds the same records (gathered generations): rank 0 writes."""
+    if is_main_process():
+        data.write_jsonl(path, rows, mode)
+
+
+def read_jsonl_tolerant(path) -> list[dict]:
+    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
+    barrier()
+    rows = data.read_jsonl_tolerant(path)
+    barrier()
+    return rows
+
+
 def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
+    """One completion per message; under torchrun each rank generates its share of every batch."""
     texts = []
     for start in tqdm(range(0, len(messages), args.generation_batch_size), desc=desc, leave=False):
         batch = messages[start:start + args.generation_batch_size]
-        groups = sampler.generate(batch, n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        groups = generate_sharded(sampler, batch, n=1, temperature=args.temperature,
+                                  max_new_tokens=args.max_new_tokens)
         texts += [group[0].text for group in groups]
     return texts
 
@@ -554,8 +573,6 @@ def main(args: Args):
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
     dist_info = init_distributed()
-    if dist_info.world_size > 1 and set(stages) != {"sft"}:
-        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -567,7 +584,8 @@ def main(args: Args):
     model = (load_model(model_path, dtype="float32" if "sft" in stages or not args.model else "auto",
                         device="cpu" if stages == ["sft"] else dist_info.device)
              if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
-    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
+    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args)
+               if generating else None)
     executes = set(stages) & {"io", "verify", "revise"}
     sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
                        allow_weaker=args.sandbox_allow_weaker) if executes else None)

@@ -66,7 +66,7 @@ from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.rewards import extract_answer, math_equal_batch
 from common.toys import toy_model
-from common.sampling import HFSampler, make_sampler, render_prompt
+from common.sampling import HFSampler, VLLMArgs, generate_local, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
                           save_checkpoint, seed_everything, sequence_logprob, shard_model, sft_loss)
@@ -76,7 +76,7 @@ PAIR_FIELDS = ("query", "chosen", "rejected", "chosen_advantage", "rejected_adva
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # generic
     seed: int = field(default=42, metadata={"help": "random seed (the released code seeds its rejected draw with 42)"})
     output_dir: str = field(default="runs/genius_aco", metadata={"help": "pairs, checkpoint, metrics.jsonl, curves.png"})
@@ -235,17 +235,6 @@ class Beam:
     done: bool = False  # its last step ended the response
 
 
-def generate_lockstep(sampler, prompts, **kwargs):
-    """HF generate under torchrun (synced_gpus) needs the same number of prompts on every rank: pad."""
-    if not (torch.distributed.is_initialized() and isinstance(sampler, HFSampler)):
-        return sampler.generate(prompts, **kwargs) if prompts else []
-    most = max(all_gather_object(len(prompts)))
-    if most == 0:
-        return []
-    padded = prompts + [prompts[0] if prompts else "The"] * (most - len(prompts))
-    return sampler.generate(padded, **kwargs)[: len(prompts)]
-
-
 def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], queries: list[str], args, generator) -> tuple[list[list[dict]], list[dict], dict]:
     """Run §1.1 for several queries at once. Returns the pairs per query (one per timestamp, §1.2), the
     completed beams per query, and counts of odd outputs."""
@@ -255,8 +244,9 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
     counts = {"candidates": 0, "ended_response": 0, "truncated_steps": 0, "queries_short_of_K_pairs": 0}
     for t in range(args.num_steps):
         live = [(qi, b) for qi, bs in enumerate(beams) for b in bs if not b.done]
-        step_outs = generate_lockstep(sampler, [head(qi, b.steps) for qi, b in live], n=args.num_candidates,
-                                      temperature=args.step_temperature, max_new_tokens=args.max_step_tokens, stop=STOP)
+        step_outs = generate_local(sampler, [head(qi, b.steps) for qi, b in live], n=args.num_candidates,
+                                   temperature=args.step_temperature, max_new_tokens=args.max_step_tokens,
+                                   stop=STOP)
         cands = []  # dict per candidate step
         for (qi, beam), outs in zip(live, step_outs):
             for c in outs:
@@ -265,8 +255,9 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
                 counts["truncated_steps"] += c.finish_reason == "length"
                 cands.append(dict(qi=qi, beam=beam, step=text, ended=ended, step_logprobs=c.logprobs))
         looking = [c for c in cands if not c["ended"]] if args.step_value == "foresight" else []
-        rollouts = generate_lockstep(sampler, [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking], n=1,
-                                     temperature=args.foresight_temperature, max_new_tokens=args.max_foresight_tokens)
+        heads = [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking]
+        rollouts = generate_local(sampler, heads, n=1, temperature=args.foresight_temperature,
+                                  max_new_tokens=args.max_foresight_tokens)
         for c, outs in zip(looking, rollouts):
             c["foresight"], c["f"] = outs[0].text, step_value(c["step_logprobs"], outs[0].logprobs)
         for c in cands:
@@ -293,8 +284,8 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
             keep = torch.topk(f, m).indices if args.beam_selection == "greedy" else sample_distinct(probs, m, generator)
             beams[qi] = done + [Beam(mine[i]["beam"].steps + [mine[i]["step"]], float(f[i]), mine[i]["ended"]) for i in keep.tolist()]
     live = [(qi, b) for qi, bs in enumerate(beams) for b in bs if not b.done]
-    finals = generate_lockstep(sampler, [head(qi, b.steps) for qi, b in live], n=1,
-                               temperature=args.foresight_temperature, max_new_tokens=args.max_completion_tokens)
+    finals = generate_local(sampler, [head(qi, b.steps) for qi, b in live], n=1,
+                            temperature=args.foresight_temperature, max_new_tokens=args.max_completion_tokens)
     completed = [dict(query_id=qid, query=q, responses=[]) for qid, q in zip(query_ids, queries)]
     for (qi, b), outs in zip(live, finals):
         completed[qi]["responses"].append(args.prefill + "".join(s + "\n" for s in b.steps) + outs[0].text)
@@ -377,7 +368,8 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
     prompts = [render_prompt(tok, [{"role": "user", "content": r[args.query_field]}]) + args.prefill for r in mine]
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled_T1", 1.0)):
-        comps = generate_lockstep(sampler, prompts, n=4 if temp else 1, temperature=temp, max_new_tokens=args.max_completion_tokens)
+        comps = generate_local(sampler, prompts, n=4 if temp else 1, temperature=temp,
+                               max_new_tokens=args.max_completion_tokens)
         golds = [r["answer"] for cs, r in zip(comps, mine) for _ in cs]
         hits = math_equal_batch([extract_answer(c.text) for cs in comps for c in cs], golds)
         gathered = [h for part in all_gather_object(hits) for h in part]
@@ -425,8 +417,7 @@ def sample_stage(args, dist_info, model_path, tok, query_rows, pairs_path):
     mine = todo[dist_info.rank :: dist_info.world_size]
     n_chunks = max(1, math.ceil(math.ceil(len(todo) / dist_info.world_size) / args.queries_per_chunk))
     if args.sampler == "vllm":
-        extra = {"distributed_executor_backend": "external_launcher"} if dist_info.world_size > 1 else {}
-        sampler = make_sampler("vllm", model_path=model_path, gpu_memory_utilization=args.vllm_gpu_memory_utilization, seed=args.seed + dist_info.rank, **extra)
+        sampler = make_sampler("vllm", model_path=model_path, args=args)  # one engine per rank
     else:
         sampler = make_sampler("hf", load_model(model_path, device=dist_info.device), tok)
     totals = {}

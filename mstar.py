@@ -55,15 +55,17 @@ from common.data import load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.toys import toy_model
 from common.rewards import extract_answer, math_equal, pass_at_k, strip_string
-from common.sampling import get_tokenizer, make_sampler, render_prompt
+from common.sampling import VLLMArgs, get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import grade_steps, make_shapes_rows, misperceive, pretrain_tiny_vision, solve
-from common.train import (all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table, full_state_dict, init_distributed,
-                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger, micro_batches, pad_batch,
-                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+from common.train import (all_gather_object, barrier, cleanup_distributed, clip_grad_norm,
+                          format_table, init_distributed, load_checkpoint,
+                          make_optimizer, make_scheduler, MetricsLogger, micro_batches, pad_batch,
+                          precision_policy, print0, save_checkpoint, seed_everything, sft_loss,
+                          shard_model)
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # generic
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/mstar", metadata={"help": "metrics, samples, checkpoints, PNG"})
@@ -554,7 +556,8 @@ def main(args: Args):
     processor = load_processor(model_path)
     model = shard_model(load_model(model_path, vlm=True), d, gradient_checkpointing=args.gradient_checkpointing)
     seed_everything(args.seed)  # after the (maybe first-time) toy base build, so cold and warm caches give one run
-    sampler = make_sampler(args.sampler, model, processor, model_path=model_path)
+    # vllm: one engine per rank
+    sampler = make_sampler(args.sampler, model, processor, model_path=model_path, args=args)
     prm = RuleStepPRM() if args.prm == "rule" else HFProcessRewardModel(args.prm, args, d.device)
     train, unlabeled, val, test = load_splits(args)
 
@@ -572,9 +575,8 @@ def main(args: Args):
     print0(f"model {model_path} | PRM: {prm.name} | {len(train)} train, {len(unlabeled)} unlabelled, {len(val)} val, "
            f"{len(test)} test | training={args.training} interval={interval} selection={args.selection}")
 
-    def sync_sampler():  # vLLM keeps its own copy of the weights (TRL/verl style push)
-        if args.sampler == "vllm":
-            sampler.load_weights(full_state_dict(model).items())
+    def sync_sampler():  # vLLM keeps its own weights: every rank pushes into its own engine
+        sampler.sync_weights(model)  # a no-op for HF, which samples from `model` itself
 
     ckpt, warm_ckpt = out / "ckpt", out / "ckpt_warmup"
     start_iter, temperature, table, val_scores = 1, args.temperature, [], None
@@ -602,6 +604,7 @@ def main(args: Args):
         examples = list({(rec["query_id"], rec["responses"][i]): (by_id[rec["query_id"]], rec["responses"][i])
                          for rec in recs for i in rec["selected"]}.values())  # de-duplicated
         warm_opt, warm_sched = new_optimizer(args.warmup_steps)
+        sampler.sleep()  # vLLM frees its memory for the update
         loss = train_steps(model, processor, warm_opt, warm_sched, examples, args.warmup_steps, args, d, args.seed)
         sync_sampler()
         del warm_opt, warm_sched
@@ -630,6 +633,7 @@ def main(args: Args):
         urecs = collect(path.with_suffix(".unlabeled.jsonl"), [unlabeled[i] for i in uids], False, args.samples_per_query,
                         temperature, args, d, sampler, prm, it)
         examples = [(by_id[rec["query_id"]], rec["responses"][i]) for rec in recs + urecs for i in rec["selected"]]
+        sampler.sleep()  # vLLM frees its memory for the update
         loss = train_steps(model, processor, optimizer, scheduler, examples, args.steps_per_iteration, args, d, args.seed + it)
         sync_sampler()
         metrics = {"temperature": temperature, "samples_kept": len(examples), "loss": loss,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from PIL import ImageDraw
 from tqdm import tqdm
 
@@ -47,14 +48,15 @@ from common.gui_env import (APPS, ActionError, GUIAction, PathFollower, Scripted
 from common.config import parse_config
 from common.data import read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, load_tokenizer, make_tiny_lm, make_tiny_vlm
-from common.sampling import make_sampler
-from common.train import (MetricsLogger, barrier, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, micro_batches, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss,
-                          shard_model)
+from common.sampling import VLLMArgs, finish_local, generate_local, generate_sharded, make_sampler
+from common.train import (all_gather_object, barrier, format_table, init_distributed,
+                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger,
+                          micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
+                          sft_loss, shard_model)
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/os_genesis", metadata={"help": "JSONL data, checkpoint, metrics, PNG"})
     model: str = field(default="", metadata={"help": "agent to fine-tune (hub id or path); empty = tiny VLM built in code"})
@@ -182,7 +184,8 @@ def load_helper(path: str, args: Args):
     """A frozen LLM/VLM behind the Sampler interface (annotator, text filler, executor, judge)."""
     path = path or args.model or (make_tiny_vlm() if args.vlm else make_tiny_lm())
     proc = load_processor(path) if args.vlm else load_tokenizer(path)
-    return make_sampler(args.sampler, load_model(path, vlm=args.vlm), proc, model_path=path)
+    model = load_model(path, vlm=args.vlm)
+    return make_sampler(args.sampler, model, proc, model_path=path, args=args)
 
 
 def agent_prompt(goal: str, obs: dict, history: list[dict], args: Args, thought: str | None = None) -> str:
@@ -222,8 +225,9 @@ def model_policy(sampler, args: Args):
     """The model-backed agent (M3A-style executor, and the agent being evaluated): greedy decoding."""
     def policy(items):
         prompts = [user_message(agent_prompt(obs["goal"], obs, steps, args), args.vlm) for _, obs, steps in items]
-        outs = sampler.generate(prompts, images=[o["screenshot"] for _, o, _ in items] if args.vlm else None,
-                                temperature=0.0, max_new_tokens=args.max_new_tokens)
+        images = [o["screenshot"] for _, o, _ in items] if args.vlm else None
+        outs = generate_local(sampler, prompts, images=images, temperature=0.0,
+                              max_new_tokens=args.max_new_tokens)  # FSDP2: lock-step rounds
         decisions = [(parse_agent_output(out[0].text, obs), out[0].text) for (_, obs, _), out in zip(items, outs)]
         return [(thought, action or raw) for (thought, action), raw in decisions]  # garbage -> env error, counted
     return policy
@@ -456,7 +460,12 @@ def step_samples(traj: dict, args: Args, encode) -> list[list[dict]]:
 def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
     """Success rate on held-out tasks (greedy, 15 steps) and step accuracy on their expert steps, given the task
     only (high level, AndroidControl-High style) or also the gold low-level instruction (AC-Low style)."""
-    episodes = run_episodes(tasks, model_policy(sampler, args), args.max_steps, progress=lambda it: tqdm(it, desc="eval", leave=False))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = run_episodes(tasks[rank::world], model_policy(sampler, args), args.max_steps,
+                        progress=lambda it: tqdm(it, desc="eval", leave=False))  # each rank its share
+    # ranks whose episodes ended early keep joining the lock-step rounds of the others (FSDP2)
+    finish_local(sampler, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    episodes = [e for part in all_gather_object(mine) for e in part]
     prompts, images, golds = {"high": [], "low": []}, [], []
     for task in tasks:
         history = []
@@ -471,7 +480,8 @@ def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
     result = dict(success_rate=sum(e["success"] for e in episodes) / len(episodes),
                   invalid_action_rate=sum(e["invalid"] for e in episodes) / max(1, sum(len(e["steps"]) for e in episodes)))
     for level in ("high", "low"):
-        outs = sampler.generate(prompts[level], images=images if args.vlm else None, temperature=0.0, max_new_tokens=args.max_new_tokens)
+        outs = generate_sharded(sampler, prompts[level], images=images if args.vlm else None,
+                                temperature=0.0, max_new_tokens=args.max_new_tokens)
         matches = [step_match(parse_agent_output(out[0].text if level == "high" else "Low-level thought: -\n" + out[0].text, obs)[1], gold)
                    for out, (gold, obs) in zip(outs, golds)]
         result[f"{level}_type_acc"] = sum(m[0] for m in matches) / len(matches)
@@ -609,7 +619,7 @@ def main(args: Args):
         print0(f"resumed from step {start}")
     logger = MetricsLogger(out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=start if args.resume else None)
     if not (out / "eval_before.json").exists():
-        before = evaluate(sampler, args, eval_tasks)  # every rank: FSDP generate runs in lock-step
+        before = evaluate(sampler, args, eval_tasks)  # every rank evaluates its share of the tasks
         if d.is_main:
             (out / "eval_before.json").write_text(json.dumps(before))
     barrier()

@@ -14,8 +14,8 @@ Departures (from the paper and its released verl code):
   sorting four digits, never on the held-out prompts) answers through the paper's qwen-boxed template
   and is graded by the paper's grader. Scale-dependent defaults (batch, lr, lengths, steps) are the
   toy's; the help strings give the paper's values.
-- Old log-probs come from the sampler (HF generate records the model's own) instead of a recomputing
-  forward; with `--sampler vllm` the trainer recomputes them, as verl does.
+- Old log-probs come from the sampler (HF generate records the model's own) on CPU, where they equal
+  the trainer's forward; on CUDA (bf16) and with `--sampler vllm` the trainer recomputes them (verl).
 - The loss forward computes each prompt once for its G responses (shared KV cache): exact, and the main
   reason a step is several times faster than TRL's on the toy.
 - Reasoning behaviours: a keyword detector is the stand-in labeller (the paper rejects keyword counts,
@@ -55,7 +55,8 @@ from common.data import load_rows, make_countdown_rows
 from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
-from common.sampling import HFSampler, make_sampler, render_prompt
+from common.sampling import (HFSampler, VLLMArgs, make_sampler, old_logprobs_need_recompute,
+                             render_prompt)
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
                           format_table, forward_hidden, gradient_checkpointing_on, init_distributed, lm_head_weight,
                           load_checkpoint, logprobs_from_hidden, make_optimizer, make_scheduler, pad_batch, plain_lm_head,
@@ -67,7 +68,7 @@ def arg(default, help: str):  # a dataclass field with its help string (HfArgume
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # --- generic
     seed: int = arg(1, "random seed (each rank samples with seed + rank)")
     output_dir: str = arg("runs/zero_rl", "metrics.jsonl, curves.png, summary.json, checkpoint/ and the final model go here")
@@ -110,7 +111,7 @@ class Args:
     entropy_coef: float = arg(0.001, "entropy bonus; verl/SimpleRL: 0.001 (spec §1.1)")
     max_grad_norm: float = arg(1.0, "gradient clipping; SimpleRL script: 1.0")
     mask_truncated: bool = arg(False, "drop truncated responses from the loss (SimpleRL remove_clip, default off)")
-    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm)")
+    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm or on CUDA)")
     reward_mode: Literal["mix", "independent"] = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty (§3.1)")
     format_penalty: float = arg(-1.0, "reward of a wrong, unboxed answer in --reward_mode independent")
     length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg("none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, added to the task reward (spec §3)")
@@ -463,10 +464,6 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
     return logprobs_from_hidden(hidden, lm_head_weight(model), response_ids, return_entropy=return_entropy)  # (B, T)
 
 
-def push_weights_to_vllm(model, sampler):  # per tensor; full_tensor() gathers FSDP2 shards, so every rank's engine gets all
-    sampler.load_weights((name, t.full_tensor() if hasattr(t, "full_tensor") else t) for name, t in model.state_dict().items())
-
-
 def main(args):
     dist = init_distributed()
     G, world, out_dir, ckpt_dir = args.group_size, dist.world_size, Path(args.output_dir), Path(args.output_dir) / "checkpoint"
@@ -491,10 +488,9 @@ def main(args):
     ref_model = shard_model(load_model(model_path), dist, frozen=True) if args.beta else None  # bf16 on CUDA
     opt = make_optimizer(model, args.lr)
     sched = make_scheduler(opt, "constant", 0, args.total_steps)
-    extra = {"seed": args.seed + dist.rank, **({"distributed_executor_backend": "external_launcher"} if world > 1 else {})} \
-        if args.sampler == "vllm" else {}
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, **extra)  # vllm: one colocated engine per rank
-    recompute = args.recompute_old_logprobs or args.sampler == "vllm"  # vLLM's log-probs differ from the trainer's
+    # vllm: one engine per rank; vLLM's and CUDA's sampler log-probs are not the trainer's
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
+    recompute = args.recompute_old_logprobs or old_logprobs_need_recompute(sampler, dist.device)
     judge_dtype = precision_policy(dist.device.type).frozen_dtype  # a frozen model: bf16 on CUDA
     judge = None if not args.judge_model else HFSampler(
         load_model(args.judge_model, dtype=judge_dtype, device=dist.device).eval(), load_tokenizer(args.judge_model))
@@ -503,8 +499,7 @@ def main(args):
     if args.resume and (state := load_checkpoint(ckpt_dir, model, opt, sched)) is not None:  # last: it restores the RNG
         start_step = state[0]  # the data position is a function of the step
         print0(f"resumed from {ckpt_dir} at step {start_step} (data position {state[1]['data_position']})")
-        if args.sampler == "vllm":
-            push_weights_to_vllm(model, sampler)
+        sampler.sync_weights(model)  # vLLM: its engine loaded the base weights; HF: a no-op
     logger = MetricsLogger(out_dir, args.track, "zero_rl", asdict(args), resume_step=start_step if args.resume else None)
     l1_lo, l1_hi = parse_range(args.l1_budget, "--l1_budget") if args.length_reward.startswith("l1") else (0, 0)
     orders = {}  # epoch -> permutation of the training rows: a function of (seed, epoch), so resuming needs no state
@@ -536,6 +531,7 @@ def main(args):
         batch = rows_for_step(step)
         prompts = [make_prompt(r["question"], template, b, args.length_reward) for r, b in batch]
         groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
+        sampler.sleep()  # vLLM frees its memory for the update
         comps, t_gen = [c for g in groups for c in g], time.perf_counter() - t0
         B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
         # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
@@ -609,8 +605,7 @@ def main(args):
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-        if args.sampler == "vllm":  # the next rollout samples from the updated policy
-            push_weights_to_vllm(model, sampler)
+        sampler.sync_weights(model)  # vLLM: the next rollout samples the updated policy; HF: no-op
         # 5. metrics (TRL's names where TRL has the metric)
         tot = {k: sum(part[k] for part in all_gather_object(sums)) for k in sums}
         n_tok, step_time = max(tot["tokens"], 1.0), time.perf_counter() - t0
