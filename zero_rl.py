@@ -92,8 +92,9 @@ class Args:
                           "tier: MATH levels 3-5)")
     task: Literal["math", "countdown"] = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
     prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown", "countdown-base"] = arg(
-        "auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (SimpleRL) | countdown | countdown-base "
-        "(TinyZero qwen-instruct / base, see make_prompt); auto = countdown for countdown, else qwen-boxed")
+        "auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (SimpleRL) | countdown | "
+        "countdown-base (TinyZero qwen-instruct / base, see make_prompt); auto = countdown for "
+        "countdown, else qwen-boxed")
     sampler: Literal["hf", "vllm"] = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
     dtype: str = arg("float32", "training weights dtype; float32 keeps AdamW exact (bf16 autocast is used on CUDA)")
     track: bool = arg(False, "log to Weights & Biases")
@@ -115,19 +116,21 @@ class Args:
     clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2 (SimpleRL script)")
     clip_eps_high: float = arg(0.0, "upper clip epsilon (DAPO clip-higher uses 0.28); 0 = same as --clip_eps")
     loss_type: Literal["dapo", "verl", "bnpo", "grpo", "dr_grpo"] = arg(
-        "dapo", "dapo (token mean over the mini-batch, as DAPO and the paper describe) | verl (SimpleRL-Zoo "
-        "code: mean of micro-batch token means) | bnpo | grpo | dr_grpo, see aggregate_loss")
+        "dapo", "dapo (token mean over the mini-batch, as DAPO and the paper describe) | verl "
+        "(SimpleRL-Zoo code: mean of micro-batch token means) | bnpo | grpo | dr_grpo, see "
+        "aggregate_loss")
     beta: float = arg(1e-4, "k3 KL coefficient to the frozen base; paper: 1e-4 for 0.5B-14B, 1e-3 larger; 0 = no reference model")
     entropy_coef: float = arg(0.001, "entropy bonus; SimpleRL: 0.001 (train_grpo_math_tune_ray.sh)")
     max_grad_norm: float = arg(1.0, "gradient clipping; SimpleRL script: 1.0")
     mask_truncated: bool = arg(False, "drop truncated responses from the loss (SimpleRL remove_clip, default off)")
     recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm)")
-    reward_mode: Literal["mix", "independent"] = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: "
-                                                     "1 / 0.5 / -0.5 / --format_penalty (paper §3.1)")
+    reward_mode: Literal["mix", "independent"] = arg(
+        "mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty "
+        "(paper §3.1)")
     format_penalty: float = arg(-1.0, "reward of a wrong, unboxed answer in --reward_mode independent")
     length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg(
-        "none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, combined with the task reward as its "
-        "paper does (see total_rewards)")
+        "none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, combined with the task reward as "
+        "its paper does (see total_rewards)")
     length_reward_coef: float = arg(1.0, "weight of the kimi / dapo_overlong term added to the "
                                     "task reward (cosine and L1 are the whole reward)")
     l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the "
@@ -315,7 +318,7 @@ def length_reward_at(args, step):
 
 def scales_by_std(args) -> bool:
     """Whether advantages are divided by the group std: not for --loss_type dr_grpo (Dr. GRPO
-    removes both the std and the length normaliser), unless --scale_rewards_by_std says otherwise."""
+    removes both the std and the length normaliser), unless --scale_rewards_by_std says so."""
     if args.scale_rewards_by_std is None:
         return args.loss_type != "dr_grpo"
     return args.scale_rewards_by_std
@@ -411,7 +414,7 @@ def load_task_rows(args):
         if args.question_field in r or not countdown:
             return str(r[args.question_field])
         nums = [int(n) for n in r["nums"]]
-        return f"Using the numbers {nums}, create an equation that equals {r['target']}."  # make_prefix
+        return f"Using the numbers {nums}, create an equation that equals {r['target']}."
 
     def read(source, split):
         release_format = args.task == "math" and need == ("question", "answer")  # no field flags
@@ -427,7 +430,8 @@ def load_task_rows(args):
             rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
         if release_format:
             return rows
-        return [{**r, "question": question(r), "answer": str(r.get(args.answer_field))} for r in rows]
+        return [{**r, "question": question(r), "answer": str(r.get(args.answer_field))}
+                for r in rows]
 
     rows = read(args.data, args.data_split)
     if args.eval_data:

@@ -48,7 +48,8 @@ def test_dr_grpo_loss_type_turns_the_std_off_unless_overridden():
 
     assert Z.scales_by_std(parse()) is True
     assert Z.scales_by_std(parse("--loss_type", "dr_grpo")) is False
-    assert Z.scales_by_std(parse("--loss_type", "dr_grpo", "--scale_rewards_by_std", "true")) is True
+    forced = parse("--loss_type", "dr_grpo", "--scale_rewards_by_std", "true")
+    assert Z.scales_by_std(forced) is True
     assert Z.scales_by_std(parse("--scale_rewards_by_std", "false")) is False
 
 
@@ -139,9 +140,9 @@ def test_length_rewards_dispatch_hand_values():
 
 def test_total_rewards_none_and_kimi_add_to_the_task_reward():
     assert Z.total_rewards("none", [1.0, 0.1, 0.0], [1, 0, 0], [5, 6, 7], 3, 16) == [1.0, 0.1, 0.0]
-    # Kimi (G=3): length rewards [0.5, 0, -0.5] correct, [0, 0, -0.5] wrong; weight 0.5 on top of 1/0
-    kimi = Z.total_rewards("kimi", [1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [100, 200, 300] * 2, 3, 1000,
-                           coef=0.5)
+    # Kimi (G=3): length rewards [0.5, 0, -0.5] correct, [0, 0, -0.5] wrong; weight 0.5, on 1/0
+    flags = [1, 1, 1, 0, 0, 0]
+    kimi = Z.total_rewards("kimi", flags, flags, [100, 200, 300] * 2, 3, 1000, coef=0.5)
     assert kimi == pytest.approx([1.25, 1.0, 0.75, 0.0, 0.0, -0.25])
 
 
@@ -149,7 +150,8 @@ def test_total_rewards_dapo_adds_the_overlong_penalty():
     # L_max 1000, L_c 200: 700 -> 0, 900 -> -0.5, 1000 -> -1; added (coef 2) to the task reward
     args = ([1.0, 1.0, 0.0], [1, 1, 0], [700, 900, 1000], 3, 1000)
     assert Z.total_rewards("dapo_overlong", *args, buffer=200) == pytest.approx([1.0, 0.5, -1.0])
-    assert Z.total_rewards("dapo_overlong", *args, buffer=200, coef=2.0) == pytest.approx([1.0, 0.0, -2.0])
+    doubled = Z.total_rewards("dapo_overlong", *args, buffer=200, coef=2.0)
+    assert doubled == pytest.approx([1.0, 0.0, -2.0])
 
 
 def test_total_rewards_cosine_is_the_whole_reward():
@@ -165,11 +167,13 @@ def test_total_rewards_cosine_is_the_whole_reward():
 
 def test_total_rewards_l1_is_the_whole_reward():
     # alpha 3e-4, n_gold 1000. Exact: c - alpha |n_gold - L|: 1 - 0.15, 0 - 0.3 (not 1.85)
-    exact = Z.total_rewards("l1_exact", [1.0, 0.0], [1, 0], [1500, 2000], 1, 4000, budgets=[1000] * 2)
+    exact = Z.total_rewards("l1_exact", [1.0, 0.0], [1, 0], [1500, 2000], 1, 4000,
+                            budgets=[1000] * 2)
     assert exact == pytest.approx([0.85, -0.30])
     # Max: c * clip(alpha (n_gold - L) + 0.5, 0, 1); a correct answer over budget gets 0.2, not 1
     lengths = [1000, 500, 2000, 3000, 500]
-    got = Z.total_rewards("l1_max", [1, 1, 1, 1, 0], [1, 1, 1, 1, 0], lengths, 1, 4000, budgets=[1000] * 5)
+    flags = [1, 1, 1, 1, 0]
+    got = Z.total_rewards("l1_max", flags, flags, lengths, 1, 4000, budgets=[1000] * 5)
     assert got == pytest.approx([0.5, 0.65, 0.2, 0.0, 0.0])
     with pytest.raises(ValueError, match="budget"):
         Z.total_rewards("l1_max", [1.0], [1], [500], 1, 4000)
@@ -178,26 +182,30 @@ def test_total_rewards_l1_is_the_whole_reward():
 
 
 def test_total_rewards_adds_the_repetition_penalty_and_checks_lengths():
-    assert Z.total_rewards("none", [1.0, 0.0], [1, 0], [5, 5], 2, 16, repetition=[-0.2, 0.0]) == [0.8, 0.0]
-    assert Z.total_rewards("cosine", [0.0], [0], [500], 1, 1000, repetition=[-0.15]) == pytest.approx([-5.15])
+    plain = Z.total_rewards("none", [1.0, 0.0], [1, 0], [5, 5], 2, 16, repetition=[-0.2, 0.0])
+    assert plain == [0.8, 0.0]
+    cosine = Z.total_rewards("cosine", [0.0], [0], [500], 1, 1000, repetition=[-0.15])
+    assert cosine == pytest.approx([-5.15])
     with pytest.raises(ValueError, match="one of each per completion"):
         Z.total_rewards("none", [1.0, 0.0], [1], [5, 5], 2, 16)
 
 
 def test_repetition_penalty_hand_values():
-    # n=2 over 1 2 3 1 2 3 1: the 2-grams starting at 3, 4, 5 repeat, covering tokens 3..6 -> 4 x -0.05
+    # n=2 over 1 2 3 1 2 3 1: the 2-grams at 3, 4, 5 repeat, covering tokens 3..6 -> 4 x -0.05
     assert Z.repetition_penalty([1, 2, 3, 1, 2, 3, 1], 2, -0.05) == pytest.approx(-0.2)
     # n=3 over 1 2 3 4 1 2 3 5: only (1 2 3) at 4 repeats, tokens 4..6 -> 3 x -0.05
     assert Z.repetition_penalty([1, 2, 3, 4, 1, 2, 3, 5], 3, -0.05) == pytest.approx(-0.15)
-    assert Z.repetition_penalty([5] * 10, 3, -0.05) == pytest.approx(-0.45)  # tokens 1..9, each once
-    assert Z.repetition_penalty([1, 2, 3, 4], 2, -0.05) == 0.0 and Z.repetition_penalty([1, 1], 5, -1.0) == 0.0
+    assert Z.repetition_penalty([5] * 10, 3, -0.05) == pytest.approx(-0.45)  # tokens 1..9, once
+    assert Z.repetition_penalty([1, 2, 3, 4], 2, -0.05) == 0.0
+    assert Z.repetition_penalty([1, 1], 5, -1.0) == 0.0
     with pytest.raises(ValueError, match="--repetition_penalty"):
         Z.repetition_penalty([1, 1, 1], 1, 0.05)
 
 
 def test_kimi_length_reward_warm_up():
     args = Z.Args(length_reward="kimi", length_reward_warmup_steps=2)
-    assert [Z.length_reward_at(args, step) for step in (1, 2, 3, 10)] == ["none", "none", "kimi", "kimi"]
+    kinds = [Z.length_reward_at(args, step) for step in (1, 2, 3, 10)]
+    assert kinds == ["none", "none", "kimi", "kimi"]
     assert Z.length_reward_at(Z.Args(length_reward="kimi"), 1) == "kimi"  # no warm-up by default
 
 
@@ -244,26 +252,31 @@ def test_prompt_templates():
 
 
 COUNTDOWN_Q = "Using the numbers [3, 4, 8], create an equation that equals 20."
-COUNTDOWN_RULES = (" You can use basic arithmetic operations (+, -, *, /) and each number can only be used once. "
-                   "Show your work in <think> </think> tags. And return the final answer in <answer> </answer> tags, "
-                   "for example <answer> (1 + 2) / 3 </answer>.")
+COUNTDOWN_RULES = (" You can use basic arithmetic operations (+, -, *, /) and each number can"
+                   " only be used once. Show your work in <think> </think> tags. And return the"
+                   " final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3"
+                   " </answer>.")
 
 
 def test_countdown_prompts_are_tinyzeros():
-    """TinyZero examples/data_preprocess/countdown.py make_prefix, templates qwen-instruct and base."""
-    instruct = ("<|im_start|>system\nYou are a helpful assistant. You first thinks about the reasoning process in the "
-                "mind and then provides the user with the answer.<|im_end|>\n<|im_start|>user\n " + COUNTDOWN_Q
-                + COUNTDOWN_RULES + "<|im_end|>\n<|im_start|>assistant\nLet me solve this step by step.\n<think>")
+    """TinyZero examples/data_preprocess/countdown.py make_prefix: qwen-instruct and base."""
+    instruct = ("<|im_start|>system\nYou are a helpful assistant. You first thinks about the "
+                "reasoning process in the mind and then provides the user with the answer."
+                "<|im_end|>\n"
+                "<|im_start|>user\n " + COUNTDOWN_Q + COUNTDOWN_RULES + "<|im_end|>\n"
+                "<|im_start|>assistant\nLet me solve this step by step.\n<think>")
     assert Z.make_prompt(COUNTDOWN_Q, "countdown") == instruct
-    base = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
-            "assistant first thinks about the reasoning process in the mind and then provides the user with the "
-            "answer.\nUser: " + COUNTDOWN_Q + COUNTDOWN_RULES + "\nAssistant: Let me solve this step by step.\n<think>")
+    base = ("A conversation between User and Assistant. The user asks a question, and the "
+            "Assistant solves it. The assistant first thinks about the reasoning process in the "
+            "mind and then provides the user with the answer.\nUser: " + COUNTDOWN_Q
+            + COUNTDOWN_RULES + "\nAssistant: Let me solve this step by step.\n<think>")
     assert Z.make_prompt(COUNTDOWN_Q, "countdown-base") == base
 
 
 def test_countdown_rows_with_only_target_and_nums(tmp_path):
     path = tmp_path / "countdown.jsonl"  # the fields of TinyZero's Countdown-Tasks-3to4
-    path.write_text("\n".join(json.dumps({"target": 20 + i, "nums": [3, 4, 8 + i]}) for i in range(4)))
+    rows = [{"target": 20 + i, "nums": [3, 4, 8 + i]} for i in range(4)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
     train, evals = Z.load_task_rows(Z.Args(task="countdown", data=str(path), num_eval_prompts=1))
     assert train[0]["question"] == COUNTDOWN_Q and evals[0]["target"] == 23
     bad = tmp_path / "bad.jsonl"
@@ -293,7 +306,7 @@ def test_garbage_completions_get_zero_reward(text):
 
 def test_reward_modes():
     row = {"answer": "7"}
-    assert Z.score("so we get 7 apples", row, Z.Args())[0] == 1.0  # Qwen2.5-Math last-number fallback
+    assert Z.score("so we get 7 apples", row, Z.Args())[0] == 1.0  # Qwen2.5-Math: last number
     assert Z.score("so we get 7 apples", row, Z.Args(reward_mode="independent"))[0] == 0.5
     assert Z.score("\\boxed{8}", row, Z.Args(reward_mode="independent"))[0] == -0.5
     assert Z.score("nothing", row, Z.Args(reward_mode="independent"))[0] == -1.0
@@ -374,12 +387,13 @@ def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
 
 def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
     """Run to step 2 (checkpoint), resume to 4; steps 3-4 match an uninterrupted 4-step run exactly.
-    Also exercises the LLM-judge eval path, a length reward with a warm-up that spans the resume, the
-    repetition penalty, the format-penalty reward and grpo loss."""
+    Also exercises the LLM-judge eval path, a length reward with a warm-up that spans the resume,
+    the repetition penalty, the format-penalty reward and grpo loss."""
     judge = make_tiny_lm()
     flags = SMALL + ["--save_every", "2", "--eval_every", "100", "--judge_model", judge, "--judge_max_new_tokens", "8",
-                     "--length_reward", "kimi", "--length_reward_warmup_steps", "3", "--repetition_penalty", "-0.05",
-                     "--repetition_ngram_size", "2", "--reward_mode", "independent", "--loss_type", "grpo"]
+                     "--length_reward", "kimi", "--length_reward_warmup_steps", "3",
+                     "--repetition_penalty", "-0.05", "--repetition_ngram_size", "2",
+                     "--reward_mode", "independent", "--loss_type", "grpo"]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "2", *flags], env=ONE_THREAD)
     proc = run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "4", "--resume", *flags], env=ONE_THREAD)
@@ -401,7 +415,8 @@ def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
              "--micro_batch_size", "4", "--loss_type", "verl", *SMALL], timeout=600)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2]
-    summary = json.loads((out / "summary.json").read_text())  # rank 0 writes the gathered evaluation
-    assert [c["metric"] for c in summary["claims"]] == ["eval/accuracy_greedy", "eval/accuracy_sampled"]
+    summary = json.loads((out / "summary.json").read_text())  # rank 0 writes the gathered eval
+    metrics = [c["metric"] for c in summary["claims"]]
+    assert metrics == ["eval/accuracy_greedy", "eval/accuracy_sampled"]
     assert summary["claims"][1]["result"] == summary["after"]["eval/accuracy_sampled"]
     assert [r for r in records if "eval/accuracy_greedy" in r][-1]["step"] == 2
