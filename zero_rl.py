@@ -24,6 +24,15 @@ Departures (from the paper and its released verl code):
   Weights go to vLLM per tensor (DTensor.full_tensor) so every rank's colocated engine gets them.
   Precision: common.train's policy (fp32 master weights and AdamW state; on CUDA bf16 compute through
   FSDP2 mixed precision, one GPU included; the reference model held in bf16).
+- Loss aggregation: the default `--loss_type dapo` is the token mean over the whole mini-batch that
+  the paper describes (DAPO's rule); the released verl code averages token means per micro-batch,
+  available as `--loss_type verl` (the two agree when a mini-batch is one micro-batch on one rank).
+- Length rewards (not in SimpleRL-Zoo; `--length_reward`, off by default) follow their own papers,
+  see total_rewards. Kimi's weight and warm-up length are unpublished (`--length_reward_coef` 1,
+  `--length_reward_warmup_steps` 0). The cosine paper's repetition penalty is a per-token reward
+  under PPO; GRPO has one reward per response, so the per-token penalties are summed.
+- Countdown: TinyZero's qwen-instruct prompt (ChatML text with its "<think>" prefill) is the
+  default; TinyZero's base prompt is `--prompt_template countdown-base`.
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration and per-rank sizes without loading anything):
@@ -52,6 +61,7 @@ from common import rewards as R
 from common.benchmarks import load_math_rows
 from common.config import parse_config, per_rank
 from common.data import load_rows, make_countdown_rows
+from common.claims import claim, format_claims, write_summary
 from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
@@ -74,16 +84,19 @@ class Args(VLLMArgs):
     output_dir: str = arg("runs/zero_rl", "metrics.jsonl, curves.png, summary.json, checkpoint/ and the final model go here")
     model: str = arg("", "hub id or local folder of the base model; empty = the toy's tiny warm-started Qwen2 (cached)")
     data: str = arg("", "hub id or local .jsonl/.json/.parquet file/folder (SimpleRL-Zoo-Data: one tier's train.parquet, "
-                        "spec §1.3); empty = toy prompts made in code")
+                        "simpleRL-reason README); empty = toy prompts made in code")
     data_split: str = arg("train", "split of --data")
     eval_data: str = arg("", "held-out rows, same fields (hub id: its 'test' split); empty = last --num_eval_prompts of --data")
     question_field: str = arg("question", "field holding the question")
     answer_field: str = arg("answer", "field holding the gold answer")
     level_field: str = arg("level", "difficulty field used by --levels (ints or strings like 'Level 3')")
-    levels: str = arg("", "keep rows whose level is in this range, e.g. 3-5 (the paper's Hard tier, spec §1.3)")
+    levels: str = arg("", "keep rows whose level is in this range, e.g. 3-5 (the paper's Hard "
+                          "tier: MATH levels 3-5)")
     task: Literal["math", "countdown"] = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
-    prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown"] = arg("auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (spec §1.3) | countdown (TinyZero "
-                               "instruct); auto = countdown for --task countdown, else qwen-boxed")
+    prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown", "countdown-base"] = arg(
+        "auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (SimpleRL) | countdown | "
+        "countdown-base (TinyZero qwen-instruct / base, see make_prompt); auto = countdown for "
+        "countdown, else qwen-boxed")
     sampler: Literal["hf", "vllm"] = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
     gradient_checkpointing: bool = arg(False, "recompute each decoder layer in the backward pass (HF, non-reentrant); the "
                                        "policy forward then concatenates prompt and response (no shared KV cache); "
@@ -91,7 +104,7 @@ class Args(VLLMArgs):
     track: bool = arg(False, "log to Weights & Biases")
     resume: bool = arg(False, "continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)")
     save_every: int = arg(50, "checkpoint every N steps (and at the end)")
-    # --- algorithm (paper App. B.5 / spec §1.1 unless stated)
+    # --- algorithm (paper App. B.5 / simpleRL-reason train_grpo_math_tune_ray.sh unless stated)
     total_steps: int = arg(60, "rollout steps; paper: 100 (App. B.5: about 100, about 150 for 24B and 32B)")
     prompts_per_step: int = arg(16, "prompts per rollout batch, all ranks; paper: 1024 (App. B.5)")
     group_size: int = arg(8, "samples per prompt G; paper: 8 (App. B.5; App. G: N=32 better, N<=4 unstable)")
@@ -106,24 +119,43 @@ class Args(VLLMArgs):
     top_p: float = arg(1.0, "rollout top-p; paper: 1.0 (App. B.5)")
     clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2 (SimpleRL script)")
     clip_eps_high: float = arg(0.0, "upper clip epsilon (DAPO clip-higher uses 0.28); 0 = same as --clip_eps")
-    loss_type: Literal["dapo", "bnpo", "grpo", "dr_grpo"] = arg("dapo", "dapo (the paper's token mean over the mini-batch) | bnpo | grpo | dr_grpo, see aggregate_loss")
+    loss_type: Literal["dapo", "verl", "bnpo", "grpo", "dr_grpo"] = arg(
+        "dapo", "dapo (token mean over the mini-batch, as DAPO and the paper describe) | verl "
+        "(SimpleRL-Zoo code: mean of micro-batch token means) | bnpo | grpo | dr_grpo, see "
+        "aggregate_loss")
     beta: float = arg(1e-4, "k3 KL coefficient to the frozen base; paper: 1e-4 for 0.5B-14B, 1e-3 larger; 0 = no reference model")
-    entropy_coef: float = arg(0.001, "entropy bonus; verl/SimpleRL: 0.001 (spec §1.1)")
+    entropy_coef: float = arg(0.001, "entropy bonus; SimpleRL: 0.001 (train_grpo_math_tune_ray.sh)")
     max_grad_norm: float = arg(1.0, "gradient clipping; SimpleRL script: 1.0")
     mask_truncated: bool = arg(False, "drop truncated responses from the loss (SimpleRL remove_clip, default off)")
-    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm or on CUDA)")
-    reward_mode: Literal["mix", "independent"] = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty (§3.1)")
+    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward "
+                                       "(always on with --sampler vllm or on CUDA)")
+    reward_mode: Literal["mix", "independent"] = arg(
+        "mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty "
+        "(paper §3.1)")
     format_penalty: float = arg(-1.0, "reward of a wrong, unboxed answer in --reward_mode independent")
-    length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg("none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, added to the task reward (spec §3)")
-    length_reward_coef: float = arg(1.0, "weight of the length reward")
-    l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the model in the prompt (spec §3.3)")
+    length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg(
+        "none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, combined with the task reward as "
+        "its paper does (see total_rewards)")
+    length_reward_coef: float = arg(1.0, "weight of the kimi / dapo_overlong term added to the "
+                                    "task reward (cosine and L1 are the whole reward)")
+    l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the "
+                         "model in the prompt (L1: 100-4000)")
     overlong_buffer: int = arg(4096, "DAPO soft overlong buffer L_c (DAPO: 4096); L_max = --max_new_tokens")
+    length_reward_warmup_steps: int = arg(0, "rollout steps on the task reward alone before "
+                                          "--length_reward turns on (Kimi k1.5 §2.3.3); 0 = none")
+    repetition_penalty: float = arg(0.0, "per-token penalty on tokens of a repeated n-gram, "
+                                    "summed into the reward (Yeo et al. §4.2, with cosine: -0.05); "
+                                    "0 = off")
+    repetition_ngram_size: int = arg(40, "n of --repetition_penalty (Yeo et al.'s scripts: 40)")
+    scale_rewards_by_std: bool | None = arg(None, "divide GRPO advantages by the group std; "
+                                               "default true, false for --loss_type dr_grpo")
     # --- evaluation and reasoning behaviours
     eval_every: int = arg(20, "evaluate every N steps (and before/after training)")
     num_eval_prompts: int = arg(128, "held-out eval prompts (toy: never seen in warm start or RL)")
     eval_samples: int = arg(4, "samples per eval prompt for sampled accuracy and pass@k")
-    eval_temperature: float = arg(1.0, "eval sampling temperature; paper: 1.0 for RL models (§1.5)")
-    eval_top_p: float = arg(0.95, "eval top-p; paper: 0.95 (§1.5)")
+    eval_temperature: float = arg(1.0, "eval sampling temperature; paper: 1.0 for RL models "
+                                  "(Table 1 note)")
+    eval_top_p: float = arg(0.95, "eval top-p; paper: 0.95 (Table 1 note)")
     judge_model: str = arg("", "model that labels reasoning behaviours (the paper uses GPT-4o); empty = keyword stand-in only")
     judge_max_new_tokens: int = arg(256, "max tokens of a judge reply")
     # --- toy base model (used when --model is empty)
@@ -160,9 +192,12 @@ def derived(args, world_size: int) -> dict:
 # ALGO LOGIC: the paper's equations as small pure functions
 
 
-def grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """GRPO (spec §1.1): A_i = (r_i - mean_g) / (std_g + 1e-6), unbiased std, per group of G samples.
-    A group of one gets mean 0 and std 1 (verl)."""
+def grpo_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True):
+    """GRPO advantages per group of G samples (verl `compute_grpo_outcome_advantage`, as run by
+    SimpleRL-Zoo): A_i = (r_i - mean_g) / (std_g + 1e-6), unbiased std. A group of one gets mean 0
+    and std 1 (verl). `scale_by_std=False` is Dr. GRPO (Liu et al., arXiv 2503.20783;
+    sail-sg/understand-r1-zero `compute_monte_carlo_advantages`): A_i = r_i - mean_g, since the
+    std division weighs too-easy and too-hard questions up (a question-level difficulty bias)."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     groups = rewards.double().view(-1, group_size)  # (P, G); float64: equal rewards must give ~0, not 0.7 -> 0.056
@@ -170,6 +205,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         mean, std = torch.zeros_like(groups), torch.ones_like(groups)
     else:
         mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)  # torch.std is unbiased
+    if not scale_by_std:
+        return (groups - mean).view(-1).float()  # (P*G,)
     return ((groups - mean) / (std + 1e-6)).view(-1).float()  # (P*G,)
 
 
@@ -187,12 +224,20 @@ def k3_kl(logps, ref_logps):
     return torch.clamp(torch.exp(delta) - delta - 1, -10.0, 10.0)
 
 
-def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_tokens=None, num_seqs=None):
+def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_tokens=None,
+                   num_seqs=None, num_micro=1):
     """Reduce a (B, T) per-token loss to a scalar. `num_tokens` / `num_seqs` are the normalisers of the
-    whole mini-batch when it is split into micro-batches (default: this micro-batch's own).
+    whole mini-batch when it is split into micro-batches (default: this micro-batch's own);
+    `num_micro` is the number of micro-batches this rank's mini-batch is split into (verl only).
 
-    dapo    token mean over all valid tokens of the mini-batch (SimpleRL "token-level"; caller passes the
-            global token count / world size, so FSDP's gradient averaging gives the global mean)
+    dapo    token mean over all valid tokens of the mini-batch, every token weighs the same
+            (DAPO, arXiv 2503.14476, §3.3 "token-level policy gradient loss"; the rule the
+            SimpleRL-Zoo paper describes). The caller passes the global token count / world size,
+            so FSDP's gradient averaging gives the global mean.
+    verl    token mean of each micro-batch / the number of micro-batches (what SimpleRL-Zoo's
+            released verl computes: `dp_actor.update_policy` takes `masked_mean` per micro-batch,
+            then `/ gradient_accumulation`; FSDP averages the ranks). Tokens of a micro-batch with
+            few tokens weigh more; equals dapo when a mini-batch is one micro-batch on one rank.
     bnpo    token mean over this rank's mini-batch tokens (TRL bnpo)
     grpo    per-sequence token mean, then mean over sequences (GRPO paper; favours short answers)
     dr_grpo token sum / (sequences * max completion length) (Dr. GRPO: no length bias)
@@ -201,15 +246,27 @@ def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_t
     num_seqs = num_seqs or mask.shape[0]
     if loss_type in ("dapo", "bnpo"):
         return (per_token_loss * mask).sum() / max(float(num_tokens or mask.sum()), 1.0)
+    if loss_type == "verl":
+        return (per_token_loss * mask).sum() / max(float(mask.sum()), 1.0) / num_micro
     if loss_type == "grpo":
         return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_seqs
     if loss_type == "dr_grpo":
         return (per_token_loss * mask).sum() / (num_seqs * max_completion_length)
-    raise ValueError(f"--loss_type must be dapo, bnpo, grpo or dr_grpo, got {loss_type!r}")
+    raise ValueError(f"--loss_type must be dapo, verl, bnpo, grpo or dr_grpo, got {loss_type!r}")
+
+
+LENGTH_REWARDS = ("none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong")
+WHOLE_REWARD = ("cosine", "l1_exact", "l1_max")  # their formula already pays for correctness
 
 
 def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, buffer=4096):
-    """Length-aware rewards (spec §3), one per completion; groups of G are consecutive."""
+    """Each length reward's own formula (common.rewards), one per completion; groups of G are
+    consecutive. Kimi k1.5 (arXiv 2501.12599, §2.3.3): per group, lambda = 0.5 - (L - Lmin) /
+    (Lmax - Lmin), lambda if correct else min(0, lambda). Cosine (Yeo et al., arXiv 2502.03373,
+    §4.2): 2 -> 1 over L for a correct answer, -10 -> 0 for a wrong one, -10 past the limit.
+    L1 (Aggarwal & Welleck, arXiv 2503.04697, LCPO): exact c - alpha |n_gold - L|, max
+    c * clip(alpha (n_gold - L) + delta, 0, 1). DAPO (arXiv 2503.14476, §3.4): soft overlong
+    punishment in [-1, 0]."""
     if kind == "none":
         return [0.0] * len(lengths)
     if kind == "kimi":  # per group: lambda = 0.5 - (L - Lmin) / (Lmax - Lmin)
@@ -218,31 +275,114 @@ def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, bu
     if kind == "cosine":
         return [R.cosine_length_reward(n, c, max_len) for n, c in zip(lengths, correct)]
     if kind in ("l1_exact", "l1_max"):
+        if budgets is None or len(budgets) != len(lengths):
+            raise ValueError(f"--length_reward {kind} needs one token budget per completion")
         return [R.l1_length_reward(n, c, b, kind[3:]) for n, c, b in zip(lengths, correct, budgets)]
     if kind == "dapo_overlong":
         if buffer > max_len:
             raise ValueError(f"--overlong_buffer {buffer} must be <= --max_new_tokens {max_len}")
         return [R.dapo_overlong_penalty(n, max_len, buffer) for n in lengths]
-    raise ValueError(f"--length_reward must be none|kimi|cosine|l1_exact|l1_max|dapo_overlong, got {kind!r}")
+    raise ValueError(f"--length_reward must be {'|'.join(LENGTH_REWARDS)}, got {kind!r}")
+
+
+def total_rewards(kind, task_rewards, correct, lengths, group_size, max_len, budgets=None,
+                  buffer=4096, coef=1.0, repetition=None):
+    """The reward GRPO normalises, one per completion. How a length reward meets correctness follows
+    its paper:
+      none           task reward (SimpleRL-Zoo: 1 correct, 0 wrong)
+      kimi           task reward + coef * Kimi length reward (Kimi k1.5 §2.3.3: a weighted sum)
+      dapo_overlong  task reward + coef * overlong penalty (DAPO §3.4 adds it to correctness)
+      cosine, l1_*   the length reward alone: its formula already pays for correctness (cosine:
+                     2 -> 1 correct, -10 -> 0 wrong; L1-Max: a correct answer over budget gets
+                     < 0.5), so the task reward is not added again, and other task-reward levels
+                     (countdown's 0.1 for a well-formed wrong equation, --reward_mode independent)
+                     play no part.
+    `repetition`: one n-gram repetition penalty (<= 0) per completion, added last (Yeo et al. §4.2
+    pair it with the cosine reward; see repetition_penalty)."""
+    if not len(task_rewards) == len(correct) == len(lengths):
+        raise ValueError(f"{len(task_rewards)} task rewards, {len(correct)} correctness flags and "
+                         f"{len(lengths)} lengths: need one of each per completion")
+    if kind in WHOLE_REWARD and coef != 1.0:
+        raise ValueError(f"--length_reward_coef {coef} has no effect with --length_reward {kind}: "
+                         "cosine and L1 are the whole reward (only kimi, dapo_overlong add a term)")
+    length = length_rewards(kind, lengths, correct, group_size, max_len, budgets, buffer)
+    if kind in WHOLE_REWARD:
+        total = list(length)
+    else:
+        total = [task + coef * extra for task, extra in zip(task_rewards, length)]
+    if repetition is not None:
+        total = [t + p for t, p in zip(total, repetition)]
+    return [float(t) for t in total]
+
+
+def length_reward_at(args, step):
+    """The length reward in force at rollout step `step` (1-based): the task reward alone for the
+    first --length_reward_warmup_steps steps (Kimi k1.5 §2.3.3: the length penalty slows early
+    training, so they first optimise without it, then keep a constant one), then --length_reward."""
+    return args.length_reward if step > args.length_reward_warmup_steps else "none"
+
+
+def scales_by_std(args) -> bool:
+    """Whether advantages are divided by the group std: not for --loss_type dr_grpo (Dr. GRPO
+    removes both the std and the length normaliser), unless --scale_rewards_by_std says so."""
+    if args.scale_rewards_by_std is None:
+        return args.loss_type != "dr_grpo"
+    return args.scale_rewards_by_std
+
+
+def repetition_penalty(token_ids, ngram_size=40, penalty=-0.05):
+    """N-gram repetition penalty of Yeo et al. (arXiv 2502.03373, §4.2; eddycmu/demystify-long-cot
+    `openrlhf/reward/repetition.py`, `RepetitionDensePenalty`): every token inside a repeated
+    token n-gram (the second and later occurrences) is penalised once. Their PPO puts `penalty`
+    on each such token; GRPO has one scalar per response, so this returns the sum (the
+    undiscounted return at the first token). Released runs: n = 40, penalty = -0.05."""
+    if penalty > 0:
+        raise ValueError(f"--repetition_penalty must be <= 0 (a penalty), got {penalty}")
+    seen, hit = set(), set()
+    for start in range(len(token_ids) - ngram_size + 1):
+        gram = tuple(token_ids[start:start + ngram_size])
+        if gram in seen:
+            hit.update(range(start, start + ngram_size))
+        seen.add(gram)
+    return penalty * len(hit)
 
 
 # ----------------------------------------------------------------------------------------------------
 # prompts, data, rewards
 
 
+COUNTDOWN_RULES = (" You can use basic arithmetic operations (+, -, *, /) and each number can"
+                   " only be used once. Show your work in <think> </think> tags. And return the"
+                   " final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3"
+                   " </answer>.")
+THINKER = ("first thinks about the reasoning process in the mind and then provides the user with"
+           " the answer.")
+
+
 def make_prompt(question: str, template: str, budget: int | None = None, l1_kind: str = ""):
-    """qwen-boxed: chat with system turn; abel: plain text (spec §1.3); countdown: TinyZero instruct."""
-    if budget is not None:  # L1 tells the model its budget (spec §3.3)
+    """qwen-boxed (chat, system turn) and abel (plain text): simpleRL-reason
+    `examples/simplelr_math_eval/utils.py` PROMPT_TEMPLATES. countdown / countdown-base: TinyZero
+    `examples/data_preprocess/countdown.py` `make_prefix` templates qwen-instruct / base, raw
+    strings that end inside the assistant turn with the prefill "Let me solve this step by
+    step.\n<think>" (qwen-instruct is ChatML text, for Qwen-family tokenizers like the toy's). The
+    countdown question is "Using the numbers [..], create an equation that equals N." (TinyZero)."""
+    if budget is not None:  # L1 (arXiv 2503.04697) tells the model its budget in the prompt
         question += f" Think for {'maximum ' if l1_kind == 'l1_max' else ''}{budget} tokens."
     if template == "qwen-boxed":
         return [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question
                 + "\nPlease reason step by step, and put your final answer within \\boxed{}."}]
     if template == "abel":
         return f"Question:\n{question}\nAnswer:\nLet's think step by step.\n"
-    if template == "countdown":
-        return [{"role": "user", "content": question + " You can use + - * / and each number once. Show your work in <think> "
-                 "</think> tags and give the final equation in <answer> </answer> tags, e.g. <answer> (1 + 2) / 3 </answer>."}]
-    raise ValueError(f"--prompt_template must be qwen-boxed, abel or countdown, got {template!r}")
+    if template == "countdown":  # TinyZero qwen-instruct (with its space before the question)
+        return (f"<|im_start|>system\nYou are a helpful assistant. You {THINKER}<|im_end|>\n"
+                f"<|im_start|>user\n {question}{COUNTDOWN_RULES}<|im_end|>\n"
+                "<|im_start|>assistant\nLet me solve this step by step.\n<think>")
+    if template == "countdown-base":  # TinyZero base
+        return (f"A conversation between User and Assistant. The user asks a question, and the "
+                f"Assistant solves it. The assistant {THINKER}\nUser: {question}{COUNTDOWN_RULES}\n"
+                "Assistant: Let me solve this step by step.\n<think>")
+    raise ValueError(f"--prompt_template must be qwen-boxed, abel, countdown or countdown-base, "
+                     f"got {template!r}")
 
 
 TOY_HELD_OUT = 512  # toy questions reserved for evaluation (never in warm start or RL), whatever --num_eval_prompts
@@ -273,7 +413,14 @@ def load_task_rows(args):
     if not args.data:
         train_rows, held_out = make_toy_rows(args.task, args.seed)
         return train_rows, held_out[: args.num_eval_prompts]
-    need = (args.question_field,) + (("target", "nums") if args.task == "countdown" else (args.answer_field,))
+    countdown = args.task == "countdown"
+    need = ("target", "nums") if countdown else (args.question_field, args.answer_field)
+
+    def question(r):  # TinyZero's countdown rows (Countdown-Tasks-3to4) hold only target and nums
+        if args.question_field in r or not countdown:
+            return str(r[args.question_field])
+        nums = [int(n) for n in r["nums"]]
+        return f"Using the numbers {nums}, create an equation that equals {r['target']}."
 
     def read(source, split):
         release_format = args.task == "math" and need == ("question", "answer")  # no field flags
@@ -289,7 +436,8 @@ def load_task_rows(args):
             rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
         if release_format:
             return rows
-        return [{**r, "question": str(r[args.question_field]), "answer": str(r.get(args.answer_field))} for r in rows]
+        return [{**r, "question": question(r), "answer": str(r.get(args.answer_field))}
+                for r in rows]
 
     rows = read(args.data, args.data_split)
     if args.eval_data:
@@ -316,7 +464,8 @@ def score_all(texts: list[str], rows: list[dict], args) -> list[tuple[float, boo
 
 
 # ----------------------------------------------------------------------------------------------------
-# reasoning behaviours (spec §1.4): keyword stand-in and an LLM judge through the Sampler
+# reasoning behaviours (the paper's Reasoning Behavior Ratio, four behaviours after Gandhi et al.):
+# keyword stand-in and an LLM judge through the Sampler
 
 BEHAVIOUR_KEYWORDS = {
     "verification": ("verify", "check", "confirm", "substitut", "plug"),
@@ -367,7 +516,7 @@ def toy_demo(row: dict, task: str, rng: random.Random, noise: float) -> str:
     wrong = rng.random() < noise
     if task == "countdown":  # wrong: the same numbers, shuffled, joined by one random operator
         expr = f" {rng.choice('+-*')} ".join(map(str, rng.sample(row["nums"], len(row["nums"])))) if wrong else row["answer"]
-        return f"<think> </think>\n<answer> {expr} </answer>"
+        return f" </think>\n<answer> {expr} </answer>"  # after the prompt's "\n<think>" prefill
     answer = "".join(map(str, rng.sample(row["digits"], 4))) if wrong else row["answer"]  # wrong: a random order
     return f"\\boxed{{{answer}}}"
 
@@ -502,6 +651,10 @@ def main(args):
         sampler.sync_weights(model)  # vLLM: its engine loaded the base weights; HF: a no-op
     logger = MetricsLogger(out_dir, args.track, "zero_rl", asdict(args), resume_step=start_step if args.resume else None)
     l1_lo, l1_hi = parse_range(args.l1_budget, "--l1_budget") if args.length_reward.startswith("l1") else (0, 0)
+    # a bad --length_reward, --overlong_buffer or --length_reward_coef fails now, not later
+    total_rewards(args.length_reward, [0.0], [False], [1], 1, args.max_new_tokens, [1],
+                  args.overlong_buffer, args.length_reward_coef)
+    scale_by_std = scales_by_std(args)
     orders = {}  # epoch -> permutation of the training rows: a function of (seed, epoch), so resuming needs no state
 
     def rows_for_step(step):
@@ -534,18 +687,28 @@ def main(args):
         sampler.sleep()  # vLLM frees its memory for the update
         comps, t_gen = [c for g in groups for c in g], time.perf_counter() - t0
         B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
-        # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
+        # 2. rewards: task reward and length reward (total_rewards); all ranks' rewards are gathered
+        # before the group normalisation
         per_completion = [x for x in batch for _ in range(G)]  # (row, budget) of each completion
         scored = score_all([c.text for c in comps], [r for r, _ in per_completion], args)
         lengths, correct = [len(c.token_ids) for c in comps], [s[1] for s in scored]
-        bonus = length_rewards(args.length_reward, lengths, correct, G, args.max_new_tokens, [b for _, b in per_completion],
-                               args.overlong_buffer)
-        local = {"reward": [s[0] + args.length_reward_coef * b for s, b in zip(scored, bonus)], "correct": correct,
-                 "length": lengths, "found": [s[2] for s in scored], "bonus": bonus,
+        kind = length_reward_at(args, step)  # "none" during the warm-up
+        repeats = None
+        if args.repetition_penalty:
+            repeats = [repetition_penalty(c.token_ids, args.repetition_ngram_size,
+                                          args.repetition_penalty) for c in comps]
+        task = [s[0] for s in scored]
+        budgets = [b for _, b in per_completion]
+        reward = total_rewards(kind, task, correct, lengths, G, args.max_new_tokens, budgets,
+                               args.overlong_buffer, args.length_reward_coef, repeats)
+        bonus = [r - t for r, t in zip(reward, task)]
+        local = {"reward": reward, "correct": correct, "bonus": bonus,
+                 "length": lengths, "found": [s[2] for s in scored],
                  "truncated": [c.finish_reason == "length" for c in comps]}
         every = {k: [x for part in all_gather_object(local) for x in part[k]] for k in local}
         all_rewards = torch.tensor(every["reward"])  # (W*B,)
-        advantages = grpo_advantages(all_rewards, G)[dist.rank * B:(dist.rank + 1) * B]  # (B,) this rank's slice
+        advantages = grpo_advantages(all_rewards, G, scale_by_std)  # (W*B,)
+        advantages = advantages[dist.rank * B:(dist.rank + 1) * B]  # (B,) this rank's slice
         # 3. tensors: prompts (P, Lp) left padded; responses, loss mask and the sampler's old log-probs (B, T) right padded
         enc = tok.pad({"input_ids": [encode(p) for p in prompts]}, padding=True, return_tensors="pt")  # left (load_tokenizer)
         responses, loss_mask, old_logps = torch.full((B, T), tok.pad_token_id), torch.zeros(B, T), torch.zeros(B, T)
@@ -593,7 +756,9 @@ def main(args):
                     per_token = per_token + args.beta * kl
                     sums["kl"] += float((kl.detach() * mask).sum())
                 per_token = per_token - args.entropy_coef * entropy
-                loss = aggregate_loss(per_token, mask, args.loss_type, args.max_new_tokens, num_tokens, hi - lo)
+                n_micro = len(range(lo, hi, args.micro_batch_size or hi - lo))  # verl: grad. accum.
+                loss = aggregate_loss(per_token, mask, args.loss_type, args.max_new_tokens,
+                                      num_tokens, hi - lo, n_micro)
                 loss.backward()
                 with torch.no_grad():
                     sums["tokens"] += float(mask.sum())
@@ -622,7 +787,9 @@ def main(args):
             "loss": tot["loss"] / world, "grad_norm": tot["grad_norm"] / world, "learning_rate": sched.get_last_lr()[0],
             "time/step": step_time, "time/generate": t_gen, "time/train": time.perf_counter() - t_train,
             "tokens_per_s": lengths.sum() / step_time,
-            **({"length_reward": np.mean(every["bonus"])} if args.length_reward != "none" else {}),
+            # mean of (total reward - task reward)
+            **({"length_reward": np.mean(every["bonus"])}
+               if args.length_reward != "none" or args.repetition_penalty else {}),
         }
         logger.log(metrics, step)
         pbar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}", len=f"{lengths.mean():.1f}")
@@ -638,7 +805,13 @@ def main(args):
         table = [{"": name, **{k[5:]: d.get(k, float("nan")) for k in keys}}
                  for name, d in (("before RL", before), (f"after {args.total_steps} steps", after))]
         print0("\n" + format_table(table))
-        (out_dir / "summary.json").write_text(json.dumps({"before": before, "after": after, "steps": args.total_steps}, indent=1))
+        # the paper's claim on the toy: RL raises held-out accuracy over the base
+        claims = [claim(f"held-out {how} accuracy rises over the base", f"eval/accuracy_{how}",
+                        before.get(f"eval/accuracy_{how}", float("nan")),
+                        after.get(f"eval/accuracy_{how}", float("nan")))
+                  for how in ("greedy", "sampled")]
+        print0("\n" + format_claims(claims))
+        write_summary(out_dir, claims, before=before, after=after, steps=args.total_steps)
         print0(f"metrics: {logger.path}  curves: {out_dir / 'curves.png'}  model: {out_dir / 'model'}")
     logger.close()
     cleanup_distributed()
