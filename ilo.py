@@ -16,9 +16,13 @@ This script: (1) representations of a FLORES-style parallel corpus at every laye
 measured before and after, plus perplexity on the other languages as the cross-lingual check.
 
 Departures:
-- `--freeze_first N` freezes the embeddings and blocks 0..N-1 (N blocks, as the paper's wording and the
-  released docstring say). The released `selective_grad_freeze(model, n_first=8)` freezes blocks 0..8
-  (N+1 blocks) plus the final norm and lm_head: `--freeze_style code` does exactly that.
+- `--freeze_first N` (default `--freeze_style paper`) freezes the embeddings and blocks 0..N-1 only: the
+  paper's "freezing the early layers". The released `selective_grad_freeze(model, n_first=8)`
+  (src/param_freeze.py) differs twice: its docstring says "the first 8 layers, the token embedding, final
+  layer normalization, and the language modeling head", and its code freezes blocks 0..8 (N+1 blocks)
+  plus those three; `--freeze_style code` does exactly what the code does.
+- `--max_length` cuts longer sentences (ILO vectors and fine-tuning); the released get_ilo.py never cuts.
+  The default 256 tokens cuts no FLORES-200 sentence we know of; the run prints how many were cut.
 - The released code assumes exactly 997 rows per language in order; here any number per language works
   (ILO only needs labels), and the toy uses a smaller corpus.
 - The offline default is a synthetic parallel corpus (one grammar rendered in six made-up languages
@@ -81,7 +85,8 @@ class Args:
     languages: str = arg("", "comma-separated subset; '' = all found")
     max_sentences: int = arg(0, "sentences per language for ILO; 0 = all (FLORES-200 dev: 997)")
     batch_size: int = arg(32, "sentences per forward pass")
-    max_length: int = arg(256, "tokens per sentence")
+    max_length: int = arg(256, "longest sentence in tokens for ILO vectors and fine-tuning; longer ones are "
+                               "cut and the run prints how many (the released get_ilo.py never cuts)")
     # ILO (released src/ilo.py: k = 5, t = 3)
     k: int = arg(5, "nearest neighbours per point; paper: 5 (released src/ilo.py)")
     t: int = arg(3, "other languages a point must reach to count for Bridge; paper: 3 (released src/ilo.py)")
@@ -89,8 +94,9 @@ class Args:
     finetune_language: str = arg("", "language to fine-tune on; '' = the first language")
     freeze_first: int = arg(1, "compare freezing the embeddings + this many first blocks with no freezing; toy 1; "
                                "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)")
-    freeze_style: Literal["paper", "code"] = arg("paper", "paper = blocks 0..N-1 + embeddings; "
-                                                          "code = blocks 0..N + embeddings + norm + lm_head")
+    freeze_style: Literal["paper", "code"] = arg("paper", "paper = embeddings + blocks 0..N-1 (the paper's "
+                                                          "wording); code = embeddings + blocks 0..N + final "
+                                                          "norm + lm_head (released selective_grad_freeze)")
     finetune_steps: int = arg(120, "fine-tuning optimizer steps per condition")
     finetune_lr: float = arg(3e-3, "fine-tuning LR, constant; toy 3e-3; paper preset: 1e-5 (not stated in the paper)")
     finetune_batch: int = arg(16, "sentences per fine-tuning step, all ranks")
@@ -198,8 +204,10 @@ def mean_pooled_states(model, tokenizer, sentences: list[str], batch_size: int =
 
 
 def freeze_first_layers(model, n: int, style: str = "paper") -> list[str]:
-    """Freeze the embeddings and the first n decoder blocks ("paper"), or blocks 0..n plus the final
-    norm and lm_head as the released `selective_grad_freeze` does ("code"). Returns frozen names."""
+    """Freeze the embeddings and the first n decoder blocks ("paper"), or the embeddings, blocks 0..n,
+    the final norm and lm_head as the released src/param_freeze.py `selective_grad_freeze` does
+    ("code"; its docstring says first n blocks, its range(n_first + 1) freezes n + 1). Returns the
+    frozen parameter names."""
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     frozen_blocks = range(n + 1 if style == "code" else n)
     modules = [base.embed_tokens, *(base.layers[i] for i in frozen_blocks if i < len(base.layers))]
@@ -209,6 +217,11 @@ def freeze_first_layers(model, n: int, style: str = "paper") -> list[str]:
         for p in m.parameters():
             p.requires_grad_(False)
     return [name for name, p in model.named_parameters() if not p.requires_grad]
+
+
+def count_cut(tokenizer, sentences: list[str], max_length: int) -> int:
+    """How many sentences `--max_length` cuts (the released get_ilo.py never cuts, so say so)."""
+    return sum(len(ids) > max_length for ids in tokenizer(sentences)["input_ids"])
 
 
 @torch.no_grad()
@@ -461,6 +474,9 @@ def main(args: Args):
     ft_texts = [r["text"] for r in ft_rows if r["lang"] == ft_lang]
     if not ft_texts:
         raise ValueError(f"--finetune_language {ft_lang!r}: no sentences (languages: {languages})")
+    cut = count_cut(tok, [r["text"] for r in ilo_rows] + ft_texts, args.max_length)
+    if cut:
+        print0(f"--max_length {args.max_length}: {cut} sentences are cut (ILO vectors and fine-tuning)")
     held_out = {lang: [r["text"] for r in ilo_rows if r["lang"] == lang] for lang in languages}
     print0(f"{len(languages)} languages x ~{len(ilo_rows) // len(languages)} sentences; fine-tune language {ft_lang!r} ({len(ft_texts)} sentences)")
 

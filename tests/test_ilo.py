@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from ilo import freeze_first_layers, ilo_scores, knn_indices, mean_pooled_states
+from ilo import count_cut, freeze_first_layers, ilo_scores, knn_indices, mean_pooled_states
 from common.models import load_model, load_tokenizer, make_tiny_lm
 
 
@@ -92,10 +92,32 @@ def test_freezing_freezes_exactly_the_first_blocks_and_the_rest_trains():
         if n in frozen:
             assert p.grad is None and torch.equal(p, before[n]), n
     assert not torch.equal(model.model.layers[1].mlp.up_proj.weight, before["model.layers.1.mlp.up_proj.weight"])
-    # the released code's rule: blocks 0..N, plus final norm and lm_head
-    code = freeze_first_layers(load_model(make_tiny_lm()), 0, "code")
-    assert any(n.startswith("model.layers.0.") for n in code) and "model.norm.weight" in code
-    assert not any(n.startswith("model.layers.1.") for n in code)
+
+
+def frozen_groups(names):
+    """Parameter names -> the module groups they belong to ('embed', 'layer0', 'norm', 'lm_head')."""
+    groups = set()
+    for n in names:
+        if n.startswith("model.layers."):
+            groups.add("layer" + n.split(".")[2])
+        else:
+            groups.add({"model.embed_tokens.weight": "embed", "model.norm.weight": "norm"}.get(n, n))
+    return groups
+
+
+@pytest.mark.parametrize("style, n, expected", [
+    ("paper", 1, {"embed", "layer0"}),  # the paper's "early layers": embeddings + blocks 0..N-1
+    ("paper", 2, {"embed", "layer0", "layer1"}),
+    # released selective_grad_freeze(n_first=N): range(N + 1) blocks, embeddings, final norm, lm_head
+    ("code", 0, {"embed", "layer0", "norm", "lm_head.weight"}),
+    ("code", 1, {"embed", "layer0", "layer1", "norm", "lm_head.weight"}),
+])
+def test_frozen_parameter_sets_of_both_styles(style, n, expected):
+    model = load_model(make_tiny_lm(num_hidden_layers=3, tie_word_embeddings=False))
+    frozen = freeze_first_layers(model, n, style)
+    assert frozen_groups(frozen) == expected
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert frozen_groups(trainable) == frozen_groups(name for name, _ in model.named_parameters()) - expected
 
 
 def test_end_to_end_minimal(tmp_path, run_cmd):
@@ -123,3 +145,12 @@ def test_finetune_backward_micro_batches_equal_unsplit_step():
         optimizer.step()
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
+
+
+def test_count_cut_counts_only_sentences_longer_than_max_length(tiny):
+    _, tok = tiny
+    short, long = "a b .", " ".join(["word"] * 40)
+    n_short, n_long = (len(tok(s)["input_ids"]) for s in (short, long))
+    assert n_short < 10 < n_long
+    assert count_cut(tok, [short, long, long], 10) == 2
+    assert count_cut(tok, [short, long], n_long) == 0  # exactly max_length tokens is not cut
