@@ -28,7 +28,7 @@ Departures:
 - The offline default is a synthetic parallel corpus (one grammar rendered in six made-up languages
   with their own verbs, adjectives and word orders; names, numbers and nouns shared), on which the tiny LM is first trained briefly
   (monolingual sentences plus translation pairs) so that there is interlingual structure to measure.
-- Model-level curves average ILO over languages (the paper's averaging is unverified, see the spec).
+- Model-level curves average ILO over languages (the released code writes per-language tables only).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
@@ -56,6 +56,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from common.claims import claim, format_claims, write_summary
 from common.config import parse_config, per_rank
 from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
@@ -74,7 +75,7 @@ class Args:
     seed: int = arg(0, "random seed")
     output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
     model: str = arg("", "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
-                         "'' = tiny offline LM (4 layers), warm-started on the toy languages")
+                         "'' = tiny offline LM (8 layers), warm-started on the toy languages")
     dtype: str = arg("auto", "dtype of the measured base model: auto | float32 | bfloat16; "
                         "fine-tuned copies train fp32 masters (common.train precision policy)")
     data: str = arg("", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, "
@@ -83,7 +84,9 @@ class Args:
     text_field: str = arg("text", "field of a rows file holding the sentence")
     lang_field: str = arg("lang", "field of a rows file holding the language")
     languages: str = arg("", "comma-separated subset; '' = all found")
-    max_sentences: int = arg(0, "sentences per language for ILO; 0 = all (FLORES-200 dev: 997)")
+    max_sentences: int = arg(0, "sentences per language for ILO; 0 = all of the evaluation set")
+    eval_sentences: int = arg(0, "real data: each language's first N sentences are the held-out ILO and "
+                                 "perplexity set, the rest the fine-tuning text; 0 = half")
     batch_size: int = arg(32, "sentences per forward pass")
     max_length: int = arg(256, "longest sentence in tokens for ILO vectors and fine-tuning; longer ones are "
                                "cut and the run prints how many (the released get_ilo.py never cuts)")
@@ -92,7 +95,7 @@ class Args:
     t: int = arg(3, "other languages a point must reach to count for Bridge; paper: 3 (released src/ilo.py)")
     # single-language fine-tuning
     finetune_language: str = arg("", "language to fine-tune on; '' = the first language")
-    freeze_first: int = arg(1, "compare freezing the embeddings + this many first blocks with no freezing; toy 1; "
+    freeze_first: int = arg(2, "compare freezing the embeddings + this many first blocks with no freezing; toy 2; "
                                "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)")
     freeze_style: Literal["paper", "code"] = arg("paper", "paper = embeddings + blocks 0..N-1 (the paper's "
                                                           "wording); code = embeddings + blocks 0..N + final "
@@ -129,7 +132,7 @@ def derived(args, world_size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# ILO (§3.2)
+# ILO (released src/ilo.py: compute_bridge_reach, derive_metrics)
 
 
 def knn_indices(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -178,7 +181,7 @@ def ilo_scores(embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 
 
 
 # ----------------------------------------------------------------------------------------------------
-# representations (§3.1): mean of hidden_states[l] over the sentence's tokens, l = 0 (embeddings) .. L
+# representations (released get_ilo.py extract_embeddings): mean of hidden_states[l] over the sentence's tokens, l = 0 (embeddings) .. L
 
 
 @torch.no_grad()
@@ -271,7 +274,7 @@ def toy_lexicon(seed: int = 0) -> dict:
                     words[c] = c
                 else:
                     cons, vow = alphabet.split("|")
-                    words[c] = "".join(rng.choice(cons) + rng.choice(vow) for _ in range(rng.randint(2, 3)))
+                    words[c] = "".join(rng.choice(cons) + rng.choice(vow) for _ in range(rng.randint(1, 2)))
         lexicon[name] = words
     return lexicon
 
@@ -296,11 +299,13 @@ def toy_corpus(n: int, seed: int) -> list[dict]:
 
 
 def toy_base_model(seed: int) -> str:
-    """The tiny 4-layer LM trained briefly on the toy languages (monolingual + translation pairs), cached."""
+    """The tiny 8-layer LM trained briefly on the toy languages (monolingual + translation pairs), cached."""
     spec = {"seed": seed, "steps": 300}
 
     def build(folder: Path):
-        path = make_tiny_lm(num_hidden_layers=4)
+        # untied input/output embeddings, as in Llama-3.1-8B: a word of another language then gets no
+        # gradient from single-language fine-tuning, so what moves is the fine-tuned language's words
+        path = make_tiny_lm(num_hidden_layers=8, tie_word_embeddings=False)
         tok, model = load_tokenizer(path), load_model(path)
         rows = toy_corpus(600, seed=seed + 1000)  # never the ILO / evaluation sentences (seed 1, 2)
         by_id: dict[int, dict] = {}
@@ -390,7 +395,25 @@ def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
         if missing:
             raise ValueError(f"--languages: {missing} not found in {args.data}")
         rows = [r for r in rows if r["lang"] in wanted]
-    return rows, rows  # a real run fine-tunes on the chosen language's sentences of the same file
+    return split_held_out(rows, args.eval_sentences)
+
+
+def split_held_out(rows: list[dict], n_eval: int) -> tuple[list[dict], list[dict]]:
+    """(eval rows, fine-tune rows): each language's first n_eval sentences (0 = half) measure ILO and
+    perplexity; the rest are for fine-tuning, so the evaluation never sees the fine-tuning text.
+    Parallel files list translations at the same position, so the eval rows stay parallel."""
+    by_lang: dict[str, list[dict]] = {}
+    for r in rows:
+        by_lang.setdefault(r["lang"], []).append(r)
+    eval_rows, ft_rows = [], []
+    for lang, mine in by_lang.items():
+        n = n_eval or len(mine) // 2
+        if n >= len(mine):
+            raise ValueError(f"--eval_sentences {n}: language {lang!r} has only {len(mine)} sentences, "
+                             "none would be left for fine-tuning")
+        eval_rows += mine[:n]
+        ft_rows += mine[n:]
+    return eval_rows, ft_rows
 
 
 def cap_per_language(rows: list[dict], n: int) -> list[dict]:
@@ -471,7 +494,8 @@ def main(args: Args):
     ilo_rows = cap_per_language(ilo_rows, args.max_sentences)
     languages = sorted({r["lang"] for r in ilo_rows})
     ft_lang = args.finetune_language or languages[0]
-    ft_texts = [r["text"] for r in ft_rows if r["lang"] == ft_lang]
+    evaluated = {r["text"] for r in ilo_rows}
+    ft_texts = [r["text"] for r in ft_rows if r["lang"] == ft_lang and r["text"] not in evaluated]  # held out
     if not ft_texts:
         raise ValueError(f"--finetune_language {ft_lang!r}: no sentences (languages: {languages})")
     cut = count_cut(tok, [r["text"] for r in ilo_rows] + ft_texts, args.max_length)
@@ -498,7 +522,7 @@ def main(args: Args):
             _gathered_copy(model, base)
         barrier()
     if dist_info.is_main:
-        report(results, ppl, ft_lang, out, time.time() - t0)
+        report(results, ppl, ft_lang, out, time.time() - t0, args.freeze_first)
     logger.close()
     cleanup_distributed()
     return results, ppl
@@ -516,7 +540,29 @@ def _gathered_copy(model, like):
     return plain
 
 
-def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float):
+def ilo_claims(results: dict, ppl: dict, ft_lang: str, n_frozen: int) -> list[dict]:
+    """The paper's findings as claims on this run: single-language fine-tuning lowers ILO in the early
+    layers (hidden states 0..n_frozen, i.e. the embeddings and the blocks freezing would keep), freezing
+    keeps it, and freezing helps the other languages (held-out perplexity)."""
+    frozen = f"finetune_freeze{n_frozen}"
+    early = range(n_frozen + 1)
+    curves = {c: mean_ilo_by_layer(recs) for c, recs in results.items()}
+    ilo_early = {c: sum(curve[layer] for layer in early) / len(early) for c, curve in curves.items()}
+    others = [lang for lang in ppl["base"] if lang != ft_lang]
+    ppl_others = {c: sum(math.log(p[lang]) for lang in others) / len(others) for c, p in ppl.items()}
+    metric = f"mean ILO, layers 0-{n_frozen}"
+    return [
+        claim("fine-tuning lowers early-layer ILO", metric, ilo_early["base"], ilo_early["finetune"],
+              higher_is_better=False),
+        claim("freezing keeps early-layer ILO", metric, ilo_early["finetune"], ilo_early[frozen]),
+        claim("freezing helps the other languages", "log ppl, other languages", ppl_others["finetune"],
+              ppl_others[frozen], higher_is_better=False),
+        claim("fine-tuned language still improves (frozen)", f"log ppl, {ft_lang}",
+              math.log(ppl["base"][ft_lang]), math.log(ppl[frozen][ft_lang]), higher_is_better=False),
+    ]
+
+
+def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float, n_frozen: int):
     with open(out / "ilo_per_layer.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["condition", "layer", "lang", "bridge", "reach", "ilo"])
         w.writeheader()
@@ -545,7 +591,10 @@ def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float):
     fig.tight_layout()
     fig.savefig(out / "ilo_vs_layer.png", dpi=100)
     plt.close(fig)
-    print0(f"\nwrote {out}/ilo_per_layer.csv, ilo_per_layer.jsonl, ilo_vs_layer.png, metrics.jsonl ({seconds:.0f}s)")
+    claims = ilo_claims(results, ppl, ft_lang, n_frozen)
+    write_summary(out, claims, ilo_by_layer=curves, perplexity=ppl, seconds=round(seconds))
+    print0("\n" + format_claims(claims))
+    print0(f"\nwrote {out}/ilo_per_layer.csv, ilo_per_layer.jsonl, ilo_vs_layer.png, summary.json, metrics.jsonl ({seconds:.0f}s)")
 
 
 if __name__ == "__main__":

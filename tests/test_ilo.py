@@ -1,4 +1,4 @@
-"""ilo.py: ILO on hand-built neighbourhoods (spec check 11), ties, pooling, freezing, end to end."""
+"""ilo.py: ILO on hand-built neighbourhoods (3 unit-vector languages), ties, pooling, freezing, end to end."""
 
 import math
 import sys
@@ -6,23 +6,31 @@ import sys
 import pytest
 import torch
 
-from ilo import count_cut, freeze_first_layers, ilo_scores, knn_indices, mean_pooled_states
 from common.models import load_model, load_tokenizer, make_tiny_lm
+from ilo import (
+    count_cut,
+    freeze_first_layers,
+    ilo_claims,
+    ilo_scores,
+    knn_indices,
+    mean_pooled_states,
+    split_held_out,
+)
 
 
 def unit(deg):
     return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
 
 
-def spec_toy():
-    """Spec check 11: unit vectors at these angles (degrees), languages A, B, C."""
+def angle_toy():
+    """Hand-computed example: unit vectors at these angles (degrees), languages A, B, C."""
     angles = {"A": [0, 50, 120], "B": [8, 57, 200], "C": [131, 250, 262]}
     vectors = torch.tensor([unit(d) for lang in "ABC" for d in angles[lang]])
     return vectors, [lang for lang in "ABC" for _ in range(3)]
 
 
-def test_spec_neighbourhoods_and_scores_t2():
-    x, langs = spec_toy()
+def test_hand_computed_neighbourhoods_and_scores_t2():
+    x, langs = angle_toy()
     nn = knn_indices(x, k=2)
     names = [[langs[j] for j in row] for row in nn.tolist()]
     # A -> [B,A], [B,B], [C,B]; B -> [A,A], [A,B], [C,C]; C -> [A,B], [C,B], [C,B] (as sets per point)
@@ -34,8 +42,8 @@ def test_spec_neighbourhoods_and_scores_t2():
     assert s["C"] == pytest.approx({"bridge": 1 / 3, "reach": 1.0, "ilo": 0.5})
 
 
-def test_spec_scores_t1_all_one():
-    x, langs = spec_toy()
+def test_hand_computed_scores_t1_all_one():
+    x, langs = angle_toy()
     assert all(v["ilo"] == pytest.approx(1.0) for v in ilo_scores(x, langs, k=2, t=1).values())
 
 
@@ -154,3 +162,29 @@ def test_count_cut_counts_only_sentences_longer_than_max_length(tiny):
     assert n_short < 10 < n_long
     assert count_cut(tok, [short, long, long], 10) == 2
     assert count_cut(tok, [short, long], n_long) == 0  # exactly max_length tokens is not cut
+
+
+def test_held_out_split_keeps_eval_parallel_and_never_fine_tunes_on_it():
+    rows = [{"lang": lang, "text": f"{lang} {i}"} for lang in ("a", "b") for i in range(5)]
+    eval_rows, ft_rows = split_held_out(rows, 2)
+    assert [r["text"] for r in eval_rows] == ["a 0", "a 1", "b 0", "b 1"]  # same positions per language
+    assert [r["text"] for r in ft_rows] == ["a 2", "a 3", "a 4", "b 2", "b 3", "b 4"]
+    assert len(split_held_out(rows, 0)[0]) == 4  # 0 = half (5 // 2 per language)
+    with pytest.raises(ValueError, match="--eval_sentences 5: language 'a'"):
+        split_held_out(rows, 5)
+
+
+def test_claims_follow_the_curves_and_perplexities():
+    def recs(values):  # one language pair, ILO per layer
+        return [{"layer": i, "lang": lang, "ilo": v} for i, v in enumerate(values) for lang in ("x", "y")]
+
+    results = {"base": recs([0.8, 0.6, 0.5]), "finetune": recs([0.4, 0.2, 0.5]),
+               "finetune_freeze1": recs([0.8, 0.6, 0.1])}
+    ppl = {"base": {"x": 4.0, "y": 4.0}, "finetune": {"x": 2.0, "y": 40.0},
+           "finetune_freeze1": {"x": 2.5, "y": 8.0}}
+    claims = {c["name"]: c for c in ilo_claims(results, ppl, "x", 1)}
+    drop = claims["fine-tuning lowers early-layer ILO"]
+    assert (drop["baseline"], drop["result"], drop["holds"]) == (pytest.approx(0.7), pytest.approx(0.3), True)
+    assert claims["freezing keeps early-layer ILO"]["result"] == pytest.approx(0.7)  # layers 0-1 only
+    assert claims["freezing helps the other languages"]["result"] == pytest.approx(math.log(8.0))
+    assert all(c["holds"] for c in claims.values())
