@@ -21,18 +21,24 @@ Departures:
   (src/param_freeze.py) differs twice: its docstring says "the first 8 layers, the token embedding, final
   layer normalization, and the language modeling head", and its code freezes blocks 0..8 (N+1 blocks)
   plus those three; `--freeze_style code` does exactly what the code does.
-- `--max_length` cuts longer sentences (ILO vectors and fine-tuning); the released get_ilo.py never cuts.
-  The default 256 tokens cuts no FLORES-200 sentence we know of; the run prints how many were cut.
+- `--max_length` cuts longer sentences (ILO vectors and fine-tuning; the run prints how many it cut); the
+  released get_ilo.py never cuts.
+- Held-out evaluation: ILO and perplexity use sentences never fine-tuned on. Real data: each language's
+  first `--eval_sentences` (default half) are measured, the rest fine-tune (the paper's fine-tuning
+  data is not stated). With FLORES `.dev` and `.devtest` files in one folder (read in that order),
+  `--eval_sentences 997` measures all 997 dev sentences, as the paper does, and fine-tunes on devtest.
 - The released code assumes exactly 997 rows per language in order; here any number per language works
   (ILO only needs labels), and the toy uses a smaller corpus.
 - The offline default is a synthetic parallel corpus (one grammar rendered in six made-up languages
-  with their own verbs, adjectives and word orders; names, numbers and nouns shared), on which the tiny LM is first trained briefly
-  (monolingual sentences plus translation pairs) so that there is interlingual structure to measure.
+  with their own verbs, adjectives and word orders; names, numbers and nouns shared). A tiny 8-layer LM
+  is first trained on monolingual sentences, translation pairs and code-switched sentences, so that
+  there is interlingual structure to measure. Its ILO drop shows in the layers above the frozen ones,
+  not in layers 0-2 (see docs/ilo.md).
 - Model-level curves average ILO over languages (the released code writes per-language tables only).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
-    python ilo.py                                   # CPU toy, ~2 min
+    python ilo.py                                   # CPU toy, ~20 s of CPU
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ --languages eng_Latn,fra_Latn,... \\
         --finetune_language ind_Latn --dtype bfloat16     # 1 GPU (paper preset: --freeze_first 8)
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data openlanguagedata/flores_plus \
