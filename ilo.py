@@ -25,8 +25,8 @@ Departures:
   released get_ilo.py never cuts.
 - Held-out evaluation: ILO and perplexity use sentences never fine-tuned on. Real data: each language's
   first `--eval_sentences` (default half) are measured, the rest fine-tune (the paper's fine-tuning
-  data is not stated). With FLORES `.dev` and `.devtest` files in one folder (read in that order),
-  `--eval_sentences 997` measures all 997 dev sentences, as the paper does, and fine-tunes on devtest.
+  data is not stated). So with `--data_split dev` ILO uses 498 of the 997 FLORES dev sentences per
+  language by default (the paper: all 997); the other 499 of the fine-tuning language are fine-tuned on.
 - The released code assumes exactly 997 rows per language in order; here any number per language works
   (ILO only needs labels), and the toy uses a smaller corpus.
 - The offline default is a synthetic parallel corpus (one grammar rendered in six made-up languages
@@ -418,7 +418,7 @@ def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
         if missing:
             raise ValueError(f"--languages: {missing} not found in {args.data}")
         rows = [r for r in rows if r["lang"] in wanted]
-    return split_held_out(rows, args.eval_sentences)
+    return rows, rows  # main() holds out the evaluation sentences (split_held_out)
 
 
 def split_held_out(rows: list[dict], n_eval: int) -> tuple[list[dict], list[dict]]:
@@ -514,6 +514,8 @@ def main(args: Args):
     tok = load_tokenizer(model_path)
     base = load_model(model_path, dtype=args.dtype, device=dist_info.device)
     ilo_rows, ft_rows = load_parallel(args)
+    if args.data:  # real data: one file per language; the toy draws its two sets from different seeds
+        ilo_rows, ft_rows = split_held_out(ilo_rows, args.eval_sentences)
     ilo_rows = cap_per_language(ilo_rows, args.max_sentences)
     languages = sorted({r["lang"] for r in ilo_rows})
     ft_lang = args.finetune_language or languages[0]
