@@ -1,6 +1,6 @@
 """ILO neighbourhoods: ours vs two fair baselines, with the bare GEMM as the floor.
 
-    python bench/ilo.py                                  # 31 languages x 997 points x width 4096 (FLORES)
+    python bench/ilo.py                                  # 31 x 997 points, width 4096 (FLORES)
     python bench/ilo.py --per-language 300 --width 512   # quicker
 
 All methods compute the exact k nearest neighbours (cosine) of every one of the N points, so each
@@ -29,7 +29,7 @@ from ilo import ilo_scores, knn_indices
 
 
 def released_topk(x: torch.Tensor, k: int) -> np.ndarray:
-    """The released get_neighbors_indices, cosine branch: full distance matrix, topk(k+1), drop col 0."""
+    """Released get_neighbors_indices, cosine: full distance matrix, topk(k+1), drop column 0."""
     xn = torch.nn.functional.normalize(x, p=2, dim=1)
     dists = 1 - xn @ xn.T  # (N, N)
     _, idx = torch.topk(-dists, k=k + 1, dim=1)
@@ -74,9 +74,15 @@ def main():
     p.add_argument("--per-language", type=int, default=997)
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--k", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (numpy uses its BLAS default)")
-    p.add_argument("--skip-released", action="store_true", help="skip the N x N method (memory 8 N^2 bytes)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per method; the median is reported"
+    )
+    p.add_argument(
+        "--threads", type=int, default=2, help="torch threads (numpy uses its BLAS default)"
+    )
+    p.add_argument(
+        "--skip-released", action="store_true", help="skip the N x N method (memory 8 N^2 bytes)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -96,8 +102,11 @@ def main():
         rows.append(("released: full N x N matrix + topk(k+1) (src/ilo.py)", wall, cpu, idx))
     scores = ilo_scores(x, langs, k=args.k, t=3)
 
-    print(f"{args.languages} languages x {args.per_language} points = {n}, width {args.width}, k={args.k}, "
-          f"torch threads {args.threads}; median of {args.repeats}\n")
+    print(
+        f"{args.languages} languages x {args.per_language} points = {n}, width {args.width}, "
+        f"k={args.k}, "
+        f"torch threads {args.threads}; median of {args.repeats}\n"
+    )
     print("| method | wall s | CPU s | CPU vs GEMM floor | neighbour sets equal to ours |")
     print("|---|---:|---:|---:|---:|")
     print(f"| GEMM floor: chunked `Xn Xn^T` only | {floor:.2f} | {floor_cpu:.2f} | 1.00x | - |")
