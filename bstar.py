@@ -33,7 +33,7 @@ Commands (naming --model selects the paper preset, PAPER below: the MATH setting
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
       --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --sampler vllm \
       --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
-  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; each rank samples a share)
+  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   # FSDP2; each rank samples a share
 """
 
 from __future__ import annotations
