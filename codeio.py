@@ -44,6 +44,7 @@ import ast
 import inspect
 import json
 import math
+import random
 import re
 import zlib
 from collections import Counter
@@ -54,15 +55,17 @@ import torch
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+from common.claims import claim, format_claims, write_summary
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
-from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
+from common.models import load_model, load_tokenizer, stop_token_ids
 from common.rewards import last_json_object
-from common.sampling import make_sampler, render_prompt
+from common.sampling import Completion, make_sampler, render_prompt
 from common.sandbox import Sandbox
+from common.toys import toy_model
 from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
                           make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
 
-STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
+STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 
 
 @dataclass
@@ -105,6 +108,36 @@ class Args:
     resume: bool = field(default=False, metadata={"help": "continue SFT from output_dir/checkpoint"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
+    # teacher, student and the held-out comparison (the toy's defaults are in TOY_DEFAULTS)
+    teacher: str = field(default="auto", metadata={
+        "help": "CoT author: model (--model writes rewrites and CoTs) | stand-in (StandInTeacher, a scripted "
+                "narrator of the toy corpus's code, NOT a model) | auto (stand-in when no --model)"})
+    teacher_slip: float = field(default=0.3, metadata={"help": "stand-in: chance of a one-digit slip per step"})
+    eval_pairs_per_function: int = field(default=2, metadata={
+        "help": "held-out pairs per function (after the training pairs) x 2 tasks for the eval stage"})
+    compare_raw_code: bool = field(default=True, metadata={
+        "help": "eval stage: also SFT the base on the raw code files for the same steps (the paper's "
+                "Python-Edu baseline, LM loss on code) and evaluate it"})
+    toy_base_rows: int = field(default=4000, metadata={"help": "toy student base: general step narrations"})
+    toy_base_steps: int = field(default=150, metadata={"help": "toy student base: warm-start steps (16 rows)"})
+
+
+# The CPU toy (no --model): a tiny student learns from ~200 CoTs, so it needs a larger LR and several
+# epochs (paper: 1 epoch at 1e-5 on 3.5M samples, §1.7) and room for a whole narrated CoT.
+TOY_DEFAULTS = {"lr": 1e-3, "epochs": 5, "batch_size": 8, "max_new_tokens": 160}
+
+
+def apply_toy_defaults(args: Args) -> Args:
+    """Without --model, every TOY_DEFAULTS field the user left at its default takes the toy value."""
+    if not args.model:
+        for key, value in TOY_DEFAULTS.items():
+            if getattr(args, key) == getattr(Args, key):
+                setattr(args, key, value)
+    if args.teacher == "auto":
+        args.teacher = "model" if args.model else "stand-in"
+    if args.teacher not in ("model", "stand-in"):
+        raise ValueError(f"--teacher {args.teacher!r}: choose model, stand-in or auto")
+    return args
 
 
 # ------------------------------------------------------------------------------------------------ §1.1 rewrite
@@ -407,6 +440,224 @@ def assemble_revision(record: dict) -> str:
             f"\n\n{CHECK}\n\n{ending}")
 
 
+# ------------------------------------------------------------------------------------------------ toy: teacher + student
+# The paper's CoTs come from a strong LLM (DeepSeek-V2.5). A tiny offline model writes no parsable
+# answer at all, so the CPU toy uses a scripted STAND-IN behind the same Sampler interface: it reads
+# the reference code of the prompt, recognises the step forms of the toy corpus (data/codeio_corpus/
+# digits_*.py), narrates the execution step by step in words, and slips with probability `slip` per
+# step (one digit off), so verification sees a real mix of right and wrong CoTs. Any other code
+# (josephus, roman_numeral, ...) it cannot trace: it says so and guesses, i.e. answers wrong.
+TOY_STEPS = {  # name: (code line, forward phrase, backward phrase, forward, backward); k = the constant
+    "sort": (r"(\w+) = sorted\((\w+)\)", "sort ascending", "a sorted list, keep it",
+             lambda xs, k: sorted(xs), lambda ys, k: ys),
+    "reverse": (r"(\w+) = (\w+)\[::-1\]", "reverse", "reverse back",
+                lambda xs, k: xs[::-1], lambda ys, k: ys[::-1]),
+    "rotate": (r"(\w+) = (\w+)\[1:\] \+ \2\[:1\]", "first digit to the end", "last digit to the front",
+               lambda xs, k: xs[1:] + xs[:1], lambda ys, k: ys[-1:] + ys[:-1]),
+    "even": (r"(\w+) = \[v for v in (\w+) if v % 2 == 0\]", "keep the even digits", "all even, keep it",
+             lambda xs, k: [v for v in xs if v % 2 == 0], lambda ys, k: ys),
+    "nine": (r"(\w+) = \[9 - v for v in (\w+)\]", "9 minus each digit", "9 minus each digit",
+             lambda xs, k: [9 - v for v in xs], lambda ys, k: [9 - v for v in ys]),
+    "add": (r"(\w+) = \[\(v \+ (\d)\) % 10 for v in (\w+)\]", "add {k} mod 10", "subtract {k} mod 10",
+            lambda xs, k: [(v + k) % 10 for v in xs], lambda ys, k: [(v - k) % 10 for v in ys]),
+}
+
+
+def trace_toy_code(code: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """(argument name, [(step name, constant)]) of a main_solution made of TOY_STEPS lines, else None."""
+    head = re.search(r"def main_solution\((\w+)\):\n((?:    .*\n?)+)", code)
+    if not head:
+        return None
+    variable, steps = head.group(1), []
+    for line in head.group(2).strip().splitlines():
+        line = line.strip()
+        if line == f"return {variable}":
+            return head.group(1), steps
+        for name, (pattern, *_) in TOY_STEPS.items():
+            match = re.fullmatch(pattern, line)
+            source = match and (match.group(3) if name == "add" else match.group(2))
+            if match and source == variable:
+                steps.append((name, int(match.group(2)) if name == "add" else 0))
+                variable = match.group(1)
+                break
+        else:
+            return None
+    return None
+
+
+def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float) -> tuple[str, list]:
+    """A step-by-step CoT for one toy I/O prediction and its answer; each step slips with p = `slip`."""
+    def run(step_index, value, backward):
+        name, k = steps[step_index]
+        value = TOY_STEPS[name][4 if backward else 3](list(value), k)
+        if value and rng.random() < slip:  # one digit off by one: the teacher's mistake
+            at = rng.randrange(len(value))
+            value[at] = (value[at] + 1) % 10
+        return value
+
+    value = list(given)
+    if kind == "output":
+        lines = [f"Start: {argument} = {value}."]
+        for i, (name, k) in enumerate(steps):
+            value = run(i, value, backward=False)
+            lines.append(f"Step {i + 1}, {TOY_STEPS[name][1].format(k=k)}: {value}.")
+        lines.append(f"It returns {value}.")
+        answer = {"output": value}
+    else:
+        lines = [f"Output: {value}. Work backwards."]
+        for i in reversed(range(len(steps))):
+            value = run(i, value, backward=True)
+            lines.append(f"Undo step {i + 1}, {TOY_STEPS[steps[i][0]][2].format(k=steps[i][1])}: {value}.")
+        lines.append(f"So {argument} = {value}.")
+        answer = {"input": {argument: value}}
+    return "\n".join(lines) + f"\n```json\n{json.dumps(answer)}\n```", answer
+
+
+class StandInTeacher:
+    """A scripted stand-in for the paper's CoT author, with the Sampler interface of common.sampling
+    (generate(prompts, n, ...) -> list[list[Completion]]). Deterministic: the slips are seeded by the
+    conversation. It answers only §1.3 I/O-prediction prompts; a rewrite request gets a refusal (so
+    the parser rejects it). A second turn (after feedback, §1.5) is traced again with new slips and
+    never repeats the answer the feedback called wrong."""
+
+    def __init__(self, slip: float = 0.3, seed: int = 0):
+        self.slip = slip
+        self.seed = seed
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=128, stop=None, **unused):
+        return [[Completion(self.answer(p, i), []) for i in range(n)] for p in prompts]
+
+    def answer(self, messages, sample: int = 0) -> str:
+        text = messages if isinstance(messages, str) else messages[0]["content"]
+        rng = random.Random(f"{self.seed}:{sample}:{json.dumps(messages)}")
+        kind = "output" if "Given the following input:" in text else "input"
+        given = re.search(r"Given the following (?:input|output):\n\n(.*?)\n\nCan you predict", text, flags=re.S)
+        code = text.split("not copy spans of code directly.\n\n", 1)[-1]
+        traced = trace_toy_code(code) if given else None
+        if given is None:
+            return "I can only trace code on a given input; I cannot rewrite code."
+        try:
+            value = ast.literal_eval(given.group(1))
+        except (ValueError, SyntaxError):
+            value = json.loads(given.group(1))
+        if traced is None or not isinstance(value, (dict, list)):
+            guess = {"output": 0} if kind == "output" else {"input": {}}
+            return f"I cannot follow this code step by step, so I guess.\n```json\n{json.dumps(guess)}\n```"
+        argument, steps = traced
+        start = value[argument] if kind == "output" else value
+        previous = [extract_json_answer(m["content"]) for m in messages[1:] if m["role"] == "assistant"]
+        for _ in range(8):  # a revision must not repeat a wrong answer (§1.5)
+            cot, answer = narrate(kind, argument, steps, start, rng, self.slip)
+            if answer not in previous:
+                break
+        return cot
+
+
+def toy_general_rows(n: int, seed: int) -> list[dict]:
+    """The toy student's 'pretraining': the same step narrations on random digit lists, asked in plain
+    words (never a CodeI/O prompt, never code). It knows the operations; CodeI/O has to teach it to
+    use them on a question about code, in the §1.3 answer format."""
+    rng = random.Random(seed)
+    names = sorted(TOY_STEPS)
+    rows = []
+    for _ in range(n):
+        steps = [(name, rng.randint(1, 5) if name == "add" else 0) for name in rng.sample(names, rng.randint(1, 3))]
+        given = [rng.randint(0, 9) for _ in range(rng.randint(3, 5))]
+        kind = rng.choice(["output", "input"])
+        words = "; then ".join(TOY_STEPS[s][1].format(k=k) for s, k in steps)
+        question = (f"Apply these steps to xs = {given}: {words}. What comes out?" if kind == "output" else
+                    f"These steps turn xs into {given}: {words}. What could xs be?")
+        rows.append({"prompt": question, "response": narrate(kind, "xs", steps, given, rng, 0.0)[0]})
+    return rows
+
+
+def toy_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """common.models.make_tokenizer's recipe (byte-level BPE, digits one per token, ChatML) trained on
+    the toy's own text: the shared tiny tokenizer splits a CodeI/O prompt into ~500 tokens, this one
+    into ~200, which halves every SFT step of the toy."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from common.models import CHATML_TEMPLATE, SPECIAL_TOKENS
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        additional_special_tokens=SPECIAL_TOKENS[1:], padding_side="left")
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def toy_student_base(args: Args) -> str:
+    """The toy student: a tiny Qwen2 (common.models sizes) with a tokenizer trained on the toy's text,
+    warm-started on toy_general_rows; built once and cached by common.toys.toy_model."""
+    corpus = load_corpus(args.corpus)
+    spec = {"rows": args.toy_base_rows, "steps": args.toy_base_steps, "seed": args.seed,
+            "corpus": zlib.crc32(json.dumps(corpus, sort_keys=True).encode())}
+
+    def build(folder):
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        from common.models import TINY_LM_DEFAULTS
+
+        rows = toy_general_rows(spec["rows"], spec["seed"])
+        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
+        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
+        texts = ([build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
+                 + [c["code"] for c in corpus] + [r["prompt"] + "\n" + r["response"] for r in rows[:500]]
+                 + [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is not correct!"])
+        tokenizer = toy_tokenizer(texts)
+        torch.manual_seed(spec["seed"])
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None,
+                                             eos_token_id=tokenizer.eos_token_id,
+                                             pad_token_id=tokenizer.pad_token_id, **TINY_LM_DEFAULTS))
+        order = random.Random(spec["seed"])
+        optimizer = make_optimizer(model, 3e-3)
+        end_ids = stop_token_ids(tokenizer)[-1:]
+        encoded = [(tokenizer(render_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}]),
+                              add_special_tokens=False).input_ids,
+                    tokenizer(r["response"], add_special_tokens=False).input_ids + end_ids) for r in rows]
+        for _ in tqdm(range(spec["steps"]), desc="toy student base (cached)", leave=False):
+            batch = order.sample(encoded, 16)
+            input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
+            sft_loss(model, input_ids, attention_mask, loss_mask).backward()  # (16, L) batch
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return toy_model("codeio-student", spec, build, code=[toy_general_rows, narrate, toy_tokenizer, build_prompt])
+
+
+def heldout_samples(io_ok: dict, functions: dict, args: Args) -> list[dict]:
+    """Held-out I/O prediction: pairs after the first pairs_per_function (never in training), both kinds."""
+    return [{"id": f"{name}:{kind}:{k}", "name": name, "kind": kind, "pair": pair,
+             "prompt": build_prompt(kind, functions[name], pair, args.prompt_values)}
+            for name, io in io_ok.items()
+            for k, pair in enumerate(io["pairs"][args.pairs_per_function:][:args.eval_pairs_per_function])
+            for kind in ("input", "output")]
+
+
+def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args: Args) -> dict:
+    """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), checked as in §1.4."""
+    sampler = make_sampler("hf", model, tokenizer)
+    texts = [g[0].text for g in sampler.generate([[{"role": "user", "content": s["prompt"]}] for s in samples],
+                                                 n=1, temperature=0, max_new_tokens=args.max_new_tokens)]
+    scores = {"input": [], "output": []}
+    for sample, text in zip(samples, texts):
+        check = check_answer(sandbox, sample, functions[sample["name"]], text, args)
+        if check["status"] != "sandbox_error":  # an infrastructure failure is no answer of the model's
+            scores[sample["kind"]].append(bool(check["correct"]))
+    every = scores["input"] + scores["output"]
+    return {"accuracy": sum(every) / max(1, len(every)), "n": len(every), "example": texts[0] if texts else "",
+            **{f"accuracy_{kind}": sum(v) / max(1, len(v)) for kind, v in scores.items()}}
+
+
 # ------------------------------------------------------------------------------------------------ stage helpers
 def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
     """Records already written by an earlier run (a line cut by a kill is dropped and the file repaired)."""
@@ -456,6 +707,12 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ SFT (§1.7)
+def sft_examples(out: Path, args: Args) -> list[dict]:
+    """CodeI/O: every first-turn CoT, right or wrong (§1.4); CodeI/O++: the assembled revision (§1.5)."""
+    return [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
+            for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
+
+
 def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logger, stage: str, lr: float,
             total_steps: int | None, ckpt: Path, scheduler_kind: str, step_offset: int = 0) -> tuple[float, int]:
     """Response-only SFT; returns (last loss, global step at the end). Metrics use global steps."""
@@ -504,22 +761,25 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
 
 # ------------------------------------------------------------------------------------------------ main
 def main(args: Args):
+    args = apply_toy_defaults(args)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
     dist_info = init_distributed()
-    if dist_info.world_size > 1 and set(stages) != {"sft"}:
+    if dist_info.world_size > 1 and set(stages) != {"sft"}:  # eval generates: one process too
         raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = args.model or make_tiny_lm()
+    model_path = args.model or toy_student_base(args)  # the SFT student (and CoT author if --teacher model)
     tokenizer = load_tokenizer(model_path)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
+    by_model = generating and args.teacher == "model"
     model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
-             if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
-    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
-    executes = set(stages) & {"io", "verify", "revise"}
+             if set(stages) & {"sft", "eval"} or (by_model and args.sampler == "hf") else None)  # vLLM: own copy
+    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path) if by_model else
+               StandInTeacher(args.teacher_slip, args.seed) if generating else None)
+    executes = set(stages) & {"io", "verify", "revise", "eval"}
     sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
                        allow_weaker=args.sandbox_allow_weaker) if executes else None)
     counts = []  # per-stage summary rows
@@ -646,25 +906,26 @@ def main(args: Args):
                                 "correct_2": check["correct"]}], mode="a")
         records = read_jsonl_tolerant(path)
     revised = [r for r in records if r["turn_2"] is not None]
+    first_turn = None  # (data accuracy of turn 1, after the revision turn)
+    if records:
+        right_1 = sum(r["turn_2"] is None for r in records)
+        first_turn = (right_1 / len(records), (right_1 + sum(bool(r["correct_2"]) for r in revised)) / len(records))
     counts.append({"stage": "revise", "in": len(records), "out": len(records),
                    "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
                             "all kept (§1.5)" + infra_note(infra["revise"])})
-    if sandbox is not None:
-        sandbox.close()
 
     # 7. SFT, response-only loss (§1.7), optional stage 2
-    if "sft" in stages:
-        # CodeI/O: every first-turn CoT, right or wrong (§1.4); CodeI/O++: the assembled revision (§1.5)
-        examples = [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
-                    for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
-        if not examples:
-            raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
-        model = shard_model(model, dist_info)
-        model.train()
+    if set(stages) & {"sft", "eval"}:
         metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
         done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
         logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),
                                resume_step=max(done_steps) if done_steps else None)
+    if "sft" in stages:
+        examples = sft_examples(out, args)
+        if not examples:
+            raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
+        model = shard_model(model, dist_info)
+        model.train()
         loss, global_step = run_sft(model, tokenizer, examples, args, dist_info, logger, "stage1", args.lr, None,
                        out / "checkpoint", "constant")
         counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "notes": f"stage-1 final loss {loss:.3f}" if loss == loss else "already trained (resumed)"})
@@ -677,14 +938,50 @@ def main(args: Args):
             loss2, _ = run_sft(model, tokenizer, rows, args, dist_info, logger, "stage2", args.stage2_lr,
                                args.stage2_steps, out / "checkpoint_stage2", "cosine_with_min_lr", global_step)
             counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "notes": f"final loss {loss2:.3f}" if loss2 == loss2 else "already trained (resumed)"})
+
+    # 8. held-out I/O prediction: the base, the CodeI/O(++) student, and the base after SFT on raw code
+    claims, results = [], {}
+    if "eval" in stages:
+        samples = heldout_samples(io_ok, functions, args)
+        if not samples:
+            raise ValueError("eval: no held-out pairs (raise --max_pairs or lower --pairs_per_function)")
+        if "sft" not in stages and not load_checkpoint(out / "checkpoint", model, restore_rng=False):
+            raise ValueError(f"eval: no {out / 'checkpoint'} (run --stages sft first)")
+        name = "codeio++" if args.revise else "codeio"
+        results[name] = evaluate_io(model, tokenizer, samples, functions, sandbox, args)
+        base = load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
+        results["base"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
+        claims.append(claim(f"SFT on {name} data beats the base", "held-out I/O accuracy",
+                            results["base"]["accuracy"], results[name]["accuracy"]))
+        if args.compare_raw_code:  # the paper's baseline: the same budget of LM loss on the code itself
+            code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
+            raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
+            steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
+            run_sft(base, tokenizer, raw, args, dist_info, logger, "raw_code", args.lr, steps,
+                    out / "checkpoint_raw_code", "constant")
+            results["raw_code"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
+            claims.append(claim(f"SFT on {name} data beats SFT on raw code", "held-out I/O accuracy",
+                                results["raw_code"]["accuracy"], results[name]["accuracy"]))
+        for who, r in results.items():
+            counts.append({"stage": f"eval {who}", "in": r["n"], "out": round(r["accuracy"] * r["n"]),
+                           "notes": f"held-out accuracy {r['accuracy']:.3f} (input {r['accuracy_input']:.3f}, "
+                                    f"output {r['accuracy_output']:.3f})"})
+    if sandbox is not None:
+        sandbox.close()
+    if set(stages) & {"sft", "eval"}:
         if dist_info.is_main:
-            keys = ["stage1/loss"] + (["stage2/loss"] if args.stage2_data else [])
+            keys = [k for k in ("stage1/loss", "stage2/loss", "raw_code/loss")
+                    if any(k in r for r in logger.history)]
             print0(f"loss curve: {logger.plot(keys, out / 'sft_loss.png', title='CodeI/O SFT')}")
         logger.close()
 
     if dist_info.is_main:
-        (out / "summary.json").write_text(json.dumps(counts, indent=1))
+        if first_turn is not None:  # CodeI/O++ (§1.5): accuracy of the data before and after revision
+            claims.insert(0, claim("CodeI/O++ revision turns wrong CoTs right", "verified CoT accuracy",
+                                   *first_turn))
+        write_summary(out, claims, stages=counts, eval=results)
         print0("\n" + format_table(counts))
+        print0("\n" + format_claims(claims))
     cleanup_distributed()
     return counts
 
