@@ -71,39 +71,39 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 @dataclass
 class Args:
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
-                                                      "(paper: DeepSeek-V2.5 writes CoTs, §1.4)"})
+                                                      "(paper: DeepSeek-V2.5 writes the CoTs)"})
     corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/hub set "
                                                                         "with a `code` column (raw code)"})
     output_dir: str = field(default="runs/codeio", metadata={"help": "stage JSONL files, metrics, checkpoint"})
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
     sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
-    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature (repo API calls: 0.7, §1.1)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; CPU-toy size (repo: 4096, §1.1)"})
+    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature (release's API calls: 0.7)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; CPU-toy size (release: 4096)"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
-    max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (§1.2)"})
-    max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (§1.2; 'Other' source)"})
+    max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (release: src/parse_gen_ios.py)"})
+    max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (src/parse_gen_ios.py)"})
     io_recheck: bool = field(default=True, metadata={
         "help": "run each kept input once more and drop functions whose output changes (the paper "
                 "excludes functions that use randomness; the release's parse_gen_ios.py does not)"})
-    pairs_per_function: int = field(default=3, metadata={"help": "pairs turned into prompts, x2 tasks (§1.3)"})
-    io_timeout: float = field(default=60.0, metadata={"help": "seconds for one function's whole I/O run (§1.2)"})
-    verify_timeout: float = field(default=5.0, metadata={"help": "seconds to re-execute a predicted input (§1.4)"})
+    pairs_per_function: int = field(default=3, metadata={"help": "pairs turned into prompts, x2 tasks (src/build_codeio_msg.py)"})
+    io_timeout: float = field(default=60.0, metadata={"help": "seconds for one function's whole I/O run (src/parse_gen_ios.py)"})
+    verify_timeout: float = field(default=5.0, metadata={"help": "seconds to re-execute a predicted input (src/check_io_pred_acc_mp.py)"})
     sandbox_workers: int = field(default=2, metadata={"help": "parallel sandbox processes (repo: 24-64)"})
     sandbox_allow_weaker: bool = field(default=False, metadata={
         "help": "run generated code even where common/sandbox.py cannot isolate it fully (no "
                 "bubblewrap, user namespaces or libseccomp); the summary prints what is missing"})
     prompt_values: str = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
-                                                                   "f'{x}', §1.3 gotcha) | json"})
-    revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (§1.5)"})
-    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup (§1.7)"})
-    epochs: int = field(default=1, metadata={"help": "stage-1 epochs (§1.7)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step (paper: 1024, §1.7)"})
+                                                                   "f'{x}', src/build_codeio_msg.py) | json"})
+    revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (paper: CodeI/O++)"})
+    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup (paper: training setup)"})
+    epochs: int = field(default=1, metadata={"help": "stage-1 epochs (paper)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step (paper: 1024)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank"})
-    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens (paper: 4096, §1.7)"})
+    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens (paper: 4096)"})
     stage2_data: str = field(default="", metadata={"help": "general instruction JSONL (prompt/response) for stage 2; "
-                                                           "'toy' = arithmetic rows; '' = skip (§1.7)"})
-    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps (§1.7)"})
-    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6 (§1.7)"})
+                                                           "'toy' = arithmetic rows; '' = skip (paper: stage 2)"})
+    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps (paper)"})
+    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6 (paper)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue SFT from output_dir/checkpoint"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -119,17 +119,23 @@ class Args:
         "help": "eval stage: also SFT the base on the raw code files for the same steps (the paper's "
                 "Python-Edu baseline, LM loss on code) and evaluate it"})
     toy_base_rows: int = field(default=4000, metadata={"help": "toy student base: general step narrations"})
-    toy_base_steps: int = field(default=150, metadata={"help": "toy student base: warm-start steps (16 rows)"})
+    toy_base_steps: int = field(default=300, metadata={"help": "toy student base: warm-start steps (32 rows)"})
 
 
 # The CPU toy (no --model): a tiny student learns from ~200 CoTs, so it needs a larger LR and several
-# epochs (paper: 1 epoch at 1e-5 on 3.5M samples, §1.7) and room for a whole narrated CoT.
-TOY_DEFAULTS = {"lr": 1e-3, "epochs": 5, "batch_size": 8, "max_new_tokens": 160}
+# epochs (paper: 1 epoch at 1e-5 on 3.5M samples) and room for a whole narrated CoT.
+TOY_DEFAULTS = {"lr": 1e-3, "epochs": 8, "batch_size": 8, "max_new_tokens": 160}
+
+
+# One intra-op thread for the toy: the same float reductions on every machine, and a 64-wide model's
+# tiny matmuls run ~10x faster per CPU second than on 2 threads on a shared 2-core machine (measured).
+TOY_THREADS = 1
 
 
 def apply_toy_defaults(args: Args) -> Args:
     """Without --model, every TOY_DEFAULTS field the user left at its default takes the toy value."""
     if not args.model:
+        torch.set_num_threads(TOY_THREADS)
         for key, value in TOY_DEFAULTS.items():
             if getattr(args, key) == getattr(Args, key):
                 setattr(args, key, value)
@@ -140,7 +146,7 @@ def apply_toy_defaults(args: Args) -> Args:
     return args
 
 
-# ------------------------------------------------------------------------------------------------ §1.1 rewrite
+# ------------------------------------------------------------------------------------------------ rewrite (src/codeio_utils.py)
 SECTIONS = ("Main Function", "Input Output Description", "Input Generator", "Problem Statement")
 REWRITE_PROMPT = """Turn this raw Python code into a self-contained reasoning task.
 ```python
@@ -214,7 +220,7 @@ def parse_unified_file(source: str) -> dict | None:
             "io_description": match.group(2).strip(), "problem": match.group(1).strip()}
 
 
-# ------------------------------------------------------------------------------------------------ §1.2 I/O pairs
+# ------------------------------------------------------------------------------------------------ I/O pairs (src/parse_gen_ios.py)
 def object_size(obj, _seen: set | None = None) -> int:
     """Bytes of obj and everything it holds (pympler.asizeof stand-in: 8-byte aligned, shared objects once)."""
     import sys
@@ -232,7 +238,7 @@ def object_size(obj, _seen: set | None = None) -> int:
 
 
 def strict_check_size(obj) -> bool:
-    """§1.2 size filter, applied to every element and dict key: < 1024 B in total, containers < 20
+    """The release's size filter (src/codeio_utils.py, strict_check_size), applied to every element and dict key: < 1024 B in total, containers < 20
     items, strings < 100 characters, any other leaf < 128 B."""
     if object_size(obj) >= 1024:
         return False
@@ -246,7 +252,7 @@ def strict_check_size(obj) -> bool:
 
 
 def collect_io_pairs(max_calls: int, max_pairs: int, seed: int, recheck: bool = True) -> dict:
-    """§1.2, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
+    """src/parse_gen_ios.py's loop, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
     input_generator() up to max_calls times, keep unique inputs whose input and output pass the size
     filter and whose output is not None; stop at max_pairs. Each candidate input runs main_solution
     once, as in the release (hkust-nlp/CodeIO: src/parse_gen_ios.py, the generated I/O script); with
@@ -295,7 +301,7 @@ def io_job(function: dict, args: Args, seed: int) -> tuple[str, dict]:
                   "recheck": args.io_recheck}
 
 
-# ------------------------------------------------------------------------------------------------ §1.3 prompts
+# ------------------------------------------------------------------------------------------------ prompts (src/codeio_utils.py)
 IMPORT_PREFIX = """import json, math, random, re, string, heapq, bisect, copy, itertools, functools, operator
 import collections, statistics, fractions, decimal, datetime, typing
 from collections import Counter, defaultdict, deque, OrderedDict
@@ -315,7 +321,7 @@ def show_value(value, style: str = "python") -> str:
 
 
 def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -> str:
-    """§1.3 prompt for kind "output" (given the input) or "input" (given the output)."""
+    """The release's prompt (src/codeio_utils.py, output_pred_template / input_pred_template) for kind "output" (given the input) or "input" (given the output)."""
     given = (f"Given the following input:\n\n{show_value(pair['input'], style)}" if kind == "output" else
              f"Given the following output:\n\n{show_value(pair['output'], style)}")
     ask = "the output" if kind == "output" else "a feasible input"
@@ -328,7 +334,7 @@ def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -
             f"reasoning but not copy spans of code directly.\n\n{function['main_code']}")
 
 
-# ------------------------------------------------------------------------------------------------ §1.4 verification
+# ------------------------------------------------------------------------------------------------ verification
 NO_ANSWER = "no answer"
 
 
@@ -343,7 +349,7 @@ def _unbox(text: str) -> str:
 
 
 def extract_json_answer(text):
-    """§1.4: the last ```json block, else the last complete top-level {...}; on a parse failure retry with
+    """src/codeio_utils.py, extract_last_complete_json: the last ```json block, else the last complete top-level {...}; on a parse failure retry with
     True/False/None -> true/false/null, then () -> [], then \\boxed{} removed. Failure: "no answer"."""
     if not isinstance(text, str):
         return NO_ANSWER
@@ -364,7 +370,7 @@ def extract_json_answer(text):
 
 
 def is_close(pred, gold) -> bool:
-    """§1.4 tolerant comparison: same dict keys / list lengths recursively; if either number is a float,
+    """is_close of src/codeio_utils.py (template_check_input): same dict keys / list lengths recursively; if either number is a float,
     |p - t| <= 1e-3 |t| and int(p) == int(t) (NaN/inf wrong); ints and everything else use ==."""
     if isinstance(gold, dict) or isinstance(pred, dict):
         return (isinstance(pred, dict) and isinstance(gold, dict) and pred.keys() == gold.keys()
@@ -381,7 +387,7 @@ def is_close(pred, gold) -> bool:
 
 
 def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output, timeout: float = 5.0) -> dict:
-    """§1.4 input check: run main_solution(**predicted_input) in the sandbox; status success |
+    """Input check (src/codeio_utils.py, template_check_input): run main_solution(**predicted_input) in the sandbox; status success |
     AssertionError | exception | timeout, with a message naming the target, the input and what it gave."""
     if not isinstance(predicted_input, dict):
         return {"status": "exception", "message": f"the predicted input {predicted_input!r} is not a dict", "actual": None}
@@ -399,13 +405,13 @@ def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output,
             "message": f"target output {gold_output!r}, predicted input {predicted_input!r} gives {run.value!r}"}
 
 
-# ------------------------------------------------------------------------------------------------ §1.5 CodeI/O++
+# ------------------------------------------------------------------------------------------------ CodeI/O++ (paper: multi-turn revision)
 REDO = "Please redo it, and your prediction should no longer be any of the wrong ones you have made before!"
 CHECK, OOPS, CORRECT = "Let me check if I did it correctly...", "Oops! Something went wrong.", "Yes, that's correct!"
 
 
 def feedback_text(kind: str, pair: dict, check: dict) -> str | None:
-    """§1.5 verifier message (the correct answer is never revealed). Values are serialised with
+    """The verifier message (the correct answer is never revealed). Values are serialised with
     json.dumps as in the release (hkust-nlp/CodeIO: src/check_io_pred_acc_mp.py, check_io_pred_acc;
     src/codeio_utils.py, template_check_input), so the model sees JSON (true, null, "a"), not Python
     literals. None for a sandbox failure: there is nothing to tell the model."""
@@ -516,8 +522,8 @@ def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float
 class StandInTeacher:
     """A scripted stand-in for the paper's CoT author, with the Sampler interface of common.sampling
     (generate(prompts, n, ...) -> list[list[Completion]]). Deterministic: the slips are seeded by the
-    conversation. It answers only §1.3 I/O-prediction prompts; a rewrite request gets a refusal (so
-    the parser rejects it). A second turn (after feedback, §1.5) is traced again with new slips and
+    conversation. It answers only I/O-prediction prompts; a rewrite request gets a refusal (so
+    the parser rejects it). A second turn (after feedback) is traced again with new slips and
     never repeats the answer the feedback called wrong."""
 
     def __init__(self, slip: float = 0.3, seed: int = 0):
@@ -546,7 +552,7 @@ class StandInTeacher:
         argument, steps = traced
         start = value[argument] if kind == "output" else value
         previous = [extract_json_answer(m["content"]) for m in messages[1:] if m["role"] == "assistant"]
-        for _ in range(8):  # a revision must not repeat a wrong answer (§1.5)
+        for _ in range(8):  # a revision must not repeat a wrong answer (the REDO instruction)
             cot, answer = narrate(kind, argument, steps, start, rng, self.slip)
             if answer not in previous:
                 break
@@ -556,7 +562,7 @@ class StandInTeacher:
 def toy_general_rows(n: int, seed: int) -> list[dict]:
     """The toy student's 'pretraining': the same step narrations on random digit lists, asked in plain
     words (never a CodeI/O prompt, never code). It knows the operations; CodeI/O has to teach it to
-    use them on a question about code, in the §1.3 answer format."""
+    use them on a question about code, in the JSON answer format."""
     rng = random.Random(seed)
     names = sorted(TOY_STEPS)
     rows = []
@@ -605,6 +611,7 @@ def toy_student_base(args: Args) -> str:
 
         from common.models import TINY_LM_DEFAULTS
 
+        torch.set_num_threads(TOY_THREADS)  # toy_model restores the caller's count afterwards
         rows = toy_general_rows(spec["rows"], spec["seed"])
         functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
         pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
@@ -623,9 +630,9 @@ def toy_student_base(args: Args) -> str:
                               add_special_tokens=False).input_ids,
                     tokenizer(r["response"], add_special_tokens=False).input_ids + end_ids) for r in rows]
         for _ in tqdm(range(spec["steps"]), desc="toy student base (cached)", leave=False):
-            batch = order.sample(encoded, 16)
+            batch = order.sample(encoded, 32)
             input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
-            sft_loss(model, input_ids, attention_mask, loss_mask).backward()  # (16, L) batch
+            sft_loss(model, input_ids, attention_mask, loss_mask).backward()  # (32, L) batch
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         model.save_pretrained(folder)
@@ -644,7 +651,7 @@ def heldout_samples(io_ok: dict, functions: dict, args: Args) -> list[dict]:
 
 
 def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args: Args) -> dict:
-    """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), checked as in §1.4."""
+    """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), checked by check_answer."""
     sampler = make_sampler("hf", model, tokenizer)
     texts = [g[0].text for g in sampler.generate([[{"role": "user", "content": s["prompt"]}] for s in samples],
                                                  n=1, temperature=0, max_new_tokens=args.max_new_tokens)]
@@ -706,9 +713,9 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
     return texts
 
 
-# ------------------------------------------------------------------------------------------------ SFT (§1.7)
+# ------------------------------------------------------------------------------------------------ SFT (paper: training setup)
 def sft_examples(out: Path, args: Args) -> list[dict]:
-    """CodeI/O: every first-turn CoT, right or wrong (§1.4); CodeI/O++: the assembled revision (§1.5)."""
+    """CodeI/O: every first-turn CoT, right or wrong (paper); CodeI/O++: the assembled revision (paper)."""
     return [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
             for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
 
@@ -790,7 +797,7 @@ def main(args: Args):
                        "notes": f"isolation {iso['level']}{missing}"})
     infra = Counter()  # sandbox_error per stage: not written, so a rerun retries them
 
-    # 1. rewrite raw files into the unified format (§1.1); unified files pass through
+    # 1. rewrite raw files into the unified format (src/codeio_utils.py prompt); unified files pass through
     path = out / "rewrite.jsonl"
     records, done = open_stage(path, "name")
     if "rewrite" in stages:
@@ -811,7 +818,7 @@ def main(args: Args):
                    "notes": f"{sum(r['origin'] == 'unified' for r in records)} already unified; rejects {rejected}"})
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
 
-    # 2. I/O pairs by execution (§1.2)
+    # 2. I/O pairs by execution (src/parse_gen_ios.py)
     path = out / "io.jsonl"
     records, done = open_stage(path, "name")
     if "io" in stages:
@@ -835,7 +842,7 @@ def main(args: Args):
                             f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"
                             + infra_note(infra["io"])})
 
-    # 3. prompts (§1.3): first pairs_per_function pairs -> one input- and one output-prediction prompt each
+    # 3. prompts (src/build_codeio_msg.py): first pairs_per_function pairs -> one input- and one output-prediction prompt each
     path = out / "prompts.jsonl"
     records, done = open_stage(path, "id")
     if "prompts" in stages:
@@ -850,7 +857,7 @@ def main(args: Args):
                    "notes": f"{sum(p['kind'] == 'input' for p in prompts.values())} input / "
                             f"{sum(p['kind'] == 'output' for p in prompts.values())} output"})
 
-    # 4. chain-of-thought answers (§1.4)
+    # 4. chain-of-thought answers (paper: a strong LLM; toy: StandInTeacher)
     path = out / "cot.jsonl"
     records, done = open_stage(path, "id")
     if "cot" in stages:
@@ -864,7 +871,7 @@ def main(args: Args):
     counts.append({"stage": "cot", "in": len(prompts), "out": len(cots),
                    "notes": f"{sum(not r['response'].strip() for r in cots.values())} empty"})
 
-    # 5. verification (§1.4)
+    # 5. verification (src/check_io_pred_acc_mp.py)
     path = out / "verify.jsonl"
     records, done = open_stage(path, "id")
     if "verify" in stages:
@@ -884,7 +891,7 @@ def main(args: Args):
                    "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
                             + infra_note(infra["verify"])})
 
-    # 6. CodeI/O++ revision turn (§1.5)
+    # 6. CodeI/O++ revision turn (paper)
     path = out / "revise.jsonl"
     records, done = open_stage(path, "id")
     if "revise" in stages and args.revise:
@@ -912,9 +919,9 @@ def main(args: Args):
         first_turn = (right_1 / len(records), (right_1 + sum(bool(r["correct_2"]) for r in revised)) / len(records))
     counts.append({"stage": "revise", "in": len(records), "out": len(records),
                    "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
-                            "all kept (§1.5)" + infra_note(infra["revise"])})
+                            "all kept (paper)" + infra_note(infra["revise"])})
 
-    # 7. SFT, response-only loss (§1.7), optional stage 2
+    # 7. SFT, response-only loss (paper: training setup), optional stage 2
     if set(stages) & {"sft", "eval"}:
         metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
         done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
@@ -976,7 +983,7 @@ def main(args: Args):
         logger.close()
 
     if dist_info.is_main:
-        if first_turn is not None:  # CodeI/O++ (§1.5): accuracy of the data before and after revision
+        if first_turn is not None:  # CodeI/O++ : accuracy of the data before and after revision
             claims.insert(0, claim("CodeI/O++ revision turns wrong CoTs right", "verified CoT accuracy",
                                    *first_turn))
         write_summary(out, claims, stages=counts, eval=results)

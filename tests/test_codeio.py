@@ -1,6 +1,7 @@
 """Tests for codeio.py: the spec's faithfulness checks (§5.1-5.6), the parsers, the sandbox-backed
 verification, the CodeI/O++ assembly, and one end-to-end run on a slice of the sample corpus."""
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_corpus_files_and_prompts():
     corpus = sorted((ROOT / "data/codeio_corpus").glob("*.py"))
     unified = [f for f in corpus if parse_unified_file(f.read_text())]
     assert len(corpus) >= 30 and len(unified) >= 25 and len(corpus) - len(unified) >= 3
-    fn = parse_unified_file((ROOT / "data/codeio_corpus/anagram_check.py").read_text())
+    fn = parse_unified_file((ROOT / "data/codeio_corpus/roman_numeral.py").read_text())
     assert "input_generator" not in fn["main_code"] and '"""' not in fn["main_code"]
     pair = {"input": {"first": "listen", "second": "Silent"}, "output": True}
     prompt = build_prompt("output", fn, pair)
@@ -184,3 +185,55 @@ def test_check_answer_on_model_style_responses(sandbox):
     assert infeasible["status"] == "AssertionError" and "wrong output as 2" in infeasible["feedback"]
     garbage = codeio.check_answer(sandbox, input_sample, fn, "\x00\x01 garbage {{{", args)
     assert garbage["status"] == "no answer" and not garbage["correct"]
+
+
+SORT_ADD3 = "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10 for v in ys]\n    return zs\n"
+
+
+def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
+    assert codeio.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
+    assert codeio.trace_toy_code(JOSEPHUS) is None
+    assert codeio.trace_toy_code(SORT_ADD3.replace("return zs", "return ys")) is None  # not the chain's end
+    cot, answer = codeio.narrate("output", "xs", [("sort", 0), ("add", 3)], [3, 1, 4, 1], random.Random(0), 0.0)
+    assert answer == {"output": [4, 4, 6, 7]} and "[1, 1, 3, 4]" in cot and extract_json_answer(cot) == answer
+    cot, answer = codeio.narrate("input", "xs", [("sort", 0), ("add", 3)], [4, 4, 6, 7], random.Random(0), 0.0)
+    assert answer == {"input": {"xs": [1, 1, 3, 4]}} and cot.index("Undo step 2") < cot.index("Undo step 1")
+    slipped = codeio.narrate("output", "xs", [("reverse", 0)], [1, 2, 3], random.Random(0), 1.0)[1]["output"]
+    assert slipped != [3, 2, 1] and sum(a != b for a, b in zip(slipped, [3, 2, 1])) == 1  # one digit off
+    for name, (_, _, _, forward, backward) in codeio.TOY_STEPS.items():  # each undo gives a feasible input
+        for xs in ([3, 1, 4, 1], [8, 0, 2], [5, 5, 9, 0, 7]):
+            ys = forward(list(xs), 2)
+            assert forward(backward(list(ys), 2), 2) == ys, name
+
+
+def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
+    fn = parse_unified_file((ROOT / "data/codeio_corpus/digits_sort_add3.py").read_text())
+    args = codeio.Args(verify_timeout=5.0)
+    rng = random.Random(0)
+    samples = []
+    for _ in range(20):
+        xs = [rng.randint(0, 9) for _ in range(4)]
+        pair = {"input": {"xs": xs}, "output": [(v + 3) % 10 for v in sorted(xs)]}
+        samples += [{"kind": kind, "pair": pair, "prompt": build_prompt(kind, fn, pair)} for kind in ("input", "output")]
+    messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
+    for slip, expect in ((0.0, {True}), (1.0, {False}), (0.3, {True, False})):
+        teacher = codeio.StandInTeacher(slip=slip, seed=0)
+        groups = teacher.generate(messages, n=1, temperature=0.7, max_new_tokens=32)
+        assert len(groups) == len(samples) and all(len(g) == 1 for g in groups)
+        correct = {codeio.check_answer(sandbox, s, fn, g[0].text, args)["correct"] for s, g in zip(samples, groups)}
+        assert correct == expect, slip
+    teacher = codeio.StandInTeacher(slip=0.3, seed=0)
+    assert teacher.generate(messages[:3], n=1) == teacher.generate(messages[:3], n=1)  # seeded by the conversation
+    # a second turn never repeats the answer the feedback called wrong
+    wrong = 'Start: xs = [1].\n```json\n{"output": [4, 4, 6, 7]}\n```'
+    pair = {"input": {"xs": [3, 1, 4, 1]}, "output": [4, 4, 6, 7]}
+    turn = [{"role": "user", "content": build_prompt("output", fn, pair)}, {"role": "assistant", "content": wrong},
+            {"role": "user", "content": "[Mismatch] ...\n\n" + REDO}]
+    assert extract_json_answer(codeio.StandInTeacher(slip=0.5).answer(turn)) != {"output": [4, 4, 6, 7]}
+    # code it cannot trace: it says so and guesses; a rewrite request gets a refusal the parser rejects
+    josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
+    guess = teacher.answer([{"role": "user", "content": build_prompt("output", josephus, {"input": {"n": 3, "m": 2},
+                                                                                          "output": 2})}])
+    assert guess.startswith("I cannot follow") and extract_json_answer(guess) == {"output": 0}
+    refusal = teacher.answer([{"role": "user", "content": codeio.REWRITE_PROMPT.format(code="x = 1")}])
+    assert parse_rewrite_response(refusal)[0] is None
