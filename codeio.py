@@ -9,7 +9,9 @@ CodeI/O++ gives failed samples one revision turn with execution feedback and joi
 single response. The result is used for SFT with the loss on the response only.
 
 Stages (each reads and writes JSONL in --output_dir, one complete record per line, reruns skip done
-records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft. All code runs in common/sandbox.py.
+records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval. All code runs in
+common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student and the base after the
+same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds the claims.
 
 Departures:
 - CPU-sized defaults where a paper value would take hours on the toy: max_new_tokens 32 (repo: 4096),
@@ -28,11 +30,17 @@ Departures:
   to the model as its exception or scored (the release has no sandbox, so no such case).
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
-- The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
+- The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini),
+  --teacher model. The CPU toy's CoT author is StandInTeacher, a SCRIPT standing in for that LLM: it
+  narrates the execution of the toy corpus's digits_* functions step by step and slips one digit per
+  step with probability --teacher_slip; it cannot rewrite code or trace any other function.
+- The toy (no --model) uses TOY_DEFAULTS (LR 1e-3, 8 epochs, batch 8; paper: 1e-5, 1 epoch, 1024) and
+  a tiny student warm-started on plain-words step narrations; it evaluates held-out pairs of the
+  training functions instead of the paper's 14 benchmarks, and skips stage 2.
 - Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
 
 Commands:
-    python codeio.py                                   # CPU toy: tiny model, data/codeio_corpus, ~2 min
+    python codeio.py                                   # CPU toy: stand-in teacher, tiny student, ~3 min
     python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
         --max_new_tokens 4096 --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise   # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft --output_dir runs/codeio \\
@@ -110,30 +118,34 @@ class Args:
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     # teacher, student and the held-out comparison (the toy's defaults are in TOY_DEFAULTS)
     teacher: str = field(default="auto", metadata={
-        "help": "CoT author: model (--model writes rewrites and CoTs) | stand-in (StandInTeacher, a scripted "
-                "narrator of the toy corpus's code, NOT a model) | auto (stand-in when no --model)"})
-    teacher_slip: float = field(default=0.3, metadata={"help": "stand-in: chance of a one-digit slip per step"})
+        "help": "CoT author: model (--model writes rewrites and CoTs) | stand-in (StandInTeacher, "
+                "a scripted narrator of the toy corpus's code, NOT a model) | auto (stand-in when "
+                "no --model)"})
+    teacher_slip: float = field(default=0.3, metadata={
+        "help": "stand-in: chance of a one-digit slip per step"})
     eval_pairs_per_function: int = field(default=2, metadata={
         "help": "held-out pairs per function (after the training pairs) x 2 tasks for the eval stage"})
     compare_raw_code: bool = field(default=True, metadata={
         "help": "eval stage: also SFT the base on the raw code files for the same steps (the paper's "
                 "Python-Edu baseline, LM loss on code) and evaluate it"})
-    toy_base_rows: int = field(default=4000, metadata={"help": "toy student base: general step narrations"})
-    toy_base_steps: int = field(default=300, metadata={"help": "toy student base: warm-start steps (32 rows)"})
+    toy_base_rows: int = field(default=4000, metadata={
+        "help": "toy student base: general step narrations (toy_general_rows)"})
+    toy_base_steps: int = field(default=600, metadata={
+        "help": "toy student base: warm-start steps of 16 rows"})
 
 
-# The CPU toy (no --model): a tiny student learns from ~200 CoTs, so it needs a larger LR and several
-# epochs (paper: 1 epoch at 1e-5 on 3.5M samples) and room for a whole narrated CoT.
+# The CPU toy (no --model): a tiny student learns from ~150 CoTs, so it needs a larger LR and
+# several epochs (paper: 1 epoch at 1e-5 on 3.5M samples) and room for a whole narrated CoT.
 TOY_DEFAULTS = {"lr": 1e-3, "epochs": 8, "batch_size": 8, "max_new_tokens": 160}
 
 
-# One intra-op thread for the toy: the same float reductions on every machine, and a 64-wide model's
-# tiny matmuls run ~10x faster per CPU second than on 2 threads on a shared 2-core machine (measured).
+# One intra-op thread for the toy: the same float reductions on every machine, and a 64-wide
+# model's tiny matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core machine.
 TOY_THREADS = 1
 
 
 def apply_toy_defaults(args: Args) -> Args:
-    """Without --model, every TOY_DEFAULTS field the user left at its default takes the toy value."""
+    """Without --model, each TOY_DEFAULTS field the user left at its default takes the toy value."""
     if not args.model:
         torch.set_num_threads(TOY_THREADS)
         for key, value in TOY_DEFAULTS.items():
@@ -238,8 +250,8 @@ def object_size(obj, _seen: set | None = None) -> int:
 
 
 def strict_check_size(obj) -> bool:
-    """The release's size filter (src/codeio_utils.py, strict_check_size), applied to every element and dict key: < 1024 B in total, containers < 20
-    items, strings < 100 characters, any other leaf < 128 B."""
+    """The release's size filter (src/codeio_utils.py), applied to every element and dict key:
+    < 1024 B in total, containers < 20 items, strings < 100 characters, any other leaf < 128 B."""
     if object_size(obj) >= 1024:
         return False
     if isinstance(obj, dict):
@@ -252,7 +264,7 @@ def strict_check_size(obj) -> bool:
 
 
 def collect_io_pairs(max_calls: int, max_pairs: int, seed: int, recheck: bool = True) -> dict:
-    """src/parse_gen_ios.py's loop, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
+    """The release's I/O loop, run INSIDE the sandbox after the function's code (shipped with it): call
     input_generator() up to max_calls times, keep unique inputs whose input and output pass the size
     filter and whose output is not None; stop at max_pairs. Each candidate input runs main_solution
     once, as in the release (hkust-nlp/CodeIO: src/parse_gen_ios.py, the generated I/O script); with
@@ -321,7 +333,8 @@ def show_value(value, style: str = "python") -> str:
 
 
 def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -> str:
-    """The release's prompt (src/codeio_utils.py, output_pred_template / input_pred_template) for kind "output" (given the input) or "input" (given the output)."""
+    """The release's prompt (src/codeio_utils.py: output_pred_template, input_pred_template,
+    refcode_template) for kind "output" (given the input) or "input" (given the output)."""
     given = (f"Given the following input:\n\n{show_value(pair['input'], style)}" if kind == "output" else
              f"Given the following output:\n\n{show_value(pair['output'], style)}")
     ask = "the output" if kind == "output" else "a feasible input"
@@ -349,8 +362,9 @@ def _unbox(text: str) -> str:
 
 
 def extract_json_answer(text):
-    """src/codeio_utils.py, extract_last_complete_json: the last ```json block, else the last complete top-level {...}; on a parse failure retry with
-    True/False/None -> true/false/null, then () -> [], then \\boxed{} removed. Failure: "no answer"."""
+    """The release's extract_last_complete_json (src/codeio_utils.py): the last ```json block, else
+    the last complete top-level {...}; on a parse failure retry with True/False/None ->
+    true/false/null, then () -> [], then \\boxed{} removed. Failure: "no answer"."""
     if not isinstance(text, str):
         return NO_ANSWER
     fenced = re.findall(r"```json\s*(.*?)```", text, flags=re.S)
@@ -370,8 +384,9 @@ def extract_json_answer(text):
 
 
 def is_close(pred, gold) -> bool:
-    """is_close of src/codeio_utils.py (template_check_input): same dict keys / list lengths recursively; if either number is a float,
-    |p - t| <= 1e-3 |t| and int(p) == int(t) (NaN/inf wrong); ints and everything else use ==."""
+    """The release's is_close (src/codeio_utils.py, template_check_input): same dict keys / list
+    lengths recursively; if either number is a float, |p - t| <= 1e-3 |t| and int(p) == int(t)
+    (NaN/inf wrong); ints and everything else use ==."""
     if isinstance(gold, dict) or isinstance(pred, dict):
         return (isinstance(pred, dict) and isinstance(gold, dict) and pred.keys() == gold.keys()
                 and all(is_close(pred[k], gold[k]) for k in gold))
@@ -387,8 +402,9 @@ def is_close(pred, gold) -> bool:
 
 
 def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output, timeout: float = 5.0) -> dict:
-    """Input check (src/codeio_utils.py, template_check_input): run main_solution(**predicted_input) in the sandbox; status success |
-    AssertionError | exception | timeout, with a message naming the target, the input and what it gave."""
+    """Input check (src/codeio_utils.py, template_check_input): run main_solution(**predicted_input)
+    in the sandbox; status success | AssertionError | exception | timeout, with a message naming
+    the target, the input and what it gave."""
     if not isinstance(predicted_input, dict):
         return {"status": "exception", "message": f"the predicted input {predicted_input!r} is not a dict", "actual": None}
     run = sandbox.call(IMPORT_PREFIX + "\n\n" + main_code, "main_solution", json.dumps(predicted_input), timeout=timeout)
@@ -453,24 +469,28 @@ def assemble_revision(record: dict) -> str:
 # digits_*.py), narrates the execution step by step in words, and slips with probability `slip` per
 # step (one digit off), so verification sees a real mix of right and wrong CoTs. Any other code
 # (josephus, roman_numeral, ...) it cannot trace: it says so and guesses, i.e. answers wrong.
-TOY_STEPS = {  # name: (code line, forward phrase, backward phrase, forward, backward); k = the constant
+# name: (code line, forward phrase, backward phrase, forward, backward); k = the step's constant
+TOY_STEPS = {
     "sort": (r"(\w+) = sorted\((\w+)\)", "sort ascending", "a sorted list, keep it",
              lambda xs, k: sorted(xs), lambda ys, k: ys),
     "reverse": (r"(\w+) = (\w+)\[::-1\]", "reverse", "reverse back",
                 lambda xs, k: xs[::-1], lambda ys, k: ys[::-1]),
-    "rotate": (r"(\w+) = (\w+)\[1:\] \+ \2\[:1\]", "first digit to the end", "last digit to the front",
+    "rotate": (r"(\w+) = (\w+)\[1:\] \+ \2\[:1\]", "first digit to the end",
+               "last digit to the front",
                lambda xs, k: xs[1:] + xs[:1], lambda ys, k: ys[-1:] + ys[:-1]),
-    "even": (r"(\w+) = \[v for v in (\w+) if v % 2 == 0\]", "keep the even digits", "all even, keep it",
+    "even": (r"(\w+) = \[v for v in (\w+) if v % 2 == 0\]", "keep the even digits",
+             "all even, keep it",
              lambda xs, k: [v for v in xs if v % 2 == 0], lambda ys, k: ys),
     "nine": (r"(\w+) = \[9 - v for v in (\w+)\]", "9 minus each digit", "9 minus each digit",
              lambda xs, k: [9 - v for v in xs], lambda ys, k: [9 - v for v in ys]),
-    "add": (r"(\w+) = \[\(v \+ (\d)\) % 10 for v in (\w+)\]", "add {k} mod 10", "subtract {k} mod 10",
+    "add": (r"(\w+) = \[\(v \+ (\d)\) % 10 for v in (\w+)\]", "add {k} mod 10",
+            "subtract {k} mod 10",
             lambda xs, k: [(v + k) % 10 for v in xs], lambda ys, k: [(v - k) % 10 for v in ys]),
 }
 
 
 def trace_toy_code(code: str) -> tuple[str, list[tuple[str, int]]] | None:
-    """(argument name, [(step name, constant)]) of a main_solution made of TOY_STEPS lines, else None."""
+    """(argument, [(step name, constant)]) of a main_solution made of TOY_STEPS lines, else None."""
     head = re.search(r"def main_solution\((\w+)\):\n((?:    .*\n?)+)", code)
     if not head:
         return None
@@ -491,8 +511,8 @@ def trace_toy_code(code: str) -> tuple[str, list[tuple[str, int]]] | None:
     return None
 
 
-def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float) -> tuple[str, list]:
-    """A step-by-step CoT for one toy I/O prediction and its answer; each step slips with p = `slip`."""
+def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float) -> tuple[str, dict]:
+    """A step-by-step CoT for one toy I/O prediction and its answer; each step slips with p=`slip`."""
     def run(step_index, value, backward):
         name, k = steps[step_index]
         value = TOY_STEPS[name][4 if backward else 3](list(value), k)
@@ -513,7 +533,8 @@ def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float
         lines = [f"Output: {value}. Work backwards."]
         for i in reversed(range(len(steps))):
             value = run(i, value, backward=True)
-            lines.append(f"Undo step {i + 1}, {TOY_STEPS[steps[i][0]][2].format(k=steps[i][1])}: {value}.")
+            undo = TOY_STEPS[steps[i][0]][2].format(k=steps[i][1])
+            lines.append(f"Undo step {i + 1}, {undo}: {value}.")
         lines.append(f"So {argument} = {value}.")
         answer = {"input": {argument: value}}
     return "\n".join(lines) + f"\n```json\n{json.dumps(answer)}\n```", answer
@@ -521,8 +542,8 @@ def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float
 
 class StandInTeacher:
     """A scripted stand-in for the paper's CoT author, with the Sampler interface of common.sampling
-    (generate(prompts, n, ...) -> list[list[Completion]]). Deterministic: the slips are seeded by the
-    conversation. It answers only I/O-prediction prompts; a rewrite request gets a refusal (so
+    (generate(prompts, n, ...) -> list[list[Completion]]). Deterministic: the slips are seeded by
+    the conversation. It answers only I/O-prediction prompts; a rewrite request gets a refusal (so
     the parser rejects it). A second turn (after feedback) is traced again with new slips and
     never repeats the answer the feedback called wrong."""
 
@@ -530,28 +551,32 @@ class StandInTeacher:
         self.slip = slip
         self.seed = seed
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=128, stop=None, **unused):
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=128, stop=None,
+                 **unused):  # a script: temperature and length limits do not apply
         return [[Completion(self.answer(p, i), []) for i in range(n)] for p in prompts]
 
     def answer(self, messages, sample: int = 0) -> str:
         text = messages if isinstance(messages, str) else messages[0]["content"]
         rng = random.Random(f"{self.seed}:{sample}:{json.dumps(messages)}")
         kind = "output" if "Given the following input:" in text else "input"
-        given = re.search(r"Given the following (?:input|output):\n\n(.*?)\n\nCan you predict", text, flags=re.S)
+        given = re.search(r"Given the following (?:input|output):\n\n(.*?)\n\nCan you predict", text,
+                          flags=re.S)
         code = text.split("not copy spans of code directly.\n\n", 1)[-1]
         traced = trace_toy_code(code) if given else None
         if given is None:
             return "I can only trace code on a given input; I cannot rewrite code."
-        try:
+        try:  # the prompt shows a Python literal (f"{x}"), or JSON with --prompt_values json
             value = ast.literal_eval(given.group(1))
         except (ValueError, SyntaxError):
-            value = json.loads(given.group(1))
+            value = extract_json_answer('{"v": ' + given.group(1) + "}")
+            value = value["v"] if isinstance(value, dict) else given.group(1)  # a bare f"{'MX'}"
         if traced is None or not isinstance(value, (dict, list)):
             guess = {"output": 0} if kind == "output" else {"input": {}}
-            return f"I cannot follow this code step by step, so I guess.\n```json\n{json.dumps(guess)}\n```"
+            return f"I cannot trace this code step by step, so I guess.\n```json\n{json.dumps(guess)}\n```"
         argument, steps = traced
         start = value[argument] if kind == "output" else value
-        previous = [extract_json_answer(m["content"]) for m in messages[1:] if m["role"] == "assistant"]
+        previous = [extract_json_answer(m["content"]) for m in messages[1:]
+                    if m["role"] == "assistant"]
         for _ in range(8):  # a revision must not repeat a wrong answer (the REDO instruction)
             cot, answer = narrate(kind, argument, steps, start, rng, self.slip)
             if answer not in previous:
@@ -560,26 +585,28 @@ class StandInTeacher:
 
 
 def toy_general_rows(n: int, seed: int) -> list[dict]:
-    """The toy student's 'pretraining': the same step narrations on random digit lists, asked in plain
-    words (never a CodeI/O prompt, never code). It knows the operations; CodeI/O has to teach it to
-    use them on a question about code, in the JSON answer format."""
+    """The toy student's 'pretraining': the same step narrations on random digit lists, asked in
+    plain words (never a CodeI/O prompt, never code). It has seen the operations; CodeI/O has to
+    teach it to use them on a question about code, in the JSON answer format."""
     rng = random.Random(seed)
     names = sorted(TOY_STEPS)
     rows = []
     for _ in range(n):
-        steps = [(name, rng.randint(1, 5) if name == "add" else 0) for name in rng.sample(names, rng.randint(1, 3))]
+        chosen = rng.sample(names, rng.randint(1, 3))
+        steps = [(name, rng.randint(1, 5) if name == "add" else 0) for name in chosen]
         given = [rng.randint(0, 9) for _ in range(rng.randint(3, 5))]
         kind = rng.choice(["output", "input"])
         words = "; then ".join(TOY_STEPS[s][1].format(k=k) for s, k in steps)
-        question = (f"Apply these steps to xs = {given}: {words}. What comes out?" if kind == "output" else
-                    f"These steps turn xs into {given}: {words}. What could xs be?")
-        rows.append({"prompt": question, "response": narrate(kind, "xs", steps, given, rng, 0.0)[0]})
+        question = (f"Apply these steps to xs = {given}: {words}. What comes out?" if kind == "output"
+                    else f"These steps turn xs into {given}: {words}. What could xs be?")
+        response = narrate(kind, "xs", steps, given, rng, 0.0)[0]
+        rows.append({"prompt": question, "response": response})
     return rows
 
 
 def toy_tokenizer(texts: list[str], vocab_size: int = 1024):
-    """common.models.make_tokenizer's recipe (byte-level BPE, digits one per token, ChatML) trained on
-    the toy's own text: the shared tiny tokenizer splits a CodeI/O prompt into ~500 tokens, this one
+    """common.models.make_tokenizer's recipe (byte-level BPE, digits one per token, ChatML) trained
+    on the toy's own text: the shared tiny tokenizer splits a CodeI/O prompt into ~500 tokens, this one
     into ~200, which halves every SFT step of the toy."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -593,15 +620,16 @@ def toy_tokenizer(texts: list[str], vocab_size: int = 1024):
     bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        additional_special_tokens=SPECIAL_TOKENS[1:], padding_side="left")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>", padding_side="left",
+                                        additional_special_tokens=SPECIAL_TOKENS[1:])
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 
 def toy_student_base(args: Args) -> str:
-    """The toy student: a tiny Qwen2 (common.models sizes) with a tokenizer trained on the toy's text,
-    warm-started on toy_general_rows; built once and cached by common.toys.toy_model."""
+    """The toy student: a tiny Qwen2 (common.models sizes) with a tokenizer trained on the toy's
+    text, warm-started on toy_general_rows; built once and cached by common.toys.toy_model."""
     corpus = load_corpus(args.corpus)
     spec = {"rows": args.toy_base_rows, "steps": args.toy_base_steps, "seed": args.seed,
             "corpus": zlib.crc32(json.dumps(corpus, sort_keys=True).encode())}
@@ -616,52 +644,61 @@ def toy_student_base(args: Args) -> str:
         functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
         pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
         texts = ([build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
-                 + [c["code"] for c in corpus] + [r["prompt"] + "\n" + r["response"] for r in rows[:500]]
-                 + [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is not correct!"])
+                 + [c["code"] for c in corpus]
+                 + [r["prompt"] + "\n" + r["response"] for r in rows[:500]]
+                 + [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"])
         tokenizer = toy_tokenizer(texts)
         torch.manual_seed(spec["seed"])
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None,
-                                             eos_token_id=tokenizer.eos_token_id,
-                                             pad_token_id=tokenizer.pad_token_id, **TINY_LM_DEFAULTS))
+        config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, **TINY_LM_DEFAULTS,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = Qwen2ForCausalLM(config)
         order = random.Random(spec["seed"])
         optimizer = make_optimizer(model, 3e-3)
         end_ids = stop_token_ids(tokenizer)[-1:]
-        encoded = [(tokenizer(render_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}]),
-                              add_special_tokens=False).input_ids,
-                    tokenizer(r["response"], add_special_tokens=False).input_ids + end_ids) for r in rows]
+        encoded = []  # (prompt ids, response ids + <|im_end|>) per row
+        for row in rows:
+            chat = render_prompt(tokenizer, [{"role": "user", "content": row["prompt"]}])
+            encoded.append((tokenizer(chat, add_special_tokens=False).input_ids,
+                            tokenizer(row["response"], add_special_tokens=False).input_ids + end_ids))
         for _ in tqdm(range(spec["steps"]), desc="toy student base (cached)", leave=False):
-            batch = order.sample(encoded, 32)
-            input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
-            sft_loss(model, input_ids, attention_mask, loss_mask).backward()  # (32, L) batch
+            batch = order.sample(encoded, 16)
+            input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [b[0] for b in batch],
+                                                              [b[1] for b in batch])  # (16, L) each
+            sft_loss(model, input_ids, attention_mask, loss_mask).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return toy_model("codeio-student", spec, build, code=[toy_general_rows, narrate, toy_tokenizer, build_prompt])
+    return toy_model("codeio-student", spec, build,
+                     code=[toy_general_rows, narrate, toy_tokenizer, build_prompt])
 
 
 def heldout_samples(io_ok: dict, functions: dict, args: Args) -> list[dict]:
-    """Held-out I/O prediction: pairs after the first pairs_per_function (never in training), both kinds."""
+    """Held-out I/O prediction: the pairs after the first pairs_per_function (never trained on),
+    as both kinds."""
+    first, count = args.pairs_per_function, args.eval_pairs_per_function
     return [{"id": f"{name}:{kind}:{k}", "name": name, "kind": kind, "pair": pair,
              "prompt": build_prompt(kind, functions[name], pair, args.prompt_values)}
-            for name, io in io_ok.items()
-            for k, pair in enumerate(io["pairs"][args.pairs_per_function:][:args.eval_pairs_per_function])
+            for name, io in io_ok.items() for k, pair in enumerate(io["pairs"][first:first + count])
             for kind in ("input", "output")]
 
 
 def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args: Args) -> dict:
-    """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), checked by check_answer."""
+    """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), scored by
+    check_answer like the verify stage."""
     sampler = make_sampler("hf", model, tokenizer)
-    texts = [g[0].text for g in sampler.generate([[{"role": "user", "content": s["prompt"]}] for s in samples],
-                                                 n=1, temperature=0, max_new_tokens=args.max_new_tokens)]
+    messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
+    groups = sampler.generate(messages, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
+    texts = [g[0].text for g in groups]
     scores = {"input": [], "output": []}
     for sample, text in zip(samples, texts):
         check = check_answer(sandbox, sample, functions[sample["name"]], text, args)
-        if check["status"] != "sandbox_error":  # an infrastructure failure is no answer of the model's
+        if check["status"] != "sandbox_error":  # the sandbox failed, not the model: not scored
             scores[sample["kind"]].append(bool(check["correct"]))
     every = scores["input"] + scores["output"]
-    return {"accuracy": sum(every) / max(1, len(every)), "n": len(every), "example": texts[0] if texts else "",
+    return {"accuracy": sum(every) / max(1, len(every)), "n": len(every),
+            "example": texts[0] if texts else "",
             **{f"accuracy_{kind}": sum(v) / max(1, len(v)) for kind, v in scores.items()}}
 
 
@@ -715,9 +752,10 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ SFT (paper: training setup)
 def sft_examples(out: Path, args: Args) -> list[dict]:
-    """CodeI/O: every first-turn CoT, right or wrong (paper); CodeI/O++: the assembled revision (paper)."""
+    """CodeI/O: every first-turn CoT, right or wrong; CodeI/O++: the assembled revision (paper)."""
+    records = read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))
     return [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
-            for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
+            for r in records]
 
 
 def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logger, stage: str, lr: float,
@@ -778,12 +816,13 @@ def main(args: Args):
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = args.model or toy_student_base(args)  # the SFT student (and CoT author if --teacher model)
+    model_path = args.model or toy_student_base(args)  # the student (and CoT author: --teacher model)
     tokenizer = load_tokenizer(model_path)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
     by_model = generating and args.teacher == "model"
-    model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
-             if set(stages) & {"sft", "eval"} or (by_model and args.sampler == "hf") else None)  # vLLM: own copy
+    dtype = "float32" if not args.model else "auto"
+    needs_model = set(stages) & {"sft", "eval"} or (by_model and args.sampler == "hf")  # vLLM: own copy
+    model = load_model(model_path, dtype=dtype, device=dist_info.device) if needs_model else None
     sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path) if by_model else
                StandInTeacher(args.teacher_slip, args.seed) if generating else None)
     executes = set(stages) & {"io", "verify", "revise", "eval"}
@@ -797,7 +836,7 @@ def main(args: Args):
                        "notes": f"isolation {iso['level']}{missing}"})
     infra = Counter()  # sandbox_error per stage: not written, so a rerun retries them
 
-    # 1. rewrite raw files into the unified format (src/codeio_utils.py prompt); unified files pass through
+    # 1. rewrite raw files into the unified format (release prompt); unified files pass through
     path = out / "rewrite.jsonl"
     records, done = open_stage(path, "name")
     if "rewrite" in stages:
@@ -842,7 +881,7 @@ def main(args: Args):
                             f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"
                             + infra_note(infra["io"])})
 
-    # 3. prompts (src/build_codeio_msg.py): first pairs_per_function pairs -> one input- and one output-prediction prompt each
+    # 3. prompts (src/build_codeio_msg.py): first pairs_per_function pairs -> input + output prompts
     path = out / "prompts.jsonl"
     records, done = open_stage(path, "id")
     if "prompts" in stages:
@@ -916,7 +955,8 @@ def main(args: Args):
     first_turn = None  # (data accuracy of turn 1, after the revision turn)
     if records:
         right_1 = sum(r["turn_2"] is None for r in records)
-        first_turn = (right_1 / len(records), (right_1 + sum(bool(r["correct_2"]) for r in revised)) / len(records))
+        fixed = sum(bool(r["correct_2"]) for r in revised)
+        first_turn = (right_1 / len(records), (right_1 + fixed) / len(records))
     counts.append({"stage": "revise", "in": len(records), "out": len(records),
                    "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
                             "all kept (paper)" + infra_note(infra["revise"])})
@@ -924,7 +964,8 @@ def main(args: Args):
     # 7. SFT, response-only loss (paper: training setup), optional stage 2
     if set(stages) & {"sft", "eval"}:
         metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
-        done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
+        done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas
+                      if args.resume and m.exists()]
         logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),
                                resume_step=max(done_steps) if done_steps else None)
     if "sft" in stages:
@@ -946,33 +987,37 @@ def main(args: Args):
                                args.stage2_steps, out / "checkpoint_stage2", "cosine_with_min_lr", global_step)
             counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "notes": f"final loss {loss2:.3f}" if loss2 == loss2 else "already trained (resumed)"})
 
-    # 8. held-out I/O prediction: the base, the CodeI/O(++) student, and the base after SFT on raw code
+    # 8. held-out I/O prediction: the base, the CodeI/O(++) student, the base after SFT on raw code
     claims, results = [], {}
     if "eval" in stages:
         samples = heldout_samples(io_ok, functions, args)
         if not samples:
-            raise ValueError("eval: no held-out pairs (raise --max_pairs or lower --pairs_per_function)")
-        if "sft" not in stages and not load_checkpoint(out / "checkpoint", model, restore_rng=False):
+            raise ValueError("eval: no held-out pairs (raise --max_pairs or lower "
+                             "--pairs_per_function)")
+        if "sft" not in stages and not load_checkpoint(out / "checkpoint", model,
+                                                       restore_rng=False):
             raise ValueError(f"eval: no {out / 'checkpoint'} (run --stages sft first)")
         name = "codeio++" if args.revise else "codeio"
         results[name] = evaluate_io(model, tokenizer, samples, functions, sandbox, args)
-        base = load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
+        base = load_model(model_path, dtype=dtype, device=dist_info.device)
         results["base"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
         claims.append(claim(f"SFT on {name} data beats the base", "held-out I/O accuracy",
                             results["base"]["accuracy"], results[name]["accuracy"]))
-        if args.compare_raw_code:  # the paper's baseline: the same budget of LM loss on the code itself
+        if args.compare_raw_code:  # the paper's baseline: the same SFT budget on the code itself
             code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
             raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
             steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
             run_sft(base, tokenizer, raw, args, dist_info, logger, "raw_code", args.lr, steps,
                     out / "checkpoint_raw_code", "constant")
             results["raw_code"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
-            claims.append(claim(f"SFT on {name} data beats SFT on raw code", "held-out I/O accuracy",
-                                results["raw_code"]["accuracy"], results[name]["accuracy"]))
+            claims.append(claim(f"SFT on {name} data beats SFT on raw code",
+                                "held-out I/O accuracy", results["raw_code"]["accuracy"],
+                                results[name]["accuracy"]))
         for who, r in results.items():
-            counts.append({"stage": f"eval {who}", "in": r["n"], "out": round(r["accuracy"] * r["n"]),
-                           "notes": f"held-out accuracy {r['accuracy']:.3f} (input {r['accuracy_input']:.3f}, "
-                                    f"output {r['accuracy_output']:.3f})"})
+            counts.append({"stage": f"eval {who}", "in": r["n"],
+                           "out": round(r["accuracy"] * r["n"]),
+                           "notes": f"held-out accuracy {r['accuracy']:.3f} (input "
+                                    f"{r['accuracy_input']:.3f}, output {r['accuracy_output']:.3f})"})
     if sandbox is not None:
         sandbox.close()
     if set(stages) & {"sft", "eval"}:
@@ -984,8 +1029,8 @@ def main(args: Args):
 
     if dist_info.is_main:
         if first_turn is not None:  # CodeI/O++ : accuracy of the data before and after revision
-            claims.insert(0, claim("CodeI/O++ revision turns wrong CoTs right", "verified CoT accuracy",
-                                   *first_turn))
+            claims.insert(0, claim("CodeI/O++ revision turns wrong CoTs right",
+                                   "verified CoT accuracy", *first_turn))
         write_summary(out, claims, stages=counts, eval=results)
         print0("\n" + format_table(counts))
         print0("\n" + format_claims(claims))

@@ -147,7 +147,8 @@ def test_revision_assembly_and_feedback():  # §5.6
     assert REDO.startswith("Please redo it")
 
 
-def test_end_to_end_on_corpus_slice(tmp_path, run_cmd):
+def test_end_to_end_on_corpus_slice_with_the_model_teacher(tmp_path, run_cmd):
+    """The model-backed teacher path (--teacher model: the tiny student writes rewrites and CoTs)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name in ("josephus", "roman_numeral", "dice_game", "leap_year_constant", "raw_bubble_sort"):
@@ -155,19 +156,48 @@ def test_end_to_end_on_corpus_slice(tmp_path, run_cmd):
     out = tmp_path / "run"
     cmd = [sys.executable, "codeio.py", "--corpus", str(corpus), "--output_dir", str(out), "--max_new_tokens", "8",
            "--batch_size", "4", "--micro_batch_size", "4", "--pairs_per_function", "1", "--stage2_data", "toy",
-           "--stage2_steps", "2", "--max_length", "512"]
+           "--stage2_steps", "2", "--max_length", "512", "--teacher", "model", "--toy_base_steps", "3",
+           "--toy_base_rows", "64", "--eval_pairs_per_function", "1", "--epochs", "1"]
     proc = run_cmd(cmd, timeout=300)
-    summary = {row["stage"]: row for row in json.loads((out / "summary.json").read_text())}
-    assert summary["rewrite"]["in"] == 5 and summary["rewrite"]["out"] == 4  # the tiny model's rewrite is rejected
-    assert summary["io"]["out"] == 2 and "uses randomness" in summary["io"]["notes"] and "<= 1 pair" in summary["io"]["notes"]
-    assert summary["prompts"]["out"] == 4 and summary["verify"]["in"] == 4
-    assert (out / "sft_loss.png").exists() and "sft stage 2" in summary and "| stage" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"][0]["stage"] == "sandbox" and "isolation" in summary["stages"][0]["notes"]
+    stages = {row["stage"]: row for row in summary["stages"]}
+    assert stages["rewrite"]["in"] == 5 and stages["rewrite"]["out"] == 4  # the tiny model's rewrite is rejected
+    assert stages["io"]["out"] == 2 and "uses randomness" in stages["io"]["notes"] and "<= 1 pair" in stages["io"]["notes"]
+    assert stages["prompts"]["out"] == 4 and stages["verify"]["in"] == 4
+    assert (out / "sft_loss.png").exists() and "sft stage 2" in stages and "| stage" in proc.stdout
+    assert {"eval codeio++", "eval base", "eval raw_code"} <= set(stages) and stages["eval base"]["in"] == 4
+    assert [c["name"] for c in summary["claims"]][1:] == ["SFT on codeio++ data beats the base",
+                                                         "SFT on codeio++ data beats SFT on raw code"]
+    assert set(summary["eval"]) == {"codeio++", "base", "raw_code"}
     revise = [json.loads(line) for line in (out / "revise.jsonl").read_text().splitlines()]
     assert len(revise) == 4 and all(r["turn_2"] is not None for r in revise if r["feedback_1"] != codeio.CORRECT)
     # a rerun skips every finished record: the stage files do not grow
     sizes = {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"}
     run_cmd(cmd[:2] + cmd[2:] + ["--stages", "rewrite,io,prompts,cot,verify,revise"], timeout=300)
     assert {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"} == sizes
+
+
+def test_toy_defaults_yield_to_user_flags():
+    args = codeio.apply_toy_defaults(codeio.Args(lr=5e-4))
+    assert args.lr == 5e-4 and args.epochs == codeio.TOY_DEFAULTS["epochs"] and args.teacher == "stand-in"
+    paper = codeio.apply_toy_defaults(codeio.Args(model="some/model"))
+    assert paper.lr == 1e-5 and paper.epochs == 1 and paper.teacher == "model"
+    with pytest.raises(ValueError, match="--teacher"):
+        codeio.apply_toy_defaults(codeio.Args(teacher="oracle"))
+
+
+def test_learning_no_arg_toy_holds_its_claims(tmp_path, run_cmd):
+    """The no-argument run (fixed seed): the stand-in's CoTs are a real mix, the revision turn fixes
+    some, and SFT on CodeI/O++ data beats the base and SFT on raw code on held-out I/O pairs."""
+    out = tmp_path / "toy"
+    run_cmd([sys.executable, "codeio.py", "--output_dir", str(out)], timeout=1500)
+    summary = json.loads((out / "summary.json").read_text())
+    claims = {c["name"]: c for c in summary["claims"]}
+    assert len(claims) == 3 and all(c["holds"] for c in claims.values()), claims
+    first_turn = claims["CodeI/O++ revision turns wrong CoTs right"]["baseline"]
+    assert 0.2 < first_turn < 0.8  # a real mix of right and wrong CoTs
+    assert summary["eval"]["codeio++"]["accuracy"] >= summary["eval"]["base"]["accuracy"] + 0.1
 
 
 def test_check_answer_on_model_style_responses(sandbox):
@@ -234,6 +264,6 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
     josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
     guess = teacher.answer([{"role": "user", "content": build_prompt("output", josephus, {"input": {"n": 3, "m": 2},
                                                                                           "output": 2})}])
-    assert guess.startswith("I cannot follow") and extract_json_answer(guess) == {"output": 0}
+    assert guess.startswith("I cannot trace") and extract_json_answer(guess) == {"output": 0}
     refusal = teacher.answer([{"role": "user", "content": codeio.REWRITE_PROMPT.format(code="x = 1")}])
     assert parse_rewrite_response(refusal)[0] is None
