@@ -572,7 +572,8 @@ class StandInTeacher:
             value = value["v"] if isinstance(value, dict) else given.group(1)  # a bare f"{'MX'}"
         if traced is None or not isinstance(value, (dict, list)):
             guess = {"output": 0} if kind == "output" else {"input": {}}
-            return f"I cannot trace this code step by step, so I guess.\n```json\n{json.dumps(guess)}\n```"
+            return ("I cannot trace this code step by step, so I guess.\n"
+                    f"```json\n{json.dumps(guess)}\n```")
         argument, steps = traced
         start = value[argument] if kind == "output" else value
         previous = [extract_json_answer(m["content"]) for m in messages[1:]
