@@ -817,12 +817,14 @@ def main(args: Args):
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = args.model or toy_student_base(args)  # the student (and CoT author: --teacher model)
-    tokenizer = load_tokenizer(model_path)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
     by_model = generating and args.teacher == "model"
+    trains = bool(set(stages) & {"sft", "eval"})
+    # the student (and the CoT author with --teacher model); the toy's is built and cached here
+    model_path = (args.model or toy_student_base(args)) if trains or by_model else None
+    tokenizer = load_tokenizer(model_path) if model_path else None
     dtype = "float32" if not args.model else "auto"
-    needs_model = set(stages) & {"sft", "eval"} or (by_model and args.sampler == "hf")  # vLLM: own copy
+    needs_model = trains or (by_model and args.sampler == "hf")  # vLLM loads its own copy
     model = load_model(model_path, dtype=dtype, device=dist_info.device) if needs_model else None
     sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path) if by_model else
                StandInTeacher(args.teacher_slip, args.seed) if generating else None)
