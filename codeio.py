@@ -10,8 +10,8 @@ single response. The result is used for SFT with the loss on the response only.
 
 Stages (each reads and writes JSONL in --output_dir, one complete record per line, reruns skip done
 records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval. All code runs in
-common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student and the base after the
-same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds the claims.
+common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student and the base after
+the same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds claims.
 
 Departures:
 - CPU-sized defaults where a paper value would take hours on the toy: max_new_tokens 32 (repo: 4096),
@@ -30,17 +30,17 @@ Departures:
   to the model as its exception or scored (the release has no sandbox, so no such case).
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
-- The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini),
-  --teacher model. The CPU toy's CoT author is StandInTeacher, a SCRIPT standing in for that LLM: it
+- The rewrite/CoT author is any model behind common.sampling (--teacher model; paper: DeepSeek-V2.5;
+  repo: gpt-4o-mini). The CPU toy's CoT author is StandInTeacher, a SCRIPT standing in for that LLM: it
   narrates the execution of the toy corpus's digits_* functions step by step and slips one digit per
   step with probability --teacher_slip; it cannot rewrite code or trace any other function.
-- The toy (no --model) uses TOY_DEFAULTS (LR 1e-3, 8 epochs, batch 8; paper: 1e-5, 1 epoch, 1024) and
-  a tiny student warm-started on plain-words step narrations; it evaluates held-out pairs of the
+- The toy (no --model) uses TOY_DEFAULTS (LR 1e-3, 8 epochs, batch 8; paper: 1e-5, 1 epoch,
+  1024) and a tiny student warm-started on plain-words step narrations; it evaluates held-out pairs of the
   training functions instead of the paper's 14 benchmarks, and skips stage 2.
 - Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
 
 Commands:
-    python codeio.py                                   # CPU toy: stand-in teacher, tiny student, ~3 min
+    python codeio.py                                   # CPU toy: stand-in teacher, tiny student
     python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
         --max_new_tokens 4096 --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise   # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft --output_dir runs/codeio \\
@@ -124,10 +124,10 @@ class Args:
     teacher_slip: float = field(default=0.3, metadata={
         "help": "stand-in: chance of a one-digit slip per step"})
     eval_pairs_per_function: int = field(default=2, metadata={
-        "help": "held-out pairs per function (after the training pairs) x 2 tasks for the eval stage"})
+        "help": "held-out pairs per function (after the training pairs) x 2 tasks, eval stage"})
     compare_raw_code: bool = field(default=True, metadata={
-        "help": "eval stage: also SFT the base on the raw code files for the same steps (the paper's "
-                "Python-Edu baseline, LM loss on code) and evaluate it"})
+        "help": "eval stage: also SFT the base on the raw code files for the same steps (the "
+                "paper's Python-Edu baseline, LM loss on code) and evaluate it"})
     toy_base_rows: int = field(default=4000, metadata={
         "help": "toy student base: general step narrations (toy_general_rows)"})
     toy_base_steps: int = field(default=600, metadata={
@@ -685,7 +685,7 @@ def heldout_samples(io_ok: dict, functions: dict, args: Args) -> list[dict]:
             for kind in ("input", "output")]
 
 
-def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args: Args) -> dict:
+def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args) -> dict:
     """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), scored by
     check_answer like the verify stage."""
     sampler = make_sampler("hf", model, tokenizer)
@@ -755,8 +755,8 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
 def sft_examples(out: Path, args: Args) -> list[dict]:
     """CodeI/O: every first-turn CoT, right or wrong; CodeI/O++: the assembled revision (paper)."""
     records = read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))
-    return [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
-            for r in records]
+    return [{"prompt": r["prompt"],
+             "response": assemble_revision(r) if args.revise else r["response"]} for r in records]
 
 
 def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logger, stage: str, lr: float,
@@ -1020,7 +1020,8 @@ def main(args: Args):
             counts.append({"stage": f"eval {who}", "in": r["n"],
                            "out": round(r["accuracy"] * r["n"]),
                            "notes": f"held-out accuracy {r['accuracy']:.3f} (input "
-                                    f"{r['accuracy_input']:.3f}, output {r['accuracy_output']:.3f})"})
+                                    f"{r['accuracy_input']:.3f}, output "
+                                    f"{r['accuracy_output']:.3f})"})
     if sandbox is not None:
         sandbox.close()
     if set(stages) & {"sft", "eval"}:
