@@ -14,8 +14,10 @@ common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student 
 the same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds claims.
 
 Departures:
-- CPU-sized defaults where a paper value would take hours on the toy: max_new_tokens 32 (repo: 4096),
-  batch_size 16 sequences (paper: 1024), max_length 2048 (paper: 4096). Pass the paper values on GPU.
+- The defaults are the CPU toy's (a tiny student learns from ~150 CoTs): LR 1e-3 for 8 epochs
+  (paper: 1e-5, 1 epoch on 3.5M samples), batch_size 8 sequences (paper: 1024), max_new_tokens 160
+  (repo: 4096), max_length 2048 (paper: 4096); a named --model selects the paper preset (PAPER
+  below), which has the paper's values.
 - The size filter's byte count is a recursive sys.getsizeof (8-byte aligned, shared objects counted
   once) instead of pympler.asizeof (not a dependency); it gives pympler's 824 B for list(range(19)) but
   may differ by a few bytes on other objects.
@@ -34,17 +36,19 @@ Departures:
   repo: gpt-4o-mini). The CPU toy's CoT author is StandInTeacher, a SCRIPT standing in for that LLM: it
   narrates the execution of the toy corpus's digits_* functions step by step and slips one digit per
   step with probability --teacher_slip; it cannot rewrite code or trace any other function.
-- The toy (no --model) uses TOY_DEFAULTS (LR 1e-3, 8 epochs, batch 8; paper: 1e-5, 1 epoch,
-  1024) and a tiny student warm-started on plain-words step narrations; it evaluates held-out pairs of the
-  training functions instead of the paper's 14 benchmarks, and skips stage 2.
-- Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
+- The toy (no --model) has a tiny student warm-started on plain-words step narrations; it evaluates
+  held-out pairs of the training functions instead of the paper's 14 benchmarks, and skips stage 2.
+- Under torchrun only --stages sft runs (generate the data with one process first, e.g. --sampler
+  vllm); the generation code is rank-aware all the same: each rank generates its share of a batch
+  (HF or its own vLLM engine) and rank 0 writes the records.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
     python codeio.py                                   # CPU toy: stand-in teacher, tiny student
     python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
-        --max_new_tokens 4096 --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise   # 1 GPU
+        --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise                # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft --output_dir runs/codeio \\
-        --batch_size 1024 --max_length 4096 --stage2_data tulu3.jsonl                             # 8 GPUs
+        --stage2_data tulu3.jsonl                                                         # 8 GPUs
 """
 from __future__ import annotations
 
@@ -58,35 +62,42 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common import data
 from common.claims import claim, format_claims, write_summary
-from common.data import load_rows, read_jsonl_tolerant, write_jsonl
+from common.config import parse_config, per_rank
+from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, stop_token_ids
 from common.rewards import last_json_object
-from common.sampling import Completion, make_sampler, render_prompt
+from common.sampling import Completion, VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.sandbox import Sandbox
 from common.toys import toy_model
-from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
-                          make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+from common.train import (barrier, cleanup_distributed, format_table, init_distributed,
+                          is_main_process, load_checkpoint, make_optimizer, MetricsLogger,
+                          micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
+                          sft_loss, shard_model)
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
-                                                      "(paper: DeepSeek-V2.5 writes the CoTs)"})
-    corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/hub set "
-                                                                        "with a `code` column (raw code)"})
+                                                      "(the paper's CoTs are DeepSeek-V2.5's)"})
+    corpus: str = field(default="data/codeio_corpus", metadata={
+        "help": "folder of .py files, or a JSONL/Parquet file/hub set of raw code: CodeI/O's release "
+                "(`content`, repo_name, path) or a `code` column"})
     output_dir: str = field(default="runs/codeio", metadata={"help": "stage JSONL files, metrics, checkpoint"})
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
-    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature (release's API calls: 0.7)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; CPU-toy size (release: 4096)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
+    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature; paper: 0.7 (released repo's API calls)"})
+    max_new_tokens: int = field(default=160, metadata={
+        "help": "generation budget; toy 160 (a whole narrated CoT); paper: 4096 (released repo's "
+                "API calls)"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (release: src/parse_gen_ios.py)"})
     max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (src/parse_gen_ios.py)"})
@@ -100,24 +111,31 @@ class Args:
     sandbox_allow_weaker: bool = field(default=False, metadata={
         "help": "run generated code even where common/sandbox.py cannot isolate it fully (no "
                 "bubblewrap, user namespaces or libseccomp); the summary prints what is missing"})
-    prompt_values: str = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
-                                                                   "f'{x}', src/build_codeio_msg.py) | json"})
-    revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (paper: CodeI/O++)"})
-    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup (paper: training setup)"})
-    epochs: int = field(default=1, metadata={"help": "stage-1 epochs (paper)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step (paper: 1024)"})
-    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank"})
-    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens (paper: 4096)"})
+    prompt_values: Literal["python", "json"] = field(default="python", metadata={
+        "help": "how I/O values enter prompts: python (repo's f'{x}', src/build_codeio_msg.py) | json"})
+    revise: bool = field(default=True, metadata={
+        "help": "CodeI/O++: one revision turn for failed samples (the paper's CodeI/O++)"})
+    lr: float = field(default=1e-3, metadata={
+        "help": "stage-1 constant LR, no warmup; toy 1e-3 (a tiny student, ~150 CoTs); paper: 1e-5 "
+                "(Gemma-2-27B: 4e-6)"})
+    epochs: int = field(default=8, metadata={"help": "stage-1 epochs; toy 8; paper: 1"})
+    batch_size: int = field(default=8, metadata={
+        "help": "sequences per optimizer step, all ranks; toy 8; paper: 1024 (both stages)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
+    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens; paper: 4096"})
     stage2_data: str = field(default="", metadata={"help": "general instruction JSONL (prompt/response) for stage 2; "
-                                                           "'toy' = arithmetic rows; '' = skip (paper: stage 2)"})
-    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps (paper)"})
-    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6 (paper)"})
+                                                           "'toy' = arithmetic rows; '' = skip (the paper's stage 2)"})
+    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps; paper: 700"})
+    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6; paper: 3e-5 (Gemma: 1e-5)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue SFT from output_dir/checkpoint"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
-    # teacher, student and the held-out comparison (the toy's defaults are in TOY_DEFAULTS)
-    teacher: str = field(default="auto", metadata={
+    # teacher, student and the held-out comparison
+    teacher: Literal["auto", "model", "stand-in"] = field(default="auto", metadata={
         "help": "CoT author: model (--model writes rewrites and CoTs) | stand-in (StandInTeacher, "
                 "a scripted narrator of the toy corpus's code, NOT a model) | auto (stand-in when "
                 "no --model)"})
@@ -134,28 +152,43 @@ class Args:
         "help": "toy student base: warm-start steps of 16 rows"})
 
 
-# The CPU toy (no --model): a tiny student learns from ~150 CoTs, so it needs a larger LR and
-# several epochs (paper: 1 epoch at 1e-5 on 3.5M samples) and room for a whole narrated CoT.
-TOY_DEFAULTS = {"lr": 1e-3, "epochs": 8, "batch_size": 8, "max_new_tokens": 160}
+# The paper's values, used with --preset paper (the default once --model is named); the defaults above are
+# the CPU toy's (a tiny student learns from ~150 CoTs: a larger LR, several epochs, room for a whole
+# narrated CoT). A flag on the command line wins.
+PAPER = dict(
+    lr=1e-5,  # stage 1, constant (Gemma-2-27B: 4e-6)
+    epochs=1,  # stage 1
+    max_new_tokens=4096,  # the released repo's API calls
+    batch_size=1024,  # both SFT stages
+    max_length=4096,
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
+)
 
 
-# One intra-op thread for the toy: the same float reductions on every machine, and a 64-wide
-# model's tiny matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core machine.
+# One intra-op thread for the toy (no --model): the same float reductions on every machine, and a
+# 64-wide model's tiny matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core
+# machine.
 TOY_THREADS = 1
 
 
-def apply_toy_defaults(args: Args) -> Args:
-    """Without --model, each TOY_DEFAULTS field the user left at its default takes the toy value."""
-    if not args.model:
-        torch.set_num_threads(TOY_THREADS)
-        for key, value in TOY_DEFAULTS.items():
-            if getattr(args, key) == getattr(Args, key):
-                setattr(args, key, value)
+def derived(args, world_size: int) -> dict:
+    """Checks --stages (only sft runs under torchrun; eval generates, so it needs one process too)
+    and splits the SFT batch over the ranks."""
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
+    if world_size > 1 and set(stages) != {"sft"}:
+        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
+    rows = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(sft_rows_per_rank=rows, micro_batches_per_step=-(-rows // args.micro_batch_size))
+
+
+def resolve_teacher(args: Args) -> str:
+    """--teacher auto: the named --model writes the CoTs, else the stand-in (the toy)."""
     if args.teacher == "auto":
-        args.teacher = "model" if args.model else "stand-in"
-    if args.teacher not in ("model", "stand-in"):
-        raise ValueError(f"--teacher {args.teacher!r}: choose model, stand-in or auto")
-    return args
+        return "model" if args.model else "stand-in"
+    return args.teacher
 
 
 # ------------------------------------------------------------------------------------------------ rewrite (src/codeio_utils.py)
@@ -712,13 +745,28 @@ def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
     return records, {r[key] for r in records}
 
 
+CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
+
+
 def load_corpus(source: str) -> list[dict]:
-    if Path(source).is_dir():
-        if not (files := sorted(Path(source).glob("*.py"))):
-            raise FileNotFoundError(f"--corpus {source}: no .py files in that folder")
+    """A folder of .py files, or rows of raw code: CodeI/O's release (hkust-nlp/CodeIO
+    data/rawcode_1k.jsonl: `content` + repo_name, path, blob_id, ...) or any rows with `code`. A
+    release row is named "repo_name/path" and keeps its metadata under `source` (in rewrite.jsonl)."""
+    if Path(source).is_dir() and any(Path(source).glob("*.py")):
+        files = sorted(Path(source).glob("*.py"))
         return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
-    rows = load_rows(source, required=("code",))  # a JSONL/JSON/Parquet file or hub data set of raw code
-    return [{"name": str(row.get("name", i)), "code": row["code"]} for i, row in enumerate(rows)]
+    corpus = []
+    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
+        code = row.get("content", row.get("code"))
+        if not isinstance(code, str) or not code.strip():
+            raise DataError(f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
+                            f"or empty (fields present: {sorted(row)})")
+        meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
+        name = row.get("name") or meta.get("blob_id", i)
+        if "repo_name" in meta and "path" in meta:
+            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
+        corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
+    return corpus
 
 
 def check_answer(sandbox: Sandbox, sample: dict, function: dict, response: str, args: Args) -> dict:
@@ -742,11 +790,27 @@ def infra_note(count: int) -> str:
     return f"; {count} sandbox errors (not written: a rerun retries them)" if count else ""
 
 
+def write_jsonl(path, rows, mode="w"):
+    """Under torchrun every rank holds the same records (gathered generations): rank 0 writes."""
+    if is_main_process():
+        data.write_jsonl(path, rows, mode)
+
+
+def read_jsonl_tolerant(path) -> list[dict]:
+    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
+    barrier()
+    rows = data.read_jsonl_tolerant(path)
+    barrier()
+    return rows
+
+
 def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
+    """One completion per message; under torchrun each rank generates its share of every batch."""
     texts = []
     for start in tqdm(range(0, len(messages), args.generation_batch_size), desc=desc, leave=False):
         batch = messages[start:start + args.generation_batch_size]
-        groups = sampler.generate(batch, n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        groups = generate_sharded(sampler, batch, n=1, temperature=args.temperature,
+                                  max_new_tokens=args.max_new_tokens)
         texts += [group[0].text for group in groups]
     return texts
 
@@ -788,11 +852,12 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
         batch = order[step * args.batch_size:(step + 1) * args.batch_size].tolist()
         mine = batch[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank] or batch[:1]
         total_loss = 0.0
-        for m in range(0, len(mine), args.micro_batch_size):
-            chunk = [encoded[i] for i in mine[m:m + args.micro_batch_size]]
+        num_tokens = sum(len(encoded[i][1]) for i in mine)  # token mean over the rank's whole batch (paper: training setup)
+        for sl in micro_batches(len(mine), args.micro_batch_size):
+            chunk = [encoded[i] for i in mine[sl]]
             input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [c[0] for c in chunk], [c[1] for c in chunk],
                                                               dist_info.device)  # (b, L) each
-            loss = sft_loss(model, input_ids, attention_mask, loss_mask) * len(chunk) / len(mine)
+            loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens)
             loss.backward()
             total_loss += loss.item()
         optimizer.step()
@@ -807,27 +872,30 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
 
 # ------------------------------------------------------------------------------------------------ main
 def main(args: Args):
-    args = apply_toy_defaults(args)
+    if not args.model:
+        torch.set_num_threads(TOY_THREADS)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
     dist_info = init_distributed()
-    if dist_info.world_size > 1 and set(stages) != {"sft"}:  # eval generates: one process too
-        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
-    by_model = generating and args.teacher == "model"
+    teacher = resolve_teacher(args)
+    by_model = generating and teacher == "model"
     trains = bool(set(stages) & {"sft", "eval"})
     # the student (and the CoT author with --teacher model); the toy's is built and cached here
     model_path = (args.model or toy_student_base(args)) if trains or by_model else None
     tokenizer = load_tokenizer(model_path) if model_path else None
-    dtype = "float32" if not args.model else "auto"
+    # SFT trains fp32 master weights (common.train's precision policy); SFT alone (torchrun) stays on the CPU
+    # until shard_model puts each rank's shard on its GPU; generation alone runs the checkpoint's own dtype
+    dtype = "float32" if trains or not args.model else "auto"
     needs_model = trains or (by_model and args.sampler == "hf")  # vLLM loads its own copy
-    model = load_model(model_path, dtype=dtype, device=dist_info.device) if needs_model else None
-    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path) if by_model else
-               StandInTeacher(args.teacher_slip, args.seed) if generating else None)
+    model = (load_model(model_path, dtype=dtype, device="cpu" if stages == ["sft"] else dist_info.device)
+             if needs_model else None)
+    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args) if by_model
+               else StandInTeacher(args.teacher_slip, args.seed) if generating else None)
     executes = set(stages) & {"io", "verify", "revise", "eval"}
     sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
                        allow_weaker=args.sandbox_allow_weaker) if executes else None)
@@ -844,7 +912,8 @@ def main(args: Args):
     records, done = open_stage(path, "name")
     if "rewrite" in stages:
         corpus = [c for c in load_corpus(args.corpus) if c["name"] not in done]
-        unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn}
+        unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn,
+                    **({"source": c["source"]} if "source" in c else {})}  # repo/path of release rows
                    for c in corpus if (fn := parse_unified_file(c["code"]))]
         write_jsonl(path, unified, mode="a")
         raw = [c for c in corpus if c["name"] not in {u["name"] for u in unified}]
@@ -853,7 +922,8 @@ def main(args: Args):
         for item, answer in zip(raw, answers):
             fn, reason = parse_rewrite_response(answer)
             write_jsonl(path, [{"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected",
-                                "reason": reason, "response": answer, **(fn or {})}], mode="a")
+                                "reason": reason, "response": answer, **(fn or {}),
+                                **({"source": item["source"]} if "source" in item else {})}], mode="a")
         records = read_jsonl_tolerant(path)
     rejected = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     counts.append({"stage": "rewrite", "in": len(records), "out": sum(r["status"] == "ok" for r in records),
@@ -975,8 +1045,7 @@ def main(args: Args):
         examples = sft_examples(out, args)
         if not examples:
             raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
-        model = shard_model(model, dist_info)
-        model.train()
+        model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)
         loss, global_step = run_sft(model, tokenizer, examples, args, dist_info, logger, "stage1", args.lr, None,
                        out / "checkpoint", "constant")
         counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "notes": f"stage-1 final loss {loss:.3f}" if loss == loss else "already trained (resumed)"})
@@ -1010,6 +1079,7 @@ def main(args: Args):
             code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
             raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
             steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
+            base = shard_model(base, dist_info, gradient_checkpointing=args.gradient_checkpointing)
             run_sft(base, tokenizer, raw, args, dist_info, logger, "raw_code", args.lr, steps,
                     out / "checkpoint_raw_code", "constant")
             results["raw_code"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
@@ -1043,4 +1113,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

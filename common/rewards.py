@@ -1,15 +1,15 @@
 """Rule-based rewards shared by the reasoning scripts.
 
-What is here (spec = `shared/papers/zero_rl.md`, cited as "spec §x"):
+What is here (each item cites the paper or the released code it follows):
 
-- Math answers as SimpleRL-Zoo v1 grades them (arXiv 2503.18892; `hf_math_verify.compute_score`, spec §1.2):
+- Math answers as SimpleRL-Zoo v1 grades them (arXiv 2503.18892; released `hf_math_verify.compute_score`):
   cut at end-of-text markers -> Qwen2.5-Math `extract_answer` order -> `strip_string` normalisation ->
   both sides wrapped in `\\boxed{}` -> `math_verify.verify(parse(gold), parse(pred))` under a hard time limit.
   `extract_answer`, `strip_string`, `math_equal`, `correctness_reward` ("mix" / "independent" modes).
 - `last_json_object`: the last complete top-level `{...}` of a text (JSON answers and JSON actions).
-- TinyZero countdown reward, 0 / 0.1 / 1.0 (spec §2): `countdown_reward`.
-- Unbiased pass@k (Chen et al. 2021, spec §5 check 7): `pass_at_k`.
-- Length-aware rewards from the efficient-reasoning surveys (spec §3): `kimi_length_reward`,
+- TinyZero countdown reward, 0 / 0.1 / 1.0 (TinyZero `countdown.compute_score`): `countdown_reward`.
+- Unbiased pass@k (Chen et al. 2021, arXiv 2107.03374 §2.1): `pass_at_k`.
+- Length-aware rewards from the efficient-reasoning surveys (arXiv 2503.21614, 2503.16419): `kimi_length_reward`,
   `cosine_length_reward`, `l1_length_reward`, `dapo_overlong_penalty`.
 - TRL reward contract wrappers `fn(prompts, completions, **dataset_columns) -> list[float | None]`:
   `math_reward`, `countdown_reward_fn`.
@@ -58,13 +58,14 @@ import warnings
 from typing import Any, Sequence
 
 __all__ = [
-    "extract_answer", "last_json_object", "strip_string", "math_equal", "correctness_reward", "math_reward",
-    "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
+    "extract_answer", "last_boxed", "last_json_object", "strip_string", "math_equal",
+    "math_equal_batch", "default_grading_workers", "correctness_reward", "correctness_reward_batch",
+    "math_reward", "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
     "cosine_length_reward", "l1_length_reward", "dapo_overlong_penalty", "completion_text",
 ]
 
 # --------------------------------------------------------------------------------------------------
-# Answer extraction (Qwen2.5-Math `extract_answer(..., "math")`, spec §1.2 steps 1-2)
+# Answer extraction (Qwen2.5-Math `extract_answer(..., "math")`, simpleRL-reason `hf_math_verify.compute_score`: extraction)
 # --------------------------------------------------------------------------------------------------
 
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>")
@@ -113,6 +114,18 @@ def _last_boxed_content(text: str) -> str | None:
     return None
 
 
+def last_boxed(text: Any) -> str | None:
+    """Content of the last brace-balanced `\\boxed{...}` / `\\fbox{...}` of `text`, stripped, or
+    None. How Qwen2.5-Math's `parse_ground_truth` reads a MATH / Minerva gold from its solution."""
+    try:
+        if not isinstance(text, str) or not _BOX_RE.search(text):
+            return None
+        content = _last_boxed_content(text)
+        return content.strip() if content and content.strip() else None
+    except Exception:
+        return None
+
+
 def last_json_object(text: str) -> str | None:
     """The last complete top-level {...} of `text`, braces inside JSON strings ignored; None if there is none."""
     depth, start, in_string, escaped, last = 0, None, False, False, None
@@ -150,7 +163,7 @@ def _after_phrase(text: str, phrase: str) -> str:
 
 
 def extract_answer(text: Any) -> str | None:
-    """The final answer in a model response, in the Qwen2.5-Math order SimpleRL-Zoo uses (spec §1.2
+    """The final answer in a model response, in the Qwen2.5-Math order SimpleRL-Zoo uses (simpleRL-reason `hf_math_verify.compute_score`
     step 2); the first rule that matches wins:
 
     1. Minerva phrase "final answer is $...$. I hope";
@@ -159,7 +172,7 @@ def extract_answer(text: Any) -> str | None:
     4. the text after "final answer is";
     5. the last number `-?\\d*\\.?\\d+` in the text with commas removed.
 
-    The text is first cut at `<|im_start|>assistant` / end-of-text markers (spec §1.2 step 1).
+    The text is first cut at `<|im_start|>assistant` / end-of-text markers (simpleRL-reason `hf_math_verify.compute_score`).
     Returns the raw answer string (normalise with `strip_string`), or None when nothing is found.
     """
     try:
@@ -184,7 +197,7 @@ def extract_answer(text: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Normalisation (Qwen2.5-Math `strip_string`, spec §1.2 step 3)
+# Normalisation (Qwen2.5-Math `strip_string`, simpleRL-reason `hf_math_verify.compute_score`: normalisation)
 # --------------------------------------------------------------------------------------------------
 
 _UNIT_WORDS = (
@@ -217,7 +230,7 @@ def _fix_fracs(s: str) -> str:
 
 
 def strip_string(s: Any) -> str:
-    """Normalise an answer string the way Qwen2.5-Math `strip_string` does (spec §1.2 step 3):
+    """Normalise an answer string the way Qwen2.5-Math `strip_string` does (simpleRL-reason `hf_math_verify.compute_score`: normalisation):
     `\\dfrac`/`\\tfrac` -> `\\frac`; drop `\\left`/`\\right`, `$`, trailing units (`\\text{ cm}`, "5 cm"),
     `^\\circ`, `\\%`, and unwrap `\\text{}`; `a/b` -> `\\frac{a}{b}` for integers; strip `x=`/`y=`/`z=` and
     any prefix of <= 2 characters before a single `=`; `3.0` -> `3`; thousands separators `1,000` ->
@@ -274,7 +287,7 @@ def strip_string(s: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Equivalence: fast path in-process, math-verify in a killable worker process (spec §1.2 step 4)
+# Equivalence: fast path in-process, math-verify in a killable worker process (simpleRL-reason `hf_math_verify.compute_score`: equivalence)
 # --------------------------------------------------------------------------------------------------
 
 _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")  # no nested quantifiers: linear time
@@ -303,6 +316,10 @@ sys.stdout = sys.stderr  # library prints must not corrupt the protocol
 from math_verify import parse, verify
 parse_kw = "parsing_timeout" if "parsing_timeout" in inspect.signature(parse).parameters else None
 verify_kw = "timeout_seconds" if "timeout_seconds" in inspect.signature(verify).parameters else None
+try:  # warm up: the first parse loads the LaTeX grammar lazily, which must not count in a timeout
+    verify(parse("\\boxed{\\frac{1}{2}}"), parse("\\boxed{0.5}"))
+except BaseException:
+    pass
 reply.write("ready\n")
 for line in sys.stdin:
     try:
@@ -352,13 +369,20 @@ class _Worker:
             self.ready = self._read_line(time.monotonic() + _WORKER_START_TIMEOUT_S) == "ready"
         return self.ready
 
-    def ask(self, gold: str, pred: str, timeout: float) -> bool | None:
-        """True/False from math-verify, or None if the child did not answer in time (or died)."""
-        request = json.dumps([gold, pred, timeout]) + "\n"
-        self.proc.stdin.write(request.encode())
+    def ask(self, pairs: list[tuple[str, str]], timeout: float) -> list[bool]:
+        """math-verify's verdicts on (gold, pred) pairs, sent at once (pipelined: one wake-up per
+        batch, not per pair). Each answer must come within `timeout` s of the previous one; the
+        list stops short at the first pair the child did not answer in time (or if it died)."""
+        payload = "".join(json.dumps([gold, pred, timeout]) + "\n" for gold, pred in pairs)
+        self.proc.stdin.write(payload.encode())
         self.proc.stdin.flush()
-        answer = self._read_line(time.monotonic() + timeout)
-        return None if answer is None else answer == "1"
+        verdicts = []
+        for _ in pairs:
+            answer = self._read_line(time.monotonic() + timeout)
+            if answer is None:
+                break
+            verdicts.append(answer == "1")
+        return verdicts
 
     def kill(self) -> None:
         try:
@@ -413,29 +437,62 @@ _POOL = _WorkerPool()
 atexit.register(_POOL.close)
 
 
+_PIPELINE_PAIRS = 32  # pairs per write: keeps a request well inside the 64 KiB pipe buffer
+
+
+def _verify_in_workers(pairs: list[tuple[str, str]], timeout: float) -> list[bool]:
+    """Verdicts on (gold_latex, pred_latex) pairs from one pooled worker at a time, in pipelined
+    batches. A pair the worker does not answer within `timeout` is False; that worker is killed and
+    replaced, and the pairs after it go to the next worker (each keeps its own full `timeout`)."""
+    verdicts: list[bool] = []
+    while len(verdicts) < len(pairs):
+        batch = pairs[len(verdicts):len(verdicts) + _PIPELINE_PAIRS]
+        worker = _POOL.acquire()
+        try:
+            if not worker.wait_ready():
+                if not _POOL.warned:
+                    _POOL.warned = True
+                    warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
+                                  "installed?); non-trivial answers are graded as wrong.")
+                worker.kill()
+                return verdicts + [False] * (len(pairs) - len(verdicts))
+            answered = worker.ask(batch, timeout)
+        except Exception:
+            answered = []
+        verdicts += answered
+        if len(answered) < len(batch):  # stuck on a pathological expression, or died: replace it
+            _POOL.replace(worker)
+            verdicts.append(False)
+        else:
+            _POOL.release(worker)
+    return verdicts
+
+
 def _verify_in_worker(gold_latex: str, pred_latex: str, timeout: float) -> bool:
-    worker = _POOL.acquire()
-    try:
-        if not worker.wait_ready():
-            if not _POOL.warned:
-                _POOL.warned = True
-                warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
-                              "installed?); non-trivial answers are graded as wrong.")
-            worker.kill()
-            return False
-        result = worker.ask(gold_latex, pred_latex, timeout)
-    except Exception:
-        _POOL.replace(worker)
+    return _verify_in_workers([(gold_latex, pred_latex)], timeout)[0]
+
+
+def _fast_verdict(pred: Any, gold: Any) -> bool | tuple[str, str]:
+    """math_equal's in-process part: a verdict, or the normalised (pred, gold) for math-verify."""
+    if pred is None or gold is None:
         return False
-    if result is None:  # stuck on a pathological expression (or died): kill it, start a fresh one
-        _POOL.replace(worker)
+    pred_norm, gold_norm = strip_string(pred), strip_string(gold)
+    if not pred_norm or not gold_norm:
         return False
-    _POOL.release(worker)
-    return result
+    if pred_norm == gold_norm:
+        return True
+    if _PLAIN_NUMBER_RE.fullmatch(pred_norm) and _PLAIN_NUMBER_RE.fullmatch(gold_norm):
+        return _plain_numbers_equal(pred_norm, gold_norm)
+    return pred_norm, gold_norm
+
+
+def _slow_verdict(pred_norm: str, gold_norm: str, timeout: float) -> bool:
+    gold_latex, pred_latex = "\\boxed{" + gold_norm + "}", "\\boxed{" + pred_norm + "}"
+    return _verify_in_worker(gold_latex, pred_latex, float(timeout))
 
 
 def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
-    """Is `pred` mathematically equal to `gold`? (SimpleRL-Zoo v1 grader, spec §1.2 steps 3-4.)
+    """Is `pred` mathematically equal to `gold`? (SimpleRL-Zoo v1 grader, simpleRL-reason `hf_math_verify.compute_score`.)
 
     Both sides are normalised with `strip_string`. Fast path, no subprocess: identical normalised
     strings -> True; two plain numbers -> compared as math-verify would (exact integers, 6 decimal
@@ -444,30 +501,90 @@ def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
     (SimpleRL: 10 s pool timeout; a timeout or exception counts as wrong). Works in any thread and
     in worker processes; never raises. Not counted in `timeout`: the first call of a process (and the
     first after a timeout) also waits for a fresh worker to import math-verify (~0.5 s idle).
+    Many pairs at once: `math_equal_batch`.
     """
     try:
-        if pred is None or gold is None:
-            return False
-        pred_norm, gold_norm = strip_string(pred), strip_string(gold)
-        if not pred_norm or not gold_norm:
-            return False
-        if pred_norm == gold_norm:
-            return True
-        if _PLAIN_NUMBER_RE.fullmatch(pred_norm) and _PLAIN_NUMBER_RE.fullmatch(gold_norm):
-            return _plain_numbers_equal(pred_norm, gold_norm)
-        return _verify_in_worker("\\boxed{" + gold_norm + "}", "\\boxed{" + pred_norm + "}", float(timeout))
+        verdict = _fast_verdict(pred, gold)
+        return verdict if isinstance(verdict, bool) else _slow_verdict(*verdict, timeout)
     except Exception:
         return False
 
 
+def default_grading_workers() -> int:
+    """CPUs this process may use, shared by the node's torchrun ranks (LOCAL_WORLD_SIZE); >= 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | None = None,
+                     timeout: float = 5.0) -> list[bool]:
+    """`[math_equal(p, g, timeout) for p, g in zip(preds, golds)]`, graded in parallel.
+
+    Same verdicts as `math_equal` on every pair (same normalisation, fast path, math-verify call),
+    with the same hard per-item `timeout`. The cheap cases (identical normalised strings, two plain
+    numbers) are decided here; each distinct remaining (pred, gold) pair is verified once (the
+    verdict is a function of the normalised pair), by `workers` threads (default:
+    `default_grading_workers()`), each driving its own math-verify worker *process* from the shared
+    pool above, so the sympy work runs on `workers` CPUs. Each worker gets its pairs in pipelined
+    batches (one wake-up per 32 pairs instead of per pair), and a pair it does not answer within
+    `timeout` of the previous answer is False, the worker replaced, as in `math_equal`.
+    Why threads driving processes rather than a `multiprocessing` pool: forking a trainer that holds
+    CUDA state is unsafe, a spawn pool pays the sympy import per call, and the persistent workers
+    already give every item a hard, killable deadline. Workers stay alive for the next call.
+    """
+    if len(preds) != len(golds):
+        raise ValueError(f"math_equal_batch: {len(preds)} predictions but {len(golds)} gold "
+                         "answers")
+    workers = default_grading_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"math_equal_batch: workers must be >= 1, got {workers}")
+    results: list[bool] = [False] * len(preds)
+    slow: dict[tuple[str, str], list[int]] = {}  # normalised (pred, gold) -> its indices
+    for i, (pred, gold) in enumerate(zip(preds, golds)):
+        try:
+            verdict = _fast_verdict(pred, gold)
+        except Exception:  # math_equal's contract: never raises, garbage is wrong
+            verdict = False
+        if isinstance(verdict, bool):
+            results[i] = verdict
+        else:
+            slow.setdefault(verdict, []).append(i)
+
+    pairs = list(slow)  # each distinct pair once: a group's samples often repeat one wrong answer
+    latex = [("\\boxed{" + gold + "}", "\\boxed{" + pred + "}") for pred, gold in pairs]
+    shares = [latex[w::workers] for w in range(min(workers, len(latex)))]  # one worker process each
+
+    def verify(share: list[tuple[str, str]]) -> list[bool]:
+        try:
+            return _verify_in_workers(share, float(timeout))
+        except Exception:
+            return [False] * len(share)
+
+    if len(shares) <= 1:
+        verdicts_per_share = [verify(share) for share in shares]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            verdicts_per_share = list(pool.map(verify, shares))
+    for w, verdicts in enumerate(verdicts_per_share):
+        for pair, ok in zip(pairs[w::workers], verdicts):
+            for i in slow[pair]:
+                results[i] = ok
+    return results
+
+
 def has_box(text: Any) -> bool:
-    """SimpleRL's format flag: the response contains "boxed" (spec §1.2 step 5)."""
+    """SimpleRL's format flag: the response contains "boxed" (simpleRL-reason `hf_math_verify.compute_score`)."""
     return isinstance(text, str) and "boxed" in cut_response(text)
 
 
 def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_penalty: float = -1.0,
                        timeout: float = 5.0) -> float:
-    """SimpleRL-Zoo v1 reward for one response (spec §1.2 step 5; env `REWORD_FUNCTION_TYPE`).
+    """SimpleRL-Zoo v1 reward for one response (simpleRL-reason `hf_math_verify.compute_score`; env `REWORD_FUNCTION_TYPE`).
 
     - "mix" (default, the paper's reward): 1.0 if correct else 0.0 (no format term).
     - "independent": correct+boxed 1.0, correct+unboxed 0.5, wrong+boxed -0.5, wrong+unboxed
@@ -489,8 +606,29 @@ def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_p
         return 0.0 if mode == "mix" else float(format_penalty)
 
 
+def correctness_reward_batch(completions: Sequence[Any], answers: Sequence[Any], mode: str = "mix",
+                             format_penalty: float = -1.0, timeout: float = 5.0,
+                             workers: int | None = None) -> list[float]:
+    """`correctness_reward` of many responses, answers graded in parallel by `math_equal_batch`."""
+    if mode not in ("mix", "independent"):
+        raise ValueError(f"correctness_reward_batch: mode must be 'mix' or 'independent', "
+                         f"got {mode!r}")
+    preds = [extract_answer(c) for c in completions]
+    correct = math_equal_batch(preds, list(answers), workers, timeout)
+    if mode == "mix":
+        return [1.0 if ok else 0.0 for ok in correct]
+    rewards = []
+    for ok, completion in zip(correct, completions):
+        boxed = has_box(completion)
+        if ok:
+            rewards.append(1.0 if boxed else 0.5)
+        else:
+            rewards.append(-0.5 if boxed else float(format_penalty))
+    return rewards
+
+
 # --------------------------------------------------------------------------------------------------
-# TinyZero countdown (spec §2)
+# TinyZero countdown (TinyZero `verl/utils/reward_score/countdown.py`)
 # --------------------------------------------------------------------------------------------------
 
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>")
@@ -531,7 +669,7 @@ def _safe_arithmetic(node: ast.AST) -> Any:
 
 def countdown_reward(completion: Any, target: Any, nums: Sequence[Any], format_score: float = 0.1,
                      score: float = 1.0, full_text: bool = False) -> float:
-    """TinyZero `countdown.compute_score` (spec §2): 0 / `format_score` / `score`.
+    """TinyZero `countdown.compute_score` (verl/utils/reward_score/countdown.py): 0 / `format_score` / `score`.
 
     `completion` is the model's response only (our Sampler returns the generated text, the prompt is
     chat-templated), so upstream step 1 ("text after the first 'Assistant:' or
@@ -604,7 +742,7 @@ def completion_text(completion: Any) -> str:
 def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any],
                 mode: str = "mix", format_penalty: float = -1.0, timeout: float = 5.0,
                 **unused_columns: Any) -> list[float | None]:
-    """TRL reward function for math (spec §1.2): `correctness_reward` per completion against the
+    """TRL reward function for math (simpleRL-reason `hf_math_verify.compute_score`): `correctness_reward` per completion against the
     dataset column `answer`. A row whose answer is None gets None (the reward does not apply)."""
     return [
         None if gold is None else correctness_reward(completion_text(c), gold, mode, format_penalty, timeout)
@@ -615,7 +753,7 @@ def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequ
 def countdown_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], target: Sequence[Any],
                         nums: Sequence[Any], format_score: float = 0.1, score: float = 1.0,
                         **unused_columns: Any) -> list[float | None]:
-    """TRL reward function for countdown (spec §2), columns `target` and `nums`."""
+    """TRL reward function for countdown (TinyZero), columns `target` and `nums`."""
     return [
         None if t is None or n is None else countdown_reward(completion_text(c), t, n, format_score, score)
         for c, t, n in zip(completions, target, nums)
@@ -623,7 +761,7 @@ def countdown_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], targ
 
 
 # --------------------------------------------------------------------------------------------------
-# pass@k (spec §5 check 7)
+# pass@k (Chen et al. 2021, arXiv 2107.03374 §2.1)
 # --------------------------------------------------------------------------------------------------
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -640,11 +778,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Length-aware rewards (spec §3; L = response tokens, c = correct)
+# Length-aware rewards (efficient-reasoning surveys; L = response tokens, c = correct)
 # --------------------------------------------------------------------------------------------------
 
 def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> list[float]:
-    """Kimi k1.5 length reward over the k samples of one prompt (spec §3.1):
+    """Kimi k1.5 length reward over the k samples of one prompt (Kimi k1.5, arXiv 2501.12599 §2.3.3, "length penalty"):
     lambda = 0.5 - (L - L_min) / (L_max - L_min); reward lambda if correct else min(0, lambda);
     all 0 when L_max == L_min."""
     if len(lengths) != len(correct):
@@ -664,7 +802,7 @@ def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> lis
 def cosine_length_reward(length: float, correct: bool, max_len: int, r_correct: tuple[float, float] = (2.0, 1.0),
                          r_wrong: tuple[float, float] = (-10.0, 0.0), exceed_penalty: float = -10.0,
                          exceed_margin: int = 16) -> float:
-    """Cosine length reward, Demystifying Long CoT (spec §3.2):
+    """Cosine length reward, Demystifying Long CoT (Yeo et al., arXiv 2502.03373):
     r = r_L + 1/2 (r_0 - r_L)(1 + cos(pi L / L_max)) with (r_0, r_L) = r_correct or r_wrong;
     `exceed_penalty` when L + 16 >= L_max. Defaults are the paper's (correct 2 -> 1, wrong -10 -> 0)."""
     if length + exceed_margin >= max_len:
@@ -675,7 +813,7 @@ def cosine_length_reward(length: float, correct: bool, max_len: int, r_correct: 
 
 def l1_length_reward(length: float, correct: bool, target: float, mode: str = "exact",
                      alpha: float = 3e-4, delta: float = 0.5) -> float:
-    """L1 / LCPO (spec §3.3). Exact: r = c - alpha |n_gold - L|.
+    """L1 / LCPO (Aggarwal & Welleck, arXiv 2503.04697). Exact: r = c - alpha |n_gold - L|.
     Max: r = c * clip(alpha (n_gold - L) + delta, 0, 1). alpha = 3e-4, delta = 0.5."""
     c = 1.0 if correct else 0.0
     if mode == "exact":
@@ -686,7 +824,7 @@ def l1_length_reward(length: float, correct: bool, target: float, mode: str = "e
 
 
 def dapo_overlong_penalty(length: float, max_len: int, buffer: int) -> float:
-    """DAPO soft overlong punishment (spec §3.5): 0 if L <= L_max - L_c; ((L_max - L_c) - L) / L_c up
+    """DAPO soft overlong punishment (arXiv 2503.14476, overlong reward shaping): 0 if L <= L_max - L_c; ((L_max - L_c) - L) / L_c up
     to L_max; -1 beyond. DAPO used L_max = 16384 + 4096 with L_c = 4096."""
     if buffer <= 0 or buffer > max_len:
         raise ValueError(f"dapo_overlong_penalty: need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}")

@@ -1,5 +1,6 @@
-"""Tests for codeio.py: the spec's faithfulness checks (§5.1-5.6), the parsers, the sandbox-backed
-verification, the CodeI/O++ assembly, and one end-to-end run on a slice of the sample corpus."""
+"""Tests for codeio.py: the paper's and the release's checks (is_close, input re-execution, size
+filter, answer extraction, revision), the parsers, the sandbox-backed verification, the CodeI/O++
+assembly, and one end-to-end run on a slice of the sample corpus."""
 import json
 import random
 import shutil
@@ -25,7 +26,7 @@ def sandbox():
 
 @pytest.mark.parametrize("pred, gold", [(3.1416, 3.14159), (1000.9, 1000.0), (2, 2.0005), (True, 1),
                                         ({"a": [1, 2.00001]}, {"a": [1, 2.0]}), ("x", "x"), ([], [])])
-def test_is_close_true(pred, gold):  # §5.1 plus our own
+def test_is_close_true(pred, gold):  # the release's is_close (src/codeio_utils.py) plus our own
     assert is_close(pred, gold)
 
 
@@ -36,7 +37,7 @@ def test_is_close_false(pred, gold):
     assert not is_close(pred, gold)
 
 
-def test_extract_json_answer():  # §5.4 plus our own
+def test_extract_json_answer():  # the release's extract_last_complete_json plus our own
     assert extract_json_answer('Thus:\n```json\n{"output": True}\n```') == {"output": True}
     assert extract_json_answer('first {"output": 1} then {"output": 2} done') == {"output": 2}
     assert extract_json_answer("no braces at all") == NO_ANSWER
@@ -50,16 +51,16 @@ def test_extract_json_answer():  # §5.4 plus our own
     assert extract_json_answer("{unclosed") == NO_ANSWER
 
 
-def test_size_filter():  # §5.3 (byte counts are ours, see Departures)
+def test_size_filter():  # src/codeio_utils.py (byte counts are ours, see Departures)
     assert strict_check_size("a" * 99) and not strict_check_size("a" * 100)
     assert strict_check_size(list(range(19))) and not strict_check_size(list(range(20)))
-    assert object_size(list(range(19))) == 824  # what pympler.asizeof reports (§5.3)
+    assert object_size(list(range(19))) == 824  # what pympler.asizeof reports
     assert not strict_check_size({str(i): i for i in range(20)})
     assert not strict_check_size([["x" * 90] * 5, "y" * 90, "z" * 90, "w" * 90, "v" * 90, "u" * 90, "t" * 90])
     assert strict_check_size({"n": 61, "m": 4}) and not strict_check_size(1 << 2000)
 
 
-def test_verify_input_by_reexecution(sandbox):  # §5.2
+def test_verify_input_by_reexecution(sandbox):  # src/codeio_utils.py: template_check_input
     right = verify_input(sandbox, JOSEPHUS, {"n": 61, "m": 4}, 38)
     assert right["status"] == "success" and right["actual"] == 38
     wrong = verify_input(sandbox, JOSEPHUS, {"n": 5, "m": 2}, 38)
@@ -73,7 +74,7 @@ def test_verify_input_by_reexecution(sandbox):  # §5.2
     assert codeio.Args().verify_timeout == 5.0
 
 
-def test_io_pairs_in_sandbox(sandbox):  # §1.2 limits and drops, through the real driver
+def test_io_pairs_in_sandbox(sandbox):  # src/parse_gen_ios.py limits and drops, through the real driver
     args = codeio.Args(max_generator_calls=1000, max_pairs=10)
     josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
     code, kwargs = codeio.io_job(josephus, args, seed=1)
@@ -122,7 +123,7 @@ def test_corpus_files_and_prompts():
     pair = {"input": {"first": "listen", "second": "Silent"}, "output": True}
     prompt = build_prompt("output", fn, pair)
     assert prompt.startswith("You are given a question that requires some input and output variables as follows:")
-    assert "{'first': 'listen', 'second': 'Silent'}" in prompt  # Python literal, the repo's f"{x}" (§1.3 gotcha)
+    assert "{'first': 'listen', 'second': 'Silent'}" in prompt  # Python literal, the repo's f"{x}" (src/build_codeio_msg.py)
     assert '{"output": <your output>}' in prompt and "Tip: Here is a reference code snippet" in prompt
     assert prompt.index("The input and output requirements") < prompt.index("Given the following input:")
     prompt = build_prompt("input", fn, pair)
@@ -130,7 +131,7 @@ def test_corpus_files_and_prompts():
     assert "Given the following output:\n\ntrue" in build_prompt("input", fn, pair, style="json")
 
 
-def test_revision_assembly_and_feedback():  # §5.6
+def test_revision_assembly_and_feedback():  # the paper's CodeI/O++ revision
     pair = {"input": {"n": 61, "m": 4}, "output": 38}
     assert assemble_revision({"turn_1": "T1", "feedback_1": "ok", "turn_2": None, "feedback_2": None}) == "T1"
     wrong = {"turn_1": "T1", "feedback_1": "F1", "turn_2": "T2", "feedback_2": "F2", "correct_2": False}
@@ -178,13 +179,27 @@ def test_end_to_end_on_corpus_slice_with_the_model_teacher(tmp_path, run_cmd):
     assert {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"} == sizes
 
 
-def test_toy_defaults_yield_to_user_flags():
-    args = codeio.apply_toy_defaults(codeio.Args(lr=5e-4))
-    assert args.lr == 5e-4 and args.epochs == codeio.TOY_DEFAULTS["epochs"] and args.teacher == "stand-in"
-    paper = codeio.apply_toy_defaults(codeio.Args(model="some/model"))
-    assert paper.lr == 1e-5 and paper.epochs == 1 and paper.teacher == "model"
-    with pytest.raises(ValueError, match="--teacher"):
-        codeio.apply_toy_defaults(codeio.Args(teacher="oracle"))
+def test_toy_defaults_paper_preset_and_teacher(tmp_path, monkeypatch):
+    """No --model: the toy's values (the Args defaults) and the stand-in teacher; a named model: the
+    paper's values (PAPER) and the model writes the CoTs; a flag on the command line wins."""
+    from common.config import parse_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def parse(*argv):
+        return parse_config(codeio.Args, codeio.PAPER, codeio.derived,
+                            ["--output_dir", str(tmp_path), *argv], script="codeio")
+
+    toy = parse("--lr", "5e-4")
+    assert (toy.lr, toy.epochs, toy.batch_size, toy.max_new_tokens) == (5e-4, 8, 8, 160)
+    assert codeio.resolve_teacher(toy) == "stand-in"
+    paper = parse("--model", "some/model")
+    assert (paper.lr, paper.epochs, paper.batch_size, paper.max_new_tokens) == (1e-5, 1, 1024, 4096)
+    assert codeio.resolve_teacher(paper) == "model"
+    assert codeio.resolve_teacher(parse("--model", "m", "--teacher", "stand-in")) == "stand-in"
+    with pytest.raises(SystemExit) as exit_info:  # a bad choice fails at parse time
+        parse("--teacher", "oracle")
+    assert exit_info.value.code == 2
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +221,9 @@ def test_learning_stand_in_data_is_a_mix_and_revision_fixes_some(toy_summary):
     assert revision["result"] - revision["baseline"] >= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="the 2-layer toy student has not learnt the digit operations in "
-                   "the CPU budget: held-out accuracy is 0 for every student (docs/codeio.md, Results)")
 def test_learning_sft_on_codeio_data_beats_base_and_raw_code(toy_summary):
+    """Held-out I/O accuracy: the CodeI/O++ student over the base and over SFT on the raw code. The
+    margin on this toy is small (3 of 104 held-out predictions vs 0; docs/codeio.md, Results)."""
     claims = {c["name"]: c for c in toy_summary["claims"]}
     assert claims["SFT on codeio++ data beats the base"]["holds"]
     assert claims["SFT on codeio++ data beats SFT on raw code"]["holds"]
@@ -281,3 +296,21 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
     assert guess.startswith("I cannot trace") and extract_json_answer(guess) == {"output": 0}
     refusal = teacher.answer([{"role": "user", "content": codeio.REWRITE_PROMPT.format(code="x = 1")}])
     assert parse_rewrite_response(refusal)[0] is None
+
+
+def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
+    from _micro import assert_micro_batching_matches
+    from common.models import load_tokenizer, make_tiny_lm
+    from common.train import Dist, MetricsLogger
+
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    examples = [{"prompt": f"What is {i} + 1?", "response": "The answer is " + "1" * (i + 1)} for i in range(5)]
+
+    def step(model, optimizer, micro):
+        monkeypatch.setattr(codeio, "make_optimizer", lambda *a, **k: optimizer)  # the helper's plain SGD
+        args = codeio.Args(batch_size=5, micro_batch_size=micro, save_every=10**6, max_length=64)
+        codeio.run_sft(model, tok, examples, args, Dist(), MetricsLogger(tmp_path), "s1", 1.0, 1,
+                       tmp_path / f"ckpt{micro}", "constant")
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2)

@@ -252,3 +252,19 @@ def test_bad_flags_are_named(tmp_path):
     for bad in ("doom", "", "notes,doom"):
         with pytest.raises(ValueError, match="--apps"):
             og.generate_data(og.Args(apps=bad), tmp_path)
+
+
+def test_sft_micro_steps_equal_unsplit_step():
+    from _micro import assert_micro_batching_matches
+    from common.models import load_tokenizer, make_tiny_lm
+
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    batch = [{"prompt_ids": tok(f"goal {i}:", add_special_tokens=False).input_ids,
+              "target_ids": tok("click " * (i + 1), add_special_tokens=False).input_ids, "extra": {}} for i in range(5)]
+
+    def step(model, optimizer, micro):
+        og.sft_micro_steps(model, tok, batch, micro, "cpu")
+        optimizer.step()
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2)
