@@ -9,12 +9,15 @@ CodeI/O++ gives failed samples one revision turn with execution feedback and joi
 single response. The result is used for SFT with the loss on the response only.
 
 Stages (each reads and writes JSONL in --output_dir, one complete record per line, reruns skip done
-records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft. All code runs in common/sandbox.py.
+records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval. All code runs in
+common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student and the base after
+the same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds claims.
 
 Departures:
-- CPU-sized defaults where a paper value would take hours on the toy: max_new_tokens 32 (repo: 4096),
-  batch_size 16 sequences (paper: 1024), max_length 2048 (paper: 4096); a named --model selects the
-  paper preset (PAPER below), which has the paper's values.
+- The defaults are the CPU toy's (a tiny student learns from ~150 CoTs): LR 1e-3 for 8 epochs
+  (paper: 1e-5, 1 epoch on 3.5M samples), batch_size 8 sequences (paper: 1024), max_new_tokens 160
+  (repo: 4096), max_length 2048 (paper: 4096); a named --model selects the paper preset (PAPER
+  below), which has the paper's values.
 - The size filter's byte count is a recursive sys.getsizeof (8-byte aligned, shared objects counted
   once) instead of pympler.asizeof (not a dependency); it gives pympler's 824 B for list(range(19)) but
   may differ by a few bytes on other objects.
@@ -29,13 +32,19 @@ Departures:
   to the model as its exception or scored (the release has no sandbox, so no such case).
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
-- The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
-- Under torchrun every rank generates its share of each batch (HF or its own vLLM engine) and rank 0
-  writes the records; the sandbox stages run on every rank and rank 0's records are the ones kept.
+- The rewrite/CoT author is any model behind common.sampling (--teacher model; paper: DeepSeek-V2.5;
+  repo: gpt-4o-mini). The CPU toy's CoT author is StandInTeacher, a SCRIPT standing in for that LLM: it
+  narrates the execution of the toy corpus's digits_* functions step by step and slips one digit per
+  step with probability --teacher_slip; it cannot rewrite code or trace any other function.
+- The toy (no --model) has a tiny student warm-started on plain-words step narrations; it evaluates
+  held-out pairs of the training functions instead of the paper's 14 benchmarks, and skips stage 2.
+- Under torchrun only --stages sft runs (generate the data with one process first, e.g. --sampler
+  vllm); the generation code is rank-aware all the same: each rank generates its share of a batch
+  (HF or its own vLLM engine) and rank 0 writes the records.
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
-    python codeio.py                                   # CPU toy: tiny model, data/codeio_corpus, ~2 min
+    python codeio.py                                   # CPU toy: stand-in teacher, tiny student
     python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
         --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise                # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft --output_dir runs/codeio \\
@@ -47,6 +56,7 @@ import ast
 import inspect
 import json
 import math
+import random
 import re
 import zlib
 from collections import Counter
@@ -58,18 +68,20 @@ import torch
 from tqdm import tqdm
 
 from common import data
+from common.claims import claim, format_claims, write_summary
 from common.config import parse_config, per_rank
 from common.data import DataError, load_located_rows, load_rows
-from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
+from common.models import load_model, load_tokenizer, stop_token_ids
 from common.rewards import last_json_object
-from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
+from common.sampling import Completion, VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.sandbox import Sandbox
+from common.toys import toy_model
 from common.train import (barrier, cleanup_distributed, format_table, init_distributed,
                           is_main_process, load_checkpoint, make_optimizer, MetricsLogger,
                           micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
                           sft_loss, shard_model)
 
-STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
+STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 
 
 @dataclass
@@ -83,44 +95,69 @@ class Args(VLLMArgs):
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
     sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
     temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature; paper: 0.7 (released repo's API calls)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; toy 32; paper: 4096 (released repo's API calls)"})
+    max_new_tokens: int = field(default=160, metadata={
+        "help": "generation budget; toy 160 (a whole narrated CoT); paper: 4096 (released repo's "
+                "API calls)"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
-    max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (§1.2)"})
-    max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (§1.2; 'Other' source)"})
+    max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (release: src/parse_gen_ios.py)"})
+    max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (src/parse_gen_ios.py)"})
     io_recheck: bool = field(default=True, metadata={
         "help": "run each kept input once more and drop functions whose output changes (the paper "
                 "excludes functions that use randomness; the release's parse_gen_ios.py does not)"})
-    pairs_per_function: int = field(default=3, metadata={"help": "pairs turned into prompts, x2 tasks (§1.3)"})
-    io_timeout: float = field(default=60.0, metadata={"help": "seconds for one function's whole I/O run (§1.2)"})
-    verify_timeout: float = field(default=5.0, metadata={"help": "seconds to re-execute a predicted input (§1.4)"})
+    pairs_per_function: int = field(default=3, metadata={"help": "pairs turned into prompts, x2 tasks (src/build_codeio_msg.py)"})
+    io_timeout: float = field(default=60.0, metadata={"help": "seconds for one function's whole I/O run (src/parse_gen_ios.py)"})
+    verify_timeout: float = field(default=5.0, metadata={"help": "seconds to re-execute a predicted input (src/check_io_pred_acc_mp.py)"})
     sandbox_workers: int = field(default=2, metadata={"help": "parallel sandbox processes (repo: 24-64)"})
     sandbox_allow_weaker: bool = field(default=False, metadata={
         "help": "run generated code even where common/sandbox.py cannot isolate it fully (no "
                 "bubblewrap, user namespaces or libseccomp); the summary prints what is missing"})
-    prompt_values: Literal["python", "json"] = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
-                                                                   "f'{x}', §1.3 gotcha) | json"})
-    revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (§1.5)"})
-    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup; paper: 1e-5 (Gemma-2-27B: 4e-6)"})
-    epochs: int = field(default=1, metadata={"help": "stage-1 epochs; paper: 1"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all ranks; paper: 1024 (both stages)"})
+    prompt_values: Literal["python", "json"] = field(default="python", metadata={
+        "help": "how I/O values enter prompts: python (repo's f'{x}', src/build_codeio_msg.py) | json"})
+    revise: bool = field(default=True, metadata={
+        "help": "CodeI/O++: one revision turn for failed samples (the paper's CodeI/O++)"})
+    lr: float = field(default=1e-3, metadata={
+        "help": "stage-1 constant LR, no warmup; toy 1e-3 (a tiny student, ~150 CoTs); paper: 1e-5 "
+                "(Gemma-2-27B: 4e-6)"})
+    epochs: int = field(default=8, metadata={"help": "stage-1 epochs; toy 8; paper: 1"})
+    batch_size: int = field(default=8, metadata={
+        "help": "sequences per optimizer step, all ranks; toy 8; paper: 1024 (both stages)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank (gradient "
         "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
         "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
     max_length: int = field(default=2048, metadata={"help": "prompt+response tokens; paper: 4096"})
     stage2_data: str = field(default="", metadata={"help": "general instruction JSONL (prompt/response) for stage 2; "
-                                                           "'toy' = arithmetic rows; '' = skip (§1.7)"})
+                                                           "'toy' = arithmetic rows; '' = skip (the paper's stage 2)"})
     stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps; paper: 700"})
     stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6; paper: 3e-5 (Gemma: 1e-5)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue SFT from output_dir/checkpoint"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
+    # teacher, student and the held-out comparison
+    teacher: Literal["auto", "model", "stand-in"] = field(default="auto", metadata={
+        "help": "CoT author: model (--model writes rewrites and CoTs) | stand-in (StandInTeacher, "
+                "a scripted narrator of the toy corpus's code, NOT a model) | auto (stand-in when "
+                "no --model)"})
+    teacher_slip: float = field(default=0.3, metadata={
+        "help": "stand-in: chance of a one-digit slip per step"})
+    eval_pairs_per_function: int = field(default=2, metadata={
+        "help": "held-out pairs per function (after the training pairs) x 2 tasks, eval stage"})
+    compare_raw_code: bool = field(default=True, metadata={
+        "help": "eval stage: also SFT the base on the raw code files for the same steps (the "
+                "paper's Python-Edu baseline, LM loss on code) and evaluate it"})
+    toy_base_rows: int = field(default=4000, metadata={
+        "help": "toy student base: general step narrations (toy_general_rows)"})
+    toy_base_steps: int = field(default=600, metadata={
+        "help": "toy student base: warm-start steps of 16 rows"})
 
 
 # The paper's values, used with --preset paper (the default once --model is named); the defaults above are
-# the CPU toy's. A flag on the command line wins.
+# the CPU toy's (a tiny student learns from ~150 CoTs: a larger LR, several epochs, room for a whole
+# narrated CoT). A flag on the command line wins.
 PAPER = dict(
+    lr=1e-5,  # stage 1, constant (Gemma-2-27B: 4e-6)
+    epochs=1,  # stage 1
     max_new_tokens=4096,  # the released repo's API calls
     batch_size=1024,  # both SFT stages
     max_length=4096,
@@ -129,8 +166,15 @@ PAPER = dict(
 )
 
 
+# One intra-op thread for the toy (no --model): the same float reductions on every machine, and a
+# 64-wide model's tiny matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core
+# machine.
+TOY_THREADS = 1
+
+
 def derived(args, world_size: int) -> dict:
-    """Checks --stages (only sft runs under torchrun) and splits the SFT batch over the ranks."""
+    """Checks --stages (only sft runs under torchrun; eval generates, so it needs one process too)
+    and splits the SFT batch over the ranks."""
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
@@ -140,7 +184,14 @@ def derived(args, world_size: int) -> dict:
     return dict(sft_rows_per_rank=rows, micro_batches_per_step=-(-rows // args.micro_batch_size))
 
 
-# ------------------------------------------------------------------------------------------------ §1.1 rewrite
+def resolve_teacher(args: Args) -> str:
+    """--teacher auto: the named --model writes the CoTs, else the stand-in (the toy)."""
+    if args.teacher == "auto":
+        return "model" if args.model else "stand-in"
+    return args.teacher
+
+
+# ------------------------------------------------------------------------------------------------ rewrite (src/codeio_utils.py)
 SECTIONS = ("Main Function", "Input Output Description", "Input Generator", "Problem Statement")
 REWRITE_PROMPT = """Turn this raw Python code into a self-contained reasoning task.
 ```python
@@ -214,7 +265,7 @@ def parse_unified_file(source: str) -> dict | None:
             "io_description": match.group(2).strip(), "problem": match.group(1).strip()}
 
 
-# ------------------------------------------------------------------------------------------------ §1.2 I/O pairs
+# ------------------------------------------------------------------------------------------------ I/O pairs (src/parse_gen_ios.py)
 def object_size(obj, _seen: set | None = None) -> int:
     """Bytes of obj and everything it holds (pympler.asizeof stand-in: 8-byte aligned, shared objects once)."""
     import sys
@@ -232,8 +283,8 @@ def object_size(obj, _seen: set | None = None) -> int:
 
 
 def strict_check_size(obj) -> bool:
-    """§1.2 size filter, applied to every element and dict key: < 1024 B in total, containers < 20
-    items, strings < 100 characters, any other leaf < 128 B."""
+    """The release's size filter (src/codeio_utils.py), applied to every element and dict key:
+    < 1024 B in total, containers < 20 items, strings < 100 characters, any other leaf < 128 B."""
     if object_size(obj) >= 1024:
         return False
     if isinstance(obj, dict):
@@ -246,7 +297,7 @@ def strict_check_size(obj) -> bool:
 
 
 def collect_io_pairs(max_calls: int, max_pairs: int, seed: int, recheck: bool = True) -> dict:
-    """§1.2, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
+    """The release's I/O loop, run INSIDE the sandbox after the function's code (shipped with it): call
     input_generator() up to max_calls times, keep unique inputs whose input and output pass the size
     filter and whose output is not None; stop at max_pairs. Each candidate input runs main_solution
     once, as in the release (hkust-nlp/CodeIO: src/parse_gen_ios.py, the generated I/O script); with
@@ -295,7 +346,7 @@ def io_job(function: dict, args: Args, seed: int) -> tuple[str, dict]:
                   "recheck": args.io_recheck}
 
 
-# ------------------------------------------------------------------------------------------------ §1.3 prompts
+# ------------------------------------------------------------------------------------------------ prompts (src/codeio_utils.py)
 IMPORT_PREFIX = """import json, math, random, re, string, heapq, bisect, copy, itertools, functools, operator
 import collections, statistics, fractions, decimal, datetime, typing
 from collections import Counter, defaultdict, deque, OrderedDict
@@ -315,7 +366,8 @@ def show_value(value, style: str = "python") -> str:
 
 
 def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -> str:
-    """§1.3 prompt for kind "output" (given the input) or "input" (given the output)."""
+    """The release's prompt (src/codeio_utils.py: output_pred_template, input_pred_template,
+    refcode_template) for kind "output" (given the input) or "input" (given the output)."""
     given = (f"Given the following input:\n\n{show_value(pair['input'], style)}" if kind == "output" else
              f"Given the following output:\n\n{show_value(pair['output'], style)}")
     ask = "the output" if kind == "output" else "a feasible input"
@@ -328,7 +380,7 @@ def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -
             f"reasoning but not copy spans of code directly.\n\n{function['main_code']}")
 
 
-# ------------------------------------------------------------------------------------------------ §1.4 verification
+# ------------------------------------------------------------------------------------------------ verification
 NO_ANSWER = "no answer"
 
 
@@ -343,8 +395,9 @@ def _unbox(text: str) -> str:
 
 
 def extract_json_answer(text):
-    """§1.4: the last ```json block, else the last complete top-level {...}; on a parse failure retry with
-    True/False/None -> true/false/null, then () -> [], then \\boxed{} removed. Failure: "no answer"."""
+    """The release's extract_last_complete_json (src/codeio_utils.py): the last ```json block, else
+    the last complete top-level {...}; on a parse failure retry with True/False/None ->
+    true/false/null, then () -> [], then \\boxed{} removed. Failure: "no answer"."""
     if not isinstance(text, str):
         return NO_ANSWER
     fenced = re.findall(r"```json\s*(.*?)```", text, flags=re.S)
@@ -364,8 +417,9 @@ def extract_json_answer(text):
 
 
 def is_close(pred, gold) -> bool:
-    """§1.4 tolerant comparison: same dict keys / list lengths recursively; if either number is a float,
-    |p - t| <= 1e-3 |t| and int(p) == int(t) (NaN/inf wrong); ints and everything else use ==."""
+    """The release's is_close (src/codeio_utils.py, template_check_input): same dict keys / list
+    lengths recursively; if either number is a float, |p - t| <= 1e-3 |t| and int(p) == int(t)
+    (NaN/inf wrong); ints and everything else use ==."""
     if isinstance(gold, dict) or isinstance(pred, dict):
         return (isinstance(pred, dict) and isinstance(gold, dict) and pred.keys() == gold.keys()
                 and all(is_close(pred[k], gold[k]) for k in gold))
@@ -381,8 +435,9 @@ def is_close(pred, gold) -> bool:
 
 
 def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output, timeout: float = 5.0) -> dict:
-    """§1.4 input check: run main_solution(**predicted_input) in the sandbox; status success |
-    AssertionError | exception | timeout, with a message naming the target, the input and what it gave."""
+    """Input check (src/codeio_utils.py, template_check_input): run main_solution(**predicted_input)
+    in the sandbox; status success | AssertionError | exception | timeout, with a message naming
+    the target, the input and what it gave."""
     if not isinstance(predicted_input, dict):
         return {"status": "exception", "message": f"the predicted input {predicted_input!r} is not a dict", "actual": None}
     run = sandbox.call(IMPORT_PREFIX + "\n\n" + main_code, "main_solution", json.dumps(predicted_input), timeout=timeout)
@@ -399,13 +454,13 @@ def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output,
             "message": f"target output {gold_output!r}, predicted input {predicted_input!r} gives {run.value!r}"}
 
 
-# ------------------------------------------------------------------------------------------------ §1.5 CodeI/O++
+# ------------------------------------------------------------------------------------------------ CodeI/O++ (paper: multi-turn revision)
 REDO = "Please redo it, and your prediction should no longer be any of the wrong ones you have made before!"
 CHECK, OOPS, CORRECT = "Let me check if I did it correctly...", "Oops! Something went wrong.", "Yes, that's correct!"
 
 
 def feedback_text(kind: str, pair: dict, check: dict) -> str | None:
-    """§1.5 verifier message (the correct answer is never revealed). Values are serialised with
+    """The verifier message (the correct answer is never revealed). Values are serialised with
     json.dumps as in the release (hkust-nlp/CodeIO: src/check_io_pred_acc_mp.py, check_io_pred_acc;
     src/codeio_utils.py, template_check_input), so the model sees JSON (true, null, "a"), not Python
     literals. None for a sandbox failure: there is nothing to tell the model."""
@@ -438,6 +493,247 @@ def assemble_revision(record: dict) -> str:
     ending = CORRECT if record.get("correct_2") else f"{OOPS} {record['feedback_2']}"
     return (f"{record['turn_1']}\n\n{CHECK}\n\n{OOPS} {record['feedback_1']}\n\n{record['turn_2']}"
             f"\n\n{CHECK}\n\n{ending}")
+
+
+# ------------------------------------------------------------------------------------------------ toy: teacher + student
+# The paper's CoTs come from a strong LLM (DeepSeek-V2.5). A tiny offline model writes no parsable
+# answer at all, so the CPU toy uses a scripted STAND-IN behind the same Sampler interface: it reads
+# the reference code of the prompt, recognises the step forms of the toy corpus (data/codeio_corpus/
+# digits_*.py), narrates the execution step by step in words, and slips with probability `slip` per
+# step (one digit off), so verification sees a real mix of right and wrong CoTs. Any other code
+# (josephus, roman_numeral, ...) it cannot trace: it says so and guesses, i.e. answers wrong.
+# name: (code line, forward phrase, backward phrase, forward, backward); k = the step's constant
+TOY_STEPS = {
+    "sort": (r"(\w+) = sorted\((\w+)\)", "sort ascending", "a sorted list, keep it",
+             lambda xs, k: sorted(xs), lambda ys, k: ys),
+    "reverse": (r"(\w+) = (\w+)\[::-1\]", "reverse", "reverse back",
+                lambda xs, k: xs[::-1], lambda ys, k: ys[::-1]),
+    "rotate": (r"(\w+) = (\w+)\[1:\] \+ \2\[:1\]", "first digit to the end",
+               "last digit to the front",
+               lambda xs, k: xs[1:] + xs[:1], lambda ys, k: ys[-1:] + ys[:-1]),
+    "even": (r"(\w+) = \[v for v in (\w+) if v % 2 == 0\]", "keep the even digits",
+             "all even, keep it",
+             lambda xs, k: [v for v in xs if v % 2 == 0], lambda ys, k: ys),
+    "nine": (r"(\w+) = \[9 - v for v in (\w+)\]", "9 minus each digit", "9 minus each digit",
+             lambda xs, k: [9 - v for v in xs], lambda ys, k: [9 - v for v in ys]),
+    "add": (r"(\w+) = \[\(v \+ (\d)\) % 10 for v in (\w+)\]", "add {k} mod 10",
+            "subtract {k} mod 10",
+            lambda xs, k: [(v + k) % 10 for v in xs], lambda ys, k: [(v - k) % 10 for v in ys]),
+}
+
+
+def trace_toy_code(code: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """(argument, [(step name, constant)]) of a main_solution made of TOY_STEPS lines, else None."""
+    head = re.search(r"def main_solution\((\w+)\):\n((?:    .*\n?)+)", code)
+    if not head:
+        return None
+    variable, steps = head.group(1), []
+    for line in head.group(2).strip().splitlines():
+        line = line.strip()
+        if line == f"return {variable}":
+            return head.group(1), steps
+        for name, (pattern, *_) in TOY_STEPS.items():
+            match = re.fullmatch(pattern, line)
+            source = match and (match.group(3) if name == "add" else match.group(2))
+            if match and source == variable:
+                steps.append((name, int(match.group(2)) if name == "add" else 0))
+                variable = match.group(1)
+                break
+        else:
+            return None
+    return None
+
+
+def narrate(kind: str, argument: str, steps: list, given: list, rng, slip: float) -> tuple[str, dict]:
+    """A step-by-step CoT for one toy I/O prediction and its answer; each step slips with p=`slip`."""
+    def run(step_index, value, backward):
+        name, k = steps[step_index]
+        value = TOY_STEPS[name][4 if backward else 3](list(value), k)
+        if value and rng.random() < slip:  # one digit off by one: the teacher's mistake
+            at = rng.randrange(len(value))
+            value[at] = (value[at] + 1) % 10
+        return value
+
+    value = list(given)
+    if kind == "output":
+        lines = [f"Start: {argument} = {value}."]
+        for i, (name, k) in enumerate(steps):
+            value = run(i, value, backward=False)
+            lines.append(f"Step {i + 1}, {TOY_STEPS[name][1].format(k=k)}: {value}.")
+        lines.append(f"It returns {value}.")
+        answer = {"output": value}
+    else:
+        lines = [f"Output: {value}. Work backwards."]
+        for i in reversed(range(len(steps))):
+            value = run(i, value, backward=True)
+            undo = TOY_STEPS[steps[i][0]][2].format(k=steps[i][1])
+            lines.append(f"Undo step {i + 1}, {undo}: {value}.")
+        lines.append(f"So {argument} = {value}.")
+        answer = {"input": {argument: value}}
+    return "\n".join(lines) + f"\n```json\n{json.dumps(answer)}\n```", answer
+
+
+class StandInTeacher:
+    """A scripted stand-in for the paper's CoT author, with the Sampler interface of common.sampling
+    (generate(prompts, n, ...) -> list[list[Completion]]). Deterministic: the slips are seeded by
+    the conversation. It answers only I/O-prediction prompts; a rewrite request gets a refusal (so
+    the parser rejects it). A second turn (after feedback) is traced again with new slips and
+    never repeats the answer the feedback called wrong."""
+
+    def __init__(self, slip: float = 0.3, seed: int = 0):
+        self.slip = slip
+        self.seed = seed
+
+    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=128, stop=None,
+                 **unused):  # a script: temperature and length limits do not apply
+        return [[Completion(self.answer(p, i), []) for i in range(n)] for p in prompts]
+
+    def answer(self, messages, sample: int = 0) -> str:
+        text = messages if isinstance(messages, str) else messages[0]["content"]
+        rng = random.Random(f"{self.seed}:{sample}:{json.dumps(messages)}")
+        kind = "output" if "Given the following input:" in text else "input"
+        given = re.search(r"Given the following (?:input|output):\n\n(.*?)\n\nCan you predict", text,
+                          flags=re.S)
+        code = text.split("not copy spans of code directly.\n\n", 1)[-1]
+        traced = trace_toy_code(code) if given else None
+        if given is None:
+            return "I can only trace code on a given input; I cannot rewrite code."
+        try:  # the prompt shows a Python literal (f"{x}"), or JSON with --prompt_values json
+            value = ast.literal_eval(given.group(1))
+        except (ValueError, SyntaxError):
+            value = extract_json_answer('{"v": ' + given.group(1) + "}")
+            value = value["v"] if isinstance(value, dict) else given.group(1)  # a bare f"{'MX'}"
+        if traced is None or not isinstance(value, (dict, list)):
+            guess = {"output": 0} if kind == "output" else {"input": {}}
+            return ("I cannot trace this code step by step, so I guess.\n"
+                    f"```json\n{json.dumps(guess)}\n```")
+        argument, steps = traced
+        start = value[argument] if kind == "output" else value
+        previous = [extract_json_answer(m["content"]) for m in messages[1:]
+                    if m["role"] == "assistant"]
+        for _ in range(8):  # a revision must not repeat a wrong answer (the REDO instruction)
+            cot, answer = narrate(kind, argument, steps, start, rng, self.slip)
+            if answer not in previous:
+                break
+        return cot
+
+
+def toy_general_rows(n: int, seed: int) -> list[dict]:
+    """The toy student's 'pretraining': the same step narrations on random digit lists, asked in
+    plain words (never a CodeI/O prompt, never code). It has seen the operations; CodeI/O has to
+    teach it to use them on a question about code, in the JSON answer format."""
+    rng = random.Random(seed)
+    names = sorted(TOY_STEPS)
+    rows = []
+    for _ in range(n):
+        chosen = rng.sample(names, rng.randint(1, 3))
+        steps = [(name, rng.randint(1, 5) if name == "add" else 0) for name in chosen]
+        given = [rng.randint(0, 9) for _ in range(rng.randint(3, 5))]
+        kind = rng.choice(["output", "input"])
+        words = "; then ".join(TOY_STEPS[s][1].format(k=k) for s, k in steps)
+        question = (f"Apply these steps to xs = {given}: {words}. What comes out?" if kind == "output"
+                    else f"These steps turn xs into {given}: {words}. What could xs be?")
+        response = narrate(kind, "xs", steps, given, rng, 0.0)[0]
+        rows.append({"prompt": question, "response": response})
+    return rows
+
+
+def toy_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """common.models.make_tokenizer's recipe (byte-level BPE, digits one per token, ChatML) trained
+    on the toy's own text: the shared tiny tokenizer splits a CodeI/O prompt into ~500 tokens, this one
+    into ~200, which halves every SFT step of the toy."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from common.models import CHATML_TEMPLATE, SPECIAL_TOKENS
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>", padding_side="left",
+                                        additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def toy_student_base(args: Args) -> str:
+    """The toy student: a tiny Qwen2 (common.models sizes) with a tokenizer trained on the toy's
+    text, warm-started on toy_general_rows; built once and cached by common.toys.toy_model."""
+    corpus = load_corpus(args.corpus)
+    spec = {"rows": args.toy_base_rows, "steps": args.toy_base_steps, "seed": args.seed,
+            "corpus": zlib.crc32(json.dumps(corpus, sort_keys=True).encode())}
+
+    def build(folder):
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        from common.models import TINY_LM_DEFAULTS
+
+        torch.set_num_threads(TOY_THREADS)  # toy_model restores the caller's count afterwards
+        rows = toy_general_rows(spec["rows"], spec["seed"])
+        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
+        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
+        texts = ([build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
+                 + [c["code"] for c in corpus]
+                 + [r["prompt"] + "\n" + r["response"] for r in rows[:500]]
+                 + [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"])
+        tokenizer = toy_tokenizer(texts)
+        torch.manual_seed(spec["seed"])
+        config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, **TINY_LM_DEFAULTS,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = Qwen2ForCausalLM(config)
+        order = random.Random(spec["seed"])
+        optimizer = make_optimizer(model, 3e-3)
+        end_ids = stop_token_ids(tokenizer)[-1:]
+        encoded = []  # (prompt ids, response ids + <|im_end|>) per row
+        for row in rows:
+            chat = render_prompt(tokenizer, [{"role": "user", "content": row["prompt"]}])
+            encoded.append((tokenizer(chat, add_special_tokens=False).input_ids,
+                            tokenizer(row["response"], add_special_tokens=False).input_ids + end_ids))
+        for _ in tqdm(range(spec["steps"]), desc="toy student base (cached)", leave=False):
+            batch = order.sample(encoded, 16)
+            input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [b[0] for b in batch],
+                                                              [b[1] for b in batch])  # (16, L) each
+            sft_loss(model, input_ids, attention_mask, loss_mask).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return toy_model("codeio-student", spec, build,
+                     code=[toy_general_rows, narrate, toy_tokenizer, build_prompt])
+
+
+def heldout_samples(io_ok: dict, functions: dict, args: Args) -> list[dict]:
+    """Held-out I/O prediction: the pairs after the first pairs_per_function (never trained on),
+    as both kinds."""
+    first, count = args.pairs_per_function, args.eval_pairs_per_function
+    return [{"id": f"{name}:{kind}:{k}", "name": name, "kind": kind, "pair": pair,
+             "prompt": build_prompt(kind, functions[name], pair, args.prompt_values)}
+            for name, io in io_ok.items() for k, pair in enumerate(io["pairs"][first:first + count])
+            for kind in ("input", "output")]
+
+
+def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args) -> dict:
+    """Greedy held-out I/O-prediction accuracy of a student (overall and per kind), scored by
+    check_answer like the verify stage."""
+    sampler = make_sampler("hf", model, tokenizer)
+    messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
+    groups = sampler.generate(messages, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
+    texts = [g[0].text for g in groups]
+    scores = {"input": [], "output": []}
+    for sample, text in zip(samples, texts):
+        check = check_answer(sandbox, sample, functions[sample["name"]], text, args)
+        if check["status"] != "sandbox_error":  # the sandbox failed, not the model: not scored
+            scores[sample["kind"]].append(bool(check["correct"]))
+    every = scores["input"] + scores["output"]
+    return {"accuracy": sum(every) / max(1, len(every)), "n": len(every),
+            "example": texts[0] if texts else "",
+            **{f"accuracy_{kind}": sum(v) / max(1, len(v)) for kind, v in scores.items()}}
 
 
 # ------------------------------------------------------------------------------------------------ stage helpers
@@ -519,7 +815,14 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
     return texts
 
 
-# ------------------------------------------------------------------------------------------------ SFT (§1.7)
+# ------------------------------------------------------------------------------------------------ SFT (paper: training setup)
+def sft_examples(out: Path, args: Args) -> list[dict]:
+    """CodeI/O: every first-turn CoT, right or wrong; CodeI/O++: the assembled revision (paper)."""
+    records = read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))
+    return [{"prompt": r["prompt"],
+             "response": assemble_revision(r) if args.revise else r["response"]} for r in records]
+
+
 def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logger, stage: str, lr: float,
             total_steps: int | None, ckpt: Path, scheduler_kind: str, step_offset: int = 0) -> tuple[float, int]:
     """Response-only SFT; returns (last loss, global step at the end). Metrics use global steps."""
@@ -549,7 +852,7 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
         batch = order[step * args.batch_size:(step + 1) * args.batch_size].tolist()
         mine = batch[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank] or batch[:1]
         total_loss = 0.0
-        num_tokens = sum(len(encoded[i][1]) for i in mine)  # token mean over the rank's whole batch (§1.7)
+        num_tokens = sum(len(encoded[i][1]) for i in mine)  # token mean over the rank's whole batch (paper: training setup)
         for sl in micro_batches(len(mine), args.micro_batch_size):
             chunk = [encoded[i] for i in mine[sl]]
             input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [c[0] for c in chunk], [c[1] for c in chunk],
@@ -569,6 +872,8 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
 
 # ------------------------------------------------------------------------------------------------ main
 def main(args: Args):
+    if not args.model:
+        torch.set_num_threads(TOY_THREADS)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
@@ -576,17 +881,22 @@ def main(args: Args):
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = args.model or make_tiny_lm()
-    tokenizer = load_tokenizer(model_path)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
+    teacher = resolve_teacher(args)
+    by_model = generating and teacher == "model"
+    trains = bool(set(stages) & {"sft", "eval"})
+    # the student (and the CoT author with --teacher model); the toy's is built and cached here
+    model_path = (args.model or toy_student_base(args)) if trains or by_model else None
+    tokenizer = load_tokenizer(model_path) if model_path else None
     # SFT trains fp32 master weights (common.train's precision policy); SFT alone (torchrun) stays on the CPU
     # until shard_model puts each rank's shard on its GPU; generation alone runs the checkpoint's own dtype
-    model = (load_model(model_path, dtype="float32" if "sft" in stages or not args.model else "auto",
-                        device="cpu" if stages == ["sft"] else dist_info.device)
-             if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
-    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args)
-               if generating else None)
-    executes = set(stages) & {"io", "verify", "revise"}
+    dtype = "float32" if trains or not args.model else "auto"
+    needs_model = trains or (by_model and args.sampler == "hf")  # vLLM loads its own copy
+    model = (load_model(model_path, dtype=dtype, device="cpu" if stages == ["sft"] else dist_info.device)
+             if needs_model else None)
+    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args) if by_model
+               else StandInTeacher(args.teacher_slip, args.seed) if generating else None)
+    executes = set(stages) & {"io", "verify", "revise", "eval"}
     sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
                        allow_weaker=args.sandbox_allow_weaker) if executes else None)
     counts = []  # per-stage summary rows
@@ -597,7 +907,7 @@ def main(args: Args):
                        "notes": f"isolation {iso['level']}{missing}"})
     infra = Counter()  # sandbox_error per stage: not written, so a rerun retries them
 
-    # 1. rewrite raw files into the unified format (§1.1); unified files pass through
+    # 1. rewrite raw files into the unified format (release prompt); unified files pass through
     path = out / "rewrite.jsonl"
     records, done = open_stage(path, "name")
     if "rewrite" in stages:
@@ -620,7 +930,7 @@ def main(args: Args):
                    "notes": f"{sum(r['origin'] == 'unified' for r in records)} already unified; rejects {rejected}"})
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
 
-    # 2. I/O pairs by execution (§1.2)
+    # 2. I/O pairs by execution (src/parse_gen_ios.py)
     path = out / "io.jsonl"
     records, done = open_stage(path, "name")
     if "io" in stages:
@@ -644,7 +954,7 @@ def main(args: Args):
                             f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"
                             + infra_note(infra["io"])})
 
-    # 3. prompts (§1.3): first pairs_per_function pairs -> one input- and one output-prediction prompt each
+    # 3. prompts (src/build_codeio_msg.py): first pairs_per_function pairs -> input + output prompts
     path = out / "prompts.jsonl"
     records, done = open_stage(path, "id")
     if "prompts" in stages:
@@ -659,7 +969,7 @@ def main(args: Args):
                    "notes": f"{sum(p['kind'] == 'input' for p in prompts.values())} input / "
                             f"{sum(p['kind'] == 'output' for p in prompts.values())} output"})
 
-    # 4. chain-of-thought answers (§1.4)
+    # 4. chain-of-thought answers (paper: a strong LLM; toy: StandInTeacher)
     path = out / "cot.jsonl"
     records, done = open_stage(path, "id")
     if "cot" in stages:
@@ -673,7 +983,7 @@ def main(args: Args):
     counts.append({"stage": "cot", "in": len(prompts), "out": len(cots),
                    "notes": f"{sum(not r['response'].strip() for r in cots.values())} empty"})
 
-    # 5. verification (§1.4)
+    # 5. verification (src/check_io_pred_acc_mp.py)
     path = out / "verify.jsonl"
     records, done = open_stage(path, "id")
     if "verify" in stages:
@@ -693,7 +1003,7 @@ def main(args: Args):
                    "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
                             + infra_note(infra["verify"])})
 
-    # 6. CodeI/O++ revision turn (§1.5)
+    # 6. CodeI/O++ revision turn (paper)
     path = out / "revise.jsonl"
     records, done = open_stage(path, "id")
     if "revise" in stages and args.revise:
@@ -715,24 +1025,27 @@ def main(args: Args):
                                 "correct_2": check["correct"]}], mode="a")
         records = read_jsonl_tolerant(path)
     revised = [r for r in records if r["turn_2"] is not None]
+    first_turn = None  # (data accuracy of turn 1, after the revision turn)
+    if records:
+        right_1 = sum(r["turn_2"] is None for r in records)
+        fixed = sum(bool(r["correct_2"]) for r in revised)
+        first_turn = (right_1 / len(records), (right_1 + fixed) / len(records))
     counts.append({"stage": "revise", "in": len(records), "out": len(records),
                    "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
-                            "all kept (§1.5)" + infra_note(infra["revise"])})
-    if sandbox is not None:
-        sandbox.close()
+                            "all kept (paper)" + infra_note(infra["revise"])})
 
-    # 7. SFT, response-only loss (§1.7), optional stage 2
+    # 7. SFT, response-only loss (paper: training setup), optional stage 2
+    if set(stages) & {"sft", "eval"}:
+        metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
+        done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas
+                      if args.resume and m.exists()]
+        logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),
+                               resume_step=max(done_steps) if done_steps else None)
     if "sft" in stages:
-        # CodeI/O: every first-turn CoT, right or wrong (§1.4); CodeI/O++: the assembled revision (§1.5)
-        examples = [{"prompt": r["prompt"], "response": assemble_revision(r) if args.revise else r["response"]}
-                    for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
+        examples = sft_examples(out, args)
         if not examples:
             raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
         model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)
-        metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
-        done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
-        logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),
-                               resume_step=max(done_steps) if done_steps else None)
         loss, global_step = run_sft(model, tokenizer, examples, args, dist_info, logger, "stage1", args.lr, None,
                        out / "checkpoint", "constant")
         counts.append({"stage": "sft", "in": len(examples), "out": len(examples), "notes": f"stage-1 final loss {loss:.3f}" if loss == loss else "already trained (resumed)"})
@@ -745,14 +1058,56 @@ def main(args: Args):
             loss2, _ = run_sft(model, tokenizer, rows, args, dist_info, logger, "stage2", args.stage2_lr,
                                args.stage2_steps, out / "checkpoint_stage2", "cosine_with_min_lr", global_step)
             counts.append({"stage": "sft stage 2", "in": len(rows), "out": len(rows), "notes": f"final loss {loss2:.3f}" if loss2 == loss2 else "already trained (resumed)"})
+
+    # 8. held-out I/O prediction: the base, the CodeI/O(++) student, the base after SFT on raw code
+    claims, results = [], {}
+    if "eval" in stages:
+        samples = heldout_samples(io_ok, functions, args)
+        if not samples:
+            raise ValueError("eval: no held-out pairs (raise --max_pairs or lower "
+                             "--pairs_per_function)")
+        if "sft" not in stages and not load_checkpoint(out / "checkpoint", model,
+                                                       restore_rng=False):
+            raise ValueError(f"eval: no {out / 'checkpoint'} (run --stages sft first)")
+        name = "codeio++" if args.revise else "codeio"
+        results[name] = evaluate_io(model, tokenizer, samples, functions, sandbox, args)
+        base = load_model(model_path, dtype=dtype, device=dist_info.device)
+        results["base"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
+        claims.append(claim(f"SFT on {name} data beats the base", "held-out I/O accuracy",
+                            results["base"]["accuracy"], results[name]["accuracy"]))
+        if args.compare_raw_code:  # the paper's baseline: the same SFT budget on the code itself
+            code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
+            raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
+            steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
+            base = shard_model(base, dist_info, gradient_checkpointing=args.gradient_checkpointing)
+            run_sft(base, tokenizer, raw, args, dist_info, logger, "raw_code", args.lr, steps,
+                    out / "checkpoint_raw_code", "constant")
+            results["raw_code"] = evaluate_io(base, tokenizer, samples, functions, sandbox, args)
+            claims.append(claim(f"SFT on {name} data beats SFT on raw code",
+                                "held-out I/O accuracy", results["raw_code"]["accuracy"],
+                                results[name]["accuracy"]))
+        for who, r in results.items():
+            counts.append({"stage": f"eval {who}", "in": r["n"],
+                           "out": round(r["accuracy"] * r["n"]),
+                           "notes": f"held-out accuracy {r['accuracy']:.3f} (input "
+                                    f"{r['accuracy_input']:.3f}, output "
+                                    f"{r['accuracy_output']:.3f})"})
+    if sandbox is not None:
+        sandbox.close()
+    if set(stages) & {"sft", "eval"}:
         if dist_info.is_main:
-            keys = ["stage1/loss"] + (["stage2/loss"] if args.stage2_data else [])
+            keys = [k for k in ("stage1/loss", "stage2/loss", "raw_code/loss")
+                    if any(k in r for r in logger.history)]
             print0(f"loss curve: {logger.plot(keys, out / 'sft_loss.png', title='CodeI/O SFT')}")
         logger.close()
 
     if dist_info.is_main:
-        (out / "summary.json").write_text(json.dumps(counts, indent=1))
+        if first_turn is not None:  # CodeI/O++ : accuracy of the data before and after revision
+            claims.insert(0, claim("CodeI/O++ revision turns wrong CoTs right",
+                                   "verified CoT accuracy", *first_turn))
+        write_summary(out, claims, stages=counts, eval=results)
         print0("\n" + format_table(counts))
+        print0("\n" + format_claims(claims))
     cleanup_distributed()
     return counts
 

@@ -1,6 +1,8 @@
-"""Tests for codeio.py: the spec's faithfulness checks (§5.1-5.6), the parsers, the sandbox-backed
-verification, the CodeI/O++ assembly, and one end-to-end run on a slice of the sample corpus."""
+"""Tests for codeio.py: the paper's and the release's checks (is_close, input re-execution, size
+filter, answer extraction, revision), the parsers, the sandbox-backed verification, the CodeI/O++
+assembly, and one end-to-end run on a slice of the sample corpus."""
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +26,7 @@ def sandbox():
 
 @pytest.mark.parametrize("pred, gold", [(3.1416, 3.14159), (1000.9, 1000.0), (2, 2.0005), (True, 1),
                                         ({"a": [1, 2.00001]}, {"a": [1, 2.0]}), ("x", "x"), ([], [])])
-def test_is_close_true(pred, gold):  # §5.1 plus our own
+def test_is_close_true(pred, gold):  # the release's is_close (src/codeio_utils.py) plus our own
     assert is_close(pred, gold)
 
 
@@ -35,7 +37,7 @@ def test_is_close_false(pred, gold):
     assert not is_close(pred, gold)
 
 
-def test_extract_json_answer():  # §5.4 plus our own
+def test_extract_json_answer():  # the release's extract_last_complete_json plus our own
     assert extract_json_answer('Thus:\n```json\n{"output": True}\n```') == {"output": True}
     assert extract_json_answer('first {"output": 1} then {"output": 2} done') == {"output": 2}
     assert extract_json_answer("no braces at all") == NO_ANSWER
@@ -49,16 +51,16 @@ def test_extract_json_answer():  # §5.4 plus our own
     assert extract_json_answer("{unclosed") == NO_ANSWER
 
 
-def test_size_filter():  # §5.3 (byte counts are ours, see Departures)
+def test_size_filter():  # src/codeio_utils.py (byte counts are ours, see Departures)
     assert strict_check_size("a" * 99) and not strict_check_size("a" * 100)
     assert strict_check_size(list(range(19))) and not strict_check_size(list(range(20)))
-    assert object_size(list(range(19))) == 824  # what pympler.asizeof reports (§5.3)
+    assert object_size(list(range(19))) == 824  # what pympler.asizeof reports
     assert not strict_check_size({str(i): i for i in range(20)})
     assert not strict_check_size([["x" * 90] * 5, "y" * 90, "z" * 90, "w" * 90, "v" * 90, "u" * 90, "t" * 90])
     assert strict_check_size({"n": 61, "m": 4}) and not strict_check_size(1 << 2000)
 
 
-def test_verify_input_by_reexecution(sandbox):  # §5.2
+def test_verify_input_by_reexecution(sandbox):  # src/codeio_utils.py: template_check_input
     right = verify_input(sandbox, JOSEPHUS, {"n": 61, "m": 4}, 38)
     assert right["status"] == "success" and right["actual"] == 38
     wrong = verify_input(sandbox, JOSEPHUS, {"n": 5, "m": 2}, 38)
@@ -72,7 +74,7 @@ def test_verify_input_by_reexecution(sandbox):  # §5.2
     assert codeio.Args().verify_timeout == 5.0
 
 
-def test_io_pairs_in_sandbox(sandbox):  # §1.2 limits and drops, through the real driver
+def test_io_pairs_in_sandbox(sandbox):  # src/parse_gen_ios.py limits and drops, through the real driver
     args = codeio.Args(max_generator_calls=1000, max_pairs=10)
     josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
     code, kwargs = codeio.io_job(josephus, args, seed=1)
@@ -116,12 +118,12 @@ def test_corpus_files_and_prompts():
     corpus = sorted((ROOT / "data/codeio_corpus").glob("*.py"))
     unified = [f for f in corpus if parse_unified_file(f.read_text())]
     assert len(corpus) >= 30 and len(unified) >= 25 and len(corpus) - len(unified) >= 3
-    fn = parse_unified_file((ROOT / "data/codeio_corpus/anagram_check.py").read_text())
+    fn = parse_unified_file((ROOT / "data/codeio_corpus/roman_numeral.py").read_text())
     assert "input_generator" not in fn["main_code"] and '"""' not in fn["main_code"]
     pair = {"input": {"first": "listen", "second": "Silent"}, "output": True}
     prompt = build_prompt("output", fn, pair)
     assert prompt.startswith("You are given a question that requires some input and output variables as follows:")
-    assert "{'first': 'listen', 'second': 'Silent'}" in prompt  # Python literal, the repo's f"{x}" (§1.3 gotcha)
+    assert "{'first': 'listen', 'second': 'Silent'}" in prompt  # Python literal, the repo's f"{x}" (src/build_codeio_msg.py)
     assert '{"output": <your output>}' in prompt and "Tip: Here is a reference code snippet" in prompt
     assert prompt.index("The input and output requirements") < prompt.index("Given the following input:")
     prompt = build_prompt("input", fn, pair)
@@ -129,7 +131,7 @@ def test_corpus_files_and_prompts():
     assert "Given the following output:\n\ntrue" in build_prompt("input", fn, pair, style="json")
 
 
-def test_revision_assembly_and_feedback():  # §5.6
+def test_revision_assembly_and_feedback():  # the paper's CodeI/O++ revision
     pair = {"input": {"n": 61, "m": 4}, "output": 38}
     assert assemble_revision({"turn_1": "T1", "feedback_1": "ok", "turn_2": None, "feedback_2": None}) == "T1"
     wrong = {"turn_1": "T1", "feedback_1": "F1", "turn_2": "T2", "feedback_2": "F2", "correct_2": False}
@@ -146,7 +148,8 @@ def test_revision_assembly_and_feedback():  # §5.6
     assert REDO.startswith("Please redo it")
 
 
-def test_end_to_end_on_corpus_slice(tmp_path, run_cmd):
+def test_end_to_end_on_corpus_slice_with_the_model_teacher(tmp_path, run_cmd):
+    """The model-backed teacher path (--teacher model: the tiny student writes rewrites and CoTs)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name in ("josephus", "roman_numeral", "dice_game", "leap_year_constant", "raw_bubble_sort"):
@@ -154,19 +157,76 @@ def test_end_to_end_on_corpus_slice(tmp_path, run_cmd):
     out = tmp_path / "run"
     cmd = [sys.executable, "codeio.py", "--corpus", str(corpus), "--output_dir", str(out), "--max_new_tokens", "8",
            "--batch_size", "4", "--micro_batch_size", "4", "--pairs_per_function", "1", "--stage2_data", "toy",
-           "--stage2_steps", "2", "--max_length", "512"]
+           "--stage2_steps", "2", "--max_length", "512", "--teacher", "model", "--toy_base_steps", "3",
+           "--toy_base_rows", "64", "--eval_pairs_per_function", "1", "--epochs", "1"]
     proc = run_cmd(cmd, timeout=300)
-    summary = {row["stage"]: row for row in json.loads((out / "summary.json").read_text())}
-    assert summary["rewrite"]["in"] == 5 and summary["rewrite"]["out"] == 4  # the tiny model's rewrite is rejected
-    assert summary["io"]["out"] == 2 and "uses randomness" in summary["io"]["notes"] and "<= 1 pair" in summary["io"]["notes"]
-    assert summary["prompts"]["out"] == 4 and summary["verify"]["in"] == 4
-    assert (out / "sft_loss.png").exists() and "sft stage 2" in summary and "| stage" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"][0]["stage"] == "sandbox" and "isolation" in summary["stages"][0]["notes"]
+    stages = {row["stage"]: row for row in summary["stages"]}
+    assert stages["rewrite"]["in"] == 5 and stages["rewrite"]["out"] == 4  # the tiny model's rewrite is rejected
+    assert stages["io"]["out"] == 2 and "uses randomness" in stages["io"]["notes"] and "<= 1 pair" in stages["io"]["notes"]
+    assert stages["prompts"]["out"] == 4 and stages["verify"]["in"] == 4
+    assert (out / "sft_loss.png").exists() and "sft stage 2" in stages and "| stage" in proc.stdout
+    assert {"eval codeio++", "eval base", "eval raw_code"} <= set(stages) and stages["eval base"]["in"] == 4
+    assert [c["name"] for c in summary["claims"]][1:] == ["SFT on codeio++ data beats the base",
+                                                         "SFT on codeio++ data beats SFT on raw code"]
+    assert set(summary["eval"]) == {"codeio++", "base", "raw_code"}
     revise = [json.loads(line) for line in (out / "revise.jsonl").read_text().splitlines()]
     assert len(revise) == 4 and all(r["turn_2"] is not None for r in revise if r["feedback_1"] != codeio.CORRECT)
     # a rerun skips every finished record: the stage files do not grow
     sizes = {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"}
     run_cmd(cmd[:2] + cmd[2:] + ["--stages", "rewrite,io,prompts,cot,verify,revise"], timeout=300)
     assert {p.name: p.stat().st_size for p in out.glob("*.jsonl") if p.name != "metrics.jsonl"} == sizes
+
+
+def test_toy_defaults_paper_preset_and_teacher(tmp_path, monkeypatch):
+    """No --model: the toy's values (the Args defaults) and the stand-in teacher; a named model: the
+    paper's values (PAPER) and the model writes the CoTs; a flag on the command line wins."""
+    from common.config import parse_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def parse(*argv):
+        return parse_config(codeio.Args, codeio.PAPER, codeio.derived,
+                            ["--output_dir", str(tmp_path), *argv], script="codeio")
+
+    toy = parse("--lr", "5e-4")
+    assert (toy.lr, toy.epochs, toy.batch_size, toy.max_new_tokens) == (5e-4, 8, 8, 160)
+    assert codeio.resolve_teacher(toy) == "stand-in"
+    paper = parse("--model", "some/model")
+    assert (paper.lr, paper.epochs, paper.batch_size, paper.max_new_tokens) == (1e-5, 1, 1024, 4096)
+    assert codeio.resolve_teacher(paper) == "model"
+    assert codeio.resolve_teacher(parse("--model", "m", "--teacher", "stand-in")) == "stand-in"
+    with pytest.raises(SystemExit) as exit_info:  # a bad choice fails at parse time
+        parse("--teacher", "oracle")
+    assert exit_info.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def toy_summary(tmp_path_factory):
+    """summary.json of the no-argument run (fixed seed), run once for the learning tests."""
+    from conftest import _run
+
+    out = tmp_path_factory.mktemp("codeio_toy")
+    _run([sys.executable, "codeio.py", "--output_dir", str(out)], timeout=2400)
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_learning_stand_in_data_is_a_mix_and_revision_fixes_some(toy_summary):
+    """The stand-in's first-turn CoTs are a real mix of right and wrong (paper: ~50%), and the
+    CodeI/O++ revision turn makes some wrong ones right."""
+    claims = {c["name"]: c for c in toy_summary["claims"]}
+    revision = claims["CodeI/O++ revision turns wrong CoTs right"]
+    assert revision["holds"] and 0.2 < revision["baseline"] < 0.8, revision
+    assert revision["result"] - revision["baseline"] >= 0.05
+
+
+def test_learning_sft_on_codeio_data_beats_base_and_raw_code(toy_summary):
+    """Held-out I/O accuracy: the CodeI/O++ student over the base and over SFT on the raw code. The
+    margin on this toy is small (3 of 104 held-out predictions vs 0; docs/codeio.md, Results)."""
+    claims = {c["name"]: c for c in toy_summary["claims"]}
+    assert claims["SFT on codeio++ data beats the base"]["holds"]
+    assert claims["SFT on codeio++ data beats SFT on raw code"]["holds"]
 
 
 def test_check_answer_on_model_style_responses(sandbox):
@@ -184,6 +244,58 @@ def test_check_answer_on_model_style_responses(sandbox):
     assert infeasible["status"] == "AssertionError" and "wrong output as 2" in infeasible["feedback"]
     garbage = codeio.check_answer(sandbox, input_sample, fn, "\x00\x01 garbage {{{", args)
     assert garbage["status"] == "no answer" and not garbage["correct"]
+
+
+SORT_ADD3 = "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10 for v in ys]\n    return zs\n"
+
+
+def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
+    assert codeio.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
+    assert codeio.trace_toy_code(JOSEPHUS) is None
+    assert codeio.trace_toy_code(SORT_ADD3.replace("return zs", "return ys")) is None  # not the chain's end
+    cot, answer = codeio.narrate("output", "xs", [("sort", 0), ("add", 3)], [3, 1, 4, 1], random.Random(0), 0.0)
+    assert answer == {"output": [4, 4, 6, 7]} and "[1, 1, 3, 4]" in cot and extract_json_answer(cot) == answer
+    cot, answer = codeio.narrate("input", "xs", [("sort", 0), ("add", 3)], [4, 4, 6, 7], random.Random(0), 0.0)
+    assert answer == {"input": {"xs": [1, 1, 3, 4]}} and cot.index("Undo step 2") < cot.index("Undo step 1")
+    slipped = codeio.narrate("output", "xs", [("reverse", 0)], [1, 2, 3], random.Random(0), 1.0)[1]["output"]
+    assert slipped != [3, 2, 1] and sum(a != b for a, b in zip(slipped, [3, 2, 1])) == 1  # one digit off
+    for name, (_, _, _, forward, backward) in codeio.TOY_STEPS.items():  # each undo gives a feasible input
+        for xs in ([3, 1, 4, 1], [8, 0, 2], [5, 5, 9, 0, 7]):
+            ys = forward(list(xs), 2)
+            assert forward(backward(list(ys), 2), 2) == ys, name
+
+
+def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
+    fn = parse_unified_file((ROOT / "data/codeio_corpus/digits_sort_add3.py").read_text())
+    args = codeio.Args(verify_timeout=5.0)
+    rng = random.Random(0)
+    samples = []
+    for _ in range(20):
+        xs = [rng.randint(0, 9) for _ in range(4)]
+        pair = {"input": {"xs": xs}, "output": [(v + 3) % 10 for v in sorted(xs)]}
+        samples += [{"kind": kind, "pair": pair, "prompt": build_prompt(kind, fn, pair)} for kind in ("input", "output")]
+    messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
+    for slip, expect in ((0.0, {True}), (1.0, {False}), (0.3, {True, False})):
+        teacher = codeio.StandInTeacher(slip=slip, seed=0)
+        groups = teacher.generate(messages, n=1, temperature=0.7, max_new_tokens=32)
+        assert len(groups) == len(samples) and all(len(g) == 1 for g in groups)
+        correct = {codeio.check_answer(sandbox, s, fn, g[0].text, args)["correct"] for s, g in zip(samples, groups)}
+        assert correct == expect, slip
+    teacher = codeio.StandInTeacher(slip=0.3, seed=0)
+    assert teacher.generate(messages[:3], n=1) == teacher.generate(messages[:3], n=1)  # seeded by the conversation
+    # a second turn never repeats the answer the feedback called wrong
+    wrong = 'Start: xs = [1].\n```json\n{"output": [4, 4, 6, 7]}\n```'
+    pair = {"input": {"xs": [3, 1, 4, 1]}, "output": [4, 4, 6, 7]}
+    turn = [{"role": "user", "content": build_prompt("output", fn, pair)}, {"role": "assistant", "content": wrong},
+            {"role": "user", "content": "[Mismatch] ...\n\n" + REDO}]
+    assert extract_json_answer(codeio.StandInTeacher(slip=0.5).answer(turn)) != {"output": [4, 4, 6, 7]}
+    # code it cannot trace: it says so and guesses; a rewrite request gets a refusal the parser rejects
+    josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
+    guess = teacher.answer([{"role": "user", "content": build_prompt("output", josephus, {"input": {"n": 3, "m": 2},
+                                                                                          "output": 2})}])
+    assert guess.startswith("I cannot trace") and extract_json_answer(guess) == {"output": 0}
+    refusal = teacher.answer([{"role": "user", "content": codeio.REWRITE_PROMPT.format(code="x = 1")}])
+    assert parse_rewrite_response(refusal)[0] is None
 
 
 def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):

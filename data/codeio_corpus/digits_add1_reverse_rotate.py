@@ -1,0 +1,21 @@
+"""Problem Statement:
+A list of digits xs is transformed step by step: first add 1 to every digit and keep the last digit; then reverse the order of the digits; then move the first digit to the end. Which list of digits comes out?
+
+Input Output Description:
+Input:
+    xs (list of int): 3 to 5 digits, each between 0 and 9.
+Output:
+    return (list of int): the digits after the last step.
+"""
+import random
+
+
+def main_solution(xs):
+    ys = [(v + 1) % 10 for v in xs]
+    zs = ys[::-1]
+    ws = zs[1:] + zs[:1]
+    return ws
+
+
+def input_generator():
+    return {"xs": [random.randint(0, 9) for _ in range(random.randint(3, 5))]}

@@ -1,0 +1,20 @@
+"""Problem Statement:
+A list of digits xs is transformed step by step: first move the first digit to the end; then add 5 to every digit and keep the last digit. Which list of digits comes out?
+
+Input Output Description:
+Input:
+    xs (list of int): 3 to 5 digits, each between 0 and 9.
+Output:
+    return (list of int): the digits after the last step.
+"""
+import random
+
+
+def main_solution(xs):
+    ys = xs[1:] + xs[:1]
+    zs = [(v + 5) % 10 for v in ys]
+    return zs
+
+
+def input_generator():
+    return {"xs": [random.randint(0, 9) for _ in range(random.randint(3, 5))]}
