@@ -39,8 +39,8 @@ from PIL import ImageDraw
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from common.gui_env import (APPS, ActionError, GUIAction, PathFollower, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
-                            apply_diff, describe_action, describe_state_change, instruction, screen_question, toy_field_text, format_osgenesis, list_tasks, normalize_answer,
+from common.gui_env import (APPS, ActionError, GUIAction, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
+                            describe_action, instruction, format_osgenesis, list_tasks, normalize_answer,
                             osgenesis_a11y, osgenesis_to_indexed, parse_json_action, parse_osgenesis, replay, rollout,
                             run_episodes, screen_signature, side_by_side, state_diff, step_match, with_center_point)
 from common.data import read_jsonl_tolerant, write_jsonl
@@ -138,11 +138,13 @@ def trm_sampling_probs(scores: list[float]) -> list[float]:
     return [s / total for s in scores]
 
 
-def rubric_score(reached: bool, efficient: bool, reached_target_screen: bool, right_app: bool, looped: bool) -> int:
-    """Sec 2.4 rubric: 5 perfect; 4 done but inefficient; 3 partial, loop or error; 2 early deviation; 1 immediate failure."""
-    if reached:
+def rubric_score(reached: bool, clean: bool, efficient: bool, partial: bool, right_app: bool, looped: bool) -> int:
+    """Sec 2.4 rubric, completion + coherence: 5 perfect; 4 done but inefficient (a detour, an invalid
+    step); 3 partial, loop or error (done with side effects counts as an error); 2 early deviation
+    (right app, never near the target); 1 immediate failure."""
+    if reached and clean:
         return 5 if efficient else 4
-    if reached_target_screen or looped:
+    if reached or partial or looped:
         return 3
     return 2 if right_app else 1
 
@@ -204,6 +206,214 @@ def model_policy(sampler, args: Args):
         decisions = [(parse_agent_output(out[0].text, obs), out[0].text) for (_, obs, _), out in zip(items, outs)]
         return [(thought, action or raw) for (thought, action), raw in decisions]  # garbage -> env error, counted
     return policy
+
+
+# ------------------------------------------------------------------------------------------------
+# STAND-INS for GPT-4o (the offline default). Each reads the toy phone's state, which a real model
+# would read from screenshots, and sits behind the same interface as its model-backed twin:
+# text filler (rule_text_filler | model_text_filler), describer (RuleDescriber | ModelDescriber),
+# executor (PathFollower on direct_plan | model_policy), judge (StateJudge | ModelJudge).
+
+SWITCHES = {"airplane": "airplane mode", "wifi": "Wi-Fi", "bluetooth": "Bluetooth", "dark_theme": "dark theme",
+            "dnd": "Do not disturb", "vibrate": "vibration"}
+SETTINGS = {"brightness": "Set the brightness to {}.", "volume": "Set the volume to {}.", "font_size": "Change the font size to {}.",
+            "network": "Connect to the Wi-Fi network {}.", "device_name": "Rename this phone to {}."}
+
+
+def describe_state_change(diff: list) -> str | None:
+    """Stand-in describer knowledge: the user task a `state_diff` accomplishes ("Turn on Bluetooth."), or None
+    when nothing in the app state changed (the action only moved between screens)."""
+    for path, old, new in diff:
+        app, key, *rest = path.strip("/").split("/")
+        if key in SWITCHES:
+            return f"Turn {'on' if new else 'off'} {SWITCHES[key]}."
+        if key in SETTINGS:
+            return SETTINGS[key].format(new.lower() if key == "font_size" else new)
+        if key == "cart":
+            return f"Add {new - (old or 0)} {rest[0]} to the cart." if new else f"Remove {rest[0]} from the cart."
+        old, new = old or [], new or []  # the rest are lists of records
+        added, removed = [x for x in new if x not in old], [x for x in old if x not in new]
+        if key == "orders":
+            return f"Order {' and '.join(added[0]['items'])} to {added[0]['address']}."
+        if key == "sent":
+            return f"Send an email to {added[0]['to']} with the subject '{added[0]['subject']}'."
+        if key in ("notes", "emails"):
+            for a in added:
+                b = next((r for r in removed if r["id"] == a["id"]), None)
+                noun = f"the note '{(b or a).get('title')}'" if key == "notes" else f"the email from {a['sender']}"
+                if b is None:
+                    return f"Create a note titled '{a['title']}' that says '{a['body']}'."
+                if key == "notes" and a["pinned"] != b["pinned"]:
+                    return f"{'Pin' if a['pinned'] else 'Unpin'} {noun}."
+                if key == "emails" and a["starred"] != b["starred"]:
+                    return f"{'Star' if a['starred'] else 'Unstar'} {noun}."
+                return f"Rename {noun} to '{a['title']}'." if a.get("title") != b.get("title") else f"Edit {noun}."
+            if removed:
+                return f"Delete the note '{removed[0]['title']}'." if key == "notes" else f"Delete the email from {removed[0]['sender']}."
+    return None
+
+
+QUESTIONS = {  # element on a screen -> (question, answer from its (text, value))
+    "price": ("How much does the {title} cost?", lambda text, value: text.split()[-1]),
+    "android_version": ("Which Android version is this phone running?", lambda text, value: text.split()[-1]),
+    "subject": ("What is the subject of the email from {sender}?", lambda text, value: text),
+    "body_box": ("What does the note '{note}' say?", lambda text, value: value)}
+FIELD_TEXTS = {"title": ["Shopping", "Todo", "Plans"], "body": ["call mom", "buy bread", "hello"], "to": ["dave", "erin", "grace"],
+               "subject": ["Hi", "Update", "Question"], "address": ["1 Main St", "7 Hill Rd"], "device": ["My Phone", "Toy 2"],
+               "search": ["mug", "seed", "novel", "pan"]}  # none is a held-out task's parameter
+
+
+def screen_question(after: list, title: str) -> tuple[str, str] | None:
+    """Stand-in describer knowledge: a question answerable from a screen (elements as [resource_id, text,
+    value] rows) and its answer, or None when the screen shows nothing to ask about."""
+    info = {rid: (text, value) for rid, text, value in after}
+    rid = next((r for r in QUESTIONS if r in info), None)
+    if rid is None:
+        return None
+    template, extract = QUESTIONS[rid]
+    sender = info.get("from", ("", ""))[0].removeprefix("From: ")
+    return template.format(title=title, note=info.get("title_box", ("", ""))[1], sender=sender), extract(*info[rid])
+
+
+def toy_field_text(field_name: str, rng) -> str:
+    """Stand-in text generator: a seeded pick from a small word list for the field, else 'Test Input'."""
+    key = next((k for k in FIELD_TEXTS if k in field_name.lower()), None)
+    return rng.choice(FIELD_TEXTS[key]) if key else "Test Input"
+
+
+def apply_diff(state: dict, diff: list) -> dict:
+    """`state` with a `state_diff` applied on top (list changes as add/remove of items). A change is already
+    present in `state` exactly when `state_diff(apply_diff(state, diff), state)` is empty."""
+    out = json.loads(json.dumps(state))
+    for path, old, new in diff:
+        *parents, leaf = path.strip("/").split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        if isinstance(new, list) or isinstance(old, list):
+            gone = [x for x in old or [] if x not in (new or [])]
+            kept = [x for x in node.get(leaf) or [] if x not in gone]
+            node[leaf] = kept + [x for x in new or [] if x not in (old or []) and x not in kept]
+        else:
+            node[leaf] = new
+    return out
+
+
+class PathFollower:
+    """STAND-IN executor (the paper's GPT-4o M3A agent): follows a plan of steps addressed by resource id (["open_app", label],
+    ["click" | "long_press", rid], ["type", rid, text], ["scroll", direction], ["back"]), then answers or stops.
+    With probability `noise` it clicks something at random instead; when its target is not on screen it goes
+    back (a caller's repeat rule ends hopeless loops)."""
+
+    def __init__(self, plan: list, answer: str | None, noise: float, rng):
+        self.plan, self.answer, self.noise, self.rng, self.pos = plan, answer, noise, rng, 0
+
+    def act(self, obs: dict) -> GUIAction:
+        clickable = [e for e in obs["ui_elements"] if e["is_clickable"]]
+        if clickable and self.rng.random() < self.noise:
+            return GUIAction("click", index=self.rng.choice(clickable)["index"])
+        if self.pos >= len(self.plan):
+            return GUIAction("answer", text=self.answer) if self.answer else GUIAction("status", goal_status="complete")
+        step = self.plan[self.pos]
+        if step[0] in ("open_app", "scroll", "back"):
+            self.pos += 1
+            return (GUIAction("open_app", app_name=step[1]) if step[0] == "open_app" else
+                    GUIAction("scroll", direction=step[1]) if step[0] == "scroll" else GUIAction("navigate_back"))
+        index = next((e["index"] for e in obs["ui_elements"] if e["resource_id"] == step[1]), None)
+        if index is None:
+            return GUIAction("navigate_back")  # lost: go back (hopeless cases end by the repeat rule)
+        self.pos += 1
+        return GUIAction("input_text", index=index, text=step[2]) if step[0] == "type" else GUIAction(step[0], index=index)
+
+def initial_phone_state() -> dict:
+    """The toy phone's state after reset (every walk, trajectory and held-out task starts here)."""
+    return json.loads(json.dumps(ToyGUIEnv().state))
+
+
+def task_target(task: dict, triple: dict) -> dict:
+    """What the synthesized task asks for, as the stand-ins read it: the triple's state change, the
+    answer on its after-screen, the text typed into its field, or else reaching its after-screen."""
+    diff = [d for d in triple["diff"] if not d[0].startswith("/system/")]  # where the agent is: not an effect
+    if diff:
+        return dict(kind="change", diff=diff)
+    if task.get("answer"):
+        return dict(kind="answer", answer=task["answer"], url=triple["url_after"], title=triple["title_after"])
+    if triple["action"]["action_type"] == "input_text":
+        return dict(kind="typed", rid=triple["element"]["resource_id"], text=triple["action"]["text"])
+    return dict(kind="screen", url=triple["url_after"], title=triple["title_after"])
+
+
+def canonical(state):
+    """Lists of records in a fixed order: an edited note stays in place, `apply_diff` appends it."""
+    if isinstance(state, dict):
+        return {k: canonical(v) for k, v in state.items() if k != "system"}
+    if isinstance(state, list):
+        return sorted((canonical(x) for x in state), key=lambda x: json.dumps(x, sort_keys=True))
+    return state
+
+
+def target_reached(target: dict, obs: dict, state: dict) -> bool:
+    """Is the target there (for an answer: is the screen that shows it open)?"""
+    if target["kind"] == "change":  # the change is present: applying it again changes nothing
+        return not state_diff(canonical(apply_diff(state, target["diff"])), canonical(state))
+    if target["kind"] == "typed":
+        return any(e["resource_id"] == target["rid"] and e["value"] == target["text"] for e in obs["ui_elements"])
+    return obs["url"] == target["url"] and obs["ui_elements"][0]["text"] == target["title"]
+
+
+def side_effects(start: dict, end: dict, target: dict) -> list:
+    """App-state changes beyond the target's own (the TRM's "coherence": a trajectory that stars and
+    deletes other emails on the way is not a clean demonstration of the task)."""
+    intended = apply_diff(start, target["diff"]) if target["kind"] == "change" else start
+    return state_diff(canonical(intended), canonical(end))
+
+
+def run_plan(plan: list, app: str) -> tuple[ToyGUIEnv, dict] | None:
+    """Replay a resource-id plan from the launcher (no noise); None when a step's target is missing."""
+    env = ToyGUIEnv(Task("plan", app, ""), max_steps=10**6, end_on_success=False)
+    obs, follower = env.obs, PathFollower(plan, None, 0.0, random.Random(0))
+    while follower.pos < len(plan):
+        pos = follower.pos
+        obs = env.step(follower.act(obs))[0]
+        if follower.pos == pos or obs["last_action_error"]:
+            return None  # lost (the next step's target is not on this screen) or an invalid step
+    return env, obs
+
+
+def direct_plan(task: dict, triple: dict) -> list:
+    """STAND-IN executor's plan for a synthesized task: open the app, then the walk's path to the
+    triple, minus every step the task does not need (a step is dropped when the plan without it
+    still reaches the target with no side effects), so the executor carries out the instruction
+    instead of replaying the random walk's detours. Spans are tried longest first, so a round trip
+    (open an email, delete it, back on the inbox) goes in one cut."""
+    target, start = task_target(task, triple), initial_phone_state()
+    plan = [["open_app", APPS[triple["app"]].label]] + triple["path"] + [triple["final_step"]]
+
+    def works(candidate):
+        done = run_plan(candidate, triple["app"])
+        return bool(done) and target_reached(target, done[1], done[0].state) and not side_effects(start, done[0].state, target)
+    cut = True
+    while cut:
+        cut = next((plan[:i] + plan[i + n:] for n in range(len(plan) - 1, 0, -1)
+                    for i in range(1, len(plan) - n + 1) if works(plan[:i] + plan[i + n:])), None)
+        plan = cut or plan
+    return plan
+
+
+def leaks_held_out(task: dict, triple: dict, held_out: list[Task]) -> bool:
+    """True when a synthesized task is a held-out task (same goal text, or the same template
+    instance: its state change passes a held-out check, or its answer is a held-out answer)."""
+    goals = {normalize_answer(t.goal) for t in held_out}
+    if normalize_answer(task["goal"]) in goals:
+        return True
+    if task.get("answer") and any(t.answer and normalize_answer(t.answer) == normalize_answer(task["answer"]) for t in held_out):
+        return True
+    target = task_target(task, triple)
+    if target["kind"] != "change":
+        return False
+    start = initial_phone_state()
+    after = apply_diff(start, target["diff"])
+    return any(t.check is not None and t.check(after) and not t.check(start) for t in held_out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,24 +569,26 @@ def follower_plan(triple: dict) -> list:
 
 
 class StateJudge:
-    """STAND-IN for the GPT-4o TRM: the sec 2.4 rubric read from the toy env after replaying the trajectory
-    (is the triple's state change / screen / answer there, and was it reached directly)."""
+    """STAND-IN for the GPT-4o TRM: the sec 2.4 rubric read from the toy env after replaying the trajectory.
+    Completion: is the task's target there (its state change, its answer, its screen)? Coherence: no
+    side effects, no more steps than the direct plan, no invalid steps."""
 
     name = "state"
 
     def score(self, task: dict, triple: dict, traj: dict) -> tuple[int, str, int]:
         env = ToyGUIEnv(Task("judge", task["app"], task["goal"]), max_steps=10**6, end_on_success=False)
-        urls = [env.step(s["action"])[0]["url"] for s in traj["steps"]]
-        if triple["diff"]:  # the triple's change is present: applying it again changes nothing
-            reached = not state_diff(apply_diff(env.state, triple["diff"]), env.state)
-        elif task.get("answer"):
+        start, target = initial_phone_state(), task_target(task, triple)
+        observations = [env.step(s["action"])[0] for s in traj["steps"]]
+        urls = [o["url"] for o in observations]
+        if target["kind"] == "answer":
             reached = normalize_answer(env.state["system"]["answer"] or "") == normalize_answer(task["answer"])
         else:
-            reached = bool(urls) and urls[-1] == triple["url_after"]
-        optimal = len(triple["path"]) + 3  # open_app + path + the action + stop
-        score = rubric_score(reached, len(urls) <= optimal and traj["invalid"] == 0, triple["url_before"] in urls,
+            reached = bool(observations) and target_reached(target, observations[-1], env.state)
+        extra = side_effects(start, env.state, target)
+        optimal = len(task.get("plan") or follower_plan(triple)) + 1  # the direct plan + stop/answer
+        score = rubric_score(reached, not extra, len(urls) <= optimal and traj["invalid"] == 0, triple["url_before"] in urls,
                              bool(urls) and urls[0].startswith(f"toy://{triple['app']}/"), traj["aborted"])
-        return score, f"reached={reached} steps={len(urls)}/{optimal}", 1
+        return score, f"reached={reached} side_effects={len(extra)} steps={len(urls)}/{optimal}", 1
 
 
 class ModelJudge:
@@ -498,15 +710,22 @@ def generate_data(args: Args, out: Path) -> dict:
                                     goal=parsed and parsed["High-Level-Instruction"], answer=parsed and parsed.get("Answer")))
             write_jsonl(files["tasks"], [synthesized[-1]], mode="a")
     unique = list({normalize_answer(t["goal"]): t for t in reversed(synthesized) if t["valid"]}.values())[::-1]  # first wins
+    by_triple, held_out = {t["triple_id"]: t for t in triples}, list_tasks(args.eval_split)
+    leaked = [t for t in unique if leaks_held_out(t, by_triple[t["triple_id"]], held_out)]
+    unique = [t for t in unique if t not in leaked]  # a clean split: no held-out task (or instance) is trained on
+    launcher = ToyGUIEnv()
+    unclear = [t for t in unique if target_reached(task_target(t, by_triple[t["triple_id"]]), launcher.obs, launcher.state)]
+    unique = [t for t in unique if t not in unclear]  # the change undoes an earlier walk step: no task from the start
+    for t in unique:
+        t["plan"] = direct_plan(t, by_triple[t["triple_id"]])  # the stand-in executor's and judge's plan
 
     # Stage 3: trajectory collection (15 steps, abort after 3 identical actions)
-    by_triple = {t["triple_id"]: t for t in triples}
     trajectories = read_jsonl_tolerant(files["trajectories"])
     todo = [t for t in unique if t["triple_id"] not in {r["task_id"] for r in trajectories}]
     for start in tqdm(range(0, len(todo), 32), desc="3/5 trajectory collection"):
         chunk = todo[start:start + 32]
         if args.executor == "follower":
-            agents = [PathFollower(follower_plan(by_triple[t["triple_id"]]), t["answer"], args.executor_noise,
+            agents = [PathFollower(t["plan"], t["answer"], args.executor_noise,
                                    random.Random(f"{args.seed}-{t['triple_id']}")) for t in chunk]
             policy = lambda items, agents=agents: [  # noqa: E731
                 (instruction(a, obs["ui_elements"]), a) for a, (_, obs, _) in zip([agents[i].act(o) for i, o, _ in items], items)]
@@ -519,7 +738,7 @@ def generate_data(args: Args, out: Path) -> dict:
         trajectories += records
 
     # Stage 4: trajectory reward model
-    tasks_by_id, scores = {t["triple_id"]: t for t in synthesized}, read_jsonl_tolerant(files["scores"])
+    tasks_by_id, scores = {t["triple_id"]: t for t in unique}, read_jsonl_tolerant(files["scores"])
     judge = StateJudge() if args.judge == "state" else ModelJudge(helper(args.judge_model), args)
     for traj in tqdm([t for t in trajectories if t["task_id"] not in {s["task_id"] for s in scores}], desc="4/5 reward model"):
         score, reason, attempts = judge.score(tasks_by_id[traj["task_id"]], by_triple[traj["task_id"]], traj)
@@ -527,7 +746,7 @@ def generate_data(args: Args, out: Path) -> dict:
         write_jsonl(files["scores"], [scores[-1]], mode="a")
     return dict(walks=len(walks), walk_steps=sum(len(w["actions"]) for w in walks), noop_pooled=sum(len(w["pooled"]) for w in walks),
                 triples=len(triples), tasks_valid=sum(t["valid"] for t in synthesized), tasks_invalid=sum(not t["valid"] for t in synthesized),
-                tasks_unique=len(unique), trajectories=len(trajectories), aborted=sum(t["aborted"] for t in trajectories),
+                tasks_held_out_dropped=len(leaked), tasks_unclear_dropped=len(unclear), tasks_unique=len(unique), trajectories=len(trajectories), aborted=sum(t["aborted"] for t in trajectories),
                 mean_steps=sum(len(t["steps"]) for t in trajectories) / max(1, len(trajectories)),
                 judge_invalid=sum(s["reason"] == "invalid judge output" for s in scores), **{f"score_{k}": sum(s["score"] == k for s in scores) for k in range(1, 6)})
 
