@@ -52,13 +52,15 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimi
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+from common.claims import claim, format_claims, write_summary
 from common.data import load_rows, make_arithmetic_rows, read_jsonl_tolerant, write_jsonl
-from common.gui_env import (ActionError, GUIAction, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid,
+from common.gui_env import (APPS, TASKS, ActionError, GUIAction, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid,
                             format_axtree, format_guimid, guimid_to_action, list_tasks, parse_guimid)
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.sampling import HFSampler, get_tokenizer, render_prompt
 from common.shapes_world import make_shapes_rows
-from common.train import (MetricsLogger, all_gather_object, cleanup_distributed, clip_grad_norm, format_table,
+from common.toys import toy_model
+from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, plot_curves, print0,
                           save_checkpoint, seed_everything, shard_model, token_logprobs)
 
@@ -90,7 +92,12 @@ class Args:
     resume: bool = field(default=False, metadata={"help": "continue each condition from its checkpoint"})
     stop_after_step: int = field(default=0, metadata={"help": "stop a condition after this many steps, checkpointed (0 = run to the end)"})
     grounder: str = field(default="stub", metadata={"help": "'stub' (a11y-tree stand-in) | a VLM path answering '(x, y)' (paper: UGround-V1-7B)"})
-    observation: str = field(default="screenshot", metadata={"help": "screenshot (paper: pure vision) | screenshot+axtree"})
+    observation: str | None = field(default=None, metadata={"help": "screenshot (None: paper, pure vision) | screenshot+axtree (toy: "
+                                                                 "the tiny VLM cannot read labels off a 64x64 image)"})
+    gui_tasks: int | None = field(default=None, metadata={"help": "GUI-world training tasks whose expert trajectories are the GUI "
+                                                               "data (None: paper, all; toy 12 of 40: scarce GUI data, §1)"})
+    tasks: str = field(default="", metadata={"help": "GUI-world task ids (comma-separated): the GUI data AND the evaluation tasks"})
+    switch_loss_steps: int = field(default=3, metadata={"help": "GUI-stage steps averaged for the loss at the stage switch"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "agent steps per task (None: paper 30, AgentBoard; toy 15)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "planner output tokens (None: 512; toy 96)"})
     eval_split: str = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
@@ -98,8 +105,10 @@ class Args:
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
 
 
-PAPER = dict(lr=2e-5, batch_size=32, gui_epochs=1, mixture_size=None, max_episode_steps=30, max_new_tokens=512)
-TOY = dict(lr=1e-2, batch_size=16, gui_epochs=20, mixture_size=960, max_episode_steps=15, max_new_tokens=96)
+PAPER = dict(lr=2e-5, batch_size=32, gui_epochs=1, mixture_size=None, max_episode_steps=30, max_new_tokens=512,
+             observation="screenshot", gui_tasks=0)
+TOY = dict(lr=1e-2, batch_size=16, gui_epochs=20, mixture_size=960, max_episode_steps=15, max_new_tokens=96,
+           observation="screenshot+axtree", gui_tasks=12)
 
 # ----------------------------------------------------------------------------------------------------
 # The 11 mid-training domains (Table 1) + the GUI trajectories (Table 2). `hub` is the loadable release file.
@@ -289,12 +298,15 @@ def expert_gui_samples(tasks, observation: str = "screenshot") -> list[dict]:
     return samples
 
 
-def toy_samples(domain: str, n: int, seed: int, observation: str) -> list[dict]:
+def toy_samples(domain: str, n: int, seed: int, observation: str, gui_tasks: int | list = 0) -> list[dict]:
     kind, rng = DOMAINS[domain].toy, random.Random(seed)
     if kind is None:
         raise ValueError(f"domain {domain!r} has no toy generator; pass --data hub or --domain_data {domain}=<file>")
     if kind == "gui":
-        return expert_gui_samples(list_tasks("train"), observation)
+        if isinstance(gui_tasks, list):  # named tasks
+            return expert_gui_samples(gui_tasks, observation)
+        tasks = list_tasks("train")
+        return expert_gui_samples(random.Random(seed).sample(tasks, gui_tasks) if 0 < gui_tasks < len(tasks) else tasks, observation)
     if kind.startswith("arith"):
         rows = make_arithmetic_rows(n, seed, num_terms=int(kind[-1]), max_value=99 if kind == "arith2" else 30)
         return [{"messages": [user_msg(r["question"], False), {"role": "assistant", "content": arithmetic_cot(r["expression"])}]}
@@ -341,10 +353,19 @@ def rows_to_samples(rows: list[dict], source: str, image_root: str) -> list[dict
     return samples
 
 
+def named_tasks(spec: str) -> list:
+    """GUI-world tasks named by --tasks (comma-separated ids); an unknown id is an error that names it."""
+    ids = [i.strip() for i in spec.split(",") if i.strip()]
+    if unknown := [i for i in ids if i not in TASKS]:
+        raise ValueError(f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py build_tasks")
+    return [TASKS[i] for i in ids]
+
+
 def load_domain(domain: str, args: Args, n_toy: int, overrides: dict) -> list[dict]:
     source = overrides.get(domain) or (DOMAINS[domain].hub if args.data == "hub" else None)
     if source is None:
-        return toy_samples(domain, n_toy, args.seed + sorted(DOMAINS).index(domain), args.observation)
+        return toy_samples(domain, n_toy, args.seed + sorted(DOMAINS).index(domain), args.observation,
+                           named_tasks(args.tasks) or args.gui_tasks)
     if source.startswith("hf://"):
         import datasets
         rows = [dict(r) for r in datasets.load_dataset("json", data_files=source, split="train")]
@@ -514,6 +535,30 @@ def run_agent(policy, make_env, tasks, grounder, max_steps: int, dist_info, obse
     return sorted((r for part in all_gather_object(results) for r in part), key=lambda r: r["task_id"])
 
 
+def open_app_then_wait(tasks):
+    """A scripted GUIMid-format policy: open the task's app, then wait (how much PR needs no skill)."""
+    apps = {t.goal: APPS[t.app].label for t in tasks}
+
+    def policy(messages, images):
+        texts = [m[0]["content"][-1]["text"] for m in messages]
+        return [format_guimid("", "", "open_app", apps[re.search(r"Task: (.*)\n", t).group(1)])
+                if "Previous actions:\nnone" in t else format_guimid("", "", "wait") for t in texts]
+    return policy
+
+
+def guimid_claims(table: list[dict], mixture: str, no_mix: str) -> list[dict]:
+    """The paper's comparisons, computed from this run: mid-training on the mixture beats GUI post-training
+    only (Table 3, PR), and mixing GUI data into mid-training lowers the GUI loss at the switch (§3)."""
+    by = {r["condition"]: r for r in table}
+    out = []
+    if "gui_only" in by and mixture in by:
+        out += [claim(f"{mixture} mid-training > GUI-only: PR", "PR", by["gui_only"]["PR"], by[mixture]["PR"])]
+    if mixture in by and no_mix in by:
+        out += [claim("GUI mixed in: lower GUI loss at the switch", "switch_gui_loss", by[no_mix]["switch_gui_loss"],
+                      by[mixture]["switch_gui_loss"], higher_is_better=False)]
+    return out
+
+
 def make_policy(model, processor, max_new_tokens: int):
     sampler = HFSampler(model, processor, batch_size=32)
 
@@ -529,11 +574,41 @@ def make_policy(model, processor, max_new_tokens: int):
 # ----------------------------------------------------------------------------------------------------
 
 
+WARMUP_WORDS = ("the a of to and in is it for on with as at by from open close new list item page button field "
+                "red blue green small large first last next left right top bottom one two three four five").split()
+
+
+def toy_base(dist_info, steps: int = 200, seed: int = 0) -> str:
+    """The toy base (no --model): the tiny LLaVA after a short generic warm-up (repeat a line of words), so
+    every condition starts from a model that can copy text into its answer, as a pretrained VLM can."""
+    def build(folder: Path):
+        tiny = make_tiny_vlm()
+        model, processor, rng = load_model(tiny, vlm=True), load_processor(tiny), random.Random(seed)
+        lines = [" ".join(rng.choices(WARMUP_WORDS, k=rng.randint(2, 8))) for _ in range(2000)]
+        rows = [encode(processor, {"messages": [user_msg(f"Repeat: {x}", False), {"role": "assistant", "content": x}]}, 256)
+                for x in lines]
+        optimizer, pad_id = make_optimizer(model, 1e-2), get_tokenizer(processor).pad_token_id
+        for _ in tqdm(range(steps), desc="toy base: warm-up"):
+            input_ids, attention_mask, loss_mask, _ = collate(rng.sample(rows, 16), pad_id, "cpu")  # (16, L)
+            logps = token_logprobs(model, input_ids, attention_mask)  # (16, L-1)
+            loss = -(logps * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    spec = dict(steps=steps, seed=seed)
+    path = toy_model("guimid-base", spec, build, code=[encode, collate, user_msg]) if dist_info.is_main else None
+    barrier()  # rank 0 builds; the others then find it in the cache
+    return path or toy_model("guimid-base", spec, build, code=[encode, collate, user_msg])
+
+
 def main(args: Args):
     dist_info = init_distributed()
     args = replace(args, **{k: v for k, v in (PAPER if args.model else TOY).items() if getattr(args, k) is None})
     seed_everything(args.seed)
-    model_path = args.model or make_tiny_vlm()
+    model_path = args.model or toy_base(dist_info)
     processor = load_processor(model_path)
     out = Path(args.output_dir)
     pairs = [p.split("=", 1) for p in filter(None, args.domain_data.split(","))]
@@ -551,45 +626,61 @@ def main(args: Args):
         make_env, tasks = getattr(importlib.import_module(module), fn)()
         target_urls = None
     else:
-        tasks = list_tasks(None if args.eval_split == "all" else args.eval_split)
+        tasks = named_tasks(args.tasks) or list_tasks(None if args.eval_split == "all" else args.eval_split)
         make_env, target_urls = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps), [expert_target_url(t) for t in tasks]
     grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, args.dtype)
+    no_mix = f"{args.mixture} without GUI mixed in"  # Table 4's ablation: only run up to the stage switch
     conditions = (["gui_only"] if args.compare and args.mixture != "gui_only" else []) + [args.mixture]
+    conditions += [no_mix] if args.compare and mix_total and mid_counts[GUI] else []
     table, curves = [], []
     for cond in conditions:
         cond_dir = out / re.sub(r"[^\w.-]+", "_", cond)
-        counts = {GUI: 0} if cond == "gui_only" else mid_counts  # the baseline is GUI post-training only (Table 3)
+        counts = {GUI: 0} if cond == "gui_only" else {**mid_counts, GUI: 0} if cond == no_mix else mid_counts  # Table 3 row 1
         mid_batches, gui_batches = build_batches(counts, pools, args.gui_epochs, args.batch_size, args.seed)
+        run_args = replace(args, stop_after_step=len(mid_batches) + args.switch_loss_steps) if cond == no_mix else args
         if args.resume and (cond_dir / "eval.json").exists():
             row = json.loads((cond_dir / "eval.json").read_text())
         else:
-            seed_everything(args.seed)  # both conditions start from the same weights
+            seed_everything(args.seed)  # every condition starts from the same weights
             model = load_model(model_path, vlm=True, dtype=args.dtype)
             if args.gradient_checkpointing:
                 model.gradient_checkpointing_enable()
             model = shard_model(model, dist_info)
-            _, _, logger = train_condition(model, processor, pools, mid_batches, gui_batches, args, dist_info, cond_dir)
+            _, _, logger = train_condition(model, processor, pools, mid_batches, gui_batches, run_args, dist_info, cond_dir)
             if args.stop_after_step and args.stop_after_step < len(mid_batches) + len(gui_batches):
                 print0(f"{cond}: stopped after step {args.stop_after_step} (checkpointed); rerun with --resume")
                 break
-            model.eval()
-            results = run_agent(make_policy(model, processor, args.max_new_tokens), make_env, tasks, grounder,
-                                args.max_episode_steps, dist_info, args.observation, target_urls)
             gui_losses = [r["loss/" + GUI] for r in logger.history if "loss/" + GUI in r]
+            switch = [r["loss/" + GUI] for r in logger.history if r["step"] > len(mid_batches)][:args.switch_loss_steps]
             row = dict(condition=cond, mid_steps=len(mid_batches), gui_steps=len(gui_batches),
-                       SR=sum(r["success"] for r in results) / len(results), PR=sum(r["pr"] for r in results) / len(results),
-                       invalid_rate=sum(r["invalid"] for r in results) / max(1, sum(r["steps"] for r in results)),
-                       final_gui_loss=sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:])))
+                       switch_gui_loss=sum(switch) / max(1, len(switch)) if mid_batches else None)
+            if cond != no_mix:
+                model.eval()
+                results = run_agent(make_policy(model, processor, args.max_new_tokens), make_env, tasks, grounder,
+                                    args.max_episode_steps, dist_info, args.observation, target_urls)
+                row |= dict(SR=sum(r["success"] for r in results) / len(results), PR=sum(r["pr"] for r in results) / len(results),
+                            invalid_rate=sum(r["invalid"] for r in results) / max(1, sum(r["steps"] for r in results)),
+                            final_gui_loss=sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:])))
+                if dist_info.is_main:
+                    write_jsonl(cond_dir / "episodes.jsonl", results)
             if dist_info.is_main:
-                write_jsonl(cond_dir / "episodes.jsonl", results)
                 (cond_dir / "eval.json").write_text(json.dumps(row))
             logger.close()
             del model
         table.append(row)
         curves += [{"step": r["step"], f"{cond}/loss": r["loss"], f"{cond}/gui_loss": r.get("loss/" + GUI), f"{cond}/lr": r["lr"]}
                    for r in read_jsonl_tolerant(cond_dir / "metrics.jsonl")]
-    print0(f"\nGUI world, {args.eval_split} tasks ({len(tasks)}), SR and AgentBoard-style PR; no gain is asserted:\n"
-           + format_table(table))
+    if not args.env_factory:  # the floor a GUI agent must beat: open the task's app, then wait (no model)
+        scripted = run_agent(open_app_then_wait(tasks), make_env, tasks, grounder, args.max_episode_steps, dist_info,
+                             args.observation, target_urls)
+        table.append(dict(condition="scripted: open the right app, then wait", SR=sum(r["success"] for r in scripted) / len(scripted),
+                          PR=sum(r["pr"] for r in scripted) / len(scripted)))
+    print0(f"\nGUI world, {args.eval_split} tasks ({len(tasks)}), SR and AgentBoard-style PR:\n" + format_table(table))
+    claims = guimid_claims(table, args.mixture, no_mix)
+    if claims:
+        print0(format_claims(claims))
+    if dist_info.is_main:
+        write_summary(out, claims, conditions=table)
     if dist_info.is_main and curves:
         keys = [f"{c}/gui_loss" for c in conditions] + [f"{conditions[-1]}/loss"] + [f"{c}/lr" for c in conditions]
         print0("curves:", plot_curves(curves, keys, out / "curves.png", title="GUIMid: one schedule, two stages"))

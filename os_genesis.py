@@ -31,7 +31,7 @@ import json
 import random
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,13 +39,15 @@ from PIL import ImageDraw
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from common.gui_env import (APPS, ActionError, GUIAction, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
+from common.gui_env import (APPS, TASKS, ActionError, GUIAction, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
                             describe_action, instruction, format_osgenesis, list_tasks, normalize_answer,
                             osgenesis_a11y, osgenesis_to_indexed, parse_json_action, parse_osgenesis, replay, rollout,
                             run_episodes, screen_signature, side_by_side, state_diff, step_match, with_center_point)
+from common.claims import claim, format_claims, write_summary
 from common.data import read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, load_tokenizer, make_tiny_lm, make_tiny_vlm
 from common.sampling import make_sampler
+from common.toys import toy_model
 from common.train import (MetricsLogger, barrier, format_table, init_distributed, load_checkpoint, make_optimizer,
                           make_scheduler, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
 
@@ -82,6 +84,12 @@ class Args:
     judge_retries: int = field(default=5, metadata={"help": "TRM tries until 1 <= score <= 5 (sec 2.4)"})
     max_history: int = field(default=2, metadata={"help": "past steps shown to the agent (paper: all; 0 = all)"})
     action_space: str = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
+    data: str = field(default="os_genesis", metadata={"help": "os_genesis (stages 1-4) | task_driven (the paper's baseline: "
+                                                          "SFT on expert trajectories of the training tasks)"})
+    compare: bool = field(default=True, metadata={"help": "also train the task-driven baseline from the same base; write claims"})
+    tasks: str = field(default="", metadata={"help": "catalogue task ids (comma-separated) for task_driven data AND evaluation"})
+    eval_base: bool = field(default=True, metadata={"help": "evaluate the model before SFT too (the compared baseline reuses it)"})
+    base_steps: int = field(default=300, metadata={"help": "toy base (no --model): steps of low-level instruction following"})
     train_steps: int = field(default=400, metadata={"help": "SFT optimizer steps"})
     batch_size: int = field(default=4, metadata={"help": "trajectory draws per step, each -> planning + action sample"})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; tiny model from scratch (paper: not stated; ~1e-5 at 7B)"})
@@ -631,7 +639,8 @@ def make_encoder(proc, vlm: bool):
 
 def step_samples(traj: dict, args: Args, encode) -> list[list[dict]]:
     """Per valid step: [planning sample (task -> thought + action), action sample (task + thought -> action)]."""
-    observations = replay(Task(traj["task_id"], traj["app"], traj["goal"]), [s["action"] for s in traj["steps"]])
+    task = TASKS.get(traj["task_id"]) or Task(traj["task_id"], traj["app"], traj["goal"])  # catalogue tasks: their setup
+    observations = replay(task, [s["action"] for s in traj["steps"]])
     out = []
     for t, (step, obs) in enumerate(zip(traj["steps"], observations)):
         if step["error"] or not step["action"].startswith("{"):
@@ -640,6 +649,9 @@ def step_samples(traj: dict, args: Args, encode) -> list[list[dict]]:
         out.append([encode(agent_prompt(traj["goal"], obs, history, args), agent_target(action, obs, args, step["thought"]), obs["screenshot"]),
                     encode(agent_prompt(traj["goal"], obs, history, args, step["thought"]), agent_target(action, obs, args, None), obs["screenshot"])])
     return out
+
+
+EASY_STEPS = 3  # the easier tier of held-out tasks: the expert needs at most 3 steps (open the app + 2)
 
 
 def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
@@ -657,7 +669,10 @@ def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
             golds.append((s["action"], s["obs"]))
             xy = with_center_point(s["action"], elements) if s["action"].index is not None else None
             history.append(dict(thought=thought, action=s["action"].to_json(), xy=xy and [xy.x, xy.y]))
+    easy = [len(t.expert) <= EASY_STEPS for t in tasks]
     result = dict(success_rate=sum(e["success"] for e in episodes) / len(episodes),
+                  success_rate_easy=sum(e["success"] for e, k in zip(episodes, easy) if k) / max(1, sum(easy)),
+                  success_rate_hard=sum(e["success"] for e, k in zip(episodes, easy) if not k) / max(1, len(easy) - sum(easy)),
                   invalid_action_rate=sum(e["invalid"] for e in episodes) / max(1, sum(len(e["steps"]) for e in episodes)))
     for level in ("high", "low"):
         outs = sampler.generate(prompts[level], images=images if args.vlm else None, temperature=0.0, max_new_tokens=args.max_new_tokens)
@@ -669,11 +684,88 @@ def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# The toy base (no --model): a tiny VLM that can follow low-level instructions, as the paper's
+# backbones can before OS-Genesis data teaches them high-level tasks
+
+
+def base_samples(args: Args, encode, n_walks: int = 120) -> list[dict]:
+    """Low-level instruction following on random screens: the task is the low-level instruction
+    ("Click 'Sound'.", "Open app 'Mail'."); the target is the agent format (thought + action). The
+    walks use their own seeds and clickable elements only, no goal of any task."""
+    samples, apps = [], list(APPS)
+    for k in range(n_walks):
+        rng = random.Random(f"base-{args.seed}-{k}")
+        env = ToyGUIEnv(Task("base", "", ""), max_steps=10**6)
+        obs = env.obs
+        for _ in range(6):
+            clickable = [e for e in obs["ui_elements"] if e["is_clickable"] and not e["is_editable"]]
+            if obs["app"] == "home" or not clickable or rng.random() < 0.1:
+                action = GUIAction("open_app", app_name=APPS[rng.choice(apps)].label)
+            else:
+                action = GUIAction("click", index=rng.choice(clickable)["index"])
+            thought = instruction(action, obs["ui_elements"])
+            samples.append(encode(agent_prompt(thought, obs, [], args), agent_target(action, obs, args, thought), obs["screenshot"]))
+            obs = env.step(action)[0]
+    return samples
+
+
+def toy_base(args: Args, d) -> str:
+    """Build (once, cached by common.toys.toy_model) the warm-started toy base."""
+    spec = dict(seed=args.seed, vlm=args.vlm, steps=args.base_steps, action_space=args.action_space)
+
+    def build(folder: Path):
+        tiny = make_tiny_vlm() if args.vlm else make_tiny_lm()
+        model, proc = load_model(tiny, vlm=args.vlm), load_processor(tiny) if args.vlm else load_tokenizer(tiny)
+        tok, samples = getattr(proc, "tokenizer", proc), base_samples(args, make_encoder(proc, args.vlm))
+        optimizer, rng = make_optimizer(model, args.learning_rate), random.Random(args.seed)
+        model.train()
+        for _ in (bar := tqdm(range(args.base_steps), desc="toy base: low-level instructions")):
+            batch = rng.sample(samples, 8)
+            input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in batch], [b["target_ids"] for b in batch])
+            extra = {k: torch.cat([b["extra"][k] for b in batch]) for k in batch[0]["extra"]}  # pixel_values (8, 3, H, W)
+            loss = sft_loss(model, input_ids, attention_mask, loss_mask, **extra)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.save_pretrained(folder)
+        proc.save_pretrained(folder)
+    code = [base_samples, agent_prompt, agent_target, make_encoder, instruction, ToyGUIEnv]
+    path = toy_model("os_genesis-base", spec, build, code=code) if d.is_main else None
+    barrier()  # rank 0 builds; the others then find it in the cache
+    return path or toy_model("os_genesis-base", spec, build, code=code)
+
+
+def named_tasks(args: Args) -> list[Task]:
+    """The catalogue tasks named by --tasks (an unknown id is an error that names it)."""
+    ids = [i.strip() for i in args.tasks.split(",") if i.strip()]
+    if unknown := [i for i in ids if i not in TASKS]:
+        raise ValueError(f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py build_tasks")
+    return [TASKS[i] for i in ids]
+
+
+def task_driven_data(files: dict, args: Args) -> dict:
+    """The task-driven baseline (sec 4.1): the expert's trajectories of the training tasks, score 5 each
+    (uniform draws), in the same record format as collected trajectories."""
+    if not read_jsonl_tolerant(files["trajectories"]):
+        tasks = named_tasks(args) or list_tasks("train")
+        experts = [ScriptedExpert(t) for t in tasks]
+        policy = lambda items: [(instruction(a, o["ui_elements"]), a)  # noqa: E731
+                                for a, (_, o, _) in zip([experts[i].act(o) for i, o, _ in items], items)]
+        write_jsonl(files["trajectories"], run_episodes(tasks, policy, args.max_steps))
+        write_jsonl(files["scores"], [dict(task_id=t.task_id, score=5, reason="expert", attempts=0, judge="none") for t in tasks])
+    trajectories = read_jsonl_tolerant(files["trajectories"])
+    return dict(trajectories=len(trajectories), mean_steps=sum(len(t["steps"]) for t in trajectories) / len(trajectories))
 
 
 def generate_data(args: Args, out: Path) -> dict:
     """Stages 1-4 (rank 0). Each stage appends complete JSONL records and skips what an earlier run finished."""
     files = {name: out / f"{name}.jsonl" for name in ("walks", "triples", "tasks", "trajectories", "scores")}
+    if args.data == "task_driven":  # the paper's baseline: trajectories of given tasks, all trained on alike
+        return task_driven_data(files, args)
+    if args.data != "os_genesis":
+        raise ValueError(f"--data {args.data!r}: choose os_genesis or task_driven")
     helpers = {}
     helper = lambda path: helpers.get(path) or helpers.setdefault(path, load_helper(path, args))  # noqa: E731
     apps = [a.strip() for a in args.apps.split(",") if a.strip()]
@@ -768,7 +860,7 @@ def main(args: Args):
     counts = json.loads((out / "counts.json").read_text())
 
     # ALGO LOGIC: SFT on score-weighted draws of trajectories, two objectives per drawn step
-    path = args.model or (make_tiny_vlm() if args.vlm else make_tiny_lm())
+    path = args.model or toy_base(args, d)
     model = load_model(path, vlm=args.vlm, dtype="float32" if d.device.type == "cpu" else "bfloat16")
     proc = load_processor(path) if args.vlm else load_tokenizer(path)
     encode, tok, per_traj, weights = make_encoder(proc, args.vlm), getattr(proc, "tokenizer", proc), [], []
@@ -780,7 +872,7 @@ def main(args: Args):
     probs = trm_sampling_probs(weights) if weights else []
     print0(f"SFT data: {len(per_traj)} trajectories, {sum(map(len, per_traj))} steps x 2 objectives")
     model = shard_model(model, d)
-    sampler, eval_tasks = make_sampler("hf", model, proc), list_tasks(args.eval_split)[:args.eval_limit or None]
+    sampler, eval_tasks = make_sampler("hf", model, proc), (named_tasks(args) or list_tasks(args.eval_split))[:args.eval_limit or None]
     optimizer = make_optimizer(model, args.learning_rate)
     scheduler = make_scheduler(optimizer, "cosine", int(args.warmup_ratio * args.train_steps), args.train_steps)
     state = load_checkpoint(out / "ckpt", model, optimizer, scheduler) if args.resume else None
@@ -788,12 +880,12 @@ def main(args: Args):
     if state:
         print0(f"resumed from step {start}")
     logger = MetricsLogger(out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=start if args.resume else None)
-    if not (out / "eval_before.json").exists():
+    if args.eval_base and not (out / "eval_before.json").exists():
         before = evaluate(sampler, args, eval_tasks)  # every rank: FSDP generate runs in lock-step
         if d.is_main:
             (out / "eval_before.json").write_text(json.dumps(before))
     barrier()
-    before = json.loads((out / "eval_before.json").read_text())
+    before = json.loads((out / "eval_before.json").read_text()) if args.eval_base else {}
 
     model.train()
     progress = tqdm(range(start, args.train_steps if per_traj else start), desc="5/5 SFT", disable=not d.is_main)
@@ -819,13 +911,37 @@ def main(args: Args):
             save_checkpoint(out / "ckpt", model, optimizer, scheduler, step + 1)
 
     after = evaluate(sampler, args, eval_tasks)
+    name = "OS-Genesis" if args.data == "os_genesis" else "task-driven"
     if d.is_main:
-        rows = [{"agent": "tiny VLM before SFT" if not args.model else "before SFT", **before}, {"agent": "after OS-Genesis SFT", **after}]
-        print0(f"\nheld-out toy tasks ({args.eval_split} split, {len(eval_tasks)} tasks, max {args.max_steps} steps):\n" + format_table(rows))
+        (out / "eval_after.json").write_text(json.dumps(after))
         logger.log({f"eval/{k}_before": v for k, v in before.items()} | {f"eval/{k}_after": v for k, v in after.items()}, args.train_steps)
-        logger.plot(["loss", "lr"], out / "curves.png", title="OS-Genesis SFT on synthesized trajectories")
-        (out / "summary.json").write_text(json.dumps(dict(counts=counts, before=before, after=after), indent=1))
+        logger.plot(["loss", "lr"], out / "curves.png", title=f"{name} SFT")
     logger.close()
+    if not args.eval_base:
+        return
+    rows = [{"agent": "base before SFT", **before}, {"agent": f"after {name} SFT", **after}]
+    if args.compare and args.data == "os_genesis":  # the paper's baseline, same base and budget (Table 1)
+        del model, sampler, optimizer
+        main(replace(args, data="task_driven", output_dir=str(out / "task_driven"), eval_base=False, compare=False))
+        rows.insert(1, {"agent": "after task-driven SFT", **json.loads((out / "task_driven" / "eval_after.json").read_text())})
+    if d.is_main:
+        print0(f"\nheld-out toy tasks ({args.eval_split} split, {len(eval_tasks)} tasks, max {args.max_steps} steps):\n" + format_table(rows))
+        claims = os_genesis_claims(rows)
+        if claims:
+            print0(format_claims(claims))
+        write_summary(out, claims, counts=counts, eval={r["agent"]: r for r in rows})
+
+
+def os_genesis_claims(rows: list[dict]) -> list[dict]:
+    """The paper's comparisons (Table 1), computed from this run: OS-Genesis data beats task-driven data
+    on held-out step accuracy, and success moves above the base's on the easier tier."""
+    by = {r["agent"]: r for r in rows}
+    base, genesis, driven = by["base before SFT"], by["after OS-Genesis SFT"], by.get("after task-driven SFT")
+    claims = [] if driven is None else [
+        claim("OS-Genesis > task-driven: step acc (high)", "high_step_acc", driven["high_step_acc"], genesis["high_step_acc"]),
+        claim("OS-Genesis > task-driven: step acc (low)", "low_step_acc", driven["low_step_acc"], genesis["low_step_acc"])]
+    return claims + [claim("OS-Genesis SFT: SR above the base (easy tier)", "success_rate_easy",
+                           base["success_rate_easy"], genesis["success_rate_easy"])]
 
 
 if __name__ == "__main__":

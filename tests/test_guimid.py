@@ -288,3 +288,22 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
     assert [r["lr"] for r in two] == pytest.approx([r["lr"] for r in uninterrupted])
     assert two[0]["loss"] == pytest.approx(uninterrupted[0]["loss"], rel=1e-4)
     assert len((fsdp / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(list_tasks("test"))
+
+
+def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
+    """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on them, reaches SR 1."""
+    out = tmp_path / "overfit"
+    run_cmd([sys.executable, "guimid.py", "--output_dir", str(out), "--mixture", "gui_only", "--compare", "False",
+             "--tasks", "settings_bluetooth_on,mail_star_dave", "--batch_size", "4", "--gui_epochs", "40"], timeout=600)
+    assert json.loads((out / "gui_only" / "eval.json").read_text())["SR"] == 1.0
+
+
+def test_learning_claims_hold(run_cmd, tmp_path):
+    """The no-argument run: mid-training on the GUIMid mixture beats GUI-only training on PR with scarce GUI data, and
+    mixing GUI data into mid-training lowers the GUI loss at the stage switch (fixed seed)."""
+    out = tmp_path / "learn"
+    proc = run_cmd([sys.executable, "guimid.py", "--output_dir", str(out)], timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["claims"]) == 2 and all(c["holds"] for c in summary["claims"]), proc.stdout[-3000:]
+    scripted = next(r for r in summary["conditions"] if r["condition"].startswith("scripted"))
+    assert scripted["SR"] == 0 and 0 < scripted["PR"] < 1  # opening the app earns progress, never success
