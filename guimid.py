@@ -101,6 +101,10 @@ class Args:
     max_episode_steps: int | None = field(default=None, metadata={"help": "agent steps per task (None: paper 30, AgentBoard; toy 15)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "planner output tokens (None: 512; toy 96)"})
     eval_split: str = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
+    env: str = field(default="toy", metadata={"help": "toy (the simulated phone) | miniwob (MiniWoB++ pages in headless Chromium; "
+                                                   "--tasks names them, default common.miniwob_env.DEFAULT_TASKS)"})
+    episodes_per_task: int = field(default=5, metadata={"help": "--env miniwob: seeded episodes per task"})
+    eval_only: bool = field(default=False, metadata={"help": "evaluate the model as it is (no training): an SR table per task"})
     env_factory: str = field(default="", metadata={"help": "'module:function' returning (make_env, tasks) for an external GUIEnvironment"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
 
@@ -365,7 +369,7 @@ def load_domain(domain: str, args: Args, n_toy: int, overrides: dict) -> list[di
     source = overrides.get(domain) or (DOMAINS[domain].hub if args.data == "hub" else None)
     if source is None:
         return toy_samples(domain, n_toy, args.seed + sorted(DOMAINS).index(domain), args.observation,
-                           named_tasks(args.tasks) or args.gui_tasks)
+                           (named_tasks(args.tasks) if args.env == "toy" else []) or args.gui_tasks)
     if source.startswith("hf://"):
         import datasets
         rows = [dict(r) for r in datasets.load_dataset("json", data_files=source, split="train")]
@@ -604,6 +608,36 @@ def toy_base(dist_info, steps: int = 200, seed: int = 0) -> str:
     return path or toy_model("guimid-base", spec, build, code=[encode, collate, user_msg])
 
 
+def evaluate_only(args: Args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out: Path):
+    """--eval_only: the model as it is on the tasks, an SR table per task (MiniWoB: next to a random agent)."""
+    model = shard_model(load_model(model_path, vlm=True, dtype=args.dtype), dist_info).eval()
+    policy = make_policy(model, processor, args.max_new_tokens)
+    if args.env == "miniwob":  # one browser: the episodes run one after another
+        results = [r for t in tasks for r in run_agent(policy, make_env, [t], grounder, args.max_episode_steps, dist_info,
+                                                       args.observation)]
+    else:
+        results = run_agent(policy, make_env, tasks, grounder, args.max_episode_steps, dist_info, args.observation, target_urls)
+    random_sr = {}
+    if args.env == "miniwob":
+        from common import miniwob_env
+        runs = miniwob_env.run_policy(make_env(), miniwob_env.random_policy(random.Random(args.seed)), tasks)
+        random_sr = {name: sum(r["success"] for r in runs if r["task_id"] == name) / sum(r["task_id"] == name for r in runs)
+                     for name in dict.fromkeys(r["task_id"] for r in runs)}
+    by_task = defaultdict(list)
+    for r in results:
+        by_task[r["task_id"]].append(r)
+    rows = [dict(task=k, episodes=len(v), SR=sum(r["success"] for r in v) / len(v), PR=sum(r["pr"] for r in v) / len(v))
+            | ({"random agent SR": random_sr[k]} if k in random_sr else {}) for k, v in by_task.items()]
+    rows.append(dict(task="all", episodes=len(results), SR=sum(r["success"] for r in results) / len(results),
+                     PR=sum(r["pr"] for r in results) / len(results))
+                | ({"random agent SR": sum(random_sr.values()) / len(random_sr)} if random_sr else {}))
+    print0(f"\n{args.env}: {args.model or 'toy base'} without training, greedy, max {args.max_episode_steps} steps:\n" + format_table(rows))
+    if dist_info.is_main:
+        write_jsonl(out / "eval_only" / "episodes.jsonl", results)
+        write_summary(out, [], eval_only=rows)
+    cleanup_distributed()
+
+
 def main(args: Args):
     dist_info = init_distributed()
     args = replace(args, **{k: v for k, v in (PAPER if args.model else TOY).items() if getattr(args, k) is None})
@@ -619,16 +653,24 @@ def main(args: Args):
     mix_total = 0 if not recipe else args.mixture_size if args.mixture_size is not None else int(sum(recipe.values()))
     mid_counts = allocate_counts(recipe, mix_total)
     mid_counts[GUI] = round(args.gui_mix_ratio * mix_total)
-    pools = {d: load_domain(d, args, n, overrides) for d, n in mid_counts.items() if n or d == GUI}
-    print0(f"mid-training draws per domain: {mid_counts}; pool sizes: { {d: len(p) for d, p in pools.items()} }")
-    if args.env_factory:
+    if args.env == "miniwob":
+        from common import miniwob_env
+        make_env, tasks = miniwob_env.env_factory(args.tasks, args.episodes_per_task, args.max_episode_steps)
+        target_urls = None
+    elif args.env_factory:
         module, _, fn = args.env_factory.partition(":")
         make_env, tasks = getattr(importlib.import_module(module), fn)()
         target_urls = None
-    else:
+    elif args.env == "toy":
         tasks = named_tasks(args.tasks) or list_tasks(None if args.eval_split == "all" else args.eval_split)
         make_env, target_urls = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps), [expert_target_url(t) for t in tasks]
+    else:
+        raise ValueError(f"--env {args.env!r}: choose toy or miniwob")
     grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, args.dtype)
+    if args.eval_only:
+        return evaluate_only(args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out)
+    pools = {d: load_domain(d, args, n, overrides) for d, n in mid_counts.items() if n or d == GUI}
+    print0(f"mid-training draws per domain: {mid_counts}; pool sizes: { {d: len(p) for d, p in pools.items()} }")
     no_mix = f"{args.mixture} without GUI mixed in"  # Table 4's ablation: only run up to the stage switch
     conditions = (["gui_only"] if args.compare and args.mixture != "gui_only" else []) + [args.mixture]
     conditions += [no_mix] if args.compare and mix_total and mid_counts[GUI] else []

@@ -228,21 +228,23 @@ class MiniWoBGUIEnv:
 
 
 def scripted_policy(obs: dict) -> GUIAction:
-    """A rule policy for the click / type tasks: click the element whose text the goal quotes or names
-    (click-button, click-link, click-test), or type the quoted text into the field and submit."""
+    """A rule policy for the simple click / type tasks: "Enter/Type ..." types the quoted text into the
+    field, then clicks Submit; "Focus ..." clicks the field; otherwise click the element whose text the
+    goal quotes (click-button, click-link) or names (click-test's "Click Me!")."""
     goal, elements = obs["goal"], obs["ui_elements"]
     quoted = goal.split('"')[1] if goal.count('"') >= 2 else ""
     field = next((e for e in elements if e["is_editable"]), None)
-    if field is not None and quoted and field["value"] != quoted:
-        return GUIAction("input_text", index=field["index"], text=quoted)
-    submit = next((e for e in elements if e["role"] == "button" and e["text"].lower() == "submit"), None)
-    if field is not None and submit is not None and (field["value"] == quoted or not quoted):
-        return GUIAction("click", index=submit["index"])
-    if field is not None and not quoted:  # focus-text: click the field
+    if field is not None and goal.lower().startswith(("enter", "type")):
+        if field["value"] != quoted:
+            return GUIAction("input_text", index=field["index"], text=quoted)
+        submit = next((e for e in elements if e["text"].lower() == "submit"), None)
+        return GUIAction("click", index=submit["index"]) if submit else GUIAction("keyboard_enter")
+    if field is not None and goal.lower().startswith("focus"):
         return GUIAction("click", index=field["index"])
-    named = [e for e in elements if e["is_clickable"] and e["text"] and (e["text"] == quoted or e["text"].lower() in goal.lower())]
+    exact = [e for e in elements if quoted and e["text"] == quoted]
+    named = exact or [e for e in elements if e["is_clickable"] and e["text"] and e["text"].lower() in goal.lower()]
     if named:
-        return GUIAction("click", index=min(named, key=lambda e: len(e["text"]))["index"] if not quoted else named[0]["index"])
+        return GUIAction("click", index=named[0]["index"])
     return GUIAction("click", index=elements[-1]["index"]) if elements else GUIAction("wait")
 
 
