@@ -10,19 +10,29 @@ same inputs + the thought -> action. Here the GUI is the toy phone of common/gui
 evaluated on its held-out tasks (success rate, AndroidControl-style step accuracy, high and low level).
 
 Departures (vs the paper and its released `collection/` code):
-- The offline default runs STAND-INS for GPT-4o behind the model-backed paths' interfaces: a rule-based
-  describer (triple a11y + state change), a path-following executor with random slips, a state-based TRM
-  (the paper's rubric read from env state). `--annotator/--executor/--judge model` use any LLM/VLM.
+- The offline default runs STAND-INS for GPT-4o behind the model-backed paths' interfaces, each reading
+  the toy phone's state: a rule-based describer (triple a11y + state change), an executor that carries
+  out the synthesized task (the walk's path minus every step the task does not need) with 15% random
+  slips, and a TRM that scores completion + coherence (a detour scores 4, a side effect 3).
+  `--annotator/--text_filler/--executor/--judge model` use any LLM/VLM instead.
+- A clean split: a synthesized task that is a held-out task (same goal, or the same instance: its state
+  change passes a held-out check, or its answer is a held-out answer) is dropped before collection.
+- The baseline is the paper's task-driven data, stood in by the scripted expert's trajectories of the
+  phone's training tasks (`--data task_driven`); both start from the same warm-started toy base, a
+  tiny VLM taught low-level instruction following on random screens (the paper starts from Qwen2-VL).
 - One image per prompt (before | after with a red box; the TRM's last 3 screenshots side by side).
 - Trajectories start on the launcher (the held-out tasks do); synthesized goals are de-duplicated by text.
 - A judge output still invalid after 5 tries scores 1; screenshots are re-rendered by replay, not stored.
 - The agent (tiny VLM; `--vlm False`: text-only LM) sees the last `--max_history 2` steps (paper: all).
 
 Commands:
-  CPU toy (offline, tiny VLM):  python os_genesis.py
-  1 GPU:   python os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model --judge model \
-             --annotator_model Qwen/Qwen2-VL-72B-Instruct --judge_model Qwen/Qwen2-VL-72B-Instruct --learning_rate 1e-5
-  8 GPUs:  torchrun --nproc_per_node=8 os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model --judge model
+  CPU toy (offline, tiny VLM):  python os_genesis.py    # OS-Genesis vs task-driven data, claims in summary.json
+  1 GPU:   python os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model --text_filler model \
+             --executor model --judge model --annotator_model Qwen/Qwen2-VL-72B-Instruct \
+             --judge_model Qwen/Qwen2-VL-72B-Instruct --learning_rate 1e-5 --max_history 0
+  8 GPUs:  torchrun --nproc_per_node=8 os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model \
+             --text_filler model --executor model --judge model --annotator_model Qwen/Qwen2-VL-72B-Instruct \
+             --judge_model Qwen/Qwen2-VL-72B-Instruct --learning_rate 1e-5 --max_history 0
 """
 
 from __future__ import annotations
@@ -73,8 +83,8 @@ class Args:
     annotator: str = field(default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"})
     annotator_model: str = field(default="", metadata={"help": "LLM/VLM for annotator, filler, executor (empty = --model)"})
     question_ratio: float = field(default=0.3, metadata={"help": "rule describer: info screens made questions (sec 2.2)"})
-    executor: str = field(default="follower", metadata={"help": "collection: follower (stand-in) | model (GPT-4o M3A)"})
-    executor_noise: float = field(default=0.15, metadata={"help": "follower stand-in: chance of a random click per step"})
+    executor: str = field(default="follower", metadata={"help": "collection: follower (stand-in: runs the direct plan) | model (GPT-4o M3A)"})
+    executor_noise: float = field(default=0.15, metadata={"help": "follower stand-in: chance of a random click (slip) per step"})
     max_steps: int = field(default=15, metadata={"help": "step cap for collection and evaluation (sec 2.3)"})
     abort_repeats: int = field(default=3, metadata={"help": "abort after the same action this many times (sec 2.3)"})
     judge: str = field(default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"})
