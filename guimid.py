@@ -17,6 +17,12 @@ Departures:
   output of f" samples written here; codeio.py's prompts are ~1K tokens each, too long for the CPU budget),
   GUI trajectories = the scripted expert on the GUI world's train tasks. Toy hyperparameters (TOY below)
   replace the paper's (PAPER below, Table 8) only when the tiny model is used.
+- Toy observation: screenshot + accessibility text (--observation screenshot+axtree): the tiny VLM cannot
+  read labels off its 64x64 image. The paper's planner is pure vision (the default with --model).
+- Toy GUI data is scarce on purpose (the expert on 12 of the 40 training tasks, --gui_tasks), the regime
+  where the paper says mid-training pays. The run also reports the loss at the stage switch without GUI
+  data mixed in (Table 4's ablation) and a scripted "open the right app, then wait" planner's PR.
+- `--env miniwob` runs the agent loop on MiniWoB++ pages (common/miniwob_env.py) instead of WebArena.
 - Grounding: the toy uses the accessibility tree (common.gui_env.StubGrounder, a stand-in for UGround-V1-7B);
   `--grounder <VLM path>` asks a model for "(x, y)" in [0, 1000) through the same interface.
 - The non-GUI:GUI ratio is not stated: default 56,062/150,000 GUI samples per mid-training sample (Table 2's
@@ -27,7 +33,8 @@ Departures:
   LLaVA `conversations` (from/value), `messages` (role/content) or prompt/response columns; one image per row.
 
 Commands:
-  python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, ~2-3 min
+  python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, claims in summary.json
+  python guimid.py --env miniwob --eval_only        # MiniWoB++ in headless Chromium: an SR table per task
   python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --dtype bfloat16   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --data hub \\
       --image_root /data/guimid_images --dtype bfloat16 --gradient_checkpointing --compare False   # FSDP2
@@ -81,7 +88,7 @@ class Args:
     lr: float | None = field(default=None, metadata={"help": "peak LR (None: paper 2e-5, Table 8; toy 1e-2)"})
     batch_size: int | None = field(default=None, metadata={"help": "global batch (None: paper 32 = 8 GPUs x 2 x accum 2; toy 16)"})
     micro_batch_size: int = field(default=2, metadata={"help": "rows per forward on one rank; the rest is grad accumulation (Table 8: 2)"})
-    gui_epochs: int | None = field(default=None, metadata={"help": "epochs of GUI fine-tuning (None: paper 1, Table 8; toy 20)"})
+    gui_epochs: int | None = field(default=None, metadata={"help": "epochs of GUI fine-tuning (None: paper 1, Table 8; toy 40)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "warmup share of the ONE schedule (Table 8)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler over both stages (Table 8: cosine)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not stated)"})
@@ -97,6 +104,7 @@ class Args:
     gui_tasks: int | None = field(default=None, metadata={"help": "GUI-world training tasks whose expert trajectories are the GUI "
                                                                "data (None: paper, all; toy 12 of 40: scarce GUI data, §1)"})
     tasks: str = field(default="", metadata={"help": "GUI-world task ids (comma-separated): the GUI data AND the evaluation tasks"})
+    base_steps: int = field(default=0, metadata={"help": "toy base (no --model): copy warm-up steps (0 = the tiny VLM as built; see docs)"})
     switch_loss_steps: int = field(default=3, metadata={"help": "GUI-stage steps averaged for the loss at the stage switch"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "agent steps per task (None: paper 30, AgentBoard; toy 15)"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "planner output tokens (None: 512; toy 96)"})
@@ -111,7 +119,7 @@ class Args:
 
 PAPER = dict(lr=2e-5, batch_size=32, gui_epochs=1, mixture_size=None, max_episode_steps=30, max_new_tokens=512,
              observation="screenshot", gui_tasks=0)
-TOY = dict(lr=1e-2, batch_size=16, gui_epochs=20, mixture_size=960, max_episode_steps=15, max_new_tokens=96,
+TOY = dict(lr=1e-2, batch_size=16, gui_epochs=40, mixture_size=960, max_episode_steps=15, max_new_tokens=96,
            observation="screenshot+axtree", gui_tasks=12)
 
 # ----------------------------------------------------------------------------------------------------
@@ -582,16 +590,19 @@ WARMUP_WORDS = ("the a of to and in is it for on with as at by from open close n
                 "red blue green small large first last next left right top bottom one two three four five").split()
 
 
-def toy_base(dist_info, steps: int = 200, seed: int = 0) -> str:
+def toy_base(dist_info, steps: int = 100, seed: int = 0, lr: float = 3e-3) -> str:
     """The toy base (no --model): the tiny LLaVA after a short generic warm-up (repeat a line of words), so
     every condition starts from a model that can copy text into its answer, as a pretrained VLM can."""
+    if steps == 0:
+        return make_tiny_vlm()
+
     def build(folder: Path):
         tiny = make_tiny_vlm()
         model, processor, rng = load_model(tiny, vlm=True), load_processor(tiny), random.Random(seed)
         lines = [" ".join(rng.choices(WARMUP_WORDS, k=rng.randint(2, 8))) for _ in range(2000)]
         rows = [encode(processor, {"messages": [user_msg(f"Repeat: {x}", False), {"role": "assistant", "content": x}]}, 256)
                 for x in lines]
-        optimizer, pad_id = make_optimizer(model, 1e-2), get_tokenizer(processor).pad_token_id
+        optimizer, pad_id = make_optimizer(model, lr), get_tokenizer(processor).pad_token_id
         for _ in tqdm(range(steps), desc="toy base: warm-up"):
             input_ids, attention_mask, loss_mask, _ = collate(rng.sample(rows, 16), pad_id, "cpu")  # (16, L)
             logps = token_logprobs(model, input_ids, attention_mask)  # (16, L-1)
@@ -602,7 +613,7 @@ def toy_base(dist_info, steps: int = 200, seed: int = 0) -> str:
             optimizer.zero_grad(set_to_none=True)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-    spec = dict(steps=steps, seed=seed)
+    spec = dict(steps=steps, seed=seed, lr=lr)
     path = toy_model("guimid-base", spec, build, code=[encode, collate, user_msg]) if dist_info.is_main else None
     barrier()  # rank 0 builds; the others then find it in the cache
     return path or toy_model("guimid-base", spec, build, code=[encode, collate, user_msg])
@@ -642,7 +653,7 @@ def main(args: Args):
     dist_info = init_distributed()
     args = replace(args, **{k: v for k, v in (PAPER if args.model else TOY).items() if getattr(args, k) is None})
     seed_everything(args.seed)
-    model_path = args.model or toy_base(dist_info)
+    model_path = args.model or toy_base(dist_info, args.base_steps)
     processor = load_processor(model_path)
     out = Path(args.output_dir)
     pairs = [p.split("=", 1) for p in filter(None, args.domain_data.split(","))]

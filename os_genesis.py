@@ -188,7 +188,7 @@ def agent_prompt(goal: str, obs: dict, history: list[dict], args: Args, thought:
     first = max(0, len(history) - args.max_history) if args.max_history else 0
     past = "\n".join(f"Step {i + 1}: {h['thought']} action: {history_action(h, args)}" for i, h in enumerate(history) if i >= first)
     ask = f"Low-level thought: {thought}\nWrite the action." if thought else "Write the low-level thought and the action."
-    return f"Task: {goal}\nScreen: {screen}\nHistory:\n{past or 'None'}\n{ask}"
+    return f"Screen: {screen}\nHistory:\n{past or 'None'}\nTask: {goal}\n{ask}"  # the task last: near the answer
 
 
 def history_action(step: dict, args: Args) -> str:

@@ -60,3 +60,15 @@ def test_bad_actions_never_crash_and_typing_works(env):
     field = next(e for e in obs["ui_elements"] if e["is_editable"])
     obs, *_ = env.step(GUIAction("input_text", index=field["index"], text="hello"))
     assert not obs["last_action_error"] and next(e for e in obs["ui_elements"] if e["is_editable"])["value"] == "hello"
+
+
+@needs_chromium
+def test_guimid_eval_only_prints_an_sr_table(run_cmd, tmp_path):
+    import json
+    import sys
+    proc = run_cmd([sys.executable, "guimid.py", "--env", "miniwob", "--eval_only", "--output_dir", str(tmp_path),
+                    "--tasks", "click-test,click-button", "--episodes_per_task", "1", "--max_episode_steps", "2",
+                    "--max_new_tokens", "8"], timeout=600)
+    assert "| click-test" in proc.stdout and "random agent SR" in proc.stdout
+    rows = json.loads((tmp_path / "summary.json").read_text())["eval_only"]
+    assert [r["task"] for r in rows] == ["click-test", "click-button", "all"] and rows[-1]["episodes"] == 2
