@@ -547,6 +547,20 @@ def run_agent(policy, make_env, tasks, grounder, max_steps: int, dist_info, obse
     return sorted((r for part in all_gather_object(results) for r in part), key=lambda r: r["task_id"])
 
 
+@torch.no_grad()
+def heldout_loss(model, processor, samples: list[dict], args: Args, dist_info) -> float:
+    """Token-mean NLL of the expert's planner outputs on the evaluation tasks: how well the GUI stage
+    generalises, on a scale that moves before success does."""
+    pad_id, nll, tokens = get_tokenizer(processor).pad_token_id, 0.0, 0.0
+    for k in range(0, len(samples), args.micro_batch_size):
+        rows = [encode(processor, x, args.max_length) for x in samples[k:k + args.micro_batch_size]]
+        input_ids, attention_mask, loss_mask, extra = collate(rows, pad_id, dist_info.device)
+        logps = token_logprobs(model, input_ids, attention_mask, **extra)  # (b, L-1)
+        nll -= float((logps * loss_mask[:, 1:]).sum())
+        tokens += float(loss_mask[:, 1:].sum())
+    return nll / max(1.0, tokens)
+
+
 def open_app_then_wait(tasks):
     """A scripted GUIMid-format policy: open the task's app, then wait (how much PR needs no skill)."""
     apps = {t.goal: APPS[t.app].label for t in tasks}
@@ -564,7 +578,10 @@ def guimid_claims(table: list[dict], mixture: str, no_mix: str) -> list[dict]:
     by = {r["condition"]: r for r in table}
     out = []
     if "gui_only" in by and mixture in by:
-        out += [claim(f"{mixture} mid-training > GUI-only: PR", "PR", by["gui_only"]["PR"], by[mixture]["PR"])]
+        out += [claim(f"{mixture} mid-training > GUI-only: PR", "PR", by["gui_only"]["PR"], by[mixture]["PR"], margin=0.02)]
+        if "heldout_gui_loss" in by[mixture]:
+            out += [claim(f"{mixture} mid-training < GUI-only: held-out loss", "heldout_gui_loss",
+                          by["gui_only"]["heldout_gui_loss"], by[mixture]["heldout_gui_loss"], higher_is_better=False)]
     if mixture in by and no_mix in by:
         out += [claim("GUI mixed in: lower GUI loss at the switch", "switch_gui_loss", by[no_mix]["switch_gui_loss"],
                       by[mixture]["switch_gui_loss"], higher_is_better=False)]
@@ -682,6 +699,7 @@ def main(args: Args):
         return evaluate_only(args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out)
     pools = {d: load_domain(d, args, n, overrides) for d, n in mid_counts.items() if n or d == GUI}
     print0(f"mid-training draws per domain: {mid_counts}; pool sizes: { {d: len(p) for d, p in pools.items()} }")
+    heldout = expert_gui_samples(tasks, args.observation) if args.env == "toy" and not args.env_factory else []
     no_mix = f"{args.mixture} without GUI mixed in"  # Table 4's ablation: only run up to the stage switch
     conditions = (["gui_only"] if args.compare and args.mixture != "gui_only" else []) + [args.mixture]
     conditions += [no_mix] if args.compare and mix_total and mid_counts[GUI] else []
@@ -711,6 +729,8 @@ def main(args: Args):
                 model.eval()
                 results = run_agent(make_policy(model, processor, args.max_new_tokens), make_env, tasks, grounder,
                                     args.max_episode_steps, dist_info, args.observation, target_urls)
+                if heldout:
+                    row["heldout_gui_loss"] = heldout_loss(model, processor, heldout, args, dist_info)
                 row |= dict(SR=sum(r["success"] for r in results) / len(results), PR=sum(r["pr"] for r in results) / len(results),
                             invalid_rate=sum(r["invalid"] for r in results) / max(1, sum(r["steps"] for r in results)),
                             final_gui_loss=sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:])))

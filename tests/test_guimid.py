@@ -298,12 +298,35 @@ def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
     assert json.loads((out / "gui_only" / "eval.json").read_text())["SR"] == 1.0
 
 
-def test_learning_claims_hold(run_cmd, tmp_path):
-    """The no-argument run: mid-training on the GUIMid mixture beats GUI-only training on PR with scarce GUI data, and
-    mixing GUI data into mid-training lowers the GUI loss at the stage switch (fixed seed)."""
-    out = tmp_path / "learn"
-    proc = run_cmd([sys.executable, "guimid.py", "--output_dir", str(out)], timeout=900)
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """The no-argument run (fixed seed), once for the learning tests below."""
+    from conftest import _run
+    out = tmp_path_factory.mktemp("learn")
+    proc = _run([sys.executable, "guimid.py", "--output_dir", str(out)], timeout=1800)
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["claims"]) == 2 and all(c["holds"] for c in summary["claims"]), proc.stdout[-3000:]
-    scripted = next(r for r in summary["conditions"] if r["condition"].startswith("scripted"))
-    assert scripted["SR"] == 0 and 0 < scripted["PR"] < 1  # opening the app earns progress, never success
+    return {c["metric"]: c for c in summary["claims"]}, summary["conditions"], proc.stdout[-3000:]
+
+
+def test_learning_mixing_gui_data_in_removes_the_spike_at_the_switch(learned):
+    claims, _, stdout = learned
+    assert claims["switch_gui_loss"]["holds"] and claims["switch_gui_loss"]["baseline"] > 2 * claims["switch_gui_loss"]["result"], stdout
+
+
+def test_learning_scripted_baseline_earns_progress_but_never_success(learned):
+    _, conditions, _ = learned
+    scripted = next(r for r in conditions if r["condition"].startswith("scripted"))
+    assert scripted["SR"] == 0 and 0.1 < scripted["PR"] < 0.5  # opening the right app is a third of the way
+
+
+@pytest.mark.xfail(strict=True, reason="on the toy, the mixture-trained agent overfits the 12 tasks more (docs/guimid.md)")
+def test_learning_mid_training_lowers_the_held_out_gui_loss(learned):
+    """The paper's claim: with scarce GUI data, mid-training makes the GUI stage generalise better."""
+    claims, _, stdout = learned
+    assert claims["heldout_gui_loss"]["holds"], stdout
+
+
+@pytest.mark.xfail(strict=True, reason="on the toy, PR does not separate the conditions (docs/guimid.md)")
+def test_learning_mid_training_raises_pr(learned):
+    claims, _, stdout = learned
+    assert claims["PR"]["holds"], stdout
