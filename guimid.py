@@ -577,7 +577,7 @@ def guimid_claims(table: list[dict], mixture: str, no_mix: str) -> list[dict]:
     only (Table 3, PR), and mixing GUI data into mid-training lowers the GUI loss at the switch (§3)."""
     by = {r["condition"]: r for r in table}
     out = []
-    if "gui_only" in by and mixture in by:
+    if "gui_only" in by and mixture in by and mixture != "gui_only":
         out += [claim(f"{mixture} mid-training > GUI-only: PR", "PR", by["gui_only"]["PR"], by[mixture]["PR"], margin=0.02)]
         if "heldout_gui_loss" in by[mixture]:
             out += [claim(f"{mixture} mid-training < GUI-only: held-out loss", "heldout_gui_loss",

@@ -257,7 +257,7 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-TINY = ["--mixture_size", "32", "--gui_epochs", "1", "--batch_size", "64", "--micro_batch_size", "32",
+TINY = ["--mixture_size", "32", "--gui_epochs", "1", "--batch_size", "64", "--micro_batch_size", "32", "--gui_tasks", "0",
         "--max_episode_steps", "2", "--max_new_tokens", "8"]
 
 
@@ -294,7 +294,7 @@ def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
     """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on them, reaches SR 1."""
     out = tmp_path / "overfit"
     run_cmd([sys.executable, "guimid.py", "--output_dir", str(out), "--mixture", "gui_only", "--compare", "False",
-             "--tasks", "settings_bluetooth_on,mail_star_dave", "--batch_size", "4", "--gui_epochs", "40"], timeout=600)
+             "--tasks", "settings_bluetooth_on,mail_star_dave", "--batch_size", "4", "--gui_epochs", "150"], timeout=900)
     assert json.loads((out / "gui_only" / "eval.json").read_text())["SR"] == 1.0
 
 
