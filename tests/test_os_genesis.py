@@ -271,7 +271,8 @@ def test_end_to_end_with_resume(run_cmd, tmp_path):
     assert summary["counts"]["triples"] == len(lines["triples"]) and (out / "curves.png").exists()
     assert [c["metric"] for c in summary["claims"]] == ["low_step_acc", "high_step_acc", "low_step_acc", "success_rate_easy"]
     after = json.loads((out / "eval_after.json").read_text())
-    assert summary["eval"]["after OS-Genesis SFT"] == after and (out / "ckpt" / "meta.json").exists()
+    assert summary["eval"]["after OS-Genesis SFT"] == {"agent": "after OS-Genesis SFT", **after}
+    assert (out / "ckpt" / "meta.json").exists()
     assert (out / "task_driven" / "eval_after.json").exists() and not (out / "task_driven" / "eval_before.json").exists()
     resumed = run_cmd(cmd + ["--train_steps", "3", "--resume", "True"], timeout=300)
     assert "resumed from step 2" in resumed.stdout
