@@ -25,12 +25,13 @@ Departures (vs the paper and shiqichen17/AdaptVis@3b41399):
   since with a white backdrop (800 steps) or random colours named in the question (700-1000 steps) this
   tiny model stayed at chance).
 
-Commands:
+Commands (the defaults are already the paper's settings, so the paper preset changes nothing; --print_config
+shows the effective configuration without loading anything):
   CPU toy:  python adaptvis.py
   1 GPU:    python adaptvis.py --model llava-hf/llava-1.5-7b-hf --data prompts/Controlled_Images_A_with_answer_four_options.jsonl \\
               --annotations whatsup/controlled_images_dataset.json --image_root whatsup --dtype bf16
             python adaptvis.py --model llava-hf/llava-1.5-7b-hf --task vsr --data vsr/zeroshot/test.jsonl --image_root coco2017
-  8 GPUs:   torchrun --nproc_per_node=8 adaptvis.py --model llava-hf/llava-1.5-7b-hf --data ... (rows sharded over ranks)
+  8 GPUs:   torchrun --nproc_per_node=8 adaptvis.py --model llava-hf/llava-1.5-7b-hf --data ...  # rows sharded
 """
 
 from __future__ import annotations
@@ -43,15 +44,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
-from transformers import AttentionInterface, HfArgumentParser
+from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from common.data import read_jsonl_tolerant, write_jsonl
+from common.config import parse_config
+from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.toys import toy_model
 from common.sampling import HFSampler, render_prompt
@@ -63,17 +66,20 @@ from common.train import (MetricsLogger, all_gather_object, barrier, format_tabl
 @dataclass
 class Args:
     # generic
-    model: str = field(default="", metadata={"help": "LLaVA / Qwen2-VL hub id or folder (paper: llava-hf/llava-1.5-7b-hf, §2.1); empty = tiny LLaVA fine-tuned on toy scenes"})
-    data: str = field(default="toy", metadata={"help": "'toy' or a file: AdaptVis prompts JSONL (question, answer) for --task whatsup, VSR JSONL (image, caption, label) for --task vsr"})
-    task: str = field(default="whatsup", metadata={"help": "whatsup | vsr (real data only; the toy runs every subset in --subsets)"})
+    model: str = field(default="", metadata={"help": "LLaVA / Qwen2-VL hub id or folder (the paper uses llava-hf/llava-1.5-7b-hf); empty = tiny LLaVA fine-tuned on toy scenes"})
+    data: str = field(default="toy", metadata={
+        "help": "'toy' or a file: for --task whatsup WhatsUp's released controlled-image JSON (image_path, "
+                "caption_options) or an AdaptVis prompts JSONL (question, answer) with --annotations; for "
+                "--task vsr VSR's released JSONL (image, caption, label)"})
+    task: Literal["whatsup", "vsr"] = field(default="whatsup", metadata={"help": "whatsup | vsr (real data only; the toy runs every subset in --subsets)"})
     annotations: str = field(default="", metadata={"help": "WhatsUp annotation JSON whose row i holds the image of prompt row i (image_path, or a list starting with the file name)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths are resolved against"})
     subsets: list[str] = field(default_factory=lambda: ["controlled_a", "controlled_b", "two_obj", "vsr"], metadata={"help": "toy subsets (common/spatial_scenes.py)"})
     output_dir: str = field(default="runs/adaptvis", metadata={"help": "metrics.jsonl, generations.jsonl, PNGs, summary.json"})
     seed: int = field(default=0, metadata={"help": "seed of the toy scenes and the toy fine-tune"})
-    dtype: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16"})
+    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (or float32 | bfloat16 | float16)"})
     batch_size: int = field(default=32, metadata={"help": "prompts per generate call"})
-    max_new_tokens: int = field(default=100, metadata={"help": "greedy answer length (§2.3: 100)"})
+    max_new_tokens: int = field(default=100, metadata={"help": "greedy answer length; paper: 100 (released code)"})
     resume: bool = field(default=False, metadata={"help": "reuse generations.jsonl of an earlier run in output_dir (same model and data!)"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     # algorithm (§2.2)
@@ -81,11 +87,11 @@ class Args:
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], metadata={"help": "AdaptVis beta grid (README 0.3, run.sh 0.4; wider grid is ours)"})
     alpha_smooth_grid: list[float] = field(default_factory=lambda: [0.5, 0.8], metadata={"help": "low-confidence alphas (code's weight1 ∈ {0.5, 0.8}, §2.2)"})
     alpha_sharpen_grid: list[float] = field(default_factory=lambda: [1.2, 1.5, 2.0], metadata={"help": "high-confidence alphas (code's weight2 ∈ {1.2, 1.5, 2.0}, §2.2)"})
-    threshold: float = field(default=0.4, metadata={"help": "beta of the fixed-setting AdaptVis row (run.sh: 0.4)"})
-    alpha_smooth: float = field(default=0.5, metadata={"help": "alpha below beta in the fixed setting (run.sh weight1 0.5)"})
-    alpha_sharpen: float = field(default=1.5, metadata={"help": "alpha at/above beta in the fixed setting (run.sh weight2 1.5)"})
-    tune_fraction: float = field(default=0.2, metadata={"help": "tuning split; the rest is the test split (§2.3: 20%)"})
-    split_seed: int = field(default=1, metadata={"help": "seed of the tuning sample (§2.3: seed 1)"})
+    threshold: float = field(default=0.4, metadata={"help": "beta of the fixed-setting AdaptVis row; paper: 0.4 (released run.sh)"})
+    alpha_smooth: float = field(default=0.5, metadata={"help": "alpha below beta in the fixed setting; paper: 0.5 (released run.sh weight1)"})
+    alpha_sharpen: float = field(default=1.5, metadata={"help": "alpha at/above beta in the fixed setting; paper: 1.5 (released run.sh weight2)"})
+    tune_fraction: float = field(default=0.2, metadata={"help": "tuning split; the rest is the test split; paper: 0.2 (20% for tuning)"})
+    split_seed: int = field(default=1, metadata={"help": "seed of the tuning sample; paper: 1 (released code)"})
     analysis_rows: int = field(default=64, metadata={"help": "test rows per subset for the attention analysis"})
     # toy world and toy fine-tune
     toy_eval_rows: int = field(default=100, metadata={"help": "toy scenes per subset to evaluate (20% tune / 80% test)"})
@@ -95,6 +101,11 @@ class Args:
     toy_train_batch: int = field(default=32, metadata={"help": "fine-tune batch size"})
     toy_subject_colors: list[str] = field(default_factory=lambda: ["red"], metadata={"help": "toy subject colours: fixed roles, since the 2-layer model does not learn to bind colour words to patches in a short fine-tune"})
     toy_reference_colors: list[str] = field(default_factory=lambda: ["blue"], metadata={"help": "toy reference colours"})
+
+
+# Evaluation only, and every algorithm default above is already the paper's or its released code's
+# (grids, beta, alphas, 100 greedy tokens, 20% tuning split with seed 1): --preset paper changes nothing.
+PAPER = {}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,18 +273,71 @@ def toy_rows(subset: str, n: int, seed: int, args) -> list[dict]:
     return make_vsr_rows(n, seed, **colors) if subset == "vsr" else make_whatsup_rows(n, seed, subset, **colors)
 
 
+# WhatsUp caption phrase -> the one-word option AdaptVis asks for (prompts/Controlled_Images_*.jsonl)
+WHATSUP_RELATIONS = (("to the left of", "Left"), ("to the right of", "Right"), ("in front of", "Front"),
+                     ("behind", "Behind"), ("under", "Under"), ("on", "On"))
+
+
+def whatsup_relation(caption: str) -> str | None:
+    """'A beer bottle on a armchair' -> 'On'; 'A mug to the right of a knife' -> 'Right'."""
+    text = f" {caption.lower()} "
+    return next((word for phrase, word in WHATSUP_RELATIONS if f" {phrase} " in text), None)
+
+
+def whatsup_release_rows(path: Path, root: Path) -> list[dict]:
+    """WhatsUp's controlled-image JSON as released (whatsup_vlms: data/controlled_images_dataset.json,
+    controlled_clevr_dataset.json): [{image_path, caption_options}], the true caption first, the image
+    named `<subject>_<relation>_<object>.jpeg`. Each becomes AdaptVis's four-option question: "Where is
+    the beer bottle in relation to the armchair? Answer with left, right, on or under." (front/behind
+    for the B set), gold = the true caption's relation."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for i, d in enumerate(data):
+        options = d.get("caption_options") if isinstance(d, dict) else None
+        gold = whatsup_relation(options[0]) if isinstance(options, list) and options else None
+        if not isinstance(d, dict) or not isinstance(d.get("image_path"), str) or gold is None:
+            raise DataError(f"{path} row {i}: needs 'image_path' and 'caption_options' whose first "
+                            f"caption names a relation ({', '.join(p for p, _ in WHATSUP_RELATIONS)})")
+        stem = Path(d["image_path"]).stem.split("_")
+        subject, obj = stem[0].replace("-", " "), stem[-1].replace("-", " ")
+        words = {whatsup_relation(c) for c in options}
+        listed = "left, right, on or under"
+        if words & {"Front", "Behind"}:  # the B set
+            listed = "left, right, front or behind"
+        rows.append({"id": f"{path.stem}-{i}", "subset": path.stem,
+                     "image_path": str(root / d["image_path"]),
+                     "question": f"Where is the {subject} in relation to the {obj}? Answer with {listed}.",
+                     "answer": gold, "options": re.split(r", | or ", listed),
+                     "caption_options": options})
+    return rows
+
+
+def vsr_image_path(root: Path, row: dict) -> str:
+    """VSR names the COCO file (`image`) and links it (`image_link`, .../train2017/<file>); AdaptVis
+    reads the link's path under its data folder. Use whichever exists under --image_root."""
+    candidates = [root / row["image"]]
+    if isinstance(row.get("image_link"), str) and ".org/" in row["image_link"]:
+        candidates.append(root / row["image_link"].split(".org/", 1)[1])
+    return str(next((c for c in candidates if c.exists()), candidates[0]))
+
+
 def load_real_rows(args) -> list[dict]:
-    """WhatsUp: AdaptVis prompt rows {question, answer} + the image of annotation row i. VSR: {image, caption, label}."""
+    """WhatsUp: the released controlled-image JSON alone, or AdaptVis prompt rows {question, answer}
+    + the image of --annotations row i. VSR: its released JSONL rows {image, image_link, caption,
+    label, ...}."""
     from common.data import load_rows
 
     root = Path(args.image_root)
     if args.task == "vsr":
         rows = load_rows(args.data, required=("image", "caption", "label"))
-        return [{"id": f"vsr-{i}", "subset": "vsr", "image_path": str(root / r["image"]), "caption": r["caption"],
+        return [{**{k: r[k] for k in ("relation", "subj", "obj") if k in r}, "id": f"vsr-{i}",
+                 "subset": "vsr", "image_path": vsr_image_path(root, r), "caption": r["caption"],
                  "label": int(r["label"]), "question": "Determine whether the description about the spatial relationship is "
                  f"correct or not. Answer with yes or no: {r['caption']}", "answer": "Yes" if int(r["label"]) else "No"} for i, r in enumerate(rows)]
     if args.task != "whatsup":
         raise ValueError(f"--task must be whatsup or vsr, got {args.task!r}")
+    if Path(args.data).suffix == ".json" and not args.annotations:
+        return whatsup_release_rows(Path(args.data), root)
     prompts = load_rows(args.data, required=("question", "answer"))
     if not args.annotations:
         raise ValueError("--task whatsup needs --annotations (the WhatsUp JSON that holds each prompt row's image)")
@@ -581,4 +645,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER))

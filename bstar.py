@@ -27,14 +27,13 @@ Departures (paper = arXiv text; code = hkust-nlp/B-STaR `determine_hyper.py`, `m
 - `star` = STaR with rationalisation (failures re-sampled with the answer as a hint, kept if correct,
   trained without the hint), restarting from P0 each iteration like ReST-EM.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below: the MATH setting; flags you pass win;
+--print_config shows the effective configuration without loading anything):
   CPU toy (tiny model, warm start cached):  python bstar.py
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
-      --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --samples_per_query 64 \
-      --queries_per_iteration 0 --sft_steps 500 --batch_size 128 --lr 4.12e-6 --max_new_tokens 1024 \
-      --search_queries 600 --iterations 9 --eval_queries 500 --dtype bfloat16 --sampler vllm \
+      --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --sampler vllm \
       --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
-  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; with vllm rank 0 samples)
+  8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   (FSDP2; each rank samples a share)
 """
 
 from __future__ import annotations
@@ -46,26 +45,32 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from transformers import AutoModelForTokenClassification, HfArgumentParser, get_scheduler
+from transformers import AutoModelForTokenClassification, get_scheduler
 
+from common.benchmarks import load_math_rows
+from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.rewards import extract_answer, math_equal, math_equal_batch
 from common.toys import toy_model
-from common.rewards import extract_answer, math_equal
-from common.sampling import make_sampler, render_prompt
-from common.train import (MetricsLogger, all_gather_object, barrier, broadcast_object, cleanup_distributed, clip_grad_norm,
-                          format_table, full_state_dict, init_distributed, load_checkpoint, make_optimizer, pad_batch,
-                          print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
+from common.train import (all_gather_object, barrier, broadcast_object, cleanup_distributed,
+                          clip_grad_norm, format_table, init_distributed,
+                          load_checkpoint, make_optimizer, MetricsLogger, micro_batches, pad_batch,
+                          precision_policy, print0, save_checkpoint, seed_everything, sft_loss,
+                          shard_model)
 
 MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # generic
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/bstar", metadata={"help": "metrics, PNG, samples JSONL, checkpoint"})
@@ -73,49 +78,79 @@ class Args:
     data: str = field(default="toy", metadata={"help": "'toy' (multi-digit addition in steps) or a file/folder/hub id with question + answer fields"})
     eval_data: str = field(default="", metadata={"help": "held-out queries (MATH500 in §2.6); empty = the last --eval_queries rows of --data"})
     question_field: str = field(default="question", metadata={"help": "question column"})
-    answer_field: str = field(default="answer", metadata={"help": "gold answer column (GSM8K's '#### N' is understood)"})
+    answer_field: str = field(default="answer", metadata={"help": "gold answer column; with both field "
+                              "defaults, MATH (boxed solution), GSM8K ('#### N') and SimpleRL-Zoo-Data rows "
+                              "are read as released"})
     prompt_template: str = field(default="{question}", metadata={"help": "user message; {question} is replaced"})
-    sampler: str = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype (bfloat16 on GPU)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/ckpt (iteration or mid-SFT) and reuse finished sampling"})
     track: bool = field(default=False, metadata={"help": "log to W&B"})
     # algorithm (§2)
-    mode: str = field(default="bstar", metadata={"help": f"{MODES} (§2.1): B-STaR; online RFT (fixed T/tau); iterative RFT (fresh optimizer); ReST-EM / STaR (from P0)"})
-    iterations: int = field(default=6, metadata={"help": "self-improvement iterations (paper: 9 x 500 steps, §2.6)"})
-    queries_per_iteration: int = field(default=240, metadata={"help": "M queries sampled per iteration, 0 = all (paper: all 11.5K MATH queries)"})
-    samples_per_query: int = field(default=8, metadata={"help": "k samples per query (paper: 64, §2.6)"})
+    mode: Literal["bstar", "online_rft", "iterative_rft", "rest_em", "star"] = field(default="bstar", metadata={"help": f"{MODES} (§2.1): B-STaR; online RFT (fixed T/tau); iterative RFT (fresh optimizer); ReST-EM / STaR (from P0)"})
+    iterations: int = field(default=6, metadata={"help": "self-improvement iterations; paper: 9 (9 x 500 SFT steps, MATH setting)"})
+    queries_per_iteration: int = field(default=240, metadata={"help": "M queries sampled per iteration, 0 = all; paper: 0 (all 11.5K MATH queries)"})
+    samples_per_query: int = field(default=8, metadata={"help": "k samples per query; paper: 64 (MATH setting)"})
     temperature_grid: str = field(default="0.5:1.2:0.1", metadata={"help": "start:stop:step, inclusive (paper §2.5; fine variant 0.5:1.2:0.05)"})
     threshold_grid: str = field(default="-1:1:0.1", metadata={"help": "start:stop:step, inclusive (paper §2.5; fine variant -1:1:0.01)"})
-    search_queries: int = field(default=24, metadata={"help": "query subset for the configuration search (paper: 600 MATH queries)"})
+    search_queries: int = field(default=24, metadata={"help": "query subset for the configuration search; paper: 600 (MATH queries x 64 samples)"})
     temperature: float = field(default=1.0, metadata={"help": "fixed temperature of the non-B-STaR modes (online RFT baseline)"})
     threshold: float = field(default=0.0, metadata={"help": "fixed reward threshold of the non-B-STaR modes (default tau = 0, §2.2)"})
-    reward: str = field(default="answer_prm", metadata={"help": "'answer' (1[a = a*]) or 'answer_prm' (+ normalised min step score, §2.2)"})
+    reward: Literal["answer", "answer_prm"] = field(default="answer_prm", metadata={"help": "'answer' (1[a = a*]) or 'answer_prm' (+ normalised min step score, §2.2)"})
     prm: str = field(default="rule", metadata={"help": "'rule' (toy stand-in step checker) or an HF PRM path (Math-Shepherd style)"})
-    prm_head: str = field(default="token", metadata={"help": "'token' (P('+') vs '-' at the step tag) or 'classifier' (token-classification head)"})
+    prm_head: Literal["token", "classifier"] = field(default="token", metadata={"help": "'token' (P('+') vs '-' at the step tag) or 'classifier' (token-classification head)"})
     prm_step_tag: str = field(default="ки", metadata={"help": "step tag the PRM scores at (Math-Shepherd: 'ки')"})
     prm_good_token: str = field(default="+", metadata={"help": "good-step token"})
     prm_bad_token: str = field(default="-", metadata={"help": "bad-step token"})
     step_separator: str = field(default="\n", metadata={"help": "splits a response into steps (PRM) and equations"})
-    balance_rule: str = field(default="paper", metadata={"help": "'paper' (§2.4) or 'code' (cal_modi_acc_soft: dedup, drop empty queries, n* = 8)"})
+    balance_rule: Literal["paper", "code"] = field(default="paper", metadata={"help": "'paper' (§2.4) or 'code' (cal_modi_acc_soft: dedup, drop empty queries, n* = 8)"})
     n_star: int = field(default=0, metadata={"help": "n*; 0 = ceil(N/M) (§2.4), N = sft_steps * batch_size"})
     rechoose_threshold: bool = field(default=False, metadata={"help": "released code: re-pick tau on the full sample set"})
-    pass_s: int = field(default=4, metadata={"help": "S of Pass@K-S / Reward@K-S (paper: Pass@32-4)"})
+    pass_s: int = field(default=4, metadata={"help": "S of Pass@K-S / Reward@K-S; paper: 4 (Pass@32-4)"})
     hint_template: str = field(default="{question} (answer: {answer})", metadata={"help": "star rationalisation prompt"})
     # SFT update (§2.6)
-    sft_steps: int = field(default=30, metadata={"help": "SFT steps per iteration (paper: 500)"})
-    batch_size: int = field(default=32, metadata={"help": "global SFT batch (paper: 128)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak LR (code: 4.12e-6 for Mistral-7B; SFT of P0 5e-6)"})
+    sft_steps: int = field(default=30, metadata={"help": "SFT steps per iteration; paper: 500 (MATH setting)"})
+    batch_size: int = field(default=32, metadata={"help": "SFT batch, all ranks; paper: 128 (MATH setting)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak LR; paper: 4.12e-6 (released code, Mistral-7B; the SFT of P0 used 5e-6)"})
     min_lr_ratio: float = field(default=2e-7 / 4.12e-6, metadata={"help": "cosine floor / peak (code: 2e-7 / 4.12e-6)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward/backward on one rank (gradient "
+                                                                "accumulation, same token-mean loss); 0 = the rank's whole batch; "
+                                                                "paper preset: 4 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+                                                                  "paper preset: True (not stated in the paper)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N SFT steps (mid-iteration --resume)"})
-    max_new_tokens: int = field(default=48, metadata={"help": "sampling length"})
+    max_new_tokens: int = field(default=48, metadata={"help": "sampling length; paper preset: 1024 (not stated in the paper)"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
-    eval_queries: int = field(default=200, metadata={"help": "held-out queries for greedy accuracy"})
+    eval_queries: int = field(default=200, metadata={"help": "held-out queries for greedy accuracy; paper: 500 (MATH500)"})
     # toy world
     toy_train_queries: int = field(default=600, metadata={"help": "training query pool of the toy (at most 529 with 3 digits)"})
     toy_terms: str = field(default="3:3", metadata={"help": "min:max numbers to add per toy query"})
     warm_start_steps: int = field(default=400, metadata={"help": "toy SFT steps that make the tiny P0 (cached)"})
     warm_start_lr: float = field(default=5e-3, metadata={"help": "toy warm-start LR"})
+
+
+# The paper's MATH setting (Mistral-7B; LR schedule from the released code), used with --preset paper (the
+# default once --model is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    iterations=9,  # 9 x 500 SFT steps
+    queries_per_iteration=0,  # all 11.5K MATH queries every iteration
+    samples_per_query=64,
+    search_queries=600,  # configuration search on 600 MATH queries
+    sft_steps=500,
+    batch_size=128,
+    lr=4.12e-6,  # released code, cosine down to 2e-7 (--min_lr_ratio)
+    max_new_tokens=1024,  # not stated in the paper
+    eval_queries=500,  # MATH500
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=4,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Checks the choices and grids (`validate`) and splits the SFT batch over the ranks."""
+    validate(args)
+    return dict(sft_rows_per_rank=per_rank(args.batch_size, world_size, "--batch_size"),
+                samples_per_iteration=args.sft_steps * args.batch_size)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -241,7 +276,7 @@ class HFProcessRewardModel:
             raise ValueError(f"--prm_good_token {good!r} / --prm_bad_token {bad!r} must each be one token of {path}")
         self.candidates = [i[0] for i in ids if i]  # used by the token head only
         self.model = (load_model(path, dtype=dtype, device=device) if head == "token" else
-                      AutoModelForTokenClassification.from_pretrained(path, num_labels=2, dtype="auto").to(device)).eval()
+                      AutoModelForTokenClassification.from_pretrained(path, num_labels=2, dtype=dtype).to(device)).eval()
 
     @torch.no_grad()
     def step_scores(self, questions, responses, batch_size: int = 16) -> list[list[float]]:
@@ -273,7 +308,7 @@ def make_step_scorer(args, device):
             raise ValueError("--prm rule is the toy's stand-in step checker; give --prm <HF PRM path> or --reward answer")
         return RuleStepChecker(args.step_separator)
     return HFProcessRewardModel(args.prm, args.prm_head, args.prm_step_tag, args.prm_good_token, args.prm_bad_token,
-                                args.step_separator, device, args.dtype)
+                                args.step_separator, device, precision_policy(device.type).frozen_dtype)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -317,6 +352,9 @@ def load_task(args):
     need = (args.question_field, args.answer_field)
     read = lambda src, tag: [{"id": f"{tag}-{i}", "question": str(r[args.question_field]),  # noqa: E731
                               "answer": str(r[args.answer_field]).split("####")[-1].strip()} for i, r in enumerate(load_rows(src, required=need))]
+    if need == ("question", "answer"):  # no field flags: release formats (common/benchmarks.py)
+        read = lambda src, tag: [{"id": f"{tag}-{i}", "question": r["question"],  # noqa: E731
+                                  "answer": r["answer"]} for i, r in enumerate(load_math_rows(src))]
     rows = read(args.data, "train")
     if args.eval_data:
         return rows, read(args.eval_data, "eval")[: args.eval_queries]
@@ -337,16 +375,22 @@ def encode_sft(tok, prompt, response: str) -> tuple[list[int], list[int]]:
     return prompt_ids, tok(response, add_special_tokens=False).input_ids + [end]
 
 
-def sft_step(model, optimizer, scheduler, tok, pairs, max_grad_norm, device) -> float:
-    """One SFT step on (prompt ids, response ids) pairs: mean NLL of the response tokens."""
-    input_ids, attention_mask, loss_mask = pad_batch([p for p, _ in pairs], [r for _, r in pairs], tok.pad_token_id)  # (B, L)
-    loss = sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device))
-    loss.backward()
+def sft_step(model, optimizer, scheduler, tok, pairs, max_grad_norm, device, micro_batch_size: int = 0) -> float:
+    """One SFT step on (prompt ids, response ids) pairs: mean NLL of the response tokens, accumulated over
+    micro-batches of `micro_batch_size` rows, each divided by the token count of all the pairs."""
+    num_tokens = sum(len(r) for _, r in pairs)  # the unsplit batch's loss-token count
+    loss = 0.0
+    for sl in micro_batches(len(pairs), micro_batch_size):
+        part = pairs[sl]
+        input_ids, attention_mask, loss_mask = pad_batch([p for p, _ in part], [r for _, r in part], tok.pad_token_id)  # (b, L)
+        micro = sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), normalizer=num_tokens)
+        micro.backward()
+        loss += micro.item()
     clip_grad_norm(model, max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return loss
 
 
 def build_warm_start(args) -> str:
@@ -378,16 +422,11 @@ Runtime = namedtuple("Runtime", "args dist tok sampler scorer")  # what the samp
 
 
 def generate_all(rt: Runtime, prompts, n: int, temperature: float) -> list[list[tuple[str, bool]]]:
-    """(text, truncated) of n samples per prompt, on every rank. HF: each rank samples an equal-sized slice
-    (FSDP2 forwards run in lock-step); vLLM: rank 0 samples everything and broadcasts."""
+    """(text, truncated) of n samples per prompt, on every rank: each rank samples its share with its
+    own sampler (HF on the FSDP2 model, or the rank's own vLLM engine), then the groups are gathered."""
     kw = dict(n=n, temperature=temperature, max_new_tokens=rt.args.max_new_tokens, batch_size=rt.args.gen_batch_size)
-    pack = lambda groups: [[(c.text, c.finish_reason == "length") for c in g] for g in groups]  # noqa: E731
-    if rt.args.sampler == "vllm":
-        return broadcast_object(pack(rt.sampler.generate(prompts, **kw)) if rt.dist.is_main else None)
-    per_rank = math.ceil(len(prompts) / rt.dist.world_size)
-    mine = prompts[rt.dist.rank * per_rank:(rt.dist.rank + 1) * per_rank]
-    real, mine = len(mine), mine + [prompts[0]] * (per_rank - len(mine))  # padding keeps ranks in step; dropped after
-    return [g for part in all_gather_object(pack(rt.sampler.generate(mine, **kw))[:real]) for g in part]
+    groups = generate_sharded(rt.sampler, prompts, **kw)
+    return [[(c.text, c.finish_reason == "length") for c in g] for g in groups]
 
 
 def is_correct(text: str, gold: str) -> bool:
@@ -399,7 +438,8 @@ def score_groups(rt: Runtime, rows, groups, temperature: float) -> list[dict]:
     mine = []
     for i in range(rt.dist.rank, len(rows), rt.dist.world_size):
         texts = [t for t, _ in groups[i]]
-        correct = [is_correct(t, rows[i]["answer"]) for t in texts]
+        preds = [extract_answer(t) for t in texts]
+        correct = math_equal_batch(preds, [rows[i]["answer"]] * len(texts))
         steps = rt.scorer.step_scores([rows[i]["question"]] * len(texts), texts) if rt.scorer else [None] * len(texts)
         prm = [None if s is None else prm_to_reward(min(s) if s else 0.0) for s in steps]  # no steps at all: worst score
         mine.append((i, {"id": rows[i]["id"], "question": rows[i]["question"], "answer": rows[i]["answer"],
@@ -433,7 +473,9 @@ def sample_and_score(rt: Runtime, rows, n: int, temperature: float, path: Path, 
 
 def evaluate_greedy(rt: Runtime, eval_rows) -> float:
     groups = generate_all(rt, [chat(rt.args, r["question"]) for r in eval_rows], 1, 0.0)
-    return sum(is_correct(g[0][0], r["answer"]) for g, r in zip(groups, eval_rows)) / len(eval_rows)
+    preds = [extract_answer(g[0][0]) for g in groups]
+    hits = math_equal_batch(preds, [r["answer"] for r in eval_rows])
+    return sum(hits) / len(eval_rows)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -469,9 +511,9 @@ def make_optimizer_and_schedule(model, args, total_steps: int):
     return optimizer, scheduler
 
 
-def reset_to_initial_weights(model, model_path: str, dtype):
+def reset_to_initial_weights(model, model_path: str):
     """ReST-EM / STaR: every iteration fine-tunes the initial model P0 (works on FSDP2-sharded models)."""
-    initial = load_model(model_path, dtype=dtype).state_dict()
+    initial = load_model(model_path, dtype="float32").state_dict()  # fp32 master weights
     set_model_state_dict(model, initial, options=StateDictOptions(full_state_dict=True))
 
 
@@ -482,7 +524,7 @@ def start_iteration(mode: str, model, optimizer, scheduler, args, model_path: st
     if mode in ("bstar", "online_rft"):
         return optimizer, scheduler
     if mode in ("rest_em", "star"):
-        reset_to_initial_weights(model, model_path, args.dtype)
+        reset_to_initial_weights(model, model_path)
     return make_optimizer_and_schedule(model, args, args.sft_steps)
 
 
@@ -515,12 +557,14 @@ def main(args: Args):
     barrier()
     model_path = build_warm_start(args) if args.model == "tiny" else args.model
     tok = load_tokenizer(model_path)
-    model = shard_model(load_model(model_path, dtype=args.dtype), d)
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path) if args.sampler == "hf" or d.is_main else None
+    model = shard_model(load_model(model_path), d, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)  # vllm: one engine per rank
     rt = Runtime(args, d, tok, sampler, make_step_scorer(args, d.device))
     inherit = args.mode in ("bstar", "online_rft")
     optimizer, scheduler = make_optimizer_and_schedule(model, args, args.sft_steps * (args.iterations if inherit else 1))
     state = load_checkpoint(ckpt_dir, model, optimizer, scheduler) if args.resume else None
+    if state:
+        sampler.sync_weights(model)  # vLLM loaded the base weights from disk
     global_step, extra = state or (0, {"iteration": 1, "sft_step": 0})
     start_iter, resume_step = extra["iteration"], extra["sft_step"]
     logger = MetricsLogger(out, track=args.track, run_name="bstar", config=asdict(args), resume_step=start_iter - 1 if state else None)
@@ -565,19 +609,19 @@ def main(args: Args):
         order, shuffle_rng, encoded, losses = [], random.Random(args.seed * 7 + it), {}, []
         while pairs and len(order) < args.sft_steps * args.batch_size:  # epochs over the selected set, same order on resume
             order += shuffle_rng.sample(range(len(pairs)), len(pairs))
+        sampler.sleep()  # vLLM frees its memory for the update
         bar = tqdm(range(resume_step, args.sft_steps if pairs else resume_step), desc=f"SFT iter {it}", leave=False, disable=not d.is_main)
         for step in bar:
             rows = order[step * args.batch_size:(step + 1) * args.batch_size][d.rank::d.world_size]  # this rank's slice
             batch = [encoded.setdefault(i, encode_sft(tok, chat(args, pairs[i][0]), pairs[i][1])) for i in rows]
-            losses.append(sft_step(model, optimizer, scheduler, tok, batch, args.max_grad_norm, d.device))
+            losses.append(sft_step(model, optimizer, scheduler, tok, batch, args.max_grad_norm, d.device,
+                                   args.micro_batch_size))
             global_step += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if (step + 1) % args.save_every == 0 and step + 1 < args.sft_steps:
                 save_checkpoint(ckpt_dir, model, optimizer, scheduler, global_step, {"iteration": it, "sft_step": step + 1})
         resume_step = 0
-        weights = full_state_dict(model) if args.sampler == "vllm" else None  # push the update into the colocated vLLM
-        if weights is not None and d.is_main:
-            sampler.load_weights(weights.items())
+        sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF: a no-op)
         stats.update(greedy_acc=evaluate_greedy(rt, eval_rows), temperature=temperature, threshold=threshold, search_bs=search_bs,
                      sft_loss=sum(losses) / len(losses) if losses else None, lr=scheduler.get_last_lr()[0],
                      num_pairs=len(pairs), num_rationalized=num_rationalized, sft_steps_total=global_step)
@@ -598,5 +642,17 @@ def main(args: Args):
     return logger.history
 
 
+def eval_only(args: Args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's --prompt_template."""
+    model_path = build_warm_start(args) if args.model == "tiny" else args.model
+    prompt = lambda q, tok: chat(args, q)  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=args.model == "tiny")
+
+
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

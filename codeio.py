@@ -13,23 +13,33 @@ records): rewrite -> io -> prompts -> cot -> verify -> revise -> sft. All code r
 
 Departures:
 - CPU-sized defaults where a paper value would take hours on the toy: max_new_tokens 32 (repo: 4096),
-  batch_size 16 sequences (paper: 1024), max_length 2048 (paper: 4096). Pass the paper values on GPU.
+  batch_size 16 sequences (paper: 1024), max_length 2048 (paper: 4096); a named --model selects the
+  paper preset (PAPER below), which has the paper's values.
 - The size filter's byte count is a recursive sys.getsizeof (8-byte aligned, shared objects counted
   once) instead of pympler.asizeof (not a dependency); it gives pympler's 824 B for list(range(19)) but
   may differ by a few bytes on other objects.
-- "Functions that use randomness are excluded" has no stated criterion: here a function is dropped
-  when two calls on the same input disagree. The generator is seeded per function for resumable runs.
+- "Functions that use randomness are excluded" has no stated criterion, and the release checks
+  nothing (hkust-nlp/CodeIO: src/parse_gen_ios.py calls main_solution once per candidate input).
+  Each candidate runs once here too; then each KEPT input runs once more and the function is dropped
+  if an output changed (at most max_pairs extra calls; --io_recheck false = the release). The
+  generator is seeded per function for resumable runs; a candidate that raises is skipped (the
+  release's script dies).
+- Sandbox infrastructure failures (status sandbox_error: a worker died, the sandbox broke) are not
+  written to io/verify/revise: they are counted in the summary and retried by a rerun, never shown
+  to the model as its exception or scored (the release has no sandbox, so no such case).
 - The connective phrases of CodeI/O++ are not in the released code; `assemble_revision` documents ours.
   A correct first turn is kept as is (no appended check).
 - The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; repo: gpt-4o-mini).
-- Under torchrun only the sft stage runs (generate data with one process, e.g. --sampler vllm, first).
+- Under torchrun every rank generates its share of each batch (HF or its own vLLM engine) and rank 0
+  writes the records; the sandbox stages run on every rank and rank 0's records are the ones kept.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
     python codeio.py                                   # CPU toy: tiny model, data/codeio_corpus, ~2 min
     python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
-        --max_new_tokens 4096 --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise   # 1 GPU
+        --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise                # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft --output_dir runs/codeio \\
-        --batch_size 1024 --max_length 4096 --stage2_data tulu3.jsonl                             # 8 GPUs
+        --stage2_data tulu3.jsonl                                                         # 8 GPUs
 """
 from __future__ import annotations
 
@@ -42,56 +52,92 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
-from common.data import load_rows, read_jsonl_tolerant, write_jsonl
+from common import data
+from common.config import parse_config, per_rank
+from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm, stop_token_ids
 from common.rewards import last_json_object
-from common.sampling import make_sampler, render_prompt
+from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.sandbox import Sandbox
-from common.train import (MetricsLogger, cleanup_distributed, format_table, init_distributed, load_checkpoint,
-                          make_optimizer, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+from common.train import (barrier, cleanup_distributed, format_table, init_distributed,
+                          is_main_process, load_checkpoint, make_optimizer, MetricsLogger,
+                          micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
+                          sft_loss, shard_model)
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     model: str = field(default="", metadata={"help": "policy/CoT author and SFT base; '' = tiny offline Qwen2 "
-                                                      "(paper: DeepSeek-V2.5 writes CoTs, §1.4)"})
-    corpus: str = field(default="data/codeio_corpus", metadata={"help": "folder of .py files, or a JSONL/hub set "
-                                                                        "with a `code` column (raw code)"})
+                                                      "(the paper's CoTs are DeepSeek-V2.5's)"})
+    corpus: str = field(default="data/codeio_corpus", metadata={
+        "help": "folder of .py files, or a JSONL/Parquet file/hub set of raw code: CodeI/O's release "
+                "(`content`, repo_name, path) or a `code` column"})
     output_dir: str = field(default="runs/codeio", metadata={"help": "stage JSONL files, metrics, checkpoint"})
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
-    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature (repo API calls: 0.7, §1.1)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; CPU-toy size (repo: 4096, §1.1)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
+    temperature: float = field(default=0.7, metadata={"help": "rewrite/CoT sampling temperature; paper: 0.7 (released repo's API calls)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "generation budget; toy 32; paper: 4096 (released repo's API calls)"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     max_generator_calls: int = field(default=1000, metadata={"help": "input_generator() calls per function (§1.2)"})
     max_pairs: int = field(default=10, metadata={"help": "unique I/O pairs kept per function (§1.2; 'Other' source)"})
+    io_recheck: bool = field(default=True, metadata={
+        "help": "run each kept input once more and drop functions whose output changes (the paper "
+                "excludes functions that use randomness; the release's parse_gen_ios.py does not)"})
     pairs_per_function: int = field(default=3, metadata={"help": "pairs turned into prompts, x2 tasks (§1.3)"})
     io_timeout: float = field(default=60.0, metadata={"help": "seconds for one function's whole I/O run (§1.2)"})
     verify_timeout: float = field(default=5.0, metadata={"help": "seconds to re-execute a predicted input (§1.4)"})
     sandbox_workers: int = field(default=2, metadata={"help": "parallel sandbox processes (repo: 24-64)"})
-    prompt_values: str = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
+    sandbox_allow_weaker: bool = field(default=False, metadata={
+        "help": "run generated code even where common/sandbox.py cannot isolate it fully (no "
+                "bubblewrap, user namespaces or libseccomp); the summary prints what is missing"})
+    prompt_values: Literal["python", "json"] = field(default="python", metadata={"help": "how I/O values enter prompts: python (repo's "
                                                                    "f'{x}', §1.3 gotcha) | json"})
     revise: bool = field(default=True, metadata={"help": "CodeI/O++: one revision turn for failed samples (§1.5)"})
-    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup (§1.7)"})
-    epochs: int = field(default=1, metadata={"help": "stage-1 epochs (§1.7)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step (paper: 1024, §1.7)"})
-    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank"})
-    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens (paper: 4096, §1.7)"})
+    lr: float = field(default=1e-5, metadata={"help": "stage-1 constant LR, no warmup; paper: 1e-5 (Gemma-2-27B: 4e-6)"})
+    epochs: int = field(default=1, metadata={"help": "stage-1 epochs; paper: 1"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step, all ranks; paper: 1024 (both stages)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward pass per rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
+    max_length: int = field(default=2048, metadata={"help": "prompt+response tokens; paper: 4096"})
     stage2_data: str = field(default="", metadata={"help": "general instruction JSONL (prompt/response) for stage 2; "
                                                            "'toy' = arithmetic rows; '' = skip (§1.7)"})
-    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps (§1.7)"})
-    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6 (§1.7)"})
+    stage2_steps: int = field(default=700, metadata={"help": "stage-2 steps; paper: 700"})
+    stage2_lr: float = field(default=3e-5, metadata={"help": "stage-2 peak LR, cosine to 1e-6; paper: 3e-5 (Gemma: 1e-5)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue SFT from output_dir/checkpoint"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
+
+
+# The paper's values, used with --preset paper (the default once --model is named); the defaults above are
+# the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    max_new_tokens=4096,  # the released repo's API calls
+    batch_size=1024,  # both SFT stages
+    max_length=4096,
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Checks --stages (only sft runs under torchrun) and splits the SFT batch over the ranks."""
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
+    if world_size > 1 and set(stages) != {"sft"}:
+        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
+    rows = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(sft_rows_per_rank=rows, micro_batches_per_step=-(-rows // args.micro_batch_size))
 
 
 # ------------------------------------------------------------------------------------------------ §1.1 rewrite
@@ -199,10 +245,12 @@ def strict_check_size(obj) -> bool:
     return object_size(obj) < 128
 
 
-def collect_io_pairs(max_calls: int, max_pairs: int, seed: int) -> dict:
+def collect_io_pairs(max_calls: int, max_pairs: int, seed: int, recheck: bool = True) -> dict:
     """§1.2, executed INSIDE the sandbox after the function's code (its source is shipped with it): call
     input_generator() up to max_calls times, keep unique inputs whose input and output pass the size
-    filter, whose output is not None, and which give the same output twice; stop at max_pairs."""
+    filter and whose output is not None; stop at max_pairs. Each candidate input runs main_solution
+    once, as in the release (hkust-nlp/CodeIO: src/parse_gen_ios.py, the generated I/O script); with
+    `recheck`, each kept input runs once more and a changed output counts as "nondeterministic"."""
     import json
     import random
 
@@ -219,16 +267,22 @@ def collect_io_pairs(max_calls: int, max_pairs: int, seed: int) -> dict:
             seen.add(key)
             if reason is None and not (isinstance(kwargs, dict) and strict_check_size(kwargs)):
                 reason = "too_large"
-            if reason is None:  # fresh copies: a function that mutates its arguments cannot alter the input
-                outputs = [json.dumps(main_solution(**json.loads(key))) for _ in range(2)]  # noqa: F821
-                output = json.loads(outputs[0])
-                reason = ("none_output" if output is None else "nondeterministic" if outputs[0] != outputs[1]
-                          else "too_large" if not strict_check_size(output) else None)
+            if reason is None:  # a fresh copy: a function mutating its arguments keeps the input
+                output = json.loads(json.dumps(main_solution(**json.loads(key))))  # noqa: F821
+                reason = ("none_output" if output is None else
+                          "too_large" if not strict_check_size(output) else None)
         except Exception as error:  # generator or function raised, or a value is not JSON-serialisable
             reason = type(error).__name__
         stats[reason or "kept"] = stats.get(reason or "kept", 0) + 1
         if reason is None:
             pairs.append({"input": json.loads(key), "output": output})
+    for pair in pairs if recheck else []:  # the paper's randomness exclusion, <= max_pairs calls
+        try:
+            again = json.dumps(main_solution(**json.loads(json.dumps(pair["input"]))))  # noqa: F821
+        except Exception:
+            again = None
+        if again != json.dumps(pair["output"]):
+            stats["nondeterministic"] = stats.get("nondeterministic", 0) + 1
     return {"pairs": pairs, "stats": stats}
 
 
@@ -237,7 +291,8 @@ IO_HELPERS = "\n\n".join(inspect.getsource(f) for f in (object_size, strict_chec
 
 def io_job(function: dict, args: Args, seed: int) -> tuple[str, dict]:
     code = "\n\n".join([IMPORT_PREFIX, function["main_code"], function["generator_code"], IO_HELPERS])
-    return code, {"max_calls": args.max_generator_calls, "max_pairs": args.max_pairs, "seed": seed}
+    return code, {"max_calls": args.max_generator_calls, "max_pairs": args.max_pairs, "seed": seed,
+                  "recheck": args.io_recheck}
 
 
 # ------------------------------------------------------------------------------------------------ §1.3 prompts
@@ -331,6 +386,8 @@ def verify_input(sandbox: Sandbox, main_code: str, predicted_input, gold_output,
     if not isinstance(predicted_input, dict):
         return {"status": "exception", "message": f"the predicted input {predicted_input!r} is not a dict", "actual": None}
     run = sandbox.call(IMPORT_PREFIX + "\n\n" + main_code, "main_solution", json.dumps(predicted_input), timeout=timeout)
+    if run.infrastructure_failure:  # the sandbox broke, not the input: never scored, never shown
+        return {"status": "sandbox_error", "message": run.stderr.strip(), "actual": None}
     if run.status == "timeout":
         return {"status": "timeout", "message": f"execution did not finish within {timeout:g} s", "actual": None}
     if not run.ok:
@@ -347,22 +404,30 @@ REDO = "Please redo it, and your prediction should no longer be any of the wrong
 CHECK, OOPS, CORRECT = "Let me check if I did it correctly...", "Oops! Something went wrong.", "Yes, that's correct!"
 
 
-def feedback_text(kind: str, pair: dict, check: dict) -> str:
-    """§1.5 verifier message (the correct answer is never revealed)."""
+def feedback_text(kind: str, pair: dict, check: dict) -> str | None:
+    """§1.5 verifier message (the correct answer is never revealed). Values are serialised with
+    json.dumps as in the release (hkust-nlp/CodeIO: src/check_io_pred_acc_mp.py, check_io_pred_acc;
+    src/codeio_utils.py, template_check_input), so the model sees JSON (true, null, "a"), not Python
+    literals. None for a sandbox failure: there is nothing to tell the model."""
+    show = json.dumps
+    if check["status"] == "sandbox_error":
+        return None
     if check["status"] == "success":
         return CORRECT
     if check["status"] == "no answer":
         return "[Format Error] No answer in the required JSON format was found in your response."
     if kind == "output":
-        return (f"[Mismatch] Your output is not correct! Given the input {show_value(pair['input'])}, your "
-                f"predicted output is {show_value(check['predicted'])} which is wrong!")
+        return (f"[Mismatch] Your output is not correct! Given the input {show(pair['input'])}, "
+                f"your predicted output is {show(check['predicted'])} which is wrong!")
     if check["status"] == "AssertionError":
-        return (f"[Mismatch] Your input is not feasible! Given the output {show_value(pair['output'])}, your "
-                f"predicted input is {show_value(check['predicted'])}, which actually gets a wrong output as "
-                f"{show_value(check['actual'])}")
+        return (f"[Mismatch] Your input is not feasible! Given the output {show(pair['output'])}, "
+                f"your predicted input is {show(check['predicted'])}, which actually gets a wrong "
+                f"output as {show(check['actual'])}")
     if check["status"] == "timeout":
-        return f"[Timeout] Running the code on your predicted input {show_value(check['predicted'])} did not finish in time."
-    return f"[Error] Running the code on your predicted input {show_value(check['predicted'])} failed: {check['message']}"
+        return (f"[Timeout] Running the code on your predicted input {show(check['predicted'])} "
+                "did not finish in time.")
+    return (f"[Error] Running the code on your predicted input {show(check['predicted'])} failed: "
+            f"{check['message']}")
 
 
 def assemble_revision(record: dict) -> str:
@@ -384,13 +449,28 @@ def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
     return records, {r[key] for r in records}
 
 
+CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
+
+
 def load_corpus(source: str) -> list[dict]:
-    if Path(source).is_dir():
-        if not (files := sorted(Path(source).glob("*.py"))):
-            raise FileNotFoundError(f"--corpus {source}: no .py files in that folder")
+    """A folder of .py files, or rows of raw code: CodeI/O's release (hkust-nlp/CodeIO
+    data/rawcode_1k.jsonl: `content` + repo_name, path, blob_id, ...) or any rows with `code`. A
+    release row is named "repo_name/path" and keeps its metadata under `source` (in rewrite.jsonl)."""
+    if Path(source).is_dir() and any(Path(source).glob("*.py")):
+        files = sorted(Path(source).glob("*.py"))
         return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
-    rows = load_rows(source, required=("code",))  # a JSONL/JSON/Parquet file or hub data set of raw code
-    return [{"name": str(row.get("name", i)), "code": row["code"]} for i, row in enumerate(rows)]
+    corpus = []
+    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
+        code = row.get("content", row.get("code"))
+        if not isinstance(code, str) or not code.strip():
+            raise DataError(f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
+                            f"or empty (fields present: {sorted(row)})")
+        meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
+        name = row.get("name") or meta.get("blob_id", i)
+        if "repo_name" in meta and "path" in meta:
+            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
+        corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
+    return corpus
 
 
 def check_answer(sandbox: Sandbox, sample: dict, function: dict, response: str, args: Args) -> dict:
@@ -405,16 +485,36 @@ def check_answer(sandbox: Sandbox, sample: dict, function: dict, response: str, 
     else:
         check = verify_input(sandbox, function["main_code"], predicted, pair["output"], args.verify_timeout)
     check["predicted"] = predicted
-    check["correct"] = check["status"] == "success"
+    check["correct"] = None if check["status"] == "sandbox_error" else check["status"] == "success"
     check["feedback"] = feedback_text(kind, pair, check)
     return check
 
 
+def infra_note(count: int) -> str:
+    return f"; {count} sandbox errors (not written: a rerun retries them)" if count else ""
+
+
+def write_jsonl(path, rows, mode="w"):
+    """Under torchrun every rank holds the same records (gathered generations): rank 0 writes."""
+    if is_main_process():
+        data.write_jsonl(path, rows, mode)
+
+
+def read_jsonl_tolerant(path) -> list[dict]:
+    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
+    barrier()
+    rows = data.read_jsonl_tolerant(path)
+    barrier()
+    return rows
+
+
 def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
+    """One completion per message; under torchrun each rank generates its share of every batch."""
     texts = []
     for start in tqdm(range(0, len(messages), args.generation_batch_size), desc=desc, leave=False):
         batch = messages[start:start + args.generation_batch_size]
-        groups = sampler.generate(batch, n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        groups = generate_sharded(sampler, batch, n=1, temperature=args.temperature,
+                                  max_new_tokens=args.max_new_tokens)
         texts += [group[0].text for group in groups]
     return texts
 
@@ -449,11 +549,12 @@ def run_sft(model, tokenizer, examples: list[dict], args: Args, dist_info, logge
         batch = order[step * args.batch_size:(step + 1) * args.batch_size].tolist()
         mine = batch[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank] or batch[:1]
         total_loss = 0.0
-        for m in range(0, len(mine), args.micro_batch_size):
-            chunk = [encoded[i] for i in mine[m:m + args.micro_batch_size]]
+        num_tokens = sum(len(encoded[i][1]) for i in mine)  # token mean over the rank's whole batch (§1.7)
+        for sl in micro_batches(len(mine), args.micro_batch_size):
+            chunk = [encoded[i] for i in mine[sl]]
             input_ids, attention_mask, loss_mask = sft_inputs(tokenizer, [c[0] for c in chunk], [c[1] for c in chunk],
                                                               dist_info.device)  # (b, L) each
-            loss = sft_loss(model, input_ids, attention_mask, loss_mask) * len(chunk) / len(mine)
+            loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens)
             loss.backward()
             total_loss += loss.item()
         optimizer.step()
@@ -472,26 +573,37 @@ def main(args: Args):
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
     dist_info = init_distributed()
-    if dist_info.world_size > 1 and set(stages) != {"sft"}:
-        raise ValueError("under torchrun only --stages sft runs; generate the data with one process first")
     seed_everything(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = args.model or make_tiny_lm()
     tokenizer = load_tokenizer(model_path)
     generating = bool(set(stages) & {"rewrite", "cot", "revise"})
-    model = (load_model(model_path, dtype="float32" if not args.model else "auto", device=dist_info.device)
+    # SFT trains fp32 master weights (common.train's precision policy); SFT alone (torchrun) stays on the CPU
+    # until shard_model puts each rank's shard on its GPU; generation alone runs the checkpoint's own dtype
+    model = (load_model(model_path, dtype="float32" if "sft" in stages or not args.model else "auto",
+                        device="cpu" if stages == ["sft"] else dist_info.device)
              if "sft" in stages or (generating and args.sampler == "hf") else None)  # vLLM loads its own copy
-    sampler = make_sampler(args.sampler, model, tokenizer, model_path=model_path) if generating else None
-    sandbox = Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout) if set(stages) & {"io", "verify", "revise"} else None
+    sampler = (make_sampler(args.sampler, model, tokenizer, model_path=model_path, args=args)
+               if generating else None)
+    executes = set(stages) & {"io", "verify", "revise"}
+    sandbox = (Sandbox(workers=args.sandbox_workers, timeout=args.verify_timeout,
+                       allow_weaker=args.sandbox_allow_weaker) if executes else None)
     counts = []  # per-stage summary rows
+    if sandbox is not None:  # how isolated the generated code is (SandboxUnavailable if not fully)
+        iso = sandbox.isolation
+        missing = f", missing {', '.join(iso['missing'])}" if iso["missing"] else ""
+        counts.append({"stage": "sandbox", "in": args.sandbox_workers, "out": args.sandbox_workers,
+                       "notes": f"isolation {iso['level']}{missing}"})
+    infra = Counter()  # sandbox_error per stage: not written, so a rerun retries them
 
     # 1. rewrite raw files into the unified format (§1.1); unified files pass through
     path = out / "rewrite.jsonl"
     records, done = open_stage(path, "name")
     if "rewrite" in stages:
         corpus = [c for c in load_corpus(args.corpus) if c["name"] not in done]
-        unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn}
+        unified = [{"name": c["name"], "origin": "unified", "status": "ok", "reason": "ok", **fn,
+                    **({"source": c["source"]} if "source" in c else {})}  # repo/path of release rows
                    for c in corpus if (fn := parse_unified_file(c["code"]))]
         write_jsonl(path, unified, mode="a")
         raw = [c for c in corpus if c["name"] not in {u["name"] for u in unified}]
@@ -500,7 +612,8 @@ def main(args: Args):
         for item, answer in zip(raw, answers):
             fn, reason = parse_rewrite_response(answer)
             write_jsonl(path, [{"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected",
-                                "reason": reason, "response": answer, **(fn or {})}], mode="a")
+                                "reason": reason, "response": answer, **(fn or {}),
+                                **({"source": item["source"]} if "source" in item else {})}], mode="a")
         records = read_jsonl_tolerant(path)
     rejected = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     counts.append({"stage": "rewrite", "in": len(records), "out": sum(r["status"] == "ok" for r in records),
@@ -515,6 +628,9 @@ def main(args: Args):
         jobs = [io_job(fn, args, seed=args.seed * 100003 + zlib.crc32(fn["name"].encode())) for fn in todo]
         results = sandbox.call_many([(code, "collect_io_pairs", kw) for code, kw in jobs], timeout=args.io_timeout)
         for fn, res in zip(todo, results):
+            if res.infrastructure_failure:  # the sandbox broke, not the function: a rerun retries
+                infra["io"] += 1
+                continue
             pairs, stats = (res.value["pairs"], res.value["stats"]) if res.ok else ([], {})
             reason = ("ok" if len(pairs) > 1 and not stats.get("nondeterministic") else
                       f"sandbox {res.status}" if not res.ok else
@@ -525,7 +641,8 @@ def main(args: Args):
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
     counts.append({"stage": "io", "in": len(records), "out": len(io_ok),
                    "notes": f"{sum(len(r['pairs']) for r in io_ok.values())} pairs; drops "
-                            f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"})
+                            f"{sorted(r['reason'] for r in records if r['status'] != 'ok')}"
+                            + infra_note(infra["io"])})
 
     # 3. prompts (§1.3): first pairs_per_function pairs -> one input- and one output-prediction prompt each
     path = out / "prompts.jsonl"
@@ -563,6 +680,9 @@ def main(args: Args):
         for cot in tqdm([c for c in cots.values() if c["id"] not in done], desc="verify", leave=False):
             sample = prompts[cot["id"]]
             check = check_answer(sandbox, sample, functions[sample["name"]], cot["response"], args)
+            if check["status"] == "sandbox_error":  # neither scored nor fed back; a rerun retries
+                infra["verify"] += 1
+                continue
             write_jsonl(path, [{"id": cot["id"], "kind": sample["kind"], **check}], mode="a")
         records = read_jsonl_tolerant(path)
     verified = {r["id"]: r for r in records if r["id"] in cots}
@@ -570,7 +690,8 @@ def main(args: Args):
     accuracy = {kind: f"{sum(r['correct'] for r in verified.values() if r['kind'] == kind)}/"
                       f"{sum(r['kind'] == kind for r in verified.values())}" for kind in ("input", "output")}
     counts.append({"stage": "verify", "in": len(cots), "out": len(verified),
-                   "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"})
+                   "notes": f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
+                            + infra_note(infra["verify"])})
 
     # 6. CodeI/O++ revision turn (§1.5)
     path = out / "revise.jsonl"
@@ -586,6 +707,9 @@ def main(args: Args):
             sample, turn_2 = prompts[v["id"]], second.get(v["id"])
             check = (check_answer(sandbox, sample, functions[sample["name"]], turn_2, args) if turn_2 is not None
                      else {"feedback": None, "correct": None})
+            if check.get("status") == "sandbox_error":  # turn 2 unverifiable now: a rerun redoes it
+                infra["revise"] += 1
+                continue
             write_jsonl(path, [{"id": v["id"], "prompt": cots[v["id"]]["prompt"], "turn_1": cots[v["id"]]["response"],
                                 "feedback_1": v["feedback"], "turn_2": turn_2, "feedback_2": check["feedback"],
                                 "correct_2": check["correct"]}], mode="a")
@@ -593,7 +717,7 @@ def main(args: Args):
     revised = [r for r in records if r["turn_2"] is not None]
     counts.append({"stage": "revise", "in": len(records), "out": len(records),
                    "notes": f"{len(revised)} second turns, {sum(bool(r['correct_2']) for r in revised)} correct; "
-                            "all kept (§1.5)"})
+                            "all kept (§1.5)" + infra_note(infra["revise"])})
     if sandbox is not None:
         sandbox.close()
 
@@ -604,8 +728,7 @@ def main(args: Args):
                     for r in read_jsonl_tolerant(out / ("revise.jsonl" if args.revise else "cot.jsonl"))]
         if not examples:
             raise ValueError(f"no training examples in {out} (run the earlier --stages first)")
-        model = shard_model(model, dist_info)
-        model.train()
+        model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)
         metas = [out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
         done_steps = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if args.resume and m.exists()]
         logger = MetricsLogger(out, track=args.track, run_name="codeio", config=vars(args),
@@ -635,4 +758,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

@@ -12,28 +12,37 @@ term scaled by w = min(1, exp(-(A_l - A_w) / alpha)), where A = f minus the valu
 beam: if the "rejected" step improved its beam more than the winner did, the label is probably noisy
 and the rejected side is pushed down less.
 
-Departures (paper vs released code, see shared spec §1.3/§1.6):
-  1. w uses the paper's min(1, .) (default); `--clamp code` gives the released max(1, .).
+Departures (from the paper and the released code):
+  1. w uses the paper's min(1, .) (default); `--clamp code` gives the released max(1, .)
+     (aco-training/open_instruct/aco_utils.py and the README use max).
   2. Rejected step re-sampled from the distribution without the winner (paper); `--rejected uniform` is
      the released rule, `--rejected lowest --beam_selection greedy` the paper's "w/o sampling" ablation.
   3. A candidate step that ends the response (end-of-turn instead of a newline) has nothing to look
      ahead at: its f is the mean log-prob of its own tokens and its beam stops growing (the released code
      never uses `traj_complete` and keeps stepping).
-  4. Pairs are written directly by the sampler, one per timestamp (the released pair builder skips every
-     record because its lists have unequal lengths, spec §1.6).
+  4. Pairs are written directly by the sampler, one per timestamp (the released pair builder,
+     foresight-sampling/construct_foresight_preference_data.py, skips every record because its lists
+     have unequal lengths).
   5. Own FSDP2 DPO/ACO loop instead of open-instruct + ZeRO-3; reference log-probs are computed once
      with the initial model before training (the same frozen reference, without a second model).
   6. The sample stage is data-parallel: every rank holds the full model (HF generate or its own vLLM).
-  7. Toy: a tiny Qwen2 warm-started on running-sum CoT where demonstrations may switch to guessing lines
-     (so the base sometimes guesses); toy lr/batch/epochs/lengths (Args marked 'toy').
+  7. Toy: a tiny Qwen2 warm-started on running-sum CoT whose demonstrator, when adding a 5, switches
+     to guessing more often than not (so the base guesses there); toy lr/batch/epochs/lengths (Args
+     marked 'toy').
+  8. `--data` queries are the first --num_queries of a permutation seeded by --seed (the paper: 25K
+     random queries; the permutation keeps ids stable when --num_queries grows). `--step_value step`
+     is the paper's "w/o foresight" ablation (f from the step's own tokens; pairs hold no rollout).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   CPU toy:  python genius_aco.py
   1 GPU:    python genius_aco.py --stage sample --sampler vllm --model meta-llama/Llama-3.1-8B-Instruct \
                 --data xufangzhi/Magpie_reasoning_150K_train
-            python genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct --micro_batch_size 2
-  8 GPUs:   torchrun --nproc_per_node=8 genius_aco.py --stage sample --sampler vllm --model ... --data ...
-            torchrun --nproc_per_node=8 genius_aco.py --stage train --model ... --pairs_file runs/genius_aco/pairs.jsonl
+            python genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct
+  8 GPUs:   torchrun --nproc_per_node=8 genius_aco.py --stage sample --sampler vllm \
+                --model meta-llama/Llama-3.1-8B-Instruct --data xufangzhi/Magpie_reasoning_150K_train
+            torchrun --nproc_per_node=8 genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct \
+                --pairs_file runs/genius_aco/pairs.jsonl
 """
 
 from __future__ import annotations
@@ -44,43 +53,43 @@ import random
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common.claims import claim, format_claims, write_summary
+from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.rewards import extract_answer, math_equal_batch
 from common.toys import toy_model
-from common.rewards import extract_answer, math_equal
-from common.sampling import HFSampler, make_sampler, render_prompt
+from common.sampling import HFSampler, VLLMArgs, generate_local, make_sampler, render_prompt
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
                           save_checkpoint, seed_everything, sequence_logprob, shard_model, sft_loss)
 
-PAPER = dict(lr=5e-7, batch_size=128, epochs=1, eval_fraction=0.01, eval_every=50, num_queries=25000, max_step_tokens=1024, max_foresight_tokens=1024, max_completion_tokens=3000)
-TOY = dict(lr=1e-4, batch_size=16, epochs=2, eval_fraction=0.25, eval_every=5, num_queries=128, max_step_tokens=16, max_foresight_tokens=64, max_completion_tokens=64)
 STOP = ["\n", "<end_of_reasoning>"]  # §1.1: a step is one line
 PAIR_FIELDS = ("query", "chosen", "rejected", "chosen_advantage", "rejected_advantage")
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # generic
     seed: int = field(default=42, metadata={"help": "random seed (the released code seeds its rejected draw with 42)"})
     output_dir: str = field(default="runs/genius_aco", metadata={"help": "pairs, checkpoint, metrics.jsonl, curves.png"})
-    model: str = field(default="", metadata={"help": "hub id or folder (paper: LLaMA3.1-8B-Instruct, Qwen2.5-3B/7B-Instruct, §1); empty = tiny offline model warm-started on the arithmetic toy"})
-    data: str = field(default="", metadata={"help": "queries: hub id or .jsonl/.json/.parquet (paper: xufangzhi/Magpie_reasoning_150K_train or OpenHermes_48K_train, §1); empty = toy arithmetic queries, answers hidden"})
+    model: str = field(default="", metadata={"help": "hub id or folder (the paper trains LLaMA3.1-8B-Instruct, Qwen2.5-3B/7B-Instruct); empty = tiny offline model warm-started on the arithmetic toy"})
+    data: str = field(default="", metadata={"help": "queries: hub id or .jsonl/.json/.parquet (the paper uses xufangzhi/Magpie_reasoning_150K_train or OpenHermes_48K_train); empty = toy arithmetic queries, answers hidden"})
     query_field: str = field(default="instruction", metadata={"help": "field of --data holding the query"})
     eval_data: str = field(default="", metadata={"help": "rows with the query field and 'answer' for accuracy before/after; empty = the toy's held-out rows when --data is empty, else none"})
     num_eval_queries: int = field(default=64, metadata={"help": "held-out toy queries for the accuracy before/after"})
-    num_queries: Optional[int] = field(default=None, metadata={"help": "queries to sample from (paper: 25K Magpie / 32K OpenHermes, §1); toy 128"})
-    stage: str = field(default="all", metadata={"help": "sample | train | all"})
+    num_queries: int = field(default=128, metadata={"help": "queries to sample from; toy 128; paper: 25000 (25K random Magpie queries; 32K for OpenHermes)"})
+    stage: Literal["sample", "train", "all"] = field(default="all", metadata={"help": "sample | train | all"})
     pairs_file: str = field(default="", metadata={"help": "JSONL of pairs written by --stage sample, read by --stage train; empty = <output_dir>/pairs.jsonl"})
     resume: bool = field(default=False, metadata={"help": "sample: keep and skip queries already in the pairs file; train: continue from <output_dir>/checkpoint"})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm (sample stage)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm (sample stage)"})
     vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM memory share in the sample stage (nothing else on the GPU then)"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     # foresight re-sampling, §1.1
@@ -91,31 +100,60 @@ class Args:
     foresight_temperature: float = field(default=1.0, metadata={"help": "temperature of foresight rollouts and completions (not set in the code: vLLM's 1.0, §1.1)"})
     tau: float = field(default=0.1, metadata={"help": "re-sampling distribution softmax(f / tau) (§1.1)"})
     prefill: str = field(default="The reasoning steps are:\n\n", metadata={"help": "assistant pre-fill (§1.1)"})
-    max_step_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens of a step (§1.1: 1024); toy 16"})
-    max_foresight_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens of a foresight rollout (§1.1: 1024); toy 64"})
-    max_completion_tokens: Optional[int] = field(default=None, metadata={"help": "max tokens when completing the beams after K steps (§1.1: 3000); toy 64"})
-    beam_selection: str = field(default="sample", metadata={"help": "sample (paper) | greedy (top-M f, the 'w/o sampling' ablation, §1.1)"})
-    rejected: str = field(default="paper", metadata={"help": "paper: re-sampled from F without the winner | uniform: released code | lowest: greedy ablation (§1.2)"})
+    max_step_tokens: int = field(default=16, metadata={"help": "max tokens of a step; toy 16; paper: 1024 (released sampling code)"})
+    max_foresight_tokens: int = field(default=64, metadata={"help": "max tokens of a foresight rollout; toy 64; paper: 1024 (released sampling code)"})
+    max_completion_tokens: int = field(default=64, metadata={"help": "max tokens when completing the beams after K steps; toy 64; paper: 3000 (released sampling code)"})
+    step_value: Literal["foresight", "step"] = field(default="foresight", metadata={"help": (
+        "foresight: f = mean log-prob of a rollout after the step (the paper) | step: the paper's "
+        "'w/o foresight' ablation, f = mean log-prob of the step's own tokens, no rollout")})
+    beam_selection: Literal["sample", "greedy"] = field(default="sample", metadata={"help": "sample (paper) | greedy (top-M f, the 'w/o sampling' ablation, §1.1)"})
+    rejected: Literal["paper", "uniform", "lowest"] = field(default="paper", metadata={"help": "paper = re-sampled from F without the winner | uniform = released code | lowest = greedy 'w/o sampling' ablation"})
     queries_per_chunk: int = field(default=16, metadata={"help": "queries searched together per rank (batched generate); records are appended per chunk"})
     # ACO loss, §1.3
-    loss: str = field(default="aco", metadata={"help": "aco | dpo (the paper's main baseline, §1.5)"})
+    loss: Literal["aco", "dpo"] = field(default="aco", metadata={"help": "aco | dpo (the paper's main baseline, §1.5)"})
     beta: float = field(default=0.1, metadata={"help": "beta (§1.3: argparse default)"})
     alpha: float = field(default=1.0, metadata={"help": "alpha of w (§1.3)"})
-    clamp: str = field(default="paper", metadata={"help": "paper: w = min(1, .) | code: released max(1, .) (§1.3)"})
+    clamp: Literal["paper", "code"] = field(default="paper", metadata={"help": "paper = w = min(1, .) | code = released max(1, .)"})
     # training, §1.4
-    lr: Optional[float] = field(default=None, metadata={"help": "learning rate (§1.4: 5e-7); toy 1e-4"})
-    batch_size: Optional[int] = field(default=None, metadata={"help": "pairs per optimizer step, all ranks (§1.4: 128); toy 16"})
-    micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward per rank (gradient accumulation)"})
-    epochs: Optional[int] = field(default=None, metadata={"help": "passes over the pairs (§1.4: 1); toy 2"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate, linear schedule; toy 1e-4; paper: 5e-7 (training setup)"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step, all ranks; toy 16; paper: 128 (training setup, 8 GPUs)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward per rank (gradient accumulation); toy 4; paper preset: 2 (not stated; an 8B model at 1300 tokens)"})
+    epochs: int = field(default=2, metadata={"help": "passes over the pairs; toy 2; paper: 1 (training setup)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warmup share (§1.4)"})
     weight_decay: float = field(default=0.0, metadata={"help": "(§1.4: 0)"})
     max_length: int = field(default=1300, metadata={"help": "max prompt + response tokens (§1.4)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (not stated in the paper)"})
-    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 compute under FSDP2 (§1.4: bf16); default on with CUDA"})
-    eval_fraction: Optional[float] = field(default=None, metadata={"help": "share of queries whose pairs are held out for the eval metrics (not in the paper); 0.01, toy 0.25"})
-    eval_every: Optional[int] = field(default=None, metadata={"help": "optimizer steps between held-out evaluations; 50, toy 5"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
+    eval_fraction: float = field(default=0.25, metadata={"help": "share of queries whose pairs are held out for the eval metrics; toy 0.25; paper preset: 0.01 (not in the paper)"})
+    eval_every: int = field(default=5, metadata={"help": "optimizer steps between held-out evaluations; toy 5; paper preset: 50 (not in the paper)"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
-    toy_warmstart_steps: int = field(default=400, metadata={"help": "SFT steps that build the cached toy base model"})
+    toy_warmstart_steps: int = field(default=800, metadata={"help": (
+        "SFT steps that build the cached toy base model (800: its arithmetic is crisp at T = 1, so "
+        "its wrong answers are mostly guesses)")})
+
+
+# The paper's values (training setup; sampling sizes from the released code), used with --preset paper (the
+# default once --model is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    num_queries=25000,  # 25K random Magpie queries (32K for OpenHermes)
+    max_step_tokens=1024,  # released sampling code: max_tokens of a step
+    max_foresight_tokens=1024,  # released sampling code: max_tokens of a foresight rollout
+    max_completion_tokens=3000,  # released sampling code: completing the beams
+    lr=5e-7,  # training setup (open-instruct DPO, 8xA100)
+    batch_size=128,  # training setup
+    epochs=1,  # training setup
+    micro_batch_size=2,  # not stated: pairs per forward for an 8B model at 1300 tokens
+    eval_fraction=0.01,  # not in the paper: 1% of the queries' pairs held out
+    eval_every=50,  # not in the paper
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank sizes of the train stage implied by the global batch; raises naming the flag."""
+    pairs_per_rank = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(pairs_per_rank=pairs_per_rank, micro_batches_per_step=-(-pairs_per_rank // args.micro_batch_size))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,6 +168,14 @@ def foresight_distribution(f: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
 def sample_distinct(probs: torch.Tensor, m: int, generator=None) -> torch.Tensor:
     """§1.1: m distinct candidate indices drawn from probs (no replacement); works on (..., C)."""
     return torch.multinomial(probs, m, replacement=False, generator=generator)
+
+
+def step_value(step_logprobs: list[float], foresight_logprobs: list[float] | None = None) -> float:
+    """Foresight step value: f = mean token log-prob of the rollout after the step (its tokens
+    only). Without a rollout (a step that ended the response, or `--step_value step`, the paper's
+    'w/o foresight' ablation) f is the mean log-prob of the step's own tokens: its uncertainty."""
+    lps = foresight_logprobs if foresight_logprobs else step_logprobs
+    return sum(lps) / max(1, len(lps))
 
 
 def step_advantages(f: torch.Tensor, beam_value: torch.Tensor) -> torch.Tensor:
@@ -189,17 +235,6 @@ class Beam:
     done: bool = False  # its last step ended the response
 
 
-def generate_lockstep(sampler, prompts, **kwargs):
-    """HF generate under torchrun (synced_gpus) needs the same number of prompts on every rank: pad."""
-    if not (torch.distributed.is_initialized() and isinstance(sampler, HFSampler)):
-        return sampler.generate(prompts, **kwargs) if prompts else []
-    most = max(all_gather_object(len(prompts)))
-    if most == 0:
-        return []
-    padded = prompts + [prompts[0] if prompts else "The"] * (most - len(prompts))
-    return sampler.generate(padded, **kwargs)[: len(prompts)]
-
-
 def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], queries: list[str], args, generator) -> tuple[list[list[dict]], list[dict], dict]:
     """Run §1.1 for several queries at once. Returns the pairs per query (one per timestamp, §1.2), the
     completed beams per query, and counts of odd outputs."""
@@ -209,8 +244,9 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
     counts = {"candidates": 0, "ended_response": 0, "truncated_steps": 0, "queries_short_of_K_pairs": 0}
     for t in range(args.num_steps):
         live = [(qi, b) for qi, bs in enumerate(beams) for b in bs if not b.done]
-        step_outs = generate_lockstep(sampler, [head(qi, b.steps) for qi, b in live], n=args.num_candidates,
-                                      temperature=args.step_temperature, max_new_tokens=args.max_step_tokens, stop=STOP)
+        step_outs = generate_local(sampler, [head(qi, b.steps) for qi, b in live], n=args.num_candidates,
+                                   temperature=args.step_temperature, max_new_tokens=args.max_step_tokens,
+                                   stop=STOP)
         cands = []  # dict per candidate step
         for (qi, beam), outs in zip(live, step_outs):
             for c in outs:
@@ -218,18 +254,18 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
                 text = next((c.text[: -len(s)] for s in STOP if c.text.endswith(s)), c.text)
                 counts["truncated_steps"] += c.finish_reason == "length"
                 cands.append(dict(qi=qi, beam=beam, step=text, ended=ended, step_logprobs=c.logprobs))
-        looking = [c for c in cands if not c["ended"]]
-        rollouts = generate_lockstep(sampler, [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking], n=1,
-                                     temperature=args.foresight_temperature, max_new_tokens=args.max_foresight_tokens)
+        looking = [c for c in cands if not c["ended"]] if args.step_value == "foresight" else []
+        heads = [head(c["qi"], c["beam"].steps + [c["step"]]) for c in looking]
+        rollouts = generate_local(sampler, heads, n=1, temperature=args.foresight_temperature,
+                                  max_new_tokens=args.max_foresight_tokens)
         for c, outs in zip(looking, rollouts):
-            c["foresight"], lps = outs[0].text, outs[0].logprobs
-            c["f"] = sum(lps) / len(lps) if lps else sum(c["step_logprobs"]) / max(1, len(c["step_logprobs"]))
+            c["foresight"], c["f"] = outs[0].text, step_value(c["step_logprobs"], outs[0].logprobs)
         for c in cands:
-            if c["ended"]:  # nothing to look ahead at: the step's own mean log-prob (departure 3)
-                c["foresight"], lps = "", c["step_logprobs"]
-                c["f"] = sum(lps) / max(1, len(lps))
+            if "f" not in c:  # no look-ahead: the step ended the response (departure 3), or
+                # --step_value step: f from the step's own tokens
+                c["foresight"], c["f"] = "", step_value(c["step_logprobs"])
         counts["candidates"] += len(cands)
-        counts["ended_response"] += len(cands) - len(looking)
+        counts["ended_response"] += sum(c["ended"] for c in cands)
         for qi in range(len(chat_prompts)):
             mine = [c for c in cands if c["qi"] == qi]
             if len(mine) < 2:
@@ -248,8 +284,8 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
             keep = torch.topk(f, m).indices if args.beam_selection == "greedy" else sample_distinct(probs, m, generator)
             beams[qi] = done + [Beam(mine[i]["beam"].steps + [mine[i]["step"]], float(f[i]), mine[i]["ended"]) for i in keep.tolist()]
     live = [(qi, b) for qi, bs in enumerate(beams) for b in bs if not b.done]
-    finals = generate_lockstep(sampler, [head(qi, b.steps) for qi, b in live], n=1,
-                               temperature=args.foresight_temperature, max_new_tokens=args.max_completion_tokens)
+    finals = generate_local(sampler, [head(qi, b.steps) for qi, b in live], n=1,
+                            temperature=args.foresight_temperature, max_new_tokens=args.max_completion_tokens)
     completed = [dict(query_id=qid, query=q, responses=[]) for qid, q in zip(query_ids, queries)]
     for (qi, b), outs in zip(live, finals):
         completed[qi]["responses"].append(args.prefill + "".join(s + "\n" for s in b.steps) + outs[0].text)
@@ -264,11 +300,14 @@ def foresight_search(sampler, chat_prompts: list[str], query_ids: list[str], que
 
 
 def make_toy_rows(n: int, seed: int, pool: str, num_terms: int = 5, max_term: int = 5, guess_rate: float = 0.0) -> list[dict]:
-    """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' / 'heldout'
-    split the query space by a hash, so held-out queries never appear in the warm-start. With guess_rate,
-    a demonstration may switch (per line) to guessing, 'a + b is about c' with c off by up to 2, and keeps
-    guessing to the end: a base model learnt from it sometimes starts guessing, after which the rest of its
-    answer is less predictable and usually wrong, the situation Genius's foresight is built to notice."""
+    """'What is 3 + 1 + 4 + 2 + 2?' -> lines '3 + 1 = 4' ... 'The answer is 12.'. pool 'sft' /
+    'heldout' split the query space by a hash, so held-out queries never appear in the warm-start.
+    With guess_rate, the demonstrator is unsure when it adds the largest term (max_term): there it
+    switches, with that probability, to guessing, 'a + b is about c' with c off by up to 2, and
+    keeps guessing to the end. With guess_rate > 0.5 a base model learnt from it is more likely to
+    guess than to compute at such a line (so greedy decoding mostly guesses there), after which the
+    rest of its answer is unpredictable and usually wrong: the situation Genius's foresight is
+    built to notice (a computed line leads to a predictable rest, a guess does not)."""
     rng, rows, seen = random.Random(seed), [], set()
     for _ in range(1000 * n):
         if len(rows) == n:
@@ -280,7 +319,7 @@ def make_toy_rows(n: int, seed: int, pool: str, num_terms: int = 5, max_term: in
         seen.add(query)
         lines, carried, guessing = [], terms[0], False
         for x in terms[1:]:
-            guessing = guessing or rng.random() < guess_rate
+            guessing = guessing or (x == max_term and rng.random() < guess_rate)
             shown = carried + x + (rng.randint(-2, 2) if guessing else 0)
             lines.append(f"{carried} + {x} {'is about' if guessing else '='} {shown}")
             carried = shown
@@ -302,7 +341,7 @@ def encode_response(tok, query: str, response: str, max_length: int) -> tuple[li
 
 def toy_base_model(args, prefill: str) -> str:
     """Warm-start the tiny LM by a short SFT on toy CoT (sft pool only), cached like common.models."""
-    spec = dict(steps=args.toy_warmstart_steps, lr=5e-3, batch=32, guess_rate=0.2, prefill=prefill)
+    spec = dict(steps=args.toy_warmstart_steps, lr=5e-3, batch=32, guess_rate=0.6, prefill=prefill)
 
     def build(folder):
         path = make_tiny_lm()
@@ -329,8 +368,10 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
     prompts = [render_prompt(tok, [{"role": "user", "content": r[args.query_field]}]) + args.prefill for r in mine]
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled_T1", 1.0)):
-        comps = generate_lockstep(sampler, prompts, n=4 if temp else 1, temperature=temp, max_new_tokens=args.max_completion_tokens)
-        hits = [math_equal(extract_answer(c.text), r["answer"]) for cs, r in zip(comps, mine) for c in cs]
+        comps = generate_local(sampler, prompts, n=4 if temp else 1, temperature=temp,
+                               max_new_tokens=args.max_completion_tokens)
+        golds = [r["answer"] for cs, r in zip(comps, mine) for _ in cs]
+        hits = math_equal_batch([extract_answer(c.text) for cs in comps for c in cs], golds)
         gathered = [h for part in all_gather_object(hits) for h in part]
         out[f"accuracy_{name}"] = sum(gathered) / max(1, len(gathered))
     return out
@@ -338,6 +379,15 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # stages
+
+
+def sample_queries(rows: list, n: int | None, seed: int) -> list:
+    """The paper trains on 25K *random* Magpie queries (32K OpenHermes): the first n rows of a
+    seeded permutation, so a larger n extends a smaller one (same seed) and query ids stay stable
+    on resume."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in order[:n]]
 
 
 def load_pairs(path) -> list[dict]:
@@ -367,8 +417,7 @@ def sample_stage(args, dist_info, model_path, tok, query_rows, pairs_path):
     mine = todo[dist_info.rank :: dist_info.world_size]
     n_chunks = max(1, math.ceil(math.ceil(len(todo) / dist_info.world_size) / args.queries_per_chunk))
     if args.sampler == "vllm":
-        extra = {"distributed_executor_backend": "external_launcher"} if dist_info.world_size > 1 else {}
-        sampler = make_sampler("vllm", model_path=model_path, gpu_memory_utilization=args.vllm_gpu_memory_utilization, seed=args.seed + dist_info.rank, **extra)
+        sampler = make_sampler("vllm", model_path=model_path, args=args)  # one engine per rank
     else:
         sampler = make_sampler("hf", load_model(model_path, device=dist_info.device), tok)
     totals = {}
@@ -429,6 +478,30 @@ def sharded_logps(model, tok, encoded, idx, args, dist_info):
     return {i: (a, b) for part in all_gather_object(out) for i, a, b in part}
 
 
+def weight_spread(w: torch.Tensor) -> dict:
+    """How far ACO departs from DPO on these pairs: the distribution of w (DPO: w = 1)."""
+    q = torch.quantile(w.double(), torch.tensor([0.1, 0.5], dtype=torch.float64))
+    stats = {"mean": w.mean(), "min": w.min(), "p10": q[0], "p50": q[1],
+             "frac_below_1": (w < 1).double().mean(), "frac_above_1": (w > 1).double().mean()}
+    return {k: round(v.item(), 4) for k, v in stats.items()}
+
+
+def run_claims(evals: list[dict], acc_before: dict, acc_after: dict) -> list[dict]:
+    """summary.json's claims, from this run: the held-out pairs' loss falls (the self-made
+    preferences generalise to queries never trained on) and, where rows have answers (the toy's
+    held-out queries or --eval_data), held-out accuracy rises though no answer was ever used."""
+    claims = []
+    if len(evals) >= 2:
+        first, last = evals[0]["eval/loss"], evals[-1]["eval/loss"]
+        name = "held-out pair loss falls"
+        claims.append(claim(name, "eval/loss", first, last, higher_is_better=False))
+    for key, name in (("accuracy_greedy", "greedy"), ("accuracy_sampled_T1", "sampled (T=1)")):
+        if key in acc_before and key in acc_after:
+            name = f"held-out {name} accuracy rises, no labels"
+            claims.append(claim(name, key, acc_before[key], acc_after[key]))
+    return claims
+
+
 def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
     """§1.3-1.4: ACO (or DPO) on the pairs against the frozen initial model, FSDP2 under torchrun."""
     pairs = load_pairs(pairs_path)
@@ -442,7 +515,8 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
         prompt, chosen = encode_response(tok, p["query"], p["chosen"], args.max_length)
         encoded.append((prompt, chosen, encode_response(tok, p["query"], p["rejected"], args.max_length)[1]))
     adv = torch.tensor([[p["chosen_advantage"], p["rejected_advantage"]] for p in pairs], dtype=torch.float32)  # (P, 2)
-    model = shard_model(load_model(model_path, dtype="float32"), dist_info, bf16_compute=args.bf16)
+    # common.train's precision policy: fp32 masters + AdamW state; bf16 compute on CUDA (§1.4: bf16), one GPU included
+    model = shard_model(load_model(model_path, dtype="float32"), dist_info, gradient_checkpointing=args.gradient_checkpointing)
     steps_per_epoch = len(train_idx) // args.batch_size
     total_steps = steps_per_epoch * args.epochs
     optimizer = make_optimizer(model, args.lr, weight_decay=args.weight_decay)
@@ -493,6 +567,9 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
         if (step + 1) % args.save_every == 0 or step + 1 == total_steps:
             save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, extra={"acc_before": acc_before})
     acc_after = heldout_accuracy(model, tok, eval_rows, args, dist_info) if eval_rows else {}
+    w = aco_weight(adv[train_idx, 0], adv[train_idx, 1], args.alpha, args.clamp)  # (P_train,)
+    w_train = weight_spread(w)
+    print0(f"w over the training pairs (ACO's scale on the rejected side; DPO: 1): {w_train}")
     logger.plot(["eval/loss", "eval/margin", "eval/reward_accuracy", "eval/logratio_chosen", "eval/logratio_rejected", "train/loss", "train/w_mean"])
     evals = [r for r in logger.history if "eval/loss" in r]
     print0(f"\nheld-out pairs: {len(eval_idx)}, training pairs: {len(train_idx)}, loss: {args.loss}, clamp: {args.clamp}")
@@ -500,24 +577,24 @@ def train_stage(args, dist_info, model_path, tok, pairs_path, eval_rows):
     if acc_before:
         print0(format_table([{"model": "before", **acc_before}, {"model": "after", **acc_after}]))
     if dist_info.is_main:
-        (Path(args.output_dir) / "summary.json").write_text(json.dumps({"eval": evals, "accuracy_before": acc_before, "accuracy_after": acc_after}, indent=1))
+        claims = run_claims(evals, acc_before, acc_after)
+        write_summary(args.output_dir, claims, loss=args.loss, clamp=args.clamp, w_train=w_train,
+                      eval=evals, accuracy_before=acc_before, accuracy_after=acc_after)
+        print0(format_claims(claims))
     logger.close()
 
 
 def main(args: Args):
     for key, choices in (("stage", "sample train all"), ("sampler", "hf vllm"), ("loss", "aco dpo"), ("clamp", "paper code"),
-                         ("rejected", "paper uniform lowest"), ("beam_selection", "sample greedy")):
+                         ("rejected", "paper uniform lowest"), ("beam_selection", "sample greedy"),
+                         ("step_value", "foresight step")):
         if getattr(args, key) not in choices.split():
             raise ValueError(f"--{key} must be one of {choices.split()}, got {getattr(args, key)!r}")
-    for key, value in (TOY if not args.model else PAPER).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
     if args.sampler == "vllm" and args.stage == "all":
         raise ValueError("--sampler vllm: run --stage sample and --stage train as two commands (vLLM holds its GPU memory until the process exits)")
     dist_info = init_distributed()
     if not torch.cuda.is_available():  # tiny-model ops are too small to split, and spinning threads on shared cores cost 10x
         torch.set_num_threads(1)
-    args.bf16 = torch.cuda.is_available() if args.bf16 is None else args.bf16
     seed_everything(args.seed)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     pairs_path = Path(args.pairs_file or Path(args.output_dir) / "pairs.jsonl")
@@ -528,7 +605,8 @@ def main(args: Args):
     model_path = args.model or toy_base_model(args, args.prefill)
     tok = load_tokenizer(model_path)
     if args.data:
-        query_rows = load_rows(args.data, required=(args.query_field,), limit=args.num_queries)
+        rows = load_rows(args.data, required=(args.query_field,))
+        query_rows = sample_queries(rows, args.num_queries, args.seed)
     else:  # toy: queries only, answers dropped before the search ever sees them
         query_rows = [{"instruction": r["instruction"]} for r in make_toy_rows(args.num_queries, seed=2, pool="heldout")]
     eval_rows = load_rows(args.eval_data, required=(args.query_field, "answer")) if args.eval_data else []
@@ -544,5 +622,18 @@ def main(args: Args):
     cleanup_distributed()
 
 
+def eval_only(args: Args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's prompt."""
+    model_path = args.model or toy_base_model(args, args.prefill)
+    user_turn = lambda q, tok: render_prompt(tok, [{"role": "user", "content": q}])  # noqa: E731
+    prompt = lambda q, tok: user_turn(q, tok) + args.prefill  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=not args.model)
+
+
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

@@ -15,10 +15,10 @@ Departures:
 - Toy scale (no --model): tiny LLaVA, toy domains made in code (MathInstruct -> 2-term arithmetic with steps,
   olympiad -> 4-term arithmetic, multimodal math -> common/shapes_world, CodeI/O -> compact "predict the
   output of f" samples written here; codeio.py's prompts are ~1K tokens each, too long for the CPU budget),
-  GUI trajectories = the scripted expert on the GUI world's train tasks. Toy hyperparameters (TOY below)
-  replace the paper's (PAPER below, Table 8) only when the tiny model is used.
+  GUI trajectories = the scripted expert on the GUI world's train tasks. The defaults are toy
+  hyperparameters; a named --model selects the paper preset (PAPER below, Table 8).
 - Toy observation: screenshot + accessibility text (--observation screenshot+axtree): the tiny VLM cannot
-  read labels off its 64x64 image. The paper's planner is pure vision (the default with --model).
+  read labels off its 64x64 image. The paper's planner is pure vision (the paper preset).
 - Toy GUI data is scarce on purpose (the expert on 12 of the 40 training tasks, --gui_tasks), the regime
   where the paper says mid-training pays. The run also reports the loss at the stage switch without GUI
   data mixed in (Table 4's ablation) and a scripted "open the right app, then wait" planner's PR.
@@ -32,12 +32,13 @@ Departures:
 - `--data hub` reads the MidGUI per-domain release files; their columns are not documented, so rows may use
   LLaVA `conversations` (from/value), `messages` (role/content) or prompt/response columns; one image per row.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, claims in summary.json
   python guimid.py --env miniwob --eval_only        # MiniWoB++ in headless Chromium: an SR table per task
-  python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --dtype bfloat16   # 1 GPU, toy data
+  python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --gradient_checkpointing   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --data hub \\
-      --image_root /data/guimid_images --dtype bfloat16 --gradient_checkpointing --compare False   # FSDP2
+      --image_root /data/guimid_images --gradient_checkpointing --compare False   # FSDP2
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from common.claims import claim, format_claims, write_summary
+from common.config import parse_config, per_rank
 from common.data import load_rows, make_arithmetic_rows, read_jsonl_tolerant, write_jsonl
 from common.gui_env import (APPS, TASKS, ActionError, GUIAction, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid,
                             format_axtree, format_guimid, guimid_to_action, list_tasks, parse_guimid)
@@ -68,59 +69,76 @@ from common.sampling import HFSampler, get_tokenizer, render_prompt
 from common.shapes_world import make_shapes_rows
 from common.toys import toy_model
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
-                          init_distributed, load_checkpoint, make_optimizer, make_scheduler, plot_curves, print0,
-                          save_checkpoint, seed_everything, shard_model, token_logprobs)
+                          init_distributed, load_checkpoint, make_optimizer, make_scheduler, plot_curves,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, token_logprobs)
 
 
 @dataclass
 class Args:
     seed: int = field(default=0, metadata={"help": "random seed (mixture order, toy data, init)"})
     output_dir: str = field(default="runs/guimid", metadata={"help": "metrics, checkpoints, episodes, PNG"})
-    model: str = field(default="", metadata={"help": "VLM hub id/path; '' = tiny LLaVA (paper: Qwen2-VL-7B-Instruct, §2)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (paper: bf16, Table 8)"})
-    data: str = field(default="toy", metadata={"help": "toy (domains made in code) | hub (the DOMAINS table's files)"})
+    model: str = field(default="", metadata={"help": "VLM hub id/path; '' = tiny LLaVA (the paper trains Qwen2-VL-7B-Instruct)"})
+    data: Literal["toy", "hub"] = field(default="toy", metadata={"help": "toy (domains made in code) | hub (the DOMAINS table's files)"})
     domain_data: str = field(default="", metadata={"help": "overrides: 'domain=path_or_hub,...' (JSON/JSONL/parquet)"})
     image_root: str = field(default="", metadata={"help": "folder that relative image paths in --data hub rows use"})
     mixture: str = field(default="guimid_300k", metadata={"help": "a RECIPES name or 'domain:weight,...' (Table 3 rows, §4)"})
-    mixture_size: int | None = field(default=None, metadata={"help": "mid-training samples from the mixture (None: paper = the recipe total, 300K for GUIMid; toy 960)"})
+    mixture_size: int | None = field(default=960, metadata={"help": "mid-training samples from the mixture; None = the recipe total; toy 960; paper: None (300K for guimid_300k)"})
     gui_mix_ratio: float = field(default=56_062 / 150_000, metadata={"help": "GUI samples mixed into mid-training per mixture sample (not stated; §3 says they are mixed in)"})
     compare: bool = field(default=True, metadata={"help": "also train the 'GUI post-training only' baseline (Table 3 row 1)"})
-    lr: float | None = field(default=None, metadata={"help": "peak LR (None: paper 2e-5, Table 8; toy 1e-2)"})
-    batch_size: int | None = field(default=None, metadata={"help": "global batch (None: paper 32 = 8 GPUs x 2 x accum 2; toy 16)"})
-    micro_batch_size: int = field(default=2, metadata={"help": "rows per forward on one rank; the rest is grad accumulation (Table 8: 2)"})
-    gui_epochs: int | None = field(default=None, metadata={"help": "epochs of GUI fine-tuning (None: paper 1, Table 8; toy 40)"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "warmup share of the ONE schedule (Table 8)"})
+    lr: float = field(default=1e-2, metadata={"help": "peak LR; toy 1e-2; paper: 2e-5 (Table 8)"})
+    batch_size: int = field(default=16, metadata={"help": "batch, all ranks; toy 16; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)"})
+    micro_batch_size: int = field(default=2, metadata={"help": "rows per forward on one rank; the rest is grad accumulation; paper: 2 (Table 8)"})
+    gui_epochs: int = field(default=40, metadata={"help": "epochs of GUI fine-tuning; toy 40; paper: 1 (Table 8)"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "warmup share of the ONE schedule; paper: 0.05 (Table 8)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler over both stages (Table 8: cosine)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not stated)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (not stated)"})
-    max_length: int = field(default=8192, metadata={"help": "context length, tokens (Table 8)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models"})
+    max_length: int = field(default=8192, metadata={"help": "context length, tokens; paper: 8192 (Table 8)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory on big models; paper preset: True (not stated; a 7B VLM at 8192 tokens needs it)"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (and at the stage boundary)"})
     resume: bool = field(default=False, metadata={"help": "continue each condition from its checkpoint"})
     stop_after_step: int = field(default=0, metadata={"help": "stop a condition after this many steps, checkpointed (0 = run to the end)"})
-    grounder: str = field(default="stub", metadata={"help": "'stub' (a11y-tree stand-in) | a VLM path answering '(x, y)' (paper: UGround-V1-7B)"})
-    observation: str | None = field(default=None, metadata={"help": "screenshot (None: paper, pure vision) | screenshot+axtree (toy: "
-                                                                 "the tiny VLM cannot read labels off a 64x64 image)"})
-    gui_tasks: int | None = field(default=None, metadata={"help": "GUI-world training tasks whose expert trajectories are the GUI "
-                                                               "data (None: paper, all; toy 12 of 40: scarce GUI data, §1)"})
+    grounder: str = field(default="stub", metadata={"help": "'stub' (a11y-tree stand-in) | a VLM path answering '(x, y)' (the paper uses UGround-V1-7B)"})
+    observation: Literal["screenshot", "screenshot+axtree"] = field(default="screenshot+axtree", metadata={
+        "help": "screenshot | screenshot+axtree; toy screenshot+axtree (the tiny VLM cannot read labels off a 64x64 "
+                "image); paper: screenshot (the planner is pure vision)"})
+    gui_tasks: int = field(default=12, metadata={"help": "GUI-world training tasks whose expert trajectories are the GUI "
+                                                        "data, 0 = all; toy 12 of 40 (scarce GUI data, §1); paper: 0 (all)"})
     tasks: str = field(default="", metadata={"help": "GUI-world task ids (comma-separated): the GUI data AND the evaluation tasks"})
     base_steps: int = field(default=0, metadata={"help": "toy base (no --model): copy warm-up steps (0 = the tiny VLM as built; see docs)"})
     switch_loss_steps: int = field(default=3, metadata={"help": "GUI-stage steps averaged for the loss at the stage switch"})
-    max_episode_steps: int | None = field(default=None, metadata={"help": "agent steps per task (None: paper 30, AgentBoard; toy 15)"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "planner output tokens (None: 512; toy 96)"})
-    eval_split: str = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
-    env: str = field(default="toy", metadata={"help": "toy (the simulated phone) | miniwob (MiniWoB++ pages in headless Chromium; "
-                                                   "--tasks names them, default common.miniwob_env.DEFAULT_TASKS)"})
+    max_episode_steps: int = field(default=15, metadata={"help": "agent steps per task; toy 15; paper: 30 (AgentBoard)"})
+    max_new_tokens: int = field(default=96, metadata={"help": "planner output tokens; toy 96; paper preset: 512 (not stated in the paper)"})
+    eval_split: Literal["test", "train", "all"] = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
+    env: Literal["toy", "miniwob"] = field(default="toy", metadata={"help": "toy (the simulated phone) | miniwob (MiniWoB++ pages in "
+                                                                   "headless Chromium; --tasks names them, default common.miniwob_env.DEFAULT_TASKS)"})
     episodes_per_task: int = field(default=5, metadata={"help": "--env miniwob: seeded episodes per task"})
     eval_only: bool = field(default=False, metadata={"help": "evaluate the model as it is (no training): an SR table per task"})
     env_factory: str = field(default="", metadata={"help": "'module:function' returning (make_env, tasks) for an external GUIEnvironment"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
 
 
-PAPER = dict(lr=2e-5, batch_size=32, gui_epochs=1, mixture_size=None, max_episode_steps=30, max_new_tokens=512,
-             observation="screenshot", gui_tasks=0)
-TOY = dict(lr=1e-2, batch_size=16, gui_epochs=40, mixture_size=960, max_episode_steps=15, max_new_tokens=96,
-           observation="screenshot+axtree", gui_tasks=12)
+
+
+# The paper's values (Table 8; AgentBoard's step limit), used with --preset paper (the default once --model
+# is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    lr=2e-5,  # Table 8
+    batch_size=32,  # Table 8: 8 GPUs x 2 per device x accumulation 2
+    gui_epochs=1,  # Table 8
+    mixture_size=None,  # the recipe total: 300K for guimid_300k
+    max_episode_steps=30,  # AgentBoard
+    max_new_tokens=512,  # not stated in the paper
+    gradient_checkpointing=True,  # not stated; a 7B VLM at 8192 tokens needs it
+    observation="screenshot",  # the planner is pure vision: no DOM or accessibility tree
+    gui_tasks=0,  # all of the GUI trajectories (Table 2)
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank rows and gradient-accumulation steps implied by the global batch."""
+    rows = per_rank(args.batch_size, world_size, "--batch_size")
+    return dict(rows_per_rank=rows, accumulation_steps=-(-rows // args.micro_batch_size))
 
 # ----------------------------------------------------------------------------------------------------
 # The 11 mid-training domains (Table 1) + the GUI trajectories (Table 2). `hub` is the loadable release file.
@@ -444,16 +462,10 @@ def train_condition(model, processor, pools, mid_batches, gui_batches, args: Arg
     scheduler = make_scheduler(optimizer, args.lr_scheduler, math.ceil(args.warmup_ratio * len(batches)), len(batches))
     digest = hashlib.sha1(json.dumps([n_mid, batches]).encode()).hexdigest()[:12]
     start, ckpt = 0, out_dir / "checkpoint"
-    if args.resume and (loaded := load_checkpoint(ckpt, model, None, scheduler)) is not None:
+    # Parameters with no gradient yet (the vision tower during text-only mid-training) have no AdamW state:
+    # load_checkpoint leaves them without, so they start fresh at their first gradient, as uninterrupted.
+    if args.resume and (loaded := load_checkpoint(ckpt, model, optimizer, scheduler)) is not None:
         start, extra = loaded
-        # Parameters with no gradient yet (the vision tower during text-only mid-training) have no AdamW state;
-        # common.train.load_checkpoint loads strictly and refuses, so the optimizer is loaded here, and the zero
-        # state torch fabricates for them is dropped: they start fresh at their first gradient, as uninterrupted.
-        saved = torch.load(ckpt / "optimizer.pt", weights_only=False)
-        set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True, strict=False))
-        for name, param in model.named_parameters():
-            if name not in saved["state"]:
-                optimizer.state.pop(param, None)
         if extra.get("plan") != digest:
             raise ValueError(f"{ckpt}: written with other data flags (--mixture/--mixture_size/--batch_size/--seed/...)")
     logger = MetricsLogger(out_dir, track=args.track, run_name=f"guimid-{out_dir.name}", config=asdict(args),
@@ -638,7 +650,7 @@ def toy_base(dist_info, steps: int = 100, seed: int = 0, lr: float = 3e-3) -> st
 
 def evaluate_only(args: Args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out: Path):
     """--eval_only: the model as it is on the tasks, an SR table per task (MiniWoB: next to a random agent)."""
-    model = shard_model(load_model(model_path, vlm=True, dtype=args.dtype), dist_info).eval()
+    model = shard_model(load_model(model_path, vlm=True, dtype="float32"), dist_info, frozen=True)  # eval mode
     policy = make_policy(model, processor, args.max_new_tokens)
     if args.env == "miniwob":  # one browser: the episodes run one after another
         results = [r for t in tasks for r in run_agent(policy, make_env, [t], grounder, args.max_episode_steps, dist_info,
@@ -668,7 +680,6 @@ def evaluate_only(args: Args, model_path, processor, make_env, tasks, grounder, 
 
 def main(args: Args):
     dist_info = init_distributed()
-    args = replace(args, **{k: v for k, v in (PAPER if args.model else TOY).items() if getattr(args, k) is None})
     seed_everything(args.seed)
     model_path = args.model or toy_base(dist_info, args.base_steps)
     processor = load_processor(model_path)
@@ -689,12 +700,11 @@ def main(args: Args):
         module, _, fn = args.env_factory.partition(":")
         make_env, tasks = getattr(importlib.import_module(module), fn)()
         target_urls = None
-    elif args.env == "toy":
+    else:
         tasks = named_tasks(args.tasks) or list_tasks(None if args.eval_split == "all" else args.eval_split)
         make_env, target_urls = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps), [expert_target_url(t) for t in tasks]
-    else:
-        raise ValueError(f"--env {args.env!r}: choose toy or miniwob")
-    grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, args.dtype)
+    frozen = precision_policy(dist_info.device.type).frozen_dtype  # the frozen grounder: bf16 on CUDA
+    grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, frozen)
     if args.eval_only:
         return evaluate_only(args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out)
     pools = {d: load_domain(d, args, n, overrides) for d, n in mid_counts.items() if n or d == GUI}
@@ -713,10 +723,9 @@ def main(args: Args):
             row = json.loads((cond_dir / "eval.json").read_text())
         else:
             seed_everything(args.seed)  # every condition starts from the same weights
-            model = load_model(model_path, vlm=True, dtype=args.dtype)
-            if args.gradient_checkpointing:
-                model.gradient_checkpointing_enable()
-            model = shard_model(model, dist_info)
+            # fp32 masters, bf16 compute on CUDA (Table 8: bf16) through common.train's precision policy
+            model = load_model(model_path, vlm=True, dtype="float32")
+            model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # train mode
             _, _, logger = train_condition(model, processor, pools, mid_batches, gui_batches, run_args, dist_info, cond_dir)
             if args.stop_after_step and args.stop_after_step < len(mid_batches) + len(gui_batches):
                 print0(f"{cond}: stopped after step {args.stop_after_step} (checkpointed); rerun with --resume")
@@ -761,4 +770,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

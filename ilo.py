@@ -26,11 +26,15 @@ Departures:
   (monolingual sentences plus translation pairs) so that there is interlingual structure to measure.
 - Model-level curves average ILO over languages (the paper's averaging is unverified, see the spec).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
     python ilo.py                                   # CPU toy, ~2 min
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ --languages eng_Latn,fra_Latn,... \\
-        --finetune_language ind_Latn --freeze_first 8 --dtype bfloat16     # 1 GPU
-    torchrun --nproc_per_node=8 ilo.py --model ... --data ...                 # fine-tuning sharded with FSDP2
+        --finetune_language ind_Latn --dtype bfloat16     # 1 GPU (paper preset: --freeze_first 8)
+    python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data openlanguagedata/flores_plus \
+        --languages eng_Latn,fra_Latn,ind_Latn                                # FLORES+ from the hub
+    torchrun --nproc_per_node=8 ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ \
+        --finetune_language ind_Latn                                          # fine-tuning sharded with FSDP2
 """
 
 from __future__ import annotations
@@ -41,50 +45,81 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 
-from common.data import load_rows
+from common.config import parse_config, per_rank
+from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
 from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+                          make_scheduler, micro_batches, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+
+
+def arg(default, help: str):  # a dataclass field with its help string (--help shows it)
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Args:
     # generic
-    seed: int = 0
-    output_dir: str = "runs/ilo"
-    model: str = ""  # "" = tiny offline LM (4 layers), warm-started on the toy languages
-    dtype: str = "auto"
-    data: str = ""  # "" = toy parallel corpus; else a folder with one file per language or a rows file
-    text_field: str = "text"
-    lang_field: str = "lang"
-    languages: str = ""  # comma-separated subset; "" = all found
-    max_sentences: int = 0  # per language for ILO; 0 = all (FLORES dev: 997)
-    batch_size: int = 32
-    max_length: int = 256
-    # ILO (§3.2 of the spec: k = 5, t = 3 in the released code)
-    k: int = 5
-    t: int = 3
+    seed: int = arg(0, "random seed")
+    output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
+    model: str = arg("", "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
+                         "'' = tiny offline LM (4 layers), warm-started on the toy languages")
+    dtype: str = arg("auto", "dtype of the measured base model: auto | float32 | bfloat16; "
+                        "fine-tuned copies train fp32 masters (common.train precision policy)")
+    data: str = arg("", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, "
+                        "or a rows file")
+    data_split: str = arg("dev", "FLORES split: dev (997 sentences per language) or devtest (1012)")
+    text_field: str = arg("text", "field of a rows file holding the sentence")
+    lang_field: str = arg("lang", "field of a rows file holding the language")
+    languages: str = arg("", "comma-separated subset; '' = all found")
+    max_sentences: int = arg(0, "sentences per language for ILO; 0 = all (FLORES-200 dev: 997)")
+    batch_size: int = arg(32, "sentences per forward pass")
+    max_length: int = arg(256, "tokens per sentence")
+    # ILO (released src/ilo.py: k = 5, t = 3)
+    k: int = arg(5, "nearest neighbours per point; paper: 5 (released src/ilo.py)")
+    t: int = arg(3, "other languages a point must reach to count for Bridge; paper: 3 (released src/ilo.py)")
     # single-language fine-tuning
-    finetune_language: str = ""  # "" = the first language
-    freeze_first: int = 1  # compare freezing the embeddings + this many first blocks with no freezing
-    freeze_style: str = "paper"  # "paper": blocks 0..N-1 + embeddings; "code": blocks 0..N + embeddings + norm + lm_head
-    finetune_steps: int = 120
-    finetune_lr: float = 3e-3
-    finetune_batch: int = 16
-    ckpt_every: int = 50
-    resume: bool = False
-    track: bool = False
+    finetune_language: str = arg("", "language to fine-tune on; '' = the first language")
+    freeze_first: int = arg(1, "compare freezing the embeddings + this many first blocks with no freezing; toy 1; "
+                               "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)")
+    freeze_style: Literal["paper", "code"] = arg("paper", "paper = blocks 0..N-1 + embeddings; "
+                                                          "code = blocks 0..N + embeddings + norm + lm_head")
+    finetune_steps: int = arg(120, "fine-tuning optimizer steps per condition")
+    finetune_lr: float = arg(3e-3, "fine-tuning LR, constant; toy 3e-3; paper preset: 1e-5 (not stated in the paper)")
+    finetune_batch: int = arg(16, "sentences per fine-tuning step, all ranks")
+    micro_batch_size: int = arg(0, "sentences per forward/backward on one rank (same token mean); "
+                                   "0 = the rank's batch; paper preset: 1 (not stated in the paper)")
+    gradient_checkpointing: bool = arg(False, "recompute decoder layers in the backward pass; "
+                                              "paper preset: True (not stated in the paper)")
+    ckpt_every: int = arg(50, "checkpoint every N fine-tuning steps")
+    resume: bool = arg(False, "continue the fine-tuning runs from their checkpoints")
+    track: bool = arg(False, "log to Weights & Biases")
 
     def __post_init__(self):
         if self.freeze_style not in ("paper", "code"):
             raise ValueError(f"--freeze_style must be 'paper' or 'code', got {self.freeze_style!r}")
+
+
+# Used with --preset paper (the default once --model is named); the defaults above are the CPU toy's. The
+# paper gives no fine-tuning hyperparameters: the LR is ours for full fine-tuning of an 8B model.
+PAPER = dict(
+    freeze_first=8,  # released selective_grad_freeze(n_first=8), the README's best setting
+    finetune_lr=1e-5,  # not stated in the paper
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=1,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank sentences of a fine-tuning step; raises naming the flag."""
+    return dict(finetune_sentences_per_rank=per_rank(args.finetune_batch, world_size, "--finetune_batch"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,19 +309,70 @@ def toy_base_model(seed: int) -> str:
     return toy_model("ilo-base", spec, build, code=[toy_corpus, toy_lexicon])
 
 
+FLORES_TEXT_SUFFIXES = (".txt", ".dev", ".devtest")  # FLORES-200: <split>/<lang>.<split>, a sentence a line
+FLORES_ROW_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")  # FLORES+ release: <split>/<lang>.parquet
+
+
+def _flores_text(where: str, row: dict, text_field: str) -> str:
+    text = row.get(text_field, row.get("sentence"))  # FLORES+ calls it `text`, facebook/flores `sentence`
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: field {text_field!r} (or 'sentence') is missing or empty (see --text_field)")
+    return text.strip()
+
+
+def load_flores(source: str, split: str, languages: list[str], text_field: str = "text") -> list[dict]:
+    """{lang, text} rows of FLORES-200 / FLORES+ in their release layouts, `split` = dev or devtest:
+    - a folder with one file per language, `<lang>.dev|.devtest|.txt` (FLORES-200 tarball) or
+      `<lang>.parquet|.jsonl` rows with `text` (FLORES+), directly or under `<split>/`;
+    - a folder with one sub-folder per language holding `<split>*.parquet` (a hub snapshot);
+    - a hub id with one config per language (openlanguagedata/flores_plus: `text`; facebook/flores:
+      `sentence`): `--languages` names the configs to load."""
+    path = Path(source)
+    if not path.is_dir():
+        if not languages:
+            raise ValueError(f"--data {source}: a hub data set needs --languages (one config per language)")
+        import datasets
+
+        rows = []
+        for lang in languages:
+            try:
+                ds = datasets.load_dataset(source, lang, split=split)
+            except Exception as e:  # offline, gated, unknown language or split: say which
+                raise DataError(f"could not load {source!r} language {lang!r} split {split!r}: {e}") from e
+            ordered = sorted(ds, key=lambda r: r.get("id", 0))
+            rows += [{"lang": lang, "text": _flores_text(f"{source}[{lang}/{split}] row {i}", dict(r), text_field)}
+                     for i, r in enumerate(ordered)]
+        return rows
+    folder = path / split if (path / split).is_dir() else path
+    rows = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in FLORES_TEXT_SUFFIXES:
+            lines = p.read_text(encoding="utf-8").splitlines()
+            rows += [{"lang": p.stem, "text": line.strip()} for line in lines if line.strip()]
+        elif p.is_file() and p.suffix in FLORES_ROW_SUFFIXES:
+            rows += [{"lang": p.stem, "text": _flores_text(where, r, text_field)}
+                     for where, r in load_located_rows(str(p))]
+        elif p.is_dir() and (files := sorted(f for f in p.iterdir() if f.suffix in FLORES_ROW_SUFFIXES
+                                             and (f.stem == split or f.stem.startswith(split + "-")))):
+            rows += [{"lang": p.name, "text": _flores_text(where, r, text_field)}
+                     for f in files for where, r in load_located_rows(str(f))]
+    if not rows:
+        raise DataError(f"--data {source}: no FLORES files (<lang>.dev/.devtest/.txt or <lang>.parquet/.jsonl, "
+                        f"directly or under {split}/)")
+    return rows
+
+
 def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
-    """(ILO rows, fine-tune rows) as {lang, text}. Real data: a folder with one file per language
-    (`<lang>.txt` / `.dev` / `.devtest`: one sentence per line) or a rows file with lang/text fields."""
+    """(ILO rows, fine-tune rows) as {lang, text}. Real data: FLORES-200 / FLORES+ as released, from a
+    folder or the hub (`load_flores`, split --data_split), or a rows file (--lang_field, --text_field)."""
     if not args.data:
         return toy_corpus(120, seed=1), toy_corpus(400, seed=2)
-    path = Path(args.data)
-    if path.is_dir() and any(p.suffix in (".txt", ".dev", ".devtest") for p in path.iterdir()):
-        rows = [{"lang": p.stem, "text": line.strip()} for p in sorted(path.iterdir()) if p.suffix in (".txt", ".dev", ".devtest")
-                for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
+    wanted = args.languages.split(",") if args.languages else []
+    if Path(args.data).is_file():
         rows = [{"lang": r[args.lang_field], "text": r[args.text_field]} for r in load_rows(args.data, required=(args.lang_field, args.text_field))]
-    if args.languages:
-        wanted = args.languages.split(",")
+    else:
+        rows = load_flores(args.data, args.data_split, wanted, args.text_field)
+    if wanted:
         missing = sorted(set(wanted) - {r["lang"] for r in rows})
         if missing:
             raise ValueError(f"--languages: {missing} not found in {args.data}")
@@ -322,9 +408,21 @@ def mean_ilo_by_layer(records: list[dict]) -> dict[int, float]:
     return {layer: sum(r["ilo"] for r in records if r["layer"] == layer) / sum(1 for r in records if r["layer"] == layer) for layer in layers}
 
 
+def finetune_backward(model, input_ids, attention_mask, micro_batch_size: int) -> float:
+    """Causal-LM loss of one rank's batch (B, T), backpropagated in micro-batches of rows; each micro-batch
+    divides by the whole batch's token count, so the gradient is the unsplit batch's token mean."""
+    num_tokens = float(attention_mask[:, 1:].sum())
+    total = 0.0
+    for sl in micro_batches(input_ids.shape[0], micro_batch_size):
+        loss = sft_loss(model, input_ids[sl], attention_mask[sl], attention_mask[sl], normalizer=num_tokens)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path, logger: MetricsLogger, tag: str):
     """Causal-LM fine-tuning on one language's text; only parameters with requires_grad train."""
-    model = shard_model(model, dist_info)
+    model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters, train mode
     opt = make_optimizer(model, lr=args.finetune_lr)
     sched = make_scheduler(opt, "constant", total_steps=args.finetune_steps)
     start = 0
@@ -339,10 +437,9 @@ def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path
         batch = batch[dist_info.rank :: dist_info.world_size] or batch[:1]  # this rank's share
         enc = tok([b + tok.eos_token for b in batch], return_tensors="pt", padding=True, padding_side="right",
                   truncation=True, max_length=args.max_length).to(dist_info.device)
-        loss = sft_loss(model, enc["input_ids"], enc["attention_mask"], enc["attention_mask"])
-        loss.backward()
+        loss = finetune_backward(model, enc["input_ids"], enc["attention_mask"], args.micro_batch_size)
         opt.step(), sched.step(), opt.zero_grad()
-        logger.log({f"{tag}/loss": loss.item()}, step=step + 1)
+        logger.log({f"{tag}/loss": loss}, step=step + 1)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.finetune_steps:
             save_checkpoint(ckpt_dir, model, opt, sched, step=step + 1)
     return model
@@ -436,6 +533,4 @@ def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float):
 
 
 if __name__ == "__main__":
-    from transformers import HfArgumentParser
-
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

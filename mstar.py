@@ -27,41 +27,45 @@ Departures (the paper's pipeline code is not released, so there is no code to di
   The default questions need only the colour of one shape, which that model reads reliably. Sizes, lr, batch,
   K for validation are toy values (paper values in --help). alpha of `threshold` is not in the sources (0.5).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   python mstar.py                                                    # CPU, offline, tiny VLM + shapes world
   python mstar.py --model Qwen/Qwen2-VL-2B-Instruct --data mathv360k.jsonl --image_root images/ \\
-      --prm /path/to/prm --lr 1e-6 --batch_size 128 --num_iterations 16 --steps_per_iteration 600 \\
-      --num_train 180000 --num_val 250 --num_test 750 --max_new_tokens 1024 --dtype bfloat16    # 1 GPU
+      --prm /path/to/prm                             # 1 GPU
   torchrun --nproc_per_node=8 mstar.py  <same flags>                  # FSDP2 over 8 GPUs
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
+from common.config import parse_config, per_rank
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.toys import toy_model
 from common.rewards import extract_answer, math_equal, pass_at_k, strip_string
-from common.sampling import get_tokenizer, make_sampler, render_prompt
+from common.sampling import VLLMArgs, get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import grade_steps, make_shapes_rows, misperceive, pretrain_tiny_vision, solve
-from common.train import (all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table, full_state_dict, init_distributed,
-                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger, pad_batch, print0, save_checkpoint,
-                          seed_everything, shard_model, sft_loss)
+from common.train import (all_gather_object, barrier, cleanup_distributed, clip_grad_norm,
+                          format_table, init_distributed, load_checkpoint,
+                          make_optimizer, make_scheduler, MetricsLogger, micro_batches, pad_batch,
+                          precision_policy, print0, save_checkpoint, seed_everything, sft_loss,
+                          shard_model)
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # generic
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/mstar", metadata={"help": "metrics, samples, checkpoints, PNG"})
@@ -72,15 +76,14 @@ class Args:
     answer_field: str = field(default="answer", metadata={"help": "field of --data holding the gold answer"})
     image_field: str = field(default="image", metadata={"help": "field of --data holding the image (path or PIL)"})
     instruction: str = field(default="", metadata={"help": "text appended to every question (real models: ask for one step per line and 'The answer is X.')"})
-    toy_scene: str = field(default="single", metadata={"help": "shapes-world scenes without --data: single (one shape; what the tiny VLM learns on CPU) | group | mixed"})
+    toy_scene: Literal["single", "group", "mixed"] = field(default="single", metadata={"help": "shapes-world scenes without --data: single (one shape; what the tiny VLM learns on CPU) | group | mixed"})
     toy_kinds: str = field(default="color,letters,letters_plus,letters_times", metadata={"help": "comma-separated shapes-world question kinds; empty = all kinds of --toy_scene (the default ones need only the colour, which the tiny VLM reads reliably)"})
-    num_train: int = field(default=512, metadata={"help": "labelled training queries (paper: 180K of MathV360K, §3)"})
-    num_unlabeled: int = field(default=64, metadata={"help": "unlabelled queries for prompt variation (paper: the rest of MathV360K)"})
-    num_val: int = field(default=32, metadata={"help": "validation queries for the temperature rule (paper: 250)"})
-    num_test: int = field(default=96, metadata={"help": "held-out test queries (paper: 750 in-domain)"})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32 | bfloat16 | auto"})
-    max_new_tokens: int = field(default=48, metadata={"help": "tokens per sampled response"})
+    num_train: int = field(default=512, metadata={"help": "labelled training queries; paper: 180000 (180K labelled MathV360K queries)"})
+    num_unlabeled: int = field(default=64, metadata={"help": "unlabelled queries for prompt variation (the paper uses the rest of MathV360K)"})
+    num_val: int = field(default=32, metadata={"help": "validation queries for the temperature rule; paper: 250"})
+    num_test: int = field(default=96, metadata={"help": "held-out test queries; paper: 750 (in-domain)"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
+    max_new_tokens: int = field(default=48, metadata={"help": "tokens per sampled response; paper preset: 1024 (not stated in the paper)"})
     gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     resume: bool = field(default=False, metadata={"help": "continue from the checkpoints in --output_dir"})
@@ -91,32 +94,58 @@ class Args:
     base_caption_share: float = field(default=0.5, metadata={"help": "share of caption examples in the tiny base's SFT"})
     base_vision_steps: int = field(default=150, metadata={"help": "toy vision pre-training steps of the tiny base (stand-in for a pretrained encoder)"})
     # algorithm (§3)
-    training: str = field(default="continuous", metadata={"help": "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (restart from the warm-up model each iteration), §3 Table 'training methods'"})
+    training: Literal["continuous", "iterative_rft", "rest_em"] = field(default="continuous", metadata={"help": "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (restart from the warm-up model each iteration), §3 Table 'training methods'"})
     interval: float | None = field(default=None, metadata={"help": "fraction of queries per iteration; None: 0.25 for continuous (best in §3 interval table), 1.0 for the baselines"})
-    num_iterations: int = field(default=8, metadata={"help": "self-evolving iterations (paper: 10K steps in total)"})
-    steps_per_iteration: int = field(default=8, metadata={"help": "SFT steps per iteration"})
-    samples_per_query: int = field(default=16, metadata={"help": "responses sampled per query (§3: 16)"})
-    batch_size: int = field(default=32, metadata={"help": "global SFT batch (paper: 128)"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW lr (paper: 1e-6 for 8B models)"})
+    num_iterations: int = field(default=8, metadata={"help": "self-evolving iterations; paper preset: 16 (x 625 steps = the paper's 10K steps)"})
+    steps_per_iteration: int = field(default=8, metadata={"help": "SFT steps per iteration; paper preset: 625 (16 x 625 = the paper's 10K steps)"})
+    samples_per_query: int = field(default=16, metadata={"help": "responses sampled per query; paper: 16"})
+    batch_size: int = field(default=32, metadata={"help": "SFT batch, all ranks; paper: 128"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW lr; paper: 1e-6 (8B models)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler kind, inherited across iterations in continuous mode"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "LR warmup share of the schedule"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    selection: str = field(default="top2", metadata={"help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"})
+    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward/backward on one rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
+    selection: Literal["top2", "top1", "top4", "threshold", "random2", "all"] = field(default="top2", metadata={"help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"})
     prm_threshold: float = field(default=0.5, metadata={"help": "alpha of the 'threshold' selection (R_p > alpha); not given in the paper"})
     prm: str = field(default="rule", metadata={"help": "'rule' (stand-in: shapes-world step checker) or an HF model path scored Math-Shepherd style"})
     prm_step_tag: str = field(default=" ки", metadata={"help": "tag appended to each step for a model PRM (Math-Shepherd)"})
     prm_good_token: str = field(default="+", metadata={"help": "token whose probability is the step score"})
     prm_bad_token: str = field(default="-", metadata={"help": "the competing token"})
-    pseudo_label_share: float = field(default=0.0, metadata={"help": "share of training queries that are unlabelled with weighted-vote pseudo-labels (§3 prompt variation: 0 recommended)"})
+    pseudo_label_share: float = field(default=0.0, metadata={"help": "share of training queries that are unlabelled with weighted-vote pseudo-labels ; paper: 0.0 (prompt variation off: labelled data only)"})
     auto_temperature: bool = field(default=True, metadata={"help": "re-choose T by Reward-Pass@2 on the validation split (§3)"})
-    temperature_every: int = field(default=2, metadata={"help": "iterations between temperature choices (§3: 2)"})
+    temperature_every: int = field(default=2, metadata={"help": "iterations between temperature choices; paper: 2"})
     temperature_grid: str = field(default="0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6", metadata={"help": "candidate temperatures (§3)"})
-    temperature: float = field(default=1.0, metadata={"help": "T without --auto_temperature (§3 static runs: 1.0)"})
+    temperature: float = field(default=1.0, metadata={"help": "T without --auto_temperature; paper: 1.0 (static runs)"})
     val_samples_per_query: int = field(default=4, metadata={"help": "responses per validation query when scoring a temperature"})
     warmup_samples: int = field(default=4, metadata={"help": "hinted CoT samples per training query for the warm-up set"})
-    warmup_selection: str | None = field(default=None, metadata={"help": "which correct hinted responses the warm-up keeps: all (paper) | threshold | top2 | ...; None: all with --data, threshold on the shapes world (see Departures)"})
+    warmup_selection: Literal["all", "threshold", "top2", "top1", "top4", "random2"] | None = field(default=None, metadata={"help": "which correct hinted responses the warm-up keeps: all (paper) | threshold | top2 | ...; None: all with --data, threshold on the shapes world (see Departures)"})
     warmup_steps: int = field(default=16, metadata={"help": "SFT steps of the warm-up"})
     eval_k: int = field(default=8, metadata={"help": "K for Pass@K and Reward-Pass@2 on the test split"})
+
+
+# The paper's setting (MiniCPM-V-2.5 on MathV360K), used with --preset paper (the default once --model
+# is named); the defaults above are the CPU toy's. A flag on the command line wins.
+PAPER = dict(
+    num_train=180_000,  # 180K labelled MathV360K queries (the rest unlabelled)
+    num_val=250,
+    num_test=750,  # in-domain test
+    max_new_tokens=1024,  # not stated in the paper
+    num_iterations=16,  # 16 x 625 = the paper's 10K SFT steps in total
+    steps_per_iteration=625,
+    batch_size=128,
+    lr=1e-6,
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank SFT rows implied by the global batch; raises naming the flag."""
+    return dict(sft_rows_per_rank=per_rank(args.batch_size, world_size, "--batch_size"),
+                total_sft_steps=args.num_iterations * args.steps_per_iteration)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,7 +263,8 @@ class HFProcessRewardModel:
 
     def __init__(self, path: str, args: Args, device):
         self.processor = load_processor(path)
-        self.model = load_model(path, vlm=True, dtype=args.dtype, device=device).eval()
+        frozen = precision_policy(torch.device(device).type).frozen_dtype  # a frozen model: bf16 on CUDA
+        self.model = load_model(path, vlm=True, dtype=frozen, device=device).eval()
         self.tok = get_tokenizer(self.processor)
         self.tag_ids = self.tok(args.prm_step_tag, add_special_tokens=False).input_ids
         good, bad = (self.tok(t, add_special_tokens=False).input_ids for t in (args.prm_good_token, args.prm_bad_token))
@@ -279,7 +309,7 @@ def chat_prompt(row: dict, args: Args, hint: bool = False) -> list[dict]:
 
 
 def encode_prompt(processor, row: dict, args: Args, hint: bool = False) -> dict:
-    return processor(text=[render_prompt(processor, chat_prompt(row, args, hint))], images=[row["image"]], return_tensors="pt")
+    return processor(text=[render_prompt(processor, chat_prompt(row, args, hint))], images=[image_of(row)], return_tensors="pt")
 
 
 def collate_vision(encs: list[dict], total_len: int) -> dict:
@@ -304,14 +334,22 @@ def end_of_turn(tokenizer) -> str:
     return "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
 
 
-def sft_step(model, processor, examples: list[tuple[dict, str]], args: Args, device, hint_flags=None) -> torch.Tensor:
-    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out."""
+def response_ids(processor, examples: list[tuple[dict, str]]) -> list[list[int]]:
+    tok = get_tokenizer(processor)
+    return [tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples]
+
+
+def sft_step(model, processor, examples: list[tuple[dict, str]], args: Args, device, hint_flags=None,
+             normalizer: float | None = None) -> torch.Tensor:
+    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out. A micro-batch
+    passes its whole batch's response-token count as `normalizer` (common.train.sft_loss)."""
     tok = get_tokenizer(processor)
     encs = [encode_prompt(processor, row, args, hint=bool(hint_flags and hint_flags[i])) for i, (row, _) in enumerate(examples)]
-    resp = [tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples]
+    resp = response_ids(processor, examples)
     input_ids, attention_mask, loss_mask = pad_batch([e["input_ids"][0].tolist() for e in encs], resp, tok.pad_token_id)  # (B, L)
     extra = collate_vision(encs, input_ids.shape[1])
-    return sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), **{k: v.to(device) for k, v in extra.items()})
+    return sft_loss(model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device), normalizer,
+                    **{k: v.to(device) for k, v in extra.items()})
 
 
 def load_image(value, root: str | None, where: str):
@@ -327,12 +365,27 @@ def load_image(value, root: str | None, where: str):
     return Image.open(path).convert("RGB")
 
 
+def image_loader(value, root: str | None, where: str):
+    """A zero-argument loader of one row's image: a missing file is reported now, the decoding waits for image_of."""
+    if not hasattr(value, "convert") and not (isinstance(value, dict) and value.get("bytes")):
+        path = Path(value["path"] if isinstance(value, dict) else str(value))
+        if not (path if path.is_absolute() or root is None else Path(root) / path).exists():
+            load_image(value, root, where)  # raises the FileNotFoundError that names the row
+    return functools.partial(load_image, value, root, where)
+
+
+def image_of(row: dict):
+    """The row's PIL image. Rows of --data hold a loader and decode on use (one micro-batch or generate batch at a
+    time), not 180K decoded images on every rank; shapes-world rows hold their (small) image."""
+    return row["image"]() if callable(row["image"]) else row["image"]
+
+
 def toy_kinds(args: Args):
     return tuple(k for k in args.toy_kinds.split(",") if k) or None
 
 
 def load_splits(args: Args) -> tuple[list, list, list, list]:
-    """(labelled train, unlabelled, validation, test) rows with a PIL image each."""
+    """(labelled train, unlabelled, validation, test) rows, each with its image (a loader for --data: image_of)."""
     if args.data is None:  # shapes world; train and evaluation problems are disjoint (common.shapes_world)
         return tuple(make_shapes_rows(n, seed=args.seed + i, split=split, scene=args.toy_scene, kinds=toy_kinds(args)) for i, (n, split) in enumerate(
             [(args.num_train, "train"), (args.num_unlabeled, "train"), (args.num_val, "eval"), (args.num_test, "eval")], 1))
@@ -341,7 +394,7 @@ def load_splits(args: Args) -> tuple[list, list, list, list]:
     if len(rows) < args.num_test + args.num_val + 1:
         raise ValueError(f"--data {args.data}: {len(rows)} rows, fewer than --num_test + --num_val + 1")
     rows = [{"id": f"row{i}", "question": r[args.question_field], "answer": str(r[args.answer_field]),
-             "image": load_image(r[args.image_field], args.image_root, f"{args.data} row {i}")}
+             "image": image_loader(r[args.image_field], args.image_root, f"{args.data} row {i}")}
             for i, r in enumerate(rows[: args.num_test + args.num_val + args.num_train + args.num_unlabeled])]
     cut = [args.num_test, args.num_test + args.num_val, args.num_test + args.num_val + args.num_train]
     return rows[cut[1]:cut[2]], rows[cut[2]:], rows[cut[0]:cut[1]], rows[:cut[0]]  # train, unlabelled, val, test
@@ -413,7 +466,7 @@ def sample_and_score(sampler, prm, rows, n, temperature, args, d, hint=False, sc
         return []
     mine, real = shard(rows, d)
     groups = sampler.generate([chat_prompt(r, args, hint) for r in mine], n=n, temperature=temperature,
-                              max_new_tokens=args.max_new_tokens, images=[r["image"] for r in mine], batch_size=args.gen_batch_size)
+                              max_new_tokens=args.max_new_tokens, images=[image_of(r) for r in mine], batch_size=args.gen_batch_size)
     texts = [[c.text for c in g] for g in groups][:real]
     step_scores = prm.step_scores(mine[:real], texts) if score else [[[] for _ in t] for t in texts]
     preds = [[extract_answer(t) for t in group] for group in texts]  # None for garbage: counted, never raised
@@ -460,11 +513,16 @@ def train_steps(model, processor, optimizer, scheduler, examples, num_steps, arg
     losses = []
     for step in range(num_steps):
         batch = [examples[order[(step * args.batch_size + i) % len(order)]] for i in range(args.batch_size)]
-        loss = sft_step(model, processor, batch[d.rank::d.world_size], args, d.device)
-        loss.backward()
+        mine = batch[d.rank::d.world_size]
+        num_tokens = sum(map(len, response_ids(processor, mine)))  # the rank's batch: token mean over all of it
+        loss = 0.0
+        for sl in micro_batches(len(mine), args.micro_batch_size):  # images are encoded per micro-batch
+            micro = sft_step(model, processor, mine[sl], args, d.device, normalizer=num_tokens)
+            micro.backward()
+            loss += micro.item()
         clip_grad_norm(model, args.max_grad_norm)
         optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss)
     return sum(sum(p) / len(p) for p in all_gather_object(losses)) / d.world_size
 
 
@@ -496,9 +554,10 @@ def main(args: Args):
     barrier()
     model_path = args.model or tiny_base_vlm(args)
     processor = load_processor(model_path)
-    model = shard_model(load_model(model_path, vlm=True, dtype=args.dtype), d)
+    model = shard_model(load_model(model_path, vlm=True), d, gradient_checkpointing=args.gradient_checkpointing)
     seed_everything(args.seed)  # after the (maybe first-time) toy base build, so cold and warm caches give one run
-    sampler = make_sampler(args.sampler, model, processor, model_path=model_path)
+    # vllm: one engine per rank
+    sampler = make_sampler(args.sampler, model, processor, model_path=model_path, args=args)
     prm = RuleStepPRM() if args.prm == "rule" else HFProcessRewardModel(args.prm, args, d.device)
     train, unlabeled, val, test = load_splits(args)
 
@@ -516,9 +575,8 @@ def main(args: Args):
     print0(f"model {model_path} | PRM: {prm.name} | {len(train)} train, {len(unlabeled)} unlabelled, {len(val)} val, "
            f"{len(test)} test | training={args.training} interval={interval} selection={args.selection}")
 
-    def sync_sampler():  # vLLM keeps its own copy of the weights (TRL/verl style push)
-        if args.sampler == "vllm":
-            sampler.load_weights(full_state_dict(model).items())
+    def sync_sampler():  # vLLM keeps its own weights: every rank pushes into its own engine
+        sampler.sync_weights(model)  # a no-op for HF, which samples from `model` itself
 
     ckpt, warm_ckpt = out / "ckpt", out / "ckpt_warmup"
     start_iter, temperature, table, val_scores = 1, args.temperature, [], None
@@ -546,6 +604,7 @@ def main(args: Args):
         examples = list({(rec["query_id"], rec["responses"][i]): (by_id[rec["query_id"]], rec["responses"][i])
                          for rec in recs for i in rec["selected"]}.values())  # de-duplicated
         warm_opt, warm_sched = new_optimizer(args.warmup_steps)
+        sampler.sleep()  # vLLM frees its memory for the update
         loss = train_steps(model, processor, warm_opt, warm_sched, examples, args.warmup_steps, args, d, args.seed)
         sync_sampler()
         del warm_opt, warm_sched
@@ -574,6 +633,7 @@ def main(args: Args):
         urecs = collect(path.with_suffix(".unlabeled.jsonl"), [unlabeled[i] for i in uids], False, args.samples_per_query,
                         temperature, args, d, sampler, prm, it)
         examples = [(by_id[rec["query_id"]], rec["responses"][i]) for rec in recs + urecs for i in rec["selected"]]
+        sampler.sleep()  # vLLM frees its memory for the update
         loss = train_steps(model, processor, optimizer, scheduler, examples, args.steps_per_iteration, args, d, args.seed + it)
         sync_sampler()
         metrics = {"temperature": temperature, "samples_kept": len(examples), "loss": loss,
@@ -600,4 +660,4 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

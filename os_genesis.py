@@ -25,14 +25,15 @@ Departures (vs the paper and its released `collection/` code):
 - A judge output still invalid after 5 tries scores 1; screenshots are re-rendered by replay, not stored.
 - The agent (tiny VLM; `--vlm False`: text-only LM) sees the last `--max_history 2` steps (paper: all).
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration without loading anything):
   CPU toy (offline, tiny VLM):  python os_genesis.py    # OS-Genesis vs task-driven data, claims in summary.json
   1 GPU:   python os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model --text_filler model \
              --executor model --judge model --annotator_model Qwen/Qwen2-VL-72B-Instruct \
-             --judge_model Qwen/Qwen2-VL-72B-Instruct --learning_rate 1e-5 --max_history 0
+             --judge_model Qwen/Qwen2-VL-72B-Instruct
   8 GPUs:  torchrun --nproc_per_node=8 os_genesis.py --model Qwen/Qwen2-VL-7B-Instruct --annotator model \
              --text_filler model --executor model --judge model --annotator_model Qwen/Qwen2-VL-72B-Instruct \
-             --judge_model Qwen/Qwen2-VL-72B-Instruct --learning_rate 1e-5 --max_history 0
+             --judge_model Qwen/Qwen2-VL-72B-Instruct
 """
 
 from __future__ import annotations
@@ -43,71 +44,95 @@ import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.distributed as dist
 from PIL import ImageDraw
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from common.gui_env import (APPS, TASKS, ActionError, GUIAction, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
                             describe_action, instruction, format_osgenesis, list_tasks, normalize_answer,
                             osgenesis_a11y, osgenesis_to_indexed, parse_json_action, parse_osgenesis, replay, rollout,
                             run_episodes, screen_signature, side_by_side, state_diff, step_match, with_center_point)
 from common.claims import claim, format_claims, write_summary
+from common.config import parse_config
 from common.data import read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, load_tokenizer, make_tiny_lm, make_tiny_vlm
-from common.sampling import make_sampler
+from common.sampling import VLLMArgs, finish_local, generate_local, generate_sharded, make_sampler
 from common.toys import toy_model
-from common.train import (MetricsLogger, barrier, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, print0, save_checkpoint, seed_everything, sft_inputs, sft_loss, shard_model)
+from common.train import (all_gather_object, barrier, format_table, init_distributed,
+                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger,
+                          micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
+                          sft_loss, shard_model)
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     seed: int = field(default=0, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/os_genesis", metadata={"help": "JSONL data, checkpoint, metrics, PNG"})
     model: str = field(default="", metadata={"help": "agent to fine-tune (hub id or path); empty = tiny VLM built in code"})
     vlm: bool = field(default=True, metadata={"help": "agent sees the screenshot; False = text-only LM on the a11y text"})
-    sampler: str = field(default="hf", metadata={"help": "hf | vllm, for the model-backed annotator/executor/judge"})
+    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm, for the model-backed annotator/executor/judge"})
     resume: bool = field(default=False, metadata={"help": "continue from the JSONL files and the SFT checkpoint"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     apps: str = field(default="settings,notes,shop,mail", metadata={"help": "apps to explore"})
-    walks_per_app: int = field(default=15, metadata={"help": "walks per app (paper: one per AndroidWorld task, 116 in all)"})
+    walks_per_app: int = field(default=15, metadata={"help": "walks per app (the paper walks once per AndroidWorld task, 116 in all)"})
     walk_steps: int = field(default=10, metadata={"help": "steps per walk (sec 2.1: 10 mobile, 5 web)"})
-    walk_style: str = field(default="mobile", metadata={"help": "mobile (elements x10, scroll/back x1) | web (4/3/3/1)"})
+    walk_style: Literal["mobile", "web"] = field(default="mobile", metadata={"help": "mobile (elements x10, scroll/back x1) | web (4/3/3/1)"})
     interactive_weight: float = field(default=10.0, metadata={"help": "weight per interactive element (sec 2.1)"})
     nav_weight: float = field(default=1.0, metadata={"help": "weight of scroll down / scroll up / back each (sec 2.1)"})
     long_press_ratio: float = field(default=0.1, metadata={"help": "long-clickable: click:long_press 9:1 (sec 2.1)"})
-    text_filler: str = field(default="rule", metadata={"help": "text for fields: rule (stand-in) | model (gpt-4o-mini)"})
+    text_filler: Literal["rule", "model"] = field(default="rule", metadata={"help": "text for fields: rule (stand-in) | model (gpt-4o-mini)"})
     filler_max_tokens: int = field(default=20, metadata={"help": "<= 20 tokens, T=0.7, fallback 'Test Input' (sec 2.1)"})
-    annotator: str = field(default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"})
+    annotator: Literal["rule", "model"] = field(default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"})
     annotator_model: str = field(default="", metadata={"help": "LLM/VLM for annotator, filler, executor (empty = --model)"})
     question_ratio: float = field(default=0.3, metadata={"help": "rule describer: info screens made questions (sec 2.2)"})
-    executor: str = field(default="follower", metadata={"help": "collection: follower (stand-in: runs the direct plan) | model (GPT-4o M3A)"})
+    executor: Literal["follower", "model"] = field(default="follower", metadata={"help": "collection: follower (stand-in: runs the direct plan) | model (GPT-4o M3A)"})
     executor_noise: float = field(default=0.15, metadata={"help": "follower stand-in: chance of a random click (slip) per step"})
     max_steps: int = field(default=15, metadata={"help": "step cap for collection and evaluation (sec 2.3)"})
     abort_repeats: int = field(default=3, metadata={"help": "abort after the same action this many times (sec 2.3)"})
-    judge: str = field(default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"})
+    judge: Literal["state", "model"] = field(default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"})
     judge_model: str = field(default="", metadata={"help": "LLM/VLM for --judge model (empty = --model)"})
     judge_temperature: float = field(default=0.5, metadata={"help": "TRM sampling T (sec 2.4)"})
     judge_top_p: float = field(default=0.9, metadata={"help": "TRM top_p (sec 2.4)"})
     judge_retries: int = field(default=5, metadata={"help": "TRM tries until 1 <= score <= 5 (sec 2.4)"})
-    max_history: int = field(default=2, metadata={"help": "past steps shown to the agent (paper: all; 0 = all)"})
-    action_space: str = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
-    data: str = field(default="os_genesis", metadata={"help": "os_genesis (stages 1-4) | task_driven (the paper's baseline: "
-                                                          "SFT on expert trajectories of the training tasks)"})
+    max_history: int = field(default=2, metadata={"help": "past steps shown to the agent, 0 = all; toy 2; paper: 0 (all past steps)"})
+    action_space: Literal["coords", "index"] = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
+    data: Literal["os_genesis", "task_driven"] = field(default="os_genesis", metadata={"help": "os_genesis (stages 1-4) | "
+        "task_driven (the paper's baseline: SFT on expert trajectories of the training tasks)"})
     compare: bool = field(default=True, metadata={"help": "also train the task-driven baseline from the same base; write claims"})
     tasks: str = field(default="", metadata={"help": "catalogue task ids (comma-separated) for task_driven data AND evaluation"})
     eval_base: bool = field(default=True, metadata={"help": "evaluate the model before SFT too (the compared baseline reuses it)"})
     base_steps: int = field(default=200, metadata={"help": "toy base (no --model): steps of low-level instruction following"})
     train_steps: int = field(default=300, metadata={"help": "SFT optimizer steps"})
-    batch_size: int = field(default=4, metadata={"help": "trajectory draws per step, each -> planning + action sample"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; tiny model from scratch (paper: not stated; ~1e-5 at 7B)"})
+    batch_size: int = field(default=4, metadata={"help": "trajectory draws per step per rank, each -> planning + action sample"})
+    micro_batch_size: int = field(default=0, metadata={"help": "samples per forward/backward on one rank (gradient "
+        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
+    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; toy 3e-3 (tiny model from scratch); paper preset: 1e-5 (not stated in the paper; usual at 7B)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "cosine schedule warmup share"})
     save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
-    max_new_tokens: int = field(default=96, metadata={"help": "agent generation budget"})
-    eval_split: str = field(default="test", metadata={"help": "held-out tasks of the toy env"})
+    max_new_tokens: int = field(default=96, metadata={"help": "agent generation budget; toy 96; paper preset: 512 (not stated in the paper)"})
+    eval_split: Literal["test", "train"] = field(default="test", metadata={"help": "held-out tasks of the toy env"})
     eval_limit: int = field(default=0, metadata={"help": "evaluate on the first N held-out tasks (0 = all)"})
+
+
+# Used with --preset paper (the default once --model is named); the defaults above are the CPU toy's. The
+# paper states no SFT hyperparameters: the LR and budget are ours for a 7B VLM. A flag on the command line wins.
+PAPER = dict(
+    max_history=0,  # every past step
+    learning_rate=1e-5,  # not stated in the paper
+    max_new_tokens=512,  # not stated: room for a low-level thought and the action
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Every rank draws --batch_size trajectories per step (rank-seeded), so the global batch grows."""
+    return dict(trajectory_draws_per_step_all_ranks=args.batch_size * world_size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,7 +204,8 @@ def load_helper(path: str, args: Args):
     """A frozen LLM/VLM behind the Sampler interface (annotator, text filler, executor, judge)."""
     path = path or args.model or (make_tiny_vlm() if args.vlm else make_tiny_lm())
     proc = load_processor(path) if args.vlm else load_tokenizer(path)
-    return make_sampler(args.sampler, load_model(path, vlm=args.vlm), proc, model_path=path)
+    model = load_model(path, vlm=args.vlm)
+    return make_sampler(args.sampler, model, proc, model_path=path, args=args)
 
 
 def agent_prompt(goal: str, obs: dict, history: list[dict], args: Args, thought: str | None = None) -> str:
@@ -219,8 +245,9 @@ def model_policy(sampler, args: Args):
     """The model-backed agent (M3A-style executor, and the agent being evaluated): greedy decoding."""
     def policy(items):
         prompts = [user_message(agent_prompt(obs["goal"], obs, steps, args), args.vlm) for _, obs, steps in items]
-        outs = sampler.generate(prompts, images=[o["screenshot"] for _, o, _ in items] if args.vlm else None,
-                                temperature=0.0, max_new_tokens=args.max_new_tokens)
+        images = [o["screenshot"] for _, o, _ in items] if args.vlm else None
+        outs = generate_local(sampler, prompts, images=images, temperature=0.0,
+                              max_new_tokens=args.max_new_tokens)  # FSDP2: lock-step rounds
         decisions = [(parse_agent_output(out[0].text, obs), out[0].text) for (_, obs, _), out in zip(items, outs)]
         return [(thought, action or raw) for (thought, action), raw in decisions]  # garbage -> env error, counted
     return policy
@@ -667,7 +694,12 @@ EASY_STEPS = 3  # the easier tier of held-out tasks: the expert needs at most 3 
 def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
     """Success rate on held-out tasks (greedy, 15 steps) and step accuracy on their expert steps, given the task
     only (high level, AndroidControl-High style) or also the gold low-level instruction (AC-Low style)."""
-    episodes = run_episodes(tasks, model_policy(sampler, args), args.max_steps, progress=lambda it: tqdm(it, desc="eval", leave=False))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = run_episodes(tasks[rank::world], model_policy(sampler, args), args.max_steps,
+                        progress=lambda it: tqdm(it, desc="eval", leave=False))  # each rank its share
+    # ranks whose episodes ended early keep joining the lock-step rounds of the others (FSDP2)
+    finish_local(sampler, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    episodes = [e for part in all_gather_object(mine) for e in part]
     prompts, images, golds = {"high": [], "low": []}, [], []
     for task in tasks:
         history = []
@@ -679,18 +711,36 @@ def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
             golds.append((s["action"], s["obs"]))
             xy = with_center_point(s["action"], elements) if s["action"].index is not None else None
             history.append(dict(thought=thought, action=s["action"].to_json(), xy=xy and [xy.x, xy.y]))
-    easy = [len(t.expert) <= EASY_STEPS for t in tasks]
+    easy_ids = {t.task_id for t in tasks if len(t.expert) <= EASY_STEPS}  # gathered episodes are in rank order
+    easy = [e["task_id"] in easy_ids for e in episodes]
     result = dict(success_rate=sum(e["success"] for e in episodes) / len(episodes),
                   success_rate_easy=sum(e["success"] for e, k in zip(episodes, easy) if k) / max(1, sum(easy)),
                   success_rate_hard=sum(e["success"] for e, k in zip(episodes, easy) if not k) / max(1, len(easy) - sum(easy)),
                   invalid_action_rate=sum(e["invalid"] for e in episodes) / max(1, sum(len(e["steps"]) for e in episodes)))
     for level in ("high", "low"):
-        outs = sampler.generate(prompts[level], images=images if args.vlm else None, temperature=0.0, max_new_tokens=args.max_new_tokens)
+        outs = generate_sharded(sampler, prompts[level], images=images if args.vlm else None,
+                                temperature=0.0, max_new_tokens=args.max_new_tokens)
         matches = [step_match(parse_agent_output(out[0].text if level == "high" else "Low-level thought: -\n" + out[0].text, obs)[1], gold)
                    for out, (gold, obs) in zip(outs, golds)]
         result[f"{level}_type_acc"] = sum(m[0] for m in matches) / len(matches)
         result[f"{level}_step_acc"] = sum(m[1] for m in matches) / len(matches)
     return result
+
+
+def sft_micro_steps(model, tok, batch: list[dict], micro_batch_size: int, device) -> float:
+    """Forward/backward of one rank's SFT batch in micro-batches; each micro-batch's summed NLL is divided by the
+    target-token count of the whole batch, so the accumulated gradient is the unsplit batch's token mean."""
+    num_tokens = sum(len(b["target_ids"]) for b in batch)
+    total = 0.0
+    for sl in micro_batches(len(batch), micro_batch_size):
+        part = batch[sl]
+        input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in part],
+                                                          [b["target_ids"] for b in part], device)  # (b, L) each
+        extra = {k: torch.cat([b["extra"][k] for b in part]).to(device) for k in part[0]["extra"]}  # pixel_values (b, 3, H, W)
+        loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens, **extra)
+        loss.backward()
+        total += loss.item()
+    return total
 
 
 # ------------------------------------------------------------------------------------------------
@@ -860,7 +910,7 @@ def main(args: Args):
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:  # a fresh run starts from nothing
-            for f in [*out.glob("*.jsonl"), *out.glob("*.json")]:
+            for f in [*out.glob("*.jsonl"), *(f for f in out.glob("*.json") if f.name != "config.json")]:
                 f.unlink()
             shutil.rmtree(out / "ckpt", ignore_errors=True)
         counts = generate_data(args, out)
@@ -871,7 +921,7 @@ def main(args: Args):
 
     # ALGO LOGIC: SFT on score-weighted draws of trajectories, two objectives per drawn step
     path = args.model or toy_base(args, d)
-    model = load_model(path, vlm=args.vlm, dtype="float32" if d.device.type == "cpu" else "bfloat16")
+    model = load_model(path, vlm=args.vlm, dtype="float32")  # fp32 masters; bf16 compute on CUDA via shard_model
     proc = load_processor(path) if args.vlm else load_tokenizer(path)
     encode, tok, per_traj, weights = make_encoder(proc, args.vlm), getattr(proc, "tokenizer", proc), [], []
     scores = {s["task_id"]: s["score"] for s in read_jsonl_tolerant(out / "scores.jsonl")}
@@ -881,7 +931,7 @@ def main(args: Args):
             weights.append(scores[traj["task_id"]])
     probs = trm_sampling_probs(weights) if weights else []
     print0(f"SFT data: {len(per_traj)} trajectories, {sum(map(len, per_traj))} steps x 2 objectives")
-    model = shard_model(model, d)
+    model = shard_model(model, d, gradient_checkpointing=args.gradient_checkpointing)
     sampler, eval_tasks = make_sampler("hf", model, proc), (named_tasks(args) or list_tasks(args.eval_split))[:args.eval_limit or None]
     optimizer = make_optimizer(model, args.learning_rate)
     scheduler = make_scheduler(optimizer, "cosine", int(args.warmup_ratio * args.train_steps), args.train_steps)
@@ -891,7 +941,7 @@ def main(args: Args):
         print0(f"resumed from step {start}")
     logger = MetricsLogger(out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=start if args.resume else None)
     if args.eval_base and not (out / "eval_before.json").exists():
-        before = evaluate(sampler, args, eval_tasks)  # every rank: FSDP generate runs in lock-step
+        before = evaluate(sampler, args, eval_tasks)  # every rank evaluates its share of the tasks
         if d.is_main:
             (out / "eval_before.json").write_text(json.dumps(before))
     barrier()
@@ -903,11 +953,7 @@ def main(args: Args):
         rng = random.Random(args.seed * 7919 + step * 131 + d.rank)  # the draw depends only on the step: resume-exact
         picks = rng.choices(range(len(per_traj)), weights=probs, k=args.batch_size)  # P(i) = R_i / sum R
         batch = [sample for i in picks for sample in rng.choice(per_traj[i])]  # a random step, both objectives
-        input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in batch],
-                                                          [b["target_ids"] for b in batch], d.device)  # (B, L) each
-        extra = {k: torch.cat([b["extra"][k] for b in batch]).to(d.device) for k in batch[0]["extra"]}  # pixel_values (B, 3, H, W)
-        loss = sft_loss(model, input_ids, attention_mask, loss_mask, **extra)
-        loss.backward()
+        loss = sft_micro_steps(model, tok, batch, args.micro_batch_size, d.device)
         for p in model.parameters():  # unused ones (LLaVA's vision post-layernorm): a zero grad is a zero AdamW update,
             if p.grad is None:  # but gives them optimizer state, which the strict checkpoint loader needs on --resume
                 p.grad = torch.zeros_like(p)
@@ -915,8 +961,8 @@ def main(args: Args):
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        logger.log({"loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step + 1)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        logger.log({"loss": loss, "lr": scheduler.get_last_lr()[0]}, step + 1)
+        progress.set_postfix(loss=f"{loss:.3f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.train_steps:
             save_checkpoint(out / "ckpt", model, optimizer, scheduler, step + 1)
 
@@ -957,4 +1003,4 @@ def os_genesis_claims(rows: list[dict]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    main(parse_config(Args, PAPER, derived))

@@ -14,23 +14,34 @@ Departures (from the paper and its released verl code):
   sorting four digits, never on the held-out prompts) answers through the paper's qwen-boxed template
   and is graded by the paper's grader. Scale-dependent defaults (batch, lr, lengths, steps) are the
   toy's; the help strings give the paper's values.
-- Old log-probs come from the sampler (HF generate records the model's own) instead of a recomputing
-  forward; with `--sampler vllm` the trainer recomputes them, as verl does.
+- Old log-probs come from the sampler (HF generate records the model's own) on CPU, where they equal
+  the trainer's forward; on CUDA (bf16) and with `--sampler vllm` the trainer recomputes them (verl).
 - The loss forward computes each prompt once for its G responses (shared KV cache): exact, and the main
   reason a step is several times faster than TRL's on the toy.
 - Reasoning behaviours: a keyword detector is the stand-in labeller (the paper rejects keyword counts,
   uses GPT-4o); `--judge_model` labels with any local/hub model through the Sampler.
 - FSDP2: every rank samples its own prompts; all rewards are gathered before the group normalisation.
   Weights go to vLLM per tensor (DTensor.full_tensor) so every rank's colocated engine gets them.
-  On CUDA the forwards run under bf16 autocast with fp32 master weights.
+  Precision: common.train's policy (fp32 master weights and AdamW state; on CUDA bf16 compute through
+  FSDP2 mixed precision, one GPU included; the reference model held in bf16).
+- Loss aggregation: the default `--loss_type dapo` is the token mean over the whole mini-batch that
+  the paper describes (DAPO's rule); the released verl code averages token means per micro-batch,
+  available as `--loss_type verl` (the two agree when a mini-batch is one micro-batch on one rank).
+- Length rewards (not in SimpleRL-Zoo; `--length_reward`, off by default) follow their own papers,
+  see total_rewards. Kimi's weight and warm-up length are unpublished (`--length_reward_coef` 1,
+  `--length_reward_warmup_steps` 0). The cosine paper's repetition penalty is a per-token reward
+  under PPO; GRPO has one reward per response, so the per-token penalties are summed.
+- Countdown: TinyZero's qwen-instruct prompt (ChatML text with its "<think>" prefill) is the
+  default; TinyZero's base prompt is `--prompt_template countdown-base`.
 
-Commands:
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
+the effective configuration and per-rank sizes without loading anything):
     python zero_rl.py                                  # CPU toy, about 1-2 minutes on 2 cores
     python zero_rl.py --model Qwen/Qwen2.5-0.5B --data simplerl/simplelr_qwen_level1to4/train.parquet \\
-        --prompts_per_step 64 --mini_batch_prompts 16 --micro_batch_size 8 --max_new_tokens 2048 --lr 5e-7   # 1 GPU
-    torchrun --nproc_per_node=8 zero_rl.py --model Qwen/Qwen2.5-0.5B --data simplerl/simplelr_qwen_level3to5/train.parquet \\
-        --sampler vllm --prompts_per_step 1024 --mini_batch_prompts 256 --micro_batch_size 2 --max_new_tokens 8192 \\
-        --lr 5e-7 --total_steps 100 --eval_every 10 --save_every 10
+        --prompts_per_step 64 --mini_batch_prompts 16 --micro_batch_size 8 --max_new_tokens 2048   # 1 GPU
+    torchrun --nproc_per_node=8 zero_rl.py --model Qwen/Qwen2.5-0.5B \\
+        --data simplerl/simplelr_qwen_level3to5/train.parquet --sampler vllm --eval_every 10 --save_every 10
+    python zero_rl.py --model Qwen/Qwen2.5-0.5B --print_config --world_size 8   # what the 8-GPU run uses
 (simplerl/ = `huggingface-cli download hkust-nlp/SimpleRL-Zoo-Data --repo-type dataset --local-dir simplerl`)
 """
 
@@ -38,23 +49,28 @@ import json
 import random
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from common import rewards as R
+from common.benchmarks import load_math_rows
+from common.config import parse_config, per_rank
 from common.data import load_rows, make_countdown_rows
+from common.claims import claim, format_claims, write_summary
+from common.evaluation import EvalArgs, evaluate_model
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
-from common.sampling import HFSampler, make_sampler, render_prompt
+from common.sampling import (HFSampler, VLLMArgs, make_sampler, old_logprobs_need_recompute,
+                             render_prompt)
 from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, export_pretrained,
-                          format_table, init_distributed, load_checkpoint, make_optimizer, make_scheduler, pad_batch, print0,
-                          save_checkpoint, seed_everything, shard_model, sft_loss)
+                          format_table, forward_hidden, gradient_checkpointing_on, init_distributed, lm_head_weight,
+                          load_checkpoint, logprobs_from_hidden, make_optimizer, make_scheduler, pad_batch, plain_lm_head,
+                          precision_policy, print0, save_checkpoint, seed_everything, shard_model, sft_loss, token_logprobs)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it in --help)
@@ -62,72 +78,126 @@ def arg(default, help: str):  # a dataclass field with its help string (HfArgume
 
 
 @dataclass
-class Args:
+class Args(VLLMArgs):
     # --- generic
     seed: int = arg(1, "random seed (each rank samples with seed + rank)")
     output_dir: str = arg("runs/zero_rl", "metrics.jsonl, curves.png, summary.json, checkpoint/ and the final model go here")
     model: str = arg("", "hub id or local folder of the base model; empty = the toy's tiny warm-started Qwen2 (cached)")
     data: str = arg("", "hub id or local .jsonl/.json/.parquet file/folder (SimpleRL-Zoo-Data: one tier's train.parquet, "
-                        "spec §1.3); empty = toy prompts made in code")
+                        "simpleRL-reason README); empty = toy prompts made in code")
     data_split: str = arg("train", "split of --data")
     eval_data: str = arg("", "held-out rows, same fields (hub id: its 'test' split); empty = last --num_eval_prompts of --data")
     question_field: str = arg("question", "field holding the question")
     answer_field: str = arg("answer", "field holding the gold answer")
     level_field: str = arg("level", "difficulty field used by --levels (ints or strings like 'Level 3')")
-    levels: str = arg("", "keep rows whose level is in this range, e.g. 3-5 (the paper's Hard tier, spec §1.3)")
-    task: str = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
-    prompt_template: str = arg("auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (spec §1.3) | countdown (TinyZero "
-                               "instruct); auto = countdown for --task countdown, else qwen-boxed")
-    sampler: str = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
-    dtype: str = arg("float32", "training weights dtype; float32 keeps AdamW exact (bf16 autocast is used on CUDA)")
+    levels: str = arg("", "keep rows whose level is in this range, e.g. 3-5 (the paper's Hard "
+                          "tier: MATH levels 3-5)")
+    task: Literal["math", "countdown"] = arg("math", "math (SimpleRL grader, toy: sort digits) or countdown (TinyZero reward, toy: countdown)")
+    prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown", "countdown-base"] = arg(
+        "auto", "qwen-boxed (chat, answer in \\boxed{}) | abel (SimpleRL) | countdown | "
+        "countdown-base (TinyZero qwen-instruct / base, see make_prompt); auto = countdown for "
+        "countdown, else qwen-boxed")
+    sampler: Literal["hf", "vllm"] = arg("hf", "hf (transformers generate, default) or vllm (colocated, GPU)")
+    gradient_checkpointing: bool = arg(False, "recompute each decoder layer in the backward pass (HF, non-reentrant); the "
+                                       "policy forward then concatenates prompt and response (no shared KV cache); "
+                                       "paper preset: True (not stated in the paper)")
     track: bool = arg(False, "log to Weights & Biases")
     resume: bool = arg(False, "continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)")
     save_every: int = arg(50, "checkpoint every N steps (and at the end)")
-    # --- algorithm (paper App. B.5 / spec §1.1 unless stated)
-    total_steps: int = arg(60, "rollout steps; paper: ~100 (App. B.5)")
-    prompts_per_step: int = arg(16, "prompts per rollout batch; paper: 1024 (App. B.5)")
+    # --- algorithm (paper App. B.5 / simpleRL-reason train_grpo_math_tune_ray.sh unless stated)
+    total_steps: int = arg(60, "rollout steps; paper: 100 (App. B.5: about 100, about 150 for 24B and 32B)")
+    prompts_per_step: int = arg(16, "prompts per rollout batch, all ranks; paper: 1024 (App. B.5)")
     group_size: int = arg(8, "samples per prompt G; paper: 8 (App. B.5; App. G: N=32 better, N<=4 unstable)")
-    mini_batch_prompts: int = arg(4, "prompts per optimizer update; paper: 256, i.e. 4 updates per rollout batch")
-    micro_batch_size: int = arg(0, "completions per forward/backward (gradient accumulation); 0 = whole mini-batch; paper: 2")
-    lr: float = arg(1e-3, "learning rate; toy 1e-3; SimpleRL script default 5e-7, constant (spec §1.1)")
+    mini_batch_prompts: int = arg(4, "prompts per optimizer update, all ranks; paper: 256 (App. B.5), i.e. 4 updates per rollout batch")
+    micro_batch_size: int = arg(0, "completions per forward/backward per rank (gradient accumulation); 0 = whole mini-batch; "
+                               "paper: 2 (SimpleRL script: micro-batch 2 per GPU)")
+    lr: float = arg(1e-3, "learning rate, constant; toy 1e-3; paper: 5e-7 (SimpleRL-Zoo "
+                          "train_grpo_math_tune_ray.sh default; the paper does not state it)")
     max_new_tokens: int = arg(16, "max response tokens; paper: 8192 (App. B.5)")
-    max_prompt_length: int = arg(1024, "drop training prompts longer than this; paper: 1024")
+    max_prompt_length: int = arg(1024, "drop training prompts longer than this; paper: 1024 (SimpleRL script)")
     temperature: float = arg(1.0, "rollout temperature; paper: 1.0 (App. B.5; App. G: 1.0 beats 0.6/0.8)")
-    top_p: float = arg(1.0, "rollout top-p; paper: 1.0")
-    clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2")
+    top_p: float = arg(1.0, "rollout top-p; paper: 1.0 (App. B.5)")
+    clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2 (SimpleRL script)")
     clip_eps_high: float = arg(0.0, "upper clip epsilon (DAPO clip-higher uses 0.28); 0 = same as --clip_eps")
-    loss_type: str = arg("dapo", "dapo (paper: token mean over the mini-batch) | bnpo | grpo | dr_grpo, see aggregate_loss")
+    loss_type: Literal["dapo", "verl", "bnpo", "grpo", "dr_grpo"] = arg(
+        "dapo", "dapo (token mean over the mini-batch, as DAPO and the paper describe) | verl "
+        "(SimpleRL-Zoo code: mean of micro-batch token means) | bnpo | grpo | dr_grpo, see "
+        "aggregate_loss")
     beta: float = arg(1e-4, "k3 KL coefficient to the frozen base; paper: 1e-4 for 0.5B-14B, 1e-3 larger; 0 = no reference model")
-    entropy_coef: float = arg(0.001, "entropy bonus; verl/SimpleRL: 0.001 (spec §1.1)")
+    entropy_coef: float = arg(0.001, "entropy bonus; SimpleRL: 0.001 (train_grpo_math_tune_ray.sh)")
     max_grad_norm: float = arg(1.0, "gradient clipping; SimpleRL script: 1.0")
     mask_truncated: bool = arg(False, "drop truncated responses from the loss (SimpleRL remove_clip, default off)")
-    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward (always on with --sampler vllm)")
-    reward_mode: str = arg("mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty (§3.1)")
+    recompute_old_logprobs: bool = arg(False, "recompute old log-probs with a trainer forward "
+                                       "(always on with --sampler vllm or on CUDA)")
+    reward_mode: Literal["mix", "independent"] = arg(
+        "mix", "mix: 1 correct / 0 wrong (paper); independent: 1 / 0.5 / -0.5 / --format_penalty "
+        "(paper §3.1)")
     format_penalty: float = arg(-1.0, "reward of a wrong, unboxed answer in --reward_mode independent")
-    length_reward: str = arg("none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, added to the task reward (spec §3)")
-    length_reward_coef: float = arg(1.0, "weight of the length reward")
-    l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the model in the prompt (spec §3.3)")
+    length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg(
+        "none", "none|kimi|cosine|l1_exact|l1_max|dapo_overlong, combined with the task reward as "
+        "its paper does (see total_rewards)")
+    length_reward_coef: float = arg(1.0, "weight of the kimi / dapo_overlong term added to the "
+                                    "task reward (cosine and L1 are the whole reward)")
+    l1_budget: str = arg("100-4000", "token budget range n_gold ~ U{a..b} for l1_*, told to the "
+                         "model in the prompt (L1: 100-4000)")
     overlong_buffer: int = arg(4096, "DAPO soft overlong buffer L_c (DAPO: 4096); L_max = --max_new_tokens")
+    length_reward_warmup_steps: int = arg(0, "rollout steps on the task reward alone before "
+                                          "--length_reward turns on (Kimi k1.5 §2.3.3); 0 = none")
+    repetition_penalty: float = arg(0.0, "per-token penalty on tokens of a repeated n-gram, "
+                                    "summed into the reward (Yeo et al. §4.2, with cosine: -0.05); "
+                                    "0 = off")
+    repetition_ngram_size: int = arg(40, "n of --repetition_penalty (Yeo et al.'s scripts: 40)")
+    scale_rewards_by_std: bool | None = arg(None, "divide GRPO advantages by the group std; "
+                                               "default true, false for --loss_type dr_grpo")
     # --- evaluation and reasoning behaviours
     eval_every: int = arg(20, "evaluate every N steps (and before/after training)")
     num_eval_prompts: int = arg(128, "held-out eval prompts (toy: never seen in warm start or RL)")
     eval_samples: int = arg(4, "samples per eval prompt for sampled accuracy and pass@k")
-    eval_temperature: float = arg(1.0, "eval sampling temperature; paper: 1.0 for RL models (§1.5)")
-    eval_top_p: float = arg(0.95, "eval top-p; paper: 0.95 (§1.5)")
-    judge_model: str = arg("", "model that labels reasoning behaviours (paper: GPT-4o); empty = keyword stand-in only")
+    eval_temperature: float = arg(1.0, "eval sampling temperature; paper: 1.0 for RL models "
+                                  "(Table 1 note)")
+    eval_top_p: float = arg(0.95, "eval top-p; paper: 0.95 (Table 1 note)")
+    judge_model: str = arg("", "model that labels reasoning behaviours (the paper uses GPT-4o); empty = keyword stand-in only")
     judge_max_new_tokens: int = arg(256, "max tokens of a judge reply")
     # --- toy base model (used when --model is empty)
     warm_start_steps: int = arg(400, "toy only: SFT steps that give the tiny model its 'base' competence")
     warm_start_noise: float = arg(0.6, "toy only: share of warm-start demonstrations with a wrong answer")
 
 
+# The paper's values (App. B.5 and the SimpleRL script), used with --preset paper (the default once --model is
+# named); the defaults above are the CPU toy's. A flag given on the command line wins over both.
+PAPER = dict(
+    total_steps=100,  # App. B.5
+    prompts_per_step=1024,  # App. B.5
+    mini_batch_prompts=256,  # App. B.5: 4 updates per rollout batch
+    micro_batch_size=2,  # SimpleRL script: 2 per GPU
+    lr=5e-7,  # SimpleRL script default, constant
+    max_new_tokens=8192,  # App. B.5
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
+)
+
+
+def derived(args, world_size: int) -> dict:
+    """Per-rank sizes implied by the global ones; raises naming the flags when they do not fit."""
+    if args.prompts_per_step % args.mini_batch_prompts:
+        raise ValueError(f"--prompts_per_step {args.prompts_per_step} must be a multiple of --mini_batch_prompts "
+                         f"{args.mini_batch_prompts}")
+    local_mb = per_rank(args.mini_batch_prompts, world_size, "--mini_batch_prompts") * args.group_size
+    return dict(prompts_per_rank=per_rank(args.prompts_per_step, world_size, "--prompts_per_step"),
+                updates_per_rollout=args.prompts_per_step // args.mini_batch_prompts,
+                completions_per_update_per_rank=local_mb,
+                micro_batches_per_update=-(-local_mb // args.micro_batch_size) if args.micro_batch_size else 1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # ALGO LOGIC: the paper's equations as small pure functions
 
 
-def grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """GRPO (spec §1.1): A_i = (r_i - mean_g) / (std_g + 1e-6), unbiased std, per group of G samples.
-    A group of one gets mean 0 and std 1 (verl)."""
+def grpo_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True):
+    """GRPO advantages per group of G samples (verl `compute_grpo_outcome_advantage`, as run by
+    SimpleRL-Zoo): A_i = (r_i - mean_g) / (std_g + 1e-6), unbiased std. A group of one gets mean 0
+    and std 1 (verl). `scale_by_std=False` is Dr. GRPO (Liu et al., arXiv 2503.20783;
+    sail-sg/understand-r1-zero `compute_monte_carlo_advantages`): A_i = r_i - mean_g, since the
+    std division weighs too-easy and too-hard questions up (a question-level difficulty bias)."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     groups = rewards.double().view(-1, group_size)  # (P, G); float64: equal rewards must give ~0, not 0.7 -> 0.056
@@ -135,6 +205,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         mean, std = torch.zeros_like(groups), torch.ones_like(groups)
     else:
         mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)  # torch.std is unbiased
+    if not scale_by_std:
+        return (groups - mean).view(-1).float()  # (P*G,)
     return ((groups - mean) / (std + 1e-6)).view(-1).float()  # (P*G,)
 
 
@@ -152,12 +224,20 @@ def k3_kl(logps, ref_logps):
     return torch.clamp(torch.exp(delta) - delta - 1, -10.0, 10.0)
 
 
-def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_tokens=None, num_seqs=None):
+def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_tokens=None,
+                   num_seqs=None, num_micro=1):
     """Reduce a (B, T) per-token loss to a scalar. `num_tokens` / `num_seqs` are the normalisers of the
-    whole mini-batch when it is split into micro-batches (default: this micro-batch's own).
+    whole mini-batch when it is split into micro-batches (default: this micro-batch's own);
+    `num_micro` is the number of micro-batches this rank's mini-batch is split into (verl only).
 
-    dapo    token mean over all valid tokens of the mini-batch (SimpleRL "token-level"; caller passes the
-            global token count / world size, so FSDP's gradient averaging gives the global mean)
+    dapo    token mean over all valid tokens of the mini-batch, every token weighs the same
+            (DAPO, arXiv 2503.14476, §3.3 "token-level policy gradient loss"; the rule the
+            SimpleRL-Zoo paper describes). The caller passes the global token count / world size,
+            so FSDP's gradient averaging gives the global mean.
+    verl    token mean of each micro-batch / the number of micro-batches (what SimpleRL-Zoo's
+            released verl computes: `dp_actor.update_policy` takes `masked_mean` per micro-batch,
+            then `/ gradient_accumulation`; FSDP averages the ranks). Tokens of a micro-batch with
+            few tokens weigh more; equals dapo when a mini-batch is one micro-batch on one rank.
     bnpo    token mean over this rank's mini-batch tokens (TRL bnpo)
     grpo    per-sequence token mean, then mean over sequences (GRPO paper; favours short answers)
     dr_grpo token sum / (sequences * max completion length) (Dr. GRPO: no length bias)
@@ -166,15 +246,27 @@ def aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_t
     num_seqs = num_seqs or mask.shape[0]
     if loss_type in ("dapo", "bnpo"):
         return (per_token_loss * mask).sum() / max(float(num_tokens or mask.sum()), 1.0)
+    if loss_type == "verl":
+        return (per_token_loss * mask).sum() / max(float(mask.sum()), 1.0) / num_micro
     if loss_type == "grpo":
         return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_seqs
     if loss_type == "dr_grpo":
         return (per_token_loss * mask).sum() / (num_seqs * max_completion_length)
-    raise ValueError(f"--loss_type must be dapo, bnpo, grpo or dr_grpo, got {loss_type!r}")
+    raise ValueError(f"--loss_type must be dapo, verl, bnpo, grpo or dr_grpo, got {loss_type!r}")
+
+
+LENGTH_REWARDS = ("none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong")
+WHOLE_REWARD = ("cosine", "l1_exact", "l1_max")  # their formula already pays for correctness
 
 
 def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, buffer=4096):
-    """Length-aware rewards (spec §3), one per completion; groups of G are consecutive."""
+    """Each length reward's own formula (common.rewards), one per completion; groups of G are
+    consecutive. Kimi k1.5 (arXiv 2501.12599, §2.3.3): per group, lambda = 0.5 - (L - Lmin) /
+    (Lmax - Lmin), lambda if correct else min(0, lambda). Cosine (Yeo et al., arXiv 2502.03373,
+    §4.2): 2 -> 1 over L for a correct answer, -10 -> 0 for a wrong one, -10 past the limit.
+    L1 (Aggarwal & Welleck, arXiv 2503.04697, LCPO): exact c - alpha |n_gold - L|, max
+    c * clip(alpha (n_gold - L) + delta, 0, 1). DAPO (arXiv 2503.14476, §3.4): soft overlong
+    punishment in [-1, 0]."""
     if kind == "none":
         return [0.0] * len(lengths)
     if kind == "kimi":  # per group: lambda = 0.5 - (L - Lmin) / (Lmax - Lmin)
@@ -183,31 +275,114 @@ def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, bu
     if kind == "cosine":
         return [R.cosine_length_reward(n, c, max_len) for n, c in zip(lengths, correct)]
     if kind in ("l1_exact", "l1_max"):
+        if budgets is None or len(budgets) != len(lengths):
+            raise ValueError(f"--length_reward {kind} needs one token budget per completion")
         return [R.l1_length_reward(n, c, b, kind[3:]) for n, c, b in zip(lengths, correct, budgets)]
     if kind == "dapo_overlong":
         if buffer > max_len:
             raise ValueError(f"--overlong_buffer {buffer} must be <= --max_new_tokens {max_len}")
         return [R.dapo_overlong_penalty(n, max_len, buffer) for n in lengths]
-    raise ValueError(f"--length_reward must be none|kimi|cosine|l1_exact|l1_max|dapo_overlong, got {kind!r}")
+    raise ValueError(f"--length_reward must be {'|'.join(LENGTH_REWARDS)}, got {kind!r}")
+
+
+def total_rewards(kind, task_rewards, correct, lengths, group_size, max_len, budgets=None,
+                  buffer=4096, coef=1.0, repetition=None):
+    """The reward GRPO normalises, one per completion. How a length reward meets correctness follows
+    its paper:
+      none           task reward (SimpleRL-Zoo: 1 correct, 0 wrong)
+      kimi           task reward + coef * Kimi length reward (Kimi k1.5 §2.3.3: a weighted sum)
+      dapo_overlong  task reward + coef * overlong penalty (DAPO §3.4 adds it to correctness)
+      cosine, l1_*   the length reward alone: its formula already pays for correctness (cosine:
+                     2 -> 1 correct, -10 -> 0 wrong; L1-Max: a correct answer over budget gets
+                     < 0.5), so the task reward is not added again, and other task-reward levels
+                     (countdown's 0.1 for a well-formed wrong equation, --reward_mode independent)
+                     play no part.
+    `repetition`: one n-gram repetition penalty (<= 0) per completion, added last (Yeo et al. §4.2
+    pair it with the cosine reward; see repetition_penalty)."""
+    if not len(task_rewards) == len(correct) == len(lengths):
+        raise ValueError(f"{len(task_rewards)} task rewards, {len(correct)} correctness flags and "
+                         f"{len(lengths)} lengths: need one of each per completion")
+    if kind in WHOLE_REWARD and coef != 1.0:
+        raise ValueError(f"--length_reward_coef {coef} has no effect with --length_reward {kind}: "
+                         "cosine and L1 are the whole reward (only kimi, dapo_overlong add a term)")
+    length = length_rewards(kind, lengths, correct, group_size, max_len, budgets, buffer)
+    if kind in WHOLE_REWARD:
+        total = list(length)
+    else:
+        total = [task + coef * extra for task, extra in zip(task_rewards, length)]
+    if repetition is not None:
+        total = [t + p for t, p in zip(total, repetition)]
+    return [float(t) for t in total]
+
+
+def length_reward_at(args, step):
+    """The length reward in force at rollout step `step` (1-based): the task reward alone for the
+    first --length_reward_warmup_steps steps (Kimi k1.5 §2.3.3: the length penalty slows early
+    training, so they first optimise without it, then keep a constant one), then --length_reward."""
+    return args.length_reward if step > args.length_reward_warmup_steps else "none"
+
+
+def scales_by_std(args) -> bool:
+    """Whether advantages are divided by the group std: not for --loss_type dr_grpo (Dr. GRPO
+    removes both the std and the length normaliser), unless --scale_rewards_by_std says so."""
+    if args.scale_rewards_by_std is None:
+        return args.loss_type != "dr_grpo"
+    return args.scale_rewards_by_std
+
+
+def repetition_penalty(token_ids, ngram_size=40, penalty=-0.05):
+    """N-gram repetition penalty of Yeo et al. (arXiv 2502.03373, §4.2; eddycmu/demystify-long-cot
+    `openrlhf/reward/repetition.py`, `RepetitionDensePenalty`): every token inside a repeated
+    token n-gram (the second and later occurrences) is penalised once. Their PPO puts `penalty`
+    on each such token; GRPO has one scalar per response, so this returns the sum (the
+    undiscounted return at the first token). Released runs: n = 40, penalty = -0.05."""
+    if penalty > 0:
+        raise ValueError(f"--repetition_penalty must be <= 0 (a penalty), got {penalty}")
+    seen, hit = set(), set()
+    for start in range(len(token_ids) - ngram_size + 1):
+        gram = tuple(token_ids[start:start + ngram_size])
+        if gram in seen:
+            hit.update(range(start, start + ngram_size))
+        seen.add(gram)
+    return penalty * len(hit)
 
 
 # ----------------------------------------------------------------------------------------------------
 # prompts, data, rewards
 
 
+COUNTDOWN_RULES = (" You can use basic arithmetic operations (+, -, *, /) and each number can"
+                   " only be used once. Show your work in <think> </think> tags. And return the"
+                   " final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3"
+                   " </answer>.")
+THINKER = ("first thinks about the reasoning process in the mind and then provides the user with"
+           " the answer.")
+
+
 def make_prompt(question: str, template: str, budget: int | None = None, l1_kind: str = ""):
-    """qwen-boxed: chat with system turn; abel: plain text (spec §1.3); countdown: TinyZero instruct."""
-    if budget is not None:  # L1 tells the model its budget (spec §3.3)
+    """qwen-boxed (chat, system turn) and abel (plain text): simpleRL-reason
+    `examples/simplelr_math_eval/utils.py` PROMPT_TEMPLATES. countdown / countdown-base: TinyZero
+    `examples/data_preprocess/countdown.py` `make_prefix` templates qwen-instruct / base, raw
+    strings that end inside the assistant turn with the prefill "Let me solve this step by
+    step.\n<think>" (qwen-instruct is ChatML text, for Qwen-family tokenizers like the toy's). The
+    countdown question is "Using the numbers [..], create an equation that equals N." (TinyZero)."""
+    if budget is not None:  # L1 (arXiv 2503.04697) tells the model its budget in the prompt
         question += f" Think for {'maximum ' if l1_kind == 'l1_max' else ''}{budget} tokens."
     if template == "qwen-boxed":
         return [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question
                 + "\nPlease reason step by step, and put your final answer within \\boxed{}."}]
     if template == "abel":
         return f"Question:\n{question}\nAnswer:\nLet's think step by step.\n"
-    if template == "countdown":
-        return [{"role": "user", "content": question + " You can use + - * / and each number once. Show your work in <think> "
-                 "</think> tags and give the final equation in <answer> </answer> tags, e.g. <answer> (1 + 2) / 3 </answer>."}]
-    raise ValueError(f"--prompt_template must be qwen-boxed, abel or countdown, got {template!r}")
+    if template == "countdown":  # TinyZero qwen-instruct (with its space before the question)
+        return (f"<|im_start|>system\nYou are a helpful assistant. You {THINKER}<|im_end|>\n"
+                f"<|im_start|>user\n {question}{COUNTDOWN_RULES}<|im_end|>\n"
+                "<|im_start|>assistant\nLet me solve this step by step.\n<think>")
+    if template == "countdown-base":  # TinyZero base
+        return (f"A conversation between User and Assistant. The user asks a question, and the "
+                f"Assistant solves it. The assistant {THINKER}\nUser: {question}{COUNTDOWN_RULES}\n"
+                "Assistant: Let me solve this step by step.\n<think>")
+    raise ValueError(f"--prompt_template must be qwen-boxed, abel, countdown or countdown-base, "
+                     f"got {template!r}")
 
 
 TOY_HELD_OUT = 512  # toy questions reserved for evaluation (never in warm start or RL), whatever --num_eval_prompts
@@ -238,17 +413,31 @@ def load_task_rows(args):
     if not args.data:
         train_rows, held_out = make_toy_rows(args.task, args.seed)
         return train_rows, held_out[: args.num_eval_prompts]
-    need = (args.question_field,) + (("target", "nums") if args.task == "countdown" else (args.answer_field,))
+    countdown = args.task == "countdown"
+    need = ("target", "nums") if countdown else (args.question_field, args.answer_field)
+
+    def question(r):  # TinyZero's countdown rows (Countdown-Tasks-3to4) hold only target and nums
+        if args.question_field in r or not countdown:
+            return str(r[args.question_field])
+        nums = [int(n) for n in r["nums"]]
+        return f"Using the numbers {nums}, create an equation that equals {r['target']}."
 
     def read(source, split):
-        rows = load_rows(source, split=split, required=need)
+        release_format = args.task == "math" and need == ("question", "answer")  # no field flags
+        if release_format:  # SimpleRL-Zoo-Data parquet, MATH, GSM8K "#### N" (common/benchmarks.py)
+            rows = load_math_rows(source, split)
+        else:
+            rows = load_rows(source, split=split, required=need)
         if args.levels:
             lo, hi = parse_range(args.levels, "--levels")
             for i, r in enumerate(rows):
                 if args.level_field not in r:
                     raise ValueError(f"{source} row {i}: no field {args.level_field!r} for --levels (see --level_field)")
             rows = [r for r in rows if lo <= int(re.sub(r"\D", "", str(r[args.level_field])) or -1) <= hi]
-        return [{**r, "question": str(r[args.question_field]), "answer": str(r.get(args.answer_field))} for r in rows]
+        if release_format:
+            return rows
+        return [{**r, "question": question(r), "answer": str(r.get(args.answer_field))}
+                for r in rows]
 
     rows = read(args.data, args.data_split)
     if args.eval_data:
@@ -265,8 +454,18 @@ def score(text: str, row: dict, args) -> tuple[float, bool, bool]:
     return reward, reward > 0.0, R.extract_answer(text) is not None  # "mix": 1/0; "independent": correct iff > 0
 
 
+def score_all(texts: list[str], rows: list[dict], args) -> list[tuple[float, bool, bool]]:
+    """`score` of many responses; math answers graded in parallel (rewards.math_equal_batch)."""
+    if args.task == "countdown":
+        return [score(t, r, args) for t, r in zip(texts, rows)]
+    golds = [r["answer"] for r in rows]
+    rewards = R.correctness_reward_batch(texts, golds, args.reward_mode, args.format_penalty)
+    return [(rw, rw > 0.0, R.extract_answer(t) is not None) for rw, t in zip(rewards, texts)]
+
+
 # ----------------------------------------------------------------------------------------------------
-# reasoning behaviours (spec §1.4): keyword stand-in and an LLM judge through the Sampler
+# reasoning behaviours (the paper's Reasoning Behavior Ratio, four behaviours after Gandhi et al.):
+# keyword stand-in and an LLM judge through the Sampler
 
 BEHAVIOUR_KEYWORDS = {
     "verification": ("verify", "check", "confirm", "substitut", "plug"),
@@ -317,7 +516,7 @@ def toy_demo(row: dict, task: str, rng: random.Random, noise: float) -> str:
     wrong = rng.random() < noise
     if task == "countdown":  # wrong: the same numbers, shuffled, joined by one random operator
         expr = f" {rng.choice('+-*')} ".join(map(str, rng.sample(row["nums"], len(row["nums"])))) if wrong else row["answer"]
-        return f"<think> </think>\n<answer> {expr} </answer>"
+        return f" </think>\n<answer> {expr} </answer>"  # after the prompt's "\n<think>" prefill
     answer = "".join(map(str, rng.sample(row["digits"], 4))) if wrong else row["answer"]  # wrong: a random order
     return f"\\boxed{{{answer}}}"
 
@@ -362,8 +561,11 @@ def evaluate(sampler, eval_rows, args, dist, template, judge=None):
     greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
     sampled = sampler.generate(prompts, n=args.eval_samples, temperature=args.eval_temperature,
                                top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens)
-    local = {"greedy": [score(g[0].text, r, args)[1] for g, r in zip(greedy, rows)],
-             "sampled": [[score(c.text, r, args)[1] for c in g] for g, r in zip(sampled, rows)],
+    k = args.eval_samples
+    texts = [c.text for g in sampled for c in g]
+    flat = score_all(texts, [r for r in rows for _ in range(k)], args)
+    local = {"greedy": [s[1] for s in score_all([g[0].text for g in greedy], rows, args)],
+             "sampled": [[s[1] for s in flat[i * k:(i + 1) * k]] for i in range(len(rows))],
              "lengths": [len(c.token_ids) for g in sampled for c in g],
              "keywords": [sorted(keyword_behaviours(c.text)) for g in sampled for c in g]}
     if judge is not None:  # label the first sample of each prompt
@@ -388,27 +590,27 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
     """Log-probs (B, T) of the response tokens (and entropies), each prompt computed once for its group: the P
     prompts (left padded) go through the model once, their KV cache is indexed out to the B responses
     (`prompt_index` (B,): each row's prompt) and the responses (right padded) attend to it; gradients flow
-    through the shared prompt too. Only response positions reach the lm_head. Equals
-    common.train.token_logprobs on the concatenated sequences (tested)."""
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
+    through the shared prompt too. Only response positions are projected onto the vocabulary, chunk by chunk
+    (common.train.logprobs_from_hidden: no (B, T, V) logits). Equals common.train.token_logprobs on the
+    concatenated sequences (tested), which is the path taken under gradient checkpointing: a checkpointed
+    layer cannot fill a KV cache (HF drops it in train mode), so each row's prompt is concatenated instead."""
+    checkpointed = model.training and torch.is_grad_enabled() and gradient_checkpointing_on(model)
+    if checkpointed or not plain_lm_head(model):
+        ids = torch.cat([prompt_ids[prompt_index], response_ids], dim=1)  # (B, Lp + T)
+        att = torch.cat([prompt_mask[prompt_index], response_mask], dim=1)  # (B, Lp + T)
+        out = token_logprobs(model, ids, att, return_entropy=return_entropy)  # (B, Lp + T - 1) [x2]
+        first = prompt_ids.shape[1] - 1  # the last prompt position predicts the first response token
+        return tuple(x[:, first:] for x in out) if return_entropy else out[:, first:]
+    hidden, out = forward_hidden(model, input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)  # (P, Lp, H)
     cache_kw = "cache" if "cache" in out else "past_key_values"  # transformers 5.2x renamed past_key_values
     cache = out[cache_kw]
     cache.batch_select_indices(prompt_index)  # (P, ...) -> (B, ...)
-    logits = out.logits[prompt_index]  # (B, 1, V)
+    hidden = hidden[prompt_index, -1:]  # (B, 1, H) the last prompt position predicts the first response token
     if response_ids.shape[1] > 1:
         mask = torch.cat([prompt_mask[prompt_index], response_mask[:, :-1]], dim=1)  # (B, Lp + T - 1)
-        rest = model(input_ids=response_ids[:, :-1], attention_mask=mask, **{cache_kw: cache}).logits  # (B, T-1, V)
-        logits = torch.cat([logits, rest], dim=1)
-    logits = logits.float()  # (B, T, V)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
-    logps = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse  # (B, T)
-    if not return_entropy:
-        return logps
-    return logps, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # entropy (B, T)
-
-
-def push_weights_to_vllm(model, sampler):  # per tensor; full_tensor() gathers FSDP2 shards, so every rank's engine gets all
-    sampler.load_weights((name, t.full_tensor() if hasattr(t, "full_tensor") else t) for name, t in model.state_dict().items())
+        rest, _ = forward_hidden(model, input_ids=response_ids[:, :-1], attention_mask=mask, **{cache_kw: cache})
+        hidden = torch.cat([hidden, rest], dim=1)  # (B, T, H)
+    return logprobs_from_hidden(hidden, lm_head_weight(model), response_ids, return_entropy=return_entropy)  # (B, T)
 
 
 def main(args):
@@ -431,26 +633,28 @@ def main(args):
         train_rows = [r for r in train_rows if len(encode(make_prompt(r["question"], template))) <= args.max_prompt_length]
     if len(train_rows) < args.prompts_per_step:
         raise ValueError(f"only {len(train_rows)} training rows for --prompts_per_step {args.prompts_per_step}")
-    model = shard_model(load_model(model_path, dtype=args.dtype), dist)
-    ref_model = shard_model(load_model(model_path, dtype=args.dtype), dist).eval().requires_grad_(False) if args.beta else None
+    model = shard_model(load_model(model_path), dist, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters
+    ref_model = shard_model(load_model(model_path), dist, frozen=True) if args.beta else None  # bf16 on CUDA
     opt = make_optimizer(model, args.lr)
     sched = make_scheduler(opt, "constant", 0, args.total_steps)
-    extra = {"seed": args.seed + dist.rank, **({"distributed_executor_backend": "external_launcher"} if world > 1 else {})} \
-        if args.sampler == "vllm" else {}
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, **extra)  # vllm: one colocated engine per rank
-    recompute = args.recompute_old_logprobs or args.sampler == "vllm"  # vLLM's log-probs differ from the trainer's
-    judge = None if not args.judge_model else HFSampler(load_model(args.judge_model, device=dist.device).eval(),
-                                                        load_tokenizer(args.judge_model))
+    # vllm: one engine per rank; vLLM's and CUDA's sampler log-probs are not the trainer's
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
+    recompute = args.recompute_old_logprobs or old_logprobs_need_recompute(sampler, dist.device)
+    judge_dtype = precision_policy(dist.device.type).frozen_dtype  # a frozen model: bf16 on CUDA
+    judge = None if not args.judge_model else HFSampler(
+        load_model(args.judge_model, dtype=judge_dtype, device=dist.device).eval(), load_tokenizer(args.judge_model))
     seed_everything(args.seed + dist.rank)  # ranks sample different completions
     start_step = 0
     if args.resume and (state := load_checkpoint(ckpt_dir, model, opt, sched)) is not None:  # last: it restores the RNG
         start_step = state[0]  # the data position is a function of the step
         print0(f"resumed from {ckpt_dir} at step {start_step} (data position {state[1]['data_position']})")
-        if args.sampler == "vllm":
-            push_weights_to_vllm(model, sampler)
+        sampler.sync_weights(model)  # vLLM: its engine loaded the base weights; HF: a no-op
     logger = MetricsLogger(out_dir, args.track, "zero_rl", asdict(args), resume_step=start_step if args.resume else None)
-    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext()  # noqa: E731
     l1_lo, l1_hi = parse_range(args.l1_budget, "--l1_budget") if args.length_reward.startswith("l1") else (0, 0)
+    # a bad --length_reward, --overlong_buffer or --length_reward_coef fails now, not later
+    total_rewards(args.length_reward, [0.0], [False], [1], 1, args.max_new_tokens, [1],
+                  args.overlong_buffer, args.length_reward_coef)
+    scale_by_std = scales_by_std(args)
     orders = {}  # epoch -> permutation of the training rows: a function of (seed, epoch), so resuming needs no state
 
     def rows_for_step(step):
@@ -464,8 +668,7 @@ def main(args):
         return out
 
     def run_eval(step):
-        with amp():
-            metrics, example = evaluate(sampler, eval_rows, args, dist, template, judge)
+        metrics, example = evaluate(sampler, eval_rows, args, dist, template, judge)
         logger.log(metrics, step)
         shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if "behaviour" not in k)
         print0(f"\n[eval step {step}] {shown}\n  sample: {example!r}")
@@ -480,22 +683,32 @@ def main(args):
         # 1. rollout: G samples per prompt on every rank; the G samples of a prompt are consecutive
         batch = rows_for_step(step)
         prompts = [make_prompt(r["question"], template, b, args.length_reward) for r, b in batch]
-        with amp():
-            groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
+        groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
+        sampler.sleep()  # vLLM frees its memory for the update
         comps, t_gen = [c for g in groups for c in g], time.perf_counter() - t0
         B, T = len(comps), max(len(c.token_ids) for c in comps)  # local completions, longest response
-        # 2. rewards: task reward + length reward; every rank's rewards are gathered before the group normalisation
+        # 2. rewards: task reward and length reward (total_rewards); all ranks' rewards are gathered
+        # before the group normalisation
         per_completion = [x for x in batch for _ in range(G)]  # (row, budget) of each completion
-        scored = [score(c.text, r, args) for c, (r, _) in zip(comps, per_completion)]
+        scored = score_all([c.text for c in comps], [r for r, _ in per_completion], args)
         lengths, correct = [len(c.token_ids) for c in comps], [s[1] for s in scored]
-        bonus = length_rewards(args.length_reward, lengths, correct, G, args.max_new_tokens, [b for _, b in per_completion],
-                               args.overlong_buffer)
-        local = {"reward": [s[0] + args.length_reward_coef * b for s, b in zip(scored, bonus)], "correct": correct,
-                 "length": lengths, "found": [s[2] for s in scored], "bonus": bonus,
+        kind = length_reward_at(args, step)  # "none" during the warm-up
+        repeats = None
+        if args.repetition_penalty:
+            repeats = [repetition_penalty(c.token_ids, args.repetition_ngram_size,
+                                          args.repetition_penalty) for c in comps]
+        task = [s[0] for s in scored]
+        budgets = [b for _, b in per_completion]
+        reward = total_rewards(kind, task, correct, lengths, G, args.max_new_tokens, budgets,
+                               args.overlong_buffer, args.length_reward_coef, repeats)
+        bonus = [r - t for r, t in zip(reward, task)]
+        local = {"reward": reward, "correct": correct, "bonus": bonus,
+                 "length": lengths, "found": [s[2] for s in scored],
                  "truncated": [c.finish_reason == "length" for c in comps]}
         every = {k: [x for part in all_gather_object(local) for x in part[k]] for k in local}
         all_rewards = torch.tensor(every["reward"])  # (W*B,)
-        advantages = grpo_advantages(all_rewards, G)[dist.rank * B:(dist.rank + 1) * B]  # (B,) this rank's slice
+        advantages = grpo_advantages(all_rewards, G, scale_by_std)  # (W*B,)
+        advantages = advantages[dist.rank * B:(dist.rank + 1) * B]  # (B,) this rank's slice
         # 3. tensors: prompts (P, Lp) left padded; responses, loss mask and the sampler's old log-probs (B, T) right padded
         enc = tok.pad({"input_ids": [encode(p) for p in prompts]}, padding=True, return_tensors="pt")  # left (load_tokenizer)
         responses, loss_mask, old_logps = torch.full((B, T), tok.pad_token_id), torch.zeros(B, T), torch.zeros(B, T)
@@ -520,13 +733,14 @@ def main(args):
                                      response_mask[s:e, :t], index, return_entropy=entropy)  # (b, t)
 
         ref_logps = torch.zeros_like(old_logps)
-        with torch.no_grad(), amp():
+        with torch.no_grad():
             for s, e, t in chunks(0, B):
                 if recompute:
                     old_logps[s:e, :t] = logprobs_of(model, s, e, t).float()
                 if ref_model is not None:
                     ref_logps[s:e, :t] = logprobs_of(ref_model, s, e, t).float()
         # 4. policy updates: several mini-batches per rollout batch, gradient accumulation over micro-batches
+        model.train()  # gradient checkpointing only acts in train mode (the sampler may have set eval)
         t_train, sums = time.perf_counter(), dict.fromkeys(("tokens", "entropy", "kl", "low", "high", "loss", "grad_norm"), 0.0)
         for lo in range(0, B, local_mb):
             hi = lo + local_mb
@@ -534,8 +748,7 @@ def main(args):
             # dapo: token mean over the whole mini-batch of all ranks (FSDP averages the ranks' gradients, hence / world)
             num_tokens = sum(all_gather_object(mb_tokens)) / world if args.loss_type == "dapo" else mb_tokens
             for s, e, t in chunks(lo, hi):
-                with amp():
-                    logps, entropy = logprobs_of(model, s, e, t, entropy=True)  # (b, t)
+                logps, entropy = logprobs_of(model, s, e, t, entropy=True)  # (b, t)
                 mask, adv = loss_mask[s:e, :t], advantages[s:e]
                 per_token, ratio = ppo_clip_loss(logps, old_logps[s:e, :t], adv, args.clip_eps, eps_high)  # (b, t)
                 if ref_model is not None:
@@ -543,7 +756,9 @@ def main(args):
                     per_token = per_token + args.beta * kl
                     sums["kl"] += float((kl.detach() * mask).sum())
                 per_token = per_token - args.entropy_coef * entropy
-                loss = aggregate_loss(per_token, mask, args.loss_type, args.max_new_tokens, num_tokens, hi - lo)
+                n_micro = len(range(lo, hi, args.micro_batch_size or hi - lo))  # verl: grad. accum.
+                loss = aggregate_loss(per_token, mask, args.loss_type, args.max_new_tokens,
+                                      num_tokens, hi - lo, n_micro)
                 loss.backward()
                 with torch.no_grad():
                     sums["tokens"] += float(mask.sum())
@@ -555,8 +770,7 @@ def main(args):
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-        if args.sampler == "vllm":  # the next rollout samples from the updated policy
-            push_weights_to_vllm(model, sampler)
+        sampler.sync_weights(model)  # vLLM: the next rollout samples the updated policy; HF: no-op
         # 5. metrics (TRL's names where TRL has the metric)
         tot = {k: sum(part[k] for part in all_gather_object(sums)) for k in sums}
         n_tok, step_time = max(tot["tokens"], 1.0), time.perf_counter() - t0
@@ -573,7 +787,9 @@ def main(args):
             "loss": tot["loss"] / world, "grad_norm": tot["grad_norm"] / world, "learning_rate": sched.get_last_lr()[0],
             "time/step": step_time, "time/generate": t_gen, "time/train": time.perf_counter() - t_train,
             "tokens_per_s": lengths.sum() / step_time,
-            **({"length_reward": np.mean(every["bonus"])} if args.length_reward != "none" else {}),
+            # mean of (total reward - task reward)
+            **({"length_reward": np.mean(every["bonus"])}
+               if args.length_reward != "none" or args.repetition_penalty else {}),
         }
         logger.log(metrics, step)
         pbar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}", len=f"{lengths.mean():.1f}")
@@ -589,11 +805,30 @@ def main(args):
         table = [{"": name, **{k[5:]: d.get(k, float("nan")) for k in keys}}
                  for name, d in (("before RL", before), (f"after {args.total_steps} steps", after))]
         print0("\n" + format_table(table))
-        (out_dir / "summary.json").write_text(json.dumps({"before": before, "after": after, "steps": args.total_steps}, indent=1))
+        # the paper's claim on the toy: RL raises held-out accuracy over the base
+        claims = [claim(f"held-out {how} accuracy rises over the base", f"eval/accuracy_{how}",
+                        before.get(f"eval/accuracy_{how}", float("nan")),
+                        after.get(f"eval/accuracy_{how}", float("nan")))
+                  for how in ("greedy", "sampled")]
+        print0("\n" + format_claims(claims))
+        write_summary(out_dir, claims, before=before, after=after, steps=args.total_steps)
         print0(f"metrics: {logger.path}  curves: {out_dir / 'curves.png'}  model: {out_dir / 'model'}")
     logger.close()
     cleanup_distributed()
 
 
+def eval_only(args, suite):
+    """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with the training template."""
+    template = "abel" if args.prompt_template == "abel" else "qwen-boxed"
+    model_path = args.model or warm_start_base(args, load_task_rows(args)[0], template)
+    prompt = lambda q, tok: make_prompt(q, template)  # noqa: E731
+    evaluate_model(suite, model_path, prompt, args.sampler, args.output_dir, args.seed,
+                   is_toy=not args.model)
+
+
 if __name__ == "__main__":
-    main(HfArgumentParser(Args).parse_args_into_dataclasses()[0])
+    cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
+    if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
+        eval_only(cli_args, suite_args)
+    else:
+        main(cli_args)

@@ -2,8 +2,10 @@
 
 Command (from the repository root, CPU):
 
-    python bench/grader.py            # 5 timed runs, prints a markdown table
+    python bench/grader.py            # 5 timed runs, prints a markdown table, then serial vs pool
     python bench/grader.py --show-errors
+    python bench/grader.py --only batch --workers 2   # serial `math_equal` vs `math_equal_batch`
+    python bench/grader.py --only batch --responses FILE.jsonl   # your own responses (format below)
 
 Cases: (prediction, gold, label) triples written here from templates (see `make_cases`): for each gold
 answer in MATH-style LaTeX, equivalent forms a model writes (decimals for fractions, `\\dfrac`, `a/b`,
@@ -20,10 +22,22 @@ Graders:
 - plain string match after `.strip()`.
 Speed is answers per second over all cases, median of `--runs` runs, after one warm-up run (the warm-up
 also starts our worker process). No pathological inputs here: they would only measure the timeouts.
+
+Serial vs pool (`--only batch`): whole model responses in the format of SimpleRL-Zoo's
+`examples/simplelr_math_eval/data/eval_rm_maj_example/math_cot_100.jsonl` (one row per problem:
+`question`, `gt`, `answer`, `code` = 8 responses, `pred`, `score`), written here by
+`make_response_rows` (100 problems x 8 Qwen2.5-style responses ending in `\\boxed{}`: the gold
+verbatim, an equivalent form, a wrong answer, no box, a cut-off generation) or read from
+`--responses`. The answers are extracted once with `extract_answer`; then `[math_equal(p, g) ...]`
+(serial), `math_equal_batch(..., workers=1)` (one worker process: what deduplicating repeated
+pairs and pipelining alone give) and `math_equal_batch(..., workers)` are timed on the same pairs
+(median of `--runs`, after a warm-up that starts the workers) and must give identical verdicts.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
 import sys
 import time
@@ -32,7 +46,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
-from common.rewards import math_equal  # noqa: E402
+from common.rewards import (  # noqa: E402
+    default_grading_workers,
+    extract_answer,
+    math_equal,
+    math_equal_batch,
+)
 
 
 def make_cases() -> list[tuple[str, str, bool]]:
@@ -118,6 +137,113 @@ def make_cases() -> list[tuple[str, str, bool]]:
     return cases
 
 
+def answer_family(family: int, k: int) -> tuple[str, list[str], list[str]]:
+    """(gold, equivalent forms, wrong answers) of a MATH-style problem: 13 answer shapes, each with a
+    parameter k so that no two of the 100 problems share a gold answer."""
+    g = 100 + 7 * k
+    shapes = [
+        (str(g), [f"{g}.0", f"{g} \\text{{ units}}"], [str(g + 1), str(10 * g)]),
+        (f"\\frac{{1}}{{{k + 2}}}", [f"\\dfrac{{1}}{{{k + 2}}}", f"1/{k + 2}", f"\\frac{{2}}{{{2 * k + 4}}}"],
+         [f"\\frac{{1}}{{{k + 3}}}", str(k + 2)]),
+        (str(-k - 3), [f"x = {-k - 3}", f"{-k - 3}.0"], [str(k + 3), str(-k - 4)]),
+        (f"{k + 1}\\sqrt{{2}}", [f"\\sqrt{{{2 * (k + 1) ** 2}}}", f"{k + 1} \\sqrt 2"],
+         [f"\\sqrt{{{k + 1}}}", f"{k + 1}\\sqrt{{3}}"]),
+        (f"{k + 1}\\pi", [f"\\pi \\cdot {k + 1}"], [f"{k + 2}\\pi", f"\\frac{{\\pi}}{{{k + 1}}}"]),
+        (f"({k}, \\frac{{\\pi}}{{2}})", [f"\\left( {k}, \\frac{{\\pi}}{{2}} \\right)"],
+         [f"(\\frac{{\\pi}}{{2}}, {k})", f"({k}, \\pi)"]),
+        (f"[-{k}, {k + 5}]", [f"\\left[-{k},{k + 5}\\right]"], [f"(-{k}, {k + 5})", f"[-{k}, {k + 5})"]),
+        (f"x^2+{2 * k}x+{k * k}", [f"(x+{k})^2"], [f"x^2+{k * k}", f"(x-{k})^2"]),
+        (f"\\begin{{pmatrix}} {k} \\\\ -{k + 1} \\end{{pmatrix}}",
+         [f"\\begin{{bmatrix}} {k} \\\\ -{k + 1} \\end{{bmatrix}}"],
+         [f"\\begin{{pmatrix}} -{k + 1} \\\\ {k} \\end{{pmatrix}}"]),
+        (f"{k}.25", [f"\\frac{{{4 * k + 1}}}{{4}}", f"{k}.250"], [f"{k}.2", f"{k}25"]),
+        (f"\\${k}.90", [f"{k}.90", f"{k}.9"], [f"{k}.09", f"{k}90"]),
+        (f"\\text{{({'ABCDE'[k % 5]})}}", [f"({'ABCDE'[k % 5]})"], [f"({'ABCDE'[(k + 1) % 5]})"]),
+        (f"\\frac{{{k}}}{{{k + 7}}}", [f"\\dfrac{{{2 * k}}}{{{2 * k + 14}}}"],
+         [f"\\frac{{{k + 7}}}{{{k}}}", f"\\frac{{{k}}}{{{k + 8}}}"]),
+    ]
+    return shapes[family]
+
+
+_OPENINGS = ["To solve this problem, we start from the given conditions.",
+             "Let's break the problem into steps.", "We first rewrite the expression in a simpler form."]
+_MIDDLES = ["\n\n\\[\n{a} = {a}\n\\]\n\nNext, we simplify the result:\n\n\\[\n{a}\n\\]",
+            "\n\n1. Compute the first part: \\( 2 \\cdot 3 = 6 \\).\n2. Substitute back: \\( {a} \\)."]
+_ENDINGS = ["\n\nTherefore, the final answer is \\(\\boxed{{{a}}}\\).",
+            "\n\nThus, the answer is:\n\\[\n\\boxed{{{a}}}\n\\]",
+            "\n\nSo the answer is {a}."]
+
+
+def make_response_rows(n_problems: int = 100, n_responses: int = 8, seed: int = 0,
+                       first: int = 0) -> list[dict]:
+    """Rows in the format of SimpleRL-Zoo's `math_cot_100.jsonl` with our own problems and
+    responses: per problem the gold (`gt`, `answer`), `n_responses` Qwen2.5-style responses
+    (`code`), the intended answer of each (`pred`) and whether it is right by construction
+    (`score`). `first` numbers the problems, so blocks with different `first` share no answer."""
+    rng = random.Random(seed)
+    rows = []
+    for idx in range(first, first + n_problems):
+        gold, same, wrong = answer_family(idx % 13, idx // 13 + 1)
+        responses, preds, labels = [], [], []
+        for _ in range(n_responses):
+            kind = rng.choices(["gold", "same", "wrong", "cut"], weights=[5, 2, 3, 0.5])[0]
+            choices = {"gold": gold, "same": rng.choice(same), "wrong": rng.choice(wrong),
+                       "cut": gold}
+            answer = choices[kind]
+            text = rng.choice(_OPENINGS) + rng.choice(_MIDDLES).format(a=answer) * rng.randint(1, 6)
+            text += rng.choice(_ENDINGS).format(a=answer)
+            if kind == "cut":  # a generation stopped by the token limit inside its final box
+                text = text[: text.rindex("boxed{") + 8] if "boxed{" in text else text[:-12]
+            responses.append(text)
+            preds.append(extract_answer(text))
+            labels.append(kind in ("gold", "same"))
+        rows.append({"idx": idx, "question": f"Problem {idx}", "gt": gold, "answer": gold,
+                     "code": responses, "pred": preds, "score": labels})
+    return rows
+
+
+def _pairs(rows: list[dict]) -> tuple[list, list[str]]:
+    """(extracted answers, golds) of every response of `rows`."""
+    golds = [str(r.get("gt", r.get("answer"))) for r in rows for _ in r["code"]]
+    return [extract_answer(text) for r in rows for text in r["code"]], golds
+
+
+def bench_batch(blocks: list[list[dict]], runs: int, workers: int) -> None:
+    """Serial `math_equal` vs `math_equal_batch` on the extracted answers of every response. Each
+    timed pass grades a block of responses no grader has seen (sympy caches what it computed, so
+    regrading the same answers would flatter whichever worker saw them before); with one block
+    (`--responses`) every pass regrades it."""
+    preds, golds = _pairs(blocks[0])
+    serial_verdicts = [math_equal(p, g) for p, g in zip(preds, golds)]  # warm-up: starts one worker
+    pool_verdicts = math_equal_batch(preds, golds, workers=workers)  # warm-up: starts the workers
+    if serial_verdicts != pool_verdicts:
+        bad = [i for i, (a, b) in enumerate(zip(serial_verdicts, pool_verdicts)) if a != b]
+        raise SystemExit(f"math_equal_batch disagrees with math_equal on {len(bad)} responses, "
+                         f"e.g. pred={preds[bad[0]]!r} gold={golds[bad[0]]!r}")
+    graders = {"serial `math_equal`": lambda p, g: [math_equal(a, b) for a, b in zip(p, g)],
+               "`math_equal_batch(workers=1)` (distinct pairs once, pipelined)":
+                   lambda p, g: math_equal_batch(p, g, workers=1),
+               f"`math_equal_batch(workers={workers})`":
+                   lambda p, g: math_equal_batch(p, g, workers=workers)}
+    speeds: dict[str, list[float]] = {name: [] for name in graders}
+    fresh = iter(blocks[1:])
+    for _ in range(runs):
+        for name, grade in graders.items():
+            p, g = _pairs(next(fresh, blocks[0]))
+            start = time.perf_counter()
+            grade(p, g)
+            speeds[name].append(len(p) / (time.perf_counter() - start))
+    accuracy = sum(serial_verdicts) / len(serial_verdicts)
+    print(f"\n{len(preds)} responses of {len(blocks[0])} problems per pass (graded correct: "
+          f"{accuracy:.1%}), median of {runs} runs, verdicts identical\n")
+    print("| grading | responses/s | ratio to serial |")
+    print("|---|---:|---:|")
+    serial = statistics.median(speeds["serial `math_equal`"])
+    for name, values in speeds.items():
+        speed = statistics.median(values)
+        print(f"| {name} | {speed:,.0f} | {speed / serial:.2f} |")
+
+
 def string_match(pred: str, gold: str) -> bool:
     return pred.strip() == gold.strip()
 
@@ -126,7 +252,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="timed runs; the table reports the median speed")
     ap.add_argument("--show-errors", action="store_true", help="list every case each grader gets wrong")
+    ap.add_argument("--only", choices=["labels", "batch"], default="",
+                    help="run one of the two benchmarks")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="math_equal_batch workers; 0 = default_grading_workers()")
+    ap.add_argument("--responses", default="",
+                    help="JSONL in the math_cot_100.jsonl format (`code`, `gt`); "
+                    "default: 100 problems x 8 responses made by make_response_rows")
     args = ap.parse_args()
+    if args.only != "labels":
+        blocks = [make_response_rows(first=100 * b, seed=b) for b in range(1 + 3 * args.runs)]
+        if args.responses:
+            lines = Path(args.responses).read_text(encoding="utf-8").splitlines()
+            blocks = [[json.loads(line) for line in lines if line]]
+        bench_batch(blocks, args.runs, args.workers or default_grading_workers())
+        if args.only == "batch":
+            return
 
     import logging
 

@@ -1,14 +1,17 @@
-"""Benchmark: CodeI/O-style verification executions through common.sandbox vs a naive subprocess per call.
+"""Benchmark: CodeI/O-style verification executions, common.sandbox vs a naive subprocess per call.
 
-Each execution runs a small reference function (algorithms, strings, math, numpy) on one kwargs dict,
-prefixed by the import block the CodeI/O verifier puts in front of every program (§1.4 of the spec),
-and compares the JSON result with the expected value (computed here, in process, from the same trusted
-source). Both sides use the same limits (wall timeout, CPU time, address space, output size), an empty
-environment, a fresh temporary working directory, and the same number of parallel workers.
+Each execution runs a small reference function (algorithms, strings, math, numpy) on one kwargs
+dict, prefixed by the import block the CodeI/O verifier puts in front of every program
+(hkust-nlp/CodeIO: src/codeio_utils.py, solution_prefix; abridged), and compares the JSON result
+with the expected value (computed here, in process, from the same trusted source). Both sides use
+the same limits (wall timeout, CPU time, address space, output size), an empty environment, a fresh
+temporary working directory, and the same number of parallel workers.
 
     naive:   subprocess.run([sys.executable, "-c", prefix + code + call], preexec_fn=<rlimits>,
              start_new_session=True, env={}, cwd=<fresh tmp dir>, timeout=...) per execution
-    sandbox: Sandbox(workers=W).call_many(...) (pre-forked zygotes with the imports already loaded)
+             (what the release does, plus rlimits; no namespace, filesystem or network isolation)
+    sandbox: Sandbox(workers=W).call_many(...): pre-forked zygotes with the imports loaded, at the
+             isolation the machine allows (printed: "full" = bubblewrap namespaces + seccomp)
 
 Command (2 workers, 500 executions, median of 3 repetitions each):
     python bench/sandbox.py
@@ -128,14 +131,16 @@ def main():
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--memory_mb", type=int, default=1024)
     parser.add_argument("--max_output", type=int, default=1 << 20)
+    parser.add_argument("--allow_weaker", action="store_true", help="Sandbox(allow_weaker=True)")
     args = parser.parse_args()
     jobs = make_jobs(args.executions, seed=0)
     timings = {"naive subprocess.run": [], "common.sandbox": []}
     correct = {}
     start = time.monotonic()
     sandbox = Sandbox(workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
-                      max_output=args.max_output)
+                      max_output=args.max_output, allow_weaker=args.allow_weaker)
     startup = time.monotonic() - start
+    iso = sandbox.isolation
     with sandbox:
         for repeat in range(args.repeats):
             start = time.monotonic()
@@ -152,7 +157,9 @@ def main():
             print(f"repeat {repeat}: naive {timings['naive subprocess.run'][-1]:.2f}s, "
                   f"sandbox {timings['common.sandbox'][-1]:.2f}s", flush=True)
     print(f"\n{args.executions} verification executions, {args.workers} workers, median of {args.repeats} "
-          f"(sandbox start-up {startup:.2f}s, not included)\n")
+          f"(sandbox start-up {startup:.2f}s, not included)")
+    print(f"sandbox isolation: {iso['level']} (namespaces {', '.join(iso['namespaces']) or 'none'}; "
+          f"seccomp {'on' if iso['seccomp'] else 'off'}; missing {iso['missing'] or 'nothing'})\n")
     print("| runner | median seconds | executions/s | ms per execution | correct |")
     print("|---|---|---|---|---|")
     for name, seconds in timings.items():

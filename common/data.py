@@ -54,8 +54,9 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
 
 
-def load_rows(source: str, split: str = "train", required=(), limit: int | None = None, config_name: str | None = None) -> list[dict]:
-    """Load rows as dicts from a local file/folder or a hub data set and check `required` fields up front."""
+def load_located_rows(source: str, split: str = "train", config_name: str | None = None) -> list[tuple[str, dict]]:
+    """(where, row) pairs from a local file/folder or a hub data set; `where` is "file:line" (JSONL),
+    "file row i" or "hub_id[split] row i", for error messages that point at the row."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_SUFFIXES)
@@ -76,6 +77,12 @@ def load_rows(source: str, split: str = "train", required=(), limit: int | None 
         located = [(f"{source}[{split}] row {i}", dict(r)) for i, r in enumerate(ds)]
     if not located:
         raise DataError(f"{source}: no rows (empty file?)")
+    return located
+
+
+def load_rows(source: str, split: str = "train", required=(), limit: int | None = None, config_name: str | None = None) -> list[dict]:
+    """Load rows as dicts from a local file/folder or a hub data set and check `required` fields up front."""
+    located = load_located_rows(source, split, config_name)
     for where, row in located:
         for field in required:
             if row.get(field) is None:

@@ -58,8 +58,9 @@ import warnings
 from typing import Any, Sequence
 
 __all__ = [
-    "extract_answer", "last_json_object", "strip_string", "math_equal", "correctness_reward", "math_reward",
-    "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
+    "extract_answer", "last_boxed", "last_json_object", "strip_string", "math_equal",
+    "math_equal_batch", "default_grading_workers", "correctness_reward", "correctness_reward_batch",
+    "math_reward", "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
     "cosine_length_reward", "l1_length_reward", "dapo_overlong_penalty", "completion_text",
 ]
 
@@ -111,6 +112,18 @@ def _last_boxed_content(text: str) -> str | None:
     if matches and text[matches[-1].end():].startswith("{"):
         return text[matches[-1].end() + 1:].strip() or None
     return None
+
+
+def last_boxed(text: Any) -> str | None:
+    """Content of the last brace-balanced `\\boxed{...}` / `\\fbox{...}` of `text`, stripped, or
+    None. How Qwen2.5-Math's `parse_ground_truth` reads a MATH / Minerva gold from its solution."""
+    try:
+        if not isinstance(text, str) or not _BOX_RE.search(text):
+            return None
+        content = _last_boxed_content(text)
+        return content.strip() if content and content.strip() else None
+    except Exception:
+        return None
 
 
 def last_json_object(text: str) -> str | None:
@@ -303,6 +316,10 @@ sys.stdout = sys.stderr  # library prints must not corrupt the protocol
 from math_verify import parse, verify
 parse_kw = "parsing_timeout" if "parsing_timeout" in inspect.signature(parse).parameters else None
 verify_kw = "timeout_seconds" if "timeout_seconds" in inspect.signature(verify).parameters else None
+try:  # warm up: the first parse loads the LaTeX grammar lazily, which must not count in a timeout
+    verify(parse("\\boxed{\\frac{1}{2}}"), parse("\\boxed{0.5}"))
+except BaseException:
+    pass
 reply.write("ready\n")
 for line in sys.stdin:
     try:
@@ -352,13 +369,20 @@ class _Worker:
             self.ready = self._read_line(time.monotonic() + _WORKER_START_TIMEOUT_S) == "ready"
         return self.ready
 
-    def ask(self, gold: str, pred: str, timeout: float) -> bool | None:
-        """True/False from math-verify, or None if the child did not answer in time (or died)."""
-        request = json.dumps([gold, pred, timeout]) + "\n"
-        self.proc.stdin.write(request.encode())
+    def ask(self, pairs: list[tuple[str, str]], timeout: float) -> list[bool]:
+        """math-verify's verdicts on (gold, pred) pairs, sent at once (pipelined: one wake-up per
+        batch, not per pair). Each answer must come within `timeout` s of the previous one; the
+        list stops short at the first pair the child did not answer in time (or if it died)."""
+        payload = "".join(json.dumps([gold, pred, timeout]) + "\n" for gold, pred in pairs)
+        self.proc.stdin.write(payload.encode())
         self.proc.stdin.flush()
-        answer = self._read_line(time.monotonic() + timeout)
-        return None if answer is None else answer == "1"
+        verdicts = []
+        for _ in pairs:
+            answer = self._read_line(time.monotonic() + timeout)
+            if answer is None:
+                break
+            verdicts.append(answer == "1")
+        return verdicts
 
     def kill(self) -> None:
         try:
@@ -413,25 +437,58 @@ _POOL = _WorkerPool()
 atexit.register(_POOL.close)
 
 
+_PIPELINE_PAIRS = 32  # pairs per write: keeps a request well inside the 64 KiB pipe buffer
+
+
+def _verify_in_workers(pairs: list[tuple[str, str]], timeout: float) -> list[bool]:
+    """Verdicts on (gold_latex, pred_latex) pairs from one pooled worker at a time, in pipelined
+    batches. A pair the worker does not answer within `timeout` is False; that worker is killed and
+    replaced, and the pairs after it go to the next worker (each keeps its own full `timeout`)."""
+    verdicts: list[bool] = []
+    while len(verdicts) < len(pairs):
+        batch = pairs[len(verdicts):len(verdicts) + _PIPELINE_PAIRS]
+        worker = _POOL.acquire()
+        try:
+            if not worker.wait_ready():
+                if not _POOL.warned:
+                    _POOL.warned = True
+                    warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
+                                  "installed?); non-trivial answers are graded as wrong.")
+                worker.kill()
+                return verdicts + [False] * (len(pairs) - len(verdicts))
+            answered = worker.ask(batch, timeout)
+        except Exception:
+            answered = []
+        verdicts += answered
+        if len(answered) < len(batch):  # stuck on a pathological expression, or died: replace it
+            _POOL.replace(worker)
+            verdicts.append(False)
+        else:
+            _POOL.release(worker)
+    return verdicts
+
+
 def _verify_in_worker(gold_latex: str, pred_latex: str, timeout: float) -> bool:
-    worker = _POOL.acquire()
-    try:
-        if not worker.wait_ready():
-            if not _POOL.warned:
-                _POOL.warned = True
-                warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
-                              "installed?); non-trivial answers are graded as wrong.")
-            worker.kill()
-            return False
-        result = worker.ask(gold_latex, pred_latex, timeout)
-    except Exception:
-        _POOL.replace(worker)
+    return _verify_in_workers([(gold_latex, pred_latex)], timeout)[0]
+
+
+def _fast_verdict(pred: Any, gold: Any) -> bool | tuple[str, str]:
+    """math_equal's in-process part: a verdict, or the normalised (pred, gold) for math-verify."""
+    if pred is None or gold is None:
         return False
-    if result is None:  # stuck on a pathological expression (or died): kill it, start a fresh one
-        _POOL.replace(worker)
+    pred_norm, gold_norm = strip_string(pred), strip_string(gold)
+    if not pred_norm or not gold_norm:
         return False
-    _POOL.release(worker)
-    return result
+    if pred_norm == gold_norm:
+        return True
+    if _PLAIN_NUMBER_RE.fullmatch(pred_norm) and _PLAIN_NUMBER_RE.fullmatch(gold_norm):
+        return _plain_numbers_equal(pred_norm, gold_norm)
+    return pred_norm, gold_norm
+
+
+def _slow_verdict(pred_norm: str, gold_norm: str, timeout: float) -> bool:
+    gold_latex, pred_latex = "\\boxed{" + gold_norm + "}", "\\boxed{" + pred_norm + "}"
+    return _verify_in_worker(gold_latex, pred_latex, float(timeout))
 
 
 def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
@@ -444,20 +501,80 @@ def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
     (SimpleRL: 10 s pool timeout; a timeout or exception counts as wrong). Works in any thread and
     in worker processes; never raises. Not counted in `timeout`: the first call of a process (and the
     first after a timeout) also waits for a fresh worker to import math-verify (~0.5 s idle).
+    Many pairs at once: `math_equal_batch`.
     """
     try:
-        if pred is None or gold is None:
-            return False
-        pred_norm, gold_norm = strip_string(pred), strip_string(gold)
-        if not pred_norm or not gold_norm:
-            return False
-        if pred_norm == gold_norm:
-            return True
-        if _PLAIN_NUMBER_RE.fullmatch(pred_norm) and _PLAIN_NUMBER_RE.fullmatch(gold_norm):
-            return _plain_numbers_equal(pred_norm, gold_norm)
-        return _verify_in_worker("\\boxed{" + gold_norm + "}", "\\boxed{" + pred_norm + "}", float(timeout))
+        verdict = _fast_verdict(pred, gold)
+        return verdict if isinstance(verdict, bool) else _slow_verdict(*verdict, timeout)
     except Exception:
         return False
+
+
+def default_grading_workers() -> int:
+    """CPUs this process may use, shared by the node's torchrun ranks (LOCAL_WORLD_SIZE); >= 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | None = None,
+                     timeout: float = 5.0) -> list[bool]:
+    """`[math_equal(p, g, timeout) for p, g in zip(preds, golds)]`, graded in parallel.
+
+    Same verdicts as `math_equal` on every pair (same normalisation, fast path, math-verify call),
+    with the same hard per-item `timeout`. The cheap cases (identical normalised strings, two plain
+    numbers) are decided here; each distinct remaining (pred, gold) pair is verified once (the
+    verdict is a function of the normalised pair), by `workers` threads (default:
+    `default_grading_workers()`), each driving its own math-verify worker *process* from the shared
+    pool above, so the sympy work runs on `workers` CPUs. Each worker gets its pairs in pipelined
+    batches (one wake-up per 32 pairs instead of per pair), and a pair it does not answer within
+    `timeout` of the previous answer is False, the worker replaced, as in `math_equal`.
+    Why threads driving processes rather than a `multiprocessing` pool: forking a trainer that holds
+    CUDA state is unsafe, a spawn pool pays the sympy import per call, and the persistent workers
+    already give every item a hard, killable deadline. Workers stay alive for the next call.
+    """
+    if len(preds) != len(golds):
+        raise ValueError(f"math_equal_batch: {len(preds)} predictions but {len(golds)} gold "
+                         "answers")
+    workers = default_grading_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"math_equal_batch: workers must be >= 1, got {workers}")
+    results: list[bool] = [False] * len(preds)
+    slow: dict[tuple[str, str], list[int]] = {}  # normalised (pred, gold) -> its indices
+    for i, (pred, gold) in enumerate(zip(preds, golds)):
+        try:
+            verdict = _fast_verdict(pred, gold)
+        except Exception:  # math_equal's contract: never raises, garbage is wrong
+            verdict = False
+        if isinstance(verdict, bool):
+            results[i] = verdict
+        else:
+            slow.setdefault(verdict, []).append(i)
+
+    pairs = list(slow)  # each distinct pair once: a group's samples often repeat one wrong answer
+    latex = [("\\boxed{" + gold + "}", "\\boxed{" + pred + "}") for pred, gold in pairs]
+    shares = [latex[w::workers] for w in range(min(workers, len(latex)))]  # one worker process each
+
+    def verify(share: list[tuple[str, str]]) -> list[bool]:
+        try:
+            return _verify_in_workers(share, float(timeout))
+        except Exception:
+            return [False] * len(share)
+
+    if len(shares) <= 1:
+        verdicts_per_share = [verify(share) for share in shares]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            verdicts_per_share = list(pool.map(verify, shares))
+    for w, verdicts in enumerate(verdicts_per_share):
+        for pair, ok in zip(pairs[w::workers], verdicts):
+            for i in slow[pair]:
+                results[i] = ok
+    return results
 
 
 def has_box(text: Any) -> bool:
@@ -487,6 +604,27 @@ def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_p
         return -0.5 if boxed else float(format_penalty)
     except Exception:
         return 0.0 if mode == "mix" else float(format_penalty)
+
+
+def correctness_reward_batch(completions: Sequence[Any], answers: Sequence[Any], mode: str = "mix",
+                             format_penalty: float = -1.0, timeout: float = 5.0,
+                             workers: int | None = None) -> list[float]:
+    """`correctness_reward` of many responses, answers graded in parallel by `math_equal_batch`."""
+    if mode not in ("mix", "independent"):
+        raise ValueError(f"correctness_reward_batch: mode must be 'mix' or 'independent', "
+                         f"got {mode!r}")
+    preds = [extract_answer(c) for c in completions]
+    correct = math_equal_batch(preds, list(answers), workers, timeout)
+    if mode == "mix":
+        return [1.0 if ok else 0.0 for ok in correct]
+    rewards = []
+    for ok, completion in zip(correct, completions):
+        boxed = has_box(completion)
+        if ok:
+            rewards.append(1.0 if boxed else 0.5)
+        else:
+            rewards.append(-0.5 if boxed else float(format_penalty))
+    return rewards
 
 
 # --------------------------------------------------------------------------------------------------

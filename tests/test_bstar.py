@@ -289,3 +289,18 @@ def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
     assert len(read_jsonl_tolerant(out / "samples/iter_01/samples.jsonl")) == 6  # odd split over 2 ranks, no duplicates
     last_epoch, optim_steps, _ = _ckpt_state(out / "ckpt")
     assert last_epoch == 4 and optim_steps == {4}
+
+
+def test_sft_step_micro_batches_equal_unsplit_step():
+    from _micro import assert_micro_batching_matches
+
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    pairs = [(tok(f"q{i}", add_special_tokens=False).input_ids, tok("1 2 3 4 5"[: 2 * i + 1], add_special_tokens=False).input_ids)
+             for i in range(5)]  # responses of different lengths: the token mean must span the whole batch
+
+    def step(model, optimizer, micro):
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        bstar.sft_step(model, optimizer, sched, tok, pairs, 1e9, "cpu", micro)
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2)

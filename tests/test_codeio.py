@@ -138,10 +138,10 @@ def test_revision_assembly_and_feedback():  # §5.6
     fixed = assemble_revision({**wrong, "correct_2": True})
     assert fixed.endswith("T2\n\nLet me check if I did it correctly...\n\nYes, that's correct!")
     text = feedback_text("output", pair, {"status": "mismatch", "predicted": 37})
-    assert text == "[Mismatch] Your output is not correct! Given the input {'n': 61, 'm': 4}, your predicted output is 37 which is wrong!"
+    assert text == '[Mismatch] Your output is not correct! Given the input {"n": 61, "m": 4}, your predicted output is 37 which is wrong!'
     assert "38" not in text  # the correct answer is never revealed
     text = feedback_text("input", pair, {"status": "AssertionError", "predicted": {"n": 5, "m": 2}, "actual": 2})
-    assert "Given the output 38" in text and "{'n': 5, 'm': 2}" in text and text.endswith("wrong output as 2")
+    assert "Given the output 38" in text and '{"n": 5, "m": 2}' in text and text.endswith("wrong output as 2")
     assert "boom" in feedback_text("input", pair, {"status": "exception", "predicted": {}, "message": "boom"})
     assert REDO.startswith("Please redo it")
 
@@ -184,3 +184,21 @@ def test_check_answer_on_model_style_responses(sandbox):
     assert infeasible["status"] == "AssertionError" and "wrong output as 2" in infeasible["feedback"]
     garbage = codeio.check_answer(sandbox, input_sample, fn, "\x00\x01 garbage {{{", args)
     assert garbage["status"] == "no answer" and not garbage["correct"]
+
+
+def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
+    from _micro import assert_micro_batching_matches
+    from common.models import load_tokenizer, make_tiny_lm
+    from common.train import Dist, MetricsLogger
+
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    examples = [{"prompt": f"What is {i} + 1?", "response": "The answer is " + "1" * (i + 1)} for i in range(5)]
+
+    def step(model, optimizer, micro):
+        monkeypatch.setattr(codeio, "make_optimizer", lambda *a, **k: optimizer)  # the helper's plain SGD
+        args = codeio.Args(batch_size=5, micro_batch_size=micro, save_every=10**6, max_length=64)
+        codeio.run_sft(model, tok, examples, args, Dist(), MetricsLogger(tmp_path), "s1", 1.0, 1,
+                       tmp_path / f"ckpt{micro}", "constant")
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2)

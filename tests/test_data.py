@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from common.data import DataError, load_rows, make_arithmetic_rows, make_countdown_rows, read_jsonl_tolerant, write_jsonl
+from common.data import (DataError, load_located_rows, load_rows, make_arithmetic_rows, make_countdown_rows,
+                         read_jsonl_tolerant, write_jsonl)
 
 ROWS = [{"question": "1+1?", "answer": "2"}, {"question": "2+3?", "answer": "5"}]
 
@@ -65,3 +66,12 @@ def test_toy_generators_are_deterministic_and_correct():
     for r in make_countdown_rows(50, seed=2):
         assert eval(r["answer"]) == r["target"]
         assert sorted(int(t) for t in __import__("re").findall(r"\d+", r["answer"])) == sorted(r["nums"])
+
+
+def test_located_rows_say_where_each_row_is(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ROWS)
+    (tmp_path / "b.json").write_text(json.dumps(ROWS))
+    where = [w for w, _ in load_located_rows(str(tmp_path / "a.jsonl"))]
+    assert where == [f"{tmp_path}/a.jsonl:1", f"{tmp_path}/a.jsonl:2"]
+    assert [w for w, _ in load_located_rows(str(tmp_path / "b.json"))][1] == f"{tmp_path}/b.json row 1"
+    assert [r for _, r in load_located_rows(str(tmp_path))] == ROWS + ROWS  # a folder: every file, sorted

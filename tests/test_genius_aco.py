@@ -1,5 +1,7 @@
-"""Tests for genius_aco.py: the spec's faithfulness checks 1-6 (shared spec §5), w's missing gradient, the
-foresight search on a scripted sampler, bad pairs files, one end-to-end run and a 2-process train stage."""
+"""Tests for genius_aco.py: the paper's equations against hand-computed values (checks 1-6), w's
+missing gradient, the foresight search on a scripted sampler (with and without foresight), the seeded
+query sample, bad pairs files, one end-to-end run, the no-argument run's claims and a 2-process
+train stage."""
 
 import json
 import math
@@ -151,6 +153,49 @@ def test_search_handles_steps_that_end_the_response():
     assert counts["ended_response"] == 16 and all(len(c["responses"]) == 2 for c in completed)
 
 
+def test_step_value_with_and_without_foresight():
+    # foresight: the mean over the rollout's tokens only, (-1.0 - 0.5 + 0.0) / 3 = -0.5
+    assert g.step_value([-0.2, -0.4], [-1.0, -0.5, 0.0]) == pytest.approx(-0.5)
+    # 'w/o foresight' (or a step that ended the response): the step's own tokens, (-0.2 - 0.4) / 2
+    assert g.step_value([-0.2, -0.4]) == pytest.approx(-0.3)
+    assert g.step_value([-0.2, -0.4], []) == pytest.approx(-0.3) and g.step_value([]) == 0.0
+
+
+def test_search_without_foresight_makes_no_rollouts():
+    sampler, args = ScriptedSampler(), search_args(step_value="step")
+    pairs, _, counts = g.foresight_search(sampler, ["q"], ["0"], ["q"], args, torch.Generator().manual_seed(0))
+    # one step call per timestamp and the completion call: no foresight rollouts at all
+    assert len(sampler.calls) == args.num_steps + 1 and all(stop for _, _, stop in sampler.calls[:-1])
+    assert [len(p) for p in pairs] == [args.num_steps] and counts["ended_response"] == 0
+    first = pairs[0][0]
+    # every scripted step has log-probs [lp, lp], so f is the step's own lp; the pair holds no rollout
+    assert first["chosen_f"] == max(first["candidate_f"])
+    assert first["chosen"].startswith(args.prefill) and first["chosen"][len(args.prefill):].count("\n") == 1
+    assert first["chosen"].endswith("\n")  # prefill + step + newline, nothing looked ahead
+
+
+def test_sample_queries_is_a_seeded_prefix_stable_permutation():
+    rows = [{"instruction": f"q{i}"} for i in range(10)]
+    # random.Random(0).shuffle(list(range(10))) = [7, 8, 1, 5, 3, 4, 2, 0, 9, 6]
+    assert [r["instruction"] for r in g.sample_queries(rows, 4, seed=0)] == ["q7", "q8", "q1", "q5"]
+    assert g.sample_queries(rows, 6, seed=0)[:4] == g.sample_queries(rows, 4, seed=0)  # n grows, ids stay
+    assert g.sample_queries(rows, 4, seed=1) != g.sample_queries(rows, 4, seed=0)
+    assert sorted(r["instruction"] for r in g.sample_queries(rows, None, seed=0)) == sorted(f"q{i}" for i in range(10))
+    assert len(g.sample_queries(rows, 50, seed=0)) == 10
+
+
+def test_weight_spread_and_claims():
+    spread = g.weight_spread(torch.tensor([1.0, 0.5, 1.0, 0.25]))
+    # sorted [0.25, 0.5, 1, 1]: p10 at position 0.3 -> 0.25 + 0.3 * 0.25, p50 at 1.5 -> 0.75
+    assert spread == {"mean": 0.6875, "min": 0.25, "p10": 0.325, "p50": 0.75, "frac_below_1": 0.5, "frac_above_1": 0.0}
+    evals = [{"eval/loss": 0.693}, {"eval/loss": 0.60}]
+    claims = g.run_claims(evals, {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.4},
+                          {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.6})
+    assert [(c["metric"], c["holds"]) for c in claims] == [("eval/loss", True), ("accuracy_greedy", False),
+                                                            ("accuracy_sampled_T1", True)]
+    assert g.run_claims(evals[:1], {}, {}) == []  # no answers, one evaluation: nothing to claim
+
+
 def test_malformed_pairs_line_is_named(tmp_path):
     good = {"query": "q", "chosen": "a", "rejected": "b", "chosen_advantage": 0.1, "rejected_advantage": 0.0, "query_id": "0"}
     path = tmp_path / "pairs.jsonl"
@@ -184,9 +229,24 @@ def test_end_to_end_and_resume(run_cmd, tmp_path):
     assert all(len({p["timestamp"] for p in pairs if p["query_id"] == q}) == sum(p["query_id"] == q for p in pairs) for q in {p["query_id"] for p in pairs})
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in m for m in metrics) and any("train/w_mean" in m for m in metrics)
-    assert (out / "curves.png").stat().st_size > 0 and (out / "checkpoint" / "meta.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    evals = [m for m in metrics if "eval/loss" in m]
+    first = summary["claims"][0]  # computed from this run's own held-out pair losses, not typed in
+    assert first["metric"] == "eval/loss" and first["baseline"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first["result"] == pytest.approx(evals[-1]["eval/loss"]) and not first["higher_is_better"]
+    assert {c["metric"] for c in summary["claims"]} == {"eval/loss", "accuracy_greedy", "accuracy_sampled_T1"}
+    assert 0 < summary["w_train"]["min"] <= summary["w_train"]["mean"] <= 1.0  # the paper's clamp: w <= 1
     proc = run_cmd(cmd + ["--resume"], timeout=300)
     assert "0 queries to search" in proc.stdout and len((out / "pairs.jsonl").read_text().splitlines()) == len(pairs)
+
+
+def test_learning_no_argument_run_holds_its_claims(run_cmd, tmp_path):
+    """The no-argument toy with its fixed seed: no answer is used, yet held-out greedy and sampled
+    accuracy rise over the warm-started base, and the held-out pairs' loss falls."""
+    out = tmp_path / "toy"
+    proc = run_cmd([sys.executable, "genius_aco.py", "--output_dir", str(out)], timeout=900)
+    claims = json.loads((out / "summary.json").read_text())["claims"]
+    assert len(claims) == 3 and all(c["holds"] for c in claims), proc.stdout[-3000:]
 
 
 def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):

@@ -218,6 +218,23 @@ def test_optimizer_and_scheduler_continue_across_the_stage_boundary(tmp_path, pr
                                _args(tmp_path / "b", resume=True), Dist(), tmp_path / "b")
 
 
+def test_train_condition_micro_batches_equal_unsplit_step(tmp_path, processor, monkeypatch):
+    from _micro import assert_micro_batching_matches
+
+    path = make_tiny_vlm()
+    pools = {"mathinstruct": guimid.toy_samples("mathinstruct", 2, 0, ""),
+             "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:2]}
+    batch = [("mathinstruct", 0), ("gui_trajectories", 0), ("mathinstruct", 1), ("gui_trajectories", 1)]
+
+    def step(model, optimizer, micro):  # one step on 4 rows (text and screenshots), whole or in micro-batches of 1
+        monkeypatch.setattr(guimid, "make_optimizer", lambda *a, **k: optimizer)  # the helper's plain SGD
+        args = guimid.Args(output_dir=str(tmp_path), lr=1.0, batch_size=4, micro_batch_size=micro or 4, save_every=100,
+                           warmup_ratio=0.0, lr_scheduler="constant")
+        guimid.train_condition(model, processor, pools, [batch], [], args, Dist(), tmp_path / f"m{micro}")
+
+    assert_micro_batching_matches(path, step, micro_batch_size=1, vlm=True)
+
+
 # ---------------------------------------------------------------------------------------------- agent loop
 
 class AdapterEnv:

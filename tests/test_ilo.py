@@ -108,3 +108,18 @@ def test_end_to_end_minimal(tmp_path, run_cmd):
     proc = run_cmd([sys.executable, "ilo.py", "--output_dir", str(out), "--max_sentences", "20", "--finetune_steps", "4",
                     "--k", "3", "--t", "2", "--resume"])
     assert "resumed at step 4" in proc.stdout
+
+
+def test_finetune_backward_micro_batches_equal_unsplit_step():
+    from _micro import assert_micro_batching_matches
+    from ilo import finetune_backward
+
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    enc = tok(["la " * (i + 1) + tok.eos_token for i in range(5)], return_tensors="pt", padding=True, padding_side="right")
+
+    def step(model, optimizer, micro):
+        finetune_backward(model, enc["input_ids"], enc["attention_mask"], micro)
+        optimizer.step()
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2)

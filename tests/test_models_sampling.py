@@ -1,5 +1,7 @@
 """common/models.py and common/sampling.py: tiny models reload offline; the HF sampler's contract."""
 
+import json
+
 import torch
 from PIL import Image
 
@@ -96,3 +98,30 @@ def test_vllm_sampler_without_vllm_says_how_to_install():
         make_sampler("vllm", model_path=make_tiny_lm())
     with pytest.raises(ValueError, match="--sampler"):
         make_sampler("sglang")
+
+
+def test_shared_prefill_draws_what_a_prefill_per_sample_draws():
+    """n samples from one prefill + an expanded KV cache: same seed, same completions and
+    log-probs as num_return_sequences=n (which prefills each sample); left-padded prompts of
+    different lengths."""
+    path = make_tiny_lm()
+    tok, model = load_tokenizer(path), load_model(path)
+    prompts = ["12 + 3 =", [{"role": "user", "content": "What is 2 + 2?"}], "7"]
+    out = {}
+    for shared in (False, True):
+        torch.manual_seed(3)
+        sampler = HFSampler(model, tok, share_prefill=shared)
+        out[shared] = sampler.generate(prompts, n=4, max_new_tokens=10)
+    flat = {k: [c for g in v for c in g] for k, v in out.items()}
+    assert [c.token_ids for c in flat[True]] == [c.token_ids for c in flat[False]]
+    for a, b in zip(flat[True], flat[False]):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    assert len({tuple(c.token_ids) for c in flat[True]}) > 3  # real samples, not one repeated
+
+
+def test_lockstep_sharding_and_draining_on_two_ranks(run_cmd, torchrun_cmd, tmp_path):
+    run_cmd([*torchrun_cmd, "tests/_lockstep_worker.py", str(tmp_path / "out.json")], timeout=240)
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["gathered"] == [2] * 5  # 5 prompts (3 + 2 over the ranks), n=2 each, in order
+    # padding dropped; rank 1 joined rank 0's extra rounds with no prompts of its own
+    assert result["local"] == [[1, 2, 3], [1]]

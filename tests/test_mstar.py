@@ -302,3 +302,21 @@ def test_qwen2_vl_family_on_a_data_file(tmp_path, monkeypatch):
         (tmp_path / "bad.jsonl").write_text(json.dumps({"q": "?", "a": "1", "img": "nowhere.png"}) + "\n" * 2)
         mstar.load_splits(mstar.Args(data=str(tmp_path / "bad.jsonl"), num_train=0, num_val=0, num_test=0, question_field="q",
                                      answer_field="a", image_field="img"))
+
+
+def test_train_steps_micro_batches_equal_unsplit_step():
+    from _micro import assert_micro_batching_matches
+    from common.models import load_processor
+    from common.train import Dist
+
+    path = make_tiny_vlm()
+    processor = load_processor(path)
+    rows = make_shapes_rows(5, seed=0, split="train")
+    examples = [(r, r["cot"][: 10 * (i + 1)]) for i, r in enumerate(rows)]  # responses of different lengths
+
+    def step(model, optimizer, micro):
+        args = mstar.Args(batch_size=5, micro_batch_size=micro, max_grad_norm=1e9)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        mstar.train_steps(model, processor, optimizer, sched, examples, 1, args, Dist(), seed=0)
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2, vlm=True)

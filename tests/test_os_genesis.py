@@ -331,3 +331,19 @@ def test_learning_os_genesis_data_beats_task_driven_data(learned):
 def test_learning_success_rises_on_the_easy_tier(learned):
     claims, stdout = learned
     assert claims["OS-Genesis SFT: SR above the base (easy tier)"]["holds"], stdout
+
+
+def test_sft_micro_steps_equal_unsplit_step():
+    from _micro import assert_micro_batching_matches
+    from common.models import load_tokenizer, make_tiny_lm
+
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    batch = [{"prompt_ids": tok(f"goal {i}:", add_special_tokens=False).input_ids,
+              "target_ids": tok("click " * (i + 1), add_special_tokens=False).input_ids, "extra": {}} for i in range(5)]
+
+    def step(model, optimizer, micro):
+        og.sft_micro_steps(model, tok, batch, micro, "cpu")
+        optimizer.step()
+
+    assert_micro_batching_matches(path, step, micro_batch_size=2)

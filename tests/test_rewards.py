@@ -9,7 +9,8 @@ import pytest
 
 from common.rewards import (
     completion_text, correctness_reward, cosine_length_reward, countdown_reward, countdown_reward_fn,
-    dapo_overlong_penalty, extract_answer, kimi_length_reward, l1_length_reward, math_equal, math_reward,
+    dapo_overlong_penalty, extract_answer, kimi_length_reward, l1_length_reward, math_equal, math_equal_batch,
+    math_reward,
     pass_at_k, strip_string,
 )
 
@@ -231,6 +232,30 @@ def test_math_equal_in_threads_and_forked_processes():
 
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.starmap(math_equal, [("\\sqrt{9}", "3"), ("\\sqrt{9}", "4")]) == [True, False]
+
+
+def test_math_equal_batch_gives_math_equal_verdicts():
+    preds = [p for p, _, _ in GRADER_CASES] + [None, "", "\\frac{1}{2", "0.5", "0.5", "\\sqrt{12}"]
+    golds = [g for _, g, _ in GRADER_CASES] + ["1", "1", "1", "\\frac{1}{2}", "\\frac{1}{2}", "2\\sqrt{3}"]
+    serial = [math_equal(p, g) for p, g in zip(preds, golds)]
+    assert serial[:len(GRADER_CASES)] == [expected for _, _, expected in GRADER_CASES]  # not vacuous
+    assert math_equal_batch(preds, golds, workers=2) == serial  # two worker processes, a repeated pair
+    assert math_equal_batch(preds, golds, workers=1) == serial
+    assert math_equal_batch([], []) == []
+    with pytest.raises(ValueError, match="3 predictions but 2 gold"):
+        math_equal_batch(["1", "2", "3"], ["1", "2"])
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        math_equal_batch(["1"], ["1"], workers=0)
+
+
+def test_math_equal_batch_goes_on_after_a_stuck_pair():
+    """The tower hangs its worker: it is False within the timeout, the worker is replaced, and the
+    pairs queued behind it in the same pipelined batch are still graded."""
+    preds = [TOWER, "\\sqrt{12}", "\\frac{2}{4}", "\\sqrt{8}"]
+    golds = ["5", "2\\sqrt{3}", "0.5", "3"]
+    start = time.monotonic()
+    assert math_equal_batch(preds, golds, workers=1, timeout=1.0) == [False, True, True, False]
+    assert time.monotonic() - start < 60  # did not hang (a generous bound on a shared machine)
 
 
 # ---------------------------------------------------------------- countdown (spec §5 check 9)

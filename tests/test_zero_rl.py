@@ -7,14 +7,15 @@ import sys
 
 import pytest
 import torch
+from transformers import HfArgumentParser
 
 import zero_rl as Z
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler
-from common.train import token_logprobs
+from common.train import Dist, gradient_checkpointing_on, shard_model, token_logprobs
 
 # ----------------------------------------------------------------------------------------------------
-# GRPO advantages (spec §5 check 6)
+# GRPO advantages (verl compute_grpo_outcome_advantage; Dr. GRPO without the std)
 
 
 def test_grpo_advantages_spec_case():
@@ -31,6 +32,25 @@ def test_grpo_advantages_equal_group_is_zero_and_groups_are_independent():
     assert torch.allclose(Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1), torch.tensor([2.0, -1.0]), atol=1e-5)  # G=1: mean 0, std 1
     with pytest.raises(ValueError, match="groups of 8"):
         Z.grpo_advantages(torch.ones(7), 8)
+
+
+def test_dr_grpo_advantages_are_not_divided_by_the_std():
+    adv = Z.grpo_advantages(torch.tensor([1.0, 0, 0, 0, 0.5, 0.5, 0.5, 1.5]), 4, scale_by_std=False)
+    # group 1: mean 0.25; group 2: mean 0.75 (with the std it would be [-0.5, -0.5, -0.5, 1.5])
+    assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, -0.25, -0.25, -0.25, 0.75]))
+    assert torch.equal(Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1, scale_by_std=False),
+                       torch.tensor([2.0, -1.0]))  # G=1: mean 0 (verl)
+
+
+def test_dr_grpo_loss_type_turns_the_std_off_unless_overridden():
+    def parse(*flags):
+        return HfArgumentParser(Z.Args).parse_args_into_dataclasses(list(flags))[0]
+
+    assert Z.scales_by_std(parse()) is True
+    assert Z.scales_by_std(parse("--loss_type", "dr_grpo")) is False
+    forced = parse("--loss_type", "dr_grpo", "--scale_rewards_by_std", "true")
+    assert Z.scales_by_std(forced) is True
+    assert Z.scales_by_std(parse("--scale_rewards_by_std", "false")) is False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -79,6 +99,21 @@ def test_aggregate_loss_variants():
         Z.aggregate_loss(per_token, mask, "sum", 4)
 
 
+def test_verl_micro_batch_mean_differs_from_the_dapo_token_mean():
+    """Mini-batch = micro-batch A (3 tokens, losses 1 2 3) + micro-batch B (1 token, loss 4).
+    dapo: every token weighs the same, (1+2+3+4)/4 = 2.5. verl (SimpleRL-Zoo's code): mean of the
+    micro-batch means, (2 + 4)/2 = 3.0: B's single token weighs three times each of A's."""
+    a_loss, a_mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1, 1, 1]])
+    b_loss, b_mask = torch.tensor([[4.0, 9.0, 9.0]]), torch.tensor([[1, 0, 0]])
+    dapo = sum(Z.aggregate_loss(loss, m, "dapo", 3, num_tokens=4, num_seqs=2)
+               for loss, m in ((a_loss, a_mask), (b_loss, b_mask)))
+    verl = sum(Z.aggregate_loss(loss, m, "verl", 3, num_seqs=2, num_micro=2)
+               for loss, m in ((a_loss, a_mask), (b_loss, b_mask)))
+    assert dapo.item() == pytest.approx(2.5) and verl.item() == pytest.approx(3.0)
+    whole = Z.aggregate_loss(torch.cat([a_loss, b_loss]), torch.cat([a_mask, b_mask]), "verl", 3)
+    assert whole.item() == pytest.approx(2.5)  # one micro-batch: verl == dapo
+
+
 def test_micro_batches_add_up_to_the_mini_batch_loss():
     torch.manual_seed(0)
     per_token, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).long()
@@ -101,6 +136,77 @@ def test_length_rewards_dispatch_hand_values():
         Z.length_rewards("dapo_overlong", [5], [1], 1, 16, buffer=4096)
     with pytest.raises(ValueError, match="--length_reward"):
         Z.length_rewards("longer", [5], [1], 1, 16)
+
+
+def test_total_rewards_none_and_kimi_add_to_the_task_reward():
+    assert Z.total_rewards("none", [1.0, 0.1, 0.0], [1, 0, 0], [5, 6, 7], 3, 16) == [1.0, 0.1, 0.0]
+    # Kimi (G=3): length rewards [0.5, 0, -0.5] correct, [0, 0, -0.5] wrong; weight 0.5, on 1/0
+    flags = [1, 1, 1, 0, 0, 0]
+    kimi = Z.total_rewards("kimi", flags, flags, [100, 200, 300] * 2, 3, 1000, coef=0.5)
+    assert kimi == pytest.approx([1.25, 1.0, 0.75, 0.0, 0.0, -0.25])
+
+
+def test_total_rewards_dapo_adds_the_overlong_penalty():
+    # L_max 1000, L_c 200: 700 -> 0, 900 -> -0.5, 1000 -> -1; added (coef 2) to the task reward
+    args = ([1.0, 1.0, 0.0], [1, 1, 0], [700, 900, 1000], 3, 1000)
+    assert Z.total_rewards("dapo_overlong", *args, buffer=200) == pytest.approx([1.0, 0.5, -1.0])
+    doubled = Z.total_rewards("dapo_overlong", *args, buffer=200, coef=2.0)
+    assert doubled == pytest.approx([1.0, 0.0, -2.0])
+
+
+def test_total_rewards_cosine_is_the_whole_reward():
+    # correct: 2 -> 1 over L; wrong: -10 -> 0; L + 16 >= L_max: -10. Not 1 + cosine (counted twice),
+    # and countdown's 0.1 for a tagged wrong equation plays no part (-5.0, not -4.9).
+    task, correct = [1.0, 1.0, 0.1, 0.0, 1.0], [1, 1, 0, 0, 1]
+    got = Z.total_rewards("cosine", task, correct, [0, 500, 500, 250, 984], 5, 1000)
+    assert got == pytest.approx([2.0, 1.5, -5.0, -5 * (1 + math.cos(math.pi / 4)), -10.0])
+    assert got[3] == pytest.approx(-8.5355, abs=1e-4)
+    with pytest.raises(ValueError, match="--length_reward_coef"):
+        Z.total_rewards("cosine", task, correct, [0] * 5, 5, 1000, coef=0.5)
+
+
+def test_total_rewards_l1_is_the_whole_reward():
+    # alpha 3e-4, n_gold 1000. Exact: c - alpha |n_gold - L|: 1 - 0.15, 0 - 0.3 (not 1.85)
+    exact = Z.total_rewards("l1_exact", [1.0, 0.0], [1, 0], [1500, 2000], 1, 4000,
+                            budgets=[1000] * 2)
+    assert exact == pytest.approx([0.85, -0.30])
+    # Max: c * clip(alpha (n_gold - L) + 0.5, 0, 1); a correct answer over budget gets 0.2, not 1
+    lengths = [1000, 500, 2000, 3000, 500]
+    flags = [1, 1, 1, 1, 0]
+    got = Z.total_rewards("l1_max", flags, flags, lengths, 1, 4000, budgets=[1000] * 5)
+    assert got == pytest.approx([0.5, 0.65, 0.2, 0.0, 0.0])
+    with pytest.raises(ValueError, match="budget"):
+        Z.total_rewards("l1_max", [1.0], [1], [500], 1, 4000)
+    with pytest.raises(ValueError, match="--length_reward_coef"):
+        Z.total_rewards("l1_exact", [1.0], [1], [500], 1, 4000, budgets=[1000], coef=2.0)
+
+
+def test_total_rewards_adds_the_repetition_penalty_and_checks_lengths():
+    plain = Z.total_rewards("none", [1.0, 0.0], [1, 0], [5, 5], 2, 16, repetition=[-0.2, 0.0])
+    assert plain == [0.8, 0.0]
+    cosine = Z.total_rewards("cosine", [0.0], [0], [500], 1, 1000, repetition=[-0.15])
+    assert cosine == pytest.approx([-5.15])
+    with pytest.raises(ValueError, match="one of each per completion"):
+        Z.total_rewards("none", [1.0, 0.0], [1], [5, 5], 2, 16)
+
+
+def test_repetition_penalty_hand_values():
+    # n=2 over 1 2 3 1 2 3 1: the 2-grams at 3, 4, 5 repeat, covering tokens 3..6 -> 4 x -0.05
+    assert Z.repetition_penalty([1, 2, 3, 1, 2, 3, 1], 2, -0.05) == pytest.approx(-0.2)
+    # n=3 over 1 2 3 4 1 2 3 5: only (1 2 3) at 4 repeats, tokens 4..6 -> 3 x -0.05
+    assert Z.repetition_penalty([1, 2, 3, 4, 1, 2, 3, 5], 3, -0.05) == pytest.approx(-0.15)
+    assert Z.repetition_penalty([5] * 10, 3, -0.05) == pytest.approx(-0.45)  # tokens 1..9, once
+    assert Z.repetition_penalty([1, 2, 3, 4], 2, -0.05) == 0.0
+    assert Z.repetition_penalty([1, 1], 5, -1.0) == 0.0
+    with pytest.raises(ValueError, match="--repetition_penalty"):
+        Z.repetition_penalty([1, 1, 1], 1, 0.05)
+
+
+def test_kimi_length_reward_warm_up():
+    args = Z.Args(length_reward="kimi", length_reward_warmup_steps=2)
+    kinds = [Z.length_reward_at(args, step) for step in (1, 2, 3, 10)]
+    assert kinds == ["none", "none", "kimi", "kimi"]
+    assert Z.length_reward_at(Z.Args(length_reward="kimi"), 1) == "kimi"  # no warm-up by default
 
 
 def test_response_logprobs_match_common_token_logprobs():
@@ -131,6 +237,26 @@ def test_response_logprobs_match_common_token_logprobs():
     assert torch.allclose(shared_grad, model.model.embed_tokens.weight.grad, atol=1e-5)
 
 
+def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenation():
+    """Checkpointed layers cannot fill a KV cache: the concatenated path runs, with the same values and grads."""
+    path = make_tiny_lm()
+    tok = load_tokenizer(path)
+    enc = tok.pad({"input_ids": [[5, 6, 7, 8, 9], [10, 11, 12]]}, padding=True, return_tensors="pt")
+    resp, resp_mask = torch.tensor([[20, 21, 22], [24, 25, 0], [26, 0, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    index = torch.tensor([0, 1, 1])
+    out = []
+    for ckpt in (False, True):
+        model = shard_model(load_model(path), Dist(), gradient_checkpointing=ckpt).train()
+        logps, ent = Z.response_logprobs(model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, True)
+        ((logps + ent) * resp_mask).sum().backward()
+        out.append((logps.detach(), ent.detach(), model.model.embed_tokens.weight.grad))
+    assert gradient_checkpointing_on(model)
+    (lp0, ent0, grad0), (lp1, ent1, grad1) = out
+    assert torch.allclose(lp0 * resp_mask, lp1 * resp_mask, atol=1e-5)
+    assert torch.allclose(ent0 * resp_mask, ent1 * resp_mask, atol=1e-4)
+    assert torch.allclose(grad0, grad1, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------
 # prompts, data, rewards
 
@@ -143,6 +269,40 @@ def test_prompt_templates():
     assert Z.make_prompt("Q?", "abel", budget=512, l1_kind="l1_max").startswith("Question:\nQ? Think for maximum 512 tokens.")
     with pytest.raises(ValueError, match="--prompt_template"):
         Z.make_prompt("Q", "alpaca")
+
+
+COUNTDOWN_Q = "Using the numbers [3, 4, 8], create an equation that equals 20."
+COUNTDOWN_RULES = (" You can use basic arithmetic operations (+, -, *, /) and each number can"
+                   " only be used once. Show your work in <think> </think> tags. And return the"
+                   " final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3"
+                   " </answer>.")
+
+
+def test_countdown_prompts_are_tinyzeros():
+    """TinyZero examples/data_preprocess/countdown.py make_prefix: qwen-instruct and base."""
+    instruct = ("<|im_start|>system\nYou are a helpful assistant. You first thinks about the "
+                "reasoning process in the mind and then provides the user with the answer."
+                "<|im_end|>\n"
+                "<|im_start|>user\n " + COUNTDOWN_Q + COUNTDOWN_RULES + "<|im_end|>\n"
+                "<|im_start|>assistant\nLet me solve this step by step.\n<think>")
+    assert Z.make_prompt(COUNTDOWN_Q, "countdown") == instruct
+    base = ("A conversation between User and Assistant. The user asks a question, and the "
+            "Assistant solves it. The assistant first thinks about the reasoning process in the "
+            "mind and then provides the user with the answer.\nUser: " + COUNTDOWN_Q
+            + COUNTDOWN_RULES + "\nAssistant: Let me solve this step by step.\n<think>")
+    assert Z.make_prompt(COUNTDOWN_Q, "countdown-base") == base
+
+
+def test_countdown_rows_with_only_target_and_nums(tmp_path):
+    path = tmp_path / "countdown.jsonl"  # the fields of TinyZero's Countdown-Tasks-3to4
+    rows = [{"target": 20 + i, "nums": [3, 4, 8 + i]} for i in range(4)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    train, evals = Z.load_task_rows(Z.Args(task="countdown", data=str(path), num_eval_prompts=1))
+    assert train[0]["question"] == COUNTDOWN_Q and evals[0]["target"] == 23
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"target": 1}) + "\n" + json.dumps({"target": 2}))
+    with pytest.raises(ValueError, match="nums"):
+        Z.load_task_rows(Z.Args(task="countdown", data=str(bad), num_eval_prompts=1))
 
 
 def test_toy_held_out_prompts_never_in_training():
@@ -166,7 +326,7 @@ def test_garbage_completions_get_zero_reward(text):
 
 def test_reward_modes():
     row = {"answer": "7"}
-    assert Z.score("so we get 7 apples", row, Z.Args())[0] == 1.0  # last-number fallback (spec §5 check 3)
+    assert Z.score("so we get 7 apples", row, Z.Args())[0] == 1.0  # Qwen2.5-Math: last number
     assert Z.score("so we get 7 apples", row, Z.Args(reward_mode="independent"))[0] == 0.5
     assert Z.score("\\boxed{8}", row, Z.Args(reward_mode="independent"))[0] == -0.5
     assert Z.score("nothing", row, Z.Args(reward_mode="independent"))[0] == -1.0
@@ -187,7 +347,7 @@ def test_levels_and_field_names_from_a_local_file(tmp_path):
             Z.parse_range(bad, "--levels")
     with pytest.raises(ValueError, match="'difficulty'.*--level_field"):
         Z.load_task_rows(Z.Args(data=str(path), question_field="problem", answer_field="solution", levels="3", level_field="difficulty"))
-    with pytest.raises(ValueError, match="missing field 'question'"):
+    with pytest.raises(ValueError, match=r"math\.jsonl:1: missing field 'answer' .*'solution'"):  # no box
         Z.load_task_rows(Z.Args(data=str(path)))
 
 
@@ -229,6 +389,11 @@ def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
     run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(out), "--total_steps", "20", "--eval_every", "20",
              "--num_eval_prompts", "64", "--save_every", "100"], timeout=600, env=ONE_THREAD)
     summary = json.loads((out / "summary.json").read_text())
+    claims = {c["metric"]: c for c in summary["claims"]}
+    assert set(claims) == {"eval/accuracy_greedy", "eval/accuracy_sampled"}
+    for metric, c in claims.items():  # computed from the run's own before/after evaluations
+        assert (c["baseline"], c["result"]) == (summary["before"][metric], summary["after"][metric])
+        assert c["holds"], c
     before, after = summary["before"]["eval/accuracy_sampled"], summary["after"]["eval/accuracy_sampled"]
     assert after - before >= 0.15, (before, after)
     assert (out / "curves.png").stat().st_size > 0 and (out / "model" / "config.json").exists()
@@ -242,10 +407,13 @@ def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
 
 def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
     """Run to step 2 (checkpoint), resume to 4; steps 3-4 match an uninterrupted 4-step run exactly.
-    Also exercises the LLM-judge eval path, a length reward, the format-penalty reward and grpo loss."""
+    Also exercises the LLM-judge eval path, a length reward with a warm-up that spans the resume,
+    the repetition penalty, the format-penalty reward and grpo loss."""
     judge = make_tiny_lm()
     flags = SMALL + ["--save_every", "2", "--eval_every", "100", "--judge_model", judge, "--judge_max_new_tokens", "8",
-                     "--length_reward", "kimi", "--reward_mode", "independent", "--loss_type", "grpo"]
+                     "--length_reward", "kimi", "--length_reward_warmup_steps", "3",
+                     "--repetition_penalty", "-0.05", "--repetition_ngram_size", "2",
+                     "--reward_mode", "independent", "--loss_type", "grpo"]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "2", *flags], env=ONE_THREAD)
     proc = run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "4", "--resume", *flags], env=ONE_THREAD)
@@ -264,7 +432,11 @@ def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
 def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
     out = tmp_path / "ddp"
     run_cmd([*torchrun_cmd, "zero_rl.py", "--output_dir", str(out), "--total_steps", "2", "--eval_every", "2",
-             "--micro_batch_size", "4", *SMALL], timeout=600)
+             "--micro_batch_size", "4", "--loss_type", "verl", *SMALL], timeout=600)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2]
-    assert json.loads((out / "summary.json").read_text())["after"]["eval/accuracy_greedy"] >= 0.0
+    summary = json.loads((out / "summary.json").read_text())  # rank 0 writes the gathered eval
+    metrics = [c["metric"] for c in summary["claims"]]
+    assert metrics == ["eval/accuracy_greedy", "eval/accuracy_sampled"]
+    assert summary["claims"][1]["result"] == summary["after"]["eval/accuracy_sampled"]
+    assert [r for r in records if "eval/accuracy_greedy" in r][-1]["step"] == 2
