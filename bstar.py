@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from transformers import AutoModelForTokenClassification, get_scheduler
 
 from common.benchmarks import load_math_rows
+from common.claims import claim, format_claims, write_summary
 from common.config import parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.evaluation import EvalArgs, evaluate_model
@@ -637,6 +638,11 @@ def main(args: Args):
         png = logger.plot(["greedy_acc", "pass@K", "pass@K-S", "reward@K-S", "diversity", "balance_score", "temperature", "threshold", "num_selected"],
                           out / "curves.png", title=f"B-STaR toy ({args.mode})")
         print(f"metrics: {logger.path}  curves: {png}")
+        first, last = logger.history[0], logger.history[-1]
+        claims = [claim("self-improvement raises held-out greedy accuracy over P0", "greedy_acc",
+                        first["greedy_acc"], last["greedy_acc"])]
+        write_summary(out, claims, mode=args.mode, iterations=args.iterations)
+        print(format_claims(claims))
     logger.close()
     cleanup_distributed()
     return logger.history

@@ -1,15 +1,15 @@
 """Rule-based rewards shared by the reasoning scripts.
 
-What is here (spec = `shared/papers/zero_rl.md`, cited as "spec §x"):
+What is here (each item cites the paper or the released code it follows):
 
-- Math answers as SimpleRL-Zoo v1 grades them (arXiv 2503.18892; `hf_math_verify.compute_score`, spec §1.2):
+- Math answers as SimpleRL-Zoo v1 grades them (arXiv 2503.18892; released `hf_math_verify.compute_score`):
   cut at end-of-text markers -> Qwen2.5-Math `extract_answer` order -> `strip_string` normalisation ->
   both sides wrapped in `\\boxed{}` -> `math_verify.verify(parse(gold), parse(pred))` under a hard time limit.
   `extract_answer`, `strip_string`, `math_equal`, `correctness_reward` ("mix" / "independent" modes).
 - `last_json_object`: the last complete top-level `{...}` of a text (JSON answers and JSON actions).
-- TinyZero countdown reward, 0 / 0.1 / 1.0 (spec §2): `countdown_reward`.
-- Unbiased pass@k (Chen et al. 2021, spec §5 check 7): `pass_at_k`.
-- Length-aware rewards from the efficient-reasoning surveys (spec §3): `kimi_length_reward`,
+- TinyZero countdown reward, 0 / 0.1 / 1.0 (TinyZero `countdown.compute_score`): `countdown_reward`.
+- Unbiased pass@k (Chen et al. 2021, arXiv 2107.03374 §2.1): `pass_at_k`.
+- Length-aware rewards from the efficient-reasoning surveys (arXiv 2503.21614, 2503.16419): `kimi_length_reward`,
   `cosine_length_reward`, `l1_length_reward`, `dapo_overlong_penalty`.
 - TRL reward contract wrappers `fn(prompts, completions, **dataset_columns) -> list[float | None]`:
   `math_reward`, `countdown_reward_fn`.
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------------
-# Answer extraction (Qwen2.5-Math `extract_answer(..., "math")`, spec §1.2 steps 1-2)
+# Answer extraction (Qwen2.5-Math `extract_answer(..., "math")`, simpleRL-reason `hf_math_verify.compute_score`: extraction)
 # --------------------------------------------------------------------------------------------------
 
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>")
@@ -163,7 +163,7 @@ def _after_phrase(text: str, phrase: str) -> str:
 
 
 def extract_answer(text: Any) -> str | None:
-    """The final answer in a model response, in the Qwen2.5-Math order SimpleRL-Zoo uses (spec §1.2
+    """The final answer in a model response, in the Qwen2.5-Math order SimpleRL-Zoo uses (simpleRL-reason `hf_math_verify.compute_score`
     step 2); the first rule that matches wins:
 
     1. Minerva phrase "final answer is $...$. I hope";
@@ -172,7 +172,7 @@ def extract_answer(text: Any) -> str | None:
     4. the text after "final answer is";
     5. the last number `-?\\d*\\.?\\d+` in the text with commas removed.
 
-    The text is first cut at `<|im_start|>assistant` / end-of-text markers (spec §1.2 step 1).
+    The text is first cut at `<|im_start|>assistant` / end-of-text markers (simpleRL-reason `hf_math_verify.compute_score`).
     Returns the raw answer string (normalise with `strip_string`), or None when nothing is found.
     """
     try:
@@ -197,7 +197,7 @@ def extract_answer(text: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Normalisation (Qwen2.5-Math `strip_string`, spec §1.2 step 3)
+# Normalisation (Qwen2.5-Math `strip_string`, simpleRL-reason `hf_math_verify.compute_score`: normalisation)
 # --------------------------------------------------------------------------------------------------
 
 _UNIT_WORDS = (
@@ -230,7 +230,7 @@ def _fix_fracs(s: str) -> str:
 
 
 def strip_string(s: Any) -> str:
-    """Normalise an answer string the way Qwen2.5-Math `strip_string` does (spec §1.2 step 3):
+    """Normalise an answer string the way Qwen2.5-Math `strip_string` does (simpleRL-reason `hf_math_verify.compute_score`: normalisation):
     `\\dfrac`/`\\tfrac` -> `\\frac`; drop `\\left`/`\\right`, `$`, trailing units (`\\text{ cm}`, "5 cm"),
     `^\\circ`, `\\%`, and unwrap `\\text{}`; `a/b` -> `\\frac{a}{b}` for integers; strip `x=`/`y=`/`z=` and
     any prefix of <= 2 characters before a single `=`; `3.0` -> `3`; thousands separators `1,000` ->
@@ -287,7 +287,7 @@ def strip_string(s: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Equivalence: fast path in-process, math-verify in a killable worker process (spec §1.2 step 4)
+# Equivalence: fast path in-process, math-verify in a killable worker process (simpleRL-reason `hf_math_verify.compute_score`: equivalence)
 # --------------------------------------------------------------------------------------------------
 
 _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")  # no nested quantifiers: linear time
@@ -492,7 +492,7 @@ def _slow_verdict(pred_norm: str, gold_norm: str, timeout: float) -> bool:
 
 
 def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
-    """Is `pred` mathematically equal to `gold`? (SimpleRL-Zoo v1 grader, spec §1.2 steps 3-4.)
+    """Is `pred` mathematically equal to `gold`? (SimpleRL-Zoo v1 grader, simpleRL-reason `hf_math_verify.compute_score`.)
 
     Both sides are normalised with `strip_string`. Fast path, no subprocess: identical normalised
     strings -> True; two plain numbers -> compared as math-verify would (exact integers, 6 decimal
@@ -578,13 +578,13 @@ def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | 
 
 
 def has_box(text: Any) -> bool:
-    """SimpleRL's format flag: the response contains "boxed" (spec §1.2 step 5)."""
+    """SimpleRL's format flag: the response contains "boxed" (simpleRL-reason `hf_math_verify.compute_score`)."""
     return isinstance(text, str) and "boxed" in cut_response(text)
 
 
 def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_penalty: float = -1.0,
                        timeout: float = 5.0) -> float:
-    """SimpleRL-Zoo v1 reward for one response (spec §1.2 step 5; env `REWORD_FUNCTION_TYPE`).
+    """SimpleRL-Zoo v1 reward for one response (simpleRL-reason `hf_math_verify.compute_score`; env `REWORD_FUNCTION_TYPE`).
 
     - "mix" (default, the paper's reward): 1.0 if correct else 0.0 (no format term).
     - "independent": correct+boxed 1.0, correct+unboxed 0.5, wrong+boxed -0.5, wrong+unboxed
@@ -628,7 +628,7 @@ def correctness_reward_batch(completions: Sequence[Any], answers: Sequence[Any],
 
 
 # --------------------------------------------------------------------------------------------------
-# TinyZero countdown (spec §2)
+# TinyZero countdown (TinyZero `verl/utils/reward_score/countdown.py`)
 # --------------------------------------------------------------------------------------------------
 
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>")
@@ -669,7 +669,7 @@ def _safe_arithmetic(node: ast.AST) -> Any:
 
 def countdown_reward(completion: Any, target: Any, nums: Sequence[Any], format_score: float = 0.1,
                      score: float = 1.0, full_text: bool = False) -> float:
-    """TinyZero `countdown.compute_score` (spec §2): 0 / `format_score` / `score`.
+    """TinyZero `countdown.compute_score` (verl/utils/reward_score/countdown.py): 0 / `format_score` / `score`.
 
     `completion` is the model's response only (our Sampler returns the generated text, the prompt is
     chat-templated), so upstream step 1 ("text after the first 'Assistant:' or
@@ -742,7 +742,7 @@ def completion_text(completion: Any) -> str:
 def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any],
                 mode: str = "mix", format_penalty: float = -1.0, timeout: float = 5.0,
                 **unused_columns: Any) -> list[float | None]:
-    """TRL reward function for math (spec §1.2): `correctness_reward` per completion against the
+    """TRL reward function for math (simpleRL-reason `hf_math_verify.compute_score`): `correctness_reward` per completion against the
     dataset column `answer`. A row whose answer is None gets None (the reward does not apply)."""
     return [
         None if gold is None else correctness_reward(completion_text(c), gold, mode, format_penalty, timeout)
@@ -753,7 +753,7 @@ def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequ
 def countdown_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], target: Sequence[Any],
                         nums: Sequence[Any], format_score: float = 0.1, score: float = 1.0,
                         **unused_columns: Any) -> list[float | None]:
-    """TRL reward function for countdown (spec §2), columns `target` and `nums`."""
+    """TRL reward function for countdown (TinyZero), columns `target` and `nums`."""
     return [
         None if t is None or n is None else countdown_reward(completion_text(c), t, n, format_score, score)
         for c, t, n in zip(completions, target, nums)
@@ -761,7 +761,7 @@ def countdown_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], targ
 
 
 # --------------------------------------------------------------------------------------------------
-# pass@k (spec §5 check 7)
+# pass@k (Chen et al. 2021, arXiv 2107.03374 §2.1)
 # --------------------------------------------------------------------------------------------------
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -778,11 +778,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Length-aware rewards (spec §3; L = response tokens, c = correct)
+# Length-aware rewards (efficient-reasoning surveys; L = response tokens, c = correct)
 # --------------------------------------------------------------------------------------------------
 
 def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> list[float]:
-    """Kimi k1.5 length reward over the k samples of one prompt (spec §3.1):
+    """Kimi k1.5 length reward over the k samples of one prompt (Kimi k1.5, arXiv 2501.12599 §2.3.3, "length penalty"):
     lambda = 0.5 - (L - L_min) / (L_max - L_min); reward lambda if correct else min(0, lambda);
     all 0 when L_max == L_min."""
     if len(lengths) != len(correct):
@@ -802,7 +802,7 @@ def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> lis
 def cosine_length_reward(length: float, correct: bool, max_len: int, r_correct: tuple[float, float] = (2.0, 1.0),
                          r_wrong: tuple[float, float] = (-10.0, 0.0), exceed_penalty: float = -10.0,
                          exceed_margin: int = 16) -> float:
-    """Cosine length reward, Demystifying Long CoT (spec §3.2):
+    """Cosine length reward, Demystifying Long CoT (Yeo et al., arXiv 2502.03373):
     r = r_L + 1/2 (r_0 - r_L)(1 + cos(pi L / L_max)) with (r_0, r_L) = r_correct or r_wrong;
     `exceed_penalty` when L + 16 >= L_max. Defaults are the paper's (correct 2 -> 1, wrong -10 -> 0)."""
     if length + exceed_margin >= max_len:
@@ -813,7 +813,7 @@ def cosine_length_reward(length: float, correct: bool, max_len: int, r_correct: 
 
 def l1_length_reward(length: float, correct: bool, target: float, mode: str = "exact",
                      alpha: float = 3e-4, delta: float = 0.5) -> float:
-    """L1 / LCPO (spec §3.3). Exact: r = c - alpha |n_gold - L|.
+    """L1 / LCPO (Aggarwal & Welleck, arXiv 2503.04697). Exact: r = c - alpha |n_gold - L|.
     Max: r = c * clip(alpha (n_gold - L) + delta, 0, 1). alpha = 3e-4, delta = 0.5."""
     c = 1.0 if correct else 0.0
     if mode == "exact":
@@ -824,7 +824,7 @@ def l1_length_reward(length: float, correct: bool, target: float, mode: str = "e
 
 
 def dapo_overlong_penalty(length: float, max_len: int, buffer: int) -> float:
-    """DAPO soft overlong punishment (spec §3.5): 0 if L <= L_max - L_c; ((L_max - L_c) - L) / L_c up
+    """DAPO soft overlong punishment (arXiv 2503.14476, overlong reward shaping): 0 if L <= L_max - L_c; ((L_max - L_c) - L) / L_c up
     to L_max; -1 beyond. DAPO used L_max = 16384 + 4096 with L_c = 4096."""
     if buffer <= 0 or buffer > max_len:
         raise ValueError(f"dapo_overlong_penalty: need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}")

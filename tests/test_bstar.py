@@ -239,6 +239,10 @@ def test_end_to_end_learning_and_inherited_optimizer(run_cmd, tmp_path):
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 1, 2]
     assert history[-1]["greedy_acc"] >= history[0]["greedy_acc"] + 0.1, history
+    claims = json.loads((out / "summary.json").read_text())["claims"]
+    assert [c["holds"] for c in claims] == [True], claims
+    assert claims[0]["baseline"] == history[0]["greedy_acc"]  # computed from the run
+    assert claims[0]["result"] == history[-1]["greedy_acc"]
     assert all(h["temperature"] in (0.7, 1.1) and -1 <= h["threshold"] <= 1 for h in history[1:])
     assert "| iter |" in proc.stdout and (out / "curves.png").stat().st_size > 0
     assert len(read_jsonl_tolerant(out / "samples/iter_02/samples.jsonl")) == 240
