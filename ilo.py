@@ -16,19 +16,30 @@ This script: (1) representations of a FLORES-style parallel corpus at every laye
 measured before and after, plus perplexity on the other languages as the cross-lingual check.
 
 Departures:
-- `--freeze_first N` freezes the embeddings and blocks 0..N-1 (N blocks, as the paper's wording and the
-  released docstring say). The released `selective_grad_freeze(model, n_first=8)` freezes blocks 0..8
-  (N+1 blocks) plus the final norm and lm_head: `--freeze_style code` does exactly that.
+- `--freeze_first N` (default `--freeze_style paper`) freezes the embeddings and blocks 0..N-1 only:
+  the paper's "freezing the early layers". The released `selective_grad_freeze(model, n_first=8)`
+  (src/param_freeze.py) differs twice: its docstring says "the first 8 layers, the token embedding,
+  final layer normalization, and the language modeling head", and its code freezes blocks 0..8 (N+1
+  blocks) plus those three; `--freeze_style code` does exactly what the code does.
+- `--max_length` cuts longer sentences (ILO vectors and fine-tuning; the run prints how many it
+  cut); the released get_ilo.py never cuts.
+- Held-out evaluation: ILO and perplexity use sentences never fine-tuned on. Real data: each
+  language's first `--eval_sentences` (default half) are measured, the rest fine-tune (the paper's
+  fine-tuning data is not stated). So with `--data_split dev` ILO uses 498 of the 997 FLORES dev
+  sentences per language by default (the paper: all 997); the other 499 of the fine-tuning language
+  are fine-tuned on.
 - The released code assumes exactly 997 rows per language in order; here any number per language works
   (ILO only needs labels), and the toy uses a smaller corpus.
 - The offline default is a synthetic parallel corpus (one grammar rendered in six made-up languages
-  with their own verbs, adjectives and word orders; names, numbers and nouns shared), on which the tiny LM is first trained briefly
-  (monolingual sentences plus translation pairs) so that there is interlingual structure to measure.
-- Model-level curves average ILO over languages (the paper's averaging is unverified, see the spec).
+  with their own verbs, adjectives and word orders; names, numbers and nouns shared). A tiny 8-layer
+  LM is first trained on monolingual sentences, translation pairs and code-switched sentences, so
+  that there is interlingual structure to measure. Its ILO drop shows in the layers above the frozen
+  ones, not in layers 0-2 (see docs/ilo.md).
+- Model-level curves average ILO over languages (the released code writes per-language tables only).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
-    python ilo.py                                   # CPU toy, ~2 min
+    python ilo.py                                   # CPU toy, ~40 s of CPU
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ --languages eng_Latn,fra_Latn,... \\
         --finetune_language ind_Latn --dtype bfloat16     # 1 GPU (paper preset: --freeze_first 8)
     python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data openlanguagedata/flores_plus \
@@ -52,6 +63,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from common.claims import claim, format_claims, write_summary
 from common.config import parse_config, per_rank
 from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
@@ -70,7 +82,7 @@ class Args:
     seed: int = arg(0, "random seed")
     output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
     model: str = arg("", "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
-                         "'' = tiny offline LM (4 layers), warm-started on the toy languages")
+                         "'' = tiny offline LM (8 layers), warm-started on the toy languages")
     dtype: str = arg("auto", "dtype of the measured base model: auto | float32 | bfloat16; "
                         "fine-tuned copies train fp32 masters (common.train precision policy)")
     data: str = arg("", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, "
@@ -79,19 +91,25 @@ class Args:
     text_field: str = arg("text", "field of a rows file holding the sentence")
     lang_field: str = arg("lang", "field of a rows file holding the language")
     languages: str = arg("", "comma-separated subset; '' = all found")
-    max_sentences: int = arg(0, "sentences per language for ILO; 0 = all (FLORES-200 dev: 997)")
+    max_sentences: int = arg(0, "sentences per language for ILO; 0 = all of the evaluation set")
+    eval_sentences: int = arg(0, "real data: each language's first N sentences are the held-out "
+                                 "ILO and perplexity set, the rest the fine-tuning text; 0 = half")
     batch_size: int = arg(32, "sentences per forward pass")
-    max_length: int = arg(256, "tokens per sentence")
+    max_length: int = arg(256, "longest sentence in tokens for ILO vectors and fine-tuning; longer "
+                               "ones are cut and the run prints how many (released get_ilo.py "
+                               "never cuts)")
     # ILO (released src/ilo.py: k = 5, t = 3)
     k: int = arg(5, "nearest neighbours per point; paper: 5 (released src/ilo.py)")
     t: int = arg(3, "other languages a point must reach to count for Bridge; paper: 3 (released src/ilo.py)")
     # single-language fine-tuning
     finetune_language: str = arg("", "language to fine-tune on; '' = the first language")
-    freeze_first: int = arg(1, "compare freezing the embeddings + this many first blocks with no freezing; toy 1; "
+    freeze_first: int = arg(2, "compare freezing the embeddings + this many first blocks with no "
+                               "freezing; toy 2; "
                                "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)")
-    freeze_style: Literal["paper", "code"] = arg("paper", "paper = blocks 0..N-1 + embeddings; "
-                                                          "code = blocks 0..N + embeddings + norm + lm_head")
-    finetune_steps: int = arg(120, "fine-tuning optimizer steps per condition")
+    freeze_style: Literal["paper", "code"] = arg(
+        "paper", "paper = embeddings + blocks 0..N-1 (the paper's wording); code = embeddings + "
+                 "blocks 0..N + final norm + lm_head (released selective_grad_freeze)")
+    finetune_steps: int = arg(60, "fine-tuning optimizer steps per condition")
     finetune_lr: float = arg(3e-3, "fine-tuning LR, constant; toy 3e-3; paper preset: 1e-5 (not stated in the paper)")
     finetune_batch: int = arg(16, "sentences per fine-tuning step, all ranks")
     micro_batch_size: int = arg(0, "sentences per forward/backward on one rank (same token mean); "
@@ -123,7 +141,7 @@ def derived(args, world_size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# ILO (§3.2)
+# ILO (released src/ilo.py: compute_bridge_reach, derive_metrics)
 
 
 def knn_indices(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -172,7 +190,8 @@ def ilo_scores(embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 
 
 
 # ----------------------------------------------------------------------------------------------------
-# representations (§3.1): mean of hidden_states[l] over the sentence's tokens, l = 0 (embeddings) .. L
+# representations (released get_ilo.py extract_embeddings): mean of hidden_states[l] over the
+# sentence's tokens, l = 0 (embeddings) .. L
 
 
 @torch.no_grad()
@@ -198,8 +217,10 @@ def mean_pooled_states(model, tokenizer, sentences: list[str], batch_size: int =
 
 
 def freeze_first_layers(model, n: int, style: str = "paper") -> list[str]:
-    """Freeze the embeddings and the first n decoder blocks ("paper"), or blocks 0..n plus the final
-    norm and lm_head as the released `selective_grad_freeze` does ("code"). Returns frozen names."""
+    """Freeze the embeddings and the first n decoder blocks ("paper"), or the embeddings,
+    blocks 0..n, the final norm and lm_head as the released src/param_freeze.py
+    `selective_grad_freeze` does ("code"; its docstring says first n blocks, its range(n_first + 1)
+    freezes n + 1). Returns the frozen parameter names."""
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     frozen_blocks = range(n + 1 if style == "code" else n)
     modules = [base.embed_tokens, *(base.layers[i] for i in frozen_blocks if i < len(base.layers))]
@@ -209,6 +230,11 @@ def freeze_first_layers(model, n: int, style: str = "paper") -> list[str]:
         for p in m.parameters():
             p.requires_grad_(False)
     return [name for name, p in model.named_parameters() if not p.requires_grad]
+
+
+def count_cut(tokenizer, sentences: list[str], max_length: int) -> int:
+    """How many sentences `--max_length` cuts (the released get_ilo.py never cuts, so say so)."""
+    return sum(len(ids) > max_length for ids in tokenizer(sentences)["input_ids"])
 
 
 @torch.no_grad()
@@ -258,7 +284,8 @@ def toy_lexicon(seed: int = 0) -> dict:
                     words[c] = c
                 else:
                     cons, vow = alphabet.split("|")
-                    words[c] = "".join(rng.choice(cons) + rng.choice(vow) for _ in range(rng.randint(2, 3)))
+                    syllables = rng.randint(1, 2)
+                    words[c] = "".join(rng.choice(cons) + rng.choice(vow) for _ in range(syllables))
         lexicon[name] = words
     return lexicon
 
@@ -282,12 +309,32 @@ def toy_corpus(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def toy_code_switched(n: int, seed: int) -> list[str]:
+    """Code-switched sentences: one language's word order, each verb/adjective from a random
+    language. Translation-equivalent words then share contexts, which gives the warm-started base
+    the shared (interlingual) representations that multilingual pre-training gives a real LLM."""
+    rng, lexicon = random.Random(seed), toy_lexicon()
+    names = [name for name, _, _ in TOY_LANGUAGES]
+    out = []
+    for _ in range(n):
+        who, count = rng.choice(TOY_NAMES), rng.randint(2, 99)
+        verb, adj, obj = (rng.choice(TOY_CONCEPTS[k]) for k in ("verb", "adjective", "object"))
+        mixed = {c: lexicon[rng.choice(names)][c] for c in (verb, adj, obj)}
+        order = rng.choice(TOY_LANGUAGES)[2]
+        out.append(render({"mix": mixed}, "mix", order, who, verb, count, adj, obj))
+    return out
+
+
 def toy_base_model(seed: int) -> str:
-    """The tiny 4-layer LM trained briefly on the toy languages (monolingual + translation pairs), cached."""
-    spec = {"seed": seed, "steps": 300}
+    """The tiny 8-layer LM trained briefly on the toy languages (monolingual, translation pairs,
+    code-switched), cached."""
+    spec = {"seed": seed, "steps": 200, "batch": 16}  # 8 narrow blocks: depth for early vs late
 
     def build(folder: Path):
-        path = make_tiny_lm(num_hidden_layers=4)
+        # untied input/output embeddings, as in Llama-3.1-8B: a word of another language then gets
+        # no gradient from single-language fine-tuning
+        path = make_tiny_lm(num_hidden_layers=8, hidden_size=32, intermediate_size=128,
+                            tie_word_embeddings=False)
         tok, model = load_tokenizer(path), load_model(path)
         rows = toy_corpus(600, seed=seed + 1000)  # never the ILO / evaluation sentences (seed 1, 2)
         by_id: dict[int, dict] = {}
@@ -295,18 +342,21 @@ def toy_base_model(seed: int) -> str:
             by_id.setdefault(r["id"], {})[r["lang"]] = r["text"]
         texts = [r["text"] for r in rows]
         texts += [f"{d['eng']} = {d[lang]}" for d in by_id.values() for lang in d if lang != "eng"]  # translations
+        texts += toy_code_switched(len(texts) // 2, seed=seed + 2000)
         rng = random.Random(seed)
         opt = make_optimizer(model, lr=3e-3)
         sched = make_scheduler(opt, "cosine", warmup_steps=20, total_steps=spec["steps"])
         for _ in tqdm(range(spec["steps"]), desc="warm start (toy languages)", leave=False):
-            enc = tok([t + tok.eos_token for t in rng.sample(texts, 32)], return_tensors="pt", padding=True, padding_side="right")
+            batch = [t + tok.eos_token for t in rng.sample(texts, spec["batch"])]
+            enc = tok(batch, return_tensors="pt", padding=True, padding_side="right")
             loss = sft_loss(model, enc["input_ids"], enc["attention_mask"], enc["attention_mask"])
             loss.backward()
             opt.step(), sched.step(), opt.zero_grad()
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return toy_model("ilo-base", spec, build, code=[toy_corpus, toy_lexicon])
+    return toy_model("ilo-base", spec, build,
+                     code=[toy_corpus, toy_lexicon, toy_code_switched, render])
 
 
 FLORES_TEXT_SUFFIXES = (".txt", ".dev", ".devtest")  # FLORES-200: <split>/<lang>.<split>, a sentence a line
@@ -377,7 +427,25 @@ def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
         if missing:
             raise ValueError(f"--languages: {missing} not found in {args.data}")
         rows = [r for r in rows if r["lang"] in wanted]
-    return rows, rows  # a real run fine-tunes on the chosen language's sentences of the same file
+    return rows, rows  # main() holds out the evaluation sentences (split_held_out)
+
+
+def split_held_out(rows: list[dict], n_eval: int) -> tuple[list[dict], list[dict]]:
+    """(eval rows, fine-tune rows): each language's first n_eval sentences (0 = half) measure ILO
+    and perplexity; the rest are for fine-tuning, so the evaluation never sees the fine-tuning text.
+    Parallel files list translations at the same position, so the eval rows stay parallel."""
+    by_lang: dict[str, list[dict]] = {}
+    for r in rows:
+        by_lang.setdefault(r["lang"], []).append(r)
+    eval_rows, ft_rows = [], []
+    for lang, mine in by_lang.items():
+        n = n_eval or len(mine) // 2
+        if n >= len(mine):
+            raise ValueError(f"--eval_sentences {n}: language {lang!r} has only {len(mine)} "
+                             "sentences, none would be left for fine-tuning")
+        eval_rows += mine[:n]
+        ft_rows += mine[n:]
+    return eval_rows, ft_rows
 
 
 def cap_per_language(rows: list[dict], n: int) -> list[dict]:
@@ -455,12 +523,19 @@ def main(args: Args):
     tok = load_tokenizer(model_path)
     base = load_model(model_path, dtype=args.dtype, device=dist_info.device)
     ilo_rows, ft_rows = load_parallel(args)
+    if args.data:  # real data; the toy draws its two sets from different seeds
+        ilo_rows, ft_rows = split_held_out(ilo_rows, args.eval_sentences)
     ilo_rows = cap_per_language(ilo_rows, args.max_sentences)
     languages = sorted({r["lang"] for r in ilo_rows})
     ft_lang = args.finetune_language or languages[0]
-    ft_texts = [r["text"] for r in ft_rows if r["lang"] == ft_lang]
+    evaluated = {r["text"] for r in ilo_rows}
+    ft_texts = [r["text"] for r in ft_rows  # never an evaluated sentence
+                if r["lang"] == ft_lang and r["text"] not in evaluated]
     if not ft_texts:
         raise ValueError(f"--finetune_language {ft_lang!r}: no sentences (languages: {languages})")
+    cut = count_cut(tok, [r["text"] for r in ilo_rows] + ft_texts, args.max_length)
+    if cut:
+        print0(f"--max_length {args.max_length}: {cut} sentences are cut (ILO and fine-tuning)")
     held_out = {lang: [r["text"] for r in ilo_rows if r["lang"] == lang] for lang in languages}
     print0(f"{len(languages)} languages x ~{len(ilo_rows) // len(languages)} sentences; fine-tune language {ft_lang!r} ({len(ft_texts)} sentences)")
 
@@ -482,7 +557,7 @@ def main(args: Args):
             _gathered_copy(model, base)
         barrier()
     if dist_info.is_main:
-        report(results, ppl, ft_lang, out, time.time() - t0)
+        report(results, ppl, ft_lang, out, time.time() - t0, args.freeze_first)
     logger.close()
     cleanup_distributed()
     return results, ppl
@@ -500,7 +575,37 @@ def _gathered_copy(model, like):
     return plain
 
 
-def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float):
+def ilo_claims(results: dict, ppl: dict, ft_lang: str, n_frozen: int,
+               margin: float = 0.01) -> list[dict]:
+    """The paper's findings as claims on this run: single-language fine-tuning lowers ILO, freezing
+    the first n_frozen blocks keeps it, and freezing helps the other languages (held-out
+    perplexity).
+    ILO is averaged over the layers above the frozen ones (hidden states n_frozen+1..L): below them
+    freezing keeps every vector identical, so only these layers can test it. A claim on ILO needs a
+    difference above `margin` (one point of 120 moves a language's Bridge by 0.008)."""
+    frozen = f"finetune_freeze{n_frozen}"
+    curves = {c: mean_ilo_by_layer(recs) for c, recs in results.items()}
+    upper = [layer for layer in curves["base"] if layer > n_frozen]
+    ilo_upper = {c: sum(curve[layer] for layer in upper) / len(upper)
+                 for c, curve in curves.items()}
+    others = [lang for lang in ppl["base"] if lang != ft_lang]
+    ppl_others = {c: sum(math.log(p[lang]) for lang in others) / len(others)
+                  for c, p in ppl.items()}
+    metric = f"mean ILO, layers {upper[0]}-{upper[-1]}"
+    return [
+        claim("fine-tuning lowers ILO", metric, ilo_upper["base"], ilo_upper["finetune"],
+              higher_is_better=False, margin=margin),
+        claim(f"freezing {n_frozen} blocks keeps ILO higher", metric, ilo_upper["finetune"],
+              ilo_upper[frozen], margin=margin),
+        claim("freezing helps the other languages", "log ppl, other languages",
+              ppl_others["finetune"], ppl_others[frozen], higher_is_better=False),
+        claim("fine-tuned language still improves (frozen)", f"log ppl, {ft_lang}",
+              math.log(ppl["base"][ft_lang]), math.log(ppl[frozen][ft_lang]),
+              higher_is_better=False),
+    ]
+
+
+def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float, n_frozen: int):
     with open(out / "ilo_per_layer.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["condition", "layer", "lang", "bridge", "reach", "ilo"])
         w.writeheader()
@@ -529,7 +634,11 @@ def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float):
     fig.tight_layout()
     fig.savefig(out / "ilo_vs_layer.png", dpi=100)
     plt.close(fig)
-    print0(f"\nwrote {out}/ilo_per_layer.csv, ilo_per_layer.jsonl, ilo_vs_layer.png, metrics.jsonl ({seconds:.0f}s)")
+    claims = ilo_claims(results, ppl, ft_lang, n_frozen)
+    write_summary(out, claims, ilo_by_layer=curves, perplexity=ppl, seconds=round(seconds))
+    print0("\n" + format_claims(claims))
+    print0(f"\nwrote {out}/ilo_per_layer.csv, ilo_per_layer.jsonl, ilo_vs_layer.png, summary.json, "
+           f"metrics.jsonl ({seconds:.0f}s)")
 
 
 if __name__ == "__main__":
