@@ -17,6 +17,12 @@ Departures:
   output of f" samples written here; codeio.py's prompts are ~1K tokens each, too long for the CPU budget),
   GUI trajectories = the scripted expert on the GUI world's train tasks. The defaults are toy
   hyperparameters; a named --model selects the paper preset (PAPER below, Table 8).
+- Toy observation: screenshot + accessibility text (--observation screenshot+axtree): the tiny VLM cannot
+  read labels off its 64x64 image. The paper's planner is pure vision (the paper preset).
+- Toy GUI data is scarce on purpose (the expert on 12 of the 40 training tasks, --gui_tasks), the regime
+  where the paper says mid-training pays. The run also reports the loss at the stage switch without GUI
+  data mixed in (Table 4's ablation) and a scripted "open the right app, then wait" planner's PR.
+- `--env miniwob` runs the agent loop on MiniWoB++ pages (common/miniwob_env.py) instead of WebArena.
 - Grounding: the toy uses the accessibility tree (common.gui_env.StubGrounder, a stand-in for UGround-V1-7B);
   `--grounder <VLM path>` asks a model for "(x, y)" in [0, 1000) through the same interface.
 - The non-GUI:GUI ratio is not stated: default 56,062/150,000 GUI samples per mid-training sample (Table 2's
@@ -28,7 +34,8 @@ Departures:
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
 the effective configuration without loading anything):
-  python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, ~2-3 min
+  python guimid.py                                  # CPU toy: GUI-only vs GUIMid mix + GUI, claims in summary.json
+  python guimid.py --env miniwob --eval_only        # MiniWoB++ in headless Chromium: an SR table per task
   python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --gradient_checkpointing   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --mixture guimid_300k --data hub \\
       --image_root /data/guimid_images --gradient_checkpointing --compare False   # FSDP2
@@ -44,7 +51,7 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -52,14 +59,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from common.claims import claim, format_claims, write_summary
 from common.config import parse_config, per_rank
 from common.data import load_rows, make_arithmetic_rows, read_jsonl_tolerant, write_jsonl
-from common.gui_env import (ActionError, GUIAction, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid,
+from common.gui_env import (APPS, TASKS, ActionError, GUIAction, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid,
                             format_axtree, format_guimid, guimid_to_action, list_tasks, parse_guimid)
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.sampling import HFSampler, get_tokenizer, render_prompt
 from common.shapes_world import make_shapes_rows
-from common.train import (MetricsLogger, all_gather_object, cleanup_distributed, clip_grad_norm, format_table,
+from common.toys import toy_model
+from common.train import (MetricsLogger, all_gather_object, barrier, cleanup_distributed, clip_grad_norm, format_table,
                           init_distributed, load_checkpoint, make_optimizer, make_scheduler, plot_curves,
                           precision_policy, print0, save_checkpoint, seed_everything, shard_model, token_logprobs)
 
@@ -79,7 +88,7 @@ class Args:
     lr: float = field(default=1e-2, metadata={"help": "peak LR; toy 1e-2; paper: 2e-5 (Table 8)"})
     batch_size: int = field(default=16, metadata={"help": "batch, all ranks; toy 16; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)"})
     micro_batch_size: int = field(default=2, metadata={"help": "rows per forward on one rank; the rest is grad accumulation; paper: 2 (Table 8)"})
-    gui_epochs: int = field(default=20, metadata={"help": "epochs of GUI fine-tuning; toy 20; paper: 1 (Table 8)"})
+    gui_epochs: int = field(default=40, metadata={"help": "epochs of GUI fine-tuning; toy 40; paper: 1 (Table 8)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "warmup share of the ONE schedule; paper: 0.05 (Table 8)"})
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler over both stages (Table 8: cosine)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not stated)"})
@@ -90,10 +99,21 @@ class Args:
     resume: bool = field(default=False, metadata={"help": "continue each condition from its checkpoint"})
     stop_after_step: int = field(default=0, metadata={"help": "stop a condition after this many steps, checkpointed (0 = run to the end)"})
     grounder: str = field(default="stub", metadata={"help": "'stub' (a11y-tree stand-in) | a VLM path answering '(x, y)' (the paper uses UGround-V1-7B)"})
-    observation: Literal["screenshot", "screenshot+axtree"] = field(default="screenshot", metadata={"help": "screenshot (the paper's pure vision) | screenshot+axtree"})
+    observation: Literal["screenshot", "screenshot+axtree"] = field(default="screenshot+axtree", metadata={
+        "help": "screenshot | screenshot+axtree; toy screenshot+axtree (the tiny VLM cannot read labels off a 64x64 "
+                "image); paper: screenshot (the planner is pure vision)"})
+    gui_tasks: int = field(default=12, metadata={"help": "GUI-world training tasks whose expert trajectories are the GUI "
+                                                        "data, 0 = all; toy 12 of 40 (scarce GUI data, §1); paper: 0 (all)"})
+    tasks: str = field(default="", metadata={"help": "GUI-world task ids (comma-separated): the GUI data AND the evaluation tasks"})
+    base_steps: int = field(default=0, metadata={"help": "toy base (no --model): copy warm-up steps (0 = the tiny VLM as built; see docs)"})
+    switch_loss_steps: int = field(default=3, metadata={"help": "GUI-stage steps averaged for the loss at the stage switch"})
     max_episode_steps: int = field(default=15, metadata={"help": "agent steps per task; toy 15; paper: 30 (AgentBoard)"})
     max_new_tokens: int = field(default=96, metadata={"help": "planner output tokens; toy 96; paper preset: 512 (not stated in the paper)"})
     eval_split: Literal["test", "train", "all"] = field(default="test", metadata={"help": "GUI-world tasks to evaluate on: test (held out) | train | all"})
+    env: Literal["toy", "miniwob"] = field(default="toy", metadata={"help": "toy (the simulated phone) | miniwob (MiniWoB++ pages in "
+                                                                   "headless Chromium; --tasks names them, default common.miniwob_env.DEFAULT_TASKS)"})
+    episodes_per_task: int = field(default=5, metadata={"help": "--env miniwob: seeded episodes per task"})
+    eval_only: bool = field(default=False, metadata={"help": "evaluate the model as it is (no training): an SR table per task"})
     env_factory: str = field(default="", metadata={"help": "'module:function' returning (make_env, tasks) for an external GUIEnvironment"})
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
 
@@ -110,6 +130,8 @@ PAPER = dict(
     max_episode_steps=30,  # AgentBoard
     max_new_tokens=512,  # not stated in the paper
     gradient_checkpointing=True,  # not stated; a 7B VLM at 8192 tokens needs it
+    observation="screenshot",  # the planner is pure vision: no DOM or accessibility tree
+    gui_tasks=0,  # all of the GUI trajectories (Table 2)
 )
 
 
@@ -306,12 +328,15 @@ def expert_gui_samples(tasks, observation: str = "screenshot") -> list[dict]:
     return samples
 
 
-def toy_samples(domain: str, n: int, seed: int, observation: str) -> list[dict]:
+def toy_samples(domain: str, n: int, seed: int, observation: str, gui_tasks: int | list = 0) -> list[dict]:
     kind, rng = DOMAINS[domain].toy, random.Random(seed)
     if kind is None:
         raise ValueError(f"domain {domain!r} has no toy generator; pass --data hub or --domain_data {domain}=<file>")
     if kind == "gui":
-        return expert_gui_samples(list_tasks("train"), observation)
+        if isinstance(gui_tasks, list):  # named tasks
+            return expert_gui_samples(gui_tasks, observation)
+        tasks = list_tasks("train")
+        return expert_gui_samples(random.Random(seed).sample(tasks, gui_tasks) if 0 < gui_tasks < len(tasks) else tasks, observation)
     if kind.startswith("arith"):
         rows = make_arithmetic_rows(n, seed, num_terms=int(kind[-1]), max_value=99 if kind == "arith2" else 30)
         return [{"messages": [user_msg(r["question"], False), {"role": "assistant", "content": arithmetic_cot(r["expression"])}]}
@@ -358,10 +383,19 @@ def rows_to_samples(rows: list[dict], source: str, image_root: str) -> list[dict
     return samples
 
 
+def named_tasks(spec: str) -> list:
+    """GUI-world tasks named by --tasks (comma-separated ids); an unknown id is an error that names it."""
+    ids = [i.strip() for i in spec.split(",") if i.strip()]
+    if unknown := [i for i in ids if i not in TASKS]:
+        raise ValueError(f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py build_tasks")
+    return [TASKS[i] for i in ids]
+
+
 def load_domain(domain: str, args: Args, n_toy: int, overrides: dict) -> list[dict]:
     source = overrides.get(domain) or (DOMAINS[domain].hub if args.data == "hub" else None)
     if source is None:
-        return toy_samples(domain, n_toy, args.seed + sorted(DOMAINS).index(domain), args.observation)
+        return toy_samples(domain, n_toy, args.seed + sorted(DOMAINS).index(domain), args.observation,
+                           (named_tasks(args.tasks) if args.env == "toy" else []) or args.gui_tasks)
     if source.startswith("hf://"):
         import datasets
         rows = [dict(r) for r in datasets.load_dataset("json", data_files=source, split="train")]
@@ -525,6 +559,47 @@ def run_agent(policy, make_env, tasks, grounder, max_steps: int, dist_info, obse
     return sorted((r for part in all_gather_object(results) for r in part), key=lambda r: r["task_id"])
 
 
+@torch.no_grad()
+def heldout_loss(model, processor, samples: list[dict], args: Args, dist_info) -> float:
+    """Token-mean NLL of the expert's planner outputs on the evaluation tasks: how well the GUI stage
+    generalises, on a scale that moves before success does."""
+    pad_id, nll, tokens = get_tokenizer(processor).pad_token_id, 0.0, 0.0
+    for k in range(0, len(samples), args.micro_batch_size):
+        rows = [encode(processor, x, args.max_length) for x in samples[k:k + args.micro_batch_size]]
+        input_ids, attention_mask, loss_mask, extra = collate(rows, pad_id, dist_info.device)
+        logps = token_logprobs(model, input_ids, attention_mask, **extra)  # (b, L-1)
+        nll -= float((logps * loss_mask[:, 1:]).sum())
+        tokens += float(loss_mask[:, 1:].sum())
+    return nll / max(1.0, tokens)
+
+
+def open_app_then_wait(tasks):
+    """A scripted GUIMid-format policy: open the task's app, then wait (how much PR needs no skill)."""
+    apps = {t.goal: APPS[t.app].label for t in tasks}
+
+    def policy(messages, images):
+        texts = [m[0]["content"][-1]["text"] for m in messages]
+        return [format_guimid("", "", "open_app", apps[re.search(r"Task: (.*)\n", t).group(1)])
+                if "Previous actions:\nnone" in t else format_guimid("", "", "wait") for t in texts]
+    return policy
+
+
+def guimid_claims(table: list[dict], mixture: str, no_mix: str) -> list[dict]:
+    """The paper's comparisons, computed from this run: mid-training on the mixture beats GUI post-training
+    only (Table 3, PR), and mixing GUI data into mid-training lowers the GUI loss at the switch (§3)."""
+    by = {r["condition"]: r for r in table}
+    out = []
+    if "gui_only" in by and mixture in by and mixture != "gui_only":
+        out += [claim(f"{mixture} mid-training > GUI-only: PR", "PR", by["gui_only"]["PR"], by[mixture]["PR"], margin=0.02)]
+        if "heldout_gui_loss" in by[mixture]:
+            out += [claim(f"{mixture} mid-training < GUI-only: held-out loss", "heldout_gui_loss",
+                          by["gui_only"]["heldout_gui_loss"], by[mixture]["heldout_gui_loss"], higher_is_better=False)]
+    if mixture in by and no_mix in by:
+        out += [claim("GUI mixed in: lower GUI loss at the switch", "switch_gui_loss", by[no_mix]["switch_gui_loss"],
+                      by[mixture]["switch_gui_loss"], higher_is_better=False)]
+    return out
+
+
 def make_policy(model, processor, max_new_tokens: int):
     sampler = HFSampler(model, processor, batch_size=32)
 
@@ -540,10 +615,73 @@ def make_policy(model, processor, max_new_tokens: int):
 # ----------------------------------------------------------------------------------------------------
 
 
+WARMUP_WORDS = ("the a of to and in is it for on with as at by from open close new list item page button field "
+                "red blue green small large first last next left right top bottom one two three four five").split()
+
+
+def toy_base(dist_info, steps: int = 100, seed: int = 0, lr: float = 3e-3) -> str:
+    """The toy base (no --model): the tiny LLaVA after a short generic warm-up (repeat a line of words), so
+    every condition starts from a model that can copy text into its answer, as a pretrained VLM can."""
+    if steps == 0:
+        return make_tiny_vlm()
+
+    def build(folder: Path):
+        tiny = make_tiny_vlm()
+        model, processor, rng = load_model(tiny, vlm=True), load_processor(tiny), random.Random(seed)
+        lines = [" ".join(rng.choices(WARMUP_WORDS, k=rng.randint(2, 8))) for _ in range(2000)]
+        rows = [encode(processor, {"messages": [user_msg(f"Repeat: {x}", False), {"role": "assistant", "content": x}]}, 256)
+                for x in lines]
+        optimizer, pad_id = make_optimizer(model, lr), get_tokenizer(processor).pad_token_id
+        for _ in tqdm(range(steps), desc="toy base: warm-up"):
+            input_ids, attention_mask, loss_mask, _ = collate(rng.sample(rows, 16), pad_id, "cpu")  # (16, L)
+            logps = token_logprobs(model, input_ids, attention_mask)  # (16, L-1)
+            loss = -(logps * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    spec = dict(steps=steps, seed=seed, lr=lr)
+    path = toy_model("guimid-base", spec, build, code=[encode, collate, user_msg]) if dist_info.is_main else None
+    barrier()  # rank 0 builds; the others then find it in the cache
+    return path or toy_model("guimid-base", spec, build, code=[encode, collate, user_msg])
+
+
+def evaluate_only(args: Args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out: Path):
+    """--eval_only: the model as it is on the tasks, an SR table per task (MiniWoB: next to a random agent)."""
+    model = shard_model(load_model(model_path, vlm=True, dtype="float32"), dist_info, frozen=True)  # eval mode
+    policy = make_policy(model, processor, args.max_new_tokens)
+    if args.env == "miniwob":  # one browser: the episodes run one after another
+        results = [r for t in tasks for r in run_agent(policy, make_env, [t], grounder, args.max_episode_steps, dist_info,
+                                                       args.observation)]
+    else:
+        results = run_agent(policy, make_env, tasks, grounder, args.max_episode_steps, dist_info, args.observation, target_urls)
+    random_sr = {}
+    if args.env == "miniwob":
+        from common import miniwob_env
+        runs = miniwob_env.run_policy(make_env(), miniwob_env.random_policy(random.Random(args.seed)), tasks)
+        random_sr = {name: sum(r["success"] for r in runs if r["task_id"] == name) / sum(r["task_id"] == name for r in runs)
+                     for name in dict.fromkeys(r["task_id"] for r in runs)}
+    by_task = defaultdict(list)
+    for r in results:
+        by_task[r["task_id"]].append(r)
+    rows = [dict(task=k, episodes=len(v), SR=sum(r["success"] for r in v) / len(v), PR=sum(r["pr"] for r in v) / len(v))
+            | ({"random agent SR": random_sr[k]} if k in random_sr else {}) for k, v in by_task.items()]
+    rows.append(dict(task="all", episodes=len(results), SR=sum(r["success"] for r in results) / len(results),
+                     PR=sum(r["pr"] for r in results) / len(results))
+                | ({"random agent SR": sum(random_sr.values()) / len(random_sr)} if random_sr else {}))
+    print0(f"\n{args.env}: {args.model or 'toy base'} without training, greedy, max {args.max_episode_steps} steps:\n" + format_table(rows))
+    if dist_info.is_main:
+        write_jsonl(out / "eval_only" / "episodes.jsonl", results)
+        write_summary(out, [], eval_only=rows)
+    cleanup_distributed()
+
+
 def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
-    model_path = args.model or make_tiny_vlm()
+    model_path = args.model or toy_base(dist_info, args.base_steps)
     processor = load_processor(model_path)
     out = Path(args.output_dir)
     pairs = [p.split("=", 1) for p in filter(None, args.domain_data.split(","))]
@@ -554,52 +692,77 @@ def main(args: Args):
     mix_total = 0 if not recipe else args.mixture_size if args.mixture_size is not None else int(sum(recipe.values()))
     mid_counts = allocate_counts(recipe, mix_total)
     mid_counts[GUI] = round(args.gui_mix_ratio * mix_total)
-    pools = {d: load_domain(d, args, n, overrides) for d, n in mid_counts.items() if n or d == GUI}
-    print0(f"mid-training draws per domain: {mid_counts}; pool sizes: { {d: len(p) for d, p in pools.items()} }")
-    if args.env_factory:
+    if args.env == "miniwob":
+        from common import miniwob_env
+        make_env, tasks = miniwob_env.env_factory(args.tasks, args.episodes_per_task, args.max_episode_steps)
+        target_urls = None
+    elif args.env_factory:
         module, _, fn = args.env_factory.partition(":")
         make_env, tasks = getattr(importlib.import_module(module), fn)()
         target_urls = None
     else:
-        tasks = list_tasks(None if args.eval_split == "all" else args.eval_split)
+        tasks = named_tasks(args.tasks) or list_tasks(None if args.eval_split == "all" else args.eval_split)
         make_env, target_urls = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps), [expert_target_url(t) for t in tasks]
     frozen = precision_policy(dist_info.device.type).frozen_dtype  # the frozen grounder: bf16 on CUDA
     grounder = StubGrounder() if args.grounder == "stub" else ModelGrounder(args.grounder, dist_info.device, frozen)
+    if args.eval_only:
+        return evaluate_only(args, model_path, processor, make_env, tasks, grounder, target_urls, dist_info, out)
+    pools = {d: load_domain(d, args, n, overrides) for d, n in mid_counts.items() if n or d == GUI}
+    print0(f"mid-training draws per domain: {mid_counts}; pool sizes: { {d: len(p) for d, p in pools.items()} }")
+    heldout = expert_gui_samples(tasks, args.observation) if args.env == "toy" and not args.env_factory else []
+    no_mix = f"{args.mixture} without GUI mixed in"  # Table 4's ablation: only run up to the stage switch
     conditions = (["gui_only"] if args.compare and args.mixture != "gui_only" else []) + [args.mixture]
+    conditions += [no_mix] if args.compare and mix_total and mid_counts[GUI] else []
     table, curves = [], []
     for cond in conditions:
         cond_dir = out / re.sub(r"[^\w.-]+", "_", cond)
-        counts = {GUI: 0} if cond == "gui_only" else mid_counts  # the baseline is GUI post-training only (Table 3)
+        counts = {GUI: 0} if cond == "gui_only" else {**mid_counts, GUI: 0} if cond == no_mix else mid_counts  # Table 3 row 1
         mid_batches, gui_batches = build_batches(counts, pools, args.gui_epochs, args.batch_size, args.seed)
+        run_args = replace(args, stop_after_step=len(mid_batches) + args.switch_loss_steps) if cond == no_mix else args
         if args.resume and (cond_dir / "eval.json").exists():
             row = json.loads((cond_dir / "eval.json").read_text())
         else:
-            seed_everything(args.seed)  # both conditions start from the same weights
+            seed_everything(args.seed)  # every condition starts from the same weights
             # fp32 masters, bf16 compute on CUDA (Table 8: bf16) through common.train's precision policy
             model = load_model(model_path, vlm=True, dtype="float32")
             model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # train mode
-            _, _, logger = train_condition(model, processor, pools, mid_batches, gui_batches, args, dist_info, cond_dir)
+            _, _, logger = train_condition(model, processor, pools, mid_batches, gui_batches, run_args, dist_info, cond_dir)
             if args.stop_after_step and args.stop_after_step < len(mid_batches) + len(gui_batches):
                 print0(f"{cond}: stopped after step {args.stop_after_step} (checkpointed); rerun with --resume")
                 break
-            model.eval()
-            results = run_agent(make_policy(model, processor, args.max_new_tokens), make_env, tasks, grounder,
-                                args.max_episode_steps, dist_info, args.observation, target_urls)
             gui_losses = [r["loss/" + GUI] for r in logger.history if "loss/" + GUI in r]
+            switch = [r["loss/" + GUI] for r in logger.history if r["step"] > len(mid_batches)][:args.switch_loss_steps]
             row = dict(condition=cond, mid_steps=len(mid_batches), gui_steps=len(gui_batches),
-                       SR=sum(r["success"] for r in results) / len(results), PR=sum(r["pr"] for r in results) / len(results),
-                       invalid_rate=sum(r["invalid"] for r in results) / max(1, sum(r["steps"] for r in results)),
-                       final_gui_loss=sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:])))
+                       switch_gui_loss=sum(switch) / max(1, len(switch)) if mid_batches else None)
+            if cond != no_mix:
+                model.eval()
+                results = run_agent(make_policy(model, processor, args.max_new_tokens), make_env, tasks, grounder,
+                                    args.max_episode_steps, dist_info, args.observation, target_urls)
+                if heldout:
+                    row["heldout_gui_loss"] = heldout_loss(model, processor, heldout, args, dist_info)
+                row |= dict(SR=sum(r["success"] for r in results) / len(results), PR=sum(r["pr"] for r in results) / len(results),
+                            invalid_rate=sum(r["invalid"] for r in results) / max(1, sum(r["steps"] for r in results)),
+                            final_gui_loss=sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:])))
+                if dist_info.is_main:
+                    write_jsonl(cond_dir / "episodes.jsonl", results)
             if dist_info.is_main:
-                write_jsonl(cond_dir / "episodes.jsonl", results)
                 (cond_dir / "eval.json").write_text(json.dumps(row))
             logger.close()
             del model
         table.append(row)
         curves += [{"step": r["step"], f"{cond}/loss": r["loss"], f"{cond}/gui_loss": r.get("loss/" + GUI), f"{cond}/lr": r["lr"]}
                    for r in read_jsonl_tolerant(cond_dir / "metrics.jsonl")]
-    print0(f"\nGUI world, {args.eval_split} tasks ({len(tasks)}), SR and AgentBoard-style PR; no gain is asserted:\n"
-           + format_table(table))
+    if not args.env_factory:  # the floor a GUI agent must beat: open the task's app, then wait (no model)
+        scripted = run_agent(open_app_then_wait(tasks), make_env, tasks, grounder, args.max_episode_steps, dist_info,
+                             args.observation, target_urls)
+        table.append(dict(condition="scripted: open the right app, then wait", SR=sum(r["success"] for r in scripted) / len(scripted),
+                          PR=sum(r["pr"] for r in scripted) / len(scripted)))
+    print0(f"\nGUI world, {args.eval_split} tasks ({len(tasks)}), SR and AgentBoard-style PR:\n" + format_table(table))
+    claims = guimid_claims(table, args.mixture, no_mix)
+    if claims:
+        print0(format_claims(claims))
+    if dist_info.is_main:
+        write_summary(out, claims, conditions=table)
     if dist_info.is_main and curves:
         keys = [f"{c}/gui_loss" for c in conditions] + [f"{conditions[-1]}/loss"] + [f"{c}/lr" for c in conditions]
         print0("curves:", plot_curves(curves, keys, out / "curves.png", title="GUIMid: one schedule, two stages"))

@@ -1,7 +1,7 @@
 """A small simulated phone ("toy GUI world") shared by os_genesis.py and guimid.py.
 
-What it is (spec `gui_agents.md` section 3, the toy environment contract):
-- A pure-Python screen graph: a launcher plus four apps (Settings, Notes, Shop, Mail), several screens
+What it is (modelled on BrowserGym's and AndroidWorld's environment APIs):
+- A pure-Python screen graph (apps and tasks: common/gui_apps.py): a launcher plus four apps (Settings, Notes, Shop, Mail), several screens
   each. Widgets have {id, role, name, bbox, clickable, editable, scrollable, long_clickable, value,
   checked}; callbacks mutate the app state and switch screens; a back stack serves `navigate_back`.
 - Gymnasium signatures as in BrowserGym: `reset(task) -> (obs, info)`,
@@ -12,9 +12,9 @@ What it is (spec `gui_agents.md` section 3, the toy environment contract):
 - One internal action type, `GUIAction`, mirroring AndroidWorld's `JSONAction`. Parsers turn every
   external format into it: AndroidWorld JSON, OS-Genesis "Low-level thought / action" outputs
   (coordinates -> nearest element centre), GUIMid fenced JSON {"Element Description", "Action",
-  "Value"} (through a grounder; the stub one fuzzy-matches names), WebArena strings, BrowserGym calls
-  and pyautogui calls. Formatters write AndroidWorld JSON, OS-Genesis targets, GUIMid blocks, WebArena
-  and BrowserGym strings.
+  "Value"} (through a grounder; the stub one fuzzy-matches names); WebArena strings, BrowserGym calls
+  and pyautogui calls through common/gui_formats.py. Formatters write AndroidWorld JSON, OS-Genesis
+  targets and GUIMid blocks.
 - Tasks are checks on the app state (reward in {0, 1}); question tasks compare a normalised answer;
   infeasible tasks expect `status: infeasible`. Optional subgoals are OR-accumulated (AgentBoard).
   `ScriptedExpert` solves every task; `TASKS` has a deterministic train/test split.
@@ -22,24 +22,24 @@ What it is (spec `gui_agents.md` section 3, the toy environment contract):
   `last_action_error`, change nothing and cost a step.
 - `GUIEnvironment` is the small protocol an agent loop needs; a BrowserGym or AndroidWorld adapter
   implements it by mapping observations to these keys and `GUIAction` to that library's action
-  (`format_browsergym`, `GUIAction.to_json`); see docs/gui_world.md.
+  (`gui_formats.format_browsergym`, `GUIAction.to_json`); common/miniwob_env.py is one; see
+  docs/gui_world.md.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
-import io
 import json
 import math
 import re
-import tokenize
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from common.gui_apps import (APPS, TASKS, App, MailApp, NotesApp, SettingsApp, ShopApp, Task,  # noqa: F401
+                             Widget, build_tasks, list_tasks, normalize_answer)
 from common.rewards import last_json_object
 
 SCREEN_W, SCREEN_H = 128, 192  # small on purpose: a tiny VLM processor resizes it anyway
@@ -87,7 +87,7 @@ class GUIAction:
 
 
 def validate_action(action: GUIAction) -> GUIAction:
-    """Raise ActionError when the action breaks the JSONAction rules (spec section 5 check 3)."""
+    """Raise ActionError when the action breaks the JSONAction rules (AndroidWorld json_action.JSONAction.__post_init__)."""
     t = action.action_type
     if t not in ACTION_TYPES:
         raise ActionError(f"unknown action_type {t!r}; expected one of {', '.join(ACTION_TYPES)}")
@@ -116,350 +116,6 @@ def validate_action(action: GUIAction) -> GUIAction:
     if t == "status" and action.goal_status not in GOAL_STATUSES:
         raise ActionError(f"status goal_status {action.goal_status!r} is not one of {GOAL_STATUSES}")
     return action
-
-
-# ----------------------------------------------------------------------------------------------------
-# Widgets, screens and the four apps
-
-
-@dataclass
-class Widget:
-    key: str  # stable resource id ("wifi_switch", "note:3"); the index changes with the screen
-    role: str  # heading | text | button | listitem | switch | radio | textbox | icon | list
-    name: str
-    value: str = ""
-    checked: bool | None = None
-    width: float = 1.0  # share of its row
-    on_click: Callable[[], None] | None = None
-    on_long_press: Callable[[], None] | None = None
-    on_type: Callable[[str], None] | None = None  # editable when set
-    on_submit: Callable[[], None] | None = None  # Enter in a text field
-    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # (x_min, y_min, x_max, y_max), set by layout
-
-    @property
-    def clickable(self) -> bool:
-        return self.on_click is not None or self.on_type is not None
-
-
-def _text(key, name, width=1.0):
-    return Widget(key, "text", name, width=width)
-
-
-def _button(key, name, on_click, width=1.0):
-    return Widget(key, "button", name, on_click=on_click, width=width)
-
-
-def _item(key, name, on_click, on_long_press=None):
-    return Widget(key, "listitem", name, on_click=on_click, on_long_press=on_long_press)
-
-
-def _switch(key, name, state: dict, field_name: str):
-    def toggle():
-        state[field_name] = not state[field_name]
-    return Widget(key, "switch", name, checked=bool(state[field_name]), on_click=toggle)
-
-
-def _textbox(key, name, drafts: dict, field_name: str, on_submit=None, width=1.0):
-    def set_text(text):
-        drafts[field_name] = text
-    return Widget(key, "textbox", name, value=drafts.get(field_name, ""), on_type=set_text,
-                  on_submit=on_submit, width=width)
-
-
-class App:
-    """An app: `initial_state()` plain data, and `screen_<name>(state, params, nav) -> (title, rows)`
-    where rows is a list of widget lists. `nav` is the environment (push / back / flash)."""
-
-    name, label, root = "", "", ""
-
-    def initial_state(self) -> dict:
-        raise NotImplementedError
-
-    def build(self, screen: str, state: dict, params: dict, nav: "ToyGUIEnv"):
-        return getattr(self, f"screen_{screen}")(state, params, nav)
-
-
-class SettingsApp(App):
-    name, label, root = "settings", "Settings", "main"
-
-    def initial_state(self):
-        return dict(airplane=False, wifi=True, network="HomeNet",
-                    networks=["HomeNet", "CafeFree", "Office5G", "Guest"], bluetooth=False,
-                    dark_theme=False, brightness=5, font_size="Default", volume=6, dnd=False,
-                    vibrate=True, device_name="Toy Phone", model="Toy Phone 1", android="14",
-                    drafts={})
-
-    def screen_main(self, s, p, nav):
-        return "Settings", [[_switch("airplane_switch", "Airplane mode", s, "airplane")]] + [
-            [_item(f"open_{screen}", label, lambda screen=screen: nav.push(screen))]
-            for screen, label in [("wifi", "Network & Wi-Fi"), ("bluetooth", "Bluetooth"),
-                                  ("display", "Display"), ("sound", "Sound"), ("about", "About phone")]]
-
-    def screen_wifi(self, s, p, nav):
-        rows = [[_switch("wifi_switch", "Wi-Fi", s, "wifi")]]
-        if not s["wifi"]:
-            return "Wi-Fi", rows + [[_text("wifi_off", "Wi-Fi is off")]]
-        rows.append([_text("wifi_status", f"Connected: {s['network']}" if s["network"] else "Not connected")])
-        for net in s["networks"]:
-            rows.append([_item(f"network:{net}", net, lambda net=net: s.update(network=net))])
-        return "Wi-Fi", rows
-
-    def screen_bluetooth(self, s, p, nav):
-        rows = [[_switch("bluetooth_switch", "Bluetooth", s, "bluetooth")]]
-        rows.append([_text("bt_visible", f"Visible as {s['device_name']}" if s["bluetooth"] else "Bluetooth is off")])
-        return "Bluetooth", rows
-
-    def screen_display(self, s, p, nav):
-        def bump(delta):
-            s["brightness"] = min(10, max(0, s["brightness"] + delta))
-        return "Display", [
-            [_switch("dark_switch", "Dark theme", s, "dark_theme")],
-            [_text("brightness_value", f"Brightness {s['brightness']}", 0.6),
-             _button("brightness_down", "-", lambda: bump(-1), 0.2), _button("brightness_up", "+", lambda: bump(1), 0.2)],
-            [_item("open_font", f"Font size: {s['font_size']}", lambda: nav.push("font"))]]
-
-    def screen_font(self, s, p, nav):
-        return "Font size", [[Widget(f"font:{size}", "radio", size, checked=s["font_size"] == size,
-                                     on_click=lambda size=size: s.update(font_size=size))]
-                             for size in ("Small", "Default", "Large")]
-
-    def screen_sound(self, s, p, nav):
-        def bump(delta):
-            s["volume"] = min(10, max(0, s["volume"] + delta))
-        return "Sound", [
-            [_text("volume_value", f"Volume {s['volume']}", 0.6),
-             _button("volume_down", "-", lambda: bump(-1), 0.2), _button("volume_up", "+", lambda: bump(1), 0.2)],
-            [_switch("dnd_switch", "Do not disturb", s, "dnd")],
-            [_switch("vibrate_switch", "Vibrate", s, "vibrate")]]
-
-    def screen_about(self, s, p, nav):
-        d = s["drafts"]
-        d.setdefault("device_name", s["device_name"])
-
-        def save():
-            if not d["device_name"].strip():
-                return nav.flash("Name cannot be empty")
-            s["device_name"] = d["device_name"].strip()
-            nav.flash("Saved")
-        return "About phone", [[_text("model", f"Model: {s['model']}")],
-                               [_text("android_version", f"Android {s['android']}")],
-                               [_textbox("device_name_box", "Device name", d, "device_name", on_submit=save)],
-                               [_button("save_name", "Save", save)]]
-
-
-class NotesApp(App):
-    name, label, root = "notes", "Notes", "list"
-
-    def initial_state(self):
-        titles = [("Groceries", "milk, eggs"), ("Wifi password", "sunflower42"), ("Meeting", "Tuesday 10am"),
-                  ("Books to read", "Dune"), ("Gym plan", "run 5k"), ("Recipes", "pancakes"),
-                  ("Trip ideas", "Lisbon"), ("Birthday gifts", "scarf"), ("Passwords", "ask IT"),
-                  ("Movies", "Alien")]
-        notes = [dict(id=i + 1, title=t, body=b, pinned=False) for i, (t, b) in enumerate(titles)]
-        return dict(notes=notes, next_id=len(notes) + 1, drafts={})
-
-    @staticmethod
-    def _find(s, note_id):
-        return next((n for n in s["notes"] if n["id"] == note_id), None)
-
-    def screen_list(self, s, p, nav):
-        def open_editor(note_id):
-            note = self._find(s, note_id) or dict(title="", body="")
-            s["drafts"] = dict(title=note["title"], body=note["body"])
-            nav.push("editor", note_id=note_id)
-        rows = [[_button("new_note", "New note", lambda: open_editor(None))]]
-        for n in sorted(s["notes"], key=lambda n: not n["pinned"]):  # pinned first, stable otherwise
-            rows.append([_item(f"note:{n['id']}", n["title"] + (" (pinned)" if n["pinned"] else ""),
-                               lambda i=n["id"]: open_editor(i), lambda i=n["id"]: nav.push("menu", note_id=i))])
-        return "Notes", rows
-
-    def screen_editor(self, s, p, nav):
-        d = s["drafts"]
-
-        def save():
-            if not d.get("title", "").strip():
-                return nav.flash("Title required")
-            note = self._find(s, p["note_id"])
-            if note is None:
-                note = dict(id=s["next_id"], title="", body="", pinned=False)
-                s["next_id"] += 1
-                s["notes"].append(note)
-            note.update(title=d["title"].strip(), body=d.get("body", "").strip())
-            nav.back()
-
-        def delete():
-            s["notes"] = [n for n in s["notes"] if n["id"] != p["note_id"]]
-            nav.back()
-        rows = [[_textbox("title_box", "Title", d, "title")], [_textbox("body_box", "Body", d, "body")],
-                [_button("save_note", "Save", save, 0.5), _button("delete_note", "Delete", delete, 0.5)]]
-        return ("New note" if p["note_id"] is None else "Edit note"), rows
-
-    def screen_menu(self, s, p, nav):
-        note = self._find(s, p["note_id"])
-        if note is None:
-            return "Note", [[_text("gone", "Note deleted")]]
-
-        def pin():
-            note["pinned"] = not note["pinned"]
-            nav.back()
-
-        def delete():
-            s["notes"].remove(note)
-            nav.back()
-        return note["title"], [[_button("pin_note", "Unpin" if note["pinned"] else "Pin", pin)],
-                               [_button("menu_delete", "Delete", delete)], [_button("menu_cancel", "Cancel", nav.back)]]
-
-
-class ShopApp(App):
-    name, label, root = "shop", "Shop", "home"
-    PRODUCTS = [("Blue mug", 8, "Kitchen"), ("Tea kettle", 25, "Kitchen"), ("Frying pan", 30, "Kitchen"),
-                ("Chef knife", 40, "Kitchen"), ("Cookbook", 18, "Books"), ("Sci-fi novel", 12, "Books"),
-                ("Atlas", 22, "Books"), ("Garden hose", 27, "Garden"), ("Seed pack", 4, "Garden"),
-                ("Trowel", 9, "Garden"), ("Flower pot", 11, "Garden")]
-
-    def initial_state(self):
-        return dict(products=[dict(name=n, price=p, category=c) for n, p, c in self.PRODUCTS],
-                    cart={}, orders=[], drafts={})
-
-    def screen_home(self, s, p, nav):
-        d = s["drafts"]
-
-        def search():
-            nav.push("results", query=d.get("query", "").strip())
-        rows = [[_textbox("search_box", "Search bar", d, "query", on_submit=search)],
-                [_button("search_button", "Search", search)]]
-        rows += [[_item(f"category:{c}", c, lambda c=c: nav.push("results", category=c))]
-                 for c in ("Kitchen", "Books", "Garden")]
-        rows.append([_button("open_cart", f"Cart ({sum(s['cart'].values())})", lambda: nav.push("cart"))])
-        return "Shop", rows
-
-    def screen_results(self, s, p, nav):
-        query, category = p.get("query", ""), p.get("category")
-        hits = [x for x in s["products"] if (category and x["category"] == category)
-                or (not category and query.lower() in x["name"].lower())]
-
-        def open_product(name):
-            s["drafts"]["qty"] = 1
-            nav.push("product", product=name)
-        rows = [[_item(f"product:{x['name']}", f"{x['name']} ${x['price']}", lambda n=x["name"]: open_product(n))]
-                for x in hits] or [[_text("no_results", "No results")]]
-        return category or f"Search: {query}", rows
-
-    def screen_product(self, s, p, nav):
-        product = next(x for x in s["products"] if x["name"] == p["product"])
-        d = s["drafts"]
-
-        def bump(delta):
-            d["qty"] = min(9, max(1, d.get("qty", 1) + delta))
-
-        def add():
-            s["cart"][product["name"]] = s["cart"].get(product["name"], 0) + d.get("qty", 1)
-            nav.flash(f"Added {d.get('qty', 1)} to cart")
-        return product["name"], [
-            [_text("price", f"Price: ${product['price']}")],
-            [_button("qty_down", "-", lambda: bump(-1), 0.25), _text("qty", f"Qty {d.get('qty', 1)}", 0.5),
-             _button("qty_up", "+", lambda: bump(1), 0.25)],
-            [_button("add_to_cart", "Add to cart", add)], [_button("view_cart", "View cart", lambda: nav.push("cart"))]]
-
-    def screen_cart(self, s, p, nav):
-        prices = {x["name"]: x["price"] for x in s["products"]}
-        rows = [[_text(f"line:{n}", f"{n} x{q}", 0.65),
-                 _button(f"remove:{n}", "Remove", lambda n=n: s["cart"].pop(n, None), 0.35)]
-                for n, q in s["cart"].items()] or [[_text("cart_empty", "Cart is empty")]]
-        rows.append([_text("total", f"Total: ${sum(prices[n] * q for n, q in s['cart'].items())}")])
-        rows.append([_button("checkout", "Checkout", lambda: nav.push("checkout"))])
-        return "Cart", rows
-
-    def screen_checkout(self, s, p, nav):
-        d = s["drafts"]
-
-        def place():
-            if not s["cart"]:
-                return nav.flash("Cart is empty")
-            if not d.get("address", "").strip():
-                return nav.flash("Address required")
-            s["orders"].append(dict(items=dict(s["cart"]), address=d["address"].strip()))
-            s["cart"] = {}
-            nav.push("confirmation")
-        return "Checkout", [[_textbox("address_box", "Address", d, "address", on_submit=place)],
-                            [_button("place_order", "Place order", place)]]
-
-    def screen_confirmation(self, s, p, nav):
-        return "Order placed", [[_text("order_number", f"Order #{len(s['orders'])} placed")],
-                                [_button("done", "Done", lambda: nav.open_app("shop"))]]
-
-
-class MailApp(App):
-    name, label, root = "mail", "Mail", "inbox"
-
-    def initial_state(self):
-        mails = [("alice", "Lunch Friday?", "Pizza at noon?"), ("bob", "Quarterly report", "Draft attached"),
-                 ("carol", "Photos", "From the trip"), ("dave", "Invoice 42", "Due next week"),
-                 ("erin", "Book club", "Next pick: Dune"), ("frank", "Flight update", "Gate B12"),
-                 ("grace", "Hello!", "Long time no see"), ("heidi", "Rent", "Paid, thanks")]
-        return dict(emails=[dict(id=i + 1, sender=a, subject=b, body=c, starred=False)
-                            for i, (a, b, c) in enumerate(mails)], sent=[], drafts={})
-
-    def _compose(self, s, nav, to="", subject=""):
-        s["drafts"] = dict(to=to, subject=subject, body="")
-        nav.push("compose")
-
-    def screen_inbox(self, s, p, nav):
-        rows = [[_button("compose", "Compose", lambda: self._compose(s, nav), 0.5),
-                 _button("open_sent", "Sent", lambda: nav.push("sent"), 0.5)]]
-        for m in s["emails"]:
-            rows.append([_item(f"email:{m['id']}", ("* " if m["starred"] else "") + f"{m['sender']}: {m['subject']}",
-                               lambda i=m["id"]: nav.push("read", email_id=i),
-                               lambda i=m["id"]: nav.push("mail_menu", email_id=i))])
-        return "Inbox", rows
-
-    def _email(self, s, p):
-        return next((m for m in s["emails"] if m["id"] == p["email_id"]), None)
-
-    def _delete(self, s, m, nav):
-        s["emails"].remove(m)
-        nav.back()
-
-    def screen_read(self, s, p, nav):
-        m = self._email(s, p)
-        if m is None:
-            return "Email", [[_text("gone", "Email deleted")]]
-        return m["subject"], [
-            [_text("from", f"From: {m['sender']}")], [_text("subject", m["subject"])], [_text("body", m["body"])],
-            [_button("reply", "Reply", lambda: self._compose(s, nav, m["sender"], "Re: " + m["subject"]), 0.34),
-             _button("star", "Unstar" if m["starred"] else "Star", lambda: m.update(starred=not m["starred"]), 0.33),
-             _button("delete_email", "Delete", lambda: self._delete(s, m, nav), 0.33)]]
-
-    def screen_mail_menu(self, s, p, nav):
-        m = self._email(s, p)
-        if m is None:
-            return "Email", [[_text("gone", "Email deleted")]]
-
-        def star():
-            m["starred"] = not m["starred"]
-            nav.back()
-        return m["subject"], [[_button("menu_star", "Unstar" if m["starred"] else "Star", star)],
-                              [_button("menu_delete", "Delete", lambda: self._delete(s, m, nav))],
-                              [_button("menu_cancel", "Cancel", nav.back)]]
-
-    def screen_compose(self, s, p, nav):
-        d = s["drafts"]
-
-        def send():
-            if not d.get("to", "").strip():
-                return nav.flash("Recipient required")
-            s["sent"].append(dict(to=d["to"].strip(), subject=d.get("subject", "").strip(),
-                                  body=d.get("body", "").strip()))
-            nav.back()
-        return "Compose", [[_textbox("to_box", "To", d, "to")], [_textbox("subject_box", "Subject", d, "subject")],
-                           [_textbox("body_box", "Body", d, "body")], [_button("send", "Send", send)]]
-
-    def screen_sent(self, s, p, nav):
-        rows = [[_text(f"sent:{i}", f"To {m['to']}: {m['subject']}")] for i, m in enumerate(s["sent"])]
-        return "Sent", rows or [[_text("sent_empty", "No sent mail")]]
-
-
-APPS: dict[str, App] = {a.name: a for a in (SettingsApp(), NotesApp(), ShopApp(), MailApp())}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -564,206 +220,6 @@ def state_diff(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, 
             out += state_diff(before.get(k), after.get(k), f"{path}/{k}")
         return out
     return [] if before == after else [(path, before, after)]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Tasks
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop surrounding quotes, a leading '$', trailing punctuation and extra spaces."""
-    text = str(text).strip().lower().strip("'\"`").strip()
-    text = re.sub(r"\s+", " ", text).rstrip(".!")
-    return text.lstrip("$").replace(",", "")
-
-
-@dataclass
-class Task:
-    """A goal plus the state predicate that says it was reached. `check=None` and `answer=None` for
-    synthesized (unchecked) goals; `feasible=False` wants `status: infeasible`. `expert` is a plan of
-    ('open_app', label) | ('click'|'long_press', key) | ('type', key, text) | ('answer', text) |
-    ('status', goal_status) steps addressed by resource id."""
-
-    task_id: str
-    app: str
-    goal: str
-    check: Callable[[dict], bool] | None = None
-    answer: str | None = None
-    feasible: bool = True
-    setup: Callable[[dict], None] | None = None
-    expert: list = field(default_factory=list)
-    subgoals: list = field(default_factory=list)  # [(description, predicate(state))]
-    split: str = "train"
-    max_steps: int = 15
-    start_app: str | None = None  # None: start on the launcher, as AndroidWorld tasks do
-
-    def to_dict(self) -> dict:
-        return dict(task_id=self.task_id, app=self.app, goal=self.goal, answer=self.answer,
-                    feasible=self.feasible, split=self.split, checked=self.check is not None)
-
-
-def _set(app, **values):
-    def setup(state):
-        state[app].update(values)
-    return setup
-
-
-def _opened(app):
-    return (f"open {app}", lambda st: st["system"]["visited_app"].get(app, False))
-
-
-def _note_id(title):
-    return next(n["id"] for n in NotesApp().initial_state()["notes"] if n["title"] == title)
-
-
-def _email_id(sender):
-    return next(m["id"] for m in MailApp().initial_state()["emails"] if m["sender"] == sender)
-
-
-def build_tasks() -> list[Task]:
-    """The task catalogue. Within each template the last parameter goes to the test split, so held-out
-    tasks reuse seen screens with unseen parameters."""
-    groups: list[list[Task]] = []
-    S = "Settings"
-    for field_name, key, screen, label, on in [
-            ("bluetooth", "bluetooth_switch", "open_bluetooth", "Bluetooth", True),
-            ("dnd", "dnd_switch", "open_sound", "Do not disturb", True),
-            ("dark_theme", "dark_switch", "open_display", "dark theme", True),
-            ("wifi", "wifi_switch", "open_wifi", "Wi-Fi", False),
-            ("vibrate", "vibrate_switch", "open_sound", "vibration", False)]:
-        verb = "on" if on else "off"
-        groups.append([Task(f"settings_{field_name}_{verb}", "settings", f"Turn {verb} {label}.",
-                            check=lambda st, f=field_name, on=on: st["settings"][f] == on,
-                            setup=_set("settings", **{field_name: not on}),
-                            expert=[("open_app", S), ("click", screen), ("click", key)],
-                            subgoals=[_opened("settings")])])
-    groups[-1].append(Task("settings_airplane_on", "settings", "Turn on airplane mode.",
-                           check=lambda st: st["settings"]["airplane"],
-                           expert=[("open_app", S), ("click", "airplane_switch")], subgoals=[_opened("settings")]))
-    groups.append([Task(f"settings_wifi_{net}", "settings", f"Connect to the Wi-Fi network {net}.",
-                        check=lambda st, net=net: st["settings"]["wifi"] and st["settings"]["network"] == net,
-                        expert=[("open_app", S), ("click", "open_wifi"), ("click", f"network:{net}")],
-                        subgoals=[_opened("settings")]) for net in ("CafeFree", "Guest", "Office5G")])
-    for what, lo, hi in [("brightness", "brightness_down", "brightness_up"), ("volume", "volume_down", "volume_up")]:
-        screen = "open_display" if what == "brightness" else "open_sound"
-        start = SettingsApp().initial_state()[what]
-        groups.append([Task(f"settings_{what}_{n}", "settings", f"Set the {what} to {n}.",
-                            check=lambda st, what=what, n=n: st["settings"][what] == n,
-                            expert=[("open_app", S), ("click", screen)] + [("click", hi if n > start else lo)] * abs(n - start),
-                            subgoals=[_opened("settings")]) for n in ((7, 3, 8) if what == "brightness" else (4, 8, 2))])
-    groups.append([Task(f"settings_font_{size}", "settings", f"Change the font size to {size.lower()}.",
-                        check=lambda st, size=size: st["settings"]["font_size"] == size,
-                        expert=[("open_app", S), ("click", "open_display"), ("click", "open_font"), ("click", f"font:{size}")],
-                        subgoals=[_opened("settings")]) for size in ("Large", "Small")])
-    groups.append([Task(f"settings_rename_{i}", "settings", f"Rename this phone to {name}.",
-                        check=lambda st, name=name: st["settings"]["device_name"] == name,
-                        expert=[("open_app", S), ("click", "open_about"), ("type", "device_name_box", name), ("click", "save_name")],
-                        subgoals=[_opened("settings")]) for i, name in enumerate(("Work Phone", "Kitchen Tab", "Pixel Toy"))])
-    groups.append([Task("settings_q_android", "settings", "Which Android version is this phone running?",
-                        answer="14", expert=[("open_app", S), ("click", "open_about"), ("answer", "14")]),
-                   Task("settings_q_model", "settings", "What is the model name of this phone?",
-                        answer="Toy Phone 1", expert=[("open_app", S), ("click", "open_about"), ("answer", "Toy Phone 1")])])
-    groups.append([Task("settings_5g_infeasible", "settings", "Turn on 5G in the network settings.", feasible=False,
-                        expert=[("open_app", S), ("click", "open_wifi"), ("status", "infeasible")])])
-
-    N = "Notes"
-    groups.append([Task(f"notes_create_{i}", "notes", f"Create a note titled '{title}' that says '{body}'.",
-                        check=lambda st, t=title, b=body: any(n["title"] == t and n["body"] == b for n in st["notes"]["notes"]),
-                        expert=[("open_app", N), ("click", "new_note"), ("type", "title_box", title),
-                                ("type", "body_box", body), ("click", "save_note")],
-                        subgoals=[_opened("notes"), (f"title {title}", lambda st, t=title: any(
-                            n["title"] == t for n in st["notes"]["notes"]))])
-                   for i, (title, body) in enumerate([("Chores", "vacuum"), ("Packing", "socks"), ("Ideas", "a robot")])])
-    for verb, titles in [("delete", ("Meeting", "Movies", "Recipes")), ("pin", ("Trip ideas", "Passwords", "Gym plan"))]:
-        tasks = []
-        for title in titles:
-            nid = _note_id(title)
-            if verb == "delete":
-                check = lambda st, i=nid: all(n["id"] != i for n in st["notes"]["notes"])
-                plan = [("open_app", N), ("long_press", f"note:{nid}"), ("click", "menu_delete")]
-            else:
-                check = lambda st, i=nid: any(n["id"] == i and n["pinned"] for n in st["notes"]["notes"])
-                plan = [("open_app", N), ("long_press", f"note:{nid}"), ("click", "pin_note")]
-            tasks.append(Task(f"notes_{verb}_{nid}", "notes", f"{verb.capitalize()} the note '{title}'.", check=check,
-                              expert=plan, subgoals=[_opened("notes")]))
-        groups.append(tasks)
-    groups.append([Task(f"notes_rename_{_note_id(a)}", "notes", f"Rename the note '{a}' to '{b}'.",
-                        check=lambda st, i=_note_id(a), b=b: any(n["id"] == i and n["title"] == b for n in st["notes"]["notes"]),
-                        expert=[("open_app", N), ("click", f"note:{_note_id(a)}"), ("type", "title_box", b), ("click", "save_note")],
-                        subgoals=[_opened("notes")]) for a, b in [("Gym plan", "Workout"), ("Books to read", "Reading list")]])
-    groups.append([Task(f"notes_q_{_note_id(t)}", "notes", q, answer=a,
-                        expert=[("open_app", N), ("click", f"note:{_note_id(t)}"), ("answer", a)])
-                   for t, q, a in [("Wifi password", "What is the Wi-Fi password saved in my notes?", "sunflower42"),
-                                   ("Trip ideas", "Which city is in my trip ideas note?", "Lisbon")]])
-
-    H = "Shop"
-    prices = {n: p for n, p, _ in ShopApp.PRODUCTS}
-    category = {n: c for n, _, c in ShopApp.PRODUCTS}
-    groups.append([Task(f"shop_cart_{i}", "shop", f"Add {qty} {name} to the cart.",
-                        check=lambda st, n=name, q=qty: st["shop"]["cart"].get(n, 0) == q,
-                        expert=[("open_app", H), ("type", "search_box", name.split()[-1].lower()), ("click", "search_button"),
-                                ("click", f"product:{name}")] + [("click", "qty_up")] * (qty - 1) + [("click", "add_to_cart")],
-                        subgoals=[_opened("shop")])
-                   for i, (name, qty) in enumerate([("Blue mug", 2), ("Cookbook", 1), ("Trowel", 3), ("Atlas", 2)])])
-    groups.append([Task(f"shop_order_{i}", "shop", f"Order a {name} to {address}.",
-                        check=lambda st, n=name, a=address: any(o["items"].get(n) and o["address"] == a for o in st["shop"]["orders"]),
-                        expert=[("open_app", H), ("click", f"category:{category[name]}"), ("click", f"product:{name}"),
-                                ("click", "add_to_cart"), ("click", "view_cart"), ("click", "checkout"),
-                                ("type", "address_box", address), ("click", "place_order")],
-                        subgoals=[_opened("shop"), ("in cart", lambda st, n=name: n in st["shop"]["cart"] or any(
-                            n in o["items"] for o in st["shop"]["orders"]))])
-                   for i, (name, address) in enumerate([("Tea kettle", "12 Oak St"), ("Seed pack", "5 Elm Rd"),
-                                                        ("Sci-fi novel", "9 Pine Ave")])])
-    groups.append([Task(f"shop_q_price_{i}", "shop", f"How much does the {name} cost?", answer=f"${prices[name]}",
-                        expert=[("open_app", H), ("click", f"category:{category[name]}"), ("answer", f"${prices[name]}")])
-                   for i, name in enumerate(("Frying pan", "Garden hose", "Chef knife"))])
-    groups.append([Task("shop_laptop_infeasible", "shop", "Buy a laptop.", feasible=False,
-                        expert=[("open_app", H), ("type", "search_box", "laptop"), ("click", "search_button"),
-                                ("status", "infeasible")])])
-
-    M = "Mail"
-    groups.append([Task(f"mail_send_{i}", "mail", f"Send an email to {to} with the subject '{subject}'.",
-                        check=lambda st, t=to, s=subject: any(m["to"] == t and m["subject"] == s for m in st["mail"]["sent"]),
-                        expert=[("open_app", M), ("click", "compose"), ("type", "to_box", to),
-                                ("type", "subject_box", subject), ("click", "send")],
-                        subgoals=[_opened("mail")])
-                   for i, (to, subject) in enumerate([("alice", "Dinner"), ("bob", "Slides"), ("carol", "Weekend")])])
-    for verb, senders in [("star", ("dave", "erin", "heidi")), ("delete", ("frank", "grace", "bob"))]:
-        tasks = []
-        for sender in senders:
-            eid = _email_id(sender)
-            if verb == "star":
-                check = lambda st, i=eid: any(m["id"] == i and m["starred"] for m in st["mail"]["emails"])
-                plan = [("open_app", M), ("click", f"email:{eid}"), ("click", "star")]
-            else:
-                check = lambda st, i=eid: all(m["id"] != i for m in st["mail"]["emails"])
-                plan = [("open_app", M), ("long_press", f"email:{eid}"), ("click", "menu_delete")]
-            tasks.append(Task(f"mail_{verb}_{sender}", "mail", f"{verb.capitalize()} the email from {sender}.",
-                              check=check, expert=plan, subgoals=[_opened("mail")]))
-        groups.append(tasks)
-    groups.append([Task(f"mail_reply_{sender}", "mail", f"Reply to {sender}'s email saying '{body}'.",
-                        check=lambda st, t=sender, b=body: any(m["to"] == t and m["body"] == b and m["subject"].startswith("Re:")
-                                                               for m in st["mail"]["sent"]),
-                        expert=[("open_app", M), ("click", f"email:{_email_id(sender)}"), ("click", "reply"),
-                                ("type", "body_box", body), ("click", "send")],
-                        subgoals=[_opened("mail")]) for sender, body in [("alice", "Sounds good"), ("carol", "Thanks")]])
-    groups.append([Task(f"mail_q_{sender}", "mail", f"What is the subject of the email from {sender}?", answer=subject,
-                        expert=[("open_app", M), ("answer", subject)])
-                   for sender, subject in [("bob", "Quarterly report"), ("frank", "Flight update")]])
-
-    tasks = []
-    for group in groups:
-        for i, task in enumerate(group):
-            task.split = "test" if len(group) > 1 and i == len(group) - 1 else "train"
-            tasks.append(task)
-    return tasks
-
-
-TASKS: dict[str, Task] = {t.task_id: t for t in build_tasks()}
-
-
-def list_tasks(split: str | None = None, app: str | None = None) -> list[Task]:
-    return [t for t in TASKS.values() if (split is None or t.split == split) and (app is None or t.app == app)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1151,7 +607,7 @@ def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Step accuracy (spec section 3: the SR/PR/step-accuracy evaluator)
+# Step accuracy (OS-Genesis sec 4.1, AndroidControl metrics)
 
 
 def token_f1(pred: str, gold: str) -> float:
@@ -1181,121 +637,6 @@ def step_match(pred: GUIAction | None, gold: GUIAction) -> tuple[bool, bool]:
           "input_text": same_text and (gold.index is None or pred.index == gold.index), "scroll": pred.direction == gold.direction,
           "open_app": str(pred.app_name).lower() == str(gold.app_name).lower(), "status": pred.goal_status == gold.goal_status}
     return True, ok.get(gold.action_type, True)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Stand-ins for big models that read the toy world's state (used by os_genesis.py, named as stand-ins there)
-
-SWITCHES = {"airplane": "airplane mode", "wifi": "Wi-Fi", "bluetooth": "Bluetooth", "dark_theme": "dark theme",
-            "dnd": "Do not disturb", "vibrate": "vibration"}
-SETTINGS = {"brightness": "Set the brightness to {}.", "volume": "Set the volume to {}.", "font_size": "Change the font size to {}.",
-            "network": "Connect to the Wi-Fi network {}.", "device_name": "Rename this phone to {}."}
-
-
-def describe_state_change(diff: list) -> str | None:
-    """Stand-in describer knowledge: the user task a `state_diff` accomplishes ("Turn on Bluetooth."), or None
-    when nothing in the app state changed (the action only moved between screens)."""
-    for path, old, new in diff:
-        app, key, *rest = path.strip("/").split("/")
-        if key in SWITCHES:
-            return f"Turn {'on' if new else 'off'} {SWITCHES[key]}."
-        if key in SETTINGS:
-            return SETTINGS[key].format(new.lower() if key == "font_size" else new)
-        if key == "cart":
-            return f"Add {new - (old or 0)} {rest[0]} to the cart." if new else f"Remove {rest[0]} from the cart."
-        old, new = old or [], new or []  # the rest are lists of records
-        added, removed = [x for x in new if x not in old], [x for x in old if x not in new]
-        if key == "orders":
-            return f"Order {' and '.join(added[0]['items'])} to {added[0]['address']}."
-        if key == "sent":
-            return f"Send an email to {added[0]['to']} with the subject '{added[0]['subject']}'."
-        if key in ("notes", "emails"):
-            for a in added:
-                b = next((r for r in removed if r["id"] == a["id"]), None)
-                noun = f"the note '{(b or a).get('title')}'" if key == "notes" else f"the email from {a['sender']}"
-                if b is None:
-                    return f"Create a note titled '{a['title']}' that says '{a['body']}'."
-                if key == "notes" and a["pinned"] != b["pinned"]:
-                    return f"{'Pin' if a['pinned'] else 'Unpin'} {noun}."
-                if key == "emails" and a["starred"] != b["starred"]:
-                    return f"{'Star' if a['starred'] else 'Unstar'} {noun}."
-                return f"Rename {noun} to '{a['title']}'." if a.get("title") != b.get("title") else f"Edit {noun}."
-            if removed:
-                return f"Delete the note '{removed[0]['title']}'." if key == "notes" else f"Delete the email from {removed[0]['sender']}."
-    return None
-
-
-QUESTIONS = {  # element on a screen -> (question, answer from its (text, value))
-    "price": ("How much does the {title} cost?", lambda text, value: text.split()[-1]),
-    "android_version": ("Which Android version is this phone running?", lambda text, value: text.split()[-1]),
-    "subject": ("What is the subject of the email from {sender}?", lambda text, value: text),
-    "body_box": ("What does the note '{note}' say?", lambda text, value: value)}
-FIELD_TEXTS = {"title": ["Shopping", "Todo", "Plans"], "body": ["call mom", "buy bread", "hello"], "to": ["dave", "erin", "grace"],
-               "subject": ["Hi", "Update", "Question"], "address": ["1 Main St", "7 Hill Rd"], "device": ["My Phone", "Toy 2"],
-               "search": ["mug", "seed", "novel", "pan"]}  # none is a held-out task's parameter
-
-
-def screen_question(after: list, title: str) -> tuple[str, str] | None:
-    """Stand-in describer knowledge: a question answerable from a screen (elements as [resource_id, text,
-    value] rows) and its answer, or None when the screen shows nothing to ask about."""
-    info = {rid: (text, value) for rid, text, value in after}
-    rid = next((r for r in QUESTIONS if r in info), None)
-    if rid is None:
-        return None
-    template, extract = QUESTIONS[rid]
-    sender = info.get("from", ("", ""))[0].removeprefix("From: ")
-    return template.format(title=title, note=info.get("title_box", ("", ""))[1], sender=sender), extract(*info[rid])
-
-
-def toy_field_text(field_name: str, rng) -> str:
-    """Stand-in text generator: a seeded pick from a small word list for the field, else 'Test Input'."""
-    key = next((k for k in FIELD_TEXTS if k in field_name.lower()), None)
-    return rng.choice(FIELD_TEXTS[key]) if key else "Test Input"
-
-
-def apply_diff(state: dict, diff: list) -> dict:
-    """`state` with a `state_diff` applied on top (list changes as add/remove of items). A change is already
-    present in `state` exactly when `state_diff(apply_diff(state, diff), state)` is empty."""
-    out = json.loads(json.dumps(state))
-    for path, old, new in diff:
-        *parents, leaf = path.strip("/").split("/")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        if isinstance(new, list) or isinstance(old, list):
-            gone = [x for x in old or [] if x not in (new or [])]
-            kept = [x for x in node.get(leaf) or [] if x not in gone]
-            node[leaf] = kept + [x for x in new or [] if x not in (old or []) and x not in kept]
-        else:
-            node[leaf] = new
-    return out
-
-
-class PathFollower:
-    """Stand-in executor (os_genesis.py): follows a plan of steps addressed by resource id (["open_app", label],
-    ["click" | "long_press", rid], ["type", rid, text], ["scroll", direction], ["back"]), then answers or stops.
-    With probability `noise` it clicks something at random instead; when its target is not on screen it goes
-    back (a caller's repeat rule ends hopeless loops)."""
-
-    def __init__(self, plan: list, answer: str | None, noise: float, rng):
-        self.plan, self.answer, self.noise, self.rng, self.pos = plan, answer, noise, rng, 0
-
-    def act(self, obs: dict) -> GUIAction:
-        clickable = [e for e in obs["ui_elements"] if e["is_clickable"]]
-        if clickable and self.rng.random() < self.noise:
-            return GUIAction("click", index=self.rng.choice(clickable)["index"])
-        if self.pos >= len(self.plan):
-            return GUIAction("answer", text=self.answer) if self.answer else GUIAction("status", goal_status="complete")
-        step = self.plan[self.pos]
-        if step[0] in ("open_app", "scroll", "back"):
-            self.pos += 1
-            return (GUIAction("open_app", app_name=step[1]) if step[0] == "open_app" else
-                    GUIAction("scroll", direction=step[1]) if step[0] == "scroll" else GUIAction("navigate_back"))
-        index = next((e["index"] for e in obs["ui_elements"] if e["resource_id"] == step[1]), None)
-        if index is None:
-            return GUIAction("navigate_back")  # lost: go back (hopeless cases end by the repeat rule)
-        self.pos += 1
-        return GUIAction("input_text", index=index, text=step[2]) if step[0] == "type" else GUIAction(step[0], index=index)
 
 
 def instruction(action: GUIAction, ui_elements: list[dict]) -> str:
@@ -1367,170 +708,6 @@ def with_center_point(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
         return action
     x, y = element_center(ui_elements[action.index])
     return GUIAction(**{**action.to_dict(), "index": None, "x": x, "y": y})
-
-
-def parse_webarena(text: str) -> GUIAction:
-    """WebArena id actions, taken from the last fenced block if there is one."""
-    blocks = re.findall(r"```(?:\w+\n)?(.*?)```", text, re.S)
-    s = (blocks[-1] if blocks else text).strip()
-    if m := re.fullmatch(r"click \[(\d+)\]", s):
-        return GUIAction("click", index=int(m.group(1)))
-    if m := re.fullmatch(r"type \[(\d+)\] \[(.*?)\](?: \[([01])\])?", s, re.S):
-        enter = m.group(3) != "0"  # press_enter_after defaults to 1
-        return GUIAction("input_text", index=int(m.group(1)), text=m.group(2) + ("\n" if enter else ""))
-    if m := re.fullmatch(r"scroll \[(up|down)\]", s):
-        return GUIAction("scroll", direction=m.group(1))
-    if s.startswith("scroll"):
-        raise ActionError(f"WebArena's regex rejects {s!r}: write 'scroll [up]' or 'scroll [down]'")
-    if m := re.fullmatch(r"press \[(.+?)\]", s):
-        if m.group(1).lower() == "enter":
-            return GUIAction("keyboard_enter")
-        raise ActionError(f"press [{m.group(1)}]: only Enter exists on the toy phone")
-    if s == "go_back":
-        return GUIAction("navigate_back")
-    if m := re.fullmatch(r"goto \[toy://(\w+)(?:/.*)?\]", s):
-        return GUIAction("open_app", app_name=m.group(1))
-    if m := re.fullmatch(r"stop \[(.*)\]", s, re.S):
-        answer = m.group(1).strip()
-        if answer.upper() == "N/A":
-            return GUIAction("status", goal_status="infeasible")
-        return GUIAction("answer", text=answer) if answer else GUIAction("status", goal_status="complete")
-    verb = s.split(" ")[0] if s else ""
-    if verb in ("hover", "new_tab", "tab_focus", "close_tab", "go_forward", "goto"):
-        raise ActionError(f"WebArena action {verb!r} has no meaning on the toy phone")
-    raise ActionError(f"not a WebArena action: {s[:80]!r}")
-
-
-BROWSERGYM_SIGNATURES = {  # name -> positional parameter names (the subset the toy phone supports)
-    "click": ("bid", "button", "modifiers"), "fill": ("bid", "value"), "press": ("bid", "key_comb"),
-    "scroll": ("delta_x", "delta_y"), "mouse_click": ("x", "y", "button"), "keyboard_type": ("text",),
-    "keyboard_press": ("key",), "go_back": (), "noop": ("wait_ms",), "send_msg_to_user": ("text",),
-    "report_infeasible": ("reason",)}
-BROWSERGYM_UNSUPPORTED = {"dblclick", "hover", "select_option", "focus", "clear", "drag_and_drop", "upload_file",
-                          "new_tab", "tab_close", "tab_focus", "goto", "go_forward", "mouse_move", "mouse_up",
-                          "mouse_down", "mouse_dblclick", "mouse_drag_and_drop", "mouse_upload_file",
-                          "keyboard_down", "keyboard_up", "keyboard_insert_text"}
-
-
-def _scan_calls(code: str) -> list[tuple[str, list, dict]]:
-    """Top-level `name(literal, ...)` calls in order (BrowserGym/pyautogui call strings). Each call's
-    arguments must be Python literals; anything else is a ValueError."""
-    try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
-                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER,
-                                    tokenize.INDENT, tokenize.DEDENT)]
-    except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
-        raise ActionError(f"cannot tokenize action {code[:80]!r}: {exc}") from None
-    lines, calls, i = code.splitlines(), [], 0
-
-    def offset(pos):
-        return sum(len(line) + 1 for line in lines[:pos[0] - 1]) + pos[1]
-    while i < len(tokens):
-        name_parts = [tokens[i].string]
-        if tokens[i].type != tokenize.NAME:
-            raise ActionError(f"expected an action call, got {tokens[i].string!r} in {code[:80]!r}")
-        while i + 2 < len(tokens) and tokens[i + 1].string == "." and tokens[i + 2].type == tokenize.NAME:
-            name_parts.append(tokens[i + 2].string)
-            i += 2
-        if i + 1 >= len(tokens) or tokens[i + 1].string != "(":
-            raise ActionError(f"expected '(' after {'.'.join(name_parts)!r}")
-        depth, j = 0, i + 1
-        while j < len(tokens):
-            depth += {"(": 1, ")": -1}.get(tokens[j].string, 0)
-            if depth == 0:
-                break
-            j += 1
-        if depth:
-            raise ActionError(f"unbalanced parentheses in {code[:80]!r}")
-        source = code[offset(tokens[i + 1].start):offset(tokens[j].end)]
-        try:
-            call = ast.parse("f" + source, mode="eval").body
-            args = [ast.literal_eval(a) for a in call.args]
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-        except (SyntaxError, ValueError) as exc:
-            raise ActionError(f"arguments of {'.'.join(name_parts)} must be literals: {exc}") from None
-        calls.append((".".join(name_parts), args, kwargs))
-        i = j + 1
-    return calls
-
-
-def parse_browsergym_calls(code: str, multiaction: bool = False) -> list[tuple[str, list]]:
-    """BrowserGym's action string -> [(name, args)] (keywords folded into positions). Unknown name ->
-    NameError; several calls without multiaction -> ValueError (spec section 5 check 12)."""
-    out = []
-    for name, args, kwargs in _scan_calls(code):
-        if name not in BROWSERGYM_SIGNATURES and name not in BROWSERGYM_UNSUPPORTED:
-            raise NameError(f"Invalid action type '{name}'")
-        params = BROWSERGYM_SIGNATURES.get(name, ())
-        for k, v in kwargs.items():
-            if k not in params:
-                raise ActionError(f"{name}() got an unexpected keyword argument {k!r}")
-            pos = params.index(k)
-            args = args + [None] * (pos + 1 - len(args)) if len(args) <= pos else args
-            args[pos] = v
-        out.append((name, args))
-    if len(out) > 1 and not multiaction:
-        raise ValueError(f"received {len(out)} actions but multiaction is off")
-    if not out:
-        raise ActionError("empty BrowserGym action")
-    return out
-
-
-def _bid(value) -> int:
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return int(value)
-    raise ActionError(f"unknown element bid {value!r}; the toy phone's bids are the indices in axtree_txt")
-
-
-def browsergym_to_action(name: str, args: list) -> GUIAction:
-    if name in BROWSERGYM_UNSUPPORTED:
-        raise ActionError(f"BrowserGym action {name!r} is not supported on the toy phone")
-    a = list(args) + [None] * 3
-    if name == "click":
-        return GUIAction("click", index=_bid(a[0]))
-    if name == "fill":
-        return GUIAction("input_text", index=_bid(a[0]), text=str(a[1] or ""))
-    if name in ("press", "keyboard_press"):
-        key = a[1] if name == "press" else a[0]
-        if str(key).lower() != "enter":
-            raise ActionError(f"key {key!r}: only Enter exists on the toy phone")
-        return GUIAction("keyboard_enter")
-    if name == "scroll":
-        dx, dy = float(a[0] or 0), float(a[1] or 0)
-        return GUIAction("scroll", direction=("down" if dy > 0 else "up") if abs(dy) >= abs(dx) else ("right" if dx > 0 else "left"))
-    if name == "mouse_click":
-        return GUIAction("click", x=float(a[0]), y=float(a[1]))
-    if name == "keyboard_type":
-        return GUIAction("input_text", text=str(a[0]))
-    if name == "go_back":
-        return GUIAction("navigate_back")
-    if name == "noop":
-        return GUIAction("wait")
-    if name == "send_msg_to_user":
-        return GUIAction("answer", text=str(a[0]))
-    return GUIAction("status", goal_status="infeasible")  # report_infeasible
-
-
-def parse_pyautogui(code: str) -> GUIAction:
-    """pyautogui-style `click(x=10, y=20)`, `write('abc')`, `press('enter')`, `scroll(-3)` (one call)."""
-    calls = _scan_calls(code)
-    if len(calls) != 1:
-        raise ActionError(f"expected one pyautogui call, got {len(calls)}")
-    name, args, kwargs = calls[0]
-    name = name.removeprefix("pyautogui.")
-    if name == "click":
-        x, y = kwargs.get("x", args[0] if args else None), kwargs.get("y", args[1] if len(args) > 1 else None)
-        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
-            raise ActionError("pyautogui click needs numeric x and y")
-        return GUIAction("click", x=float(x), y=float(y))
-    if name in ("write", "typewrite"):
-        return GUIAction("input_text", text=str(kwargs.get("message", args[0] if args else "")))
-    if name == "press" and str(args[0] if args else kwargs.get("keys", "")).lower() == "enter":
-        return GUIAction("keyboard_enter")
-    if name == "scroll":
-        clicks = kwargs.get("clicks", args[0] if args else 0)
-        return GUIAction("scroll", direction="up" if clicks > 0 else "down")  # pyautogui: positive scrolls up
-    raise ActionError(f"pyautogui call {name!r} is not supported on the toy phone")
 
 
 # -- GUIMid: a planner writes a description; a grounder turns it into a point --
@@ -1645,12 +822,13 @@ def parse_action(text: str | dict, fmt: str = "auto", ui_elements: list[dict] | 
         return osgenesis_to_indexed(action, ui_elements or [])
     if fmt == "guimid":
         return guimid_to_action(parse_guimid(s), {"ui_elements": ui_elements or []}, grounder or StubGrounder())
-    if fmt == "webarena":
-        return parse_webarena(s)
-    if fmt == "pyautogui":
-        return parse_pyautogui(s)
-    if fmt == "browsergym":
-        return browsergym_to_action(*parse_browsergym_calls(s)[0])
+    if fmt in ("webarena", "pyautogui", "browsergym"):
+        from common import gui_formats  # their parsers live apart: the toy's agents do not speak them
+        if fmt == "webarena":
+            return gui_formats.parse_webarena(s)
+        if fmt == "pyautogui":
+            return gui_formats.parse_pyautogui(s)
+        return gui_formats.browsergym_to_action(*gui_formats.parse_browsergym_calls(s)[0])
     raise ValueError(f"unknown action format {fmt!r}")
 
 
@@ -1659,7 +837,7 @@ def parse_action(text: str | dict, fmt: str = "auto", ui_elements: list[dict] | 
 
 
 def format_osgenesis(thought: str, action: GUIAction) -> str:
-    """The OS-Genesis mobile training target (spec section 2.5)."""
+    """The OS-Genesis mobile training target (OS-Genesis sec 3, mobile)."""
     return f"Low-level thought: {thought}\naction: {action.to_json()}"
 
 
@@ -1681,45 +859,3 @@ def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, s
              "status": ("stop", "infeasible" if action.goal_status == "infeasible" else "completed")}
     verb, value = table[t]
     return desc, verb, value
-
-
-def format_webarena(action: GUIAction) -> str:
-    t = action.action_type
-    if t == "click" and action.index is not None:
-        return f"click [{action.index}]"
-    if t == "input_text" and action.index is not None:
-        enter = (action.text or "").endswith("\n")
-        return f"type [{action.index}] [{(action.text or '').rstrip(chr(10))}] [{int(enter)}]"
-    if t == "scroll" and action.direction in ("up", "down"):
-        return f"scroll [{action.direction}]"
-    if t == "keyboard_enter":
-        return "press [enter]"
-    if t == "navigate_back":
-        return "go_back"
-    if t == "answer":
-        return f"stop [{action.text}]"
-    if t == "status":
-        return "stop [N/A]" if action.goal_status == "infeasible" else "stop []"
-    raise ActionError(f"{t} has no WebArena form")
-
-
-def format_browsergym(action: GUIAction) -> str:
-    t = action.action_type
-    if t == "click":
-        return f"click('{action.index}')" if action.index is not None else f"mouse_click({action.x}, {action.y})"
-    if t == "input_text":
-        return f"fill('{action.index}', {action.text!r})" if action.index is not None else f"keyboard_type({action.text!r})"
-    if t == "keyboard_enter":
-        return "keyboard_press('Enter')"
-    if t == "scroll":
-        dx, dy = {"up": (0, -100), "down": (0, 100), "left": (-100, 0), "right": (100, 0)}[action.direction]
-        return f"scroll({dx}, {dy})"
-    if t == "navigate_back":
-        return "go_back()"
-    if t == "wait":
-        return "noop()"
-    if t == "answer":
-        return f"send_msg_to_user({action.text!r})"
-    if t == "status" and action.goal_status == "infeasible":
-        return "report_infeasible('infeasible')"
-    raise ActionError(f"{t} has no BrowserGym form")

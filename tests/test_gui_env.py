@@ -9,11 +9,13 @@ import pytest
 
 from common.gui_env import (
     BACKGROUND, SCREEN_H, SCREEN_W, TASKS, ActionError, GUIAction, GUIEnvironment, ScriptedExpert,
-    StubGrounder, Task, ToyGUIEnv, action_to_guimid, browsergym_to_action, describe_action, element_at_point,
-    format_browsergym, format_guimid, format_osgenesis, format_webarena, guimid_to_action, list_tasks,
+    StubGrounder, Task, ToyGUIEnv, action_to_guimid, describe_action, element_at_point,
+    format_guimid, format_osgenesis, guimid_to_action, list_tasks,
     nearest_center_index, normalize_answer, osgenesis_a11y, osgenesis_to_indexed, parse_action,
-    parse_browsergym_calls, parse_guimid, parse_json_action, parse_osgenesis, parse_pyautogui, parse_webarena,
+    parse_guimid, parse_json_action, parse_osgenesis,
     rollout, screen_signature, state_diff, validate_action, with_center_point)
+from common.gui_formats import (browsergym_to_action, format_browsergym, format_webarena,
+                                parse_browsergym_calls, parse_pyautogui, parse_webarena)
 
 
 def el(index, text, x0, y0, x1, y1, role="button"):

@@ -274,7 +274,7 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-TINY = ["--mixture_size", "32", "--gui_epochs", "1", "--batch_size", "64", "--micro_batch_size", "32",
+TINY = ["--mixture_size", "32", "--gui_epochs", "1", "--batch_size", "64", "--micro_batch_size", "32", "--gui_tasks", "0",
         "--max_episode_steps", "2", "--max_new_tokens", "8"]
 
 
@@ -305,3 +305,45 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
     assert [r["lr"] for r in two] == pytest.approx([r["lr"] for r in uninterrupted])
     assert two[0]["loss"] == pytest.approx(uninterrupted[0]["loss"], rel=1e-4)
     assert len((fsdp / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(list_tasks("test"))
+
+
+def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
+    """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on them, reaches SR 1."""
+    out = tmp_path / "overfit"
+    run_cmd([sys.executable, "guimid.py", "--output_dir", str(out), "--mixture", "gui_only", "--compare", "False",
+             "--tasks", "settings_bluetooth_on,mail_star_dave", "--batch_size", "4", "--gui_epochs", "150"], timeout=900)
+    assert json.loads((out / "gui_only" / "eval.json").read_text())["SR"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """The no-argument run (fixed seed), once for the learning tests below."""
+    from conftest import _run
+    out = tmp_path_factory.mktemp("learn")
+    proc = _run([sys.executable, "guimid.py", "--output_dir", str(out)], timeout=1800)
+    summary = json.loads((out / "summary.json").read_text())
+    return {c["metric"]: c for c in summary["claims"]}, summary["conditions"], proc.stdout[-3000:]
+
+
+def test_learning_mixing_gui_data_in_removes_the_spike_at_the_switch(learned):
+    claims, _, stdout = learned
+    assert claims["switch_gui_loss"]["holds"] and claims["switch_gui_loss"]["baseline"] > 2 * claims["switch_gui_loss"]["result"], stdout
+
+
+def test_learning_scripted_baseline_earns_progress_but_never_success(learned):
+    _, conditions, _ = learned
+    scripted = next(r for r in conditions if r["condition"].startswith("scripted"))
+    assert scripted["SR"] == 0 and 0.1 < scripted["PR"] < 0.5  # opening the right app is a third of the way
+
+
+@pytest.mark.xfail(strict=True, reason="on the toy, the mixture-trained agent overfits the 12 tasks more (docs/guimid.md)")
+def test_learning_mid_training_lowers_the_held_out_gui_loss(learned):
+    """The paper's claim: with scarce GUI data, mid-training makes the GUI stage generalise better."""
+    claims, _, stdout = learned
+    assert claims["heldout_gui_loss"]["holds"], stdout
+
+
+@pytest.mark.xfail(strict=True, reason="on the toy, PR does not separate the conditions (docs/guimid.md)")
+def test_learning_mid_training_raises_pr(learned):
+    claims, _, stdout = learned
+    assert claims["PR"]["holds"], stdout

@@ -10,8 +10,9 @@ from collections import Counter
 import pytest
 
 import os_genesis as og
-from common.gui_env import (GUIAction, PathFollower, Task, ToyGUIEnv, androidcontrol_click_ok, apply_diff,
-                            describe_state_change, run_episodes, screen_signature, state_diff, step_match, token_f1)
+from common.gui_env import (GUIAction, Task, ToyGUIEnv, androidcontrol_click_ok, list_tasks,
+                            run_episodes, screen_signature, state_diff, step_match, token_f1)
+from os_genesis import PathFollower, apply_diff, describe_state_change
 
 
 def obs_with(elements):
@@ -158,20 +159,57 @@ def test_check5_trm_parsing_and_weighted_sampling():
 
 
 def test_rubric_and_state_judge():
-    assert og.rubric_score(True, True, True, True, False) == 5 and og.rubric_score(True, False, True, True, False) == 4
-    assert og.rubric_score(False, False, True, True, False) == 3 and og.rubric_score(False, False, False, True, True) == 3
-    assert og.rubric_score(False, False, False, True, False) == 2 and og.rubric_score(False, False, False, False, False) == 1
+    # rubric_score(reached, clean, efficient, partial, right_app, looped)
+    assert og.rubric_score(True, True, True, True, True, False) == 5
+    assert og.rubric_score(True, True, False, True, True, False) == 4  # a detour
+    assert og.rubric_score(True, False, True, True, True, False) == 3  # done, with a side effect
+    assert og.rubric_score(False, True, False, True, True, False) == 3  # partial
+    assert og.rubric_score(False, True, False, False, True, True) == 3  # a loop
+    assert og.rubric_score(False, True, False, False, True, False) == 2
+    assert og.rubric_score(False, True, False, False, False, False) == 1
     triple = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
     triple["path"] = [["click", "open_bluetooth"]]
     task = dict(triple_id="t0", app="settings", goal="Turn on Bluetooth.", answer=None)
-    follower = PathFollower(og.follower_plan(triple), None, 0.0, random.Random(0))
-    good = run_episodes([Task("t0", "settings", task["goal"])], lambda items: [("", follower.act(o)) for _, o, _ in items])[0]
-    assert [json.loads(s["action"])["action_type"] for s in good["steps"]] == ["open_app", "click", "click", "status"]
-    assert og.StateJudge().score(task, triple, good)[0] == 5
-    idle = run_episodes([Task("t0", "settings", task["goal"])], lambda items: [("", GUIAction("navigate_home")) for _ in items],
-                        stop_fn=lambda s: og.should_abort([x["action"] for x in s]))[0]
-    assert og.StateJudge().score(task, triple, idle)[0] == 3  # a loop: aborted
+    task["plan"] = og.direct_plan(task, triple)
+    assert task["plan"] == [["open_app", "Settings"], ["click", "open_bluetooth"], ["click", "bluetooth_switch"]]
+
+    def judge(actions):
+        it = iter(actions)
+        record = run_episodes([Task("t0", "settings", task["goal"])], lambda items: [("", next(it)) for _ in items],
+                              stop_fn=lambda s: og.should_abort([x["action"] for x in s]))[0]
+        return og.StateJudge().score(task, triple, record)[0]
+    go, stop = GUIAction("open_app", app_name="Settings"), GUIAction("status", goal_status="complete")
+    bt, switch, back = GUIAction("click", index=3), GUIAction("click", index=1), GUIAction("navigate_back")
+    airplane = GUIAction("click", index=1)  # on the main screen: the airplane switch
+    assert judge([go, bt, switch, stop]) == 5
+    assert judge([go, bt, back, bt, switch, stop]) == 4  # a detour, no side effect
+    assert judge([go, airplane, bt, switch, stop]) == 3  # done, but airplane mode is on now
+    assert judge([go, bt, stop]) == 3  # partial: reached the switch's screen, never flipped it
+    assert judge([GUIAction("navigate_home")] * 3) == 3  # a loop: aborted
+    assert judge([go, stop]) == 2 and judge([GUIAction("open_app", app_name="Mail"), stop]) == 1
     assert not state_diff(apply_diff({"a": {"x": 1, "l": [1]}}, [("/a/l", [], [2])]), {"a": {"x": 1, "l": [1, 2]}})
+
+
+def test_direct_plan_drops_the_walks_detours_and_side_effects():
+    """The executor stand-in carries out the task: a walk that starred and deleted other emails before
+    opening carol's yields a plan that only opens carol's email (then answers)."""
+    triple = _triple_from("mail", [GUIAction("click", index=5)])[0]  # open the email from carol
+    triple["path"] = [["click", "email:1"], ["click", "star"], ["back"], ["long_press", "email:2"], ["click", "menu_delete"]]
+    triple["final_step"] = ["click", "email:3"]
+    task = dict(triple_id="t0", app="mail", goal="What is the subject of the email from carol?", answer="Photos")
+    assert og.direct_plan(task, triple) == [["open_app", "Mail"], ["click", "email:3"]]
+
+
+def test_no_held_out_task_or_instance_is_synthesized():
+    held_out = list_tasks("test")
+    air = _triple_from("settings", [GUIAction("click", index=1)])[0]  # the airplane switch
+    assert describe_state_change(og.task_target({}, air)["diff"]) == "Turn on airplane mode."  # held out
+    assert og.leaks_held_out(dict(goal="Switch airplane mode on please", answer=None), air, held_out)  # same instance
+    question = dict(goal="Where does my trip go?", answer="lisbon")  # a held-out question's answer
+    assert og.leaks_held_out(question, dict(diff=[], action={}, url_after="", title_after=""), held_out)
+    assert og.leaks_held_out(dict(goal=held_out[0].goal, answer=None), dict(diff=[], action={}, url_after="", title_after=""), held_out)
+    bt = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
+    assert not og.leaks_held_out(dict(goal="Turn on Bluetooth.", answer=None), bt, held_out)  # a training task
 
 
 # ------------------------------------------------------------------------------- evaluation rules
@@ -231,7 +269,11 @@ def test_end_to_end_with_resume(run_cmd, tmp_path):
     assert len(lines["walks"]) == 4 and lines["triples"] and len(lines["trajectories"]) == len(lines["scores"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["triples"] == len(lines["triples"]) and (out / "curves.png").exists()
-    assert 0.0 <= summary["after"]["success_rate"] <= 1.0 and (out / "ckpt" / "meta.json").exists()
+    assert [c["metric"] for c in summary["claims"]] == ["low_step_acc", "high_step_acc", "low_step_acc", "success_rate_easy"]
+    after = json.loads((out / "eval_after.json").read_text())
+    assert summary["eval"]["after OS-Genesis SFT"] == {"agent": "after OS-Genesis SFT", **after}
+    assert (out / "ckpt" / "meta.json").exists()
+    assert (out / "task_driven" / "eval_after.json").exists() and not (out / "task_driven" / "eval_before.json").exists()
     resumed = run_cmd(cmd + ["--train_steps", "3", "--resume", "True"], timeout=300)
     assert "resumed from step 2" in resumed.stdout
     assert {n: (out / f"{n}.jsonl").read_text().splitlines() for n in lines} == lines  # no record appended twice
@@ -252,6 +294,43 @@ def test_bad_flags_are_named(tmp_path):
     for bad in ("doom", "", "notes,doom"):
         with pytest.raises(ValueError, match="--apps"):
             og.generate_data(og.Args(apps=bad), tmp_path)
+
+
+def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
+    """The harness can express success: SFT on the expert trajectories of 2 tasks, evaluated on them, reaches SR 1."""
+    out = tmp_path / "overfit"
+    run_cmd([sys.executable, "os_genesis.py", "--output_dir", str(out), "--data", "task_driven", "--compare", "False",
+             "--eval_base", "False", "--tasks", "settings_bluetooth_on,mail_star_dave", "--train_steps", "150"], timeout=600)
+    assert json.loads((out / "eval_after.json").read_text())["success_rate"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """The no-argument run (fixed seed), once for the learning tests below."""
+    from conftest import _run
+    out = tmp_path_factory.mktemp("learn")
+    proc = _run([sys.executable, "os_genesis.py", "--output_dir", str(out)], timeout=1800)
+    return {c["name"]: c for c in json.loads((out / "summary.json").read_text())["claims"]}, proc.stdout[-3000:]
+
+
+def test_learning_os_genesis_sft_improves_on_the_base(learned):
+    claims, stdout = learned
+    assert claims["OS-Genesis SFT > base: step acc (low)"]["holds"], stdout
+
+
+@pytest.mark.xfail(strict=True, reason="on the toy, task-driven data shares the held-out tasks' templates and wins "
+                                       "(docs/os_genesis.md)")
+def test_learning_os_genesis_data_beats_task_driven_data(learned):
+    """The paper's claim: OS-Genesis data beats task-driven data on held-out step accuracy."""
+    claims, stdout = learned
+    assert claims["OS-Genesis > task-driven: step acc (high)"]["holds"], stdout
+    assert claims["OS-Genesis > task-driven: step acc (low)"]["holds"], stdout
+
+
+@pytest.mark.xfail(strict=True, reason="the 2-layer toy agent solves no held-out task after OS-Genesis SFT (docs/os_genesis.md)")
+def test_learning_success_rises_on_the_easy_tier(learned):
+    claims, stdout = learned
+    assert claims["OS-Genesis SFT: SR above the base (easy tier)"]["holds"], stdout
 
 
 def test_sft_micro_steps_equal_unsplit_step():
