@@ -411,8 +411,7 @@ def build_warm_start(args) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return toy_model("bstar-base", spec, build,
-                     code=[make_toy_row, make_toy_split, sft_step, encode_sft, chat])
+    return toy_model("bstar-base", spec, build, code=TOY_BASE_CODE)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -646,6 +645,11 @@ def main(args: Args):
     logger.close()
     cleanup_distributed()
     return logger.history
+
+
+# The code the cached P0 depends on, bound at import: a test that patches sft_step to simulate a
+# kill must still find the cached P0 instead of rebuilding it with the patched function.
+TOY_BASE_CODE = (make_toy_row, make_toy_split, sft_step, encode_sft, chat)
 
 
 def eval_only(args: Args, suite):

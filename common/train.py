@@ -28,6 +28,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -453,6 +454,21 @@ def save_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, step: int =
         os.rename(tmp, ckpt_dir)
         shutil.rmtree(old, ignore_errors=True)
     barrier()
+
+
+def read_checkpoint(ckpt_dir) -> dict:
+    """The whole checkpoint as plain tensors in one process, for inspection or conversion:
+    {"model": {fqn: tensor}, "optim": {"state": {fqn: {...}}, "param_groups": [...]}, "meta": {...}}.
+    Gathers every rank's shard (DCP's `dcp_to_torch_save`), so it needs the full model's memory."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    ckpt_dir = Path(ckpt_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        flat = Path(tmp) / "state.pt"
+        dcp_to_torch_save(str(ckpt_dir / "state"), str(flat))
+        state = torch.load(flat, weights_only=False)
+    state["meta"] = json.loads((ckpt_dir / "meta.json").read_text())
+    return state
 
 
 def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng: bool = True):

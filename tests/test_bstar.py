@@ -17,7 +17,7 @@ from bstar import (Args, HFProcessRewardModel, Runtime, RuleStepChecker, balance
 from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import Completion
-from common.train import Dist
+from common.train import Dist, read_checkpoint
 
 # ---------------------------------------------------------------------------------------------------------
 # spec checks 7-11
@@ -226,7 +226,7 @@ SMALL_CLI = [x for k, v in SMALL.items() for x in (f"--{k}", str(v))]
 
 
 def _ckpt_state(ckpt: Path):
-    optim = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    optim = read_checkpoint(ckpt)["optim"]  # the sharded (DCP) checkpoint, gathered
     steps = {int(s["step"]) for s in optim["state"].values()}
     return torch.load(ckpt / "scheduler.pt", weights_only=False)["last_epoch"], steps, json.loads((ckpt / "meta.json").read_text())
 
