@@ -225,7 +225,7 @@ def draw_plan(counts: dict[str, int], pool_sizes: dict[str, int], seed: int) -> 
 
 
 def progress_score(url_match: float | None, content_flags: list[bool]) -> float:
-    """AgentBoard WebArena progress at one step (spec §1): 3/(n+3)*url + n/(n+3)*(met/n) with n content
+    """AgentBoard WebArena progress at one step (AgentBoard, arXiv 2401.13178, progress rate): 3/(n+3)*url + n/(n+3)*(met/n) with n content
     subgoals; without a URL check just met/n. 3 subgoals, 2 met, url 1 -> 0.5 + 0.5*2/3 = 0.8333."""
     n = len(content_flags)
     content = sum(map(bool, content_flags)) / n if n else 0.0
