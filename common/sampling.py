@@ -135,6 +135,22 @@ class Sampler:
         images=None,
         batch_size=None,
     ):
+        """One list of n Completions per prompt. Checks the arguments and answers greedy with n > 1
+        by copying one greedy completion (vLLM refuses it; the HF result would be n equal ones);
+        the backend's `_generate` does the rest."""
+        if images is not None and len(images) != len(prompts):
+            raise ValueError(
+                f"got {len(images)} images for {len(prompts)} prompts (one image per prompt)"
+            )
+        if temperature == 0 and n > 1:
+            return _copies(
+                self._generate(prompts, 1, 0, top_p, max_new_tokens, stop, images, batch_size), n
+            )
+        return self._generate(
+            prompts, n, temperature, top_p, max_new_tokens, stop, images, batch_size
+        )
+
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, images, batch_size):
         raise NotImplementedError
 
     def sleep(self):
@@ -217,28 +233,10 @@ class HFSampler(Sampler):
         return expanded, {cache_kw: cache}
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts,
-        n=1,
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=128,
-        stop=None,
-        images=None,
-        batch_size=None,
-    ):
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, images, batch_size):
         from transformers import GenerationConfig, LogitsProcessorList
 
-        if images is not None and len(images) != len(prompts):
-            raise ValueError(
-                f"got {len(images)} images for {len(prompts)} prompts (one image per prompt)"
-            )
         greedy = temperature == 0
-        if greedy and n > 1:
-            return _copies(
-                self.generate(prompts, 1, 0, top_p, max_new_tokens, stop, images, batch_size), n
-            )
         texts = [render_prompt(self.processor, p) for p in prompts]
         bs = batch_size or self.batch_size
         # VLM prompts keep one prefill per sample (the image features enter at the prefill)
@@ -459,28 +457,10 @@ class VLLMSampler(Sampler):
             rows.append(row)
         return rows
 
-    def generate(
-        self,
-        prompts,
-        n=1,
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=128,
-        stop=None,
-        images=None,
-        batch_size=None,
-    ):
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, images, batch_size):
         from vllm import SamplingParams
 
-        if images is not None and len(images) != len(prompts):
-            raise ValueError(
-                f"got {len(images)} images for {len(prompts)} prompts (one image per prompt)"
-            )
         greedy = temperature == 0
-        if greedy and n > 1:
-            return _copies(
-                self.generate(prompts, 1, 0, top_p, max_new_tokens, stop, images, batch_size), n
-            )
         if not prompts:
             return []
         self._wake(["weights", "kv_cache"])
