@@ -49,58 +49,151 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.integrations.sdpa_attention import repeat_kv
 
 from common.config import parse_config
 from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_processor, make_tiny_vlm
-from common.toys import toy_model
 from common.sampling import HFSampler, render_prompt
 from common.spatial_scenes import make_vsr_rows, make_whatsup_rows
-from common.train import (MetricsLogger, all_gather_object, barrier, format_table, init_distributed, make_optimizer,
-                          pad_batch, print0, seed_everything, sft_loss)
+from common.toys import toy_model
+from common.train import (
+    MetricsLogger,
+    all_gather_object,
+    barrier,
+    format_table,
+    init_distributed,
+    make_optimizer,
+    pad_batch,
+    print0,
+    seed_everything,
+    sft_loss,
+)
 
 
 @dataclass
 class Args:
     # generic
-    model: str = field(default="", metadata={"help": "LLaVA / Qwen2-VL hub id or folder (the paper uses llava-hf/llava-1.5-7b-hf); empty = tiny LLaVA fine-tuned on toy scenes"})
-    data: str = field(default="toy", metadata={
-        "help": "'toy' or a file: for --task whatsup WhatsUp's released controlled-image JSON (image_path, "
-                "caption_options) or an AdaptVis prompts JSONL (question, answer) with --annotations; for "
-                "--task vsr VSR's released JSONL (image, caption, label)"})
-    task: Literal["whatsup", "vsr"] = field(default="whatsup", metadata={"help": "whatsup | vsr (real data only; the toy runs every subset in --subsets)"})
-    annotations: str = field(default="", metadata={"help": "WhatsUp annotation JSON whose row i holds the image of prompt row i (image_path, or a list starting with the file name)"})
-    image_root: str = field(default="", metadata={"help": "folder that relative image paths are resolved against"})
-    subsets: list[str] = field(default_factory=lambda: ["controlled_a", "controlled_b", "two_obj", "vsr"], metadata={"help": "toy subsets (common/spatial_scenes.py)"})
-    output_dir: str = field(default="runs/adaptvis", metadata={"help": "metrics.jsonl, generations.jsonl, PNGs, summary.json"})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "LLaVA / Qwen2-VL hub id or folder (the paper uses llava-hf/llava-1.5-7b-hf); empty = tiny LLaVA fine-tuned on toy scenes"
+        },
+    )
+    data: str = field(
+        default="toy",
+        metadata={
+            "help": "'toy' or a file: for --task whatsup WhatsUp's released controlled-image JSON (image_path, "
+            "caption_options) or an AdaptVis prompts JSONL (question, answer) with --annotations; for "
+            "--task vsr VSR's released JSONL (image, caption, label)"
+        },
+    )
+    task: Literal["whatsup", "vsr"] = field(
+        default="whatsup",
+        metadata={"help": "whatsup | vsr (real data only; the toy runs every subset in --subsets)"},
+    )
+    annotations: str = field(
+        default="",
+        metadata={
+            "help": "WhatsUp annotation JSON whose row i holds the image of prompt row i (image_path, or a list starting with the file name)"
+        },
+    )
+    image_root: str = field(
+        default="", metadata={"help": "folder that relative image paths are resolved against"}
+    )
+    subsets: list[str] = field(
+        default_factory=lambda: ["controlled_a", "controlled_b", "two_obj", "vsr"],
+        metadata={"help": "toy subsets (common/spatial_scenes.py)"},
+    )
+    output_dir: str = field(
+        default="runs/adaptvis",
+        metadata={"help": "metrics.jsonl, generations.jsonl, PNGs, summary.json"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the toy scenes and the toy fine-tune"})
-    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16 (or float32 | bfloat16 | float16)"})
+    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = field(
+        default="auto",
+        metadata={"help": "auto | fp32 | bf16 | fp16 (or float32 | bfloat16 | float16)"},
+    )
     batch_size: int = field(default=32, metadata={"help": "prompts per generate call"})
-    max_new_tokens: int = field(default=100, metadata={"help": "greedy answer length; paper: 100 (released code)"})
-    resume: bool = field(default=False, metadata={"help": "reuse generations.jsonl of an earlier run in output_dir (same model and data!)"})
+    max_new_tokens: int = field(
+        default=100, metadata={"help": "greedy answer length; paper: 100 (released code)"}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "reuse generations.jsonl of an earlier run in output_dir (same model and data!)"
+        },
+    )
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     # algorithm (§2.2)
-    alphas: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.2, 1.5, 2.0], metadata={"help": "ScalingVis alpha grid (README grid, §2.2)"})
-    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], metadata={"help": "AdaptVis beta grid (README 0.3, run.sh 0.4; wider grid is ours)"})
-    alpha_smooth_grid: list[float] = field(default_factory=lambda: [0.5, 0.8], metadata={"help": "low-confidence alphas (code's weight1 ∈ {0.5, 0.8}, §2.2)"})
-    alpha_sharpen_grid: list[float] = field(default_factory=lambda: [1.2, 1.5, 2.0], metadata={"help": "high-confidence alphas (code's weight2 ∈ {1.2, 1.5, 2.0}, §2.2)"})
-    threshold: float = field(default=0.4, metadata={"help": "beta of the fixed-setting AdaptVis row; paper: 0.4 (released run.sh)"})
-    alpha_smooth: float = field(default=0.5, metadata={"help": "alpha below beta in the fixed setting; paper: 0.5 (released run.sh weight1)"})
-    alpha_sharpen: float = field(default=1.5, metadata={"help": "alpha at/above beta in the fixed setting; paper: 1.5 (released run.sh weight2)"})
-    tune_fraction: float = field(default=0.2, metadata={"help": "tuning split; the rest is the test split; paper: 0.2 (20% for tuning)"})
-    split_seed: int = field(default=1, metadata={"help": "seed of the tuning sample; paper: 1 (released code)"})
-    analysis_rows: int = field(default=64, metadata={"help": "test rows per subset for the attention analysis"})
+    alphas: list[float] = field(
+        default_factory=lambda: [0.5, 0.8, 1.2, 1.5, 2.0],
+        metadata={"help": "ScalingVis alpha grid (README grid, §2.2)"},
+    )
+    thresholds: list[float] = field(
+        default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        metadata={"help": "AdaptVis beta grid (README 0.3, run.sh 0.4; wider grid is ours)"},
+    )
+    alpha_smooth_grid: list[float] = field(
+        default_factory=lambda: [0.5, 0.8],
+        metadata={"help": "low-confidence alphas (code's weight1 ∈ {0.5, 0.8}, §2.2)"},
+    )
+    alpha_sharpen_grid: list[float] = field(
+        default_factory=lambda: [1.2, 1.5, 2.0],
+        metadata={"help": "high-confidence alphas (code's weight2 ∈ {1.2, 1.5, 2.0}, §2.2)"},
+    )
+    threshold: float = field(
+        default=0.4,
+        metadata={"help": "beta of the fixed-setting AdaptVis row; paper: 0.4 (released run.sh)"},
+    )
+    alpha_smooth: float = field(
+        default=0.5,
+        metadata={
+            "help": "alpha below beta in the fixed setting; paper: 0.5 (released run.sh weight1)"
+        },
+    )
+    alpha_sharpen: float = field(
+        default=1.5,
+        metadata={
+            "help": "alpha at/above beta in the fixed setting; paper: 1.5 (released run.sh weight2)"
+        },
+    )
+    tune_fraction: float = field(
+        default=0.2,
+        metadata={"help": "tuning split; the rest is the test split; paper: 0.2 (20% for tuning)"},
+    )
+    split_seed: int = field(
+        default=1, metadata={"help": "seed of the tuning sample; paper: 1 (released code)"}
+    )
+    analysis_rows: int = field(
+        default=64, metadata={"help": "test rows per subset for the attention analysis"}
+    )
     # toy world and toy fine-tune
-    toy_eval_rows: int = field(default=100, metadata={"help": "toy scenes per subset to evaluate (20% tune / 80% test)"})
-    toy_train_rows: int = field(default=500, metadata={"help": "toy scenes per subset for the fine-tune (other seeds)"})
+    toy_eval_rows: int = field(
+        default=100, metadata={"help": "toy scenes per subset to evaluate (20% tune / 80% test)"}
+    )
+    toy_train_rows: int = field(
+        default=500, metadata={"help": "toy scenes per subset for the fine-tune (other seeds)"}
+    )
     toy_train_steps: int = field(default=600, metadata={"help": "fine-tune steps of the tiny VLM"})
-    toy_lr: float = field(default=5e-4, metadata={"help": "fine-tune learning rate (higher lrs make the tiny model ignore the image)"})
+    toy_lr: float = field(
+        default=5e-4,
+        metadata={
+            "help": "fine-tune learning rate (higher lrs make the tiny model ignore the image)"
+        },
+    )
     toy_train_batch: int = field(default=32, metadata={"help": "fine-tune batch size"})
-    toy_subject_colors: list[str] = field(default_factory=lambda: ["red"], metadata={"help": "toy subject colours: fixed roles, since the 2-layer model does not learn to bind colour words to patches in a short fine-tune"})
-    toy_reference_colors: list[str] = field(default_factory=lambda: ["blue"], metadata={"help": "toy reference colours"})
+    toy_subject_colors: list[str] = field(
+        default_factory=lambda: ["red"],
+        metadata={
+            "help": "toy subject colours: fixed roles, since the 2-layer model does not learn to bind colour words to patches in a short fine-tune"
+        },
+    )
+    toy_reference_colors: list[str] = field(
+        default_factory=lambda: ["blue"], metadata={"help": "toy reference colours"}
+    )
 
 
 # Evaluation only, and every algorithm default above is already the paper's or its released code's
@@ -119,14 +212,18 @@ def scale_image_attention(logits, image_mask, alpha, query_index: int = -1):
     alpha: float or (B,). Scaling the logits (not the probabilities) is a temperature 1/alpha on the
     image logits, so alpha > 1 *lowers* the image mass when those logits are negative (§5 check 8).
     """
-    alpha = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device).reshape(-1, 1, 1)  # (B|1, 1, 1)
+    alpha = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device).reshape(
+        -1, 1, 1
+    )  # (B|1, 1, 1)
     row = logits[:, :, query_index, :]  # (B, H, K)
     scaled = logits.clone()
     scaled[:, :, query_index, :] = torch.where(image_mask[:, None, :].bool(), row * alpha, row)
     return scaled
 
 
-def choose_alpha(confidence: float, threshold: float, alpha_smooth: float, alpha_sharpen: float) -> float:
+def choose_alpha(
+    confidence: float, threshold: float, alpha_smooth: float, alpha_sharpen: float
+) -> float:
     """§2.2 AdaptVis gate: confidence w (rounded to 2 decimals, as the code does) < beta -> smooth, else sharpen.
     (The code calls the low-confidence coefficient weight1 and the high-confidence one weight2.)"""
     if not 0.0 <= confidence <= 1.0:  # also rejects NaN
@@ -166,7 +263,9 @@ def vsr_metrics(tp: int, tn: int, fp: int, fn: int) -> dict:
     return {"acc": (tp + tn) / max(tp + tn + fp + fn, 1), "f1": f1, "tpr": tpr, "tnr": tnr}
 
 
-def tune_test_split(n: int, tune_fraction: float = 0.2, seed: int = 1) -> tuple[list[int], list[int]]:
+def tune_test_split(
+    n: int, tune_fraction: float = 0.2, seed: int = 1
+) -> tuple[list[int], list[int]]:
     """§2.3: a fixed random 20% of the rows for tuning, the other 80% for the test report."""
     tune = sorted(random.Random(seed).sample(range(n), int(tune_fraction * n)))
     chosen = set(tune)
@@ -201,34 +300,61 @@ def auroc(scores: list[float], labels: list[int]) -> float:
 @dataclass
 class ImageAttentionScaling:
     """What the registered attention function reads; one object per model, shared by its text layers."""
+
     image_token_id: int
-    base_implementation: str  # the model's own attention ("sdpa" | "eager"): used for decode steps and alpha = 1
+    base_implementation: (
+        str  # the model's own attention ("sdpa" | "eager"): used for decode steps and alpha = 1
+    )
     alpha: float | torch.Tensor = 1.0
-    image_mask: torch.Tensor | None = None  # (B, T) image positions of the current prompt, set by a pre-hook
-    record: list | None = None  # a list -> every layer's prefill last-row attention (B, H, K) is appended
-    scaled_calls: int = 0  # attention calls that took the scaled path (tests: decode steps add none)
+    image_mask: torch.Tensor | None = (
+        None  # (B, T) image positions of the current prompt, set by a pre-hook
+    )
+    record: list | None = (
+        None  # a list -> every layer's prefill last-row attention (B, H, K) is appended
+    )
+    scaled_calls: int = (
+        0  # attention calls that took the scaled path (tests: decode steps add none)
+    )
 
 
-def scaled_image_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+def scaled_image_attention_forward(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs
+):
     """Eager attention with §2.1's scaling of the last query row on image keys; prefill only."""
     state = module.image_attention_scaling
-    is_prefill = query.shape[2] == key.shape[2]  # the code's test: the attention matrix is square only in prefill
+    is_prefill = (
+        query.shape[2] == key.shape[2]
+    )  # the code's test: the attention matrix is square only in prefill
     untouched = isinstance(state.alpha, float) and state.alpha == 1.0 and state.record is None
     if not is_prefill or untouched:  # the model's own attention, bit for bit
-        own = ALL_ATTENTION_FUNCTIONS.get_interface(state.base_implementation, sys.modules[type(module).__module__].eager_attention_forward)
-        return own(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        own = ALL_ATTENTION_FUNCTIONS.get_interface(
+            state.base_implementation, sys.modules[type(module).__module__].eager_attention_forward
+        )
+        return own(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if state.image_mask is None or state.image_mask.shape != (query.shape[0], key.shape[2]):
-        raise RuntimeError(f"image mask {None if state.image_mask is None else tuple(state.image_mask.shape)} does not match "
-                           f"the prefill ({query.shape[0]} rows, {key.shape[2]} keys): call the model with input_ids")
+        raise RuntimeError(
+            f"image mask {None if state.image_mask is None else tuple(state.image_mask.shape)} does not match "
+            f"the prefill ({query.shape[0]} rows, {key.shape[2]} keys): call the model with input_ids"
+        )
     keys = repeat_kv(key, module.num_key_value_groups)  # (B, H, K, D)
     values = repeat_kv(value, module.num_key_value_groups)
     logits = torch.matmul(query, keys.transpose(2, 3)) * scaling  # (B, H, Q, K) z = QK^T / sqrt(d)
     logits = scale_image_attention(logits, state.image_mask.to(logits.device), state.alpha)
-    if attention_mask is None:  # sdpa's mask helper returns None when plain causal attention will do
-        attention_mask = torch.full(logits.shape[-2:], torch.finfo(logits.dtype).min, device=logits.device).triu(1)
+    if (
+        attention_mask is None
+    ):  # sdpa's mask helper returns None when plain causal attention will do
+        attention_mask = torch.full(
+            logits.shape[-2:], torch.finfo(logits.dtype).min, device=logits.device
+        ).triu(1)
     elif attention_mask.dtype == torch.bool:  # sdpa's boolean mask (True = attend) -> additive
-        attention_mask = torch.zeros(attention_mask.shape, dtype=logits.dtype, device=logits.device).masked_fill(~attention_mask, torch.finfo(logits.dtype).min)
-    weights = torch.softmax(logits + attention_mask, dim=-1, dtype=torch.float32).to(query.dtype)  # (B, H, Q, K)
+        attention_mask = torch.zeros(
+            attention_mask.shape, dtype=logits.dtype, device=logits.device
+        ).masked_fill(~attention_mask, torch.finfo(logits.dtype).min)
+    weights = torch.softmax(logits + attention_mask, dim=-1, dtype=torch.float32).to(
+        query.dtype
+    )  # (B, H, Q, K)
     weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, values).transpose(1, 2).contiguous()  # (B, Q, H, D)
     state.scaled_calls += 1
@@ -241,17 +367,27 @@ def enable_image_attention_scaling(model) -> ImageAttentionScaling:
     """Route the text layers' attention through `scaled_image_attention_forward`; returns the control object."""
     image_token_id = getattr(model.config, "image_token_id", None)
     if image_token_id is None:
-        raise ValueError(f"{type(model).__name__} has no config.image_token_id: AdaptVis needs a LLaVA / Qwen2-VL style VLM (--model)")
+        raise ValueError(
+            f"{type(model).__name__} has no config.image_token_id: AdaptVis needs a LLaVA / Qwen2-VL style VLM (--model)"
+        )
     base = model.config.get_text_config()._attn_implementation
-    base = base if base in ("sdpa", "eager") else "sdpa"  # flash kernels cannot take the additive mask
+    base = (
+        base if base in ("sdpa", "eager") else "sdpa"
+    )  # flash kernels cannot take the additive mask
     name = f"adaptvis_{base}"  # one name per base, so the mask helper is the base's own
     AttentionInterface.register(name, scaled_image_attention_forward)
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     model.set_attn_implementation({"text_config": name})
     state = ImageAttentionScaling(image_token_id=image_token_id, base_implementation=base)
-    layers = [m for m in model.model.language_model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+    layers = [
+        m
+        for m in model.model.language_model.modules()
+        if hasattr(m, "q_proj") and hasattr(m, "layer_idx")
+    ]
     if not layers:
-        raise ValueError(f"found no attention layers in {type(model).__name__}.model.language_model")
+        raise ValueError(
+            f"found no attention layers in {type(model).__name__}.model.language_model"
+        )
     for layer in layers:
         layer.image_attention_scaling = state
 
@@ -269,13 +405,26 @@ def enable_image_attention_scaling(model) -> ImageAttentionScaling:
 
 
 def toy_rows(subset: str, n: int, seed: int, args) -> list[dict]:
-    colors = {"subject_colors": args.toy_subject_colors, "reference_colors": args.toy_reference_colors}
-    return make_vsr_rows(n, seed, **colors) if subset == "vsr" else make_whatsup_rows(n, seed, subset, **colors)
+    colors = {
+        "subject_colors": args.toy_subject_colors,
+        "reference_colors": args.toy_reference_colors,
+    }
+    return (
+        make_vsr_rows(n, seed, **colors)
+        if subset == "vsr"
+        else make_whatsup_rows(n, seed, subset, **colors)
+    )
 
 
 # WhatsUp caption phrase -> the one-word option AdaptVis asks for (prompts/Controlled_Images_*.jsonl)
-WHATSUP_RELATIONS = (("to the left of", "Left"), ("to the right of", "Right"), ("in front of", "Front"),
-                     ("behind", "Behind"), ("under", "Under"), ("on", "On"))
+WHATSUP_RELATIONS = (
+    ("to the left of", "Left"),
+    ("to the right of", "Right"),
+    ("in front of", "Front"),
+    ("behind", "Behind"),
+    ("under", "Under"),
+    ("on", "On"),
+)
 
 
 def whatsup_relation(caption: str) -> str | None:
@@ -296,19 +445,27 @@ def whatsup_release_rows(path: Path, root: Path) -> list[dict]:
         options = d.get("caption_options") if isinstance(d, dict) else None
         gold = whatsup_relation(options[0]) if isinstance(options, list) and options else None
         if not isinstance(d, dict) or not isinstance(d.get("image_path"), str) or gold is None:
-            raise DataError(f"{path} row {i}: needs 'image_path' and 'caption_options' whose first "
-                            f"caption names a relation ({', '.join(p for p, _ in WHATSUP_RELATIONS)})")
+            raise DataError(
+                f"{path} row {i}: needs 'image_path' and 'caption_options' whose first "
+                f"caption names a relation ({', '.join(p for p, _ in WHATSUP_RELATIONS)})"
+            )
         stem = Path(d["image_path"]).stem.split("_")
         subject, obj = stem[0].replace("-", " "), stem[-1].replace("-", " ")
         words = {whatsup_relation(c) for c in options}
         listed = "left, right, on or under"
         if words & {"Front", "Behind"}:  # the B set
             listed = "left, right, front or behind"
-        rows.append({"id": f"{path.stem}-{i}", "subset": path.stem,
-                     "image_path": str(root / d["image_path"]),
-                     "question": f"Where is the {subject} in relation to the {obj}? Answer with {listed}.",
-                     "answer": gold, "options": re.split(r", | or ", listed),
-                     "caption_options": options})
+        rows.append(
+            {
+                "id": f"{path.stem}-{i}",
+                "subset": path.stem,
+                "image_path": str(root / d["image_path"]),
+                "question": f"Where is the {subject} in relation to the {obj}? Answer with {listed}.",
+                "answer": gold,
+                "options": re.split(r", | or ", listed),
+                "caption_options": options,
+            }
+        )
     return rows
 
 
@@ -330,35 +487,61 @@ def load_real_rows(args) -> list[dict]:
     root = Path(args.image_root)
     if args.task == "vsr":
         rows = load_rows(args.data, required=("image", "caption", "label"))
-        return [{**{k: r[k] for k in ("relation", "subj", "obj") if k in r}, "id": f"vsr-{i}",
-                 "subset": "vsr", "image_path": vsr_image_path(root, r), "caption": r["caption"],
-                 "label": int(r["label"]), "question": "Determine whether the description about the spatial relationship is "
-                 f"correct or not. Answer with yes or no: {r['caption']}", "answer": "Yes" if int(r["label"]) else "No"} for i, r in enumerate(rows)]
+        return [
+            {
+                **{k: r[k] for k in ("relation", "subj", "obj") if k in r},
+                "id": f"vsr-{i}",
+                "subset": "vsr",
+                "image_path": vsr_image_path(root, r),
+                "caption": r["caption"],
+                "label": int(r["label"]),
+                "question": "Determine whether the description about the spatial relationship is "
+                f"correct or not. Answer with yes or no: {r['caption']}",
+                "answer": "Yes" if int(r["label"]) else "No",
+            }
+            for i, r in enumerate(rows)
+        ]
     if args.task != "whatsup":
         raise ValueError(f"--task must be whatsup or vsr, got {args.task!r}")
     if Path(args.data).suffix == ".json" and not args.annotations:
         return whatsup_release_rows(Path(args.data), root)
     prompts = load_rows(args.data, required=("question", "answer"))
     if not args.annotations:
-        raise ValueError("--task whatsup needs --annotations (the WhatsUp JSON that holds each prompt row's image)")
+        raise ValueError(
+            "--task whatsup needs --annotations (the WhatsUp JSON that holds each prompt row's image)"
+        )
     images = json.loads(Path(args.annotations).read_text())
     if len(images) != len(prompts):
-        raise ValueError(f"{args.annotations}: {len(images)} rows but {args.data} has {len(prompts)} prompts; they pair up by row")
+        raise ValueError(
+            f"{args.annotations}: {len(images)} rows but {args.data} has {len(prompts)} prompts; they pair up by row"
+        )
     rows = []
     for i, (p, a) in enumerate(zip(prompts, images)):
         image = a.get("image_path", a.get("image")) if isinstance(a, dict) else a[0]
         if isinstance(image, int):  # COCO / VG QA files name images by id
             image = f"{image:012d}.jpg"
-        question = re.sub(r"^(<image>\s*)?(USER:\s*)?", "", p["question"]).split("\nASSISTANT:")[0].strip()
+        question = (
+            re.sub(r"^(<image>\s*)?(USER:\s*)?", "", p["question"]).split("\nASSISTANT:")[0].strip()
+        )
         gold = p["answer"][0] if isinstance(p["answer"], list) else p["answer"]
         listed = re.search(r"Answer with (.*?)\.?$", question)
-        rows.append({"id": f"{Path(args.data).stem}-{i}", "subset": Path(args.data).stem, "image_path": str(root / image),
-                     "question": question, "answer": gold, "options": re.split(r", | or ", listed.group(1)) if listed else [gold]})
+        rows.append(
+            {
+                "id": f"{Path(args.data).stem}-{i}",
+                "subset": Path(args.data).stem,
+                "image_path": str(root / image),
+                "question": question,
+                "answer": gold,
+                "options": re.split(r", | or ", listed.group(1)) if listed else [gold],
+            }
+        )
     return rows
 
 
 def messages(row: dict) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}]
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}
+    ]
 
 
 def image_of(row: dict):
@@ -387,23 +570,38 @@ def score(rows: list[dict], outputs: list[dict]) -> dict:
 
 def build_toy_base(args, dist) -> str:
     """A tiny LLaVA with some spatial skill: SFT on toy scenes from seeds the evaluation never uses."""
-    spec = {k: v for k, v in asdict(args).items() if k.startswith("toy_") and k != "toy_eval_rows"} | {"seed": args.seed, "subsets": args.subsets}
+    spec = {
+        k: v for k, v in asdict(args).items() if k.startswith("toy_") and k != "toy_eval_rows"
+    } | {"seed": args.seed, "subsets": args.subsets}
 
     def build(folder: Path):
         tiny = make_tiny_vlm()
         model, processor = load_model(tiny, vlm=True), load_processor(tiny)
         tokenizer = processor.tokenizer
-        rows = [r for s in args.subsets for r in toy_rows(s, args.toy_train_rows, args.seed + 10_000, args)]  # never eval seeds
+        rows = [
+            r
+            for s in args.subsets
+            for r in toy_rows(s, args.toy_train_rows, args.seed + 10_000, args)
+        ]  # never eval seeds
         prompts = [render_prompt(processor, messages(r)) for r in rows]
-        prompt_ids = processor(text=prompts, images=[r["image"] for r in rows])["input_ids"]  # 16 image tokens expanded
-        pixels = processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]  # (N, 3, 64, 64)
-        answer_ids = [tokenizer(r["answer"].lower() + "<|im_end|>", add_special_tokens=False)["input_ids"] for r in rows]
+        prompt_ids = processor(text=prompts, images=[r["image"] for r in rows])[
+            "input_ids"
+        ]  # 16 image tokens expanded
+        pixels = processor.image_processor([r["image"] for r in rows], return_tensors="pt")[
+            "pixel_values"
+        ]  # (N, 3, 64, 64)
+        answer_ids = [
+            tokenizer(r["answer"].lower() + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            for r in rows
+        ]
         optimizer = make_optimizer(model, args.toy_lr)
         rng = random.Random(args.seed)
         model.train()
         for step in (bar := tqdm(range(args.toy_train_steps), desc="toy fine-tune")):
             idx = rng.sample(range(len(rows)), min(args.toy_train_batch, len(rows)))
-            input_ids, attention_mask, loss_mask = pad_batch([prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], tokenizer.pad_token_id)
+            input_ids, attention_mask, loss_mask = pad_batch(
+                [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], tokenizer.pad_token_id
+            )
             loss = sft_loss(model, input_ids, attention_mask, loss_mask, pixel_values=pixels[idx])
             optimizer.zero_grad()
             loss.backward()
@@ -413,7 +611,9 @@ def build_toy_base(args, dist) -> str:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    path = toy_model("adaptvis-base", spec, build, code=[toy_rows, messages]) if dist.is_main else None
+    path = (
+        toy_model("adaptvis-base", spec, build, code=[toy_rows, messages]) if dist.is_main else None
+    )
     barrier()  # rank 0 builds; the others then find it in the cache
     return path or toy_model("adaptvis-base", spec, build, code=[toy_rows, messages])
 
@@ -424,11 +624,18 @@ def build_toy_base(args, dist) -> str:
 
 class Generations:
     def __init__(self, model, processor, state, args, dist):
-        self.sampler, self.state, self.args, self.dist = HFSampler(model, processor), state, args, dist
+        self.sampler, self.state, self.args, self.dist = (
+            HFSampler(model, processor),
+            state,
+            args,
+            dist,
+        )
         self.path = Path(args.output_dir) / "generations.jsonl"
         self.memo = {}
         if args.resume and self.path.exists():
-            for rec in read_jsonl_tolerant(self.path):  # a last line cut short by a killed run is dropped
+            for rec in read_jsonl_tolerant(
+                self.path
+            ):  # a last line cut short by a killed run is dropped
                 self.memo[(rec["alpha"], rec["id"])] = rec
         elif dist.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -443,10 +650,20 @@ class Generations:
         self.bar.set_postfix(alpha=alpha)
         for start in range(0, len(mine), self.args.batch_size):
             chunk = mine[start : start + self.args.batch_size]
-            outs = self.sampler.generate([messages(r) for r in chunk], temperature=0, max_new_tokens=self.args.max_new_tokens,
-                                         images=[image_of(r) for r in chunk])
+            outs = self.sampler.generate(
+                [messages(r) for r in chunk],
+                temperature=0,
+                max_new_tokens=self.args.max_new_tokens,
+                images=[image_of(r) for r in chunk],
+            )
             for r, (c,) in zip(chunk, outs):
-                done[r["id"]] = {"id": r["id"], "alpha": alpha, "text": c.text, "confidence": first_token_confidence(c.logprobs), "finish": c.finish_reason}
+                done[r["id"]] = {
+                    "id": r["id"],
+                    "alpha": alpha,
+                    "text": c.text,
+                    "confidence": first_token_confidence(c.logprobs),
+                    "finish": c.finish_reason,
+                }
             self.bar.update(len(chunk) * self.dist.world_size)
         self.state.alpha = 1.0
         new = [rec for part in all_gather_object(done) for rec in part.values()]
@@ -474,8 +691,13 @@ def grid_search(rows, outputs_by_alpha, args):
     best_alpha = max(scaling, key=lambda a: (scaling[a], -abs(a - 1)))
     confidence = [o["confidence"] for o in outputs_by_alpha[1.0]]
     adapt = {}
-    for beta, smooth, sharp in product(args.thresholds, args.alpha_smooth_grid, args.alpha_sharpen_grid):
-        picks = [outputs_by_alpha[choose_alpha(c, beta, smooth, sharp)][i] for i, c in enumerate(confidence)]
+    for beta, smooth, sharp in product(
+        args.thresholds, args.alpha_smooth_grid, args.alpha_sharpen_grid
+    ):
+        picks = [
+            outputs_by_alpha[choose_alpha(c, beta, smooth, sharp)][i]
+            for i, c in enumerate(confidence)
+        ]
         adapt[(beta, smooth, sharp)] = score(rows, picks)["acc"]
     best_adapt = max(adapt, key=lambda k: (adapt[k], -abs(k[1] - 1) - abs(k[2] - 1)))
     return scaling, best_alpha, adapt, best_adapt
@@ -490,13 +712,23 @@ def attention_analysis(model, processor, state, rows, correct, alphas, args) -> 
     """Per layer and alpha: last-row attention mass on image tokens (heads averaged) and the share of the image
     attention on patches that overlap the ground-truth boxes; AUROC of that share for baseline correctness."""
     device = next(model.parameters()).device
-    mass, align, patches, share, chance = {a: [] for a in alphas}, {a: [] for a in alphas}, {}, [], []
+    mass, align, patches, share, chance = (
+        {a: [] for a in alphas},
+        {a: [] for a in alphas},
+        {},
+        [],
+        [],
+    )
     for alpha in alphas:
         state.alpha, patches[alpha] = alpha, []
         for start in range(0, len(rows), args.batch_size):
             chunk = rows[start : start + args.batch_size]
-            enc = processor(text=[render_prompt(processor, messages(r)) for r in chunk], images=[image_of(r) for r in chunk],
-                            padding=True, return_tensors="pt").to(device)
+            enc = processor(
+                text=[render_prompt(processor, messages(r)) for r in chunk],
+                images=[image_of(r) for r in chunk],
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
             state.record = []
             model(**enc)
             layers = torch.stack(state.record, 1)  # (b, L, H, K)
@@ -509,19 +741,30 @@ def attention_analysis(model, processor, state, rows, correct, alphas, args) -> 
                     share.append(image_mask[b].sum().item() / enc["attention_mask"][b].sum().item())
                 grid = math.isqrt(image_attn.shape[-1])
                 if "boxes" in row and grid * grid == image_attn.shape[-1]:
-                    inside = box_patch_mask(list(row["boxes"].values()), image_of(row).size, grid)  # (n_img,)
+                    inside = box_patch_mask(
+                        list(row["boxes"].values()), image_of(row).size, grid
+                    )  # (n_img,)
                     align[alpha].append((patches[alpha][-1] * inside).sum(-1))  # (L,)
                     if alpha == alphas[0]:
                         chance.append(inside.float().mean().item())
     state.alpha, state.record = 1.0, None
-    out = {"rows": len(rows), "image_token_share": sum(share) / len(share),
-           "image_mass": {a: torch.stack(m).mean(0).tolist() for a, m in mass.items()}}
+    out = {
+        "rows": len(rows),
+        "image_token_share": sum(share) / len(share),
+        "image_mass": {a: torch.stack(m).mean(0).tolist() for a, m in mass.items()},
+    }
     if align[alphas[0]]:
         base = torch.stack(align[alphas[0]])  # (N, L)
         out["box_alignment"] = {a: torch.stack(v).mean(0).tolist() for a, v in align.items()}
         out["box_alignment_chance"] = sum(chance) / len(chance)
-        out["alignment_correct"] = [base[[c for c in range(len(rows)) if correct[c]], l].mean().item() for l in range(base.shape[1])]
-        out["alignment_wrong"] = [base[[c for c in range(len(rows)) if not correct[c]], l].mean().item() for l in range(base.shape[1])]
+        out["alignment_correct"] = [
+            base[[c for c in range(len(rows)) if correct[c]], l].mean().item()
+            for l in range(base.shape[1])
+        ]
+        out["alignment_wrong"] = [
+            base[[c for c in range(len(rows)) if not correct[c]], l].mean().item()
+            for l in range(base.shape[1])
+        ]
         out["alignment_auroc"] = [auroc(base[:, l].tolist(), correct) for l in range(base.shape[1])]
     out["_patches"] = patches
     return out
@@ -538,19 +781,28 @@ def plot_attention(analysis, rows, alphas, path):
     layers = sorted({0, n_layers // 2, n_layers - 1})
     columns = [(alphas[0], l) for l in layers] + [(a, n_layers - 1) for a in alphas[1:]]
     examples = rows[:4]
-    fig, axes = plt.subplots(len(examples) + 1, len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 2.1 * (len(examples) + 1)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(examples) + 1,
+        len(columns) + 1,
+        figsize=(2.1 * (len(columns) + 1), 2.1 * (len(examples) + 1)),
+        squeeze=False,
+    )
     for i, row in enumerate(examples):
         image = image_of(row)
         axes[i][0].imshow(image)
         for x0, y0, x1, y1 in row.get("boxes", {}).values():
-            axes[i][0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="black", lw=1))
+            axes[i][0].add_patch(
+                plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="black", lw=1)
+            )
         axes[i][0].set_title(row["answer"], fontsize=8)
         for j, (alpha, layer) in enumerate(columns, 1):
             attn = analysis["_patches"][alpha][i][layer]
             grid = math.isqrt(attn.numel())
             axes[i][j].imshow(image, extent=(0, 1, 1, 0))
             if grid * grid == attn.numel():
-                axes[i][j].imshow(attn.reshape(grid, grid), cmap="magma", alpha=0.6, extent=(0, 1, 1, 0))
+                axes[i][j].imshow(
+                    attn.reshape(grid, grid), cmap="magma", alpha=0.6, extent=(0, 1, 1, 0)
+                )
             axes[i][j].set_title(f"layer {layer} a={alpha}", fontsize=8)
     for ax in axes[:-1].flat:
         ax.set_xticks([])
@@ -597,49 +849,125 @@ def main(args: Args):
         tune_idx, test_idx = tune_test_split(len(rows), args.tune_fraction, args.split_seed)
         tune, test = [rows[i] for i in tune_idx], [rows[i] for i in test_idx]
         if not tune or not test:
-            raise ValueError(f"{name}: {len(rows)} rows give an empty tuning or test split (--tune_fraction {args.tune_fraction})")
+            raise ValueError(
+                f"{name}: {len(rows)} rows give an empty tuning or test split (--tune_fraction {args.tune_fraction})"
+            )
         print0(f"[{name}] {len(tune)} tuning / {len(test)} test rows")
-        scaling, best_alpha, adapt, best_adapt = grid_search(tune, {a: generate(tune, a) for a in grid_alphas}, args)
+        scaling, best_alpha, adapt, best_adapt = grid_search(
+            tune, {a: generate(tune, a) for a in grid_alphas}, args
+        )
         tune_curves[name] = scaling
         baseline = generate(test, 1.0)
         methods = {"baseline": baseline, "ScalingVis": generate(test, best_alpha)}
         methods["AdaptVis"], picked = adaptvis_generate(generate, test, *best_adapt)
-        methods["AdaptVis (run.sh)"], _ = adaptvis_generate(generate, test, args.threshold, args.alpha_smooth, args.alpha_sharpen)
+        methods["AdaptVis (run.sh)"], _ = adaptvis_generate(
+            generate, test, args.threshold, args.alpha_smooth, args.alpha_sharpen
+        )
         scores = {m: score(test, outs) for m, outs in methods.items()}
         options = rows[0].get("options", ["yes", "no"])
         no_option = sum(not any(o.lower() in b["text"].lower() for o in options) for b in baseline)
         for metric in scores["baseline"]:
             if metric in ("acc", "f1"):
-                table.append({"subset": name, "metric": metric, **{m: s[metric] for m, s in scores.items()},
-                              "tuned alpha": best_alpha, "tuned beta, a_smooth/a_sharpen": "{}, {}/{}".format(*best_adapt)})
-        summary[name] = {"n_tune": len(tune), "n_test": len(test), "test": scores, "tune_scalingvis": scaling,
-                         "best_alpha": best_alpha, "best_adaptvis": best_adapt, "tune_adaptvis_best": adapt[best_adapt],
-                         "adaptvis_smoothed_share": sum(a == best_adapt[1] for a in picked) / len(picked),
-                         "baseline_mean_confidence": sum(b["confidence"] for b in baseline) / len(baseline),
-                         "baseline_no_option": no_option}
+                table.append(
+                    {
+                        "subset": name,
+                        "metric": metric,
+                        **{m: s[metric] for m, s in scores.items()},
+                        "tuned alpha": best_alpha,
+                        "tuned beta, a_smooth/a_sharpen": "{}, {}/{}".format(*best_adapt),
+                    }
+                )
+        summary[name] = {
+            "n_tune": len(tune),
+            "n_test": len(test),
+            "test": scores,
+            "tune_scalingvis": scaling,
+            "best_alpha": best_alpha,
+            "best_adaptvis": best_adapt,
+            "tune_adaptvis_best": adapt[best_adapt],
+            "adaptvis_smoothed_share": sum(a == best_adapt[1] for a in picked) / len(picked),
+            "baseline_mean_confidence": sum(b["confidence"] for b in baseline) / len(baseline),
+            "baseline_no_option": no_option,
+        }
         analysis_rows += test[: args.analysis_rows]
-        analysis_correct += [int(row_correct(r, b["text"])) for b, r in zip(baseline, test[: args.analysis_rows])]
+        analysis_correct += [
+            int(row_correct(r, b["text"])) for b, r in zip(baseline, test[: args.analysis_rows])
+        ]
     for i, alpha in enumerate(grid_alphas):
-        logger.log({"alpha": alpha, **{f"tune_acc/{n}": c[alpha] for n, c in tune_curves.items()}}, step=i)
-    logger.log({f"test/{n}/{m}/{k}": v for n, s in summary.items() for m, sc in s["test"].items() for k, v in sc.items()}, step=len(grid_alphas))
+        logger.log(
+            {"alpha": alpha, **{f"tune_acc/{n}": c[alpha] for n, c in tune_curves.items()}}, step=i
+        )
+    logger.log(
+        {
+            f"test/{n}/{m}/{k}": v
+            for n, s in summary.items()
+            for m, sc in s["test"].items()
+            for k, v in sc.items()
+        },
+        step=len(grid_alphas),
+    )
     if dist.is_main:
-        logger.plot([f"tune_acc/{n}" for n in tune_curves], out_dir / "tuning_accuracy_vs_alpha.png", title="tuning accuracy vs alpha", x="alpha")
-        print0(f"\ntest split ({args.tune_fraction:.0%} tuning split used for the grid search):\n" + format_table(table))
+        logger.plot(
+            [f"tune_acc/{n}" for n in tune_curves],
+            out_dir / "tuning_accuracy_vs_alpha.png",
+            title="tuning accuracy vs alpha",
+            x="alpha",
+        )
+        print0(
+            f"\ntest split ({args.tune_fraction:.0%} tuning split used for the grid search):\n"
+            + format_table(table)
+        )
         alphas = [1.0, args.alpha_smooth, args.alpha_sharpen]
-        analysis = attention_analysis(model, processor, state, analysis_rows, analysis_correct, alphas, args)
+        analysis = attention_analysis(
+            model, processor, state, analysis_rows, analysis_correct, alphas, args
+        )
         plot_attention(analysis, analysis_rows, alphas, out_dir / "attention_heatmap.png")
         analysis.pop("_patches")
-        layer_rows = [{"layer": l, **{f"image mass a={a}": m[l] for a, m in analysis["image_mass"].items()},
-                       **({"box align a=1": analysis["box_alignment"][1.0][l], "align correct": analysis["alignment_correct"][l],
-                           "align wrong": analysis["alignment_wrong"][l], "AUROC": analysis["alignment_auroc"][l]} if "box_alignment" in analysis else {})}
-                      for l in range(len(analysis["image_mass"][1.0]))]
-        print0(f"\nattention analysis on {analysis['rows']} test rows: image tokens are {analysis['image_token_share']:.1%} of the prompt"
-               + (f"; boxes cover {analysis['box_alignment_chance']:.1%} of the patches" if "box_alignment" in analysis else ""))
+        layer_rows = [
+            {
+                "layer": l,
+                **{f"image mass a={a}": m[l] for a, m in analysis["image_mass"].items()},
+                **(
+                    {
+                        "box align a=1": analysis["box_alignment"][1.0][l],
+                        "align correct": analysis["alignment_correct"][l],
+                        "align wrong": analysis["alignment_wrong"][l],
+                        "AUROC": analysis["alignment_auroc"][l],
+                    }
+                    if "box_alignment" in analysis
+                    else {}
+                ),
+            }
+            for l in range(len(analysis["image_mass"][1.0]))
+        ]
+        print0(
+            f"\nattention analysis on {analysis['rows']} test rows: image tokens are {analysis['image_token_share']:.1%} of the prompt"
+            + (
+                f"; boxes cover {analysis['box_alignment_chance']:.1%} of the patches"
+                if "box_alignment" in analysis
+                else ""
+            )
+        )
         print0(format_table(layer_rows))
-        summary["attention_analysis"] = {**analysis, "image_mass": {str(a): m for a, m in analysis["image_mass"].items()},
-                                         **({"box_alignment": {str(a): m for a, m in analysis["box_alignment"].items()}} if "box_alignment" in analysis else {})}
-        (out_dir / "summary.json").write_text(json.dumps({"args": asdict(args), "model": model_path, **{k: v for k, v in summary.items()}}, indent=1, default=str))
-        print0(f"\nwrote {out_dir}/summary.json, metrics.jsonl, generations.jsonl, tuning_accuracy_vs_alpha.png, attention_heatmap.png")
+        summary["attention_analysis"] = {
+            **analysis,
+            "image_mass": {str(a): m for a, m in analysis["image_mass"].items()},
+            **(
+                {"box_alignment": {str(a): m for a, m in analysis["box_alignment"].items()}}
+                if "box_alignment" in analysis
+                else {}
+            ),
+        }
+        (out_dir / "summary.json").write_text(
+            json.dumps(
+                {"args": asdict(args), "model": model_path, **{k: v for k, v in summary.items()}},
+                indent=1,
+                default=str,
+            )
+        )
+        print0(
+            f"\nwrote {out_dir}/summary.json, metrics.jsonl, generations.jsonl, tuning_accuracy_vs_alpha.png, attention_heatmap.png"
+        )
     logger.close()
     barrier()
 

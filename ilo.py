@@ -68,8 +68,22 @@ from common.config import parse_config, per_rank
 from common.data import DataError, load_located_rows, load_rows
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.toys import toy_model
-from common.train import (MetricsLogger, barrier, cleanup_distributed, format_table, init_distributed, load_checkpoint, make_optimizer,
-                          make_scheduler, micro_batches, print0, save_checkpoint, seed_everything, shard_model, sft_loss)
+from common.train import (
+    MetricsLogger,
+    barrier,
+    cleanup_distributed,
+    format_table,
+    init_distributed,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    micro_batches,
+    print0,
+    save_checkpoint,
+    seed_everything,
+    sft_loss,
+    shard_model,
+)
 
 
 def arg(default, help: str):  # a dataclass field with its help string (--help shows it)
@@ -81,41 +95,69 @@ class Args:
     # generic
     seed: int = arg(0, "random seed")
     output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
-    model: str = arg("", "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
-                         "'' = tiny offline LM (8 layers), warm-started on the toy languages")
-    dtype: str = arg("auto", "dtype of the measured base model: auto | float32 | bfloat16; "
-                        "fine-tuned copies train fp32 masters (common.train precision policy)")
-    data: str = arg("", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, "
-                        "or a rows file")
+    model: str = arg(
+        "",
+        "hub id or folder (the paper uses meta-llama/Meta-Llama-3.1-8B); "
+        "'' = tiny offline LM (8 layers), warm-started on the toy languages",
+    )
+    dtype: str = arg(
+        "auto",
+        "dtype of the measured base model: auto | float32 | bfloat16; "
+        "fine-tuned copies train fp32 masters (common.train precision policy)",
+    )
+    data: str = arg(
+        "", "'' = toy parallel corpus; else a FLORES-200 / FLORES+ folder or hub id, or a rows file"
+    )
     data_split: str = arg("dev", "FLORES split: dev (997 sentences per language) or devtest (1012)")
     text_field: str = arg("text", "field of a rows file holding the sentence")
     lang_field: str = arg("lang", "field of a rows file holding the language")
     languages: str = arg("", "comma-separated subset; '' = all found")
     max_sentences: int = arg(0, "sentences per language for ILO; 0 = all of the evaluation set")
-    eval_sentences: int = arg(0, "real data: each language's first N sentences are the held-out "
-                                 "ILO and perplexity set, the rest the fine-tuning text; 0 = half")
+    eval_sentences: int = arg(
+        0,
+        "real data: each language's first N sentences are the held-out "
+        "ILO and perplexity set, the rest the fine-tuning text; 0 = half",
+    )
     batch_size: int = arg(32, "sentences per forward pass")
-    max_length: int = arg(256, "longest sentence in tokens for ILO vectors and fine-tuning; longer "
-                               "ones are cut and the run prints how many (released get_ilo.py "
-                               "never cuts)")
+    max_length: int = arg(
+        256,
+        "longest sentence in tokens for ILO vectors and fine-tuning; longer "
+        "ones are cut and the run prints how many (released get_ilo.py "
+        "never cuts)",
+    )
     # ILO (released src/ilo.py: k = 5, t = 3)
     k: int = arg(5, "nearest neighbours per point; paper: 5 (released src/ilo.py)")
-    t: int = arg(3, "other languages a point must reach to count for Bridge; paper: 3 (released src/ilo.py)")
+    t: int = arg(
+        3, "other languages a point must reach to count for Bridge; paper: 3 (released src/ilo.py)"
+    )
     # single-language fine-tuning
     finetune_language: str = arg("", "language to fine-tune on; '' = the first language")
-    freeze_first: int = arg(2, "compare freezing the embeddings + this many first blocks with no "
-                               "freezing; toy 2; "
-                               "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)")
+    freeze_first: int = arg(
+        2,
+        "compare freezing the embeddings + this many first blocks with no "
+        "freezing; toy 2; "
+        "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)",
+    )
     freeze_style: Literal["paper", "code"] = arg(
-        "paper", "paper = embeddings + blocks 0..N-1 (the paper's wording); code = embeddings + "
-                 "blocks 0..N + final norm + lm_head (released selective_grad_freeze)")
+        "paper",
+        "paper = embeddings + blocks 0..N-1 (the paper's wording); code = embeddings + "
+        "blocks 0..N + final norm + lm_head (released selective_grad_freeze)",
+    )
     finetune_steps: int = arg(60, "fine-tuning optimizer steps per condition")
-    finetune_lr: float = arg(3e-3, "fine-tuning LR, constant; toy 3e-3; paper preset: 1e-5 (not stated in the paper)")
+    finetune_lr: float = arg(
+        3e-3, "fine-tuning LR, constant; toy 3e-3; paper preset: 1e-5 (not stated in the paper)"
+    )
     finetune_batch: int = arg(16, "sentences per fine-tuning step, all ranks")
-    micro_batch_size: int = arg(0, "sentences per forward/backward on one rank (same token mean); "
-                                   "0 = the rank's batch; paper preset: 1 (not stated in the paper)")
-    gradient_checkpointing: bool = arg(False, "recompute decoder layers in the backward pass; "
-                                              "paper preset: True (not stated in the paper)")
+    micro_batch_size: int = arg(
+        0,
+        "sentences per forward/backward on one rank (same token mean); "
+        "0 = the rank's batch; paper preset: 1 (not stated in the paper)",
+    )
+    gradient_checkpointing: bool = arg(
+        False,
+        "recompute decoder layers in the backward pass; "
+        "paper preset: True (not stated in the paper)",
+    )
     ckpt_every: int = arg(50, "checkpoint every N fine-tuning steps")
     resume: bool = arg(False, "continue the fine-tuning runs from their checkpoints")
     track: bool = arg(False, "log to Weights & Biases")
@@ -137,7 +179,9 @@ PAPER = dict(
 
 def derived(args, world_size: int) -> dict:
     """Per-rank sentences of a fine-tuning step; raises naming the flag."""
-    return dict(finetune_sentences_per_rank=per_rank(args.finetune_batch, world_size, "--finetune_batch"))
+    return dict(
+        finetune_sentences_per_rank=per_rank(args.finetune_batch, world_size, "--finetune_batch")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -166,7 +210,9 @@ def knn_indices(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
     return out
 
 
-def ilo_scores(embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 3) -> dict[str, dict[str, float]]:
+def ilo_scores(
+    embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 3
+) -> dict[str, dict[str, float]]:
     """Per-language Bridge, Reach and ILO of one layer's pooled sentence vectors (N, D).
 
     O(i) = languages of i's k nearest neighbours, minus lang(i).
@@ -195,7 +241,9 @@ def ilo_scores(embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 
 
 
 @torch.no_grad()
-def mean_pooled_states(model, tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 256) -> torch.Tensor:
+def mean_pooled_states(
+    model, tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 256
+) -> torch.Tensor:
     """(L+1, N, D) mean hidden state per layer and sentence; padding masked out.
 
     Right padding keeps every real token's position and (causal) attention identical to an unpadded run.
@@ -206,8 +254,14 @@ def mean_pooled_states(model, tokenizer, sentences: list[str], batch_size: int =
     model.eval()
     chunks = []
     for start in range(0, len(sentences), batch_size):
-        enc = tokenizer(sentences[start : start + batch_size], return_tensors="pt", padding=True, padding_side="right",
-                        truncation=True, max_length=max_length).to(device)
+        enc = tokenizer(
+            sentences[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=max_length,
+        ).to(device)
         hidden = model(**enc, output_hidden_states=True).hidden_states  # L+1 tensors of (B, T, D)
         mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
         pooled = [(h.float() * mask).sum(1) / mask.sum(1) for h in hidden]  # L+1 x (B, D)
@@ -243,8 +297,12 @@ def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 32) -> 
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(sentences), batch_size):
-        enc = tokenizer([s + tokenizer.eos_token for s in sentences[start : start + batch_size]], return_tensors="pt",
-                        padding=True, padding_side="right").to(device)
+        enc = tokenizer(
+            [s + tokenizer.eos_token for s in sentences[start : start + batch_size]],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+        ).to(device)
         mask = enc["attention_mask"]
         n = mask[:, 1:].sum().item()
         total_nll += sft_loss(model, enc["input_ids"], mask, mask).item() * n
@@ -258,18 +316,49 @@ def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 32) -> 
 
 TOY_CONCEPTS = {
     "verb": ["sees", "likes", "finds", "takes", "draws", "helps", "eats", "holds"],
-    "object": ["apples", "houses", "rivers", "books", "stones", "trees", "breads", "stars", "doors", "ships"],
+    "object": [
+        "apples",
+        "houses",
+        "rivers",
+        "books",
+        "stones",
+        "trees",
+        "breads",
+        "stars",
+        "doors",
+        "ships",
+    ],
     "adjective": ["red", "small", "old", "happy", "cold", "bright"],
 }
 # Names, numbers and nouns are written the same in every language (loanwords, as in real parallel text),
 # so parallel sentences share some tokens; verbs and adjectives differ in vocabulary and script, and
 # word order differs.
-TOY_NAMES = ["Ana", "Bo", "Kim", "Lee", "Max", "Noa", "Oli", "Pia", "Raj", "Sam", "Tom", "Uma", "Vik", "Yan", "Zoe"]
+TOY_NAMES = [
+    "Ana",
+    "Bo",
+    "Kim",
+    "Lee",
+    "Max",
+    "Noa",
+    "Oli",
+    "Pia",
+    "Raj",
+    "Sam",
+    "Tom",
+    "Uma",
+    "Vik",
+    "Yan",
+    "Zoe",
+]
 # (name, letters for made-up words "consonants|vowels", word order). One script only: the tiny tokenizer
 # was trained on ASCII text, so other scripts fall apart into byte tokens that swamp the mean-pooled vector.
 TOY_LANGUAGES = [
-    ("eng", None, "SVO"), ("sov1", "bdfgklmnprstvz|aeiou", "SOV"), ("vso1", "bcdgkmnprst|aeiouy", "VSO"),
-    ("svo1", "fhjklmnpqrsw|aeiou", "SVO"), ("sov2", "bdgklmnrstvz|aeiou", "SOV"), ("ovs1", "bcdfghjklmnp|aeiou", "OVS"),
+    ("eng", None, "SVO"),
+    ("sov1", "bdfgklmnprstvz|aeiou", "SOV"),
+    ("vso1", "bcdgkmnprst|aeiouy", "VSO"),
+    ("svo1", "fhjklmnpqrsw|aeiou", "SVO"),
+    ("sov2", "bdgklmnrstvz|aeiou", "SOV"),
+    ("ovs1", "bcdfghjklmnp|aeiou", "OVS"),
 ]
 
 
@@ -290,7 +379,9 @@ def toy_lexicon(seed: int = 0) -> dict:
     return lexicon
 
 
-def render(lexicon: dict, lang: str, order: str, who: str, verb: str, count: int, adj: str, obj: str) -> str:
+def render(
+    lexicon: dict, lang: str, order: str, who: str, verb: str, count: int, adj: str, obj: str
+) -> str:
     w = lexicon[lang]
     noun_phrase = f"{count} {w[adj]} {w[obj]}" if order != "OVS" else f"{w[obj]} {w[adj]} {count}"
     parts = {"S": who, "V": w[verb], "O": noun_phrase}
@@ -305,7 +396,13 @@ def toy_corpus(n: int, seed: int) -> list[dict]:
         who, count = rng.choice(TOY_NAMES), rng.randint(2, 99)
         verb, adj, obj = (rng.choice(TOY_CONCEPTS[k]) for k in ("verb", "adjective", "object"))
         for lang, _, order in TOY_LANGUAGES:
-            rows.append({"id": i, "lang": lang, "text": render(lexicon, lang, order, who, verb, count, adj, obj)})
+            rows.append(
+                {
+                    "id": i,
+                    "lang": lang,
+                    "text": render(lexicon, lang, order, who, verb, count, adj, obj),
+                }
+            )
     return rows
 
 
@@ -333,15 +430,18 @@ def toy_base_model(seed: int) -> str:
     def build(folder: Path):
         # untied input/output embeddings, as in Llama-3.1-8B: a word of another language then gets
         # no gradient from single-language fine-tuning
-        path = make_tiny_lm(num_hidden_layers=8, hidden_size=32, intermediate_size=128,
-                            tie_word_embeddings=False)
+        path = make_tiny_lm(
+            num_hidden_layers=8, hidden_size=32, intermediate_size=128, tie_word_embeddings=False
+        )
         tok, model = load_tokenizer(path), load_model(path)
         rows = toy_corpus(600, seed=seed + 1000)  # never the ILO / evaluation sentences (seed 1, 2)
         by_id: dict[int, dict] = {}
         for r in rows:
             by_id.setdefault(r["id"], {})[r["lang"]] = r["text"]
         texts = [r["text"] for r in rows]
-        texts += [f"{d['eng']} = {d[lang]}" for d in by_id.values() for lang in d if lang != "eng"]  # translations
+        texts += [
+            f"{d['eng']} = {d[lang]}" for d in by_id.values() for lang in d if lang != "eng"
+        ]  # translations
         texts += toy_code_switched(len(texts) // 2, seed=seed + 2000)
         rng = random.Random(seed)
         opt = make_optimizer(model, lr=3e-3)
@@ -355,22 +455,38 @@ def toy_base_model(seed: int) -> str:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
-    return toy_model("ilo-base", spec, build,
-                     code=[toy_corpus, toy_lexicon, toy_code_switched, render])
+    return toy_model(
+        "ilo-base", spec, build, code=[toy_corpus, toy_lexicon, toy_code_switched, render]
+    )
 
 
-FLORES_TEXT_SUFFIXES = (".txt", ".dev", ".devtest")  # FLORES-200: <split>/<lang>.<split>, a sentence a line
-FLORES_ROW_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")  # FLORES+ release: <split>/<lang>.parquet
+FLORES_TEXT_SUFFIXES = (
+    ".txt",
+    ".dev",
+    ".devtest",
+)  # FLORES-200: <split>/<lang>.<split>, a sentence a line
+FLORES_ROW_SUFFIXES = (
+    ".parquet",
+    ".jsonl",
+    ".json",
+    ".csv",
+)  # FLORES+ release: <split>/<lang>.parquet
 
 
 def _flores_text(where: str, row: dict, text_field: str) -> str:
-    text = row.get(text_field, row.get("sentence"))  # FLORES+ calls it `text`, facebook/flores `sentence`
+    text = row.get(
+        text_field, row.get("sentence")
+    )  # FLORES+ calls it `text`, facebook/flores `sentence`
     if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: field {text_field!r} (or 'sentence') is missing or empty (see --text_field)")
+        raise DataError(
+            f"{where}: field {text_field!r} (or 'sentence') is missing or empty (see --text_field)"
+        )
     return text.strip()
 
 
-def load_flores(source: str, split: str, languages: list[str], text_field: str = "text") -> list[dict]:
+def load_flores(
+    source: str, split: str, languages: list[str], text_field: str = "text"
+) -> list[dict]:
     """{lang, text} rows of FLORES-200 / FLORES+ in their release layouts, `split` = dev or devtest:
     - a folder with one file per language, `<lang>.dev|.devtest|.txt` (FLORES-200 tarball) or
       `<lang>.parquet|.jsonl` rows with `text` (FLORES+), directly or under `<split>/`;
@@ -380,7 +496,9 @@ def load_flores(source: str, split: str, languages: list[str], text_field: str =
     path = Path(source)
     if not path.is_dir():
         if not languages:
-            raise ValueError(f"--data {source}: a hub data set needs --languages (one config per language)")
+            raise ValueError(
+                f"--data {source}: a hub data set needs --languages (one config per language)"
+            )
         import datasets
 
         rows = []
@@ -388,10 +506,17 @@ def load_flores(source: str, split: str, languages: list[str], text_field: str =
             try:
                 ds = datasets.load_dataset(source, lang, split=split)
             except Exception as e:  # offline, gated, unknown language or split: say which
-                raise DataError(f"could not load {source!r} language {lang!r} split {split!r}: {e}") from e
+                raise DataError(
+                    f"could not load {source!r} language {lang!r} split {split!r}: {e}"
+                ) from e
             ordered = sorted(ds, key=lambda r: r.get("id", 0))
-            rows += [{"lang": lang, "text": _flores_text(f"{source}[{lang}/{split}] row {i}", dict(r), text_field)}
-                     for i, r in enumerate(ordered)]
+            rows += [
+                {
+                    "lang": lang,
+                    "text": _flores_text(f"{source}[{lang}/{split}] row {i}", dict(r), text_field),
+                }
+                for i, r in enumerate(ordered)
+            ]
         return rows
     folder = path / split if (path / split).is_dir() else path
     rows = []
@@ -400,15 +525,28 @@ def load_flores(source: str, split: str, languages: list[str], text_field: str =
             lines = p.read_text(encoding="utf-8").splitlines()
             rows += [{"lang": p.stem, "text": line.strip()} for line in lines if line.strip()]
         elif p.is_file() and p.suffix in FLORES_ROW_SUFFIXES:
-            rows += [{"lang": p.stem, "text": _flores_text(where, r, text_field)}
-                     for where, r in load_located_rows(str(p))]
-        elif p.is_dir() and (files := sorted(f for f in p.iterdir() if f.suffix in FLORES_ROW_SUFFIXES
-                                             and (f.stem == split or f.stem.startswith(split + "-")))):
-            rows += [{"lang": p.name, "text": _flores_text(where, r, text_field)}
-                     for f in files for where, r in load_located_rows(str(f))]
+            rows += [
+                {"lang": p.stem, "text": _flores_text(where, r, text_field)}
+                for where, r in load_located_rows(str(p))
+            ]
+        elif p.is_dir() and (
+            files := sorted(
+                f
+                for f in p.iterdir()
+                if f.suffix in FLORES_ROW_SUFFIXES
+                and (f.stem == split or f.stem.startswith(split + "-"))
+            )
+        ):
+            rows += [
+                {"lang": p.name, "text": _flores_text(where, r, text_field)}
+                for f in files
+                for where, r in load_located_rows(str(f))
+            ]
     if not rows:
-        raise DataError(f"--data {source}: no FLORES files (<lang>.dev/.devtest/.txt or <lang>.parquet/.jsonl, "
-                        f"directly or under {split}/)")
+        raise DataError(
+            f"--data {source}: no FLORES files (<lang>.dev/.devtest/.txt or <lang>.parquet/.jsonl, "
+            f"directly or under {split}/)"
+        )
     return rows
 
 
@@ -419,7 +557,10 @@ def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
         return toy_corpus(120, seed=1), toy_corpus(400, seed=2)
     wanted = args.languages.split(",") if args.languages else []
     if Path(args.data).is_file():
-        rows = [{"lang": r[args.lang_field], "text": r[args.text_field]} for r in load_rows(args.data, required=(args.lang_field, args.text_field))]
+        rows = [
+            {"lang": r[args.lang_field], "text": r[args.text_field]}
+            for r in load_rows(args.data, required=(args.lang_field, args.text_field))
+        ]
     else:
         rows = load_flores(args.data, args.data_split, wanted, args.text_field)
     if wanted:
@@ -441,8 +582,10 @@ def split_held_out(rows: list[dict], n_eval: int) -> tuple[list[dict], list[dict
     for lang, mine in by_lang.items():
         n = n_eval or len(mine) // 2
         if n >= len(mine):
-            raise ValueError(f"--eval_sentences {n}: language {lang!r} has only {len(mine)} "
-                             "sentences, none would be left for fine-tuning")
+            raise ValueError(
+                f"--eval_sentences {n}: language {lang!r} has only {len(mine)} "
+                "sentences, none would be left for fine-tuning"
+            )
         eval_rows += mine[:n]
         ft_rows += mine[n:]
     return eval_rows, ft_rows
@@ -465,15 +608,24 @@ def cap_per_language(rows: list[dict], n: int) -> list[dict]:
 
 def measure(model, tok, rows, args) -> list[dict]:
     """ILO per layer and language: rows {layer, lang, bridge, reach, ilo}."""
-    states = mean_pooled_states(model, tok, [r["text"] for r in rows], args.batch_size, args.max_length)  # (L+1, N, D)
+    states = mean_pooled_states(
+        model, tok, [r["text"] for r in rows], args.batch_size, args.max_length
+    )  # (L+1, N, D)
     langs = [r["lang"] for r in rows]
-    return [{"layer": layer, "lang": lang, **s} for layer in range(states.shape[0])
-            for lang, s in ilo_scores(states[layer], langs, args.k, args.t).items()]
+    return [
+        {"layer": layer, "lang": lang, **s}
+        for layer in range(states.shape[0])
+        for lang, s in ilo_scores(states[layer], langs, args.k, args.t).items()
+    ]
 
 
 def mean_ilo_by_layer(records: list[dict]) -> dict[int, float]:
     layers = sorted({r["layer"] for r in records})
-    return {layer: sum(r["ilo"] for r in records if r["layer"] == layer) / sum(1 for r in records if r["layer"] == layer) for layer in layers}
+    return {
+        layer: sum(r["ilo"] for r in records if r["layer"] == layer)
+        / sum(1 for r in records if r["layer"] == layer)
+        for layer in layers
+    }
 
 
 def finetune_backward(model, input_ids, attention_mask, micro_batch_size: int) -> float:
@@ -482,15 +634,28 @@ def finetune_backward(model, input_ids, attention_mask, micro_batch_size: int) -
     num_tokens = float(attention_mask[:, 1:].sum())
     total = 0.0
     for sl in micro_batches(input_ids.shape[0], micro_batch_size):
-        loss = sft_loss(model, input_ids[sl], attention_mask[sl], attention_mask[sl], normalizer=num_tokens)
+        loss = sft_loss(
+            model, input_ids[sl], attention_mask[sl], attention_mask[sl], normalizer=num_tokens
+        )
         loss.backward()
         total += loss.item()
     return total
 
 
-def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path, logger: MetricsLogger, tag: str):
+def finetune(
+    model,
+    tok,
+    texts: list[str],
+    args: Args,
+    dist_info,
+    ckpt_dir: Path,
+    logger: MetricsLogger,
+    tag: str,
+):
     """Causal-LM fine-tuning on one language's text; only parameters with requires_grad train."""
-    model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)  # fp32 masters, train mode
+    model = shard_model(
+        model, dist_info, gradient_checkpointing=args.gradient_checkpointing
+    )  # fp32 masters, train mode
     opt = make_optimizer(model, lr=args.finetune_lr)
     sched = make_scheduler(opt, "constant", total_steps=args.finetune_steps)
     start = 0
@@ -500,12 +665,22 @@ def finetune(model, tok, texts: list[str], args: Args, dist_info, ckpt_dir: Path
     rng = random.Random(args.seed)
     for _ in range(start):  # replay the data stream to the checkpoint's position
         rng.sample(texts, min(args.finetune_batch, len(texts)))
-    for step in tqdm(range(start, args.finetune_steps), desc=f"fine-tune {tag}", disable=not dist_info.is_main):
+    for step in tqdm(
+        range(start, args.finetune_steps), desc=f"fine-tune {tag}", disable=not dist_info.is_main
+    ):
         batch = rng.sample(texts, min(args.finetune_batch, len(texts)))
         batch = batch[dist_info.rank :: dist_info.world_size] or batch[:1]  # this rank's share
-        enc = tok([b + tok.eos_token for b in batch], return_tensors="pt", padding=True, padding_side="right",
-                  truncation=True, max_length=args.max_length).to(dist_info.device)
-        loss = finetune_backward(model, enc["input_ids"], enc["attention_mask"], args.micro_batch_size)
+        enc = tok(
+            [b + tok.eos_token for b in batch],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=args.max_length,
+        ).to(dist_info.device)
+        loss = finetune_backward(
+            model, enc["input_ids"], enc["attention_mask"], args.micro_batch_size
+        )
         opt.step(), sched.step(), opt.zero_grad()
         logger.log({f"{tag}/loss": loss}, step=step + 1)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.finetune_steps:
@@ -529,18 +704,33 @@ def main(args: Args):
     languages = sorted({r["lang"] for r in ilo_rows})
     ft_lang = args.finetune_language or languages[0]
     evaluated = {r["text"] for r in ilo_rows}
-    ft_texts = [r["text"] for r in ft_rows  # never an evaluated sentence
-                if r["lang"] == ft_lang and r["text"] not in evaluated]
+    ft_texts = [
+        r["text"]
+        for r in ft_rows  # never an evaluated sentence
+        if r["lang"] == ft_lang and r["text"] not in evaluated
+    ]
     if not ft_texts:
         raise ValueError(f"--finetune_language {ft_lang!r}: no sentences (languages: {languages})")
     cut = count_cut(tok, [r["text"] for r in ilo_rows] + ft_texts, args.max_length)
     if cut:
         print0(f"--max_length {args.max_length}: {cut} sentences are cut (ILO and fine-tuning)")
     held_out = {lang: [r["text"] for r in ilo_rows if r["lang"] == lang] for lang in languages}
-    print0(f"{len(languages)} languages x ~{len(ilo_rows) // len(languages)} sentences; fine-tune language {ft_lang!r} ({len(ft_texts)} sentences)")
+    print0(
+        f"{len(languages)} languages x ~{len(ilo_rows) // len(languages)} sentences; fine-tune language {ft_lang!r} ({len(ft_texts)} sentences)"
+    )
 
-    logger = MetricsLogger(out, track=args.track, run_name="ilo", config=asdict(args), resume_step=0 if args.resume else None)
-    conditions = {"base": None, "finetune": 0, f"finetune_freeze{args.freeze_first}": args.freeze_first}
+    logger = MetricsLogger(
+        out,
+        track=args.track,
+        run_name="ilo",
+        config=asdict(args),
+        resume_step=0 if args.resume else None,
+    )
+    conditions = {
+        "base": None,
+        "finetune": 0,
+        f"finetune_freeze{args.freeze_first}": args.freeze_first,
+    }
     results, ppl = {}, {}
     for name, freeze in conditions.items():
         model = base if freeze is None else copy.deepcopy(base)
@@ -548,11 +738,18 @@ def main(args: Args):
             if freeze:
                 frozen = freeze_first_layers(model, freeze, args.freeze_style)
                 print0(f"[{name}] frozen: {len(frozen)} tensors ({args.freeze_style} style)")
-            model = finetune(model, tok, ft_texts, args, dist_info, out / f"ckpt_{name}", logger, name)
-        if dist_info.is_main:  # measurement is cheap and needs no sharding: rank 0 on the full model
+            model = finetune(
+                model, tok, ft_texts, args, dist_info, out / f"ckpt_{name}", logger, name
+            )
+        if (
+            dist_info.is_main
+        ):  # measurement is cheap and needs no sharding: rank 0 on the full model
             eval_model = model if dist_info.world_size == 1 else _gathered_copy(model, base)
             results[name] = measure(eval_model, tok, ilo_rows, args)
-            ppl[name] = {lang: perplexity(eval_model, tok, texts, args.batch_size) for lang, texts in held_out.items()}
+            ppl[name] = {
+                lang: perplexity(eval_model, tok, texts, args.batch_size)
+                for lang, texts in held_out.items()
+            }
         elif dist_info.world_size > 1 and freeze is not None:
             _gathered_copy(model, base)
         barrier()
@@ -575,8 +772,9 @@ def _gathered_copy(model, like):
     return plain
 
 
-def ilo_claims(results: dict, ppl: dict, ft_lang: str, n_frozen: int,
-               margin: float = 0.01) -> list[dict]:
+def ilo_claims(
+    results: dict, ppl: dict, ft_lang: str, n_frozen: int, margin: float = 0.01
+) -> list[dict]:
     """The paper's findings as claims on this run: single-language fine-tuning lowers ILO, freezing
     the first n_frozen blocks keeps it, and freezing helps the other languages (held-out
     perplexity).
@@ -586,22 +784,44 @@ def ilo_claims(results: dict, ppl: dict, ft_lang: str, n_frozen: int,
     frozen = f"finetune_freeze{n_frozen}"
     curves = {c: mean_ilo_by_layer(recs) for c, recs in results.items()}
     upper = [layer for layer in curves["base"] if layer > n_frozen]
-    ilo_upper = {c: sum(curve[layer] for layer in upper) / len(upper)
-                 for c, curve in curves.items()}
+    ilo_upper = {
+        c: sum(curve[layer] for layer in upper) / len(upper) for c, curve in curves.items()
+    }
     others = [lang for lang in ppl["base"] if lang != ft_lang]
-    ppl_others = {c: sum(math.log(p[lang]) for lang in others) / len(others)
-                  for c, p in ppl.items()}
+    ppl_others = {
+        c: sum(math.log(p[lang]) for lang in others) / len(others) for c, p in ppl.items()
+    }
     metric = f"mean ILO, layers {upper[0]}-{upper[-1]}"
     return [
-        claim("fine-tuning lowers ILO", metric, ilo_upper["base"], ilo_upper["finetune"],
-              higher_is_better=False, margin=margin),
-        claim(f"freezing {n_frozen} blocks keeps ILO higher", metric, ilo_upper["finetune"],
-              ilo_upper[frozen], margin=margin),
-        claim("freezing helps the other languages", "log ppl, other languages",
-              ppl_others["finetune"], ppl_others[frozen], higher_is_better=False),
-        claim("fine-tuned language still improves (frozen)", f"log ppl, {ft_lang}",
-              math.log(ppl["base"][ft_lang]), math.log(ppl[frozen][ft_lang]),
-              higher_is_better=False),
+        claim(
+            "fine-tuning lowers ILO",
+            metric,
+            ilo_upper["base"],
+            ilo_upper["finetune"],
+            higher_is_better=False,
+            margin=margin,
+        ),
+        claim(
+            f"freezing {n_frozen} blocks keeps ILO higher",
+            metric,
+            ilo_upper["finetune"],
+            ilo_upper[frozen],
+            margin=margin,
+        ),
+        claim(
+            "freezing helps the other languages",
+            "log ppl, other languages",
+            ppl_others["finetune"],
+            ppl_others[frozen],
+            higher_is_better=False,
+        ),
+        claim(
+            "fine-tuned language still improves (frozen)",
+            f"log ppl, {ft_lang}",
+            math.log(ppl["base"][ft_lang]),
+            math.log(ppl[frozen][ft_lang]),
+            higher_is_better=False,
+        ),
     ]
 
 
@@ -617,9 +837,22 @@ def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float, n_
     curves = {cond: mean_ilo_by_layer(recs) for cond, recs in results.items()}
     layers = sorted(next(iter(curves.values())))
     print0("\nMean ILO over languages, per layer (0 = embeddings):")
-    print0(format_table([{"layer": layer, **{c: curves[c][layer] for c in curves}} for layer in layers]))
-    print0(f"\nPerplexity per language (fine-tuned on {ft_lang!r}; the others are the cross-lingual check):")
-    print0(format_table([{"condition": c, **{lang: round(v, 2) for lang, v in p.items()}} for c, p in ppl.items()]))
+    print0(
+        format_table(
+            [{"layer": layer, **{c: curves[c][layer] for c in curves}} for layer in layers]
+        )
+    )
+    print0(
+        f"\nPerplexity per language (fine-tuned on {ft_lang!r}; the others are the cross-lingual check):"
+    )
+    print0(
+        format_table(
+            [
+                {"condition": c, **{lang: round(v, 2) for lang, v in p.items()}}
+                for c, p in ppl.items()
+            ]
+        )
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -637,8 +870,10 @@ def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float, n_
     claims = ilo_claims(results, ppl, ft_lang, n_frozen)
     write_summary(out, claims, ilo_by_layer=curves, perplexity=ppl, seconds=round(seconds))
     print0("\n" + format_claims(claims))
-    print0(f"\nwrote {out}/ilo_per_layer.csv, ilo_per_layer.jsonl, ilo_vs_layer.png, summary.json, "
-           f"metrics.jsonl ({seconds:.0f}s)")
+    print0(
+        f"\nwrote {out}/ilo_per_layer.csv, ilo_per_layer.jsonl, ilo_vs_layer.png, summary.json, "
+        f"metrics.jsonl ({seconds:.0f}s)"
+    )
 
 
 if __name__ == "__main__":

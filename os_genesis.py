@@ -51,72 +51,215 @@ import torch.distributed as dist
 from PIL import ImageDraw
 from tqdm import tqdm
 
-from common.gui_env import (APPS, TASKS, ActionError, GUIAction, ScriptedExpert, Task, ToyGUIEnv, _extract_json_object,
-                            describe_action, instruction, format_osgenesis, list_tasks, normalize_answer,
-                            osgenesis_a11y, osgenesis_to_indexed, parse_json_action, parse_osgenesis, replay, rollout,
-                            run_episodes, screen_signature, side_by_side, state_diff, step_match, with_center_point)
 from common.claims import claim, format_claims, write_summary
 from common.config import parse_config
 from common.data import read_jsonl_tolerant, write_jsonl
+from common.gui_env import (
+    APPS,
+    TASKS,
+    ActionError,
+    GUIAction,
+    ScriptedExpert,
+    Task,
+    ToyGUIEnv,
+    _extract_json_object,
+    describe_action,
+    format_osgenesis,
+    instruction,
+    list_tasks,
+    normalize_answer,
+    osgenesis_a11y,
+    osgenesis_to_indexed,
+    parse_json_action,
+    parse_osgenesis,
+    replay,
+    rollout,
+    run_episodes,
+    screen_signature,
+    side_by_side,
+    state_diff,
+    step_match,
+    with_center_point,
+)
 from common.models import load_model, load_processor, load_tokenizer, make_tiny_lm, make_tiny_vlm
 from common.sampling import VLLMArgs, finish_local, generate_local, generate_sharded, make_sampler
 from common.toys import toy_model
-from common.train import (all_gather_object, barrier, format_table, init_distributed,
-                          load_checkpoint, make_optimizer, make_scheduler, MetricsLogger,
-                          micro_batches, print0, save_checkpoint, seed_everything, sft_inputs,
-                          sft_loss, shard_model)
+from common.train import (
+    MetricsLogger,
+    all_gather_object,
+    barrier,
+    format_table,
+    init_distributed,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    micro_batches,
+    print0,
+    save_checkpoint,
+    seed_everything,
+    sft_inputs,
+    sft_loss,
+    shard_model,
+)
 
 
 @dataclass
 class Args(VLLMArgs):
     seed: int = field(default=0, metadata={"help": "random seed"})
-    output_dir: str = field(default="runs/os_genesis", metadata={"help": "JSONL data, checkpoint, metrics, PNG"})
-    model: str = field(default="", metadata={"help": "agent to fine-tune (hub id or path); empty = tiny VLM built in code"})
-    vlm: bool = field(default=True, metadata={"help": "agent sees the screenshot; False = text-only LM on the a11y text"})
-    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm, for the model-backed annotator/executor/judge"})
-    resume: bool = field(default=False, metadata={"help": "continue from the JSONL files and the SFT checkpoint"})
+    output_dir: str = field(
+        default="runs/os_genesis", metadata={"help": "JSONL data, checkpoint, metrics, PNG"}
+    )
+    model: str = field(
+        default="",
+        metadata={"help": "agent to fine-tune (hub id or path); empty = tiny VLM built in code"},
+    )
+    vlm: bool = field(
+        default=True,
+        metadata={"help": "agent sees the screenshot; False = text-only LM on the a11y text"},
+    )
+    sampler: Literal["hf", "vllm"] = field(
+        default="hf", metadata={"help": "hf | vllm, for the model-backed annotator/executor/judge"}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the JSONL files and the SFT checkpoint"}
+    )
     track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
     apps: str = field(default="settings,notes,shop,mail", metadata={"help": "apps to explore"})
-    walks_per_app: int = field(default=15, metadata={"help": "walks per app (the paper walks once per AndroidWorld task, 116 in all)"})
-    walk_steps: int = field(default=10, metadata={"help": "steps per walk (sec 2.1: 10 mobile, 5 web)"})
-    walk_style: Literal["mobile", "web"] = field(default="mobile", metadata={"help": "mobile (elements x10, scroll/back x1) | web (4/3/3/1)"})
-    interactive_weight: float = field(default=10.0, metadata={"help": "weight per interactive element (sec 2.1)"})
-    nav_weight: float = field(default=1.0, metadata={"help": "weight of scroll down / scroll up / back each (sec 2.1)"})
-    long_press_ratio: float = field(default=0.1, metadata={"help": "long-clickable: click:long_press 9:1 (sec 2.1)"})
-    text_filler: Literal["rule", "model"] = field(default="rule", metadata={"help": "text for fields: rule (stand-in) | model (gpt-4o-mini)"})
-    filler_max_tokens: int = field(default=20, metadata={"help": "<= 20 tokens, T=0.7, fallback 'Test Input' (sec 2.1)"})
-    annotator: Literal["rule", "model"] = field(default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"})
-    annotator_model: str = field(default="", metadata={"help": "LLM/VLM for annotator, filler, executor (empty = --model)"})
-    question_ratio: float = field(default=0.3, metadata={"help": "rule describer: info screens made questions (sec 2.2)"})
-    executor: Literal["follower", "model"] = field(default="follower", metadata={"help": "collection: follower (stand-in: runs the direct plan) | model (GPT-4o M3A)"})
-    executor_noise: float = field(default=0.15, metadata={"help": "follower stand-in: chance of a random click (slip) per step"})
-    max_steps: int = field(default=15, metadata={"help": "step cap for collection and evaluation (sec 2.3)"})
-    abort_repeats: int = field(default=3, metadata={"help": "abort after the same action this many times (sec 2.3)"})
-    judge: Literal["state", "model"] = field(default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"})
-    judge_model: str = field(default="", metadata={"help": "LLM/VLM for --judge model (empty = --model)"})
+    walks_per_app: int = field(
+        default=15,
+        metadata={"help": "walks per app (the paper walks once per AndroidWorld task, 116 in all)"},
+    )
+    walk_steps: int = field(
+        default=10, metadata={"help": "steps per walk (sec 2.1: 10 mobile, 5 web)"}
+    )
+    walk_style: Literal["mobile", "web"] = field(
+        default="mobile", metadata={"help": "mobile (elements x10, scroll/back x1) | web (4/3/3/1)"}
+    )
+    interactive_weight: float = field(
+        default=10.0, metadata={"help": "weight per interactive element (sec 2.1)"}
+    )
+    nav_weight: float = field(
+        default=1.0, metadata={"help": "weight of scroll down / scroll up / back each (sec 2.1)"}
+    )
+    long_press_ratio: float = field(
+        default=0.1, metadata={"help": "long-clickable: click:long_press 9:1 (sec 2.1)"}
+    )
+    text_filler: Literal["rule", "model"] = field(
+        default="rule", metadata={"help": "text for fields: rule (stand-in) | model (gpt-4o-mini)"}
+    )
+    filler_max_tokens: int = field(
+        default=20, metadata={"help": "<= 20 tokens, T=0.7, fallback 'Test Input' (sec 2.1)"}
+    )
+    annotator: Literal["rule", "model"] = field(
+        default="rule", metadata={"help": "reverse synthesis: rule (stand-in) | model (GPT-4o)"}
+    )
+    annotator_model: str = field(
+        default="", metadata={"help": "LLM/VLM for annotator, filler, executor (empty = --model)"}
+    )
+    question_ratio: float = field(
+        default=0.3, metadata={"help": "rule describer: info screens made questions (sec 2.2)"}
+    )
+    executor: Literal["follower", "model"] = field(
+        default="follower",
+        metadata={
+            "help": "collection: follower (stand-in: runs the direct plan) | model (GPT-4o M3A)"
+        },
+    )
+    executor_noise: float = field(
+        default=0.15,
+        metadata={"help": "follower stand-in: chance of a random click (slip) per step"},
+    )
+    max_steps: int = field(
+        default=15, metadata={"help": "step cap for collection and evaluation (sec 2.3)"}
+    )
+    abort_repeats: int = field(
+        default=3, metadata={"help": "abort after the same action this many times (sec 2.3)"}
+    )
+    judge: Literal["state", "model"] = field(
+        default="state", metadata={"help": "reward model: state (stand-in) | model (GPT-4o)"}
+    )
+    judge_model: str = field(
+        default="", metadata={"help": "LLM/VLM for --judge model (empty = --model)"}
+    )
     judge_temperature: float = field(default=0.5, metadata={"help": "TRM sampling T (sec 2.4)"})
     judge_top_p: float = field(default=0.9, metadata={"help": "TRM top_p (sec 2.4)"})
-    judge_retries: int = field(default=5, metadata={"help": "TRM tries until 1 <= score <= 5 (sec 2.4)"})
-    max_history: int = field(default=2, metadata={"help": "past steps shown to the agent, 0 = all; toy 2; paper: 0 (all past steps)"})
-    action_space: Literal["coords", "index"] = field(default="coords", metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"})
-    data: Literal["os_genesis", "task_driven"] = field(default="os_genesis", metadata={"help": "os_genesis (stages 1-4) | "
-        "task_driven (the paper's baseline: SFT on expert trajectories of the training tasks)"})
-    compare: bool = field(default=True, metadata={"help": "also train the task-driven baseline from the same base; write claims"})
-    tasks: str = field(default="", metadata={"help": "catalogue task ids (comma-separated) for task_driven data AND evaluation"})
-    eval_base: bool = field(default=True, metadata={"help": "evaluate the model before SFT too (the compared baseline reuses it)"})
-    base_steps: int = field(default=200, metadata={"help": "toy base (no --model): steps of low-level instruction following"})
+    judge_retries: int = field(
+        default=5, metadata={"help": "TRM tries until 1 <= score <= 5 (sec 2.4)"}
+    )
+    max_history: int = field(
+        default=2,
+        metadata={
+            "help": "past steps shown to the agent, 0 = all; toy 2; paper: 0 (all past steps)"
+        },
+    )
+    action_space: Literal["coords", "index"] = field(
+        default="coords",
+        metadata={"help": "coords: {text: (x, y)} a11y + x/y actions (sec 2.5) | index"},
+    )
+    data: Literal["os_genesis", "task_driven"] = field(
+        default="os_genesis",
+        metadata={
+            "help": "os_genesis (stages 1-4) | "
+            "task_driven (the paper's baseline: SFT on expert trajectories of the training tasks)"
+        },
+    )
+    compare: bool = field(
+        default=True,
+        metadata={"help": "also train the task-driven baseline from the same base; write claims"},
+    )
+    tasks: str = field(
+        default="",
+        metadata={
+            "help": "catalogue task ids (comma-separated) for task_driven data AND evaluation"
+        },
+    )
+    eval_base: bool = field(
+        default=True,
+        metadata={"help": "evaluate the model before SFT too (the compared baseline reuses it)"},
+    )
+    base_steps: int = field(
+        default=200,
+        metadata={"help": "toy base (no --model): steps of low-level instruction following"},
+    )
     train_steps: int = field(default=300, metadata={"help": "SFT optimizer steps"})
-    batch_size: int = field(default=4, metadata={"help": "trajectory draws per step per rank, each -> planning + action sample"})
-    micro_batch_size: int = field(default=0, metadata={"help": "samples per forward/backward on one rank (gradient "
-        "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute decoder layers in the backward pass; "
-        "paper preset: True (not stated in the paper; needed for long sequences at 7B)"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW LR; toy 3e-3 (tiny model from scratch); paper preset: 1e-5 (not stated in the paper; usual at 7B)"})
+    batch_size: int = field(
+        default=4,
+        metadata={"help": "trajectory draws per step per rank, each -> planning + action sample"},
+    )
+    micro_batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "samples per forward/backward on one rank (gradient "
+            "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute decoder layers in the backward pass; "
+            "paper preset: True (not stated in the paper; needed for long sequences at 7B)"
+        },
+    )
+    learning_rate: float = field(
+        default=3e-3,
+        metadata={
+            "help": "AdamW LR; toy 3e-3 (tiny model from scratch); paper preset: 1e-5 (not stated in the paper; usual at 7B)"
+        },
+    )
     warmup_ratio: float = field(default=0.05, metadata={"help": "cosine schedule warmup share"})
     save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
-    max_new_tokens: int = field(default=96, metadata={"help": "agent generation budget; toy 96; paper preset: 512 (not stated in the paper)"})
-    eval_split: Literal["test", "train"] = field(default="test", metadata={"help": "held-out tasks of the toy env"})
-    eval_limit: int = field(default=0, metadata={"help": "evaluate on the first N held-out tasks (0 = all)"})
+    max_new_tokens: int = field(
+        default=96,
+        metadata={
+            "help": "agent generation budget; toy 96; paper preset: 512 (not stated in the paper)"
+        },
+    )
+    eval_split: Literal["test", "train"] = field(
+        default="test", metadata={"help": "held-out tasks of the toy env"}
+    )
+    eval_limit: int = field(
+        default=0, metadata={"help": "evaluate on the first N held-out tasks (0 = all)"}
+    )
 
 
 # Used with --preset paper (the default once --model is named); the defaults above are the CPU toy's. The
@@ -148,10 +291,14 @@ def web_element_weight(role: str, explored: bool, new: bool) -> float:
     """Sec 2.1 (random_walk_web.py): unexplored+new 4, explored+new 3, unexplored+old 3, explored+old 1; static text 0."""
     if role in ("text", "heading", "StaticText", "list"):
         return 0.0
-    return {(False, True): 4.0, (True, True): 3.0, (False, False): 3.0, (True, False): 1.0}[(explored, new)]
+    return {(False, True): 4.0, (True, True): 3.0, (False, False): 3.0, (True, False): 1.0}[
+        (explored, new)
+    ]
 
 
-def element_action(element: dict, long_press_ratio: float, rng: random.Random, text: str = "Test Input") -> GUIAction:
+def element_action(
+    element: dict, long_press_ratio: float, rng: random.Random, text: str = "Test Input"
+) -> GUIAction:
     """Sec 2.1: editable -> type; long-clickable -> click:long_press 9:1; otherwise click."""
     if element["is_editable"]:
         return GUIAction("input_text", index=element["index"], text=text)
@@ -170,7 +317,9 @@ def parse_trm_output(text: str) -> tuple[str, int | None]:
     scores = re.findall(r"Score\s*:\s*(-?\d+)", text)
     reason = re.search(r"Reason\s*:\s*(.*?)(?:Score\s*:|$)", text, re.S)
     n = int(scores[-1]) if scores else None
-    return (reason.group(1).strip() if reason else ""), (n if n is not None and 1 <= n <= 5 else None)
+    return (reason.group(1).strip() if reason else ""), (
+        n if n is not None and 1 <= n <= 5 else None
+    )
 
 
 def trm_sampling_probs(scores: list[float]) -> list[float]:
@@ -181,7 +330,9 @@ def trm_sampling_probs(scores: list[float]) -> list[float]:
     return [s / total for s in scores]
 
 
-def rubric_score(reached: bool, clean: bool, efficient: bool, partial: bool, right_app: bool, looped: bool) -> int:
+def rubric_score(
+    reached: bool, clean: bool, efficient: bool, partial: bool, right_app: bool, looped: bool
+) -> int:
     """Sec 2.4 rubric, completion + coherence: 5 perfect; 4 done but inefficient (a detour, an invalid
     step); 3 partial, loop or error (done with side effects counts as an error); 2 early deviation
     (right app, never near the target); 1 immediate failure."""
@@ -197,7 +348,12 @@ def rubric_score(reached: bool, clean: bool, efficient: bool, partial: bool, rig
 
 
 def user_message(text: str, vlm: bool) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}] if vlm else text}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": text}] if vlm else text,
+        }
+    ]
 
 
 def load_helper(path: str, args: Args):
@@ -208,12 +364,24 @@ def load_helper(path: str, args: Args):
     return make_sampler(args.sampler, model, proc, model_path=path, args=args)
 
 
-def agent_prompt(goal: str, obs: dict, history: list[dict], args: Args, thought: str | None = None) -> str:
+def agent_prompt(
+    goal: str, obs: dict, history: list[dict], args: Args, thought: str | None = None
+) -> str:
     """Sec 2.5: screenshot + filtered a11y tree, the task, and 'Step i: thought action: json' history."""
-    screen = osgenesis_a11y(obs["ui_elements"]) if args.action_space == "coords" else obs["axtree_txt"]
+    screen = (
+        osgenesis_a11y(obs["ui_elements"]) if args.action_space == "coords" else obs["axtree_txt"]
+    )
     first = max(0, len(history) - args.max_history) if args.max_history else 0
-    past = "\n".join(f"Step {i + 1}: {h['thought']} action: {history_action(h, args)}" for i, h in enumerate(history) if i >= first)
-    ask = f"Low-level thought: {thought}\nWrite the action." if thought else "Write the low-level thought and the action."
+    past = "\n".join(
+        f"Step {i + 1}: {h['thought']} action: {history_action(h, args)}"
+        for i, h in enumerate(history)
+        if i >= first
+    )
+    ask = (
+        f"Low-level thought: {thought}\nWrite the action."
+        if thought
+        else "Write the low-level thought and the action."
+    )
     return f"Screen: {screen}\nHistory:\n{past or 'None'}\nTask: {goal}\n{ask}"  # the task last: near the answer
 
 
@@ -228,8 +396,12 @@ def history_action(step: dict, args: Args) -> str:
 
 def agent_target(action: GUIAction, obs: dict, args: Args, thought: str | None) -> str:
     """Planning target 'Low-level thought: ...\\naction: {json}', or 'action: {json}' (thought=None)."""
-    action = with_center_point(action, obs["ui_elements"]) if args.action_space == "coords" else action
-    return format_osgenesis(thought, action) if thought is not None else f"action: {action.to_json()}"
+    action = (
+        with_center_point(action, obs["ui_elements"]) if args.action_space == "coords" else action
+    )
+    return (
+        format_osgenesis(thought, action) if thought is not None else f"action: {action.to_json()}"
+    )
 
 
 def parse_agent_output(text: str, obs: dict) -> tuple[str, GUIAction | None]:
@@ -243,13 +415,24 @@ def parse_agent_output(text: str, obs: dict) -> tuple[str, GUIAction | None]:
 
 def model_policy(sampler, args: Args):
     """The model-backed agent (M3A-style executor, and the agent being evaluated): greedy decoding."""
+
     def policy(items):
-        prompts = [user_message(agent_prompt(obs["goal"], obs, steps, args), args.vlm) for _, obs, steps in items]
+        prompts = [
+            user_message(agent_prompt(obs["goal"], obs, steps, args), args.vlm)
+            for _, obs, steps in items
+        ]
         images = [o["screenshot"] for _, o, _ in items] if args.vlm else None
-        outs = generate_local(sampler, prompts, images=images, temperature=0.0,
-                              max_new_tokens=args.max_new_tokens)  # FSDP2: lock-step rounds
-        decisions = [(parse_agent_output(out[0].text, obs), out[0].text) for (_, obs, _), out in zip(items, outs)]
-        return [(thought, action or raw) for (thought, action), raw in decisions]  # garbage -> env error, counted
+        outs = generate_local(
+            sampler, prompts, images=images, temperature=0.0, max_new_tokens=args.max_new_tokens
+        )  # FSDP2: lock-step rounds
+        decisions = [
+            (parse_agent_output(out[0].text, obs), out[0].text)
+            for (_, obs, _), out in zip(items, outs)
+        ]
+        return [
+            (thought, action or raw) for (thought, action), raw in decisions
+        ]  # garbage -> env error, counted
+
     return policy
 
 
@@ -259,10 +442,21 @@ def model_policy(sampler, args: Args):
 # text filler (rule_text_filler | model_text_filler), describer (RuleDescriber | ModelDescriber),
 # executor (PathFollower on direct_plan | model_policy), judge (StateJudge | ModelJudge).
 
-SWITCHES = {"airplane": "airplane mode", "wifi": "Wi-Fi", "bluetooth": "Bluetooth", "dark_theme": "dark theme",
-            "dnd": "Do not disturb", "vibrate": "vibration"}
-SETTINGS = {"brightness": "Set the brightness to {}.", "volume": "Set the volume to {}.", "font_size": "Change the font size to {}.",
-            "network": "Connect to the Wi-Fi network {}.", "device_name": "Rename this phone to {}."}
+SWITCHES = {
+    "airplane": "airplane mode",
+    "wifi": "Wi-Fi",
+    "bluetooth": "Bluetooth",
+    "dark_theme": "dark theme",
+    "dnd": "Do not disturb",
+    "vibrate": "vibration",
+}
+SETTINGS = {
+    "brightness": "Set the brightness to {}.",
+    "volume": "Set the volume to {}.",
+    "font_size": "Change the font size to {}.",
+    "network": "Connect to the Wi-Fi network {}.",
+    "device_name": "Rename this phone to {}.",
+}
 
 
 def describe_state_change(diff: list) -> str | None:
@@ -275,7 +469,11 @@ def describe_state_change(diff: list) -> str | None:
         if key in SETTINGS:
             return SETTINGS[key].format(new.lower() if key == "font_size" else new)
         if key == "cart":
-            return f"Add {new - (old or 0)} {rest[0]} to the cart." if new else f"Remove {rest[0]} from the cart."
+            return (
+                f"Add {new - (old or 0)} {rest[0]} to the cart."
+                if new
+                else f"Remove {rest[0]} from the cart."
+            )
         old, new = old or [], new or []  # the rest are lists of records
         added, removed = [x for x in new if x not in old], [x for x in old if x not in new]
         if key == "orders":
@@ -285,27 +483,49 @@ def describe_state_change(diff: list) -> str | None:
         if key in ("notes", "emails"):
             for a in added:
                 b = next((r for r in removed if r["id"] == a["id"]), None)
-                noun = f"the note '{(b or a).get('title')}'" if key == "notes" else f"the email from {a['sender']}"
+                noun = (
+                    f"the note '{(b or a).get('title')}'"
+                    if key == "notes"
+                    else f"the email from {a['sender']}"
+                )
                 if b is None:
                     return f"Create a note titled '{a['title']}' that says '{a['body']}'."
                 if key == "notes" and a["pinned"] != b["pinned"]:
                     return f"{'Pin' if a['pinned'] else 'Unpin'} {noun}."
                 if key == "emails" and a["starred"] != b["starred"]:
                     return f"{'Star' if a['starred'] else 'Unstar'} {noun}."
-                return f"Rename {noun} to '{a['title']}'." if a.get("title") != b.get("title") else f"Edit {noun}."
+                return (
+                    f"Rename {noun} to '{a['title']}'."
+                    if a.get("title") != b.get("title")
+                    else f"Edit {noun}."
+                )
             if removed:
-                return f"Delete the note '{removed[0]['title']}'." if key == "notes" else f"Delete the email from {removed[0]['sender']}."
+                return (
+                    f"Delete the note '{removed[0]['title']}'."
+                    if key == "notes"
+                    else f"Delete the email from {removed[0]['sender']}."
+                )
     return None
 
 
 QUESTIONS = {  # element on a screen -> (question, answer from its (text, value))
     "price": ("How much does the {title} cost?", lambda text, value: text.split()[-1]),
-    "android_version": ("Which Android version is this phone running?", lambda text, value: text.split()[-1]),
+    "android_version": (
+        "Which Android version is this phone running?",
+        lambda text, value: text.split()[-1],
+    ),
     "subject": ("What is the subject of the email from {sender}?", lambda text, value: text),
-    "body_box": ("What does the note '{note}' say?", lambda text, value: value)}
-FIELD_TEXTS = {"title": ["Shopping", "Todo", "Plans"], "body": ["call mom", "buy bread", "hello"], "to": ["dave", "erin", "grace"],
-               "subject": ["Hi", "Update", "Question"], "address": ["1 Main St", "7 Hill Rd"], "device": ["My Phone", "Toy 2"],
-               "search": ["mug", "seed", "novel", "pan"]}  # none is a held-out task's parameter
+    "body_box": ("What does the note '{note}' say?", lambda text, value: value),
+}
+FIELD_TEXTS = {
+    "title": ["Shopping", "Todo", "Plans"],
+    "body": ["call mom", "buy bread", "hello"],
+    "to": ["dave", "erin", "grace"],
+    "subject": ["Hi", "Update", "Question"],
+    "address": ["1 Main St", "7 Hill Rd"],
+    "device": ["My Phone", "Toy 2"],
+    "search": ["mug", "seed", "novel", "pan"],
+}  # none is a held-out task's parameter
 
 
 def screen_question(after: list, title: str) -> tuple[str, str] | None:
@@ -317,7 +537,9 @@ def screen_question(after: list, title: str) -> tuple[str, str] | None:
         return None
     template, extract = QUESTIONS[rid]
     sender = info.get("from", ("", ""))[0].removeprefix("From: ")
-    return template.format(title=title, note=info.get("title_box", ("", ""))[1], sender=sender), extract(*info[rid])
+    return template.format(
+        title=title, note=info.get("title_box", ("", ""))[1], sender=sender
+    ), extract(*info[rid])
 
 
 def toy_field_text(field_name: str, rng) -> str:
@@ -358,17 +580,33 @@ class PathFollower:
         if clickable and self.rng.random() < self.noise:
             return GUIAction("click", index=self.rng.choice(clickable)["index"])
         if self.pos >= len(self.plan):
-            return GUIAction("answer", text=self.answer) if self.answer else GUIAction("status", goal_status="complete")
+            return (
+                GUIAction("answer", text=self.answer)
+                if self.answer
+                else GUIAction("status", goal_status="complete")
+            )
         step = self.plan[self.pos]
         if step[0] in ("open_app", "scroll", "back"):
             self.pos += 1
-            return (GUIAction("open_app", app_name=step[1]) if step[0] == "open_app" else
-                    GUIAction("scroll", direction=step[1]) if step[0] == "scroll" else GUIAction("navigate_back"))
+            return (
+                GUIAction("open_app", app_name=step[1])
+                if step[0] == "open_app"
+                else GUIAction("scroll", direction=step[1])
+                if step[0] == "scroll"
+                else GUIAction("navigate_back")
+            )
         index = next((e["index"] for e in obs["ui_elements"] if e["resource_id"] == step[1]), None)
         if index is None:
-            return GUIAction("navigate_back")  # lost: go back (hopeless cases end by the repeat rule)
+            return GUIAction(
+                "navigate_back"
+            )  # lost: go back (hopeless cases end by the repeat rule)
         self.pos += 1
-        return GUIAction("input_text", index=index, text=step[2]) if step[0] == "type" else GUIAction(step[0], index=index)
+        return (
+            GUIAction("input_text", index=index, text=step[2])
+            if step[0] == "type"
+            else GUIAction(step[0], index=index)
+        )
+
 
 def initial_phone_state() -> dict:
     """The toy phone's state after reset (every walk, trajectory and held-out task starts here)."""
@@ -378,13 +616,22 @@ def initial_phone_state() -> dict:
 def task_target(task: dict, triple: dict) -> dict:
     """What the synthesized task asks for, as the stand-ins read it: the triple's state change, the
     answer on its after-screen, the text typed into its field, or else reaching its after-screen."""
-    diff = [d for d in triple["diff"] if not d[0].startswith("/system/")]  # where the agent is: not an effect
+    diff = [
+        d for d in triple["diff"] if not d[0].startswith("/system/")
+    ]  # where the agent is: not an effect
     if diff:
         return dict(kind="change", diff=diff)
     if task.get("answer"):
-        return dict(kind="answer", answer=task["answer"], url=triple["url_after"], title=triple["title_after"])
+        return dict(
+            kind="answer",
+            answer=task["answer"],
+            url=triple["url_after"],
+            title=triple["title_after"],
+        )
     if triple["action"]["action_type"] == "input_text":
-        return dict(kind="typed", rid=triple["element"]["resource_id"], text=triple["action"]["text"])
+        return dict(
+            kind="typed", rid=triple["element"]["resource_id"], text=triple["action"]["text"]
+        )
     return dict(kind="screen", url=triple["url_after"], title=triple["title_after"])
 
 
@@ -402,7 +649,10 @@ def target_reached(target: dict, obs: dict, state: dict) -> bool:
     if target["kind"] == "change":  # the change is present: applying it again changes nothing
         return not state_diff(canonical(apply_diff(state, target["diff"])), canonical(state))
     if target["kind"] == "typed":
-        return any(e["resource_id"] == target["rid"] and e["value"] == target["text"] for e in obs["ui_elements"])
+        return any(
+            e["resource_id"] == target["rid"] and e["value"] == target["text"]
+            for e in obs["ui_elements"]
+        )
     return obs["url"] == target["url"] and obs["ui_elements"][0]["text"] == target["title"]
 
 
@@ -436,11 +686,23 @@ def direct_plan(task: dict, triple: dict) -> list:
 
     def works(candidate):
         done = run_plan(candidate, triple["app"])
-        return bool(done) and target_reached(target, done[1], done[0].state) and not side_effects(start, done[0].state, target)
+        return (
+            bool(done)
+            and target_reached(target, done[1], done[0].state)
+            and not side_effects(start, done[0].state, target)
+        )
+
     cut = True
     while cut:
-        cut = next((plan[:i] + plan[i + n:] for n in range(len(plan) - 1, 0, -1)
-                    for i in range(1, len(plan) - n + 1) if works(plan[:i] + plan[i + n:])), None)
+        cut = next(
+            (
+                plan[:i] + plan[i + n :]
+                for n in range(len(plan) - 1, 0, -1)
+                for i in range(1, len(plan) - n + 1)
+                if works(plan[:i] + plan[i + n :])
+            ),
+            None,
+        )
         plan = cut or plan
     return plan
 
@@ -451,7 +713,10 @@ def leaks_held_out(task: dict, triple: dict, held_out: list[Task]) -> bool:
     goals = {normalize_answer(t.goal) for t in held_out}
     if normalize_answer(task["goal"]) in goals:
         return True
-    if task.get("answer") and any(t.answer and normalize_answer(t.answer) == normalize_answer(task["answer"]) for t in held_out):
+    if task.get("answer") and any(
+        t.answer and normalize_answer(t.answer) == normalize_answer(task["answer"])
+        for t in held_out
+    ):
         return True
     target = task_target(task, triple)
     if target["kind"] != "change":
@@ -472,10 +737,17 @@ def rule_text_filler(rng: random.Random):
 
 def model_text_filler(sampler, args: Args):
     """Sec 2.1: a model writes <= 20 tokens at T=0.7, first line only; empty output -> 'Test Input'."""
+
     def fill(field_name: str, app: str) -> str:
-        prompt = user_message(f"Write a realistic short input for the '{field_name}' field of the {app} app. One line.", False)
-        text = sampler.generate([prompt], temperature=0.7, max_new_tokens=args.filler_max_tokens)[0][0].text
+        prompt = user_message(
+            f"Write a realistic short input for the '{field_name}' field of the {app} app. One line.",
+            False,
+        )
+        text = sampler.generate([prompt], temperature=0.7, max_new_tokens=args.filler_max_tokens)[
+            0
+        ][0].text
         return (text.strip().splitlines() or [""])[0].strip() or "Test Input"
+
     return fill
 
 
@@ -488,21 +760,42 @@ def plan_step(action: GUIAction, ui_elements: list[dict]) -> list:
     return ["scroll", action.direction] if t == "scroll" else ["back"]
 
 
-def random_walk(app: str, walk_id: int, args: Args, pool: set, explored: set, filler, rng: random.Random):
+def random_walk(
+    app: str, walk_id: int, args: Args, pool: set, explored: set, filler, rng: random.Random
+):
     """One walk from the app's first screen. An element action that changes nothing pools the element (never
     proposed again) and records nothing; every real change records a (before, action, after) triple."""
     env = ToyGUIEnv(Task(f"walk{walk_id}", app, "", start_app=app), max_steps=10**6)
-    obs, actions, triples, pooled, path, previous = env.obs, [], [], [], [], set()  # previous: ids on the last screen
+    obs, actions, triples, pooled, path, previous = (
+        env.obs,
+        [],
+        [],
+        [],
+        [],
+        set(),
+    )  # previous: ids on the last screen
     seen = {(obs["url"], screen_signature(obs)): 0}
     for step in range(args.walk_steps):
-        elements = [e for e in obs["ui_elements"] if (e["is_clickable"] or e["is_editable"] or e["is_long_clickable"])
-                    and (app, e["resource_id"]) not in pool]
+        elements = [
+            e
+            for e in obs["ui_elements"]
+            if (e["is_clickable"] or e["is_editable"] or e["is_long_clickable"])
+            and (app, e["resource_id"]) not in pool
+        ]
         if args.walk_style == "web":
             options = [("element", e) for e in elements]
-            weights = [web_element_weight(e["role"], (app, e["resource_id"]) in explored, e["resource_id"] not in previous)
-                       for e in elements]
+            weights = [
+                web_element_weight(
+                    e["role"], (app, e["resource_id"]) in explored, e["resource_id"] not in previous
+                )
+                for e in elements
+            ]
         else:
-            options = [("element", e) for e in elements] + [("scroll", "down"), ("scroll", "up"), ("back", None)]
+            options = [("element", e) for e in elements] + [
+                ("scroll", "down"),
+                ("scroll", "up"),
+                ("back", None),
+            ]
             weights = mobile_walk_weights(len(elements), args.interactive_weight, args.nav_weight)
         if not options or sum(weights) == 0:
             break
@@ -512,8 +805,16 @@ def random_walk(app: str, walk_id: int, args: Args, pool: set, explored: set, fi
             action = element_action(target, args.long_press_ratio, rng, text)
             explored.add((app, target["resource_id"]))
         else:
-            action = GUIAction("scroll", direction=target) if kind == "scroll" else GUIAction("navigate_back")
-        before, before_state, previous = obs, json.loads(json.dumps(env.state)), {e["resource_id"] for e in obs["ui_elements"]}
+            action = (
+                GUIAction("scroll", direction=target)
+                if kind == "scroll"
+                else GUIAction("navigate_back")
+            )
+        before, before_state, previous = (
+            obs,
+            json.loads(json.dumps(env.state)),
+            {e["resource_id"] for e in obs["ui_elements"]},
+        )
         obs, *_ = env.step(action)
         actions.append(action.to_dict())
         if screen_signature(obs) == screen_signature(before) and obs["url"] == before["url"]:
@@ -522,18 +823,35 @@ def random_walk(app: str, walk_id: int, args: Args, pool: set, explored: set, fi
                 pooled.append(target["resource_id"])
             continue
         element = before["ui_elements"][action.index] if action.index is not None else None
-        triples.append(dict(
-            triple_id=f"w{walk_id}s{step}", walk_id=walk_id, step=len(actions), app=app, action=action.to_dict(),
-            action_text=describe_action(action, before["ui_elements"]), url_before=before["url"], url_after=obs["url"],
-            element=element and {k: element[k] for k in ("resource_id", "text", "role", "bbox_pixels")},
-            title_before=before["ui_elements"][0]["text"], title_after=obs["ui_elements"][0]["text"],
-            diff=state_diff(before_state, env.state), after=[[e["resource_id"], e["text"], e["value"]] for e in obs["ui_elements"]],
-            path=list(path), final_step=plan_step(action, before["ui_elements"])))
+        triples.append(
+            dict(
+                triple_id=f"w{walk_id}s{step}",
+                walk_id=walk_id,
+                step=len(actions),
+                app=app,
+                action=action.to_dict(),
+                action_text=describe_action(action, before["ui_elements"]),
+                url_before=before["url"],
+                url_after=obs["url"],
+                element=element
+                and {k: element[k] for k in ("resource_id", "text", "role", "bbox_pixels")},
+                title_before=before["ui_elements"][0]["text"],
+                title_after=obs["ui_elements"][0]["text"],
+                diff=state_diff(before_state, env.state),
+                after=[[e["resource_id"], e["text"], e["value"]] for e in obs["ui_elements"]],
+                path=list(path),
+                final_step=plan_step(action, before["ui_elements"]),
+            )
+        )
         path.append(triples[-1]["final_step"])
         key = (obs["url"], screen_signature(obs))
-        path = path[:seen[key]] if key in seen else path  # back on a screen seen before: the detour leaves the path
+        path = (
+            path[: seen[key]] if key in seen else path
+        )  # back on a screen seen before: the detour leaves the path
         seen = {k: v for k, v in seen.items() if v <= len(path)} | {key: len(path)}
-    return dict(walk_id=walk_id, app=app, actions=actions, pooled=pooled, n_triples=len(triples)), triples
+    return dict(
+        walk_id=walk_id, app=app, actions=actions, pooled=pooled, n_triples=len(triples)
+    ), triples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -544,7 +862,10 @@ SYNTHESIS_PROMPT = (
     "the element acted on has a red box.\nAction: {action}\nWrite 1. Sub-Instruction: a low-level instruction for this "
     "action; 2. Analysis: what changed; 3. High-Level-Instruction: a realistic task (or a question answerable from the "
     "screen) that a user of {app} could give and that this action helps to complete.\n"
-    'Answer with JSON: {{"Sub-Instruction": "...", "Analysis": "...", "High-Level-Instruction": "..."}}')
+    'Answer with JSON: {{"Sub-Instruction": "...", "Analysis": "...", "High-Level-Instruction": "..."}}'
+)
+
+
 class RuleDescriber:
     """STAND-IN for the GPT-4o annotator: writes the same JSON from the triple's a11y and state diff."""
 
@@ -561,10 +882,15 @@ class RuleDescriber:
                 high = f"Type '{t['action']['text']}' into the {t['element']['text']} field of {t['title_after']}."
             if high is None and random.Random(t["triple_id"]).random() < self.args.question_ratio:
                 high, answer = screen_question(t["after"], t["title_after"]) or (None, None)
-            record = {"Sub-Instruction": t["action_text"][:1].upper() + t["action_text"][1:] + ".",
-                      "Analysis": f"The screen went from {t['title_before']} to {t['title_after']}.",
-                      "High-Level-Instruction": high or f"Open the {t['title_after']} screen in {APPS[t['app']].label}."}
-            out.append(json.dumps(record | ({"Answer": answer} if answer else {})))  # Answer: for the stand-in executor only
+            record = {
+                "Sub-Instruction": t["action_text"][:1].upper() + t["action_text"][1:] + ".",
+                "Analysis": f"The screen went from {t['title_before']} to {t['title_after']}.",
+                "High-Level-Instruction": high
+                or f"Open the {t['title_after']} screen in {APPS[t['app']].label}.",
+            }
+            out.append(
+                json.dumps(record | ({"Answer": answer} if answer else {}))
+            )  # Answer: for the stand-in executor only
         return out
 
 
@@ -579,14 +905,26 @@ class ModelDescriber:
     def describe(self, triples: list[dict]) -> list[str]:
         prompts, images = [], []
         for t in triples:
-            screens = replay(Task("walk", t["app"], "", start_app=t["app"]), self.walk_actions[t["walk_id"]][:t["step"]])
+            screens = replay(
+                Task("walk", t["app"], "", start_app=t["app"]),
+                self.walk_actions[t["walk_id"]][: t["step"]],
+            )
             before = screens[-2]["screenshot"].copy()
             if t["element"]:
                 b = t["element"]["bbox_pixels"]
-                ImageDraw.Draw(before).rectangle((b["x_min"], b["y_min"], b["x_max"] - 1, b["y_max"] - 1), outline="red", width=2)
+                ImageDraw.Draw(before).rectangle(
+                    (b["x_min"], b["y_min"], b["x_max"] - 1, b["y_max"] - 1), outline="red", width=2
+                )
             images.append(side_by_side([before, screens[-1]["screenshot"]]))
-            prompts.append(user_message(SYNTHESIS_PROMPT.format(app=APPS[t["app"]].label, action=t["action_text"]), self.args.vlm))
-        outs = self.sampler.generate(prompts, images=images if self.args.vlm else None, temperature=0.0, max_new_tokens=256)
+            prompts.append(
+                user_message(
+                    SYNTHESIS_PROMPT.format(app=APPS[t["app"]].label, action=t["action_text"]),
+                    self.args.vlm,
+                )
+            )
+        outs = self.sampler.generate(
+            prompts, images=images if self.args.vlm else None, temperature=0.0, max_new_tokens=256
+        )
         return [o[0].text for o in outs]
 
 
@@ -603,9 +941,11 @@ def parse_synthesis(text: str) -> dict | None:
 # ------------------------------------------------------------------------------------------------
 # Stage 3 executor stand-in and stage 4 reward models
 
-TRM_PROMPT = ("You judge a mobile GUI agent.\nTask: {goal}\nSteps:\n{steps}\nThe image shows the last screenshots, oldest first. "
-              "Score completion and coherence from 1 to 5: 5 perfect; 4 mostly done or inefficient; 3 partial, loop or error; "
-              "2 early deviation; 1 immediate failure.\nAnswer as: Reason: <one sentence> Score: <1-5>")
+TRM_PROMPT = (
+    "You judge a mobile GUI agent.\nTask: {goal}\nSteps:\n{steps}\nThe image shows the last screenshots, oldest first. "
+    "Score completion and coherence from 1 to 5: 5 perfect; 4 mostly done or inefficient; 3 partial, loop or error; "
+    "2 early deviation; 1 immediate failure.\nAnswer as: Reason: <one sentence> Score: <1-5>"
+)
 
 
 def follower_plan(triple: dict) -> list:
@@ -621,18 +961,30 @@ class StateJudge:
     name = "state"
 
     def score(self, task: dict, triple: dict, traj: dict) -> tuple[int, str, int]:
-        env = ToyGUIEnv(Task("judge", task["app"], task["goal"]), max_steps=10**6, end_on_success=False)
+        env = ToyGUIEnv(
+            Task("judge", task["app"], task["goal"]), max_steps=10**6, end_on_success=False
+        )
         start, target = initial_phone_state(), task_target(task, triple)
         observations = [env.step(s["action"])[0] for s in traj["steps"]]
         urls = [o["url"] for o in observations]
         if target["kind"] == "answer":
-            reached = normalize_answer(env.state["system"]["answer"] or "") == normalize_answer(task["answer"])
+            reached = normalize_answer(env.state["system"]["answer"] or "") == normalize_answer(
+                task["answer"]
+            )
         else:
             reached = bool(observations) and target_reached(target, observations[-1], env.state)
         extra = side_effects(start, env.state, target)
-        optimal = len(task.get("plan") or follower_plan(triple)) + 1  # the direct plan + stop/answer
-        score = rubric_score(reached, not extra, len(urls) <= optimal and traj["invalid"] == 0, triple["url_before"] in urls,
-                             bool(urls) and urls[0].startswith(f"toy://{triple['app']}/"), traj["aborted"])
+        optimal = (
+            len(task.get("plan") or follower_plan(triple)) + 1
+        )  # the direct plan + stop/answer
+        score = rubric_score(
+            reached,
+            not extra,
+            len(urls) <= optimal and traj["invalid"] == 0,
+            triple["url_before"] in urls,
+            bool(urls) and urls[0].startswith(f"toy://{triple['app']}/"),
+            traj["aborted"],
+        )
         return score, f"reached={reached} side_effects={len(extra)} steps={len(urls)}/{optimal}", 1
 
 
@@ -645,12 +997,22 @@ class ModelJudge:
         self.sampler, self.args = sampler, args
 
     def score(self, task: dict, triple: dict, traj: dict) -> tuple[int, str, int]:
-        screens = [o["screenshot"] for o in replay(Task("judge", task["app"], task["goal"]), [s["action"] for s in traj["steps"]])]
+        screens = [
+            o["screenshot"]
+            for o in replay(
+                Task("judge", task["app"], task["goal"]), [s["action"] for s in traj["steps"]]
+            )
+        ]
         steps = "\n".join(f"Step {j + 1}: {s['thought']}" for j, s in enumerate(traj["steps"]))
         prompt = user_message(TRM_PROMPT.format(goal=task["goal"], steps=steps), self.args.vlm)
         for attempt in range(1, self.args.judge_retries + 1):
-            text = self.sampler.generate([prompt], images=[side_by_side(screens[-3:])] if self.args.vlm else None, max_new_tokens=64,
-                                         temperature=self.args.judge_temperature, top_p=self.args.judge_top_p)[0][0].text
+            text = self.sampler.generate(
+                [prompt],
+                images=[side_by_side(screens[-3:])] if self.args.vlm else None,
+                max_new_tokens=64,
+                temperature=self.args.judge_temperature,
+                top_p=self.args.judge_top_p,
+            )[0][0].text
             reason, score = parse_trm_output(text)
             if score is not None:
                 return score, reason, attempt
@@ -667,36 +1029,66 @@ def make_encoder(proc, vlm: bool):
     end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
 
     def encode(prompt: str, target: str, image) -> dict:
-        text = proc.apply_chat_template(user_message(prompt, vlm), tokenize=False, add_generation_prompt=True)
-        enc = proc(text=[text], images=[image], return_tensors="pt") if vlm else {"input_ids": [tok(text, add_special_tokens=False)["input_ids"]]}
-        return dict(prompt_ids=list(map(int, enc["input_ids"][0])), target_ids=tok(target + end, add_special_tokens=False)["input_ids"],
-                    extra={k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")})
+        text = proc.apply_chat_template(
+            user_message(prompt, vlm), tokenize=False, add_generation_prompt=True
+        )
+        enc = (
+            proc(text=[text], images=[image], return_tensors="pt")
+            if vlm
+            else {"input_ids": [tok(text, add_special_tokens=False)["input_ids"]]}
+        )
+        return dict(
+            prompt_ids=list(map(int, enc["input_ids"][0])),
+            target_ids=tok(target + end, add_special_tokens=False)["input_ids"],
+            extra={k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")},
+        )
+
     return encode
 
 
 def step_samples(traj: dict, args: Args, encode) -> list[list[dict]]:
     """Per valid step: [planning sample (task -> thought + action), action sample (task + thought -> action)]."""
-    task = TASKS.get(traj["task_id"]) or Task(traj["task_id"], traj["app"], traj["goal"])  # catalogue tasks: their setup
+    task = TASKS.get(traj["task_id"]) or Task(
+        traj["task_id"], traj["app"], traj["goal"]
+    )  # catalogue tasks: their setup
     observations = replay(task, [s["action"] for s in traj["steps"]])
     out = []
     for t, (step, obs) in enumerate(zip(traj["steps"], observations)):
         if step["error"] or not step["action"].startswith("{"):
             continue
         action, history = parse_json_action(step["action"]), traj["steps"][:t]
-        out.append([encode(agent_prompt(traj["goal"], obs, history, args), agent_target(action, obs, args, step["thought"]), obs["screenshot"]),
-                    encode(agent_prompt(traj["goal"], obs, history, args, step["thought"]), agent_target(action, obs, args, None), obs["screenshot"])])
+        out.append(
+            [
+                encode(
+                    agent_prompt(traj["goal"], obs, history, args),
+                    agent_target(action, obs, args, step["thought"]),
+                    obs["screenshot"],
+                ),
+                encode(
+                    agent_prompt(traj["goal"], obs, history, args, step["thought"]),
+                    agent_target(action, obs, args, None),
+                    obs["screenshot"],
+                ),
+            ]
+        )
     return out
 
 
-EASY_STEPS = 3  # the easier tier of held-out tasks: the expert needs at most 3 steps (open the app + 2)
+EASY_STEPS = (
+    3  # the easier tier of held-out tasks: the expert needs at most 3 steps (open the app + 2)
+)
 
 
 def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
     """Success rate on held-out tasks (greedy, 15 steps) and step accuracy on their expert steps, given the task
     only (high level, AndroidControl-High style) or also the gold low-level instruction (AC-Low style)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = run_episodes(tasks[rank::world], model_policy(sampler, args), args.max_steps,
-                        progress=lambda it: tqdm(it, desc="eval", leave=False))  # each rank its share
+    mine = run_episodes(
+        tasks[rank::world],
+        model_policy(sampler, args),
+        args.max_steps,
+        progress=lambda it: tqdm(it, desc="eval", leave=False),
+    )  # each rank its share
     # ranks whose episodes ended early keep joining the lock-step rounds of the others (FSDP2)
     finish_local(sampler, temperature=0.0, max_new_tokens=args.max_new_tokens)
     episodes = [e for part in all_gather_object(mine) for e in part]
@@ -704,24 +1096,52 @@ def evaluate(sampler, args: Args, tasks: list[Task]) -> dict:
     for task in tasks:
         history = []
         for s in rollout(ToyGUIEnv(), ScriptedExpert(task).act, task)[0]:
-            thought, elements = instruction(s["action"], s["obs"]["ui_elements"]), s["obs"]["ui_elements"]
-            prompts["high"].append(user_message(agent_prompt(task.goal, s["obs"], history, args), args.vlm))
-            prompts["low"].append(user_message(agent_prompt(task.goal, s["obs"], history, args, thought), args.vlm))
+            thought, elements = (
+                instruction(s["action"], s["obs"]["ui_elements"]),
+                s["obs"]["ui_elements"],
+            )
+            prompts["high"].append(
+                user_message(agent_prompt(task.goal, s["obs"], history, args), args.vlm)
+            )
+            prompts["low"].append(
+                user_message(agent_prompt(task.goal, s["obs"], history, args, thought), args.vlm)
+            )
             images.append(s["obs"]["screenshot"])
             golds.append((s["action"], s["obs"]))
             xy = with_center_point(s["action"], elements) if s["action"].index is not None else None
-            history.append(dict(thought=thought, action=s["action"].to_json(), xy=xy and [xy.x, xy.y]))
-    easy_ids = {t.task_id for t in tasks if len(t.expert) <= EASY_STEPS}  # gathered episodes are in rank order
+            history.append(
+                dict(thought=thought, action=s["action"].to_json(), xy=xy and [xy.x, xy.y])
+            )
+    easy_ids = {
+        t.task_id for t in tasks if len(t.expert) <= EASY_STEPS
+    }  # gathered episodes are in rank order
     easy = [e["task_id"] in easy_ids for e in episodes]
-    result = dict(success_rate=sum(e["success"] for e in episodes) / len(episodes),
-                  success_rate_easy=sum(e["success"] for e, k in zip(episodes, easy) if k) / max(1, sum(easy)),
-                  success_rate_hard=sum(e["success"] for e, k in zip(episodes, easy) if not k) / max(1, len(easy) - sum(easy)),
-                  invalid_action_rate=sum(e["invalid"] for e in episodes) / max(1, sum(len(e["steps"]) for e in episodes)))
+    result = dict(
+        success_rate=sum(e["success"] for e in episodes) / len(episodes),
+        success_rate_easy=sum(e["success"] for e, k in zip(episodes, easy) if k)
+        / max(1, sum(easy)),
+        success_rate_hard=sum(e["success"] for e, k in zip(episodes, easy) if not k)
+        / max(1, len(easy) - sum(easy)),
+        invalid_action_rate=sum(e["invalid"] for e in episodes)
+        / max(1, sum(len(e["steps"]) for e in episodes)),
+    )
     for level in ("high", "low"):
-        outs = generate_sharded(sampler, prompts[level], images=images if args.vlm else None,
-                                temperature=0.0, max_new_tokens=args.max_new_tokens)
-        matches = [step_match(parse_agent_output(out[0].text if level == "high" else "Low-level thought: -\n" + out[0].text, obs)[1], gold)
-                   for out, (gold, obs) in zip(outs, golds)]
+        outs = generate_sharded(
+            sampler,
+            prompts[level],
+            images=images if args.vlm else None,
+            temperature=0.0,
+            max_new_tokens=args.max_new_tokens,
+        )
+        matches = [
+            step_match(
+                parse_agent_output(
+                    out[0].text if level == "high" else "Low-level thought: -\n" + out[0].text, obs
+                )[1],
+                gold,
+            )
+            for out, (gold, obs) in zip(outs, golds)
+        ]
         result[f"{level}_type_acc"] = sum(m[0] for m in matches) / len(matches)
         result[f"{level}_step_acc"] = sum(m[1] for m in matches) / len(matches)
     return result
@@ -734,9 +1154,12 @@ def sft_micro_steps(model, tok, batch: list[dict], micro_batch_size: int, device
     total = 0.0
     for sl in micro_batches(len(batch), micro_batch_size):
         part = batch[sl]
-        input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in part],
-                                                          [b["target_ids"] for b in part], device)  # (b, L) each
-        extra = {k: torch.cat([b["extra"][k] for b in part]).to(device) for k in part[0]["extra"]}  # pixel_values (b, 3, H, W)
+        input_ids, attention_mask, loss_mask = sft_inputs(
+            tok, [b["prompt_ids"] for b in part], [b["target_ids"] for b in part], device
+        )  # (b, L) each
+        extra = {
+            k: torch.cat([b["extra"][k] for b in part]).to(device) for k in part[0]["extra"]
+        }  # pixel_values (b, 3, H, W)
         loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens, **extra)
         loss.backward()
         total += loss.item()
@@ -758,13 +1181,21 @@ def base_samples(args: Args, encode, n_walks: int = 120) -> list[dict]:
         env = ToyGUIEnv(Task("base", "", ""), max_steps=10**6)
         obs = env.obs
         for _ in range(6):
-            clickable = [e for e in obs["ui_elements"] if e["is_clickable"] and not e["is_editable"]]
+            clickable = [
+                e for e in obs["ui_elements"] if e["is_clickable"] and not e["is_editable"]
+            ]
             if obs["app"] == "home" or not clickable or rng.random() < 0.1:
                 action = GUIAction("open_app", app_name=APPS[rng.choice(apps)].label)
             else:
                 action = GUIAction("click", index=rng.choice(clickable)["index"])
             thought = instruction(action, obs["ui_elements"])
-            samples.append(encode(agent_prompt(thought, obs, [], args), agent_target(action, obs, args, thought), obs["screenshot"]))
+            samples.append(
+                encode(
+                    agent_prompt(thought, obs, [], args),
+                    agent_target(action, obs, args, thought),
+                    obs["screenshot"],
+                )
+            )
             obs = env.step(action)[0]
     return samples
 
@@ -775,14 +1206,24 @@ def toy_base(args: Args, d) -> str:
 
     def build(folder: Path):
         tiny = make_tiny_vlm() if args.vlm else make_tiny_lm()
-        model, proc = load_model(tiny, vlm=args.vlm), load_processor(tiny) if args.vlm else load_tokenizer(tiny)
-        tok, samples = getattr(proc, "tokenizer", proc), base_samples(args, make_encoder(proc, args.vlm))
+        model, proc = (
+            load_model(tiny, vlm=args.vlm),
+            load_processor(tiny) if args.vlm else load_tokenizer(tiny),
+        )
+        tok, samples = (
+            getattr(proc, "tokenizer", proc),
+            base_samples(args, make_encoder(proc, args.vlm)),
+        )
         optimizer, rng = make_optimizer(model, args.learning_rate), random.Random(args.seed)
         model.train()
         for _ in (bar := tqdm(range(args.base_steps), desc="toy base: low-level instructions")):
             batch = rng.sample(samples, 8)
-            input_ids, attention_mask, loss_mask = sft_inputs(tok, [b["prompt_ids"] for b in batch], [b["target_ids"] for b in batch])
-            extra = {k: torch.cat([b["extra"][k] for b in batch]) for k in batch[0]["extra"]}  # pixel_values (8, 3, H, W)
+            input_ids, attention_mask, loss_mask = sft_inputs(
+                tok, [b["prompt_ids"] for b in batch], [b["target_ids"] for b in batch]
+            )
+            extra = {
+                k: torch.cat([b["extra"][k] for b in batch]) for k in batch[0]["extra"]
+            }  # pixel_values (8, 3, H, W)
             loss = sft_loss(model, input_ids, attention_mask, loss_mask, **extra)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -791,6 +1232,7 @@ def toy_base(args: Args, d) -> str:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         model.save_pretrained(folder)
         proc.save_pretrained(folder)
+
     code = [base_samples, agent_prompt, agent_target, make_encoder, instruction, ToyGUIEnv]
     path = toy_model("os_genesis-base", spec, build, code=code) if d.is_main else None
     barrier()  # rank 0 builds; the others then find it in the cache
@@ -801,7 +1243,9 @@ def named_tasks(args: Args) -> list[Task]:
     """The catalogue tasks named by --tasks (an unknown id is an error that names it)."""
     ids = [i.strip() for i in args.tasks.split(",") if i.strip()]
     if unknown := [i for i in ids if i not in TASKS]:
-        raise ValueError(f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py build_tasks")
+        raise ValueError(
+            f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py build_tasks"
+        )
     return [TASKS[i] for i in ids]
 
 
@@ -811,18 +1255,34 @@ def task_driven_data(files: dict, args: Args) -> dict:
     if not read_jsonl_tolerant(files["trajectories"]):
         tasks = named_tasks(args) or list_tasks("train")
         experts = [ScriptedExpert(t) for t in tasks]
-        policy = lambda items: [(instruction(a, o["ui_elements"]), a)  # noqa: E731
-                                for a, (_, o, _) in zip([experts[i].act(o) for i, o, _ in items], items)]
+        policy = lambda items: [
+            (instruction(a, o["ui_elements"]), a)  # noqa: E731
+            for a, (_, o, _) in zip([experts[i].act(o) for i, o, _ in items], items)
+        ]
         write_jsonl(files["trajectories"], run_episodes(tasks, policy, args.max_steps))
-        write_jsonl(files["scores"], [dict(task_id=t.task_id, score=5, reason="expert", attempts=0, judge="none") for t in tasks])
+        write_jsonl(
+            files["scores"],
+            [
+                dict(task_id=t.task_id, score=5, reason="expert", attempts=0, judge="none")
+                for t in tasks
+            ],
+        )
     trajectories = read_jsonl_tolerant(files["trajectories"])
-    return dict(trajectories=len(trajectories), mean_steps=sum(len(t["steps"]) for t in trajectories) / len(trajectories))
+    return dict(
+        trajectories=len(trajectories),
+        mean_steps=sum(len(t["steps"]) for t in trajectories) / len(trajectories),
+    )
 
 
 def generate_data(args: Args, out: Path) -> dict:
     """Stages 1-4 (rank 0). Each stage appends complete JSONL records and skips what an earlier run finished."""
-    files = {name: out / f"{name}.jsonl" for name in ("walks", "triples", "tasks", "trajectories", "scores")}
-    if args.data == "task_driven":  # the paper's baseline: trajectories of given tasks, all trained on alike
+    files = {
+        name: out / f"{name}.jsonl"
+        for name in ("walks", "triples", "tasks", "trajectories", "scores")
+    }
+    if (
+        args.data == "task_driven"
+    ):  # the paper's baseline: trajectories of given tasks, all trained on alike
         return task_driven_data(files, args)
     if args.data != "os_genesis":
         raise ValueError(f"--data {args.data!r}: choose os_genesis or task_driven")
@@ -839,10 +1299,16 @@ def generate_data(args: Args, out: Path) -> dict:
     write_jsonl(files["triples"], triples)
     pool = {(w["app"], rid) for w in walks for rid in w["pooled"]}
     explored = {(t["app"], t["element"]["resource_id"]) for t in triples if t["element"]}
-    jobs = [(app, i * len(apps) + k) for i in range(args.walks_per_app) for k, app in enumerate(apps)]
+    jobs = [
+        (app, i * len(apps) + k) for i in range(args.walks_per_app) for k, app in enumerate(apps)
+    ]
     for app, walk_id in tqdm([j for j in jobs if j[1] not in done], desc="1/5 random walks"):
         rng = random.Random(args.seed * 1_000_003 + walk_id)
-        filler = rule_text_filler(rng) if args.text_filler == "rule" else model_text_filler(helper(args.annotator_model), args)
+        filler = (
+            rule_text_filler(rng)
+            if args.text_filler == "rule"
+            else model_text_filler(helper(args.annotator_model), args)
+        )
         walk, new_triples = random_walk(app, walk_id, args, pool, explored, filler, rng)
         write_jsonl(files["triples"], new_triples, mode="a")
         write_jsonl(files["walks"], [walk], mode="a")  # written last: marks the walk complete
@@ -852,39 +1318,78 @@ def generate_data(args: Args, out: Path) -> dict:
     # Stage 2: reverse task synthesis
     synthesized = read_jsonl_tolerant(files["tasks"])
     todo = [t for t in triples if t["triple_id"] not in {s["triple_id"] for s in synthesized}]
-    describer = RuleDescriber(args) if args.annotator == "rule" else ModelDescriber(
-        helper(args.annotator_model), args, {w["walk_id"]: w["actions"] for w in walks})
+    describer = (
+        RuleDescriber(args)
+        if args.annotator == "rule"
+        else ModelDescriber(
+            helper(args.annotator_model), args, {w["walk_id"]: w["actions"] for w in walks}
+        )
+    )
     for start in tqdm(range(0, len(todo), 32), desc="2/5 reverse task synthesis"):
-        for t, text in zip(todo[start:start + 32], describer.describe(todo[start:start + 32])):
+        for t, text in zip(todo[start : start + 32], describer.describe(todo[start : start + 32])):
             parsed = parse_synthesis(text)
-            synthesized.append(dict(triple_id=t["triple_id"], app=t["app"], annotator=describer.name, valid=parsed is not None,
-                                    raw=text[:400], low=parsed and parsed["Sub-Instruction"],
-                                    goal=parsed and parsed["High-Level-Instruction"], answer=parsed and parsed.get("Answer")))
+            synthesized.append(
+                dict(
+                    triple_id=t["triple_id"],
+                    app=t["app"],
+                    annotator=describer.name,
+                    valid=parsed is not None,
+                    raw=text[:400],
+                    low=parsed and parsed["Sub-Instruction"],
+                    goal=parsed and parsed["High-Level-Instruction"],
+                    answer=parsed and parsed.get("Answer"),
+                )
+            )
             write_jsonl(files["tasks"], [synthesized[-1]], mode="a")
-    unique = list({normalize_answer(t["goal"]): t for t in reversed(synthesized) if t["valid"]}.values())[::-1]  # first wins
+    unique = list(
+        {normalize_answer(t["goal"]): t for t in reversed(synthesized) if t["valid"]}.values()
+    )[::-1]  # first wins
     by_triple, held_out = {t["triple_id"]: t for t in triples}, list_tasks(args.eval_split)
     leaked = [t for t in unique if leaks_held_out(t, by_triple[t["triple_id"]], held_out)]
-    unique = [t for t in unique if t not in leaked]  # a clean split: no held-out task (or instance) is trained on
+    unique = [
+        t for t in unique if t not in leaked
+    ]  # a clean split: no held-out task (or instance) is trained on
     launcher = ToyGUIEnv()
-    unclear = [t for t in unique if target_reached(task_target(t, by_triple[t["triple_id"]]), launcher.obs, launcher.state)]
-    unique = [t for t in unique if t not in unclear]  # the change undoes an earlier walk step: no task from the start
+    unclear = [
+        t
+        for t in unique
+        if target_reached(task_target(t, by_triple[t["triple_id"]]), launcher.obs, launcher.state)
+    ]
+    unique = [
+        t for t in unique if t not in unclear
+    ]  # the change undoes an earlier walk step: no task from the start
     for t in unique:
-        t["plan"] = direct_plan(t, by_triple[t["triple_id"]])  # the stand-in executor's and judge's plan
+        t["plan"] = direct_plan(
+            t, by_triple[t["triple_id"]]
+        )  # the stand-in executor's and judge's plan
 
     # Stage 3: trajectory collection (15 steps, abort after 3 identical actions)
     trajectories = read_jsonl_tolerant(files["trajectories"])
     todo = [t for t in unique if t["triple_id"] not in {r["task_id"] for r in trajectories}]
     for start in tqdm(range(0, len(todo), 32), desc="3/5 trajectory collection"):
-        chunk = todo[start:start + 32]
+        chunk = todo[start : start + 32]
         if args.executor == "follower":
-            agents = [PathFollower(t["plan"], t["answer"], args.executor_noise,
-                                   random.Random(f"{args.seed}-{t['triple_id']}")) for t in chunk]
+            agents = [
+                PathFollower(
+                    t["plan"],
+                    t["answer"],
+                    args.executor_noise,
+                    random.Random(f"{args.seed}-{t['triple_id']}"),
+                )
+                for t in chunk
+            ]
             policy = lambda items, agents=agents: [  # noqa: E731
-                (instruction(a, obs["ui_elements"]), a) for a, (_, obs, _) in zip([agents[i].act(o) for i, o, _ in items], items)]
+                (instruction(a, obs["ui_elements"]), a)
+                for a, (_, obs, _) in zip([agents[i].act(o) for i, o, _ in items], items)
+            ]
         else:
             policy = model_policy(helper(args.annotator_model), args)
-        records = run_episodes([Task(t["triple_id"], t["app"], t["goal"]) for t in chunk], policy, args.max_steps,
-                               stop_fn=lambda steps: should_abort([s["action"] for s in steps], args.abort_repeats))
+        records = run_episodes(
+            [Task(t["triple_id"], t["app"], t["goal"]) for t in chunk],
+            policy,
+            args.max_steps,
+            stop_fn=lambda steps: should_abort([s["action"] for s in steps], args.abort_repeats),
+        )
         for r in records:
             write_jsonl(files["trajectories"], [r], mode="a")
         trajectories += records
@@ -892,15 +1397,39 @@ def generate_data(args: Args, out: Path) -> dict:
     # Stage 4: trajectory reward model
     tasks_by_id, scores = {t["triple_id"]: t for t in unique}, read_jsonl_tolerant(files["scores"])
     judge = StateJudge() if args.judge == "state" else ModelJudge(helper(args.judge_model), args)
-    for traj in tqdm([t for t in trajectories if t["task_id"] not in {s["task_id"] for s in scores}], desc="4/5 reward model"):
-        score, reason, attempts = judge.score(tasks_by_id[traj["task_id"]], by_triple[traj["task_id"]], traj)
-        scores.append(dict(task_id=traj["task_id"], score=score, reason=reason, attempts=attempts, judge=judge.name))
+    for traj in tqdm(
+        [t for t in trajectories if t["task_id"] not in {s["task_id"] for s in scores}],
+        desc="4/5 reward model",
+    ):
+        score, reason, attempts = judge.score(
+            tasks_by_id[traj["task_id"]], by_triple[traj["task_id"]], traj
+        )
+        scores.append(
+            dict(
+                task_id=traj["task_id"],
+                score=score,
+                reason=reason,
+                attempts=attempts,
+                judge=judge.name,
+            )
+        )
         write_jsonl(files["scores"], [scores[-1]], mode="a")
-    return dict(walks=len(walks), walk_steps=sum(len(w["actions"]) for w in walks), noop_pooled=sum(len(w["pooled"]) for w in walks),
-                triples=len(triples), tasks_valid=sum(t["valid"] for t in synthesized), tasks_invalid=sum(not t["valid"] for t in synthesized),
-                tasks_held_out_dropped=len(leaked), tasks_unclear_dropped=len(unclear), tasks_unique=len(unique), trajectories=len(trajectories), aborted=sum(t["aborted"] for t in trajectories),
-                mean_steps=sum(len(t["steps"]) for t in trajectories) / max(1, len(trajectories)),
-                judge_invalid=sum(s["reason"] == "invalid judge output" for s in scores), **{f"score_{k}": sum(s["score"] == k for s in scores) for k in range(1, 6)})
+    return dict(
+        walks=len(walks),
+        walk_steps=sum(len(w["actions"]) for w in walks),
+        noop_pooled=sum(len(w["pooled"]) for w in walks),
+        triples=len(triples),
+        tasks_valid=sum(t["valid"] for t in synthesized),
+        tasks_invalid=sum(not t["valid"] for t in synthesized),
+        tasks_held_out_dropped=len(leaked),
+        tasks_unclear_dropped=len(unclear),
+        tasks_unique=len(unique),
+        trajectories=len(trajectories),
+        aborted=sum(t["aborted"] for t in trajectories),
+        mean_steps=sum(len(t["steps"]) for t in trajectories) / max(1, len(trajectories)),
+        judge_invalid=sum(s["reason"] == "invalid judge output" for s in scores),
+        **{f"score_{k}": sum(s["score"] == k for s in scores) for k in range(1, 6)},
+    )
 
 
 def main(args: Args):
@@ -910,7 +1439,10 @@ def main(args: Args):
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:  # a fresh run starts from nothing
-            for f in [*out.glob("*.jsonl"), *(f for f in out.glob("*.json") if f.name != "config.json")]:
+            for f in [
+                *out.glob("*.jsonl"),
+                *(f for f in out.glob("*.json") if f.name != "config.json"),
+            ]:
                 f.unlink()
             shutil.rmtree(out / "ckpt", ignore_errors=True)
         counts = generate_data(args, out)
@@ -921,25 +1453,49 @@ def main(args: Args):
 
     # ALGO LOGIC: SFT on score-weighted draws of trajectories, two objectives per drawn step
     path = args.model or toy_base(args, d)
-    model = load_model(path, vlm=args.vlm, dtype="float32")  # fp32 masters; bf16 compute on CUDA via shard_model
+    model = load_model(
+        path, vlm=args.vlm, dtype="float32"
+    )  # fp32 masters; bf16 compute on CUDA via shard_model
     proc = load_processor(path) if args.vlm else load_tokenizer(path)
-    encode, tok, per_traj, weights = make_encoder(proc, args.vlm), getattr(proc, "tokenizer", proc), [], []
+    encode, tok, per_traj, weights = (
+        make_encoder(proc, args.vlm),
+        getattr(proc, "tokenizer", proc),
+        [],
+        [],
+    )
     scores = {s["task_id"]: s["score"] for s in read_jsonl_tolerant(out / "scores.jsonl")}
-    for traj in tqdm([t for t in read_jsonl_tolerant(out / "trajectories.jsonl") if t["task_id"] in scores], desc="SFT samples", disable=not d.is_main):
+    for traj in tqdm(
+        [t for t in read_jsonl_tolerant(out / "trajectories.jsonl") if t["task_id"] in scores],
+        desc="SFT samples",
+        disable=not d.is_main,
+    ):
         if samples := step_samples(traj, args, encode):
             per_traj.append(samples)
             weights.append(scores[traj["task_id"]])
     probs = trm_sampling_probs(weights) if weights else []
-    print0(f"SFT data: {len(per_traj)} trajectories, {sum(map(len, per_traj))} steps x 2 objectives")
+    print0(
+        f"SFT data: {len(per_traj)} trajectories, {sum(map(len, per_traj))} steps x 2 objectives"
+    )
     model = shard_model(model, d, gradient_checkpointing=args.gradient_checkpointing)
-    sampler, eval_tasks = make_sampler("hf", model, proc), (named_tasks(args) or list_tasks(args.eval_split))[:args.eval_limit or None]
+    sampler, eval_tasks = (
+        make_sampler("hf", model, proc),
+        (named_tasks(args) or list_tasks(args.eval_split))[: args.eval_limit or None],
+    )
     optimizer = make_optimizer(model, args.learning_rate)
-    scheduler = make_scheduler(optimizer, "cosine", int(args.warmup_ratio * args.train_steps), args.train_steps)
+    scheduler = make_scheduler(
+        optimizer, "cosine", int(args.warmup_ratio * args.train_steps), args.train_steps
+    )
     state = load_checkpoint(out / "ckpt", model, optimizer, scheduler) if args.resume else None
     start = state[0] if state else 0
     if state:
         print0(f"resumed from step {start}")
-    logger = MetricsLogger(out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=start if args.resume else None)
+    logger = MetricsLogger(
+        out,
+        track=args.track,
+        run_name="os_genesis",
+        config=vars(args),
+        resume_step=start if args.resume else None,
+    )
     if args.eval_base and not (out / "eval_before.json").exists():
         before = evaluate(sampler, args, eval_tasks)  # every rank evaluates its share of the tasks
         if d.is_main:
@@ -948,14 +1504,26 @@ def main(args: Args):
     before = json.loads((out / "eval_before.json").read_text()) if args.eval_base else {}
 
     model.train()
-    progress = tqdm(range(start, args.train_steps if per_traj else start), desc="5/5 SFT", disable=not d.is_main)
+    progress = tqdm(
+        range(start, args.train_steps if per_traj else start), desc="5/5 SFT", disable=not d.is_main
+    )
     for step in progress:
-        rng = random.Random(args.seed * 7919 + step * 131 + d.rank)  # the draw depends only on the step: resume-exact
-        picks = rng.choices(range(len(per_traj)), weights=probs, k=args.batch_size)  # P(i) = R_i / sum R
-        batch = [sample for i in picks for sample in rng.choice(per_traj[i])]  # a random step, both objectives
+        rng = random.Random(
+            args.seed * 7919 + step * 131 + d.rank
+        )  # the draw depends only on the step: resume-exact
+        picks = rng.choices(
+            range(len(per_traj)), weights=probs, k=args.batch_size
+        )  # P(i) = R_i / sum R
+        batch = [
+            sample for i in picks for sample in rng.choice(per_traj[i])
+        ]  # a random step, both objectives
         loss = sft_micro_steps(model, tok, batch, args.micro_batch_size, d.device)
-        for p in model.parameters():  # unused ones (LLaVA's vision post-layernorm): a zero grad is a zero AdamW update,
-            if p.grad is None:  # but gives them optimizer state, which the strict checkpoint loader needs on --resume
+        for p in (
+            model.parameters()
+        ):  # unused ones (LLaVA's vision post-layernorm): a zero grad is a zero AdamW update,
+            if (
+                p.grad is None
+            ):  # but gives them optimizer state, which the strict checkpoint loader needs on --resume
                 p.grad = torch.zeros_like(p)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -970,18 +1538,41 @@ def main(args: Args):
     name = "OS-Genesis" if args.data == "os_genesis" else "task-driven"
     if d.is_main:
         (out / "eval_after.json").write_text(json.dumps(after))
-        logger.log({f"eval/{k}_before": v for k, v in before.items()} | {f"eval/{k}_after": v for k, v in after.items()}, args.train_steps)
+        logger.log(
+            {f"eval/{k}_before": v for k, v in before.items()}
+            | {f"eval/{k}_after": v for k, v in after.items()},
+            args.train_steps,
+        )
         logger.plot(["loss", "lr"], out / "curves.png", title=f"{name} SFT")
     logger.close()
     if not args.eval_base:
         return
     rows = [{"agent": "base before SFT", **before}, {"agent": f"after {name} SFT", **after}]
-    if args.compare and args.data == "os_genesis":  # the paper's baseline, same base and budget (Table 1)
+    if (
+        args.compare and args.data == "os_genesis"
+    ):  # the paper's baseline, same base and budget (Table 1)
         del model, sampler, optimizer
-        main(replace(args, data="task_driven", output_dir=str(out / "task_driven"), eval_base=False, compare=False))
-        rows.insert(1, {"agent": "after task-driven SFT", **json.loads((out / "task_driven" / "eval_after.json").read_text())})
+        main(
+            replace(
+                args,
+                data="task_driven",
+                output_dir=str(out / "task_driven"),
+                eval_base=False,
+                compare=False,
+            )
+        )
+        rows.insert(
+            1,
+            {
+                "agent": "after task-driven SFT",
+                **json.loads((out / "task_driven" / "eval_after.json").read_text()),
+            },
+        )
     if d.is_main:
-        print0(f"\nheld-out toy tasks ({args.eval_split} split, {len(eval_tasks)} tasks, max {args.max_steps} steps):\n" + format_table(rows))
+        print0(
+            f"\nheld-out toy tasks ({args.eval_split} split, {len(eval_tasks)} tasks, max {args.max_steps} steps):\n"
+            + format_table(rows)
+        )
         claims = os_genesis_claims(rows)
         if claims:
             print0(format_claims(claims))
@@ -993,13 +1584,45 @@ def os_genesis_claims(rows: list[dict]) -> list[dict]:
     OS-Genesis data beats task-driven data on held-out step accuracy, and success moves above the
     base's on the easier tier."""
     by = {r["agent"]: r for r in rows}
-    base, genesis, driven = by["base before SFT"], by["after OS-Genesis SFT"], by.get("after task-driven SFT")
-    claims = [claim("OS-Genesis SFT > base: step acc (low)", "low_step_acc", base["low_step_acc"], genesis["low_step_acc"])]
-    claims += [] if driven is None else [
-        claim("OS-Genesis > task-driven: step acc (high)", "high_step_acc", driven["high_step_acc"], genesis["high_step_acc"]),
-        claim("OS-Genesis > task-driven: step acc (low)", "low_step_acc", driven["low_step_acc"], genesis["low_step_acc"])]
-    return claims + [claim("OS-Genesis SFT: SR above the base (easy tier)", "success_rate_easy",
-                           base["success_rate_easy"], genesis["success_rate_easy"])]
+    base, genesis, driven = (
+        by["base before SFT"],
+        by["after OS-Genesis SFT"],
+        by.get("after task-driven SFT"),
+    )
+    claims = [
+        claim(
+            "OS-Genesis SFT > base: step acc (low)",
+            "low_step_acc",
+            base["low_step_acc"],
+            genesis["low_step_acc"],
+        )
+    ]
+    claims += (
+        []
+        if driven is None
+        else [
+            claim(
+                "OS-Genesis > task-driven: step acc (high)",
+                "high_step_acc",
+                driven["high_step_acc"],
+                genesis["high_step_acc"],
+            ),
+            claim(
+                "OS-Genesis > task-driven: step acc (low)",
+                "low_step_acc",
+                driven["low_step_acc"],
+                genesis["low_step_acc"],
+            ),
+        ]
+    )
+    return claims + [
+        claim(
+            "OS-Genesis SFT: SR above the base (easy tier)",
+            "success_rate_easy",
+            base["success_rate_easy"],
+            genesis["success_rate_easy"],
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -224,7 +224,9 @@ def _resolve(name: str, source: str) -> tuple[str, str, str | None]:
         if (path / name).is_dir():
             return str(path / name), "test", None
         if not any(f.is_file() and f.suffix.lower() in FILE_SUFFIXES for f in path.iterdir()):
-            raise DataError(f"{source}: no {name}/test.jsonl (SimpleRL-Zoo's layout) and no data files")
+            raise DataError(
+                f"{source}: no {name}/test.jsonl (SimpleRL-Zoo's layout) and no data files"
+            )
         return str(path), "test", None
     if source == HUB_SOURCES[name][0]:
         return source, HUB_SOURCES[name][2], HUB_SOURCES[name][1]

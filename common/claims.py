@@ -9,8 +9,14 @@ import json
 from pathlib import Path
 
 
-def claim(name: str, metric: str, baseline: float, result: float,
-          higher_is_better: bool = True, margin: float = 0.0) -> dict:
+def claim(
+    name: str,
+    metric: str,
+    baseline: float,
+    result: float,
+    higher_is_better: bool = True,
+    margin: float = 0.0,
+) -> dict:
     """One claim; it holds when `result` beats `baseline` by more than `margin`."""
     baseline = float(baseline)
     result = float(result)
@@ -18,16 +24,24 @@ def claim(name: str, metric: str, baseline: float, result: float,
         holds = result > baseline + margin
     else:
         holds = result < baseline - margin
-    return {"name": name, "metric": metric, "baseline": baseline, "result": result,
-            "higher_is_better": higher_is_better, "holds": bool(holds)}
+    return {
+        "name": name,
+        "metric": metric,
+        "baseline": baseline,
+        "result": result,
+        "higher_is_better": higher_is_better,
+        "holds": bool(holds),
+    }
 
 
 def format_claims(claims: list[dict]) -> str:
     """A plain-text table: claim, metric, baseline -> result, holds."""
     lines = [f"{'claim':<44} {'metric':<28} {'before':>8} {'after':>8}  holds"]
     for c in claims:
-        lines.append(f"{c['name'][:44]:<44} {c['metric'][:28]:<28} {c['baseline']:>8.3f} "
-                     f"{c['result']:>8.3f}  {'yes' if c['holds'] else 'NO'}")
+        lines.append(
+            f"{c['name'][:44]:<44} {c['metric'][:28]:<28} {c['baseline']:>8.3f} "
+            f"{c['result']:>8.3f}  {'yes' if c['holds'] else 'NO'}"
+        )
     return "\n".join(lines)
 
 

@@ -40,13 +40,23 @@ TOY_MODEL_VALUES = ("", None, "tiny")
 
 @dataclass
 class PresetArgs:
-    preset: Literal["auto", "toy", "paper"] = field(default="auto", metadata={
-        "help": "auto = toy without --model, paper with one | toy = the CPU toy's values | paper = "
-                "the paper's values (see --print_config); flags given on the command line win"})
-    print_config: bool = field(default=False, metadata={
-        "help": "print the effective configuration as JSON and exit without loading anything"})
-    world_size: int = field(default=0, metadata={
-        "help": "world size the per-rank values are derived for; 0 = $WORLD_SIZE or 1"})
+    preset: Literal["auto", "toy", "paper"] = field(
+        default="auto",
+        metadata={
+            "help": "auto = toy without --model, paper with one | toy = the CPU toy's values | paper = "
+            "the paper's values (see --print_config); flags given on the command line win"
+        },
+    )
+    print_config: bool = field(
+        default=False,
+        metadata={
+            "help": "print the effective configuration as JSON and exit without loading anything"
+        },
+    )
+    world_size: int = field(
+        default=0,
+        metadata={"help": "world size the per-rank values are derived for; 0 = $WORLD_SIZE or 1"},
+    )
 
 
 def _explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -97,13 +107,21 @@ def resolve_world_size(option: int) -> int:
 def per_rank(total: int, world_size: int, flag: str) -> int:
     """A global count split evenly over the ranks; the error names the flag."""
     if total % world_size:
-        raise ValueError(f"{flag} {total} is not divisible by the world size {world_size}; pick a "
-                         f"multiple of {world_size} (see --print_config --world_size {world_size})")
+        raise ValueError(
+            f"{flag} {total} is not divisible by the world size {world_size}; pick a "
+            f"multiple of {world_size} (see --print_config --world_size {world_size})"
+        )
     return total // world_size
 
 
-def parse_config(args_cls, paper: dict, derived: Callable | None = None,
-                 argv: list[str] | None = None, script: str | None = None, extra: tuple = ()):
+def parse_config(
+    args_cls,
+    paper: dict,
+    derived: Callable | None = None,
+    argv: list[str] | None = None,
+    script: str | None = None,
+    extra: tuple = (),
+):
     """The script's `Args` with the chosen preset applied under the user's flags. Rank 0 prints the
     configuration and writes <output_dir>/config.json; with --print_config it prints and exits 0.
     `extra`: more dataclasses parsed from the same command line (e.g. common.evaluation.EvalArgs);
@@ -115,12 +133,16 @@ def parse_config(args_cls, paper: dict, derived: Callable | None = None,
         raise KeyError(f"{script}: PAPER names fields {args_cls.__name__} lacks: {sorted(unknown)}")
     parser = HfArgumentParser((args_cls, *extra, PresetArgs))
     namespace = parser.parse_args(argv)  # an unknown flag or a bad choice exits 2 here
-    args = args_cls(**{f.name: getattr(namespace, f.name)
-                        for f in dataclasses.fields(args_cls) if f.init})
-    options = PresetArgs(**{f.name: getattr(namespace, f.name)
-                            for f in dataclasses.fields(PresetArgs)})
-    extras = [cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
-              for cls in extra]
+    args = args_cls(
+        **{f.name: getattr(namespace, f.name) for f in dataclasses.fields(args_cls) if f.init}
+    )
+    options = PresetArgs(
+        **{f.name: getattr(namespace, f.name) for f in dataclasses.fields(PresetArgs)}
+    )
+    extras = [
+        cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
+        for cls in extra
+    ]
     explicit = _explicit_flags(parser, argv) & names
     preset = options.preset
     if preset == "auto":
@@ -133,17 +155,25 @@ def parse_config(args_cls, paper: dict, derived: Callable | None = None,
         sizes = derived(args, world_size) if derived else {}
     except ValueError as err:
         parser.exit(2, f"{script}: error: {err}\n")  # before anything is loaded
-    config = {"script": script, "preset": preset, "world_size": world_size,
-              "args": dataclasses.asdict(args), "derived": sizes,
-              **{type(e).__name__: dataclasses.asdict(e) for e in extras},
-              "set_on_command_line": sorted(explicit), "set_by_preset": sorted(from_preset)}
+    config = {
+        "script": script,
+        "preset": preset,
+        "world_size": world_size,
+        "args": dataclasses.asdict(args),
+        "derived": sizes,
+        **{type(e).__name__: dataclasses.asdict(e) for e in extras},
+        "set_on_command_line": sorted(explicit),
+        "set_by_preset": sorted(from_preset),
+    }
     text = json.dumps(config, indent=1, default=str)
     if options.print_config:
         print(text)
         sys.exit(0)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"configuration ({preset} preset; --print_config prints it without running):\n{text}",
-              flush=True)
+        print(
+            f"configuration ({preset} preset; --print_config prints it without running):\n{text}",
+            flush=True,
+        )
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(text + "\n")

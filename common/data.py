@@ -25,9 +25,13 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                )
             rows.append((f"{path}:{lineno}", row))
     return rows
 
@@ -40,7 +44,9 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+            raise DataError(
+                f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+            ) from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -51,10 +57,14 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
 
         ds = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
         return [(f"{path} row {i}", dict(r)) for i, r in enumerate(ds)]
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+    raise DataError(
+        f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}"
+    )
 
 
-def load_located_rows(source: str, split: str = "train", config_name: str | None = None) -> list[tuple[str, dict]]:
+def load_located_rows(
+    source: str, split: str = "train", config_name: str | None = None
+) -> list[tuple[str, dict]]:
     """(where, row) pairs from a local file/folder or a hub data set; `where` is "file:line" (JSONL),
     "file row i" or "hub_id[split] row i", for error messages that point at the row."""
     path = Path(source)
@@ -80,7 +90,13 @@ def load_located_rows(source: str, split: str = "train", config_name: str | None
     return located
 
 
-def load_rows(source: str, split: str = "train", required=(), limit: int | None = None, config_name: str | None = None) -> list[dict]:
+def load_rows(
+    source: str,
+    split: str = "train",
+    required=(),
+    limit: int | None = None,
+    config_name: str | None = None,
+) -> list[dict]:
     """Load rows as dicts from a local file/folder or a hub data set and check `required` fields up front."""
     located = load_located_rows(source, split, config_name)
     for where, row in located:
@@ -97,7 +113,9 @@ def write_jsonl(path, rows, mode: str = "w"):
     of their own instead of gluing onto it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if mode == "a" and Path(path).exists():
-        with open(path, "rb+") as f:  # every append reads the last byte; only a cut-off file is read whole
+        with open(
+            path, "rb+"
+        ) as f:  # every append reads the last byte; only a cut-off file is read whole
             size = f.seek(0, 2)
             f.seek(max(0, size - 1))
             if size and f.read(1) != b"\n":
@@ -121,7 +139,9 @@ def read_jsonl_tolerant(path) -> list[dict]:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             if i != len(lines):
-                raise DataError(f"{path}:{i}: not valid JSON (only a cut-off last line is tolerated)") from None
+                raise DataError(
+                    f"{path}:{i}: not valid JSON (only a cut-off last line is tolerated)"
+                ) from None
     return out
 
 
@@ -129,7 +149,9 @@ def read_jsonl_tolerant(path) -> list[dict]:
 # toy tasks for the CPU defaults
 
 
-def make_arithmetic_rows(n: int, seed: int = 0, num_terms: int = 2, max_value: int = 99, ops: str = "+-") -> list[dict]:
+def make_arithmetic_rows(
+    n: int, seed: int = 0, num_terms: int = 2, max_value: int = 99, ops: str = "+-"
+) -> list[dict]:
     """'What is 23 + 45 - 7?' with integer answers; `level` = number of digits of the largest operand."""
     rng = random.Random(seed)
     rows = []
@@ -138,7 +160,14 @@ def make_arithmetic_rows(n: int, seed: int = 0, num_terms: int = 2, max_value: i
         signs = [rng.choice(ops) for _ in range(num_terms - 1)]
         expr = str(terms[0]) + "".join(f" {s} {t}" for s, t in zip(signs, terms[1:]))
         value = eval(expr)  # our own generated text: digits and + - * only, never user input
-        rows.append({"question": f"What is {expr}?", "answer": str(value), "expression": expr, "level": len(str(max(terms)))})
+        rows.append(
+            {
+                "question": f"What is {expr}?",
+                "answer": str(value),
+                "expression": expr,
+                "level": len(str(max(terms))),
+            }
+        )
     return rows
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common.benchmarks import SIMPLERL_SUITE, load_benchmark
 from common.rewards import extract_answer, math_equal_batch

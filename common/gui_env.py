@@ -33,13 +33,26 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from common.gui_apps import (APPS, TASKS, App, MailApp, NotesApp, SettingsApp, ShopApp, Task,  # noqa: F401
-                             Widget, build_tasks, list_tasks, normalize_answer)
+from common.gui_apps import (  # re-exported: the scripts import the apps from here
+    APPS,
+    TASKS,
+    App,
+    MailApp,
+    NotesApp,
+    SettingsApp,
+    ShopApp,
+    Task,
+    Widget,
+    build_tasks,
+    list_tasks,
+    normalize_answer,
+)
 from common.rewards import last_json_object
 
 SCREEN_W, SCREEN_H = 128, 192  # small on purpose: a tiny VLM processor resizes it anyway
@@ -49,8 +62,19 @@ ROWS_PER_PAGE = (SCREEN_H - STATUS_BAR_H) // ROW_H  # 10 rows of widgets fit on 
 SCROLL_ROWS = ROWS_PER_PAGE // 2  # one scroll moves half a page, so context overlaps
 BACKGROUND = (245, 245, 245)
 
-ACTION_TYPES = ("click", "long_press", "input_text", "keyboard_enter", "scroll", "navigate_back",
-                "navigate_home", "open_app", "wait", "status", "answer")
+ACTION_TYPES = (
+    "click",
+    "long_press",
+    "input_text",
+    "keyboard_enter",
+    "scroll",
+    "navigate_back",
+    "navigate_home",
+    "open_app",
+    "wait",
+    "status",
+    "answer",
+)
 TARGETED = ("click", "long_press", "input_text", "scroll")  # may name an element (index or x, y)
 SCROLL_DIRECTIONS = ("up", "down", "left", "right")
 GOAL_STATUSES = ("complete", "infeasible")
@@ -97,7 +121,11 @@ def validate_action(action: GUIAction) -> GUIAction:
         raise ActionError(f"{t}: give both x and y")
     for name in ("x", "y"):
         value = getattr(action, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise ActionError(f"{t}: {name}={value!r} is not a finite number")
     if has_index and (isinstance(action.index, bool) or not isinstance(action.index, int)):
         raise ActionError(f"{t}: index {action.index!r} is not an integer")
@@ -110,11 +138,15 @@ def validate_action(action: GUIAction) -> GUIAction:
     if t in ("input_text", "answer") and not isinstance(action.text, str):
         raise ActionError(f"{t} needs a text string")
     if t == "scroll" and action.direction not in SCROLL_DIRECTIONS:
-        raise ActionError(f"scroll direction {action.direction!r} is not one of {SCROLL_DIRECTIONS}")
+        raise ActionError(
+            f"scroll direction {action.direction!r} is not one of {SCROLL_DIRECTIONS}"
+        )
     if t == "open_app" and not action.app_name:
         raise ActionError("open_app needs app_name")
     if t == "status" and action.goal_status not in GOAL_STATUSES:
-        raise ActionError(f"status goal_status {action.goal_status!r} is not one of {GOAL_STATUSES}")
+        raise ActionError(
+            f"status goal_status {action.goal_status!r} is not one of {GOAL_STATUSES}"
+        )
     return action
 
 
@@ -158,11 +190,17 @@ def element_center(element: dict) -> tuple[float, float]:
 def element_at_point(x: float, y: float, ui_elements: list[dict]) -> int | None:
     """Spec section 3.3: a point resolves to the (smallest) element containing it, else the nearest
     centre; None for an empty screen."""
-    inside = [e for e in ui_elements if e["bbox_pixels"]["x_min"] <= x < e["bbox_pixels"]["x_max"]
-              and e["bbox_pixels"]["y_min"] <= y < e["bbox_pixels"]["y_max"]]
+    inside = [
+        e
+        for e in ui_elements
+        if e["bbox_pixels"]["x_min"] <= x < e["bbox_pixels"]["x_max"]
+        and e["bbox_pixels"]["y_min"] <= y < e["bbox_pixels"]["y_max"]
+    ]
     if inside:
         b = lambda e: e["bbox_pixels"]  # noqa: E731
-        return min(inside, key=lambda e: (b(e)["x_max"] - b(e)["x_min"]) * (b(e)["y_max"] - b(e)["y_min"]))["index"]
+        return min(
+            inside, key=lambda e: (b(e)["x_max"] - b(e)["x_min"]) * (b(e)["y_max"] - b(e)["y_min"])
+        )["index"]
     return nearest_center_index(x, y, ui_elements)
 
 
@@ -177,7 +215,9 @@ def screen_signature(obs: dict) -> frozenset:
     """Spec section 3.5: the set of element identifiers on screen. The identifier includes the visible
     state (name, value, checked) so that toggling a switch counts as a change (the AndroidWorld walk
     reads text + content description, which a toggle also changes)."""
-    return frozenset((e["resource_id"], e["text"], e["value"], e["is_checked"]) for e in obs["ui_elements"])
+    return frozenset(
+        (e["resource_id"], e["text"], e["value"], e["is_checked"]) for e in obs["ui_elements"]
+    )
 
 
 def screenshot_hash(image: Image.Image) -> str:
@@ -205,8 +245,14 @@ def format_axtree(ui_elements: list[dict], url: str = "") -> str:
 
 def osgenesis_a11y(ui_elements: list[dict]) -> str:
     """OS-Genesis mobile observation text: {"Get started": "(539.5, 2148.0)", ...} (text -> centre)."""
-    return json.dumps({e["text"]: "({:.1f}, {:.1f})".format(*element_center(e))
-                       for e in ui_elements if e["role"] not in ("list",)}, ensure_ascii=False)
+    return json.dumps(
+        {
+            e["text"]: "({:.1f}, {:.1f})".format(*element_center(e))
+            for e in ui_elements
+            if e["role"] not in ("list",)
+        },
+        ensure_ascii=False,
+    )
 
 
 def state_diff(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
@@ -242,12 +288,20 @@ class GUIEnvironment(Protocol):
 class ToyGUIEnv:
     """The toy phone. `reset(task)` takes a Task, a task id, a free-form goal string or None."""
 
-    def __init__(self, task: Task | str | None = None, seed: int = 0, max_steps: int | None = None,
-                 end_on_success: bool = True, grounder: "Grounder | None" = None):
+    def __init__(
+        self,
+        task: Task | str | None = None,
+        seed: int = 0,
+        max_steps: int | None = None,
+        end_on_success: bool = True,
+        grounder: Grounder | None = None,
+    ):
         self.apps = APPS
         self.seed = seed
         self.max_steps_override = max_steps
-        self.end_on_success = end_on_success  # BrowserGym/MiniWoB: the episode ends when the check passes
+        self.end_on_success = (
+            end_on_success  # BrowserGym/MiniWoB: the episode ends when the check passes
+        )
         self.grounder = grounder or StubGrounder()
         self.reset(task)
 
@@ -272,7 +326,9 @@ class ToyGUIEnv:
         for app in self.apps.values():
             if wanted in (app.name, app.label.lower()):
                 return app
-        raise ActionError(f"unknown app {name!r}; installed apps: {', '.join(a.label for a in self.apps.values())}")
+        raise ActionError(
+            f"unknown app {name!r}; installed apps: {', '.join(a.label for a in self.apps.values())}"
+        )
 
     # -- gym API --
     def reset(self, task: Task | str | None = None, seed: int | None = None) -> tuple[dict, dict]:
@@ -304,15 +360,31 @@ class ToyGUIEnv:
         self.steps += 1
         self._flash = ""
         error = ""
-        last = action.to_json() if isinstance(action, GUIAction) else action if isinstance(action, str) else \
-            json.dumps(action, default=repr)
+        last = (
+            action.to_json()
+            if isinstance(action, GUIAction)
+            else action
+            if isinstance(action, str)
+            else json.dumps(action, default=repr)
+        )
         terminated, success = False, False
         try:
-            act = action if isinstance(action, GUIAction) else parse_action(action, ui_elements=self.obs["ui_elements"],
-                                                                             grounder=self.grounder)
+            act = (
+                action
+                if isinstance(action, GUIAction)
+                else parse_action(
+                    action, ui_elements=self.obs["ui_elements"], grounder=self.grounder
+                )
+            )
             validate_action(act)
             terminated = self._execute(act)
-        except (ActionError, ValueError, NameError, TypeError, KeyError) as exc:  # bad actions never crash the env
+        except (
+            ActionError,
+            ValueError,
+            NameError,
+            TypeError,
+            KeyError,
+        ) as exc:  # bad actions never crash the env
             error = f"{type(exc).__name__}: {exc}"
         sys_state = self.state["system"]
         if terminated:
@@ -320,7 +392,9 @@ class ToyGUIEnv:
         elif self.end_on_success and self.task.check is not None and self.task.check(self.state):
             terminated, success = True, True
         for i, (_, pred) in enumerate(self.task.subgoals):
-            self.subgoal_flags[i] = self.subgoal_flags[i] or bool(pred(self.state))  # AgentBoard OR-accumulation
+            self.subgoal_flags[i] = self.subgoal_flags[i] or bool(
+                pred(self.state)
+            )  # AgentBoard OR-accumulation
         sys_state["app"], sys_state["screen"] = self.stack[-1].app, self.stack[-1].screen
         truncated = not terminated and self.steps >= self.max_steps
         self.done = terminated or truncated
@@ -334,29 +408,47 @@ class ToyGUIEnv:
         if not task.feasible:
             return False
         if task.answer is not None:
-            return st["answer"] is not None and normalize_answer(st["answer"]) == normalize_answer(task.answer)
+            return st["answer"] is not None and normalize_answer(st["answer"]) == normalize_answer(
+                task.answer
+            )
         return task.check is not None and bool(task.check(self.state))
 
     def task_success(self) -> bool:
         """Success of the current state, for an episode that ran out of steps (AndroidWorld reads
         `is_successful` at the end whatever the agent said)."""
-        return self._terminal_success() if self.state["system"]["status"] else (
-            self.task.check is not None and self.task.feasible and bool(self.task.check(self.state)))
+        return (
+            self._terminal_success()
+            if self.state["system"]["status"]
+            else (
+                self.task.check is not None
+                and self.task.feasible
+                and bool(self.task.check(self.state))
+            )
+        )
 
     def _info(self, success: bool) -> dict:
-        return dict(success=bool(success), steps=self.steps, task_id=self.task.task_id,
-                    subgoals=list(self.subgoal_flags), answer=self.state["system"]["answer"],
-                    status=self.state["system"]["status"])
+        return dict(
+            success=bool(success),
+            steps=self.steps,
+            task_id=self.task.task_id,
+            subgoals=list(self.subgoal_flags),
+            answer=self.state["system"]["answer"],
+            status=self.state["system"]["status"],
+        )
 
     # -- executing one validated action; returns True when the agent ended the episode --
     def _target(self, act: GUIAction) -> Widget | None:
         if act.index is not None:
             if not isinstance(act.index, int) or not 0 <= act.index < len(self.widgets):
-                raise ActionError(f"unknown element index {act.index!r}; this screen has elements 0..{len(self.widgets) - 1}")
+                raise ActionError(
+                    f"unknown element index {act.index!r}; this screen has elements 0..{len(self.widgets) - 1}"
+                )
             return self.widgets[act.index]
         if act.x is not None:
             if not (0 <= act.x < SCREEN_W and 0 <= act.y < SCREEN_H):
-                raise ActionError(f"point ({act.x}, {act.y}) is outside the {SCREEN_W}x{SCREEN_H} screen")
+                raise ActionError(
+                    f"point ({act.x}, {act.y}) is outside the {SCREEN_W}x{SCREEN_H} screen"
+                )
             return self.widgets[element_at_point(act.x, act.y, self.obs["ui_elements"])]
         return None
 
@@ -372,14 +464,24 @@ class ToyGUIEnv:
             if target.on_long_press is not None:
                 target.on_long_press()
         elif t == "input_text":
-            field_widget = target or next((w for w in self.widgets if w.key == self.focus_key), None)
+            field_widget = target or next(
+                (w for w in self.widgets if w.key == self.focus_key), None
+            )
             if field_widget is None:
-                raise ActionError("input_text: no text field is focused; click one first or give its index")
+                raise ActionError(
+                    "input_text: no text field is focused; click one first or give its index"
+                )
             if field_widget.on_type is None:
-                raise ActionError(f"input_text: element [{self.widgets.index(field_widget)}] '{field_widget.name}' is not editable")
+                raise ActionError(
+                    f"input_text: element [{self.widgets.index(field_widget)}] '{field_widget.name}' is not editable"
+                )
             self.focus_key = field_widget.key
-            field_widget.on_type(act.text.rstrip("\n"))  # typing replaces the field's text (BrowserGym fill)
-            if act.text.endswith("\n") and field_widget.on_submit:  # WebArena appends Enter by default
+            field_widget.on_type(
+                act.text.rstrip("\n")
+            )  # typing replaces the field's text (BrowserGym fill)
+            if (
+                act.text.endswith("\n") and field_widget.on_submit
+            ):  # WebArena appends Enter by default
                 field_widget.on_submit()
         elif t == "keyboard_enter":
             focused = next((w for w in self.widgets if w.key == self.focus_key), None)
@@ -409,10 +511,18 @@ class ToyGUIEnv:
     def _build_rows(self) -> tuple[str, list[list[Widget]]]:
         frame = self.stack[-1]
         if frame.app == "home":
+
             def icon(app):
-                return Widget(f"app:{app.name}", "icon", app.label, width=0.5, on_click=lambda a=app.name: self.open_app(a))
+                return Widget(
+                    f"app:{app.name}",
+                    "icon",
+                    app.label,
+                    width=0.5,
+                    on_click=lambda a=app.name: self.open_app(a),
+                )
+
             icons = [icon(a) for a in self.apps.values()]
-            return "Home", [icons[i:i + 2] for i in range(0, len(icons), 2)]
+            return "Home", [icons[i : i + 2] for i in range(0, len(icons), 2)]
         return self.apps[frame.app].build(frame.screen, self.state[frame.app], frame.params, self)
 
     def _observe(self, last_action: str, error: str) -> dict:
@@ -425,37 +535,73 @@ class ToyGUIEnv:
         right = SCREEN_W - (6 if scrollable else 2)
         heading = Widget("title", "heading", title, bbox=(0, 0, SCREEN_W, STATUS_BAR_H))
         widgets = [heading]
-        for r, row in enumerate(rows[frame.scroll:frame.scroll + capacity]):
+        for r, row in enumerate(rows[frame.scroll : frame.scroll + capacity]):
             y0 = STATUS_BAR_H + r * ROW_H + 1
             x, total = 2.0, right - 2
             for c, w in enumerate(row):  # widgets share the row by width, 2 px apart
                 x1 = x + w.width * total
-                w.bbox = (round(x) + (1 if c else 0), y0, round(x1) - (1 if c < len(row) - 1 else 0), y0 + ROW_H - 2)
+                w.bbox = (
+                    round(x) + (1 if c else 0),
+                    y0,
+                    round(x1) - (1 if c < len(row) - 1 else 0),
+                    y0 + ROW_H - 2,
+                )
                 widgets.append(w)
                 x = x1
         if self._flash:
             y0 = STATUS_BAR_H + capacity * ROW_H + 1
-            widgets.append(Widget("flash", "text", self._flash, bbox=(2, y0, SCREEN_W - 2, y0 + ROW_H - 2)))
+            widgets.append(
+                Widget("flash", "text", self._flash, bbox=(2, y0, SCREEN_W - 2, y0 + ROW_H - 2))
+            )
         if scrollable:
-            widgets.append(Widget("scroll_list", "list", f"{title} list", bbox=(0, STATUS_BAR_H, SCREEN_W, SCREEN_H)))
+            widgets.append(
+                Widget(
+                    "scroll_list",
+                    "list",
+                    f"{title} list",
+                    bbox=(0, STATUS_BAR_H, SCREEN_W, SCREEN_H),
+                )
+            )
         self.widgets = widgets
         app_name = frame.app if frame.app != "home" else "home"
         url = f"toy://{app_name}/{frame.screen}"
         ui_elements = [self._element(i, w, scrollable) for i, w in enumerate(widgets)]
-        return dict(goal=self.task.goal, url=url, app=app_name, screenshot=self._render(widgets, frame, len(rows), capacity),
-                    axtree_txt=format_axtree(ui_elements, url), ui_elements=ui_elements,
-                    last_action=last_action, last_action_error=error)
+        return dict(
+            goal=self.task.goal,
+            url=url,
+            app=app_name,
+            screenshot=self._render(widgets, frame, len(rows), capacity),
+            axtree_txt=format_axtree(ui_elements, url),
+            ui_elements=ui_elements,
+            last_action=last_action,
+            last_action_error=error,
+        )
 
     def _element(self, index: int, w: Widget, scrollable: bool) -> dict:
         x0, y0, x1, y1 = w.bbox
-        return dict(index=index, id=str(index), resource_id=w.key, role=w.role, text=w.name, value=w.value,
-                    content_description="", bbox_pixels=dict(x_min=x0, y_min=y0, x_max=x1, y_max=y1),
-                    is_clickable=w.clickable, is_long_clickable=w.on_long_press is not None,
-                    is_editable=w.on_type is not None, is_scrollable=w.role == "list" and scrollable,
-                    is_checkable=w.checked is not None, is_checked=bool(w.checked),
-                    is_focused=w.key == self.focus_key and w.on_type is not None, is_enabled=True, is_visible=True)
+        return dict(
+            index=index,
+            id=str(index),
+            resource_id=w.key,
+            role=w.role,
+            text=w.name,
+            value=w.value,
+            content_description="",
+            bbox_pixels=dict(x_min=x0, y_min=y0, x_max=x1, y_max=y1),
+            is_clickable=w.clickable,
+            is_long_clickable=w.on_long_press is not None,
+            is_editable=w.on_type is not None,
+            is_scrollable=w.role == "list" and scrollable,
+            is_checkable=w.checked is not None,
+            is_checked=bool(w.checked),
+            is_focused=w.key == self.focus_key and w.on_type is not None,
+            is_enabled=True,
+            is_visible=True,
+        )
 
-    def _render(self, widgets: list[Widget], frame: Frame, n_rows: int, capacity: int) -> Image.Image:
+    def _render(
+        self, widgets: list[Widget], frame: Frame, n_rows: int, capacity: int
+    ) -> Image.Image:
         img = Image.new("RGB", (SCREEN_W, SCREEN_H), BACKGROUND)
         draw, font = ImageDraw.Draw(img), _font()
         for w in widgets:
@@ -466,33 +612,59 @@ class ToyGUIEnv:
                 draw.text((x0 + 3, y0 + 1), _fit(w.name, x1 - x0 - 6), fill="white", font=font)
             elif w.role == "list":
                 thumb_h = max(8, (SCREEN_H - STATUS_BAR_H) * capacity // n_rows)
-                top = STATUS_BAR_H + (SCREEN_H - STATUS_BAR_H - thumb_h) * frame.scroll // max(1, n_rows - capacity)
+                top = STATUS_BAR_H + (SCREEN_H - STATUS_BAR_H - thumb_h) * frame.scroll // max(
+                    1, n_rows - capacity
+                )
                 draw.rectangle((x1 - 4, y0, x1 - 1, y1 - 1), fill=(225, 225, 225))
                 draw.rectangle((x1 - 4, top, x1 - 1, top + thumb_h - 1), fill=(120, 120, 120))
             elif w.role in ("button", "icon"):
                 fill = (200, 215, 240) if w.role == "button" else (255, 220, 170)
-                draw.rounded_rectangle((x0, y0, x1 - 1, y1 - 1), radius=3, fill=fill, outline=(90, 90, 120))
+                draw.rounded_rectangle(
+                    (x0, y0, x1 - 1, y1 - 1), radius=3, fill=fill, outline=(90, 90, 120)
+                )
                 label = _fit(w.name, x1 - x0 - 4)
-                draw.text(((x0 + x1 - font.getlength(label)) / 2, ty), label, fill="black", font=font)
+                draw.text(
+                    ((x0 + x1 - font.getlength(label)) / 2, ty), label, fill="black", font=font
+                )
             elif w.role == "textbox":
                 focused = w.key == self.focus_key
-                draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill="white", outline=(30, 90, 200) if focused else (130, 130, 130),
-                               width=2 if focused else 1)
+                draw.rectangle(
+                    (x0, y0, x1 - 1, y1 - 1),
+                    fill="white",
+                    outline=(30, 90, 200) if focused else (130, 130, 130),
+                    width=2 if focused else 1,
+                )
                 label = f"{w.name}: {w.value}" if w.value else w.name
-                draw.text((x0 + 3, ty), _fit(label, x1 - x0 - 6), fill="black" if w.value else (140, 140, 140), font=font)
+                draw.text(
+                    (x0 + 3, ty),
+                    _fit(label, x1 - x0 - 6),
+                    fill="black" if w.value else (140, 140, 140),
+                    font=font,
+                )
             elif w.role in ("switch", "radio"):
                 if w.role == "switch":
-                    draw.rounded_rectangle((x1 - 20, y0 + 3, x1 - 2, y1 - 3), radius=5,
-                                           fill=(60, 170, 90) if w.checked else (170, 170, 170))
+                    draw.rounded_rectangle(
+                        (x1 - 20, y0 + 3, x1 - 2, y1 - 3),
+                        radius=5,
+                        fill=(60, 170, 90) if w.checked else (170, 170, 170),
+                    )
                     knob = x1 - 9 if w.checked else x1 - 19
                     draw.ellipse((knob, y0 + 4, knob + 7, y1 - 4), fill="white")
                     draw.text((x0 + 2, ty), _fit(w.name, x1 - x0 - 26), fill="black", font=font)
                 else:
-                    draw.ellipse((x0 + 2, y0 + 3, x0 + 11, y0 + 12), outline="black", fill=(60, 120, 200) if w.checked else "white")
+                    draw.ellipse(
+                        (x0 + 2, y0 + 3, x0 + 11, y0 + 12),
+                        outline="black",
+                        fill=(60, 120, 200) if w.checked else "white",
+                    )
                     draw.text((x0 + 15, ty), _fit(w.name, x1 - x0 - 17), fill="black", font=font)
             else:  # listitem, text
-                draw.text((x0 + 2, ty), _fit(w.name, x1 - x0 - 4), fill=(20, 20, 20) if w.role == "listitem" else (70, 70, 70),
-                          font=font)
+                draw.text(
+                    (x0 + 2, ty),
+                    _fit(w.name, x1 - x0 - 4),
+                    fill=(20, 20, 20) if w.role == "listitem" else (70, 70, 70),
+                    font=font,
+                )
                 if w.role == "listitem":
                     draw.line((x0, y1 - 1, x1 - 1, y1 - 1), fill=(200, 200, 200))
         return img
@@ -514,7 +686,9 @@ class ScriptedExpert:
         step = self.plan[self.pos]
         kind = step[0]
         if kind in ("click", "long_press", "type"):
-            index = next((e["index"] for e in obs["ui_elements"] if e["resource_id"] == step[1]), None)
+            index = next(
+                (e["index"] for e in obs["ui_elements"] if e["resource_id"] == step[1]), None
+            )
             if index is None:  # off screen: scroll down to the bottom, then back up
                 sig = screen_signature(obs)
                 if sig == self.last_sig:
@@ -535,14 +709,18 @@ class ScriptedExpert:
         raise ValueError(f"unknown expert step {step!r}")
 
 
-def rollout(env: ToyGUIEnv, policy: Callable[[dict], Any], task: Task | str | None = None) -> tuple[list[dict], dict]:
+def rollout(
+    env: ToyGUIEnv, policy: Callable[[dict], Any], task: Task | str | None = None
+) -> tuple[list[dict], dict]:
     """Run one episode; returns the steps [{obs, action, reward}] and the final info."""
     obs, info = env.reset(task)
     steps, done = [], False
     while not done:
         action = policy(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
-        steps.append(dict(obs=obs, action=action, reward=reward, error=next_obs["last_action_error"]))
+        steps.append(
+            dict(obs=obs, action=action, reward=reward, error=next_obs["last_action_error"])
+        )
         obs, done = next_obs, terminated or truncated
     return steps, info
 
@@ -550,42 +728,78 @@ def rollout(env: ToyGUIEnv, policy: Callable[[dict], Any], task: Task | str | No
 def replay(task: Task, actions: list) -> list[dict]:
     """The observations of a recorded episode, rebuilt by re-running its actions (the env is deterministic)."""
     env = ToyGUIEnv(task, max_steps=10**6, end_on_success=False)
-    return [env.obs] + [env.step(a if isinstance(a, (str, GUIAction)) else GUIAction(**a))[0] for a in actions]
+    return [env.obs] + [
+        env.step(a if isinstance(a, (str, GUIAction)) else GUIAction(**a))[0] for a in actions
+    ]
 
 
-def run_episodes(tasks: list[Task], policy: Callable, max_steps: int = 15,
-                 stop_fn: Callable[[list[dict]], bool] | None = None, progress: Callable = lambda it: it) -> list[dict]:
+def run_episodes(
+    tasks: list[Task],
+    policy: Callable,
+    max_steps: int = 15,
+    stop_fn: Callable[[list[dict]], bool] | None = None,
+    progress: Callable = lambda it: it,
+) -> list[dict]:
     """Lock-step episodes for batched model agents. `policy([(i, obs, steps)]) -> [(thought, action)]` where
     action is a GUIAction or raw model text (a bad one costs a step, as in `step`). `stop_fn(steps)` may
     end an episode early (e.g. a repeat rule). Each step records thought, action JSON (or the raw text),
     the target's centre `xy` (for coordinate-style histories) and the error."""
     envs = [ToyGUIEnv(max_steps=max_steps) for _ in tasks]
     obs = [env.reset(task)[0] for env, task in zip(envs, tasks)]
-    records = [dict(task_id=t.task_id, goal=t.goal, app=t.app, steps=[], success=False, aborted=False, invalid=0)
-               for t in tasks]
+    records = [
+        dict(
+            task_id=t.task_id,
+            goal=t.goal,
+            app=t.app,
+            steps=[],
+            success=False,
+            aborted=False,
+            invalid=0,
+        )
+        for t in tasks
+    ]
     active = list(range(len(tasks)))
     for _ in progress(range(max_steps)):
         if not active:
             break
-        for i, (thought, action) in zip(list(active), policy([(i, obs[i], records[i]["steps"]) for i in active])):
-            elements, (new_obs, _, terminated, truncated, info) = obs[i]["ui_elements"], envs[i].step(action)
-            valid_index = isinstance(action, GUIAction) and isinstance(action.index, int) and 0 <= action.index < len(elements)
-            records[i]["steps"].append(dict(
-                thought=thought, action=action.to_json() if isinstance(action, GUIAction) else str(action),
-                xy=list(element_center(elements[action.index])) if valid_index else None, error=new_obs["last_action_error"]))
+        for i, (thought, action) in zip(
+            list(active), policy([(i, obs[i], records[i]["steps"]) for i in active])
+        ):
+            elements, (new_obs, _, terminated, truncated, info) = (
+                obs[i]["ui_elements"],
+                envs[i].step(action),
+            )
+            valid_index = (
+                isinstance(action, GUIAction)
+                and isinstance(action.index, int)
+                and 0 <= action.index < len(elements)
+            )
+            records[i]["steps"].append(
+                dict(
+                    thought=thought,
+                    action=action.to_json() if isinstance(action, GUIAction) else str(action),
+                    xy=list(element_center(elements[action.index])) if valid_index else None,
+                    error=new_obs["last_action_error"],
+                )
+            )
             records[i]["invalid"] += bool(new_obs["last_action_error"])
             obs[i] = new_obs
             aborted = stop_fn is not None and stop_fn(records[i]["steps"])
             if terminated or truncated or aborted:
-                records[i].update(success=bool(info["success"] or envs[i].task_success()), aborted=bool(aborted and not terminated),
-                                  final_url=new_obs["url"])
+                records[i].update(
+                    success=bool(info["success"] or envs[i].task_success()),
+                    aborted=bool(aborted and not terminated),
+                    final_url=new_obs["url"],
+                )
                 active.remove(i)
     return records
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:
     """Screenshots pasted left to right (one image for VLMs that take one image per prompt)."""
-    canvas = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    canvas = Image.new(
+        "RGB", (sum(i.width for i in images), max(i.height for i in images)), "white"
+    )
     for k, img in enumerate(images):
         canvas.paste(img, (sum(i.width for i in images[:k]), 0))
     return canvas
@@ -599,11 +813,20 @@ def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
     elif action.x is not None and ui_elements:
         name = ui_elements[element_at_point(action.x, action.y, ui_elements)]["text"]
     t = action.action_type
-    return {"click": f"click '{name}'", "long_press": f"long press '{name}'",
-            "input_text": f"type '{(action.text or '').rstrip()}'" + (f" into '{name}'" if name else ""),
-            "keyboard_enter": "press enter", "scroll": f"scroll {action.direction}", "navigate_back": "go back",
-            "navigate_home": "go home", "open_app": f"open app '{action.app_name}'", "wait": "wait",
-            "status": f"stop ({action.goal_status})", "answer": f"answer '{action.text}'"}.get(t, t)
+    return {
+        "click": f"click '{name}'",
+        "long_press": f"long press '{name}'",
+        "input_text": f"type '{(action.text or '').rstrip()}'"
+        + (f" into '{name}'" if name else ""),
+        "keyboard_enter": "press enter",
+        "scroll": f"scroll {action.direction}",
+        "navigate_back": "go back",
+        "navigate_home": "go home",
+        "open_app": f"open app '{action.app_name}'",
+        "wait": "wait",
+        "status": f"stop ({action.goal_status})",
+        "answer": f"answer '{action.text}'",
+    }.get(t, t)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -633,9 +856,15 @@ def step_match(pred: GUIAction | None, gold: GUIAction) -> tuple[bool, bool]:
     if pred is None or pred.action_type != gold.action_type:
         return False, False
     same_text = token_f1(pred.text or "", gold.text or "") > 0.5
-    ok = {"click": pred.index == gold.index, "long_press": pred.index == gold.index, "answer": same_text,
-          "input_text": same_text and (gold.index is None or pred.index == gold.index), "scroll": pred.direction == gold.direction,
-          "open_app": str(pred.app_name).lower() == str(gold.app_name).lower(), "status": pred.goal_status == gold.goal_status}
+    ok = {
+        "click": pred.index == gold.index,
+        "long_press": pred.index == gold.index,
+        "answer": same_text,
+        "input_text": same_text and (gold.index is None or pred.index == gold.index),
+        "scroll": pred.direction == gold.direction,
+        "open_app": str(pred.app_name).lower() == str(gold.app_name).lower(),
+        "status": pred.goal_status == gold.goal_status,
+    }
     return True, ok.get(gold.action_type, True)
 
 
@@ -672,7 +901,9 @@ def parse_json_action(action: str | dict) -> GUIAction:
     obj = _extract_json_object(action) if isinstance(action, str) else dict(action)
     unknown = set(obj) - set(_JSON_FIELDS)
     if unknown:
-        raise ActionError(f"unknown JSON action keys {sorted(unknown)}; allowed: {list(_JSON_FIELDS)}")
+        raise ActionError(
+            f"unknown JSON action keys {sorted(unknown)}; allowed: {list(_JSON_FIELDS)}"
+        )
     if "action_type" not in obj:
         raise ActionError("JSON action is missing 'action_type'")
     if obj.get("index") is not None:
@@ -729,11 +960,17 @@ def parse_guimid(text: str) -> GUIMidOutput:
     obj = _extract_json_object(text)
     missing = [k for k in GUIMID_KEYS if k not in obj]
     if missing:
-        raise ActionError(f"GUIMid action is missing key(s) {missing}; it needs {list(GUIMID_KEYS)}")
+        raise ActionError(
+            f"GUIMid action is missing key(s) {missing}; it needs {list(GUIMID_KEYS)}"
+        )
     start = text.find("```")
-    thought = (text[:start] if start >= 0 else text[:text.find("{")]).strip()
-    return GUIMidOutput(thought, str(obj["Element Description"] or ""), str(obj["Action"] or "").strip().lower(),
-                        "" if obj["Value"] is None else str(obj["Value"]))
+    thought = (text[:start] if start >= 0 else text[: text.find("{")]).strip()
+    return GUIMidOutput(
+        thought,
+        str(obj["Element Description"] or ""),
+        str(obj["Action"] or "").strip().lower(),
+        "" if obj["Value"] is None else str(obj["Value"]),
+    )
 
 
 class Grounder(Protocol):
@@ -756,9 +993,16 @@ class StubGrounder:
             if e["role"] == "list":
                 continue
             name = normalize_answer(e["text"])
-            score = 1.0 if want and (want == name) else 0.9 if want and name and (want in name or name in want) else \
-                difflib.SequenceMatcher(None, want, name).ratio()
-            score += 0.01 * e["is_clickable"]  # on a tie ("Wi-Fi" heading vs "Wi-Fi" switch) prefer what acts
+            score = (
+                1.0
+                if want and (want == name)
+                else 0.9
+                if want and name and (want in name or name in want)
+                else difflib.SequenceMatcher(None, want, name).ratio()
+            )
+            score += (
+                0.01 * e["is_clickable"]
+            )  # on a tie ("Wi-Fi" heading vs "Wi-Fi" switch) prefer what acts
             if score > best_score:
                 best, best_score = e, score
         if best is None:
@@ -774,7 +1018,9 @@ def guimid_to_action(out: GUIMidOutput, obs: dict, grounder: Grounder) -> GUIAct
     if a in ("click", "long_press", "type"):
         point = grounder.ground(out.description, obs)
         if point is None:
-            raise ActionError(f"could not ground element description {out.description!r} on this screen")
+            raise ActionError(
+                f"could not ground element description {out.description!r} on this screen"
+            )
         x, y = point[0] * SCREEN_W, point[1] * SCREEN_H
         if a == "type":
             return GUIAction("input_text", x=x, y=y, text=out.value)
@@ -800,30 +1046,49 @@ def guimid_to_action(out: GUIMidOutput, obs: dict, grounder: Grounder) -> GUIAct
     raise ActionError(f"GUIMid action {out.action!r} is not a mobile action the toy phone supports")
 
 
-def parse_action(text: str | dict, fmt: str = "auto", ui_elements: list[dict] | None = None,
-                 grounder: Grounder | None = None) -> GUIAction:
+def parse_action(
+    text: str | dict,
+    fmt: str = "auto",
+    ui_elements: list[dict] | None = None,
+    grounder: Grounder | None = None,
+) -> GUIAction:
     """Any format -> GUIAction. fmt: auto | json | osgenesis | guimid | webarena | browsergym | pyautogui.
     Grounding needs the current ui_elements (OS-Genesis points, GUIMid descriptions)."""
     if isinstance(text, dict):
         return parse_json_action(text)
     if not isinstance(text, str):
-        raise ActionError(f"an action must be a GUIAction, dict or string, not {type(text).__name__}")
+        raise ActionError(
+            f"an action must be a GUIAction, dict or string, not {type(text).__name__}"
+        )
     s = text.strip()
     if fmt == "auto":
-        fmt = ("osgenesis" if re.search(r"low-level thought", s, re.I) else
-               "guimid" if "Element Description" in s else
-               "json" if "action_type" in s else
-               "pyautogui" if s.startswith("pyautogui.") else
-               "webarena" if re.match(r"(```\w*\s*)?[a-z_]+( \[|$)", s) or "```" in s else "browsergym")
+        fmt = (
+            "osgenesis"
+            if re.search(r"low-level thought", s, re.I)
+            else "guimid"
+            if "Element Description" in s
+            else "json"
+            if "action_type" in s
+            else "pyautogui"
+            if s.startswith("pyautogui.")
+            else "webarena"
+            if re.match(r"(```\w*\s*)?[a-z_]+( \[|$)", s) or "```" in s
+            else "browsergym"
+        )
     if fmt == "json":
         return parse_json_action(s)
     if fmt == "osgenesis":
         action = parse_osgenesis(s)[1]
         return osgenesis_to_indexed(action, ui_elements or [])
     if fmt == "guimid":
-        return guimid_to_action(parse_guimid(s), {"ui_elements": ui_elements or []}, grounder or StubGrounder())
+        return guimid_to_action(
+            parse_guimid(s), {"ui_elements": ui_elements or []}, grounder or StubGrounder()
+        )
     if fmt in ("webarena", "pyautogui", "browsergym"):
-        from common import gui_formats  # their parsers live apart: the toy's agents do not speak them
+        from common import (
+            gui_formats,
+        )  # their parsers live apart: the toy's agents do not speak them
+
         if fmt == "webarena":
             return gui_formats.parse_webarena(s)
         if fmt == "pyautogui":
@@ -842,20 +1107,33 @@ def format_osgenesis(thought: str, action: GUIAction) -> str:
 
 
 def format_guimid(thought: str, description: str, action: str, value: str = "") -> str:
-    block = json.dumps({"Element Description": description, "Action": action, "Value": value}, ensure_ascii=False)
+    block = json.dumps(
+        {"Element Description": description, "Action": action, "Value": value}, ensure_ascii=False
+    )
     return f"{thought}\n```json\n{block}\n```"
 
 
 def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, str, str]:
     """(Element Description, Action, Value) for a GUIAction, the element named by its visible label."""
-    target = action.index if action.index is not None else (
-        element_at_point(action.x, action.y, ui_elements) if action.x is not None else None)
+    target = (
+        action.index
+        if action.index is not None
+        else (element_at_point(action.x, action.y, ui_elements) if action.x is not None else None)
+    )
     desc = ui_elements[target]["text"] if target is not None else ""
     t = action.action_type
-    table = {"click": ("click", ""), "long_press": ("long_press", ""), "input_text": ("type", (action.text or "").rstrip("\n")),
-             "keyboard_enter": ("enter", ""), "scroll": ("scroll", action.direction or ""), "navigate_back": ("go_back", ""),
-             "navigate_home": ("go_home", ""), "open_app": ("open_app", action.app_name or ""), "wait": ("wait", ""),
-             "answer": ("stop", action.text or ""),
-             "status": ("stop", "infeasible" if action.goal_status == "infeasible" else "completed")}
+    table = {
+        "click": ("click", ""),
+        "long_press": ("long_press", ""),
+        "input_text": ("type", (action.text or "").rstrip("\n")),
+        "keyboard_enter": ("enter", ""),
+        "scroll": ("scroll", action.direction or ""),
+        "navigate_back": ("go_back", ""),
+        "navigate_home": ("go_home", ""),
+        "open_app": ("open_app", action.app_name or ""),
+        "wait": ("wait", ""),
+        "answer": ("stop", action.text or ""),
+        "status": ("stop", "infeasible" if action.goal_status == "infeasible" else "completed"),
+    }
     verb, value = table[t]
     return desc, verb, value

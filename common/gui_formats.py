@@ -14,6 +14,7 @@ import tokenize
 
 from common.gui_env import ActionError, GUIAction
 
+
 def parse_webarena(text: str) -> GUIAction:
     """WebArena id actions, taken from the last fenced block if there is one."""
     blocks = re.findall(r"```(?:\w+\n)?(.*?)```", text, re.S)
@@ -22,7 +23,9 @@ def parse_webarena(text: str) -> GUIAction:
         return GUIAction("click", index=int(m.group(1)))
     if m := re.fullmatch(r"type \[(\d+)\] \[(.*?)\](?: \[([01])\])?", s, re.S):
         enter = m.group(3) != "0"  # press_enter_after defaults to 1
-        return GUIAction("input_text", index=int(m.group(1)), text=m.group(2) + ("\n" if enter else ""))
+        return GUIAction(
+            "input_text", index=int(m.group(1)), text=m.group(2) + ("\n" if enter else "")
+        )
     if m := re.fullmatch(r"scroll \[(up|down)\]", s):
         return GUIAction("scroll", direction=m.group(1))
     if s.startswith("scroll"):
@@ -39,7 +42,11 @@ def parse_webarena(text: str) -> GUIAction:
         answer = m.group(1).strip()
         if answer.upper() == "N/A":
             return GUIAction("status", goal_status="infeasible")
-        return GUIAction("answer", text=answer) if answer else GUIAction("status", goal_status="complete")
+        return (
+            GUIAction("answer", text=answer)
+            if answer
+            else GUIAction("status", goal_status="complete")
+        )
     verb = s.split(" ")[0] if s else ""
     if verb in ("hover", "new_tab", "tab_focus", "close_tab", "go_forward", "goto"):
         raise ActionError(f"WebArena action {verb!r} has no meaning on the toy phone")
@@ -47,34 +54,76 @@ def parse_webarena(text: str) -> GUIAction:
 
 
 BROWSERGYM_SIGNATURES = {  # name -> positional parameter names (the subset the toy phone supports)
-    "click": ("bid", "button", "modifiers"), "fill": ("bid", "value"), "press": ("bid", "key_comb"),
-    "scroll": ("delta_x", "delta_y"), "mouse_click": ("x", "y", "button"), "keyboard_type": ("text",),
-    "keyboard_press": ("key",), "go_back": (), "noop": ("wait_ms",), "send_msg_to_user": ("text",),
-    "report_infeasible": ("reason",)}
-BROWSERGYM_UNSUPPORTED = {"dblclick", "hover", "select_option", "focus", "clear", "drag_and_drop", "upload_file",
-                          "new_tab", "tab_close", "tab_focus", "goto", "go_forward", "mouse_move", "mouse_up",
-                          "mouse_down", "mouse_dblclick", "mouse_drag_and_drop", "mouse_upload_file",
-                          "keyboard_down", "keyboard_up", "keyboard_insert_text"}
+    "click": ("bid", "button", "modifiers"),
+    "fill": ("bid", "value"),
+    "press": ("bid", "key_comb"),
+    "scroll": ("delta_x", "delta_y"),
+    "mouse_click": ("x", "y", "button"),
+    "keyboard_type": ("text",),
+    "keyboard_press": ("key",),
+    "go_back": (),
+    "noop": ("wait_ms",),
+    "send_msg_to_user": ("text",),
+    "report_infeasible": ("reason",),
+}
+BROWSERGYM_UNSUPPORTED = {
+    "dblclick",
+    "hover",
+    "select_option",
+    "focus",
+    "clear",
+    "drag_and_drop",
+    "upload_file",
+    "new_tab",
+    "tab_close",
+    "tab_focus",
+    "goto",
+    "go_forward",
+    "mouse_move",
+    "mouse_up",
+    "mouse_down",
+    "mouse_dblclick",
+    "mouse_drag_and_drop",
+    "mouse_upload_file",
+    "keyboard_down",
+    "keyboard_up",
+    "keyboard_insert_text",
+}
 
 
 def _scan_calls(code: str) -> list[tuple[str, list, dict]]:
     """Top-level `name(literal, ...)` calls in order (BrowserGym/pyautogui call strings). Each call's
     arguments must be Python literals; anything else is a ValueError."""
     try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
-                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER,
-                                    tokenize.INDENT, tokenize.DEDENT)]
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(code).readline)
+            if t.type
+            not in (
+                tokenize.NL,
+                tokenize.NEWLINE,
+                tokenize.COMMENT,
+                tokenize.ENDMARKER,
+                tokenize.INDENT,
+                tokenize.DEDENT,
+            )
+        ]
     except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
         raise ActionError(f"cannot tokenize action {code[:80]!r}: {exc}") from None
     lines, calls, i = code.splitlines(), [], 0
 
     def offset(pos):
-        return sum(len(line) + 1 for line in lines[:pos[0] - 1]) + pos[1]
+        return sum(len(line) + 1 for line in lines[: pos[0] - 1]) + pos[1]
+
     while i < len(tokens):
         name_parts = [tokens[i].string]
         if tokens[i].type != tokenize.NAME:
             raise ActionError(f"expected an action call, got {tokens[i].string!r} in {code[:80]!r}")
-        while i + 2 < len(tokens) and tokens[i + 1].string == "." and tokens[i + 2].type == tokenize.NAME:
+        while (
+            i + 2 < len(tokens)
+            and tokens[i + 1].string == "."
+            and tokens[i + 2].type == tokenize.NAME
+        ):
             name_parts.append(tokens[i + 2].string)
             i += 2
         if i + 1 >= len(tokens) or tokens[i + 1].string != "(":
@@ -87,13 +136,15 @@ def _scan_calls(code: str) -> list[tuple[str, list, dict]]:
             j += 1
         if depth:
             raise ActionError(f"unbalanced parentheses in {code[:80]!r}")
-        source = code[offset(tokens[i + 1].start):offset(tokens[j].end)]
+        source = code[offset(tokens[i + 1].start) : offset(tokens[j].end)]
         try:
             call = ast.parse("f" + source, mode="eval").body
             args = [ast.literal_eval(a) for a in call.args]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         except (SyntaxError, ValueError) as exc:
-            raise ActionError(f"arguments of {'.'.join(name_parts)} must be literals: {exc}") from None
+            raise ActionError(
+                f"arguments of {'.'.join(name_parts)} must be literals: {exc}"
+            ) from None
         calls.append((".".join(name_parts), args, kwargs))
         i = j + 1
     return calls
@@ -124,7 +175,9 @@ def parse_browsergym_calls(code: str, multiaction: bool = False) -> list[tuple[s
 def _bid(value) -> int:
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
         return int(value)
-    raise ActionError(f"unknown element bid {value!r}; the toy phone's bids are the indices in axtree_txt")
+    raise ActionError(
+        f"unknown element bid {value!r}; the toy phone's bids are the indices in axtree_txt"
+    )
 
 
 def browsergym_to_action(name: str, args: list) -> GUIAction:
@@ -142,7 +195,12 @@ def browsergym_to_action(name: str, args: list) -> GUIAction:
         return GUIAction("keyboard_enter")
     if name == "scroll":
         dx, dy = float(a[0] or 0), float(a[1] or 0)
-        return GUIAction("scroll", direction=("down" if dy > 0 else "up") if abs(dy) >= abs(dx) else ("right" if dx > 0 else "left"))
+        return GUIAction(
+            "scroll",
+            direction=("down" if dy > 0 else "up")
+            if abs(dy) >= abs(dx)
+            else ("right" if dx > 0 else "left"),
+        )
     if name == "mouse_click":
         return GUIAction("click", x=float(a[0]), y=float(a[1]))
     if name == "keyboard_type":
@@ -164,7 +222,10 @@ def parse_pyautogui(code: str) -> GUIAction:
     name, args, kwargs = calls[0]
     name = name.removeprefix("pyautogui.")
     if name == "click":
-        x, y = kwargs.get("x", args[0] if args else None), kwargs.get("y", args[1] if len(args) > 1 else None)
+        x, y = (
+            kwargs.get("x", args[0] if args else None),
+            kwargs.get("y", args[1] if len(args) > 1 else None),
+        )
         if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
             raise ActionError("pyautogui click needs numeric x and y")
         return GUIAction("click", x=float(x), y=float(y))
@@ -174,7 +235,9 @@ def parse_pyautogui(code: str) -> GUIAction:
         return GUIAction("keyboard_enter")
     if name == "scroll":
         clicks = kwargs.get("clicks", args[0] if args else 0)
-        return GUIAction("scroll", direction="up" if clicks > 0 else "down")  # pyautogui: positive scrolls up
+        return GUIAction(
+            "scroll", direction="up" if clicks > 0 else "down"
+        )  # pyautogui: positive scrolls up
     raise ActionError(f"pyautogui call {name!r} is not supported on the toy phone")
 
 
@@ -201,13 +264,23 @@ def format_webarena(action: GUIAction) -> str:
 def format_browsergym(action: GUIAction) -> str:
     t = action.action_type
     if t == "click":
-        return f"click('{action.index}')" if action.index is not None else f"mouse_click({action.x}, {action.y})"
+        return (
+            f"click('{action.index}')"
+            if action.index is not None
+            else f"mouse_click({action.x}, {action.y})"
+        )
     if t == "input_text":
-        return f"fill('{action.index}', {action.text!r})" if action.index is not None else f"keyboard_type({action.text!r})"
+        return (
+            f"fill('{action.index}', {action.text!r})"
+            if action.index is not None
+            else f"keyboard_type({action.text!r})"
+        )
     if t == "keyboard_enter":
         return "keyboard_press('Enter')"
     if t == "scroll":
-        dx, dy = {"up": (0, -100), "down": (0, 100), "left": (-100, 0), "right": (100, 0)}[action.direction]
+        dx, dy = {"up": (0, -100), "down": (0, 100), "left": (-100, 0), "right": (100, 0)}[
+            action.direction
+        ]
         return f"scroll({dx}, {dy})"
     if t == "navigate_back":
         return "go_back()"

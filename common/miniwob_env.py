@@ -25,11 +25,27 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from common.gui_env import ActionError, GUIAction, element_at_point, format_axtree, parse_action, validate_action
+from common.gui_env import (
+    ActionError,
+    GUIAction,
+    element_at_point,
+    format_axtree,
+    parse_action,
+    validate_action,
+)
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--disable-default-apps", "--disable-extensions")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-extensions",
+)
 # Tasks a tiny agent can act on in a few steps (click / type / enter); --tasks picks others.
 DEFAULT_TASKS = ("click-test", "click-button", "click-link", "focus-text", "enter-text")
 EDITABLE_TAGS = ("input_text", "input_password", "textarea", "input_number", "input_email")
@@ -37,7 +53,11 @@ EDITABLE_TAGS = ("input_text", "input_password", "textarea", "input_number", "in
 
 def chromium_paths() -> tuple[str | None, str | None]:
     """(chromium binary, chromedriver) from $MINIWOB_CHROME_BINARY/$MINIWOB_CHROMEDRIVER or the PATH."""
-    binary = os.environ.get("MINIWOB_CHROME_BINARY") or shutil.which("chromium") or shutil.which("chromium-browser")
+    binary = (
+        os.environ.get("MINIWOB_CHROME_BINARY")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
     driver = os.environ.get("MINIWOB_CHROMEDRIVER") or shutil.which("chromedriver")
     return binary, driver
 
@@ -60,7 +80,9 @@ def _patch_chrome_options(profile_dir: str):
     class Options(webdriver.ChromeOptions):
         def __init__(self):
             super().__init__()
-            for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tempfile.mkdtemp(dir=profile_dir)}",):  # one each
+            for flag in CHROMIUM_FLAGS + (
+                f"--user-data-dir={tempfile.mkdtemp(dir=profile_dir)}",
+            ):  # one each
                 self.add_argument(flag)
 
     class Shim:
@@ -81,7 +103,9 @@ class MiniWoBTask:
     app: str = "miniwob"
 
 
-def make_tasks(names: list[str] | tuple[str, ...] = DEFAULT_TASKS, episodes: int = 5, seed: int = 0) -> list[MiniWoBTask]:
+def make_tasks(
+    names: list[str] | tuple[str, ...] = DEFAULT_TASKS, episodes: int = 5, seed: int = 0
+) -> list[MiniWoBTask]:
     """`episodes` seeded instances of each named task (seeds fixed, so every run sees the same pages)."""
     return [MiniWoBTask(name, seed * 1000 + k) for name in names for k in range(episodes)]
 
@@ -92,18 +116,39 @@ def dom_to_ui_elements(dom_elements) -> list[dict]:
     out = []
     for d in dom_elements:
         width, height = float(d["width"][0]), float(d["height"][0])
-        if d["tag"] in ("body", "html") or d["id"] in ("wrap", "area", "query") or width <= 0 or height <= 0:
+        if (
+            d["tag"] in ("body", "html")
+            or d["id"] in ("wrap", "area", "query")
+            or width <= 0
+            or height <= 0
+        ):
             continue
         x0, y0 = float(d["left"][0]), float(d["top"][0])
         focused, _, _, is_leaf = (int(f) for f in d["flags"])
         tag, text = d["tag"], d["text"] or d["id"] or d["classes"] or d["tag"]
-        out.append(dict(index=len(out), id=str(len(out)), resource_id=f"ref:{int(d['ref'])}", ref=int(d["ref"]), role=tag,
-                        text=text, value=d["value"], content_description="",
-                        bbox_pixels=dict(x_min=x0, y_min=y0, x_max=x0 + width, y_max=y0 + height),
-                        is_clickable=bool(is_leaf) or tag in ("button", "a", "input_checkbox", "input_radio"),
-                        is_long_clickable=False, is_editable=tag in EDITABLE_TAGS, is_scrollable=False,
-                        is_checkable=tag in ("input_checkbox", "input_radio"), is_checked=False,
-                        is_focused=bool(focused), is_enabled=True, is_visible=True))
+        out.append(
+            dict(
+                index=len(out),
+                id=str(len(out)),
+                resource_id=f"ref:{int(d['ref'])}",
+                ref=int(d["ref"]),
+                role=tag,
+                text=text,
+                value=d["value"],
+                content_description="",
+                bbox_pixels=dict(x_min=x0, y_min=y0, x_max=x0 + width, y_max=y0 + height),
+                is_clickable=bool(is_leaf)
+                or tag in ("button", "a", "input_checkbox", "input_radio"),
+                is_long_clickable=False,
+                is_editable=tag in EDITABLE_TAGS,
+                is_scrollable=False,
+                is_checkable=tag in ("input_checkbox", "input_radio"),
+                is_checked=False,
+                is_focused=bool(focused),
+                is_enabled=True,
+                is_visible=True,
+            )
+        )
     return out
 
 
@@ -112,8 +157,10 @@ class MiniWoBGUIEnv:
 
     def __init__(self, task: MiniWoBTask | str | None = None, max_steps: int = 10):
         if not chromium_available():
-            raise RuntimeError("MiniWoB needs `pip install miniwob` and Chromium + chromedriver "
-                               "(Debian: apt-get install chromium chromium-driver)")
+            raise RuntimeError(
+                "MiniWoB needs `pip install miniwob` and Chromium + chromedriver "
+                "(Debian: apt-get install chromium chromium-driver)"
+            )
         binary, driver = chromium_paths()
         os.environ.setdefault("MINIWOB_CHROME_BINARY", binary)
         os.environ.setdefault("MINIWOB_CHROMEDRIVER", driver)
@@ -124,16 +171,23 @@ class MiniWoBGUIEnv:
             self.reset(task)
 
     def _gym_env(self, name: str):
-        if name not in self.envs:  # one browser at a time, reused across the episodes of its task page
+        if (
+            name not in self.envs
+        ):  # one browser at a time, reused across the episodes of its task page
             from miniwob.environment import MiniWoBEnvironment
+
             self.close_browsers()
             self.envs[name] = MiniWoBEnvironment(subdomain=name)
         return self.envs[name]
 
-    def reset(self, task: MiniWoBTask | str | None = None, seed: int | None = None) -> tuple[dict, dict]:
+    def reset(
+        self, task: MiniWoBTask | str | None = None, seed: int | None = None
+    ) -> tuple[dict, dict]:
         task = MiniWoBTask(task) if isinstance(task, str) else task
         if task is None:
-            raise ValueError("MiniWoBGUIEnv.reset needs a task (a MiniWoBTask or a task name such as 'click-button')")
+            raise ValueError(
+                "MiniWoBGUIEnv.reset needs a task (a MiniWoBTask or a task name such as 'click-button')"
+            )
         self.task, self.env = task, self._gym_env(task.task_id)
         raw, info = self.env.reset(seed=task.seed if seed is None else seed)
         self.steps, self.done, self.success = 0, False, False
@@ -144,63 +198,113 @@ class MiniWoBGUIEnv:
     def _observe(self, raw: dict, last_action: str, error: str) -> dict:
         elements = dom_to_ui_elements(raw["dom_elements"])
         url = f"miniwob://{self.task.task_id}"
-        return dict(goal=self.task.goal, url=url, app="miniwob", screenshot=Image.fromarray(raw["screenshot"]),
-                    axtree_txt=format_axtree(elements, url), ui_elements=elements, last_action=last_action,
-                    last_action_error=error)
+        return dict(
+            goal=self.task.goal,
+            url=url,
+            app="miniwob",
+            screenshot=Image.fromarray(raw["screenshot"]),
+            axtree_txt=format_axtree(elements, url),
+            ui_elements=elements,
+            last_action=last_action,
+            last_action_error=error,
+        )
 
     def _info(self, meta: dict) -> dict:
-        return dict(success=self.success, steps=self.steps, task_id=self.task.task_id, subgoals=[],
-                    raw_reward=float(meta.get("raw_reward", 0.0) or 0.0))
+        return dict(
+            success=self.success,
+            steps=self.steps,
+            task_id=self.task.task_id,
+            subgoals=[],
+            raw_reward=float(meta.get("raw_reward", 0.0) or 0.0),
+        )
 
     def _to_miniwob(self, act: GUIAction):
         """GUIAction -> a MiniWoB action dict (None: the agent ended the episode)."""
-        from miniwob.action import ActionTypes
         import numpy as np
+        from miniwob.action import ActionTypes
 
         t, elements, env = act.action_type, self.obs["ui_elements"], self.env.unwrapped
         if act.index is not None and not 0 <= act.index < len(elements):
-            raise ActionError(f"unknown element index {act.index}; this page has elements 0..{len(elements) - 1}")
+            raise ActionError(
+                f"unknown element index {act.index}; this page has elements 0..{len(elements) - 1}"
+            )
         target = elements[act.index] if act.index is not None else None
         if t == "click" and target is not None and target["ref"] > 0:
             return env.create_action(ActionTypes.CLICK_ELEMENT, ref=target["ref"])
         if t == "click" and target is not None:  # a text node (negative ref): click its centre
             b = target["bbox_pixels"]
-            return env.create_action(ActionTypes.CLICK_COORDS, coords=np.array(
-                [(b["x_min"] + b["x_max"]) / 2, (b["y_min"] + b["y_max"]) / 2], dtype=np.float32))
+            return env.create_action(
+                ActionTypes.CLICK_COORDS,
+                coords=np.array(
+                    [(b["x_min"] + b["x_max"]) / 2, (b["y_min"] + b["y_max"]) / 2], dtype=np.float32
+                ),
+            )
         if t == "click":
-            return env.create_action(ActionTypes.CLICK_COORDS, coords=np.array([act.x, act.y], dtype=np.float32))
+            return env.create_action(
+                ActionTypes.CLICK_COORDS, coords=np.array([act.x, act.y], dtype=np.float32)
+            )
         if t == "input_text":
             if target is None and act.x is not None:
                 target = elements[element_at_point(act.x, act.y, elements)]
             text = (act.text or "").rstrip("\n")
             if target is None:
                 return env.create_action(ActionTypes.TYPE_TEXT, text=text)
-            return env.create_action(ActionTypes.FOCUS_ELEMENT_AND_TYPE_TEXT, ref=target["ref"], text=text)
+            return env.create_action(
+                ActionTypes.FOCUS_ELEMENT_AND_TYPE_TEXT, ref=target["ref"], text=text
+            )
         if t == "keyboard_enter":
-            return env.create_action(ActionTypes.PRESS_KEY, key=env.action_space_config.allowed_keys.index("<Enter>"))
+            return env.create_action(
+                ActionTypes.PRESS_KEY, key=env.action_space_config.allowed_keys.index("<Enter>")
+            )
         if t == "scroll" and act.direction in ("up", "down"):
-            kind = ActionTypes.SCROLL_UP_COORDS if act.direction == "up" else ActionTypes.SCROLL_DOWN_COORDS
+            kind = (
+                ActionTypes.SCROLL_UP_COORDS
+                if act.direction == "up"
+                else ActionTypes.SCROLL_DOWN_COORDS
+            )
             return env.create_action(kind, coords=np.array([80.0, 105.0], dtype=np.float32))
         if t == "wait":
             return env.create_action(ActionTypes.NONE)
         if t in ("status", "answer"):
             return None
-        raise ActionError(f"{t} is not an action on a MiniWoB page (click, input_text, keyboard_enter, scroll, wait, stop)")
+        raise ActionError(
+            f"{t} is not an action on a MiniWoB page (click, input_text, keyboard_enter, scroll, wait, stop)"
+        )
 
     def step(self, action: GUIAction | str | dict) -> tuple[dict, float, bool, bool, dict]:
         last = action.to_json() if isinstance(action, GUIAction) else str(action)
         if self.done:
-            self.obs = {**self.obs, "last_action": last, "last_action_error": "episode is over; call reset()"}
+            self.obs = {
+                **self.obs,
+                "last_action": last,
+                "last_action_error": "episode is over; call reset()",
+            }
             return self.obs, 0.0, True, False, self._info({})
         self.steps += 1
         try:
-            act = action if isinstance(action, GUIAction) else parse_action(action, ui_elements=self.obs["ui_elements"])
+            act = (
+                action
+                if isinstance(action, GUIAction)
+                else parse_action(action, ui_elements=self.obs["ui_elements"])
+            )
             mw_action = self._to_miniwob(validate_action(act))
-        except (ActionError, ValueError, NameError, TypeError, KeyError) as exc:  # bad actions never crash the env
+        except (
+            ActionError,
+            ValueError,
+            NameError,
+            TypeError,
+            KeyError,
+        ) as exc:  # bad actions never crash the env
             self.done = self.steps >= self.max_steps
-            self.obs = {**self.obs, "last_action": last, "last_action_error": f"{type(exc).__name__}: {exc}"}
+            self.obs = {
+                **self.obs,
+                "last_action": last,
+                "last_action_error": f"{type(exc).__name__}: {exc}",
+            }
             return self.obs, 0.0, False, self.done, self._info({})
-        if mw_action is None:  # the agent stopped: success is whatever the page says now (nothing yet)
+        if (
+            mw_action is None
+        ):  # the agent stopped: success is whatever the page says now (nothing yet)
             self.done = True
             self.obs = {**self.obs, "last_action": last, "last_action_error": ""}
             return self.obs, 0.0, True, False, self._info({})
@@ -242,7 +346,9 @@ def scripted_policy(obs: dict) -> GUIAction:
     if field is not None and goal.lower().startswith("focus"):
         return GUIAction("click", index=field["index"])
     exact = [e for e in elements if quoted and e["text"] == quoted]
-    named = exact or [e for e in elements if e["is_clickable"] and e["text"] and e["text"].lower() in goal.lower()]
+    named = exact or [
+        e for e in elements if e["is_clickable"] and e["text"] and e["text"].lower() in goal.lower()
+    ]
     if named:
         return GUIAction("click", index=named[0]["index"])
     return GUIAction("click", index=elements[-1]["index"]) if elements else GUIAction("wait")
@@ -250,13 +356,20 @@ def scripted_policy(obs: dict) -> GUIAction:
 
 def random_policy(rng: random.Random):
     """The random agent: click a random clickable element (type a random word into fields)."""
+
     def act(obs: dict) -> GUIAction:
-        clickable = [e for e in obs["ui_elements"] if e["is_clickable"] or e["is_editable"]] or obs["ui_elements"]
+        clickable = [e for e in obs["ui_elements"] if e["is_clickable"] or e["is_editable"]] or obs[
+            "ui_elements"
+        ]
         if not clickable:
             return GUIAction("wait")
         e = rng.choice(clickable)
-        return GUIAction("input_text", index=e["index"], text=rng.choice(["a", "test", "hello"])) if e["is_editable"] \
+        return (
+            GUIAction("input_text", index=e["index"], text=rng.choice(["a", "test", "hello"]))
+            if e["is_editable"]
             else GUIAction("click", index=e["index"])
+        )
+
     return act
 
 
@@ -269,17 +382,22 @@ def run_policy(env: MiniWoBGUIEnv, policy, tasks: list[MiniWoBTask]) -> list[dic
         while not done:
             obs, _, terminated, truncated, info = env.step(policy(obs))
             done = terminated or truncated
-        out.append(dict(task_id=task.task_id, seed=task.seed, success=info["success"], steps=info["steps"]))
+        out.append(
+            dict(task_id=task.task_id, seed=task.seed, success=info["success"], steps=info["steps"])
+        )
     return out
 
 
 def env_factory(names: str = "", episodes: int = 5, max_steps: int = 10):
     """(make_env, tasks) for guimid's agent loop (`--env miniwob`); one shared browser per process."""
-    tasks = make_tasks([n.strip() for n in names.split(",") if n.strip()] or DEFAULT_TASKS, episodes)
+    tasks = make_tasks(
+        [n.strip() for n in names.split(",") if n.strip()] or DEFAULT_TASKS, episodes
+    )
     shared = {}
 
     def make_env():
         if "env" not in shared:
             shared["env"] = MiniWoBGUIEnv(max_steps=max_steps)
         return shared["env"]
+
     return make_env, tasks

@@ -44,12 +44,23 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
 
 TINY_LM_DEFAULTS = dict(
-    hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
 )
 TINY_VISION_DEFAULTS = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    image_size=64, patch_size=16, projection_dim=32,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=64,
+    patch_size=16,
+    projection_dim=32,
 )
 TOKENIZER_VOCAB = 1024
 
@@ -67,14 +78,22 @@ def _dtype(dtype):
         return "auto"
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"--dtype {dtype!r} is not one of {sorted(names)} or 'auto'")
     return names[dtype]
 
 
-def load_model(name_or_path: str, *, vlm: bool = False, dtype="auto", device="cpu", attn_implementation=None):
+def load_model(
+    name_or_path: str, *, vlm: bool = False, dtype="auto", device="cpu", attn_implementation=None
+):
     """AutoModelForCausalLM (or AutoModelForImageTextToText when `vlm`) from a hub id or local folder."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -136,10 +155,17 @@ def _tokenizer_corpus() -> list[str]:
         "print import for while range len list dict input output main solution generator problem "
         "please reason put your within boxed assistant user system helpful language sentence word"
     ).split()
-    lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
-    lines += [f"{a} + {b} = {a + b}. {a} * {b} = {a * b}. ({a} - {b}) / 2" for a in range(30) for b in range(0, 30, 7)]
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    lines += [
+        f"{a} + {b} = {a + b}. {a} * {b} = {a * b}. ({a} - {b}) / 2"
+        for a in range(30)
+        for b in range(0, 30, 7)
+    ]
     lines += ["\\boxed{\\frac{1}{2}} \\sqrt{3} \\pi x^2 <answer> </answer> <think> </think>"] * 20
-    lines += ['def main_solution(x):\n    return {"output": x}\n', '{"input": {"n": 3}, "output": [1, 2]}'] * 20
+    lines += [
+        'def main_solution(x):\n    return {"output": x}\n',
+        '{"input": {"n": 3}, "output": [1, 2]}',
+    ] * 20
     lines += ["Question:\nAnswer:\nLet's think step by step.\n", "The answer is 42."] * 20
     return lines
 
@@ -152,17 +178,25 @@ def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
     tok = Tokenizer(models.BPE())
     # Digits one per token (as Qwen2 does), then GPT-2 style byte-level so every string is encodable.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"], padding_side="left",
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"],
+        padding_side="left",
     )
     hf_tok.chat_template = CHATML_TEMPLATE
     return hf_tok
@@ -177,7 +211,9 @@ BUILD_THREADS = 2
 
 def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
     """Build into a temp folder (on BUILD_THREADS threads) and rename it into place; reuse it if it is there."""
-    digest = hashlib.sha1(json.dumps({**spec, "build_threads": BUILD_THREADS}, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(
+        json.dumps({**spec, "build_threads": BUILD_THREADS}, sort_keys=True).encode()
+    ).hexdigest()[:10]
     target = Path(path) if path else cache_dir() / f"{kind}-{digest}"
     if (target / "config.json").exists():
         return str(target)
@@ -207,8 +243,11 @@ def make_tiny_lm(path: str | None = None, seed: int = 0, **overrides) -> str:
     def build(folder: Path):
         tok = make_tokenizer()
         cfg = Qwen2Config(
-            vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, **{**TINY_LM_DEFAULTS, **overrides},
+            vocab_size=len(tok),
+            bos_token_id=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **{**TINY_LM_DEFAULTS, **overrides},
         )
         torch.manual_seed(seed)
         Qwen2ForCausalLM(cfg).save_pretrained(folder)
@@ -219,7 +258,14 @@ def make_tiny_lm(path: str | None = None, seed: int = 0, **overrides) -> str:
 
 def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> str:
     """Build (once) a tiny LLaVA (CLIP vision tower + projector + Qwen2) with its processor."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
 
     spec = {**TINY_LM_DEFAULTS, **TINY_VISION_DEFAULTS, **text_overrides, "seed": seed, "v": 1}
     side, patch = TINY_VISION_DEFAULTS["image_size"], TINY_VISION_DEFAULTS["patch_size"]
@@ -228,25 +274,37 @@ def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> s
     def build(folder: Path):
         tok = make_tokenizer()
         text_cfg = Qwen2Config(
-            vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, **{**TINY_LM_DEFAULTS, **text_overrides},
+            vocab_size=len(tok),
+            bos_token_id=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **{**TINY_LM_DEFAULTS, **text_overrides},
         )
         cfg = LlavaConfig(
-            vision_config=CLIPVisionConfig(**TINY_VISION_DEFAULTS), text_config=text_cfg,
-            image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=num_image_tokens,
-            vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=True,
+            vision_config=CLIPVisionConfig(**TINY_VISION_DEFAULTS),
+            text_config=text_cfg,
+            image_token_index=tok.convert_tokens_to_ids("<image>"),
+            image_seq_length=num_image_tokens,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+            tie_word_embeddings=True,
         )
         torch.manual_seed(seed)
         LlavaForConditionalGeneration(cfg).save_pretrained(folder)
         image_processor = CLIPImageProcessorPil(  # PIL backend: no torchvision needed
-           
-            size={"height": side, "width": side}, do_center_crop=False,
-            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+            size={"height": side, "width": side},
+            do_center_crop=False,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
         )
         processor = LlavaProcessor(
-            image_processor=image_processor, tokenizer=tok, patch_size=patch,
-            vision_feature_select_strategy="default", num_additional_image_tokens=1,
-            chat_template=CHATML_TEMPLATE, image_token="<image>",
+            image_processor=image_processor,
+            tokenizer=tok,
+            patch_size=patch,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHATML_TEMPLATE,
+            image_token="<image>",
         )
         processor.save_pretrained(folder)
         tok.save_pretrained(folder)

@@ -34,12 +34,13 @@ Departures from the released code (all small, all on the side of robustness):
   (`\\pi r` -> `\\pi r`, Qwen gives `\\pir`), removes thousands separators only in a plain number
   (`1,000`; a tuple `1,2` is left alone), strips `x=` only at the start or after `,`/`(`/`[`/a space
   (Qwen's replace-anywhere turns `2x=4` into `24`), and keeps a trailing `\\text{i}` (not a unit).
-  All its regexes run in linear time (Qwen's `(,|\.)+$`-style patterns take minutes on 10k-char junk).
+  All its regexes run in linear time (Qwen's `(,|\\.)+$`-style patterns take minutes on 10k-char junk).
 - `math_equal` normalises the gold answer too (SimpleRL normalises only the prediction).
 - `countdown_reward` takes the response text only (see its docstring) and evaluates the expression with
   a restricted evaluator equal to `eval` without builtins except that it refuses exponents whose result
   would exceed ~1e6 bits (upstream would hang).
 """
+
 from __future__ import annotations
 
 import ast
@@ -55,13 +56,28 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
-    "extract_answer", "last_boxed", "last_json_object", "strip_string", "math_equal",
-    "math_equal_batch", "default_grading_workers", "correctness_reward", "correctness_reward_batch",
-    "math_reward", "countdown_reward", "countdown_reward_fn", "pass_at_k", "kimi_length_reward",
-    "cosine_length_reward", "l1_length_reward", "dapo_overlong_penalty", "completion_text",
+    "extract_answer",
+    "last_boxed",
+    "last_json_object",
+    "strip_string",
+    "math_equal",
+    "math_equal_batch",
+    "default_grading_workers",
+    "correctness_reward",
+    "correctness_reward_batch",
+    "math_reward",
+    "countdown_reward",
+    "countdown_reward_fn",
+    "pass_at_k",
+    "kimi_length_reward",
+    "cosine_length_reward",
+    "l1_length_reward",
+    "dapo_overlong_penalty",
+    "completion_text",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +108,9 @@ def _last_boxed_content(text: str) -> str | None:
     matches = list(_BOX_RE.finditer(text))
     if not matches:
         return None
-    closing: dict[int, int] = {}  # position of each "{" -> its matching "}" (one pass, no quadratic rescans)
+    closing: dict[
+        int, int
+    ] = {}  # position of each "{" -> its matching "}" (one pass, no quadratic rescans)
     open_positions: list[int] = []
     for i, ch in enumerate(text):
         if ch == "{":
@@ -103,14 +121,14 @@ def _last_boxed_content(text: str) -> str | None:
         start = match.end()
         if text.startswith("{", start):
             if start in closing:
-                return text[start + 1:closing[start]]
+                return text[start + 1 : closing[start]]
             continue  # unbalanced (e.g. truncated generation): try the previous box
-        if text[start:start + 1].isspace():
+        if text[start : start + 1].isspace():
             content = text[start:].split("$", 1)[0].strip()
             if content:
                 return content
-    if matches and text[matches[-1].end():].startswith("{"):
-        return text[matches[-1].end() + 1:].strip() or None
+    if matches and text[matches[-1].end() :].startswith("{"):
+        return text[matches[-1].end() + 1 :].strip() or None
     return None
 
 
@@ -146,7 +164,7 @@ def last_json_object(text: str) -> str | None:
         elif char == "}" and depth:
             depth -= 1
             if depth == 0:
-                last = text[start:i + 1]
+                last = text[start : i + 1]
     return last
 
 
@@ -201,25 +219,81 @@ def extract_answer(text: Any) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 _UNIT_WORDS = (
-    "degrees?", "cm", "mm", "km", "m", "meters?", "metres?", "centimeters?", "kilometers?", "inch(?:es)?",
-    "feet", "foot", "ft", "yards?", "miles?", "mph", "kg", "g", "grams?", "kilograms?", "pounds?", "lbs?",
-    "ounces?", "oz", "liters?", "litres?", "ml", "gallons?", "seconds?", "sec", "s", "minutes?", "min",
-    "hours?", "hrs?", "days?", "weeks?", "months?", "years?", "dollars?", "cents?", "euros?", "units?",
-    "square units?", "sq units?", "square (?:feet|meters?|inch(?:es)?|cm|units?)", "cubic (?:feet|meters?|cm|units?)",
-    "students?", "people", "apples?", "points?", "times", "ways?", "percent",
+    "degrees?",
+    "cm",
+    "mm",
+    "km",
+    "m",
+    "meters?",
+    "metres?",
+    "centimeters?",
+    "kilometers?",
+    "inch(?:es)?",
+    "feet",
+    "foot",
+    "ft",
+    "yards?",
+    "miles?",
+    "mph",
+    "kg",
+    "g",
+    "grams?",
+    "kilograms?",
+    "pounds?",
+    "lbs?",
+    "ounces?",
+    "oz",
+    "liters?",
+    "litres?",
+    "ml",
+    "gallons?",
+    "seconds?",
+    "sec",
+    "s",
+    "minutes?",
+    "min",
+    "hours?",
+    "hrs?",
+    "days?",
+    "weeks?",
+    "months?",
+    "years?",
+    "dollars?",
+    "cents?",
+    "euros?",
+    "units?",
+    "square units?",
+    "sq units?",
+    "square (?:feet|meters?|inch(?:es)?|cm|units?)",
+    "cubic (?:feet|meters?|cm|units?)",
+    "students?",
+    "people",
+    "apples?",
+    "points?",
+    "times",
+    "ways?",
+    "percent",
 )
 # unit words are dropped only after a plain number or fraction ("5 m" -> 5, but "x^2 + 3m" stays)
 _TRAILING_UNIT_RE = re.compile(
-    r"^(-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)|\\frac\{\d+\}\{\d+\}|\d+/\d+)\s*(?:" + "|".join(_UNIT_WORDS)
-    + r")\.?(?:\^\{?[23]\}?|²|³)?$", re.IGNORECASE
+    r"^(-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)|\\frac\{\d+\}\{\d+\}|\d+/\d+)\s*(?:"
+    + "|".join(_UNIT_WORDS)
+    + r")\.?(?:\^\{?[23]\}?|²|³)?$",
+    re.IGNORECASE,
 )
 # a trailing \text{ cm} is a unit when it holds a word of 2+ letters (\text{i} is the imaginary unit)
-_TRAILING_TEXT_RE = re.compile(r"\\(?:text|mbox|textrm)\{\s*[A-Za-z][A-Za-z.\s]+\}(?:\^\{?[23]\}?)?$")
+_TRAILING_TEXT_RE = re.compile(
+    r"\\(?:text|mbox|textrm)\{\s*[A-Za-z][A-Za-z.\s]+\}(?:\^\{?[23]\}?)?$"
+)
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathbf)\{([^{}]*)\}")
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_WORD_NUMBERS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
+_WORD_NUMBERS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
 
 
 def _fix_fracs(s: str) -> str:
@@ -240,7 +314,9 @@ def strip_string(s: Any) -> str:
         s = str(s).strip().replace("\n", "")
         s = s.rstrip(".")
         # a gold answer that is itself boxed
-        if (inner := _last_boxed_content(s)) is not None and re.fullmatch(r"\\?(?:boxed|fbox)\{.*\}", s):
+        if (inner := _last_boxed_content(s)) is not None and re.fullmatch(
+            r"\\?(?:boxed|fbox)\{.*\}", s
+        ):
             s = inner
         # LaTeX spacing commands and ~ go; a matrix row separator (two backslashes) is matched first and kept
         s = re.sub(r"(\\\\)|\\[!,;: ]|~", lambda m: m.group(1) or "", s)
@@ -263,7 +339,9 @@ def strip_string(s: Any) -> str:
         if s.lower() in _WORD_NUMBERS:
             s = _WORD_NUMBERS[s.lower()]
         s = s.replace("\\%", "").replace("%", "")
-        s = re.sub(r"(^|[,;(\[\s])[xyz]\s*(?:=|\\in(?![a-zA-Z]))", r"\1", s)  # x=5, (x=1, y=2), x \in [0,1]
+        s = re.sub(
+            r"(^|[,;(\[\s])[xyz]\s*(?:=|\\in(?![a-zA-Z]))", r"\1", s
+        )  # x=5, (x=1, y=2), x \in [0,1]
         s = re.sub(r"(^|[\s{])\.(\d)", r"\g<1>0.\2", s)  # .5 -> 0.5
         s = re.sub(r"(\d)\.0+(?!\d)", r"\1", s)  # 3.0 -> 3, 3.00 -> 3, but 3.05 stays
         s = s.strip()
@@ -279,7 +357,9 @@ def strip_string(s: Any) -> str:
         s = _fix_fracs(s)
         if (m := re.fullmatch(r"(-?\d+)/(\d+)", s)) is not None:  # a/b -> \frac{a}{b}
             s = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}"
-        while s.endswith(("\\\\", ",", ".")):  # a loop, not a regex: `(,|\.)+$` is quadratic on "...x"
+        while s.endswith(
+            ("\\\\", ",", ".")
+        ):  # a loop, not a regex: `(,|\.)+$` is quadratic on "...x"
             s = s[:-2] if s.endswith("\\\\") else s[:-1]
         return s
     except Exception:
@@ -302,7 +382,9 @@ def _plain_numbers_equal(a: str, b: str) -> bool:
         if "." not in a and "." not in b:
             return x == y
         q = decimal.Decimal("1e-6")
-        return x.quantize(q, rounding=decimal.ROUND_HALF_EVEN) == y.quantize(q, rounding=decimal.ROUND_HALF_EVEN)
+        return x.quantize(q, rounding=decimal.ROUND_HALF_EVEN) == y.quantize(
+            q, rounding=decimal.ROUND_HALF_EVEN
+        )
 
 
 # The child: reads one JSON request per line [gold, pred, timeout], answers "1"/"0" per line.
@@ -342,7 +424,9 @@ class _Worker:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_SOURCE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             close_fds=True,
         )
         self.ready = False
@@ -446,14 +530,16 @@ def _verify_in_workers(pairs: list[tuple[str, str]], timeout: float) -> list[boo
     replaced, and the pairs after it go to the next worker (each keeps its own full `timeout`)."""
     verdicts: list[bool] = []
     while len(verdicts) < len(pairs):
-        batch = pairs[len(verdicts):len(verdicts) + _PIPELINE_PAIRS]
+        batch = pairs[len(verdicts) : len(verdicts) + _PIPELINE_PAIRS]
         worker = _POOL.acquire()
         try:
             if not worker.wait_ready():
                 if not _POOL.warned:
                     _POOL.warned = True
-                    warnings.warn("common.rewards: the math-verify worker did not start (is math-verify "
-                                  "installed?); non-trivial answers are graded as wrong.")
+                    warnings.warn(
+                        "common.rewards: the math-verify worker did not start (is math-verify "
+                        "installed?); non-trivial answers are graded as wrong."
+                    )
                 worker.kill()
                 return verdicts + [False] * (len(pairs) - len(verdicts))
             answered = worker.ask(batch, timeout)
@@ -519,8 +605,9 @@ def default_grading_workers() -> int:
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | None = None,
-                     timeout: float = 5.0) -> list[bool]:
+def math_equal_batch(
+    preds: Sequence[Any], golds: Sequence[Any], workers: int | None = None, timeout: float = 5.0
+) -> list[bool]:
     """`[math_equal(p, g, timeout) for p, g in zip(preds, golds)]`, graded in parallel.
 
     Same verdicts as `math_equal` on every pair (same normalisation, fast path, math-verify call),
@@ -536,8 +623,9 @@ def math_equal_batch(preds: Sequence[Any], golds: Sequence[Any], workers: int | 
     already give every item a hard, killable deadline. Workers stay alive for the next call.
     """
     if len(preds) != len(golds):
-        raise ValueError(f"math_equal_batch: {len(preds)} predictions but {len(golds)} gold "
-                         "answers")
+        raise ValueError(
+            f"math_equal_batch: {len(preds)} predictions but {len(golds)} gold answers"
+        )
     workers = default_grading_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"math_equal_batch: workers must be >= 1, got {workers}")
@@ -582,8 +670,13 @@ def has_box(text: Any) -> bool:
     return isinstance(text, str) and "boxed" in cut_response(text)
 
 
-def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_penalty: float = -1.0,
-                       timeout: float = 5.0) -> float:
+def correctness_reward(
+    completion: Any,
+    answer: Any,
+    mode: str = "mix",
+    format_penalty: float = -1.0,
+    timeout: float = 5.0,
+) -> float:
     """SimpleRL-Zoo v1 reward for one response (simpleRL-reason `hf_math_verify.compute_score`; env `REWORD_FUNCTION_TYPE`).
 
     - "mix" (default, the paper's reward): 1.0 if correct else 0.0 (no format term).
@@ -606,13 +699,19 @@ def correctness_reward(completion: Any, answer: Any, mode: str = "mix", format_p
         return 0.0 if mode == "mix" else float(format_penalty)
 
 
-def correctness_reward_batch(completions: Sequence[Any], answers: Sequence[Any], mode: str = "mix",
-                             format_penalty: float = -1.0, timeout: float = 5.0,
-                             workers: int | None = None) -> list[float]:
+def correctness_reward_batch(
+    completions: Sequence[Any],
+    answers: Sequence[Any],
+    mode: str = "mix",
+    format_penalty: float = -1.0,
+    timeout: float = 5.0,
+    workers: int | None = None,
+) -> list[float]:
     """`correctness_reward` of many responses, answers graded in parallel by `math_equal_batch`."""
     if mode not in ("mix", "independent"):
-        raise ValueError(f"correctness_reward_batch: mode must be 'mix' or 'independent', "
-                         f"got {mode!r}")
+        raise ValueError(
+            f"correctness_reward_batch: mode must be 'mix' or 'independent', got {mode!r}"
+        )
     preds = [extract_answer(c) for c in completions]
     correct = math_equal_batch(preds, list(answers), workers, timeout)
     if mode == "mix":
@@ -663,12 +762,18 @@ def _safe_arithmetic(node: ast.AST) -> Any:
             if isinstance(left, int) and isinstance(right, int) and right > 0:
                 if abs(left) > 1 and right * abs(left).bit_length() > _MAX_POWER_BITS:
                     raise OverflowError("exponent too large")
-            return left ** right
+            return left**right
     raise ValueError(f"unsupported expression node {type(node).__name__}")
 
 
-def countdown_reward(completion: Any, target: Any, nums: Sequence[Any], format_score: float = 0.1,
-                     score: float = 1.0, full_text: bool = False) -> float:
+def countdown_reward(
+    completion: Any,
+    target: Any,
+    nums: Sequence[Any],
+    format_score: float = 0.1,
+    score: float = 1.0,
+    full_text: bool = False,
+) -> float:
     """TinyZero `countdown.compute_score` (verl/utils/reward_score/countdown.py): 0 / `format_score` / `score`.
 
     `completion` is the model's response only (our Sampler returns the generated text, the prompt is
@@ -698,7 +803,9 @@ def countdown_reward(completion: Any, target: Any, nums: Sequence[Any], format_s
         last_line = text.split("\n")[-1]
         # nothing after the last </answer> can be part of a match; cutting there keeps findall linear
         close = last_line.rfind("</answer>")
-        matches = _ANSWER_TAG_RE.findall(last_line[: close + len("</answer>")]) if close >= 0 else []
+        matches = (
+            _ANSWER_TAG_RE.findall(last_line[: close + len("</answer>")]) if close >= 0 else []
+        )
         if not matches:
             return 0.0
         equation = matches[-1].strip()
@@ -722,6 +829,7 @@ def countdown_reward(completion: Any, target: Any, nums: Sequence[Any], format_s
 # TRL-contract wrappers: fn(prompts, completions, **dataset_columns) -> list[float | None]
 # --------------------------------------------------------------------------------------------------
 
+
 def completion_text(completion: Any) -> str:
     """A completion as TRL passes it: a string, or a list of chat messages (the last assistant
     message's content is used). Anything else gives ""."""
@@ -739,23 +847,39 @@ def completion_text(completion: Any) -> str:
     return ""
 
 
-def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any],
-                mode: str = "mix", format_penalty: float = -1.0, timeout: float = 5.0,
-                **unused_columns: Any) -> list[float | None]:
+def math_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    answer: Sequence[Any],
+    mode: str = "mix",
+    format_penalty: float = -1.0,
+    timeout: float = 5.0,
+    **unused_columns: Any,
+) -> list[float | None]:
     """TRL reward function for math (simpleRL-reason `hf_math_verify.compute_score`): `correctness_reward` per completion against the
     dataset column `answer`. A row whose answer is None gets None (the reward does not apply)."""
     return [
-        None if gold is None else correctness_reward(completion_text(c), gold, mode, format_penalty, timeout)
+        None
+        if gold is None
+        else correctness_reward(completion_text(c), gold, mode, format_penalty, timeout)
         for c, gold in zip(completions, answer)
     ]
 
 
-def countdown_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], target: Sequence[Any],
-                        nums: Sequence[Any], format_score: float = 0.1, score: float = 1.0,
-                        **unused_columns: Any) -> list[float | None]:
+def countdown_reward_fn(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    target: Sequence[Any],
+    nums: Sequence[Any],
+    format_score: float = 0.1,
+    score: float = 1.0,
+    **unused_columns: Any,
+) -> list[float | None]:
     """TRL reward function for countdown (TinyZero), columns `target` and `nums`."""
     return [
-        None if t is None or n is None else countdown_reward(completion_text(c), t, n, format_score, score)
+        None
+        if t is None or n is None
+        else countdown_reward(completion_text(c), t, n, format_score, score)
         for c, t, n in zip(completions, target, nums)
     ]
 
@@ -763,6 +887,7 @@ def countdown_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], targ
 # --------------------------------------------------------------------------------------------------
 # pass@k (Chen et al. 2021, arXiv 2107.03374 §2.1)
 # --------------------------------------------------------------------------------------------------
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k),
@@ -781,12 +906,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # Length-aware rewards (efficient-reasoning surveys; L = response tokens, c = correct)
 # --------------------------------------------------------------------------------------------------
 
+
 def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> list[float]:
     """Kimi k1.5 length reward over the k samples of one prompt (Kimi k1.5, arXiv 2501.12599 §2.3.3, "length penalty"):
     lambda = 0.5 - (L - L_min) / (L_max - L_min); reward lambda if correct else min(0, lambda);
     all 0 when L_max == L_min."""
     if len(lengths) != len(correct):
-        raise ValueError(f"kimi_length_reward: {len(lengths)} lengths but {len(correct)} correctness flags")
+        raise ValueError(
+            f"kimi_length_reward: {len(lengths)} lengths but {len(correct)} correctness flags"
+        )
     if not lengths:
         return []
     shortest, longest = min(lengths), max(lengths)
@@ -799,9 +927,15 @@ def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> lis
     return rewards
 
 
-def cosine_length_reward(length: float, correct: bool, max_len: int, r_correct: tuple[float, float] = (2.0, 1.0),
-                         r_wrong: tuple[float, float] = (-10.0, 0.0), exceed_penalty: float = -10.0,
-                         exceed_margin: int = 16) -> float:
+def cosine_length_reward(
+    length: float,
+    correct: bool,
+    max_len: int,
+    r_correct: tuple[float, float] = (2.0, 1.0),
+    r_wrong: tuple[float, float] = (-10.0, 0.0),
+    exceed_penalty: float = -10.0,
+    exceed_margin: int = 16,
+) -> float:
     """Cosine length reward, Demystifying Long CoT (Yeo et al., arXiv 2502.03373):
     r = r_L + 1/2 (r_0 - r_L)(1 + cos(pi L / L_max)) with (r_0, r_L) = r_correct or r_wrong;
     `exceed_penalty` when L + 16 >= L_max. Defaults are the paper's (correct 2 -> 1, wrong -10 -> 0)."""
@@ -811,8 +945,14 @@ def cosine_length_reward(length: float, correct: bool, max_len: int, r_correct: 
     return float(r_L + 0.5 * (r_0 - r_L) * (1.0 + math.cos(math.pi * length / max_len)))
 
 
-def l1_length_reward(length: float, correct: bool, target: float, mode: str = "exact",
-                     alpha: float = 3e-4, delta: float = 0.5) -> float:
+def l1_length_reward(
+    length: float,
+    correct: bool,
+    target: float,
+    mode: str = "exact",
+    alpha: float = 3e-4,
+    delta: float = 0.5,
+) -> float:
     """L1 / LCPO (Aggarwal & Welleck, arXiv 2503.04697). Exact: r = c - alpha |n_gold - L|.
     Max: r = c * clip(alpha (n_gold - L) + delta, 0, 1). alpha = 3e-4, delta = 0.5."""
     c = 1.0 if correct else 0.0
@@ -827,7 +967,9 @@ def dapo_overlong_penalty(length: float, max_len: int, buffer: int) -> float:
     """DAPO soft overlong punishment (arXiv 2503.14476, overlong reward shaping): 0 if L <= L_max - L_c; ((L_max - L_c) - L) / L_c up
     to L_max; -1 beyond. DAPO used L_max = 16384 + 4096 with L_c = 4096."""
     if buffer <= 0 or buffer > max_len:
-        raise ValueError(f"dapo_overlong_penalty: need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}")
+        raise ValueError(
+            f"dapo_overlong_penalty: need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}"
+        )
     expected = max_len - buffer
     if length <= expected:
         return 0.0

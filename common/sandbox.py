@@ -71,6 +71,7 @@ Weaker isolation (only with `allow_weaker=True`; `isolation["missing"]` names wh
       caller and can write the caller's files), other processes in /proc, and, as an ordinary
       user, the caller's other processes (RLIMIT_NPROC is not set: it would count them too).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,23 +85,43 @@ import threading
 import time
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "crash", "killed", "sandbox_error")
-INFRASTRUCTURE_STATUSES = ("sandbox_error",)  # the sandbox failed, not the program: never score these
+INFRASTRUCTURE_STATUSES = (
+    "sandbox_error",
+)  # the sandbox failed, not the program: never score these
 MEMORY_EXIT_CODE = 121  # the child exits with this when user code raised MemoryError
 SETUP_EXIT_CODE = 122  # the child could not apply its limits; the job never ran
 DEFAULT_PRELOAD = (  # the CodeI/O verifier prefixes ~40 stdlib/numpy imports (hkust-nlp/CodeIO:
     # src/codeio_utils.py, solution_prefix); importing them once per zygote makes jobs cheap
-    "json", "math", "random", "re", "string", "collections", "itertools", "functools", "heapq",
-    "bisect", "copy", "decimal", "fractions", "statistics", "operator", "datetime", "typing",
-    "dataclasses", "traceback", "socket", "numpy",
+    "json",
+    "math",
+    "random",
+    "re",
+    "string",
+    "collections",
+    "itertools",
+    "functools",
+    "heapq",
+    "bisect",
+    "copy",
+    "decimal",
+    "fractions",
+    "statistics",
+    "operator",
+    "datetime",
+    "typing",
+    "dataclasses",
+    "traceback",
+    "socket",
+    "numpy",
 )
 UID_BASE, UID_SPAN = 1_900_000_000, 100_000  # systemd uses < 1879048192 and >= 2147352576
 HOW_TO = {
     "bubblewrap": "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf "
-                  "install bubblewrap)",
+    "install bubblewrap)",
     "user namespaces": "let ordinary users create user namespaces (sysctl -w "
-                       "user.max_user_namespaces=15000; Debian < 11: kernel.unprivileged_userns_clone=1; "
-                       "Ubuntu >= 23.10: kernel.apparmor_restrict_unprivileged_userns=0); in Docker "
-                       "run with --security-opt seccomp=unconfined or use a VM",
+    "user.max_user_namespaces=15000; Debian < 11: kernel.unprivileged_userns_clone=1; "
+    "Ubuntu >= 23.10: kernel.apparmor_restrict_unprivileged_userns=0); in Docker "
+    "run with --security-opt seccomp=unconfined or use a VM",
     "seccomp": "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)",
 }
 
@@ -132,14 +153,54 @@ class ExecResult:
 # ----------------------------------------------------------------------------------------------
 # Seccomp (libseccomp through ctypes; used by the parent for bwrap and by a weaker-mode zygote)
 # ----------------------------------------------------------------------------------------------
-_CLONE_NEW = {"NEWNS": 0x20000, "NEWCGROUP": 0x02000000, "NEWUTS": 0x04000000, "NEWIPC": 0x08000000,
-              "NEWUSER": 0x10000000, "NEWPID": 0x20000000, "NEWNET": 0x40000000}
-_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "unshare", "setns", "keyctl", "add_key",
-           "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
-           "io_uring_register", "mount", "umount2", "pivot_root", "chroot", "open_by_handle_at",
-           "name_to_handle_at", "init_module", "finit_module", "delete_module", "kexec_load",
-           "kexec_file_load", "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "fsopen",
-           "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr")
+_CLONE_NEW = {
+    "NEWNS": 0x20000,
+    "NEWCGROUP": 0x02000000,
+    "NEWUTS": 0x04000000,
+    "NEWIPC": 0x08000000,
+    "NEWUSER": 0x10000000,
+    "NEWPID": 0x20000000,
+    "NEWNET": 0x40000000,
+}
+_DENIED = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "unshare",
+    "setns",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "syslog",
+    "fsopen",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+)
 
 
 def _libseccomp():
@@ -153,8 +214,13 @@ def _libseccomp():
         lib.seccomp_init.restype = ctypes.c_void_p
         lib.seccomp_init.argtypes = [ctypes.c_uint32]
         lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
-                                               ctypes.c_uint, ctypes.c_void_p]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+        ]
         lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.seccomp_load.argtypes = [ctypes.c_void_p]
         lib.seccomp_release.argtypes = [ctypes.c_void_p]
@@ -174,8 +240,12 @@ def seccomp_filter(deny_all_sockets: bool = False):
         return None
 
     class Arg(ctypes.Structure):  # struct scmp_arg_cmp (seccomp.h)
-        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                    ("datum_b", ctypes.c_uint64)]
+        _fields_ = [
+            ("arg", ctypes.c_uint),
+            ("op", ctypes.c_int),
+            ("datum_a", ctypes.c_uint64),
+            ("datum_b", ctypes.c_uint64),
+        ]
 
     allow, masked_eq, equal = 0x7FFF0000, 7, 4  # SCMP_ACT_ALLOW, SCMP_CMP_MASKED_EQ, SCMP_CMP_EQ
     ctx = lib.seccomp_init(allow)
@@ -225,11 +295,19 @@ def _install_paths() -> list[str]:
     """The Python installation a job needs (prefixes and site-packages), outermost paths only."""
     import sysconfig
 
-    paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
-                                           sys.base_exec_prefix, sysconfig.get_paths()["stdlib"],
-                                           sysconfig.get_paths()["purelib"],
-                                           sysconfig.get_paths()["platlib"])
-             if os.path.isdir(p)}
+    paths = {
+        os.path.realpath(p)
+        for p in (
+            sys.base_prefix,
+            sys.prefix,
+            sys.exec_prefix,
+            sys.base_exec_prefix,
+            sysconfig.get_paths()["stdlib"],
+            sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"],
+        )
+        if os.path.isdir(p)
+    }
     paths |= {p for p in (sys.base_prefix, sys.prefix) if os.path.isdir(p)}  # as named (symlinks)
     paths.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))  # bin/python
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths if q != p))
@@ -297,9 +375,20 @@ def _bwrap_command(config: dict, fds: list[int], bpf_fd: int | None) -> list[str
         cmd = ["bwrap", "--unshare-user", "--disable-userns"]
     else:
         cmd = ["bwrap", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    cmd += ["--unshare-pid", "--as-pid-1", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
-            "--ro-bind", "/usr", "/usr"]
+    cmd += [
+        "--unshare-pid",
+        "--as-pid-1",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
@@ -312,9 +401,26 @@ def _bwrap_command(config: dict, fds: list[int], bpf_fd: int | None) -> list[str
             for depth in range(2, len(parts)):  # bwrap would make the parents 0700 (e.g. /root)
                 cmd += ["--perms", "0755", "--dir", "/".join(parts[:depth])]
             cmd += ["--ro-bind", path, path]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", tmp_bytes, "--tmpfs",
-            "/dev/shm", "--mqueue", "/dev/mqueue", "--remount-ro", "/dev",
-            "--remount-ro", "/", "--chdir", "/tmp"]
+    cmd += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        tmp_bytes,
+        "--tmpfs",
+        "/dev/shm",
+        "--mqueue",
+        "/dev/mqueue",
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/tmp",
+    ]
     if bpf_fd is not None:
         fds.append(bpf_fd)
         cmd += ["--seccomp", str(bpf_fd)]
@@ -357,9 +463,16 @@ class _Worker:
 
         errors = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=errors, env={}, cwd="/", start_new_session=True,
-                                         pass_fds=fds)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env={},
+                cwd="/",
+                start_new_session=True,
+                pass_fds=fds,
+            )
         finally:
             for fd in fds:
                 os.close(fd)  # child_sock's fd, the seccomp pipe
@@ -371,8 +484,10 @@ class _Worker:
             errors.seek(0)
             detail = errors.read(4000).decode(errors="replace").strip()
             errors.close()
-            raise SandboxUnavailable(f"common/sandbox.py: the sandbox zygote did not start "
-                                     f"({' '.join(cmd[:1])}): {detail or 'no message'}")
+            raise SandboxUnavailable(
+                f"common/sandbox.py: the sandbox zygote did not start "
+                f"({' '.join(cmd[:1])}): {detail or 'no message'}"
+            )
         errors.close()
         self.isolation = hello["isolation"]
         zygote = self.proc.pid  # with bwrap: its only child, PID 1 of the namespace
@@ -397,7 +512,7 @@ class _Worker:
             payload = json.dumps(job).encode()
             view = memoryview(payload)
             while view:
-                view = view[os.write(files["job"], view):]
+                view = view[os.write(files["job"], view) :]
             try:
                 socket.send_fds(self.sock, [json.dumps(control).encode()], list(files.values()))
                 reply = self._receive(time.monotonic() + wait_s)
@@ -408,8 +523,9 @@ class _Worker:
                 if self.closed:
                     return ExecResult("sandbox_error", stderr="the sandbox was closed")
                 self.start()
-                return ExecResult("sandbox_error",
-                                  stderr="sandbox worker died or stopped answering; replaced")
+                return ExecResult(
+                    "sandbox_error", stderr="sandbox worker died or stopped answering; replaced"
+                )
             return _finish(reply, files, job, max_output)
         finally:
             for fd in files.values():
@@ -461,8 +577,12 @@ def _read_memfd(fd: int, limit: int) -> str:
 def _finish(reply: dict, files: dict, job: dict, cap: int) -> ExecResult:
     """The status of a job from how its process ended (zygote's reply) and its output files."""
     sizes = {name: os.fstat(fd).st_size for name, fd in files.items()}
-    result = ExecResult("error", stdout=_read_memfd(files["stdout"], cap),
-                        stderr=_read_memfd(files["stderr"], cap), elapsed=reply["elapsed"])
+    result = ExecResult(
+        "error",
+        stdout=_read_memfd(files["stdout"], cap),
+        stderr=_read_memfd(files["stderr"], cap),
+        elapsed=reply["elapsed"],
+    )
     if reply.get("error"):
         result.status = "sandbox_error"
         result.stderr = f"sandbox: {reply['error']}"
@@ -470,15 +590,22 @@ def _finish(reply: dict, files: dict, job: dict, cap: int) -> ExecResult:
     if reply["signal"]:
         number = reply["signal"]
         result.returncode = -number
-        result.status = ("timeout" if reply["timed_out"] or number == signal.SIGXCPU else
-                         "output_limit" if number == signal.SIGXFSZ else
-                         "crash" if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT,
-                                               signal.SIGILL, signal.SIGFPE) else "killed")
+        result.status = (
+            "timeout"
+            if reply["timed_out"] or number == signal.SIGXCPU
+            else "output_limit"
+            if number == signal.SIGXFSZ
+            else "crash"
+            if number
+            in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
+            else "killed"
+        )
         return result
     code = reply["returncode"]
     result.returncode = code
     result.status = {0: "ok", MEMORY_EXIT_CODE: "memory", SETUP_EXIT_CODE: "sandbox_error"}.get(
-        code, "error")
+        code, "error"
+    )
     if reply["timed_out"]:
         result.status = "timeout"
     if result.status == "ok" and job.get("call"):
@@ -524,19 +651,31 @@ class Sandbox:
             SandboxUnavailable; `isolation` then lists what is missing.
     """
 
-    def __init__(self, workers: int = 4, timeout: float = 5.0, cpu_time: float | None = None,
-                 memory_mb: int = 1024, max_output: int = 1 << 20, max_processes: int = 64,
-                 tmpfs_mb: int = 256, preload: tuple[str, ...] = DEFAULT_PRELOAD,
-                 allow_weaker: bool = False):
+    def __init__(
+        self,
+        workers: int = 4,
+        timeout: float = 5.0,
+        cpu_time: float | None = None,
+        memory_mb: int = 1024,
+        max_output: int = 1 << 20,
+        max_processes: int = 64,
+        tmpfs_mb: int = 256,
+        preload: tuple[str, ...] = DEFAULT_PRELOAD,
+        allow_weaker: bool = False,
+    ):
         import queue
 
         if workers < 1 or timeout <= 0 or memory_mb < 16 or max_output < 1:
-            raise ValueError(f"bad Sandbox arguments: workers={workers} timeout={timeout} "
-                             f"memory_mb={memory_mb} max_output={max_output}")
+            raise ValueError(
+                f"bad Sandbox arguments: workers={workers} timeout={timeout} "
+                f"memory_mb={memory_mb} max_output={max_output}"
+            )
         self.timeout = float(timeout)
         self.cpu_time = cpu_time
         self.max_output = max_output
-        self._owner_pid = os.getpid()  # a forked copy (e.g. a DataLoader worker) must not kill the pool
+        self._owner_pid = (
+            os.getpid()
+        )  # a forked copy (e.g. a DataLoader worker) must not kill the pool
         self._uid_locks: list[int] = []
         self._workers: list[_Worker] = []
         self._idle: queue.Queue = queue.Queue()
@@ -555,9 +694,17 @@ class Sandbox:
                 if as_root:
                     uid, lock_fd = _claim_uid()
                     self._uid_locks.append(lock_fd)
-                config = dict(token=self.token, uid=uid, memory_mb=memory_mb, max_output=max_output,
-                              max_processes=max_processes, tmpfs_mb=tmpfs_mb, preload=list(preload),
-                              bwrap=plan["bwrap"], seccomp=probe["bpf"] is not None)
+                config = dict(
+                    token=self.token,
+                    uid=uid,
+                    memory_mb=memory_mb,
+                    max_output=max_output,
+                    max_processes=max_processes,
+                    tmpfs_mb=tmpfs_mb,
+                    preload=list(preload),
+                    bwrap=plan["bwrap"],
+                    seccomp=probe["bpf"] is not None,
+                )
                 try:
                     worker = _Worker(config, plan)
                 except SandboxUnavailable as error:  # bwrap present but no user namespaces
@@ -580,8 +727,11 @@ class Sandbox:
         """What is active: level (full | weaker), missing layers, and each layer as set up."""
         if not self._workers:
             return {}
-        return {"level": "weaker" if self._missing else "full", "missing": list(self._missing),
-                **self._workers[0].isolation}
+        return {
+            "level": "weaker" if self._missing else "full",
+            "missing": list(self._missing),
+            **self._workers[0].isolation,
+        }
 
     @property
     def uids(self) -> list[int | None]:
@@ -601,8 +751,9 @@ class Sandbox:
         """Execute `code` as a __main__ script; stdin text optional."""
         return self._submit({"code": code, "stdin": stdin}, timeout)
 
-    def call(self, code: str, func_name: str, kwargs_json: str | dict,
-             timeout: float | None = None) -> ExecResult:
+    def call(
+        self, code: str, func_name: str, kwargs_json: str | dict, timeout: float | None = None
+    ) -> ExecResult:
         """Execute `code`, then `func_name(**json.loads(kwargs_json))`; the JSON-serialised return
         value comes back in `.value` / `.value_json` (a non-JSON result is status "error")."""
         if not isinstance(kwargs_json, str):
@@ -616,13 +767,15 @@ class Sandbox:
         with ThreadPoolExecutor(max_workers=len(self._workers)) as pool:
             return list(pool.map(lambda args: fn(*args), argument_lists))
 
-    def run_many(self, codes: list[str], stdins: list | None = None,
-                 timeout: float | None = None) -> list[ExecResult]:
+    def run_many(
+        self, codes: list[str], stdins: list | None = None, timeout: float | None = None
+    ) -> list[ExecResult]:
         stdins = stdins if stdins is not None else [None] * len(codes)
         return self._parallel(self.run, [(c, s, timeout) for c, s in zip(codes, stdins)])
 
-    def call_many(self, calls: list[tuple[str, str, str | dict]],
-                  timeout: float | None = None) -> list[ExecResult]:
+    def call_many(
+        self, calls: list[tuple[str, str, str | dict]], timeout: float | None = None
+    ) -> list[ExecResult]:
         """calls: (code, func_name, kwargs) triples, run in parallel, results in order."""
         return self._parallel(self.call, [(c, f, k, timeout) for c, f, k in calls])
 
@@ -658,13 +811,21 @@ def _unavailable_message(missing: list[str], error: Exception | None = None) -> 
     lines += [f"  - {name}: {HOW_TO[name]}" for name in missing]
     if error is not None:
         lines.append(f"  ({error})")
-    lines.append("  Or accept weaker isolation: Sandbox(allow_weaker=True) "
-                 "(codeio.py: --sandbox_allow_weaker); the module docstring says what it lacks.")
+    lines.append(
+        "  Or accept weaker isolation: Sandbox(allow_weaker=True) "
+        "(codeio.py: --sandbox_allow_weaker); the module docstring says what it lacks."
+    )
     return "\n".join(lines)
 
 
-def call_function(code: str, func_name: str, kwargs_json: str | dict, sandbox: Sandbox | None = None,
-                  timeout: float = 5.0, **sandbox_kwargs) -> ExecResult:
+def call_function(
+    code: str,
+    func_name: str,
+    kwargs_json: str | dict,
+    sandbox: Sandbox | None = None,
+    timeout: float = 5.0,
+    **sandbox_kwargs,
+) -> ExecResult:
     """One-off helper: `func_name(**kwargs)` from `code` in `sandbox` (or a temporary 1-worker one)."""
     if sandbox is not None:
         return sandbox.call(code, func_name, kwargs_json, timeout=timeout)
@@ -703,14 +864,28 @@ def _block_network_in_python():
         raise PermissionError("network access is disabled in the sandbox")
 
     for module in (socket, _socket):
-        for name in ("socket", "create_connection", "socketpair", "fromfd", "create_server",
-                     "SocketType"):
+        for name in (
+            "socket",
+            "create_connection",
+            "socketpair",
+            "fromfd",
+            "create_server",
+            "SocketType",
+        ):
             if hasattr(module, name):
                 setattr(module, name, refuse)
 
 
-def _child(fds: dict, control: dict, config: dict, iso: dict, libc, filter_ctx,
-           address_space: int, workdir: str) -> None:
+def _child(
+    fds: dict,
+    control: dict,
+    config: dict,
+    iso: dict,
+    libc,
+    filter_ctx,
+    address_space: int,
+    workdir: str,
+) -> None:
     """Runs in the forked child: read the job, apply limits, execute it, never return."""
     import builtins
     import resource
@@ -729,22 +904,30 @@ def _child(fds: dict, control: dict, config: dict, iso: dict, libc, filter_ctx,
             os.lseek(stdin, 0, os.SEEK_SET)
         else:
             stdin = os.open(os.devnull, os.O_RDONLY)
-        for source, target in ((stdin, 0), (fds["stdout"], 1), (fds["stderr"], 2),
-                               (fds["result"], 3)):
+        for source, target in (
+            (stdin, 0),
+            (fds["stdout"], 1),
+            (fds["stderr"], 2),
+            (fds["result"], 3),
+        ):
             os.dup2(source, target)
         os.closerange(4, 65536)  # the control socket, the job memfd, every other fd of the zygote
         os.chdir(workdir)
         cpu = max(1, int(control["cpu_time"]))
-        limits = [(resource.RLIMIT_CPU, cpu, cpu + 1),
-                  (resource.RLIMIT_AS, address_space, address_space),
-                  (resource.RLIMIT_FSIZE, config["max_output"], config["max_output"]),
-                  (resource.RLIMIT_NOFILE, 256, 256), (resource.RLIMIT_CORE, 0, 0)]
+        limits = [
+            (resource.RLIMIT_CPU, cpu, cpu + 1),
+            (resource.RLIMIT_AS, address_space, address_space),
+            (resource.RLIMIT_FSIZE, config["max_output"], config["max_output"]),
+            (resource.RLIMIT_NOFILE, 256, 256),
+            (resource.RLIMIT_CORE, 0, 0),
+        ]
         if config["bwrap"] or config["uid"] is not None:  # per-uid count: only when the uid is ours
-            limits.append((resource.RLIMIT_NPROC, config["max_processes"],
-                           config["max_processes"]))
+            limits.append((resource.RLIMIT_NPROC, config["max_processes"], config["max_processes"]))
         for kind, soft, hard in limits:
             resource.setrlimit(kind, (soft, hard))
-        if config["uid"] is not None and not config["bwrap"]:  # weaker mode as root: drop to the uid
+        if (
+            config["uid"] is not None and not config["bwrap"]
+        ):  # weaker mode as root: drop to the uid
             os.setgroups([])
             os.setgid(config["uid"])
             os.setuid(config["uid"])
@@ -756,7 +939,7 @@ def _child(fds: dict, control: dict, config: dict, iso: dict, libc, filter_ctx,
         os.environ.clear()  # also unsetenv() of every variable
         if iso["network"] == "python-level socket block":
             _block_network_in_python()
-        sys.stdin = open(0, "r", closefd=False)
+        sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
     except BaseException:
@@ -775,7 +958,7 @@ def _child(fds: dict, control: dict, config: dict, iso: dict, libc, filter_ctx,
                 raise TypeError(f"the return value is not JSON-serialisable: {error}") from None
             view = memoryview(payload)
             while view:
-                view = view[os.write(3, view):]
+                view = view[os.write(3, view) :]
     except SystemExit as stop:
         if stop.code is None or isinstance(stop.code, int):
             exit_code = stop.code or 0
@@ -804,9 +987,11 @@ def _child(fds: dict, control: dict, config: dict, iso: dict, libc, filter_ctx,
 
 def _remove_sysv_ipc(libc, owner: int | None) -> None:
     """IPC_RMID every SysV shared-memory segment, semaphore set and message queue (of `owner`)."""
-    for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)),
-                         ("sem", lambda i: libc.semctl(i, 0, 0)),
-                         ("msg", lambda i: libc.msgctl(i, 0, None))):
+    for kind, remove in (
+        ("shm", lambda i: libc.shmctl(i, 0, None)),
+        ("sem", lambda i: libc.semctl(i, 0, 0)),
+        ("msg", lambda i: libc.msgctl(i, 0, None)),
+    ):
         try:
             with open(f"/proc/sysvipc/{kind}") as handle:
                 rows = [line.split() for line in handle.readlines()[1:]]
@@ -836,8 +1021,9 @@ def _empty_dir(path: str, keep: tuple[str, ...] = ()) -> None:
 def _unlock_and_retry(function, path: str, _) -> None:
     """rmtree's error handler: a job may have made its directories unreadable (chmod 000)."""
     try:
-        os.chmod(path if function in (os.open, os.scandir, os.rmdir) else os.path.dirname(path),
-                 0o700)
+        os.chmod(
+            path if function in (os.open, os.scandir, os.rmdir) else os.path.dirname(path), 0o700
+        )
         if function in (os.open, os.scandir):
             _empty_dir(path)
             os.rmdir(path)
@@ -901,19 +1087,34 @@ def _sweep(config: dict, process_group: int) -> None:
 def _zygote_setup(config: dict, libc) -> tuple[dict, object]:
     """What is active in this zygote (reported to the parent) and, in weaker mode, the seccomp
     filter the children load themselves."""
-    iso = {"bubblewrap": config["bwrap"], "uid": config["uid"], "namespaces": [],
-           "filesystem": "host filesystem (no isolation)", "network": "python-level socket block",
-           "seccomp": None, "nested_userns": "allowed"}
+    iso = {
+        "bubblewrap": config["bwrap"],
+        "uid": config["uid"],
+        "namespaces": [],
+        "filesystem": "host filesystem (no isolation)",
+        "network": "python-level socket block",
+        "seccomp": None,
+        "nested_userns": "allowed",
+    }
     filter_ctx = None
     if config["bwrap"]:
         iso["namespaces"] = (["user"] if config["uid"] is None else []) + [
-            "pid", "mount", "ipc", "net", "uts", "cgroup"]
-        iso["filesystem"] = ("read-only root (/usr, /etc, Python installation); private tmpfs "
-                             "/tmp, /dev/shm")
+            "pid",
+            "mount",
+            "ipc",
+            "net",
+            "uts",
+            "cgroup",
+        ]
+        iso["filesystem"] = (
+            "read-only root (/usr, /etc, Python installation); private tmpfs /tmp, /dev/shm"
+        )
         iso["network"] = "empty network namespace"
         refusals = ["bwrap --disable-userns"] if config["uid"] is None else []
         if config["seccomp"]:
-            iso["seccomp"] = "libseccomp filter via bwrap --seccomp (AF_UNIX sockets, namespaces, ...)"
+            iso["seccomp"] = (
+                "libseccomp filter via bwrap --seccomp (AF_UNIX sockets, namespaces, ...)"
+            )
             refusals.append("seccomp")
         iso["nested_userns"] = f"refused ({' + '.join(refusals)})" if refusals else "allowed"
     elif config["seccomp"]:
@@ -982,12 +1183,22 @@ def _zygote_main(config: dict) -> None:
         control.send(json.dumps(reply).encode())
 
 
-def _serve(fds: dict, request: dict, config: dict, iso: dict, libc, filter_ctx,
-           address_space: int, control: socket.socket) -> dict:
+def _serve(
+    fds: dict,
+    request: dict,
+    config: dict,
+    iso: dict,
+    libc,
+    filter_ctx,
+    address_space: int,
+    control: socket.socket,
+) -> dict:
     import shutil
     import tempfile
 
-    if config["bwrap"]:  # as an ordinary user a job owns /tmp and /dev/shm: it may have chmod-ed them
+    if config[
+        "bwrap"
+    ]:  # as an ordinary user a job owns /tmp and /dev/shm: it may have chmod-ed them
         for path in ("/tmp", "/dev/shm"):
             try:
                 os.chmod(path, 0o1777)
@@ -1023,9 +1234,12 @@ def _serve(fds: dict, request: dict, config: dict, iso: dict, libc, filter_ctx,
     _sweep(config, pid)
     shutil.rmtree(workdir, ignore_errors=True)
     signalled = os.WIFSIGNALED(status_word)
-    return {"elapsed": round(elapsed, 6), "timed_out": timed_out,
-            "signal": os.WTERMSIG(status_word) if signalled else 0,
-            "returncode": None if signalled else os.WEXITSTATUS(status_word)}
+    return {
+        "elapsed": round(elapsed, 6),
+        "timed_out": timed_out,
+        "signal": os.WTERMSIG(status_word) if signalled else 0,
+        "returncode": None if signalled else os.WEXITSTATUS(status_word),
+    }
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--zygote":

@@ -65,11 +65,35 @@ from PIL import Image, ImageDraw
 
 from common.rewards import extract_answer
 
-COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 230), "yellow": (235, 200, 20)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (30, 160, 60),
+    "blue": (40, 80, 230),
+    "yellow": (235, 200, 20),
+}
 SHAPES = ("circle", "square", "triangle")
-KINDS = ("count_all", "count_color", "count_shape", "color_of", "shape_of", "position", "add", "subtract")
+KINDS = (
+    "count_all",
+    "count_color",
+    "count_shape",
+    "color_of",
+    "shape_of",
+    "position",
+    "add",
+    "subtract",
+)
 GROUP_KINDS = ("count", "color", "shape", "sides", "add", "subtract")
-SINGLE_KINDS = ("color", "shape", "position", "sides", "times", "plus", "letters", "letters_plus", "letters_times")
+SINGLE_KINDS = (
+    "color",
+    "shape",
+    "position",
+    "sides",
+    "times",
+    "plus",
+    "letters",
+    "letters_plus",
+    "letters_times",
+)
 SIDES = {"circle": 0, "square": 4, "triangle": 3}
 ANSWER_PREFIX = "The answer is"
 BACKGROUND = (255, 255, 255)
@@ -98,7 +122,9 @@ def relation(a: dict, b: dict, axis: str) -> str:
     i = 0 if axis == "x" else 1
     ca, cb = (a["box"][i] + a["box"][i + 2]) / 2, (b["box"][i] + b["box"][i + 2]) / 2
     if ca == cb:
-        raise ValueError(f"{name(a)} and {name(b)} have the same {axis} centre: no left/right or above/below")
+        raise ValueError(
+            f"{name(a)} and {name(b)} have the same {axis} centre: no left/right or above/below"
+        )
     if axis == "x":
         return "left" if ca < cb else "right"
     return "above" if ca < cb else "below"
@@ -108,12 +134,23 @@ def name(obj: dict) -> str:
     return f"{obj['color']} {obj['shape']}"
 
 
-def random_scene(rng: random.Random, image_size: int = 64, grid: int = 2, min_objects: int = 1, max_objects: int = 3,
-                 same_kind: bool = False, fill=(0.55, 0.9)) -> list[dict]:
+def random_scene(
+    rng: random.Random,
+    image_size: int = 64,
+    grid: int = 2,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    same_kind: bool = False,
+    fill=(0.55, 0.9),
+) -> list[dict]:
     """Objects with unique (colour, shape) (or all identical with `same_kind`), one per cell, in reading order."""
     cell = image_size // grid
     n = rng.randint(min_objects, max_objects)
-    kinds = [rng.choice([(c, s) for c in COLORS for s in SHAPES])] * n if same_kind else rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
+    kinds = (
+        [rng.choice([(c, s) for c in COLORS for s in SHAPES])] * n
+        if same_kind
+        else rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
+    )
     cells = sorted(rng.sample(range(grid * grid), n))
     objects = []
     for (color, shape), idx in zip(kinds, cells):
@@ -121,7 +158,15 @@ def random_scene(rng: random.Random, image_size: int = 64, grid: int = 2, min_ob
         size = rng.randint(int(cell * fill[0]), int(cell * fill[1]))
         x0 = col * cell + rng.randint(0, cell - size - 1)
         y0 = row * cell + rng.randint(0, cell - size - 1)
-        objects.append({"color": color, "shape": shape, "row": row, "col": col, "box": [x0, y0, x0 + size, y0 + size]})
+        objects.append(
+            {
+                "color": color,
+                "shape": shape,
+                "row": row,
+                "col": col,
+                "box": [x0, y0, x0 + size, y0 + size],
+            }
+        )
     return objects
 
 
@@ -133,7 +178,9 @@ def _count(objects, word: str) -> int:
     return sum(word in (o["color"], o["shape"]) for o in objects)
 
 
-def make_question(objects: list[dict], kind: str, rng: random.Random, grid: int = 2, scene: str = "mixed") -> dict | None:
+def make_question(
+    objects: list[dict], kind: str, rng: random.Random, grid: int = 2, scene: str = "mixed"
+) -> dict | None:
     """{"question", "answer", "cot", "meta"} for `kind` on this scene, or None when the scene cannot ask it."""
     meta: dict = {"kind": kind, "grid": grid}
     if scene == "single":
@@ -141,7 +188,9 @@ def make_question(objects: list[dict], kind: str, rng: random.Random, grid: int 
         if kind == "position":
             meta["axis"] = rng.choice("xy")
         elif kind in ("times", "plus", "letters_plus", "letters_times"):
-            meta["k"] = rng.randint(2, 3) if kind.endswith("times") else rng.randint(1, 2)  # few facts: a tiny model can learn them
+            meta["k"] = (
+                rng.randint(2, 3) if kind.endswith("times") else rng.randint(1, 2)
+            )  # few facts: a tiny model can learn them
     elif scene == "group":
         meta["scene"] = "group"
         if kind == "add":
@@ -170,30 +219,46 @@ def make_question(objects: list[dict], kind: str, rng: random.Random, grid: int 
             w1, w2 = w2, w1  # "how many more" questions have non-negative answers
         meta["words"] = [w1, w2]
     elif kind != "count_all":
-        raise ValueError(f"unknown question kind {kind!r} (expected one of {KINDS} or {GROUP_KINDS})")
+        raise ValueError(
+            f"unknown question kind {kind!r} (expected one of {KINDS} or {GROUP_KINDS})"
+        )
     solved = solve(objects, meta)
     if solved is None:
         return None
     answer, steps = solved
-    return {"question": question_text(meta), "answer": answer, "cot": "\n".join(steps), "meta": meta}
+    return {
+        "question": question_text(meta),
+        "answer": answer,
+        "cot": "\n".join(steps),
+        "meta": meta,
+    }
 
 
 def question_text(meta: dict) -> str:
     kind, words = meta["kind"], meta.get("words", [])
     if meta.get("scene") == "single":
-        return {"color": "What color is the shape?", "shape": "What shape is it?",
-                "position": "Is the shape on the left or the right?" if meta.get("axis") == "x" else "Is the shape at the top or the bottom?",
-                "sides": "How many sides does the shape have?",
-                "times": f"How many sides do {meta.get('k')} of these shapes have in total?",
-                "plus": f"What is the number of sides of the shape plus {meta.get('k')}?",
-                "letters": "How many letters does the name of its color have?",
-                "letters_plus": f"What is the number of letters in the name of its color plus {meta.get('k')}?",
-                "letters_times": f"What is the number of letters in the name of its color times {meta.get('k')}?"}[kind]
+        return {
+            "color": "What color is the shape?",
+            "shape": "What shape is it?",
+            "position": "Is the shape on the left or the right?"
+            if meta.get("axis") == "x"
+            else "Is the shape at the top or the bottom?",
+            "sides": "How many sides does the shape have?",
+            "times": f"How many sides do {meta.get('k')} of these shapes have in total?",
+            "plus": f"What is the number of sides of the shape plus {meta.get('k')}?",
+            "letters": "How many letters does the name of its color have?",
+            "letters_plus": f"What is the number of letters in the name of its color plus {meta.get('k')}?",
+            "letters_times": f"What is the number of letters in the name of its color times {meta.get('k')}?",
+        }[kind]
     if meta.get("scene") == "group":
-        return {"count": "How many shapes are there?", "color": "What color are the shapes?", "shape": "What shape are they?",
-                "sides": "How many sides do the shapes have in total?",
-                "add": f"How many shapes would there be if {meta.get('k')} more were added?",
-                "subtract": f"How many shapes would be left if {meta.get('k')} were taken away?"}[kind]
+        return {
+            "count": "How many shapes are there?",
+            "color": "What color are the shapes?",
+            "shape": "What shape are they?",
+            "sides": "How many sides do the shapes have in total?",
+            "add": f"How many shapes would there be if {meta.get('k')} more were added?",
+            "subtract": f"How many shapes would be left if {meta.get('k')} were taken away?",
+        }[kind]
     if kind == "count_all":
         return "How many shapes are there?"
     if kind == "count_color":
@@ -211,7 +276,9 @@ def question_text(meta: dict) -> str:
     return f"How many more {_plural(words[0])} than {_plural(words[1])} are there?"
 
 
-def solve(objects: list[dict], meta: dict, sides: dict | None = None, letters: dict | None = None) -> tuple[str, list[str]] | None:
+def solve(
+    objects: list[dict], meta: dict, sides: dict | None = None, letters: dict | None = None
+) -> tuple[str, list[str]] | None:
     """(answer, CoT steps) of the question `meta` on the scene `objects`; None if the scene cannot answer it.
 
     Solving a *misperceived* scene (`misperceive`) for the real question, or with a wrong `sides` table (a
@@ -234,7 +301,11 @@ def solve(objects: list[dict], meta: dict, sides: dict | None = None, letters: d
         if len(hits) != 1:
             return None
         answer = hits[0][other]
-        steps.append(f"The {meta['target']} is {answer}." if kind == "color_of" else f"The {meta['target']} one is a {answer}.")
+        steps.append(
+            f"The {meta['target']} is {answer}."
+            if kind == "color_of"
+            else f"The {meta['target']} one is a {answer}."
+        )
     elif kind == "position":
         by_name = {name(o): o for o in objects}
         a, b = by_name.get(meta["first"]), by_name.get(meta["second"])
@@ -242,12 +313,19 @@ def solve(objects: list[dict], meta: dict, sides: dict | None = None, letters: d
         if a is None or b is None or a[key] == b[key]:
             return None
         answer = relation(a, b, meta["axis"])
-        steps += [f"The {name(a)} is in {unit} {a[key] + 1}.", f"The {name(b)} is in {unit} {b[key] + 1}.",
-                  f"{a[key] + 1} {'<' if a[key] < b[key] else '>'} {b[key] + 1} so {answer}."]
+        steps += [
+            f"The {name(a)} is in {unit} {a[key] + 1}.",
+            f"The {name(b)} is in {unit} {b[key] + 1}.",
+            f"{a[key] + 1} {'<' if a[key] < b[key] else '>'} {b[key] + 1} so {answer}.",
+        ]
     else:  # add / subtract
         c1, c2 = _count(objects, words[0]), _count(objects, words[1])
         answer = c1 + c2 if kind == "add" else c1 - c2
-        steps += [f"{words[0]}: {c1}.", f"{words[1]}: {c2}.", f"{c1} {'+' if kind == 'add' else '-'} {c2} = {answer}."]
+        steps += [
+            f"{words[0]}: {c1}.",
+            f"{words[1]}: {c2}.",
+            f"{c1} {'+' if kind == 'add' else '-'} {c2} = {answer}.",
+        ]
     steps.append(f"{ANSWER_PREFIX} {answer}.")
     return str(answer), steps
 
@@ -265,7 +343,9 @@ def single_view(obj: dict, grid: int = 2) -> str:
     return f"I see a {obj['color']} {obj['shape']} at the {row} {col}."
 
 
-def _solve_single(objects: list[dict], meta: dict, table: dict, letters: dict) -> tuple[str, list[str]] | None:
+def _solve_single(
+    objects: list[dict], meta: dict, table: dict, letters: dict
+) -> tuple[str, list[str]] | None:
     if len(objects) != 1:
         return None
     obj, kind, k = objects[0], meta["kind"], meta.get("k")
@@ -277,7 +357,12 @@ def _solve_single(objects: list[dict], meta: dict, table: dict, letters: dict) -
     elif kind == "shape":
         answer = obj["shape"]
     elif kind == "position":
-        answer = single_view(obj, grid).split(" at the ")[1].rstrip(".").split()[1 if meta["axis"] == "x" else 0]
+        answer = (
+            single_view(obj, grid)
+            .split(" at the ")[1]
+            .rstrip(".")
+            .split()[1 if meta["axis"] == "x" else 0]
+        )
     elif kind.startswith("letters"):
         answer = letters[obj["color"]]
         steps.append(f"The word {obj['color']} has {answer} letters.")
@@ -329,27 +414,39 @@ def scan(objects: list[dict], grid: int) -> str:
     Numbered fixed slots (rather than a list of the objects only) let a tiny model read each cell with one
     position-keyed look-up instead of having to find "the next object after the last one I named"."""
     by_cell = {o["row"] * grid + o["col"]: name(o) for o in objects}
-    return "Shapes: " + ", ".join(f"{i + 1} {by_cell.get(i, 'empty')}" for i in range(grid * grid)) + "."
+    return (
+        "Shapes: "
+        + ", ".join(f"{i + 1} {by_cell.get(i, 'empty')}" for i in range(grid * grid))
+        + "."
+    )
 
 
 def misperceive(objects: list[dict], rng: random.Random) -> list[dict]:
     """The scene as a careless viewer sees it: one object's colour or shape changed (kept unique), or one
     object missed. Used to make noisy demonstrations and plausible wrong chains of thought."""
     objects = [dict(o) for o in objects]
-    if len(objects) > 1 and len({(o["color"], o["shape"]) for o in objects}) == 1:  # a group: miscount or mislabel all
+    if (
+        len(objects) > 1 and len({(o["color"], o["shape"]) for o in objects}) == 1
+    ):  # a group: miscount or mislabel all
         what = rng.choice(("count", "color", "shape"))
         if what == "count":
             n = len(objects) + rng.choice((-1, 1))
             return [dict(objects[0]) for _ in range(max(1, n))]
-        new = rng.choice([v for v in (COLORS if what == "color" else SHAPES) if v != objects[0][what]])
+        new = rng.choice(
+            [v for v in (COLORS if what == "color" else SHAPES) if v != objects[0][what]]
+        )
         return [{**o, what: new} for o in objects]
     i = rng.randrange(len(objects))
     if len(objects) > 1 and rng.random() < 0.25:
-        return objects[:i] + objects[i + 1:]
+        return objects[:i] + objects[i + 1 :]
     taken = {(o["color"], o["shape"]) for o in objects}
     attr = rng.choice(("color", "shape"))
-    options = [v for v in (COLORS if attr == "color" else SHAPES) if v != objects[i][attr]
-               and ((v, objects[i]["shape"]) if attr == "color" else (objects[i]["color"], v)) not in taken]
+    options = [
+        v
+        for v in (COLORS if attr == "color" else SHAPES)
+        if v != objects[i][attr]
+        and ((v, objects[i]["shape"]) if attr == "color" else (objects[i]["color"], v)) not in taken
+    ]
     if options:
         objects[i][attr] = rng.choice(options)
     return objects
@@ -367,8 +464,17 @@ def in_eval_split(objects: list[dict], question: str, eval_share: int = 5) -> bo
     return digest[0] % eval_share == 0
 
 
-def make_shapes_rows(n: int, seed: int = 0, kinds=None, image_size: int = 64, grid: int = 2,
-                     min_objects: int = 1, max_objects: int | None = None, split: str | None = None, scene: str = "mixed") -> list[dict]:
+def make_shapes_rows(
+    n: int,
+    seed: int = 0,
+    kinds=None,
+    image_size: int = 64,
+    grid: int = 2,
+    min_objects: int = 1,
+    max_objects: int | None = None,
+    split: str | None = None,
+    scene: str = "mixed",
+) -> list[dict]:
     """n rows {"id", "image" (PIL), "question", "answer", "cot", "kind", "objects", "meta"}; kinds cycle.
 
     scene: "mixed" (distinct shapes, `KINDS`, 1-3 objects), "group" (identical shapes, `GROUP_KINDS`, 1-4 objects)
@@ -385,23 +491,46 @@ def make_shapes_rows(n: int, seed: int = 0, kinds=None, image_size: int = 64, gr
         raise ValueError(f"split must be None, 'train' or 'eval', got {split!r}")
     for k in kinds:
         if k not in scene_kinds[scene]:
-            raise ValueError(f"unknown question kind {k!r} for scene {scene!r} (expected some of {scene_kinds[scene]})")
+            raise ValueError(
+                f"unknown question kind {k!r} for scene {scene!r} (expected some of {scene_kinds[scene]})"
+            )
     if not 1 <= min_objects <= max_objects <= min(grid * grid, len(COLORS) * len(SHAPES)):
-        raise ValueError(f"need 1 <= min_objects <= max_objects <= {min(grid * grid, len(COLORS) * len(SHAPES))}")
+        raise ValueError(
+            f"need 1 <= min_objects <= max_objects <= {min(grid * grid, len(COLORS) * len(SHAPES))}"
+        )
     rng = random.Random(seed)
     rows, misses = [], 0
     while len(rows) < n:
         kind = kinds[len(rows) % len(kinds)]
-        objects = random_scene(rng, image_size, grid, min_objects, max_objects, same_kind=scene == "group",
-                               fill=(0.7, 0.97) if scene == "single" else (0.55, 0.9))
+        objects = random_scene(
+            rng,
+            image_size,
+            grid,
+            min_objects,
+            max_objects,
+            same_kind=scene == "group",
+            fill=(0.7, 0.97) if scene == "single" else (0.55, 0.9),
+        )
         qa = make_question(objects, kind, rng, grid, scene)
-        if qa is None or (split is not None and in_eval_split(objects, qa["question"]) != (split == "eval")):
+        if qa is None or (
+            split is not None and in_eval_split(objects, qa["question"]) != (split == "eval")
+        ):
             misses += 1  # e.g. "What color is the square?" with two squares: draw another scene
             if misses > 1000 + 100 * n:
-                raise ValueError(f"cannot make {kind!r} questions with {min_objects}-{max_objects} objects on a {grid}x{grid} grid")
+                raise ValueError(
+                    f"cannot make {kind!r} questions with {min_objects}-{max_objects} objects on a {grid}x{grid} grid"
+                )
             continue
-        rows.append({"id": f"shapes-{seed}-{len(rows)}", "kind": kind, "objects": objects,
-                     "image": draw_scene(objects, image_size), "image_size": image_size, **qa})
+        rows.append(
+            {
+                "id": f"shapes-{seed}-{len(rows)}",
+                "kind": kind,
+                "objects": objects,
+                "image": draw_scene(objects, image_size),
+                "image_size": image_size,
+                **qa,
+            }
+        )
     return rows
 
 
@@ -452,7 +581,9 @@ def grade_steps(row: dict, text: str) -> list[bool | None]:
         elif m := _GROUP_RE.match(line):
             verdict = len({name(o) for o in objects}) == 1 and line == group_view(objects)
         elif m := _SINGLE_RE.match(line):
-            verdict = len(objects) == 1 and line == single_view(objects[0], row.get("meta", {}).get("grid", 2))
+            verdict = len(objects) == 1 and line == single_view(
+                objects[0], row.get("meta", {}).get("grid", 2)
+            )
         elif m := _LETTERS_RE.match(line):
             verdict = len(m.group(1)) == int(m.group(2))
         elif m := _SIDES_RE.match(line):
@@ -461,7 +592,13 @@ def grade_steps(row: dict, text: str) -> list[bool | None]:
             verdict = line == scan(objects, row.get("meta", {}).get("grid", 2))
         elif m := _COUNT_RE.match(line):
             word, value = m.group(1).lower(), int(m.group(2))
-            truth = len(objects) if word == "count" else _count(objects, word) if word in COLORS or word in SHAPES else None
+            truth = (
+                len(objects)
+                if word == "count"
+                else _count(objects, word)
+                if word in COLORS or word in SHAPES
+                else None
+            )
             verdict = None if truth is None else value == truth
         elif m := _SHAPE_OF_RE.match(line):
             hits = [o for o in objects if o["color"] == m.group(1)]
@@ -471,11 +608,16 @@ def grade_steps(row: dict, text: str) -> list[bool | None]:
             verdict = len(hits) == 1 and hits[0]["color"] == m.group(2)
         elif m := _PLACE_RE.match(line):
             obj = by_name.get(m.group(1))
-            verdict = obj is not None and obj["col" if m.group(2) == "column" else "row"] + 1 == int(m.group(3))
+            verdict = obj is not None and obj[
+                "col" if m.group(2) == "column" else "row"
+            ] + 1 == int(m.group(3))
         elif m := _COMPARE_RE.match(line):
             a, sign, b, word = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
             axis = row.get("meta", {}).get("axis", "x")
-            expected = {"<": "left" if axis == "x" else "above", ">": "right" if axis == "x" else "below"}.get(sign)
+            expected = {
+                "<": "left" if axis == "x" else "above",
+                ">": "right" if axis == "x" else "below",
+            }.get(sign)
             verdict = {"<": a < b, ">": a > b, "=": a == b}[sign] and word == expected
         elif m := _ARITH_RE.match(line):
             a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
@@ -488,7 +630,9 @@ def grade_steps(row: dict, text: str) -> list[bool | None]:
 # a toy "pretrained vision encoder" for the tiny LLaVA of common/models.py
 
 
-def pretrain_tiny_vision(model, processor, steps: int, seed: int, grid: int = 2, batch_size: int = 64):
+def pretrain_tiny_vision(
+    model, processor, steps: int, seed: int, grid: int = 2, batch_size: int = 64
+):
     """Stand-in for a pretrained vision encoder (real VLMs start from CLIP/SigLIP): the randomly initialised
     vision tower + projector of a LLaVA-style model learn, through a throw-away linear probe, the colour and
     shape drawn in each patch's cell and the cell's index. Without it the tiny LLaVA ignored its image for
@@ -498,15 +642,27 @@ def pretrain_tiny_vision(model, processor, steps: int, seed: int, grid: int = 2,
     from tqdm import tqdm
 
     colors, shapes = list(COLORS), list(SHAPES)
-    sizes = [len(colors) + 1, len(shapes) + 1, grid * grid]  # colour or empty, shape or empty, cell index
+    sizes = [
+        len(colors) + 1,
+        len(shapes) + 1,
+        grid * grid,
+    ]  # colour or empty, shape or empty, cell index
     probe = torch.nn.Linear(model.config.text_config.hidden_size, sum(sizes))
-    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(), *probe.parameters()]
+    params = [
+        *model.model.vision_tower.parameters(),
+        *model.model.multi_modal_projector.parameters(),
+        *probe.parameters(),
+    ]
     optimizer = torch.optim.AdamW(params, lr=2e-3)
     rows = make_shapes_rows(steps * batch_size, seed=seed, grid=grid, split="train")
     for step in tqdm(range(steps), desc="toy vision pre-training (cached)"):
-        batch = rows[step * batch_size:(step + 1) * batch_size]
-        pixel_values = processor.image_processor([r["image"] for r in batch], return_tensors="pt")["pixel_values"]
-        feats = torch.stack(list(model.model.get_image_features(pixel_values=pixel_values).pooler_output))  # (B, P, D)
+        batch = rows[step * batch_size : (step + 1) * batch_size]
+        pixel_values = processor.image_processor([r["image"] for r in batch], return_tensors="pt")[
+            "pixel_values"
+        ]
+        feats = torch.stack(
+            list(model.model.get_image_features(pixel_values=pixel_values).pooler_output)
+        )  # (B, P, D)
         side = int(feats.shape[1] ** 0.5)  # patches per image side
         labels = torch.zeros(len(batch), side * side, 3, dtype=torch.long)  # (B, P, 3)
         for b, r in enumerate(batch):
@@ -514,10 +670,18 @@ def pretrain_tiny_vision(model, processor, steps: int, seed: int, grid: int = 2,
             for p in range(side * side):
                 cell = (p // side) * grid // side, (p % side) * grid // side
                 o = cells.get(cell)
-                labels[b, p] = torch.tensor([colors.index(o["color"]) if o else len(colors),
-                                             shapes.index(o["shape"]) if o else len(shapes), cell[0] * grid + cell[1]])
+                labels[b, p] = torch.tensor(
+                    [
+                        colors.index(o["color"]) if o else len(colors),
+                        shapes.index(o["shape"]) if o else len(shapes),
+                        cell[0] * grid + cell[1],
+                    ]
+                )
         logits = probe(feats).split(sizes, dim=-1)  # 3 x (B, P, C_i)
-        loss = sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels[..., i].flatten()) for i, lg in enumerate(logits))
+        loss = sum(
+            torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels[..., i].flatten())
+            for i, lg in enumerate(logits)
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

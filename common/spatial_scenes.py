@@ -43,16 +43,42 @@ SUBSETS = {
     "two_obj": ("left", "right", "above", "below"),
 }
 VSR_RELATIONS = ("left", "right", "above", "below", "front", "behind", "on", "under")
-OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above", "on": "under", "under": "on",
-            "front": "behind", "behind": "front"}
-CAPTION = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below", "on": "on",
-           "under": "under", "front": "in front of", "behind": "behind"}
-VSR_PHRASE = {"left": "left of", "right": "right of", "above": "above", "below": "below", "on": "on",
-              "under": "under", "front": "in front of", "behind": "behind"}
+OPPOSITE = {
+    "left": "right",
+    "right": "left",
+    "above": "below",
+    "below": "above",
+    "on": "under",
+    "under": "on",
+    "front": "behind",
+    "behind": "front",
+}
+CAPTION = {
+    "left": "to the left of",
+    "right": "to the right of",
+    "above": "above",
+    "below": "below",
+    "on": "on",
+    "under": "under",
+    "front": "in front of",
+    "behind": "behind",
+}
+VSR_PHRASE = {
+    "left": "left of",
+    "right": "right of",
+    "above": "above",
+    "below": "below",
+    "on": "on",
+    "under": "under",
+    "front": "in front of",
+    "behind": "behind",
+}
 VSR_QUESTION = "Determine whether the description about the spatial relationship is correct or not. Answer with yes or no: "
 
 
-def place_pair(rng: random.Random, relation: str, image_size: int = IMAGE_SIZE) -> tuple[list[int], list[int]]:
+def place_pair(
+    rng: random.Random, relation: str, image_size: int = IMAGE_SIZE
+) -> tuple[list[int], list[int]]:
     """Boxes (subject, reference) in pixels such that `subject <relation> reference` holds."""
     if relation not in OPPOSITE:
         raise ValueError(f"unknown relation {relation!r} (expected one of {sorted(OPPOSITE)})")
@@ -84,22 +110,37 @@ def render(objects: list[dict], image_size: int = IMAGE_SIZE) -> Image.Image:
     shapes = draw_scene(objects, image_size, background=(255, 255, 255))
     ramp = [140 + 115 * i // (image_size - 1) for i in range(image_size)]  # 140 .. 255
     backdrop = Image.new("RGB", (image_size, image_size))
-    backdrop.putdata([(ramp[x], ramp[y], 200) for y in range(image_size) for x in range(image_size)])
-    is_shape = shapes.convert("L").point(lambda v: 255 if v < 255 else 0)  # mask of non-white pixels
+    backdrop.putdata(
+        [(ramp[x], ramp[y], 200) for y in range(image_size) for x in range(image_size)]
+    )
+    is_shape = shapes.convert("L").point(
+        lambda v: 255 if v < 255 else 0
+    )  # mask of non-white pixels
     return Image.composite(shapes, backdrop, is_shape.convert("1"))
 
 
-def make_scene(rng: random.Random, relation: str, image_size: int = IMAGE_SIZE, subject_colors=None, reference_colors=None) -> dict:
+def make_scene(
+    rng: random.Random,
+    relation: str,
+    image_size: int = IMAGE_SIZE,
+    subject_colors=None,
+    reference_colors=None,
+) -> dict:
     """Two objects of different colours in `relation`; objects are listed in drawing order."""
     subject_box, reference_box = place_pair(rng, relation, image_size)
     color_a = rng.choice(list(subject_colors or COLORS))
     color_b = rng.choice([c for c in (reference_colors or COLORS) if c != color_a])
     subject = {"color": color_a, "shape": rng.choice(SHAPES), "box": subject_box}
     reference = {"color": color_b, "shape": rng.choice(SHAPES), "box": reference_box}
-    objects = [reference, subject] if relation != "behind" else [subject, reference]  # last drawn = in front
+    objects = (
+        [reference, subject] if relation != "behind" else [subject, reference]
+    )  # last drawn = in front
     return {
-        "image": render(objects, image_size), "objects": objects, "relation": relation,
-        "subject": f"{color_a} {subject['shape']}", "reference": f"{color_b} {reference['shape']}",
+        "image": render(objects, image_size),
+        "objects": objects,
+        "relation": relation,
+        "subject": f"{color_a} {subject['shape']}",
+        "reference": f"{color_b} {reference['shape']}",
         "boxes": {"subject": subject_box, "reference": reference_box},
     }
 
@@ -111,7 +152,9 @@ def _balanced(rng: random.Random, choices, n: int) -> list:
     return picks
 
 
-def make_whatsup_rows(n: int, seed: int = 0, subset: str = "controlled_a", image_size: int = IMAGE_SIZE, **colors) -> list[dict]:
+def make_whatsup_rows(
+    n: int, seed: int = 0, subset: str = "controlled_a", image_size: int = IMAGE_SIZE, **colors
+) -> list[dict]:
     """`n` WhatsUp-style rows of one subset, relations balanced (colors: subject_colors=, reference_colors=)."""
     if subset not in SUBSETS:
         raise ValueError(f"unknown WhatsUp subset {subset!r} (expected one of {sorted(SUBSETS)})")
@@ -121,15 +164,30 @@ def make_whatsup_rows(n: int, seed: int = 0, subset: str = "controlled_a", image
     for i, rel in enumerate(_balanced(rng, options, n)):
         scene = make_scene(rng, rel, image_size, **colors)
         subj, ref = scene["subject"], scene["reference"]
-        captions = [f"A {subj} {CAPTION[r]} a {ref}" for r in (rel, *[o for o in options if o != rel])]
-        question = (f"Where is the {subj} in relation to the {ref}? "
-                    f"Answer with {', '.join(options[:-1])} or {options[-1]}.")
-        rows.append({"id": f"{subset}-{seed}-{i}", "subset": subset, **scene, "question": question,
-                     "options": list(options), "answer": rel.capitalize(), "caption_options": captions})
+        captions = [
+            f"A {subj} {CAPTION[r]} a {ref}" for r in (rel, *[o for o in options if o != rel])
+        ]
+        question = (
+            f"Where is the {subj} in relation to the {ref}? "
+            f"Answer with {', '.join(options[:-1])} or {options[-1]}."
+        )
+        rows.append(
+            {
+                "id": f"{subset}-{seed}-{i}",
+                "subset": subset,
+                **scene,
+                "question": question,
+                "options": list(options),
+                "answer": rel.capitalize(),
+                "caption_options": captions,
+            }
+        )
     return rows
 
 
-def make_vsr_rows(n: int, seed: int = 0, relations=VSR_RELATIONS, image_size: int = IMAGE_SIZE, **colors) -> list[dict]:
+def make_vsr_rows(
+    n: int, seed: int = 0, relations=VSR_RELATIONS, image_size: int = IMAGE_SIZE, **colors
+) -> list[dict]:
     """`n` VSR-style rows: a caption about the scene, true (label 1) or naming the opposite relation (0)."""
     rng = random.Random(f"vsr-{seed}")
     pairs = _balanced(rng, [(r, label) for r in relations for label in (1, 0)], n)
@@ -138,6 +196,15 @@ def make_vsr_rows(n: int, seed: int = 0, relations=VSR_RELATIONS, image_size: in
         scene = make_scene(rng, rel, image_size, **colors)
         said = rel if label else OPPOSITE[rel]
         caption = f"The {scene['subject']} is {VSR_PHRASE[said]} the {scene['reference']}."
-        rows.append({"id": f"vsr-{seed}-{i}", "subset": "vsr", **scene, "caption": caption, "label": label,
-                     "question": VSR_QUESTION + caption, "answer": "Yes" if label else "No"})
+        rows.append(
+            {
+                "id": f"vsr-{seed}-{i}",
+                "subset": "vsr",
+                **scene,
+                "caption": caption,
+                "label": label,
+                "question": VSR_QUESTION + caption,
+                "answer": "Yes" if label else "No",
+            }
+        )
     return rows

@@ -70,7 +70,9 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
         return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if dist.is_initialized():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        device = (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
         return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
     return Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
 
@@ -128,7 +130,9 @@ class Precision:
     compute_dtype: torch.dtype  # forward/backward of trained models (FSDP2 param_dtype)
     reduce_dtype: torch.dtype  # gradient reduce-scatter
     frozen_dtype: torch.dtype  # weights of frozen models (reference, PRM, judge, teacher)
-    fsdp: bool  # wrap with fully_shard even in one process (a one-rank mesh carries the bf16 policy)
+    fsdp: (
+        bool  # wrap with fully_shard even in one process (a one-rank mesh carries the bf16 policy)
+    )
 
 
 def precision_policy(device_type: str, world_size: int = 1) -> Precision:
@@ -137,8 +141,9 @@ def precision_policy(device_type: str, world_size: int = 1) -> Precision:
     several ranks, or CUDA (its MixedPrecisionPolicy is what gives the bf16 compute)."""
     cuda = device_type == "cuda"
     low = torch.bfloat16 if cuda else torch.float32
-    return Precision(compute_dtype=low, reduce_dtype=torch.float32, frozen_dtype=low,
-                     fsdp=cuda or world_size > 1)
+    return Precision(
+        compute_dtype=low, reduce_dtype=torch.float32, frozen_dtype=low, fsdp=cuda or world_size > 1
+    )
 
 
 def _ensure_process_group(device: torch.device):
@@ -146,9 +151,16 @@ def _ensure_process_group(device: torch.device):
     if dist.is_initialized():
         return
     cuda = device.type == "cuda"
-    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else 0)
-    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0,
-                            world_size=1, device_id=torch.device("cuda", index) if cuda else None)
+    index = (
+        device.index if device.index is not None else (torch.cuda.current_device() if cuda else 0)
+    )
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        store=dist.HashStore(),
+        rank=0,
+        world_size=1,
+        device_id=torch.device("cuda", index) if cuda else None,
+    )
 
 
 def enable_gradient_checkpointing(model):
@@ -171,8 +183,13 @@ def gradient_checkpointing_on(model) -> bool:
     return bool(getattr(model, name, False))
 
 
-def shard_model(model, dist_info: Dist, frozen: bool = False, policy: Precision | None = None,
-                gradient_checkpointing: bool = False):
+def shard_model(
+    model,
+    dist_info: Dist,
+    frozen: bool = False,
+    policy: Precision | None = None,
+    gradient_checkpointing: bool = False,
+):
     """Apply the precision policy and FSDP2: shard each transformer block, then the root.
 
     Trained models are cast to fp32 (master weights); `frozen` ones (reference, PRM, teacher) to the
@@ -194,8 +211,13 @@ def shard_model(model, dist_info: Dist, frozen: bool = False, policy: Precision 
     _ensure_process_group(dist_info.device)
     mesh = init_device_mesh(dist_info.device.type, (dist.get_world_size(),))
     # frozen weights already are in their compute dtype: nothing to cast, no gradients to reduce
-    mp = MixedPrecisionPolicy() if frozen else MixedPrecisionPolicy(
-        param_dtype=policy.compute_dtype, reduce_dtype=policy.reduce_dtype)
+    mp = (
+        MixedPrecisionPolicy()
+        if frozen
+        else MixedPrecisionPolicy(
+            param_dtype=policy.compute_dtype, reduce_dtype=policy.reduce_dtype
+        )
+    )
     block_names = set(getattr(model, "_no_split_modules", None) or [])
     for module in model.modules():
         if type(module).__name__ in block_names:
@@ -236,8 +258,14 @@ def _chunk_logprobs(hidden, weight, targets, return_entropy: bool):
     return logps, entropy
 
 
-def logprobs_from_hidden(hidden, lm_head_weight, targets, chunk_size: int = 1024,
-                         return_entropy: bool = False, temperature: float = 1.0):
+def logprobs_from_hidden(
+    hidden,
+    lm_head_weight,
+    targets,
+    chunk_size: int = 1024,
+    return_entropy: bool = False,
+    temperature: float = 1.0,
+):
     """Log-probs of `targets` (and entropies) from final hidden states, never materialising (B, T, V).
 
     hidden (B, T, H), lm_head_weight (V, H), targets (B, T) -> (B, T) fp32 [, (B, T)]. The B*T
@@ -254,7 +282,12 @@ def logprobs_from_hidden(hidden, lm_head_weight, targets, chunk_size: int = 1024
     grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     parts = []
     for s in range(0, B * T, max(1, chunk_size)):
-        args = (flat_h[s:s + chunk_size], lm_head_weight, flat_t[s:s + chunk_size], return_entropy)
+        args = (
+            flat_h[s : s + chunk_size],
+            lm_head_weight,
+            flat_t[s : s + chunk_size],
+            return_entropy,
+        )
         if grad:
             out = torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
@@ -313,8 +346,15 @@ def forward_hidden(model, **inputs):
     return box["hidden"], out
 
 
-def token_logprobs(model, input_ids, attention_mask, return_entropy: bool = False,
-                   temperature: float = 1.0, chunk_size: int = 1024, **model_kwargs):
+def token_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    return_entropy: bool = False,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    **model_kwargs,
+):
     """Log-prob of each next token under the model: (B, L-1) for targets input_ids[:, 1:].
 
     With `return_entropy`, also the entropy of each predictive distribution, (B, L-1). The logits are
@@ -329,14 +369,17 @@ def token_logprobs(model, input_ids, attention_mask, return_entropy: bool = Fals
         if not return_entropy:
             return logps
         return logps, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    hidden, _ = forward_hidden(model, input_ids=input_ids, attention_mask=attention_mask,
-                               **model_kwargs)  # (B, L, H)
-    return logprobs_from_hidden(hidden[:, :-1], lm_head_weight(model), targets, chunk_size,
-                                return_entropy, temperature)  # (B, L-1)
+    hidden, _ = forward_hidden(
+        model, input_ids=input_ids, attention_mask=attention_mask, **model_kwargs
+    )  # (B, L, H)
+    return logprobs_from_hidden(
+        hidden[:, :-1], lm_head_weight(model), targets, chunk_size, return_entropy, temperature
+    )  # (B, L-1)
 
 
-def sft_loss(model, input_ids, attention_mask, loss_mask, normalizer: float | None = None,
-             **model_kwargs):
+def sft_loss(
+    model, input_ids, attention_mask, loss_mask, normalizer: float | None = None, **model_kwargs
+):
     """Mean negative log-likelihood over the tokens where loss_mask is 1 (prompt tokens masked out).
 
     `normalizer` replaces this batch's own token count: a micro-batch divides by the token count of
@@ -358,28 +401,41 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.99
     """AdamW over the trainable parameters, which must be fp32 master weights: at lr 1e-6 a bf16
     weight (8 mantissa bits) rounds most updates away. shard_model casts trained models to fp32."""
     params = [p for p in model.parameters() if p.requires_grad]
-    bad = [(n, p.dtype) for n, p in model.named_parameters()
-           if p.requires_grad and p.dtype != torch.float32]
+    bad = [
+        (n, p.dtype)
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.dtype != torch.float32
+    ]
     if bad:
         raise ValueError(
             f"make_optimizer: trainable parameter {bad[0][0]!r} is {bad[0][1]} ({len(bad)} such); "
             "AdamW steps fp32 master weights only: pass the model through shard_model (or load it "
-            "with dtype='float32'); bf16 compute comes from the FSDP2 mixed-precision policy")
+            "with dtype='float32'); bf16 compute comes from the FSDP2 mixed-precision policy"
+        )
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
-def make_scheduler(optimizer, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1, **kind_kwargs):
+def make_scheduler(
+    optimizer, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1, **kind_kwargs
+):
     """transformers.get_scheduler: 'constant', 'constant_with_warmup', 'cosine', 'linear', ...; `kind_kwargs` go to
     the schedule itself (e.g. min_lr_rate=0.1 for 'cosine_with_min_lr')."""
     from transformers import get_scheduler
 
-    return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(1, total_steps),
-                         scheduler_specific_kwargs=kind_kwargs or None)
+    return get_scheduler(
+        kind,
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=max(1, total_steps),
+        scheduler_specific_kwargs=kind_kwargs or None,
+    )
 
 
 def clip_grad_norm(model, max_norm: float) -> float:
     """Gradient clipping that also works on FSDP2's DTensor parameters; returns the total norm."""
-    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    norm = torch.nn.utils.clip_grad_norm_(
+        [p for p in model.parameters() if p.grad is not None], max_norm
+    )
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return float(norm)
@@ -390,7 +446,11 @@ def clip_grad_norm(model, max_norm: float) -> float:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -406,7 +466,11 @@ def _set_rng_state(state: dict):
 
 def full_state_dict(model, optimizer=None):
     """Full (unsharded, CPU) state dicts; a collective under FSDP2 (every rank must call it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if optimizer is None:
@@ -414,7 +478,9 @@ def full_state_dict(model, optimizer=None):
     return get_state_dict(model, optimizer, options=opts)
 
 
-def save_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None):
+def save_checkpoint(
+    ckpt_dir, model, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None
+):
     """Atomically write a sharded checkpoint folder (tmp folder + rename). Every rank must call it.
 
     `state/` is a torch.distributed.checkpoint folder: each rank writes its own shard of the model and
@@ -426,7 +492,10 @@ def save_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, step: int =
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     ckpt_dir = Path(ckpt_dir)
-    tmp, old = ckpt_dir.with_name(ckpt_dir.name + ".tmp"), ckpt_dir.with_name(ckpt_dir.name + ".old")
+    tmp, old = (
+        ckpt_dir.with_name(ckpt_dir.name + ".tmp"),
+        ckpt_dir.with_name(ckpt_dir.name + ".old"),
+    )
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -444,8 +513,15 @@ def save_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, step: int =
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         with open(tmp / "meta.json", "w") as f:
-            json.dump({"step": step, "extra": extra or {}, "optimizer": optimizer is not None,
-                       "params_with_optimizer_state": with_state}, f)
+            json.dump(
+                {
+                    "step": step,
+                    "extra": extra or {},
+                    "optimizer": optimizer is not None,
+                    "params_with_optimizer_state": with_state,
+                },
+                f,
+            )
     barrier()
     if rank == 0:
         if ckpt_dir.exists():
@@ -478,9 +554,13 @@ def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_state_dict, set_model_state_dict,
-                                                         set_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     ckpt_dir = Path(ckpt_dir)
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
@@ -497,10 +577,18 @@ def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng
         # made-up state, so they start fresh at their first gradient exactly as in the uninterrupted run.
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(ckpt_dir / "state"),
-                 planner=DefaultLoadPlanner(allow_partial_load=True))
-        set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"], options=StateDictOptions(strict=False))
+        dcp.load(
+            state,
+            checkpoint_id=str(ckpt_dir / "state"),
+            planner=DefaultLoadPlanner(allow_partial_load=True),
+        )
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=StateDictOptions(strict=False),
+        )
         keep = set(meta["params_with_optimizer_state"])
         for name, param in model.named_parameters():
             if name not in keep:
@@ -539,7 +627,14 @@ class MetricsLogger:
     last checkpoint) are dropped so the curves have no duplicates.
     """
 
-    def __init__(self, output_dir, track: bool = False, run_name: str = "run", config: dict | None = None, resume_step: int | None = None):
+    def __init__(
+        self,
+        output_dir,
+        track: bool = False,
+        run_name: str = "run",
+        config: dict | None = None,
+        resume_step: int | None = None,
+    ):
         self.enabled = is_main_process()
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / "metrics.jsonl"
@@ -572,7 +667,13 @@ class MetricsLogger:
     def log(self, metrics: dict, step: int):
         if not self.enabled:
             return
-        rec = {"step": step, **{k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in metrics.items()}}
+        rec = {
+            "step": step,
+            **{
+                k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v)
+                for k, v in metrics.items()
+            },
+        }
         self.history.append(rec)
         write_jsonl(self.path, [rec], mode="a")
         if self.tb is not None:
@@ -586,7 +687,9 @@ class MetricsLogger:
         """One panel per key against `x`; records without the key are skipped."""
         if not self.enabled:
             return None
-        return plot_curves(self.history, keys, path or self.output_dir / "curves.png", title=title, x=x)
+        return plot_curves(
+            self.history, keys, path or self.output_dir / "curves.png", title=title, x=x
+        )
 
     def close(self):
         if self.tb is not None:
@@ -595,7 +698,9 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def plot_curves(records: list[dict], keys: list[str], path, title: str | None = None, x: str = "step"):
+def plot_curves(
+    records: list[dict], keys: list[str], path, title: str | None = None, x: str = "step"
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -626,12 +731,16 @@ def format_table(rows: list[dict], floatfmt: str = ".3f") -> str:
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+    return "\n".join(
+        [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)]
+    )
 
 
 def sft_inputs(tokenizer, prompt_ids: list[list[int]], response_ids: list[list[int]], device="cpu"):
     """Right-padded SFT tensors with the prompt masked: (input_ids, attention_mask, loss_mask)."""
-    input_ids, attention_mask, loss_mask = pad_batch(prompt_ids, response_ids, tokenizer.pad_token_id)
+    input_ids, attention_mask, loss_mask = pad_batch(
+        prompt_ids, response_ids, tokenizer.pad_token_id
+    )
     return input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
 
 

@@ -5,7 +5,7 @@ unwrapped copy; prints the largest parameter difference."""
 import torch
 
 from common.models import load_model, make_tiny_lm
-from common.train import Dist, Precision, full_state_dict, make_optimizer, shard_model, sft_loss
+from common.train import Dist, Precision, full_state_dict, make_optimizer, sft_loss, shard_model
 
 path = make_tiny_lm()
 policy = Precision(torch.float32, torch.float32, torch.float32, fsdp=True)  # CPU: fp32 compute

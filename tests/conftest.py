@@ -8,25 +8,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false",
-               # idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning
-               # threads slowed a training step about 8x (same results either way)
-               "OMP_WAIT_POLICY": "PASSIVE"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning
+    # threads slowed a training step about 8x (same results either way)
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
 os.environ.update(OFFLINE_ENV)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _run(cmd: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run a command from the repository root with the offline environment; fail with its output."""
     full_env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), **(env or {})}
     # the timeouts catch hangs, not slowness: a cold toy-model cache on a busy 2-core machine can take
     # several times an idle run's time (NANOREASON_TIMEOUT_SCALE, default 3)
     timeout = timeout * float(os.environ.get("NANOREASON_TIMEOUT_SCALE", "3"))
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -11,9 +11,25 @@ import pytest
 import torch
 
 import bstar
-from bstar import (Args, HFProcessRewardModel, Runtime, RuleStepChecker, balance_score, bstar_reward, choose_configuration,
-                   distinct_equation_ratio, keep_by_threshold, n_star_from, parse_grid, pass_at_k_s, prm_to_reward,
-                   reward_at_k_s, sample_and_score, selection_counts, start_iteration)
+from bstar import (
+    Args,
+    HFProcessRewardModel,
+    RuleStepChecker,
+    Runtime,
+    balance_score,
+    bstar_reward,
+    choose_configuration,
+    distinct_equation_ratio,
+    keep_by_threshold,
+    n_star_from,
+    parse_grid,
+    pass_at_k_s,
+    prm_to_reward,
+    reward_at_k_s,
+    sample_and_score,
+    selection_counts,
+    start_iteration,
+)
 from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import Completion
@@ -28,7 +44,9 @@ def test_check7_balance_score_paper_and_code_rule():
     per_query = [balance_score(n, u, 4) for n, u in zip(selected, unique_correct)]
     assert per_query == pytest.approx([5 / 6, 0.5, 0.0625, 0.0], abs=1e-4)
     assert balance_score(selected, unique_correct, 4) == pytest.approx(0.3490, abs=1e-4)
-    assert balance_score(selected, unique_correct, 4, rule="code") == pytest.approx(0.4653, abs=1e-4)  # empty query dropped
+    assert balance_score(selected, unique_correct, 4, rule="code") == pytest.approx(
+        0.4653, abs=1e-4
+    )  # empty query dropped
     # 4 correct responses with one duplicate pair
     responses, correct, keep = ["A", "A", "B", "C"], [True] * 4, [True] * 4
     n, u = selection_counts(responses, correct, keep)
@@ -50,8 +68,14 @@ def test_check9_strict_threshold_filter():
     assert rewards == pytest.approx([0.7, 0.2, -0.1])
     assert keep_by_threshold(rewards, 0.0) == [True, True, False]
     assert keep_by_threshold(rewards, -0.1) == [True, True, False]  # strict: -0.1 is not above -0.1
-    assert bstar_reward(True, None) == 1.0 and bstar_reward(False, None) == 0.0  # answer-only reward
-    assert prm_to_reward(0.35) == pytest.approx(-0.3) and prm_to_reward(1.0) == 1.0 and prm_to_reward(0.0) == -1.0
+    assert (
+        bstar_reward(True, None) == 1.0 and bstar_reward(False, None) == 0.0
+    )  # answer-only reward
+    assert (
+        prm_to_reward(0.35) == pytest.approx(-0.3)
+        and prm_to_reward(1.0) == 1.0
+        and prm_to_reward(0.0) == -1.0
+    )
 
 
 def test_check10_pass_and_reward_at_k_s():
@@ -69,7 +93,9 @@ def test_check10_pass_and_reward_at_k_s():
 
 def test_check11_configuration_choice_and_ties():
     assert choose_configuration({0.5: 0.47, 0.6: 0.52, 0.7: 0.55, 0.8: 0.54}) == 0.7
-    assert choose_configuration({0.5: 0.55, 0.6: 0.52, 0.7: 0.55}) == 0.5  # tie: first in grid order
+    assert (
+        choose_configuration({0.5: 0.55, 0.6: 0.52, 0.7: 0.55}) == 0.5
+    )  # tie: first in grid order
     grid = {(0.5, -0.1): 0.3, (0.5, 0.0): 0.6, (0.6, -0.1): 0.6, (0.6, 0.0): 0.1}
     assert choose_configuration(grid) == (0.5, 0.0)
 
@@ -81,7 +107,9 @@ def test_grids_and_diversity():
     with pytest.raises(ValueError, match="--temperature_grid"):
         parse_grid("0.5-1.2", "temperature_grid")
     # 2 correct responses, 4 equations, 3 distinct
-    assert distinct_equation_ratio(["1 + 2 = 3\n3 + 4 = 7\nThe answer is 7.", "2 + 1 = 3\n3 + 4 = 7"]) == pytest.approx(0.75)
+    assert distinct_equation_ratio(
+        ["1 + 2 = 3\n3 + 4 = 7\nThe answer is 7.", "2 + 1 = 3\n3 + 4 = 7"]
+    ) == pytest.approx(0.75)
     assert distinct_equation_ratio([]) is None and distinct_equation_ratio(["no equation"]) is None
 
 
@@ -94,11 +122,14 @@ def test_rule_step_checker_scores_each_step():
     question = "Add 3 5 2"
     good = "3 + 5 = 8\n2 + 8 = 10\nThe answer is 10."
     bad_sum = "3 + 5 = 9\n9 + 2 = 11\nThe answer is 11."  # arithmetic slip, then consistent steps
-    skipped = "3 + 5 = 8\nThe answer is 8."  # every step locally fine, answer wrong (a PRM judges steps)
+    skipped = (
+        "3 + 5 = 8\nThe answer is 8."  # every step locally fine, answer wrong (a PRM judges steps)
+    )
     wrong_operand = "3 + 5 = 8\n8 + 7 = 15\nThe answer is 14."
     garbage = "\u00ff\x00 ))) +=+ 12 = 12 = 3"
-    assert checker.step_scores([question] * 6, [good, bad_sum, skipped, wrong_operand, garbage, ""]) == [
-        [1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0], [1.0, 0.0, 0.0], [0.0], []]
+    assert checker.step_scores(
+        [question] * 6, [good, bad_sum, skipped, wrong_operand, garbage, ""]
+    ) == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0], [1.0, 0.0, 0.0], [0.0], []]
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +141,25 @@ def test_hf_prm_token_head_matches_manual_computation(tiny_path):
     prm = HFProcessRewardModel(tiny_path, head="token", step_tag="ки", good="+", bad="-")
     question, response = "Add 3 5", "3 + 5 = 8\n\nThe answer is 8."
     scores = prm.step_scores([question, "Add 1 1"], [response, "garbage without newline"])
-    assert len(scores[0]) == 2 and len(scores[1]) == 1 and all(0.0 < s < 1.0 for row in scores for s in row)
-    tok, model = load_tokenizer(tiny_path), load_model(tiny_path)  # recompute the first step by hand
-    ids = tok(question + " ", add_special_tokens=False).input_ids + tok("3 + 5 = 8 ки", add_special_tokens=False).input_ids
+    assert (
+        len(scores[0]) == 2
+        and len(scores[1]) == 1
+        and all(0.0 < s < 1.0 for row in scores for s in row)
+    )
+    tok, model = (
+        load_tokenizer(tiny_path),
+        load_model(tiny_path),
+    )  # recompute the first step by hand
+    ids = (
+        tok(question + " ", add_special_tokens=False).input_ids
+        + tok("3 + 5 = 8 ки", add_special_tokens=False).input_ids
+    )
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]  # (V,) at the tag's last token
-    plus, minus = tok("+", add_special_tokens=False).input_ids[0], tok("-", add_special_tokens=False).input_ids[0]
+    plus, minus = (
+        tok("+", add_special_tokens=False).input_ids[0],
+        tok("-", add_special_tokens=False).input_ids[0],
+    )
     expected = torch.softmax(logits[[plus, minus]], -1)[0].item()
     assert scores[0][0] == pytest.approx(expected, abs=1e-5)
 
@@ -151,7 +195,10 @@ def test_start_iteration_inherits_or_resets_state(mode, tiny_path):
     _train_one_step(model, optimizer, scheduler)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     new_opt, new_sched = start_iteration(mode, model, optimizer, scheduler, args, tiny_path)
-    if mode in ("bstar", "online_rft"):  # the same optimizer (Adam moments, step count) and the same schedule position
+    if mode in (
+        "bstar",
+        "online_rft",
+    ):  # the same optimizer (Adam moments, step count) and the same schedule position
         assert new_opt is optimizer and new_sched is scheduler and scheduler.last_epoch == 1
         assert all(int(s["step"]) == 1 for s in new_opt.state.values()) and len(new_opt.state) > 0
     else:
@@ -160,7 +207,9 @@ def test_start_iteration_inherits_or_resets_state(mode, tiny_path):
     weights = model.state_dict()
     reference = initial if mode in ("rest_em", "star") else trained
     assert all(torch.equal(weights[k], reference[k]) for k in weights)
-    assert not all(torch.equal(trained[k], initial[k]) for k in weights)  # the step did change the weights
+    assert not all(
+        torch.equal(trained[k], initial[k]) for k in weights
+    )  # the step did change the weights
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,7 +224,10 @@ class CountingSampler:
 
     def generate(self, prompts, n=1, **kwargs):
         self.prompts += [p[0]["content"] for p in prompts]
-        return [[Completion(self.texts[i % len(self.texts)], [], [], "stop") for i in range(n)] for _ in prompts]
+        return [
+            [Completion(self.texts[i % len(self.texts)], [], [], "stop") for i in range(n)]
+            for _ in prompts
+        ]
 
 
 def test_sample_and_score_reuses_finished_records_and_survives_garbage(tmp_path):
@@ -188,18 +240,37 @@ def test_sample_and_score_reuses_finished_records_and_survives_garbage(tmp_path)
     with open(path, "a") as f:
         f.write('{"id": "q3", "quest')  # a record cut off by a kill
     records = sample_and_score(rt, rows, 4, 0.7, path)
-    assert sampler.prompts == ["Add 1 1", "Add 2 1", "Add 3 1", "Add 4 1", "Add 5 1"]  # q1, q2 not sampled again
+    assert sampler.prompts == [
+        "Add 1 1",
+        "Add 2 1",
+        "Add 3 1",
+        "Add 4 1",
+        "Add 5 1",
+    ]  # q1, q2 not sampled again
     assert records[:2] == first and [r["id"] for r in records] == [r["id"] for r in rows]
     assert [r["id"] for r in read_jsonl_tolerant(path)] == ["q1", "q2", "q3", "q4", "q5"]
-    assert records[0]["correct"] == [True, False, False, False] and records[1]["correct"] == [False] * 4
-    assert records[0]["prm"] == [1.0, -1.0, -1.0, -1.0] and records[0]["reward"] == [2.0, -1.0, -1.0, -1.0]
+    assert (
+        records[0]["correct"] == [True, False, False, False]
+        and records[1]["correct"] == [False] * 4
+    )
+    assert records[0]["prm"] == [1.0, -1.0, -1.0, -1.0] and records[0]["reward"] == [
+        2.0,
+        -1.0,
+        -1.0,
+        -1.0,
+    ]
     with pytest.raises(DataError, match="samples.jsonl.*new --output_dir"):
         sample_and_score(rt, rows, 8, 0.7, path)  # a record with another k is not silently reused
 
 
 def test_bad_input_names_flag_file_and_field(tmp_path):
-    for bad, flag in [(dict(mode="dpo"), "--mode"), (dict(reward="prm"), "--reward"), (dict(balance_rule="x"), "--balance_rule"),
-                      (dict(threshold_grid="-1:1"), "--threshold_grid"), (dict(sampler="sglang"), "--sampler")]:
+    for bad, flag in [
+        (dict(mode="dpo"), "--mode"),
+        (dict(reward="prm"), "--reward"),
+        (dict(balance_rule="x"), "--balance_rule"),
+        (dict(threshold_grid="-1:1"), "--threshold_grid"),
+        (dict(sampler="sglang"), "--sampler"),
+    ]:
         with pytest.raises(ValueError, match=flag):
             bstar.validate(Args(**bad))
     data = tmp_path / "train.jsonl"
@@ -220,22 +291,47 @@ def test_bad_input_names_flag_file_and_field(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # end to end
 
-SMALL = dict(iterations=2, queries_per_iteration=32, search_queries=8, temperature_grid="0.6:1.0:0.2", sft_steps=4, save_every=2,
-             eval_queries=32, samples_per_query=4)
+SMALL = dict(
+    iterations=2,
+    queries_per_iteration=32,
+    search_queries=8,
+    temperature_grid="0.6:1.0:0.2",
+    sft_steps=4,
+    save_every=2,
+    eval_queries=32,
+    samples_per_query=4,
+)
 SMALL_CLI = [x for k, v in SMALL.items() for x in (f"--{k}", str(v))]
 
 
 def _ckpt_state(ckpt: Path):
     optim = read_checkpoint(ckpt)["optim"]  # the sharded (DCP) checkpoint, gathered
     steps = {int(s["step"]) for s in optim["state"].values()}
-    return torch.load(ckpt / "scheduler.pt", weights_only=False)["last_epoch"], steps, json.loads((ckpt / "meta.json").read_text())
+    return (
+        torch.load(ckpt / "scheduler.pt", weights_only=False)["last_epoch"],
+        steps,
+        json.loads((ckpt / "meta.json").read_text()),
+    )
 
 
 def test_end_to_end_learning_and_inherited_optimizer(run_cmd, tmp_path):
     """The toy with a small budget: greedy accuracy rises; one LR schedule and optimizer ran through all iterations."""
     out = tmp_path / "run"
-    proc = run_cmd([sys.executable, "bstar.py", "--output_dir", str(out), "--iterations", "2", "--search_queries", "8",
-                    "--temperature_grid", "0.7:1.1:0.4"], timeout=400)  # default M = 240 queries, 30 SFT steps, 200 eval
+    proc = run_cmd(
+        [
+            sys.executable,
+            "bstar.py",
+            "--output_dir",
+            str(out),
+            "--iterations",
+            "2",
+            "--search_queries",
+            "8",
+            "--temperature_grid",
+            "0.7:1.1:0.4",
+        ],
+        timeout=400,
+    )  # default M = 240 queries, 30 SFT steps, 200 eval
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 1, 2]
     assert history[-1]["greedy_acc"] >= history[0]["greedy_acc"] + 0.1, history
@@ -247,7 +343,11 @@ def test_end_to_end_learning_and_inherited_optimizer(run_cmd, tmp_path):
     assert "| iter |" in proc.stdout and (out / "curves.png").stat().st_size > 0
     assert len(read_jsonl_tolerant(out / "samples/iter_02/samples.jsonl")) == 240
     last_epoch, optim_steps, meta = _ckpt_state(out / "ckpt")
-    assert last_epoch == 60 and optim_steps == {60} and meta["extra"] == {"iteration": 3, "sft_step": 0}
+    assert (
+        last_epoch == 60
+        and optim_steps == {60}
+        and meta["extra"] == {"iteration": 3, "sft_step": 0}
+    )
 
 
 def test_mid_sft_resume_reuses_samples_and_matches_step_counts(tmp_path, monkeypatch):
@@ -265,12 +365,17 @@ def test_mid_sft_resume_reuses_samples_and_matches_step_counts(tmp_path, monkeyp
     monkeypatch.setattr(bstar, "sft_step", crash_in_iteration_2)
     with pytest.raises(KeyboardInterrupt):
         bstar.main(args)
-    assert json.loads((out / "ckpt/meta.json").read_text())["extra"] == {"iteration": 2, "sft_step": 2}
+    assert json.loads((out / "ckpt/meta.json").read_text())["extra"] == {
+        "iteration": 2,
+        "sft_step": 2,
+    }
     samples = (out / "samples/iter_02/samples.jsonl").read_text()
     monkeypatch.setattr(bstar, "sft_step", real_step)
     args.resume = True
     history = bstar.main(args)
-    assert (out / "samples/iter_02/samples.jsonl").read_text() == samples  # sampling reused, not redone
+    assert (
+        out / "samples/iter_02/samples.jsonl"
+    ).read_text() == samples  # sampling reused, not redone
     assert [h["step"] for h in history] == [0, 1, 2]
     last_epoch, optim_steps, _ = _ckpt_state(out / "ckpt")
     assert last_epoch == 8 and optim_steps == {8}  # as if never interrupted
@@ -278,19 +383,43 @@ def test_mid_sft_resume_reuses_samples_and_matches_step_counts(tmp_path, monkeyp
 
 def test_iterative_rft_resets_optimizer_each_iteration(tmp_path):
     out = tmp_path / "run"
-    args = Args(output_dir=str(out), mode="iterative_rft", threshold=-0.5, **{**SMALL, "queries_per_iteration": 8, "eval_queries": 8})
+    args = Args(
+        output_dir=str(out),
+        mode="iterative_rft",
+        threshold=-0.5,
+        **{**SMALL, "queries_per_iteration": 8, "eval_queries": 8},
+    )
     history = bstar.main(args)
-    assert all(h["temperature"] == 1.0 and h["threshold"] == -0.5 for h in history[1:])  # fixed configuration
+    assert all(
+        h["temperature"] == 1.0 and h["threshold"] == -0.5 for h in history[1:]
+    )  # fixed configuration
     last_epoch, optim_steps, meta = _ckpt_state(out / "ckpt")
-    assert meta["step"] == 8 and last_epoch == 4 and optim_steps == {4}  # 2 x 4 SFT steps, optimizer saw only the last 4
+    assert (
+        meta["step"] == 8 and last_epoch == 4 and optim_steps == {4}
+    )  # 2 x 4 SFT steps, optimizer saw only the last 4
 
 
 def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
     out = tmp_path / "ddp"
-    run_cmd([*torchrun_cmd, "bstar.py", "--output_dir", str(out), *SMALL_CLI, "--iterations", "1", "--queries_per_iteration", "6"], timeout=300)
+    run_cmd(
+        [
+            *torchrun_cmd,
+            "bstar.py",
+            "--output_dir",
+            str(out),
+            *SMALL_CLI,
+            "--iterations",
+            "1",
+            "--queries_per_iteration",
+            "6",
+        ],
+        timeout=300,
+    )
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 1] and history[1]["sft_steps_total"] == 4
-    assert len(read_jsonl_tolerant(out / "samples/iter_01/samples.jsonl")) == 6  # odd split over 2 ranks, no duplicates
+    assert (
+        len(read_jsonl_tolerant(out / "samples/iter_01/samples.jsonl")) == 6
+    )  # odd split over 2 ranks, no duplicates
     last_epoch, optim_steps, _ = _ckpt_state(out / "ckpt")
     assert last_epoch == 4 and optim_steps == {4}
 
@@ -300,8 +429,13 @@ def test_sft_step_micro_batches_equal_unsplit_step():
 
     path = make_tiny_lm()
     tok = load_tokenizer(path)
-    pairs = [(tok(f"q{i}", add_special_tokens=False).input_ids, tok("1 2 3 4 5"[: 2 * i + 1], add_special_tokens=False).input_ids)
-             for i in range(5)]  # responses of different lengths: the token mean must span the whole batch
+    pairs = [
+        (
+            tok(f"q{i}", add_special_tokens=False).input_ids,
+            tok("1 2 3 4 5"[: 2 * i + 1], add_special_tokens=False).input_ids,
+        )
+        for i in range(5)
+    ]  # responses of different lengths: the token mean must span the whole batch
 
     def step(model, optimizer, micro):
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -15,8 +15,13 @@ def test_write_summary_round_trip(tmp_path):
     c = [claim("acc rises", "held-out accuracy", 0.25, 0.75)]
     path = write_summary(tmp_path, c, steps=3)
     data = json.loads(path.read_text())
-    assert data["claims"][0] == {"name": "acc rises", "metric": "held-out accuracy",
-                                 "baseline": 0.25, "result": 0.75, "higher_is_better": True,
-                                 "holds": True}
+    assert data["claims"][0] == {
+        "name": "acc rises",
+        "metric": "held-out accuracy",
+        "baseline": 0.25,
+        "result": 0.75,
+        "higher_is_better": True,
+        "holds": True,
+    }
     assert data["steps"] == 3
     assert "0.250" in format_claims(c) and "yes" in format_claims(c)

@@ -4,8 +4,15 @@ import json
 
 import pytest
 
-from common.data import (DataError, load_located_rows, load_rows, make_arithmetic_rows, make_countdown_rows,
-                         read_jsonl_tolerant, write_jsonl)
+from common.data import (
+    DataError,
+    load_located_rows,
+    load_rows,
+    make_arithmetic_rows,
+    make_countdown_rows,
+    read_jsonl_tolerant,
+    write_jsonl,
+)
 
 ROWS = [{"question": "1+1?", "answer": "2"}, {"question": "2+3?", "answer": "5"}]
 
@@ -65,7 +72,9 @@ def test_toy_generators_are_deterministic_and_correct():
         assert str(eval(r["expression"])) == r["answer"]
     for r in make_countdown_rows(50, seed=2):
         assert eval(r["answer"]) == r["target"]
-        assert sorted(int(t) for t in __import__("re").findall(r"\d+", r["answer"])) == sorted(r["nums"])
+        assert sorted(int(t) for t in __import__("re").findall(r"\d+", r["answer"])) == sorted(
+            r["nums"]
+        )
 
 
 def test_located_rows_say_where_each_row_is(tmp_path):
@@ -73,5 +82,9 @@ def test_located_rows_say_where_each_row_is(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(ROWS))
     where = [w for w, _ in load_located_rows(str(tmp_path / "a.jsonl"))]
     assert where == [f"{tmp_path}/a.jsonl:1", f"{tmp_path}/a.jsonl:2"]
-    assert [w for w, _ in load_located_rows(str(tmp_path / "b.json"))][1] == f"{tmp_path}/b.json row 1"
-    assert [r for _, r in load_located_rows(str(tmp_path))] == ROWS + ROWS  # a folder: every file, sorted
+    assert [w for w, _ in load_located_rows(str(tmp_path / "b.json"))][
+        1
+    ] == f"{tmp_path}/b.json row 1"
+    assert [
+        r for _, r in load_located_rows(str(tmp_path))
+    ] == ROWS + ROWS  # a folder: every file, sorted

@@ -15,7 +15,9 @@ from common.data import DataError
 from common.sampling import Completion, Sampler
 
 F_SPEC = torch.tensor([-0.20, -0.25, -0.40, -0.60, -0.22, -0.90, -0.35, -0.30], dtype=torch.float64)
-Q_SPEC = torch.tensor([-0.30] * 4 + [-0.50] * 4, dtype=torch.float64)  # candidates 0-3 beam 0, 4-7 beam 1
+Q_SPEC = torch.tensor(
+    [-0.30] * 4 + [-0.50] * 4, dtype=torch.float64
+)  # candidates 0-3 beam 0, 4-7 beam 1
 
 
 def loss_for(delta_w, delta_l, adv_w, adv_l, **kw):
@@ -25,34 +27,67 @@ def loss_for(delta_w, delta_l, adv_w, adv_l, **kw):
 
 
 def test_aco_normal_region_check1():
-    assert loss_for(2.0, -1.0, 0.5, 0.2) == pytest.approx(0.554355, abs=1e-6)  # paper: w = 1, logit 3.0
-    assert loss_for(2.0, -1.0, 0.5, 0.2, clamp="code") == pytest.approx(0.539616, abs=1e-6)  # w = e^0.3
-    assert float(g.aco_weight(torch.tensor(0.5), torch.tensor(0.2), clamp="code")) == pytest.approx(1.34986, abs=1e-5)
+    assert loss_for(2.0, -1.0, 0.5, 0.2) == pytest.approx(
+        0.554355, abs=1e-6
+    )  # paper: w = 1, logit 3.0
+    assert loss_for(2.0, -1.0, 0.5, 0.2, clamp="code") == pytest.approx(
+        0.539616, abs=1e-6
+    )  # w = e^0.3
+    assert float(g.aco_weight(torch.tensor(0.5), torch.tensor(0.2), clamp="code")) == pytest.approx(
+        1.34986, abs=1e-5
+    )
 
 
 def test_aco_calibration_region_check2():
-    assert float(g.aco_weight(torch.tensor(0.2), torch.tensor(0.7))) == pytest.approx(0.60653, abs=1e-5)
+    assert float(g.aco_weight(torch.tensor(0.2), torch.tensor(0.7))) == pytest.approx(
+        0.60653, abs=1e-5
+    )
     assert loss_for(2.0, -1.0, 0.2, 0.7) == pytest.approx(0.571289, abs=1e-6)
     assert loss_for(2.0, -1.0, 0.2, 0.7, clamp="code") == pytest.approx(0.554355, abs=1e-6)
-    assert float(g.aco_weight(torch.tensor(0.2), torch.tensor(0.7), alpha=2.0)) == pytest.approx(0.77880, abs=1e-5)
+    assert float(g.aco_weight(torch.tensor(0.2), torch.tensor(0.7), alpha=2.0)) == pytest.approx(
+        0.77880, abs=1e-5
+    )
     assert loss_for(2.0, -1.0, 0.2, 0.7, alpha=2.0) == pytest.approx(0.563828, abs=1e-6)
 
 
 def test_aco_reduces_to_dpo_check3():
-    pc, pr, rc, rr = (torch.tensor([2.0, -3.0, 0.5]), torch.tensor([-1.0, 1.0, 0.2]), torch.zeros(3), torch.zeros(3))
+    pc, pr, rc, rr = (
+        torch.tensor([2.0, -3.0, 0.5]),
+        torch.tensor([-1.0, 1.0, 0.2]),
+        torch.zeros(3),
+        torch.zeros(3),
+    )
     dpo = g.dpo_loss(pc, pr, rc, rr, beta=0.1)
     assert float(dpo[0]) == pytest.approx(0.554355, abs=1e-6)
     same = torch.tensor([0.3, -0.2, 1.0])
     assert torch.allclose(g.aco_loss(pc, pr, rc, rr, same, same), dpo)  # A_l = A_w
     for clamp in ("paper", "code"):  # alpha -> inf
-        assert torch.allclose(g.aco_loss(pc, pr, rc, rr, torch.tensor([0.0, 5.0, -2.0]), torch.tensor([3.0, -1.0, 0.0]), alpha=1e9, clamp=clamp), dpo)
+        assert torch.allclose(
+            g.aco_loss(
+                pc,
+                pr,
+                rc,
+                rr,
+                torch.tensor([0.0, 5.0, -2.0]),
+                torch.tensor([3.0, -1.0, 0.0]),
+                alpha=1e9,
+                clamp=clamp,
+            ),
+            dpo,
+        )
     with pytest.raises(ValueError, match="--clamp"):
         g.aco_weight(same, same, clamp="max")
 
 
 def test_w_receives_no_gradient():
-    pc, pr = torch.tensor([2.0, -1.0], requires_grad=True), torch.tensor([-1.0, 0.5], requires_grad=True)
-    adv_c, adv_r = torch.tensor([0.2, 0.5], requires_grad=True), torch.tensor([0.7, 0.1], requires_grad=True)
+    pc, pr = (
+        torch.tensor([2.0, -1.0], requires_grad=True),
+        torch.tensor([-1.0, 0.5], requires_grad=True),
+    )
+    adv_c, adv_r = (
+        torch.tensor([0.2, 0.5], requires_grad=True),
+        torch.tensor([0.7, 0.1], requires_grad=True),
+    )
     for clamp in ("paper", "code"):
         loss = g.aco_loss(pc, pr, torch.zeros(2), torch.zeros(2), adv_c, adv_r, clamp=clamp).sum()
         leaves, stack, seen = set(), [loss.grad_fn], set()
@@ -72,7 +107,9 @@ def test_w_receives_no_gradient():
     pr_dpo = pr.detach().clone().requires_grad_(True)
     g.dpo_loss(pc.detach(), pr_dpo, torch.zeros(2), torch.zeros(2)).sum().backward()
     pr_aco = pr.detach().clone().requires_grad_(True)
-    g.aco_loss(pc.detach(), pr_aco, torch.zeros(2), torch.zeros(2), adv_c.detach(), adv_r.detach()).sum().backward()
+    g.aco_loss(
+        pc.detach(), pr_aco, torch.zeros(2), torch.zeros(2), adv_c.detach(), adv_r.detach()
+    ).sum().backward()
     assert abs(float(pr_aco.grad[0])) < abs(float(pr_dpo.grad[0]))  # A_l > A_w: w = e^-0.5
 
 
@@ -80,7 +117,9 @@ def test_foresight_distribution_and_distinct_draws_check4():
     probs = g.foresight_distribution(F_SPEC, tau=0.1)
     expected = [0.3154, 0.1913, 0.0427, 0.0058, 0.2582, 0.0003, 0.0704, 0.1160]
     assert probs.tolist() == pytest.approx(expected, abs=1e-4)
-    draws = g.sample_distinct(probs.expand(100_000, 8), 2, torch.Generator().manual_seed(0))  # (1e5, 2)
+    draws = g.sample_distinct(
+        probs.expand(100_000, 8), 2, torch.Generator().manual_seed(0)
+    )  # (1e5, 2)
     assert bool((draws[:, 0] != draws[:, 1]).all())
     first = torch.bincount(draws[:, 0], minlength=8).double() / 100_000
     assert (first - probs).abs().max() < 0.005
@@ -93,15 +132,28 @@ def test_pair_and_advantages_check5():
     rejected = [g.choose_pair(F_SPEC, probs, "paper", gen) for _ in range(3000)]
     assert {c for c, _ in rejected} == {0}
     counts = torch.bincount(torch.tensor([r for _, r in rejected]), minlength=8).double() / 3000
-    assert counts[0] == 0 and counts[4] == pytest.approx(0.2582 / (1 - 0.3154), abs=0.03)  # F without the winner
+    assert counts[0] == 0 and counts[4] == pytest.approx(
+        0.2582 / (1 - 0.3154), abs=0.03
+    )  # F without the winner
     assert float(adv[0]) == pytest.approx(0.10) and float(adv[4]) == pytest.approx(0.28)
     w = lambda l, clamp: float(g.aco_weight(adv[0], adv[l], 1.0, clamp))  # noqa: E731
     assert w(4, "paper") == pytest.approx(0.8353, abs=1e-4) and w(4, "code") == 1.0
     assert g.choose_pair(F_SPEC, probs, "lowest") == (0, 5)  # greedy ablation
-    assert float(adv[5]) == pytest.approx(-0.40) and w(5, "paper") == 1.0 and w(5, "code") == pytest.approx(1.6487, abs=1e-4)
-    uniform = torch.bincount(torch.tensor([g.choose_pair(F_SPEC, probs, "uniform", gen)[1] for _ in range(3500)]), minlength=8)
-    assert uniform[0] == 0 and int(uniform[1:].min()) > 400  # released code: uniform over the other 7
-    assert torch.equal(g.step_advantages(F_SPEC, torch.zeros(8, dtype=torch.float64)), F_SPEC)  # first timestamp: A = f
+    assert (
+        float(adv[5]) == pytest.approx(-0.40)
+        and w(5, "paper") == 1.0
+        and w(5, "code") == pytest.approx(1.6487, abs=1e-4)
+    )
+    uniform = torch.bincount(
+        torch.tensor([g.choose_pair(F_SPEC, probs, "uniform", gen)[1] for _ in range(3500)]),
+        minlength=8,
+    )
+    assert (
+        uniform[0] == 0 and int(uniform[1:].min()) > 400
+    )  # released code: uniform over the other 7
+    assert torch.equal(
+        g.step_advantages(F_SPEC, torch.zeros(8, dtype=torch.float64)), F_SPEC
+    )  # first timestamp: A = f
 
 
 class ScriptedSampler(Sampler):
@@ -111,7 +163,17 @@ class ScriptedSampler(Sampler):
     def __init__(self, end_at=None):
         self.calls, self.end_at = [], end_at
 
-    def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=128, stop=None, images=None, batch_size=None):
+    def generate(
+        self,
+        prompts,
+        n=1,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=128,
+        stop=None,
+        images=None,
+        batch_size=None,
+    ):
         self.calls.append((len(prompts), n, stop is not None))
         out = []
         for p in prompts:
@@ -127,28 +189,49 @@ class ScriptedSampler(Sampler):
 
 
 def search_args(**kw):
-    args = g.Args(num_queries=3, max_step_tokens=8, max_foresight_tokens=8, max_completion_tokens=8, **kw)
+    args = g.Args(
+        num_queries=3, max_step_tokens=8, max_foresight_tokens=8, max_completion_tokens=8, **kw
+    )
     return args
 
 
 def test_one_pair_per_timestamp_check6_batched():
     sampler, args = ScriptedSampler(), search_args()
     queries = ["q one", "q two", "q three"]
-    pairs, completed, counts = g.foresight_search(sampler, queries, ["0", "1", "2"], queries, args, torch.Generator().manual_seed(0))
+    pairs, completed, counts = g.foresight_search(
+        sampler, queries, ["0", "1", "2"], queries, args, torch.Generator().manual_seed(0)
+    )
     assert [len(p) for p in pairs] == [args.num_steps] * 3  # 25,000 queries -> 100,000 pairs
-    assert [p["timestamp"] for p in pairs[1]] == [0, 1, 2, 3] and counts["queries_short_of_K_pairs"] == 0
+    assert [p["timestamp"] for p in pairs[1]] == [0, 1, 2, 3] and counts[
+        "queries_short_of_K_pairs"
+    ] == 0
     # every timestamp is two batched calls (all beams' steps, all candidates' foresight), then one completion call
-    assert sampler.calls[:2] == [(6, 4, True), (24, 1, False)] and len(sampler.calls) == 2 * args.num_steps + 1
+    assert (
+        sampler.calls[:2] == [(6, 4, True), (24, 1, False)]
+        and len(sampler.calls) == 2 * args.num_steps + 1
+    )
     first = pairs[0][0]
-    assert first["chosen_f"] == max(first["candidate_f"]) and first["chosen_advantage"] == first["chosen_f"]  # Q = 0 at t = 0
-    assert first["chosen"].startswith(args.prefill) and all(len(c["responses"]) == 2 for c in completed)
+    assert (
+        first["chosen_f"] == max(first["candidate_f"])
+        and first["chosen_advantage"] == first["chosen_f"]
+    )  # Q = 0 at t = 0
+    assert first["chosen"].startswith(args.prefill) and all(
+        len(c["responses"]) == 2 for c in completed
+    )
     later = pairs[0][2]
-    assert later["chosen_advantage"] != later["chosen_f"]  # A = f - Q of its beam from the second timestamp on
+    assert (
+        later["chosen_advantage"] != later["chosen_f"]
+    )  # A = f - Q of its beam from the second timestamp on
 
 
 def test_search_handles_steps_that_end_the_response():
-    sampler, args = ScriptedSampler(end_at=4), search_args()  # the prompt has 2 newlines + one per step
-    pairs, completed, counts = g.foresight_search(sampler, ["a", "b"], ["0", "1"], ["a", "b"], args, torch.Generator().manual_seed(0))
+    sampler, args = (
+        ScriptedSampler(end_at=4),
+        search_args(),
+    )  # the prompt has 2 newlines + one per step
+    pairs, completed, counts = g.foresight_search(
+        sampler, ["a", "b"], ["0", "1"], ["a", "b"], args, torch.Generator().manual_seed(0)
+    )
     assert [len(p) for p in pairs] == [3, 3] and counts["queries_short_of_K_pairs"] == 2
     assert counts["ended_response"] == 16 and all(len(c["responses"]) == 2 for c in completed)
 
@@ -163,14 +246,21 @@ def test_step_value_with_and_without_foresight():
 
 def test_search_without_foresight_makes_no_rollouts():
     sampler, args = ScriptedSampler(), search_args(step_value="step")
-    pairs, _, counts = g.foresight_search(sampler, ["q"], ["0"], ["q"], args, torch.Generator().manual_seed(0))
+    pairs, _, counts = g.foresight_search(
+        sampler, ["q"], ["0"], ["q"], args, torch.Generator().manual_seed(0)
+    )
     # one step call per timestamp and the completion call: no foresight rollouts at all
-    assert len(sampler.calls) == args.num_steps + 1 and all(stop for _, _, stop in sampler.calls[:-1])
+    assert len(sampler.calls) == args.num_steps + 1 and all(
+        stop for _, _, stop in sampler.calls[:-1]
+    )
     assert [len(p) for p in pairs] == [args.num_steps] and counts["ended_response"] == 0
     first = pairs[0][0]
     # every scripted step has log-probs [lp, lp], so f is the step's own lp; the pair holds no rollout
     assert first["chosen_f"] == max(first["candidate_f"])
-    assert first["chosen"].startswith(args.prefill) and first["chosen"][len(args.prefill):].count("\n") == 1
+    assert (
+        first["chosen"].startswith(args.prefill)
+        and first["chosen"][len(args.prefill) :].count("\n") == 1
+    )
     assert first["chosen"].endswith("\n")  # prefill + step + newline, nothing looked ahead
 
 
@@ -178,31 +268,59 @@ def test_sample_queries_is_a_seeded_prefix_stable_permutation():
     rows = [{"instruction": f"q{i}"} for i in range(10)]
     # random.Random(0).shuffle(list(range(10))) = [7, 8, 1, 5, 3, 4, 2, 0, 9, 6]
     assert [r["instruction"] for r in g.sample_queries(rows, 4, seed=0)] == ["q7", "q8", "q1", "q5"]
-    assert g.sample_queries(rows, 6, seed=0)[:4] == g.sample_queries(rows, 4, seed=0)  # n grows, ids stay
+    assert g.sample_queries(rows, 6, seed=0)[:4] == g.sample_queries(
+        rows, 4, seed=0
+    )  # n grows, ids stay
     assert g.sample_queries(rows, 4, seed=1) != g.sample_queries(rows, 4, seed=0)
-    assert sorted(r["instruction"] for r in g.sample_queries(rows, None, seed=0)) == sorted(f"q{i}" for i in range(10))
+    assert sorted(r["instruction"] for r in g.sample_queries(rows, None, seed=0)) == sorted(
+        f"q{i}" for i in range(10)
+    )
     assert len(g.sample_queries(rows, 50, seed=0)) == 10
 
 
 def test_weight_spread_and_claims():
     spread = g.weight_spread(torch.tensor([1.0, 0.5, 1.0, 0.25]))
     # sorted [0.25, 0.5, 1, 1]: p10 at position 0.3 -> 0.25 + 0.3 * 0.25, p50 at 1.5 -> 0.75
-    assert spread == {"mean": 0.6875, "min": 0.25, "p10": 0.325, "p50": 0.75, "frac_below_1": 0.5, "frac_above_1": 0.0}
+    assert spread == {
+        "mean": 0.6875,
+        "min": 0.25,
+        "p10": 0.325,
+        "p50": 0.75,
+        "frac_below_1": 0.5,
+        "frac_above_1": 0.0,
+    }
     evals = [{"eval/loss": 0.693}, {"eval/loss": 0.60}]
-    claims = g.run_claims(evals, {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.4},
-                          {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.6})
-    assert [(c["metric"], c["holds"]) for c in claims] == [("eval/loss", True), ("accuracy_greedy", False),
-                                                            ("accuracy_sampled_T1", True)]
+    claims = g.run_claims(
+        evals,
+        {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.4},
+        {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.6},
+    )
+    assert [(c["metric"], c["holds"]) for c in claims] == [
+        ("eval/loss", True),
+        ("accuracy_greedy", False),
+        ("accuracy_sampled_T1", True),
+    ]
     assert g.run_claims(evals[:1], {}, {}) == []  # no answers, one evaluation: nothing to claim
 
 
 def test_malformed_pairs_line_is_named(tmp_path):
-    good = {"query": "q", "chosen": "a", "rejected": "b", "chosen_advantage": 0.1, "rejected_advantage": 0.0, "query_id": "0"}
+    good = {
+        "query": "q",
+        "chosen": "a",
+        "rejected": "b",
+        "chosen_advantage": 0.1,
+        "rejected_advantage": 0.0,
+        "query_id": "0",
+    }
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps(good) + "\n" + '{"query": "q", "chosen": "a"\n' + json.dumps(good) + "\n")
+    path.write_text(
+        json.dumps(good) + "\n" + '{"query": "q", "chosen": "a"\n' + json.dumps(good) + "\n"
+    )
     with pytest.raises(DataError, match=r"pairs\.jsonl:2"):
         g.load_pairs(path)
-    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejected_advantage": None}) + "\n")
+    path.write_text(
+        json.dumps(good) + "\n" + json.dumps({**good, "rejected_advantage": None}) + "\n"
+    )
     with pytest.raises(DataError, match=r"pairs\.jsonl:2: missing field 'rejected_advantage'"):
         g.load_pairs(path)
 
@@ -216,28 +334,68 @@ def test_toy_rows_keep_heldout_queries_out_of_the_warmstart():
     assert row["answer"] == str(sum(terms)) and row["cot"].count("\n") == len(terms) - 1
 
 
-FAST = ["--toy_warmstart_steps", "20", "--num_eval_queries", "4", "--max_foresight_tokens", "24", "--max_completion_tokens", "24"]
+FAST = [
+    "--toy_warmstart_steps",
+    "20",
+    "--num_eval_queries",
+    "4",
+    "--max_foresight_tokens",
+    "24",
+    "--max_completion_tokens",
+    "24",
+]
 
 
 def test_end_to_end_and_resume(run_cmd, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "genius_aco.py", "--output_dir", str(out), "--num_queries", "6", "--batch_size", "4", "--epochs", "1",
-           "--eval_fraction", "0.34", "--eval_every", "1", *FAST]
+    cmd = [
+        sys.executable,
+        "genius_aco.py",
+        "--output_dir",
+        str(out),
+        "--num_queries",
+        "6",
+        "--batch_size",
+        "4",
+        "--epochs",
+        "1",
+        "--eval_fraction",
+        "0.34",
+        "--eval_every",
+        "1",
+        *FAST,
+    ]
     run_cmd(cmd, timeout=300)
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(set(g.PAIR_FIELDS) <= set(p) for p in pairs) and len(pairs) <= 6 * 4
-    assert all(len({p["timestamp"] for p in pairs if p["query_id"] == q}) == sum(p["query_id"] == q for p in pairs) for q in {p["query_id"] for p in pairs})
+    assert all(
+        len({p["timestamp"] for p in pairs if p["query_id"] == q})
+        == sum(p["query_id"] == q for p in pairs)
+        for q in {p["query_id"] for p in pairs}
+    )
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in m for m in metrics) and any("train/w_mean" in m for m in metrics)
     summary = json.loads((out / "summary.json").read_text())
     evals = [m for m in metrics if "eval/loss" in m]
     first = summary["claims"][0]  # computed from this run's own held-out pair losses, not typed in
-    assert first["metric"] == "eval/loss" and first["baseline"] == pytest.approx(math.log(2), abs=1e-4)
-    assert first["result"] == pytest.approx(evals[-1]["eval/loss"]) and not first["higher_is_better"]
-    assert {c["metric"] for c in summary["claims"]} == {"eval/loss", "accuracy_greedy", "accuracy_sampled_T1"}
-    assert 0 < summary["w_train"]["min"] <= summary["w_train"]["mean"] <= 1.0  # the paper's clamp: w <= 1
+    assert first["metric"] == "eval/loss" and first["baseline"] == pytest.approx(
+        math.log(2), abs=1e-4
+    )
+    assert (
+        first["result"] == pytest.approx(evals[-1]["eval/loss"]) and not first["higher_is_better"]
+    )
+    assert {c["metric"] for c in summary["claims"]} == {
+        "eval/loss",
+        "accuracy_greedy",
+        "accuracy_sampled_T1",
+    }
+    assert (
+        0 < summary["w_train"]["min"] <= summary["w_train"]["mean"] <= 1.0
+    )  # the paper's clamp: w <= 1
     proc = run_cmd(cmd + ["--resume"], timeout=300)
-    assert "0 queries to search" in proc.stdout and len((out / "pairs.jsonl").read_text().splitlines()) == len(pairs)
+    assert "0 queries to search" in proc.stdout and len(
+        (out / "pairs.jsonl").read_text().splitlines()
+    ) == len(pairs)
 
 
 def test_learning_no_argument_run_holds_its_claims(run_cmd, tmp_path):
@@ -252,13 +410,41 @@ def test_learning_no_argument_run_holds_its_claims(run_cmd, tmp_path):
 def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):
     """Two gloo ranks, FSDP2, on a pairs file written here (the train stage needs no sampler)."""
     path = tmp_path / "pairs.jsonl"
-    rows = [{"query_id": str(i), "query": f"What is {i} + 2 + 1 + 3 + 1?", "chosen": f"The reasoning steps are:\n\n{i} + 2 = {i + 2}\n",
-             "rejected": f"The reasoning steps are:\n\n{i} + 2 = {i + 3}\n", "chosen_advantage": 0.1 * (i % 3), "rejected_advantage": 0.1}
-            for i in range(12)]
+    rows = [
+        {
+            "query_id": str(i),
+            "query": f"What is {i} + 2 + 1 + 3 + 1?",
+            "chosen": f"The reasoning steps are:\n\n{i} + 2 = {i + 2}\n",
+            "rejected": f"The reasoning steps are:\n\n{i} + 2 = {i + 3}\n",
+            "chosen_advantage": 0.1 * (i % 3),
+            "rejected_advantage": 0.1,
+        }
+        for i in range(12)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    proc = run_cmd([*torchrun_cmd, "genius_aco.py", "--stage", "train", "--pairs_file", str(path), "--output_dir", str(out),
-                    "--batch_size", "4", "--micro_batch_size", "1", "--epochs", "1", "--eval_fraction", "0.3", *FAST], timeout=300)
+    proc = run_cmd(
+        [
+            *torchrun_cmd,
+            "genius_aco.py",
+            "--stage",
+            "train",
+            "--pairs_file",
+            str(path),
+            "--output_dir",
+            str(out),
+            "--batch_size",
+            "4",
+            "--micro_batch_size",
+            "1",
+            "--epochs",
+            "1",
+            "--eval_fraction",
+            "0.3",
+            *FAST,
+        ],
+        timeout=300,
+    )
     assert "held-out pairs" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["eval"]) >= 2 and math.isfinite(summary["eval"][-1]["eval/loss"])

@@ -8,22 +8,66 @@ import numpy as np
 import pytest
 
 from common.gui_env import (
-    BACKGROUND, SCREEN_H, SCREEN_W, TASKS, ActionError, GUIAction, GUIEnvironment, ScriptedExpert,
-    StubGrounder, Task, ToyGUIEnv, action_to_guimid, describe_action, element_at_point,
-    format_guimid, format_osgenesis, guimid_to_action, list_tasks,
-    nearest_center_index, normalize_answer, osgenesis_a11y, osgenesis_to_indexed, parse_action,
-    parse_guimid, parse_json_action, parse_osgenesis,
-    rollout, screen_signature, state_diff, validate_action, with_center_point)
-from common.gui_formats import (browsergym_to_action, format_browsergym, format_webarena,
-                                parse_browsergym_calls, parse_pyautogui, parse_webarena)
+    BACKGROUND,
+    SCREEN_H,
+    SCREEN_W,
+    TASKS,
+    ActionError,
+    GUIAction,
+    GUIEnvironment,
+    ScriptedExpert,
+    StubGrounder,
+    Task,
+    ToyGUIEnv,
+    action_to_guimid,
+    describe_action,
+    element_at_point,
+    format_guimid,
+    format_osgenesis,
+    guimid_to_action,
+    list_tasks,
+    nearest_center_index,
+    normalize_answer,
+    osgenesis_a11y,
+    osgenesis_to_indexed,
+    parse_action,
+    parse_guimid,
+    parse_json_action,
+    parse_osgenesis,
+    rollout,
+    screen_signature,
+    state_diff,
+    validate_action,
+    with_center_point,
+)
+from common.gui_formats import (
+    browsergym_to_action,
+    format_browsergym,
+    format_webarena,
+    parse_browsergym_calls,
+    parse_pyautogui,
+    parse_webarena,
+)
 
 
 def el(index, text, x0, y0, x1, y1, role="button"):
     """A hand-made AW-style element for grounding tests."""
-    return dict(index=index, id=str(index), resource_id=text, role=role, text=text, value="",
-                bbox_pixels=dict(x_min=x0, y_min=y0, x_max=x1, y_max=y1), is_clickable=True,
-                is_long_clickable=False, is_editable=False, is_scrollable=False, is_checkable=False,
-                is_checked=False, is_focused=False)
+    return dict(
+        index=index,
+        id=str(index),
+        resource_id=text,
+        role=role,
+        text=text,
+        value="",
+        bbox_pixels=dict(x_min=x0, y_min=y0, x_max=x1, y_max=y1),
+        is_clickable=True,
+        is_long_clickable=False,
+        is_editable=False,
+        is_scrollable=False,
+        is_checkable=False,
+        is_checked=False,
+        is_focused=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +78,13 @@ def expert_runs():
 
 # ---------------------------------------------------------------------------------------------- tasks
 
+
 def test_catalogue_has_apps_splits_and_kinds():
     assert {t.app for t in TASKS.values()} == {"settings", "notes", "shop", "mail"}
     assert len(list_tasks("train")) >= 30 and len(list_tasks("test")) >= 12
-    assert {t.task_id for t in list_tasks("train")}.isdisjoint(t.task_id for t in list_tasks("test"))
+    assert {t.task_id for t in list_tasks("train")}.isdisjoint(
+        t.task_id for t in list_tasks("test")
+    )
     assert any(t.answer for t in TASKS.values()) and any(not t.feasible for t in TASKS.values())
     assert all(len(t.expert) <= t.max_steps for t in TASKS.values())
 
@@ -64,7 +111,9 @@ def test_wrong_stops_fail():
     *_, info = env.step(GUIAction("answer", text="13"))
     assert not info["success"]
     env.reset("settings_q_android")
-    _, reward, terminated, _, info = env.step('{"action_type": "answer", "text": " 14. "}')  # normalised
+    _, reward, terminated, _, info = env.step(
+        '{"action_type": "answer", "text": " 14. "}'
+    )  # normalised
     assert reward == 1.0 and terminated
     env.reset("settings_bluetooth_on")  # feasible task: calling it infeasible fails
     _, reward, terminated, _, _ = env.step(GUIAction("status", goal_status="infeasible"))
@@ -80,10 +129,22 @@ def test_success_check_reads_state_not_screens():
     env = ToyGUIEnv(end_on_success=False)
     env.reset("settings_bluetooth_on")
     env.step(GUIAction("open_app", app_name="Settings"))
-    obs, *_ = env.step(GUIAction("click", index=next(e["index"] for e in env.obs["ui_elements"] if e["resource_id"] == "open_bluetooth")))
+    obs, *_ = env.step(
+        GUIAction(
+            "click",
+            index=next(
+                e["index"] for e in env.obs["ui_elements"] if e["resource_id"] == "open_bluetooth"
+            ),
+        )
+    )
     assert obs["url"] == "toy://settings/bluetooth" and not env.task_success()
     obs, reward, terminated, _, _ = env.step(GUIAction("click", index=1))  # the switch
-    assert env.state["settings"]["bluetooth"] and env.task_success() and not terminated and reward == 0.0
+    assert (
+        env.state["settings"]["bluetooth"]
+        and env.task_success()
+        and not terminated
+        and reward == 0.0
+    )
     _, reward, terminated, _, info = env.step(GUIAction("status", goal_status="complete"))
     assert terminated and reward == 1.0 and info["success"]
 
@@ -138,11 +199,14 @@ def test_text_fields_focus_enter_and_validation_flash():
     env.reset(Task("t", "mail", "send", start_app="mail"))
     env.step(GUIAction("click", index=1))  # compose
     obs, *_ = env.step(GUIAction("click", index=4))  # send with no recipient
-    assert obs["url"] == "toy://mail/compose" and any(e["text"] == "Recipient required" for e in obs["ui_elements"])
+    assert obs["url"] == "toy://mail/compose" and any(
+        e["text"] == "Recipient required" for e in obs["ui_elements"]
+    )
     assert env.state["mail"]["sent"] == []
 
 
 # ------------------------------------------------------------------------------ render vs a11y tree
+
 
 def _visited_observations(expert_runs):
     seen = {}
@@ -162,18 +226,31 @@ def test_render_and_accessibility_tree_agree(expert_runs):
         covered = np.zeros_like(drawn)
         for e in obs["ui_elements"]:
             b = e["bbox_pixels"]
-            assert 0 <= b["x_min"] < b["x_max"] <= SCREEN_W and 0 <= b["y_min"] < b["y_max"] <= SCREEN_H, e
-            assert drawn[b["y_min"]:b["y_max"], b["x_min"]:b["x_max"]].any(), (obs["url"], e["text"])  # visible
-            assert e["index"] == int(e["id"]) and f"[{e['index']}] {e['role']} '{e['text']}'" in obs["axtree_txt"]
-            covered[b["y_min"]:b["y_max"], b["x_min"]:b["x_max"]] = True
+            assert (
+                0 <= b["x_min"] < b["x_max"] <= SCREEN_W
+                and 0 <= b["y_min"] < b["y_max"] <= SCREEN_H
+            ), e
+            assert drawn[b["y_min"] : b["y_max"], b["x_min"] : b["x_max"]].any(), (
+                obs["url"],
+                e["text"],
+            )  # visible
+            assert (
+                e["index"] == int(e["id"])
+                and f"[{e['index']}] {e['role']} '{e['text']}'" in obs["axtree_txt"]
+            )
+            covered[b["y_min"] : b["y_max"], b["x_min"] : b["x_max"]] = True
         assert not (drawn & ~covered).any(), obs["url"]  # nothing drawn outside a node's box
         widgets = [e for e in obs["ui_elements"] if e["role"] != "list"]
         for a in widgets:  # sibling widgets do not overlap
             for b in widgets:
                 if a["index"] < b["index"]:
                     A, B = a["bbox_pixels"], b["bbox_pixels"]
-                    assert A["x_max"] <= B["x_min"] or B["x_max"] <= A["x_min"] or A["y_max"] <= B["y_min"] \
-                        or B["y_max"] <= A["y_min"], (obs["url"], a["text"], b["text"])
+                    assert (
+                        A["x_max"] <= B["x_min"]
+                        or B["x_max"] <= A["x_min"]
+                        or A["y_max"] <= B["y_min"]
+                        or B["y_max"] <= A["y_min"]
+                    ), (obs["url"], a["text"], b["text"])
 
 
 def test_render_is_deterministic_and_shows_state():
@@ -183,7 +260,9 @@ def test_render_is_deterministic_and_shows_state():
     env.reset(Task("t", "settings", "", start_app="settings"))
     assert (one == np.asarray(env.obs["screenshot"])).all()
     sig = screen_signature(env.obs)
-    obs, *_ = env.step(GUIAction("click", index=1))  # airplane mode on: the switch is drawn differently
+    obs, *_ = env.step(
+        GUIAction("click", index=1)
+    )  # airplane mode on: the switch is drawn differently
     assert not (one == np.asarray(obs["screenshot"])).all() and screen_signature(obs) != sig
     assert obs["ui_elements"][1]["is_checked"] and "checked" in obs["axtree_txt"]
     obs, *_ = env.step(GUIAction("wait"))
@@ -195,7 +274,9 @@ def test_clicks_by_coordinates_and_osgenesis_a11y():
     obs, _ = env.reset()
     notes_icon = next(e for e in obs["ui_elements"] if e["text"] == "Notes")
     b = notes_icon["bbox_pixels"]
-    obs, *_ = env.step(GUIAction("click", x=b["x_min"] + 1, y=b["y_max"] - 1))  # a corner still hits it
+    obs, *_ = env.step(
+        GUIAction("click", x=b["x_min"] + 1, y=b["y_max"] - 1)
+    )  # a corner still hits it
     assert obs["url"] == "toy://notes/list"
     a11y = json.loads(osgenesis_a11y(obs["ui_elements"]))
     assert "New note" in a11y and a11y["New note"].startswith("(")
@@ -205,8 +286,11 @@ def test_clicks_by_coordinates_and_osgenesis_a11y():
 
 # ------------------------------------------------------------------------ action formats (spec s5)
 
+
 def test_check1_webarena_strings():
-    assert parse_webarena("type [164] [restaurants near CMU]") == GUIAction("input_text", index=164, text="restaurants near CMU\n")
+    assert parse_webarena("type [164] [restaurants near CMU]") == GUIAction(
+        "input_text", index=164, text="restaurants near CMU\n"
+    )
     assert parse_webarena("type [164] [abc] [0]") == GUIAction("input_text", index=164, text="abc")
     assert parse_webarena("scroll [down]") == GUIAction("scroll", direction="down")
     with pytest.raises(ActionError, match="regex rejects"):
@@ -220,15 +304,23 @@ def test_check1_webarena_strings():
 
 
 def test_check2_osgenesis_coordinates_to_nearest_centre():
-    elements = [el(0, "Skip", 0, 2000, 400, 2100), el(1, "Get started", 339, 2098, 740, 2198), el(2, "Logo", 300, 300, 700, 700)]
-    thought, action = parse_osgenesis('Low-level thought: Click \'Get started\'\naction: {"action_type":"click","x":539.5,"y":2148.0}')
+    elements = [
+        el(0, "Skip", 0, 2000, 400, 2100),
+        el(1, "Get started", 339, 2098, 740, 2198),
+        el(2, "Logo", 300, 300, 700, 700),
+    ]
+    thought, action = parse_osgenesis(
+        'Low-level thought: Click \'Get started\'\naction: {"action_type":"click","x":539.5,"y":2148.0}'
+    )
     assert thought == "Click 'Get started'" and action == GUIAction("click", x=539.5, y=2148.0)
     indexed = osgenesis_to_indexed(action, elements)
     assert indexed.to_json() == '{"action_type": "click", "index": 1}'
     typed = osgenesis_to_indexed(GUIAction("input_text", x=10.0, y=2050.0, text="hi"), elements)
     assert typed == GUIAction("input_text", index=0, text="hi")
     assert nearest_center_index(500, 500, elements) == 2
-    target = format_osgenesis("Click 'Get started'", with_center_point(GUIAction("click", index=1), elements))
+    target = format_osgenesis(
+        "Click 'Get started'", with_center_point(GUIAction("click", index=1), elements)
+    )
     assert parse_osgenesis(target)[1] == GUIAction("click", x=539.5, y=2148.0)
 
 
@@ -248,15 +340,29 @@ def test_check3_json_action_validity():
     env.reset("settings_bluetooth_on")
     _, _, terminated, _, info = env.step('{"action_type": "status", "goal_status": "complete"}')
     assert terminated and info["status"] == "complete"
-    for bad in ['{"action_type":"click"}', '{"action_type":"fly"}', '{"index": 2}', '{"action_type":"click","index":"x"}',
-                '{"action_type":"click","x":1}', '{"action_type":"open_app"}', '{"action_type":"status","goal_status":"won"}',
-                '{"action_type":"click","index":1,"color":"red"}', '{"action_type":"click","x":"a","y":2}',
-                '{"action_type":"wait","index":2}', 'not json at all', '{"action_type": "click", "index": 2']:
+    for bad in [
+        '{"action_type":"click"}',
+        '{"action_type":"fly"}',
+        '{"index": 2}',
+        '{"action_type":"click","index":"x"}',
+        '{"action_type":"click","x":1}',
+        '{"action_type":"open_app"}',
+        '{"action_type":"status","goal_status":"won"}',
+        '{"action_type":"click","index":1,"color":"red"}',
+        '{"action_type":"click","x":"a","y":2}',
+        '{"action_type":"wait","index":2}',
+        "not json at all",
+        '{"action_type": "click", "index": 2',
+    ]:
         with pytest.raises(ActionError):
             parse_json_action(bad)
-    assert parse_json_action('prefix {"action_type":"click","index":"3"} suffix') == GUIAction("click", index=3)
+    assert parse_json_action('prefix {"action_type":"click","index":"3"} suffix') == GUIAction(
+        "click", index=3
+    )
     # a brace inside the typed text is text, not the end of the object (common.rewards.last_json_object)
-    assert parse_json_action('I type: {"action_type":"input_text","index":2,"text":"a}b"}') == GUIAction("input_text", index=2, text="a}b")
+    assert parse_json_action(
+        'I type: {"action_type":"input_text","index":2,"text":"a}b"}'
+    ) == GUIAction("input_text", index=2, text="a}b")
 
 
 def test_check12_browsergym_calls():
@@ -266,10 +372,16 @@ def test_check12_browsergym_calls():
     assert len(parse_browsergym_calls("click('1')\nfill('2', 'x')", multiaction=True)) == 2
     with pytest.raises(NameError):
         parse_browsergym_calls("launch_rockets()")
-    assert parse_browsergym_calls("fill(bid='3', value='a (b), c')") == [("fill", ["3", "a (b), c"])]
-    assert browsergym_to_action("fill", ["3", "milk"]) == GUIAction("input_text", index=3, text="milk")
+    assert parse_browsergym_calls("fill(bid='3', value='a (b), c')") == [
+        ("fill", ["3", "a (b), c"])
+    ]
+    assert browsergym_to_action("fill", ["3", "milk"]) == GUIAction(
+        "input_text", index=3, text="milk"
+    )
     assert browsergym_to_action("scroll", [0, 200]) == GUIAction("scroll", direction="down")
-    assert browsergym_to_action("report_infeasible", ["no 5G"]) == GUIAction("status", goal_status="infeasible")
+    assert browsergym_to_action("report_infeasible", ["no 5G"]) == GUIAction(
+        "status", goal_status="infeasible"
+    )
     with pytest.raises(ActionError, match="bid"):
         browsergym_to_action("click", ["a51"])
     with pytest.raises(ActionError, match="not supported"):
@@ -283,18 +395,32 @@ def test_check12_guimid_json_and_stub_grounder():
     obs, _ = env.reset(Task("t", "shop", "search", start_app="shop"))
     text = 'I should search.\n```json\n{"Element Description":"Search bar","Action":"type","Value":"GUI Agent"}\n```'
     out = parse_guimid(text)
-    assert (out.thought, out.description, out.action, out.value) == ("I should search.", "Search bar", "type", "GUI Agent")
+    assert (out.thought, out.description, out.action, out.value) == (
+        "I should search.",
+        "Search bar",
+        "type",
+        "GUI Agent",
+    )
     obs, *_ = env.step(text)
-    assert env.state["shop"]["drafts"]["query"] == "GUI Agent" and obs["ui_elements"][1]["value"] == "GUI Agent"
+    assert (
+        env.state["shop"]["drafts"]["query"] == "GUI Agent"
+        and obs["ui_elements"][1]["value"] == "GUI Agent"
+    )
     x, y = StubGrounder().ground("Search bar", obs)
     assert 0 < x < 1 and 0 < y < 1
     env.reset("settings_5g_infeasible")
-    _, reward, terminated, _, info = env.step('```json\n{"Element Description":"","Action":"stop","Value":"infeasible"}\n```')
+    _, reward, terminated, _, info = env.step(
+        '```json\n{"Element Description":"","Action":"stop","Value":"infeasible"}\n```'
+    )
     assert terminated and info["status"] == "infeasible" and reward == 1.0
     with pytest.raises(ActionError, match="missing key"):
         parse_guimid('```json\n{"Action":"click","Value":""}\n```')
     with pytest.raises(ActionError, match="ground"):
-        guimid_to_action(parse_guimid('{"Element Description":"Quantum flux","Action":"click","Value":""}'), obs, StubGrounder())
+        guimid_to_action(
+            parse_guimid('{"Element Description":"Quantum flux","Action":"click","Value":""}'),
+            obs,
+            StubGrounder(),
+        )
 
 
 def test_pyautogui_calls():
@@ -321,17 +447,27 @@ def test_every_format_round_trips_through_the_expert(expert_runs):
                 if fmt == "guimid":
                     return format_guimid("t", *action_to_guimid(action, obs["ui_elements"]))
                 try:
-                    return format_webarena(action) if fmt == "webarena" else format_browsergym(action)
+                    return (
+                        format_webarena(action) if fmt == "webarena" else format_browsergym(action)
+                    )
                 except ActionError:
                     return action  # long_press / open_app have no web form
+
             steps, info = rollout(env, policy, task)
-            assert info["success"] and not any(s["error"] for s in steps), (fmt, tid, [s["error"] for s in steps])
+            assert info["success"] and not any(s["error"] for s in steps), (
+                fmt,
+                tid,
+                [s["error"] for s in steps],
+            )
 
 
 def test_describe_action_and_validate():
     elements = [el(0, "Wi-Fi", 0, 0, 10, 10)]
     assert describe_action(GUIAction("click", index=0), elements) == "click 'Wi-Fi'"
-    assert describe_action(GUIAction("input_text", index=0, text="abc\n"), elements) == "type 'abc' into 'Wi-Fi'"
+    assert (
+        describe_action(GUIAction("input_text", index=0, text="abc\n"), elements)
+        == "type 'abc' into 'Wi-Fi'"
+    )
     assert describe_action(GUIAction("open_app", app_name="Mail"), elements) == "open app 'Mail'"
     with pytest.raises(ActionError):
         validate_action(GUIAction("click", x=float("nan"), y=1.0))
@@ -342,11 +478,29 @@ def test_malformed_actions_never_crash_the_env():
     env.reset("notes_create_0")
     rng = random.Random(0)
     alphabet = "abc[](){}'\":,\n 0123456789_-=.`\\ñ€"
-    junk = ["", "   ", None, 42, [], {"action_type": None}, "click [999]", "click('999')", "type [2]",
-            "```json\n{oops}\n```", "Low-level thought: x\naction: {}", '{"action_type":"open_app","app_name":"Doom"}',
-            '{"action_type":"click","index":-1}', "pyautogui.click()", "stop", "((((", "'unterminated",
-            '{"Element Description": 5, "Action": null, "Value": []}', GUIAction("click", index=99),
-            GUIAction("teleport"), GUIAction("click", index="2")]
+    junk = [
+        "",
+        "   ",
+        None,
+        42,
+        [],
+        {"action_type": None},
+        "click [999]",
+        "click('999')",
+        "type [2]",
+        "```json\n{oops}\n```",
+        "Low-level thought: x\naction: {}",
+        '{"action_type":"open_app","app_name":"Doom"}',
+        '{"action_type":"click","index":-1}',
+        "pyautogui.click()",
+        "stop",
+        "((((",
+        "'unterminated",
+        '{"Element Description": 5, "Action": null, "Value": []}',
+        GUIAction("click", index=99),
+        GUIAction("teleport"),
+        GUIAction("click", index="2"),
+    ]
     junk += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(200)]
     for action in junk:
         obs, reward, terminated, truncated, _ = env.step(action)

@@ -11,39 +11,64 @@ import pytest
 import torch
 
 import guimid
-from common.gui_env import (ActionError, ScriptedExpert, StubGrounder, ToyGUIEnv, action_to_guimid, guimid_to_action,
-                            list_tasks, parse_guimid)
+from common.gui_env import (
+    ActionError,
+    ScriptedExpert,
+    StubGrounder,
+    ToyGUIEnv,
+    action_to_guimid,
+    guimid_to_action,
+    list_tasks,
+    parse_guimid,
+)
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.train import Dist
 
-
 # ---------------------------------------------------------------------------------------------- mixtures
+
 
 def test_guimid_mixture_counts_match_spec_check_6():
     counts = guimid.allocate_counts(guimid.RECIPES["guimid_300k"], 3000)
     assert counts == {"mathinstruct": 1500, "mm_math": 800, "olympiad_math": 500, "codeio": 200}
     plan = guimid.draw_plan(counts, {d: 10_000 for d in counts}, seed=0)
-    assert Counter(d for d, _ in plan) == Counter(counts)  # the drawn sequence holds exactly those counts
+    assert Counter(d for d, _ in plan) == Counter(
+        counts
+    )  # the drawn sequence holds exactly those counts
     shares = {d: n / 3000 for d, n in counts.items()}
-    assert shares["mm_math"] == pytest.approx(0.267, abs=1e-3) and shares["codeio"] == pytest.approx(0.067, abs=1e-3)
+    assert shares["mm_math"] == pytest.approx(0.267, abs=1e-3) and shares[
+        "codeio"
+    ] == pytest.approx(0.067, abs=1e-3)
     assert sum(guimid.allocate_counts(guimid.RECIPES["guimid_300k"], 300_000).values()) == 300_000
 
 
 def test_mixture_is_deterministic_for_a_seed_and_sums_exactly():
     counts = guimid.allocate_counts({"mathinstruct": 1, "codeio": 1, "mm_math": 1}, 10)
-    assert counts == {"mathinstruct": 4, "codeio": 3, "mm_math": 3}  # largest remainder, ties to the first domain
+    assert counts == {
+        "mathinstruct": 4,
+        "codeio": 3,
+        "mm_math": 3,
+    }  # largest remainder, ties to the first domain
     pools = {"mathinstruct": 50, "codeio": 50, "mm_math": 50}
     a, b, c = (guimid.draw_plan(counts, pools, seed=s) for s in (1, 1, 2))
     assert a == b and a != c and Counter(d for d, _ in c) == Counter(counts)
-    assert guimid.allocate_counts({"codeio": 2.0, "mathinstruct": 0.0}, 7) == {"codeio": 7, "mathinstruct": 0}
+    assert guimid.allocate_counts({"codeio": 2.0, "mathinstruct": 0.0}, 7) == {
+        "codeio": 7,
+        "mathinstruct": 0,
+    }
     assert guimid.parse_mixture("mathinstruct:3, codeio:1") == {"mathinstruct": 3.0, "codeio": 1.0}
-    assert guimid.parse_mixture("mathinstruct") == {"mathinstruct": 150_000}  # each single domain is a recipe
+    assert guimid.parse_mixture("mathinstruct") == {
+        "mathinstruct": 150_000
+    }  # each single domain is a recipe
 
 
 def test_small_pool_is_duplicated_evenly():
     plan = guimid.draw_plan({"gui_trajectories": 7}, {"gui_trajectories": 3}, seed=0)
     rows = Counter(r for _, r in plan)
-    assert set(rows) == {0, 1, 2} and sorted(rows.values()) == [2, 2, 3]  # a full pass before any repeat
+    assert set(rows) == {0, 1, 2} and sorted(rows.values()) == [
+        2,
+        2,
+        3,
+    ]  # a full pass before any repeat
 
 
 def test_bad_mixtures_give_clear_errors():
@@ -71,11 +96,16 @@ def test_domain_table_matches_table_1():
 
 # ---------------------------------------------------------------------------------------------- planner format
 
+
 def test_planner_output_parsing():
     good = guimid.planner_target("Search bar", "type", "GUI Agent")
     out = parse_guimid(good)
     assert (out.thought, out.description, out.action, out.value) == (
-        "I will type 'GUI Agent' into 'Search bar'.", "Search bar", "type", "GUI Agent")
+        "I will type 'GUI Agent' into 'Search bar'.",
+        "Search bar",
+        "type",
+        "GUI Agent",
+    )
     wrapped = 'Sure! First I look.\n```json\n{"Element Description": "Save", "Action": "click", "Value": ""}\n```\nDone, hope it helps.'
     out = parse_guimid(wrapped)
     assert (out.thought, out.description, out.action) == ("Sure! First I look.", "Save", "click")
@@ -85,8 +115,13 @@ def test_planner_output_parsing():
         parse_guimid("I think I should click save")
     with pytest.raises(ActionError):
         parse_guimid('```json\n{"Element Description": "Save", "Action": click}\n```')
-    infeasible = parse_guimid('```json\n{"Element Description": "", "Action": "stop", "Value": "infeasible"}\n```')
-    assert guimid_to_action(infeasible, {"ui_elements": []}, StubGrounder()).goal_status == "infeasible"
+    infeasible = parse_guimid(
+        '```json\n{"Element Description": "", "Action": "stop", "Value": "infeasible"}\n```'
+    )
+    assert (
+        guimid_to_action(infeasible, {"ui_elements": []}, StubGrounder()).goal_status
+        == "infeasible"
+    )
 
 
 def test_history_entries():
@@ -96,7 +131,11 @@ def test_history_entries():
     assert guimid.history_entry("", "go_back", "") == "go_back"
     obs = {"app": "shop", "url": "toy://shop/home"}
     text = guimid.planner_messages("Buy a mug.", obs, ["open_app 'Shop'"])[0]["content"][1]["text"]
-    assert "Task: Buy a mug." in text and "toy://shop/home" in text and "step 1: open_app 'Shop'" in text
+    assert (
+        "Task: Buy a mug." in text
+        and "toy://shop/home" in text
+        and "step 1: open_app 'Shop'" in text
+    )
 
 
 def test_expert_trajectories_through_the_planner_format_solve_every_task():
@@ -107,7 +146,9 @@ def test_expert_trajectories_through_the_planner_format_solve_every_task():
         expert, done = ScriptedExpert(task), False
         while not done:
             text = guimid.planner_target(*action_to_guimid(expert.act(obs), obs["ui_elements"]))
-            obs, _, terminated, truncated, info = env.step(guimid_to_action(parse_guimid(text), obs, StubGrounder()))
+            obs, _, terminated, truncated, info = env.step(
+                guimid_to_action(parse_guimid(text), obs, StubGrounder())
+            )
             done = terminated or truncated
         assert info["success"], task.task_id
 
@@ -115,17 +156,24 @@ def test_expert_trajectories_through_the_planner_format_solve_every_task():
 def test_parse_point():
     assert guimid.parse_point("(120, 340)") == pytest.approx((0.12, 0.34))
     assert guimid.parse_point("The element is at ( 500.5 , 7 ).") == pytest.approx((0.5005, 0.007))
-    assert guimid.parse_point("click it") is None and guimid.parse_point("(1200, 5)") is None and guimid.parse_point(None) is None
+    assert (
+        guimid.parse_point("click it") is None
+        and guimid.parse_point("(1200, 5)") is None
+        and guimid.parse_point(None) is None
+    )
 
 
 # ---------------------------------------------------------------------------------------------- progress rate
+
 
 def test_progress_rate_spec_check_10():
     assert guimid.progress_score(1.0, [True, True, False]) == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert guimid.progress_score(1.0, [True, True, False]) == pytest.approx(0.8333, abs=1e-4)
     later = guimid.progress_score(0.0, [True, True, False])  # a later step scores lower ...
     assert later == pytest.approx(1 / 3)
-    assert guimid.progress_rate([0.8333, later], success=False) == pytest.approx(0.8333)  # ... PR keeps the max
+    assert guimid.progress_rate([0.8333, later], success=False) == pytest.approx(
+        0.8333
+    )  # ... PR keeps the max
     assert guimid.progress_rate([0.2], success=True) == 1.0
     assert guimid.progress_score(None, [True, False]) == 0.5
     assert guimid.progress_score(1.0, [False]) == pytest.approx(0.75)  # n = 1: 3/4 * url
@@ -134,14 +182,21 @@ def test_progress_rate_spec_check_10():
 
 # ---------------------------------------------------------------------------------------------- data + encoding
 
+
 @pytest.fixture(scope="module")
 def processor():
     return load_processor(make_tiny_vlm())
 
 
 def test_encode_masks_every_assistant_turn(processor):
-    sample = {"messages": [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"},
-                           {"role": "user", "content": "and 3 + 3?"}, {"role": "assistant", "content": "6"}]}
+    sample = {
+        "messages": [
+            {"role": "user", "content": "2 + 2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "and 3 + 3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    }
     e = guimid.encode(processor, sample, 8192)
     tok = processor.tokenizer
     assert tok.decode([i for i, m in zip(e["ids"], e["mask"]) if m]) == "4<|im_end|>6<|im_end|>"
@@ -149,34 +204,64 @@ def test_encode_masks_every_assistant_turn(processor):
     assert tok.decode(e["ids"]) == full.rstrip("\n")
     image_sample = guimid.toy_samples("mm_math", 1, 0, "screenshot")[0]
     e = guimid.encode(processor, image_sample, 8192)
-    assert e["ids"].count(tok.convert_tokens_to_ids("<image>")) == 16 and e["extra"]["pixel_values"].shape == (1, 3, 64, 64)
+    assert e["ids"].count(tok.convert_tokens_to_ids("<image>")) == 16 and e["extra"][
+        "pixel_values"
+    ].shape == (1, 3, 64, 64)
     assert guimid.encode(processor, image_sample, 20)["ids"] == e["ids"][:20]
 
 
 def test_rows_to_samples_formats_and_errors(tmp_path):
-    rows = [{"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]},
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
-            {"instruction": "1+1?", "output": "2"}]
+    rows = [
+        {
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat?"},
+                {"from": "gpt", "value": "A cat."},
+            ],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ]
+        },
+        {"instruction": "1+1?", "output": "2"},
+    ]
     s = guimid.rows_to_samples(rows, "x.json", str(tmp_path))
-    assert s[0]["image"] == str(tmp_path / "a.png") and s[0]["messages"][0]["content"][1]["text"] == "What?"
-    assert s[1]["messages"][1] == {"role": "assistant", "content": "Hello"} and s[2]["messages"][0]["content"] == "1+1?"
+    assert (
+        s[0]["image"] == str(tmp_path / "a.png")
+        and s[0]["messages"][0]["content"][1]["text"] == "What?"
+    )
+    assert (
+        s[1]["messages"][1] == {"role": "assistant", "content": "Hello"}
+        and s[2]["messages"][0]["content"] == "1+1?"
+    )
     with pytest.raises(ValueError, match="x.json row 0: no conversations"):
         guimid.rows_to_samples([{"foo": 1}], "x.json", "")
     with pytest.raises(ValueError, match="row 0: 2 images"):
-        guimid.rows_to_samples([{"images": ["a", "b"], "conversations": [{"from": "human", "value": "?"}]}], "x.json", "")
+        guimid.rows_to_samples(
+            [{"images": ["a", "b"], "conversations": [{"from": "human", "value": "?"}]}],
+            "x.json",
+            "",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- one optimizer, one schedule
 
+
 def _args(tmp_path, **kw):
-    return guimid.Args(output_dir=str(tmp_path), lr=1e-2, batch_size=2, micro_batch_size=1, save_every=100, **kw)
+    return guimid.Args(
+        output_dir=str(tmp_path), lr=1e-2, batch_size=2, micro_batch_size=1, save_every=100, **kw
+    )
 
 
 def _run(tmp_path, pools, processor, path, **kw):
     torch.manual_seed(0)
     model = load_model(path, vlm=True)
     mid, gui = guimid.build_batches({"mathinstruct": 4, "gui_trajectories": 0}, pools, 1, 2, seed=0)
-    opt, sched, logger = guimid.train_condition(model, processor, pools, mid, gui, _args(tmp_path, **kw), Dist(), tmp_path)
+    opt, sched, logger = guimid.train_condition(
+        model, processor, pools, mid, gui, _args(tmp_path, **kw), Dist(), tmp_path
+    )
     return model, opt, sched, logger, len(mid), len(gui)
 
 
@@ -191,22 +276,40 @@ def _adam_steps(model, optimizer) -> dict[str, set]:
 
 def test_optimizer_and_scheduler_continue_across_the_stage_boundary(tmp_path, processor):
     path = make_tiny_vlm()
-    pools = {"mathinstruct": guimid.toy_samples("mathinstruct", 4, 0, ""),
-             "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:4]}
+    pools = {
+        "mathinstruct": guimid.toy_samples("mathinstruct", 4, 0, ""),
+        "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:4],
+    }
     model_a, opt_a, sched_a, log_a, n_mid, n_gui = _run(tmp_path / "a", pools, processor, path)
     assert (n_mid, n_gui) == (2, 2)
     total = n_mid + n_gui
     assert sched_a.last_epoch == total  # one schedule: it never restarted at the stage boundary
     steps = _adam_steps(model_a, opt_a)  # one optimizer: its state runs through the boundary
-    assert steps["language_model"] == {total} and steps["multi_modal_projector"] == {n_gui}  # images only come in stage 2
+    assert steps["language_model"] == {total} and steps["multi_modal_projector"] == {
+        n_gui
+    }  # images only come in stage 2
     assert [r["stage"] for r in log_a.history] == [0, 0, 1, 1]
     warmup = math.ceil(0.05 * total)
-    cosine = [1e-2 * (s / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))) for s in range(total)]
-    assert [r["lr"] for r in log_a.history] == pytest.approx(cosine)  # step 2 (first GUI step) continues the cosine
+    cosine = [
+        1e-2
+        * (
+            s / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        )
+        for s in range(total)
+    ]
+    assert [r["lr"] for r in log_a.history] == pytest.approx(
+        cosine
+    )  # step 2 (first GUI step) continues the cosine
     # kill at the boundary, resume in a fresh process state: same optimizer state, same lr, same weights
     _, _, _, log_b1, _, _ = _run(tmp_path / "b", pools, processor, path, stop_after_step=n_mid)
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == n_mid and meta["extra"]["stage"] == "mid" and meta["extra"]["data_position"] == n_mid
+    assert (
+        meta["step"] == n_mid
+        and meta["extra"]["stage"] == "mid"
+        and meta["extra"]["data_position"] == n_mid
+    )
     model_b, opt_b, sched_b, log_b, _, _ = _run(tmp_path / "b", pools, processor, path, resume=True)
     assert sched_b.last_epoch == total and _adam_steps(model_b, opt_b) == steps
     assert [r["step"] for r in log_b.history] == [1, 2, 3, 4]
@@ -214,28 +317,57 @@ def test_optimizer_and_scheduler_continue_across_the_stage_boundary(tmp_path, pr
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
         torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(ValueError, match="other data flags"):
-        guimid.train_condition(load_model(path, vlm=True), processor, pools, [[("mathinstruct", 0)]], [],
-                               _args(tmp_path / "b", resume=True), Dist(), tmp_path / "b")
+        guimid.train_condition(
+            load_model(path, vlm=True),
+            processor,
+            pools,
+            [[("mathinstruct", 0)]],
+            [],
+            _args(tmp_path / "b", resume=True),
+            Dist(),
+            tmp_path / "b",
+        )
 
 
 def test_train_condition_micro_batches_equal_unsplit_step(tmp_path, processor, monkeypatch):
     from _micro import assert_micro_batching_matches
 
     path = make_tiny_vlm()
-    pools = {"mathinstruct": guimid.toy_samples("mathinstruct", 2, 0, ""),
-             "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:2]}
-    batch = [("mathinstruct", 0), ("gui_trajectories", 0), ("mathinstruct", 1), ("gui_trajectories", 1)]
+    pools = {
+        "mathinstruct": guimid.toy_samples("mathinstruct", 2, 0, ""),
+        "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:2],
+    }
+    batch = [
+        ("mathinstruct", 0),
+        ("gui_trajectories", 0),
+        ("mathinstruct", 1),
+        ("gui_trajectories", 1),
+    ]
 
-    def step(model, optimizer, micro):  # one step on 4 rows (text and screenshots), whole or in micro-batches of 1
-        monkeypatch.setattr(guimid, "make_optimizer", lambda *a, **k: optimizer)  # the helper's plain SGD
-        args = guimid.Args(output_dir=str(tmp_path), lr=1.0, batch_size=4, micro_batch_size=micro or 4, save_every=100,
-                           warmup_ratio=0.0, lr_scheduler="constant")
-        guimid.train_condition(model, processor, pools, [batch], [], args, Dist(), tmp_path / f"m{micro}")
+    def step(
+        model, optimizer, micro
+    ):  # one step on 4 rows (text and screenshots), whole or in micro-batches of 1
+        monkeypatch.setattr(
+            guimid, "make_optimizer", lambda *a, **k: optimizer
+        )  # the helper's plain SGD
+        args = guimid.Args(
+            output_dir=str(tmp_path),
+            lr=1.0,
+            batch_size=4,
+            micro_batch_size=micro or 4,
+            save_every=100,
+            warmup_ratio=0.0,
+            lr_scheduler="constant",
+        )
+        guimid.train_condition(
+            model, processor, pools, [batch], [], args, Dist(), tmp_path / f"m{micro}"
+        )
 
     assert_micro_batching_matches(path, step, micro_batch_size=1, vlm=True)
 
 
 # ---------------------------------------------------------------------------------------------- agent loop
+
 
 class AdapterEnv:
     """An external environment seen only through the GUIEnvironment protocol (reset/step), like a BrowserGym
@@ -256,62 +388,159 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     model = load_model(path, vlm=True)
     tasks = list_tasks("test")[:2]
     policy = guimid.make_policy(model, processor, max_new_tokens=6)
-    results = guimid.run_agent(policy, AdapterEnv, tasks, StubGrounder(), max_steps=2, dist_info=Dist())
+    results = guimid.run_agent(
+        policy, AdapterEnv, tasks, StubGrounder(), max_steps=2, dist_info=Dist()
+    )
     assert [r["task_id"] for r in results] == sorted(t.task_id for t in tasks)
-    assert all(r["steps"] == 2 and r["invalid"] == 2 and not r["success"] and r["pr"] == 0.0 for r in results)  # garbage counted
-    scripted = iter(['I open it.\n```json\n{"Element Description": "", "Action": "open_app", "Value": "Settings"}\n```',
-                     'Done.\n```json\n{"Element Description": "Airplane mode", "Action": "click", "Value": ""}\n```'])
+    assert all(
+        r["steps"] == 2 and r["invalid"] == 2 and not r["success"] and r["pr"] == 0.0
+        for r in results
+    )  # garbage counted
+    scripted = iter(
+        [
+            'I open it.\n```json\n{"Element Description": "", "Action": "open_app", "Value": "Settings"}\n```',
+            'Done.\n```json\n{"Element Description": "Airplane mode", "Action": "click", "Value": ""}\n```',
+        ]
+    )
     task = next(t for t in list_tasks() if t.task_id == "settings_airplane_on")
-    [r] = guimid.run_agent(lambda msgs, imgs: [next(scripted) for _ in msgs], ToyGUIEnv, [task], StubGrounder(), 5, Dist(),
-                           target_urls=[guimid.expert_target_url(task)])
-    assert r["success"] and r["pr"] == 1.0 and r["steps"] == 2 and r["history"] == ["open_app 'Settings'", "click 'Airplane mode'"]
+    [r] = guimid.run_agent(
+        lambda msgs, imgs: [next(scripted) for _ in msgs],
+        ToyGUIEnv,
+        [task],
+        StubGrounder(),
+        5,
+        Dist(),
+        target_urls=[guimid.expert_target_url(task)],
+    )
+    assert (
+        r["success"]
+        and r["pr"] == 1.0
+        and r["steps"] == 2
+        and r["history"] == ["open_app 'Settings'", "click 'Airplane mode'"]
+    )
     grounder = guimid.ModelGrounder(path)
     obs, _ = ToyGUIEnv().reset(task)
-    point = grounder.ground("Settings", obs)  # the untrained tiny VLM: a point or None, never a crash
+    point = grounder.ground(
+        "Settings", obs
+    )  # the untrained tiny VLM: a point or None, never a crash
     assert point is None or all(0 <= v <= 1 for v in point)
     assert grounder.failures == (point is None)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-TINY = ["--mixture_size", "32", "--gui_epochs", "1", "--batch_size", "64", "--micro_batch_size", "32", "--gui_tasks", "0",
-        "--max_episode_steps", "2", "--max_new_tokens", "8"]
+TINY = [
+    "--mixture_size",
+    "32",
+    "--gui_epochs",
+    "1",
+    "--batch_size",
+    "64",
+    "--micro_batch_size",
+    "32",
+    "--gui_tasks",
+    "0",
+    "--max_episode_steps",
+    "2",
+    "--max_new_tokens",
+    "8",
+]
 
 
 def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun_cmd, tmp_path):
     out = tmp_path / "run"
     proc = run_cmd([sys.executable, "guimid.py", "--output_dir", str(out), *TINY], timeout=300)
-    assert "| gui_only" in proc.stdout and "| guimid_300k" in proc.stdout and (out / "curves.png").exists()
+    assert (
+        "| gui_only" in proc.stdout
+        and "| guimid_300k" in proc.stdout
+        and (out / "curves.png").exists()
+    )
     row = json.loads((out / "guimid_300k" / "eval.json").read_text())
     assert row["mid_steps"] == 1 and row["gui_steps"] == 3 and 0 <= row["SR"] <= row["PR"] <= 1
-    assert len((out / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(list_tasks("test"))
+    assert len((out / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(
+        list_tasks("test")
+    )
     # stop at the stage boundary, then --resume finishes the GUI stage with the same optimizer and schedule
     res = tmp_path / "resumed"
-    run_cmd([sys.executable, "guimid.py", "--output_dir", str(res), "--compare", "False", "--stop_after_step", "1", *TINY])
-    assert json.loads((res / "guimid_300k" / "checkpoint" / "meta.json").read_text())["extra"]["stage"] == "mid"
-    run_cmd([sys.executable, "guimid.py", "--output_dir", str(res), "--compare", "False", "--resume", *TINY])
+    run_cmd(
+        [
+            sys.executable,
+            "guimid.py",
+            "--output_dir",
+            str(res),
+            "--compare",
+            "False",
+            "--stop_after_step",
+            "1",
+            *TINY,
+        ]
+    )
+    assert (
+        json.loads((res / "guimid_300k" / "checkpoint" / "meta.json").read_text())["extra"]["stage"]
+        == "mid"
+    )
+    run_cmd(
+        [
+            sys.executable,
+            "guimid.py",
+            "--output_dir",
+            str(res),
+            "--compare",
+            "False",
+            "--resume",
+            *TINY,
+        ]
+    )
     meta = json.loads((res / "guimid_300k" / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == 4 and meta["extra"]["stage"] == "gui"
-    uninterrupted = [json.loads(x) for x in (out / "guimid_300k" / "metrics.jsonl").read_text().splitlines()]
-    resumed = [json.loads(x) for x in (res / "guimid_300k" / "metrics.jsonl").read_text().splitlines()]
+    uninterrupted = [
+        json.loads(x) for x in (out / "guimid_300k" / "metrics.jsonl").read_text().splitlines()
+    ]
+    resumed = [
+        json.loads(x) for x in (res / "guimid_300k" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [r["lr"] for r in resumed] == pytest.approx([r["lr"] for r in uninterrupted])
-    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted], rel=1e-4)
+    assert [r["loss"] for r in resumed] == pytest.approx(
+        [r["loss"] for r in uninterrupted], rel=1e-4
+    )
     # 2 processes, FSDP2 on gloo: same schedule, same first-step loss (before any update), eval split over ranks
     fsdp = tmp_path / "fsdp"
-    proc = run_cmd([*torchrun_cmd, "guimid.py", "--output_dir", str(fsdp), "--compare", "False", *TINY], timeout=300)
+    proc = run_cmd(
+        [*torchrun_cmd, "guimid.py", "--output_dir", str(fsdp), "--compare", "False", *TINY],
+        timeout=300,
+    )
     assert "| guimid_300k" in proc.stdout
     two = [json.loads(x) for x in (fsdp / "guimid_300k" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in two] == pytest.approx([r["lr"] for r in uninterrupted])
     assert two[0]["loss"] == pytest.approx(uninterrupted[0]["loss"], rel=1e-4)
-    assert len((fsdp / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(list_tasks("test"))
+    assert len((fsdp / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(
+        list_tasks("test")
+    )
 
 
 def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
     """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on them, reaches SR 1."""
     out = tmp_path / "overfit"
-    run_cmd([sys.executable, "guimid.py", "--output_dir", str(out), "--mixture", "gui_only", "--compare", "False",
-             "--tasks", "settings_bluetooth_on,mail_star_dave", "--batch_size", "4", "--gui_epochs", "150"], timeout=900)
+    run_cmd(
+        [
+            sys.executable,
+            "guimid.py",
+            "--output_dir",
+            str(out),
+            "--mixture",
+            "gui_only",
+            "--compare",
+            "False",
+            "--tasks",
+            "settings_bluetooth_on,mail_star_dave",
+            "--batch_size",
+            "4",
+            "--gui_epochs",
+            "150",
+        ],
+        timeout=900,
+    )
     assert json.loads((out / "gui_only" / "eval.json").read_text())["SR"] == 1.0
 
 
@@ -319,6 +548,7 @@ def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
 def learned(tmp_path_factory):
     """The no-argument run (fixed seed), once for the learning tests below."""
     from conftest import _run
+
     out = tmp_path_factory.mktemp("learn")
     proc = _run([sys.executable, "guimid.py", "--output_dir", str(out)], timeout=1800)
     summary = json.loads((out / "summary.json").read_text())
@@ -327,23 +557,33 @@ def learned(tmp_path_factory):
 
 def test_learning_mixing_gui_data_in_removes_the_spike_at_the_switch(learned):
     claims, _, stdout = learned
-    assert claims["switch_gui_loss"]["holds"] and claims["switch_gui_loss"]["baseline"] > 2 * claims["switch_gui_loss"]["result"], stdout
+    assert (
+        claims["switch_gui_loss"]["holds"]
+        and claims["switch_gui_loss"]["baseline"] > 2 * claims["switch_gui_loss"]["result"]
+    ), stdout
 
 
 def test_learning_scripted_baseline_earns_progress_but_never_success(learned):
     _, conditions, _ = learned
     scripted = next(r for r in conditions if r["condition"].startswith("scripted"))
-    assert scripted["SR"] == 0 and 0.1 < scripted["PR"] < 0.5  # opening the right app is a third of the way
+    assert (
+        scripted["SR"] == 0 and 0.1 < scripted["PR"] < 0.5
+    )  # opening the right app is a third of the way
 
 
-@pytest.mark.xfail(strict=True, reason="on the toy, the mixture-trained agent overfits the 12 tasks more (docs/guimid.md)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="on the toy, the mixture-trained agent overfits the 12 tasks more (docs/guimid.md)",
+)
 def test_learning_mid_training_lowers_the_held_out_gui_loss(learned):
     """The paper's claim: with scarce GUI data, mid-training makes the GUI stage generalise better."""
     claims, _, stdout = learned
     assert claims["heldout_gui_loss"]["holds"], stdout
 
 
-@pytest.mark.xfail(strict=True, reason="on the toy, PR does not separate the conditions (docs/guimid.md)")
+@pytest.mark.xfail(
+    strict=True, reason="on the toy, PR does not separate the conditions (docs/guimid.md)"
+)
 def test_learning_mid_training_raises_pr(learned):
     claims, _, stdout = learned
     assert claims["PR"]["holds"], stdout

@@ -6,10 +6,19 @@ import random
 import pytest
 
 from common.gui_env import GUIAction, GUIEnvironment
-from common.miniwob_env import (MiniWoBGUIEnv, chromium_available, dom_to_ui_elements, make_tasks, random_policy,
-                                run_policy, scripted_policy)
+from common.miniwob_env import (
+    MiniWoBGUIEnv,
+    chromium_available,
+    dom_to_ui_elements,
+    make_tasks,
+    random_policy,
+    run_policy,
+    scripted_policy,
+)
 
-needs_chromium = pytest.mark.skipif(not chromium_available(), reason="needs `pip install miniwob` and Chromium + chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not chromium_available(), reason="needs `pip install miniwob` and Chromium + chromedriver"
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +32,37 @@ def test_dom_elements_map_to_ui_elements():
     import numpy as np
 
     def dom(ref, tag, text, left, top, w, h, leaf=1, id_=""):
-        return dict(ref=ref, tag=tag, text=text, value="", id=id_, classes="", left=np.array([left]), top=np.array([top]),
-                    width=np.array([w]), height=np.array([h]), flags=np.array([0, 0, 0, leaf]))
-    elements = dom_to_ui_elements([dom(1, "body", "", 0, 0, 160, 210, 0), dom(2, "div", "", 0, 0, 160, 210, 0, "wrap"),
-                                   dom(3, "button", "okay", 10, 60, 40, 20), dom(4, "input_text", "", 10, 90, 80, 20),
-                                   dom(5, "span", "gone", 0, 0, 0, 0)])
+        return dict(
+            ref=ref,
+            tag=tag,
+            text=text,
+            value="",
+            id=id_,
+            classes="",
+            left=np.array([left]),
+            top=np.array([top]),
+            width=np.array([w]),
+            height=np.array([h]),
+            flags=np.array([0, 0, 0, leaf]),
+        )
+
+    elements = dom_to_ui_elements(
+        [
+            dom(1, "body", "", 0, 0, 160, 210, 0),
+            dom(2, "div", "", 0, 0, 160, 210, 0, "wrap"),
+            dom(3, "button", "okay", 10, 60, 40, 20),
+            dom(4, "input_text", "", 10, 90, 80, 20),
+            dom(5, "span", "gone", 0, 0, 0, 0),
+        ]
+    )
     assert [(e["index"], e["role"], e["text"], e["is_editable"]) for e in elements] == [
-        (0, "button", "okay", False), (1, "input_text", "input_text", True)]
-    assert elements[0]["bbox_pixels"] == dict(x_min=10.0, y_min=60.0, x_max=50.0, y_max=80.0) and elements[0]["ref"] == 3
+        (0, "button", "okay", False),
+        (1, "input_text", "input_text", True),
+    ]
+    assert (
+        elements[0]["bbox_pixels"] == dict(x_min=10.0, y_min=60.0, x_max=50.0, y_max=80.0)
+        and elements[0]["ref"] == 3
+    )
 
 
 @needs_chromium
@@ -38,14 +70,20 @@ def test_scripted_policy_solves_click_button_and_random_agent_sr_is_reported(env
     assert isinstance(env, GUIEnvironment)
     obs, info = env.reset(make_tasks(["click-button"], 1)[0])
     assert obs["goal"].startswith("Click on the") and obs["url"] == "miniwob://click-button"
-    assert obs["screenshot"].size == (160, 210) and "button" in obs["axtree_txt"] and not info["success"]
+    assert (
+        obs["screenshot"].size == (160, 210)
+        and "button" in obs["axtree_txt"]
+        and not info["success"]
+    )
     tasks = make_tasks(["click-button"], 5)
     scripted = run_policy(env, scripted_policy, tasks)
     assert all(r["success"] for r in scripted), scripted  # the task's own reward says so
     rand = run_policy(env, random_policy(random.Random(0)), tasks)
     with capsys.disabled():
-        print(f"\nMiniWoB click-button: scripted SR {sum(r['success'] for r in scripted) / 5:.2f}, "
-              f"random agent SR {sum(r['success'] for r in rand) / 5:.2f}")
+        print(
+            f"\nMiniWoB click-button: scripted SR {sum(r['success'] for r in scripted) / 5:.2f}, "
+            f"random agent SR {sum(r['success'] for r in rand) / 5:.2f}"
+        )
 
 
 @needs_chromium
@@ -59,16 +97,39 @@ def test_bad_actions_never_crash_and_typing_works(env):
     assert obs["last_action_error"]
     field = next(e for e in obs["ui_elements"] if e["is_editable"])
     obs, *_ = env.step(GUIAction("input_text", index=field["index"], text="hello"))
-    assert not obs["last_action_error"] and next(e for e in obs["ui_elements"] if e["is_editable"])["value"] == "hello"
+    assert (
+        not obs["last_action_error"]
+        and next(e for e in obs["ui_elements"] if e["is_editable"])["value"] == "hello"
+    )
 
 
 @needs_chromium
 def test_guimid_eval_only_prints_an_sr_table(run_cmd, tmp_path):
     import json
     import sys
-    proc = run_cmd([sys.executable, "guimid.py", "--env", "miniwob", "--eval_only", "--output_dir", str(tmp_path),
-                    "--tasks", "click-test,click-button", "--episodes_per_task", "1", "--max_episode_steps", "2",
-                    "--max_new_tokens", "8"], timeout=600)
+
+    proc = run_cmd(
+        [
+            sys.executable,
+            "guimid.py",
+            "--env",
+            "miniwob",
+            "--eval_only",
+            "--output_dir",
+            str(tmp_path),
+            "--tasks",
+            "click-test,click-button",
+            "--episodes_per_task",
+            "1",
+            "--max_episode_steps",
+            "2",
+            "--max_new_tokens",
+            "8",
+        ],
+        timeout=600,
+    )
     assert "| click-test" in proc.stdout and "random agent SR" in proc.stdout
     rows = json.loads((tmp_path / "summary.json").read_text())["eval_only"]
-    assert [r["task"] for r in rows] == ["click-test", "click-button", "all"] and rows[-1]["episodes"] == 2
+    assert [r["task"] for r in rows] == ["click-test", "click-button", "all"] and rows[-1][
+        "episodes"
+    ] == 2

@@ -18,19 +18,28 @@ def test_tiny_lm_reloads_through_auto_classes_with_chat_template():
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert tok.pad_token == tok.eos_token == "<|endoftext|>"
-    text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
     assert tok.tokenize("123") == ["1", "2", "3"]  # digits one per token
-    assert tok.decode(tok("héllo ∑ 12", add_special_tokens=False).input_ids) == "héllo ∑ 12"  # byte-level: lossless
+    assert (
+        tok.decode(tok("héllo ∑ 12", add_special_tokens=False).input_ids) == "héllo ∑ 12"
+    )  # byte-level: lossless
 
 
 def test_tiny_vlm_reloads_and_runs_with_its_processor():
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = make_tiny_vlm()
-    model, proc = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    model, proc = (
+        AutoModelForImageTextToText.from_pretrained(path),
+        AutoProcessor.from_pretrained(path),
+    )
     assert type(model).__name__ == "LlavaForConditionalGeneration"
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color?"}]}]
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color?"}]}
+    ]
     text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert "<image>" in text
     enc = proc(text=[text], images=[Image.new("RGB", (90, 70), "red")], return_tensors="pt")
@@ -55,13 +64,19 @@ def test_hf_sampler_n_completions_stop_strings_finish_reason_and_logprobs():
             elif "e" in c.text:
                 assert c.text.endswith("e")  # cut right after the stop string, which is kept
     # the sampler's log-probs are the teacher-forced ones of common.train
-    prompt_ids = [tok(render_prompt(tok, p), add_special_tokens=False).input_ids for p in prompts for _ in range(4)]
+    prompt_ids = [
+        tok(render_prompt(tok, p), add_special_tokens=False).input_ids
+        for p in prompts
+        for _ in range(4)
+    ]
     comps = [c for g in out for c in g]
     ids, att, comp = pad_batch(prompt_ids, [c.token_ids for c in comps], tok.pad_token_id)
     lp = token_logprobs(model, ids, att)
     for row, c in enumerate(comps):
         start = len(prompt_ids[row]) - 1
-        assert torch.allclose(lp[row, start : start + len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4)
+        assert torch.allclose(
+            lp[row, start : start + len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4
+        )
 
 
 def test_hf_sampler_greedy_is_deterministic_and_eos_gives_stop():
@@ -72,8 +87,11 @@ def test_hf_sampler_greedy_is_deterministic_and_eos_gives_stop():
     b = sampler.generate(["hello"], n=1, temperature=0, max_new_tokens=8)
     assert a[0][0].token_ids == a[0][1].token_ids == b[0][0].token_ids
     # force an immediate eos through the model's bias: the completion is just eos, reason "stop"
-    model.lm_head.register_forward_hook(lambda mod, inp, out: out.index_add(
-        -1, torch.tensor([tok.eos_token_id]), torch.full((*out.shape[:-1], 1), 1e4)))
+    model.lm_head.register_forward_hook(
+        lambda mod, inp, out: out.index_add(
+            -1, torch.tensor([tok.eos_token_id]), torch.full((*out.shape[:-1], 1), 1e4)
+        )
+    )
     c = sampler.generate(["hello"], n=1, temperature=1.0, max_new_tokens=8)[0][0]
     assert c.token_ids == [tok.eos_token_id] and c.finish_reason == "stop" and c.text == ""
 
@@ -83,8 +101,12 @@ def test_hf_sampler_with_images_on_tiny_vlm():
     proc, model = load_processor(path), load_model(path, vlm=True)
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
     imgs = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
-    out = HFSampler(model, proc).generate([msgs, msgs], n=2, temperature=1.0, max_new_tokens=6, images=imgs)
-    assert [len(g) for g in out] == [2, 2] and all(len(c.logprobs) == len(c.token_ids) for g in out for c in g)
+    out = HFSampler(model, proc).generate(
+        [msgs, msgs], n=2, temperature=1.0, max_new_tokens=6, images=imgs
+    )
+    assert [len(g) for g in out] == [2, 2] and all(
+        len(c.logprobs) == len(c.token_ids) for g in out for c in g
+    )
 
 
 def test_vllm_sampler_without_vllm_says_how_to_install():

@@ -11,8 +11,16 @@ import torch
 import mstar
 from common.data import read_jsonl_tolerant
 from common.models import make_tiny_vlm
+from common.shapes_world import (
+    grade_steps,
+    in_eval_split,
+    make_shapes_rows,
+    misperceive,
+    record_to_row,
+    row_to_record,
+    solve,
+)
 from common.train import read_checkpoint
-from common.shapes_world import grade_steps, in_eval_split, make_shapes_rows, misperceive, record_to_row, row_to_record, solve
 
 # ----------------------------------------------------------------------------------------------------
 # spec check 12: Reward-Pass@2 and the top-2 selection
@@ -32,7 +40,9 @@ def test_spec_check_12_reward_pass_at_2_and_top2_selection():
     b = _query({0, 1, 2, 3, 4}, [9, 10])  # (b) 5 correct, the PRM top-2 are both wrong
     c = _query(set(), [0, 1])  # (c) nothing correct
     queries = [a, b, c]
-    assert mstar.reward_pass_at_2([q[0] for q in queries], [q[1] for q in queries]) == pytest.approx(1 / 3)
+    assert mstar.reward_pass_at_2(
+        [q[0] for q in queries], [q[1] for q in queries]
+    ) == pytest.approx(1 / 3)
     assert mstar.reward_pass_at_2([a[0]], [a[1]]) == 1.0
     assert mstar.reward_pass_at_2([b[0]], [b[1]]) == 0.0
     assert mstar.reward_pass_at_2([c[0]], [c[1]]) == 0.0
@@ -52,14 +62,22 @@ def test_selection_variants():
     correct = [True, False, True, True, True, False]
     scores = [0.6, 0.99, 0.9, 0.6, 0.3, 0.95]
     assert mstar.select_responses(correct, scores, "top1") == [2]
-    assert mstar.select_responses(correct, scores, "top2") == [2, 0]  # tie 0.6: the earlier sample first
+    assert mstar.select_responses(correct, scores, "top2") == [
+        2,
+        0,
+    ]  # tie 0.6: the earlier sample first
     assert mstar.select_responses(correct, scores, "top4") == [2, 0, 3, 4]
-    assert mstar.select_responses(correct, scores, "threshold", threshold=0.6) == [2]  # strictly above alpha
+    assert mstar.select_responses(correct, scores, "threshold", threshold=0.6) == [
+        2
+    ]  # strictly above alpha
     assert mstar.select_responses(correct, scores, "threshold", threshold=0.5) == [0, 2, 3]
     assert mstar.select_responses(correct, scores, "all") == [0, 2, 3, 4]
     picked = mstar.select_responses(correct, scores, "random2", rng=random.Random(3))
     assert len(picked) == 2 and set(picked) <= {0, 2, 3, 4}
-    seen = {tuple(mstar.select_responses(correct, scores, "random2", rng=random.Random(s))) for s in range(50)}
+    seen = {
+        tuple(mstar.select_responses(correct, scores, "random2", rng=random.Random(s)))
+        for s in range(50)
+    }
     assert len(seen) > 2  # really random, not the PRM's choice
     assert mstar.select_responses([True], [0.1], "random2", rng=random.Random(0)) == [0]
     with pytest.raises(ValueError, match="--selection"):
@@ -70,7 +88,9 @@ def test_weighted_vote_pseudo_labels():
     # weights beat counts: "3" has 2 votes of 0.2, "4" one vote of 0.9
     assert mstar.weighted_vote(["3", "3", "4"], [0.2, 0.2, 0.9]) == "4"
     assert mstar.weighted_vote(["3", "3", "4"], [0.5, 0.5, 0.9]) == "3"
-    assert mstar.weighted_vote([None, "left", None], [1.0, 0.1, 1.0]) == "left"  # unparsable answers do not vote
+    assert (
+        mstar.weighted_vote([None, "left", None], [1.0, 0.1, 1.0]) == "left"
+    )  # unparsable answers do not vote
     assert mstar.weighted_vote(["b", "a", "a", "b"], [0.5, 0.5, 0.5, 0.5]) == "b"  # tie: first seen
     assert mstar.weighted_vote([None, None], [1.0, 1.0]) is None
     assert mstar.weighted_vote([], []) is None
@@ -105,10 +125,15 @@ def test_shapes_world_deterministic_split_and_grader():
     assert [r["question"] for r in rows] == [r["question"] for r in again]
     assert list(rows[0]["image"].getdata()) == list(again[0]["image"].getdata())
     assert rows[0]["image"].size == (64, 64)
-    assert all(all(grade_steps(r, r["cot"])) for r in rows)  # the reference CoT passes its own grader
+    assert all(
+        all(grade_steps(r, r["cot"])) for r in rows
+    )  # the reference CoT passes its own grader
     assert all(r["cot"].endswith(f"The answer is {r['answer']}.") for r in rows)
     assert all(o["box"][2] > o["box"][0] for r in rows for o in r["objects"])
-    assert record_to_row(json.loads(json.dumps(row_to_record(rows[1]))))["question"] == rows[1]["question"]
+    assert (
+        record_to_row(json.loads(json.dumps(row_to_record(rows[1]))))["question"]
+        == rows[1]["question"]
+    )
     train = make_shapes_rows(50, seed=1, split="train")
     evals = make_shapes_rows(20, seed=2, split="eval")
     assert not any(in_eval_split(r["objects"], r["question"]) for r in train)
@@ -117,9 +142,21 @@ def test_shapes_world_deterministic_split_and_grader():
         assert all(all(grade_steps(r, r["cot"])) for r in make_shapes_rows(30, seed=0, scene=scene))
     triangle = [{"color": "red", "shape": "triangle", "row": 0, "col": 1, "box": [36, 4, 60, 28]}]
     assert solve(triangle, {"kind": "times", "k": 3, "scene": "single", "grid": 2}) == (
-        "9", ["I see a red triangle at the top right.", "A triangle has 3 sides.", "3 x 3 = 9.", "The answer is 9."])
-    assert solve(triangle, {"kind": "position", "axis": "x", "scene": "single", "grid": 2})[0] == "right"
-    seen_wrong = solve(misperceive(triangle, random.Random(1)), {"kind": "color", "scene": "single", "grid": 2})
+        "9",
+        [
+            "I see a red triangle at the top right.",
+            "A triangle has 3 sides.",
+            "3 x 3 = 9.",
+            "The answer is 9.",
+        ],
+    )
+    assert (
+        solve(triangle, {"kind": "position", "axis": "x", "scene": "single", "grid": 2})[0]
+        == "right"
+    )
+    seen_wrong = solve(
+        misperceive(triangle, random.Random(1)), {"kind": "color", "scene": "single", "grid": 2}
+    )
     assert grade_steps({"objects": triangle, "answer": "red"}, "\n".join(seen_wrong[1]))[0] is False
     with pytest.raises(ValueError, match="cannot make"):
         make_shapes_rows(2, kinds=("position",), min_objects=1, max_objects=1)
@@ -136,7 +173,9 @@ def test_rule_prm_stand_in_checks_steps_not_the_label():
     bad_count = "\n".join([lines[0], lines[1].split(":")[0] + ": 9.", *lines[2:]])
     scores = prm.step_scores([row], [[good, wrong_answer_only, bad_count, "garbage ###"]])[0]
     rp = [mstar.process_reward(s) for s in scores]
-    assert rp[0] == 1.0 and rp[1] == 1.0  # it never sees the label: the final answer line is not a step
+    assert (
+        rp[0] == 1.0 and rp[1] == 1.0
+    )  # it never sees the label: the final answer line is not a step
     assert rp[2] == 0.0 and rp[3] == 0.5
     with pytest.raises(ValueError, match="--prm"):
         prm.step_scores([{"question": "q", "answer": "1"}], [["x"]])
@@ -153,14 +192,37 @@ def test_answers_match_and_garbage():
 
 def test_collate_vision_passes_every_processor_output():
     # LLaVA-style: pixel_values (1, 3, H, W) per image; Qwen2-VL-style: flattened patches + grid + per-token ids
-    llava = [{"input_ids": torch.ones(1, n, dtype=torch.long), "attention_mask": torch.ones(1, n), "pixel_values": torch.rand(1, 3, 8, 8)} for n in (3, 5)]
+    llava = [
+        {
+            "input_ids": torch.ones(1, n, dtype=torch.long),
+            "attention_mask": torch.ones(1, n),
+            "pixel_values": torch.rand(1, 3, 8, 8),
+        }
+        for n in (3, 5)
+    ]
     out = mstar.collate_vision(llava, 7)
     assert set(out) == {"pixel_values"} and out["pixel_values"].shape == (2, 3, 8, 8)
-    qwen = [{"input_ids": torch.ones(1, n, dtype=torch.long), "attention_mask": torch.ones(1, n), "pixel_values": torch.rand(p, 12),
-             "image_grid_thw": torch.tensor([[1, 2, p // 2]]), "mm_token_type_ids": torch.ones(1, n, dtype=torch.long)} for n, p in ((3, 4), (5, 8))]
+    qwen = [
+        {
+            "input_ids": torch.ones(1, n, dtype=torch.long),
+            "attention_mask": torch.ones(1, n),
+            "pixel_values": torch.rand(p, 12),
+            "image_grid_thw": torch.tensor([[1, 2, p // 2]]),
+            "mm_token_type_ids": torch.ones(1, n, dtype=torch.long),
+        }
+        for n, p in ((3, 4), (5, 8))
+    ]
     out = mstar.collate_vision(qwen, 7)
     assert out["pixel_values"].shape == (12, 12) and out["image_grid_thw"].shape == (2, 3)
-    assert out["mm_token_type_ids"].shape == (2, 7) and out["mm_token_type_ids"][0].tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert out["mm_token_type_ids"].shape == (2, 7) and out["mm_token_type_ids"][0].tolist() == [
+        1,
+        1,
+        1,
+        0,
+        0,
+        0,
+        0,
+    ]
 
 
 def test_model_backed_prm_interface_with_tiny_vlm():
@@ -184,9 +246,22 @@ def test_bad_flags_fail_early(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # optimizer state across iterations, learning, end to end, torchrun
 
-TINY = dict(num_train=8, num_unlabeled=4, num_val=2, num_test=4, samples_per_query=2, eval_k=2, warmup_samples=1,
-            warmup_steps=1, num_iterations=2, steps_per_iteration=2, temperature_grid="0.5,1.0", max_new_tokens=6,
-            batch_size=4, val_samples_per_query=2)
+TINY = dict(
+    num_train=8,
+    num_unlabeled=4,
+    num_val=2,
+    num_test=4,
+    samples_per_query=2,
+    eval_k=2,
+    warmup_samples=1,
+    warmup_steps=1,
+    num_iterations=2,
+    steps_per_iteration=2,
+    temperature_grid="0.5,1.0",
+    max_new_tokens=6,
+    batch_size=4,
+    val_samples_per_query=2,
+)
 
 
 @pytest.mark.parametrize("training", ["continuous", "iterative_rft", "rest_em"])
@@ -195,8 +270,14 @@ def test_optimizer_state_across_iterations(tmp_path, monkeypatch, training):
     monkeypatch.setattr(mstar, "answers_match", lambda pred, gold: True)
     loaded = []
     real_load = mstar.load_checkpoint
-    monkeypatch.setattr(mstar, "load_checkpoint", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))
-    mstar.main(mstar.Args(model=make_tiny_vlm(), output_dir=str(tmp_path), training=training, **TINY))
+    monkeypatch.setattr(
+        mstar,
+        "load_checkpoint",
+        lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k),
+    )
+    mstar.main(
+        mstar.Args(model=make_tiny_vlm(), output_dir=str(tmp_path), training=training, **TINY)
+    )
     optim = read_checkpoint(tmp_path / "ckpt")["optim"]
     sched = torch.load(tmp_path / "ckpt" / "scheduler.pt", weights_only=False)
     steps = {int(s["step"]) for s in optim["state"].values()}
@@ -212,12 +293,21 @@ def test_optimizer_state_across_iterations(tmp_path, monkeypatch, training):
 
 
 def test_resume_skips_done_iterations(tmp_path, run_cmd):
-    flags = [f"--{k}={v}" for k, v in TINY.items()] + ["--model", make_tiny_vlm(), "--output_dir", str(tmp_path)]
+    flags = [f"--{k}={v}" for k, v in TINY.items()] + [
+        "--model",
+        make_tiny_vlm(),
+        "--output_dir",
+        str(tmp_path),
+    ]
     run_cmd([sys.executable, "mstar.py", *flags, "--num_iterations", "1"], timeout=300)
-    (tmp_path / "samples" / "iter002.jsonl").write_text('{"query_id": "shapes-1-3", "respon')  # killed mid-record
+    (tmp_path / "samples" / "iter002.jsonl").write_text(
+        '{"query_id": "shapes-1-3", "respon'
+    )  # killed mid-record
     proc = run_cmd([sys.executable, "mstar.py", *flags, "--resume"], timeout=300)
     assert "resumed after iteration 1" in proc.stdout
-    assert len(read_jsonl_tolerant(tmp_path / "samples" / "iter002.jsonl")) == 2  # 25% of 8 queries, fragment dropped
+    assert (
+        len(read_jsonl_tolerant(tmp_path / "samples" / "iter002.jsonl")) == 2
+    )  # 25% of 8 queries, fragment dropped
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [-1, 0, 1, 2]
     assert (tmp_path / "curves.png").exists() and (tmp_path / "samples" / "iter002.jsonl").exists()
@@ -227,8 +317,17 @@ def test_learning_on_the_shapes_world(tmp_path):
     """With the cached toy base (built on first use): greedy test accuracy after 4 self-evolving iterations beats
     the base model's (measured after the precision-policy and chunked log-prob changes: 0.078 -> 0.172 on
     average over iterations 3-4; before them 0.16 -> 0.33). The mstar toy's effect is weak: issue #19."""
-    table = mstar.main(mstar.Args(output_dir=str(tmp_path), num_iterations=4, num_test=64, auto_temperature=False,
-                                  temperature=0.7, eval_k=4, warmup_samples=1))
+    table = mstar.main(
+        mstar.Args(
+            output_dir=str(tmp_path),
+            num_iterations=4,
+            num_test=64,
+            auto_temperature=False,
+            temperature=0.7,
+            eval_k=4,
+            warmup_samples=1,
+        )
+    )
     by_stage = {row["stage"]: row for row in table}
     late = (by_stage["iter 3"]["accuracy"] + by_stage["iter 4"]["accuracy"]) / 2
     assert late >= by_stage["base"]["accuracy"] + 0.05
@@ -236,13 +335,34 @@ def test_learning_on_the_shapes_world(tmp_path):
 
 def test_torchrun_two_processes(tmp_path, run_cmd, torchrun_cmd):
     """FSDP2 over 2 gloo ranks with the toy base (so some answers are right and every stage trains)."""
-    flags = [f"--{k}={v}" for k, v in {**TINY, "samples_per_query": 4, "max_new_tokens": 48, "warmup_selection": "all"}.items()]
-    proc = run_cmd([*torchrun_cmd, "mstar.py", *flags, "--output_dir", str(tmp_path), "--pseudo_label_share", "0.5"], timeout=300)
+    flags = [
+        f"--{k}={v}"
+        for k, v in {
+            **TINY,
+            "samples_per_query": 4,
+            "max_new_tokens": 48,
+            "warmup_selection": "all",
+        }.items()
+    ]
+    proc = run_cmd(
+        [
+            *torchrun_cmd,
+            "mstar.py",
+            *flags,
+            "--output_dir",
+            str(tmp_path),
+            "--pseudo_label_share",
+            "0.5",
+        ],
+        timeout=300,
+    )
     assert "| iter 2" in proc.stdout
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("samples_kept", 0) for r in records) > 0
     optim = read_checkpoint(tmp_path / "ckpt")["optim"]
-    assert {int(s["step"]) for s in optim["state"].values()} == {4}  # continuous: 2 iterations x 2 steps, one AdamW
+    assert {int(s["step"]) for s in optim["state"].values()} == {
+        4
+    }  # continuous: 2 iterations x 2 steps, one AdamW
 
 
 class _Qwen2VLImageOnlyProcessor:
@@ -251,14 +371,20 @@ class _Qwen2VLImageOnlyProcessor:
     to one token per merged patch, and mm_token_type_ids marking them."""
 
     def __init__(self, tokenizer, image_processor, template):
-        self.tokenizer, self.image_processor, self.chat_template = tokenizer, image_processor, template
+        self.tokenizer, self.image_processor, self.chat_template = (
+            tokenizer,
+            image_processor,
+            template,
+        )
 
     def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, **kwargs
+        )
 
     def __call__(self, text, images, return_tensors="pt", padding=False):
         vision = self.image_processor(images, return_tensors="pt")
-        merged = (vision["image_grid_thw"].prod(-1) // self.image_processor.merge_size ** 2).tolist()
+        merged = (vision["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
         text = [t.replace("<|image_pad|>", "<|image_pad|>" * n) for t, n in zip(text, merged)]
         enc = self.tokenizer(text, return_tensors="pt", padding=padding or len(text) > 1)
         image_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -268,53 +394,128 @@ class _Qwen2VLImageOnlyProcessor:
 def test_qwen2_vl_family_on_a_data_file(tmp_path, monkeypatch):
     """A tiny random Qwen2-VL (M-RoPE, merged patches) through warm-up, sampling, training and checkpoints on a
     JSONL file with image paths, scored by a model-backed PRM (the same tiny model)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
 
     from common.models import make_tokenizer
 
     tok = make_tokenizer()
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<image>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]})
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                "<|im_start|>",
+                "<|im_end|>",
+                "<image>",
+                "<|vision_start|>",
+                "<|image_pad|>",
+                "<|vision_end|>",
+            ]
+        }
+    )
     ids = tok.convert_tokens_to_ids
     cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 1e4},
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
-        image_token_id=ids("<|image_pad|>"), vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 1e4},
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=32,
+            num_heads=2,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            mlp_ratio=2,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(cfg).save_pretrained(tmp_path / "qwen2vl")
-    template = tok.chat_template.replace("'<image>'", "'<|vision_start|><|image_pad|><|vision_end|>'")
-    processor = _Qwen2VLImageOnlyProcessor(tok, Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32, patch_size=8, merge_size=2), template)
+    template = tok.chat_template.replace(
+        "'<image>'", "'<|vision_start|><|image_pad|><|vision_end|>'"
+    )
+    processor = _Qwen2VLImageOnlyProcessor(
+        tok,
+        Qwen2VLImageProcessorPil(
+            min_pixels=32 * 32, max_pixels=32 * 32, patch_size=8, merge_size=2
+        ),
+        template,
+    )
     monkeypatch.setattr(mstar, "load_processor", lambda path: processor)
-    monkeypatch.setattr(mstar, "answers_match", lambda pred, gold: True)  # the random model answers nothing right
+    monkeypatch.setattr(
+        mstar, "answers_match", lambda pred, gold: True
+    )  # the random model answers nothing right
     (tmp_path / "img").mkdir()
     with open(tmp_path / "data.jsonl", "w") as f:
         for r in make_shapes_rows(14, seed=0):
             r["image"].save(tmp_path / "img" / f"{r['id']}.png")
-            f.write(json.dumps({"q": r["question"], "a": r["answer"], "img": f"{r['id']}.png"}) + "\n")
+            f.write(
+                json.dumps({"q": r["question"], "a": r["answer"], "img": f"{r['id']}.png"}) + "\n"
+            )
     model = str(tmp_path / "qwen2vl")
-    table = mstar.main(mstar.Args(**{**TINY, "num_unlabeled": 0}, model=model, prm=model, data=str(tmp_path / "data.jsonl"),
-                                  image_root=str(tmp_path / "img"), question_field="q", answer_field="a", image_field="img",
-                                  output_dir=str(tmp_path / "run")))
+    table = mstar.main(
+        mstar.Args(
+            **{**TINY, "num_unlabeled": 0},
+            model=model,
+            prm=model,
+            data=str(tmp_path / "data.jsonl"),
+            image_root=str(tmp_path / "img"),
+            question_field="q",
+            answer_field="a",
+            image_field="img",
+            output_dir=str(tmp_path / "run"),
+        )
+    )
     assert [row["stage"] for row in table] == ["base", "warm-up", "iter 1", "iter 2"]
     assert all(row["samples_kept"] > 0 for row in table[1:])
-    record = json.loads((tmp_path / "run" / "samples" / "iter001.jsonl").read_text().splitlines()[0])
-    assert 0 < record["prm"][0] < 1  # model-backed PRM: min over steps of P("+") / (P("+") + P("-"))
+    record = json.loads(
+        (tmp_path / "run" / "samples" / "iter001.jsonl").read_text().splitlines()[0]
+    )
+    assert (
+        0 < record["prm"][0] < 1
+    )  # model-backed PRM: min over steps of P("+") / (P("+") + P("-"))
     with pytest.raises(FileNotFoundError, match="row 0: image .*nowhere.png"):
-        (tmp_path / "bad.jsonl").write_text(json.dumps({"q": "?", "a": "1", "img": "nowhere.png"}) + "\n" * 2)
-        mstar.load_splits(mstar.Args(data=str(tmp_path / "bad.jsonl"), num_train=0, num_val=0, num_test=0, question_field="q",
-                                     answer_field="a", image_field="img"))
+        (tmp_path / "bad.jsonl").write_text(
+            json.dumps({"q": "?", "a": "1", "img": "nowhere.png"}) + "\n" * 2
+        )
+        mstar.load_splits(
+            mstar.Args(
+                data=str(tmp_path / "bad.jsonl"),
+                num_train=0,
+                num_val=0,
+                num_test=0,
+                question_field="q",
+                answer_field="a",
+                image_field="img",
+            )
+        )
 
 
 def test_train_steps_micro_batches_equal_unsplit_step():
     from _micro import assert_micro_batching_matches
+
     from common.models import load_processor
     from common.train import Dist
 
     path = make_tiny_vlm()
     processor = load_processor(path)
     rows = make_shapes_rows(5, seed=0, split="train")
-    examples = [(r, r["cot"][: 10 * (i + 1)]) for i, r in enumerate(rows)]  # responses of different lengths
+    examples = [
+        (r, r["cot"][: 10 * (i + 1)]) for i, r in enumerate(rows)
+    ]  # responses of different lengths
 
     def step(model, optimizer, micro):
         args = mstar.Args(batch_size=5, micro_batch_size=micro, max_grad_norm=1e9)

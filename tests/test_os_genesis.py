@@ -10,8 +10,18 @@ from collections import Counter
 import pytest
 
 import os_genesis as og
-from common.gui_env import (GUIAction, Task, ToyGUIEnv, androidcontrol_click_ok, list_tasks,
-                            run_episodes, screen_signature, state_diff, step_match, token_f1)
+from common.gui_env import (
+    GUIAction,
+    Task,
+    ToyGUIEnv,
+    androidcontrol_click_ok,
+    list_tasks,
+    run_episodes,
+    screen_signature,
+    state_diff,
+    step_match,
+    token_f1,
+)
 from os_genesis import PathFollower, apply_diff, describe_state_change
 
 
@@ -20,28 +30,56 @@ def obs_with(elements):
 
 
 def element(index, rid, editable=False, long_clickable=False, role="button"):
-    return dict(index=index, resource_id=rid, role=role, text=rid, is_clickable=True, is_editable=editable,
-                is_long_clickable=long_clickable)
+    return dict(
+        index=index,
+        resource_id=rid,
+        role=role,
+        text=rid,
+        is_clickable=True,
+        is_editable=editable,
+        is_long_clickable=long_clickable,
+    )
 
 
 # ------------------------------------------------------------------------------------ stage 1: walks
 
+
 def test_check7_mobile_walk_probabilities():
     weights = og.mobile_walk_weights(5)
     assert weights == [10.0] * 5 + [1.0] * 3
-    assert sum(weights[5:]) / sum(weights) == pytest.approx(3 / 53) and 3 / 53 == pytest.approx(0.0566, abs=1e-4)
+    assert sum(weights[5:]) / sum(weights) == pytest.approx(3 / 53) and 3 / 53 == pytest.approx(
+        0.0566, abs=1e-4
+    )
     rng = random.Random(0)
-    assert all(og.element_action(element(0, "f", editable=True), 0.1, rng, "hi") == GUIAction("input_text", index=0, text="hi")
-               for _ in range(200))  # an editable element always yields input_text
-    kinds = Counter(og.element_action(element(1, "row", long_clickable=True), 0.1, rng).action_type for _ in range(10_000))
-    assert kinds["long_press"] / 10_000 == pytest.approx(0.1, abs=0.01) and set(kinds) == {"click", "long_press"}
-    assert {og.element_action(element(2, "b"), 0.1, rng).action_type for _ in range(500)} == {"click"}
+    assert all(
+        og.element_action(element(0, "f", editable=True), 0.1, rng, "hi")
+        == GUIAction("input_text", index=0, text="hi")
+        for _ in range(200)
+    )  # an editable element always yields input_text
+    kinds = Counter(
+        og.element_action(element(1, "row", long_clickable=True), 0.1, rng).action_type
+        for _ in range(10_000)
+    )
+    assert kinds["long_press"] / 10_000 == pytest.approx(0.1, abs=0.01) and set(kinds) == {
+        "click",
+        "long_press",
+    }
+    assert {og.element_action(element(2, "b"), 0.1, rng).action_type for _ in range(500)} == {
+        "click"
+    }
 
 
 def test_check8_web_walk_weights():
-    a, b, c = og.web_element_weight("button", False, True), og.web_element_weight("button", True, True), og.web_element_weight("link", True, False)
+    a, b, c = (
+        og.web_element_weight("button", False, True),
+        og.web_element_weight("button", True, True),
+        og.web_element_weight("link", True, False),
+    )
     assert [a / (a + b + c), b / (a + b + c), c / (a + b + c)] == [4 / 8, 3 / 8, 1 / 8]
-    assert og.web_element_weight("button", False, False) == 3.0 and og.web_element_weight("StaticText", False, True) == 0.0
+    assert (
+        og.web_element_weight("button", False, False) == 3.0
+        and og.web_element_weight("StaticText", False, True) == 0.0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +88,9 @@ def walks():
     for walk_id in range(24):
         app = ["settings", "notes", "shop", "mail"][walk_id % 4]
         rng = random.Random(walk_id)
-        out.append(og.random_walk(app, walk_id, args, pool, explored, og.rule_text_filler(rng), rng))
+        out.append(
+            og.random_walk(app, walk_id, args, pool, explored, og.rule_text_filler(rng), rng)
+        )
     return out
 
 
@@ -62,7 +102,10 @@ def test_check9_unclickable_pool_and_triples(walks):
         recorded = {t["step"] for t in triples}
         for k, action in enumerate(walk["actions"], start=1):
             before, after = screens[k - 1], screens[k]
-            unchanged = screen_signature(before) == screen_signature(after) and before["url"] == after["url"]
+            unchanged = (
+                screen_signature(before) == screen_signature(after)
+                and before["url"] == after["url"]
+            )
             assert (k in recorded) == (not unchanged)  # a triple exactly for every real change
             if action.get("index") is not None:
                 rid = before["ui_elements"][action["index"]]["resource_id"]
@@ -70,8 +113,9 @@ def test_check9_unclickable_pool_and_triples(walks):
                 if unchanged:
                     pooled_so_far.add((app, rid))
                     n_pooled += 1
-        assert len(walk["pooled"]) == sum(1 for a in walk["actions"] if a.get("index") is not None) - sum(
-            1 for t in triples if t["action"].get("index") is not None)
+        assert len(walk["pooled"]) == sum(
+            1 for a in walk["actions"] if a.get("index") is not None
+        ) - sum(1 for t in triples if t["action"].get("index") is not None)
     assert n_pooled > 0 and sum(len(t) for _, t in walks) > 100
 
 
@@ -81,8 +125,12 @@ def test_walk_paths_replay_to_the_triple(walks):
     for _, triples in walks:
         for t in triples[:2]:
             follower = PathFollower(og.follower_plan(t), None, 0.0, random.Random(0))
-            record = run_episodes([Task(t["triple_id"], t["app"], "x")], lambda items: [("", follower.act(o)) for _, o, _ in items],
-                                  max_steps=15, stop_fn=lambda steps: og.should_abort([s["action"] for s in steps]))[0]
+            record = run_episodes(
+                [Task(t["triple_id"], t["app"], "x")],
+                lambda items: [("", follower.act(o)) for _, o, _ in items],
+                max_steps=15,
+                stop_fn=lambda steps: og.should_abort([s["action"] for s in steps]),
+            )[0]
             urls = [s["url"] for s in _replay_urls(t["app"], record)]
             assert t["url_before"] in urls, (t["triple_id"], t["path"])
             checked += 1
@@ -95,6 +143,7 @@ def _replay_urls(app, record):
 
 # -------------------------------------------------------------------------- stage 2: reverse synthesis
 
+
 def _triple_from(app, actions):
     """Run actions on a fresh env (app opened) and build the triple of the last one the way the walk does."""
     args, pool, explored = og.Args(), set(), set()
@@ -104,55 +153,119 @@ def _triple_from(app, actions):
     before, before_state = env.obs, json.loads(json.dumps(env.state))
     after, *_ = env.step(actions[-1])
     el = before["ui_elements"][actions[-1].index] if actions[-1].index is not None else None
-    return dict(triple_id="t0", app=app, action=actions[-1].to_dict(), element=el, diff=state_diff(before_state, env.state),
-                action_text=og.describe_action(actions[-1], before["ui_elements"]), title_before=before["ui_elements"][0]["text"],
-                title_after=after["ui_elements"][0]["text"], url_before=before["url"], url_after=after["url"],
-                after=[[e["resource_id"], e["text"], e["value"]] for e in after["ui_elements"]], path=[],
-                final_step=og.plan_step(actions[-1], before["ui_elements"])), args, pool, explored
+    return (
+        dict(
+            triple_id="t0",
+            app=app,
+            action=actions[-1].to_dict(),
+            element=el,
+            diff=state_diff(before_state, env.state),
+            action_text=og.describe_action(actions[-1], before["ui_elements"]),
+            title_before=before["ui_elements"][0]["text"],
+            title_after=after["ui_elements"][0]["text"],
+            url_before=before["url"],
+            url_after=after["url"],
+            after=[[e["resource_id"], e["text"], e["value"]] for e in after["ui_elements"]],
+            path=[],
+            final_step=og.plan_step(actions[-1], before["ui_elements"]),
+        ),
+        args,
+        pool,
+        explored,
+    )
 
 
 def test_rule_describer_names_the_state_change():
-    triple = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]  # Bluetooth screen, switch
+    triple = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[
+        0
+    ]  # Bluetooth screen, switch
     assert describe_state_change(triple["diff"]) == "Turn on Bluetooth."
     out = og.parse_synthesis(og.RuleDescriber(og.Args()).describe([triple])[0])
-    assert out["Sub-Instruction"] == "Click 'Bluetooth'." and out["High-Level-Instruction"] == "Turn on Bluetooth."
+    assert (
+        out["Sub-Instruction"] == "Click 'Bluetooth'."
+        and out["High-Level-Instruction"] == "Turn on Bluetooth."
+    )
     nav = _triple_from("mail", [GUIAction("click", index=1)])[0]  # Compose: a screen change only
-    assert og.parse_synthesis(og.RuleDescriber(og.Args(question_ratio=0)).describe([nav])[0])["High-Level-Instruction"] == \
-        "Open the Compose screen in Mail."
-    price = _triple_from("shop", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]  # Kitchen -> Blue mug
+    assert (
+        og.parse_synthesis(og.RuleDescriber(og.Args(question_ratio=0)).describe([nav])[0])[
+            "High-Level-Instruction"
+        ]
+        == "Open the Compose screen in Mail."
+    )
+    price = _triple_from("shop", [GUIAction("click", index=3), GUIAction("click", index=1)])[
+        0
+    ]  # Kitchen -> Blue mug
     question = json.loads(og.RuleDescriber(og.Args(question_ratio=1.0)).describe([price])[0])
-    assert question["High-Level-Instruction"] == "How much does the Blue mug cost?" and question["Answer"] == "$8"
+    assert (
+        question["High-Level-Instruction"] == "How much does the Blue mug cost?"
+        and question["Answer"] == "$8"
+    )
     diff = [("/notes/notes", [{"id": 1, "title": "A", "body": "", "pinned": False}], [])]
     assert describe_state_change(diff) == "Delete the note 'A'."
 
 
 def test_parse_synthesis_rejects_garbage():
-    assert og.parse_synthesis('{"Sub-Instruction": "Tap it", "Analysis": "", "High-Level-Instruction": "Do X"}')["High-Level-Instruction"] == "Do X"
-    for bad in ["", "no json", '{"Sub-Instruction": "x"}', '{"Sub-Instruction": "x", "High-Level-Instruction": ""}', "{{{", "[1, 2]"]:
+    assert (
+        og.parse_synthesis(
+            '{"Sub-Instruction": "Tap it", "Analysis": "", "High-Level-Instruction": "Do X"}'
+        )["High-Level-Instruction"]
+        == "Do X"
+    )
+    for bad in [
+        "",
+        "no json",
+        '{"Sub-Instruction": "x"}',
+        '{"Sub-Instruction": "x", "High-Level-Instruction": ""}',
+        "{{{",
+        "[1, 2]",
+    ]:
         assert og.parse_synthesis(bad) is None
 
 
 # ---------------------------------------------------------------------- stage 3: collection rules
 
+
 def test_abort_rule_and_step_cap():
-    assert og.should_abort(["a", "a", "a"]) and not og.should_abort(["a", "a", "b"]) and not og.should_abort(["a", "a"])
+    assert (
+        og.should_abort(["a", "a", "a"])
+        and not og.should_abort(["a", "a", "b"])
+        and not og.should_abort(["a", "a"])
+    )
     assert og.should_abort(["b", "a", "a", "a"]) and not og.should_abort(["a", "b", "a", "a"])
     back = lambda items: [("", GUIAction("navigate_back")) for _ in items]  # noqa: E731
-    record = run_episodes([Task("t", "notes", "x")], back, max_steps=15, stop_fn=lambda s: og.should_abort([x["action"] for x in s], 3))[0]
+    record = run_episodes(
+        [Task("t", "notes", "x")],
+        back,
+        max_steps=15,
+        stop_fn=lambda s: og.should_abort([x["action"] for x in s], 3),
+    )[0]
     assert record["aborted"] and len(record["steps"]) == 3
-    wait_then = lambda items: [("", GUIAction("wait") if len(s) % 2 else GUIAction("navigate_home")) for _, _, s in items]  # noqa: E731
-    record = run_episodes([Task("t", "notes", "x")], wait_then, max_steps=15, stop_fn=lambda s: og.should_abort([x["action"] for x in s]))[0]
+    wait_then = lambda items: [
+        ("", GUIAction("wait") if len(s) % 2 else GUIAction("navigate_home")) for _, _, s in items
+    ]  # noqa: E731
+    record = run_episodes(
+        [Task("t", "notes", "x")],
+        wait_then,
+        max_steps=15,
+        stop_fn=lambda s: og.should_abort([x["action"] for x in s]),
+    )[0]
     assert not record["aborted"] and len(record["steps"]) == 15  # the 15-step cap (sec 2.3)
 
 
 # ---------------------------------------------------------------------------- stage 4: reward model
 
+
 def test_check5_trm_parsing_and_weighted_sampling():
     assert og.parse_trm_output("Reason: ok\nScore: 4") == ("ok", 4)
     assert og.parse_trm_output("Score: 7")[1] is None and og.parse_trm_output("Score: 0")[1] is None
-    assert og.parse_trm_output("garbage")[1] is None and og.parse_trm_output("Reason: a Score: 2 ... Score: 5")[1] == 5
+    assert (
+        og.parse_trm_output("garbage")[1] is None
+        and og.parse_trm_output("Reason: a Score: 2 ... Score: 5")[1] == 5
+    )
     assert og.trm_sampling_probs([5, 4, 1]) == pytest.approx([0.5, 0.4, 0.1])
-    draws = Counter(random.Random(0).choices(range(3), weights=og.trm_sampling_probs([5, 4, 1]), k=10_000))
+    draws = Counter(
+        random.Random(0).choices(range(3), weights=og.trm_sampling_probs([5, 4, 1]), k=10_000)
+    )
     assert all(abs(draws[i] / 10_000 - p) <= 0.03 for i, p in enumerate([0.5, 0.4, 0.1]))
     with pytest.raises(ValueError):
         og.trm_sampling_probs([0, 0])
@@ -171,15 +284,30 @@ def test_rubric_and_state_judge():
     triple["path"] = [["click", "open_bluetooth"]]
     task = dict(triple_id="t0", app="settings", goal="Turn on Bluetooth.", answer=None)
     task["plan"] = og.direct_plan(task, triple)
-    assert task["plan"] == [["open_app", "Settings"], ["click", "open_bluetooth"], ["click", "bluetooth_switch"]]
+    assert task["plan"] == [
+        ["open_app", "Settings"],
+        ["click", "open_bluetooth"],
+        ["click", "bluetooth_switch"],
+    ]
 
     def judge(actions):
         it = iter(actions)
-        record = run_episodes([Task("t0", "settings", task["goal"])], lambda items: [("", next(it)) for _ in items],
-                              stop_fn=lambda s: og.should_abort([x["action"] for x in s]))[0]
+        record = run_episodes(
+            [Task("t0", "settings", task["goal"])],
+            lambda items: [("", next(it)) for _ in items],
+            stop_fn=lambda s: og.should_abort([x["action"] for x in s]),
+        )[0]
         return og.StateJudge().score(task, triple, record)[0]
-    go, stop = GUIAction("open_app", app_name="Settings"), GUIAction("status", goal_status="complete")
-    bt, switch, back = GUIAction("click", index=3), GUIAction("click", index=1), GUIAction("navigate_back")
+
+    go, stop = (
+        GUIAction("open_app", app_name="Settings"),
+        GUIAction("status", goal_status="complete"),
+    )
+    bt, switch, back = (
+        GUIAction("click", index=3),
+        GUIAction("click", index=1),
+        GUIAction("navigate_back"),
+    )
     airplane = GUIAction("click", index=1)  # on the main screen: the airplane switch
     assert judge([go, bt, switch, stop]) == 5
     assert judge([go, bt, back, bt, switch, stop]) == 4  # a detour, no side effect
@@ -187,37 +315,68 @@ def test_rubric_and_state_judge():
     assert judge([go, bt, stop]) == 3  # partial: reached the switch's screen, never flipped it
     assert judge([GUIAction("navigate_home")] * 3) == 3  # a loop: aborted
     assert judge([go, stop]) == 2 and judge([GUIAction("open_app", app_name="Mail"), stop]) == 1
-    assert not state_diff(apply_diff({"a": {"x": 1, "l": [1]}}, [("/a/l", [], [2])]), {"a": {"x": 1, "l": [1, 2]}})
+    assert not state_diff(
+        apply_diff({"a": {"x": 1, "l": [1]}}, [("/a/l", [], [2])]), {"a": {"x": 1, "l": [1, 2]}}
+    )
 
 
 def test_direct_plan_drops_the_walks_detours_and_side_effects():
     """The executor stand-in carries out the task: a walk that starred and deleted other emails before
     opening carol's yields a plan that only opens carol's email (then answers)."""
     triple = _triple_from("mail", [GUIAction("click", index=5)])[0]  # open the email from carol
-    triple["path"] = [["click", "email:1"], ["click", "star"], ["back"], ["long_press", "email:2"], ["click", "menu_delete"]]
+    triple["path"] = [
+        ["click", "email:1"],
+        ["click", "star"],
+        ["back"],
+        ["long_press", "email:2"],
+        ["click", "menu_delete"],
+    ]
     triple["final_step"] = ["click", "email:3"]
-    task = dict(triple_id="t0", app="mail", goal="What is the subject of the email from carol?", answer="Photos")
+    task = dict(
+        triple_id="t0",
+        app="mail",
+        goal="What is the subject of the email from carol?",
+        answer="Photos",
+    )
     assert og.direct_plan(task, triple) == [["open_app", "Mail"], ["click", "email:3"]]
 
 
 def test_no_held_out_task_or_instance_is_synthesized():
     held_out = list_tasks("test")
     air = _triple_from("settings", [GUIAction("click", index=1)])[0]  # the airplane switch
-    assert describe_state_change(og.task_target({}, air)["diff"]) == "Turn on airplane mode."  # held out
-    assert og.leaks_held_out(dict(goal="Switch airplane mode on please", answer=None), air, held_out)  # same instance
+    assert (
+        describe_state_change(og.task_target({}, air)["diff"]) == "Turn on airplane mode."
+    )  # held out
+    assert og.leaks_held_out(
+        dict(goal="Switch airplane mode on please", answer=None), air, held_out
+    )  # same instance
     question = dict(goal="Where does my trip go?", answer="lisbon")  # a held-out question's answer
-    assert og.leaks_held_out(question, dict(diff=[], action={}, url_after="", title_after=""), held_out)
-    assert og.leaks_held_out(dict(goal=held_out[0].goal, answer=None), dict(diff=[], action={}, url_after="", title_after=""), held_out)
+    assert og.leaks_held_out(
+        question, dict(diff=[], action={}, url_after="", title_after=""), held_out
+    )
+    assert og.leaks_held_out(
+        dict(goal=held_out[0].goal, answer=None),
+        dict(diff=[], action={}, url_after="", title_after=""),
+        held_out,
+    )
     bt = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
-    assert not og.leaks_held_out(dict(goal="Turn on Bluetooth.", answer=None), bt, held_out)  # a training task
+    assert not og.leaks_held_out(
+        dict(goal="Turn on Bluetooth.", answer=None), bt, held_out
+    )  # a training task
 
 
 # ------------------------------------------------------------------------------- evaluation rules
 
+
 def test_check4_androidcontrol_step_matching():
-    assert androidcontrol_click_ok((700, 1250), (500, 1000)) and not androidcontrol_click_ok((800, 1300), (500, 1000))
+    assert androidcontrol_click_ok((700, 1250), (500, 1000)) and not androidcontrol_click_ok(
+        (800, 1300), (500, 1000)
+    )
     assert token_f1("buy milk now", "buy milk") == pytest.approx(0.8) and token_f1("", "") == 1.0
-    assert step_match(GUIAction("input_text", index=2, text="buy milk now"), GUIAction("input_text", index=2, text="buy milk")) == (True, True)
+    assert step_match(
+        GUIAction("input_text", index=2, text="buy milk now"),
+        GUIAction("input_text", index=2, text="buy milk"),
+    ) == (True, True)
     assert step_match(GUIAction("click", index=3), GUIAction("click", index=2)) == (True, False)
     assert step_match(None, GUIAction("click", index=2)) == (False, False)
     assert step_match(GUIAction("answer", text="$8"), GUIAction("answer", text="8")) == (True, True)
@@ -227,14 +386,28 @@ def test_agent_format_round_trip():
     args, env = og.Args(), ToyGUIEnv()
     obs, _ = env.reset(Task("t", "settings", "Turn on airplane mode.", start_app="settings"))
     target = og.agent_target(GUIAction("click", index=1), obs, args, "Click 'Airplane mode'.")
-    assert target.startswith("Low-level thought: Click 'Airplane mode'.\naction: {\"action_type\": \"click\", \"x\": ")
-    assert og.parse_agent_output(target, obs) == ("Click 'Airplane mode'.", GUIAction("click", index=1))
+    assert target.startswith(
+        'Low-level thought: Click \'Airplane mode\'.\naction: {"action_type": "click", "x": '
+    )
+    assert og.parse_agent_output(target, obs) == (
+        "Click 'Airplane mode'.",
+        GUIAction("click", index=1),
+    )
     assert og.parse_agent_output("<garbage>", obs) == ("", None)
-    prompt = og.agent_prompt("Turn on airplane mode.", obs, [dict(thought="Open it.", action='{"action_type": "click", "index": 1}', xy=[5, 6])], args)
-    assert '"Airplane mode": "(' in prompt and 'Step 1: Open it. action: {"action_type": "click", "x": 5, "y": 6}' in prompt
+    prompt = og.agent_prompt(
+        "Turn on airplane mode.",
+        obs,
+        [dict(thought="Open it.", action='{"action_type": "click", "index": 1}', xy=[5, 6])],
+        args,
+    )
+    assert (
+        '"Airplane mode": "(' in prompt
+        and 'Step 1: Open it. action: {"action_type": "click", "x": 5, "y": 6}' in prompt
+    )
 
 
 # ------------------------------------------------- model-backed paths with the tiny VLM (garbage is fine)
+
 
 @pytest.fixture(scope="module")
 def tiny_sampler():
@@ -244,50 +417,133 @@ def tiny_sampler():
 def test_model_backed_annotator_filler_judge_and_executor(walks, tiny_sampler):
     args = og.Args(judge_retries=2, max_new_tokens=12)
     walk, triples = walks[0]
-    texts = og.ModelDescriber(tiny_sampler, args, {walk["walk_id"]: walk["actions"]}).describe(triples[:3])
+    texts = og.ModelDescriber(tiny_sampler, args, {walk["walk_id"]: walk["actions"]}).describe(
+        triples[:3]
+    )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    assert sum(og.parse_synthesis(t) is None for t in texts) == 3  # garbage from an untrained model: counted invalid
+    assert (
+        sum(og.parse_synthesis(t) is None for t in texts) == 3
+    )  # garbage from an untrained model: counted invalid
     text = og.model_text_filler(tiny_sampler, args)("Title", "Notes")
     assert isinstance(text, str) and text and "\n" not in text
     task = dict(triple_id="x", app="settings", goal="Turn on Bluetooth.")
     policy = og.model_policy(tiny_sampler, args)
-    traj = run_episodes([Task("x", "settings", task["goal"])], policy, max_steps=3, stop_fn=lambda s: og.should_abort([x["action"] for x in s]))[0]
-    assert 1 <= len(traj["steps"]) <= 3 and traj["invalid"] == len(traj["steps"]) and not traj["success"]
+    traj = run_episodes(
+        [Task("x", "settings", task["goal"])],
+        policy,
+        max_steps=3,
+        stop_fn=lambda s: og.should_abort([x["action"] for x in s]),
+    )[0]
+    assert (
+        1 <= len(traj["steps"]) <= 3
+        and traj["invalid"] == len(traj["steps"])
+        and not traj["success"]
+    )
     score, reason, attempts = og.ModelJudge(tiny_sampler, args).score(task, None, traj)
-    assert 1 <= score <= 5 and attempts <= 2 and (reason != "invalid judge output" or (score, attempts) == (1, 2))
+    assert (
+        1 <= score <= 5
+        and attempts <= 2
+        and (reason != "invalid judge output" or (score, attempts) == (1, 2))
+    )
 
 
 # ------------------------------------------------------------------------------------ end to end
 
+
 def test_end_to_end_with_resume(run_cmd, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "os_genesis.py", "--output_dir", str(out), "--walks_per_app", "1", "--walk_steps", "5",
-           "--save_every", "1", "--eval_limit", "1", "--max_steps", "2", "--max_new_tokens", "8"]
+    cmd = [
+        sys.executable,
+        "os_genesis.py",
+        "--output_dir",
+        str(out),
+        "--walks_per_app",
+        "1",
+        "--walk_steps",
+        "5",
+        "--save_every",
+        "1",
+        "--eval_limit",
+        "1",
+        "--max_steps",
+        "2",
+        "--max_new_tokens",
+        "8",
+    ]
     proc = run_cmd(cmd + ["--train_steps", "2"], timeout=300)
     assert "| stage" in proc.stdout and "after OS-Genesis SFT" in proc.stdout
-    lines = {name: (out / f"{name}.jsonl").read_text().splitlines() for name in ("walks", "triples", "tasks", "trajectories", "scores")}
-    assert len(lines["walks"]) == 4 and lines["triples"] and len(lines["trajectories"]) == len(lines["scores"])
+    lines = {
+        name: (out / f"{name}.jsonl").read_text().splitlines()
+        for name in ("walks", "triples", "tasks", "trajectories", "scores")
+    }
+    assert (
+        len(lines["walks"]) == 4
+        and lines["triples"]
+        and len(lines["trajectories"]) == len(lines["scores"])
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["triples"] == len(lines["triples"]) and (out / "curves.png").exists()
-    assert [c["metric"] for c in summary["claims"]] == ["low_step_acc", "high_step_acc", "low_step_acc", "success_rate_easy"]
+    assert [c["metric"] for c in summary["claims"]] == [
+        "low_step_acc",
+        "high_step_acc",
+        "low_step_acc",
+        "success_rate_easy",
+    ]
     after = json.loads((out / "eval_after.json").read_text())
     assert summary["eval"]["after OS-Genesis SFT"] == {"agent": "after OS-Genesis SFT", **after}
     assert (out / "ckpt" / "meta.json").exists()
-    assert (out / "task_driven" / "eval_after.json").exists() and not (out / "task_driven" / "eval_before.json").exists()
+    assert (out / "task_driven" / "eval_after.json").exists() and not (
+        out / "task_driven" / "eval_before.json"
+    ).exists()
     resumed = run_cmd(cmd + ["--train_steps", "3", "--resume", "True"], timeout=300)
     assert "resumed from step 2" in resumed.stdout
-    assert {n: (out / f"{n}.jsonl").read_text().splitlines() for n in lines} == lines  # no record appended twice
-    loss_steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert {
+        n: (out / f"{n}.jsonl").read_text().splitlines() for n in lines
+    } == lines  # no record appended twice
+    loss_steps = [
+        r["step"]
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert loss_steps == [1, 2, 3]  # one more SFT step, none repeated
 
 
 def test_end_to_end_model_backed_stages_never_crash(run_cmd, tmp_path):
     out = tmp_path / "model"
-    proc = run_cmd([sys.executable, "os_genesis.py", "--output_dir", str(out), "--walks_per_app", "1", "--walk_steps", "3",
-                    "--apps", "settings", "--annotator", "model", "--text_filler", "model", "--judge", "model",
-                    "--train_steps", "1", "--eval_limit", "1", "--max_steps", "1", "--max_new_tokens", "8"], timeout=300)
+    proc = run_cmd(
+        [
+            sys.executable,
+            "os_genesis.py",
+            "--output_dir",
+            str(out),
+            "--walks_per_app",
+            "1",
+            "--walk_steps",
+            "3",
+            "--apps",
+            "settings",
+            "--annotator",
+            "model",
+            "--text_filler",
+            "model",
+            "--judge",
+            "model",
+            "--train_steps",
+            "1",
+            "--eval_limit",
+            "1",
+            "--max_steps",
+            "1",
+            "--max_new_tokens",
+            "8",
+        ],
+        timeout=300,
+    )
     counts = json.loads((out / "counts.json").read_text())
-    assert counts["tasks_valid"] + counts["tasks_invalid"] == counts["triples"] and "SFT data" in proc.stdout
+    assert (
+        counts["tasks_valid"] + counts["tasks_invalid"] == counts["triples"]
+        and "SFT data" in proc.stdout
+    )
 
 
 def test_bad_flags_are_named(tmp_path):
@@ -299,8 +555,25 @@ def test_bad_flags_are_named(tmp_path):
 def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
     """The harness can express success: SFT on the expert trajectories of 2 tasks, evaluated on them, reaches SR 1."""
     out = tmp_path / "overfit"
-    run_cmd([sys.executable, "os_genesis.py", "--output_dir", str(out), "--data", "task_driven", "--compare", "False",
-             "--eval_base", "False", "--tasks", "settings_bluetooth_on,mail_star_dave", "--train_steps", "150"], timeout=600)
+    run_cmd(
+        [
+            sys.executable,
+            "os_genesis.py",
+            "--output_dir",
+            str(out),
+            "--data",
+            "task_driven",
+            "--compare",
+            "False",
+            "--eval_base",
+            "False",
+            "--tasks",
+            "settings_bluetooth_on,mail_star_dave",
+            "--train_steps",
+            "150",
+        ],
+        timeout=600,
+    )
     assert json.loads((out / "eval_after.json").read_text())["success_rate"] == 1.0
 
 
@@ -308,9 +581,12 @@ def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
 def learned(tmp_path_factory):
     """The no-argument run (fixed seed), once for the learning tests below."""
     from conftest import _run
+
     out = tmp_path_factory.mktemp("learn")
     proc = _run([sys.executable, "os_genesis.py", "--output_dir", str(out)], timeout=1800)
-    return {c["name"]: c for c in json.loads((out / "summary.json").read_text())["claims"]}, proc.stdout[-3000:]
+    return {
+        c["name"]: c for c in json.loads((out / "summary.json").read_text())["claims"]
+    }, proc.stdout[-3000:]
 
 
 def test_learning_os_genesis_sft_improves_on_the_base(learned):
@@ -318,8 +594,11 @@ def test_learning_os_genesis_sft_improves_on_the_base(learned):
     assert claims["OS-Genesis SFT > base: step acc (low)"]["holds"], stdout
 
 
-@pytest.mark.xfail(strict=True, reason="on the toy, task-driven data shares the held-out tasks' templates and wins "
-                                       "(docs/os_genesis.md)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="on the toy, task-driven data shares the held-out tasks' templates and wins "
+    "(docs/os_genesis.md)",
+)
 def test_learning_os_genesis_data_beats_task_driven_data(learned):
     """The paper's claim: OS-Genesis data beats task-driven data on held-out step accuracy."""
     claims, stdout = learned
@@ -327,7 +606,10 @@ def test_learning_os_genesis_data_beats_task_driven_data(learned):
     assert claims["OS-Genesis > task-driven: step acc (low)"]["holds"], stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the 2-layer toy agent solves no held-out task after OS-Genesis SFT (docs/os_genesis.md)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the 2-layer toy agent solves no held-out task after OS-Genesis SFT (docs/os_genesis.md)",
+)
 def test_learning_success_rises_on_the_easy_tier(learned):
     claims, stdout = learned
     assert claims["OS-Genesis SFT: SR above the base (easy tier)"]["holds"], stdout
@@ -335,12 +617,19 @@ def test_learning_success_rises_on_the_easy_tier(learned):
 
 def test_sft_micro_steps_equal_unsplit_step():
     from _micro import assert_micro_batching_matches
+
     from common.models import load_tokenizer, make_tiny_lm
 
     path = make_tiny_lm()
     tok = load_tokenizer(path)
-    batch = [{"prompt_ids": tok(f"goal {i}:", add_special_tokens=False).input_ids,
-              "target_ids": tok("click " * (i + 1), add_special_tokens=False).input_ids, "extra": {}} for i in range(5)]
+    batch = [
+        {
+            "prompt_ids": tok(f"goal {i}:", add_special_tokens=False).input_ids,
+            "target_ids": tok("click " * (i + 1), add_special_tokens=False).input_ids,
+            "extra": {},
+        }
+        for i in range(5)
+    ]
 
     def step(model, optimizer, micro):
         og.sft_micro_steps(model, tok, batch, micro, "cpu")

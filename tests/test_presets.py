@@ -16,8 +16,17 @@ import pytest
 from common.config import paper_values_in_help, parse_config, value_matches
 from tests.conftest import ROOT, _run
 
-SCRIPTS = ["zero_rl", "genius_aco", "bstar", "mstar", "codeio", "guimid", "os_genesis", "adaptvis",
-           "ilo"]
+SCRIPTS = [
+    "zero_rl",
+    "genius_aco",
+    "bstar",
+    "mstar",
+    "codeio",
+    "guimid",
+    "os_genesis",
+    "adaptvis",
+    "ilo",
+]
 HUB_ID = "Qwen/Qwen2.5-7B"  # never downloaded: --print_config stops before anything is loaded
 
 
@@ -29,8 +38,14 @@ def config_of(module, argv, capsys, monkeypatch, world_size=None):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         extra = (module.EvalArgs,) if hasattr(module, "EvalArgs") else ()  # --eval_only scripts
-        parse_config(module.Args, module.PAPER, getattr(module, "derived", None),
-                     [*argv, "--print_config"], script=module.__name__, extra=extra)
+        parse_config(
+            module.Args,
+            module.PAPER,
+            getattr(module, "derived", None),
+            [*argv, "--print_config"],
+            script=module.__name__,
+            extra=extra,
+        )
     out = capsys.readouterr()
     assert exit_info.value.code == 0, f"{module.__name__} {argv}: {out.err}"
     return json.loads(out.out)
@@ -108,8 +123,11 @@ def test_flags_on_the_command_line_win_over_the_preset(capsys, monkeypatch):
     assert paper["set_by_preset"] == ["lr", "mode", "shuffle", "steps"]
     assert [paper["args"][k] for k in ("lr", "steps", "shuffle", "mode")] == [5e-7, 100, False, "b"]
     # set explicitly, even to the toy's own value, in the spellings argparse accepts
-    mine = demo(["--model", "m", "--lr", "1e-3", "--steps=7", "--shuffle", "--mode", "a"], capsys,
-                monkeypatch)
+    mine = demo(
+        ["--model", "m", "--lr", "1e-3", "--steps=7", "--shuffle", "--mode", "a"],
+        capsys,
+        monkeypatch,
+    )
     assert [mine["args"][k] for k in ("lr", "steps", "shuffle", "mode")] == [1e-3, 7, True, "a"]
     assert mine["set_by_preset"] == []
     assert mine["set_on_command_line"] == ["lr", "mode", "model", "shuffle", "steps"]
@@ -118,8 +136,13 @@ def test_flags_on_the_command_line_win_over_the_preset(capsys, monkeypatch):
     # --preset overrides auto in both directions
     assert demo(["--model", "m", "--preset", "toy"], capsys, monkeypatch)["args"]["lr"] == 1e-3
     assert demo(["--preset", "paper", "--steps", "3"], capsys, monkeypatch)["args"] == {
-        "output_dir": "runs/demo", "model": "", "lr": 5e-7, "steps": 3, "shuffle": False,
-        "mode": "b"}
+        "output_dir": "runs/demo",
+        "model": "",
+        "lr": 5e-7,
+        "steps": 3,
+        "shuffle": False,
+        "mode": "b",
+    }
 
 
 def test_help_quotes_are_parsed_and_compared():
@@ -147,8 +170,14 @@ def test_config_is_printed_and_written_to_output_dir(tmp_path, capsys, monkeypat
 
 
 def test_a_bad_choice_fails_at_parse_time_before_anything_loads():
-    proc = subprocess.run([sys.executable, "zero_rl.py", "--model", HUB_ID, "--loss_type", "bogus"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "zero_rl.py", "--model", HUB_ID, "--loss_type", "bogus"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "argument --loss_type" in proc.stderr and "invalid choice: 'bogus'" in proc.stderr
     assert "configuration" not in proc.stdout
@@ -157,8 +186,9 @@ def test_a_bad_choice_fails_at_parse_time_before_anything_loads():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_choice_field_rejects_a_bad_value(script, capsys, monkeypatch):
     module = importlib.import_module(script)
-    literals = [f.name for f in dataclasses.fields(module.Args)
-                if "Literal[" in str(f.type)]  # resolved or a string
+    literals = [
+        f.name for f in dataclasses.fields(module.Args) if "Literal[" in str(f.type)
+    ]  # resolved or a string
     assert literals, f"{script}: no choice is validated at parse time"
     for name in literals:
         with pytest.raises(SystemExit) as exit_info:
@@ -177,8 +207,11 @@ def test_batch_sizes_are_checked_against_the_world_size(capsys, monkeypatch):
     assert "--mini_batch_prompts 4 is not divisible by the world size 8" in capsys.readouterr().err
     paper = config_of(zero_rl, ["--model", HUB_ID], capsys, monkeypatch, world_size=8)
     assert paper["world_size"] == 8 and paper["derived"] == {  # 256 x 8 completions / 8 ranks, by 2
-        "prompts_per_rank": 128, "updates_per_rollout": 4, "completions_per_update_per_rank": 256,
-        "micro_batches_per_update": 128}
+        "prompts_per_rank": 128,
+        "updates_per_rollout": 4,
+        "completions_per_update_per_rank": 256,
+        "micro_batches_per_update": 128,
+    }
     shown = config_of(zero_rl, ["--model", HUB_ID, "--world_size", "2"], capsys, monkeypatch)
     assert shown["world_size"] == 2 and shown["derived"]["prompts_per_rank"] == 512
 

@@ -1,5 +1,6 @@
 """Tests for common/rewards.py: the SimpleRL grader, TinyZero countdown, pass@k and length rewards,
 pinned to the spec's faithfulness checks (zero_rl spec §5) and hand-computed values."""
+
 import math
 import multiprocessing
 import threading
@@ -8,10 +9,20 @@ import time
 import pytest
 
 from common.rewards import (
-    completion_text, correctness_reward, cosine_length_reward, countdown_reward, countdown_reward_fn,
-    dapo_overlong_penalty, extract_answer, kimi_length_reward, l1_length_reward, math_equal, math_equal_batch,
+    completion_text,
+    correctness_reward,
+    cosine_length_reward,
+    countdown_reward,
+    countdown_reward_fn,
+    dapo_overlong_penalty,
+    extract_answer,
+    kimi_length_reward,
+    l1_length_reward,
+    math_equal,
+    math_equal_batch,
     math_reward,
-    pass_at_k, strip_string,
+    pass_at_k,
+    strip_string,
 )
 
 # ---------------------------------------------------------------- grader: (answer, gold, equal?)
@@ -79,7 +90,11 @@ GRADER_CASES = [
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{bmatrix}1\\\\2\\end{bmatrix}", True),
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
     ("\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", False),
-    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", True),
+    (
+        "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+        "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}",
+        True,
+    ),
     # words
     ("five", "5", True),
     ("\\text{(A)}", "(A)", True),
@@ -96,27 +111,30 @@ def test_at_least_40_grader_cases():
 
 
 # ---------------------------------------------------------------- extraction
-@pytest.mark.parametrize("text,expected", [
-    ("First \\boxed{3} ... actually \\boxed{4}", "4"),  # last box wins
-    ("So $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),  # braces balanced
-    ("\\boxed{2} and then a cut \\boxed{\\frac{3", "2"),  # unbalanced tail skipped
-    ("\\boxed{\\frac{1}{2}", "\\frac{1}{2}"),  # only an unclosed box: its tail, as Qwen
-    ("\\fbox{7}", "7"),
-    ("We get \\boxed 9$ ok", "9"),
-    ("Thus the final answer is $12$. I hope it is correct.", "12"),  # Minerva
-    ("The answer is $\\frac{1}{2}$. Done.", "\\frac{1}{2}"),
-    ("so the answer is: 1,234.", "1,234"),
-    ("the final answer is 5", "5"),
-    ("... so we get 7 apples", "7"),  # last number
-    ("costs 1,200 dollars, i.e. -3.5 per day", "-3.5"),
-    ("cost 8<|im_end|> trailing 99", "8"),  # cut at end-of-text markers
-    ("x <|endoftext|> 5", None),
-    ("<|im_start|>assistant\nit is 4</s>9", "4"),
-    ("no final answer here", None),
-    ("", None),
-    (None, None),
-    (12, None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("First \\boxed{3} ... actually \\boxed{4}", "4"),  # last box wins
+        ("So $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),  # braces balanced
+        ("\\boxed{2} and then a cut \\boxed{\\frac{3", "2"),  # unbalanced tail skipped
+        ("\\boxed{\\frac{1}{2}", "\\frac{1}{2}"),  # only an unclosed box: its tail, as Qwen
+        ("\\fbox{7}", "7"),
+        ("We get \\boxed 9$ ok", "9"),
+        ("Thus the final answer is $12$. I hope it is correct.", "12"),  # Minerva
+        ("The answer is $\\frac{1}{2}$. Done.", "\\frac{1}{2}"),
+        ("so the answer is: 1,234.", "1,234"),
+        ("the final answer is 5", "5"),
+        ("... so we get 7 apples", "7"),  # last number
+        ("costs 1,200 dollars, i.e. -3.5 per day", "-3.5"),
+        ("cost 8<|im_end|> trailing 99", "8"),  # cut at end-of-text markers
+        ("x <|endoftext|> 5", None),
+        ("<|im_start|>assistant\nit is 4</s>9", "4"),
+        ("no final answer here", None),
+        ("", None),
+        (None, None),
+        (12, None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
@@ -140,7 +158,10 @@ def test_strip_string_examples():
     assert strip_string("5\\text{ cm}^2") == "5"
     assert strip_string("(x=1, y=2)") == "(1,2)"
     assert strip_string("x \\in [0,1]") == "[0,1]"
-    assert strip_string("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}") == "\\begin{pmatrix}1\\\\2\\end{pmatrix}"
+    assert (
+        strip_string("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}")
+        == "\\begin{pmatrix}1\\\\2\\end{pmatrix}"
+    )
 
 
 # ---------------------------------------------------------------- correctness reward (spec §5 checks 1-5)
@@ -151,8 +172,12 @@ def test_spec_checks_rewards():
     unboxed = "5 apples plus 2 apples, so we get 7 apples"  # check 3
     assert correctness_reward(unboxed, "7", mode="mix") == 1.0
     assert correctness_reward(unboxed, "7", mode="independent") == 0.5
-    for text, gold in [("\\boxed{x=5}", "5"), ("\\boxed{10\\%}", "10"), ("\\boxed{1,000}", "1000"),
-                       ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}")]:  # check 4
+    for text, gold in [
+        ("\\boxed{x=5}", "5"),
+        ("\\boxed{10\\%}", "10"),
+        ("\\boxed{1,000}", "1000"),
+        ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}"),
+    ]:  # check 4
         assert correctness_reward(text, gold) == 1.0, text
     assert correctness_reward("\\boxed{\\frac{1}{3}}", "0.333") == 0.0  # check 5
     assert correctness_reward("no final answer here", "3", mode="mix") == 0.0
@@ -165,21 +190,51 @@ def test_spec_checks_rewards():
 
 
 def test_math_reward_trl_contract():
-    completions = ["\\boxed{4}", [{"role": "assistant", "content": "the answer is 4"}],
-                   [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\boxed{5}"}], "\\boxed{4}"]
-    rewards = math_reward(prompts=["q"] * 4, completions=completions, answer=["4", "4", "4", None],
-                          trainer_state=None, completion_ids=[[1]] * 4)
+    completions = [
+        "\\boxed{4}",
+        [{"role": "assistant", "content": "the answer is 4"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\boxed{5}"}],
+        "\\boxed{4}",
+    ]
+    rewards = math_reward(
+        prompts=["q"] * 4,
+        completions=completions,
+        answer=["4", "4", "4", None],
+        trainer_state=None,
+        completion_ids=[[1]] * 4,
+    )
     assert rewards == [1.0, 1.0, 0.0, None]
     assert math_reward(["q"], ["\\boxed{4}"], ["3"], mode="independent") == [-0.5]
-    assert completion_text({"role": "assistant", "content": [{"type": "text", "text": "hi"}]}) == "hi"
+    assert (
+        completion_text({"role": "assistant", "content": [{"type": "text", "text": "hi"}]}) == "hi"
+    )
     assert completion_text(None) == ""
 
 
 # ---------------------------------------------------------------- robustness: garbage and time limits
-GARBAGE = [None, "", "   ", "\U0001F600" * 50, "\ud800", "1" * 10000, "{" * 500, "}" * 500, "\\boxed{{{{",
-           "\\frac{1}{", "$$$$", "\\", "\x00\x01", 3.5, ["a"],
-           # long repetitive strings: a regex with nested quantifiers would take minutes on these
-           "." * 20000 + "x", " " * 20000 + "x", "\\boxed{" * 3000, "<answer>" * 3000, "1," * 10000 + "x"]
+GARBAGE = [
+    None,
+    "",
+    "   ",
+    "\U0001f600" * 50,
+    "\ud800",
+    "1" * 10000,
+    "{" * 500,
+    "}" * 500,
+    "\\boxed{{{{",
+    "\\frac{1}{",
+    "$$$$",
+    "\\",
+    "\x00\x01",
+    3.5,
+    ["a"],
+    # long repetitive strings: a regex with nested quantifiers would take minutes on these
+    "." * 20000 + "x",
+    " " * 20000 + "x",
+    "\\boxed{" * 3000,
+    "<answer>" * 3000,
+    "1," * 10000 + "x",
+]
 
 
 @pytest.mark.parametrize("junk", GARBAGE)
@@ -218,12 +273,17 @@ def test_math_equal_in_threads_and_forked_processes():
     results = {}
 
     def grade(i):
-        results[i] = (math_equal(f"\\sqrt{{{i * i}}}", str(i)), math_equal(f"\\sqrt{{{i * i}}}", str(i + 1)))
+        results[i] = (
+            math_equal(f"\\sqrt{{{i * i}}}", str(i)),
+            math_equal(f"\\sqrt{{{i * i}}}", str(i + 1)),
+        )
 
     def grade_tower():
         results["tower"] = math_equal(TOWER, "5", timeout=1.0)
 
-    threads = [threading.Thread(target=grade, args=(i,)) for i in range(2, 4)] + [threading.Thread(target=grade_tower)]
+    threads = [threading.Thread(target=grade, args=(i,)) for i in range(2, 4)] + [
+        threading.Thread(target=grade_tower)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -236,10 +296,21 @@ def test_math_equal_in_threads_and_forked_processes():
 
 def test_math_equal_batch_gives_math_equal_verdicts():
     preds = [p for p, _, _ in GRADER_CASES] + [None, "", "\\frac{1}{2", "0.5", "0.5", "\\sqrt{12}"]
-    golds = [g for _, g, _ in GRADER_CASES] + ["1", "1", "1", "\\frac{1}{2}", "\\frac{1}{2}", "2\\sqrt{3}"]
+    golds = [g for _, g, _ in GRADER_CASES] + [
+        "1",
+        "1",
+        "1",
+        "\\frac{1}{2}",
+        "\\frac{1}{2}",
+        "2\\sqrt{3}",
+    ]
     serial = [math_equal(p, g) for p, g in zip(preds, golds)]
-    assert serial[:len(GRADER_CASES)] == [expected for _, _, expected in GRADER_CASES]  # not vacuous
-    assert math_equal_batch(preds, golds, workers=2) == serial  # two worker processes, a repeated pair
+    assert serial[: len(GRADER_CASES)] == [
+        expected for _, _, expected in GRADER_CASES
+    ]  # not vacuous
+    assert (
+        math_equal_batch(preds, golds, workers=2) == serial
+    )  # two worker processes, a repeated pair
     assert math_equal_batch(preds, golds, workers=1) == serial
     assert math_equal_batch([], []) == []
     with pytest.raises(ValueError, match="3 predictions but 2 gold"):
@@ -259,38 +330,68 @@ def test_math_equal_batch_goes_on_after_a_stuck_pair():
 
 
 # ---------------------------------------------------------------- countdown (spec §5 check 9)
-@pytest.mark.parametrize("completion,target,nums,expected", [
-    ("Let me think.\n<answer> 3 * 4 * (8 / 2) </answer>", 48, [3, 4, 8, 2], 1.0),
-    ("<answer>(8 - 4 + 2) * 3</answer>", 48, [3, 4, 8, 2], 0.1),  # not all numbers
-    ("<answer>3 * 8</answer>", 48, [3, 4, 8, 2], 0.1),
-    ("<answer>24</answer>", 48, [3, 4, 8, 2], 0.1),
-    ("<answer>3 * 4 * (8 / 2) = 48</answer>", 48, [3, 4, 8, 2], 0.1),  # '=' rejected
-    ("<answer> 3 * 4 * (8 / 2) </answer>\nDone.", 48, [3, 4, 8, 2], 0.0),  # trailing line
-    ("3 * 4 * (8 / 2)", 48, [3, 4, 8, 2], 0.0),  # no tags
-    ("<answer>(98 - 12) / 2</answer>", 43, [98, 12, 2], 1.0),
-    ("<answer>1</answer> <answer>(98 - 12) / 2</answer>", 43, [98, 12, 2], 1.0),  # last tag on the line
-    ("<answer>(98 - 12) / 2</answer><|im_end|>", 43, [98, 12, 2], 1.0),
-    ("<answer>2 * 2 * 4 * 3</answer>", 48, [3, 4, 8, 2], 0.1),  # 2 used twice, 8 unused
-    ("<answer>3 * 4 * (8 / (2 - 2))</answer>", 48, [3, 4, 8, 2, 2], 0.1),  # division by zero
-    ("<answer>9 ** 99 ** 98</answer>", 43, [9, 99, 98], 0.1),  # runaway power refused, no hang
-    ("<answer>(3 + 4 + 8) ** 2</answer>", 48, [3, 4, 8, 2], 0.1),
-    ("<answer>2 ** 4 * 3 + 8 - 8</answer>", 48, [2, 4, 3, 8, 8], 1.0),  # ** passes the whitelist
-    ("<answer>3 * 4 * (8 / 2) + abs(0)</answer>", 48, [3, 4, 8, 2, 0], 0.1),  # names rejected
-    ("<answer>03 * 4 * 8 / 2</answer>", 48, [3, 4, 8, 2], 0.1),  # int("03") == 3 but eval fails
-    ("<answer>4(3) * 8 / 2</answer>", 48, [3, 4, 8, 2], 0.1),  # a call, TypeError in eval
-])
+@pytest.mark.parametrize(
+    "completion,target,nums,expected",
+    [
+        ("Let me think.\n<answer> 3 * 4 * (8 / 2) </answer>", 48, [3, 4, 8, 2], 1.0),
+        ("<answer>(8 - 4 + 2) * 3</answer>", 48, [3, 4, 8, 2], 0.1),  # not all numbers
+        ("<answer>3 * 8</answer>", 48, [3, 4, 8, 2], 0.1),
+        ("<answer>24</answer>", 48, [3, 4, 8, 2], 0.1),
+        ("<answer>3 * 4 * (8 / 2) = 48</answer>", 48, [3, 4, 8, 2], 0.1),  # '=' rejected
+        ("<answer> 3 * 4 * (8 / 2) </answer>\nDone.", 48, [3, 4, 8, 2], 0.0),  # trailing line
+        ("3 * 4 * (8 / 2)", 48, [3, 4, 8, 2], 0.0),  # no tags
+        ("<answer>(98 - 12) / 2</answer>", 43, [98, 12, 2], 1.0),
+        (
+            "<answer>1</answer> <answer>(98 - 12) / 2</answer>",
+            43,
+            [98, 12, 2],
+            1.0,
+        ),  # last tag on the line
+        ("<answer>(98 - 12) / 2</answer><|im_end|>", 43, [98, 12, 2], 1.0),
+        ("<answer>2 * 2 * 4 * 3</answer>", 48, [3, 4, 8, 2], 0.1),  # 2 used twice, 8 unused
+        ("<answer>3 * 4 * (8 / (2 - 2))</answer>", 48, [3, 4, 8, 2, 2], 0.1),  # division by zero
+        ("<answer>9 ** 99 ** 98</answer>", 43, [9, 99, 98], 0.1),  # runaway power refused, no hang
+        ("<answer>(3 + 4 + 8) ** 2</answer>", 48, [3, 4, 8, 2], 0.1),
+        (
+            "<answer>2 ** 4 * 3 + 8 - 8</answer>",
+            48,
+            [2, 4, 3, 8, 8],
+            1.0,
+        ),  # ** passes the whitelist
+        ("<answer>3 * 4 * (8 / 2) + abs(0)</answer>", 48, [3, 4, 8, 2, 0], 0.1),  # names rejected
+        ("<answer>03 * 4 * 8 / 2</answer>", 48, [3, 4, 8, 2], 0.1),  # int("03") == 3 but eval fails
+        ("<answer>4(3) * 8 / 2</answer>", 48, [3, 4, 8, 2], 0.1),  # a call, TypeError in eval
+    ],
+)
 def test_countdown_reward(completion, target, nums, expected):
     assert countdown_reward(completion, target, nums) == pytest.approx(expected)
 
 
 def test_countdown_full_text_and_trl_wrapper():
     prompt = "A conversation between User and Assistant. User: Using [3, 4, 8, 2] make 48. Assistant: Let me"
-    assert countdown_reward(prompt + " solve\n<answer>3*4*(8/2)</answer>", 48, [3, 4, 8, 2], full_text=True) == 1.0
+    assert (
+        countdown_reward(
+            prompt + " solve\n<answer>3*4*(8/2)</answer>", 48, [3, 4, 8, 2], full_text=True
+        )
+        == 1.0
+    )
     assert countdown_reward("<answer>3*4*(8/2)</answer>", 48, [3, 4, 8, 2], full_text=True) == 0.0
-    assert countdown_reward("<answer>3*4*(8/2)</answer>", 48, [3, 4, 8, 2], format_score=0.0, score=2.0) == 2.0
-    rewards = countdown_reward_fn(["p"] * 3, ["<answer>3*4*(8/2)</answer>",
-                                              [{"role": "assistant", "content": "<answer>3*8</answer>"}], "none"],
-                                  target=[48, 48, 48], nums=[[3, 4, 8, 2]] * 3)
+    assert (
+        countdown_reward(
+            "<answer>3*4*(8/2)</answer>", 48, [3, 4, 8, 2], format_score=0.0, score=2.0
+        )
+        == 2.0
+    )
+    rewards = countdown_reward_fn(
+        ["p"] * 3,
+        [
+            "<answer>3*4*(8/2)</answer>",
+            [{"role": "assistant", "content": "<answer>3*8</answer>"}],
+            "none",
+        ],
+        target=[48, 48, 48],
+        nums=[[3, 4, 8, 2]] * 3,
+    )
     assert rewards == [1.0, 0.1, 0.0]
 
 
@@ -310,7 +411,9 @@ def test_pass_at_k():
 
 # ---------------------------------------------------------------- length rewards (spec §5 checks 10-12)
 def test_kimi_length_reward():
-    assert kimi_length_reward([100, 200, 300], [True, True, True]) == pytest.approx([0.5, 0.0, -0.5])
+    assert kimi_length_reward([100, 200, 300], [True, True, True]) == pytest.approx(
+        [0.5, 0.0, -0.5]
+    )
     wrong = kimi_length_reward([100, 200, 300], [False, False, False])
     assert wrong[0] == 0.0 and wrong[2] == pytest.approx(-0.5)
     assert kimi_length_reward([150, 150, 150], [True, False, True]) == [0.0, 0.0, 0.0]
@@ -325,7 +428,9 @@ def test_cosine_length_reward():
     assert cosine_length_reward(500, False, 1000) == pytest.approx(-5.0)
     assert cosine_length_reward(250, False, 1000) == pytest.approx(-8.536, abs=1e-3)
     assert cosine_length_reward(984, True, 1000) == -10.0
-    assert cosine_length_reward(983, True, 1000) == pytest.approx(1.0 + 0.5 * (1 + math.cos(math.pi * 0.983)))
+    assert cosine_length_reward(983, True, 1000) == pytest.approx(
+        1.0 + 0.5 * (1 + math.cos(math.pi * 0.983))
+    )
     # open-r1 style constants through the arguments
     assert cosine_length_reward(0, False, 1000, r_wrong=(-1.0, -0.5)) == pytest.approx(-1.0)
 

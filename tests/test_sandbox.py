@@ -1,5 +1,6 @@
 """Tests for common/sandbox.py: hostile programs are contained, reported, and the batch goes on,
 as root and as an unprivileged user; a missing isolation layer is refused loudly."""
+
 import json
 import os
 import shutil
@@ -18,32 +19,50 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import _sandbox_hostile as hostile  # noqa: E402
+
 from common import sandbox as sandbox_module  # noqa: E402
-from common.sandbox import (ExecResult, Sandbox, SandboxUnavailable, call_function,  # noqa: E402
-                            probe_isolation)
+from common.sandbox import (
+    ExecResult,
+    Sandbox,
+    SandboxUnavailable,
+    call_function,  # noqa: E402
+    probe_isolation,
+)
 
 SECRET = "nanoreason-secret-" + uuid.uuid4().hex
 MAX_OUTPUT = 64 * 1024
 FULL = not probe_isolation()["missing"]
-needs_full = pytest.mark.skipif(not FULL, reason="bubblewrap or libseccomp missing: apt-get install "
-                                                 "bubblewrap libseccomp2 (.ci/run does)")
+needs_full = pytest.mark.skipif(
+    not FULL,
+    reason="bubblewrap or libseccomp missing: apt-get install "
+    "bubblewrap libseccomp2 (.ci/run does)",
+)
 
 
 @pytest.fixture(scope="module")
 def sandbox():
     os.environ["NANOREASON_SANDBOX_TEST_SECRET"] = SECRET  # set before the zygotes start
-    with Sandbox(workers=2, timeout=1.5, memory_mb=256, max_output=MAX_OUTPUT, max_processes=16,
-                 allow_weaker=not FULL) as box:
+    with Sandbox(
+        workers=2,
+        timeout=1.5,
+        memory_mb=256,
+        max_output=MAX_OUTPUT,
+        max_processes=16,
+        allow_weaker=not FULL,
+    ) as box:
         yield box
     os.environ.pop("NANOREASON_SANDBOX_TEST_SECRET", None)
 
 
 def test_plain_runs_stdin_and_calls(sandbox):
-    result = sandbox.run("import numpy as np\nprint(int(np.arange(5).sum()), input())", stdin="hello\n")
+    result = sandbox.run(
+        "import numpy as np\nprint(int(np.arange(5).sum()), input())", stdin="hello\n"
+    )
     assert (result.status, result.stdout, result.returncode) == ("ok", "10 hello\n", 0)
     assert isinstance(result, ExecResult) and result.ok and not result.infrastructure_failure
-    called = sandbox.call("def add(a, b):\n    return {'sum': a + b, 'items': [a, b]}", "add",
-                          '{"a": 2, "b": 3}')
+    called = sandbox.call(
+        "def add(a, b):\n    return {'sum': a + b, 'items': [a, b]}", "add", '{"a": 2, "b": 3}'
+    )
     assert called.status == "ok" and called.value == {"sum": 5, "items": [2, 3]}
     assert called.value_json == '{"sum": 5, "items": [2, 3]}'
     not_json = sandbox.call("def f():\n    return {1, 2}", "f", {})
@@ -73,13 +92,19 @@ def test_hostile_batch_is_contained(sandbox):
         "read_environment": (
             "import os\nprint(dict(os.environ))\nfor pid in os.listdir('/proc'):\n    try:\n"
             "        print(open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace'))\n"
-            "    except OSError:\n        pass"),
+            "    except OSError:\n        pass"
+        ),
     }
     if FULL:  # in a PID namespace this reaches only the job (as the caller without one: everything)
-        hostile_codes["kill_everything"] = "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('me')"
+        hostile_codes["kill_everything"] = (
+            "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('me')"
+        )
     zygotes = [worker.proc.pid for worker in sandbox._workers]
     names, codes = [], []
-    for name, code in hostile_codes.items():  # a benign job after each hostile one: the batch goes on
+    for (
+        name,
+        code,
+    ) in hostile_codes.items():  # a benign job after each hostile one: the batch goes on
         names += [name, f"after_{name}"]
         codes += [code, f"print('alive after {name}')"]
     results = dict(zip(names, sandbox.run_many(codes)))
@@ -97,11 +122,18 @@ def test_hostile_batch_is_contained(sandbox):
         assert "ProcessLookupError" in results["kill_everything"].stderr
     assert (results["sys_exit_3"].status, results["sys_exit_3"].returncode) == ("error", 3)
     assert (results["sys_exit_0"].status, results["sys_exit_0"].stdout) == ("ok", "bye\n")
-    assert results["sys_exit_text"].status == "error" and "fatal text" in results["sys_exit_text"].stderr
+    assert (
+        results["sys_exit_text"].status == "error"
+        and "fatal text" in results["sys_exit_text"].stderr
+    )
     assert (results["os_exit"].status, results["os_exit"].returncode) == ("error", 7)
-    assert results["recursion"].status == "error" and "RecursionError" in results["recursion"].stderr
+    assert (
+        results["recursion"].status == "error" and "RecursionError" in results["recursion"].stderr
+    )
     assert results["deep_recursion"].status in ("memory", "crash", "error", "timeout")
-    assert results["segfault"].status == "crash" and results["segfault"].returncode == -signal.SIGSEGV
+    assert (
+        results["segfault"].status == "crash" and results["segfault"].returncode == -signal.SIGSEGV
+    )
     assert SECRET not in results["read_environment"].stdout
     assert results["read_environment"].stdout.startswith("{}\n")
     assert [worker.proc.pid for worker in sandbox._workers] == zygotes
@@ -125,8 +157,9 @@ class HostBait:
         os.chmod(self.context["socket_path"], 0o777)
         self.unix.listen(1)
         self.unix.setblocking(False)
-        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                                         self.context["marker"]])
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)", self.context["marker"]]
+        )
 
     def failures(self) -> list[str]:
         found = hostile.host_failures(self.context)
@@ -153,8 +186,13 @@ def bait():
     made.close()
 
 
-LEAK_KWARGS = {"timeout": 3.0, "memory_mb": 256, "max_output": MAX_OUTPUT, "max_processes": 16,
-               "tmpfs_mb": 16}
+LEAK_KWARGS = {
+    "timeout": 3.0,
+    "memory_mb": 256,
+    "max_output": MAX_OUTPUT,
+    "max_processes": 16,
+    "tmpfs_mb": 16,
+}
 
 
 def check_leak_batch(report: dict, bait: HostBait):
@@ -174,10 +212,25 @@ def test_every_leak_is_contained_as_the_caller(bait):
 def python_for_nobody() -> str | None:
     """An interpreter `nobody` can run (a venv under /root is unreadable to it)."""
     for candidate in (sys.executable, "/usr/bin/python3"):
-        if candidate and os.path.exists(candidate) and subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", candidate, "-I", "-c",
-                 "import ctypes, os, sys\nassert os.access(os.path.realpath(sys.executable), os.R_OK)"],
-                capture_output=True, cwd="/").returncode == 0:
+        if (
+            candidate
+            and os.path.exists(candidate)
+            and subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    candidate,
+                    "-I",
+                    "-c",
+                    "import ctypes, os, sys\nassert os.access(os.path.realpath(sys.executable), os.R_OK)",
+                ],
+                capture_output=True,
+                cwd="/",
+            ).returncode
+            == 0
+        ):
             return candidate
     return None
 
@@ -190,7 +243,9 @@ def test_every_leak_is_contained_as_nobody(bait):
     so common/sandbox.py and the programs are copied to a directory nobody can read."""
     python = python_for_nobody()
     if python is None or shutil.which("setpriv") is None:
-        pytest.skip("no Python interpreter that uid 65534 can run (and setpriv), e.g. /usr/bin/python3")
+        pytest.skip(
+            "no Python interpreter that uid 65534 can run (and setpriv), e.g. /usr/bin/python3"
+        )
     where = tempfile.mkdtemp(prefix="nanoreason-nobody-")
     try:
         os.chmod(where, 0o755)
@@ -199,11 +254,24 @@ def test_every_leak_is_contained_as_nobody(bait):
         for name in os.listdir(where):
             os.chmod(os.path.join(where, name), 0o644)
         kwargs = dict(LEAK_KWARGS, preload=["json"])  # numpy may be missing for that interpreter
-        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python,
-                               "-I", os.path.join(where, "_sandbox_hostile.py"),
-                               json.dumps(bait.context), json.dumps(kwargs)],
-                              capture_output=True, text=True, cwd=where, timeout=240,
-                              env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"})
+        done = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                python,
+                "-I",
+                os.path.join(where, "_sandbox_hostile.py"),
+                json.dumps(bait.context),
+                json.dumps(kwargs),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=where,
+            timeout=240,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
+        )
     finally:
         shutil.rmtree(where, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -219,8 +287,13 @@ def test_dead_worker_is_an_infrastructure_failure(sandbox):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:  # the zygote dies while serving a job
-        pending = pool.submit(worker.request, {"code": "import time\ntime.sleep(5)"},
-                              {"timeout": 5, "cpu_time": 6}, 15, MAX_OUTPUT)
+        pending = pool.submit(
+            worker.request,
+            {"code": "import time\ntime.sleep(5)"},
+            {"timeout": 5, "cpu_time": 6},
+            15,
+            MAX_OUTPUT,
+        )
         time.sleep(0.5)
         signal.pidfd_send_signal(worker.zygote_pidfd, signal.SIGKILL)
         result = pending.result()
@@ -246,10 +319,15 @@ def test_isolation_report_full(sandbox):
 def without(monkeypatch, *layers):
     """Pretend the machine lacks some layers (the refusal and the weaker modes are real code paths)."""
     real = probe_isolation()
-    fake = {"bubblewrap": None if "bubblewrap" in layers else real["bubblewrap"],
-            "bpf": None if "seccomp" in layers else real["bpf"]}
-    fake["missing"] = [name for name, key in (("bubblewrap", "bubblewrap"), ("seccomp", "bpf"))
-                       if fake[key] is None]
+    fake = {
+        "bubblewrap": None if "bubblewrap" in layers else real["bubblewrap"],
+        "bpf": None if "seccomp" in layers else real["bpf"],
+    }
+    fake["missing"] = [
+        name
+        for name, key in (("bubblewrap", "bubblewrap"), ("seccomp", "bpf"))
+        if fake[key] is None
+    ]
     monkeypatch.setattr(sandbox_module, "probe_isolation", lambda: fake)
 
 
@@ -259,7 +337,8 @@ NETWORK_PROBE = (
     "                   ('_socket', lambda: socket._socket.socket()),\n"
     "                   ('libc', lambda: libc.socket(2, 1, 0))):\n"
     "    try:\n        made = make()\n        print(name, 'made' if made != -1 else 'refused')\n"
-    "    except OSError:\n        print(name, 'refused')\n")
+    "    except OSError:\n        print(name, 'refused')\n"
+)
 
 
 def test_missing_layer_is_refused_unless_allow_weaker(monkeypatch):
@@ -273,7 +352,9 @@ def test_missing_layer_is_refused_unless_allow_weaker(monkeypatch):
         assert iso["namespaces"] == [] and iso["filesystem"].startswith("host filesystem")
         probe = box.run(NETWORK_PROBE)
         nested = box.run(hostile.hostile_programs(hostile.make_context("/", 1))["nested_userns"])
-    if iso["seccomp"]:  # libseccomp: socket() of every family refused by the kernel, even via ctypes
+    if iso[
+        "seccomp"
+    ]:  # libseccomp: socket() of every family refused by the kernel, even via ctypes
         assert probe.stdout == "socket refused\n_socket refused\nlibc refused\n", probe
         assert nested.stdout == "unshare -1\nclone -1\n"
     else:
@@ -293,8 +374,16 @@ def test_python_level_fallback_blocks_the_c_socket_module(monkeypatch):
 @pytest.mark.skipif(os.geteuid() != 0, reason="worker uids are claimed only as root")
 def test_worker_uids_are_free_and_outside_systemd_ranges():
     assert not sandbox_module._uid_is_free(0)  # in the password database
-    sleeper = subprocess.Popen(["setpriv", f"--reuid={sandbox_module.UID_BASE + 7}",
-                                f"--regid={sandbox_module.UID_BASE + 7}", "--clear-groups", "sleep", "30"])
+    sleeper = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={sandbox_module.UID_BASE + 7}",
+            f"--regid={sandbox_module.UID_BASE + 7}",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ]
+    )
     try:
         time.sleep(0.3)
         assert not sandbox_module._uid_is_free(sandbox_module.UID_BASE + 7)  # a process runs as it
@@ -304,16 +393,24 @@ def test_worker_uids_are_free_and_outside_systemd_ranges():
     uid, lock = sandbox_module._claim_uid()
     try:
         assert sandbox_module._uid_is_free(uid)
-        assert not 61184 <= uid <= 65519 and not 524288 <= uid <= 1879048191  # systemd dynamic/container
+        assert (
+            not 61184 <= uid <= 65519 and not 524288 <= uid <= 1879048191
+        )  # systemd dynamic/container
         assert not 2147352576 <= uid <= 2147418111  # systemd's foreign range
     finally:
         os.close(lock)
 
 
 def test_call_function_helper_and_bad_arguments():
-    result = call_function("def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n"
-                           "        last = (last + m) % i\n    return last", "main_solution",
-                           '{"n": 61, "m": 4}', timeout=2.0, memory_mb=128, allow_weaker=not FULL)
+    result = call_function(
+        "def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n"
+        "        last = (last + m) % i\n    return last",
+        "main_solution",
+        '{"n": 61, "m": 4}',
+        timeout=2.0,
+        memory_mb=128,
+        allow_weaker=not FULL,
+    )
     assert result.status == "ok" and result.value == 38
     with pytest.raises(ValueError, match="workers=0"):
         Sandbox(workers=0)
@@ -323,9 +420,12 @@ def test_call_function_helper_and_bad_arguments():
 def test_scratch_is_private_and_emptied_between_jobs():
     name = f"leftover-{uuid.uuid4().hex}"
     with Sandbox(workers=1, timeout=2.0, memory_mb=128) as box:  # one worker: the same zygote
-        first = box.run(f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')\n"
-                        "print('ok')")
-        second = box.run(f"import os\nprint(os.path.exists('/tmp/{name}'), "
-                         f"os.path.exists('/dev/shm/{name}'))")
+        first = box.run(
+            f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')\n"
+            "print('ok')"
+        )
+        second = box.run(
+            f"import os\nprint(os.path.exists('/tmp/{name}'), os.path.exists('/dev/shm/{name}'))"
+        )
     assert first.stdout == "ok\n" and second.stdout == "False False\n"
     assert not os.path.exists(f"/tmp/{name}") and not os.path.exists(f"/dev/shm/{name}")

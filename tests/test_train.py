@@ -8,10 +8,17 @@ import time
 
 import pytest
 import torch
+from conftest import OFFLINE_ENV, ROOT
 
 from common.models import load_model, make_tiny_lm
-from common.train import MetricsLogger, format_table, make_scheduler, pad_batch, sft_loss, token_logprobs
-from conftest import OFFLINE_ENV, ROOT
+from common.train import (
+    MetricsLogger,
+    format_table,
+    make_scheduler,
+    pad_batch,
+    sft_loss,
+    token_logprobs,
+)
 
 
 def _params_equal(a, b, atol=0.0):
@@ -24,8 +31,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, run_cmd):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_cmd([sys.executable, "tests/_ckpt_worker.py", str(full), "--steps", "6"])
     env = {**__import__("os").environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "tests/_ckpt_worker.py", str(killed), "--steps", "6", "--hang-after", "4"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "tests/_ckpt_worker.py", str(killed), "--steps", "6", "--hang-after", "4"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (killed / "ckpt" / "meta.json").exists():
         time.sleep(0.2)
@@ -60,7 +72,9 @@ def test_pad_batch_masks_and_logprobs_align(tiny):
     logits = tiny(input_ids=ids, attention_mask=att).logits
     ref = torch.log_softmax(logits[0, 2].float(), -1)[9]  # position 2 predicts token 9
     assert torch.allclose(lp[0, 2], ref, atol=1e-5)
-    assert (ent >= 0).all() and (ent <= torch.log(torch.tensor(float(logits.shape[-1]))) + 1e-4).all()
+    assert (ent >= 0).all() and (
+        ent <= torch.log(torch.tensor(float(logits.shape[-1]))) + 1e-4
+    ).all()
 
 
 def test_sft_loss_ignores_prompt_tokens(tiny):
@@ -84,7 +98,9 @@ def test_metrics_logger_jsonl_plot_and_resume_truncation(tmp_path):
 
 def test_make_scheduler_passes_schedule_kwargs():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = make_scheduler(opt, "cosine_with_min_lr", warmup_steps=0, total_steps=10, min_lr_rate=0.1)
+    sched = make_scheduler(
+        opt, "cosine_with_min_lr", warmup_steps=0, total_steps=10, min_lr_rate=0.1
+    )
     for _ in range(10):
         opt.step(), sched.step()
     assert sched.get_last_lr()[0] == pytest.approx(0.1)

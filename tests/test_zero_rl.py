@@ -25,11 +25,17 @@ def test_grpo_advantages_spec_case():
 
 
 def test_grpo_advantages_equal_group_is_zero_and_groups_are_independent():
-    assert Z.grpo_advantages(torch.full((8,), 0.7), 8).abs().max() < 1e-6  # float32 mean/std would give 0.056
+    assert (
+        Z.grpo_advantages(torch.full((8,), 0.7), 8).abs().max() < 1e-6
+    )  # float32 mean/std would give 0.056
     assert torch.equal(Z.grpo_advantages(torch.zeros(8), 8), torch.zeros(8))
-    adv = Z.grpo_advantages(torch.tensor([1.0, 0.0, 3.0, 3.0]), 2)  # unbiased std of [1, 0] = 0.70711
+    adv = Z.grpo_advantages(
+        torch.tensor([1.0, 0.0, 3.0, 3.0]), 2
+    )  # unbiased std of [1, 0] = 0.70711
     assert torch.allclose(adv, torch.tensor([0.70711, -0.70711, 0.0, 0.0]), atol=1e-4)
-    assert torch.allclose(Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1), torch.tensor([2.0, -1.0]), atol=1e-5)  # G=1: mean 0, std 1
+    assert torch.allclose(
+        Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1), torch.tensor([2.0, -1.0]), atol=1e-5
+    )  # G=1: mean 0, std 1
     with pytest.raises(ValueError, match="groups of 8"):
         Z.grpo_advantages(torch.ones(7), 8)
 
@@ -38,8 +44,10 @@ def test_dr_grpo_advantages_are_not_divided_by_the_std():
     adv = Z.grpo_advantages(torch.tensor([1.0, 0, 0, 0, 0.5, 0.5, 0.5, 1.5]), 4, scale_by_std=False)
     # group 1: mean 0.25; group 2: mean 0.75 (with the std it would be [-0.5, -0.5, -0.5, 1.5])
     assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, -0.25, -0.25, -0.25, 0.75]))
-    assert torch.equal(Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1, scale_by_std=False),
-                       torch.tensor([2.0, -1.0]))  # G=1: mean 0 (verl)
+    assert torch.equal(
+        Z.grpo_advantages(torch.tensor([2.0, -1.0]), 1, scale_by_std=False),
+        torch.tensor([2.0, -1.0]),
+    )  # G=1: mean 0 (verl)
 
 
 def test_dr_grpo_loss_type_turns_the_std_off_unless_overridden():
@@ -60,7 +68,9 @@ def test_dr_grpo_loss_type_turns_the_std_off_unless_overridden():
 def test_ppo_clip_ratio_one_is_minus_advantage():
     logp = torch.log(torch.tensor([[0.5, 0.25]]))
     loss, ratio = Z.ppo_clip_loss(logp, logp.clone(), torch.tensor([1.5]))
-    assert torch.allclose(ratio, torch.ones(1, 2)) and torch.allclose(loss, torch.full((1, 2), -1.5))
+    assert torch.allclose(ratio, torch.ones(1, 2)) and torch.allclose(
+        loss, torch.full((1, 2), -1.5)
+    )
 
 
 def test_ppo_clip_clipped_and_unclipped_sides():
@@ -73,14 +83,18 @@ def test_ppo_clip_clipped_and_unclipped_sides():
     loss.sum().backward()
     assert logp.grad[0].item() == 0 and logp.grad[2].item() == 0  # clipped tokens carry no gradient
     assert logp.grad[1].item() == pytest.approx(1.5) and logp.grad[3].item() == pytest.approx(-0.5)
-    high, _ = Z.ppo_clip_loss(torch.log(torch.tensor([[1.25]])), torch.zeros(1, 1), torch.tensor([1.0]), 0.2, 0.28)
+    high, _ = Z.ppo_clip_loss(
+        torch.log(torch.tensor([[1.25]])), torch.zeros(1, 1), torch.tensor([1.0]), 0.2, 0.28
+    )
     assert high.item() == pytest.approx(-1.25)  # clip-higher: 1.25 < 1 + 0.28
 
 
 def test_k3_kl_hand_values():
     logp, ref = torch.log(torch.tensor([0.5, 0.3])), torch.log(torch.tensor([0.25, 0.3]))
     kl = Z.k3_kl(logp, ref)  # exp(-0.6931) + 0.6931 - 1 = 0.19315; equal -> 0
-    assert kl[0].item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6) and kl[1].item() == pytest.approx(0.0, abs=1e-7)
+    assert kl[0].item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6) and kl[
+        1
+    ].item() == pytest.approx(0.0, abs=1e-7)
     assert Z.k3_kl(torch.tensor([-30.0]), torch.tensor([0.0])).item() == 10.0  # clamped
     assert (Z.k3_kl(torch.randn(100), torch.randn(100)) >= 0).all()
 
@@ -88,12 +102,20 @@ def test_k3_kl_hand_values():
 def test_aggregate_loss_variants():
     per_token = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
-    assert Z.aggregate_loss(per_token, mask, "dapo", 4).item() == pytest.approx(10 / 4)  # token mean
+    assert Z.aggregate_loss(per_token, mask, "dapo", 4).item() == pytest.approx(
+        10 / 4
+    )  # token mean
     assert Z.aggregate_loss(per_token, mask, "bnpo", 4).item() == pytest.approx(10 / 4)
-    assert Z.aggregate_loss(per_token, mask, "grpo", 4).item() == pytest.approx((6 / 3 + 4 / 1) / 2)  # sequence means
-    assert Z.aggregate_loss(per_token, mask, "dr_grpo", 4).item() == pytest.approx(10 / (2 * 4))  # / (B * max len)
+    assert Z.aggregate_loss(per_token, mask, "grpo", 4).item() == pytest.approx(
+        (6 / 3 + 4 / 1) / 2
+    )  # sequence means
+    assert Z.aggregate_loss(per_token, mask, "dr_grpo", 4).item() == pytest.approx(
+        10 / (2 * 4)
+    )  # / (B * max len)
     # a micro-batch of a larger mini-batch uses the mini-batch's normalisers
-    assert Z.aggregate_loss(per_token, mask, "dapo", 4, num_tokens=8).item() == pytest.approx(10 / 8)
+    assert Z.aggregate_loss(per_token, mask, "dapo", 4, num_tokens=8).item() == pytest.approx(
+        10 / 8
+    )
     assert Z.aggregate_loss(per_token, mask, "grpo", 4, num_seqs=4).item() == pytest.approx(6 / 4)
     with pytest.raises(ValueError, match="--loss_type"):
         Z.aggregate_loss(per_token, mask, "sum", 4)
@@ -105,10 +127,14 @@ def test_verl_micro_batch_mean_differs_from_the_dapo_token_mean():
     micro-batch means, (2 + 4)/2 = 3.0: B's single token weighs three times each of A's."""
     a_loss, a_mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1, 1, 1]])
     b_loss, b_mask = torch.tensor([[4.0, 9.0, 9.0]]), torch.tensor([[1, 0, 0]])
-    dapo = sum(Z.aggregate_loss(loss, m, "dapo", 3, num_tokens=4, num_seqs=2)
-               for loss, m in ((a_loss, a_mask), (b_loss, b_mask)))
-    verl = sum(Z.aggregate_loss(loss, m, "verl", 3, num_seqs=2, num_micro=2)
-               for loss, m in ((a_loss, a_mask), (b_loss, b_mask)))
+    dapo = sum(
+        Z.aggregate_loss(loss, m, "dapo", 3, num_tokens=4, num_seqs=2)
+        for loss, m in ((a_loss, a_mask), (b_loss, b_mask))
+    )
+    verl = sum(
+        Z.aggregate_loss(loss, m, "verl", 3, num_seqs=2, num_micro=2)
+        for loss, m in ((a_loss, a_mask), (b_loss, b_mask))
+    )
     assert dapo.item() == pytest.approx(2.5) and verl.item() == pytest.approx(3.0)
     whole = Z.aggregate_loss(torch.cat([a_loss, b_loss]), torch.cat([a_mask, b_mask]), "verl", 3)
     assert whole.item() == pytest.approx(2.5)  # one micro-batch: verl == dapo
@@ -119,17 +145,30 @@ def test_micro_batches_add_up_to_the_mini_batch_loss():
     per_token, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).long()
     for kind in ("dapo", "grpo", "dr_grpo"):
         whole = Z.aggregate_loss(per_token, mask, kind, 5)
-        parts = sum(Z.aggregate_loss(per_token[s:s + 2], mask[s:s + 2], kind, 5, num_tokens=float(mask.sum()), num_seqs=6)
-                    for s in range(0, 6, 2))
+        parts = sum(
+            Z.aggregate_loss(
+                per_token[s : s + 2],
+                mask[s : s + 2],
+                kind,
+                5,
+                num_tokens=float(mask.sum()),
+                num_seqs=6,
+            )
+            for s in range(0, 6, 2)
+        )
         assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
 
 
 def test_length_rewards_dispatch_hand_values():
     kimi = Z.length_rewards("kimi", [100, 200, 300, 100, 200, 300], [1, 1, 1, 0, 0, 0], 3, 1000)
     assert kimi == pytest.approx([0.5, 0.0, -0.5, 0.0, 0.0, -0.5])
-    assert Z.length_rewards("dapo_overlong", [700, 900, 1000], [1, 1, 1], 3, 1000, buffer=200) == pytest.approx([0.0, -0.5, -1.0])
+    assert Z.length_rewards(
+        "dapo_overlong", [700, 900, 1000], [1, 1, 1], 3, 1000, buffer=200
+    ) == pytest.approx([0.0, -0.5, -1.0])
     assert Z.length_rewards("cosine", [0, 500], [1, 0], 2, 1000) == pytest.approx([2.0, -5.0])
-    assert Z.length_rewards("l1_exact", [1500], [1], 1, 4000, budgets=[1000]) == pytest.approx([0.85])
+    assert Z.length_rewards("l1_exact", [1500], [1], 1, 4000, budgets=[1000]) == pytest.approx(
+        [0.85]
+    )
     assert Z.length_rewards("l1_max", [500], [1], 1, 4000, budgets=[1000]) == pytest.approx([0.65])
     assert Z.length_rewards("none", [5, 6], [1, 0], 2, 16) == [0.0, 0.0]
     with pytest.raises(ValueError, match="--overlong_buffer"):
@@ -167,8 +206,9 @@ def test_total_rewards_cosine_is_the_whole_reward():
 
 def test_total_rewards_l1_is_the_whole_reward():
     # alpha 3e-4, n_gold 1000. Exact: c - alpha |n_gold - L|: 1 - 0.15, 0 - 0.3 (not 1.85)
-    exact = Z.total_rewards("l1_exact", [1.0, 0.0], [1, 0], [1500, 2000], 1, 4000,
-                            budgets=[1000] * 2)
+    exact = Z.total_rewards(
+        "l1_exact", [1.0, 0.0], [1, 0], [1500, 2000], 1, 4000, budgets=[1000] * 2
+    )
     assert exact == pytest.approx([0.85, -0.30])
     # Max: c * clip(alpha (n_gold - L) + 0.5, 0, 1); a correct answer over budget gets 0.2, not 1
     lengths = [1000, 500, 2000, 3000, 500]
@@ -215,12 +255,19 @@ def test_response_logprobs_match_common_token_logprobs():
     path = make_tiny_lm()
     model, tok = load_model(path), load_tokenizer(path)
     prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]  # two prompts of different lengths
-    responses = [[20, 21, 22, 23], [24, 25], [26, 27, 28], [29]]  # rows 0-1 -> prompt 0, rows 2-3 -> prompt 1
+    responses = [
+        [20, 21, 22, 23],
+        [24, 25],
+        [26, 27, 28],
+        [29],
+    ]  # rows 0-1 -> prompt 0, rows 2-3 -> prompt 1
     index = torch.tensor([0, 0, 1, 1])
     enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     resp = torch.tensor([r + [0] * (4 - len(r)) for r in responses])
     resp_mask = torch.tensor([[1] * len(r) + [0] * (4 - len(r)) for r in responses])
-    logps, entropy = Z.response_logprobs(model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, return_entropy=True)
+    logps, entropy = Z.response_logprobs(
+        model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, return_entropy=True
+    )
     assert logps.shape == (4, 4)
     (logps * resp_mask).sum().backward()
     shared_grad = model.model.embed_tokens.weight.grad.clone()
@@ -229,10 +276,12 @@ def test_response_logprobs_match_common_token_logprobs():
     for i, r in enumerate(responses):
         p = prompts[int(index[i])]
         ids = torch.tensor([p + r])
-        full, full_ent = token_logprobs(model, ids, torch.ones_like(ids), return_entropy=True)  # (1, L-1)
-        assert torch.allclose(logps[i, : len(r)], full[0, len(p) - 1:], atol=1e-5)
-        assert torch.allclose(entropy[i, : len(r)], full_ent[0, len(p) - 1:], atol=1e-4)
-        total = total + full[0, len(p) - 1:].sum()
+        full, full_ent = token_logprobs(
+            model, ids, torch.ones_like(ids), return_entropy=True
+        )  # (1, L-1)
+        assert torch.allclose(logps[i, : len(r)], full[0, len(p) - 1 :], atol=1e-5)
+        assert torch.allclose(entropy[i, : len(r)], full_ent[0, len(p) - 1 :], atol=1e-4)
+        total = total + full[0, len(p) - 1 :].sum()
     total.backward()
     assert torch.allclose(shared_grad, model.model.embed_tokens.weight.grad, atol=1e-5)
 
@@ -242,12 +291,17 @@ def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenati
     path = make_tiny_lm()
     tok = load_tokenizer(path)
     enc = tok.pad({"input_ids": [[5, 6, 7, 8, 9], [10, 11, 12]]}, padding=True, return_tensors="pt")
-    resp, resp_mask = torch.tensor([[20, 21, 22], [24, 25, 0], [26, 0, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    resp, resp_mask = (
+        torch.tensor([[20, 21, 22], [24, 25, 0], [26, 0, 0]]),
+        torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]),
+    )
     index = torch.tensor([0, 1, 1])
     out = []
     for ckpt in (False, True):
         model = shard_model(load_model(path), Dist(), gradient_checkpointing=ckpt).train()
-        logps, ent = Z.response_logprobs(model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, True)
+        logps, ent = Z.response_logprobs(
+            model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, True
+        )
         ((logps + ent) * resp_mask).sum().backward()
         out.append((logps.detach(), ent.detach(), model.model.embed_tokens.weight.grad))
     assert gradient_checkpointing_on(model)
@@ -264,32 +318,48 @@ def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenati
 def test_prompt_templates():
     chat = Z.make_prompt("What is 2+3?", "qwen-boxed")
     assert chat[0] == {"role": "system", "content": "You are a helpful assistant."}
-    assert chat[1]["content"] == "What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}."
-    assert Z.make_prompt("What is 2+3?", "abel") == "Question:\nWhat is 2+3?\nAnswer:\nLet's think step by step.\n"
-    assert Z.make_prompt("Q?", "abel", budget=512, l1_kind="l1_max").startswith("Question:\nQ? Think for maximum 512 tokens.")
+    assert (
+        chat[1]["content"]
+        == "What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
+    assert (
+        Z.make_prompt("What is 2+3?", "abel")
+        == "Question:\nWhat is 2+3?\nAnswer:\nLet's think step by step.\n"
+    )
+    assert Z.make_prompt("Q?", "abel", budget=512, l1_kind="l1_max").startswith(
+        "Question:\nQ? Think for maximum 512 tokens."
+    )
     with pytest.raises(ValueError, match="--prompt_template"):
         Z.make_prompt("Q", "alpaca")
 
 
 COUNTDOWN_Q = "Using the numbers [3, 4, 8], create an equation that equals 20."
-COUNTDOWN_RULES = (" You can use basic arithmetic operations (+, -, *, /) and each number can"
-                   " only be used once. Show your work in <think> </think> tags. And return the"
-                   " final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3"
-                   " </answer>.")
+COUNTDOWN_RULES = (
+    " You can use basic arithmetic operations (+, -, *, /) and each number can"
+    " only be used once. Show your work in <think> </think> tags. And return the"
+    " final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3"
+    " </answer>."
+)
 
 
 def test_countdown_prompts_are_tinyzeros():
     """TinyZero examples/data_preprocess/countdown.py make_prefix: qwen-instruct and base."""
-    instruct = ("<|im_start|>system\nYou are a helpful assistant. You first thinks about the "
-                "reasoning process in the mind and then provides the user with the answer."
-                "<|im_end|>\n"
-                "<|im_start|>user\n " + COUNTDOWN_Q + COUNTDOWN_RULES + "<|im_end|>\n"
-                "<|im_start|>assistant\nLet me solve this step by step.\n<think>")
+    instruct = (
+        "<|im_start|>system\nYou are a helpful assistant. You first thinks about the "
+        "reasoning process in the mind and then provides the user with the answer."
+        "<|im_end|>\n"
+        "<|im_start|>user\n " + COUNTDOWN_Q + COUNTDOWN_RULES + "<|im_end|>\n"
+        "<|im_start|>assistant\nLet me solve this step by step.\n<think>"
+    )
     assert Z.make_prompt(COUNTDOWN_Q, "countdown") == instruct
-    base = ("A conversation between User and Assistant. The user asks a question, and the "
-            "Assistant solves it. The assistant first thinks about the reasoning process in the "
-            "mind and then provides the user with the answer.\nUser: " + COUNTDOWN_Q
-            + COUNTDOWN_RULES + "\nAssistant: Let me solve this step by step.\n<think>")
+    base = (
+        "A conversation between User and Assistant. The user asks a question, and the "
+        "Assistant solves it. The assistant first thinks about the reasoning process in the "
+        "mind and then provides the user with the answer.\nUser: "
+        + COUNTDOWN_Q
+        + COUNTDOWN_RULES
+        + "\nAssistant: Let me solve this step by step.\n<think>"
+    )
     assert Z.make_prompt(COUNTDOWN_Q, "countdown-base") == base
 
 
@@ -308,20 +378,37 @@ def test_countdown_rows_with_only_target_and_nums(tmp_path):
 def test_toy_held_out_prompts_never_in_training():
     for task in ("math", "countdown"):
         train, held_out = Z.make_toy_rows(task, seed=1)
-        assert len(held_out) == Z.TOY_HELD_OUT and not {r["question"] for r in train} & {r["question"] for r in held_out}
+        assert len(held_out) == Z.TOY_HELD_OUT and not {r["question"] for r in train} & {
+            r["question"] for r in held_out
+        }
     train, _ = Z.make_toy_rows("math", seed=1)
     assert train[0]["answer"] == "".join(sorted(train[0]["answer"]))
     assert Z.score(f"\\boxed{{{train[0]['answer']}}}", train[0], Z.Args())[:2] == (1.0, True)
 
 
-@pytest.mark.parametrize("text", ["", "no answer at all", "9" * 5000, "\\boxed{", "\\boxed{}}}{{", "ünïcödé 🙂 ∑∫ \x00",
-                                  "<answer></answer>", "\\boxed{1/0}", "1e999999", "\\boxed{" * 300])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "no answer at all",
+        "9" * 5000,
+        "\\boxed{",
+        "\\boxed{}}}{{",
+        "ünïcödé 🙂 ∑∫ \x00",
+        "<answer></answer>",
+        "\\boxed{1/0}",
+        "1e999999",
+        "\\boxed{" * 300,
+    ],
+)
 def test_garbage_completions_get_zero_reward(text):
     row = {"question": "Sort the digits 4 3 2 1 from smallest to largest.", "answer": "1234"}
     assert Z.score(text, row, Z.Args())[:2] == (0.0, False)
     countdown = {"question": "q", "target": 48, "nums": [3, 4, 8, 2], "answer": "3 * 4 * (8 / 2)"}
     reward, correct, _ = Z.score(text, countdown, Z.Args(task="countdown"))
-    assert not correct and reward == (0.1 if text == "<answer></answer>" else 0.0)  # TinyZero: a tagged answer earns 0.1
+    assert not correct and reward == (
+        0.1 if text == "<answer></answer>" else 0.0
+    )  # TinyZero: a tagged answer earns 0.1
 
 
 def test_reward_modes():
@@ -330,24 +417,48 @@ def test_reward_modes():
     assert Z.score("so we get 7 apples", row, Z.Args(reward_mode="independent"))[0] == 0.5
     assert Z.score("\\boxed{8}", row, Z.Args(reward_mode="independent"))[0] == -0.5
     assert Z.score("nothing", row, Z.Args(reward_mode="independent"))[0] == -1.0
-    assert Z.score("<answer> 3 * 4 * (8 / 2) </answer>", {"target": 48, "nums": [3, 4, 8, 2]}, Z.Args(task="countdown"))[:2] == (1.0, True)
+    assert Z.score(
+        "<answer> 3 * 4 * (8 / 2) </answer>",
+        {"target": 48, "nums": [3, 4, 8, 2]},
+        Z.Args(task="countdown"),
+    )[:2] == (1.0, True)
 
 
 def test_levels_and_field_names_from_a_local_file(tmp_path):
     path = tmp_path / "math.jsonl"
-    rows = [{"problem": f"q{i}", "solution": str(i), "level": f"Level {1 + i % 5}"} for i in range(20)]
+    rows = [
+        {"problem": f"q{i}", "solution": str(i), "level": f"Level {1 + i % 5}"} for i in range(20)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    args = Z.Args(data=str(path), question_field="problem", answer_field="solution", levels="3-5", num_eval_prompts=2)
+    args = Z.Args(
+        data=str(path),
+        question_field="problem",
+        answer_field="solution",
+        levels="3-5",
+        num_eval_prompts=2,
+    )
     train, evals = Z.load_task_rows(args)
-    assert len(train) + len(evals) == 12 and all(r["level"] in ("Level 3", "Level 4", "Level 5") for r in train + evals)
+    assert len(train) + len(evals) == 12 and all(
+        r["level"] in ("Level 3", "Level 4", "Level 5") for r in train + evals
+    )
     assert train[0]["question"] == "q2" and train[0]["answer"] == "2"
     assert Z.parse_range("2", "--levels") == (2, 2) and Z.parse_range("3-5", "--levels") == (3, 5)
     for bad in ("hard", "3-", "-1", ""):
         with pytest.raises(ValueError, match="--levels"):
             Z.parse_range(bad, "--levels")
     with pytest.raises(ValueError, match="'difficulty'.*--level_field"):
-        Z.load_task_rows(Z.Args(data=str(path), question_field="problem", answer_field="solution", levels="3", level_field="difficulty"))
-    with pytest.raises(ValueError, match=r"math\.jsonl:1: missing field 'answer' .*'solution'"):  # no box
+        Z.load_task_rows(
+            Z.Args(
+                data=str(path),
+                question_field="problem",
+                answer_field="solution",
+                levels="3",
+                level_field="difficulty",
+            )
+        )
+    with pytest.raises(
+        ValueError, match=r"math\.jsonl:1: missing field 'answer' .*'solution'"
+    ):  # no box
         Z.load_task_rows(Z.Args(data=str(path)))
 
 
@@ -357,51 +468,108 @@ def test_levels_and_field_names_from_a_local_file(tmp_path):
 
 def test_keyword_behaviours():
     text = "First, list all cases. Let me check 2+2=4. Wait, that was a mistake."
-    assert Z.keyword_behaviours(text) == {"subgoal setting", "enumeration", "verification", "backtracking"}
+    assert Z.keyword_behaviours(text) == {
+        "subgoal setting",
+        "enumeration",
+        "verification",
+        "backtracking",
+    }
     assert Z.keyword_behaviours("\\boxed{1234}") == set()
 
 
 def test_parse_judge_reply():
     assert Z.parse_judge_reply("[]") == set()
-    assert Z.parse_judge_reply('Sure: [{"behavior": "Verification", "example": "check"}, {"behavior": "Subgoal Setting"}] done') == {
-        "verification", "subgoal setting"}
+    assert Z.parse_judge_reply(
+        'Sure: [{"behavior": "Verification", "example": "check"}, {"behavior": "Subgoal Setting"}] done'
+    ) == {"verification", "subgoal setting"}
     assert Z.parse_judge_reply('[{"behavior": "Flying"}]') == set()
-    for bad in ("garbage", "[1, 2]", '{"behavior": "Verification"}', "[{", "][", "[" * 5000 + "]" * 5000, ""):
+    for bad in (
+        "garbage",
+        "[1, 2]",
+        '{"behavior": "Verification"}',
+        "[{",
+        "][",
+        "[" * 5000 + "]" * 5000,
+        "",
+    ):
         assert Z.parse_judge_reply(bad) is None
 
 
 def test_judge_through_the_sampler_with_the_tiny_model():
     path = make_tiny_lm()
     judge = HFSampler(load_model(path), load_tokenizer(path))
-    labels = Z.judge_behaviours(judge, ["Sort 2 1", "Sort 4 3"], ["\\boxed{12}", "wait, check: 34"], max_new_tokens=8)
-    assert len(labels) == 2 and all(lab is None or lab <= set(Z.BEHAVIOURS) for lab in labels)  # garbage is None, not an error
+    labels = Z.judge_behaviours(
+        judge, ["Sort 2 1", "Sort 4 3"], ["\\boxed{12}", "wait, check: 34"], max_new_tokens=8
+    )
+    assert len(labels) == 2 and all(
+        lab is None or lab <= set(Z.BEHAVIOURS) for lab in labels
+    )  # garbage is None, not an error
 
 
 # ----------------------------------------------------------------------------------------------------
 # end to end (subprocesses, the way the scripts are run)
 
-SMALL = ["--num_eval_prompts", "16", "--eval_samples", "2", "--prompts_per_step", "4", "--mini_batch_prompts", "2"]
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
+SMALL = [
+    "--num_eval_prompts",
+    "16",
+    "--eval_samples",
+    "2",
+    "--prompts_per_step",
+    "4",
+    "--mini_batch_prompts",
+    "2",
+]
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1"
+}  # a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
 
 
 def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
     out = tmp_path / "learn"
-    run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(out), "--total_steps", "20", "--eval_every", "20",
-             "--num_eval_prompts", "64", "--save_every", "100"], timeout=600, env=ONE_THREAD)
+    run_cmd(
+        [
+            sys.executable,
+            "zero_rl.py",
+            "--output_dir",
+            str(out),
+            "--total_steps",
+            "20",
+            "--eval_every",
+            "20",
+            "--num_eval_prompts",
+            "64",
+            "--save_every",
+            "100",
+        ],
+        timeout=600,
+        env=ONE_THREAD,
+    )
     summary = json.loads((out / "summary.json").read_text())
     claims = {c["metric"]: c for c in summary["claims"]}
     assert set(claims) == {"eval/accuracy_greedy", "eval/accuracy_sampled"}
     for metric, c in claims.items():  # computed from the run's own before/after evaluations
         assert (c["baseline"], c["result"]) == (summary["before"][metric], summary["after"][metric])
         assert c["holds"], c
-    before, after = summary["before"]["eval/accuracy_sampled"], summary["after"]["eval/accuracy_sampled"]
+    before, after = (
+        summary["before"]["eval/accuracy_sampled"],
+        summary["after"]["eval/accuracy_sampled"],
+    )
     assert after - before >= 0.15, (before, after)
     assert (out / "curves.png").stat().st_size > 0 and (out / "model" / "config.json").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "reward" in r]
     assert [r["step"] for r in train] == list(range(1, 21))
-    for key in ("completions/mean_length", "completions/clipped_ratio", "completions/mean_terminated_length", "entropy", "kl",
-                "clip_ratio/region_mean", "frac_reward_zero_std", "time/step", "tokens_per_s"):
+    for key in (
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "completions/mean_terminated_length",
+        "entropy",
+        "kl",
+        "clip_ratio/region_mean",
+        "frac_reward_zero_std",
+        "time/step",
+        "tokens_per_s",
+    ):
         assert math.isfinite(train[-1][key]), key
 
 
@@ -410,29 +578,86 @@ def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
     Also exercises the LLM-judge eval path, a length reward with a warm-up that spans the resume,
     the repetition penalty, the format-penalty reward and grpo loss."""
     judge = make_tiny_lm()
-    flags = SMALL + ["--save_every", "2", "--eval_every", "100", "--judge_model", judge, "--judge_max_new_tokens", "8",
-                     "--length_reward", "kimi", "--length_reward_warmup_steps", "3",
-                     "--repetition_penalty", "-0.05", "--repetition_ngram_size", "2",
-                     "--reward_mode", "independent", "--loss_type", "grpo"]
+    flags = SMALL + [
+        "--save_every",
+        "2",
+        "--eval_every",
+        "100",
+        "--judge_model",
+        judge,
+        "--judge_max_new_tokens",
+        "8",
+        "--length_reward",
+        "kimi",
+        "--length_reward_warmup_steps",
+        "3",
+        "--repetition_penalty",
+        "-0.05",
+        "--repetition_ngram_size",
+        "2",
+        "--reward_mode",
+        "independent",
+        "--loss_type",
+        "grpo",
+    ]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "2", *flags], env=ONE_THREAD)
-    proc = run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "4", "--resume", *flags], env=ONE_THREAD)
+    run_cmd(
+        [sys.executable, "zero_rl.py", "--output_dir", str(resumed), "--total_steps", "2", *flags],
+        env=ONE_THREAD,
+    )
+    proc = run_cmd(
+        [
+            sys.executable,
+            "zero_rl.py",
+            "--output_dir",
+            str(resumed),
+            "--total_steps",
+            "4",
+            "--resume",
+            *flags,
+        ],
+        env=ONE_THREAD,
+    )
     assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
-    run_cmd([sys.executable, "zero_rl.py", "--output_dir", str(straight), "--total_steps", "4", *flags], env=ONE_THREAD)
+    run_cmd(
+        [sys.executable, "zero_rl.py", "--output_dir", str(straight), "--total_steps", "4", *flags],
+        env=ONE_THREAD,
+    )
     load = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     a, b = load(resumed), load(straight)
     assert [r["step"] for r in a if "reward" in r] == [1, 2, 3, 4]
     assert json.loads((resumed / "checkpoint" / "meta.json").read_text())["step"] == 4
     for key in ("reward", "completions/mean_length", "loss"):
-        assert [r[key] for r in a if "reward" in r] == pytest.approx([r[key] for r in b if "reward" in r], abs=1e-5), key
+        assert [r[key] for r in a if "reward" in r] == pytest.approx(
+            [r[key] for r in b if "reward" in r], abs=1e-5
+        ), key
     final = [r for r in a if "eval/judge_parse_failures" in r][-1]
-    assert 0 <= final["eval/judge_parse_failures"] <= 16 and "eval/behaviour_keyword/verification" in final
+    assert (
+        0 <= final["eval/judge_parse_failures"] <= 16
+        and "eval/behaviour_keyword/verification" in final
+    )
 
 
 def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
     out = tmp_path / "ddp"
-    run_cmd([*torchrun_cmd, "zero_rl.py", "--output_dir", str(out), "--total_steps", "2", "--eval_every", "2",
-             "--micro_batch_size", "4", "--loss_type", "verl", *SMALL], timeout=600)
+    run_cmd(
+        [
+            *torchrun_cmd,
+            "zero_rl.py",
+            "--output_dir",
+            str(out),
+            "--total_steps",
+            "2",
+            "--eval_every",
+            "2",
+            "--micro_batch_size",
+            "4",
+            "--loss_type",
+            "verl",
+            *SMALL,
+        ],
+        timeout=600,
+    )
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())  # rank 0 writes the gathered eval
