@@ -34,6 +34,12 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
+
+def arg(default, help: str):
+    """A dataclass field with its help string (HfArgumentParser shows it in --help)."""
+    return field(default=default, metadata={"help": help})
+
+
 # --model values that mean "no model named": the scripts' toy defaults ("", None; bstar's "tiny")
 TOY_MODEL_VALUES = ("", None, "tiny")
 

@@ -24,11 +24,12 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from common.benchmarks import SIMPLERL_SUITE, load_benchmark
+from common.config import arg
 from common.rewards import extract_answer, math_equal_batch
 
 # The paper's Table 1 column names, in its order
@@ -42,10 +43,6 @@ COLUMN_NAMES = {
 }
 PAPER_MAX_TOKENS = 16384  # SimpleRL-Zoo evaluates with up to 16K new tokens
 TOY_MAX_TOKENS = 32  # the toy models answer in a few tokens
-
-
-def arg(default, help: str):  # a dataclass field with its help string (HfArgumentParser shows it)
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

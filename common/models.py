@@ -129,12 +129,27 @@ def load_processor(name_or_path: str):
     return proc
 
 
+# End-of-turn tokens of the common chat templates: ChatML <|im_end|> (Qwen, our toys), Llama-3
+# <|eot_id|>, Gemma <end_of_turn>, Phi-3 <|end|>.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def end_of_turn(tokenizer) -> str:
+    """The token that closes an assistant turn: appended to SFT targets so the model learns to stop.
+
+    The first of END_OF_TURN_TOKENS in the vocabulary, else eos (a base model without a chat
+    template ends its answer with eos)."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM processor carries its tokenizer
+    vocab = tokenizer.get_vocab()
+    return next((t for t in END_OF_TURN_TOKENS if t in vocab), tokenizer.eos_token)
+
+
 def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end a completion: eos plus ChatML's <|im_end|> when the vocabulary has it."""
-    ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end is not None:
-        ids.add(im_end)
+    """Token ids that end a completion: eos plus every end-of-turn token in the vocabulary (both
+    samplers stop at these)."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    vocab = tokenizer.get_vocab()
+    ids = {tokenizer.eos_token_id, *(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)}
     return sorted(i for i in ids if i is not None)
 
 

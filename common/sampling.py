@@ -50,19 +50,6 @@ class Completion:
     finish_reason: str = "stop"  # "stop" | "length"
 
 
-# Chat templates' end-of-turn tokens beyond ChatML's <|im_end|> (which common.models.stop_token_ids
-# adds): Llama-3 <|eot_id|>, Gemma <end_of_turn>, Phi-3 <|end|>.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
-
-
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """eos plus every end-of-turn token in the vocabulary: where both backends stop a completion."""
-    ids = set(stop_token_ids(tokenizer))
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-    return sorted(ids)
-
-
 def get_tokenizer(tokenizer_or_processor):
     return getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
 
@@ -178,7 +165,7 @@ class HFSampler(Sampler):
         self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
         self.share_prefill = share_prefill
-        self.stop_ids = end_of_turn_ids(self.tokenizer)
+        self.stop_ids = stop_token_ids(self.tokenizer)
         self.lockstep = hasattr(model, "unshard")  # FSDP2 root: forwards are collectives
 
     def _encode(self, texts, images):
@@ -405,7 +392,7 @@ class VLLMSampler(Sampler):
         self.tokenizer = self.llm.get_tokenizer()
         # a VLM's processor holds the chat template that places the images
         self.renderer = renderer or self.tokenizer
-        self.stop_ids = end_of_turn_ids(self.tokenizer)
+        self.stop_ids = stop_token_ids(self.tokenizer)
         self.sleep_enabled = sleep
         self.asleep: set[str] = set()  # the sleeping parts: "weights", "kv_cache"
 

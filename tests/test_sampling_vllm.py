@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.models import load_model, load_tokenizer, make_tiny_lm, make_tiny_vlm
+from common.models import load_model, load_tokenizer, make_tiny_lm, make_tiny_vlm, stop_token_ids
 from common.sampling import (
     VLLMArgs,
-    end_of_turn_ids,
     generate_local,
     generate_sharded,
     make_sampler,
@@ -78,7 +77,7 @@ def test_token_id_prompts_stop_ids_and_greedy_n(fake_vllm):
         tok(render_prompt(tok, p), add_special_tokens=False).input_ids for p in (chat, "12 + 3 =")
     ]
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    assert call["stop_token_ids"] == end_of_turn_ids(tok) and {tok.eos_token_id, im_end} <= set(
+    assert call["stop_token_ids"] == stop_token_ids(tok) and {tok.eos_token_id, im_end} <= set(
         call["stop_token_ids"]
     )
     assert call["n"] == 1  # vLLM refuses greedy n > 1: one greedy completion, copied
