@@ -1,19 +1,21 @@
-"""GPU check of the real-scale training path, offline, one GPU, a few minutes: Qwen2.5-0.5B- and 1.5B-shaped
-models built from their configs (random weights, no download), one zero_rl step, one bstar SFT step and one
-genius_aco ACO step each, with common.train's precision policy (fp32 master weights + AdamW state, bf16
-compute through a one-rank FSDP2 MixedPrecisionPolicy, the frozen reference in bf16), gradient checkpointing,
-chunked log-probs and micro-batches. Prints, per model and step: step time, training tokens/s, peak memory and
-MFU = model FLOPs per token x tokens/s / the GPU's dense bf16 peak (FLOPs per token: 6 x the matmul
-parameters + 12 x layers x hidden x context for attention, PaLM App. B; the checkpointing recompute is not
-counted, as usual). Writes bench/results/gpu_check-<device>.json.
+"""GPU check of the real-scale training path, offline, one GPU, a few minutes: Qwen2.5-0.5B- and
+1.5B-shaped models built from their configs (random weights, no download), one zero_rl step, one
+bstar SFT step and one genius_aco ACO step each, with common.train's precision policy (fp32 master
+weights + AdamW state, bf16 compute through a one-rank FSDP2 MixedPrecisionPolicy, the frozen
+reference in bf16), gradient checkpointing, chunked log-probs and micro-batches. Prints, per model
+and step: step time, training tokens/s, peak memory and MFU = model FLOPs per token x tokens/s / the
+GPU's dense bf16 peak (FLOPs per token: 6 x the matmul parameters + 12 x layers x hidden x context
+for attention, PaLM App. B; the checkpointing recompute is not counted, as usual). Writes
+bench/results/gpu_check-<device>.json.
 
-    python bench/gpu_check.py                                # CUDA, both sizes
-    python bench/gpu_check.py --device cpu --layers 2        # dry run on the CPU (what the test runs)
+    python bench/gpu_check.py                            # CUDA, both sizes
+    python bench/gpu_check.py --device cpu --layers 2    # CPU dry run (what the test runs)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -47,7 +49,8 @@ def peak_flops(device: torch.device, override: float) -> float | None:
 
 
 def flops_per_token(cfg, context: int) -> float:
-    """Training FLOPs per token: 6 x matmul parameters (blocks + the lm_head projection) + attention."""
+    """Training FLOPs per token: 6 x matmul parameters (blocks + the lm_head projection) +
+    attention."""
     h, L, kv = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads
     d = h // cfg.num_attention_heads
     block = (
@@ -57,7 +60,8 @@ def flops_per_token(cfg, context: int) -> float:
 
 
 def genius_step(model, optimizer, args, meter: Meter, vocab: int) -> dict:
-    """One genius_aco update: chosen/rejected sequence log-probs over micro-batches, the ACO loss (§1.3) against
+    """One genius_aco update: chosen/rejected sequence log-probs over micro-batches, the ACO loss
+    (§1.3) against
     fixed reference log-probs, mean over the pairs, AdamW."""
     import genius_aco as GA
 
@@ -134,7 +138,8 @@ def main(argv=None) -> dict:
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
-            "bench/gpu_check.py: --device cuda but torch sees no GPU (use --device cpu for a dry run)"
+            "bench/gpu_check.py: --device cuda but torch sees no GPU (use --device cpu for a dry "
+            "run)"
         )
     dist = Dist(device=dev)
     peak = peak_flops(dev, args.peak_tflops)
@@ -150,11 +155,11 @@ def main(argv=None) -> dict:
     for size in args.sizes.split(","):
         cfg = qwen25_config(size, args.layers or None)
         meter = Meter(dev)
-        model = meter("build/policy", lambda: build_model(cfg, dist))
+        model = meter("build/policy", functools.partial(build_model, cfg, dist))
         ref = (
             None
             if args.no_ref
-            else meter("build/reference", lambda: build_model(cfg, dist, frozen=True))
+            else meter("build/reference", functools.partial(build_model, cfg, dist, frozen=True))
         )
         optimizer = make_optimizer(model, 1e-6)
         steps = {"zero_rl": zero_rl_step(model, ref, optimizer, args, meter, cfg.vocab_size)}
@@ -185,7 +190,8 @@ def main(argv=None) -> dict:
             }
             report["runs"].append(run)
             print(
-                f"Qwen2.5-{size} ({cfg.num_hidden_layers} layers) {algo:<10} step {run['step_seconds']:7.2f} s  "
+                f"Qwen2.5-{size} ({cfg.num_hidden_layers} layers) {algo:<10} step "
+                f"{run['step_seconds']:7.2f} s  "
                 f"train {tps or 0:9.0f} tok/s  peak {run['peak_gib']:6.2f} GiB  MFU "
                 + (f"{mfu:.1%}" if mfu is not None else "n/a")
                 + f"  loss {res['loss']:.4f}",

@@ -7,21 +7,23 @@ Command (from the repository root, CPU):
     python bench/grader.py --only batch --workers 2   # serial `math_equal` vs `math_equal_batch`
     python bench/grader.py --only batch --responses FILE.jsonl   # your own responses (format below)
 
-Cases: (prediction, gold, label) triples written here from templates (see `make_cases`): for each gold
-answer in MATH-style LaTeX, equivalent forms a model writes (decimals for fractions, `\\dfrac`, `a/b`,
-units, `^\\circ`, `\\%`, `\\$`, thousands separators, `x=`, `\\left(`, reordered expressions, bmatrix...)
-labelled True, and near misses that look alike (reciprocals, 0.333 for 1/3, 12 for 1.2, lost signs,
-open vs closed intervals, swapped coordinates...) labelled False. Predictions are already-extracted
-answers, as the grader receives them after `extract_answer`.
+Cases: (prediction, gold, label) triples written here from templates (see `make_cases`): for each
+gold answer in MATH-style LaTeX, equivalent forms a model writes (decimals for fractions, `\\dfrac`,
+`a/b`, units, `^\\circ`, `\\%`, `\\$`, thousands separators, `x=`, `\\left(`, reordered expressions,
+bmatrix...) labelled True, and near misses that look alike (reciprocals, 0.333 for 1/3, 12 for 1.2,
+lost signs, open vs closed intervals, swapped coordinates...) labelled False. Predictions are
+already-extracted answers, as the grader receives them after `extract_answer`.
 
 Graders:
-- `common.rewards.math_equal` (strip_string + fast path + math-verify in a worker process with a timeout);
+- `common.rewards.math_equal` (strip_string + fast path + math-verify in a worker process with a
+  timeout);
 - math-verify directly: `verify(parse(gold), parse(pred))` on the raw strings;
 - math-verify on boxed raw strings: `verify(parse("\\boxed{gold}"), parse("\\boxed{pred}"))` (what
   SimpleRL does minus the normalisation);
 - plain string match after `.strip()`.
-Speed is answers per second over all cases, median of `--runs` runs, after one warm-up run (the warm-up
-also starts our worker process). No pathological inputs here: they would only measure the timeouts.
+Speed is answers per second over all cases, median of `--runs` runs, after one warm-up run (the
+warm-up also starts our worker process). No pathological inputs here: they would only measure the
+timeouts.
 
 Serial vs pool (`--only batch`): whole model responses in the format of SimpleRL-Zoo's
 `examples/simplelr_math_eval/data/eval_rm_maj_example/math_cot_100.jsonl` (one row per problem:
@@ -85,7 +87,8 @@ def make_cases() -> list[tuple[str, str, bool]]:
             f"\\tfrac{p}{q}" if p < 10 and q < 10 else f"\\tfrac{{{p}}}{{{q}}}",
         ]
         exact_decimal = Fraction(str(float(value))) == value
-        # a terminating decimal is exact; otherwise 6 places is what math-verify's float rounding accepts
+        # a terminating decimal is exact; otherwise 6 places is what math-verify's float rounding
+        # accepts
         same.append(str(float(value)) if exact_decimal else f"{float(value):.6f}")
         two_places = f"{float(value):.2f}"  # 0.33 for 1/3 (wrong); 0.50 would be right, so shift it
         if Fraction(two_places) == value:
@@ -192,8 +195,8 @@ def make_cases() -> list[tuple[str, str, bool]]:
 
 
 def answer_family(family: int, k: int) -> tuple[str, list[str], list[str]]:
-    """(gold, equivalent forms, wrong answers) of a MATH-style problem: 13 answer shapes, each with a
-    parameter k so that no two of the 100 problems share a gold answer."""
+    """(gold, equivalent forms, wrong answers) of a MATH-style problem: 13 answer shapes, each with
+    a parameter k so that no two of the 100 problems share a gold answer."""
     g = 100 + 7 * k
     shapes = [
         (str(g), [f"{g}.0", f"{g} \\text{{ units}}"], [str(g + 1), str(10 * g)]),

@@ -1,19 +1,21 @@
-"""GRPO on the zero_rl toy: this repository's `zero_rl.py` against TRL's `GRPOTrainer`, same work, CPU.
+"""GRPO on the zero_rl toy: this repository's `zero_rl.py` against TRL's `GRPOTrainer`, same work,
+CPU.
 
-Both runs start from the same cached tiny base (zero_rl's warm start), see the same training prompts in
-the same order (the digit-sorting toy through the qwen-boxed chat template), and use the same settings:
-16 prompts x 8 samples per rollout, 4 optimizer updates per rollout (32 completions each), at most 16
-new tokens (both stop at <|im_end|>), temperature 1.0, top-p 1.0, lr 1e-3 constant, AdamW, grad clip 1.0,
-PPO clip 0.2, k3 KL with beta 1e-4 to a reference model, entropy bonus 0.001, token-level loss (TRL
-`loss_type="dapo"`), the same reward (`common.rewards.math_reward`, SimpleRL "mix") and the same
-held-out evaluation (`zero_rl.evaluate`, timed out of both). Both run in this process with the same
-torch thread count.
+Both runs start from the same cached tiny base (zero_rl's warm start), see the same training prompts
+in the same order (the digit-sorting toy through the qwen-boxed chat template), and use the same
+settings: 16 prompts x 8 samples per rollout, 4 optimizer updates per rollout (32 completions each),
+at most 16 new tokens (both stop at <|im_end|>), temperature 1.0, top-p 1.0, lr 1e-3 constant,
+AdamW, grad clip 1.0, PPO clip 0.2, k3 KL with beta 1e-4 to a reference model, entropy bonus 0.001,
+token-level loss (TRL `loss_type="dapo"`), the same reward (`common.rewards.math_reward`, SimpleRL
+"mix") and the same held-out evaluation (`zero_rl.evaluate`, timed out of both). Both run in this
+process with the same torch thread count.
 
 (a) step time: median time of one rollout step (sample 128 completions, score them, 4 updates), from
-    one step end to the next, evaluation excluded; TRL's rollout step is 4 optimizer steps. Reported as
-    wall time and as CPU time of this process (the CPU time barely moves when other jobs load the machine).
-(b) time to target: training time until the held-out sampled accuracy first reaches --target (checked
-    every --eval_every rollout steps); median over rounds.
+    one step end to the next, evaluation excluded; TRL's rollout step is 4 optimizer steps. Reported
+    as wall time and as CPU time of this process (the CPU time barely moves when other jobs load the
+    machine).
+(b) time to target: training time until the held-out sampled accuracy first reaches --target
+    (checked every --eval_every rollout steps); median over rounds.
 The runs alternate (ours, TRL, TRL, ours, ...) for --rounds rounds so that load changes hit both.
 
 Command (the tables in docs/zero_rl.md came from this):
@@ -63,7 +65,8 @@ class Clock:
 
 
 def summarise(ends, start, accuracy):
-    """Per-step (wall, cpu) times from step 2 on (step 1 carries one-off set-up in both), elapsed per step."""
+    """Per-step (wall, cpu) times from step 2 on (step 1 carries one-off set-up in both), elapsed
+    per step."""
     steps = sorted(ends)
     return {
         "step_times": [ends[b] - ends[a] for a, b in zip(steps, steps[1:])],
@@ -73,7 +76,8 @@ def summarise(ends, start, accuracy):
 
 
 def run_ours(args, workdir):
-    """zero_rl.main in this process; step ends come from its metrics logger, evaluations are timed out."""
+    """zero_rl.main in this process; step ends come from its metrics logger, evaluations are timed
+    out."""
     cfg = Z.Args(
         output_dir=str(workdir),
         total_steps=args.steps,
@@ -170,8 +174,9 @@ def run_trl(args, workdir, base_path, train_rows, eval_rows):
                     accuracy[rollout] = metrics["eval/accuracy_sampled"]
 
     model = load_model(base_path, dtype="float32")
-    # stop at <|im_end|> as well as eos, as our Sampler does (a Qwen chat model's generation_config lists both);
-    # without it TRL's completions run on to max_completion_length and the two runs would do different work
+    # stop at <|im_end|> as well as eos, as our Sampler does (a Qwen chat model's generation_config
+    # lists both); without it TRL's completions run on to max_completion_length and the two runs
+    # would do different work
     model.generation_config.eos_token_id = stop_token_ids(tok)
     trainer = GRPOTrainer(
         model=model,
@@ -232,7 +237,8 @@ def main():
                 runs[name].append(run)
                 med = np.median(run["step_times"], axis=0)
                 print(
-                    f"[round {r}] {name}: median step {med[0]:.3f} s wall, {med[1]:.3f} s CPU; accuracy "
+                    f"[round {r}] {name}: median step {med[0]:.3f} s wall, {med[1]:.3f} s CPU; "
+                    f"accuracy "
                     f"{ {k: round(v, 3) for k, v in sorted(run['accuracy'].items())} }",
                     flush=True,
                 )

@@ -1,19 +1,20 @@
-"""A real model shape through the real training path, offline: Qwen2.5-0.5B's exact architecture (hidden 896,
-24 layers, 14 query / 2 KV heads, vocab 151,936, tied embeddings; Qwen2.5-1.5B's with --size 1.5B) built from
-its config with random weights (nothing is downloaded), then
+"""A real model shape through the real training path, offline: Qwen2.5-0.5B's exact architecture
+(hidden 896, 24 layers, 14 query / 2 KV heads, vocab 151,936, tied embeddings; Qwen2.5-1.5B's with
+--size 1.5B) built from its config with random weights (nothing is downloaded), then
 
-- one zero_rl step: sample G responses per prompt (HF generate), old and reference log-probs, the PPO-clip +
-  k3-KL + entropy loss over micro-batches (zero_rl.response_logprobs: chunked log-probs, the concatenated path
-  under gradient checkpointing), AdamW step;
+- one zero_rl step: sample G responses per prompt (HF generate), old and reference log-probs, the
+  PPO-clip + k3-KL + entropy loss over micro-batches (zero_rl.response_logprobs: chunked log-probs,
+  the concatenated path under gradient checkpointing), AdamW step;
 - one bstar SFT step (bstar.sft_step: token-mean NLL accumulated over micro-batches), AdamW step;
 - (gpu_check.py adds one genius_aco ACO step.)
 
-through common.train's precision policy (fp32 master weights; on CUDA bf16 compute through a one-rank FSDP2
-mesh, the reference model in bf16), gradient checkpointing on, log-probs projected 1,024 positions at a time.
-Prints the time of each phase and the peak memory (CPU: the process's peak RSS; CUDA: peak allocated).
+through common.train's precision policy (fp32 master weights; on CUDA bf16 compute through a
+one-rank FSDP2 mesh, the reference model in bf16), gradient checkpointing on, log-probs projected
+1,024 positions at a time. Prints the time of each phase and the peak memory (CPU: the process's
+peak RSS; CUDA: peak allocated).
 
-    python bench/real_shape.py                      # 0.5B shape on the CPU, a few minutes on 2 cores
-    python bench/real_shape.py --layers 2           # what the test runs
+    python bench/real_shape.py                # 0.5B shape on the CPU, a few minutes on 2 cores
+    python bench/real_shape.py --layers 2     # what the test runs
     python bench/real_shape.py --size 1.5B --device cuda --prompts 8 --group 8 --response_len 512
 """
 
@@ -32,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.train import Dist, make_optimizer, micro_batches, shard_model  # noqa: E402
 
-# Qwen2.5-0.5B / -1.5B config.json (hub: Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B), the fields that set the shape
+# Qwen2.5-0.5B / -1.5B config.json (hub: Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B), the fields that set
+# the shape
 QWEN25 = {
     "0.5B": dict(
         hidden_size=896,
@@ -75,7 +77,8 @@ def qwen25_config(size: str = "0.5B", layers: int | None = None):
 
 
 def build_model(cfg, dist: Dist, frozen: bool = False, seed: int = 0):
-    """Random weights from the config on the CPU (fp32), then the precision policy + FSDP2 (common.train)."""
+    """Random weights from the config on the CPU (fp32), then the precision policy + FSDP2
+    (common.train)."""
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -88,7 +91,8 @@ def params_of(model) -> int:
 
 
 class Meter:
-    """Wall time and peak memory of each phase (CUDA peaks are reset per phase; the CPU RSS peak only grows)."""
+    """Wall time and peak memory of each phase (CUDA peaks are reset per phase; the CPU RSS peak
+    only grows)."""
 
     def __init__(self, device: torch.device):
         self.device, self.rows = device, []
@@ -115,7 +119,8 @@ class Meter:
 
 
 def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
-    """One GRPO step of zero_rl.py's update on random prompts: generate, old/ref log-probs, loss, AdamW."""
+    """One GRPO step of zero_rl.py's update on random prompts: generate, old/ref log-probs, loss,
+    AdamW."""
     import zero_rl as Z
 
     dev, G, T = meter.device, args.group, args.response_len
@@ -195,7 +200,8 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
 
 
 def bstar_step(model, optimizer, args, meter: Meter, vocab: int) -> dict:
-    """One bstar.sft_step (token-mean NLL over micro-batches, clipping, AdamW) on random (prompt, response) pairs."""
+    """One bstar.sft_step (token-mean NLL over micro-batches, clipping, AdamW) on random (prompt,
+    response) pairs."""
     import types
 
     import bstar
@@ -278,8 +284,10 @@ def main(argv=None) -> dict:
     }
     width = max(len(r["phase"]) for r in meter.rows)
     print(
-        f"Qwen2.5-{args.size} shape, {cfg.num_hidden_layers} layers, {result['params'] / 1e6:.0f}M parameters, "
-        f"{args.device}; policy fp32 masters{' + bf16 FSDP2 compute' if args.device == 'cuda' else ''}, "
+        f"Qwen2.5-{args.size} shape, {cfg.num_hidden_layers} layers, {result['params'] / 1e6:.0f}M "
+        f"parameters, "
+        f"{args.device}; policy fp32 "
+        f"masters{' + bf16 FSDP2 compute' if args.device == 'cuda' else ''}, "
         "gradient checkpointing, chunked log-probs, micro-batches of " + str(args.micro_batch_size)
     )
     for r in meter.rows:

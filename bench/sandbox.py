@@ -54,7 +54,8 @@ FUNCTIONS = {  # name -> (source of main_solution, kwargs generator)
     ),
     "word_stats": (
         "def main_solution(text):\n    words = re.findall(r'[a-z]+', text.lower())\n"
-        "    counts = Counter(words)\n    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]\n"
+        "    counts = Counter(words)\n    top = sorted(counts.items(), key=lambda kv: (-kv[1], "
+        "kv[0]))[:3]\n"
         "    return {'n_words': len(words), 'top': [w for w, _ in top]}",
         lambda r: {
             "text": " ".join(
@@ -72,11 +73,13 @@ FUNCTIONS = {  # name -> (source of main_solution, kwargs generator)
     ),
     "collatz": (
         "def main_solution(start):\n    steps = 0\n    while start != 1:\n"
-        "        start = start // 2 if start % 2 == 0 else 3 * start + 1\n        steps += 1\n    return steps",
+        "        start = start // 2 if start % 2 == 0 else 3 * start + 1\n        steps += 1\n    "
+        "return steps",
         lambda r: {"start": r.randint(1, 10**6)},
     ),
     "roman": (
-        "def main_solution(number):\n    table = [(1000, 'M'), (900, 'CM'), (500, 'D'), (400, 'CD'), (100, 'C'),"
+        "def main_solution(number):\n    table = [(1000, 'M'), (900, 'CM'), (500, 'D'), (400, "
+        "'CD'), (100, 'C'),"
         " (90, 'XC'), (50, 'L'), (40, 'XL'), (10, 'X'), (9, 'IX'), (5, 'V'), (4, 'IV'), (1, 'I')]\n"
         "    out = ''\n    for value, letters in table:\n        while number >= value:\n"
         "            out += letters\n            number -= value\n    return out",
@@ -84,9 +87,12 @@ FUNCTIONS = {  # name -> (source of main_solution, kwargs generator)
     ),
     "dijkstra": (
         "def main_solution(edges, source, target):\n    graph = defaultdict(list)\n"
-        "    for u, v, w in edges:\n        graph[u].append((v, w))\n        graph[v].append((u, w))\n"
-        "    dist = {source: 0}\n    heap = [(0, source)]\n    while heap:\n        d, u = heapq.heappop(heap)\n"
-        "        if d > dist.get(u, math.inf):\n            continue\n        for v, w in graph[u]:\n"
+        "    for u, v, w in edges:\n        graph[u].append((v, w))\n        graph[v].append((u, "
+        "w))\n"
+        "    dist = {source: 0}\n    heap = [(0, source)]\n    while heap:\n        d, u = "
+        "heapq.heappop(heap)\n"
+        "        if d > dist.get(u, math.inf):\n            continue\n        for v, w in "
+        "graph[u]:\n"
         "            if d + w < dist.get(v, math.inf):\n                dist[v] = d + w\n"
         "                heapq.heappush(heap, (d + w, v))\n    return dist.get(target, -1)",
         lambda r: {
@@ -97,7 +103,8 @@ FUNCTIONS = {  # name -> (source of main_solution, kwargs generator)
     ),
     "lis_length": (
         "def main_solution(sequence):\n    tails = []\n    for x in sequence:\n"
-        "        i = bisect.bisect_left(tails, x)\n        tails[i:i + 1] = [x]\n    return len(tails)",
+        "        i = bisect.bisect_left(tails, x)\n        tails[i:i + 1] = [x]\n    return "
+        "len(tails)",
         lambda r: {"sequence": [r.randint(0, 50) for _ in range(r.randint(1, 19))]},
     ),
     "mean_std": (
@@ -210,7 +217,8 @@ def main():
                 flush=True,
             )
     print(
-        f"\n{args.executions} verification executions, {args.workers} workers, median of {args.repeats} "
+        f"\n{args.executions} verification executions, {args.workers} workers, median of "
+        f"{args.repeats} "
         f"(sandbox start-up {startup:.2f}s, not included)"
     )
     print(
@@ -223,7 +231,8 @@ def main():
         median = statistics.median(seconds)
         print(
             f"| {name} | {median:.2f} | {args.executions / median:.0f} | "
-            f"{1000 * median / args.executions * args.workers:.1f} | {correct[name]}/{args.executions} |"
+            f"{1000 * median / args.executions * args.workers:.1f} | "
+            f"{correct[name]}/{args.executions} |"
         )
     ratio = statistics.median(timings["naive subprocess.run"]) / statistics.median(
         timings["common.sandbox"]

@@ -49,7 +49,8 @@ class PresetArgs:
     preset: Literal["auto", "toy", "paper"] = field(
         default="auto",
         metadata={
-            "help": "auto = toy without --model, paper with one | toy = the CPU toy's values | paper = "
+            "help": "auto = toy without --model, paper with one | toy = the CPU toy's values | "
+            "paper = "
             "the paper's values (see --print_config); flags given on the command line win"
         },
     )

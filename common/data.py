@@ -65,8 +65,8 @@ def _read_file(path: Path) -> list[tuple[str, dict]]:
 def load_located_rows(
     source: str, split: str = "train", config_name: str | None = None
 ) -> list[tuple[str, dict]]:
-    """(where, row) pairs from a local file/folder or a hub data set; `where` is "file:line" (JSONL),
-    "file row i" or "hub_id[split] row i", for error messages that point at the row."""
+    """(where, row) pairs from a local file/folder or a hub data set; `where` is "file:line"
+    (JSONL), "file row i" or "hub_id[split] row i", for error messages that point at the row."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_SUFFIXES)
@@ -97,7 +97,8 @@ def load_rows(
     limit: int | None = None,
     config_name: str | None = None,
 ) -> list[dict]:
-    """Load rows as dicts from a local file/folder or a hub data set and check `required` fields up front."""
+    """Load rows as dicts from a local file/folder or a hub data set and check `required` fields up
+    front."""
     located = load_located_rows(source, split, config_name)
     for where, row in located:
         for field in required:
@@ -108,9 +109,9 @@ def load_rows(
 
 
 def write_jsonl(path, rows, mode: str = "w"):
-    """Write complete JSON records, one per line, flushed (appending never leaves half a record). Appending to a
-    file whose last line was cut short by a kill first drops that fragment, so the new records start on a line
-    of their own instead of gluing onto it."""
+    """Write complete JSON records, one per line, flushed (appending never leaves half a record).
+    Appending to a file whose last line was cut short by a kill first drops that fragment, so the
+    new records start on a line of their own instead of gluing onto it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if mode == "a" and Path(path).exists():
         with open(
@@ -128,7 +129,8 @@ def write_jsonl(path, rows, mode: str = "w"):
 
 
 def read_jsonl_tolerant(path) -> list[dict]:
-    """Records of a JSONL file this project appends to; a last line cut short by a kill is dropped."""
+    """Records of a JSONL file this project appends to; a last line cut short by a kill is
+    dropped."""
     path = Path(path)
     if not path.exists():
         return []
@@ -145,14 +147,15 @@ def read_jsonl_tolerant(path) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # toy tasks for the CPU defaults
 
 
 def make_arithmetic_rows(
     n: int, seed: int = 0, num_terms: int = 2, max_value: int = 99, ops: str = "+-"
 ) -> list[dict]:
-    """'What is 23 + 45 - 7?' with integer answers; `level` = number of digits of the largest operand."""
+    """'What is 23 + 45 - 7?' with integer answers; `level` = number of digits of the largest
+    operand."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -172,7 +175,8 @@ def make_arithmetic_rows(
 
 
 def make_countdown_rows(n: int, seed: int = 0, num_count: int = 3, max_num: int = 20) -> list[dict]:
-    """Countdown (TinyZero): reach `target` with each of `nums` once and + - * /; `answer` is one solution."""
+    """Countdown (TinyZero): reach `target` with each of `nums` once and + - * /; `answer` is one
+    solution."""
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:

@@ -4,15 +4,17 @@
 `make_tiny_vlm` build, fully offline, models that go through exactly the same loading code as a real
 Qwen or LLaVA checkpoint:
 
-- a byte-level BPE tokenizer trained here with `tokenizers` (digits split one per token, as Qwen2 does),
-  with ChatML special tokens, a ChatML chat template, and pad/eos set;
+- a byte-level BPE tokenizer trained here with `tokenizers` (digits split one per token, as Qwen2
+  does), with ChatML special tokens, a ChatML chat template, and pad/eos set;
 - a tiny `Qwen2Config` causal LM (2 layers, width 64 by default);
-- a tiny LLaVA (`LlavaForConditionalGeneration`: tiny CLIP vision tower + projector + tiny Qwen2) with a
-  `LlavaProcessor` whose `<image>` placeholder expands to 16 image tokens (64x64 image, 16x16 patches).
+- a tiny LLaVA (`LlavaForConditionalGeneration`: tiny CLIP vision tower + projector + tiny Qwen2)
+  with a `LlavaProcessor` whose `<image>` placeholder expands to 16 image tokens (64x64 image, 16x16
+  patches).
 
-Both are written with `save_pretrained` into a cache folder (default `~/.cache/nanoreason`, override with
-`NANOREASON_CACHE`) and built once: the folder name carries a hash of the config, and the build goes to a
-temporary folder that is renamed into place, so concurrent builders (torchrun ranks, tests) are safe.
+Both are written with `save_pretrained` into a cache folder (default `~/.cache/nanoreason`, override
+with `NANOREASON_CACHE`) and built once: the folder name carries a hash of the config, and the build
+goes to a temporary folder that is renamed into place, so concurrent builders (torchrun ranks,
+tests) are safe.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NANOREASON_CACHE", Path.home() / ".cache" / "nanoreason"))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # loading (hub id or local path)
 
 
@@ -94,7 +96,8 @@ def _dtype(dtype):
 def load_model(
     name_or_path: str, *, vlm: bool = False, dtype="auto", device="cpu", attn_implementation=None
 ):
-    """AutoModelForCausalLM (or AutoModelForImageTextToText when `vlm`) from a hub id or local folder."""
+    """AutoModelForCausalLM (or AutoModelForImageTextToText when `vlm`) from a hub id or local
+    folder."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     auto_cls = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
@@ -153,20 +156,23 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # tiny offline models
 
 
 def _tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizer's merges are learnt from: English, arithmetic, LaTeX, code, JSON."""
     words = (
-        "the a an of to and in is it that for on with as was be by this are or from at which you one "
+        "the a an of to and in is it that for on with as was be by this are or from at which you "
+        "one "
         "all we can has have not but what there their more if will up out so about into than then "
-        "question answer let us think step by step final number numbers sum total each first second "
+        "question answer let us think step by step final number numbers sum total each first "
+        "second "
         "left right above below on under front behind red green blue yellow circle square triangle "
         "shape shapes image how many what color where is there yes no true false click type scroll "
         "back home open app button text settings notes mail shop search send save delete task done "
-        "solve equation using create equals result check verify wait so therefore because def return "
+        "solve equation using create equals result check verify wait so therefore because def "
+        "return "
         "print import for while range len list dict input output main solution generator problem "
         "please reason put your within boxed assistant user system helpful language sentence word"
     ).split()
@@ -191,7 +197,8 @@ def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    # Digits one per token (as Qwen2 does), then GPT-2 style byte-level so every string is encodable.
+    # Digits one per token (as Qwen2 does), then GPT-2 style byte-level so every string is
+    # encodable.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Digits(individual_digits=True),
@@ -217,15 +224,17 @@ def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
     return hf_tok
 
 
-# Toy bases are trained while they are built. The intra-op thread count changes the order of float reductions, so
-# a base built on 1 thread is a different model from one built on 2 (mstar's: max weight difference 0.4 after 350
-# steps), and the toy's trajectory changes with it. Builds run on this fixed count, so `python <script>.py`, the
-# test suite (whatever test builds a base first) and every machine start from the same model.
+# Toy bases are trained while they are built. The intra-op thread count changes the order of float
+# reductions, so a base built on 1 thread is a different model from one built on 2 (mstar's: max
+# weight difference 0.4 after 350 steps), and the toy's trajectory changes with it. Builds run on
+# this fixed count, so `python <script>.py`, the test suite (whatever test builds a base first) and
+# every machine start from the same model.
 BUILD_THREADS = 2
 
 
 def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
-    """Build into a temp folder (on BUILD_THREADS threads) and rename it into place; reuse it if it is there."""
+    """Build into a temp folder (on BUILD_THREADS threads) and rename it into place; reuse it if it
+    is there."""
     digest = hashlib.sha1(
         json.dumps({**spec, "build_threads": BUILD_THREADS}, sort_keys=True).encode()
     ).hexdigest()[:10]
@@ -250,7 +259,8 @@ def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
 
 
 def make_tiny_lm(path: str | None = None, seed: int = 0, **overrides) -> str:
-    """Build (once) a tiny Qwen2 causal LM + trained tokenizer; return the folder to load it from."""
+    """Build (once) a tiny Qwen2 causal LM + trained tokenizer; return the folder to load it
+    from."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     spec = {**TINY_LM_DEFAULTS, **overrides, "vocab": TOKENIZER_VOCAB, "seed": seed, "v": 1}

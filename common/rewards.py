@@ -2,15 +2,16 @@
 
 What is here (each item cites the paper or the released code it follows):
 
-- Math answers as SimpleRL-Zoo v1 grades them (arXiv 2503.18892; released `hf_math_verify.compute_score`):
-  cut at end-of-text markers -> Qwen2.5-Math `extract_answer` order -> `strip_string` normalisation ->
-  both sides wrapped in `\\boxed{}` -> `math_verify.verify(parse(gold), parse(pred))` under a hard time limit.
-  `extract_answer`, `strip_string`, `math_equal`, `correctness_reward` ("mix" / "independent" modes).
+- Math answers as SimpleRL-Zoo v1 grades them (arXiv 2503.18892; released
+  `hf_math_verify.compute_score`): cut at end-of-text markers -> Qwen2.5-Math `extract_answer` order
+  -> `strip_string` normalisation -> both sides wrapped in `\\boxed{}` ->
+  `math_verify.verify(parse(gold), parse(pred))` under a hard time limit. `extract_answer`,
+  `strip_string`, `math_equal`, `correctness_reward` ("mix" / "independent" modes).
 - `last_json_object`: the last complete top-level `{...}` of a text (JSON answers and JSON actions).
 - TinyZero countdown reward, 0 / 0.1 / 1.0 (TinyZero `countdown.compute_score`): `countdown_reward`.
 - Unbiased pass@k (Chen et al. 2021, arXiv 2107.03374 §2.1): `pass_at_k`.
-- Length-aware rewards from the efficient-reasoning surveys (arXiv 2503.21614, 2503.16419): `kimi_length_reward`,
-  `cosine_length_reward`, `l1_length_reward`, `dapo_overlong_penalty`.
+- Length-aware rewards from the efficient-reasoning surveys (arXiv 2503.21614, 2503.16419):
+  `kimi_length_reward`, `cosine_length_reward`, `l1_length_reward`, `dapo_overlong_penalty`.
 - TRL reward contract wrappers `fn(prompts, completions, **dataset_columns) -> list[float | None]`:
   `math_reward`, `countdown_reward_fn`.
 
@@ -19,26 +20,27 @@ gives a zero reward / False, never an exception and never a hang.
 
 Why a worker process for math-verify: `math_verify.parse/verify` enforce their time limits with
 `signal.alarm`, which only works in the main thread of the main interpreter (it raises in any other
-thread, e.g. a reward thread pool), and a signal cannot interrupt a long C-level computation such as a
-huge integer power. So the sympy work runs in a persistent child process (one per concurrent caller,
-reused); the parent waits at most `timeout` seconds for the answer and, if the child is stuck, kills it
-and starts a fresh one in the background. Cheap cases (identical normalised strings, two plain numbers)
-are decided in-process without any round trip.
+thread, e.g. a reward thread pool), and a signal cannot interrupt a long C-level computation such as
+a huge integer power. So the sympy work runs in a persistent child process (one per concurrent
+caller, reused); the parent waits at most `timeout` seconds for the answer and, if the child is
+stuck, kills it and starts a fresh one in the background. Cheap cases (identical normalised strings,
+two plain numbers) are decided in-process without any round trip.
 
 Departures from the released code (all small, all on the side of robustness):
 - `extract_answer` takes the last *balanced* box (a truncated trailing `\\boxed{12` after a complete
   box is skipped; Qwen returns it half-open) and also accepts `\\fbox{}`; after "the answer is" it
-  keeps only the rest of that sentence (Qwen keeps the whole remaining text). It returns None instead
-  of "" when nothing is found.
+  keeps only the rest of that sentence (Qwen keeps the whole remaining text). It returns None
+  instead of "" when nothing is found.
 - `strip_string` never glues a LaTeX command to a following letter when it removes spaces
   (`\\pi r` -> `\\pi r`, Qwen gives `\\pir`), removes thousands separators only in a plain number
   (`1,000`; a tuple `1,2` is left alone), strips `x=` only at the start or after `,`/`(`/`[`/a space
   (Qwen's replace-anywhere turns `2x=4` into `24`), and keeps a trailing `\\text{i}` (not a unit).
-  All its regexes run in linear time (Qwen's `(,|\\.)+$`-style patterns take minutes on 10k-char junk).
+  All its regexes run in linear time (Qwen's `(,|\\.)+$`-style patterns take minutes on 10k-char
+  junk).
 - `math_equal` normalises the gold answer too (SimpleRL normalises only the prediction).
-- `countdown_reward` takes the response text only (see its docstring) and evaluates the expression with
-  a restricted evaluator equal to `eval` without builtins except that it refuses exponents whose result
-  would exceed ~1e6 bits (upstream would hang).
+- `countdown_reward` takes the response text only (see its docstring) and evaluates the expression
+  with a restricted evaluator equal to `eval` without builtins except that it refuses exponents
+  whose result would exceed ~1e6 bits (upstream would hang).
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------------
-# Answer extraction (Qwen2.5-Math `extract_answer(..., "math")`, simpleRL-reason `hf_math_verify.compute_score`: extraction)
+# Answer extraction (Qwen2.5-Math `extract_answer(..., "math")`, simpleRL-reason
+# `hf_math_verify.compute_score`: extraction)
 # --------------------------------------------------------------------------------------------------
 
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>")
@@ -89,8 +92,8 @@ ASSISTANT_MARKER = "<|im_start|>assistant"
 
 
 def cut_response(text: str) -> str:
-    """Spec §1.2 step 1: keep the text after the first `<|im_start|>assistant` (if present), then cut
-    at the first end-of-text marker (`</s>`, `<|im_end|>`, `<|endoftext|>`)."""
+    """Spec §1.2 step 1: keep the text after the first `<|im_start|>assistant` (if present), then
+    cut at the first end-of-text marker (`</s>`, `<|im_end|>`, `<|endoftext|>`)."""
     if ASSISTANT_MARKER in text:
         text = text.split(ASSISTANT_MARKER, 1)[1]
     for marker in END_MARKERS:
@@ -104,7 +107,8 @@ _BOX_RE = re.compile(r"\\?(?:boxed|fbox)")
 def _last_boxed_content(text: str) -> str | None:
     """Content of the last brace-balanced `\\boxed{...}` / `\\fbox{...}`; also the unbraced
     `\\boxed 5` form (content up to the next `$`), as Qwen's extractor accepts it. If no box is
-    balanced (a generation cut inside its only box), the unclosed tail of the last box, as Qwen does."""
+    balanced (a generation cut inside its only box), the unclosed tail of the last box, as Qwen
+    does."""
     matches = list(_BOX_RE.finditer(text))
     if not matches:
         return None
@@ -145,7 +149,8 @@ def last_boxed(text: Any) -> str | None:
 
 
 def last_json_object(text: str) -> str | None:
-    """The last complete top-level {...} of `text`, braces inside JSON strings ignored; None if there is none."""
+    """The last complete top-level {...} of `text`, braces inside JSON strings ignored; None if
+    there is none."""
     depth, start, in_string, escaped, last = 0, None, False, False, None
     for i, char in enumerate(text):
         if in_string:
@@ -173,7 +178,8 @@ _SENTENCE_END_RE = re.compile(r"\n|\.(?=\s|$)")
 
 
 def _after_phrase(text: str, phrase: str) -> str:
-    """Text after the last `phrase`, up to the end of that sentence, without `$` and a leading ':'."""
+    """Text after the last `phrase`, up to the end of that sentence, without `$` and a leading
+    ':'."""
     tail = text.split(phrase)[-1].strip()
     tail = _SENTENCE_END_RE.split(tail, 1)[0].strip()
     tail = tail.lstrip(":").strip().strip("$").strip()
@@ -181,8 +187,8 @@ def _after_phrase(text: str, phrase: str) -> str:
 
 
 def extract_answer(text: Any) -> str | None:
-    """The final answer in a model response, in the Qwen2.5-Math order SimpleRL-Zoo uses (simpleRL-reason `hf_math_verify.compute_score`
-    step 2); the first rule that matches wins:
+    """The final answer in a model response, in the Qwen2.5-Math order SimpleRL-Zoo uses
+    (simpleRL-reason `hf_math_verify.compute_score` step 2); the first rule that matches wins:
 
     1. Minerva phrase "final answer is $...$. I hope";
     2. the last brace-balanced `\\boxed{...}` (or `\\fbox{...}`);
@@ -190,7 +196,8 @@ def extract_answer(text: Any) -> str | None:
     4. the text after "final answer is";
     5. the last number `-?\\d*\\.?\\d+` in the text with commas removed.
 
-    The text is first cut at `<|im_start|>assistant` / end-of-text markers (simpleRL-reason `hf_math_verify.compute_score`).
+    The text is first cut at `<|im_start|>assistant` / end-of-text markers (simpleRL-reason
+    `hf_math_verify.compute_score`).
     Returns the raw answer string (normalise with `strip_string`), or None when nothing is found.
     """
     try:
@@ -215,7 +222,8 @@ def extract_answer(text: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Normalisation (Qwen2.5-Math `strip_string`, simpleRL-reason `hf_math_verify.compute_score`: normalisation)
+# Normalisation (Qwen2.5-Math `strip_string`, simpleRL-reason `hf_math_verify.compute_score`:
+# normalisation)
 # --------------------------------------------------------------------------------------------------
 
 _UNIT_WORDS = (
@@ -281,7 +289,8 @@ _TRAILING_UNIT_RE = re.compile(
     + r")\.?(?:\^\{?[23]\}?|²|³)?$",
     re.IGNORECASE,
 )
-# a trailing \text{ cm} is a unit when it holds a word of 2+ letters (\text{i} is the imaginary unit)
+# a trailing \text{ cm} is a unit when it holds a word of 2+ letters (\text{i} is the imaginary
+# unit)
 _TRAILING_TEXT_RE = re.compile(
     r"\\(?:text|mbox|textrm)\{\s*[A-Za-z][A-Za-z.\s]+\}(?:\^\{?[23]\}?)?$"
 )
@@ -290,26 +299,29 @@ _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _WORD_NUMBERS = {
     w: str(i)
     for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen "
         "sixteen seventeen eighteen nineteen twenty".split()
     )
 }
 
 
 def _fix_fracs(s: str) -> str:
-    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{2}` -> `\\frac{1}{2}`, `\\frac{1}2` -> `\\frac{1}{2}`."""
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{2}` -> `\\frac{1}{2}`, `\\frac{1}2` ->
+    `\\frac{1}{2}`."""
     s = re.sub(r"\\frac\s*([0-9a-zA-Z])\s*([0-9a-zA-Z])", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\s*([0-9a-zA-Z])\s*\{", r"\\frac{\1}{", s)
     return re.sub(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])", r"\\frac\1{\2}", s)
 
 
 def strip_string(s: Any) -> str:
-    """Normalise an answer string the way Qwen2.5-Math `strip_string` does (simpleRL-reason `hf_math_verify.compute_score`: normalisation):
-    `\\dfrac`/`\\tfrac` -> `\\frac`; drop `\\left`/`\\right`, `$`, trailing units (`\\text{ cm}`, "5 cm"),
-    `^\\circ`, `\\%`, and unwrap `\\text{}`; `a/b` -> `\\frac{a}{b}` for integers; strip `x=`/`y=`/`z=` and
+    """Normalise an answer string the way Qwen2.5-Math `strip_string` does (simpleRL-reason
+    `hf_math_verify.compute_score`: normalisation): `\\dfrac`/`\\tfrac` -> `\\frac`; drop
+    `\\left`/`\\right`, `$`, trailing units (`\\text{ cm}`, "5 cm"), `^\\circ`, `\\%`, and unwrap
+    `\\text{}`; `a/b` -> `\\frac{a}{b}` for integers; strip `x=`/`y=`/`z=` and
     any prefix of <= 2 characters before a single `=`; `3.0` -> `3`; thousands separators `1,000` ->
-    `1000`; `\\frac12` -> `\\frac{1}{2}`, `\\sqrt3` -> `\\sqrt{3}`; bmatrix/array -> pmatrix; spaces removed;
-    trailing `.`, `,` and `\\\\` removed; a whole-string number word ("five") -> "5"."""
+    `1000`; `\\frac12` -> `\\frac{1}{2}`, `\\sqrt3` -> `\\sqrt{3}`; bmatrix/array -> pmatrix; spaces
+    removed; trailing `.`, `,` and `\\\\` removed; a whole-string number word ("five") -> "5"."""
     try:
         s = str(s).strip().replace("\n", "")
         s = s.rstrip(".")
@@ -318,7 +330,8 @@ def strip_string(s: Any) -> str:
             r"\\?(?:boxed|fbox)\{.*\}", s
         ):
             s = inner
-        # LaTeX spacing commands and ~ go; a matrix row separator (two backslashes) is matched first and kept
+        # LaTeX spacing commands and ~ go; a matrix row separator (two backslashes) is matched first
+        # and kept
         s = re.sub(r"(\\\\)|\\[!,;: ]|~", lambda m: m.group(1) or "", s)
         s = s.replace("{,}", "")  # 1{,}000
         s = re.sub(r"\\begin\{array\}\{[^{}]*\}", r"\\begin{pmatrix}", s)
@@ -351,7 +364,8 @@ def strip_string(s: Any) -> str:
         if len(parts) == 2 and len(parts[0].strip()) <= 2:  # k=5, AB=3 -> right-hand side
             s = parts[1]
         s = re.sub(r"\\sqrt\s*([0-9a-zA-Z])", r"\\sqrt{\1}", s)
-        # remove spaces, but keep one after a command followed by a letter (\pi r must not become \pir)
+        # remove spaces, but keep one after a command followed by a letter (\pi r must not become
+        # \pir)
         s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
         s = re.sub(r"\s+", "", s).replace("\x00", " ")
         s = _fix_fracs(s)
@@ -367,15 +381,17 @@ def strip_string(s: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Equivalence: fast path in-process, math-verify in a killable worker process (simpleRL-reason `hf_math_verify.compute_score`: equivalence)
+# Equivalence: fast path in-process, math-verify in a killable worker process (simpleRL-reason
+# `hf_math_verify.compute_score`: equivalence)
 # --------------------------------------------------------------------------------------------------
 
 _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")  # no nested quantifiers: linear time
 
 
 def _plain_numbers_equal(a: str, b: str) -> bool:
-    """Same rule math-verify applies to two numbers: integers compare exactly; if either has a decimal
-    point both are rounded to 6 decimal places (`float_rounding=6`), so 0.333 != 1/3 but 0.5 == 0.50."""
+    """Same rule math-verify applies to two numbers: integers compare exactly; if either has a
+    decimal point both are rounded to 6 decimal places (`float_rounding=6`), so 0.333 != 1/3 but 0.5
+    == 0.50."""
     with decimal.localcontext() as ctx:
         ctx.prec = max(len(a), len(b)) + 16  # exact for any length (10k-digit numbers included)
         x, y = decimal.Decimal(a), decimal.Decimal(b)
@@ -503,7 +519,8 @@ class _WorkerPool:
             self.idle.append(worker)
 
     def replace(self, broken: _Worker) -> None:
-        """Kill a stuck worker and start its successor now, so that its imports overlap other work."""
+        """Kill a stuck worker and start its successor now, so that its imports overlap other
+        work."""
         broken.kill()
         with self.lock:
             self._check_fork()
@@ -538,7 +555,8 @@ def _verify_in_workers(pairs: list[tuple[str, str]], timeout: float) -> list[boo
                     _POOL.warned = True
                     warnings.warn(
                         "common.rewards: the math-verify worker did not start (is math-verify "
-                        "installed?); non-trivial answers are graded as wrong."
+                        "installed?); non-trivial answers are graded as wrong.",
+                        stacklevel=2,
                     )
                 worker.kill()
                 return verdicts + [False] * (len(pairs) - len(verdicts))
@@ -578,15 +596,17 @@ def _slow_verdict(pred_norm: str, gold_norm: str, timeout: float) -> bool:
 
 
 def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
-    """Is `pred` mathematically equal to `gold`? (SimpleRL-Zoo v1 grader, simpleRL-reason `hf_math_verify.compute_score`.)
+    """Is `pred` mathematically equal to `gold`? (SimpleRL-Zoo v1 grader, simpleRL-reason
+    `hf_math_verify.compute_score`.)
 
     Both sides are normalised with `strip_string`. Fast path, no subprocess: identical normalised
     strings -> True; two plain numbers -> compared as math-verify would (exact integers, 6 decimal
-    places otherwise). Otherwise `math_verify.verify(parse("\\boxed{gold}"), parse("\\boxed{pred}"))`
-    runs in a worker process and the call returns False if it takes more than `timeout` seconds
-    (SimpleRL: 10 s pool timeout; a timeout or exception counts as wrong). Works in any thread and
-    in worker processes; never raises. Not counted in `timeout`: the first call of a process (and the
-    first after a timeout) also waits for a fresh worker to import math-verify (~0.5 s idle).
+    places otherwise). Otherwise `math_verify.verify(parse("\\boxed{gold}"),
+    parse("\\boxed{pred}"))` runs in a worker process and the call returns False if it takes more
+    than `timeout` seconds (SimpleRL: 10 s pool timeout; a timeout or exception counts as wrong).
+    Works in any thread and
+    in worker processes; never raises. Not counted in `timeout`: the first call of a process (and
+    the first after a timeout) also waits for a fresh worker to import math-verify (~0.5 s idle).
     Many pairs at once: `math_equal_batch`.
     """
     try:
@@ -666,7 +686,8 @@ def math_equal_batch(
 
 
 def has_box(text: Any) -> bool:
-    """SimpleRL's format flag: the response contains "boxed" (simpleRL-reason `hf_math_verify.compute_score`)."""
+    """SimpleRL's format flag: the response contains "boxed" (simpleRL-reason
+    `hf_math_verify.compute_score`)."""
     return isinstance(text, str) and "boxed" in cut_response(text)
 
 
@@ -677,7 +698,8 @@ def correctness_reward(
     format_penalty: float = -1.0,
     timeout: float = 5.0,
 ) -> float:
-    """SimpleRL-Zoo v1 reward for one response (simpleRL-reason `hf_math_verify.compute_score`; env `REWORD_FUNCTION_TYPE`).
+    """SimpleRL-Zoo v1 reward for one response (simpleRL-reason `hf_math_verify.compute_score`; env
+    `REWORD_FUNCTION_TYPE`).
 
     - "mix" (default, the paper's reward): 1.0 if correct else 0.0 (no format term).
     - "independent": correct+boxed 1.0, correct+unboxed 0.5, wrong+boxed -0.5, wrong+unboxed
@@ -736,8 +758,9 @@ _MAX_POWER_BITS = 1_000_000
 
 
 def _safe_arithmetic(node: ast.AST) -> Any:
-    """Evaluate the AST of a whitelisted expression exactly as `eval(expr, {"__builtins__": None}, {})`
-    would, except that a power whose result would exceed ~1e6 bits raises instead of hanging."""
+    """Evaluate the AST of a whitelisted expression exactly as `eval(expr, {"__builtins__": None},
+    {})` would, except that a power whose result would exceed ~1e6 bits raises instead of
+    hanging."""
     if isinstance(node, ast.Expression):
         return _safe_arithmetic(node.body)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
@@ -774,17 +797,19 @@ def countdown_reward(
     score: float = 1.0,
     full_text: bool = False,
 ) -> float:
-    """TinyZero `countdown.compute_score` (verl/utils/reward_score/countdown.py): 0 / `format_score` / `score`.
+    """TinyZero `countdown.compute_score` (verl/utils/reward_score/countdown.py): 0 / `format_score`
+    / `score`.
 
     `completion` is the model's response only (our Sampler returns the generated text, the prompt is
     chat-templated), so upstream step 1 ("text after the first 'Assistant:' or
-    '<|im_start|>assistant', else None") is skipped; pass `full_text=True` for a prompt+response string
-    to apply it. End-of-text markers are cut first. Then:
+    '<|im_start|>assistant', else None") is skipped; pass `full_text=True` for a prompt+response
+    string to apply it. End-of-text markers are cut first. Then:
 
     1. keep the last line and the last `<answer>...</answer>` on it; none -> 0;
-    2. the integers matched by `\\d+` must be exactly the available numbers (each once) -> else `format_score`;
-    3. the answer must match `^[\\d+\\-*/().\\s]+$` and evaluate (no builtins; division by zero, a syntax error
-       or a runaway `**` count as failure) -> else `format_score`;
+    2. the integers matched by `\\d+` must be exactly the available numbers (each once) -> else
+       `format_score`;
+    3. the answer must match `^[\\d+\\-*/().\\s]+$` and evaluate (no builtins; division by zero, a
+       syntax error or a runaway `**` count as failure) -> else `format_score`;
     4. |result - target| < 1e-5 -> `score`, else `format_score`.
     """
     try:
@@ -801,7 +826,8 @@ def countdown_reward(
         for marker in END_MARKERS:
             text = text.split(marker, 1)[0]
         last_line = text.split("\n")[-1]
-        # nothing after the last </answer> can be part of a match; cutting there keeps findall linear
+        # nothing after the last </answer> can be part of a match; cutting there keeps findall
+        # linear
         close = last_line.rfind("</answer>")
         matches = (
             _ANSWER_TAG_RE.findall(last_line[: close + len("</answer>")]) if close >= 0 else []
@@ -856,8 +882,9 @@ def math_reward(
     timeout: float = 5.0,
     **unused_columns: Any,
 ) -> list[float | None]:
-    """TRL reward function for math (simpleRL-reason `hf_math_verify.compute_score`): `correctness_reward` per completion against the
-    dataset column `answer`. A row whose answer is None gets None (the reward does not apply)."""
+    """TRL reward function for math (simpleRL-reason `hf_math_verify.compute_score`):
+    `correctness_reward` per completion against the dataset column `answer`. A row whose answer is
+    None gets None (the reward does not apply)."""
     return [
         None
         if gold is None
@@ -908,9 +935,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def kimi_length_reward(lengths: Sequence[float], correct: Sequence[bool]) -> list[float]:
-    """Kimi k1.5 length reward over the k samples of one prompt (Kimi k1.5, arXiv 2501.12599 §2.3.3, "length penalty"):
-    lambda = 0.5 - (L - L_min) / (L_max - L_min); reward lambda if correct else min(0, lambda);
-    all 0 when L_max == L_min."""
+    """Kimi k1.5 length reward over the k samples of one prompt (Kimi k1.5, arXiv 2501.12599 §2.3.3,
+    "length penalty"): lambda = 0.5 - (L - L_min) / (L_max - L_min); reward lambda if correct else
+    min(0, lambda); all 0 when L_max == L_min."""
     if len(lengths) != len(correct):
         raise ValueError(
             f"kimi_length_reward: {len(lengths)} lengths but {len(correct)} correctness flags"
@@ -938,7 +965,8 @@ def cosine_length_reward(
 ) -> float:
     """Cosine length reward, Demystifying Long CoT (Yeo et al., arXiv 2502.03373):
     r = r_L + 1/2 (r_0 - r_L)(1 + cos(pi L / L_max)) with (r_0, r_L) = r_correct or r_wrong;
-    `exceed_penalty` when L + 16 >= L_max. Defaults are the paper's (correct 2 -> 1, wrong -10 -> 0)."""
+    `exceed_penalty` when L + 16 >= L_max. Defaults are the paper's (correct 2 -> 1, wrong -10 ->
+    0)."""
     if length + exceed_margin >= max_len:
         return float(exceed_penalty)
     r_0, r_L = r_correct if correct else r_wrong
@@ -964,11 +992,13 @@ def l1_length_reward(
 
 
 def dapo_overlong_penalty(length: float, max_len: int, buffer: int) -> float:
-    """DAPO soft overlong punishment (arXiv 2503.14476, overlong reward shaping): 0 if L <= L_max - L_c; ((L_max - L_c) - L) / L_c up
-    to L_max; -1 beyond. DAPO used L_max = 16384 + 4096 with L_c = 4096."""
+    """DAPO soft overlong punishment (arXiv 2503.14476, overlong reward shaping): 0 if L <= L_max -
+    L_c; ((L_max - L_c) - L) / L_c up to L_max; -1 beyond. DAPO used L_max = 16384 + 4096 with L_c =
+    4096."""
     if buffer <= 0 or buffer > max_len:
         raise ValueError(
-            f"dapo_overlong_penalty: need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}"
+            f"dapo_overlong_penalty: need 0 < buffer <= max_len, got buffer={buffer}, "
+            f"max_len={max_len}"
         )
     expected = max_len - buffer
     if length <= expected:

@@ -1,12 +1,13 @@
 """Training plumbing shared by every script: torchrun init, FSDP2, log-probs, SFT loss, optimizer,
 schedule, checkpoints and metrics.
 
-- `init_distributed` reads torchrun's environment (gloo on CPU, nccl on GPU); without torchrun it is a
-  single process and every collective helper here is a no-op.
+- `init_distributed` reads torchrun's environment (gloo on CPU, nccl on GPU); without torchrun it is
+  a single process and every collective helper here is a no-op.
 - One precision policy (`precision_policy`) for every trainer: fp32 master weights and AdamW state
-  (`make_optimizer` refuses anything else); on CUDA the forward/backward runs in bf16 through FSDP2's
-  `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`, on one GPU too (a one-rank mesh);
-  frozen models (reference, PRM, judge, teacher) are held in bf16 on CUDA. The CPU stays fp32.
+  (`make_optimizer` refuses anything else); on CUDA the forward/backward runs in bf16 through
+  FSDP2's `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`, on one GPU too (a one-rank
+  mesh); frozen models (reference, PRM, judge, teacher) are held in bf16 on CUDA. The CPU stays
+  fp32.
 - `shard_model` applies FSDP2 `fully_shard` to each decoder layer, then to the root (verl's order),
   before anything is moved to the GPU (`fully_shard` moves each rank's shard to the mesh device).
   Tied input/output embeddings share one parameter, which stays with the root group.
@@ -39,7 +40,7 @@ import torch.distributed as dist
 
 from common.data import write_jsonl
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # distributed
 
 
@@ -119,13 +120,14 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # FSDP2
 
 
 @dataclass(frozen=True)
 class Precision:
-    """Which dtype each piece lives and computes in. Master weights and AdamW state are always fp32."""
+    """Which dtype each piece lives and computes in. Master weights and AdamW state are always
+    fp32."""
 
     compute_dtype: torch.dtype  # forward/backward of trained models (FSDP2 param_dtype)
     reduce_dtype: torch.dtype  # gradient reduce-scatter
@@ -136,8 +138,9 @@ class Precision:
 
 
 def precision_policy(device_type: str, world_size: int = 1) -> Precision:
-    """bf16 compute with fp32 master weights on CUDA (FSDP2 mixed precision, any world size); fp32 on
-    CPU, where bf16 matmuls are slow and the toy runs must stay exact. FSDP2 only when it is needed:
+    """bf16 compute with fp32 master weights on CUDA (FSDP2 mixed precision, any world size); fp32
+    on CPU, where bf16 matmuls are slow and the toy runs must stay exact. FSDP2 only when it is
+    needed:
     several ranks, or CUDA (its MixedPrecisionPolicy is what gives the bf16 compute)."""
     cuda = device_type == "cuda"
     low = torch.bfloat16 if cuda else torch.float32
@@ -164,8 +167,9 @@ def _ensure_process_group(device: torch.device):
 
 
 def enable_gradient_checkpointing(model):
-    """HF activation checkpointing of every decoder layer, non-reentrant (the variant FSDP2 supports).
-    HF checkpoints only while the model is in train mode with gradients on (shard_model leaves trained
+    """HF activation checkpointing of every decoder layer, non-reentrant (the variant FSDP2
+    supports). HF checkpoints only while the model is in train mode with gradients on (shard_model
+    leaves trained
     models in train mode; a script that switches to eval switches back before its loss pass). It
     also turns off the KV cache in train mode (a recomputed layer cannot append to it)."""
     kwargs = {"use_reentrant": False}
@@ -197,8 +201,8 @@ def shard_model(
     and moves only this rank's shard to the device; without FSDP the model is just moved there.
     """
     policy = policy or precision_policy(dist_info.device.type, dist_info.world_size)
-    # train mode for trained models: HF checkpoints layers only in train mode (the samplers switch to
-    # eval and back); every model here has dropout 0, so the mode changes nothing else
+    # train mode for trained models: HF checkpoints layers only in train mode (the samplers switch
+    # to eval and back); every model here has dropout 0, so the mode changes nothing else
     model.requires_grad_(False).eval() if frozen else model.train()
     model.to(dtype=policy.frozen_dtype if frozen else torch.float32)
     if gradient_checkpointing and not frozen:
@@ -226,14 +230,15 @@ def shard_model(
     return model.to(dist_info.device)  # buffers outside any block (rotary inv_freq)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # batches, log-probs, losses
 
 
 def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
     """Concatenate prompt + completion per row and right-pad.
 
-    Returns input_ids (B, L), attention_mask (B, L), completion_mask (B, L) (1 on completion tokens).
+    Returns input_ids (B, L), attention_mask (B, L), completion_mask (B, L) (1 on completion
+    tokens).
     """
     rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
     L = max(len(r) for r in rows)
@@ -266,7 +271,8 @@ def logprobs_from_hidden(
     return_entropy: bool = False,
     temperature: float = 1.0,
 ):
-    """Log-probs of `targets` (and entropies) from final hidden states, never materialising (B, T, V).
+    """Log-probs of `targets` (and entropies) from final hidden states, never materialising (B, T,
+    V).
 
     hidden (B, T, H), lm_head_weight (V, H), targets (B, T) -> (B, T) fp32 [, (B, T)]. The B*T
     positions are projected onto the vocabulary `chunk_size` at a time; with gradients on, each
@@ -313,9 +319,10 @@ def _text_config(model):
 
 
 def lm_head_weight(model):
-    """The output projection's weight (V, H): the tied embedding too. Under FSDP2 call it right after
-    the model's forward: the root group keeps its parameters unsharded until the backward, so this is
-    the full (gathered, compute-dtype) weight and its gradient goes through FSDP2's reduce-scatter."""
+    """The output projection's weight (V, H): the tied embedding too. Under FSDP2 call it right
+    after the model's forward: the root group keeps its parameters unsharded until the backward, so
+    this is the full (gathered, compute-dtype) weight and its gradient goes through FSDP2's
+    reduce-scatter."""
     return model.get_output_embeddings().weight
 
 
@@ -357,8 +364,8 @@ def token_logprobs(
 ):
     """Log-prob of each next token under the model: (B, L-1) for targets input_ids[:, 1:].
 
-    With `return_entropy`, also the entropy of each predictive distribution, (B, L-1). The logits are
-    never materialised: see `logprobs_from_hidden`.
+    With `return_entropy`, also the entropy of each predictive distribution, (B, L-1). The logits
+    are never materialised: see `logprobs_from_hidden`.
     """
     targets = input_ids[:, 1:]  # (B, L-1) position t predicts token t+1
     if not plain_lm_head(model):
@@ -418,8 +425,8 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.99
 def make_scheduler(
     optimizer, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1, **kind_kwargs
 ):
-    """transformers.get_scheduler: 'constant', 'constant_with_warmup', 'cosine', 'linear', ...; `kind_kwargs` go to
-    the schedule itself (e.g. min_lr_rate=0.1 for 'cosine_with_min_lr')."""
+    """transformers.get_scheduler: 'constant', 'constant_with_warmup', 'cosine', 'linear', ...;
+    `kind_kwargs` go to the schedule itself (e.g. min_lr_rate=0.1 for 'cosine_with_min_lr')."""
     from transformers import get_scheduler
 
     return get_scheduler(
@@ -441,7 +448,7 @@ def clip_grad_norm(model, max_norm: float) -> float:
     return float(norm)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # checkpoints
 
 
@@ -483,7 +490,8 @@ def save_checkpoint(
 ):
     """Atomically write a sharded checkpoint folder (tmp folder + rename). Every rank must call it.
 
-    `state/` is a torch.distributed.checkpoint folder: each rank writes its own shard of the model and
+    `state/` is a torch.distributed.checkpoint folder: each rank writes its own shard of the model
+    and
     optimizer (FSDP2 DTensors stay sharded; no rank gathers the full state). Beside it: the
     scheduler, `meta.json` (step, extra, the parameters that have optimizer state) and one RNG file
     per rank.
@@ -534,8 +542,9 @@ def save_checkpoint(
 
 def read_checkpoint(ckpt_dir) -> dict:
     """The whole checkpoint as plain tensors in one process, for inspection or conversion:
-    {"model": {fqn: tensor}, "optim": {"state": {fqn: {...}}, "param_groups": [...]}, "meta": {...}}.
-    Gathers every rank's shard (DCP's `dcp_to_torch_save`), so it needs the full model's memory."""
+    {"model": {fqn: tensor}, "optim": {"state": {fqn: {...}}, "param_groups": [...]}, "meta":
+    {...}}. Gathers every rank's shard (DCP's `dcp_to_torch_save`), so it needs the full model's
+    memory."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     ckpt_dir = Path(ckpt_dir)
@@ -548,7 +557,8 @@ def read_checkpoint(ckpt_dir) -> dict:
 
 
 def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng: bool = True):
-    """Restore a checkpoint written by `save_checkpoint`; returns (step, extra) or None if there is none.
+    """Restore a checkpoint written by `save_checkpoint`; returns (step, extra) or None if there is
+    none.
 
     Each rank reads its own shard (the world size may differ from the saving run's: DCP reshards).
     """
@@ -574,7 +584,8 @@ def load_checkpoint(ckpt_dir, model, optimizer=None, scheduler=None, restore_rng
         # get_state_dict gives AdamW zero state for every parameter (a step at lr 0) as the template
         # to load into; parameters that never had a gradient (a VLM's unused vision layer norm, the
         # vision tower during a text-only stage) have none in the file: load partially and drop that
-        # made-up state, so they start fresh at their first gradient exactly as in the uninterrupted run.
+        # made-up state, so they start fresh at their first gradient exactly as in the uninterrupted
+        # run.
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(
@@ -616,15 +627,15 @@ def export_pretrained(model, tokenizer_or_processor, out_dir):
     barrier()
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # metrics
 
 
 class MetricsLogger:
     """JSONL always (`metrics.jsonl`), TensorBoard when installed, W&B only with `track=True`.
 
-    Only rank 0 writes. With `resume_step`, records after that step (written by the killed run after its
-    last checkpoint) are dropped so the curves have no duplicates.
+    Only rank 0 writes. With `resume_step`, records after that step (written by the killed run after
+    its last checkpoint) are dropped so the curves have no duplicates.
     """
 
     def __init__(

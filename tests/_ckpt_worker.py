@@ -1,9 +1,10 @@
-"""Worker for tests/test_train.py and tests/test_train_scale.py: a tiny SFT run with sharded checkpoints
-that can be SIGKILLed (or stopped) and resumed, in one process or under torchrun (FSDP2 on gloo).
+"""Worker for tests/test_train.py and tests/test_train_scale.py: a tiny SFT run with sharded
+checkpoints that can be SIGKILLed (or stopped) and resumed, in one process or under torchrun (FSDP2
+on gloo).
 
-Batches are drawn from the global torch RNG (the same global batch on every rank; each rank trains on
-its rows), so an exact match after resume also proves that the RNG state, optimizer, scheduler and step
-were restored.
+Batches are drawn from the global torch RNG (the same global batch on every rank; each rank trains
+on its rows), so an exact match after resume also proves that the RNG state, optimizer, scheduler
+and step were restored.
 """
 
 import argparse

@@ -1,5 +1,6 @@
-"""Worker for tests/test_train.py: train the tiny LM a few steps (1 or 2 processes) and save the full
-state dict, so the test can compare a 2-process FSDP2 run with a single-process run on the same data."""
+"""Worker for tests/test_train.py: train the tiny LM a few steps (1 or 2 processes) and save the
+full state dict, so the test can compare a 2-process FSDP2 run with a single-process run on the same
+data."""
 
 import sys
 
@@ -28,7 +29,7 @@ opt = make_optimizer(model, lr=1e-3)
 texts = [f"{a} plus {b} is {a + b}" for a in range(4) for b in range(4)]  # 16 rows, global batch
 prompt_ids = [tok(t[: t.index(" is")], add_special_tokens=False).input_ids for t in texts]
 resp_ids = [tok(t[t.index(" is") :], add_special_tokens=False).input_ids for t in texts]
-for step in range(steps):
+for _ in range(steps):
     # each rank takes its slice of the same global batch; FSDP2 averages gradients over ranks
     rows = list(range(d.rank, len(texts), d.world_size))
     ids, att, mask = pad_batch(

@@ -1,6 +1,6 @@
-"""Shared check for every trainer's micro-batching: one optimizer step of a script's step function with
-gradient accumulation over micro-batches gives the same weights as the unsplit step (plain SGD at lr 1, so
-a weight difference is a gradient difference)."""
+"""Shared check for every trainer's micro-batching: one optimizer step of a script's step function
+with gradient accumulation over micro-batches gives the same weights as the unsplit step (plain SGD
+at lr 1, so a weight difference is a gradient difference)."""
 
 import torch
 
@@ -8,7 +8,8 @@ from common.models import load_model
 
 
 def weights_after_step(path, step, micro_batch_size: int, vlm: bool = False) -> dict:
-    """`step(model, optimizer, micro_batch_size)` runs one optimizer step; returns the weights after it."""
+    """`step(model, optimizer, micro_batch_size)` runs one optimizer step; returns the weights after
+    it."""
     model = load_model(path, vlm=vlm).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     step(model, optimizer, micro_batch_size)

@@ -1,6 +1,6 @@
-"""Worker for tests/test_train_scale.py: a plain process (no torchrun) wraps the tiny LM in FSDP2 on a
-one-rank gloo mesh (the path a single GPU takes for its bf16 policy) and trains it two steps next to an
-unwrapped copy; prints the largest parameter difference."""
+"""Worker for tests/test_train_scale.py: a plain process (no torchrun) wraps the tiny LM in FSDP2 on
+a one-rank gloo mesh (the path a single GPU takes for its bf16 policy) and trains it two steps next
+to an unwrapped copy; prints the largest parameter difference."""
 
 import torch
 

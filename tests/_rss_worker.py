@@ -1,5 +1,6 @@
-"""Worker for tests/test_train_scale.py: peak RSS of log-probs on hidden (1, 8192, 64) and a 151,936-word
-head (Qwen2.5's vocabulary), chunked (`logprobs_from_hidden`, gradients on) or through the full logits."""
+"""Worker for tests/test_train_scale.py: peak RSS of log-probs on hidden (1, 8192, 64) and a
+151,936-word head (Qwen2.5's vocabulary), chunked (`logprobs_from_hidden`, gradients on) or through
+the full logits."""
 
 import resource
 import sys

@@ -18,7 +18,8 @@ CLONE_NEWUSER = 0x10000000
 
 
 def make_context(base_dir: str, port: int) -> dict:
-    """Names of the things the programs try to reach; base_dir is a world-writable host directory."""
+    """Names of the things the programs try to reach; base_dir is a world-writable host
+    directory."""
     tag = os.urandom(8).hex()
     return {
         "world_dir": base_dir,
@@ -32,7 +33,8 @@ def make_context(base_dir: str, port: int) -> dict:
 
 
 def hostile_programs(ctx: dict) -> dict[str, str]:
-    """name -> code. Run in this order in ONE worker (memory_of_previous_job needs the same zygote)."""
+    """name -> code. Run in this order in ONE worker (memory_of_previous_job needs the same
+    zygote)."""
     leave = [
         f"/run/lock/nanoreason-{ctx['tag']}",
         f"/var/tmp/nanoreason-{ctx['tag']}",
@@ -45,13 +47,17 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
         # a file outside the job's scratch dirs outlives the job (world-writable host directories)
         "files_outside": (
             f"for path in {leave!r}:\n    try:\n        open(path, 'w').write('x')\n"
-            f"        print('WROTE', path)\n    except OSError as e:\n        print('refused', path, e.errno)\n"
-            "open('inside.txt', 'w').write('allowed in the working dir')\nprint(open('inside.txt').read())"
+            f"        print('WROTE', path)\n    except OSError as e:\n        print('refused', "
+            f"path, e.errno)\n"
+            "open('inside.txt', 'w').write('allowed in the working "
+            "dir')\nprint(open('inside.txt').read())"
         ),
-        # many small files: RLIMIT_FSIZE bounds one file, not their number; the scratch tmpfs is sized
+        # many small files: RLIMIT_FSIZE bounds one file, not their number; the scratch tmpfs is
+        # sized
         "fill_disk": (
             "import errno\nblock = b'x' * (1 << 15)\ncount = 0\ntry:\n    while count < 4000:\n"
-            "        with open(f'f{count}', 'wb') as f:\n            f.write(block)\n        count += 1\n"
+            "        with open(f'f{count}', 'wb') as f:\n            f.write(block)\n        count "
+            "+= 1\n"
             "except OSError as e:\n    print('stopped', errno.errorcode[e.errno], count)"
         ),
         "after_fill_disk": (  # what is in /tmp but its own dir and the way to a Python under /tmp
@@ -62,8 +68,10 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
         ),
         # scratch the zygote cannot empty (or use: chmod 000 on what it owns)
         "locked_scratch": (
-            "import os\nfor top in ('/tmp', '/dev/shm'):\n    os.makedirs(top + '/locked/deep', exist_ok=True)\n"
-            "    open(top + '/locked/deep/f', 'w').write('x')\n    os.chmod(top + '/locked/deep', 0)\n"
+            "import os\nfor top in ('/tmp', '/dev/shm'):\n    os.makedirs(top + '/locked/deep', "
+            "exist_ok=True)\n"
+            "    open(top + '/locked/deep/f', 'w').write('x')\n    os.chmod(top + '/locked/deep', "
+            "0)\n"
             "    os.chmod(top + '/locked', 0)\n    try:\n        os.chmod(top, 0)\n"
             "    except OSError:\n        pass\nprint('locked')"
         ),
@@ -89,7 +97,8 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
         "nested_userns": (
             f"import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
             f"print('unshare', libc.unshare({CLONE_NEWUSER}))\n"
-            f"pid = libc.syscall(56, {CLONE_NEWUSER} | 17, 0, 0, 0, 0)  # clone(CLONE_NEWUSER|SIGCHLD)\n"
+            f"pid = libc.syscall(56, {CLONE_NEWUSER} | 17, 0, 0, 0, 0)  # "
+            f"clone(CLONE_NEWUSER|SIGCHLD)\n"
             f"if pid == 0:\n    os._exit(0)\nprint('clone', -1 if pid < 0 else 0)"
         ),
         # the previous job's code is still in memory (every job a fork of a zygote that read it)
@@ -100,13 +109,15 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
             "    fields = line.split()\n    if 'rw' not in fields[1] or (len(fields) > 5 and "
             "not fields[5].startswith('[')):\n        continue\n"
             "    start, end = (int(x, 16) for x in fields[0].split('-'))\n    try:\n"
-            "        mem.seek(start)\n        found += len(pattern.findall(mem.read(end - start)))\n"
+            "        mem.seek(start)\n        found += len(pattern.findall(mem.read(end - "
+            "start)))\n"
             "    except (OSError, ValueError, OverflowError):\n        pass\nprint('found', found)"
         ),
         # the command lines of every process on the machine
         "other_processes": (
             f"import os\nseen = 0\nfor pid in os.listdir('/proc'):\n    try:\n"
-            f"        seen += {ctx['marker']!r}.encode() in open(f'/proc/{{pid}}/cmdline', 'rb').read()\n"
+            f"        seen += {ctx['marker']!r}.encode() in open(f'/proc/{{pid}}/cmdline', "
+            f"'rb').read()\n"
             f"    except OSError:\n        pass\nprint('seen', seen)"
         ),
         # the network of the host (a listening TCP socket on 127.0.0.1)
@@ -121,7 +132,8 @@ def hostile_programs(ctx: dict) -> dict[str, str]:
             "print('parent done')"
         ),
         "fork_bomb": (
-            "import os\nwhile True:\n    try:\n        if os.fork() == 0:\n            os.setsid()\n"
+            "import os\nwhile True:\n    try:\n        if os.fork() == 0:\n            "
+            "os.setsid()\n"
             "    except OSError:\n        pass"
         ),
         "after_fork_bomb": "print('alive')",

@@ -27,22 +27,24 @@ def _run(
 ) -> subprocess.CompletedProcess:
     """Run a command from the repository root with the offline environment; fail with its output."""
     full_env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), **(env or {})}
-    # the timeouts catch hangs, not slowness: a cold toy-model cache on a busy 2-core machine can take
-    # several times an idle run's time (NANOREASON_TIMEOUT_SCALE, default 3)
+    # the timeouts catch hangs, not slowness: a cold toy-model cache on a busy 2-core machine can
+    # take several times an idle run's time (NANOREASON_TIMEOUT_SCALE, default 3)
     timeout = timeout * float(os.environ.get("NANOREASON_TIMEOUT_SCALE", "3"))
     proc = subprocess.run(
         cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- "
+            f"stderr ---\n{proc.stderr[-4000:]}"
         )
     return proc
 
 
 @pytest.fixture
 def run_cmd():
-    """run_cmd([sys.executable, "zero_rl.py", "--total-steps", "2"], timeout=...) -> CompletedProcess."""
+    """run_cmd([sys.executable, "zero_rl.py", "--total-steps", "2"], timeout=...) ->
+    CompletedProcess."""
     return _run
 
 

@@ -1,6 +1,6 @@
-"""bench/real_shape.py and bench/gpu_check.py at 2 layers: the real Qwen2.5-0.5B shape (vocab 151,936, tied
-embeddings, GQA) through the paper-preset code path (checkpointing, chunked log-probs, micro-batches) runs and
-gives finite losses; gpu_check's dry run on the CPU writes its JSON."""
+"""bench/real_shape.py and bench/gpu_check.py at 2 layers: the real Qwen2.5-0.5B shape (vocab
+151,936, tied embeddings, GQA) through the paper-preset code path (checkpointing, chunked log-probs,
+micro-batches) runs and gives finite losses; gpu_check's dry run on the CPU writes its JSON."""
 
 import json
 import sys

@@ -1,4 +1,5 @@
-"""common/models.py and common/sampling.py: tiny models reload offline; the HF sampler's contract."""
+"""common/models.py and common/sampling.py: tiny models reload offline; the HF sampler's
+contract."""
 
 import json
 

@@ -164,7 +164,8 @@ def test_strip_string_examples():
     )
 
 
-# ---------------------------------------------------------------- correctness reward (spec §5 checks 1-5)
+# ---------------------------------------------------------------- correctness reward (spec §5
+# checks 1-5)
 def test_spec_checks_rewards():
     assert correctness_reward("So \\boxed{\\frac{1}{2}}", "0.5") == 1.0  # check 1
     assert correctness_reward("First \\boxed{3} ... actually \\boxed{4}", "4") == 1.0  # check 2
@@ -211,7 +212,8 @@ def test_math_reward_trl_contract():
     assert completion_text(None) == ""
 
 
-# ---------------------------------------------------------------- robustness: garbage and time limits
+# ---------------------------------------------------------------- robustness: garbage and time
+# limits
 GARBAGE = [
     None,
     "",
@@ -239,7 +241,8 @@ GARBAGE = [
 
 @pytest.mark.parametrize("junk", GARBAGE)
 def test_garbage_never_raises(junk):
-    # a short timeout: deep brace nests make math-verify's parser slow, so they end on the time limit
+    # a short timeout: deep brace nests make math-verify's parser slow, so they end on the time
+    # limit
     assert math_equal(junk, "5", timeout=0.5) is False
     assert math_equal("5", junk, timeout=0.5) is False
     assert correctness_reward(junk, "5", timeout=0.5) == 0.0
@@ -263,8 +266,9 @@ TOWER = "2^{2^{2^{2^{2^{2^{2^{2}}}}}}}"
 def test_pathological_input_returns_false_within_timeout():
     start = time.monotonic()
     assert math_equal(TOWER, "5", timeout=1.0) is False
-    # Only checks that the call did not hang (generous bound on a shared machine), not its speed.
-    assert time.monotonic() - start < 3 * 1.0 + 2
+    # Only checks that the call did not hang (without the timeout it runs for many minutes), not its
+    # speed: the bound is generous for a loaded machine (restarting the worker re-imports sympy).
+    assert time.monotonic() - start < 60
     # the grader still works after its worker was killed and replaced
     assert math_equal("2\\sqrt{3}", "\\sqrt{12}") is True
 
@@ -368,7 +372,10 @@ def test_countdown_reward(completion, target, nums, expected):
 
 
 def test_countdown_full_text_and_trl_wrapper():
-    prompt = "A conversation between User and Assistant. User: Using [3, 4, 8, 2] make 48. Assistant: Let me"
+    prompt = (
+        "A conversation between User and Assistant. User: Using [3, 4, 8, 2] make 48. "
+        "Assistant: Let me"
+    )
     assert (
         countdown_reward(
             prompt + " solve\n<answer>3*4*(8/2)</answer>", 48, [3, 4, 8, 2], full_text=True
@@ -409,7 +416,8 @@ def test_pass_at_k():
             pass_at_k(*bad)
 
 
-# ---------------------------------------------------------------- length rewards (spec §5 checks 10-12)
+# ---------------------------------------------------------------- length rewards (spec §5 checks
+# 10-12)
 def test_kimi_length_reward():
     assert kimi_length_reward([100, 200, 300], [True, True, True]) == pytest.approx(
         [0.5, 0.0, -0.5]

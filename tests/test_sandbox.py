@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import _sandbox_hostile as hostile  # noqa: E402
 
 from common import sandbox as sandbox_module  # noqa: E402
-from common.sandbox import (
+from common.sandbox import (  # noqa: E402
     ExecResult,
     Sandbox,
     SandboxUnavailable,
@@ -80,14 +80,17 @@ def test_hostile_batch_is_contained(sandbox):
         "infinite_loop": "while True:\n    pass",
         "sleep_forever": "import time\ntime.sleep(1000)",
         "allocate_10gb": "block = bytearray(10 * 1024 ** 3)",
-        "print_1gb": "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)",
-        "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('still here')",
+        "print_1gb": "import sys\nchunk = 'x' * (1 << 20)\n"
+        "for _ in range(1024):\n    sys.stdout.write(chunk)",
+        "kill_parent": "import os, signal\n"
+        "os.kill(os.getppid(), signal.SIGKILL)\nprint('still here')",
         "sys_exit_3": "import sys\nsys.exit(3)",
         "sys_exit_0": "import sys\nprint('bye')\nsys.exit(0)",
         "sys_exit_text": "import sys\nsys.exit('fatal text')",
         "os_exit": "import os\nos._exit(7)",
         "recursion": "def f(n):\n    return f(n + 1)\nf(0)",
-        "deep_recursion": "import sys\nsys.setrecursionlimit(10 ** 8)\ndef f(n):\n    return f(n + 1)\nf(0)",
+        "deep_recursion": "import sys\nsys.setrecursionlimit(10 ** 8)\n"
+        "def f(n):\n    return f(n + 1)\nf(0)",
         "segfault": "import ctypes\nctypes.string_at(0)",
         "read_environment": (
             "import os\nprint(dict(os.environ))\nfor pid in os.listdir('/proc'):\n    try:\n"
@@ -142,7 +145,8 @@ def test_hostile_batch_is_contained(sandbox):
 
 class HostBait:
     """What the hostile programs try to reach on the host: a world-writable directory with a
-    world-connectable AF_UNIX socket, a TCP server on 127.0.0.1, a process with a marker argument."""
+    world-connectable AF_UNIX socket, a TCP server on 127.0.0.1, a process with a marker
+    argument."""
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="nanoreason-bait-")
@@ -224,7 +228,8 @@ def python_for_nobody() -> str | None:
                     candidate,
                     "-I",
                     "-c",
-                    "import ctypes, os, sys\nassert os.access(os.path.realpath(sys.executable), os.R_OK)",
+                    "import ctypes, os, sys\nassert os.access(os.path.realpath(sys.executable), "
+                    "os.R_OK)",
                 ],
                 capture_output=True,
                 cwd="/",
@@ -317,7 +322,8 @@ def test_isolation_report_full(sandbox):
 
 
 def without(monkeypatch, *layers):
-    """Pretend the machine lacks some layers (the refusal and the weaker modes are real code paths)."""
+    """Pretend the machine lacks some layers (the refusal and the weaker modes are real code
+    paths)."""
     real = probe_isolation()
     fake = {
         "bubblewrap": None if "bubblewrap" in layers else real["bubblewrap"],

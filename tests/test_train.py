@@ -1,4 +1,5 @@
-"""common/train.py: checkpoint kill + resume, FSDP2 on 2 gloo ranks, log-probs, SFT loss, metrics."""
+"""common/train.py: checkpoint kill + resume, FSDP2 on 2 gloo ranks, log-probs, SFT loss,
+metrics."""
 
 import json
 import signal

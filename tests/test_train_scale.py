@@ -1,5 +1,6 @@
-"""common/train.py at real scale: the precision policy, chunked log-probs (equality, gradients, peak memory),
-gradient checkpointing, micro-batch accumulation and sharded (DCP) checkpoints on 2 gloo ranks."""
+"""common/train.py at real scale: the precision policy, chunked log-probs (equality, gradients, peak
+memory), gradient checkpointing, micro-batch accumulation and sharded (DCP) checkpoints on 2 gloo
+ranks."""
 
 import sys
 
@@ -118,8 +119,8 @@ def test_token_logprobs_match_model_logits_with_temperature(tiny_path):
 def _count_layer_calls(model):
     calls = []
     for layer in model.model.layers:
-        # HF checkpoints `forward` (the layer's own hooks stay outside) and the recompute may stop early:
-        # count the attention module's pre-hook, which every recompute reaches
+        # HF checkpoints `forward` (the layer's own hooks stay outside) and the recompute may stop
+        # early: count the attention module's pre-hook, which every recompute reaches
         layer.self_attn.register_forward_pre_hook(lambda *a: calls.append(1))
     return calls
 
