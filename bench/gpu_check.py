@@ -61,8 +61,7 @@ def flops_per_token(cfg, context: int) -> float:
 
 def genius_step(model, optimizer, args, meter: Meter, vocab: int) -> dict:
     """One genius_aco update: chosen/rejected sequence log-probs over micro-batches, the ACO loss
-    (§1.3) against
-    fixed reference log-probs, mean over the pairs, AdamW."""
+    (Genius, arXiv 2504.08672) against fixed reference log-probs, mean over the pairs, AdamW."""
     import genius_aco as GA
 
     dev, P = meter.device, args.sft_batch

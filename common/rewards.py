@@ -92,8 +92,9 @@ ASSISTANT_MARKER = "<|im_start|>assistant"
 
 
 def cut_response(text: str) -> str:
-    """Spec §1.2 step 1: keep the text after the first `<|im_start|>assistant` (if present), then
-    cut at the first end-of-text marker (`</s>`, `<|im_end|>`, `<|endoftext|>`)."""
+    """simpleRL-reason `hf_math_verify.compute_score`, step 1: keep the text after the first
+    `<|im_start|>assistant` (if present), then cut at the first end-of-text marker (`</s>`,
+    `<|im_end|>`, `<|endoftext|>`)."""
     if ASSISTANT_MARKER in text:
         text = text.split(ASSISTANT_MARKER, 1)[1]
     for marker in END_MARKERS:
