@@ -412,17 +412,10 @@ def score_record(rt: Runtime, row: dict, group, temperature: float) -> dict:
         steps = [split_steps(t, rt.args.step_separator) for t in texts]
         scores = rt.prm.step_scores([row["question"]] * len(texts), steps)
         prm = [prm_to_reward(min(s) if s else 0.0) for s in scores]  # no step at all: worst score
-    return {
-        "id": row["id"],
-        "question": row["question"],
-        "answer": row["answer"],
-        "temperature": temperature,
-        "responses": texts,
-        "truncated": [t for _, t in group],
-        "correct": correct,
-        "prm": prm,
-        "reward": [bstar_reward(c, p) for c, p in zip(correct, prm)],
-    }
+    reward = [bstar_reward(c, p) for c, p in zip(correct, prm)]
+    record = {k: row[k] for k in ("id", "question", "answer")}
+    record.update(temperature=temperature, responses=texts, truncated=[t for _, t in group])
+    return {**record, "correct": correct, "prm": prm, "reward": reward}
 
 
 def sample_and_score(
@@ -434,11 +427,9 @@ def sample_and_score(
     done = {r["id"]: r for r in read_jsonl_tolerant(path)}
     for rec in done.values():
         if len(rec["responses"]) != n or rec["temperature"] != temperature:
-            raise DataError(
-                f"{path}: record {rec['id']} has {len(rec['responses'])} samples at "
-                f"T={rec['temperature']}, this run wants {n} at T={temperature}; "
-                "use a new --output_dir"
-            )
+            found = f"{len(rec['responses'])} samples at T={rec['temperature']}"
+            wanted = f"this run wants {n} at T={temperature}; use a new --output_dir"
+            raise DataError(f"{path}: record {rec['id']} has {found}, {wanted}")
     if rt.dist_info.is_main:  # rewrite without a half-written last line before appending
         write_jsonl(path, done.values())
     barrier()
@@ -502,11 +493,9 @@ def iteration_queries(train_rows, num_queries: int, it: int) -> list[dict]:
 
 def selected_pairs(records, threshold: float) -> list[tuple[str, str]]:
     """Algorithm 1 step 3: (question, response) of every response with reward above tau."""
+    keep = [keep_by_threshold(r["reward"], threshold) for r in records]
     return [
-        (r["question"], t)
-        for r in records
-        for t, keep in zip(r["responses"], keep_by_threshold(r["reward"], threshold))
-        if keep
+        (r["question"], t) for r, k in zip(records, keep) for t, ok in zip(r["responses"], k) if ok
     ]
 
 
@@ -611,6 +600,28 @@ def report(args, history: list[dict], out: Path, n_star: int, num_eval: int, log
     print(format_claims(claims))
 
 
+def rollouts(rt: Runtime, train_rows, grids, n_star: int, out: Path, first: int):
+    """Algorithm 1 steps 1-2, one iteration per item: choose (T, tau) by the mean balance score on
+    a query subset (bstar; the other modes keep --temperature / --threshold), then sample k
+    responses for each of the iteration's M queries at T and score them. Yields (iteration,
+    config, records, folder); the caller updates the policy before the next item is sampled."""
+    args = rt.args
+    M = iteration_count(args, len(train_rows))[0]
+    for it in range(first, args.iterations + 1):
+        folder = out / "samples" / f"iter_{it:02d}"
+        config = {"temperature": args.temperature, "threshold": args.threshold, "search_bs": None}
+        if args.mode == "bstar":
+            config = search_configuration(rt, train_rows, it, grids, n_star, folder)
+        torch.manual_seed(args.seed + 1000 * it + 7919 * rt.dist_info.rank + 1)
+        queries = iteration_queries(train_rows, M, it)
+        k, T = args.samples_per_query, config["temperature"]
+        records = sample_and_score(rt, queries, k, T, folder / "samples.jsonl")
+        if args.rechoose_threshold and args.mode == "bstar":  # released code: tau on all samples
+            scores = {tau: balance_for(records, tau, n_star, args.balance_rule) for tau in grids[1]}
+            config["threshold"] = choose_configuration(scores)
+        yield it, config, records, folder
+
+
 def iteration_count(args, num_train: int) -> tuple[int, int]:
     """M (queries per iteration) and n* (selected samples wanted per query)."""
     M = args.queries_per_iteration or num_train
@@ -629,11 +640,8 @@ def load_policy(args, dist_info) -> tuple[Runtime, torch.nn.Module, str]:
     tok = load_tokenizer(model_path)
     model = shard_model(load_model(model_path), dist_info, args.gradient_checkpointing)
     sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
-    return (
-        Runtime(args, dist_info, tok, sampler, make_prm(args, dist_info.device)),
-        model,
-        model_path,
-    )
+    rt = Runtime(args, dist_info, tok, sampler, make_prm(args, dist_info.device))
+    return rt, model, model_path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -667,29 +675,17 @@ def main(args: Args):
     )
     if broadcast_object(not any(r["step"] == 0 for r in logger.history)):  # rank 0 has the history
         logger.log({"greedy_acc": evaluate_greedy(rt, eval_rows)}, step=0)
-    for it in tqdm(
-        range(start_iter, args.iterations + 1), "iterations", disable=not dist_info.is_main
-    ):
-        sample_dir = out / "samples" / f"iter_{it:02d}"
-        # ALGO LOGIC (1): the (T, tau) maximising the mean balance score on a query subset
-        config = {"temperature": args.temperature, "threshold": args.threshold, "search_bs": None}
-        if args.mode == "bstar":
-            config = search_configuration(rt, train_rows, it, grids, n_star, sample_dir)
-        T = config["temperature"]
-        # ALGO LOGIC (2): k samples for each of this iteration's M queries at T, each scored
-        torch.manual_seed(args.seed + 1000 * it + 7919 * dist_info.rank + 1)
-        queries = iteration_queries(train_rows, M, it)
-        records = sample_and_score(
-            rt, queries, args.samples_per_query, T, sample_dir / "samples.jsonl"
-        )
-        if args.rechoose_threshold and args.mode == "bstar":  # released code: tau on all samples
-            scores = {tau: balance_for(records, tau, n_star, args.balance_rule) for tau in grids[1]}
-            config["threshold"] = choose_configuration(scores)
+    batches = rollouts(rt, train_rows, grids, n_star, out, start_iter)
+    total = args.iterations - start_iter + 1
+    bar = tqdm(batches, "iterations", total=total, disable=not dist_info.is_main)
+    # ALGO LOGIC (1)-(2): each iteration's (T, tau) and its k scored samples per query
+    for it, config, records, folder in bar:
+        T, threshold = config["temperature"], config["threshold"]
         # ALGO LOGIC (3): keep reward > tau (strict); STaR adds its rationalised failures
-        pairs = selected_pairs(records, config["threshold"])
+        pairs = selected_pairs(records, threshold)
         hinted = []
         if args.mode == "star":
-            hinted = rationalize(rt, records, T, sample_dir / "rationales.jsonl")
+            hinted = rationalize(rt, records, T, folder / "rationales.jsonl")
         # ALGO LOGIC (4): SFT; the mode decides the weights / optimizer / schedule it starts from
         if resume_step == 0:
             opt = start_iteration(args.mode, model, optimizer, scheduler, args, model_path)
@@ -701,13 +697,13 @@ def main(args: Args):
         resume_step = 0
         rt.sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF: a no-op)
         # log: the samples' exploration / exploitation, then greedy accuracy after the update
-        stats = iteration_stats(records, config["threshold"], n_star, args)
+        stats = iteration_stats(records, threshold, n_star, args)
         stats.update(greedy_acc=evaluate_greedy(rt, eval_rows), **config)
         stats.update(sft_loss=_mean(losses) if losses else None, lr=scheduler.get_last_lr()[0])
         stats.update(num_pairs=len(pairs) + len(hinted), num_rationalized=len(hinted))
         logger.log({**stats, "sft_steps_total": global_step}, step=it)
         print0(
-            f"iter {it}: T={T:.2f} tau={config['threshold']:+.2f} BS={stats['balance_score']:.3f}"
+            f"iter {it}: T={T:.2f} tau={threshold:+.2f} BS={stats['balance_score']:.3f}"
             f" selected={stats['num_selected']} greedy_acc={stats['greedy_acc']:.3f}"
         )
         position = {"iteration": it + 1, "sft_step": 0}
