@@ -27,9 +27,8 @@ Departures (paper = arXiv text; code = hkust-nlp/B-STaR `determine_hyper.py`,
   math-verify (code: exact match of the text after "# Answer").
 - PRM: min step probability p -> 2p - 1 in [-1, 1] (the code divides a raw score by 5); a response
   with no step gets -1. A trained PRM (`--prm <path>`) is read Math-Shepherd's way
-  (common/prm.py). The CPU toy has none: its stand-in is a rule-based step checker (a "a + b = c"
-  step scores 1 if it is right, chains from the previous result and uses a number of the question;
-  the answer line must repeat the last result).
+  (common/prm.py). The CPU toy has none: its stand-in is a rule-based step checker
+  (common/addition_steps.py), not a learnt model.
 - Pass@K, Pass@K-S, Reward@K-S and diversity are measured on each iteration's training samples
   (policy before the update); greedy accuracy on held-out queries after it. Reward@K-S ranks by the
   PRM score alone (a verifier that does not see the gold answer), by the reward without a PRM.
@@ -179,13 +178,9 @@ def validate(args) -> tuple[list[float], list[float]]:
         if allowed and getattr(args, f.name) not in allowed:
             raise ValueError(f"--{f.name} must be one of {allowed}, got {getattr(args, f.name)!r}")
     if min(args.samples_per_query, args.iterations, args.sft_steps, args.batch_size) < 1:
-        raise ValueError(
-            "--samples_per_query, --iterations, --sft_steps, --batch_size must be >= 1"
-        )
-    return (
-        parse_grid(args.temperature_grid, "temperature_grid"),
-        parse_grid(args.threshold_grid, "threshold_grid"),
-    )
+        raise ValueError("--samples_per_query --iterations --sft_steps --batch_size must be >= 1")
+    temperatures = parse_grid(args.temperature_grid, "temperature_grid")
+    return temperatures, parse_grid(args.threshold_grid, "threshold_grid")
 
 
 def derived(args, world_size: int) -> dict:
@@ -223,7 +218,7 @@ def balance_score(num_selected, num_unique_correct, n_star: int, rule: str = "pa
         for n, u in zip(num_selected, num_unique_correct)
         if n or rule == "paper"
     ]
-    return sum(scores) / len(scores) if scores else 0.0
+    return _mean(scores)
 
 
 def selection_counts(responses, correct, keep, dedup: bool = False) -> tuple[int, int]:
@@ -457,7 +452,7 @@ def evaluate_greedy(rt: Runtime, eval_rows) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# one iteration's steps: configuration search, selection, SFT; metrics
+# one iteration: configuration search and samples (a generator), selection, SFT, metrics
 
 
 def balance_for(records, threshold: float, n_star: int, rule: str) -> float:
@@ -489,6 +484,36 @@ def iteration_queries(train_rows, num_queries: int, it: int) -> list[dict]:
     """The M queries of iteration `it`: the next M in order, wrapping around the training set."""
     count = min(num_queries, len(train_rows))
     return [train_rows[(j + (it - 1) * num_queries) % len(train_rows)] for j in range(count)]
+
+
+def iteration_count(args, num_train: int) -> tuple[int, int]:
+    """M (queries per iteration) and n* (selected samples wanted per query)."""
+    M = args.queries_per_iteration or num_train
+    if args.n_star:
+        return M, args.n_star
+    return M, 8 if args.balance_rule == "code" else n_star_from(args.sft_steps * args.batch_size, M)
+
+
+def rollouts(rt: Runtime, train_rows, grids, n_star: int, out: Path, first: int):
+    """Algorithm 1 steps 1-2, one iteration per item: choose (T, tau) by the mean balance score on
+    a query subset (bstar; the other modes keep --temperature / --threshold), then sample k
+    responses for each of the iteration's M queries at T and score them. Yields (iteration,
+    config, records, folder); the caller updates the policy before the next item is sampled."""
+    args = rt.args
+    M = iteration_count(args, len(train_rows))[0]
+    for it in range(first, args.iterations + 1):
+        folder = out / "samples" / f"iter_{it:02d}"
+        config = {"temperature": args.temperature, "threshold": args.threshold, "search_bs": None}
+        if args.mode == "bstar":
+            config = search_configuration(rt, train_rows, it, grids, n_star, folder)
+        torch.manual_seed(args.seed + 1000 * it + 7919 * rt.dist_info.rank + 1)
+        queries = iteration_queries(train_rows, M, it)
+        k, T = args.samples_per_query, config["temperature"]
+        records = sample_and_score(rt, queries, k, T, folder / "samples.jsonl")
+        if args.rechoose_threshold and args.mode == "bstar":  # released code: tau on all samples
+            scores = {tau: balance_for(records, tau, n_star, args.balance_rule) for tau in grids[1]}
+            config["threshold"] = choose_configuration(scores)
+        yield it, config, records, folder
 
 
 def selected_pairs(records, threshold: float) -> list[tuple[str, str]]:
@@ -598,36 +623,6 @@ def report(args, history: list[dict], out: Path, n_star: int, num_eval: int, log
     claims = [claim(CLAIM, "greedy_acc", history[0]["greedy_acc"], history[-1]["greedy_acc"])]
     write_summary(out, claims, mode=args.mode, iterations=args.iterations)
     print(format_claims(claims))
-
-
-def rollouts(rt: Runtime, train_rows, grids, n_star: int, out: Path, first: int):
-    """Algorithm 1 steps 1-2, one iteration per item: choose (T, tau) by the mean balance score on
-    a query subset (bstar; the other modes keep --temperature / --threshold), then sample k
-    responses for each of the iteration's M queries at T and score them. Yields (iteration,
-    config, records, folder); the caller updates the policy before the next item is sampled."""
-    args = rt.args
-    M = iteration_count(args, len(train_rows))[0]
-    for it in range(first, args.iterations + 1):
-        folder = out / "samples" / f"iter_{it:02d}"
-        config = {"temperature": args.temperature, "threshold": args.threshold, "search_bs": None}
-        if args.mode == "bstar":
-            config = search_configuration(rt, train_rows, it, grids, n_star, folder)
-        torch.manual_seed(args.seed + 1000 * it + 7919 * rt.dist_info.rank + 1)
-        queries = iteration_queries(train_rows, M, it)
-        k, T = args.samples_per_query, config["temperature"]
-        records = sample_and_score(rt, queries, k, T, folder / "samples.jsonl")
-        if args.rechoose_threshold and args.mode == "bstar":  # released code: tau on all samples
-            scores = {tau: balance_for(records, tau, n_star, args.balance_rule) for tau in grids[1]}
-            config["threshold"] = choose_configuration(scores)
-        yield it, config, records, folder
-
-
-def iteration_count(args, num_train: int) -> tuple[int, int]:
-    """M (queries per iteration) and n* (selected samples wanted per query)."""
-    M = args.queries_per_iteration or num_train
-    if args.n_star:
-        return M, args.n_star
-    return M, 8 if args.balance_rule == "code" else n_star_from(args.sft_steps * args.batch_size, M)
 
 
 def load_policy(args, dist_info) -> tuple[Runtime, torch.nn.Module, str]:

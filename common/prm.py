@@ -68,6 +68,8 @@ class ProcessRewardModel:
     ):
         if head not in ("token", "classifier"):
             raise ValueError(f"--prm_head must be 'token' or 'classifier', got {head!r}")
+        if vlm and head != "token":
+            raise ValueError("--prm_head classifier reads text PRMs only; a VLM PRM needs 'token'")
         self.head, self.step_tag, self.device = head, step_tag, device
         self.extra_inputs, self.batch_size = extra_inputs, batch_size
         self.processor = load_processor(path) if vlm else None

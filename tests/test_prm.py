@@ -151,6 +151,8 @@ def test_bad_flags_are_named():
         ProcessRewardModel(path, head="value")
     with pytest.raises(ValueError, match="--prm_step_tag"):
         ProcessRewardModel(path, step_tag="")
+    with pytest.raises(ValueError, match="--prm_head classifier"):
+        ProcessRewardModel(path, head="classifier", vlm=True)
 
 
 def test_rule_prm_and_split_steps():
