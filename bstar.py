@@ -633,7 +633,9 @@ def load_policy(args, dist_info) -> tuple[Runtime, torch.nn.Module, str]:
     barrier()
     model_path = build_warm_start(args) if args.model in TOY_MODEL_VALUES else args.model
     tok = load_tokenizer(model_path)
-    model = shard_model(load_model(model_path), dist_info, args.gradient_checkpointing)
+    model = shard_model(
+        load_model(model_path), dist_info, gradient_checkpointing=args.gradient_checkpointing
+    )
     sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
     rt = Runtime(args, dist_info, tok, sampler, make_prm(args, dist_info.device))
     return rt, model, model_path

@@ -415,3 +415,10 @@ def test_iteration_queries_wrap_and_selection_is_strict():
     record = {"question": "q", "responses": ["a", "b", "c"], "reward": [0.5, 0.0, -0.2]}
     assert bstar.selected_pairs([record], 0.0) == [("q", "a")]
     assert Args().model == ""  # the toy model (docs/conventions.md)
+
+
+def test_load_policy_keeps_the_policy_trainable_under_gradient_checkpointing(tiny_path):
+    """The paper preset turns gradient checkpointing on; the policy must stay trainable."""
+    rt, model, path = bstar.load_policy(Args(model=tiny_path, gradient_checkpointing=True), Dist())
+    assert path == tiny_path and all(p.requires_grad for p in model.parameters())
+    assert model.is_gradient_checkpointing and rt.prm is not None and rt.tok is not None
