@@ -42,9 +42,9 @@ win; --print_config shows the effective configuration without loading anything):
   CPU toy (tiny model, warm start cached):  python bstar.py
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
       --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --sampler vllm \
-      --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
+      --prompt_template "$MATH_PROMPT"   # the boxed-answer prompt given in docs/bstar.md
   8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   # FSDP2; each rank samples a share
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 
