@@ -1,64 +1,77 @@
-r"""B-STaR: Monitoring and Balancing Exploration and Exploitation in Self-Taught Reasoners (arXiv 2412.17256).
+r"""B-STaR, a self-taught reasoner that balances exploration and exploitation (docs/bstar.md).
 
-Self-taught reasoners sample k solutions per training query, keep those a reward accepts and fine-tune on
-them, iteration after iteration. B-STaR tracks *exploration* (does the policy still produce several
-distinct correct solutions?) and *exploitation* (does the reward pick the correct ones?) with one balance
-score per query, min(n'/n*, 1) * n'/n (n' unique correct among the n selected, n* wanted per query).
-Each iteration first picks the sampling temperature and reward threshold that maximise the mean balance
-score on a query subset, then runs online RFT with them: continue from the last weights, inheriting the
-optimizer and the LR schedule (§2.1, Algorithm 1).
+Paper: "B-STaR: Monitoring and Balancing Exploration and Exploitation in Self-Taught Reasoners"
+(Zeng et al., arXiv 2412.17256, ICLR 2025); released code: github.com/hkust-nlp/B-STaR.
 
-Departures (paper = arXiv text; code = hkust-nlp/B-STaR `determine_hyper.py`, `metric_modiacc_auto.py`):
-- Balance score: the paper's rule (mean over all queries, n* = ceil(N/M), no dedup) by default;
-  `--balance_rule code` = `cal_modi_acc_soft` (exact-string dedup first, queries with nothing selected
-  dropped from the mean, n* = 8). Not implemented from the code: gold solution added to every pool with
-  score 1.0, per-query caps raised until the selection reaches a target size.
+Self-taught reasoners sample k solutions per training query, keep those a reward accepts and
+fine-tune on them, iteration after iteration. B-STaR tracks *exploration* (does the policy still
+write several distinct correct solutions?) and *exploitation* (does the reward pick the correct
+ones?) with one balance score per query, min(n'/n*, 1) * n'/n (n' unique correct among the n
+selected, n* wanted per query). Each iteration first picks the sampling temperature and reward
+threshold that maximise the mean balance score on a query subset, then runs online RFT with them:
+continue from the last weights, inheriting the optimizer and the LR schedule (Algorithm 1).
+
+Departures (paper = arXiv text; code = hkust-nlp/B-STaR `determine_hyper.py`,
+`metric_modiacc_auto.py`, `train_bstar.sh`):
+- Balance score: the paper's rule by default (mean over all queries, n* = ceil(N/M), no dedup);
+  `--balance_rule code` = `cal_modi_acc_soft` (exact-string dedup first, queries with nothing
+  selected dropped from the mean, n* = 8). Not implemented from the code: the gold solution added to
+  every pool with score 1.0; per-query caps raised until the selection reaches a target size.
 - Configuration: argmax over the whole (T, tau) grid, ties to the first in grid order (paper);
-  `--rechoose_threshold` re-picks tau on the iteration's full sample set (code).
+  `--rechoose_threshold` re-picks tau on the iteration's full sample set (code). The search subset
+  (`--search_queries`) is drawn again each iteration with the seed.
 - N (samples selected per iteration, for n*) = sft_steps * batch_size, what one iteration trains on.
-- PRM: min step probability p -> 2p - 1 in [-1, 1] (the code divides a raw score by 5). The CPU toy's
-  PRM is a stand-in, a rule-based step checker (no model): a "a + b = c" step scores 1 if it is right,
-  chains from the previous result and uses a number of the question; the answer line must repeat the
-  last result. Real PRMs (any HF path) go through `HFProcessRewardModel`.
-- Pass@K, Pass@K-S, Reward@K-S and diversity are measured on each iteration's training samples (policy
-  before the update); greedy accuracy on held-out queries after the update. Reward@K-S ranks by the PRM
-  score alone (a verifier that does not see the gold answer), by the reward when there is no PRM.
+- Queries: `--queries_per_iteration` M > 0 takes the next M training queries each iteration,
+  wrapping around (paper: all queries every iteration, the paper preset's 0).
+- Correctness: the answer is extracted (boxed, "answer is", last number) and compared with
+  math-verify (code: exact match of the text after "# Answer").
+- PRM: min step probability p -> 2p - 1 in [-1, 1] (the code divides a raw score by 5); a response
+  with no step gets -1. A trained PRM (`--prm <path>`) is read Math-Shepherd's way
+  (common/prm.py). The CPU toy has none: its stand-in is a rule-based step checker
+  (common/addition_steps.py), not a learnt model.
+- Pass@K, Pass@K-S, Reward@K-S and diversity are measured on each iteration's training samples
+  (policy before the update); greedy accuracy on held-out queries after it. Reward@K-S ranks by the
+  PRM score alone (a verifier that does not see the gold answer), by the reward without a PRM.
 - LR: transformers' `cosine_with_min_lr` over all iterations (code: 4.12e-6 down to 2e-7).
-- `star` = STaR with rationalisation (failures re-sampled with the answer as a hint, kept if correct,
-  trained without the hint), restarting from P0 each iteration like ReST-EM.
+- `star` = STaR with rationalisation (one sample per failed query with the answer as a hint, kept if
+  correct, trained without the hint), restarting from P0 each iteration like ReST-EM.
+- CPU toy: P0 is the tiny LM after a short SFT on solutions of multi-digit additions (cached).
 
-Commands (naming --model selects the paper preset, PAPER below: the MATH setting; flags you pass win;
---print_config shows the effective configuration without loading anything):
+Commands (naming --model selects the paper preset, PAPER below: the MATH setting; flags you pass
+win; --print_config shows the effective configuration without loading anything):
   CPU toy (tiny model, warm start cached):  python bstar.py
   1 GPU:  python bstar.py --model <SFT checkpoint P0> --data train.jsonl --eval_data math500.jsonl \
       --prm peiyi9979/math-shepherd-mistral-7b-prm --step_separator $'\n\n' --sampler vllm \
-      --prompt_template $'{question}\nPlease reason step by step, and put your final answer within \\boxed{}.'
+      --prompt_template "$MATH_PROMPT"   # the boxed-answer prompt given in docs/bstar.md
   8 GPUs: torchrun --nproc_per_node=8 bstar.py <the same flags>   # FSDP2; each rank samples a share
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import random
-import re
 import shutil
 from collections import namedtuple
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from tqdm import tqdm
-from transformers import AutoModelForTokenClassification, get_scheduler
+from transformers import get_scheduler
 
+from common.addition_steps import HELD_OUT, grade_steps, make_toy_row, make_toy_split
 from common.benchmarks import load_math_rows
 from common.claims import claim, format_claims, write_summary
-from common.config import parse_config, per_rank
+from common.config import TOY_MODEL_VALUES, arg, parse_config, per_rank
 from common.data import DataError, load_rows, read_jsonl_tolerant, write_jsonl
 from common.evaluation import EvalArgs, evaluate_model
-from common.models import load_model, load_tokenizer, make_tiny_lm
-from common.rewards import extract_answer, math_equal, math_equal_batch
+from common.models import end_of_turn, load_model, load_tokenizer, make_tiny_lm
+from common.prm import ProcessRewardModel, RulePRM, split_steps
+from common.rewards import extract_answer, math_equal_batch
 from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
 from common.toys import toy_model
 from common.train import (
@@ -82,198 +95,66 @@ from common.train import (
     shard_model,
 )
 
-MODES = ("bstar", "online_rft", "iterative_rft", "rest_em", "star")
+MODES = "B-STaR; online RFT; iterative RFT (fresh optimizer); ReST-EM / STaR (from P0)"
 
 
 @dataclass
 class Args(VLLMArgs):
     # generic
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    output_dir: str = field(
-        default="runs/bstar", metadata={"help": "metrics, PNG, samples JSONL, checkpoint"}
-    )
-    model: str = field(
-        default="tiny",
-        metadata={
-            "help": "'tiny' (offline, + cached toy warm start) or the HF id/path of P0 (§2.6: epoch-1 SFT model)"
-        },
-    )
-    data: str = field(
-        default="toy",
-        metadata={
-            "help": "'toy' (multi-digit addition in steps) or a file/folder/hub id with question + answer fields"
-        },
-    )
-    eval_data: str = field(
-        default="",
-        metadata={
-            "help": "held-out queries (MATH500 in §2.6); empty = the last --eval_queries rows of --data"
-        },
-    )
-    question_field: str = field(default="question", metadata={"help": "question column"})
-    answer_field: str = field(
-        default="answer",
-        metadata={
-            "help": "gold answer column; with both field "
-            "defaults, MATH (boxed solution), GSM8K ('#### N') and SimpleRL-Zoo-Data rows "
-            "are read as released"
-        },
-    )
-    prompt_template: str = field(
-        default="{question}", metadata={"help": "user message; {question} is replaced"}
-    )
-    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "'hf' or 'vllm'"})
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "continue from output_dir/ckpt (iteration or mid-SFT) and reuse finished sampling"
-        },
-    )
-    track: bool = field(default=False, metadata={"help": "log to W&B"})
-    # algorithm (§2)
-    mode: Literal["bstar", "online_rft", "iterative_rft", "rest_em", "star"] = field(
-        default="bstar",
-        metadata={
-            "help": f"{MODES} (§2.1): B-STaR; online RFT (fixed T/tau); iterative RFT (fresh optimizer); ReST-EM / STaR (from P0)"
-        },
-    )
-    iterations: int = field(
-        default=6,
-        metadata={
-            "help": "self-improvement iterations; paper: 9 (9 x 500 SFT steps, MATH setting)"
-        },
-    )
-    queries_per_iteration: int = field(
-        default=240,
-        metadata={
-            "help": "M queries sampled per iteration, 0 = all; paper: 0 (all 11.5K MATH queries)"
-        },
-    )
-    samples_per_query: int = field(
-        default=8, metadata={"help": "k samples per query; paper: 64 (MATH setting)"}
-    )
-    temperature_grid: str = field(
-        default="0.5:1.2:0.1",
-        metadata={"help": "start:stop:step, inclusive (paper §2.5; fine variant 0.5:1.2:0.05)"},
-    )
-    threshold_grid: str = field(
-        default="-1:1:0.1",
-        metadata={"help": "start:stop:step, inclusive (paper §2.5; fine variant -1:1:0.01)"},
-    )
-    search_queries: int = field(
-        default=24,
-        metadata={
-            "help": "query subset for the configuration search; paper: 600 (MATH queries x 64 samples)"
-        },
-    )
-    temperature: float = field(
-        default=1.0,
-        metadata={"help": "fixed temperature of the non-B-STaR modes (online RFT baseline)"},
-    )
-    threshold: float = field(
-        default=0.0,
-        metadata={"help": "fixed reward threshold of the non-B-STaR modes (default tau = 0, §2.2)"},
-    )
-    reward: Literal["answer", "answer_prm"] = field(
-        default="answer_prm",
-        metadata={
-            "help": "'answer' (1[a = a*]) or 'answer_prm' (+ normalised min step score, §2.2)"
-        },
-    )
-    prm: str = field(
-        default="rule",
-        metadata={
-            "help": "'rule' (toy stand-in step checker) or an HF PRM path (Math-Shepherd style)"
-        },
-    )
-    prm_head: Literal["token", "classifier"] = field(
-        default="token",
-        metadata={
-            "help": "'token' (P('+') vs '-' at the step tag) or 'classifier' (token-classification head)"
-        },
-    )
-    prm_step_tag: str = field(
-        default="ки", metadata={"help": "step tag the PRM scores at (Math-Shepherd: 'ки')"}
-    )
-    prm_good_token: str = field(default="+", metadata={"help": "good-step token"})
-    prm_bad_token: str = field(default="-", metadata={"help": "bad-step token"})
-    step_separator: str = field(
-        default="\n", metadata={"help": "splits a response into steps (PRM) and equations"}
-    )
-    balance_rule: Literal["paper", "code"] = field(
-        default="paper",
-        metadata={
-            "help": "'paper' (§2.4) or 'code' (cal_modi_acc_soft: dedup, drop empty queries, n* = 8)"
-        },
-    )
-    n_star: int = field(
-        default=0, metadata={"help": "n*; 0 = ceil(N/M) (§2.4), N = sft_steps * batch_size"}
-    )
-    rechoose_threshold: bool = field(
-        default=False, metadata={"help": "released code: re-pick tau on the full sample set"}
-    )
-    pass_s: int = field(
-        default=4, metadata={"help": "S of Pass@K-S / Reward@K-S; paper: 4 (Pass@32-4)"}
-    )
-    hint_template: str = field(
-        default="{question} (answer: {answer})", metadata={"help": "star rationalisation prompt"}
-    )
-    # SFT update (§2.6)
-    sft_steps: int = field(
-        default=30, metadata={"help": "SFT steps per iteration; paper: 500 (MATH setting)"}
-    )
-    batch_size: int = field(
-        default=32, metadata={"help": "SFT batch, all ranks; paper: 128 (MATH setting)"}
-    )
-    lr: float = field(
-        default=1e-3,
-        metadata={
-            "help": "peak LR; paper: 4.12e-6 (released code, Mistral-7B; the SFT of P0 used 5e-6)"
-        },
-    )
-    min_lr_ratio: float = field(
-        default=2e-7 / 4.12e-6, metadata={"help": "cosine floor / peak (code: 2e-7 / 4.12e-6)"}
-    )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    micro_batch_size: int = field(
-        default=0,
-        metadata={
-            "help": "rows per forward/backward on one rank (gradient "
-            "accumulation, same token-mean loss); 0 = the rank's whole batch; "
-            "paper preset: 4 (not stated in the paper)"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={
-            "help": "recompute decoder layers in the backward pass; "
-            "paper preset: True (not stated in the paper)"
-        },
-    )
-    save_every: int = field(
-        default=10, metadata={"help": "checkpoint every N SFT steps (mid-iteration --resume)"}
-    )
-    max_new_tokens: int = field(
-        default=48,
-        metadata={"help": "sampling length; paper preset: 1024 (not stated in the paper)"},
-    )
-    gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
-    eval_queries: int = field(
-        default=200, metadata={"help": "held-out queries for greedy accuracy; paper: 500 (MATH500)"}
-    )
-    # toy world
-    toy_train_queries: int = field(
-        default=600, metadata={"help": "training query pool of the toy (at most 529 with 3 digits)"}
-    )
-    toy_terms: str = field(default="3:3", metadata={"help": "min:max numbers to add per toy query"})
-    warm_start_steps: int = field(
-        default=400, metadata={"help": "toy SFT steps that make the tiny P0 (cached)"}
-    )
-    warm_start_lr: float = field(default=5e-3, metadata={"help": "toy warm-start LR"})
+    seed: int = arg(0, "random seed")
+    output_dir: str = arg("runs/bstar", "metrics, PNG, samples JSONL, checkpoint")
+    model: str = arg("", "'' = the toy's tiny P0 (cached), else P0's HF id/path (epoch-1 SFT)")
+    data: str = arg("toy", "'toy' (adding digits in steps) or a file/folder/hub id")
+    eval_data: str = arg("", "held-out queries (MATH500); '' = the last --eval_queries of --data")
+    question_field: str = arg("question", "question column")
+    answer_field: str = arg("answer", "gold answer column (both defaults: MATH, GSM8K as released)")
+    prompt_template: str = arg("{question}", "user message; {question} is replaced")
+    sampler: Literal["hf", "vllm"] = arg("hf", "HF generate or vLLM")
+    resume: bool = arg(False, "continue from output_dir/ckpt, reusing finished sampling")
+    track: bool = arg(False, "log to W&B")
+    # algorithm (Algorithm 1 and its baselines)
+    mode: Literal["bstar", "online_rft", "iterative_rft", "rest_em", "star"] = arg("bstar", MODES)
+    iterations: int = arg(6, "self-improvement iterations; paper: 9 (MATH)")
+    queries_per_iteration: int = arg(240, "M, 0 = all; paper: 0 (all 11.5K MATH queries)")
+    samples_per_query: int = arg(8, "k; paper: 64 (MATH)")
+    temperature_grid: str = arg("0.5:1.2:0.1", "start:stop:step, inclusive (fine: 0.05 step)")
+    threshold_grid: str = arg("-1:1:0.1", "start:stop:step, inclusive (fine: 0.01 step)")
+    search_queries: int = arg(24, "queries of the configuration search; paper: 600 (MATH)")
+    temperature: float = arg(1.0, "fixed temperature of the other modes")
+    threshold: float = arg(0.0, "fixed reward threshold of the other modes (the paper's default)")
+    reward: Literal["answer", "answer_prm"] = arg("answer_prm", "1[a = a*] (+ PRM min step)")
+    prm: str = arg("rule", "'rule' (the toy's stand-in) or a trained PRM's HF id/path")
+    prm_head: Literal["token", "classifier"] = arg("token", "P(good token) or a classifier head")
+    prm_step_tag: str = arg("ки", "step tag the PRM scores at (Math-Shepherd's)")
+    prm_good_token: str = arg("+", "good-step token")
+    prm_bad_token: str = arg("-", "bad-step token")
+    step_separator: str = arg("\n", "splits a response into steps (PRM) and equations")
+    balance_rule: Literal["paper", "code"] = arg("paper", "or code: cal_modi_acc_soft")
+    n_star: int = arg(0, "n*; 0 = ceil(N/M), N = sft_steps * batch_size")
+    rechoose_threshold: bool = arg(False, "released code: re-pick tau on the full sample set")
+    pass_s: int = arg(4, "S of Pass@K-S / Reward@K-S; paper: 4 (Pass@32-4)")
+    hint_template: str = arg("{question} (answer: {answer})", "STaR rationalisation prompt")
+    # SFT update
+    sft_steps: int = arg(30, "SFT steps per iteration; paper: 500 (MATH)")
+    batch_size: int = arg(32, "SFT batch, all ranks; paper: 128 (MATH)")
+    lr: float = arg(1e-3, "peak LR; paper: 4.12e-6 (train_bstar.sh)")
+    min_lr_ratio: float = arg(2e-7 / 4.12e-6, "cosine floor / peak (code: 2e-7 / 4.12e-6)")
+    max_grad_norm: float = arg(1.0, "gradient clipping")
+    micro_batch_size: int = arg(0, "rows per forward, 0 = all; paper preset: 4 (not stated)")
+    gradient_checkpointing: bool = arg(False, "paper preset: True (not stated)")
+    save_every: int = arg(10, "checkpoint every N SFT steps (mid-iteration --resume)")
+    max_new_tokens: int = arg(48, "sampling length; paper preset: 1024 (not stated)")
+    gen_batch_size: int = arg(64, "prompts per generate call")
+    eval_queries: int = arg(200, "held-out queries for greedy accuracy; paper: 500 (MATH500)")
+    # toy world (common/addition_steps.py)
+    toy_train_queries: int = arg(600, "training pool of the toy (at most 529 with 3 digits)")
+    toy_terms: str = arg("3:3", "min:max numbers to add per toy query")
+    warm_start_steps: int = arg(400, "toy SFT steps that make the tiny P0 (cached)")
+    warm_start_lr: float = arg(5e-3, "toy warm-start LR")
 
 
-# The paper's MATH setting (Mistral-7B; LR schedule from the released code), used with --preset paper (the
-# default once --model is named); the defaults above are the CPU toy's. A flag on the command line wins.
+# The paper's MATH setting (Mistral-7B; LR schedule from train_bstar.sh), used with --preset paper
+# (the default once --model is named); the defaults above are the CPU toy's. A flag given wins.
 PAPER = dict(
     iterations=9,  # 9 x 500 SFT steps
     queries_per_iteration=0,  # all 11.5K MATH queries every iteration
@@ -284,13 +165,26 @@ PAPER = dict(
     lr=4.12e-6,  # released code, cosine down to 2e-7 (--min_lr_ratio)
     max_new_tokens=1024,  # not stated in the paper
     eval_queries=500,  # MATH500
-    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
-    micro_batch_size=4,  # not stated in the paper: bounds activation memory at long sequences
+    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory
+    micro_batch_size=4,  # not stated in the paper: bounds activation memory
 )
 
 
+def validate(args) -> tuple[list[float], list[float]]:
+    """Choices (also when main is called without the parser), sizes and the two grids."""
+    hints = get_type_hints(type(args))
+    for f in dataclasses.fields(args):
+        allowed = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else None
+        if allowed and getattr(args, f.name) not in allowed:
+            raise ValueError(f"--{f.name} must be one of {allowed}, got {getattr(args, f.name)!r}")
+    if min(args.samples_per_query, args.iterations, args.sft_steps, args.batch_size) < 1:
+        raise ValueError("--samples_per_query --iterations --sft_steps --batch_size must be >= 1")
+    temperatures = parse_grid(args.temperature_grid, "temperature_grid")
+    return temperatures, parse_grid(args.threshold_grid, "threshold_grid")
+
+
 def derived(args, world_size: int) -> dict:
-    """Checks the choices and grids (`validate`) and splits the SFT batch over the ranks."""
+    """Checks the flags (`validate`) and splits the SFT batch over the ranks."""
     validate(args)
     return dict(
         sft_rows_per_rank=per_rank(args.batch_size, world_size, "--batch_size"),
@@ -298,18 +192,23 @@ def derived(args, world_size: int) -> dict:
     )
 
 
-# ------------------------------------------------------------------------------------------------------
-# paper functions (§2.3-§2.5)
+# ------------------------------------------------------------------------------------------------
+# the paper's functions
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 def n_star_from(num_selected_target: int, num_queries: int) -> int:
-    """§2.4: n* = ceil(N / M), the number of selected samples wanted per query."""
+    """Balance score: n* = ceil(N / M), the number of selected samples wanted per query."""
     return math.ceil(num_selected_target / num_queries)
 
 
 def balance_score(num_selected, num_unique_correct, n_star: int, rule: str = "paper") -> float:
-    """§2.4: bs_i = min(n'_i / n*, 1) * n'_i / n_i, averaged over queries (bs_i = 0 when n_i = 0).
-    rule='code' drops queries with nothing selected from the mean (counts must come deduplicated)."""
+    """The paper's balance score, bs_i = min(n'_i / n*, 1) * n'_i / n_i, averaged over queries
+    (bs_i = 0 when n_i = 0). rule='code' (cal_modi_acc_soft) drops queries with nothing selected
+    from the mean (counts must come deduplicated)."""
     if isinstance(num_selected, int):
         num_selected, num_unique_correct = [num_selected], [num_unique_correct]
     if rule not in ("paper", "code"):
@@ -319,11 +218,11 @@ def balance_score(num_selected, num_unique_correct, n_star: int, rule: str = "pa
         for n, u in zip(num_selected, num_unique_correct)
         if n or rule == "paper"
     ]
-    return sum(scores) / len(scores) if scores else 0.0
+    return _mean(scores)
 
 
 def selection_counts(responses, correct, keep, dedup: bool = False) -> tuple[int, int]:
-    """(n_i, n'_i) of one query: selected responses and unique (exact text) correct ones among them."""
+    """(n_i, n'_i) of one query: selected responses and unique (exact text) correct ones."""
     kept = [(r.strip(), c) for r, c, k in zip(responses, correct, keep) if k]
     if dedup:  # released code: exact-string dedup before counting
         kept = list(dict.fromkeys(kept))
@@ -331,35 +230,33 @@ def selection_counts(responses, correct, keep, dedup: bool = False) -> tuple[int
 
 
 def keep_by_threshold(rewards, threshold: float) -> list[bool]:
-    """Algorithm 1 step 3: keep responses whose reward is strictly above the threshold."""
+    """Algorithm 1: keep responses whose reward is strictly above the threshold."""
     return [r > threshold for r in rewards]
 
 
 def prm_to_reward(min_step_prob: float) -> float:
-    """§2.2: the PRM's minimum step score, normalised from a probability in [0, 1] to [-1, 1]."""
+    """The PRM's minimum step score, a probability in [0, 1], normalised to [-1, 1]."""
     return 2.0 * min_step_prob - 1.0
 
 
 def bstar_reward(correct: bool, prm_reward: float | None) -> float:
-    """§2.2: r = 1[a = a*] ('answer') or 1[a = a*] + r_prm ('answer + PRM')."""
+    """r = 1[a = a*] ('answer') or 1[a = a*] + r_prm ('answer + PRM')."""
     return float(correct) + (prm_reward if prm_reward is not None else 0.0)
 
 
 def pass_at_k_s(responses, correct, s: int) -> float:
-    """§2.3 Pass@K-S: 1 if at least S *unique* correct responses are among the K."""
+    """Pass@K-S (exploration): 1 if at least S *unique* correct responses are among the K."""
     return float(len({r.strip() for r, c in zip(responses, correct) if c}) >= s)
 
 
 def reward_at_k_s(rewards, correct, s: int) -> float:
-    """§2.3 Reward@K-S: 1 if the top-S responses by reward are all correct (ties: earlier first)."""
-    order = sorted(
-        range(len(rewards)), key=lambda i: -rewards[i]
-    )  # stable: equal rewards keep sample order
+    """Reward@K-S (exploitation): 1 if the top-S responses by reward are all correct."""
+    order = sorted(range(len(rewards)), key=lambda i: -rewards[i])  # stable: ties keep sample order
     return float(len(order) >= s and all(correct[i] for i in order[:s]))
 
 
 def distinct_equation_ratio(correct_responses, separator: str = "\n") -> float | None:
-    """§2.3 diversity of one query: unique equations / all equations in its correct responses."""
+    """Distinct Equations (diversity) of one query: unique / all equations of its correct ones."""
     equations = [
         line.strip() for r in correct_responses for line in r.split(separator) if "=" in line
     ]
@@ -367,7 +264,7 @@ def distinct_equation_ratio(correct_responses, separator: str = "\n") -> float |
 
 
 def choose_configuration(scores: dict):
-    """§2.5: the grid point with the highest balance score; ties go to the first in grid order."""
+    """Algorithm 1: the grid point with the highest balance score; ties go to the first in order."""
     best = max(scores.values())
     return next(key for key, value in scores.items() if value == best)
 
@@ -381,223 +278,66 @@ def parse_grid(spec: str, flag: str) -> list[float]:
     return [round(start + i * step, 6) for i in range(int(round((stop - start) / step)) + 1)]
 
 
-# ------------------------------------------------------------------------------------------------------
-# process reward models: one interface, step_scores(questions, responses) -> per-step P(step is good)
+# ------------------------------------------------------------------------------------------------
+# data, prompts, the PRM, SFT, the toy's P0
 
 
-def split_steps(response: str, separator: str) -> list[str]:
-    return [s.strip() for s in response.split(separator) if s.strip()]
+def read_queries(args, source: str, tag: str) -> list[dict]:
+    """Rows of id, question, gold answer. With both field flags at their defaults the release
+    formats are read (common/benchmarks.py); else the two columns ('#### N' answers -> N)."""
+    fields = (args.question_field, args.answer_field)
+    if fields == ("question", "answer"):
+        pairs = [(r["question"], r["answer"]) for r in load_math_rows(source)]
+    else:
+        rows = load_rows(source, required=fields)
+        pairs = [(str(r[fields[0]]), str(r[fields[1]]).split("####")[-1].strip()) for r in rows]
+    return [{"id": f"{tag}-{i}", "question": q, "answer": a} for i, (q, a) in enumerate(pairs)]
 
 
-class RuleStepChecker:
-    """Stand-in PRM for the toy (no model): checks each step locally, as a PRM judges a step."""
-
-    equation = re.compile(r"^(-?\d+) \+ (-?\d+) = (-?\d+)$")
-    answer_line = re.compile(r"^The answer is (-?\d+)\.?$")
-
-    def __init__(self, separator: str = "\n"):
-        self.separator = separator
-
-    def step_scores(self, questions, responses) -> list[list[float]]:
-        out = []
-        for question, response in zip(questions, responses):
-            numbers, previous, scores = {int(x) for x in re.findall(r"-?\d+", question)}, None, []
-            for step in split_steps(response, self.separator):
-                eq, ans = self.equation.match(step), self.answer_line.match(step)
-                if eq:
-                    a, b, c = map(int, eq.groups())
-                    chained = (
-                        {a, b} <= numbers
-                        if previous is None
-                        else (a == previous and b in numbers) or (b == previous and a in numbers)
-                    )
-                    scores.append(float(a + b == c and chained))
-                    previous = c
-                else:
-                    scores.append(
-                        float(bool(ans) and previous is not None and int(ans.group(1)) == previous)
-                    )
-            out.append(scores)
-        return out
-
-
-class HFProcessRewardModel:
-    """Any HF PRM. head='token': Math-Shepherd, P(good) = softmax over the good/bad token logits at each
-    step tag; head='classifier': AutoModelForTokenClassification, P(label 1) at each step tag."""
-
-    def __init__(
-        self,
-        path,
-        head="token",
-        step_tag="ки",
-        good="+",
-        bad="-",
-        separator="\n",
-        device="cpu",
-        dtype="float32",
-    ):
-        if head not in ("token", "classifier"):
-            raise ValueError(f"--prm_head must be 'token' or 'classifier', got {head!r}")
-        self.tok, self.head, self.step_tag, self.separator, self.device = (
-            load_tokenizer(path),
-            head,
-            step_tag,
-            separator,
-            device,
-        )
-        ids = [self.tok(t, add_special_tokens=False).input_ids for t in (good, bad)]
-        if head == "token" and any(len(i) != 1 for i in ids):
-            raise ValueError(
-                f"--prm_good_token {good!r} / --prm_bad_token {bad!r} must each be one token of {path}"
-            )
-        self.candidates = [i[0] for i in ids if i]  # used by the token head only
-        self.model = (
-            load_model(path, dtype=dtype, device=device)
-            if head == "token"
-            else AutoModelForTokenClassification.from_pretrained(
-                path, num_labels=2, dtype=dtype
-            ).to(device)
-        ).eval()
-
-    @torch.no_grad()
-    def step_scores(self, questions, responses, batch_size: int = 16) -> list[list[float]]:
-        out = []
-        for start in range(0, len(questions), batch_size):
-            rows, tag_positions = [], []
-            for q, r in zip(
-                questions[start : start + batch_size], responses[start : start + batch_size]
-            ):
-                ids, positions = self.tok(q + " ", add_special_tokens=False).input_ids, []
-                for step in split_steps(
-                    r, self.separator
-                ):  # "step ки\n": the score is read at the tag
-                    ids += self.tok(f"{step} {self.step_tag}", add_special_tokens=False).input_ids
-                    positions.append(len(ids) - 1)
-                    ids += self.tok("\n", add_special_tokens=False).input_ids
-                rows.append(ids)
-                tag_positions.append(positions)
-            input_ids, attention_mask, _ = pad_batch(
-                rows, [[] for _ in rows], self.tok.pad_token_id
-            )
-            logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
-            ).logits  # (B, L, V|2)
-            if self.head == "token":
-                logits = logits[..., self.candidates]  # (B, L, 2): good vs bad
-            probs = (
-                logits.float().softmax(-1)[..., 0 if self.head == "token" else 1].cpu()
-            )  # (B, L)
-            out += [[float(probs[i, p]) for p in pos] for i, pos in enumerate(tag_positions)]
-        return out
-
-
-def make_step_scorer(args, device):
-    if args.reward == "answer":
-        return None
-    if args.prm == "rule":
-        if args.data != "toy":
-            raise ValueError(
-                "--prm rule is the toy's stand-in step checker; give --prm <HF PRM path> or --reward answer"
-            )
-        return RuleStepChecker(args.step_separator)
-    return HFProcessRewardModel(
-        args.prm,
-        args.prm_head,
-        args.prm_step_tag,
-        args.prm_good_token,
-        args.prm_bad_token,
-        args.step_separator,
-        device,
-        precision_policy(device.type).frozen_dtype,
-    )
-
-
-# ------------------------------------------------------------------------------------------------------
-# toy world: add digits step by step; each step may write its operands either way round, so a query has
-# several distinct correct solutions (room for exploration), and a 2-layer model learns it imperfectly
-
-
-def make_toy_row(rng: random.Random, min_terms: int, max_terms: int) -> dict:
-    numbers = [rng.randint(1, 9) for _ in range(rng.randint(min_terms, max_terms))]
-    total, lines = numbers[0], []
-    for x in numbers[1:]:
-        a, b = (total, x) if rng.random() < 0.5 else (x, total)
-        lines.append(f"{a} + {b} = {total + x}")
-        total += x
-    lines.append(f"The answer is {total}.")
-    return {
-        "question": "Add " + " ".join(map(str, numbers)),
-        "answer": str(total),
-        "solution": "\n".join(lines),
-    }
-
-
-TOY_HELD_OUT = (
-    200  # fixed held-out pool: the cached warm start is the same whatever --eval_queries is
-)
-
-
-def make_toy_split(args) -> tuple[list[dict], list[dict], set]:
-    """A held-out pool first, then a disjoint training pool (the warm start never sees held-out queries)."""
-    if args.eval_queries > TOY_HELD_OUT:
-        raise ValueError(
-            f"--eval_queries {args.eval_queries}: the toy holds out {TOY_HELD_OUT} queries"
-        )
-    lo, hi = (int(x) for x in args.toy_terms.split(":"))
-    rng, unique, wanted = random.Random(args.seed + 1), {}, TOY_HELD_OUT + args.toy_train_queries
-    for _ in range(30 * wanted):  # bounded: 3 digits give only 729 distinct questions
-        row = make_toy_row(rng, lo, hi)
-        unique.setdefault(row["question"], row)
-        if len(unique) == wanted:
-            break
-    rows = list(unique.values())  # in draw order: the first TOY_HELD_OUT are held out
-    tag = lambda prefix, part: [{**r, "id": f"{prefix}-{i}"} for i, r in enumerate(part)]  # noqa: E731
-    return (
-        tag("train", rows[TOY_HELD_OUT:]),
-        tag("eval", rows[: args.eval_queries]),
-        {r["question"] for r in rows[:TOY_HELD_OUT]},
-    )
-
-
-def load_task(args):
+def load_task(args) -> tuple[list[dict], list[dict]]:
     if args.data == "toy":
-        return make_toy_split(args)[:2]
-    need = (args.question_field, args.answer_field)
-    read = lambda src, tag: [
-        {
-            "id": f"{tag}-{i}",
-            "question": str(r[args.question_field]),  # noqa: E731
-            "answer": str(r[args.answer_field]).split("####")[-1].strip(),
-        }
-        for i, r in enumerate(load_rows(src, required=need))
-    ]
-    if need == ("question", "answer"):  # no field flags: release formats (common/benchmarks.py)
-        read = lambda src, tag: [
-            {
-                "id": f"{tag}-{i}",
-                "question": r["question"],  # noqa: E731
-                "answer": r["answer"],
-            }
-            for i, r in enumerate(load_math_rows(src))
-        ]
-    rows = read(args.data, "train")
+        return toy_split(args)[:2]
+    rows = read_queries(args, args.data, "train")
     if args.eval_data:
-        return rows, read(args.eval_data, "eval")[: args.eval_queries]
+        return rows, read_queries(args, args.eval_data, "eval")[: args.eval_queries]
     if len(rows) <= args.eval_queries:
         raise DataError(
-            f"{args.data}: {len(rows)} rows, not enough to hold out --eval_queries {args.eval_queries}; give --eval_data"
+            f"{args.data}: {len(rows)} rows, not enough to hold out --eval_queries "
+            f"{args.eval_queries}; give --eval_data"
         )
     return rows[: -args.eval_queries], rows[-args.eval_queries :]
+
+
+def toy_split(args):
+    return make_toy_split(args.seed, args.toy_terms, args.toy_train_queries, args.eval_queries)
 
 
 def chat(args, question: str) -> list[dict]:
     return [{"role": "user", "content": args.prompt_template.replace("{question}", question)}]
 
 
+def hinted_chat(args, row: dict) -> list[dict]:
+    """STaR's rationalisation prompt: the question with its gold answer as a hint."""
+    text = args.hint_template.replace("{question}", row["question"])
+    return chat(args, text.replace("{answer}", row["answer"]))
+
+
+def make_prm(args, device):
+    """The reward's PRM: none ('answer'), the toy's rule-based stand-in, or a trained PRM."""
+    if args.reward == "answer":
+        return None
+    if args.prm == "rule" and args.data != "toy":
+        raise ValueError("--prm rule is the toy's stand-in; give --prm <HF PRM> or --reward answer")
+    if args.prm == "rule":
+        return RulePRM(grade_steps)
+    dtype = precision_policy(torch.device(device).type).frozen_dtype  # bf16 on CUDA
+    tokens = (args.prm_step_tag, args.prm_good_token, args.prm_bad_token)
+    return ProcessRewardModel(args.prm, args.prm_head, *tokens, device=device, dtype=dtype)
+
+
 def encode_sft(tok, prompt, response: str) -> tuple[list[int], list[int]]:
-    """Prompt and response tokenised separately; the response ends with the end-of-turn token."""
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    end = end if isinstance(end, int) and end != tok.unk_token_id else tok.eos_token_id
+    """Prompt and response tokenised apart; the response ends with the end-of-turn token."""
+    end = tok.convert_tokens_to_ids(end_of_turn(tok))
     prompt_ids = tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids
     return prompt_ids, tok(response, add_special_tokens=False).input_ids + [end]
 
@@ -605,22 +345,14 @@ def encode_sft(tok, prompt, response: str) -> tuple[list[int], list[int]]:
 def sft_step(
     model, optimizer, scheduler, tok, pairs, max_grad_norm, device, micro_batch_size: int = 0
 ) -> float:
-    """One SFT step on (prompt ids, response ids) pairs: mean NLL of the response tokens, accumulated over
-    micro-batches of `micro_batch_size` rows, each divided by the token count of all the pairs."""
+    """One SFT step on (prompt ids, response ids) pairs: mean NLL of the response tokens,
+    accumulated over micro-batches, each divided by the token count of all the pairs."""
     num_tokens = sum(len(r) for _, r in pairs)  # the unsplit batch's loss-token count
     loss = 0.0
     for sl in micro_batches(len(pairs), micro_batch_size):
-        part = pairs[sl]
-        input_ids, attention_mask, loss_mask = pad_batch(
-            [p for p, _ in part], [r for _, r in part], tok.pad_token_id
-        )  # (b, L)
-        micro = sft_loss(
-            model,
-            input_ids.to(device),
-            attention_mask.to(device),
-            loss_mask.to(device),
-            normalizer=num_tokens,
-        )
+        batch = pad_batch([p for p, _ in pairs[sl]], [r for _, r in pairs[sl]], tok.pad_token_id)
+        input_ids, attention_mask, loss_mask = (t.to(device) for t in batch)  # (b, L) each
+        micro = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens)
         micro.backward()
         loss += micro.item()
     clip_grad_norm(model, max_grad_norm)
@@ -631,127 +363,83 @@ def sft_step(
 
 
 def build_warm_start(args) -> str:
-    """The toy's P0: the tiny LM after a short SFT on toy solutions (never eval queries), cached on disk."""
+    """The toy's P0: the tiny LM after a short SFT on toy solutions (never eval queries), cached."""
     lo, hi = (int(x) for x in args.toy_terms.split(":"))
-    spec = {
-        "steps": args.warm_start_steps,
-        "lr": args.warm_start_lr,
-        "terms": args.toy_terms,
-        "seed": args.seed,
-        "held_out": TOY_HELD_OUT,
-        "batch": 32,
-    }
+    spec = dict(steps=args.warm_start_steps, lr=args.warm_start_lr, terms=args.toy_terms)
+    spec.update(seed=args.seed, held_out=HELD_OUT, batch=32, prompt=args.prompt_template)
 
     def build(folder):
         tok, model = load_tokenizer(make_tiny_lm()), load_model(make_tiny_lm())
-        held_out, rng = make_toy_split(args)[2], random.Random(args.seed + 2)
+        held_out, rng = toy_split(args)[2], random.Random(args.seed + 2)
         optimizer = make_optimizer(model, args.warm_start_lr)
-        scheduler = get_scheduler(
-            "constant", optimizer
-        )  # P0 is a mid-training SFT checkpoint, as in §2.6
+        scheduler = get_scheduler("constant", optimizer)  # P0 is a mid-training SFT checkpoint
         for _ in tqdm(range(args.warm_start_steps), desc="warm start (cached)"):
-            rows = [
-                r
-                for r in (make_toy_row(rng, lo, hi) for _ in range(40))
-                if r["question"] not in held_out
-            ][:32]
-            sft_step(
-                model,
-                optimizer,
-                scheduler,
-                tok,
-                [encode_sft(tok, chat(args, r["question"]), r["solution"]) for r in rows],
-                1.0,
-                "cpu",
-            )
+            rows = [make_toy_row(rng, lo, hi) for _ in range(40)]
+            rows = [r for r in rows if r["question"] not in held_out][:32]
+            pairs = [encode_sft(tok, chat(args, r["question"]), r["solution"]) for r in rows]
+            sft_step(model, optimizer, scheduler, tok, pairs, 1.0, "cpu")
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 
     return toy_model("bstar-base", spec, build, code=TOY_BASE_CODE)
 
 
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # sampling + scoring, resumable: one complete JSONL record per query, appended as soon as it exists
 
-
-Runtime = namedtuple("Runtime", "args dist tok sampler scorer")  # what the sampling helpers need
+Runtime = namedtuple("Runtime", "args dist_info tok sampler prm")  # what the sampling helpers need
 
 
 def generate_all(rt: Runtime, prompts, n: int, temperature: float) -> list[list[tuple[str, bool]]]:
-    """(text, truncated) of n samples per prompt, on every rank: each rank samples its share with its
-    own sampler (HF on the FSDP2 model, or the rank's own vLLM engine), then the groups are gathered."""
-    kw = dict(
-        n=n,
-        temperature=temperature,
-        max_new_tokens=rt.args.max_new_tokens,
-        batch_size=rt.args.gen_batch_size,
-    )
-    groups = generate_sharded(rt.sampler, prompts, **kw)
+    """(text, truncated) of n samples per prompt, on every rank: each rank samples a share with its
+    own sampler (HF on the FSDP2 model, or its own vLLM engine), then the groups are gathered."""
+    sizes = dict(max_new_tokens=rt.args.max_new_tokens, batch_size=rt.args.gen_batch_size)
+    groups = generate_sharded(rt.sampler, prompts, n=n, temperature=temperature, **sizes)
     return [[(c.text, c.finish_reason == "length") for c in g] for g in groups]
 
 
-def is_correct(text: str, gold: str) -> bool:
-    return math_equal(extract_answer(text), gold)
-
-
-def score_groups(rt: Runtime, rows, groups, temperature: float) -> list[dict]:
-    """Correctness, PRM reward and B-STaR reward of every sample; ranks split the queries, then gather."""
-    mine = []
-    for i in range(rt.dist.rank, len(rows), rt.dist.world_size):
-        texts = [t for t, _ in groups[i]]
-        preds = [extract_answer(t) for t in texts]
-        correct = math_equal_batch(preds, [rows[i]["answer"]] * len(texts))
-        steps = (
-            rt.scorer.step_scores([rows[i]["question"]] * len(texts), texts)
-            if rt.scorer
-            else [None] * len(texts)
-        )
-        prm = [
-            None if s is None else prm_to_reward(min(s) if s else 0.0) for s in steps
-        ]  # no steps at all: worst score
-        mine.append(
-            (
-                i,
-                {
-                    "id": rows[i]["id"],
-                    "question": rows[i]["question"],
-                    "answer": rows[i]["answer"],
-                    "temperature": temperature,
-                    "responses": texts,
-                    "truncated": [t for _, t in groups[i]],
-                    "correct": correct,
-                    "prm": prm,
-                    "reward": [bstar_reward(c, p) for c, p in zip(correct, prm)],
-                },
-            )
-        )
-    return [rec for _, rec in sorted(x for part in all_gather_object(mine) for x in part)]
+def score_record(rt: Runtime, row: dict, group, temperature: float) -> dict:
+    """Correctness, PRM reward and B-STaR reward of every sample of one query."""
+    texts = [t for t, _ in group]
+    correct = math_equal_batch([extract_answer(t) for t in texts], [row["answer"]] * len(texts))
+    prm = [None] * len(texts)
+    if rt.prm is not None:
+        steps = [split_steps(t, rt.args.step_separator) for t in texts]
+        scores = rt.prm.step_scores([row["question"]] * len(texts), steps)
+        prm = [prm_to_reward(min(s) if s else 0.0) for s in scores]  # no step at all: worst score
+    reward = [bstar_reward(c, p) for c, p in zip(correct, prm)]
+    record = {k: row[k] for k in ("id", "question", "answer")}
+    record.update(temperature=temperature, responses=texts, truncated=[t for _, t in group])
+    return {**record, "correct": correct, "prm": prm, "reward": reward}
 
 
 def sample_and_score(
-    rt: Runtime, rows, n: int, temperature: float, path: Path, prompt_fn=None, chunk: int = 64
+    rt: Runtime, rows, n: int, temperature: float, path: Path, hint: bool = False, chunk: int = 64
 ) -> list[dict]:
-    """Sample n responses per row, score them and append each query's record to `path`; queries already
-    in the file are reused (a rerun skips finished sampling)."""
+    """n responses per row, scored, each query's record appended to `path`; queries already in the
+    file are reused (a rerun skips finished sampling). Ranks score a share each, then gather."""
     barrier()
     done = {r["id"]: r for r in read_jsonl_tolerant(path)}
     for rec in done.values():
         if len(rec["responses"]) != n or rec["temperature"] != temperature:
-            raise DataError(
-                f"{path}: record {rec['id']} has {len(rec['responses'])} samples at T={rec['temperature']}, "
-                f"this run wants {n} at T={temperature}; use a new --output_dir"
-            )
-    if rt.dist.is_main:
-        write_jsonl(
-            path, done.values()
-        )  # rewrite without a half-written last line before appending
+            found = f"{len(rec['responses'])} samples at T={rec['temperature']}"
+            wanted = f"this run wants {n} at T={temperature}; use a new --output_dir"
+            raise DataError(f"{path}: record {rec['id']} has {found}, {wanted}")
+    if rt.dist_info.is_main:  # rewrite without a half-written last line before appending
+        write_jsonl(path, done.values())
     barrier()
     todo = [r for r in rows if r["id"] not in done]
+    rank, world = rt.dist_info.rank, rt.dist_info.world_size
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        prompts = [(prompt_fn or (lambda r: chat(rt.args, r["question"])))(r) for r in part]
-        records = score_groups(rt, part, generate_all(rt, prompts, n, temperature), temperature)
-        if rt.dist.is_main:
+        prompts = [hinted_chat(rt.args, r) if hint else chat(rt.args, r["question"]) for r in part]
+        groups = generate_all(rt, prompts, n, temperature)
+        mine = [
+            (i, score_record(rt, part[i], groups[i], temperature))
+            for i in range(rank, len(part), world)
+        ]
+        records = [rec for _, rec in sorted(x for p in all_gather_object(mine) for x in p)]
+        if rt.dist_info.is_main:
             write_jsonl(path, records, mode="a")
         done.update((r["id"], r) for r in records)
     return [done[r["id"]] for r in rows]
@@ -760,75 +448,109 @@ def sample_and_score(
 def evaluate_greedy(rt: Runtime, eval_rows) -> float:
     groups = generate_all(rt, [chat(rt.args, r["question"]) for r in eval_rows], 1, 0.0)
     preds = [extract_answer(g[0][0]) for g in groups]
-    hits = math_equal_batch(preds, [r["answer"] for r in eval_rows])
-    return sum(hits) / len(eval_rows)
+    return _mean(math_equal_batch(preds, [r["answer"] for r in eval_rows]))
 
 
-# ------------------------------------------------------------------------------------------------------
-# selection, metrics, and how each mode starts an iteration's SFT
+# ------------------------------------------------------------------------------------------------
+# one iteration: configuration search and samples (a generator), selection, SFT, metrics
 
 
 def balance_for(records, threshold: float, n_star: int, rule: str) -> float:
-    counts = [
-        selection_counts(
-            r["responses"],
-            r["correct"],
-            keep_by_threshold(r["reward"], threshold),
-            dedup=rule == "code",
-        )
-        for r in records
-    ]
+    """The mean balance score of the responses a threshold selects (`rule`: paper or code)."""
+    counts = []
+    for r in records:
+        keep = keep_by_threshold(r["reward"], threshold)
+        counts.append(selection_counts(r["responses"], r["correct"], keep, dedup=rule == "code"))
     return balance_score([n for n, _ in counts], [u for _, u in counts], n_star, rule)
 
 
-def iteration_stats(records, threshold: float, n_star: int, args) -> dict:
-    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-    use_prm = bool(records) and records[0]["prm"][0] is not None
-    diversity = [
-        distinct_equation_ratio(
-            [t for t, c in zip(r["responses"], r["correct"]) if c], args.step_separator
-        )
-        for r in records
+def search_configuration(rt: Runtime, train_rows, it: int, grids, n_star: int, sample_dir: Path):
+    """Algorithm 1 step 1: the (T, tau) with the best mean balance score on a query subset."""
+    args = rt.args
+    size = min(args.search_queries, len(train_rows))
+    subset = random.Random(args.seed * 1000 + it).sample(train_rows, size)
+    grid = {}
+    for T in grids[0]:
+        torch.manual_seed(args.seed + 1000 * it + int(100 * T) + 7919 * rt.dist_info.rank)
+        path = sample_dir / f"search_T{T:.2f}.jsonl"
+        records = sample_and_score(rt, subset, args.samples_per_query, T, path)
+        for tau in grids[1]:
+            grid[(T, tau)] = balance_for(records, tau, n_star, args.balance_rule)
+    temperature, threshold = choose_configuration(grid)
+    return {"temperature": temperature, "threshold": threshold, "search_bs": max(grid.values())}
+
+
+def iteration_queries(train_rows, num_queries: int, it: int) -> list[dict]:
+    """The M queries of iteration `it`: the next M in order, wrapping around the training set."""
+    count = min(num_queries, len(train_rows))
+    return [train_rows[(j + (it - 1) * num_queries) % len(train_rows)] for j in range(count)]
+
+
+def iteration_count(args, num_train: int) -> tuple[int, int]:
+    """M (queries per iteration) and n* (selected samples wanted per query)."""
+    M = args.queries_per_iteration or num_train
+    if args.n_star:
+        return M, args.n_star
+    return M, 8 if args.balance_rule == "code" else n_star_from(args.sft_steps * args.batch_size, M)
+
+
+def rollouts(rt: Runtime, train_rows, grids, n_star: int, out: Path, first: int):
+    """Algorithm 1 steps 1-2, one iteration per item: choose (T, tau) by the mean balance score on
+    a query subset (bstar; the other modes keep --temperature / --threshold), then sample k
+    responses for each of the iteration's M queries at T and score them. Yields (iteration,
+    config, records, folder); the caller updates the policy before the next item is sampled."""
+    args = rt.args
+    M = iteration_count(args, len(train_rows))[0]
+    for it in range(first, args.iterations + 1):
+        folder = out / "samples" / f"iter_{it:02d}"
+        config = {"temperature": args.temperature, "threshold": args.threshold, "search_bs": None}
+        if args.mode == "bstar":
+            config = search_configuration(rt, train_rows, it, grids, n_star, folder)
+        torch.manual_seed(args.seed + 1000 * it + 7919 * rt.dist_info.rank + 1)
+        queries = iteration_queries(train_rows, M, it)
+        k, T = args.samples_per_query, config["temperature"]
+        records = sample_and_score(rt, queries, k, T, folder / "samples.jsonl")
+        if args.rechoose_threshold and args.mode == "bstar":  # released code: tau on all samples
+            scores = {tau: balance_for(records, tau, n_star, args.balance_rule) for tau in grids[1]}
+            config["threshold"] = choose_configuration(scores)
+        yield it, config, records, folder
+
+
+def selected_pairs(records, threshold: float) -> list[tuple[str, str]]:
+    """Algorithm 1 step 3: (question, response) of every response with reward above tau."""
+    keep = [keep_by_threshold(r["reward"], threshold) for r in records]
+    return [
+        (r["question"], t) for r, k in zip(records, keep) for t, ok in zip(r["responses"], k) if ok
     ]
-    return {
-        "balance_score": balance_for(records, threshold, n_star, args.balance_rule),
-        "pass@K": mean([float(any(r["correct"])) for r in records]),
-        "pass@K-S": mean([pass_at_k_s(r["responses"], r["correct"], args.pass_s) for r in records]),
-        "reward@K-S": mean(
-            [
-                reward_at_k_s(r["prm"] if use_prm else r["reward"], r["correct"], args.pass_s)
-                for r in records
-            ]
-        ),
-        "diversity": mean([d for d in diversity if d is not None]),
-        "sample_acc": mean([mean([float(c) for c in r["correct"]]) for r in records]),
-        "num_selected": sum(sum(keep_by_threshold(r["reward"], threshold)) for r in records),
-        "truncated": mean([mean([float(t) for t in r["truncated"]]) for r in records]),
-    }
+
+
+def rationalize(rt: Runtime, records, temperature: float, path: Path) -> list[tuple[str, str]]:
+    """STaR: each failed query asked once more with its answer as a hint; a correct response is
+    trained on the question *without* the hint."""
+    failed = [r for r in records if not any(r["correct"])]
+    hinted = sample_and_score(rt, failed, 1, temperature, path, hint=True)
+    return [(r["question"], t) for r in hinted for t, c in zip(r["responses"], r["correct"]) if c]
 
 
 def make_optimizer_and_schedule(model, args, total_steps: int):
+    """AdamW and the released code's cosine schedule down to min_lr_ratio * lr."""
     optimizer = make_optimizer(model, args.lr)
-    scheduler = get_scheduler(
-        "cosine_with_min_lr",
-        optimizer,
-        num_warmup_steps=0,
-        num_training_steps=max(1, total_steps),
-        scheduler_specific_kwargs={"min_lr_rate": args.min_lr_ratio},
-    )
+    kwargs = dict(num_warmup_steps=0, num_training_steps=max(1, total_steps))
+    kwargs["scheduler_specific_kwargs"] = {"min_lr_rate": args.min_lr_ratio}
+    scheduler = get_scheduler("cosine_with_min_lr", optimizer, **kwargs)
     return optimizer, scheduler
 
 
 def reset_to_initial_weights(model, model_path: str):
-    """ReST-EM / STaR: every iteration fine-tunes the initial model P0 (works on FSDP2-sharded models)."""
+    """ReST-EM / STaR: every iteration fine-tunes P0 again (works on FSDP2-sharded models)."""
     initial = load_model(model_path, dtype="float32").state_dict()  # fp32 master weights
     set_model_state_dict(model, initial, options=StateDictOptions(full_state_dict=True))
 
 
 def start_iteration(mode: str, model, optimizer, scheduler, args, model_path: str):
-    """Algorithm 1 step 4 and the §2.1 baselines: what an iteration's SFT starts from.
-    bstar / online_rft: last weights, same optimizer and LR schedule (one schedule over all iterations);
-    iterative_rft: last weights, fresh optimizer + schedule; rest_em / star: P0 weights, fresh optimizer."""
+    """What an iteration's SFT starts from. bstar / online_rft (Algorithm 1): the last weights,
+    the same optimizer and LR schedule (one schedule over all iterations); iterative_rft: the last
+    weights, a fresh optimizer and schedule; rest_em / star: P0's weights, a fresh optimizer."""
     if mode in ("bstar", "online_rft"):
         return optimizer, scheduler
     if mode in ("rest_em", "star"):
@@ -836,268 +558,155 @@ def start_iteration(mode: str, model, optimizer, scheduler, args, model_path: st
     return make_optimizer_and_schedule(model, args, args.sft_steps)
 
 
-def validate(args):
-    for flag, value, allowed in [
-        ("mode", args.mode, MODES),
-        ("reward", args.reward, ("answer", "answer_prm")),
-        ("sampler", args.sampler, ("hf", "vllm")),
-        ("balance_rule", args.balance_rule, ("paper", "code")),
-    ]:
-        if value not in allowed:
-            raise ValueError(f"--{flag} must be one of {allowed}, got {value!r}")
-    if min(args.samples_per_query, args.iterations, args.sft_steps, args.batch_size) < 1:
-        raise ValueError(
-            "--samples_per_query, --iterations, --sft_steps and --batch_size must be >= 1"
-        )
-    return parse_grid(args.temperature_grid, "temperature_grid"), parse_grid(
-        args.threshold_grid, "threshold_grid"
+def sft_iteration(rt: Runtime, model, opt, pairs, it: int, first_step: int, global_step: int, ckpt):
+    """Algorithm 1 step 4: SFT steps first_step..sft_steps on the selected pairs, epochs over them
+    in a seeded order (the same on resume). `opt` = (optimizer, scheduler). Returns the losses and
+    the global step count."""
+    args, dist_info = rt.args, rt.dist_info
+    order, rng, losses = [], random.Random(args.seed * 7 + it), []
+    while pairs and len(order) < args.sft_steps * args.batch_size:
+        order += rng.sample(range(len(pairs)), len(pairs))
+    last = args.sft_steps if pairs else first_step
+    bar = tqdm(
+        range(first_step, last), desc=f"SFT iter {it}", leave=False, disable=not dist_info.is_main
     )
+    for step in bar:
+        rows = order[step * args.batch_size : (step + 1) * args.batch_size]
+        rows = rows[dist_info.rank :: dist_info.world_size]  # this rank's slice
+        batch = [encode_sft(rt.tok, chat(args, pairs[i][0]), pairs[i][1]) for i in rows]
+        loss = sft_step(
+            model, *opt, rt.tok, batch, args.max_grad_norm, dist_info.device, args.micro_batch_size
+        )
+        losses.append(loss)
+        global_step += 1
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if (step + 1) % args.save_every == 0 and step + 1 < args.sft_steps:
+            save_checkpoint(ckpt, model, *opt, global_step, {"iteration": it, "sft_step": step + 1})
+    return losses, global_step
 
 
-# ------------------------------------------------------------------------------------------------------
+def iteration_stats(records, threshold: float, n_star: int, args) -> dict:
+    """The paper's exploration / exploitation metrics of one iteration's samples."""
+    ranked_by = "prm" if records and records[0]["prm"][0] is not None else "reward"
+    s, sep = args.pass_s, args.step_separator
+    right = [[t for t, c in zip(r["responses"], r["correct"]) if c] for r in records]
+    diversity = [distinct_equation_ratio(texts, sep) for texts in right]
+    return {
+        "balance_score": balance_for(records, threshold, n_star, args.balance_rule),
+        "pass@K": _mean([float(any(r["correct"])) for r in records]),
+        "pass@K-S": _mean([pass_at_k_s(r["responses"], r["correct"], s) for r in records]),
+        "reward@K-S": _mean([reward_at_k_s(r[ranked_by], r["correct"], s) for r in records]),
+        "diversity": _mean([d for d in diversity if d is not None]),
+        "sample_acc": _mean([_mean([float(c) for c in r["correct"]]) for r in records]),
+        "num_selected": sum(sum(keep_by_threshold(r["reward"], threshold)) for r in records),
+        "truncated": _mean([_mean([float(t) for t in r["truncated"]]) for r in records]),
+    }
+
+
+TABLE = "temperature threshold balance_score num_selected pass@K pass@K-S reward@K-S diversity"
+CURVES = "greedy_acc pass@K pass@K-S reward@K-S diversity balance_score temperature threshold"
+CLAIM = "self-improvement raises held-out greedy accuracy over P0"
+
+
+def report(args, history: list[dict], out: Path, n_star: int, num_eval: int, logger):
+    """Rank 0: the table, the PNG curves and summary.json's claim."""
+    head = f"B-STaR ({args.mode}), K={args.samples_per_query}, S={args.pass_s}, n*={n_star}"
+    print(f"\n{head}; greedy_acc: {num_eval} held-out queries")
+    columns = [*TABLE.split(), "greedy_acc"]
+    rows = [
+        {"iter": r["step"], **{c: r[c] for c in columns if r.get(c) is not None}} for r in history
+    ]
+    print(format_table(rows))
+    curves = [*CURVES.split(), "num_selected"]
+    png = logger.plot(curves, out / "curves.png", title=f"B-STaR toy ({args.mode})")
+    print(f"metrics: {logger.path}  curves: {png}")
+    claims = [claim(CLAIM, "greedy_acc", history[0]["greedy_acc"], history[-1]["greedy_acc"])]
+    write_summary(out, claims, mode=args.mode, iterations=args.iterations)
+    print(format_claims(claims))
+
+
+def load_policy(args, dist_info) -> tuple[Runtime, torch.nn.Module, str]:
+    """P0 (FSDP2-sharded, fp32 master weights), its tokenizer, sampler and the PRM. The toy's P0
+    is built by rank 0 (cached), the other ranks then find it."""
+    if args.model in TOY_MODEL_VALUES and dist_info.is_main:
+        build_warm_start(args)
+    barrier()
+    model_path = build_warm_start(args) if args.model in TOY_MODEL_VALUES else args.model
+    tok = load_tokenizer(model_path)
+    model = shard_model(
+        load_model(model_path), dist_info, gradient_checkpointing=args.gradient_checkpointing
+    )
+    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
+    rt = Runtime(args, dist_info, tok, sampler, make_prm(args, dist_info.device))
+    return rt, model, model_path
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def main(args: Args):
-    temps, thresholds = validate(args)
-    d = init_distributed()
+    grids = validate(args)  # (temperatures, thresholds)
+    dist_info = init_distributed()
     seed_everything(args.seed)
-    out = Path(args.output_dir)
-    ckpt_dir, sample_root = out / "ckpt", out / "samples"
-    if (
-        not args.resume and d.is_main
-    ):  # a fresh run: old checkpoint and samples belong to another run
-        shutil.rmtree(ckpt_dir, ignore_errors=True), shutil.rmtree(sample_root, ignore_errors=True)
-    if args.batch_size % d.world_size:
-        raise ValueError(
-            f"--batch_size {args.batch_size} must be divisible by the {d.world_size} processes"
-        )
+    out, ckpt = Path(args.output_dir), Path(args.output_dir) / "ckpt"
+    if not args.resume and dist_info.is_main:  # a fresh run: old files belong to another run
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(out / "samples", ignore_errors=True)
+    per_rank(args.batch_size, dist_info.world_size, "--batch_size")
     train_rows, eval_rows = load_task(args)
-    if args.model == "tiny" and d.is_main:
-        build_warm_start(args)  # rank 0 builds the cached P0, the other ranks then find it
-    barrier()
-    model_path = build_warm_start(args) if args.model == "tiny" else args.model
-    tok = load_tokenizer(model_path)
-    model = shard_model(
-        load_model(model_path), d, gradient_checkpointing=args.gradient_checkpointing
-    )  # fp32 masters
-    sampler = make_sampler(
-        args.sampler, model, tok, model_path=model_path, args=args
-    )  # vllm: one engine per rank
-    rt = Runtime(args, d, tok, sampler, make_step_scorer(args, d.device))
-    inherit = args.mode in ("bstar", "online_rft")
-    optimizer, scheduler = make_optimizer_and_schedule(
-        model, args, args.sft_steps * (args.iterations if inherit else 1)
-    )
-    state = load_checkpoint(ckpt_dir, model, optimizer, scheduler) if args.resume else None
+    rt, model, model_path = load_policy(args, dist_info)
+    inherit = args.mode in ("bstar", "online_rft")  # one LR schedule over all iterations
+    total_steps = args.sft_steps * (args.iterations if inherit else 1)
+    optimizer, scheduler = make_optimizer_and_schedule(model, args, total_steps)
+    state = load_checkpoint(ckpt, model, optimizer, scheduler) if args.resume else None
     if state:
-        sampler.sync_weights(model)  # vLLM loaded the base weights from disk
+        rt.sampler.sync_weights(model)  # vLLM loaded the base weights from disk
     global_step, extra = state or (0, {"iteration": 1, "sft_step": 0})
     start_iter, resume_step = extra["iteration"], extra["sft_step"]
-    logger = MetricsLogger(
-        out,
-        track=args.track,
-        run_name="bstar",
-        config=asdict(args),
-        resume_step=start_iter - 1 if state else None,
-    )
-    M = args.queries_per_iteration or len(train_rows)
-    n_star = args.n_star or (
-        8 if args.balance_rule == "code" else n_star_from(args.sft_steps * args.batch_size, M)
-    )
+    logged = start_iter - 1 if state else None
+    logger = MetricsLogger(out, args.track, "bstar", asdict(args), resume_step=logged)
+    M, n_star = iteration_count(args, len(train_rows))
     print0(
-        f"mode={args.mode} model={model_path} train={len(train_rows)} eval={len(eval_rows)} M={M} k={args.samples_per_query} n*={n_star}"
-        + (f"; resumed at iteration {start_iter}, SFT step {resume_step}" if state else "")
+        f"mode={args.mode} model={model_path} train={len(train_rows)} eval={len(eval_rows)} "
+        f"M={M} k={args.samples_per_query} n*={n_star} start={start_iter}:{resume_step}"
     )
-    if broadcast_object(
-        not any(r["step"] == 0 for r in logger.history)
-    ):  # rank 0 holds the history
+    if broadcast_object(not any(r["step"] == 0 for r in logger.history)):  # rank 0 has the history
         logger.log({"greedy_acc": evaluate_greedy(rt, eval_rows)}, step=0)
-    for it in tqdm(
-        range(start_iter, args.iterations + 1), desc="iterations", disable=not d.is_main
-    ):
-        sample_dir = sample_root / f"iter_{it:02d}"
-        # ALGO LOGIC (1): choose (T, tau) maximising the average balance score on a query subset (§2.5)
-        temperature, threshold, search_bs = (
-            args.temperature,
-            args.threshold,
-            None,
-        )  # fixed unless bstar
-        if args.mode == "bstar":
-            subset = random.Random(args.seed * 1000 + it).sample(
-                train_rows, min(args.search_queries, len(train_rows))
-            )
-            grid = {}
-            for T in temps:
-                torch.manual_seed(args.seed + 1000 * it + int(100 * T) + 7919 * d.rank)
-                records = sample_and_score(
-                    rt, subset, args.samples_per_query, T, sample_dir / f"search_T{T:.2f}.jsonl"
-                )
-                grid.update(
-                    {
-                        (T, tau): balance_for(records, tau, n_star, args.balance_rule)
-                        for tau in thresholds
-                    }
-                )
-            (temperature, threshold), search_bs = choose_configuration(grid), max(grid.values())
-        # ALGO LOGIC (2)-(3): k samples per query at T, scored (answer match [+ PRM min step])
-        queries = [
-            train_rows[(j + (it - 1) * M) % len(train_rows)] for j in range(min(M, len(train_rows)))
-        ]
-        torch.manual_seed(args.seed + 1000 * it + 7919 * d.rank + 1)
-        records = sample_and_score(
-            rt, queries, args.samples_per_query, temperature, sample_dir / "samples.jsonl"
-        )
-        if (
-            args.rechoose_threshold and args.mode == "bstar"
-        ):  # released code: tau re-picked on all samples
-            threshold = choose_configuration(
-                {tau: balance_for(records, tau, n_star, args.balance_rule) for tau in thresholds}
-            )
-        # ALGO LOGIC (4): keep reward > threshold (strict); STaR adds rationalised failures
-        pairs = [
-            (r["question"], t)
-            for r in records
-            for t, k in zip(r["responses"], keep_by_threshold(r["reward"], threshold))
-            if k
-        ]
-        num_rationalized = 0
+    batches = rollouts(rt, train_rows, grids, n_star, out, start_iter)
+    total = args.iterations - start_iter + 1
+    bar = tqdm(batches, "iterations", total=total, disable=not dist_info.is_main)
+    # ALGO LOGIC (1)-(2): each iteration's (T, tau) and its k scored samples per query
+    for it, config, records, folder in bar:
+        T, threshold = config["temperature"], config["threshold"]
+        # ALGO LOGIC (3): keep reward > tau (strict); STaR adds its rationalised failures
+        pairs = selected_pairs(records, threshold)
+        hinted = []
         if args.mode == "star":
-            failed = [r for r in records if not any(r["correct"])]
-            hint = lambda r: chat(
-                args,
-                args.hint_template.replace("{question}", r["question"]).replace(
-                    "{answer}", r["answer"]
-                ),
-            )  # noqa: E731
-            for r in sample_and_score(
-                rt, failed, 1, temperature, sample_dir / "rationales.jsonl", prompt_fn=hint
-            ):
-                good = [t for t, c in zip(r["responses"], r["correct"]) if c]
-                pairs += [
-                    (r["question"], t) for t in good
-                ]  # trained on the question without the hint
-                num_rationalized += len(good)
-        stats = iteration_stats(records, threshold, n_star, args)
-        # ALGO LOGIC (5): SFT update; the mode decides weights / optimizer / schedule it starts from
+            hinted = rationalize(rt, records, T, folder / "rationales.jsonl")
+        # ALGO LOGIC (4): SFT; the mode decides the weights / optimizer / schedule it starts from
         if resume_step == 0:
-            optimizer, scheduler = start_iteration(
-                args.mode, model, optimizer, scheduler, args, model_path
-            )
-        order, shuffle_rng, encoded, losses = [], random.Random(args.seed * 7 + it), {}, []
-        while (
-            pairs and len(order) < args.sft_steps * args.batch_size
-        ):  # epochs over the selected set, same order on resume
-            order += shuffle_rng.sample(range(len(pairs)), len(pairs))
-        sampler.sleep()  # vLLM frees its memory for the update
-        bar = tqdm(
-            range(resume_step, args.sft_steps if pairs else resume_step),
-            desc=f"SFT iter {it}",
-            leave=False,
-            disable=not d.is_main,
+            opt = start_iteration(args.mode, model, optimizer, scheduler, args, model_path)
+            optimizer, scheduler = opt
+        rt.sampler.sleep()  # vLLM frees its memory for the update
+        losses, global_step = sft_iteration(
+            rt, model, (optimizer, scheduler), pairs + hinted, it, resume_step, global_step, ckpt
         )
-        for step in bar:
-            rows = order[step * args.batch_size : (step + 1) * args.batch_size][
-                d.rank :: d.world_size
-            ]  # this rank's slice
-            batch = [
-                encoded.setdefault(i, encode_sft(tok, chat(args, pairs[i][0]), pairs[i][1]))
-                for i in rows
-            ]
-            losses.append(
-                sft_step(
-                    model,
-                    optimizer,
-                    scheduler,
-                    tok,
-                    batch,
-                    args.max_grad_norm,
-                    d.device,
-                    args.micro_batch_size,
-                )
-            )
-            global_step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if (step + 1) % args.save_every == 0 and step + 1 < args.sft_steps:
-                save_checkpoint(
-                    ckpt_dir,
-                    model,
-                    optimizer,
-                    scheduler,
-                    global_step,
-                    {"iteration": it, "sft_step": step + 1},
-                )
         resume_step = 0
-        sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF: a no-op)
-        stats.update(
-            greedy_acc=evaluate_greedy(rt, eval_rows),
-            temperature=temperature,
-            threshold=threshold,
-            search_bs=search_bs,
-            sft_loss=sum(losses) / len(losses) if losses else None,
-            lr=scheduler.get_last_lr()[0],
-            num_pairs=len(pairs),
-            num_rationalized=num_rationalized,
-            sft_steps_total=global_step,
-        )
-        logger.log(stats, step=it)
+        rt.sampler.sync_weights(model)  # vLLM, on every rank: push the update (HF: a no-op)
+        # log: the samples' exploration / exploitation, then greedy accuracy after the update
+        stats = iteration_stats(records, threshold, n_star, args)
+        stats.update(greedy_acc=evaluate_greedy(rt, eval_rows), **config)
+        stats.update(sft_loss=_mean(losses) if losses else None, lr=scheduler.get_last_lr()[0])
+        stats.update(num_pairs=len(pairs) + len(hinted), num_rationalized=len(hinted))
+        logger.log({**stats, "sft_steps_total": global_step}, step=it)
         print0(
-            f"iter {it}: T={temperature:.2f} tau={threshold:+.2f} BS={stats['balance_score']:.3f} selected={stats['num_selected']} "
-            f"greedy_acc={stats['greedy_acc']:.3f}"
+            f"iter {it}: T={T:.2f} tau={threshold:+.2f} BS={stats['balance_score']:.3f}"
+            f" selected={stats['num_selected']} greedy_acc={stats['greedy_acc']:.3f}"
         )
-        save_checkpoint(
-            ckpt_dir, model, optimizer, scheduler, global_step, {"iteration": it + 1, "sft_step": 0}
-        )
-
-    if d.is_main:
-        columns = [
-            "temperature",
-            "threshold",
-            "balance_score",
-            "num_selected",
-            "pass@K",
-            "pass@K-S",
-            "reward@K-S",
-            "diversity",
-            "greedy_acc",
-        ]
-        print(
-            f"\nB-STaR ({args.mode}), K={args.samples_per_query}, S={args.pass_s}, n*={n_star}; greedy_acc: {len(eval_rows)} held-out queries"
-        )
-        print(
-            format_table(
-                [
-                    {"iter": r["step"], **{c: r.get(c) for c in columns if r.get(c) is not None}}
-                    for r in logger.history
-                ]
-            )
-        )
-        png = logger.plot(
-            [
-                "greedy_acc",
-                "pass@K",
-                "pass@K-S",
-                "reward@K-S",
-                "diversity",
-                "balance_score",
-                "temperature",
-                "threshold",
-                "num_selected",
-            ],
-            out / "curves.png",
-            title=f"B-STaR toy ({args.mode})",
-        )
-        print(f"metrics: {logger.path}  curves: {png}")
-        first, last = logger.history[0], logger.history[-1]
-        claims = [
-            claim(
-                "self-improvement raises held-out greedy accuracy over P0",
-                "greedy_acc",
-                first["greedy_acc"],
-                last["greedy_acc"],
-            )
-        ]
-        write_summary(out, claims, mode=args.mode, iterations=args.iterations)
-        print(format_claims(claims))
+        position = {"iteration": it + 1, "sft_step": 0}
+        save_checkpoint(ckpt, model, optimizer, scheduler, global_step, position)
+    if dist_info.is_main:
+        report(args, logger.history, out, n_star, len(eval_rows), logger)
     logger.close()
     cleanup_distributed()
     return logger.history
@@ -1105,22 +714,19 @@ def main(args: Args):
 
 # The code the cached P0 depends on, bound at import: a test that patches sft_step to simulate a
 # kill must still find the cached P0 instead of rebuilding it with the patched function.
-TOY_BASE_CODE = (make_toy_row, make_toy_split, sft_step, encode_sft, chat)
+TOY_BASE_CODE = (make_toy_row, make_toy_split, toy_split, sft_step, encode_sft, chat)
+
+
+def suite_prompt(args, question: str, tok) -> list[dict]:
+    return chat(args, question)
 
 
 def eval_only(args: Args, suite):
     """`--eval_only`: SimpleRL-Zoo's six benchmarks, asked with this script's --prompt_template."""
-    model_path = build_warm_start(args) if args.model == "tiny" else args.model
-    prompt = lambda q, tok: chat(args, q)  # noqa: E731
-    evaluate_model(
-        suite,
-        model_path,
-        prompt,
-        args.sampler,
-        args.output_dir,
-        args.seed,
-        is_toy=args.model == "tiny",
-    )
+    is_toy = args.model in TOY_MODEL_VALUES
+    path = build_warm_start(args) if is_toy else args.model
+    prompt = functools.partial(suite_prompt, args)
+    evaluate_model(suite, path, prompt, args.sampler, args.output_dir, args.seed, is_toy=is_toy)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""bstar.py: paper functions pinned to the spec's faithfulness checks 7-11 (shared/papers/self_improve.md §5),
-the PRM interface (rule stand-in and HF model-backed, with the tiny LM), how each mode starts an iteration
-(asserted on optimizer / scheduler / weight state), resumable sampling, bad input, and end-to-end runs
-(learning, mid-SFT resume, iterative RFT, 2-process torchrun)."""
+"""bstar.py: the paper's functions pinned to hand-computed values (balance score under both rules,
+n*, the strict threshold, Pass@K-S / Reward@K-S, the configuration choice), the toy's stand-in PRM
+(common/addition_steps.py; the model-backed PRM is tested in test_prm.py), how each mode starts an
+iteration (asserted on optimizer / scheduler / weight state), resumable sampling, bad input, and
+end-to-end runs (learning, mid-SFT resume, iterative RFT, 2-process torchrun)."""
 
 import json
 import sys
@@ -13,8 +14,6 @@ import torch
 import bstar
 from bstar import (
     Args,
-    HFProcessRewardModel,
-    RuleStepChecker,
     Runtime,
     balance_score,
     bstar_reward,
@@ -30,13 +29,15 @@ from bstar import (
     selection_counts,
     start_iteration,
 )
+from common.addition_steps import grade_steps
 from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm
+from common.prm import RulePRM, split_steps
 from common.sampling import Completion
 from common.train import Dist, read_checkpoint
 
-# ---------------------------------------------------------------------------------------------------------
-# spec checks 7-11
+# ------------------------------------------------------------------------------------------------
+# the paper's functions
 
 
 def test_check7_balance_score_paper_and_code_rule():
@@ -113,23 +114,21 @@ def test_grids_and_diversity():
     assert distinct_equation_ratio([]) is None and distinct_equation_ratio(["no equation"]) is None
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # process reward models
 
 
-def test_rule_step_checker_scores_each_step():
-    checker = RuleStepChecker()
+def test_toy_stand_in_prm_scores_each_step():
+    checker = RulePRM(grade_steps)
     question = "Add 3 5 2"
     good = "3 + 5 = 8\n2 + 8 = 10\nThe answer is 10."
     bad_sum = "3 + 5 = 9\n9 + 2 = 11\nThe answer is 11."  # arithmetic slip, then consistent steps
-    skipped = (
-        "3 + 5 = 8\nThe answer is 8."  # every step locally fine, answer wrong (a PRM judges steps)
-    )
+    skipped = "3 + 5 = 8\nThe answer is 8."  # every step locally fine, answer wrong (steps judged)
     wrong_operand = "3 + 5 = 8\n8 + 7 = 15\nThe answer is 14."
     garbage = "\u00ff\x00 ))) +=+ 12 = 12 = 3"
-    assert checker.step_scores(
-        [question] * 6, [good, bad_sum, skipped, wrong_operand, garbage, ""]
-    ) == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0], [1.0, 0.0, 0.0], [0.0], []]
+    responses = [good, bad_sum, skipped, wrong_operand, garbage, ""]
+    scores = checker.step_scores([question] * 6, [split_steps(r) for r in responses])
+    assert scores == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0], [1.0, 0.0, 0.0], [0.0], []]
 
 
 @pytest.fixture(scope="module")
@@ -137,44 +136,7 @@ def tiny_path():
     return make_tiny_lm()
 
 
-def test_hf_prm_token_head_matches_manual_computation(tiny_path):
-    prm = HFProcessRewardModel(tiny_path, head="token", step_tag="ки", good="+", bad="-")
-    question, response = "Add 3 5", "3 + 5 = 8\n\nThe answer is 8."
-    scores = prm.step_scores([question, "Add 1 1"], [response, "garbage without newline"])
-    assert (
-        len(scores[0]) == 2
-        and len(scores[1]) == 1
-        and all(0.0 < s < 1.0 for row in scores for s in row)
-    )
-    tok, model = (
-        load_tokenizer(tiny_path),
-        load_model(tiny_path),
-    )  # recompute the first step by hand
-    ids = (
-        tok(question + " ", add_special_tokens=False).input_ids
-        + tok("3 + 5 = 8 ки", add_special_tokens=False).input_ids
-    )
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]  # (V,) at the tag's last token
-    plus, minus = (
-        tok("+", add_special_tokens=False).input_ids[0],
-        tok("-", add_special_tokens=False).input_ids[0],
-    )
-    expected = torch.softmax(logits[[plus, minus]], -1)[0].item()
-    assert scores[0][0] == pytest.approx(expected, abs=1e-5)
-
-
-def test_hf_prm_classifier_head(tiny_path):
-    prm = HFProcessRewardModel(tiny_path, head="classifier")
-    scores = prm.step_scores(["Add 3 5"], ["3 + 5 = 8\nThe answer is 8."])
-    assert len(scores[0]) == 2 and all(0.0 < s < 1.0 for s in scores[0])
-    with pytest.raises(ValueError, match="--prm_good_token"):
-        HFProcessRewardModel(tiny_path, head="token", good="+-+-good")
-    with pytest.raises(ValueError, match="--prm_head"):
-        HFProcessRewardModel(tiny_path, head="value")
-
-
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # how each mode starts an iteration's SFT (asserted on state)
 
 
@@ -212,12 +174,12 @@ def test_start_iteration_inherits_or_resets_state(mode, tiny_path):
     )  # the step did change the weights
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # resumable sampling, garbage output, bad input
 
 
 class CountingSampler:
-    """Test double for the Sampler interface: returns fixed texts and records which prompts it was asked for."""
+    """Test double for the Sampler interface: fixed texts; records the prompts it was asked for."""
 
     def __init__(self, texts):
         self.texts, self.prompts = texts, []
@@ -234,7 +196,7 @@ def test_sample_and_score_reuses_finished_records_and_survives_garbage(tmp_path)
     rows = [{"id": f"q{i}", "question": f"Add {i} 1", "answer": str(i + 1)} for i in range(1, 6)]
     texts = ["1 + 1 = 2\nThe answer is 2.", "\u0000garbage", "", "The answer is"]
     sampler = CountingSampler(texts)
-    rt = Runtime(Args(), Dist(), None, sampler, RuleStepChecker())
+    rt = Runtime(Args(), Dist(), None, sampler, RulePRM(grade_steps))
     path = tmp_path / "samples.jsonl"
     first = sample_and_score(rt, rows[:2], 4, 0.7, path)
     with open(path, "a") as f:
@@ -264,7 +226,7 @@ def test_sample_and_score_reuses_finished_records_and_survives_garbage(tmp_path)
 
 
 def test_bad_input_names_flag_file_and_field(tmp_path):
-    for bad, flag in [
+    for bad, flag in [  # Args built in code: the parser's Literal check is bypassed
         (dict(mode="dpo"), "--mode"),
         (dict(reward="prm"), "--reward"),
         (dict(balance_rule="x"), "--balance_rule"),
@@ -281,14 +243,14 @@ def test_bad_input_names_flag_file_and_field(tmp_path):
     train, evals = bstar.load_task(Args(data=str(data), eval_queries=1))
     assert len(train) == 2 and evals[0]["answer"] == "2"  # GSM8K's '#### N' gold format
     with pytest.raises(ValueError, match="--prm rule"):
-        bstar.make_step_scorer(Args(data=str(data)), "cpu")
+        bstar.make_prm(Args(data=str(data)), "cpu")
     with pytest.raises(ValueError, match="--balance_rule"):
         balance_score([1], [1], 4, rule="mean")
     with pytest.raises(ValueError, match="--eval_queries 500"):
         bstar.load_task(Args(eval_queries=500))
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # end to end
 
 SMALL = dict(
@@ -315,7 +277,8 @@ def _ckpt_state(ckpt: Path):
 
 
 def test_end_to_end_learning_and_inherited_optimizer(run_cmd, tmp_path):
-    """The toy with a small budget: greedy accuracy rises; one LR schedule and optimizer ran through all iterations."""
+    """The toy with a small budget: greedy accuracy rises; one LR schedule and optimizer ran
+    through all iterations."""
     out = tmp_path / "run"
     proc = run_cmd(
         [
@@ -442,3 +405,20 @@ def test_sft_step_micro_batches_equal_unsplit_step():
         bstar.sft_step(model, optimizer, sched, tok, pairs, 1e9, "cpu", micro)
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
+
+
+def test_iteration_queries_wrap_and_selection_is_strict():
+    rows = [{"id": i} for i in range(5)]
+    assert [r["id"] for r in bstar.iteration_queries(rows, 3, 1)] == [0, 1, 2]
+    assert [r["id"] for r in bstar.iteration_queries(rows, 3, 2)] == [3, 4, 0]  # wraps around
+    assert [r["id"] for r in bstar.iteration_queries(rows, 9, 1)] == [0, 1, 2, 3, 4]
+    record = {"question": "q", "responses": ["a", "b", "c"], "reward": [0.5, 0.0, -0.2]}
+    assert bstar.selected_pairs([record], 0.0) == [("q", "a")]
+    assert Args().model == ""  # the toy model (docs/conventions.md)
+
+
+def test_load_policy_keeps_the_policy_trainable_under_gradient_checkpointing(tiny_path):
+    """The paper preset turns gradient checkpointing on; the policy must stay trainable."""
+    rt, model, path = bstar.load_policy(Args(model=tiny_path, gradient_checkpointing=True), Dist())
+    assert path == tiny_path and all(p.requires_grad for p in model.parameters())
+    assert model.is_gradient_checkpointing and rt.prm is not None and rt.tok is not None
