@@ -25,6 +25,7 @@ from codeio import (
     strict_check_size,
     verify_input,
 )
+from common import code_teacher
 from common.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,12 +417,12 @@ SORT_ADD3 = "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10
 
 
 def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
-    assert codeio.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
-    assert codeio.trace_toy_code(JOSEPHUS) is None
+    assert code_teacher.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
+    assert code_teacher.trace_toy_code(JOSEPHUS) is None
     assert (
-        codeio.trace_toy_code(SORT_ADD3.replace("return zs", "return ys")) is None
+        code_teacher.trace_toy_code(SORT_ADD3.replace("return zs", "return ys")) is None
     )  # not the chain's end
-    cot, answer = codeio.narrate(
+    cot, answer = code_teacher.narrate(
         "output", "xs", [("sort", 0), ("add", 3)], [3, 1, 4, 1], random.Random(0), 0.0
     )
     assert (
@@ -429,15 +430,15 @@ def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 
         and "[1, 1, 3, 4]" in cot
         and extract_json_answer(cot) == answer
     )
-    cot, answer = codeio.narrate(
+    cot, answer = code_teacher.narrate(
         "input", "xs", [("sort", 0), ("add", 3)], [4, 4, 6, 7], random.Random(0), 0.0
     )
     assert answer == {"input": {"xs": [1, 1, 3, 4]}} and cot.index("Undo step 2") < cot.index(
         "Undo step 1"
     )
-    slipped = codeio.narrate("output", "xs", [("reverse", 0)], [1, 2, 3], random.Random(0), 1.0)[1][
-        "output"
-    ]
+    slipped = code_teacher.narrate(
+        "output", "xs", [("reverse", 0)], [1, 2, 3], random.Random(0), 1.0
+    )[1]["output"]
     assert (
         slipped != [3, 2, 1] and sum(a != b for a, b in zip(slipped, [3, 2, 1])) == 1
     )  # one digit off
@@ -447,7 +448,7 @@ def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 
         _,
         forward,
         backward,
-    ) in codeio.TOY_STEPS.items():  # each undo gives a feasible input
+    ) in code_teacher.TOY_STEPS.items():  # each undo gives a feasible input
         for xs in ([3, 1, 4, 1], [8, 0, 2], [5, 5, 9, 0, 7]):
             ys = forward(list(xs), 2)
             assert forward(backward(list(ys), 2), 2) == ys, name
@@ -467,7 +468,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
         ]
     messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
     for slip, expect in ((0.0, {True}), (1.0, {False}), (0.3, {True, False})):
-        teacher = codeio.StandInTeacher(slip=slip, seed=0)
+        teacher = code_teacher.StandInTeacher(slip=slip, seed=0)
         groups = teacher.generate(messages, n=1, temperature=0.7, max_new_tokens=32)
         assert len(groups) == len(samples) and all(len(g) == 1 for g in groups)
         correct = {
@@ -475,7 +476,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
             for s, g in zip(samples, groups)
         }
         assert correct == expect, slip
-    teacher = codeio.StandInTeacher(slip=0.3, seed=0)
+    teacher = code_teacher.StandInTeacher(slip=0.3, seed=0)
     assert teacher.generate(messages[:3], n=1) == teacher.generate(
         messages[:3], n=1
     )  # seeded by the conversation
@@ -487,7 +488,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
         {"role": "assistant", "content": wrong},
         {"role": "user", "content": "[Mismatch] ...\n\n" + REDO},
     ]
-    assert extract_json_answer(codeio.StandInTeacher(slip=0.5).answer(turn)) != {
+    assert extract_json_answer(code_teacher.StandInTeacher(slip=0.5).answer(turn)) != {
         "output": [4, 4, 6, 7]
     }
     # code it cannot trace: it says so and guesses; a rewrite request gets a refusal the parser rejects
