@@ -543,3 +543,48 @@ def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
         )
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
+
+
+def _per_rank(notes: str) -> list[int]:
+    return json.loads(notes.split("sandbox jobs per rank ")[1].split("]")[0] + "]")
+
+
+def test_torchrun_ranks_share_the_sandbox_work(tmp_path, run_cmd, torchrun_cmd):
+    """Issue #16: under torchrun each rank runs its own share of the I/O runs and of the answer
+    checks (rows strided by rank) and the results are gathered: the two shares are non-empty and
+    add up to the total, and the records equal a one-process run's, line for line."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    names = (
+        "digits_sort_add3",
+        "digits_reverse_add1",
+        "digits_even_rotate",
+        "josephus",
+        "dice_game",
+    )
+    for name in names:
+        shutil.copy(ROOT / f"data/codeio_corpus/{name}.py", corpus)
+    flags = [
+        "codeio.py",
+        "--corpus",
+        str(corpus),
+        "--stages",
+        "rewrite,io,prompts,cot,verify,revise",
+    ]
+    flags += ["--sandbox_workers", "1", "--generation_batch_size", "8"]
+    run_cmd([*torchrun_cmd, *flags, "--output_dir", str(tmp_path / "two")], timeout=600)
+    run_cmd([sys.executable, *flags, "--output_dir", str(tmp_path / "one")], timeout=600)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    stages = {row["stage"]: row for row in summary["stages"]}
+    revise = [json.loads(x) for x in (tmp_path / "two" / "revise.jsonl").read_text().splitlines()]
+    totals = {
+        "io": stages["io"]["in"],
+        "verify": stages["verify"]["out"],
+        "revise": sum(r["turn_2"] is not None for r in revise),
+    }
+    assert totals["io"] == len(names) and totals["verify"] > 0 and totals["revise"] > 0
+    for stage, total in totals.items():
+        shares = _per_rank(stages[stage]["notes"])
+        assert len(shares) == 2 and min(shares) > 0 and sum(shares) == total, (stage, shares)
+    for name in ("io.jsonl", "verify.jsonl", "revise.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text(), name
