@@ -575,8 +575,7 @@ CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_sco
 
 def load_corpus(source: str) -> list[dict]:
     """A folder of .py files, or rows of raw code: the release's (data/rawcode_1k.jsonl: `content`
-    + repo_name, path, blob_id, ...), named "repo_name/path" with the metadata kept under `source`,
-    or any rows with `code`."""
+    + repo_name, path, ...; named repo_name/path, metadata kept as `source`) or a `code` column."""
     if Path(source).is_dir() and any(Path(source).glob("*.py")):
         files = sorted(Path(source).glob("*.py"))
         return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
@@ -610,24 +609,31 @@ def read_jsonl_tolerant(path) -> list[dict]:
     return rows
 
 
-def open_stage(path: Path, key: str) -> tuple[list[dict], set]:
-    """Records an earlier run wrote (a line cut by a kill is dropped and the file repaired)."""
+def stage_records(p, name: str, key: str, new_records) -> list[dict]:
+    """A stage's records: those an earlier run wrote (a line cut by a kill is dropped and the file
+    repaired), then, if the stage runs, the batches `new_records(done keys)` yields, appended as
+    they come (a kill loses one batch)."""
+    path = p.out / f"{name}.jsonl"
     records = read_jsonl_tolerant(path)
     if path.exists() and path.read_text(encoding="utf-8")[-1:] not in ("", "\n"):
         write_jsonl(path, records)
-    return records, {r[key] for r in records}
+    if name not in p.stages:
+        return records
+    for batch in new_records({r[key] for r in records}):
+        write_jsonl(path, batch, "a")
+    return read_jsonl_tolerant(path)
 
 
-def shared_work(work, items: list, dist_info) -> tuple[list, list[int]]:
-    """Each rank runs `work` (a list of items -> a list of results) on its share, the items whose
-    index is rank mod world size; every rank gets all results back in item order, and how many
-    items each rank ran."""
-    rank, world = dist_info.rank, dist_info.world_size
+def shared_work(p, stage: str, work, items: list) -> list:
+    """Each rank runs `work` (items -> results) on its share, the items whose index is the rank
+    modulo the world size; every rank gets all results back in item order (issue #16)."""
+    rank, world = p.dist_info.rank, p.dist_info.world_size
     parts = all_gather_object(work(items[rank::world]))
     results = [None] * len(items)
     for r, part in enumerate(parts):
         results[r::world] = part
-    return results, [len(part) for part in parts]
+    p.count_work(stage, [len(part) for part in parts])
+    return results
 
 
 def check_all(sandbox, functions: dict, args: Args, items: list) -> list[dict]:
@@ -647,24 +653,24 @@ def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
 
 def io_samples(io_ok: dict, functions: dict, args: Args, start: int, count: int) -> list[dict]:
     """Pairs start..start+count of each function, each as an input- and an output-prediction."""
-    return [
-        {
-            "id": f"{name}:{kind}:{k}",
-            "name": name,
-            "kind": kind,
-            "pair": pair,
-            "prompt": build_prompt(kind, functions[name], pair, args.prompt_values),
-        }
-        for name, io in io_ok.items()
-        for k, pair in enumerate(io["pairs"][start : start + count])
-        for kind in ("input", "output")
-    ]
+    samples = []
+    for name, io in io_ok.items():
+        for k, pair in enumerate(io["pairs"][start : start + count]):
+            for kind in ("input", "output"):
+                prompt = build_prompt(kind, functions[name], pair, args.prompt_values)
+                head = {"id": f"{name}:{kind}:{k}", "name": name, "kind": kind}
+                samples.append({**head, "pair": pair, "prompt": prompt})
+    return samples
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
 
 
 @dataclass
 class Pipeline:
-    """What the stages share: the configuration, the student and teacher, the sandbox, and the
-    summary table the stages append to (with sandbox failures and each rank's share of work)."""
+    """What the stages share: the configuration, student, teacher and sandbox, and the summary
+    table they append to (with sandbox failures and each rank's share of sandbox jobs)."""
 
     args: Args
     stages: list
@@ -681,9 +687,8 @@ class Pipeline:
     work: dict = field(default_factory=dict)  # stage -> sandbox jobs per rank
 
     def count_work(self, stage: str, per_rank: list[int]):
-        self.work[stage] = [
-            a + b for a, b in zip(self.work.get(stage, [0] * len(per_rank)), per_rank)
-        ]
+        old = self.work.get(stage, [0] * len(per_rank))
+        self.work[stage] = [a + b for a, b in zip(old, per_rank)]
 
     def report(self, stage: str, n_in: int, n_out: int, notes: str):
         if self.infra[stage]:
@@ -694,14 +699,14 @@ class Pipeline:
 
 
 def load_student(p: Pipeline):
-    """The SFT student (and the CoT author with --teacher model); the toy's is built and cached.
-    SFT trains fp32 masters (common.train); generation alone runs the checkpoint's own dtype; SFT
-    alone (torchrun) stays on the CPU until shard_model puts each rank's shard on its GPU."""
+    """The SFT student and the CoT author (--model, or the scripted stand-in). SFT trains fp32
+    masters (common.train); generation alone runs the checkpoint's dtype; SFT alone (torchrun)
+    stays on the CPU until shard_model puts each rank's shard on its GPU."""
     generating = bool(set(p.stages) & {"rewrite", "cot", "revise"})
     by_model = generating and resolve_teacher(p.args) == "model"
     trains = bool(set(p.stages) & {"sft", "eval"})
     if trains or by_model:
-        p.model_path = p.args.model or toy_student_base(p.args)
+        p.model_path = p.args.model or toy_student_base(p.args)  # the toy's: built and cached
         p.tokenizer = load_tokenizer(p.model_path)
         p.dtype = "float32" if trains or not p.args.model else "auto"
     if trains or (by_model and p.args.sampler == "hf"):  # vLLM loads its own copy
@@ -717,44 +722,42 @@ def load_student(p: Pipeline):
 def open_sandbox(p: Pipeline):
     """The sandbox for every stage that runs code; the table's first row says how isolated it is."""
     if set(p.stages) & {"io", "verify", "revise", "eval"}:
-        args = p.args
+        args, n = p.args, p.args.sandbox_workers
         kwargs = dict(timeout=args.verify_timeout, allow_weaker=args.sandbox_allow_weaker)
-        p.sandbox = Sandbox(workers=args.sandbox_workers, **kwargs)
+        p.sandbox = Sandbox(workers=n, **kwargs)
         iso = p.sandbox.isolation
         missing = f", missing {', '.join(iso['missing'])}" if iso["missing"] else ""
-        n = args.sandbox_workers
         p.report("sandbox", n, n, f"isolation {iso['level']}{missing}")
 
 
 # ---------------------------------------------- the data stages (each resumes from its JSONL file)
 def rewrite_stage(p: Pipeline) -> dict:
     """Unified corpus files pass through; raw code goes to the teacher with the rewrite prompt."""
-    path = p.out / "rewrite.jsonl"
-    records, done = open_stage(path, "name")
-    if "rewrite" in p.stages:
-        unified, raw = [], []
-        for item in [c for c in load_corpus(p.args.corpus) if c["name"] not in done]:
-            source = {"source": item["source"]} if "source" in item else {}  # release rows' repo
+
+    def new_records(done):
+        corpus = [c for c in load_corpus(p.args.corpus) if c["name"] not in done]
+        raw = []
+        for item in corpus:
+            head = {"name": item["name"], "origin": "unified", "status": "ok", "reason": "ok"}
+            source = {"source": item["source"]} if "source" in item else {}  # release rows
             if fn := parse_unified_file(item["code"]):
-                head = {"name": item["name"], "origin": "unified", "status": "ok", "reason": "ok"}
-                unified.append({**head, **fn, **source})
+                yield [{**head, **fn, **source}]
             else:
                 raw.append((item, source))
-        write_jsonl(path, unified, mode="a")
-        asks = [
-            [{"role": "user", "content": REWRITE_PROMPT.format(code=c["code"])}] for c, _ in raw
-        ]
+        asks = [user(REWRITE_PROMPT.format(code=item["code"])) for item, _ in raw]
         for (item, source), answer in zip(raw, generate(p.sampler, asks, p.args, "rewrite")):
             fn, reason = parse_rewrite_response(answer)
             head = {"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected"}
-            record = {**head, "reason": reason, "response": answer, **(fn or {}), **source}
-            write_jsonl(path, [record], mode="a")
-        records = read_jsonl_tolerant(path)
-    rejected = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
-    n_unified = sum(r["origin"] == "unified" for r in records)
-    n_ok = sum(r["status"] == "ok" for r in records)
-    p.report("rewrite", len(records), n_ok, f"{n_unified} already unified; rejects {rejected}")
-    return {r["name"]: r for r in records if r["status"] == "ok"}
+            yield [{**head, "reason": reason, "response": answer, **(fn or {}), **source}]
+
+    records = stage_records(p, "rewrite", "name", new_records)
+    rejects = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
+    unified = sum(r["origin"] == "unified" for r in records)
+    functions = {r["name"]: r for r in records if r["status"] == "ok"}
+    p.report(
+        "rewrite", len(records), len(functions), f"{unified} already unified; rejects {rejects}"
+    )
+    return functions
 
 
 def io_record(name: str, run) -> dict:
@@ -767,31 +770,26 @@ def io_record(name: str, run) -> dict:
     else:
         reason = "ok" if len(pairs) > 1 else "<= 1 pair"
     status = "ok" if reason == "ok" else "dropped"
-    return {
-        "name": name,
-        "status": status,
-        "reason": reason,
-        "pairs": pairs if status == "ok" else [],
-        "stats": stats,
-    }
+    pairs = pairs if status == "ok" else []
+    return {"name": name, "status": status, "reason": reason, "pairs": pairs, "stats": stats}
 
 
 def io_stage(p: Pipeline, functions: dict) -> dict:
-    """Each function's sandboxed collect_io_pairs; ranks run their share and gather."""
-    path = p.out / "io.jsonl"
-    records, done = open_stage(path, "name")
-    if "io" in p.stages:
+    """Each function's collect_io_pairs in the sandbox; ranks run their share."""
+
+    def new_records(done):
         todo = [fn for name, fn in functions.items() if name not in done]
         seeds = [p.args.seed * 100003 + zlib.crc32(fn["name"].encode()) for fn in todo]
-        jobs = [io_job(fn, p.args, seed) for fn, seed in zip(todo, seeds)]
-        calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in jobs]
-        run_calls = partial(p.sandbox.call_many, timeout=p.args.io_timeout)
-        runs, per_rank = shared_work(run_calls, calls, p.dist_info)
-        p.count_work("io", per_rank)
-        p.infra["io"] += sum(run.infrastructure_failure for run in runs)
-        new = [io_record(fn["name"], run) for fn, run in zip(todo, runs)]
-        write_jsonl(path, [r for r, run in zip(new, runs) if not run.infrastructure_failure], "a")
-        records = read_jsonl_tolerant(path)
+        calls = [(*io_job(fn, p.args, seed),) for fn, seed in zip(todo, seeds)]
+        calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in calls]
+        run_all = partial(p.sandbox.call_many, timeout=p.args.io_timeout)
+        runs = shared_work(p, "io", run_all, calls)
+        p.infra["io"] += sum(run.infrastructure_failure for run in runs)  # a rerun retries them
+        yield [
+            io_record(fn["name"], r) for fn, r in zip(todo, runs) if not r.infrastructure_failure
+        ]
+
+    records = stage_records(p, "io", "name", new_records)
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
     drops = sorted(r["reason"] for r in records if r["status"] != "ok")
     n_pairs = sum(len(r["pairs"]) for r in io_ok.values())
@@ -801,35 +799,31 @@ def io_stage(p: Pipeline, functions: dict) -> dict:
 
 def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
     """The first pairs_per_function pairs -> input and output prompts (build_codeio_msg.py)."""
-    path = p.out / "prompts.jsonl"
-    records, done = open_stage(path, "id")
-    if "prompts" in p.stages:
+
+    def new_records(done):
         new = io_samples(io_ok, functions, p.args, 0, p.args.pairs_per_function)
-        write_jsonl(path, [r for r in new if r["id"] not in done], mode="a")
-        records = read_jsonl_tolerant(path)
-    prompts = {r["id"]: r for r in records}
-    kinds = Counter(r["kind"] for r in records)
-    p.report(
-        "prompts", len(io_ok), len(prompts), f"{kinds['input']} input / {kinds['output']} output"
-    )
+        yield [r for r in new if r["id"] not in done]
+
+    prompts = {r["id"]: r for r in stage_records(p, "prompts", "id", new_records)}
+    kinds = Counter(r["kind"] for r in prompts.values())
+    notes = f"{kinds['input']} input / {kinds['output']} output"
+    p.report("prompts", len(io_ok), len(prompts), notes)
     return prompts
 
 
 def cot_stage(p: Pipeline, prompts: dict) -> dict:
-    """One chain of thought per prompt, appended per batch (a kill loses one batch)."""
-    path = p.out / "cot.jsonl"
-    records, done = open_stage(path, "id")
-    if "cot" in p.stages:
+    """One chain of thought per prompt from the teacher."""
+
+    def new_records(done):
         todo = [r for r in prompts.values() if r["id"] not in done]
         for start in range(0, len(todo), p.args.generation_batch_size):
             batch = todo[start : start + p.args.generation_batch_size]
-            asks = [[{"role": "user", "content": r["prompt"]}] for r in batch]
-            texts = generate(p.sampler, asks, p.args, "cot")
-            rows = [
+            texts = generate(p.sampler, [user(r["prompt"]) for r in batch], p.args, "cot")
+            yield [
                 {"id": r["id"], "prompt": r["prompt"], "response": t} for r, t in zip(batch, texts)
             ]
-            write_jsonl(path, rows, "a")
-        records = read_jsonl_tolerant(path)
+
+    records = stage_records(p, "cot", "id", new_records)
     cots = {r["id"]: r for r in records if r["id"] in prompts}
     empty = sum(not r["response"].strip() for r in cots.values())
     p.report("cot", len(prompts), len(cots), f"{empty} empty")
@@ -837,98 +831,90 @@ def cot_stage(p: Pipeline, prompts: dict) -> dict:
 
 
 def verify_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict) -> dict:
-    """Every CoT checked (check_io_pred_acc_mp.py) in chunks; ranks check their share."""
-    path = p.out / "verify.jsonl"
-    records, done = open_stage(path, "id")
-    if "verify" in p.stages:
+    """Every CoT checked (check_io_pred_acc_mp.py), in chunks; ranks check their share."""
+    check = partial(check_all, p.sandbox, functions, p.args)
+
+    def new_records(done):
         todo = [c for c in cots.values() if c["id"] not in done]
         size = p.args.generation_batch_size
         for start in tqdm(range(0, len(todo), size), desc="verify", leave=False):
             chunk = todo[start : start + size]
-            items = [(prompts[c["id"]], c["response"]) for c in chunk]
-            checks, per_rank = shared_work(
-                partial(check_all, p.sandbox, functions, p.args), items, p.dist_info
+            checks = shared_work(
+                p, "verify", check, [(prompts[c["id"]], c["response"]) for c in chunk]
             )
-            p.count_work("verify", per_rank)
             kept = [(c, k) for c, k in zip(chunk, checks) if k["status"] != "sandbox_error"]
             p.infra["verify"] += len(chunk) - len(kept)  # neither scored nor fed back
-            write_jsonl(
-                path, [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept], "a"
-            )
-        records = read_jsonl_tolerant(path)
+            yield [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept]
+
+    records = stage_records(p, "verify", "id", new_records)
     verified = {r["id"]: r for r in records if r["id"] in cots}
     statuses = dict(Counter(r["status"] for r in verified.values()))
-    right = {
-        kind: [r["correct"] for r in verified.values() if r["kind"] == kind]
-        for kind in ("input", "output")
-    }
-    accuracy = {kind: f"{sum(v)}/{len(v)}" for kind, v in right.items()}
+    correct = {"input": 0, "output": 0}
+    for r in verified.values():
+        correct[r["kind"]] += r["correct"]
+    kinds = Counter(r["kind"] for r in verified.values())
+    accuracy = {kind: f"{correct[kind]}/{kinds[kind]}" for kind in correct}
     notes = f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
     p.report("verify", len(cots), len(verified), notes)
     return verified
 
 
+def revision_chat(cot: dict, feedback: str) -> list[dict]:
+    """The second turn's conversation: the question, the first CoT, the feedback + redo request."""
+    first = [{"role": "assistant", "content": cot["response"]}]
+    return user(cot["prompt"]) + first + user(f"{feedback}\n\n{REDO}")
+
+
 def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verified: dict):
     """CodeI/O++: a failed sample gets a second turn (its CoT, then the feedback and the redo
     request), verified again; every record is kept. Returns the data's accuracy (before, after)."""
-    path = p.out / "revise.jsonl"
-    records, done = open_stage(path, "id")
-    if "revise" in p.stages and p.args.revise:
+    check = partial(check_all, p.sandbox, functions, p.args)
+
+    def new_records(done):
+        if not p.args.revise:  # plain CodeI/O: no second turns
+            return
         todo = [v for v in verified.values() if v["id"] not in done]
         failed = [v for v in todo if not v["correct"]]  # only failed samples get a second turn
-        conversations = [
-            [
-                {"role": "user", "content": cots[v["id"]]["prompt"]},
-                {"role": "assistant", "content": cots[v["id"]]["response"]},
-                {"role": "user", "content": f"{v['feedback']}\n\n{REDO}"},
-            ]
-            for v in failed
-        ]
-        turns = generate(p.sampler, conversations, p.args, "revise")
-        items = [(prompts[v["id"]], turn) for v, turn in zip(failed, turns)]
-        checks, per_rank = shared_work(
-            partial(check_all, p.sandbox, functions, p.args), items, p.dist_info
+        chats = [revision_chat(cots[v["id"]], v["feedback"]) for v in failed]
+        turns = generate(p.sampler, chats, p.args, "revise")
+        checks = shared_work(
+            p, "revise", check, [(prompts[v["id"]], t) for v, t in zip(failed, turns)]
         )
-        p.count_work("revise", per_rank)
         second = {v["id"]: pair for v, pair in zip(failed, zip(turns, checks))}
         new = []
         for v in todo:
-            turn_2, check = second.get(v["id"], (None, {"feedback": None, "correct": None}))
-            if check.get("status") == "sandbox_error":  # turn 2 unverifiable now: a rerun redoes it
+            turn_2, check_2 = second.get(v["id"], (None, {"feedback": None, "correct": None}))
+            if check_2.get("status") == "sandbox_error":  # turn 2 unverifiable: a rerun redoes it
                 p.infra["revise"] += 1
                 continue
-            cot = cots[v["id"]]
-            new.append(
-                {
-                    "id": v["id"],
-                    "prompt": cot["prompt"],
-                    "turn_1": cot["response"],
-                    "feedback_1": v["feedback"],
-                    "turn_2": turn_2,
-                    "feedback_2": check["feedback"],
-                    "correct_2": check["correct"],
-                }
-            )
-        write_jsonl(path, new, mode="a")
-        records = read_jsonl_tolerant(path)
+            turn_1 = {"prompt": cots[v["id"]]["prompt"], "turn_1": cots[v["id"]]["response"]}
+            turn_1["feedback_1"] = v["feedback"]
+            turn_2 = {"turn_2": turn_2, "feedback_2": check_2["feedback"]}
+            new.append({"id": v["id"], **turn_1, **turn_2, "correct_2": check_2["correct"]})
+        yield new
+
+    records = stage_records(p, "revise", "id", new_records)
     revised = [r for r in records if r["turn_2"] is not None]
     fixed = sum(bool(r["correct_2"]) for r in revised)
     notes = f"{len(revised)} second turns, {fixed} correct; all kept (paper)"
     p.report("revise", len(records), len(records), notes)
-    if not records:
-        return None
     right_1 = sum(r["turn_2"] is None for r in records)
-    return right_1 / len(records), (right_1 + fixed) / len(records)
+    return (right_1 / len(records), (right_1 + fixed) / len(records)) if records else None
 
 
 # ---------------------------------------------- SFT (paper, Sec. 3: response-only loss)
+CHECKPOINTS = {
+    "stage1": "checkpoint",
+    "stage2": "checkpoint_stage2",
+    "raw_code": "checkpoint_raw_code",
+}
+
+
 def sft_examples(out: Path, args: Args) -> list[dict]:
     """CodeI/O: every first-turn CoT, right or wrong; CodeI/O++: the assembled revision."""
     if not args.revise:
-        return [
-            {"prompt": r["prompt"], "response": r["response"]}
-            for r in read_jsonl_tolerant(out / "cot.jsonl")
-        ]
+        records = read_jsonl_tolerant(out / "cot.jsonl")
+        return [{"prompt": r["prompt"], "response": r["response"]} for r in records]
     records = read_jsonl_tolerant(out / "revise.jsonl")
     return [{"prompt": r["prompt"], "response": assemble_revision(r)} for r in records]
 
@@ -938,7 +924,7 @@ def encode_sft(tokenizer, examples: list[dict], max_length: int) -> list[tuple[l
     end_ids = [tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))]
     encoded = []
     for ex in examples:
-        chat = render_prompt(tokenizer, [{"role": "user", "content": ex["prompt"]}])
+        chat = render_prompt(tokenizer, user(ex["prompt"]))
         prompt = tokenizer(chat, add_special_tokens=False).input_ids[: max_length // 2]
         response = tokenizer(ex["response"], add_special_tokens=False).input_ids + end_ids
         encoded.append((prompt, response[: max_length - len(prompt)]))
@@ -951,34 +937,21 @@ def sft_backward(model, tokenizer, rows: list[tuple], micro_batch_size: int, dev
     num_tokens = sum(len(response) for _, response in rows)
     total = 0.0
     for part in micro_batches(len(rows), micro_batch_size):
-        chunk = rows[part]
-        input_ids, attention_mask, loss_mask = sft_inputs(
-            tokenizer, [c[0] for c in chunk], [c[1] for c in chunk], device
-        )  # (b, L) each
-        loss = sft_loss(model, input_ids, attention_mask, loss_mask, normalizer=num_tokens)
+        prompts, responses = zip(*rows[part])
+        batch = sft_inputs(tokenizer, list(prompts), list(responses), device)  # 3 x (b, L)
+        loss = sft_loss(model, *batch, normalizer=num_tokens)
         loss.backward()
         total += loss.item()
     return total
 
 
-def run_sft(
-    model,
-    tokenizer,
-    examples,
-    args,
-    dist_info,
-    logger,
-    stage: str,
-    lr: float,
-    total_steps: int | None,
-    ckpt: Path,
-    schedule: str,
-    step_offset: int = 0,
-):
-    """Response-only SFT; returns (last loss, global step at the end). Metrics use global steps."""
-    encoded = encode_sft(tokenizer, examples, args.max_length)
+def run_sft(p, model, examples, logger, stage, lr, steps=None, schedule="constant", offset=0):
+    """Response-only SFT of `model` (stage: stage1 | stage2 | raw_code, each with its checkpoint
+    folder); returns (last loss, global step at the end). Metrics use global steps."""
+    args, dist_info, ckpt = p.args, p.dist_info, p.out / CHECKPOINTS[stage]
+    encoded = encode_sft(p.tokenizer, examples, args.max_length)
     steps_per_epoch = max(1, len(encoded) // args.batch_size)
-    total = total_steps or steps_per_epoch * args.epochs
+    total = steps or steps_per_epoch * args.epochs
     optimizer = make_optimizer(model, lr)
     floor = {"min_lr": 1e-6} if schedule == "cosine_with_min_lr" else {}
     scheduler = make_scheduler(optimizer, schedule, 0, total, **floor)
@@ -991,28 +964,26 @@ def run_sft(
     loss = float("nan")
     for step in tqdm(range(start, total), desc=f"sft {stage}", disable=not dist_info.is_main):
         batch = order[step * args.batch_size : (step + 1) * args.batch_size].tolist()
-        mine = batch[rank * share : (rank + 1) * share] or batch[:1]
-        rows = [encoded[i] for i in mine]
-        loss = sft_backward(model, tokenizer, rows, args.micro_batch_size, dist_info.device)
+        rows = [encoded[i] for i in batch[rank * share : (rank + 1) * share] or batch[:1]]
+        loss = sft_backward(model, p.tokenizer, rows, args.micro_batch_size, dist_info.device)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        global_step = step_offset + step + 1
-        logger.log({f"{stage}/loss": loss, f"{stage}/lr": scheduler.get_last_lr()[0]}, global_step)
+        lr_now = scheduler.get_last_lr()[0]
+        logger.log({f"{stage}/loss": loss, f"{stage}/lr": lr_now}, step=offset + step + 1)
         if (step + 1) % args.save_every == 0 or step + 1 == total:
-            extra = {"stage": stage, "global_step": global_step}
+            extra = {"stage": stage, "global_step": offset + step + 1}
             save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, extra=extra)
-    return loss, step_offset + total
+    return loss, offset + total
 
 
 def make_logger(p: Pipeline) -> MetricsLogger:
-    metas = [p.out / d / "meta.json" for d in ("checkpoint", "checkpoint_stage2")]
+    """The metrics log; a resumed run continues at the last checkpoint's global step."""
+    metas = [p.out / CHECKPOINTS[s] / "meta.json" for s in ("stage1", "stage2")]
     done = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if m.exists()]
     resume_step = max(done) if p.args.resume and done else None
-    config = vars(p.args)
-    return MetricsLogger(
-        p.out, track=p.args.track, run_name="codeio", config=config, resume_step=resume_step
-    )
+    kwargs = dict(track=p.args.track, run_name="codeio", config=vars(p.args))
+    return MetricsLogger(p.out, resume_step=resume_step, **kwargs)
 
 
 def loss_note(loss: float, what: str) -> str:
@@ -1026,41 +997,21 @@ def sft_stage(p: Pipeline, logger):
     if not examples:
         raise ValueError(f"no training examples in {p.out} (run the earlier --stages first)")
     p.model = shard_model(p.model, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-    common = (p.model, p.tokenizer)
-    loss, step = run_sft(
-        *common,
-        examples,
-        args,
-        p.dist_info,
-        logger,
-        "stage1",
-        args.lr,
-        None,
-        p.out / "checkpoint",
-        "constant",
-    )
+    loss, step = run_sft(p, p.model, examples, logger, "stage1", args.lr)
     p.report("sft", len(examples), len(examples), loss_note(loss, "stage-1 final loss"))
     if not args.stage2_data:
         return
     if args.stage2_data == "toy":
+        arithmetic = make_arithmetic_rows(64, seed=args.seed)
         rows = [
             {"prompt": r["question"], "response": f"The answer is {r['answer']}."}
-            for r in make_arithmetic_rows(64, seed=args.seed)
+            for r in arithmetic
         ]
     else:
         rows = load_rows(args.stage2_data, required=("prompt", "response"))
+    schedule = "cosine_with_min_lr"
     loss, _ = run_sft(
-        *common,
-        rows,
-        args,
-        p.dist_info,
-        logger,
-        "stage2",
-        args.stage2_lr,
-        args.stage2_steps,
-        p.out / "checkpoint_stage2",
-        "cosine_with_min_lr",
-        step,
+        p, p.model, rows, logger, "stage2", args.stage2_lr, args.stage2_steps, schedule, step
     )
     p.report("sft stage 2", len(rows), len(rows), loss_note(loss, "final loss"))
 
@@ -1088,27 +1039,19 @@ def toy_student_base(args: Args) -> str:
             folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
         )
 
-    teacher = code_teacher
-    code = [
-        teacher.train_toy_student,
-        teacher.toy_general_rows,
-        teacher.narrate,
-        teacher._apply,
-        teacher.toy_tokenizer,
-        build_prompt,
-        parse_unified_file,
-    ]
-    return toy_model("codeio-student", spec, build, code=code)
+    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
+    return toy_model(
+        "codeio-student", spec, build, code=[*toy_world, build_prompt, parse_unified_file]
+    )
 
 
-def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox, args) -> dict:
+def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dict:
     """Greedy held-out I/O-prediction accuracy (overall and per kind), scored like verify."""
-    sampler = make_sampler("hf", model, tokenizer)
-    messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
-    groups = sampler.generate(messages, n=1, temperature=0, max_new_tokens=args.max_new_tokens)
-    texts = [g[0].text for g in groups]
+    sampler = make_sampler("hf", model, p.tokenizer)
+    kwargs = dict(n=1, temperature=0, max_new_tokens=p.args.max_new_tokens)
+    texts = [g[0].text for g in sampler.generate([user(s["prompt"]) for s in samples], **kwargs)]
     scores = {"input": [], "output": []}
-    for sample, check in zip(samples, check_all(sandbox, functions, args, zip(samples, texts))):
+    for sample, check in zip(samples, check_all(p.sandbox, functions, p.args, zip(samples, texts))):
         if check["status"] != "sandbox_error":  # the sandbox failed, not the model: not scored
             scores[sample["kind"]].append(bool(check["correct"]))
     every = scores["input"] + scores["output"]
@@ -1120,63 +1063,39 @@ def evaluate_io(model, tokenizer, samples: list[dict], functions: dict, sandbox,
 def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[dict, list]:
     """The base, the CodeI/O(++) student and the base after SFT on the raw code (the paper's
     Python-Edu baseline, same steps) on the pairs after the training ones."""
-    args, dist_info = p.args, p.dist_info
-    start = args.pairs_per_function
-    samples = io_samples(io_ok, functions, args, start, args.eval_pairs_per_function)
+    args, out = p.args, p.out
+    samples = io_samples(
+        io_ok, functions, args, args.pairs_per_function, args.eval_pairs_per_function
+    )
     if not samples:
         raise ValueError(
             "eval: no held-out pairs (raise --max_pairs or lower --pairs_per_function)"
         )
     if "sft" not in p.stages and not load_checkpoint(
-        p.out / "checkpoint", p.model, restore_rng=False
+        out / "checkpoint", p.model, restore_rng=False
     ):
-        raise ValueError(f"eval: no {p.out / 'checkpoint'} (run --stages sft first)")
-    name = "codeio++" if args.revise else "codeio"
-    score = partial(evaluate_io, samples=samples, functions=functions, sandbox=p.sandbox, args=args)
-    results = {name: score(p.model, p.tokenizer)}
-    base = load_model(p.model_path, dtype=p.dtype, device=dist_info.device)
-    results["base"] = score(base, p.tokenizer)
-    metric = "held-out I/O accuracy"
-    claims = [
-        claim(
-            f"SFT on {name} data beats the base",
-            metric,
-            results["base"]["accuracy"],
-            results[name]["accuracy"],
-        )
-    ]
-    if args.compare_raw_code:
+        raise ValueError(f"eval: no {out / 'checkpoint'} (run --stages sft first)")
+    name, metric = ("codeio++" if args.revise else "codeio"), "held-out I/O accuracy"
+    results = {name: evaluate_io(p.model, p, samples, functions)}
+    base = load_model(p.model_path, dtype=p.dtype, device=p.dist_info.device)
+    results["base"] = evaluate_io(base, p, samples, functions)
+    baselines = {"base": f"SFT on {name} data beats the base"}
+    if args.compare_raw_code:  # the same SFT budget on the code files themselves
         code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
         raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
-        steps = max(1, len(sft_examples(p.out, args)) // args.batch_size) * args.epochs
-        base = shard_model(base, dist_info, gradient_checkpointing=args.gradient_checkpointing)
-        run_sft(
-            base,
-            p.tokenizer,
-            raw,
-            args,
-            dist_info,
-            logger,
-            "raw_code",
-            args.lr,
-            steps,
-            p.out / "checkpoint_raw_code",
-            "constant",
-        )
-        results["raw_code"] = score(base, p.tokenizer)
-        claims.append(
-            claim(
-                f"SFT on {name} data beats SFT on raw code",
-                metric,
-                results["raw_code"]["accuracy"],
-                results[name]["accuracy"],
-            )
-        )
+        steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
+        base = shard_model(base, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
+        run_sft(p, base, raw, logger, "raw_code", args.lr, steps)
+        results["raw_code"] = evaluate_io(base, p, samples, functions)
+        baselines["raw_code"] = f"SFT on {name} data beats SFT on raw code"
     for who, r in results.items():
         kinds = f"input {r['accuracy_input']:.3f}, output {r['accuracy_output']:.3f}"
         notes = f"held-out accuracy {r['accuracy']:.3f} ({kinds})"
         p.report(f"eval {who}", r["n"], round(r["accuracy"] * r["n"]), notes)
-    return results, claims
+    accuracy = {who: r["accuracy"] for who, r in results.items()}
+    return results, [
+        claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()
+    ]
 
 
 # ---------------------------------------------- main
@@ -1216,8 +1135,11 @@ def main(args: Args):
     if p.sandbox is not None:
         p.sandbox.close()
     if logger is not None:
-        keys = ["stage1/loss", "stage2/loss", "raw_code/loss"]
-        keys = [k for k in keys if any(k in r for r in logger.history)]
+        keys = [
+            k
+            for k in ("stage1/loss", "stage2/loss", "raw_code/loss")
+            if any(k in r for r in logger.history)
+        ]
         if dist_info.is_main:
             print0(f"loss curve: {logger.plot(keys, p.out / 'sft_loss.png', title='CodeI/O SFT')}")
         logger.close()

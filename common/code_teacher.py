@@ -26,6 +26,9 @@ from common.models import CHATML_TEMPLATE, SPECIAL_TOKENS, TINY_LM_DEFAULTS, end
 from common.sampling import Completion, Sampler, render_prompt
 from common.train import make_optimizer, sft_inputs, sft_loss
 
+# What train_toy_student's result depends on (common.toys.toy_model hashes their source)
+STUDENT_CODE = ("train_toy_student", "toy_general_rows", "narrate", "_apply", "toy_tokenizer")
+
 # One intra-op thread: the same float reductions on every machine, and a 64-wide model's tiny
 # matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core machine.
 TOY_THREADS = 1

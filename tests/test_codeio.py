@@ -29,7 +29,10 @@ from common import code_teacher
 from common.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
-JOSEPHUS = "def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n        last = (last + m) % i\n    return last"
+JOSEPHUS = (
+    "def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n"
+    "        last = (last + m) % i\n    return last"
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +162,8 @@ def test_rewrite_parser_counts_reasons():
     good = (
         "## Main Function\n```python\ndef main_solution(a):\n    return a * 2\n```\n"
         "## Input Output Description\nInput: a (int). Output: int.\n"
-        "## Input Generator\n```python\nimport random\ndef input_generator():\n    return {'a': random.randint(0, 9)}\n```\n"
+        "## Input Generator\n```python\nimport random\ndef input_generator():\n"
+        "    return {'a': random.randint(0, 9)}\n```\n"
         "## Problem Statement\nWhat is twice a?\n"
     )
     record, reason = parse_rewrite_response(good)
@@ -241,9 +245,9 @@ def test_revision_assembly_and_feedback():  # the paper's CodeI/O++ revision
     fixed = assemble_revision({**wrong, "correct_2": True})
     assert fixed.endswith("T2\n\nLet me check if I did it correctly...\n\nYes, that's correct!")
     text = feedback_text("output", pair, {"status": "mismatch", "predicted": 37})
-    assert (
-        text
-        == '[Mismatch] Your output is not correct! Given the input {"n": 61, "m": 4}, your predicted output is 37 which is wrong!'
+    assert text == (
+        '[Mismatch] Your output is not correct! Given the input {"n": 61, "m": 4}, your '
+        "predicted output is 37 which is wrong!"
     )
     assert "38" not in text  # the correct answer is never revealed
     text = feedback_text(
@@ -261,7 +265,7 @@ def test_revision_assembly_and_feedback():  # the paper's CodeI/O++ revision
 
 
 def test_end_to_end_on_corpus_slice_with_the_model_teacher(tmp_path, run_cmd):
-    """The model-backed teacher path (--teacher model: the tiny student writes rewrites and CoTs)."""
+    """The model-backed teacher path (--teacher model: the tiny student writes rewrites, CoTs)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name in ("josephus", "roman_numeral", "dice_game", "leap_year_constant", "raw_bubble_sort"):
@@ -413,10 +417,14 @@ def test_check_answer_on_model_style_responses(sandbox):
     assert garbage["status"] == "no answer" and not garbage["correct"]
 
 
-SORT_ADD3 = "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10 for v in ys]\n    return zs\n"
+SORT_ADD3 = (
+    "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10 for v in ys]\n"
+    "    return zs\n"
+)
 
 
-def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
+def test_trace_and_narrate_toy_code():
+    # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
     assert code_teacher.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
     assert code_teacher.trace_toy_code(JOSEPHUS) is None
     assert (
@@ -491,7 +499,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
     assert extract_json_answer(code_teacher.StandInTeacher(slip=0.5).answer(turn)) != {
         "output": [4, 4, 6, 7]
     }
-    # code it cannot trace: it says so and guesses; a rewrite request gets a refusal the parser rejects
+    # code it cannot trace: it says so and guesses; a rewrite request gets a refusal (rejected)
     josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
     guess = teacher.answer(
         [
@@ -524,23 +532,11 @@ def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
     ]
 
     def step(model, optimizer, micro):
-        monkeypatch.setattr(
-            codeio, "make_optimizer", lambda *a, **k: optimizer
-        )  # the helper's plain SGD
+        # the helper's plain SGD
+        monkeypatch.setattr(codeio, "make_optimizer", lambda *a, **k: optimizer)
         args = codeio.Args(batch_size=5, micro_batch_size=micro, save_every=10**6, max_length=64)
-        codeio.run_sft(
-            model,
-            tok,
-            examples,
-            args,
-            Dist(),
-            MetricsLogger(tmp_path),
-            "s1",
-            1.0,
-            1,
-            tmp_path / f"ckpt{micro}",
-            "constant",
-        )
+        p = codeio.Pipeline(args, ["sft"], tmp_path / f"run{micro}", Dist(), tokenizer=tok)
+        codeio.run_sft(p, model, examples, MetricsLogger(tmp_path), "stage1", 1.0, steps=1)
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
 
