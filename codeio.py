@@ -35,8 +35,15 @@ Departures:
   release: gpt-4o-mini). The toy's author is common.code_teacher.StandInTeacher, a SCRIPT that
   narrates the toy corpus's digits_* functions step by step and slips one digit per step with
   probability --teacher_slip; it cannot rewrite code or trace other functions.
+- The CodeI/O++ feedback also covers "no parsable answer" and "timeout" (the paper describes
+  mismatch and exception feedback); the reference-code tip is appended to both prompt kinds;
+  verification makes one pass (the release re-runs timeouts with fewer processes).
+- With --model the same model writes the CoTs and is the SFT student (the paper fine-tunes smaller
+  models on DeepSeek-V2.5's CoTs).
 - The toy student is warm-started on plain-words narrations; eval scores held-out pairs of the
-  training functions instead of the paper's 14 benchmarks (Table 1), and stage 2 is skipped.
+  training functions instead of the paper's 14 benchmarks (Table 1), and stage 2 is skipped. The
+  raw-code baseline (the paper's Python-Edu, LM loss) trains the base for the same steps on the
+  corpus files of the functions that have I/O pairs, as responses to an empty user turn.
 - Under torchrun every stage but eval runs: each rank generates its share of a batch (HF or its own
   vLLM engine), runs its share of the sandbox checks (rows strided by rank), results are gathered,
   rank 0 writes the records; eval compares three models in one process.
@@ -166,7 +173,7 @@ class Args(VLLMArgs):
 
 # The paper's values (--preset paper, the default once --model is named); a flag given wins.
 PAPER = dict(
-    lr=1e-5,  # stage 1, constant (paper, Sec. 3 training setup; Gemma-2-27B: 4e-6)
+    lr=1e-5,  # stage 1, constant (paper's training setup; Gemma-2-27B: 4e-6)
     epochs=1,
     max_new_tokens=4096,  # the release's API calls
     batch_size=1024,  # both SFT stages
@@ -518,7 +525,7 @@ def check_answer(sandbox, sample: dict, function: dict, response: str, args: Arg
     return check
 
 
-# ---------------------------------------------- 5. CodeI/O++ (paper, Sec. 2: multi-turn revision)
+# ---------------------------------------------- 5. CodeI/O++ (the paper's multi-turn revision)
 REDO = (
     "Please redo it, and your prediction should no longer be any of the wrong ones you have made "
     "before!"
@@ -902,7 +909,7 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
     return (right_1 / len(records), (right_1 + fixed) / len(records)) if records else None
 
 
-# ---------------------------------------------- SFT (paper, Sec. 3: response-only loss)
+# ---------------------------------------------- SFT (the paper's training setup: loss on responses)
 CHECKPOINTS = {
     "stage1": "checkpoint",
     "stage2": "checkpoint_stage2",
