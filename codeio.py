@@ -103,7 +103,6 @@ from common.train import (
 )
 
 STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
-RELEASE = "release: hkust-nlp/CodeIO"
 
 
 @dataclass
@@ -564,9 +563,8 @@ def feedback_text(kind: str, pair: dict, check: dict) -> str | None:
 
 
 def assemble_revision(record: dict) -> str:
-    """One training response from {turn_1, feedback_1, turn_2, feedback_2, correct_2} (the
-    release's issue #1: one response, turns joined by connective phrases); a correct (never
-    revised) turn 1 stays as is."""
+    """One training response from {turn_1, feedback_1, turn_2, feedback_2, correct_2}: the turns
+    joined by connective phrases (hkust-nlp/CodeIO issue #1); a correct turn 1 stays as is."""
     if record.get("turn_2") is None:
         return record["turn_1"]
     ending = CORRECT if record.get("correct_2") else f"{OOPS} {record['feedback_2']}"
@@ -633,7 +631,7 @@ def stage_records(p, name: str, key: str, new_records) -> list[dict]:
 
 def shared_work(p, stage: str, work, items: list) -> list:
     """Each rank runs `work` (items -> results) on its share, the items whose index is the rank
-    modulo the world size; every rank gets all results back in item order (issue #16)."""
+    modulo the world size; every rank gets all results back in item order."""
     rank, world = p.dist_info.rank, p.dist_info.world_size
     parts = all_gather_object(work(items[rank::world]))
     results = [None] * len(items)
