@@ -192,7 +192,10 @@ def parse_stages(text: str) -> list[str]:
 def derived(args, world_size: int) -> dict:
     """Checks --stages (eval compares three models in one process) and splits the SFT batch."""
     if world_size > 1 and "eval" in parse_stages(args.stages):
-        raise ValueError("--stages eval runs in one process, not under torchrun")
+        raise ValueError(
+            "--stages: eval compares three models in one process; under torchrun pass "
+            "--stages rewrite,io,prompts,cot,verify,revise,sft, then run --stages eval alone"
+        )
     rows = per_rank(args.batch_size, world_size, "--batch_size")
     return dict(sft_rows_per_rank=rows, micro_batches_per_step=-(-rows // args.micro_batch_size))
 
