@@ -788,8 +788,8 @@ def io_stage(p: Pipeline, functions: dict) -> dict:
     def new_records(done):
         todo = [fn for name, fn in functions.items() if name not in done]
         seeds = [p.args.seed * 100003 + zlib.crc32(fn["name"].encode()) for fn in todo]
-        calls = [(*io_job(fn, p.args, seed),) for fn, seed in zip(todo, seeds)]
-        calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in calls]
+        jobs = [io_job(fn, p.args, seed) for fn, seed in zip(todo, seeds)]
+        calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in jobs]
         run_all = partial(p.sandbox.call_many, timeout=p.args.io_timeout)
         runs = shared_work(p, "io", run_all, calls)
         p.infra["io"] += sum(run.infrastructure_failure for run in runs)  # a rerun retries them
