@@ -25,10 +25,14 @@ from codeio import (
     strict_check_size,
     verify_input,
 )
+from common import code_teacher
 from common.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
-JOSEPHUS = "def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n        last = (last + m) % i\n    return last"
+JOSEPHUS = (
+    "def main_solution(n, m):\n    last = 0\n    for i in range(2, n + 1):\n"
+    "        last = (last + m) % i\n    return last"
+)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +162,8 @@ def test_rewrite_parser_counts_reasons():
     good = (
         "## Main Function\n```python\ndef main_solution(a):\n    return a * 2\n```\n"
         "## Input Output Description\nInput: a (int). Output: int.\n"
-        "## Input Generator\n```python\nimport random\ndef input_generator():\n    return {'a': random.randint(0, 9)}\n```\n"
+        "## Input Generator\n```python\nimport random\ndef input_generator():\n"
+        "    return {'a': random.randint(0, 9)}\n```\n"
         "## Problem Statement\nWhat is twice a?\n"
     )
     record, reason = parse_rewrite_response(good)
@@ -240,9 +245,9 @@ def test_revision_assembly_and_feedback():  # the paper's CodeI/O++ revision
     fixed = assemble_revision({**wrong, "correct_2": True})
     assert fixed.endswith("T2\n\nLet me check if I did it correctly...\n\nYes, that's correct!")
     text = feedback_text("output", pair, {"status": "mismatch", "predicted": 37})
-    assert (
-        text
-        == '[Mismatch] Your output is not correct! Given the input {"n": 61, "m": 4}, your predicted output is 37 which is wrong!'
+    assert text == (
+        '[Mismatch] Your output is not correct! Given the input {"n": 61, "m": 4}, your '
+        "predicted output is 37 which is wrong!"
     )
     assert "38" not in text  # the correct answer is never revealed
     text = feedback_text(
@@ -260,7 +265,7 @@ def test_revision_assembly_and_feedback():  # the paper's CodeI/O++ revision
 
 
 def test_end_to_end_on_corpus_slice_with_the_model_teacher(tmp_path, run_cmd):
-    """The model-backed teacher path (--teacher model: the tiny student writes rewrites and CoTs)."""
+    """The model-backed teacher path (--teacher model: the tiny student writes rewrites, CoTs)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name in ("josephus", "roman_numeral", "dice_game", "leap_year_constant", "raw_bubble_sort"):
@@ -412,16 +417,20 @@ def test_check_answer_on_model_style_responses(sandbox):
     assert garbage["status"] == "no answer" and not garbage["correct"]
 
 
-SORT_ADD3 = "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10 for v in ys]\n    return zs\n"
+SORT_ADD3 = (
+    "def main_solution(xs):\n    ys = sorted(xs)\n    zs = [(v + 3) % 10 for v in ys]\n"
+    "    return zs\n"
+)
 
 
-def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
-    assert codeio.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
-    assert codeio.trace_toy_code(JOSEPHUS) is None
+def test_trace_and_narrate_toy_code():
+    # hand-traced: sort [3, 1, 4, 1] -> [1, 1, 3, 4]; +3 mod 10 -> [4, 4, 6, 7]
+    assert code_teacher.trace_toy_code(SORT_ADD3) == ("xs", [("sort", 0), ("add", 3)])
+    assert code_teacher.trace_toy_code(JOSEPHUS) is None
     assert (
-        codeio.trace_toy_code(SORT_ADD3.replace("return zs", "return ys")) is None
+        code_teacher.trace_toy_code(SORT_ADD3.replace("return zs", "return ys")) is None
     )  # not the chain's end
-    cot, answer = codeio.narrate(
+    cot, answer = code_teacher.narrate(
         "output", "xs", [("sort", 0), ("add", 3)], [3, 1, 4, 1], random.Random(0), 0.0
     )
     assert (
@@ -429,15 +438,15 @@ def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 
         and "[1, 1, 3, 4]" in cot
         and extract_json_answer(cot) == answer
     )
-    cot, answer = codeio.narrate(
+    cot, answer = code_teacher.narrate(
         "input", "xs", [("sort", 0), ("add", 3)], [4, 4, 6, 7], random.Random(0), 0.0
     )
     assert answer == {"input": {"xs": [1, 1, 3, 4]}} and cot.index("Undo step 2") < cot.index(
         "Undo step 1"
     )
-    slipped = codeio.narrate("output", "xs", [("reverse", 0)], [1, 2, 3], random.Random(0), 1.0)[1][
-        "output"
-    ]
+    slipped = code_teacher.narrate(
+        "output", "xs", [("reverse", 0)], [1, 2, 3], random.Random(0), 1.0
+    )[1]["output"]
     assert (
         slipped != [3, 2, 1] and sum(a != b for a, b in zip(slipped, [3, 2, 1])) == 1
     )  # one digit off
@@ -447,7 +456,7 @@ def test_trace_and_narrate_toy_code():  # hand-traced: sort [3, 1, 4, 1] -> [1, 
         _,
         forward,
         backward,
-    ) in codeio.TOY_STEPS.items():  # each undo gives a feasible input
+    ) in code_teacher.TOY_STEPS.items():  # each undo gives a feasible input
         for xs in ([3, 1, 4, 1], [8, 0, 2], [5, 5, 9, 0, 7]):
             ys = forward(list(xs), 2)
             assert forward(backward(list(ys), 2), 2) == ys, name
@@ -467,7 +476,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
         ]
     messages = [[{"role": "user", "content": s["prompt"]}] for s in samples]
     for slip, expect in ((0.0, {True}), (1.0, {False}), (0.3, {True, False})):
-        teacher = codeio.StandInTeacher(slip=slip, seed=0)
+        teacher = code_teacher.StandInTeacher(slip=slip, seed=0)
         groups = teacher.generate(messages, n=1, temperature=0.7, max_new_tokens=32)
         assert len(groups) == len(samples) and all(len(g) == 1 for g in groups)
         correct = {
@@ -475,7 +484,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
             for s, g in zip(samples, groups)
         }
         assert correct == expect, slip
-    teacher = codeio.StandInTeacher(slip=0.3, seed=0)
+    teacher = code_teacher.StandInTeacher(slip=0.3, seed=0)
     assert teacher.generate(messages[:3], n=1) == teacher.generate(
         messages[:3], n=1
     )  # seeded by the conversation
@@ -487,10 +496,10 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
         {"role": "assistant", "content": wrong},
         {"role": "user", "content": "[Mismatch] ...\n\n" + REDO},
     ]
-    assert extract_json_answer(codeio.StandInTeacher(slip=0.5).answer(turn)) != {
+    assert extract_json_answer(code_teacher.StandInTeacher(slip=0.5).answer(turn)) != {
         "output": [4, 4, 6, 7]
     }
-    # code it cannot trace: it says so and guesses; a rewrite request gets a refusal the parser rejects
+    # code it cannot trace: it says so and guesses; a rewrite request gets a refusal (rejected)
     josephus = parse_unified_file((ROOT / "data/codeio_corpus/josephus.py").read_text())
     guess = teacher.answer(
         [
@@ -523,22 +532,55 @@ def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
     ]
 
     def step(model, optimizer, micro):
-        monkeypatch.setattr(
-            codeio, "make_optimizer", lambda *a, **k: optimizer
-        )  # the helper's plain SGD
+        # the helper's plain SGD
+        monkeypatch.setattr(codeio, "make_optimizer", lambda *a, **k: optimizer)
         args = codeio.Args(batch_size=5, micro_batch_size=micro, save_every=10**6, max_length=64)
-        codeio.run_sft(
-            model,
-            tok,
-            examples,
-            args,
-            Dist(),
-            MetricsLogger(tmp_path),
-            "s1",
-            1.0,
-            1,
-            tmp_path / f"ckpt{micro}",
-            "constant",
-        )
+        p = codeio.Pipeline(args, ["sft"], tmp_path / f"run{micro}", Dist(), tokenizer=tok)
+        codeio.run_sft(p, model, examples, MetricsLogger(tmp_path), "stage1", 1.0, steps=1)
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
+
+
+def _per_rank(notes: str) -> list[int]:
+    return json.loads(notes.split("sandbox jobs per rank ")[1].split("]")[0] + "]")
+
+
+def test_torchrun_ranks_share_the_sandbox_work(tmp_path, run_cmd, torchrun_cmd):
+    """Issue #16: under torchrun each rank runs its own share of the I/O runs and of the answer
+    checks (rows strided by rank) and the results are gathered: the two shares are non-empty and
+    add up to the total, and the records equal a one-process run's, line for line."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    names = (
+        "digits_sort_add3",
+        "digits_reverse_add1",
+        "digits_even_rotate",
+        "josephus",
+        "dice_game",
+    )
+    for name in names:
+        shutil.copy(ROOT / f"data/codeio_corpus/{name}.py", corpus)
+    flags = [
+        "codeio.py",
+        "--corpus",
+        str(corpus),
+        "--stages",
+        "rewrite,io,prompts,cot,verify,revise",
+    ]
+    flags += ["--sandbox_workers", "1", "--generation_batch_size", "8"]
+    run_cmd([*torchrun_cmd, *flags, "--output_dir", str(tmp_path / "two")], timeout=600)
+    run_cmd([sys.executable, *flags, "--output_dir", str(tmp_path / "one")], timeout=600)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    stages = {row["stage"]: row for row in summary["stages"]}
+    revise = [json.loads(x) for x in (tmp_path / "two" / "revise.jsonl").read_text().splitlines()]
+    totals = {
+        "io": stages["io"]["in"],
+        "verify": stages["verify"]["out"],
+        "revise": sum(r["turn_2"] is not None for r in revise),
+    }
+    assert totals["io"] == len(names) and totals["verify"] > 0 and totals["revise"] > 0
+    for stage, total in totals.items():
+        shares = _per_rank(stages[stage]["notes"])
+        assert len(shares) == 2 and min(shares) > 0 and sum(shares) == total, (stage, shares)
+    for name in ("io.jsonl", "verify.jsonl", "revise.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text(), name
