@@ -5,11 +5,11 @@ code it did not write should go through here. The module imports only the standa
 its own source is what the zygote process runs (`python -I -c <this file> --zygote CONFIG`).
 
 How it works
-    Sandbox(workers=N) starts N zygotes. Each imports the `preload` modules (numpy, json, ...) once and
-    then serves one job at a time: it forks a child per job, waits for it with a wall-clock deadline,
-    kills everything the job left, and reports how the child ended. The zygote never reads a job:
-    the parent writes the job (code, stdin, arguments) into a memfd and passes it, together with
-    memfds for stdout, stderr and the return value, over a socket (SCM_RIGHTS); only the forked
+    Sandbox(workers=N) starts N zygotes. Each imports the `preload` modules (numpy, json, ...) once
+    and then serves one job at a time: it forks a child per job, waits for it with a wall-clock
+    deadline, kills everything the job left, and reports how the child ended. The zygote never reads
+    a job: the parent writes the job (code, stdin, arguments) into a memfd and passes it, together
+    with memfds for stdout, stderr and the return value, over a socket (SCM_RIGHTS); only the forked
     child reads it. So every job starts from a zygote that has never held any job's code or output,
     and the parent reads the outputs itself. Forking a warm zygote costs milliseconds instead of a
     fresh interpreter plus imports (bench/sandbox.py measures it). A zygote that dies or stops
@@ -27,11 +27,11 @@ Full isolation (the default; `Sandbox.isolation["level"] == "full"`)
     - Namespaces: user (ordinary user only), PID (the zygote is PID 1: a job cannot signal it, and
       when it dies the kernel kills every job process; close() waits for that), mount, IPC, network
       (empty: no interface but a down loopback), UTS, cgroup.
-    - Files: a new root that is read-only: /usr, /etc, /bin, /lib*, /sbin and the Python installation
-      (its prefix, base prefix and site-packages) bound read-only; nothing else of the host (no /home,
-      /root, /run, /var, /work, the repository, or host /tmp). Writable: /tmp and /dev/shm, private
-      tmpfs of `tmpfs_mb` each, emptied after every job, and /dev/mqueue (queues removed after every
-      job). A fresh /proc shows only the zygote and the job's own processes.
+    - Files: a new root that is read-only: /usr, /etc, /bin, /lib*, /sbin and the Python
+      installation (its prefix, base prefix and site-packages) bound read-only; nothing else of the
+      host (no /home, /root, /run, /var, /work, the repository, or host /tmp). Writable: /tmp and
+      /dev/shm, private tmpfs of `tmpfs_mb` each, emptied after every job, and /dev/mqueue (queues
+      removed after every job). A fresh /proc shows only the zygote and the job's own processes.
     - Seccomp (a BPF filter built by libseccomp, loaded by bwrap for the zygote and every job):
       refuses new namespaces (clone/unshare/setns), clone3 (ENOSYS, so libc falls back to clone),
       AF_UNIX sockets (path sockets on bound files are unreachable), ptrace and
@@ -43,14 +43,14 @@ Full isolation (the default; `Sandbox.isolation["level"] == "full"`)
     - Processes: each job runs in its own session; after it ends the zygote (PID 1) kills every
       other process of the namespace (kill(-1)), reaps them, and removes every SysV shared-memory
       segment, semaphore set and message queue of the IPC namespace.
-    - Limits: RLIMIT_CPU (cpu_time), wall clock (timeout, SIGKILL), RLIMIT_AS (memory_mb on top of the
-      zygote's own address space), RLIMIT_FSIZE (max_output bytes per file, also bounds stdout,
+    - Limits: RLIMIT_CPU (cpu_time), wall clock (timeout, SIGKILL), RLIMIT_AS (memory_mb on top of
+      the zygote's own address space), RLIMIT_FSIZE (max_output bytes per file, also bounds stdout,
       stderr and the result), RLIMIT_NPROC (max_processes), RLIMIT_NOFILE, RLIMIT_CORE=0; the
       environment is empty.
     Not isolated: the kernel (exploits, CPU caches, timing side channels); memory is bounded per
-    process by RLIMIT_AS, not by a cgroup (a job may hold max_processes x memory_mb until the sweep);
-    the files bound read-only (/usr, /etc, the Python installation) can be read; a job can kill
-    itself or spend its own time but cannot see, signal or outlive other jobs.
+    process by RLIMIT_AS, not by a cgroup (a job may hold max_processes x memory_mb until the
+    sweep); the files bound read-only (/usr, /etc, the Python installation) can be read; a job can
+    kill itself or spend its own time but cannot see, signal or outlive other jobs.
 
 Weaker isolation (only with `allow_weaker=True`; `isolation["missing"]` names what is absent)
     Where bubblewrap, unprivileged user namespaces or libseccomp are unavailable, Sandbox() raises
@@ -711,7 +711,9 @@ class Sandbox:
                     if not plan["bwrap"] or index > 0:
                         raise
                     if not allow_weaker:
-                        raise SandboxUnavailable(_unavailable_message(["user namespaces"], error))
+                        raise SandboxUnavailable(
+                            _unavailable_message(["user namespaces"], error)
+                        ) from error
                     plan["bwrap"] = False
                     missing.append("user namespaces")
                     config["bwrap"] = False
@@ -826,7 +828,8 @@ def call_function(
     timeout: float = 5.0,
     **sandbox_kwargs,
 ) -> ExecResult:
-    """One-off helper: `func_name(**kwargs)` from `code` in `sandbox` (or a temporary 1-worker one)."""
+    """One-off helper: `func_name(**kwargs)` from `code` in `sandbox` (or a temporary 1-worker
+    one)."""
     if sandbox is not None:
         return sandbox.call(code, func_name, kwargs_json, timeout=timeout)
     with Sandbox(workers=1, timeout=timeout, **sandbox_kwargs) as temporary:

@@ -51,7 +51,8 @@ def test_each_candidate_input_runs_main_solution_once(sandbox):
     """The n-th call returns n: with one call per candidate the outputs are 1, 2, 3, ... (two calls
     per candidate would give 2, 4, 6, ...)."""
     counting = {
-        "main_code": "calls = []\ndef main_solution(x):\n    calls.append(x)\n    return len(calls)",
+        "main_code": "calls = []\ndef main_solution(x):\n"
+        "    calls.append(x)\n    return len(calls)",
         "generator_code": "def input_generator():\n    return {'x': random.randint(0, 10 ** 9)}",
     }
     args = codeio.Args(max_generator_calls=5, max_pairs=10, io_recheck=False)
@@ -60,7 +61,8 @@ def test_each_candidate_input_runs_main_solution_once(sandbox):
     assert result.ok, result
     assert [pair["output"] for pair in result.value["pairs"]] == [1, 2, 3, 4, 5]
     assert result.value["stats"] == {"kept": 5}
-    # --io_recheck (default): the 5 kept inputs run once more (calls 6..10 disagree -> nondeterministic)
+    # --io_recheck (default): the 5 kept inputs run once more (calls 6..10 disagree ->
+    # nondeterministic)
     code, kwargs = codeio.io_job(counting, codeio.Args(max_generator_calls=5, max_pairs=10), seed=3)
     rechecked = sandbox.call(code, "collect_io_pairs", kwargs, timeout=30)
     assert [p["output"] for p in rechecked.value["pairs"]] == [1, 2, 3, 4, 5]
@@ -68,7 +70,8 @@ def test_each_candidate_input_runs_main_solution_once(sandbox):
 
 
 class BrokenSandbox:
-    """A sandbox whose worker died under every call: an infrastructure failure, not the program's."""
+    """A sandbox whose worker died under every call: an infrastructure failure, not the
+    program's."""
 
     def call(self, *args, **kwargs):
         return ExecResult(
@@ -96,8 +99,9 @@ def test_sandbox_failure_is_neither_scored_nor_shown_to_the_model():
 
 
 def test_verify_and_revise_skip_sandbox_failures(tmp_path, monkeypatch):
-    """The verify stage writes no record for a sandbox failure (a rerun retries it), the revise stage
-    gives it no second turn, and the summary says how many there were and how isolated the code is."""
+    """The verify stage writes no record for a sandbox failure (a rerun retries it), the revise
+    stage gives it no second turn, and the summary says how many there were and how isolated the
+    code is."""
     out = tmp_path / "run"
     out.mkdir()
     pair = {"input": {"n": 61, "m": 4}, "output": 38}
