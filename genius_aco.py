@@ -232,9 +232,7 @@ def choose_pair(
         return chosen, int(torch.argmin(f))
     others = probs.double().clone()
     others[chosen] = 0.0
-    if (
-        rule == "uniform" or others.sum() <= 0
-    ):  # all but the winner underflowed: uniform is the limit
+    if rule == "uniform" or others.sum() <= 0:  # (all but the winner underflowed: the limit)
         others = torch.ones_like(others)
         others[chosen] = 0.0
     elif rule != "paper":
@@ -255,32 +253,17 @@ def aco_weight(
     raise ValueError(f"--clamp must be 'paper' or 'code', got {clamp!r}")
 
 
-def aco_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    ref_chosen_logps,
-    ref_rejected_logps,
-    adv_chosen,
-    adv_rejected,
-    beta: float = 0.1,
-    alpha: float = 1.0,
-    clamp: str = "paper",
-) -> torch.Tensor:
+def aco_loss(pol_c, pol_r, ref_c, ref_r, adv_c, adv_r, beta=0.1, alpha=1.0, clamp="paper"):
     """ACO loss per pair: -log sigmoid(beta * Delta_w - beta * w * Delta_l), Delta = log pi_theta -
-    log pi_ref summed over response tokens. A_l <= A_w (paper) or alpha -> inf gives w = 1: DPO."""
-    w = aco_weight(adv_chosen, adv_rejected, alpha, clamp)  # (B,) detached
-    delta_w = policy_chosen_logps - ref_chosen_logps  # (B,)
-    delta_l = policy_rejected_logps - ref_rejected_logps  # (B,)
-    return -F.logsigmoid(beta * delta_w - beta * w * delta_l)
+    log pi_ref summed over response tokens (c = chosen = w, r = rejected = l; all (B,)).
+    A_l <= A_w (paper) or alpha -> inf gives w = 1, i.e. DPO."""
+    w = aco_weight(adv_c, adv_r, alpha, clamp)  # (B,) detached
+    return -F.logsigmoid(beta * (pol_c - ref_c) - beta * w * (pol_r - ref_r))
 
 
-def dpo_loss(
-    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1
-) -> torch.Tensor:
+def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=0.1):
     """The DPO baseline of the paper's loss ablation: -log sigmoid(beta * (Delta_w - Delta_l))."""
-    delta_w = policy_chosen_logps - ref_chosen_logps  # (B,)
-    delta_l = policy_rejected_logps - ref_rejected_logps  # (B,)
-    return -F.logsigmoid(beta * (delta_w - delta_l))
+    return -F.logsigmoid(beta * ((pol_c - ref_c) - (pol_r - ref_r)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,7 +416,7 @@ def encode_response(tok, query: str, response: str, max_length: int) -> tuple[li
     return p_ids, r_ids[: max(1, max_length - len(p_ids))]
 
 
-def chat_prompt(tok, query: str, prefill: str = "") -> str:
+def chat_prompt(query: str, tok, prefill: str = "") -> str:
     """The user turn through the chat template, then the assistant pre-fill."""
     return render_prompt(tok, [{"role": "user", "content": query}]) + prefill
 
@@ -444,7 +427,7 @@ def heldout_accuracy(model, tok, rows, args, dist_info) -> dict:
     evaluates at T = 1.0)."""
     sampler = HFSampler(model, tok)
     mine = rows[dist_info.rank :: dist_info.world_size]
-    prompts = [chat_prompt(tok, r[args.query_field], args.prefill) for r in mine]
+    prompts = [chat_prompt(r[args.query_field], tok, args.prefill) for r in mine]
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled_T1", 1.0)):
         comps = generate_local(
@@ -522,7 +505,7 @@ def sample_stage(args, dist_info, model_path, tok, query_rows, pairs_path):
         chunk_seed = args.seed + 1000 * chunk + dist_info.rank
         seed_everything(chunk_seed)
         generator = torch.Generator().manual_seed(chunk_seed)
-        prompts = [chat_prompt(tok, q) for _, q in part]
+        prompts = [chat_prompt(q, tok) for _, q in part]
         ids, queries = [i for i, _ in part], [q for _, q in part]
         found = foresight_search(sampler, prompts, ids, queries, args, generator)
         gathered = all_gather_object(found)  # every rank joins; rank 0 writes
@@ -629,21 +612,12 @@ def pair_losses(args, pol_c, pol_r, ref, adv) -> tuple[torch.Tensor, torch.Tenso
 
 def summarize(stats: torch.Tensor, prefix: str) -> dict:
     """(n, 5) stats rows of pair_losses -> the logged metrics."""
-    loss, lc, lr_, margin, w = stats.double().unbind(1)
-    q = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-    return {
-        f"{prefix}/loss": loss.mean().item(),
-        f"{prefix}/logratio_chosen": lc.mean().item(),
-        f"{prefix}/logratio_rejected": lr_.mean().item(),
-        f"{prefix}/margin": margin.mean().item(),
-        f"{prefix}/reward_accuracy": (margin > 0).double().mean().item(),
-        f"{prefix}/w_mean": w.mean().item(),
-        f"{prefix}/w_p10": q[0].item(),
-        f"{prefix}/w_p50": q[1].item(),
-        f"{prefix}/w_p90": q[2].item(),
-        f"{prefix}/w_frac_below_1": (w < 1).double().mean().item(),
-        f"{prefix}/w_frac_above_1": (w > 1).double().mean().item(),
-    }
+    loss, lc, lr_, margin, w = stats.double().unbind(1)  # (n,) each
+    p10, p50, p90 = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    values = dict(loss=loss, logratio_chosen=lc, logratio_rejected=lr_, margin=margin)
+    values.update(reward_accuracy=(margin > 0).double(), w_mean=w, w_p10=p10, w_p50=p50)
+    values.update(w_p90=p90, w_frac_below_1=(w < 1).double(), w_frac_above_1=(w > 1).double())
+    return {f"{prefix}/{k}": v.mean().item() for k, v in values.items()}
 
 
 def evaluate_pairs(model, tok, encoded, eval_idx, ref, adv, args, dist_info) -> dict:
@@ -657,15 +631,11 @@ def evaluate_pairs(model, tok, encoded, eval_idx, ref, adv, args, dist_info) -> 
 
 def weight_spread(w: torch.Tensor) -> dict:
     """How far ACO departs from DPO on these pairs: the distribution of w (DPO: w = 1)."""
-    q = torch.quantile(w.double(), torch.tensor([0.1, 0.5], dtype=torch.float64))
-    stats = {
-        "mean": w.mean(),
-        "min": w.min(),
-        "p10": q[0],
-        "p50": q[1],
-        "frac_below_1": (w < 1).double().mean(),
-        "frac_above_1": (w > 1).double().mean(),
-    }
+    p10, p50 = torch.quantile(w.double(), torch.tensor([0.1, 0.5], dtype=torch.float64))
+    below, above = (w < 1).double().mean(), (w > 1).double().mean()
+    stats = dict(
+        mean=w.mean(), min=w.min(), p10=p10, p50=p50, frac_below_1=below, frac_above_1=above
+    )
     return {k: round(v.item(), 4) for k, v in stats.items()}
 
 
@@ -728,10 +698,11 @@ def base_model_path(args, dist_info) -> str:
     """--model, or the toy base (rank 0 builds it once; the others wait, then read the cache)."""
     if args.model:
         return args.model
+    build = partial(toy_base_model, args.toy_warmstart_steps, args.prefill, encode_response)
     if dist_info.is_main:
-        toy_base_model(args.toy_warmstart_steps, args.prefill, encode_response)
+        build()
     barrier()
-    return toy_base_model(args.toy_warmstart_steps, args.prefill, encode_response)
+    return build()
 
 
 def main(args: Args):
@@ -820,14 +791,10 @@ def eval_only(args: Args, suite):
     model_path = args.model or toy_base_model(
         args.toy_warmstart_steps, args.prefill, encode_response
     )
-    prompt = partial(eval_prompt, prefill=args.prefill)
+    prompt = partial(chat_prompt, prefill=args.prefill)
     evaluate_model(
         suite, model_path, prompt, args.sampler, args.output_dir, args.seed, is_toy=not args.model
     )
-
-
-def eval_prompt(query: str, tok, prefill: str) -> str:
-    return chat_prompt(tok, query, prefill)
 
 
 if __name__ == "__main__":
