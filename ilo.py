@@ -1,43 +1,34 @@
-"""ILO: Interlingual Local Overlap, and single-language fine-tuning with frozen early layers
-(docs/ilo.md).
+"""ILO: Interlingual Local Overlap; one-language fine-tuning with frozen layers (docs/ilo.md).
 
 Paper: "High-Dimensional Interlingual Representations of Large Language Models" (Wilie,
 Cahyawijaya, He, Fung; SIGTYP@ACL 2025; arXiv 2503.11280). Released code: HLTCHKUST/interlingua.
 
 Idea: pool every sentence's mean hidden state (per layer) from many languages, look at each
 point's k nearest neighbours (cosine distance), and ask, per language, how often its points sit
-among other languages (Bridge) and how many other languages they reach at all (Reach). ILO is
-their harmonic mean. It is defined over pooled neighbourhoods and language labels only, not over
-pairwise overlaps or translation identity. The paper finds that fine-tuning on one language
-lowers ILO in the early layers, and that freezing those layers keeps it and helps cross-lingual
-generalisation.
-
-This script: (1) representations of a FLORES-style parallel corpus at every layer (0 =
-embeddings), (2) `ilo_scores` per layer, (3) single-language fine-tuning without and with
-`--freeze_first N`, ILO measured before and after, plus perplexity on the other languages as the
-cross-lingual check.
+among other languages (Bridge) and how many other languages they reach at all (Reach); ILO is
+their harmonic mean, defined over pooled neighbourhoods and language labels only. The paper finds
+that fine-tuning on one language lowers ILO in the early layers, and that freezing those layers
+keeps it and helps cross-lingual generalisation. This script measures ILO at every layer (0 =
+embeddings) of a base model, fine-tunes it on one language without and with `--freeze_first N`,
+and measures ILO and the other languages' held-out perplexity after each.
 
 Departures:
-- `--freeze_first N` (default `--freeze_style paper`) freezes the embeddings and blocks 0..N-1
-  only: the paper's "freezing the early layers". The released `selective_grad_freeze(model,
+- `--freeze_first N` (default `--freeze_style paper`) freezes the embeddings and blocks 0..N-1:
+  the paper's "freezing the early layers". The released `selective_grad_freeze(model,
   n_first=8)` (src/param_freeze.py) differs twice: its docstring says "the first 8 layers, the
   token embedding, final layer normalization, and the language modeling head", and its code
   freezes blocks 0..8 (N+1 blocks) plus those three; `--freeze_style code` does what the code does.
-- `--max_length` (default 256 tokens) cuts longer sentences, for the ILO vectors and the
-  fine-tuning; the run prints how many it cut. The released get_ilo.py never cuts.
-- Held-out evaluation: ILO and perplexity use sentences never fine-tuned on. Real data: each
-  language's first `--eval_sentences` (default half) are measured, the rest fine-tune (the
-  paper's fine-tuning data is not stated). So with `--data_split dev` ILO uses 498 of the 997
-  FLORES dev sentences per language by default (the paper: all 997).
-- The fine-tuning hyperparameters (steps, lr, batch) are ours: the paper states none.
-- The released code assumes exactly 997 rows per language in order; any number per language
-  works here (ILO only needs labels).
-- Model-level curves average ILO over languages (the released code writes per-language tables).
-- The offline default (common/toy_languages.py) is a synthetic parallel corpus (one grammar in six
-  made-up languages with their own verbs, adjectives and word orders; names, numbers and nouns
-  shared) and a tiny 8-layer LM trained on monolingual sentences, translation pairs and
-  code-switched sentences, so that there is interlingual structure to measure. Its ILO drop shows
-  in the layers above the frozen ones, not in layers 0-2 (see docs/ilo.md).
+- `--max_length` (256 tokens) cuts longer sentences for the ILO vectors and the fine-tuning, and
+  the run prints how many it cut; the released get_ilo.py never cuts.
+- ILO and perplexity are measured on sentences never fine-tuned on: each language's first
+  `--eval_sentences` (default half; so 498 of the 997 FLORES dev sentences, the paper uses all)
+  are measured, the rest fine-tune. The paper states no fine-tuning data or hyperparameters:
+  steps, lr and batch are ours.
+- Any number of sentences per language works (the released code assumes 997, in order); curves
+  average ILO over languages (the released code writes per-language tables only).
+- The offline default (common/toy_languages.py): one grammar in six made-up languages and a tiny
+  8-layer LM trained on monolingual, translated and code-switched sentences, so that there is
+  interlingual structure to measure; its ILO drop shows above the frozen layers (docs/ilo.md).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win;
 --print_config shows the effective configuration without loading anything):
@@ -95,14 +86,8 @@ class Args:
     # generic
     seed: int = arg(0, "random seed")
     output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
-    model: str = arg(
-        "",
-        "hub id or folder (the paper: meta-llama/Meta-Llama-3.1-8B); '' = tiny offline 8-layer LM "
-        "warm-started on the toy languages",
-    )
-    dtype: Literal["auto", "float32", "bfloat16"] = arg(
-        "auto", "dtype of the measured base model (fine-tuned copies train fp32 masters)"
-    )
+    model: str = arg("", "hub id or folder (the paper: Llama-3.1-8B); '' = the toy's 8-layer LM")
+    dtype: Literal["auto", "float32", "bfloat16"] = arg("auto", "dtype of the measured base model")
     data: str = arg("", "FLORES-200 / FLORES+ folder or hub id, or a rows file; '' = the toy")
     data_split: Literal["dev", "devtest"] = arg("dev", "FLORES split (997 / 1012 per language)")
     text_field: str = arg("text", "field of a rows file holding the sentence")
@@ -110,38 +95,26 @@ class Args:
     languages: str = arg("", "comma-separated subset; '' = all found")
     max_sentences: int = arg(0, "sentences per language for ILO; 0 = all of the evaluation set")
     eval_sentences: int = arg(
-        0,
-        "real data: each language's first N sentences are held out for ILO and perplexity, "
-        "the rest are the fine-tuning text; 0 = half",
+        0, "real data: first N per language measured, rest fine-tune; 0 = half"
     )
     batch_size: int = arg(32, "sentences per forward pass")
-    max_length: int = arg(
-        256, "longest sentence in tokens (ILO vectors, fine-tuning); longer ones are cut, counted"
-    )
+    max_length: int = arg(256, "longest sentence in tokens; longer ones are cut (and counted)")
     # ILO (released src/ilo.py)
     k: int = arg(5, "nearest neighbours per point; paper: 5 (released src/ilo.py)")
     t: int = arg(3, "other languages a point must reach to count for Bridge; paper: 3")
     # single-language fine-tuning
     finetune_language: str = arg("", "language to fine-tune on; '' = the first language")
     freeze_first: int = arg(
-        2,
-        "freeze the embeddings + this many first blocks (compared with no freezing); toy 2; "
-        "paper: 8 (released selective_grad_freeze(n_first=8), the README's best setting)",
+        2, "blocks frozen with the embeddings; toy 2; paper: 8 (released selective_grad_freeze)"
     )
     freeze_style: Literal["paper", "code"] = arg(
-        "paper",
-        "paper = embeddings + blocks 0..N-1 (the paper's wording); code = embeddings + "
-        "blocks 0..N + final norm + lm_head (released selective_grad_freeze)",
+        "paper", "paper: embeddings + blocks 0..N-1 | code: + block N, final norm, lm_head"
     )
     finetune_steps: int = arg(60, "fine-tuning optimizer steps per condition")
     finetune_lr: float = arg(3e-3, "constant fine-tuning LR; toy 3e-3; paper preset: 1e-5")
     finetune_batch: int = arg(16, "sentences per fine-tuning step, all ranks")
-    micro_batch_size: int = arg(
-        0, "sentences per forward/backward per rank; 0 = the rank's batch; paper preset: 1"
-    )
-    gradient_checkpointing: bool = arg(
-        False, "recompute decoder layers in the backward pass; paper preset: True"
-    )
+    micro_batch_size: int = arg(0, "sentences per forward per rank; 0 = all; paper preset: 1")
+    gradient_checkpointing: bool = arg(False, "recompute layers in backward; paper preset: True")
     ckpt_every: int = arg(50, "checkpoint every N fine-tuning steps")
     resume: bool = arg(False, "continue the fine-tuning runs from their checkpoints")
     track: bool = arg(False, "log to Weights & Biases")
@@ -159,9 +132,8 @@ PAPER = dict(
 
 def derived(args, world_size: int) -> dict:
     """Per-rank sentences of a fine-tuning step; raises naming the flag."""
-    return dict(
-        finetune_sentences_per_rank=per_rank(args.finetune_batch, world_size, "--finetune_batch")
-    )
+    n = per_rank(args.finetune_batch, world_size, "--finetune_batch")
+    return dict(finetune_sentences_per_rank=n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,9 +162,7 @@ def knn_indices(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
     return out
 
 
-def ilo_scores(
-    embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 3
-) -> dict[str, dict[str, float]]:
+def ilo_scores(embeddings: torch.Tensor, langs: list[str], k: int = 5, t: int = 3) -> dict:
     """Per-language Bridge, Reach and ILO of one layer's pooled sentence vectors (N, D).
 
     O(i) = languages of i's k nearest neighbours, minus lang(i).
@@ -220,28 +190,24 @@ def ilo_scores(
 # sentence's tokens, l = 0 (embeddings) .. L
 
 
-@torch.no_grad()
-def mean_pooled_states(
-    model, tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 256
-) -> torch.Tensor:
-    """(L+1, N, D) mean hidden state per layer and sentence; padding masked out.
+def right_padded(tokenizer, texts: list[str], device, max_length: int | None = None):
+    """A right-padded batch (input_ids, attention_mask: (B, T)), cut at max_length if given.
+    Right padding keeps every real token's position and causal attention as in an unpadded run."""
+    cut = dict(truncation=True, max_length=max_length) if max_length else {}
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", **cut)
+    return enc.to(device)
 
-    Right padding keeps every real token's position and (causal) attention identical to an
-    unpadded run. BOS is included when the tokenizer adds one (Llama), as in the released code.
-    """
+
+@torch.no_grad()
+def mean_pooled_states(model, tokenizer, sentences: list[str], batch_size=32, max_length=256):
+    """(L+1, N, D) mean hidden state per layer and sentence; padding masked out. BOS is included
+    when the tokenizer adds one (Llama), as in the released code."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     chunks = []
     for start in range(0, len(sentences), batch_size):
-        enc = tokenizer(
-            sentences[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=max_length,
-        ).to(device)
+        enc = right_padded(tokenizer, sentences[start : start + batch_size], device, max_length)
         hidden = model(**enc, output_hidden_states=True).hidden_states  # L+1 tensors of (B, T, D)
         mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
         pooled = [(h.float() * mask).sum(1) / mask.sum(1) for h in hidden]  # L+1 x (B, D)
@@ -277,12 +243,8 @@ def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 32) -> 
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(sentences), batch_size):
-        enc = tokenizer(
-            [s + tokenizer.eos_token for s in sentences[start : start + batch_size]],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-        ).to(device)
+        texts = [s + tokenizer.eos_token for s in sentences[start : start + batch_size]]
+        enc = right_padded(tokenizer, texts, device)
         mask = enc["attention_mask"]
         n = mask[:, 1:].sum().item()
         total_nll += sft_loss(model, enc["input_ids"], mask, mask).item() * n
@@ -299,9 +261,8 @@ FLORES_ROW_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")  # FLORES+: <split
 
 
 def _flores_text(where: str, row: dict, text_field: str) -> str:
-    text = row.get(
-        text_field, row.get("sentence")
-    )  # FLORES+ calls it `text`, facebook/flores `sentence`
+    """The sentence of a row: FLORES+ calls it `text`, facebook/flores `sentence`."""
+    text = row.get(text_field, row.get("sentence"))
     if not isinstance(text, str) or not text.strip():
         raise DataError(
             f"{where}: field {text_field!r} (or 'sentence') is missing or empty (see --text_field)"
@@ -309,9 +270,27 @@ def _flores_text(where: str, row: dict, text_field: str) -> str:
     return text.strip()
 
 
-def load_flores(
-    source: str, split: str, languages: list[str], text_field: str = "text"
-) -> list[dict]:
+def load_flores_hub(source: str, split: str, languages: list[str], text_field: str) -> list[dict]:
+    """{lang, text} rows of a hub data set with one config per language, ordered by `id`."""
+    if not languages:
+        raise ValueError(f"--data {source}: a hub data set needs --languages (one config each)")
+    import datasets
+
+    rows = []
+    for lang in languages:
+        try:
+            ds = datasets.load_dataset(source, lang, split=split)
+        except Exception as e:  # offline, gated, unknown language or split: say which
+            raise DataError(
+                f"could not load {source!r} language {lang!r} split {split!r}: {e}"
+            ) from e
+        for i, r in enumerate(sorted(ds, key=lambda r: r.get("id", 0))):
+            where = f"{source}[{lang}/{split}] row {i}"
+            rows.append({"lang": lang, "text": _flores_text(where, dict(r), text_field)})
+    return rows
+
+
+def load_flores(source: str, split: str, languages: list[str], text_field="text") -> list[dict]:
     """{lang, text} rows of FLORES-200 / FLORES+ in their release layouts, `split` = dev or devtest:
     - a folder with one file per language, `<lang>.dev|.devtest|.txt` (FLORES-200 tarball) or
       `<lang>.parquet|.jsonl` rows with `text` (FLORES+), directly or under `<split>/`;
@@ -320,51 +299,23 @@ def load_flores(
       `sentence`): `--languages` names the configs to load."""
     path = Path(source)
     if not path.is_dir():
-        if not languages:
-            raise ValueError(
-                f"--data {source}: a hub data set needs --languages (one config per language)"
-            )
-        import datasets
-
-        rows = []
-        for lang in languages:
-            try:
-                ds = datasets.load_dataset(source, lang, split=split)
-            except Exception as e:  # offline, gated, unknown language or split: say which
-                raise DataError(
-                    f"could not load {source!r} language {lang!r} split {split!r}: {e}"
-                ) from e
-            ordered = sorted(ds, key=lambda r: r.get("id", 0))
-            rows += [
-                {
-                    "lang": lang,
-                    "text": _flores_text(f"{source}[{lang}/{split}] row {i}", dict(r), text_field),
-                }
-                for i, r in enumerate(ordered)
-            ]
-        return rows
+        return load_flores_hub(source, split, languages, text_field)
     folder = path / split if (path / split).is_dir() else path
     rows = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix in FLORES_TEXT_SUFFIXES:
             lines = p.read_text(encoding="utf-8").splitlines()
             rows += [{"lang": p.stem, "text": line.strip()} for line in lines if line.strip()]
-        elif p.is_file() and p.suffix in FLORES_ROW_SUFFIXES:
+            continue
+        if p.is_file() and p.suffix in FLORES_ROW_SUFFIXES:
+            files, lang = [p], p.stem
+        elif p.is_dir():  # a hub snapshot: <lang>/<split>*.parquet
+            files, lang = sorted(f for f in p.iterdir() if is_split_file(f, split)), p.name
+        else:
+            continue
+        for f in files:
             rows += [
-                {"lang": p.stem, "text": _flores_text(where, r, text_field)}
-                for where, r in load_located_rows(str(p))
-            ]
-        elif p.is_dir() and (
-            files := sorted(
-                f
-                for f in p.iterdir()
-                if f.suffix in FLORES_ROW_SUFFIXES
-                and (f.stem == split or f.stem.startswith(split + "-"))
-            )
-        ):
-            rows += [
-                {"lang": p.name, "text": _flores_text(where, r, text_field)}
-                for f in files
+                {"lang": lang, "text": _flores_text(where, r, text_field)}
                 for where, r in load_located_rows(str(f))
             ]
     if not rows:
@@ -373,6 +324,10 @@ def load_flores(
             f"directly or under {split}/)"
         )
     return rows
+
+
+def is_split_file(f: Path, split: str) -> bool:
+    return f.suffix in FLORES_ROW_SUFFIXES and (f.stem == split or f.stem.startswith(split + "-"))
 
 
 def load_parallel(args: Args) -> tuple[list[dict], list[dict]]:
@@ -408,25 +363,24 @@ def split_held_out(rows: list[dict], n_eval: int) -> tuple[list[dict], list[dict
     for lang, mine in by_lang.items():
         n = n_eval or len(mine) // 2
         if n >= len(mine):
-            raise ValueError(
-                f"--eval_sentences {n}: language {lang!r} has only {len(mine)} "
-                "sentences, none would be left for fine-tuning"
-            )
+            left = f"language {lang!r} has only {len(mine)} sentences, none left to fine-tune on"
+            raise ValueError(f"--eval_sentences {n}: {left}")
         eval_rows += mine[:n]
         ft_rows += mine[n:]
     return eval_rows, ft_rows
 
 
 def cap_per_language(rows: list[dict], n: int) -> list[dict]:
+    """Each language's first n rows (--max_sentences; 0 = all)."""
     if not n:
         return rows
-    seen: dict[str, int] = {}
-    out = []
+    position: dict[str, int] = {}
+    kept = []
     for r in rows:
-        if seen.get(r["lang"], 0) < n:
-            seen[r["lang"]] = seen.get(r["lang"], 0) + 1
-            out.append(r)
-    return out
+        position[r["lang"]] = position.get(r["lang"], 0) + 1
+        if position[r["lang"]] <= n:
+            kept.append(r)
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,23 +436,14 @@ def finetune(model, tok, texts: list[str], args: Args, dist_info, logger, tag: s
     n = min(args.finetune_batch, len(texts))
     for _ in range(start):  # replay the data stream to the checkpoint's position
         rng.sample(texts, n)
-    bar = tqdm(
-        range(start, args.finetune_steps), desc=f"fine-tune {tag}", disable=not dist_info.is_main
-    )
-    for step in bar:
+    steps = range(start, args.finetune_steps)
+    for step in tqdm(steps, desc=f"fine-tune {tag}", disable=not dist_info.is_main):
         batch = rng.sample(texts, n)
         batch = batch[dist_info.rank :: dist_info.world_size] or batch[:1]  # this rank's share
-        enc = tok(
-            [b + tok.eos_token for b in batch],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=args.max_length,
-        ).to(dist_info.device)
-        loss = finetune_backward(
-            model, enc["input_ids"], enc["attention_mask"], args.micro_batch_size
-        )
+        lines = [b + tok.eos_token for b in batch]
+        enc = right_padded(tok, lines, dist_info.device, args.max_length)
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T) each
+        loss = finetune_backward(model, ids, mask, args.micro_batch_size)
         opt.step()
         sched.step()
         opt.zero_grad()
@@ -541,9 +486,7 @@ def gathered_copy(model, like):
     return plain
 
 
-def ilo_claims(
-    results: dict, ppl: dict, ft_lang: str, n_frozen: int, margin: float = 0.01
-) -> list[dict]:
+def ilo_claims(results: dict, ppl: dict, ft_lang: str, n_frozen: int, margin=0.01) -> list:
     """The paper's findings as claims on this run: single-language fine-tuning lowers ILO, freezing
     the first n_frozen blocks keeps it, and freezing helps the other languages (held-out
     perplexity). ILO is averaged over the layers above the frozen ones (hidden states
@@ -589,10 +532,9 @@ def plot_ilo(curves: dict, path: Path):
 
 def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float, n_frozen: int):
     """Per-layer tables (CSV, JSONL), the printed curves and perplexities, the PNG, the claims."""
-    fields = ["condition", "layer", "lang", "bridge", "reach", "ilo"]
     rows = [{"condition": cond, **r} for cond, recs in results.items() for r in recs]
     with open(out / "ilo_per_layer.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))  # condition, layer, lang, B, R, ILO
         writer.writeheader()
         writer.writerows(rows)
     (out / "ilo_per_layer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -600,14 +542,9 @@ def report(results: dict, ppl: dict, ft_lang: str, out: Path, seconds: float, n_
     layers = list(next(iter(curves.values())))
     print0("\nMean ILO over languages, per layer (0 = embeddings):")
     print0(format_table([{"layer": i, **{c: curves[c][i] for c in curves}} for i in layers]))
-    print0(
-        f"\nPerplexity per language (fine-tuned on {ft_lang!r}; the others: cross-lingual check):"
-    )
-    print0(
-        format_table(
-            [{"condition": c, **{k: round(v, 2) for k, v in p.items()}} for c, p in ppl.items()]
-        )
-    )
+    print0(f"\nPerplexity per language (fine-tuned on {ft_lang!r}; others: cross-lingual check):")
+    table = [{"condition": c, **{k: round(v, 2) for k, v in p.items()}} for c, p in ppl.items()]
+    print0(format_table(table))
     plot_ilo(curves, out / "ilo_vs_layer.png")
     claims = ilo_claims(results, ppl, ft_lang, n_frozen)
     write_summary(out, claims, ilo_by_layer=curves, perplexity=ppl, seconds=round(seconds))
@@ -630,14 +567,10 @@ def main(args: Args):
     ilo_rows, ft_texts, ft_lang = prepare_data(args, tok)
     languages = sorted({r["lang"] for r in ilo_rows})
     held_out = {lang: [r["text"] for r in ilo_rows if r["lang"] == lang] for lang in languages}
-    resume_step = 0 if args.resume else None
-    logger = MetricsLogger(out, args.track, "ilo", asdict(args), resume_step=resume_step)
+    logger = MetricsLogger(out, args.track, "ilo", asdict(args), 0 if args.resume else None)
     # the base model, then single-language fine-tuning without and with the first blocks frozen
-    conditions = {
-        "base": None,
-        "finetune": 0,
-        f"finetune_freeze{args.freeze_first}": args.freeze_first,
-    }
+    frozen_name = f"finetune_freeze{args.freeze_first}"
+    conditions = {"base": None, "finetune": 0, frozen_name: args.freeze_first}
     results, ppl = {}, {}
     for name, freeze in conditions.items():
         model = base if freeze is None else copy.deepcopy(base)
