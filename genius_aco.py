@@ -95,20 +95,10 @@ class Args(VLLMArgs):
     # generic
     seed: int = arg(42, "random seed (the released code seeds its rejected draw with 42)")
     output_dir: str = arg("runs/genius_aco", "pairs, checkpoint, metrics.jsonl, curves.png")
-    model: str = arg(
-        "",
-        "hub id or folder (the paper: LLaMA3.1-8B-Instruct, Qwen2.5-3B/7B-Instruct); "
-        "'' = tiny offline model warm-started on the arithmetic toy",
-    )
-    data: str = arg(
-        "",
-        "queries: hub id or rows file (the paper: xufangzhi/Magpie_reasoning_150K_train or "
-        "xufangzhi/OpenHermes_48K_train); '' = toy arithmetic queries, answers hidden",
-    )
+    model: str = arg("", "hub id or folder (the paper: Llama-3.1-8B-Instruct); '' = the toy's")
+    data: str = arg("", "queries (the paper: xufangzhi/Magpie_reasoning_150K_train); '' = toy")
     query_field: str = arg("instruction", "field of --data holding the query")
-    eval_data: str = arg(
-        "", "rows with the query field and 'answer' for accuracy before/after; '' = the toy's"
-    )
+    eval_data: str = arg("", "rows with the query field and 'answer' for accuracy before/after")
     num_eval_queries: int = arg(64, "held-out toy queries for the accuracy before/after")
     num_queries: int = arg(128, "queries to search; toy 128; paper: 25000 (32K for OpenHermes)")
     stage: Literal["sample", "train", "all"] = arg("all", "sample pairs, train on them, or both")
@@ -129,13 +119,13 @@ class Args(VLLMArgs):
     max_foresight_tokens: int = arg(64, "max tokens of a rollout; toy 64; paper: 1024 (code)")
     max_completion_tokens: int = arg(64, "max tokens completing a beam; paper: 3000 (code)")
     step_value: Literal["foresight", "step"] = arg(
-        "foresight", "f from a rollout after the step, or ('w/o foresight' ablation) the step's own"
+        "foresight", "f of a rollout after the step (paper) | of the step ('w/o foresight')"
     )
     beam_selection: Literal["sample", "greedy"] = arg(
-        "sample", "re-sample beams from F (paper) or keep the top-M f ('w/o sampling' ablation)"
+        "sample", "beams re-sampled from F (paper) | the top-M f ('w/o sampling' ablation)"
     )
     rejected: Literal["paper", "uniform", "lowest"] = arg(
-        "paper", "rejected: from F without the winner | uniform (released code) | lowest f"
+        "paper", "from F without the winner (paper) | uniform (released code) | the lowest f"
     )
     queries_per_chunk: int = arg(16, "queries searched together per rank (batched generate)")
     # ACO (paper: "Advantage-Calibrated Optimization"; released aco_utils.py)
@@ -146,18 +136,14 @@ class Args(VLLMArgs):
     # training (paper: experimental setup, open-instruct DPO)
     lr: float = arg(1e-4, "learning rate, linear schedule; toy 1e-4; paper: 5e-7")
     batch_size: int = arg(16, "pairs per optimizer step, all ranks; toy 16; paper: 128")
-    micro_batch_size: int = arg(
-        4, "pairs per forward per rank; toy 4; paper preset: 2 (not stated)"
-    )
+    micro_batch_size: int = arg(4, "pairs per forward per rank; toy 4; paper preset: 2")
     epochs: int = arg(2, "passes over the pairs; toy 2; paper: 1")
     warmup_ratio: float = arg(0.1, "linear warmup share (paper: 0.1)")
     weight_decay: float = arg(0.0, "AdamW weight decay (paper: 0)")
     max_length: int = arg(1300, "max prompt + response tokens (paper: 1300)")
     max_grad_norm: float = arg(1.0, "gradient clipping (not stated in the paper)")
     gradient_checkpointing: bool = arg(False, "recompute layers in backward; paper preset: True")
-    eval_fraction: float = arg(
-        0.25, "share of queries whose pairs are held out; toy 0.25; paper preset: 0.01"
-    )
+    eval_fraction: float = arg(0.25, "share of queries held out; toy 0.25; paper preset: 0.01")
     eval_every: int = arg(5, "optimizer steps between held-out evaluations; paper preset: 50")
     save_every: int = arg(50, "optimizer steps between checkpoints")
     toy_warmstart_steps: int = arg(800, "SFT steps building the cached toy base (crisp at T = 1)")
