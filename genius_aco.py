@@ -32,6 +32,8 @@ Departures (from the paper and the released code):
   9. Toy (common/running_sums.py): a tiny Qwen2 warm-started on running-sum CoT whose demonstrator,
      when adding a 5, guesses more often than not; toy sizes and lr (help strings say 'toy');
      held-out accuracy before/after on toy queries with answers the search never sees.
+  10. Ours, not the paper's: gradient clipping at 1.0, held-out pairs (--eval_fraction) for the
+     eval metrics, and accuracy before/after on rows with answers (--eval_data or the toy's).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win;
 --print_config shows the effective configuration without loading anything):
@@ -706,7 +708,8 @@ def main(args: Args):
     if args.stage in ("sample", "all"):
         sample_stage(args, dist_info, model_path, tok, query_rows, pairs_path)
     if args.stage == "sample":
-        return cleanup_distributed()
+        cleanup_distributed()
+        return
     if not pairs_path.exists():
         raise FileNotFoundError(f"--pairs_file {pairs_path} does not exist: run --stage sample")
     # 2. the pairs, their step advantages, and the frozen reference (the initial model)
