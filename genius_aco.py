@@ -32,7 +32,7 @@ Departures (from the paper and the released code):
   9. Toy (common/running_sums.py): a tiny Qwen2 warm-started on running-sum CoT whose demonstrator,
      when adding a 5, guesses more often than not; toy sizes and lr (help strings say 'toy');
      held-out accuracy before/after on toy queries with answers the search never sees.
-  10. Ours, not the paper's: gradient clipping at 1.0, held-out pairs (--eval_fraction) for the
+ 10. Ours, not the paper's: gradient clipping at 1.0, held-out pairs (--eval_fraction) for the
      eval metrics, and accuracy before/after on rows with answers (--eval_data or the toy's).
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win;
