@@ -38,12 +38,15 @@ Departures (from the paper and the released code):
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win;
 --print_config shows the effective configuration without loading anything):
   CPU toy:  python genius_aco.py
-  1 GPU:    python genius_aco.py --stage sample --sampler vllm --model $MODEL --data $QUERIES
-            python genius_aco.py --stage train --model $MODEL
+  1 GPU:    python genius_aco.py --stage sample --sampler vllm \
+                --model meta-llama/Llama-3.1-8B-Instruct \
+                --data xufangzhi/Magpie_reasoning_150K_train
+            python genius_aco.py --stage train --model meta-llama/Llama-3.1-8B-Instruct
   8 GPUs:   torchrun --nproc_per_node=8 genius_aco.py --stage sample --sampler vllm \
-                --model $MODEL --data $QUERIES
-            torchrun --nproc_per_node=8 genius_aco.py --stage train --model $MODEL
-  with MODEL=meta-llama/Llama-3.1-8B-Instruct QUERIES=xufangzhi/Magpie_reasoning_150K_train
+                --model meta-llama/Llama-3.1-8B-Instruct \
+                --data xufangzhi/Magpie_reasoning_150K_train
+            torchrun --nproc_per_node=8 genius_aco.py --stage train \
+                --model meta-llama/Llama-3.1-8B-Instruct --pairs_file runs/genius_aco/pairs.jsonl
 """
 
 from __future__ import annotations
@@ -97,8 +100,8 @@ class Args(VLLMArgs):
     # generic
     seed: int = arg(42, "random seed (the released code seeds its rejected draw with 42)")
     output_dir: str = arg("runs/genius_aco", "pairs, checkpoint, metrics.jsonl, curves.png")
-    model: str = arg("", "hub id or folder (the paper: Llama-3.1-8B-Instruct); '' = the toy's")
-    data: str = arg("", "queries (the paper: xufangzhi/Magpie_reasoning_150K_train); '' = toy")
+    model: str = arg("", "hub id or folder (the paper trains Llama-3.1-8B-Instruct); '' = toy")
+    data: str = arg("", "queries (the paper's: xufangzhi/Magpie_reasoning_150K_train); '' = toy")
     query_field: str = arg("instruction", "field of --data holding the query")
     eval_data: str = arg("", "rows with the query field and 'answer' for accuracy before/after")
     num_eval_queries: int = arg(64, "held-out toy queries for the accuracy before/after")

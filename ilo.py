@@ -32,14 +32,13 @@ Departures:
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win;
 --print_config shows the effective configuration without loading anything):
-    python ilo.py                                             # CPU toy
-    python ilo.py --model $MODEL --data flores200_dev/ --languages eng_Latn,fra_Latn,... \
-        --finetune_language ind_Latn --dtype bfloat16         # 1 GPU (paper preset)
-    python ilo.py --model $MODEL --data openlanguagedata/flores_plus \
-        --languages eng_Latn,fra_Latn,ind_Latn                # FLORES+ from the hub
-    torchrun --nproc_per_node=8 ilo.py --model $MODEL --data flores200_dev/ \
-        --finetune_language ind_Latn                          # fine-tuning sharded with FSDP2
-  with MODEL=meta-llama/Meta-Llama-3.1-8B
+    python ilo.py                                                 # CPU toy
+    python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data flores200_dev/ \
+        --languages eng_Latn,fra_Latn,... --finetune_language ind_Latn --dtype bfloat16  # 1 GPU
+    python ilo.py --model meta-llama/Meta-Llama-3.1-8B --data openlanguagedata/flores_plus \
+        --languages eng_Latn,fra_Latn,ind_Latn                    # FLORES+ from the hub
+    torchrun --nproc_per_node=8 ilo.py --model meta-llama/Meta-Llama-3.1-8B \
+        --data flores200_dev/ --finetune_language ind_Latn        # fine-tuning with FSDP2
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ class Args:
     # generic
     seed: int = arg(0, "random seed")
     output_dir: str = arg("runs/ilo", "metrics, ILO tables, checkpoints, PNG")
-    model: str = arg("", "hub id or folder (the paper: Llama-3.1-8B); '' = the toy's 8-layer LM")
+    model: str = arg("", "hub id or folder (the paper's: Llama-3.1-8B); '' = the toy's 8-layer LM")
     dtype: Literal["auto", "float32", "bfloat16"] = arg("auto", "dtype of the measured base model")
     data: str = arg("", "FLORES-200 / FLORES+ folder or hub id, or a rows file; '' = the toy")
     data_split: Literal["dev", "devtest"] = arg("dev", "FLORES split (997 / 1012 per language)")
@@ -108,7 +107,7 @@ class Args:
         2, "blocks frozen with the embeddings; toy 2; paper: 8 (released selective_grad_freeze)"
     )
     freeze_style: Literal["paper", "code"] = arg(
-        "paper", "paper: embeddings + blocks 0..N-1 | code: + block N, final norm, lm_head"
+        "paper", "'paper' = embeddings + blocks 0..N-1 | 'code' = + block N, final norm, lm_head"
     )
     finetune_steps: int = arg(60, "fine-tuning optimizer steps per condition")
     finetune_lr: float = arg(3e-3, "constant fine-tuning LR; toy 3e-3; paper preset: 1e-5")
