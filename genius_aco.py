@@ -312,9 +312,11 @@ def propose_candidates(sampler, chat_prompts, beams, args, counts) -> list[dict]
     for c, outs in zip(looking, rollouts):
         c["foresight"] = outs[0].text
         c["f"] = step_value(c["step_logprobs"], outs[0].logprobs)
+    # no look-ahead (the step ended the response, departure 3, or --step_value step): f from the
+    # step's own tokens
     for c in cands:
-        if "f" not in c:  # no look-ahead: the step ended the response (departure 3) or --step_value
-            c["foresight"] = ""  # step: f from the step's own tokens
+        if "f" not in c:
+            c["foresight"] = ""
             c["f"] = step_value(c["step_logprobs"])
     counts["candidates"] += len(cands)
     counts["ended_response"] += sum(c["ended"] for c in cands)
