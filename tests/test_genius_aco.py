@@ -1,11 +1,12 @@
 """Tests for genius_aco.py: the paper's equations against hand-computed values (checks 1-6), w's
-missing gradient, the foresight search on a scripted sampler (with and without foresight), the seeded
-query sample, bad pairs files, one end-to-end run, the no-argument run's claims and a 2-process
-train stage."""
+missing gradient, the foresight search on a scripted sampler (with and without foresight), the
+seeded query sample, bad pairs files, one end-to-end run, the train stage under ACO and DPO on
+hand-made pairs, the no-argument run's claims and a 2-process train stage."""
 
 import json
 import math
 import sys
+import zlib
 
 import pytest
 import torch
@@ -136,7 +137,10 @@ def test_pair_and_advantages_check5():
         0.2582 / (1 - 0.3154), abs=0.03
     )  # F without the winner
     assert float(adv[0]) == pytest.approx(0.10) and float(adv[4]) == pytest.approx(0.28)
-    w = lambda l, clamp: float(g.aco_weight(adv[0], adv[l], 1.0, clamp))  # noqa: E731
+
+    def w(rejected, clamp):
+        return float(g.aco_weight(adv[0], adv[rejected], 1.0, clamp))
+
     assert w(4, "paper") == pytest.approx(0.8353, abs=1e-4) and w(4, "code") == 1.0
     assert g.choose_pair(F_SPEC, probs, "lowest") == (0, 5)  # greedy ablation
     assert (
@@ -157,8 +161,9 @@ def test_pair_and_advantages_check5():
 
 
 class ScriptedSampler(Sampler):
-    """Deterministic stand-in for the Sampler interface: steps 'L<k>' + newline, foresight rollouts whose
-    mean log-prob depends on the prompt; with `end_at` a step ends the response from that depth on."""
+    """Deterministic stand-in for the Sampler interface: steps 'L<k>' + newline, foresight
+    rollouts whose mean log-prob depends on the prompt; with `end_at` a step ends the response
+    from that depth on."""
 
     def __init__(self, end_at=None):
         self.calls, self.end_at = [], end_at
@@ -205,7 +210,8 @@ def test_one_pair_per_timestamp_check6_batched():
     assert [p["timestamp"] for p in pairs[1]] == [0, 1, 2, 3] and counts[
         "queries_short_of_K_pairs"
     ] == 0
-    # every timestamp is two batched calls (all beams' steps, all candidates' foresight), then one completion call
+    # every timestamp is two batched calls (all beams' steps, all candidates' foresight), then one
+    # completion call
     assert (
         sampler.calls[:2] == [(6, 4, True), (24, 1, False)]
         and len(sampler.calls) == 2 * args.num_steps + 1
@@ -255,7 +261,7 @@ def test_search_without_foresight_makes_no_rollouts():
     )
     assert [len(p) for p in pairs] == [args.num_steps] and counts["ended_response"] == 0
     first = pairs[0][0]
-    # every scripted step has log-probs [lp, lp], so f is the step's own lp; the pair holds no rollout
+    # every scripted step has log-probs [lp, lp], so f is the step's own lp; no rollout in the pair
     assert first["chosen_f"] == max(first["candidate_f"])
     assert (
         first["chosen"].startswith(args.prefill)
@@ -407,9 +413,9 @@ def test_learning_no_argument_run_holds_its_claims(run_cmd, tmp_path):
     assert len(claims) == 3 and all(c["holds"] for c in claims), proc.stdout[-3000:]
 
 
-def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):
-    """Two gloo ranks, FSDP2, on a pairs file written here (the train stage needs no sampler)."""
-    path = tmp_path / "pairs.jsonl"
+def write_pairs(path, n=12):
+    """n hand-made pairs: A_w = 0.1 * (i % 3), A_l = 0.1, so w = e^-0.1 where i % 3 == 0, else 1
+    (the paper's clamp), and DPO's w = 1 everywhere."""
     rows = [
         {
             "query_id": str(i),
@@ -419,9 +425,59 @@ def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):
             "chosen_advantage": 0.1 * (i % 3),
             "rejected_advantage": 0.1,
         }
-        for i in range(12)
+        for i in range(n)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def expected_w_train(rows, eval_fraction):
+    """w over the training pairs by hand: the held-out queries are those whose crc32 % 1000 falls
+    below 1000 * eval_fraction."""
+    train = [r for r in rows if zlib.crc32(r["query_id"].encode()) % 1000 >= 1000 * eval_fraction]
+    w = [math.exp(-0.1) if int(r["query_id"]) % 3 == 0 else 1.0 for r in train]
+    return {
+        "mean": pytest.approx(sum(w) / len(w), abs=1e-4),
+        "min": pytest.approx(min(w), abs=1e-4),
+        "frac_below_1": pytest.approx(sum(x < 1 for x in w) / len(w), abs=1e-4),
+    }
+
+
+def train_stage(run_cmd, pairs, out, *extra):
+    cmd = [sys.executable, "genius_aco.py", "--stage", "train", "--pairs_file", str(pairs)]
+    cmd += ["--output_dir", str(out), "--batch_size", "4", "--epochs", "2", "--eval_every", "1"]
+    run_cmd(cmd + ["--eval_fraction", "0.3", "--lr", "1e-3", *FAST, *extra], timeout=300)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((out / "summary.json").read_text()), metrics
+
+
+def test_train_stage_uses_the_selected_loss(run_cmd, tmp_path):
+    """The same pairs under --loss aco and --loss dpo: both start at ln 2 (policy = reference),
+    DPO's w is 1 on every step, ACO's w over the training pairs is the hand-computed one, and the
+    two runs end apart because ACO pushes the w < 1 rejected sides down less."""
+    rows = write_pairs(tmp_path / "pairs.jsonl")
+    aco, aco_metrics = train_stage(run_cmd, tmp_path / "pairs.jsonl", tmp_path / "aco")
+    dpo, dpo_metrics = train_stage(
+        run_cmd, tmp_path / "pairs.jsonl", tmp_path / "dpo", "--loss", "dpo"
+    )
+    for summary in (aco, dpo):
+        assert summary["eval"][0]["step"] == 0
+        assert summary["eval"][0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert aco["loss"] == "aco" and dpo["loss"] == "dpo"
+    assert {k: aco["w_train"][k] for k in ("mean", "min", "frac_below_1")} == expected_w_train(
+        rows, 0.3
+    )
+    train_w = [m["train/w_mean"] for m in dpo_metrics if "train/w_mean" in m]
+    assert train_w and all(w == 1.0 for w in train_w)
+    assert any(m["train/w_mean"] < 1 for m in aco_metrics if "train/w_mean" in m)
+    assert aco["eval"][-1]["eval/loss"] != pytest.approx(dpo["eval"][-1]["eval/loss"], abs=1e-7)
+
+
+def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):
+    """Two gloo ranks, FSDP2, on a pairs file written here (the train stage needs no sampler):
+    the frozen reference makes the first held-out loss ln 2, and w is the hand-computed one."""
+    path = tmp_path / "pairs.jsonl"
+    rows = write_pairs(path)
     out = tmp_path / "run"
     proc = run_cmd(
         [
@@ -448,3 +504,6 @@ def test_torchrun_train_stage(run_cmd, torchrun_cmd, tmp_path):
     assert "held-out pairs" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["eval"]) >= 2 and math.isfinite(summary["eval"][-1]["eval/loss"])
+    assert summary["eval"][0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    w_train = {k: summary["w_train"][k] for k in ("mean", "min", "frac_below_1")}
+    assert w_train == expected_w_train(rows, 0.3)
