@@ -29,6 +29,7 @@ What it is (modelled on BrowserGym's and AndroidWorld's environment APIs):
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -734,65 +735,104 @@ def replay(task: Task, actions: list) -> list[dict]:
 
 
 def run_episodes(
-    tasks: list[Task],
+    tasks: list,
     policy: Callable,
     max_steps: int = 15,
     stop_fn: Callable[[list[dict]], bool] | None = None,
-    progress: Callable = lambda it: it,
+    progress: Callable | None = None,
+    make_env: Callable[[], GUIEnvironment] | None = None,
+    batch_size: int | None = None,
 ) -> list[dict]:
-    """Lock-step episodes for batched model agents. `policy([(i, obs, steps)]) -> [(thought, action)]` where
-    action is a GUIAction or raw model text (a bad one costs a step, as in `step`). `stop_fn(steps)` may
-    end an episode early (e.g. a repeat rule). Each step records thought, action JSON (or the raw text),
-    the target's centre `xy` (for coordinate-style histories) and the error."""
-    envs = [ToyGUIEnv(max_steps=max_steps) for _ in tasks]
-    obs = [env.reset(task)[0] for env, task in zip(envs, tasks)]
-    records = [
-        dict(
-            task_id=t.task_id,
-            goal=t.goal,
-            app=t.app,
-            steps=[],
-            success=False,
-            aborted=False,
-            invalid=0,
-        )
-        for t in tasks
-    ]
-    active = list(range(len(tasks)))
-    for _ in progress(range(max_steps)):
-        if not active:
-            break
-        for i, (thought, action) in zip(
-            list(active), policy([(i, obs[i], records[i]["steps"]) for i in active])
-        ):
-            elements, (new_obs, _, terminated, truncated, info) = (
-                obs[i]["ui_elements"],
-                envs[i].step(action),
+    """The one GUI agent loop (os_genesis.py, guimid.py, the MiniWoB++ runs): lock-step episodes,
+    so that a model agent decodes one batch per step.
+
+    `policy([(i, obs, steps)]) -> [(thought, action)]` for the active episodes (i indexes `tasks`,
+    `steps` the episode's records so far). `action` is a GUIAction; or raw model text, which the
+    env parses (a bad one sets `last_action_error` and costs the step, as in `step`); or None: the
+    policy found no valid action, the step is spent as `wait` and counted invalid. `thought` is the
+    text the agent keeps in its history. `stop_fn(steps)` may end an episode early (a repeat rule).
+    `make_env()` builds one environment per episode (default: the toy phone); `batch_size` runs
+    the tasks in groups of that many (1 for a single shared browser). Model agents under FSDP2
+    generate through `common.sampling.generate_local` and call `finish_local` after this loop.
+
+    Each step records the thought, the action (JSON, the raw text, or None), the target's centre
+    `xy` (for coordinate-style histories), the env's error, and what a progress metric needs:
+    the new `url`, the OR-accumulated `subgoals` and `success` after the step."""
+    make_env = make_env or functools.partial(ToyGUIEnv, max_steps=max_steps)
+    records, size = [], batch_size or max(1, len(tasks))
+    for start in range(0, len(tasks), size):
+        indices = range(start, min(start + size, len(tasks)))
+        envs = {i: make_env() for i in indices}
+        obs = {i: envs[i].reset(tasks[i])[0] for i in indices}
+        records += [
+            dict(
+                task_id=getattr(tasks[i], "task_id", str(i)),
+                goal=obs[i].get("goal", getattr(tasks[i], "goal", "")),
+                app=getattr(tasks[i], "app", ""),
+                steps=[],
+                success=False,
+                aborted=False,
+                invalid=0,
             )
-            valid_index = (
-                isinstance(action, GUIAction)
-                and isinstance(action.index, int)
-                and 0 <= action.index < len(elements)
-            )
-            records[i]["steps"].append(
-                dict(
-                    thought=thought,
-                    action=action.to_json() if isinstance(action, GUIAction) else str(action),
-                    xy=list(element_center(elements[action.index])) if valid_index else None,
-                    error=new_obs["last_action_error"],
-                )
-            )
-            records[i]["invalid"] += bool(new_obs["last_action_error"])
-            obs[i] = new_obs
-            aborted = stop_fn is not None and stop_fn(records[i]["steps"])
-            if terminated or truncated or aborted:
-                records[i].update(
-                    success=bool(info["success"] or envs[i].task_success()),
-                    aborted=bool(aborted and not terminated),
-                    final_url=new_obs["url"],
-                )
-                active.remove(i)
+            for i in indices
+        ]
+        active = list(indices)
+        for _ in (progress or iter)(range(max_steps)):
+            if not active:
+                break
+            items = [(i, obs[i], records[i]["steps"]) for i in active]
+            for i, (thought, action) in zip(list(active), policy(items)):
+                ended, obs[i] = _play_step(envs[i], obs[i], records[i], thought, action, stop_fn)
+                if ended or len(records[i]["steps"]) >= max_steps:
+                    active.remove(i)
     return records
+
+
+def per_observation(act: Callable[[dict], Any]) -> Callable:
+    """A one-observation policy (obs -> GUIAction) as a `run_episodes` policy (no thoughts)."""
+    return functools.partial(_act_on_each, act)
+
+
+def _act_on_each(act, items: list[tuple]) -> list[tuple]:
+    return [("", act(obs)) for _, obs, _ in items]
+
+
+def _play_step(env, obs: dict, record: dict, thought: str, action, stop_fn) -> tuple[bool, dict]:
+    """One step of one episode in `run_episodes`: act, record, and say whether it ended."""
+    elements = obs["ui_elements"]
+    new_obs, reward, terminated, truncated, info = env.step(
+        GUIAction("wait") if action is None else action
+    )
+    success = bool(info.get("success", reward > 0))
+    valid_index = (
+        isinstance(action, GUIAction)
+        and isinstance(action.index, int)
+        and 0 <= action.index < len(elements)
+    )
+    error = new_obs.get("last_action_error", "")
+    if action is None:
+        error = error or "the policy gave no valid action"
+    record["steps"].append(
+        dict(
+            thought=thought,
+            action=action.to_json() if isinstance(action, GUIAction) else action,
+            xy=list(element_center(elements[action.index])) if valid_index else None,
+            error=error,
+            url=new_obs.get("url", ""),
+            subgoals=list(info.get("subgoals", [])),
+            success=success,
+        )
+    )
+    record["invalid"] += bool(error)
+    aborted = stop_fn is not None and stop_fn(record["steps"])
+    # updated after every step, so an episode that the loop's step budget cuts short is final too
+    task_success = getattr(env, "task_success", None)
+    record.update(
+        success=success or bool(task_success and task_success()),
+        aborted=bool(aborted and not terminated),
+        final_url=new_obs.get("url", ""),
+    )
+    return terminated or truncated or aborted, new_obs
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:

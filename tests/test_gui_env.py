@@ -34,7 +34,9 @@ from common.gui_env import (
     parse_guimid,
     parse_json_action,
     parse_osgenesis,
+    per_observation,
     rollout,
+    run_episodes,
     screen_signature,
     state_diff,
     validate_action,
@@ -525,3 +527,63 @@ def test_parse_action_autodetects_formats():
 
 def test_toy_env_satisfies_the_adapter_protocol():
     assert isinstance(ToyGUIEnv(), GUIEnvironment)
+
+
+# ---------------------------------------------------------------------------------------------- the one agent loop
+
+
+class CountingEnv:
+    """One shared environment (like MiniWoB's single browser): counts resets, wraps the toy phone."""
+
+    def __init__(self, max_steps):
+        self.env, self.resets = ToyGUIEnv(max_steps=max_steps), 0
+
+    def reset(self, task=None, seed=None):
+        self.resets += 1
+        return self.env.reset(task, seed)
+
+    def step(self, action):
+        return self.env.step(action)
+
+
+def test_run_episodes_lock_step_records_and_invalid_actions():
+    """The one GUI agent loop: experts solve their tasks in lock-step rounds; a None action is
+    spent as `wait` and counted invalid; raw text is parsed by the env; stop_fn aborts."""
+    tasks = [TASKS["settings_airplane_on"], TASKS["mail_star_dave"]]
+    experts = [ScriptedExpert(t) for t in tasks]
+    rounds = []
+
+    def policy(items):
+        rounds.append([i for i, _, _ in items])
+        return [(f"step {len(steps)}", experts[i].act(obs)) for i, obs, steps in items]
+
+    records = run_episodes(tasks, policy, max_steps=10)
+    assert rounds == [[0, 1], [0, 1], [1]]  # airplane takes 2 steps, star 3; one batch per round
+    assert [r["success"] for r in records] == [True, True] and records[0]["invalid"] == 0
+    first = records[0]["steps"][0]  # open_app Settings: the subgoal "open settings" is met
+    assert first["url"] == "toy://settings/main" and first["subgoals"] == [True]
+    assert first["success"] is False and records[0]["steps"][-1]["success"] is True
+    assert records[1]["steps"][1]["thought"] == "step 1"
+
+    # None: no valid action (a wait, counted); raw text: the env parses it (garbage -> its error)
+    answers = iter(
+        [(("bad", None),), (("raw", "not an action at all"),), (("ok", GUIAction("wait")),)]
+    )
+    [r] = run_episodes([tasks[0]], lambda items: next(answers), max_steps=3)
+    assert [s["action"] for s in r["steps"]][::2] == [None, GUIAction("wait").to_json()]
+    assert r["invalid"] == 2 and r["steps"][0]["error"] and r["steps"][1]["error"]
+    assert not r["steps"][2]["error"] and not r["success"] and len(r["steps"]) == 3
+
+    # stop_fn ends an episode early; batch_size=1 runs one episode at a time on one shared env
+    shared = CountingEnv(max_steps=10)
+    waits = per_observation(lambda obs: GUIAction("wait"))
+    out = run_episodes(
+        tasks,
+        waits,
+        10,
+        stop_fn=lambda steps: len(steps) == 2,
+        make_env=lambda: shared,
+        batch_size=1,
+    )
+    assert [len(r["steps"]) for r in out] == [2, 2] and all(r["aborted"] for r in out)
+    assert shared.resets == 2 and [r["task_id"] for r in out] == [t.task_id for t in tasks]

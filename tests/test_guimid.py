@@ -387,11 +387,10 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     path = make_tiny_vlm()
     model = load_model(path, vlm=True)
     tasks = list_tasks("test")[:2]
-    policy = guimid.make_policy(model, processor, max_new_tokens=6)
-    results = guimid.run_agent(
-        policy, AdapterEnv, tasks, StubGrounder(), max_steps=2, dist_info=Dist()
-    )
-    assert [r["task_id"] for r in results] == sorted(t.task_id for t in tasks)
+    args = guimid.Args(max_episode_steps=2, max_new_tokens=6)
+    env = (AdapterEnv, tasks, {})  # (make_env, tasks, target URLs)
+    results = guimid.evaluate_model(model, processor, args, env, StubGrounder(), Dist())
+    assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(
         r["steps"] == 2 and r["invalid"] == 2 and not r["success"] and r["pr"] == 0.0
         for r in results
@@ -403,14 +402,13 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
         ]
     )
     task = next(t for t in list_tasks() if t.task_id == "settings_airplane_on")
-    [r] = guimid.run_agent(
+    env = (ToyGUIEnv, [task], {task.task_id: guimid.expert_target_url(task)})
+    [r] = guimid.play(
         lambda msgs, imgs: [next(scripted) for _ in msgs],
-        ToyGUIEnv,
-        [task],
+        guimid.Args(max_episode_steps=5),
+        env,
         StubGrounder(),
-        5,
         Dist(),
-        target_urls=[guimid.expert_target_url(task)],
     )
     assert (
         r["success"]
