@@ -700,69 +700,90 @@ def episode_result(record: dict, target_url: str | None) -> dict:
     )
 
 
-def play(generate, args: Args, env, grounder, dist_info, sampler=None) -> list[dict]:
+@dataclass
+class Setup:
+    """What every condition shares: the flags, ranks, base model, GUI tasks and grounder."""
+
+    args: Args
+    dist_info: object
+    model_path: str
+    processor: object
+    make_env: object  # () -> a GUIEnvironment
+    tasks: list  # the evaluation tasks
+    target_urls: dict  # {task_id: the expert's last URL} (toy phone only)
+    grounder: object
+    out: Path
+
+
+def play(generate, run: Setup, sampler=None) -> list[dict]:
     """The planner on every task (each rank its share, gathered in task order)."""
-    make_env, tasks, target_urls = env
-    policy = Planner(generate, grounder, args.observation)
+    args, dist_info = run.args, run.dist_info
+    policy = Planner(generate, run.grounder, args.observation)
     batch = 1 if args.env == "miniwob" else None  # one browser: one episode at a time
-    mine = tasks[dist_info.rank :: dist_info.world_size]
+    mine = run.tasks[dist_info.rank :: dist_info.world_size]
     records = run_episodes(
-        mine, policy, args.max_episode_steps, make_env=make_env, batch_size=batch
+        mine, policy, args.max_episode_steps, make_env=run.make_env, batch_size=batch
     )
     if sampler is not None:  # FSDP2: keep joining the other ranks' generate rounds
         finish_local(sampler, temperature=0, max_new_tokens=args.max_new_tokens)
-    parts = all_gather_object([episode_result(r, target_urls.get(r["task_id"])) for r in records])
+    urls = run.target_urls
+    parts = all_gather_object([episode_result(r, urls.get(r["task_id"])) for r in records])
     world = dist_info.world_size
-    return [parts[k % world][k // world] for k in range(len(tasks))]
+    return [parts[k % world][k // world] for k in range(len(run.tasks))]
 
 
 def scores(results: list[dict]) -> dict:
-    n = max(1, len(results))
+    n, steps = max(1, len(results)), max(1, sum(r["steps"] for r in results))
     return dict(
         SR=sum(r["success"] for r in results) / n,
         PR=sum(r["pr"] for r in results) / n,
-        invalid_rate=sum(r["invalid"] for r in results) / max(1, sum(r["steps"] for r in results)),
+        invalid_rate=sum(r["invalid"] for r in results) / steps,
     )
 
 
-def evaluate_model(model, processor, args: Args, env, grounder, dist_info) -> list[dict]:
+def evaluate_model(model, run: Setup) -> list[dict]:
     model.eval()
-    sampler = HFSampler(model, processor, batch_size=32)
-    generate = functools.partial(model_generate, sampler, args.max_new_tokens)
-    return play(generate, args, env, grounder, dist_info, sampler)
+    sampler = HFSampler(model, run.processor, batch_size=32)
+    generate = functools.partial(model_generate, sampler, run.args.max_new_tokens)
+    return play(generate, run, sampler)
 
 
-def gui_environment(args: Args) -> tuple:
-    """(make_env, tasks, {task_id: target URL}) for --env / --env_factory / the toy phone."""
+def setup(args: Args, dist_info) -> Setup:
+    """The base model, the GUI environment (--env / --env_factory / the toy phone) with its
+    evaluation tasks, and the grounder."""
+    model_path = args.model or toy_base(dist_info, args.base_steps)
+    target_urls = {}
     if args.env == "miniwob":
         from common import miniwob_env
 
         make_env, tasks = miniwob_env.env_factory(
             args.tasks, args.episodes_per_task, args.max_episode_steps
         )
-        return make_env, tasks, {}
-    if args.env_factory:
+    elif args.env_factory:
         module, _, fn = args.env_factory.partition(":")
         make_env, tasks = getattr(importlib.import_module(module), fn)()
-        return make_env, tasks, {}
-    split = None if args.eval_split == "all" else args.eval_split
-    tasks = named_tasks(args.tasks) or list_tasks(split)
-    make_env = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps)
-    return make_env, tasks, {t.task_id: expert_target_url(t) for t in tasks}
+    else:
+        tasks = named_tasks(args.tasks) or list_tasks(
+            None if args.eval_split == "all" else args.eval_split
+        )
+        make_env = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps)
+        target_urls = {t.task_id: expert_target_url(t) for t in tasks}
+    grounder = StubGrounder()
+    if args.grounder != "stub":
+        frozen = precision_policy(dist_info.device.type).frozen_dtype  # bf16 on CUDA
+        grounder = ModelGrounder(args.grounder, dist_info.device, frozen)
+    processor = load_processor(model_path)
+    out = Path(args.output_dir)
+    return Setup(
+        args, dist_info, model_path, processor, make_env, tasks, target_urls, grounder, out
+    )
 
 
-def make_grounder(args: Args, dist_info):
-    if args.grounder == "stub":
-        return StubGrounder()
-    frozen = precision_policy(dist_info.device.type).frozen_dtype  # bf16 on CUDA
-    return ModelGrounder(args.grounder, dist_info.device, frozen)
-
-
-def evaluate_only(args: Args, model_path, processor, env, grounder, dist_info, out: Path):
+def evaluate_only(run: Setup):
     """--eval_only: the model as it is, SR per task (MiniWoB: next to a random agent)."""
-    model = load_model(model_path, vlm=True, dtype="float32")
-    model = shard_model(model, dist_info, frozen=True)
-    results = evaluate_model(model, processor, args, env, grounder, dist_info)
+    args = run.args
+    model = load_model(run.model_path, vlm=True, dtype="float32")
+    results = evaluate_model(shard_model(model, run.dist_info, frozen=True), run)
     by_task = defaultdict(list)
     for r in results:
         by_task[r["task_id"]].append(r)
@@ -772,15 +793,15 @@ def evaluate_only(args: Args, model_path, processor, env, grounder, dist_info, o
         from common import miniwob_env
 
         policy = miniwob_env.random_policy(random.Random(args.seed))
-        runs = miniwob_env.run_policy(env[0](), policy, env[1])
+        runs = miniwob_env.run_policy(run.make_env(), policy, run.tasks)
         for row in rows:
             mine = [r for r in runs if row["task"] in ("all", r["task_id"])]
             row["random agent SR"] = sum(r["success"] for r in mine) / len(mine)
     title = f"{args.env}: {args.model or 'toy base'} without training, greedy"
     print0(f"\n{title}, max {args.max_episode_steps} steps:\n" + format_table(rows))
-    if dist_info.is_main:
-        write_jsonl(out / "eval_only" / "episodes.jsonl", results)
-        write_summary(out, [], eval_only=rows)
+    if run.dist_info.is_main:
+        write_jsonl(run.out / "eval_only" / "episodes.jsonl", results)
+        write_summary(run.out, [], eval_only=rows)
     cleanup_distributed()
 
 
@@ -839,70 +860,71 @@ def guimid_claims(table: list[dict], mixture: str) -> list[dict]:
     """The paper's comparisons, computed from this run: mid-training beats GUI post-training only
     (Table 3, PR; and on the held-out GUI loss), and GUI data mixed into mid-training lowers the
     GUI loss at the switch (Table 4)."""
-    by, out = {r["condition"]: r for r in table}, []
+    by = {r["condition"]: r for r in table}
     base, mixed = by.get("gui_only"), by.get(mixture)
-    if base and mixed and mixture != "gui_only":
-        name = f"{mixture} mid-training"
-        out.append(claim(f"{name} > GUI-only: PR", "PR", base["PR"], mixed["PR"], margin=0.02))
-        if "heldout_gui_loss" in mixed:
-            out.append(
-                claim(
-                    f"{name} < GUI-only: held-out loss",
-                    "heldout_gui_loss",
-                    base["heldout_gui_loss"],
-                    mixed["heldout_gui_loss"],
-                    higher_is_better=False,
-                )
-            )
     unmixed = by.get(f"{mixture} without GUI mixed in")
-    if mixed and unmixed:
-        out.append(
-            claim(
-                "GUI mixed in: lower GUI loss at the switch",
-                "switch_gui_loss",
-                unmixed["switch_gui_loss"],
-                mixed["switch_gui_loss"],
-                higher_is_better=False,
+    specs = []  # (name, metric, baseline row, result row, higher is better, margin)
+    if base and mixed and mixture != "gui_only":
+        specs.append((f"{mixture} mid-training > GUI-only: PR", "PR", base, mixed, True, 0.02))
+        specs.append(
+            (
+                f"{mixture} mid-training < GUI-only: held-out loss",
+                "heldout_gui_loss",
+                base,
+                mixed,
+                False,
+                0.0,
             )
         )
-    return out
+    if mixed and unmixed:
+        specs.append(
+            (
+                "GUI mixed in: lower GUI loss at the switch",
+                "switch_gui_loss",
+                unmixed,
+                mixed,
+                False,
+                0.0,
+            )
+        )
+    return [
+        claim(name, metric, b[metric], r[metric], higher_is_better=higher, margin=margin)
+        for name, metric, b, r, higher, margin in specs
+        if metric in r
+    ]
 
 
-def run_condition(
-    name, counts, pools, model_path, processor, args, env, grounder, heldout, dist_info, out: Path
-) -> dict | None:
+def run_condition(name: str, counts: dict, pools: dict, heldout: list, run: Setup) -> dict | None:
     """Train one condition (both stages, one schedule), then evaluate the agent; its table row,
-    or None when --stop_after_step stopped it (checkpointed). A finished condition is reused
-    under --resume."""
-    cond_dir = out / re.sub(r"[^\w.-]+", "_", name)
+    or None when --stop_after_step stopped it (checkpointed). --resume reuses a finished one."""
+    args, dist_info = run.args, run.dist_info
+    cond_dir = run.out / re.sub(r"[^\w.-]+", "_", name)
     if args.resume and (cond_dir / "eval.json").exists():
         return json.loads((cond_dir / "eval.json").read_text())
-    mid_batches, gui_batches = build_batches(
-        counts, pools, args.gui_epochs, args.batch_size, args.seed
-    )
+    mid, gui = build_batches(counts, pools, args.gui_epochs, args.batch_size, args.seed)
     ablation = name.endswith("without GUI mixed in")  # Table 4: only the loss at the switch
-    run_args = args
-    if ablation:
-        run_args = replace(args, stop_after_step=len(mid_batches) + args.switch_loss_steps)
+    run_args = (
+        replace(args, stop_after_step=len(mid) + args.switch_loss_steps) if ablation else args
+    )
     seed_everything(args.seed)  # every condition starts from the same weights
     # fp32 masters, bf16 compute on CUDA (Table 8: bf16): common.train's precision policy
-    model = load_model(model_path, vlm=True, dtype="float32")
+    model = load_model(run.model_path, vlm=True, dtype="float32")
     model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)
     _, _, logger = train_condition(
-        model, processor, pools, mid_batches, gui_batches, run_args, dist_info, cond_dir
+        model, run.processor, pools, mid, gui, run_args, dist_info, cond_dir
     )
-    if args.stop_after_step and args.stop_after_step < len(mid_batches) + len(gui_batches):
+    if args.stop_after_step and args.stop_after_step < len(mid) + len(gui):
         print0(f"{name}: stopped after step {args.stop_after_step}; rerun with --resume")
         return None
     gui_losses = [r["loss/" + GUI] for r in logger.history if "loss/" + GUI in r]
-    after_switch = [r for r in logger.history if r["step"] > len(mid_batches)]
-    switch = [r["loss/" + GUI] for r in after_switch][: args.switch_loss_steps]
-    row = dict(condition=name, mid_steps=len(mid_batches), gui_steps=len(gui_batches))
-    row["switch_gui_loss"] = sum(switch) / max(1, len(switch)) if mid_batches else None
+    switch = [r["loss/" + GUI] for r in logger.history if r["step"] > len(mid)]
+    switch = switch[: args.switch_loss_steps]
+    row = dict(condition=name, mid_steps=len(mid), gui_steps=len(gui))
+    row["switch_gui_loss"] = sum(switch) / max(1, len(switch)) if mid else None
     if not ablation:
-        results = evaluate_model(model, processor, args, env, grounder, dist_info)
+        results = evaluate_model(model, run)
         if heldout:
-            row["heldout_gui_loss"] = heldout_loss(model, processor, heldout, args, dist_info)
+            row["heldout_gui_loss"] = heldout_loss(model, run.processor, heldout, args, dist_info)
         row |= scores(results)
         row["final_gui_loss"] = sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:]))
         if dist_info.is_main:
@@ -928,63 +950,45 @@ def loss_curves(name: str, cond_dir: Path) -> list[dict]:
 def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
-    model_path = args.model or toy_base(dist_info, args.base_steps)
-    processor = load_processor(model_path)
-    out = Path(args.output_dir)
-    env = gui_environment(args)  # (make_env, evaluation tasks, target URLs)
-    grounder = make_grounder(args, dist_info)
+    run = setup(args, dist_info)  # base model, GUI environment + evaluation tasks, grounder
     if args.eval_only:
-        return evaluate_only(args, model_path, processor, env, grounder, dist_info, out)
+        return evaluate_only(run)
 
     # 1. the mid-training mixture (+ GUI trajectories mixed in) and the GUI trajectories
     counts, pools = mixture_pools(args)
     toy_env = args.env == "toy" and not args.env_factory
-    heldout = expert_gui_samples(env[1], args.observation) if toy_env else []
+    heldout = expert_gui_samples(run.tasks, args.observation) if toy_env else []
 
-    # 2. each condition: mid-training, then GUI fine-tuning, under one schedule; then the agent
+    # 2. each condition: mid-training, then GUI fine-tuning under one schedule; then the agent
     table, curves, names = [], [], []
     for name, cond_counts in conditions(args, counts):
-        row = run_condition(
-            name,
-            cond_counts,
-            pools,
-            model_path,
-            processor,
-            args,
-            env,
-            grounder,
-            heldout,
-            dist_info,
-            out,
-        )
+        row = run_condition(name, cond_counts, pools, heldout, run)
         if row is None:
             break
         table.append(row)
         names.append(name)
-        curves += loss_curves(name, out / re.sub(r"[^\w.-]+", "_", name))
+        curves += loss_curves(name, run.out / re.sub(r"[^\w.-]+", "_", name))
 
     # 3. the floor a GUI agent must beat: open the task's app, then wait (no model)
     if toy_env:
-        apps = {t.goal: APPS[t.app].label for t in env[1]}
-        results = play(functools.partial(open_app_then_wait, apps), args, env, grounder, dist_info)
+        apps = {t.goal: APPS[t.app].label for t in run.tasks}
+        results = play(functools.partial(open_app_then_wait, apps), run)
         row = dict(condition="scripted: open the right app, then wait") | scores(results)
         table.append({k: v for k, v in row.items() if k != "invalid_rate"})
 
-    # 4. the table, the paper's claims, the curves
-    print0(
-        f"\nGUI world, {args.eval_split} tasks ({len(env[1])}), SR and AgentBoard-style PR:\n"
-        + format_table(table)
-    )
+    # 4. the table, the paper's claims (computed), the curves
+    title = f"GUI world, {args.eval_split} tasks ({len(run.tasks)}), SR and AgentBoard-style PR"
+    print0(f"\n{title}:\n" + format_table(table))
     claims = guimid_claims(table, args.mixture)
     if claims:
         print0(format_claims(claims))
     if dist_info.is_main:
-        write_summary(out, claims, conditions=table)
+        write_summary(run.out, claims, conditions=table)
     if dist_info.is_main and curves:
         keys = [f"{c}/gui_loss" for c in names] + [f"{names[-1]}/loss"]
         keys += [f"{c}/lr" for c in names]
-        title = "GUIMid: one schedule, two stages"
-        print0("curves:", plot_curves(curves, keys, out / "curves.png", title=title))
+        png = run.out / "curves.png"
+        print0("curves:", plot_curves(curves, keys, png, title="GUIMid: one schedule, two stages"))
     cleanup_distributed()
 
 

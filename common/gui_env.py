@@ -1,29 +1,32 @@
-"""A small simulated phone ("toy GUI world") shared by os_genesis.py and guimid.py.
+"""A small simulated phone ("toy GUI world") shared by os_genesis.py and guimid.py, the GUI
+environment protocol, and the one GUI agent loop (`run_episodes`).
 
 What it is (modelled on BrowserGym's and AndroidWorld's environment APIs):
-- A pure-Python screen graph (apps and tasks: common/gui_apps.py): a launcher plus four apps (Settings, Notes, Shop, Mail), several screens
-  each. Widgets have {id, role, name, bbox, clickable, editable, scrollable, long_clickable, value,
-  checked}; callbacks mutate the app state and switch screens; a back stack serves `navigate_back`.
+- A pure-Python screen graph (apps and tasks: common/gui_apps.py): a launcher plus four apps
+  (Settings, Notes, Shop, Mail), several screens each. Widgets have {id, role, name, bbox,
+  clickable, editable, scrollable, long_clickable, value, checked}; callbacks mutate the app
+  state and switch screens; a back stack serves `navigate_back`.
 - Gymnasium signatures as in BrowserGym: `reset(task) -> (obs, info)`,
-  `step(action) -> (obs, reward, terminated, truncated, info)`. The observation holds `goal`, `url`
-  (`toy://app/screen`), `screenshot` (a deterministic 128x192 pillow render with visible labels),
-  `axtree_txt` (`[id] role 'name'` lines for text-only agents), `ui_elements` (AndroidWorld-style dicts
-  with index, role, text, bbox_pixels and the is_* flags), `last_action`, `last_action_error`.
-- One internal action type, `GUIAction`, mirroring AndroidWorld's `JSONAction`. Parsers turn every
-  external format into it: AndroidWorld JSON, OS-Genesis "Low-level thought / action" outputs
-  (coordinates -> nearest element centre), GUIMid fenced JSON {"Element Description", "Action",
-  "Value"} (through a grounder; the stub one fuzzy-matches names); WebArena strings, BrowserGym calls
-  and pyautogui calls through common/gui_formats.py. Formatters write AndroidWorld JSON, OS-Genesis
-  targets and GUIMid blocks.
-- Tasks are checks on the app state (reward in {0, 1}); question tasks compare a normalised answer;
-  infeasible tasks expect `status: infeasible`. Optional subgoals are OR-accumulated (AgentBoard).
-  `ScriptedExpert` solves every task; `TASKS` has a deterministic train/test split.
-- Bad actions (unknown index, malformed string, unsupported verb) never raise out of `step`: they set
-  `last_action_error`, change nothing and cost a step.
-- `GUIEnvironment` is the small protocol an agent loop needs; a BrowserGym or AndroidWorld adapter
-  implements it by mapping observations to these keys and `GUIAction` to that library's action
-  (`gui_formats.format_browsergym`, `GUIAction.to_json`); common/miniwob_env.py is one; see
-  docs/gui_world.md.
+  `step(action) -> (obs, reward, terminated, truncated, info)`. The observation holds `goal`,
+  `url` (`toy://app/screen`), `screenshot` (a deterministic 128x192 pillow render with visible
+  labels), `axtree_txt` (`[id] role 'name'` lines for text-only agents), `ui_elements`
+  (AndroidWorld-style dicts with index, role, text, bbox_pixels and the is_* flags),
+  `last_action`, `last_action_error`.
+- One internal action type, `GUIAction`, mirroring AndroidWorld's `JSONAction`. Parsers turn
+  every external format into it: AndroidWorld JSON, OS-Genesis "Low-level thought / action"
+  outputs (coordinates -> nearest element centre), GUIMid fenced JSON {"Element Description",
+  "Action", "Value"} (through a grounder; the stub one fuzzy-matches names); WebArena strings,
+  BrowserGym calls and pyautogui calls through common/gui_formats.py. Formatters write
+  AndroidWorld JSON, OS-Genesis targets and GUIMid blocks.
+- Tasks are checks on the app state (reward in {0, 1}); question tasks compare a normalised
+  answer; infeasible tasks expect `status: infeasible`. Optional subgoals are OR-accumulated
+  (AgentBoard). `ScriptedExpert` solves every task; `TASKS` has a deterministic train/test split.
+- Bad actions (unknown index, malformed string, unsupported verb) never raise out of `step`: they
+  set `last_action_error`, change nothing and cost a step.
+- `GUIEnvironment` is the small protocol an agent loop needs; a BrowserGym or AndroidWorld
+  adapter implements it by mapping observations to these keys and `GUIAction` to that library's
+  action (`gui_formats.format_browsergym`, `GUIAction.to_json`); common/miniwob_env.py is one;
+  see docs/gui_world.md. `run_episodes` drives any of them, batched for model agents.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class ActionError(ValueError):
     """A malformed or impossible action; `step` turns it into `last_action_error`."""
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The internal action (AndroidWorld JSONAction shape)
 
 
@@ -112,7 +115,8 @@ class GUIAction:
 
 
 def validate_action(action: GUIAction) -> GUIAction:
-    """Raise ActionError when the action breaks the JSONAction rules (AndroidWorld json_action.JSONAction.__post_init__)."""
+    """Raise ActionError when the action breaks the JSONAction rules (AndroidWorld
+    json_action.JSONAction.__post_init__)."""
     t = action.action_type
     if t not in ACTION_TYPES:
         raise ActionError(f"unknown action_type {t!r}; expected one of {', '.join(ACTION_TYPES)}")
@@ -151,7 +155,7 @@ def validate_action(action: GUIAction) -> GUIAction:
     return action
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Layout, observation, rendering
 
 
@@ -189,20 +193,21 @@ def element_center(element: dict) -> tuple[float, float]:
 
 
 def element_at_point(x: float, y: float, ui_elements: list[dict]) -> int | None:
-    """Spec section 3.3: a point resolves to the (smallest) element containing it, else the nearest
-    centre; None for an empty screen."""
-    inside = [
-        e
-        for e in ui_elements
-        if e["bbox_pixels"]["x_min"] <= x < e["bbox_pixels"]["x_max"]
-        and e["bbox_pixels"]["y_min"] <= y < e["bbox_pixels"]["y_max"]
-    ]
+    """A point resolves to the smallest element containing it, else to the nearest element centre
+    (OS-Genesis' AndroidWorld rule); None for an empty screen."""
+    inside = [e for e in ui_elements if _contains(e["bbox_pixels"], x, y)]
     if inside:
-        b = lambda e: e["bbox_pixels"]  # noqa: E731
-        return min(
-            inside, key=lambda e: (b(e)["x_max"] - b(e)["x_min"]) * (b(e)["y_max"] - b(e)["y_min"])
-        )["index"]
+        return min(inside, key=_area)["index"]
     return nearest_center_index(x, y, ui_elements)
+
+
+def _contains(b: dict, x: float, y: float) -> bool:
+    return b["x_min"] <= x < b["x_max"] and b["y_min"] <= y < b["y_max"]
+
+
+def _area(element: dict) -> float:
+    b = element["bbox_pixels"]
+    return (b["x_max"] - b["x_min"]) * (b["y_max"] - b["y_min"])
 
 
 def nearest_center_index(x: float, y: float, ui_elements: list[dict]) -> int | None:
@@ -213,9 +218,10 @@ def nearest_center_index(x: float, y: float, ui_elements: list[dict]) -> int | N
 
 
 def screen_signature(obs: dict) -> frozenset:
-    """Spec section 3.5: the set of element identifiers on screen. The identifier includes the visible
-    state (name, value, checked) so that toggling a switch counts as a change (the AndroidWorld walk
-    reads text + content description, which a toggle also changes)."""
+    """The set of element identifiers on screen (OS-Genesis random_walk_aw.py: an unchanged set
+    means the action did nothing). The identifier includes the visible state (name, value,
+    checked) so that toggling a switch counts as a change (the AndroidWorld walk reads text +
+    content description, which a toggle also changes)."""
     return frozenset(
         (e["resource_id"], e["text"], e["value"], e["is_checked"]) for e in obs["ui_elements"]
     )
@@ -245,7 +251,8 @@ def format_axtree(ui_elements: list[dict], url: str = "") -> str:
 
 
 def osgenesis_a11y(ui_elements: list[dict]) -> str:
-    """OS-Genesis mobile observation text: {"Get started": "(539.5, 2148.0)", ...} (text -> centre)."""
+    """OS-Genesis mobile observation text: {"Get started": "(539.5, 2148.0)", ...}
+    (text -> centre)."""
     return json.dumps(
         {
             e["text"]: "({:.1f}, {:.1f})".format(*element_center(e))
@@ -257,8 +264,8 @@ def osgenesis_a11y(ui_elements: list[dict]) -> str:
 
 
 def state_diff(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """(path, old, new) for every leaf that changed; lists compare by value (drafts are skipped, they
-    are typing in progress, not an effect)."""
+    """(path, old, new) for every leaf that changed; lists compare by value (drafts are skipped,
+    they are typing in progress, not an effect)."""
     if isinstance(before, dict) and isinstance(after, dict):
         out = []
         for k in sorted(set(before) | set(after), key=str):
@@ -269,7 +276,7 @@ def state_diff(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, 
     return [] if before == after else [(path, before, after)]
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The environment
 
 
@@ -279,7 +286,8 @@ class GUIEnvironment(Protocol):
     that library's env and maps its observation to these keys (goal, url, screenshot, axtree_txt,
     ui_elements, last_action, last_action_error) and a GUIAction to its action
     (BrowserGym: `env.step(format_browsergym(action))`; AndroidWorld:
-    `env.execute_action(JSONAction(**action.to_dict()))`, success from `task.is_successful(env)`)."""
+    `env.execute_action(JSONAction(**action.to_dict()))`, success from
+    `task.is_successful(env)`)."""
 
     def reset(self, task: Any = None, seed: int | None = None) -> tuple[dict, dict]: ...
 
@@ -328,7 +336,8 @@ class ToyGUIEnv:
             if wanted in (app.name, app.label.lower()):
                 return app
         raise ActionError(
-            f"unknown app {name!r}; installed apps: {', '.join(a.label for a in self.apps.values())}"
+            f"unknown app {name!r}; installed apps: "
+            + ", ".join(a.label for a in self.apps.values())
         )
 
     # -- gym API --
@@ -442,7 +451,8 @@ class ToyGUIEnv:
         if act.index is not None:
             if not isinstance(act.index, int) or not 0 <= act.index < len(self.widgets):
                 raise ActionError(
-                    f"unknown element index {act.index!r}; this screen has elements 0..{len(self.widgets) - 1}"
+                    f"unknown element index {act.index!r}; this screen has elements "
+                    f"0..{len(self.widgets) - 1}"
                 )
             return self.widgets[act.index]
         if act.x is not None:
@@ -474,7 +484,8 @@ class ToyGUIEnv:
                 )
             if field_widget.on_type is None:
                 raise ActionError(
-                    f"input_text: element [{self.widgets.index(field_widget)}] '{field_widget.name}' is not editable"
+                    f"input_text: element [{self.widgets.index(field_widget)}] "
+                    f"'{field_widget.name}' is not editable"
                 )
             self.focus_key = field_widget.key
             field_widget.on_type(
@@ -671,12 +682,12 @@ class ToyGUIEnv:
         return img
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The scripted expert
 
 
 class ScriptedExpert:
-    """Follows a task's plan, finding each target by resource id and scrolling when it is off screen."""
+    """Follows a task's plan: each target by resource id, scrolling when it is off screen."""
 
     def __init__(self, task: Task):
         self.plan, self.pos, self.scroll_dir, self.last_sig = list(task.expert), 0, "down", None
@@ -727,7 +738,7 @@ def rollout(
 
 
 def replay(task: Task, actions: list) -> list[dict]:
-    """The observations of a recorded episode, rebuilt by re-running its actions (the env is deterministic)."""
+    """The observations of a recorded episode, rebuilt by re-running its actions (deterministic)."""
     env = ToyGUIEnv(task, max_steps=10**6, end_on_success=False)
     return [env.obs] + [
         env.step(a if isinstance(a, (str, GUIAction)) else GUIAction(**a))[0] for a in actions
@@ -846,7 +857,7 @@ def side_by_side(images: list[Image.Image]) -> Image.Image:
 
 
 def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
-    """A short low-level description ("click 'Wi-Fi'"), the GUIMid history and rule-based describer form."""
+    """A short low-level description ("click 'Wi-Fi'"): the GUIMid history and describer form."""
     name = None
     if action.index is not None and 0 <= action.index < len(ui_elements):
         name = ui_elements[action.index]["text"]
@@ -869,8 +880,8 @@ def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
     }.get(t, t)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Step accuracy (OS-Genesis sec 4.1, AndroidControl metrics)
+# ------------------------------------------------------------------------------------------------
+# Step accuracy (OS-Genesis's AndroidControl evaluation)
 
 
 def token_f1(pred: str, gold: str) -> float:
@@ -884,15 +895,15 @@ def token_f1(pred: str, gold: str) -> float:
 
 
 def androidcontrol_click_ok(pred_xy, gold_xy, width=1080, height=2400) -> bool:
-    """OS-Genesis sec 2.6 (AndroidControl): a click is right within sqrt((0.14 W)^2 + (0.14 H)^2) pixels of the
-    truth (368.45 px on a 1080x2400 screen)."""
+    """OS-Genesis's AndroidControl evaluation: a click is right within
+    sqrt((0.14 W)^2 + (0.14 H)^2) pixels of the truth (368.45 px on a 1080x2400 screen)."""
     return math.dist(pred_xy, gold_xy) <= math.hypot(0.14 * width, 0.14 * height)
 
 
 def step_match(pred: GUIAction | None, gold: GUIAction) -> tuple[bool, bool]:
-    """(type match, full match) for step accuracy. Points are already mapped to the nearest element centre
-    (OS-Genesis' AndroidWorld rule), so targets compare by element; text is right when exact or token F1 > 0.5
-    (OS-Genesis sec 2.6)."""
+    """(type match, full match) for step accuracy. Points are already mapped to the nearest element
+    centre (OS-Genesis' AndroidWorld rule), so targets compare by element; text is right when exact
+    or token F1 > 0.5 (OS-Genesis's AndroidControl evaluation)."""
     if pred is None or pred.action_type != gold.action_type:
         return False, False
     same_text = token_f1(pred.text or "", gold.text or "") > 0.5
@@ -914,7 +925,7 @@ def instruction(action: GUIAction, ui_elements: list[dict]) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Parsers: every external action format -> GUIAction
 
 
@@ -937,7 +948,7 @@ _JSON_FIELDS = ("action_type", "index", "x", "y", "text", "direction", "app_name
 
 
 def parse_json_action(action: str | dict) -> GUIAction:
-    """AndroidWorld JSONAction: {"action_type": "click", "index": 3} (strict: unknown keys are errors)."""
+    """AndroidWorld JSONAction: {"action_type": "click", "index": 3}; unknown keys are errors."""
     obj = _extract_json_object(action) if isinstance(action, str) else dict(action)
     unknown = set(obj) - set(_JSON_FIELDS)
     if unknown:
@@ -964,7 +975,7 @@ def parse_osgenesis(text: str) -> tuple[str, GUIAction]:
 
 
 def osgenesis_to_indexed(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
-    """OS-Genesis evaluation: (x, y) -> the nearest element centre's index ('type' -> input_text)."""
+    """OS-Genesis evaluation: (x, y) -> the nearest element centre's index."""
     if action.x is None:
         return action
     index = nearest_center_index(action.x, action.y, ui_elements)
@@ -974,7 +985,7 @@ def osgenesis_to_indexed(action: GUIAction, ui_elements: list[dict]) -> GUIActio
 
 
 def with_center_point(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
-    """Index -> element centre (x, y): the coordinate form of the OS-Genesis mobile training target."""
+    """Index -> element centre (x, y): the OS-Genesis mobile training target's coordinates."""
     if action.index is None:
         return action
     x, y = element_center(ui_elements[action.index])
@@ -996,7 +1007,8 @@ GUIMID_KEYS = ("Element Description", "Action", "Value")
 
 
 def parse_guimid(text: str) -> GUIMidOutput:
-    """A thought, then a fenced JSON block {"Element Description", "Action", "Value"} (GUIMid section 2)."""
+    """The GUIMid planner's output: a thought, then a fenced JSON block
+    {"Element Description", "Action", "Value"}."""
     obj = _extract_json_object(text)
     missing = [k for k in GUIMID_KEYS if k not in obj]
     if missing:
@@ -1014,7 +1026,7 @@ def parse_guimid(text: str) -> GUIMidOutput:
 
 
 class Grounder(Protocol):
-    """Maps an element description to a normalised point (x, y) in [0, 1], or None (UGround's job)."""
+    """Maps an element description to a normalised point (x, y) in [0, 1] or None (UGround)."""
 
     def ground(self, description: str, obs: dict) -> tuple[float, float] | None: ...
 
@@ -1092,8 +1104,8 @@ def parse_action(
     ui_elements: list[dict] | None = None,
     grounder: Grounder | None = None,
 ) -> GUIAction:
-    """Any format -> GUIAction. fmt: auto | json | osgenesis | guimid | webarena | browsergym | pyautogui.
-    Grounding needs the current ui_elements (OS-Genesis points, GUIMid descriptions)."""
+    """Any format -> GUIAction. fmt: auto | json | osgenesis | guimid | webarena | browsergym |
+    pyautogui. Grounding needs the current ui_elements (OS-Genesis points, GUIMid descriptions)."""
     if isinstance(text, dict):
         return parse_json_action(text)
     if not isinstance(text, str):
@@ -1137,12 +1149,12 @@ def parse_action(
     raise ValueError(f"unknown action format {fmt!r}")
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Formatters: GUIAction -> external formats
 
 
 def format_osgenesis(thought: str, action: GUIAction) -> str:
-    """The OS-Genesis mobile training target (OS-Genesis sec 3, mobile)."""
+    """The OS-Genesis mobile training target ("Low-level thought: ...\naction: {json}")."""
     return f"Low-level thought: {thought}\naction: {action.to_json()}"
 
 
@@ -1154,7 +1166,7 @@ def format_guimid(thought: str, description: str, action: str, value: str = "") 
 
 
 def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, str, str]:
-    """(Element Description, Action, Value) for a GUIAction, the element named by its visible label."""
+    """(Element Description, Action, Value) for a GUIAction; the element is named by its label."""
     target = (
         action.index
         if action.index is not None
