@@ -71,16 +71,18 @@ from common.gui_env import (
     TASKS,
     ActionError,
     ScriptedExpert,
-    StubGrounder,
     ToyGUIEnv,
-    action_to_guimid,
     format_axtree,
-    format_guimid,
-    guimid_to_action,
     list_tasks,
-    parse_guimid,
     rollout,
     run_episodes,
+)
+from common.gui_formats import (
+    StubGrounder,
+    action_to_guimid,
+    format_guimid,
+    guimid_to_action,
+    parse_guimid,
 )
 from common.models import end_of_turn, load_model, load_processor, make_tiny_vlm
 from common.sampling import HFSampler, finish_local, generate_local, get_tokenizer, render_prompt

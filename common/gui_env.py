@@ -303,7 +303,7 @@ class ToyGUIEnv:
         seed: int = 0,
         max_steps: int | None = None,
         end_on_success: bool = True,
-        grounder: Grounder | None = None,
+        grounder=None,  # a common.gui_formats.Grounder; default StubGrounder
     ):
         self.apps = APPS
         self.seed = seed
@@ -311,7 +311,11 @@ class ToyGUIEnv:
         self.end_on_success = (
             end_on_success  # BrowserGym/MiniWoB: the episode ends when the check passes
         )
-        self.grounder = grounder or StubGrounder()
+        if grounder is None:
+            from common.gui_formats import StubGrounder
+
+            grounder = StubGrounder()
+        self.grounder = grounder
         self.reset(task)
 
     # -- navigation API used by the app callbacks --
@@ -382,7 +386,7 @@ class ToyGUIEnv:
             act = (
                 action
                 if isinstance(action, GUIAction)
-                else parse_action(
+                else _parse_action(
                     action, ui_elements=self.obs["ui_elements"], grounder=self.grounder
                 )
             )
@@ -926,266 +930,44 @@ def instruction(action: GUIAction, ui_elements: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Parsers: every external action format -> GUIAction
+# The action formats and grounders live in common/gui_formats.py (which builds on this module);
+# the names below are still importable from here, loaded on first use (a module __getattr__,
+# PEP 562), so `from common.gui_env import parse_action` works without an import cycle.
+
+FORMATS = (
+    "_extract_json_object",  # os_genesis.py reads JSON objects with it
+    "parse_json_action",
+    "parse_osgenesis",
+    "osgenesis_to_indexed",
+    "with_center_point",
+    "GUIMidOutput",
+    "parse_guimid",
+    "Grounder",
+    "StubGrounder",
+    "guimid_to_action",
+    "parse_action",
+    "format_osgenesis",
+    "format_guimid",
+    "action_to_guimid",
+    "GUIMID_KEYS",
+    "parse_webarena",
+    "parse_pyautogui",
+    "parse_browsergym_calls",
+    "browsergym_to_action",
+    "format_webarena",
+    "format_browsergym",
+)
 
 
-def _extract_json_object(text: str) -> dict:
-    """The last balanced {...} in the text, parsed; raises ActionError naming what was wrong."""
-    fenced = re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
-    candidate = fenced[-1] if fenced else last_json_object(text)
-    if candidate is None:
-        raise ActionError(f"no JSON object found in {text[:80]!r}")
-    try:
-        obj = json.loads(candidate)
-    except json.JSONDecodeError as exc:
-        raise ActionError(f"malformed JSON action {candidate[:80]!r}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ActionError("the JSON action must be an object")
-    return obj
+def __getattr__(name: str):
+    if name in FORMATS:
+        from common import gui_formats
+
+        return getattr(gui_formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_JSON_FIELDS = ("action_type", "index", "x", "y", "text", "direction", "app_name", "goal_status")
+def _parse_action(action, **kwargs) -> GUIAction:
+    from common.gui_formats import parse_action
 
-
-def parse_json_action(action: str | dict) -> GUIAction:
-    """AndroidWorld JSONAction: {"action_type": "click", "index": 3}; unknown keys are errors."""
-    obj = _extract_json_object(action) if isinstance(action, str) else dict(action)
-    unknown = set(obj) - set(_JSON_FIELDS)
-    if unknown:
-        raise ActionError(
-            f"unknown JSON action keys {sorted(unknown)}; allowed: {list(_JSON_FIELDS)}"
-        )
-    if "action_type" not in obj:
-        raise ActionError("JSON action is missing 'action_type'")
-    if obj.get("index") is not None:
-        try:
-            obj["index"] = int(obj["index"])
-        except (TypeError, ValueError):
-            raise ActionError(f"index {obj['index']!r} is not an integer") from None
-    return validate_action(GUIAction(**obj))
-
-
-def parse_osgenesis(text: str) -> tuple[str, GUIAction]:
-    """'Low-level thought: ...\\naction: {json}' (OS-Genesis mobile target) -> (thought, action)."""
-    match = re.search(r"action\s*:\s*(\{.*\})", text, re.S | re.I)
-    if not match:
-        raise ActionError("no 'action: {...}' line found in the OS-Genesis output")
-    thought = re.search(r"Low-level thought\s*:\s*(.*?)\s*(?:\n|action\s*:)", text, re.S | re.I)
-    return (thought.group(1).strip() if thought else ""), parse_json_action(match.group(1))
-
-
-def osgenesis_to_indexed(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
-    """OS-Genesis evaluation: (x, y) -> the nearest element centre's index."""
-    if action.x is None:
-        return action
-    index = nearest_center_index(action.x, action.y, ui_elements)
-    if index is None:
-        raise ActionError("no element on screen to ground the point to")
-    return GUIAction(**{**action.to_dict(), "x": None, "y": None, "index": index})
-
-
-def with_center_point(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
-    """Index -> element centre (x, y): the OS-Genesis mobile training target's coordinates."""
-    if action.index is None:
-        return action
-    x, y = element_center(ui_elements[action.index])
-    return GUIAction(**{**action.to_dict(), "index": None, "x": x, "y": y})
-
-
-# -- GUIMid: a planner writes a description; a grounder turns it into a point --
-
-
-@dataclass
-class GUIMidOutput:
-    thought: str
-    description: str
-    action: str
-    value: str
-
-
-GUIMID_KEYS = ("Element Description", "Action", "Value")
-
-
-def parse_guimid(text: str) -> GUIMidOutput:
-    """The GUIMid planner's output: a thought, then a fenced JSON block
-    {"Element Description", "Action", "Value"}."""
-    obj = _extract_json_object(text)
-    missing = [k for k in GUIMID_KEYS if k not in obj]
-    if missing:
-        raise ActionError(
-            f"GUIMid action is missing key(s) {missing}; it needs {list(GUIMID_KEYS)}"
-        )
-    start = text.find("```")
-    thought = (text[:start] if start >= 0 else text[: text.find("{")]).strip()
-    return GUIMidOutput(
-        thought,
-        str(obj["Element Description"] or ""),
-        str(obj["Action"] or "").strip().lower(),
-        "" if obj["Value"] is None else str(obj["Value"]),
-    )
-
-
-class Grounder(Protocol):
-    """Maps an element description to a normalised point (x, y) in [0, 1] or None (UGround)."""
-
-    def ground(self, description: str, obs: dict) -> tuple[float, float] | None: ...
-
-
-class StubGrounder:
-    """Stand-in for UGround: fuzzy-match the description against element names (ratio of difflib,
-    1.0 for containment) and return the best element's normalised bbox centre."""
-
-    def __init__(self, threshold: float = 0.5):
-        self.threshold = threshold
-
-    def ground(self, description: str, obs: dict) -> tuple[float, float] | None:
-        want = normalize_answer(description)
-        best, best_score = None, self.threshold
-        for e in obs["ui_elements"]:
-            if e["role"] == "list":
-                continue
-            name = normalize_answer(e["text"])
-            score = (
-                1.0
-                if want and (want == name)
-                else 0.9
-                if want and name and (want in name or name in want)
-                else difflib.SequenceMatcher(None, want, name).ratio()
-            )
-            score += (
-                0.01 * e["is_clickable"]
-            )  # on a tie ("Wi-Fi" heading vs "Wi-Fi" switch) prefer what acts
-            if score > best_score:
-                best, best_score = e, score
-        if best is None:
-            return None
-        x, y = element_center(best)
-        return x / SCREEN_W, y / SCREEN_H
-
-
-def guimid_to_action(out: GUIMidOutput, obs: dict, grounder: Grounder) -> GUIAction:
-    """GUIMid mobile actions -> GUIAction (click, type, scroll, go_back, go_home, long_press, enter,
-    open_app, wait, stop [completed | infeasible | answer])."""
-    a, v = out.action.replace(" ", "_"), out.value.strip()
-    if a in ("click", "long_press", "type"):
-        point = grounder.ground(out.description, obs)
-        if point is None:
-            raise ActionError(
-                f"could not ground element description {out.description!r} on this screen"
-            )
-        x, y = point[0] * SCREEN_W, point[1] * SCREEN_H
-        if a == "type":
-            return GUIAction("input_text", x=x, y=y, text=out.value)
-        return GUIAction(a, x=x, y=y)
-    if a == "scroll":
-        return GUIAction("scroll", direction=v.lower())
-    if a in ("go_back", "back"):
-        return GUIAction("navigate_back")
-    if a in ("go_home", "home"):
-        return GUIAction("navigate_home")
-    if a in ("enter", "press") and (a == "enter" or v.lower() == "enter"):
-        return GUIAction("keyboard_enter")
-    if a == "open_app":
-        return GUIAction("open_app", app_name=v)
-    if a == "wait":
-        return GUIAction("wait")
-    if a == "stop":
-        if v.lower() in ("infeasible", "n/a"):
-            return GUIAction("status", goal_status="infeasible")
-        if v.lower() in ("", "completed", "complete", "done"):
-            return GUIAction("status", goal_status="complete")
-        return GUIAction("answer", text=v)
-    raise ActionError(f"GUIMid action {out.action!r} is not a mobile action the toy phone supports")
-
-
-def parse_action(
-    text: str | dict,
-    fmt: str = "auto",
-    ui_elements: list[dict] | None = None,
-    grounder: Grounder | None = None,
-) -> GUIAction:
-    """Any format -> GUIAction. fmt: auto | json | osgenesis | guimid | webarena | browsergym |
-    pyautogui. Grounding needs the current ui_elements (OS-Genesis points, GUIMid descriptions)."""
-    if isinstance(text, dict):
-        return parse_json_action(text)
-    if not isinstance(text, str):
-        raise ActionError(
-            f"an action must be a GUIAction, dict or string, not {type(text).__name__}"
-        )
-    s = text.strip()
-    if fmt == "auto":
-        fmt = (
-            "osgenesis"
-            if re.search(r"low-level thought", s, re.I)
-            else "guimid"
-            if "Element Description" in s
-            else "json"
-            if "action_type" in s
-            else "pyautogui"
-            if s.startswith("pyautogui.")
-            else "webarena"
-            if re.match(r"(```\w*\s*)?[a-z_]+( \[|$)", s) or "```" in s
-            else "browsergym"
-        )
-    if fmt == "json":
-        return parse_json_action(s)
-    if fmt == "osgenesis":
-        action = parse_osgenesis(s)[1]
-        return osgenesis_to_indexed(action, ui_elements or [])
-    if fmt == "guimid":
-        return guimid_to_action(
-            parse_guimid(s), {"ui_elements": ui_elements or []}, grounder or StubGrounder()
-        )
-    if fmt in ("webarena", "pyautogui", "browsergym"):
-        from common import (
-            gui_formats,
-        )  # their parsers live apart: the toy's agents do not speak them
-
-        if fmt == "webarena":
-            return gui_formats.parse_webarena(s)
-        if fmt == "pyautogui":
-            return gui_formats.parse_pyautogui(s)
-        return gui_formats.browsergym_to_action(*gui_formats.parse_browsergym_calls(s)[0])
-    raise ValueError(f"unknown action format {fmt!r}")
-
-
-# ------------------------------------------------------------------------------------------------
-# Formatters: GUIAction -> external formats
-
-
-def format_osgenesis(thought: str, action: GUIAction) -> str:
-    """The OS-Genesis mobile training target ("Low-level thought: ...\naction: {json}")."""
-    return f"Low-level thought: {thought}\naction: {action.to_json()}"
-
-
-def format_guimid(thought: str, description: str, action: str, value: str = "") -> str:
-    block = json.dumps(
-        {"Element Description": description, "Action": action, "Value": value}, ensure_ascii=False
-    )
-    return f"{thought}\n```json\n{block}\n```"
-
-
-def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, str, str]:
-    """(Element Description, Action, Value) for a GUIAction; the element is named by its label."""
-    target = (
-        action.index
-        if action.index is not None
-        else (element_at_point(action.x, action.y, ui_elements) if action.x is not None else None)
-    )
-    desc = ui_elements[target]["text"] if target is not None else ""
-    t = action.action_type
-    table = {
-        "click": ("click", ""),
-        "long_press": ("long_press", ""),
-        "input_text": ("type", (action.text or "").rstrip("\n")),
-        "keyboard_enter": ("enter", ""),
-        "scroll": ("scroll", action.direction or ""),
-        "navigate_back": ("go_back", ""),
-        "navigate_home": ("go_home", ""),
-        "open_app": ("open_app", action.app_name or ""),
-        "wait": ("wait", ""),
-        "answer": ("stop", action.text or ""),
-        "status": ("stop", "infeasible" if action.goal_status == "infeasible" else "completed"),
-    }
-    verb, value = table[t]
-    return desc, verb, value
+    return parse_action(action, **kwargs)

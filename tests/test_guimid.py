@@ -11,14 +11,12 @@ import pytest
 import torch
 
 import guimid
-from common.gui_env import (
+from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
+from common.gui_formats import (
     ActionError,
-    ScriptedExpert,
     StubGrounder,
-    ToyGUIEnv,
     action_to_guimid,
     guimid_to_action,
-    list_tasks,
     parse_guimid,
 )
 from common.models import load_model, load_processor, make_tiny_vlm
