@@ -456,6 +456,40 @@ class StubGrounder:
         return x / SCREEN_W, y / SCREEN_H
 
 
+def parse_point(text: str) -> tuple[float, float] | None:
+    """'(x, y)' with x, y in [0, 1000) (UGround-V1's output) -> normalised (x, y), else None."""
+    m = re.search(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)", text or "")
+    if not m:
+        return None
+    x, y = float(m.group(1)) / 1000, float(m.group(2)) / 1000
+    return (x, y) if 0 <= x <= 1 and 0 <= y <= 1 else None
+
+
+class ModelGrounder:
+    """A VLM behind the Grounder interface (GUIMid: a frozen UGround-V1-7B), one copy a rank."""
+
+    def __init__(self, path: str, device="cpu", dtype="auto"):
+        from common.models import load_model, load_processor  # torch only when asked for
+        from common.sampling import HFSampler
+
+        model = load_model(path, vlm=True, dtype=dtype, device=device)
+        self.sampler = HFSampler(model, load_processor(path))
+        self.failures = 0
+
+    def ground(self, description: str, obs: dict) -> tuple[float, float] | None:
+        ask = f"Point to the element on this screen described as: {description}\n"
+        ask += "Answer with one point (x, y) in [0, 1000)."
+        out = self.sampler.generate(
+            [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ask}]}]],
+            temperature=0,
+            max_new_tokens=24,
+            images=[obs["screenshot"]],
+        )
+        point = parse_point(out[0][0].text)
+        self.failures += point is None
+        return point
+
+
 def guimid_to_action(out: GUIMidOutput, obs: dict, grounder: Grounder) -> GUIAction:
     """GUIMid mobile actions -> GUIAction (click, type, scroll, go_back, go_home, long_press, enter,
     open_app, wait, stop [completed | infeasible | answer])."""

@@ -14,10 +14,12 @@ import guimid
 from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
 from common.gui_formats import (
     ActionError,
+    ModelGrounder,
     StubGrounder,
     action_to_guimid,
     guimid_to_action,
     parse_guimid,
+    parse_point,
 )
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.train import Dist
@@ -152,12 +154,12 @@ def test_expert_trajectories_through_the_planner_format_solve_every_task():
 
 
 def test_parse_point():
-    assert guimid.parse_point("(120, 340)") == pytest.approx((0.12, 0.34))
-    assert guimid.parse_point("The element is at ( 500.5 , 7 ).") == pytest.approx((0.5005, 0.007))
+    assert parse_point("(120, 340)") == pytest.approx((0.12, 0.34))
+    assert parse_point("The element is at ( 500.5 , 7 ).") == pytest.approx((0.5005, 0.007))
     assert (
-        guimid.parse_point("click it") is None
-        and guimid.parse_point("(1200, 5)") is None
-        and guimid.parse_point(None) is None
+        parse_point("click it") is None
+        and parse_point("(1200, 5)") is None
+        and parse_point(None) is None
     )
 
 
@@ -414,7 +416,7 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
         and r["steps"] == 2
         and r["history"] == ["open_app 'Settings'", "click 'Airplane mode'"]
     )
-    grounder = guimid.ModelGrounder(path)
+    grounder = ModelGrounder(path)
     obs, _ = ToyGUIEnv().reset(task)
     point = grounder.ground(
         "Settings", obs
@@ -567,18 +569,18 @@ def test_learning_scripted_baseline_earns_progress_but_never_success(learned):
     )  # opening the right app is a third of the way
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on the toy, the mixture-trained agent overfits the 12 tasks more (docs/guimid.md)",
-)
 def test_learning_mid_training_lowers_the_held_out_gui_loss(learned):
-    """The paper's claim: with scarce GUI data, mid-training makes the GUI stage generalise better."""
+    """The paper's claim: with scarce GUI data, mid-training (with GUI data mixed in) makes the
+    GUI stage generalise better: a lower loss on the held-out tasks' expert steps."""
     claims, _, stdout = learned
     assert claims["heldout_gui_loss"]["holds"], stdout
+    assert claims["heldout_gui_loss"]["result"] < 0.8 * claims["heldout_gui_loss"]["baseline"]
 
 
 @pytest.mark.xfail(
-    strict=True, reason="on the toy, PR does not separate the conditions (docs/guimid.md)"
+    strict=True,
+    reason="no planner trained on the toy's scarce GUI data emits valid actions on held-out "
+    "tasks (invalid rate 1.0), so PR is 0 for both (docs/guimid.md)",
 )
 def test_learning_mid_training_raises_pr(learned):
     claims, _, stdout = learned
