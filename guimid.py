@@ -29,8 +29,8 @@ Departures:
   ablation, stopped after the switch) and a scripted "open the right app, then wait" planner.
 - Grounding: the toy reads the accessibility tree (common.gui_formats.StubGrounder, a stand-in for
   UGround-V1-7B); `--grounder <VLM>` asks a model for "(x, y)" in [0, 1000).
-- The non-GUI:GUI ratio is not stated: paper preset 56,062/150,000 (Table 2's whole set in a
-  150K run, which the 300K run keeps "by duplicating GUI data").
+- The non-GUI:GUI ratio is not stated: 0.374 = 56,062/150,000 (Table 2's whole set in a 150K
+  run, which the 300K run keeps "by duplicating GUI data"), in the toy and the paper preset.
 - PR on the GUI world: content subgoals = the task's subgoals + success; the URL subgoal = "on
   the screen where the expert acts last" (no AgentBoard annotations). Weight decay (0.0) and
   gradient clipping (1.0) are not stated.
@@ -124,8 +124,8 @@ class Args:
     )
     gui_mix_ratio: float = arg(
         0.374,
-        "GUI draws mixed into mid-training per mixture draw (not stated; paper preset: "
-        "0.374 = 56,062/150,000, Table 2's set in a 150K run)",
+        "GUI draws mixed into mid-training per mixture draw (not stated; 0.374 = "
+        "56,062/150,000: Table 2's set in a 150K run, kept by the 300K run)",
     )
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
@@ -172,7 +172,6 @@ PAPER = dict(
     batch_size=32,  # 8 GPUs x 2 per device x accumulation 2
     gui_epochs=1,
     mixture_size=None,  # the recipe total: 300K for guimid_300k
-    gui_mix_ratio=0.374,  # not stated: Table 2's 56,062 GUI steps per 150K mixture draws
     max_episode_steps=30,  # AgentBoard
     max_new_tokens=512,  # not stated
     gradient_checkpointing=True,  # not stated; a 7B VLM at 8192 tokens needs it
