@@ -1,5 +1,4 @@
-"""GUIMid: mid-training mixtures, then GUI trajectory fine-tuning, evaluated as a GUI agent.
-Docs: docs/guimid.md.
+"""GUIMid (docs/guimid.md): mid-training mixtures, GUI trajectory fine-tuning, a GUI agent.
 
 Paper: "Breaking the Data Barrier -- Building GUI Agents Through Task Generalization" (Zhang et
 al., arXiv 2504.10127, COLM 2025). No training code is released; this follows the paper text.
