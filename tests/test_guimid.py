@@ -388,8 +388,8 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     model = load_model(path, vlm=True)
     tasks = list_tasks("test")[:2]
     args = guimid.Args(max_episode_steps=2, max_new_tokens=6)
-    env = (AdapterEnv, tasks, {})  # (make_env, tasks, target URLs)
-    results = guimid.evaluate_model(model, processor, args, env, StubGrounder(), Dist())
+    run = guimid.Setup(args, Dist(), path, processor, AdapterEnv, tasks, {}, StubGrounder(), None)
+    results = guimid.evaluate_model(model, run)
     assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(
         r["steps"] == 2 and r["invalid"] == 2 and not r["success"] and r["pr"] == 0.0
@@ -402,14 +402,10 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
         ]
     )
     task = next(t for t in list_tasks() if t.task_id == "settings_airplane_on")
-    env = (ToyGUIEnv, [task], {task.task_id: guimid.expert_target_url(task)})
-    [r] = guimid.play(
-        lambda msgs, imgs: [next(scripted) for _ in msgs],
-        guimid.Args(max_episode_steps=5),
-        env,
-        StubGrounder(),
-        Dist(),
-    )
+    urls = {task.task_id: guimid.expert_target_url(task)}
+    args = guimid.Args(max_episode_steps=5)
+    run = guimid.Setup(args, Dist(), path, processor, ToyGUIEnv, [task], urls, StubGrounder(), None)
+    [r] = guimid.play(lambda msgs, imgs: [next(scripted) for _ in msgs], run)
     assert (
         r["success"]
         and r["pr"] == 1.0
