@@ -78,7 +78,7 @@ def expert_runs():
     return {tid: rollout(env, ScriptedExpert(task).act, task) for tid, task in TASKS.items()}
 
 
-# ---------------------------------------------------------------------------------------------- tasks
+# tasks --------------------------------------------------------------------------------------------
 
 
 def test_catalogue_has_apps_splits_and_kinds():
@@ -207,7 +207,7 @@ def test_text_fields_focus_enter_and_validation_flash():
     assert env.state["mail"]["sent"] == []
 
 
-# ------------------------------------------------------------------------------ render vs a11y tree
+# render vs a11y tree ------------------------------------------------------------------------------
 
 
 def _visited_observations(expert_runs):
@@ -286,7 +286,7 @@ def test_clicks_by_coordinates_and_osgenesis_a11y():
     assert "outside" in obs["last_action_error"]
 
 
-# ------------------------------------------------------------------------ action formats (spec s5)
+# action formats (spec s5) -------------------------------------------------------------------------
 
 
 def test_check1_webarena_strings():
@@ -312,7 +312,8 @@ def test_check2_osgenesis_coordinates_to_nearest_centre():
         el(2, "Logo", 300, 300, 700, 700),
     ]
     thought, action = parse_osgenesis(
-        'Low-level thought: Click \'Get started\'\naction: {"action_type":"click","x":539.5,"y":2148.0}'
+        "Low-level thought: Click 'Get started'\n"
+        'action: {"action_type":"click","x":539.5,"y":2148.0}'
     )
     assert thought == "Click 'Get started'" and action == GUIAction("click", x=539.5, y=2148.0)
     indexed = osgenesis_to_indexed(action, elements)
@@ -361,7 +362,8 @@ def test_check3_json_action_validity():
     assert parse_json_action('prefix {"action_type":"click","index":"3"} suffix') == GUIAction(
         "click", index=3
     )
-    # a brace inside the typed text is text, not the end of the object (common.rewards.last_json_object)
+    # a brace inside the typed text is text, not the end of the object
+    # (common.rewards.last_json_object)
     assert parse_json_action(
         'I type: {"action_type":"input_text","index":2,"text":"a}b"}'
     ) == GUIAction("input_text", index=2, text="a}b")
@@ -395,7 +397,8 @@ def test_check12_browsergym_calls():
 def test_check12_guimid_json_and_stub_grounder():
     env = ToyGUIEnv()
     obs, _ = env.reset(Task("t", "shop", "search", start_app="shop"))
-    text = 'I should search.\n```json\n{"Element Description":"Search bar","Action":"type","Value":"GUI Agent"}\n```'
+    block = '{"Element Description":"Search bar","Action":"type","Value":"GUI Agent"}'
+    text = f"I should search.\n```json\n{block}\n```"
     out = parse_guimid(text)
     assert (out.thought, out.description, out.action, out.value) == (
         "I should search.",
@@ -434,7 +437,7 @@ def test_pyautogui_calls():
 
 
 def test_every_format_round_trips_through_the_expert(expert_runs):
-    """Each expert action re-encoded in every format that can express it must still solve the task."""
+    """Each expert action re-encoded in every format that can express it still solves the task."""
     env = ToyGUIEnv()
     for fmt in ("json", "osgenesis", "guimid", "webarena", "browsergym"):
         for tid, task in TASKS.items():
@@ -529,11 +532,11 @@ def test_toy_env_satisfies_the_adapter_protocol():
     assert isinstance(ToyGUIEnv(), GUIEnvironment)
 
 
-# ---------------------------------------------------------------------------------------------- the one agent loop
+# the one agent loop -------------------------------------------------------------------------------
 
 
 class CountingEnv:
-    """One shared environment (like MiniWoB's single browser): counts resets, wraps the toy phone."""
+    """One shared environment (like MiniWoB's one browser): counts resets, wraps the toy phone."""
 
     def __init__(self, max_steps):
         self.env, self.resets = ToyGUIEnv(max_steps=max_steps), 0

@@ -1,6 +1,7 @@
-"""Tests for guimid.py: mixture proportions (spec check 6), the one-optimizer/one-schedule stage boundary with
-resume, planner-format parsing, AgentBoard progress rate (spec check 10), grounding, the agent loop through the
-GUIEnvironment protocol with the tiny VLM, and an end-to-end run (+ --resume across the stage boundary)."""
+"""Tests for guimid.py: mixture proportions (the 300K table's shares), the one-optimizer and
+one-schedule stage boundary with resume, planner-format parsing, AgentBoard progress rate,
+grounding, the agent loop through the GUIEnvironment protocol with the tiny VLM, an end-to-end run
+(+ --resume across the stage boundary), and the learning tests on the no-argument run."""
 
 import json
 import math
@@ -17,6 +18,7 @@ from common.gui_formats import (
     ModelGrounder,
     StubGrounder,
     action_to_guimid,
+    format_guimid,
     guimid_to_action,
     parse_guimid,
     parse_point,
@@ -24,7 +26,7 @@ from common.gui_formats import (
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.train import Dist
 
-# ---------------------------------------------------------------------------------------------- mixtures
+# mixtures -----------------------------------------------------------------------------------------
 
 
 def test_guimid_mixture_counts_match_spec_check_6():
@@ -94,7 +96,7 @@ def test_domain_table_matches_table_1():
     assert sum(guimid.RECIPES["guimid_300k"].values()) == 300_000
 
 
-# ---------------------------------------------------------------------------------------------- planner format
+# planner format -----------------------------------------------------------------------------------
 
 
 def test_planner_output_parsing():
@@ -106,7 +108,8 @@ def test_planner_output_parsing():
         "type",
         "GUI Agent",
     )
-    wrapped = 'Sure! First I look.\n```json\n{"Element Description": "Save", "Action": "click", "Value": ""}\n```\nDone, hope it helps.'
+    block = '{"Element Description": "Save", "Action": "click", "Value": ""}'
+    wrapped = f"Sure! First I look.\n```json\n{block}\n```\nDone, hope it helps."
     out = parse_guimid(wrapped)
     assert (out.thought, out.description, out.action) == ("Sure! First I look.", "Save", "click")
     with pytest.raises(ActionError, match="missing key.*Value"):
@@ -139,7 +142,7 @@ def test_history_entries():
 
 
 def test_expert_trajectories_through_the_planner_format_solve_every_task():
-    """Training targets are executable: thought + JSON -> a11y-tree grounding -> env, for all 60 tasks."""
+    """Training targets are executable: thought + JSON -> a11y-tree grounding -> env (60 tasks)."""
     for task in list_tasks():
         env = ToyGUIEnv()
         obs, _ = env.reset(task)
@@ -163,7 +166,7 @@ def test_parse_point():
     )
 
 
-# ---------------------------------------------------------------------------------------------- progress rate
+# progress rate ------------------------------------------------------------------------------------
 
 
 def test_progress_rate_spec_check_10():
@@ -180,7 +183,7 @@ def test_progress_rate_spec_check_10():
     assert guimid.progress_rate([], success=False) == 0.0
 
 
-# ---------------------------------------------------------------------------------------------- data + encoding
+# data + encoding ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +249,7 @@ def test_rows_to_samples_formats_and_errors(tmp_path):
         )
 
 
-# ---------------------------------------------------------------------------------------------- one optimizer, one schedule
+# one optimizer, one schedule ----------------------------------------------------------------------
 
 
 def _args(tmp_path, **kw):
@@ -302,7 +305,7 @@ def test_optimizer_and_scheduler_continue_across_the_stage_boundary(tmp_path, pr
     assert [r["lr"] for r in log_a.history] == pytest.approx(
         cosine
     )  # step 2 (first GUI step) continues the cosine
-    # kill at the boundary, resume in a fresh process state: same optimizer state, same lr, same weights
+    # kill at the boundary, resume in a fresh process state: same optimizer state, lr, weights
     _, _, _, log_b1, _, _ = _run(tmp_path / "b", pools, processor, path, stop_after_step=n_mid)
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
     assert (
@@ -366,11 +369,12 @@ def test_train_condition_micro_batches_equal_unsplit_step(tmp_path, processor, m
     assert_micro_batching_matches(path, step, micro_batch_size=1, vlm=True)
 
 
-# ---------------------------------------------------------------------------------------------- agent loop
+# agent loop ---------------------------------------------------------------------------------------
 
 
 class AdapterEnv:
-    """An external environment seen only through the GUIEnvironment protocol (reset/step), like a BrowserGym
+    """An external environment seen only through the GUIEnvironment protocol (reset/step), like a
+    BrowserGym
     or AndroidWorld adapter would be; here it wraps the toy phone and hides everything else."""
 
     def __init__(self):
@@ -397,8 +401,8 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     )  # garbage counted
     scripted = iter(
         [
-            'I open it.\n```json\n{"Element Description": "", "Action": "open_app", "Value": "Settings"}\n```',
-            'Done.\n```json\n{"Element Description": "Airplane mode", "Action": "click", "Value": ""}\n```',
+            format_guimid("I open it.", "", "open_app", "Settings"),
+            format_guimid("Done.", "Airplane mode", "click", ""),
         ]
     )
     task = next(t for t in list_tasks() if t.task_id == "settings_airplane_on")
@@ -421,7 +425,7 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     assert grounder.failures == (point is None)
 
 
-# ---------------------------------------------------------------------------------------------- end to end
+# end to end ---------------------------------------------------------------------------------------
 
 TINY = [
     "--mixture_size",
@@ -454,7 +458,7 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
     assert len((out / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(
         list_tasks("test")
     )
-    # stop at the stage boundary, then --resume finishes the GUI stage with the same optimizer and schedule
+    # stop at the stage boundary; --resume finishes the GUI stage, same optimizer and schedule
     res = tmp_path / "resumed"
     run_cmd(
         [
@@ -498,7 +502,8 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
     assert [r["loss"] for r in resumed] == pytest.approx(
         [r["loss"] for r in uninterrupted], rel=1e-4
     )
-    # 2 processes, FSDP2 on gloo: same schedule, same first-step loss (before any update), eval split over ranks
+    # 2 processes, FSDP2 on gloo: same schedule, same first-step loss (before any update), the
+    # evaluation split over ranks
     fsdp = tmp_path / "fsdp"
     proc = run_cmd(
         [*torchrun_cmd, "guimid.py", "--output_dir", str(fsdp), "--compare", "False", *TINY],
@@ -514,7 +519,8 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
 
 
 def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
-    """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on them, reaches SR 1."""
+    """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on
+    them, reaches SR 1."""
     out = tmp_path / "overfit"
     run_cmd(
         [
