@@ -1,5 +1,6 @@
 """Tests for the toy GUI world (common/gui_env.py): experts, success checks, render vs a11y tree,
-every action format (spec gui_agents.md section 5 checks 1, 2, 3, 12) and malformed actions."""
+every action format (pinned to WebArena's, BrowserGym's, OS-Genesis' and GUIMid's rules), malformed
+actions, and the one agent loop."""
 
 import json
 import random
