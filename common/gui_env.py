@@ -1,34 +1,38 @@
-"""A small simulated phone ("toy GUI world") shared by os_genesis.py and guimid.py.
+"""A small simulated phone ("toy GUI world") shared by os_genesis.py and guimid.py, the GUI
+environment protocol, and the one GUI agent loop (`run_episodes`).
 
 What it is (modelled on BrowserGym's and AndroidWorld's environment APIs):
-- A pure-Python screen graph (apps and tasks: common/gui_apps.py): a launcher plus four apps (Settings, Notes, Shop, Mail), several screens
-  each. Widgets have {id, role, name, bbox, clickable, editable, scrollable, long_clickable, value,
-  checked}; callbacks mutate the app state and switch screens; a back stack serves `navigate_back`.
+- A pure-Python screen graph (apps and tasks: common/gui_apps.py): a launcher plus four apps
+  (Settings, Notes, Shop, Mail), several screens each. Widgets have {id, role, name, bbox,
+  clickable, editable, scrollable, long_clickable, value, checked}; callbacks mutate the app
+  state and switch screens; a back stack serves `navigate_back`.
 - Gymnasium signatures as in BrowserGym: `reset(task) -> (obs, info)`,
-  `step(action) -> (obs, reward, terminated, truncated, info)`. The observation holds `goal`, `url`
-  (`toy://app/screen`), `screenshot` (a deterministic 128x192 pillow render with visible labels),
-  `axtree_txt` (`[id] role 'name'` lines for text-only agents), `ui_elements` (AndroidWorld-style dicts
-  with index, role, text, bbox_pixels and the is_* flags), `last_action`, `last_action_error`.
-- One internal action type, `GUIAction`, mirroring AndroidWorld's `JSONAction`. Parsers turn every
-  external format into it: AndroidWorld JSON, OS-Genesis "Low-level thought / action" outputs
-  (coordinates -> nearest element centre), GUIMid fenced JSON {"Element Description", "Action",
-  "Value"} (through a grounder; the stub one fuzzy-matches names); WebArena strings, BrowserGym calls
-  and pyautogui calls through common/gui_formats.py. Formatters write AndroidWorld JSON, OS-Genesis
-  targets and GUIMid blocks.
-- Tasks are checks on the app state (reward in {0, 1}); question tasks compare a normalised answer;
-  infeasible tasks expect `status: infeasible`. Optional subgoals are OR-accumulated (AgentBoard).
-  `ScriptedExpert` solves every task; `TASKS` has a deterministic train/test split.
-- Bad actions (unknown index, malformed string, unsupported verb) never raise out of `step`: they set
-  `last_action_error`, change nothing and cost a step.
-- `GUIEnvironment` is the small protocol an agent loop needs; a BrowserGym or AndroidWorld adapter
-  implements it by mapping observations to these keys and `GUIAction` to that library's action
-  (`gui_formats.format_browsergym`, `GUIAction.to_json`); common/miniwob_env.py is one; see
-  docs/gui_world.md.
+  `step(action) -> (obs, reward, terminated, truncated, info)`. The observation holds `goal`,
+  `url` (`toy://app/screen`), `screenshot` (a deterministic 128x192 pillow render with visible
+  labels), `axtree_txt` (`[id] role 'name'` lines for text-only agents), `ui_elements`
+  (AndroidWorld-style dicts with index, role, text, bbox_pixels and the is_* flags),
+  `last_action`, `last_action_error`.
+- One internal action type, `GUIAction`, mirroring AndroidWorld's `JSONAction`. Parsers turn
+  every external format into it: AndroidWorld JSON, OS-Genesis "Low-level thought / action"
+  outputs (coordinates -> nearest element centre), GUIMid fenced JSON {"Element Description",
+  "Action", "Value"} (through a grounder; the stub one fuzzy-matches names); WebArena strings,
+  BrowserGym calls and pyautogui calls through common/gui_formats.py. Formatters write
+  AndroidWorld JSON, OS-Genesis targets and GUIMid blocks.
+- Tasks are checks on the app state (reward in {0, 1}); question tasks compare a normalised
+  answer; infeasible tasks expect `status: infeasible`. Optional subgoals are OR-accumulated
+  (AgentBoard). `ScriptedExpert` solves every task; `TASKS` has a deterministic train/test split.
+- Bad actions (unknown index, malformed string, unsupported verb) never raise out of `step`: they
+  set `last_action_error`, change nothing and cost a step.
+- `GUIEnvironment` is the small protocol an agent loop needs; a BrowserGym or AndroidWorld
+  adapter implements it by mapping observations to these keys and `GUIAction` to that library's
+  action (`gui_formats.format_browsergym`, `GUIAction.to_json`); common/miniwob_env.py is one;
+  see docs/gui_world.md. `run_episodes` drives any of them, batched for model agents.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -84,7 +88,7 @@ class ActionError(ValueError):
     """A malformed or impossible action; `step` turns it into `last_action_error`."""
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The internal action (AndroidWorld JSONAction shape)
 
 
@@ -111,7 +115,8 @@ class GUIAction:
 
 
 def validate_action(action: GUIAction) -> GUIAction:
-    """Raise ActionError when the action breaks the JSONAction rules (AndroidWorld json_action.JSONAction.__post_init__)."""
+    """Raise ActionError when the action breaks the JSONAction rules (AndroidWorld
+    json_action.JSONAction.__post_init__)."""
     t = action.action_type
     if t not in ACTION_TYPES:
         raise ActionError(f"unknown action_type {t!r}; expected one of {', '.join(ACTION_TYPES)}")
@@ -150,7 +155,7 @@ def validate_action(action: GUIAction) -> GUIAction:
     return action
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Layout, observation, rendering
 
 
@@ -188,20 +193,21 @@ def element_center(element: dict) -> tuple[float, float]:
 
 
 def element_at_point(x: float, y: float, ui_elements: list[dict]) -> int | None:
-    """Spec section 3.3: a point resolves to the (smallest) element containing it, else the nearest
-    centre; None for an empty screen."""
-    inside = [
-        e
-        for e in ui_elements
-        if e["bbox_pixels"]["x_min"] <= x < e["bbox_pixels"]["x_max"]
-        and e["bbox_pixels"]["y_min"] <= y < e["bbox_pixels"]["y_max"]
-    ]
+    """A point resolves to the smallest element containing it, else to the nearest element centre
+    (OS-Genesis' AndroidWorld rule); None for an empty screen."""
+    inside = [e for e in ui_elements if _contains(e["bbox_pixels"], x, y)]
     if inside:
-        b = lambda e: e["bbox_pixels"]  # noqa: E731
-        return min(
-            inside, key=lambda e: (b(e)["x_max"] - b(e)["x_min"]) * (b(e)["y_max"] - b(e)["y_min"])
-        )["index"]
+        return min(inside, key=_area)["index"]
     return nearest_center_index(x, y, ui_elements)
+
+
+def _contains(b: dict, x: float, y: float) -> bool:
+    return b["x_min"] <= x < b["x_max"] and b["y_min"] <= y < b["y_max"]
+
+
+def _area(element: dict) -> float:
+    b = element["bbox_pixels"]
+    return (b["x_max"] - b["x_min"]) * (b["y_max"] - b["y_min"])
 
 
 def nearest_center_index(x: float, y: float, ui_elements: list[dict]) -> int | None:
@@ -212,9 +218,10 @@ def nearest_center_index(x: float, y: float, ui_elements: list[dict]) -> int | N
 
 
 def screen_signature(obs: dict) -> frozenset:
-    """Spec section 3.5: the set of element identifiers on screen. The identifier includes the visible
-    state (name, value, checked) so that toggling a switch counts as a change (the AndroidWorld walk
-    reads text + content description, which a toggle also changes)."""
+    """The set of element identifiers on screen (OS-Genesis random_walk_aw.py: an unchanged set
+    means the action did nothing). The identifier includes the visible state (name, value,
+    checked) so that toggling a switch counts as a change (the AndroidWorld walk reads text +
+    content description, which a toggle also changes)."""
     return frozenset(
         (e["resource_id"], e["text"], e["value"], e["is_checked"]) for e in obs["ui_elements"]
     )
@@ -244,7 +251,8 @@ def format_axtree(ui_elements: list[dict], url: str = "") -> str:
 
 
 def osgenesis_a11y(ui_elements: list[dict]) -> str:
-    """OS-Genesis mobile observation text: {"Get started": "(539.5, 2148.0)", ...} (text -> centre)."""
+    """OS-Genesis mobile observation text: {"Get started": "(539.5, 2148.0)", ...}
+    (text -> centre)."""
     return json.dumps(
         {
             e["text"]: "({:.1f}, {:.1f})".format(*element_center(e))
@@ -256,8 +264,8 @@ def osgenesis_a11y(ui_elements: list[dict]) -> str:
 
 
 def state_diff(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """(path, old, new) for every leaf that changed; lists compare by value (drafts are skipped, they
-    are typing in progress, not an effect)."""
+    """(path, old, new) for every leaf that changed; lists compare by value (drafts are skipped,
+    they are typing in progress, not an effect)."""
     if isinstance(before, dict) and isinstance(after, dict):
         out = []
         for k in sorted(set(before) | set(after), key=str):
@@ -268,7 +276,7 @@ def state_diff(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, 
     return [] if before == after else [(path, before, after)]
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The environment
 
 
@@ -278,7 +286,8 @@ class GUIEnvironment(Protocol):
     that library's env and maps its observation to these keys (goal, url, screenshot, axtree_txt,
     ui_elements, last_action, last_action_error) and a GUIAction to its action
     (BrowserGym: `env.step(format_browsergym(action))`; AndroidWorld:
-    `env.execute_action(JSONAction(**action.to_dict()))`, success from `task.is_successful(env)`)."""
+    `env.execute_action(JSONAction(**action.to_dict()))`, success from
+    `task.is_successful(env)`)."""
 
     def reset(self, task: Any = None, seed: int | None = None) -> tuple[dict, dict]: ...
 
@@ -294,7 +303,7 @@ class ToyGUIEnv:
         seed: int = 0,
         max_steps: int | None = None,
         end_on_success: bool = True,
-        grounder: Grounder | None = None,
+        grounder=None,  # a common.gui_formats.Grounder; default StubGrounder
     ):
         self.apps = APPS
         self.seed = seed
@@ -302,7 +311,11 @@ class ToyGUIEnv:
         self.end_on_success = (
             end_on_success  # BrowserGym/MiniWoB: the episode ends when the check passes
         )
-        self.grounder = grounder or StubGrounder()
+        if grounder is None:
+            from common.gui_formats import StubGrounder
+
+            grounder = StubGrounder()
+        self.grounder = grounder
         self.reset(task)
 
     # -- navigation API used by the app callbacks --
@@ -327,7 +340,8 @@ class ToyGUIEnv:
             if wanted in (app.name, app.label.lower()):
                 return app
         raise ActionError(
-            f"unknown app {name!r}; installed apps: {', '.join(a.label for a in self.apps.values())}"
+            f"unknown app {name!r}; installed apps: "
+            + ", ".join(a.label for a in self.apps.values())
         )
 
     # -- gym API --
@@ -372,7 +386,7 @@ class ToyGUIEnv:
             act = (
                 action
                 if isinstance(action, GUIAction)
-                else parse_action(
+                else _parse_action(
                     action, ui_elements=self.obs["ui_elements"], grounder=self.grounder
                 )
             )
@@ -441,7 +455,8 @@ class ToyGUIEnv:
         if act.index is not None:
             if not isinstance(act.index, int) or not 0 <= act.index < len(self.widgets):
                 raise ActionError(
-                    f"unknown element index {act.index!r}; this screen has elements 0..{len(self.widgets) - 1}"
+                    f"unknown element index {act.index!r}; this screen has elements "
+                    f"0..{len(self.widgets) - 1}"
                 )
             return self.widgets[act.index]
         if act.x is not None:
@@ -473,7 +488,8 @@ class ToyGUIEnv:
                 )
             if field_widget.on_type is None:
                 raise ActionError(
-                    f"input_text: element [{self.widgets.index(field_widget)}] '{field_widget.name}' is not editable"
+                    f"input_text: element [{self.widgets.index(field_widget)}] "
+                    f"'{field_widget.name}' is not editable"
                 )
             self.focus_key = field_widget.key
             field_widget.on_type(
@@ -670,12 +686,12 @@ class ToyGUIEnv:
         return img
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The scripted expert
 
 
 class ScriptedExpert:
-    """Follows a task's plan, finding each target by resource id and scrolling when it is off screen."""
+    """Follows a task's plan: each target by resource id, scrolling when it is off screen."""
 
     def __init__(self, task: Task):
         self.plan, self.pos, self.scroll_dir, self.last_sig = list(task.expert), 0, "down", None
@@ -726,7 +742,7 @@ def rollout(
 
 
 def replay(task: Task, actions: list) -> list[dict]:
-    """The observations of a recorded episode, rebuilt by re-running its actions (the env is deterministic)."""
+    """The observations of a recorded episode, rebuilt by re-running its actions (deterministic)."""
     env = ToyGUIEnv(task, max_steps=10**6, end_on_success=False)
     return [env.obs] + [
         env.step(a if isinstance(a, (str, GUIAction)) else GUIAction(**a))[0] for a in actions
@@ -734,65 +750,104 @@ def replay(task: Task, actions: list) -> list[dict]:
 
 
 def run_episodes(
-    tasks: list[Task],
+    tasks: list,
     policy: Callable,
     max_steps: int = 15,
     stop_fn: Callable[[list[dict]], bool] | None = None,
-    progress: Callable = lambda it: it,
+    progress: Callable | None = None,
+    make_env: Callable[[], GUIEnvironment] | None = None,
+    batch_size: int | None = None,
 ) -> list[dict]:
-    """Lock-step episodes for batched model agents. `policy([(i, obs, steps)]) -> [(thought, action)]` where
-    action is a GUIAction or raw model text (a bad one costs a step, as in `step`). `stop_fn(steps)` may
-    end an episode early (e.g. a repeat rule). Each step records thought, action JSON (or the raw text),
-    the target's centre `xy` (for coordinate-style histories) and the error."""
-    envs = [ToyGUIEnv(max_steps=max_steps) for _ in tasks]
-    obs = [env.reset(task)[0] for env, task in zip(envs, tasks)]
-    records = [
-        dict(
-            task_id=t.task_id,
-            goal=t.goal,
-            app=t.app,
-            steps=[],
-            success=False,
-            aborted=False,
-            invalid=0,
-        )
-        for t in tasks
-    ]
-    active = list(range(len(tasks)))
-    for _ in progress(range(max_steps)):
-        if not active:
-            break
-        for i, (thought, action) in zip(
-            list(active), policy([(i, obs[i], records[i]["steps"]) for i in active])
-        ):
-            elements, (new_obs, _, terminated, truncated, info) = (
-                obs[i]["ui_elements"],
-                envs[i].step(action),
+    """The one GUI agent loop (os_genesis.py, guimid.py, the MiniWoB++ runs): lock-step episodes,
+    so that a model agent decodes one batch per step.
+
+    `policy([(i, obs, steps)]) -> [(thought, action)]` for the active episodes (i indexes `tasks`,
+    `steps` the episode's records so far). `action` is a GUIAction; or raw model text, which the
+    env parses (a bad one sets `last_action_error` and costs the step, as in `step`); or None: the
+    policy found no valid action, the step is spent as `wait` and counted invalid. `thought` is the
+    text the agent keeps in its history. `stop_fn(steps)` may end an episode early (a repeat rule).
+    `make_env()` builds one environment per episode (default: the toy phone); `batch_size` runs
+    the tasks in groups of that many (1 for a single shared browser). Model agents under FSDP2
+    generate through `common.sampling.generate_local` and call `finish_local` after this loop.
+
+    Each step records the thought, the action (JSON, the raw text, or None), the target's centre
+    `xy` (for coordinate-style histories), the env's error, and what a progress metric needs:
+    the new `url`, the OR-accumulated `subgoals` and `success` after the step."""
+    make_env = make_env or functools.partial(ToyGUIEnv, max_steps=max_steps)
+    records, size = [], batch_size or max(1, len(tasks))
+    for start in range(0, len(tasks), size):
+        indices = range(start, min(start + size, len(tasks)))
+        envs = {i: make_env() for i in indices}
+        obs = {i: envs[i].reset(tasks[i])[0] for i in indices}
+        records += [
+            dict(
+                task_id=getattr(tasks[i], "task_id", str(i)),
+                goal=obs[i].get("goal", getattr(tasks[i], "goal", "")),
+                app=getattr(tasks[i], "app", ""),
+                steps=[],
+                success=False,
+                aborted=False,
+                invalid=0,
             )
-            valid_index = (
-                isinstance(action, GUIAction)
-                and isinstance(action.index, int)
-                and 0 <= action.index < len(elements)
-            )
-            records[i]["steps"].append(
-                dict(
-                    thought=thought,
-                    action=action.to_json() if isinstance(action, GUIAction) else str(action),
-                    xy=list(element_center(elements[action.index])) if valid_index else None,
-                    error=new_obs["last_action_error"],
-                )
-            )
-            records[i]["invalid"] += bool(new_obs["last_action_error"])
-            obs[i] = new_obs
-            aborted = stop_fn is not None and stop_fn(records[i]["steps"])
-            if terminated or truncated or aborted:
-                records[i].update(
-                    success=bool(info["success"] or envs[i].task_success()),
-                    aborted=bool(aborted and not terminated),
-                    final_url=new_obs["url"],
-                )
-                active.remove(i)
+            for i in indices
+        ]
+        active = list(indices)
+        for _ in (progress or iter)(range(max_steps)):
+            if not active:
+                break
+            items = [(i, obs[i], records[i]["steps"]) for i in active]
+            for i, (thought, action) in zip(list(active), policy(items)):
+                ended, obs[i] = _play_step(envs[i], obs[i], records[i], thought, action, stop_fn)
+                if ended or len(records[i]["steps"]) >= max_steps:
+                    active.remove(i)
     return records
+
+
+def per_observation(act: Callable[[dict], Any]) -> Callable:
+    """A one-observation policy (obs -> GUIAction) as a `run_episodes` policy (no thoughts)."""
+    return functools.partial(_act_on_each, act)
+
+
+def _act_on_each(act, items: list[tuple]) -> list[tuple]:
+    return [("", act(obs)) for _, obs, _ in items]
+
+
+def _play_step(env, obs: dict, record: dict, thought: str, action, stop_fn) -> tuple[bool, dict]:
+    """One step of one episode in `run_episodes`: act, record, and say whether it ended."""
+    elements = obs["ui_elements"]
+    new_obs, reward, terminated, truncated, info = env.step(
+        GUIAction("wait") if action is None else action
+    )
+    success = bool(info.get("success", reward > 0))
+    valid_index = (
+        isinstance(action, GUIAction)
+        and isinstance(action.index, int)
+        and 0 <= action.index < len(elements)
+    )
+    error = new_obs.get("last_action_error", "")
+    if action is None:
+        error = error or "the policy gave no valid action"
+    record["steps"].append(
+        dict(
+            thought=thought,
+            action=action.to_json() if isinstance(action, GUIAction) else action,
+            xy=list(element_center(elements[action.index])) if valid_index else None,
+            error=error,
+            url=new_obs.get("url", ""),
+            subgoals=list(info.get("subgoals", [])),
+            success=success,
+        )
+    )
+    record["invalid"] += bool(error)
+    aborted = stop_fn is not None and stop_fn(record["steps"])
+    # updated after every step, so an episode that the loop's step budget cuts short is final too
+    task_success = getattr(env, "task_success", None)
+    record.update(
+        success=success or bool(task_success and task_success()),
+        aborted=bool(aborted and not terminated),
+        final_url=new_obs.get("url", ""),
+    )
+    return terminated or truncated or aborted, new_obs
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:
@@ -806,7 +861,7 @@ def side_by_side(images: list[Image.Image]) -> Image.Image:
 
 
 def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
-    """A short low-level description ("click 'Wi-Fi'"), the GUIMid history and rule-based describer form."""
+    """A short low-level description ("click 'Wi-Fi'"): the GUIMid history and describer form."""
     name = None
     if action.index is not None and 0 <= action.index < len(ui_elements):
         name = ui_elements[action.index]["text"]
@@ -829,8 +884,8 @@ def describe_action(action: GUIAction, ui_elements: list[dict]) -> str:
     }.get(t, t)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Step accuracy (OS-Genesis sec 4.1, AndroidControl metrics)
+# ------------------------------------------------------------------------------------------------
+# Step accuracy (OS-Genesis's AndroidControl evaluation)
 
 
 def token_f1(pred: str, gold: str) -> float:
@@ -844,15 +899,15 @@ def token_f1(pred: str, gold: str) -> float:
 
 
 def androidcontrol_click_ok(pred_xy, gold_xy, width=1080, height=2400) -> bool:
-    """OS-Genesis sec 2.6 (AndroidControl): a click is right within sqrt((0.14 W)^2 + (0.14 H)^2) pixels of the
-    truth (368.45 px on a 1080x2400 screen)."""
+    """OS-Genesis's AndroidControl evaluation: a click is right within
+    sqrt((0.14 W)^2 + (0.14 H)^2) pixels of the truth (368.45 px on a 1080x2400 screen)."""
     return math.dist(pred_xy, gold_xy) <= math.hypot(0.14 * width, 0.14 * height)
 
 
 def step_match(pred: GUIAction | None, gold: GUIAction) -> tuple[bool, bool]:
-    """(type match, full match) for step accuracy. Points are already mapped to the nearest element centre
-    (OS-Genesis' AndroidWorld rule), so targets compare by element; text is right when exact or token F1 > 0.5
-    (OS-Genesis sec 2.6)."""
+    """(type match, full match) for step accuracy. Points are already mapped to the nearest element
+    centre (OS-Genesis' AndroidWorld rule), so targets compare by element; text is right when exact
+    or token F1 > 0.5 (OS-Genesis's AndroidControl evaluation)."""
     if pred is None or pred.action_type != gold.action_type:
         return False, False
     same_text = token_f1(pred.text or "", gold.text or "") > 0.5
@@ -874,266 +929,45 @@ def instruction(action: GUIAction, ui_elements: list[dict]) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-# ----------------------------------------------------------------------------------------------------
-# Parsers: every external action format -> GUIAction
+# ------------------------------------------------------------------------------------------------
+# The action formats and grounders live in common/gui_formats.py (which builds on this module);
+# the names below are still importable from here, loaded on first use (a module __getattr__,
+# PEP 562), so `from common.gui_env import parse_action` works without an import cycle.
+
+FORMATS = (
+    "_extract_json_object",  # os_genesis.py reads JSON objects with it
+    "parse_json_action",
+    "parse_osgenesis",
+    "osgenesis_to_indexed",
+    "with_center_point",
+    "GUIMidOutput",
+    "parse_guimid",
+    "Grounder",
+    "StubGrounder",
+    "guimid_to_action",
+    "parse_action",
+    "format_osgenesis",
+    "format_guimid",
+    "action_to_guimid",
+    "GUIMID_KEYS",
+    "parse_webarena",
+    "parse_pyautogui",
+    "parse_browsergym_calls",
+    "browsergym_to_action",
+    "format_webarena",
+    "format_browsergym",
+)
 
 
-def _extract_json_object(text: str) -> dict:
-    """The last balanced {...} in the text, parsed; raises ActionError naming what was wrong."""
-    fenced = re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
-    candidate = fenced[-1] if fenced else last_json_object(text)
-    if candidate is None:
-        raise ActionError(f"no JSON object found in {text[:80]!r}")
-    try:
-        obj = json.loads(candidate)
-    except json.JSONDecodeError as exc:
-        raise ActionError(f"malformed JSON action {candidate[:80]!r}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ActionError("the JSON action must be an object")
-    return obj
+def __getattr__(name: str):
+    if name in FORMATS:
+        from common import gui_formats
+
+        return getattr(gui_formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_JSON_FIELDS = ("action_type", "index", "x", "y", "text", "direction", "app_name", "goal_status")
+def _parse_action(action, **kwargs) -> GUIAction:
+    from common.gui_formats import parse_action
 
-
-def parse_json_action(action: str | dict) -> GUIAction:
-    """AndroidWorld JSONAction: {"action_type": "click", "index": 3} (strict: unknown keys are errors)."""
-    obj = _extract_json_object(action) if isinstance(action, str) else dict(action)
-    unknown = set(obj) - set(_JSON_FIELDS)
-    if unknown:
-        raise ActionError(
-            f"unknown JSON action keys {sorted(unknown)}; allowed: {list(_JSON_FIELDS)}"
-        )
-    if "action_type" not in obj:
-        raise ActionError("JSON action is missing 'action_type'")
-    if obj.get("index") is not None:
-        try:
-            obj["index"] = int(obj["index"])
-        except (TypeError, ValueError):
-            raise ActionError(f"index {obj['index']!r} is not an integer") from None
-    return validate_action(GUIAction(**obj))
-
-
-def parse_osgenesis(text: str) -> tuple[str, GUIAction]:
-    """'Low-level thought: ...\\naction: {json}' (OS-Genesis mobile target) -> (thought, action)."""
-    match = re.search(r"action\s*:\s*(\{.*\})", text, re.S | re.I)
-    if not match:
-        raise ActionError("no 'action: {...}' line found in the OS-Genesis output")
-    thought = re.search(r"Low-level thought\s*:\s*(.*?)\s*(?:\n|action\s*:)", text, re.S | re.I)
-    return (thought.group(1).strip() if thought else ""), parse_json_action(match.group(1))
-
-
-def osgenesis_to_indexed(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
-    """OS-Genesis evaluation: (x, y) -> the nearest element centre's index ('type' -> input_text)."""
-    if action.x is None:
-        return action
-    index = nearest_center_index(action.x, action.y, ui_elements)
-    if index is None:
-        raise ActionError("no element on screen to ground the point to")
-    return GUIAction(**{**action.to_dict(), "x": None, "y": None, "index": index})
-
-
-def with_center_point(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
-    """Index -> element centre (x, y): the coordinate form of the OS-Genesis mobile training target."""
-    if action.index is None:
-        return action
-    x, y = element_center(ui_elements[action.index])
-    return GUIAction(**{**action.to_dict(), "index": None, "x": x, "y": y})
-
-
-# -- GUIMid: a planner writes a description; a grounder turns it into a point --
-
-
-@dataclass
-class GUIMidOutput:
-    thought: str
-    description: str
-    action: str
-    value: str
-
-
-GUIMID_KEYS = ("Element Description", "Action", "Value")
-
-
-def parse_guimid(text: str) -> GUIMidOutput:
-    """A thought, then a fenced JSON block {"Element Description", "Action", "Value"} (GUIMid section 2)."""
-    obj = _extract_json_object(text)
-    missing = [k for k in GUIMID_KEYS if k not in obj]
-    if missing:
-        raise ActionError(
-            f"GUIMid action is missing key(s) {missing}; it needs {list(GUIMID_KEYS)}"
-        )
-    start = text.find("```")
-    thought = (text[:start] if start >= 0 else text[: text.find("{")]).strip()
-    return GUIMidOutput(
-        thought,
-        str(obj["Element Description"] or ""),
-        str(obj["Action"] or "").strip().lower(),
-        "" if obj["Value"] is None else str(obj["Value"]),
-    )
-
-
-class Grounder(Protocol):
-    """Maps an element description to a normalised point (x, y) in [0, 1], or None (UGround's job)."""
-
-    def ground(self, description: str, obs: dict) -> tuple[float, float] | None: ...
-
-
-class StubGrounder:
-    """Stand-in for UGround: fuzzy-match the description against element names (ratio of difflib,
-    1.0 for containment) and return the best element's normalised bbox centre."""
-
-    def __init__(self, threshold: float = 0.5):
-        self.threshold = threshold
-
-    def ground(self, description: str, obs: dict) -> tuple[float, float] | None:
-        want = normalize_answer(description)
-        best, best_score = None, self.threshold
-        for e in obs["ui_elements"]:
-            if e["role"] == "list":
-                continue
-            name = normalize_answer(e["text"])
-            score = (
-                1.0
-                if want and (want == name)
-                else 0.9
-                if want and name and (want in name or name in want)
-                else difflib.SequenceMatcher(None, want, name).ratio()
-            )
-            score += (
-                0.01 * e["is_clickable"]
-            )  # on a tie ("Wi-Fi" heading vs "Wi-Fi" switch) prefer what acts
-            if score > best_score:
-                best, best_score = e, score
-        if best is None:
-            return None
-        x, y = element_center(best)
-        return x / SCREEN_W, y / SCREEN_H
-
-
-def guimid_to_action(out: GUIMidOutput, obs: dict, grounder: Grounder) -> GUIAction:
-    """GUIMid mobile actions -> GUIAction (click, type, scroll, go_back, go_home, long_press, enter,
-    open_app, wait, stop [completed | infeasible | answer])."""
-    a, v = out.action.replace(" ", "_"), out.value.strip()
-    if a in ("click", "long_press", "type"):
-        point = grounder.ground(out.description, obs)
-        if point is None:
-            raise ActionError(
-                f"could not ground element description {out.description!r} on this screen"
-            )
-        x, y = point[0] * SCREEN_W, point[1] * SCREEN_H
-        if a == "type":
-            return GUIAction("input_text", x=x, y=y, text=out.value)
-        return GUIAction(a, x=x, y=y)
-    if a == "scroll":
-        return GUIAction("scroll", direction=v.lower())
-    if a in ("go_back", "back"):
-        return GUIAction("navigate_back")
-    if a in ("go_home", "home"):
-        return GUIAction("navigate_home")
-    if a in ("enter", "press") and (a == "enter" or v.lower() == "enter"):
-        return GUIAction("keyboard_enter")
-    if a == "open_app":
-        return GUIAction("open_app", app_name=v)
-    if a == "wait":
-        return GUIAction("wait")
-    if a == "stop":
-        if v.lower() in ("infeasible", "n/a"):
-            return GUIAction("status", goal_status="infeasible")
-        if v.lower() in ("", "completed", "complete", "done"):
-            return GUIAction("status", goal_status="complete")
-        return GUIAction("answer", text=v)
-    raise ActionError(f"GUIMid action {out.action!r} is not a mobile action the toy phone supports")
-
-
-def parse_action(
-    text: str | dict,
-    fmt: str = "auto",
-    ui_elements: list[dict] | None = None,
-    grounder: Grounder | None = None,
-) -> GUIAction:
-    """Any format -> GUIAction. fmt: auto | json | osgenesis | guimid | webarena | browsergym | pyautogui.
-    Grounding needs the current ui_elements (OS-Genesis points, GUIMid descriptions)."""
-    if isinstance(text, dict):
-        return parse_json_action(text)
-    if not isinstance(text, str):
-        raise ActionError(
-            f"an action must be a GUIAction, dict or string, not {type(text).__name__}"
-        )
-    s = text.strip()
-    if fmt == "auto":
-        fmt = (
-            "osgenesis"
-            if re.search(r"low-level thought", s, re.I)
-            else "guimid"
-            if "Element Description" in s
-            else "json"
-            if "action_type" in s
-            else "pyautogui"
-            if s.startswith("pyautogui.")
-            else "webarena"
-            if re.match(r"(```\w*\s*)?[a-z_]+( \[|$)", s) or "```" in s
-            else "browsergym"
-        )
-    if fmt == "json":
-        return parse_json_action(s)
-    if fmt == "osgenesis":
-        action = parse_osgenesis(s)[1]
-        return osgenesis_to_indexed(action, ui_elements or [])
-    if fmt == "guimid":
-        return guimid_to_action(
-            parse_guimid(s), {"ui_elements": ui_elements or []}, grounder or StubGrounder()
-        )
-    if fmt in ("webarena", "pyautogui", "browsergym"):
-        from common import (
-            gui_formats,
-        )  # their parsers live apart: the toy's agents do not speak them
-
-        if fmt == "webarena":
-            return gui_formats.parse_webarena(s)
-        if fmt == "pyautogui":
-            return gui_formats.parse_pyautogui(s)
-        return gui_formats.browsergym_to_action(*gui_formats.parse_browsergym_calls(s)[0])
-    raise ValueError(f"unknown action format {fmt!r}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Formatters: GUIAction -> external formats
-
-
-def format_osgenesis(thought: str, action: GUIAction) -> str:
-    """The OS-Genesis mobile training target (OS-Genesis sec 3, mobile)."""
-    return f"Low-level thought: {thought}\naction: {action.to_json()}"
-
-
-def format_guimid(thought: str, description: str, action: str, value: str = "") -> str:
-    block = json.dumps(
-        {"Element Description": description, "Action": action, "Value": value}, ensure_ascii=False
-    )
-    return f"{thought}\n```json\n{block}\n```"
-
-
-def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, str, str]:
-    """(Element Description, Action, Value) for a GUIAction, the element named by its visible label."""
-    target = (
-        action.index
-        if action.index is not None
-        else (element_at_point(action.x, action.y, ui_elements) if action.x is not None else None)
-    )
-    desc = ui_elements[target]["text"] if target is not None else ""
-    t = action.action_type
-    table = {
-        "click": ("click", ""),
-        "long_press": ("long_press", ""),
-        "input_text": ("type", (action.text or "").rstrip("\n")),
-        "keyboard_enter": ("enter", ""),
-        "scroll": ("scroll", action.direction or ""),
-        "navigate_back": ("go_back", ""),
-        "navigate_home": ("go_home", ""),
-        "open_app": ("open_app", action.app_name or ""),
-        "wait": ("wait", ""),
-        "answer": ("stop", action.text or ""),
-        "status": ("stop", "infeasible" if action.goal_status == "infeasible" else "completed"),
-    }
-    verb, value = table[t]
-    return desc, verb, value
+    return parse_action(action, **kwargs)

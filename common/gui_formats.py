@@ -1,18 +1,41 @@
-"""WebArena, BrowserGym and pyautogui action strings <-> GUIAction, for adapters and tests.
+"""Every action format <-> GUIAction, and the grounders: what a GUI agent writes becomes the one
+internal action of common/gui_env.py (AndroidWorld's JSONAction shape), and back.
 
-The toy phone's agents speak AndroidWorld JSON, OS-Genesis and GUIMid (common/gui_env.py); these
-three formats are here so that `ToyGUIEnv.step` and `parse_action` also accept what a WebArena,
-BrowserGym or pyautogui agent writes (and the tests pin their parsing rules to those projects').
+- AndroidWorld JSON (`parse_json_action`), OS-Genesis "Low-level thought / action" outputs
+  (`parse_osgenesis`; coordinates -> nearest element centre), GUIMid fenced JSON
+  {"Element Description", "Action", "Value"} (`parse_guimid` + a grounder: `StubGrounder`
+  fuzzy-matches element names, a stand-in for UGround) - the formats the scripts' agents speak;
+- WebArena id actions, BrowserGym calls and pyautogui calls, so that `ToyGUIEnv.step` and
+  `parse_action` also accept what such an agent writes (the tests pin their parsing rules to
+  those projects');
+- formatters for the training targets (OS-Genesis, GUIMid) and for adapters (WebArena,
+  BrowserGym).
+`from common.gui_env import parse_action` (and the other names) keeps working.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import io
+import json
 import re
 import tokenize
+from dataclasses import dataclass
+from typing import Protocol
 
-from common.gui_env import ActionError, GUIAction
+from common.gui_apps import normalize_answer
+from common.gui_env import (
+    SCREEN_H,
+    SCREEN_W,
+    ActionError,
+    GUIAction,
+    element_at_point,
+    element_center,
+    nearest_center_index,
+    validate_action,
+)
+from common.rewards import last_json_object
 
 
 def parse_webarena(text: str) -> GUIAction:
@@ -92,8 +115,8 @@ BROWSERGYM_UNSUPPORTED = {
 
 
 def _scan_calls(code: str) -> list[tuple[str, list, dict]]:
-    """Top-level `name(literal, ...)` calls in order (BrowserGym/pyautogui call strings). Each call's
-    arguments must be Python literals; anything else is a ValueError."""
+    """Top-level `name(literal, ...)` calls in order (BrowserGym/pyautogui call strings). Each
+    call's arguments must be Python literals; anything else is a ValueError."""
     try:
         tokens = [
             t
@@ -151,8 +174,9 @@ def _scan_calls(code: str) -> list[tuple[str, list, dict]]:
 
 
 def parse_browsergym_calls(code: str, multiaction: bool = False) -> list[tuple[str, list]]:
-    """BrowserGym's action string -> [(name, args)] (keywords folded into positions). Unknown name ->
-    NameError; several calls without multiaction -> ValueError (BrowserGym core action parsing)."""
+    """BrowserGym's action string -> [(name, args)] (keywords folded into positions). Unknown
+    name -> NameError; several calls without multiaction -> ValueError (BrowserGym's core action
+    parsing)."""
     out = []
     for name, args, kwargs in _scan_calls(code):
         if name not in BROWSERGYM_SIGNATURES and name not in BROWSERGYM_UNSUPPORTED:
@@ -215,7 +239,8 @@ def browsergym_to_action(name: str, args: list) -> GUIAction:
 
 
 def parse_pyautogui(code: str) -> GUIAction:
-    """pyautogui-style `click(x=10, y=20)`, `write('abc')`, `press('enter')`, `scroll(-3)` (one call)."""
+    """One pyautogui-style call: `click(x=10, y=20)`, `write('abc')`, `press('enter')`,
+    `scroll(-3)`."""
     calls = _scan_calls(code)
     if len(calls) != 1:
         raise ActionError(f"expected one pyautogui call, got {len(calls)}")
@@ -291,3 +316,299 @@ def format_browsergym(action: GUIAction) -> str:
     if t == "status" and action.goal_status == "infeasible":
         return "report_infeasible('infeasible')"
     raise ActionError(f"{t} has no BrowserGym form")
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsers: every external action format -> GUIAction
+
+
+def _extract_json_object(text: str) -> dict:
+    """The last balanced {...} in the text, parsed; raises ActionError naming what was wrong."""
+    fenced = re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
+    candidate = fenced[-1] if fenced else last_json_object(text)
+    if candidate is None:
+        raise ActionError(f"no JSON object found in {text[:80]!r}")
+    try:
+        obj = json.loads(candidate)
+    except json.JSONDecodeError as exc:
+        raise ActionError(f"malformed JSON action {candidate[:80]!r}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ActionError("the JSON action must be an object")
+    return obj
+
+
+_JSON_FIELDS = ("action_type", "index", "x", "y", "text", "direction", "app_name", "goal_status")
+
+
+def parse_json_action(action: str | dict) -> GUIAction:
+    """AndroidWorld JSONAction: {"action_type": "click", "index": 3}; unknown keys are errors."""
+    obj = _extract_json_object(action) if isinstance(action, str) else dict(action)
+    unknown = set(obj) - set(_JSON_FIELDS)
+    if unknown:
+        raise ActionError(
+            f"unknown JSON action keys {sorted(unknown)}; allowed: {list(_JSON_FIELDS)}"
+        )
+    if "action_type" not in obj:
+        raise ActionError("JSON action is missing 'action_type'")
+    if obj.get("index") is not None:
+        try:
+            obj["index"] = int(obj["index"])
+        except (TypeError, ValueError):
+            raise ActionError(f"index {obj['index']!r} is not an integer") from None
+    return validate_action(GUIAction(**obj))
+
+
+def parse_osgenesis(text: str) -> tuple[str, GUIAction]:
+    """'Low-level thought: ...\\naction: {json}' (OS-Genesis mobile target) -> (thought, action)."""
+    match = re.search(r"action\s*:\s*(\{.*\})", text, re.S | re.I)
+    if not match:
+        raise ActionError("no 'action: {...}' line found in the OS-Genesis output")
+    thought = re.search(r"Low-level thought\s*:\s*(.*?)\s*(?:\n|action\s*:)", text, re.S | re.I)
+    return (thought.group(1).strip() if thought else ""), parse_json_action(match.group(1))
+
+
+def osgenesis_to_indexed(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
+    """OS-Genesis evaluation: (x, y) -> the nearest element centre's index."""
+    if action.x is None:
+        return action
+    index = nearest_center_index(action.x, action.y, ui_elements)
+    if index is None:
+        raise ActionError("no element on screen to ground the point to")
+    return GUIAction(**{**action.to_dict(), "x": None, "y": None, "index": index})
+
+
+def with_center_point(action: GUIAction, ui_elements: list[dict]) -> GUIAction:
+    """Index -> element centre (x, y): the OS-Genesis mobile training target's coordinates."""
+    if action.index is None:
+        return action
+    x, y = element_center(ui_elements[action.index])
+    return GUIAction(**{**action.to_dict(), "index": None, "x": x, "y": y})
+
+
+# -- GUIMid: a planner writes a description; a grounder turns it into a point --
+
+
+@dataclass
+class GUIMidOutput:
+    thought: str
+    description: str
+    action: str
+    value: str
+
+
+GUIMID_KEYS = ("Element Description", "Action", "Value")
+
+
+def parse_guimid(text: str) -> GUIMidOutput:
+    """The GUIMid planner's output: a thought, then a fenced JSON block
+    {"Element Description", "Action", "Value"}."""
+    obj = _extract_json_object(text)
+    missing = [k for k in GUIMID_KEYS if k not in obj]
+    if missing:
+        raise ActionError(
+            f"GUIMid action is missing key(s) {missing}; it needs {list(GUIMID_KEYS)}"
+        )
+    start = text.find("```")
+    thought = (text[:start] if start >= 0 else text[: text.find("{")]).strip()
+    return GUIMidOutput(
+        thought,
+        str(obj["Element Description"] or ""),
+        str(obj["Action"] or "").strip().lower(),
+        "" if obj["Value"] is None else str(obj["Value"]),
+    )
+
+
+class Grounder(Protocol):
+    """Maps an element description to a normalised point (x, y) in [0, 1] or None (UGround)."""
+
+    def ground(self, description: str, obs: dict) -> tuple[float, float] | None: ...
+
+
+class StubGrounder:
+    """Stand-in for UGround: fuzzy-match the description against element names (ratio of difflib,
+    1.0 for containment) and return the best element's normalised bbox centre."""
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+
+    def ground(self, description: str, obs: dict) -> tuple[float, float] | None:
+        want = normalize_answer(description)
+        best, best_score = None, self.threshold
+        for e in obs["ui_elements"]:
+            if e["role"] == "list":
+                continue
+            name = normalize_answer(e["text"])
+            score = (
+                1.0
+                if want and (want == name)
+                else 0.9
+                if want and name and (want in name or name in want)
+                else difflib.SequenceMatcher(None, want, name).ratio()
+            )
+            score += (
+                0.01 * e["is_clickable"]
+            )  # on a tie ("Wi-Fi" heading vs "Wi-Fi" switch) prefer what acts
+            if score > best_score:
+                best, best_score = e, score
+        if best is None:
+            return None
+        x, y = element_center(best)
+        return x / SCREEN_W, y / SCREEN_H
+
+
+def parse_point(text: str) -> tuple[float, float] | None:
+    """'(x, y)' with x, y in [0, 1000) (UGround-V1's output) -> normalised (x, y), else None."""
+    m = re.search(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)", text or "")
+    if not m:
+        return None
+    x, y = float(m.group(1)) / 1000, float(m.group(2)) / 1000
+    return (x, y) if 0 <= x <= 1 and 0 <= y <= 1 else None
+
+
+class ModelGrounder:
+    """A VLM behind the Grounder interface (GUIMid: a frozen UGround-V1-7B), one copy a rank."""
+
+    def __init__(self, path: str, device="cpu", dtype="auto"):
+        from common.models import load_model, load_processor  # torch only when asked for
+        from common.sampling import HFSampler
+
+        model = load_model(path, vlm=True, dtype=dtype, device=device)
+        self.sampler = HFSampler(model, load_processor(path))
+        self.failures = 0
+
+    def ground(self, description: str, obs: dict) -> tuple[float, float] | None:
+        ask = f"Point to the element on this screen described as: {description}\n"
+        ask += "Answer with one point (x, y) in [0, 1000)."
+        out = self.sampler.generate(
+            [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ask}]}]],
+            temperature=0,
+            max_new_tokens=24,
+            images=[obs["screenshot"]],
+        )
+        point = parse_point(out[0][0].text)
+        self.failures += point is None
+        return point
+
+
+def guimid_to_action(out: GUIMidOutput, obs: dict, grounder: Grounder) -> GUIAction:
+    """GUIMid mobile actions -> GUIAction (click, type, scroll, go_back, go_home, long_press, enter,
+    open_app, wait, stop [completed | infeasible | answer])."""
+    a, v = out.action.replace(" ", "_"), out.value.strip()
+    if a in ("click", "long_press", "type"):
+        point = grounder.ground(out.description, obs)
+        if point is None:
+            raise ActionError(
+                f"could not ground element description {out.description!r} on this screen"
+            )
+        x, y = point[0] * SCREEN_W, point[1] * SCREEN_H
+        if a == "type":
+            return GUIAction("input_text", x=x, y=y, text=out.value)
+        return GUIAction(a, x=x, y=y)
+    if a == "scroll":
+        return GUIAction("scroll", direction=v.lower())
+    if a in ("go_back", "back"):
+        return GUIAction("navigate_back")
+    if a in ("go_home", "home"):
+        return GUIAction("navigate_home")
+    if a in ("enter", "press") and (a == "enter" or v.lower() == "enter"):
+        return GUIAction("keyboard_enter")
+    if a == "open_app":
+        return GUIAction("open_app", app_name=v)
+    if a == "wait":
+        return GUIAction("wait")
+    if a == "stop":
+        if v.lower() in ("infeasible", "n/a"):
+            return GUIAction("status", goal_status="infeasible")
+        if v.lower() in ("", "completed", "complete", "done"):
+            return GUIAction("status", goal_status="complete")
+        return GUIAction("answer", text=v)
+    raise ActionError(f"GUIMid action {out.action!r} is not a mobile action the toy phone supports")
+
+
+def parse_action(
+    text: str | dict,
+    fmt: str = "auto",
+    ui_elements: list[dict] | None = None,
+    grounder: Grounder | None = None,
+) -> GUIAction:
+    """Any format -> GUIAction. fmt: auto | json | osgenesis | guimid | webarena | browsergym |
+    pyautogui. Grounding needs the current ui_elements (OS-Genesis points, GUIMid descriptions)."""
+    if isinstance(text, dict):
+        return parse_json_action(text)
+    if not isinstance(text, str):
+        raise ActionError(
+            f"an action must be a GUIAction, dict or string, not {type(text).__name__}"
+        )
+    s = text.strip()
+    if fmt == "auto":
+        fmt = (
+            "osgenesis"
+            if re.search(r"low-level thought", s, re.I)
+            else "guimid"
+            if "Element Description" in s
+            else "json"
+            if "action_type" in s
+            else "pyautogui"
+            if s.startswith("pyautogui.")
+            else "webarena"
+            if re.match(r"(```\w*\s*)?[a-z_]+( \[|$)", s) or "```" in s
+            else "browsergym"
+        )
+    if fmt == "json":
+        return parse_json_action(s)
+    if fmt == "osgenesis":
+        action = parse_osgenesis(s)[1]
+        return osgenesis_to_indexed(action, ui_elements or [])
+    if fmt == "guimid":
+        return guimid_to_action(
+            parse_guimid(s), {"ui_elements": ui_elements or []}, grounder or StubGrounder()
+        )
+    if fmt == "webarena":
+        return parse_webarena(s)
+    if fmt == "pyautogui":
+        return parse_pyautogui(s)
+    if fmt == "browsergym":
+        return browsergym_to_action(*parse_browsergym_calls(s)[0])
+    raise ValueError(f"unknown action format {fmt!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Formatters: GUIAction -> external formats
+
+
+def format_osgenesis(thought: str, action: GUIAction) -> str:
+    """The OS-Genesis mobile training target ("Low-level thought: ...\naction: {json}")."""
+    return f"Low-level thought: {thought}\naction: {action.to_json()}"
+
+
+def format_guimid(thought: str, description: str, action: str, value: str = "") -> str:
+    block = json.dumps(
+        {"Element Description": description, "Action": action, "Value": value}, ensure_ascii=False
+    )
+    return f"{thought}\n```json\n{block}\n```"
+
+
+def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, str, str]:
+    """(Element Description, Action, Value) for a GUIAction; the element is named by its label."""
+    target = (
+        action.index
+        if action.index is not None
+        else (element_at_point(action.x, action.y, ui_elements) if action.x is not None else None)
+    )
+    desc = ui_elements[target]["text"] if target is not None else ""
+    t = action.action_type
+    table = {
+        "click": ("click", ""),
+        "long_press": ("long_press", ""),
+        "input_text": ("type", (action.text or "").rstrip("\n")),
+        "keyboard_enter": ("enter", ""),
+        "scroll": ("scroll", action.direction or ""),
+        "navigate_back": ("go_back", ""),
+        "navigate_home": ("go_home", ""),
+        "open_app": ("open_app", action.app_name or ""),
+        "wait": ("wait", ""),
+        "answer": ("stop", action.text or ""),
+        "status": ("stop", "infeasible" if action.goal_status == "infeasible" else "completed"),
+    }
+    verb, value = table[t]
+    return desc, verb, value

@@ -31,6 +31,8 @@ from common.gui_env import (
     element_at_point,
     format_axtree,
     parse_action,
+    per_observation,
+    run_episodes,
     validate_action,
 )
 
@@ -374,18 +376,15 @@ def random_policy(rng: random.Random):
 
 
 def run_policy(env: MiniWoBGUIEnv, policy, tasks: list[MiniWoBTask]) -> list[dict]:
-    """One episode per task with a per-observation policy; [{task_id, seed, success, steps}]."""
-    out = []
-    for task in tasks:
-        obs, info = env.reset(task)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy(obs))
-            done = terminated or truncated
-        out.append(
-            dict(task_id=task.task_id, seed=task.seed, success=info["success"], steps=info["steps"])
-        )
-    return out
+    """One episode per task with a per-observation policy, through the one GUI agent loop
+    (common.gui_env.run_episodes); [{task_id, seed, success, steps}]."""
+    records = run_episodes(
+        tasks, per_observation(policy), env.max_steps, make_env=lambda: env, batch_size=1
+    )
+    return [
+        dict(task_id=t.task_id, seed=t.seed, success=r["success"], steps=len(r["steps"]))
+        for t, r in zip(tasks, records)
+    ]
 
 
 def env_factory(names: str = "", episodes: int = 5, max_steps: int = 10):

@@ -1,5 +1,6 @@
 """Tests for the toy GUI world (common/gui_env.py): experts, success checks, render vs a11y tree,
-every action format (spec gui_agents.md section 5 checks 1, 2, 3, 12) and malformed actions."""
+every action format (pinned to WebArena's, BrowserGym's, OS-Genesis' and GUIMid's rules), malformed
+actions, and the one agent loop."""
 
 import json
 import random
@@ -34,7 +35,9 @@ from common.gui_env import (
     parse_guimid,
     parse_json_action,
     parse_osgenesis,
+    per_observation,
     rollout,
+    run_episodes,
     screen_signature,
     state_diff,
     validate_action,
@@ -76,7 +79,7 @@ def expert_runs():
     return {tid: rollout(env, ScriptedExpert(task).act, task) for tid, task in TASKS.items()}
 
 
-# ---------------------------------------------------------------------------------------------- tasks
+# tasks --------------------------------------------------------------------------------------------
 
 
 def test_catalogue_has_apps_splits_and_kinds():
@@ -205,7 +208,7 @@ def test_text_fields_focus_enter_and_validation_flash():
     assert env.state["mail"]["sent"] == []
 
 
-# ------------------------------------------------------------------------------ render vs a11y tree
+# render vs a11y tree ------------------------------------------------------------------------------
 
 
 def _visited_observations(expert_runs):
@@ -284,7 +287,7 @@ def test_clicks_by_coordinates_and_osgenesis_a11y():
     assert "outside" in obs["last_action_error"]
 
 
-# ------------------------------------------------------------------------ action formats (spec s5)
+# action formats (spec s5) -------------------------------------------------------------------------
 
 
 def test_check1_webarena_strings():
@@ -310,7 +313,8 @@ def test_check2_osgenesis_coordinates_to_nearest_centre():
         el(2, "Logo", 300, 300, 700, 700),
     ]
     thought, action = parse_osgenesis(
-        'Low-level thought: Click \'Get started\'\naction: {"action_type":"click","x":539.5,"y":2148.0}'
+        "Low-level thought: Click 'Get started'\n"
+        'action: {"action_type":"click","x":539.5,"y":2148.0}'
     )
     assert thought == "Click 'Get started'" and action == GUIAction("click", x=539.5, y=2148.0)
     indexed = osgenesis_to_indexed(action, elements)
@@ -359,7 +363,8 @@ def test_check3_json_action_validity():
     assert parse_json_action('prefix {"action_type":"click","index":"3"} suffix') == GUIAction(
         "click", index=3
     )
-    # a brace inside the typed text is text, not the end of the object (common.rewards.last_json_object)
+    # a brace inside the typed text is text, not the end of the object
+    # (common.rewards.last_json_object)
     assert parse_json_action(
         'I type: {"action_type":"input_text","index":2,"text":"a}b"}'
     ) == GUIAction("input_text", index=2, text="a}b")
@@ -393,7 +398,8 @@ def test_check12_browsergym_calls():
 def test_check12_guimid_json_and_stub_grounder():
     env = ToyGUIEnv()
     obs, _ = env.reset(Task("t", "shop", "search", start_app="shop"))
-    text = 'I should search.\n```json\n{"Element Description":"Search bar","Action":"type","Value":"GUI Agent"}\n```'
+    block = '{"Element Description":"Search bar","Action":"type","Value":"GUI Agent"}'
+    text = f"I should search.\n```json\n{block}\n```"
     out = parse_guimid(text)
     assert (out.thought, out.description, out.action, out.value) == (
         "I should search.",
@@ -432,7 +438,7 @@ def test_pyautogui_calls():
 
 
 def test_every_format_round_trips_through_the_expert(expert_runs):
-    """Each expert action re-encoded in every format that can express it must still solve the task."""
+    """Each expert action re-encoded in every format that can express it still solves the task."""
     env = ToyGUIEnv()
     for fmt in ("json", "osgenesis", "guimid", "webarena", "browsergym"):
         for tid, task in TASKS.items():
@@ -525,3 +531,63 @@ def test_parse_action_autodetects_formats():
 
 def test_toy_env_satisfies_the_adapter_protocol():
     assert isinstance(ToyGUIEnv(), GUIEnvironment)
+
+
+# the one agent loop -------------------------------------------------------------------------------
+
+
+class CountingEnv:
+    """One shared environment (like MiniWoB's one browser): counts resets, wraps the toy phone."""
+
+    def __init__(self, max_steps):
+        self.env, self.resets = ToyGUIEnv(max_steps=max_steps), 0
+
+    def reset(self, task=None, seed=None):
+        self.resets += 1
+        return self.env.reset(task, seed)
+
+    def step(self, action):
+        return self.env.step(action)
+
+
+def test_run_episodes_lock_step_records_and_invalid_actions():
+    """The one GUI agent loop: experts solve their tasks in lock-step rounds; a None action is
+    spent as `wait` and counted invalid; raw text is parsed by the env; stop_fn aborts."""
+    tasks = [TASKS["settings_airplane_on"], TASKS["mail_star_dave"]]
+    experts = [ScriptedExpert(t) for t in tasks]
+    rounds = []
+
+    def policy(items):
+        rounds.append([i for i, _, _ in items])
+        return [(f"step {len(steps)}", experts[i].act(obs)) for i, obs, steps in items]
+
+    records = run_episodes(tasks, policy, max_steps=10)
+    assert rounds == [[0, 1], [0, 1], [1]]  # airplane takes 2 steps, star 3; one batch per round
+    assert [r["success"] for r in records] == [True, True] and records[0]["invalid"] == 0
+    first = records[0]["steps"][0]  # open_app Settings: the subgoal "open settings" is met
+    assert first["url"] == "toy://settings/main" and first["subgoals"] == [True]
+    assert first["success"] is False and records[0]["steps"][-1]["success"] is True
+    assert records[1]["steps"][1]["thought"] == "step 1"
+
+    # None: no valid action (a wait, counted); raw text: the env parses it (garbage -> its error)
+    answers = iter(
+        [(("bad", None),), (("raw", "not an action at all"),), (("ok", GUIAction("wait")),)]
+    )
+    [r] = run_episodes([tasks[0]], lambda items: next(answers), max_steps=3)
+    assert [s["action"] for s in r["steps"]][::2] == [None, GUIAction("wait").to_json()]
+    assert r["invalid"] == 2 and r["steps"][0]["error"] and r["steps"][1]["error"]
+    assert not r["steps"][2]["error"] and not r["success"] and len(r["steps"]) == 3
+
+    # stop_fn ends an episode early; batch_size=1 runs one episode at a time on one shared env
+    shared = CountingEnv(max_steps=10)
+    waits = per_observation(lambda obs: GUIAction("wait"))
+    out = run_episodes(
+        tasks,
+        waits,
+        10,
+        stop_fn=lambda steps: len(steps) == 2,
+        make_env=lambda: shared,
+        batch_size=1,
+    )
+    assert [len(r["steps"]) for r in out] == [2, 2] and all(r["aborted"] for r in out)
+    assert shared.resets == 2 and [r["task_id"] for r in out] == [t.task_id for t in tasks]

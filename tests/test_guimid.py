@@ -1,6 +1,7 @@
-"""Tests for guimid.py: mixture proportions (spec check 6), the one-optimizer/one-schedule stage boundary with
-resume, planner-format parsing, AgentBoard progress rate (spec check 10), grounding, the agent loop through the
-GUIEnvironment protocol with the tiny VLM, and an end-to-end run (+ --resume across the stage boundary)."""
+"""Tests for guimid.py: mixture proportions (the 300K table's shares), the one-optimizer and
+one-schedule stage boundary with resume, planner-format parsing, AgentBoard progress rate,
+grounding, the agent loop through the GUIEnvironment protocol with the tiny VLM, an end-to-end run
+(+ --resume across the stage boundary), and the learning tests on the no-argument run."""
 
 import json
 import math
@@ -11,20 +12,21 @@ import pytest
 import torch
 
 import guimid
-from common.gui_env import (
+from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
+from common.gui_formats import (
     ActionError,
-    ScriptedExpert,
+    ModelGrounder,
     StubGrounder,
-    ToyGUIEnv,
     action_to_guimid,
+    format_guimid,
     guimid_to_action,
-    list_tasks,
     parse_guimid,
+    parse_point,
 )
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.train import Dist
 
-# ---------------------------------------------------------------------------------------------- mixtures
+# mixtures -----------------------------------------------------------------------------------------
 
 
 def test_guimid_mixture_counts_match_spec_check_6():
@@ -94,7 +96,7 @@ def test_domain_table_matches_table_1():
     assert sum(guimid.RECIPES["guimid_300k"].values()) == 300_000
 
 
-# ---------------------------------------------------------------------------------------------- planner format
+# planner format -----------------------------------------------------------------------------------
 
 
 def test_planner_output_parsing():
@@ -106,7 +108,8 @@ def test_planner_output_parsing():
         "type",
         "GUI Agent",
     )
-    wrapped = 'Sure! First I look.\n```json\n{"Element Description": "Save", "Action": "click", "Value": ""}\n```\nDone, hope it helps.'
+    block = '{"Element Description": "Save", "Action": "click", "Value": ""}'
+    wrapped = f"Sure! First I look.\n```json\n{block}\n```\nDone, hope it helps."
     out = parse_guimid(wrapped)
     assert (out.thought, out.description, out.action) == ("Sure! First I look.", "Save", "click")
     with pytest.raises(ActionError, match="missing key.*Value"):
@@ -139,7 +142,7 @@ def test_history_entries():
 
 
 def test_expert_trajectories_through_the_planner_format_solve_every_task():
-    """Training targets are executable: thought + JSON -> a11y-tree grounding -> env, for all 60 tasks."""
+    """Training targets are executable: thought + JSON -> a11y-tree grounding -> env (60 tasks)."""
     for task in list_tasks():
         env = ToyGUIEnv()
         obs, _ = env.reset(task)
@@ -154,16 +157,16 @@ def test_expert_trajectories_through_the_planner_format_solve_every_task():
 
 
 def test_parse_point():
-    assert guimid.parse_point("(120, 340)") == pytest.approx((0.12, 0.34))
-    assert guimid.parse_point("The element is at ( 500.5 , 7 ).") == pytest.approx((0.5005, 0.007))
+    assert parse_point("(120, 340)") == pytest.approx((0.12, 0.34))
+    assert parse_point("The element is at ( 500.5 , 7 ).") == pytest.approx((0.5005, 0.007))
     assert (
-        guimid.parse_point("click it") is None
-        and guimid.parse_point("(1200, 5)") is None
-        and guimid.parse_point(None) is None
+        parse_point("click it") is None
+        and parse_point("(1200, 5)") is None
+        and parse_point(None) is None
     )
 
 
-# ---------------------------------------------------------------------------------------------- progress rate
+# progress rate ------------------------------------------------------------------------------------
 
 
 def test_progress_rate_spec_check_10():
@@ -180,7 +183,7 @@ def test_progress_rate_spec_check_10():
     assert guimid.progress_rate([], success=False) == 0.0
 
 
-# ---------------------------------------------------------------------------------------------- data + encoding
+# data + encoding ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +249,7 @@ def test_rows_to_samples_formats_and_errors(tmp_path):
         )
 
 
-# ---------------------------------------------------------------------------------------------- one optimizer, one schedule
+# one optimizer, one schedule ----------------------------------------------------------------------
 
 
 def _args(tmp_path, **kw):
@@ -302,7 +305,7 @@ def test_optimizer_and_scheduler_continue_across_the_stage_boundary(tmp_path, pr
     assert [r["lr"] for r in log_a.history] == pytest.approx(
         cosine
     )  # step 2 (first GUI step) continues the cosine
-    # kill at the boundary, resume in a fresh process state: same optimizer state, same lr, same weights
+    # kill at the boundary, resume in a fresh process state: same optimizer state, lr, weights
     _, _, _, log_b1, _, _ = _run(tmp_path / "b", pools, processor, path, stop_after_step=n_mid)
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
     assert (
@@ -366,11 +369,12 @@ def test_train_condition_micro_batches_equal_unsplit_step(tmp_path, processor, m
     assert_micro_batching_matches(path, step, micro_batch_size=1, vlm=True)
 
 
-# ---------------------------------------------------------------------------------------------- agent loop
+# agent loop ---------------------------------------------------------------------------------------
 
 
 class AdapterEnv:
-    """An external environment seen only through the GUIEnvironment protocol (reset/step), like a BrowserGym
+    """An external environment seen only through the GUIEnvironment protocol (reset/step), like a
+    BrowserGym
     or AndroidWorld adapter would be; here it wraps the toy phone and hides everything else."""
 
     def __init__(self):
@@ -387,38 +391,32 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     path = make_tiny_vlm()
     model = load_model(path, vlm=True)
     tasks = list_tasks("test")[:2]
-    policy = guimid.make_policy(model, processor, max_new_tokens=6)
-    results = guimid.run_agent(
-        policy, AdapterEnv, tasks, StubGrounder(), max_steps=2, dist_info=Dist()
-    )
-    assert [r["task_id"] for r in results] == sorted(t.task_id for t in tasks)
+    args = guimid.Args(max_episode_steps=2, max_new_tokens=6)
+    run = guimid.Setup(args, Dist(), path, processor, AdapterEnv, tasks, {}, StubGrounder(), None)
+    results = guimid.evaluate_model(model, run)
+    assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(
         r["steps"] == 2 and r["invalid"] == 2 and not r["success"] and r["pr"] == 0.0
         for r in results
     )  # garbage counted
     scripted = iter(
         [
-            'I open it.\n```json\n{"Element Description": "", "Action": "open_app", "Value": "Settings"}\n```',
-            'Done.\n```json\n{"Element Description": "Airplane mode", "Action": "click", "Value": ""}\n```',
+            format_guimid("I open it.", "", "open_app", "Settings"),
+            format_guimid("Done.", "Airplane mode", "click", ""),
         ]
     )
     task = next(t for t in list_tasks() if t.task_id == "settings_airplane_on")
-    [r] = guimid.run_agent(
-        lambda msgs, imgs: [next(scripted) for _ in msgs],
-        ToyGUIEnv,
-        [task],
-        StubGrounder(),
-        5,
-        Dist(),
-        target_urls=[guimid.expert_target_url(task)],
-    )
+    urls = {task.task_id: guimid.expert_target_url(task)}
+    args = guimid.Args(max_episode_steps=5)
+    run = guimid.Setup(args, Dist(), path, processor, ToyGUIEnv, [task], urls, StubGrounder(), None)
+    [r] = guimid.play(lambda msgs, imgs: [next(scripted) for _ in msgs], run)
     assert (
         r["success"]
         and r["pr"] == 1.0
         and r["steps"] == 2
         and r["history"] == ["open_app 'Settings'", "click 'Airplane mode'"]
     )
-    grounder = guimid.ModelGrounder(path)
+    grounder = ModelGrounder(path)
     obs, _ = ToyGUIEnv().reset(task)
     point = grounder.ground(
         "Settings", obs
@@ -427,7 +425,7 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     assert grounder.failures == (point is None)
 
 
-# ---------------------------------------------------------------------------------------------- end to end
+# end to end ---------------------------------------------------------------------------------------
 
 TINY = [
     "--mixture_size",
@@ -460,7 +458,7 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
     assert len((out / "guimid_300k" / "episodes.jsonl").read_text().splitlines()) == len(
         list_tasks("test")
     )
-    # stop at the stage boundary, then --resume finishes the GUI stage with the same optimizer and schedule
+    # stop at the stage boundary; --resume finishes the GUI stage, same optimizer and schedule
     res = tmp_path / "resumed"
     run_cmd(
         [
@@ -504,7 +502,8 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
     assert [r["loss"] for r in resumed] == pytest.approx(
         [r["loss"] for r in uninterrupted], rel=1e-4
     )
-    # 2 processes, FSDP2 on gloo: same schedule, same first-step loss (before any update), eval split over ranks
+    # 2 processes, FSDP2 on gloo: same schedule, same first-step loss (before any update), the
+    # evaluation split over ranks
     fsdp = tmp_path / "fsdp"
     proc = run_cmd(
         [*torchrun_cmd, "guimid.py", "--output_dir", str(fsdp), "--compare", "False", *TINY],
@@ -520,7 +519,8 @@ def test_end_to_end_resume_across_the_stage_boundary_and_fsdp2(run_cmd, torchrun
 
 
 def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
-    """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on them, reaches SR 1."""
+    """The harness can express success: GUI SFT on 2 tasks' expert trajectories, evaluated on
+    them, reaches SR 1."""
     out = tmp_path / "overfit"
     run_cmd(
         [
@@ -571,18 +571,18 @@ def test_learning_scripted_baseline_earns_progress_but_never_success(learned):
     )  # opening the right app is a third of the way
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on the toy, the mixture-trained agent overfits the 12 tasks more (docs/guimid.md)",
-)
 def test_learning_mid_training_lowers_the_held_out_gui_loss(learned):
-    """The paper's claim: with scarce GUI data, mid-training makes the GUI stage generalise better."""
+    """The paper's claim: with scarce GUI data, mid-training (with GUI data mixed in) makes the
+    GUI stage generalise better: a lower loss on the held-out tasks' expert steps."""
     claims, _, stdout = learned
     assert claims["heldout_gui_loss"]["holds"], stdout
+    assert claims["heldout_gui_loss"]["result"] < 0.8 * claims["heldout_gui_loss"]["baseline"]
 
 
 @pytest.mark.xfail(
-    strict=True, reason="on the toy, PR does not separate the conditions (docs/guimid.md)"
+    strict=True,
+    reason="no planner trained on the toy's scarce GUI data emits valid actions on held-out "
+    "tasks (invalid rate 1.0), so PR is 0 for both (docs/guimid.md)",
 )
 def test_learning_mid_training_raises_pr(learned):
     claims, _, stdout = learned

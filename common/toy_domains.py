@@ -1,0 +1,94 @@
+"""Toy stand-ins for GUIMid's mid-training domains (guimid.py; arXiv 2504.10127, Table 1), made in
+code so the CPU default runs offline. A sample is {"messages": [...], "image": PIL | None}.
+
+| Paper domain    | Toy stand-in                                                        |
+|-----------------|---------------------------------------------------------------------|
+| MathInstruct    | 2-term arithmetic, one line per partial result (`arithmetic_samples`) |
+| Olympiad math   | 4-term arithmetic                                                   |
+| Multimodal math | common/shapes_world questions with their chains of thought          |
+| CodeI/O         | "predict the output of f(xs)" with a fenced JSON answer (`code_samples`) |
+
+codeio.py's own CodeI/O prompts are ~1K tokens each, too long for the CPU budget.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from common.data import make_arithmetic_rows
+from common.shapes_world import make_shapes_rows
+
+
+def user_msg(text: str, image: bool) -> dict:
+    """A user turn; with an image, the processor's placeholder comes first."""
+    content = [{"type": "image"}, {"type": "text", "text": text}] if image else text
+    return {"role": "user", "content": content}
+
+
+def chat(question: str, answer: str, image=None) -> dict:
+    """One question/answer sample (the image, if any, goes with the question)."""
+    messages = [user_msg(question, image is not None), {"role": "assistant", "content": answer}]
+    return {"messages": messages, "image": image}
+
+
+def arithmetic_cot(expression: str) -> str:
+    """Left-to-right partial results, one per line, then the answer."""
+    tokens = expression.split()
+    value, lines = int(tokens[0]), []
+    for op, x in zip(tokens[1::2], tokens[2::2]):
+        new = value + int(x) if op == "+" else value - int(x)
+        lines.append(f"{value} {op} {x} = {new}.")
+        value = new
+    return "\n".join(lines + [f"The answer is {value}."])
+
+
+def arithmetic_samples(n: int, seed: int, num_terms: int, max_value: int) -> list[dict]:
+    rows = make_arithmetic_rows(n, seed, num_terms=num_terms, max_value=max_value)
+    return [chat(r["question"], arithmetic_cot(r["expression"])) for r in rows]
+
+
+def shapes_samples(n: int, seed: int) -> list[dict]:
+    return [chat(r["question"], r["cot"], r["image"]) for r in make_shapes_rows(n, seed)]
+
+
+def reverse(xs):
+    return xs[::-1]
+
+
+def add_one(xs):
+    return [x + 1 for x in xs]
+
+
+CODE_FUNCTIONS = [  # (source, function, how the chain of thought says it)
+    ("def f(xs):\n    return sorted(xs)", sorted, "sorting"),
+    ("def f(xs):\n    return xs[::-1]", reverse, "reversing"),
+    ("def f(xs):\n    return max(xs)", max, "the largest of"),
+    ("def f(xs):\n    return min(xs)", min, "the smallest of"),
+    ("def f(xs):\n    return [x + 1 for x in xs]", add_one, "adding 1 to each of"),
+]
+
+
+def code_samples(n: int, seed: int) -> list[dict]:
+    """CodeI/O's task in miniature: a function and an input in; the reasoning, then the output as
+    fenced JSON out."""
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        source, fn, says = rng.choice(CODE_FUNCTIONS)
+        xs = [rng.randint(0, 9) for _ in range(rng.randint(2, 4))]
+        answer = f"f returns {says} {xs}.\n```json\n{json.dumps({'output': fn(xs)})}\n```"
+        out.append(chat(f"Predict the output of f(xs) for xs = {xs}.\n{source}", answer))
+    return out
+
+
+def toy_domain_samples(kind: str, n: int, seed: int) -> list[dict]:
+    """n samples of a toy domain: arith2 | arith4 | shapes | codeio."""
+    if kind == "arith2":
+        return arithmetic_samples(n, seed, 2, 99)
+    if kind == "arith4":
+        return arithmetic_samples(n, seed, 4, 30)
+    if kind == "shapes":
+        return shapes_samples(n, seed)
+    if kind == "codeio":
+        return code_samples(n, seed)
+    raise ValueError(f"unknown toy domain {kind!r}; known: arith2, arith4, shapes, codeio")
