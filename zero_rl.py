@@ -427,7 +427,7 @@ def make_prompt(question: str, template: str, budget: int | None = None, l1_kind
     )
 
 
-def prompt_template(args) -> str:
+def resolve_template(args) -> str:
     if args.prompt_template == "auto":
         return "countdown" if args.task == "countdown" else "qwen-boxed"
     return args.prompt_template
@@ -905,7 +905,7 @@ def main(args):
     dist_info = init_distributed()
     G, rank, world = args.group_size, dist_info.rank, dist_info.world_size
     derived(args, world)  # batch sizes or length-reward flags that do not fit fail here
-    template = prompt_template(args)
+    template = resolve_template(args)
     train_rows, eval_rows = load_task_rows(args)
     if not args.model and dist_info.is_main:  # the toy base: rank 0 builds it, the others wait
         warm_start_base(args, train_rows, template)
