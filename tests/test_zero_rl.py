@@ -539,19 +539,11 @@ def test_judge_through_the_sampler_with_the_tiny_model():
 # --------------------------------------------------------------------------------------------------
 # end to end (subprocesses, the way the scripts are run)
 
-SMALL = [
-    "--num_eval_prompts",
-    "16",
-    "--eval_samples",
-    "2",
-    "--prompts_per_step",
-    "4",
-    "--mini_batch_prompts",
-    "2",
-]
-ONE_THREAD = {
-    "OMP_NUM_THREADS": "1"
-}  # a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
+# the mechanics tests (resume, torchrun) need no competent base: a 50-step warm start builds faster
+SMALL = ["--num_eval_prompts", "16", "--eval_samples", "2", "--warm_start_steps", "50"]
+SMALL += ["--prompts_per_step", "4", "--mini_batch_prompts", "2"]
+# a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def read_metrics(out_dir):
