@@ -130,8 +130,9 @@ def format_suite_table(results: dict[str, dict], k: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# reasoning behaviours (SimpleRL-Zoo Sec. 2.3: the share of responses showing each of the four
-# behaviours of Gandhi et al., labelled by GPT-4o): a keyword stand-in and a model-backed judge
+# reasoning behaviours (SimpleRL-Zoo's Reasoning Behavior Ratio: the share of responses showing
+# each of four behaviours after Gandhi et al., with Enumeration for Backward Chaining, labelled by
+# GPT-4o): a keyword stand-in and a model-backed judge
 
 BEHAVIOUR_KEYWORDS = {
     "verification": ("verify", "check", "confirm", "substitut", "plug"),
