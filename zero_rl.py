@@ -280,10 +280,10 @@ WHOLE_REWARD = ("cosine", "l1_exact", "l1_max")  # their formula already pays fo
 def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, buffer=4096):
     """Each length reward's own formula (common.rewards), one per completion, groups consecutive.
     Kimi k1.5 (arXiv 2501.12599, Sec. 2.3.3): per group, lambda = 0.5 - (L - Lmin) / (Lmax -
-    Lmin); lambda if correct, else min(0, lambda). Cosine (Yeo et al., arXiv 2502.03373, Sec. 4.2):
-    2 -> 1 over L if correct, -10 -> 0 if wrong, -10 past the limit. L1 (arXiv 2503.04697, LCPO):
-    exact c - alpha |n_gold - L|, max c * clip(alpha (n_gold - L) + delta, 0, 1). DAPO (arXiv
-    2503.14476, Sec. 3.4): the soft overlong punishment in [-1, 0]."""
+    Lmin); lambda if correct, else min(0, lambda). Cosine (Yeo et al., arXiv 2502.03373, their
+    cosine length-scaling reward): 2 -> 1 over L if correct, -10 -> 0 if wrong, -10 past the
+    limit. L1 (arXiv 2503.04697, LCPO): exact c - alpha |n_gold - L|, max c * clip(alpha (n_gold
+    - L) + delta, 0, 1). DAPO (arXiv 2503.14476, Sec. 3.4): the soft overlong punishment."""
     if kind == "none":
         return [0.0] * len(lengths)
     if kind == "kimi":
@@ -323,7 +323,7 @@ def total_rewards(
                      task reward (and its other levels: countdown's 0.1, --reward_mode
                      independent) is not added again.
     `repetition`: one n-gram repetition penalty (<= 0) per completion, added last (Yeo et al.
-    Sec. 4.2 pair it with the cosine reward; see repetition_penalty)."""
+    pair it with the cosine reward; see repetition_penalty)."""
     if not len(task_rewards) == len(correct) == len(lengths):
         raise ValueError(
             f"{len(task_rewards)} task rewards, {len(correct)} correctness flags and "
@@ -360,7 +360,7 @@ def scales_by_std(args) -> bool:
 
 
 def repetition_penalty(token_ids, ngram_size=40, penalty=-0.05):
-    """N-gram repetition penalty of Yeo et al. (arXiv 2502.03373, Sec. 4.2; eddycmu/demystify-
+    """N-gram repetition penalty of Yeo et al. (arXiv 2502.03373; eddycmu/demystify-
     long-cot `openrlhf/reward/repetition.py`, `RepetitionDensePenalty`): every token inside a
     repeated token n-gram (the second and later occurrences) is penalised once. Their PPO puts
     `penalty` on each such token; GRPO has one scalar per response, so this returns the sum."""
