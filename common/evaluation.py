@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.benchmarks import SIMPLERL_SUITE, load_benchmark
 from common.config import arg
-from common.rewards import extract_answer, math_equal_batch
+from common.rewards import extract_answer, math_equal_batch, pass_at_k
 
 # The paper's Table 1 column names, in its order
 COLUMN_NAMES = {
@@ -125,6 +127,102 @@ def format_suite_table(results: dict[str, dict], k: int) -> str:
             f"| {label} | " + " | ".join(cells) + f" | {100 * suite_average(scores):.1f} |"
         )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# reasoning behaviours (SimpleRL-Zoo's Reasoning Behavior Ratio: the share of responses showing
+# each of four behaviours after Gandhi et al., with Enumeration for Backward Chaining, labelled by
+# GPT-4o): a keyword stand-in and a model-backed judge
+
+BEHAVIOUR_KEYWORDS = {
+    "verification": ("verify", "check", "confirm", "substitut", "plug"),
+    "backtracking": ("wait", "mistake", "actually", "try again", "rethink", "retry", "instead"),
+    "subgoal setting": ("first", "step 1", "next,", "then", "we need to", "break down"),
+    "enumeration": ("case", "possibilit", "list all", "for each", "enumerat", "all options"),
+}
+BEHAVIOURS = tuple(BEHAVIOUR_KEYWORDS)
+JUDGE_PROMPT = (
+    "Read the response to the problem below and say which reasoning behaviours it shows.\n"
+    "- Verification: the response checks an intermediate result.\n"
+    "- Backtracking: it notices an error and revises.\n"
+    "- Subgoal Setting: it splits the problem into smaller steps.\n"
+    "- Enumeration: it goes through cases exhaustively.\n"
+    "Reply with a JSON list only, one object per behaviour found, e.g. "
+    '[{{"behavior": "Verification", "example": "a short quote"}}], or [] if there is none.'
+    "\n\nProblem: {question}\n\nResponse: {response}"
+)
+
+
+def keyword_behaviours(text: str) -> set[str]:
+    """The keyword stand-in: a behaviour is shown when one of its keywords occurs (the paper argues
+    against keyword counts: they stayed flat while the labelled behaviours rose)."""
+    low = text.lower()
+    return {b for b, words in BEHAVIOUR_KEYWORDS.items() if any(w in low for w in words)}
+
+
+def parse_judge_reply(reply: str) -> set[str] | None:
+    """Behaviours named in the judge's JSON list; None if the reply is not such a list (counted)."""
+    start, end = reply.find("["), reply.rfind("]")
+    try:
+        items = json.loads(reply[start : end + 1]) if 0 <= start < end else None
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return None
+    names = {str(i.get("behavior", i.get("behaviour", ""))).strip().lower() for i in items}
+    return {b for b in BEHAVIOURS if b in names}
+
+
+def judge_behaviours(judge, questions, responses, max_new_tokens=256) -> list[set[str] | None]:
+    """Label each response with the judge model (any Sampler, greedy); None where the reply was
+    not parseable."""
+    prompts = [
+        [{"role": "user", "content": JUDGE_PROMPT.format(question=q, response=r)}]
+        for q, r in zip(questions, responses)
+    ]
+    replies = judge.generate(prompts, n=1, temperature=0, max_new_tokens=max_new_tokens)
+    return [parse_judge_reply(group[0].text) for group in replies]
+
+
+def heldout_eval(
+    sampler, rows, prompt_fn, grade_fn, dist, gather, k, sampling, judge=None, judge_tokens=256
+) -> tuple[dict, str]:
+    """Held-out metrics during training: greedy accuracy, sampled accuracy and unbiased pass@k of
+    `k` samples (`sampling`: temperature, top_p, max_new_tokens), mean length and the behaviour
+    ratios (keyword stand-in; `judge`, a Sampler, labels each prompt's first sample in at most
+    `judge_tokens` tokens). Each rank takes an equal slice of `rows`; every rank returns the
+    gathered dict and one sample text. `grade_fn(texts, rows) -> list[bool]`: correct or not."""
+    rows = rows[dist.rank :: dist.world_size][: len(rows) // dist.world_size]
+    prompts = [prompt_fn(r["question"]) for r in rows]
+    max_new = sampling["max_new_tokens"]
+    greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=max_new)
+    sampled = sampler.generate(prompts, n=k, **sampling)
+    flat = grade_fn([c.text for g in sampled for c in g], [r for r in rows for _ in range(k)])
+    local = {
+        "greedy": grade_fn([g[0].text for g in greedy], rows),
+        "sampled": [flat[i * k : (i + 1) * k] for i in range(len(rows))],
+        "lengths": [len(c.token_ids) for g in sampled for c in g],
+        "keywords": [sorted(keyword_behaviours(c.text)) for g in sampled for c in g],
+    }
+    if judge is not None:
+        questions, firsts = [r["question"] for r in rows], [g[0].text for g in sampled]
+        labels = judge_behaviours(judge, questions, firsts, judge_tokens)
+        local["judge"] = [sorted(label or ()) for label in labels]
+        local["judge_fail"] = [label is None for label in labels]
+    merged = {key: [x for part in gather(local) for x in part[key]] for key in local}
+    out = {
+        "eval/accuracy_greedy": float(np.mean(merged["greedy"])),
+        "eval/accuracy_sampled": float(np.mean([np.mean(s) for s in merged["sampled"]])),
+        f"eval/pass@{k}": float(np.mean([pass_at_k(k, sum(s), k) for s in merged["sampled"]])),
+        "eval/mean_length": float(np.mean(merged["lengths"])),
+    }
+    for b in BEHAVIOURS:
+        out[f"eval/behaviour_keyword/{b}"] = float(np.mean([b in s for s in merged["keywords"]]))
+        if judge is not None:
+            out[f"eval/behaviour_judge/{b}"] = float(np.mean([b in s for s in merged["judge"]]))
+    if judge is not None:  # replies that were not a JSON list
+        out["eval/judge_parse_failures"] = float(sum(merged["judge_fail"]))
+    return out, sampled[0][0].text if sampled else ""
 
 
 # ------------------------------------------------------------------------------------------------

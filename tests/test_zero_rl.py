@@ -1,5 +1,6 @@
-"""zero_rl.py: the paper's functions pinned to hand-computed values, garbage-proof rewards, the LLM-judge
-path with the tiny model, data loading errors, and end-to-end runs (learning, resume, 2-process torchrun)."""
+"""zero_rl.py: the paper's functions pinned to hand-computed values, garbage-proof rewards, the
+LLM-judge path with the tiny model, data loading errors, and end-to-end runs (learning, resume,
+2-process torchrun)."""
 
 import json
 import math
@@ -10,11 +11,12 @@ import torch
 from transformers import HfArgumentParser
 
 import zero_rl as Z
+from common import evaluation as E
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler
 from common.train import Dist, gradient_checkpointing_on, shard_model, token_logprobs
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GRPO advantages (verl compute_grpo_outcome_advantage; Dr. GRPO without the std)
 
 
@@ -61,7 +63,7 @@ def test_dr_grpo_loss_type_turns_the_std_off_unless_overridden():
     assert Z.scales_by_std(parse("--scale_rewards_by_std", "false")) is False
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # PPO-clip, k3 KL, loss aggregation
 
 
@@ -78,7 +80,8 @@ def test_ppo_clip_clipped_and_unclipped_sides():
     logp = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]])).requires_grad_()
     adv = torch.tensor([1.0, -1.0, -1.0, 1.0])
     loss, _ = Z.ppo_clip_loss(logp, old, adv, 0.2, 0.2)
-    # ratio 1.5, A=+1 -> clipped at 1.2; A=-1 -> unclipped 1.5; ratio 0.5, A=-1 -> clipped at 0.8; A=+1 -> 0.5
+    # ratio 1.5: A=+1 -> clipped at 1.2; A=-1 -> unclipped 1.5
+    # ratio 0.5: A=-1 -> clipped at 0.8; A=+1 -> unclipped 0.5
     assert torch.allclose(loss.squeeze(1), torch.tensor([-1.2, 1.5, 0.8, -0.5]))
     loss.sum().backward()
     assert logp.grad[0].item() == 0 and logp.grad[2].item() == 0  # clipped tokens carry no gradient
@@ -249,9 +252,38 @@ def test_kimi_length_reward_warm_up():
     assert Z.length_reward_at(Z.Args(length_reward="kimi"), 1) == "kimi"  # no warm-up by default
 
 
+def test_step_rows_depend_only_on_the_position():
+    """A resumed run sees the rows and L1 budgets an uninterrupted one would (no state but seed)."""
+    rows = [{"question": str(i)} for i in range(10)]
+    args = Z.Args(prompts_per_step=4)
+    fresh = Z.step_rows(args, rows, 8, 4, {})  # positions 8, 9 (epoch 0) and 10, 11 (epoch 1)
+    warm = {}
+    Z.step_rows(args, rows, 0, 8, warm)
+    assert Z.step_rows(args, rows, 8, 4, warm) == fresh
+    epoch0 = Z.step_rows(args, rows, 0, 10, {})
+    assert sorted(r["question"] for r, _ in epoch0) == sorted(r["question"] for r in rows)
+    assert {b for _, b in fresh} == {None}  # no L1 reward: no budget
+    l1 = Z.step_rows(Z.Args(length_reward="l1_max", l1_budget="5-7"), rows, 0, 10, {})
+    assert {b for _, b in l1} <= {5, 6, 7} and [r for r, _ in l1] == [r for r, _ in epoch0]
+
+
+def test_micro_spans_trim_each_micro_batch_to_its_longest_response():
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0]])
+    assert list(Z.micro_spans(0, 5, 2, mask)) == [(0, 2, 3), (2, 4, 2), (4, 5, 1)]
+    assert list(Z.micro_spans(1, 5, 0, mask)) == [(1, 5, 2)]  # 0: the whole range at once
+
+
+def test_bad_length_reward_flags_fail_before_anything_loads():
+    with pytest.raises(ValueError, match="--overlong_buffer 4096 must be <= --max_new_tokens 16"):
+        Z.derived(Z.Args(length_reward="dapo_overlong"), 1)
+    with pytest.raises(ValueError, match="--length_reward_coef"):
+        Z.derived(Z.Args(length_reward="cosine", length_reward_coef=0.5), 1)
+    assert Z.derived(Z.Args(), 1)["completions_per_update_per_rank"] == 32  # 4 prompts x 8
+
+
 def test_response_logprobs_match_common_token_logprobs():
-    """Shared-prompt log-probs (left-padded prompts, KV cache indexed out to each group) equal the plain
-    full-sequence log-probs of every prompt + response, gradients included."""
+    """Shared-prompt log-probs (left-padded prompts, KV cache indexed out to each group) equal the
+    plain full-sequence log-probs of every prompt + response, gradients included."""
     path = make_tiny_lm()
     model, tok = load_model(path), load_tokenizer(path)
     prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]  # two prompts of different lengths
@@ -287,7 +319,8 @@ def test_response_logprobs_match_common_token_logprobs():
 
 
 def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenation():
-    """Checkpointed layers cannot fill a KV cache: the concatenated path runs, with the same values and grads."""
+    """Checkpointed layers cannot fill a KV cache: the concatenated path runs, with the same values
+    and gradients."""
     path = make_tiny_lm()
     tok = load_tokenizer(path)
     enc = tok.pad({"input_ids": [[5, 6, 7, 8, 9], [10, 11, 12]]}, padding=True, return_tensors="pt")
@@ -311,7 +344,7 @@ def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenati
     assert torch.allclose(grad0, grad1, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # prompts, data, rewards
 
 
@@ -462,27 +495,26 @@ def test_levels_and_field_names_from_a_local_file(tmp_path):
         Z.load_task_rows(Z.Args(data=str(path)))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # reasoning behaviours: keyword stand-in and the LLM judge (tiny model: garbage JSON is counted)
 
 
 def test_keyword_behaviours():
     text = "First, list all cases. Let me check 2+2=4. Wait, that was a mistake."
-    assert Z.keyword_behaviours(text) == {
+    assert E.keyword_behaviours(text) == {
         "subgoal setting",
         "enumeration",
         "verification",
         "backtracking",
     }
-    assert Z.keyword_behaviours("\\boxed{1234}") == set()
+    assert E.keyword_behaviours("\\boxed{1234}") == set()
 
 
 def test_parse_judge_reply():
-    assert Z.parse_judge_reply("[]") == set()
-    assert Z.parse_judge_reply(
-        'Sure: [{"behavior": "Verification", "example": "check"}, {"behavior": "Subgoal Setting"}] done'
-    ) == {"verification", "subgoal setting"}
-    assert Z.parse_judge_reply('[{"behavior": "Flying"}]') == set()
+    assert E.parse_judge_reply("[]") == set()
+    reply = 'Sure: [{"behavior": "Verification", "example": "c"}, {"behavior": "Subgoal Setting"}]'
+    assert E.parse_judge_reply(reply + " done") == {"verification", "subgoal setting"}
+    assert E.parse_judge_reply('[{"behavior": "Flying"}]') == set()
     for bad in (
         "garbage",
         "[1, 2]",
@@ -492,36 +524,30 @@ def test_parse_judge_reply():
         "[" * 5000 + "]" * 5000,
         "",
     ):
-        assert Z.parse_judge_reply(bad) is None
+        assert E.parse_judge_reply(bad) is None
 
 
 def test_judge_through_the_sampler_with_the_tiny_model():
     path = make_tiny_lm()
     judge = HFSampler(load_model(path), load_tokenizer(path))
-    labels = Z.judge_behaviours(
+    labels = E.judge_behaviours(
         judge, ["Sort 2 1", "Sort 4 3"], ["\\boxed{12}", "wait, check: 34"], max_new_tokens=8
     )
-    assert len(labels) == 2 and all(
-        lab is None or lab <= set(Z.BEHAVIOURS) for lab in labels
-    )  # garbage is None, not an error
+    assert labels == [None, None]  # an untrained model's replies are garbage: None, not an error
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # end to end (subprocesses, the way the scripts are run)
 
-SMALL = [
-    "--num_eval_prompts",
-    "16",
-    "--eval_samples",
-    "2",
-    "--prompts_per_step",
-    "4",
-    "--mini_batch_prompts",
-    "2",
-]
-ONE_THREAD = {
-    "OMP_NUM_THREADS": "1"
-}  # a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
+# the mechanics tests (resume, torchrun) need no competent base: a 50-step warm start builds faster
+SMALL = ["--num_eval_prompts", "16", "--eval_samples", "2", "--warm_start_steps", "50"]
+SMALL += ["--prompts_per_step", "4", "--mini_batch_prompts", "2"]
+# a 2-layer, 64-wide model gains nothing from 2 threads and loses a lot on a busy machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
@@ -556,8 +582,7 @@ def test_learning_toy_accuracy_rises(run_cmd, tmp_path):
     )
     assert after - before >= 0.15, (before, after)
     assert (out / "curves.png").stat().st_size > 0 and (out / "model" / "config.json").exists()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "reward" in r]
+    train = [r for r in read_metrics(out) if "reward" in r]
     assert [r["step"] for r in train] == list(range(1, 21))
     for key in (
         "completions/mean_length",
@@ -623,8 +648,7 @@ def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
         [sys.executable, "zero_rl.py", "--output_dir", str(straight), "--total_steps", "4", *flags],
         env=ONE_THREAD,
     )
-    load = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    a, b = load(resumed), load(straight)
+    a, b = read_metrics(resumed), read_metrics(straight)
     assert [r["step"] for r in a if "reward" in r] == [1, 2, 3, 4]
     assert json.loads((resumed / "checkpoint" / "meta.json").read_text())["step"] == 4
     for key in ("reward", "completions/mean_length", "loss"):
@@ -632,10 +656,9 @@ def test_resume_continues_from_the_checkpoint(run_cmd, tmp_path):
             [r[key] for r in b if "reward" in r], abs=1e-5
         ), key
     final = [r for r in a if "eval/judge_parse_failures" in r][-1]
-    assert (
-        0 <= final["eval/judge_parse_failures"] <= 16
-        and "eval/behaviour_keyword/verification" in final
-    )
+    # the untrained judge never replies with a JSON list: all 16 replies fail and label nothing
+    assert final["eval/judge_parse_failures"] == 16
+    assert [final[f"eval/behaviour_judge/{b}"] for b in E.BEHAVIOURS] == [0.0] * 4
 
 
 def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
@@ -658,7 +681,7 @@ def test_torchrun_two_processes(run_cmd, torchrun_cmd, tmp_path):
         ],
         timeout=600,
     )
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(out)
     assert [r["step"] for r in records if "reward" in r] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())  # rank 0 writes the gathered eval
     metrics = [c["metric"] for c in summary["claims"]]
