@@ -2,8 +2,9 @@
 
 `common/gui_env.py` is the environment that runs them. An app is plain data (`initial_state()`) plus
 one `screen_<name>(state, params, nav)` builder per screen that returns (title, rows of widgets);
-widget callbacks mutate the state and call `nav` (the env: push / back / flash / open_app). A task is
-a goal plus a predicate on that state; `build_tasks` holds out the last parameter of every template.
+widget callbacks mutate the state and call `nav` (the env: push / back / flash / open_app). A task
+is a goal plus a predicate on that state; `build_tasks` holds out the last parameter of every
+template.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Widgets, screens and the four apps
 
 
@@ -70,8 +72,8 @@ def _textbox(key, name, drafts: dict, field_name: str, on_submit=None, width=1.0
 
 
 class App:
-    """An app: `initial_state()` plain data, and `screen_<name>(state, params, nav) -> (title, rows)`
-    where rows is a list of widget lists. `nav` is the environment (push / back / flash)."""
+    """An app: `initial_state()` plain data, and `screen_<name>(state, params, nav) -> (title,
+    rows)` where rows is a list of widget lists. `nav` is the environment (push / back / flash)."""
 
     name, label, root = "", "", ""
 
@@ -549,7 +551,7 @@ class MailApp(App):
 APPS: dict[str, App] = {a.name: a for a in (SettingsApp(), NotesApp(), ShopApp(), MailApp())}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Tasks
 
 
@@ -563,8 +565,8 @@ def normalize_answer(text: str) -> str:
 @dataclass
 class Task:
     """A goal plus the state predicate that says it was reached. `check=None` and `answer=None` for
-    synthesized (unchecked) goals; `feasible=False` wants `status: infeasible`. `expert` is a plan of
-    ('open_app', label) | ('click'|'long_press', key) | ('type', key, text) | ('answer', text) |
+    synthesized (unchecked) goals; `feasible=False` wants `status: infeasible`. `expert` is a plan
+    of ('open_app', label) | ('click'|'long_press', key) | ('type', key, text) | ('answer', text) |
     ('status', goal_status) steps addressed by resource id."""
 
     task_id: str
@@ -603,6 +605,28 @@ def _opened(app):
     return (f"open {app}", lambda st: st["system"]["visited_app"].get(app, False))
 
 
+# Success checks of the tasks built in loops (module-level functions, bound with partial, so that
+# each task keeps its own id and a Task stays picklable).
+def _note_deleted(state, note_id):
+    return all(n["id"] != note_id for n in state["notes"]["notes"])
+
+
+def _note_pinned(state, note_id):
+    return any(n["id"] == note_id and n["pinned"] for n in state["notes"]["notes"])
+
+
+def _note_titled(state, note_id, title):
+    return any(n["id"] == note_id and n["title"] == title for n in state["notes"]["notes"])
+
+
+def _email_starred(state, email_id):
+    return any(m["id"] == email_id and m["starred"] for m in state["mail"]["emails"])
+
+
+def _email_deleted(state, email_id):
+    return all(m["id"] != email_id for m in state["mail"]["emails"])
+
+
 def _note_id(title):
     return next(n["id"] for n in NotesApp().initial_state()["notes"] if n["title"] == title)
 
@@ -612,8 +636,8 @@ def _email_id(sender):
 
 
 def build_tasks() -> list[Task]:
-    """The task catalogue. Within each template the last parameter goes to the test split, so held-out
-    tasks reuse seen screens with unseen parameters."""
+    """The task catalogue. Within each template the last parameter goes to the test split, so
+    held-out tasks reuse seen screens with unseen parameters."""
     groups: list[list[Task]] = []
     S = "Settings"
     for field_name, key, screen, label, on in [
@@ -786,12 +810,10 @@ def build_tasks() -> list[Task]:
         for title in titles:
             nid = _note_id(title)
             if verb == "delete":
-                check = lambda st, i=nid: all(n["id"] != i for n in st["notes"]["notes"])
+                check = partial(_note_deleted, note_id=nid)
                 plan = [("open_app", N), ("long_press", f"note:{nid}"), ("click", "menu_delete")]
             else:
-                check = lambda st, i=nid: any(
-                    n["id"] == i and n["pinned"] for n in st["notes"]["notes"]
-                )
+                check = partial(_note_pinned, note_id=nid)
                 plan = [("open_app", N), ("long_press", f"note:{nid}"), ("click", "pin_note")]
             tasks.append(
                 Task(
@@ -810,9 +832,7 @@ def build_tasks() -> list[Task]:
                 f"notes_rename_{_note_id(a)}",
                 "notes",
                 f"Rename the note '{a}' to '{b}'.",
-                check=lambda st, i=_note_id(a), b=b: any(
-                    n["id"] == i and n["title"] == b for n in st["notes"]["notes"]
-                ),
+                check=partial(_note_titled, note_id=_note_id(a), title=b),
                 expert=[
                     ("open_app", N),
                     ("click", f"note:{_note_id(a)}"),
@@ -969,12 +989,10 @@ def build_tasks() -> list[Task]:
         for sender in senders:
             eid = _email_id(sender)
             if verb == "star":
-                check = lambda st, i=eid: any(
-                    m["id"] == i and m["starred"] for m in st["mail"]["emails"]
-                )
+                check = partial(_email_starred, email_id=eid)
                 plan = [("open_app", M), ("click", f"email:{eid}"), ("click", "star")]
             else:
-                check = lambda st, i=eid: all(m["id"] != i for m in st["mail"]["emails"])
+                check = partial(_email_deleted, email_id=eid)
                 plan = [("open_app", M), ("long_press", f"email:{eid}"), ("click", "menu_delete")]
             tasks.append(
                 Task(

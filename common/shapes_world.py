@@ -1,25 +1,27 @@
-"""Shapes world: a synthetic multimodal reasoning task (pillow images of coloured shapes + questions).
+"""Shapes world: a synthetic multimodal reasoning task (pillow images of coloured shapes +
+questions).
 
-Used by mstar.py (self-evolving training of a VLM) and reusable by any script that needs images with known
-contents (adaptvis.py: objects carry pixel boxes, `draw_scene` renders any object list, `relation` names
-the spatial relation between two objects).
+Used by mstar.py (self-evolving training of a VLM) and reusable by any script that needs images with
+known contents (adaptvis.py: objects carry pixel boxes, `draw_scene` renders any object list,
+`relation` names the spatial relation between two objects).
 
-A scene is a `grid x grid` board (default 2 x 2 cells on a 64 x 64 image, so with the tiny VLM's 16 x 16
-patches every cell is 2 x 2 image tokens) holding 1-3 objects, each a (colour, shape) pair that is unique
-in its scene, drawn with a random size and offset inside its cell. Questions (numeric or one-word
-answers), by `kind`:
+A scene is a `grid x grid` board (default 2 x 2 cells on a 64 x 64 image, so with the tiny VLM's 16
+x 16 patches every cell is 2 x 2 image tokens) holding 1-3 objects, each a (colour, shape) pair that
+is unique in its scene, drawn with a random size and offset inside its cell. Questions (numeric or
+one-word answers), by `kind`:
 
     count_all    How many shapes are there?                              -> 3
     count_color  How many red shapes are there?                          -> 2
     count_shape  How many circles are there?                             -> 1
     color_of     What color is the square?                               -> blue
     shape_of     What shape is the green one?                            -> triangle
-    position     Is the red circle left or right of the blue square?     -> left     (or above/below)
-    add          How many red and blue shapes are there in total?        -> 3
+    position     Is the red circle left or right of the blue square?     -> left     (or
+    above/below) add          How many red and blue shapes are there in total?        -> 3
     subtract     How many more circles than squares are there?           -> 1
 
 Every row also has a chain-of-thought target, one step per line, always starting with a scan of the
-cells in reading order (row by row, left to right), which is what makes the answer checkable step by step:
+cells in reading order (row by row, left to right), which is what makes the answer checkable step by
+step:
 
     Shapes: 1 red circle, 2 empty, 3 blue square, 4 red triangle.
     red: 2.
@@ -27,9 +29,9 @@ cells in reading order (row by row, left to right), which is what makes the answ
     2 + 1 = 3.
     The answer is 3.
 
-Two simpler scene types exist because the tiny 2-layer VLM of the CPU defaults learns whole-image reads (one
-colour, one shape, where it is) within ~100 SFT steps, but naming what sits in one particular cell, or counting,
-takes it many hundreds (measured):
+Two simpler scene types exist because the tiny 2-layer VLM of the CPU defaults learns whole-image
+reads (one colour, one shape, where it is) within ~100 SFT steps, but naming what sits in one
+particular cell, or counting, takes it many hundreds (measured):
 
 `scene="single"`: one large shape in one of the 4 cells.
 
@@ -39,20 +41,22 @@ takes it many hundreds (measured):
     sides     How many sides does the shape have?                              -> 3
     times     How many sides do 3 of these shapes have in total?               -> 9
     plus      What is the number of sides of the shape plus 2?                 -> 5
-    letters   How many letters does the name of its color have?                -> 3   (+ letters_plus, letters_times)
+    letters   How many letters does the name of its color have?                -> 3   (+
+    letters_plus, letters_times)
 
     I see a red triangle at the top left.
     A triangle has 3 sides.
     3 x 3 = 9.
     The answer is 9.
 
-`scene="group"`: 1-4 identical shapes; kinds count, color, shape, sides (in total), add, subtract ("How many
-shapes would there be if 2 more were added?"); first step "I see 3 red triangles.".
+`scene="group"`: 1-4 identical shapes; kinds count, color, shape, sides (in total), add, subtract
+("How many shapes would there be if 2 more were added?"); first step "I see 3 red triangles.".
 
-`grade_steps(row, text)` checks each line of any response against the scene (True / False / None when a
-line says nothing checkable); mstar.py's rule-based PRM stand-in is built on it. Everything is
-deterministic given the seed. Rows are plain dicts; `row["image"]` is a PIL image and `row_to_record`
-/ `record_to_row` convert to and from JSON-safe records (the image is re-drawn from the object list).
+`grade_steps(row, text)` checks each line of any response against the scene (True / False / None
+when a line says nothing checkable); mstar.py's rule-based PRM stand-in is built on it. Everything
+is deterministic given the seed. Rows are plain dicts; `row["image"]` is a PIL image and
+`row_to_record` / `record_to_row` convert to and from JSON-safe records (the image is re-drawn from
+the object list).
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ BACKGROUND = (255, 255, 255)
 
 
 def draw_scene(objects: list[dict], image_size: int = 64, background=BACKGROUND) -> Image.Image:
-    """Render objects ({"color", "shape", "box": [x0, y0, x1, y1]} in pixels) on a plain background."""
+    """Render objects ({"color", "shape", "box": [x0, y0, x1, y1]} in pixels) on a plain
+    background."""
     img = Image.new("RGB", (image_size, image_size), background)
     draw = ImageDraw.Draw(img)
     for obj in objects:
@@ -143,7 +148,8 @@ def random_scene(
     same_kind: bool = False,
     fill=(0.55, 0.9),
 ) -> list[dict]:
-    """Objects with unique (colour, shape) (or all identical with `same_kind`), one per cell, in reading order."""
+    """Objects with unique (colour, shape) (or all identical with `same_kind`), one per cell, in
+    reading order."""
     cell = image_size // grid
     n = rng.randint(min_objects, max_objects)
     kinds = (
@@ -181,7 +187,8 @@ def _count(objects, word: str) -> int:
 def make_question(
     objects: list[dict], kind: str, rng: random.Random, grid: int = 2, scene: str = "mixed"
 ) -> dict | None:
-    """{"question", "answer", "cot", "meta"} for `kind` on this scene, or None when the scene cannot ask it."""
+    """{"question", "answer", "cot", "meta"} for `kind` on this scene, or None when the scene cannot
+    ask it."""
     meta: dict = {"kind": kind, "grid": grid}
     if scene == "single":
         meta["scene"] = "single"
@@ -247,8 +254,10 @@ def question_text(meta: dict) -> str:
             "times": f"How many sides do {meta.get('k')} of these shapes have in total?",
             "plus": f"What is the number of sides of the shape plus {meta.get('k')}?",
             "letters": "How many letters does the name of its color have?",
-            "letters_plus": f"What is the number of letters in the name of its color plus {meta.get('k')}?",
-            "letters_times": f"What is the number of letters in the name of its color times {meta.get('k')}?",
+            "letters_plus": "What is the number of letters in the name of its color plus "
+            f"{meta.get('k')}?",
+            "letters_times": "What is the number of letters in the name of its color times "
+            f"{meta.get('k')}?",
         }[kind]
     if meta.get("scene") == "group":
         return {
@@ -270,7 +279,8 @@ def question_text(meta: dict) -> str:
     if kind == "shape_of":
         return f"What shape is the {meta['target']} one?"
     if kind == "position":
-        return f"Is the {meta['first']} {'left or right of' if meta['axis'] == 'x' else 'above or below'} the {meta['second']}?"
+        relation = "left or right of" if meta["axis"] == "x" else "above or below"
+        return f"Is the {meta['first']} {relation} the {meta['second']}?"
     if kind == "add":
         return f"How many {words[0]} and {words[1]} shapes are there in total?"
     return f"How many more {_plural(words[0])} than {_plural(words[1])} are there?"
@@ -279,10 +289,12 @@ def question_text(meta: dict) -> str:
 def solve(
     objects: list[dict], meta: dict, sides: dict | None = None, letters: dict | None = None
 ) -> tuple[str, list[str]] | None:
-    """(answer, CoT steps) of the question `meta` on the scene `objects`; None if the scene cannot answer it.
+    """(answer, CoT steps) of the question `meta` on the scene `objects`; None if the scene cannot
+    answer it.
 
-    Solving a *misperceived* scene (`misperceive`) for the real question, or with a wrong `sides` table (a
-    misconception such as "a triangle has 4 sides"), or a wrong `letters` table, gives a plausible wrong CoT."""
+    Solving a *misperceived* scene (`misperceive`) for the real question, or with a wrong `sides`
+    table (a misconception such as "a triangle has 4 sides"), or a wrong `letters` table, gives a
+    plausible wrong CoT."""
     kind, words = meta["kind"], meta.get("words", [])
     if meta.get("scene") == "group":
         return _solve_group(objects, meta, sides or SIDES)
@@ -337,7 +349,8 @@ def group_view(objects: list[dict]) -> str:
 
 
 def single_view(obj: dict, grid: int = 2) -> str:
-    """First CoT step of a single-shape scene: "I see a red triangle at the top left." (2 x 2 grid words)."""
+    """First CoT step of a single-shape scene: "I see a red triangle at the top left." (2 x 2 grid
+    words)."""
     row = "top" if obj["row"] < grid / 2 else "bottom"
     col = "left" if obj["col"] < grid / 2 else "right"
     return f"I see a {obj['color']} {obj['shape']} at the {row} {col}."
@@ -411,8 +424,9 @@ def _solve_group(objects: list[dict], meta: dict, table: dict) -> tuple[str, lis
 def scan(objects: list[dict], grid: int) -> str:
     """The first CoT step: every cell in reading order, numbered, "empty" where nothing is drawn.
 
-    Numbered fixed slots (rather than a list of the objects only) let a tiny model read each cell with one
-    position-keyed look-up instead of having to find "the next object after the last one I named"."""
+    Numbered fixed slots (rather than a list of the objects only) let a tiny model read each cell
+    with one position-keyed look-up instead of having to find "the next object after the last one I
+    named"."""
     by_cell = {o["row"] * grid + o["col"]: name(o) for o in objects}
     return (
         "Shapes: "
@@ -422,8 +436,9 @@ def scan(objects: list[dict], grid: int) -> str:
 
 
 def misperceive(objects: list[dict], rng: random.Random) -> list[dict]:
-    """The scene as a careless viewer sees it: one object's colour or shape changed (kept unique), or one
-    object missed. Used to make noisy demonstrations and plausible wrong chains of thought."""
+    """The scene as a careless viewer sees it: one object's colour or shape changed (kept unique),
+    or one object missed. Used to make noisy demonstrations and plausible wrong chains of
+    thought."""
     objects = [dict(o) for o in objects]
     if (
         len(objects) > 1 and len({(o["color"], o["shape"]) for o in objects}) == 1
@@ -453,13 +468,15 @@ def misperceive(objects: list[dict], rng: random.Random) -> list[dict]:
 
 
 def problem_key(objects: list[dict], question: str) -> str:
-    """What makes two rows the same problem (cells and contents + question; sizes and offsets ignored)."""
+    """What makes two rows the same problem (cells and contents + question; sizes and offsets
+    ignored)."""
     return question + "|" + ";".join(f"{o['row']},{o['col']},{name(o)}" for o in objects)
 
 
 def in_eval_split(objects: list[dict], question: str, eval_share: int = 5) -> bool:
-    """Stable split of the whole problem space: 1 problem in `eval_share` belongs to evaluation, whatever the
-    seed, so training rows (and a cached warm-started model) can never contain an evaluation problem."""
+    """Stable split of the whole problem space: 1 problem in `eval_share` belongs to evaluation,
+    whatever the seed, so training rows (and a cached warm-started model) can never contain an
+    evaluation problem."""
     digest = hashlib.sha1(problem_key(objects, question).encode()).digest()
     return digest[0] % eval_share == 0
 
@@ -475,11 +492,13 @@ def make_shapes_rows(
     split: str | None = None,
     scene: str = "mixed",
 ) -> list[dict]:
-    """n rows {"id", "image" (PIL), "question", "answer", "cot", "kind", "objects", "meta"}; kinds cycle.
+    """n rows {"id", "image" (PIL), "question", "answer", "cot", "kind", "objects", "meta"}; kinds
+    cycle.
 
-    scene: "mixed" (distinct shapes, `KINDS`, 1-3 objects), "group" (identical shapes, `GROUP_KINDS`, 1-4 objects)
-    or "single" (one large shape, `SINGLE_KINDS`).
-    split: None (any problem), "train" or "eval" (disjoint parts of the problem space, see `in_eval_split`)."""
+    scene: "mixed" (distinct shapes, `KINDS`, 1-3 objects), "group" (identical shapes,
+    `GROUP_KINDS`, 1-4 objects) or "single" (one large shape, `SINGLE_KINDS`).
+    split: None (any problem), "train" or "eval" (disjoint parts of the problem space, see
+    `in_eval_split`)."""
     scene_kinds = {"mixed": KINDS, "group": GROUP_KINDS, "single": SINGLE_KINDS}
     if scene not in scene_kinds:
         raise ValueError(f"scene must be one of {sorted(scene_kinds)}, got {scene!r}")
@@ -492,7 +511,8 @@ def make_shapes_rows(
     for k in kinds:
         if k not in scene_kinds[scene]:
             raise ValueError(
-                f"unknown question kind {k!r} for scene {scene!r} (expected some of {scene_kinds[scene]})"
+                f"unknown question kind {k!r} for scene {scene!r} (expected some of "
+                f"{scene_kinds[scene]})"
             )
     if not 1 <= min_objects <= max_objects <= min(grid * grid, len(COLORS) * len(SHAPES)):
         raise ValueError(
@@ -518,7 +538,8 @@ def make_shapes_rows(
             misses += 1  # e.g. "What color is the square?" with two squares: draw another scene
             if misses > 1000 + 100 * n:
                 raise ValueError(
-                    f"cannot make {kind!r} questions with {min_objects}-{max_objects} objects on a {grid}x{grid} grid"
+                    f"cannot make {kind!r} questions with {min_objects}-{max_objects} objects on a "
+                    f"{grid}x{grid} grid"
                 )
             continue
         rows.append(
@@ -543,12 +564,13 @@ def record_to_row(record: dict) -> dict:
     return {**record, "image": draw_scene(record["objects"], record.get("image_size", 64))}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # checking answers and steps
 
 
 def is_correct(text, answer: str) -> bool:
-    """Does the text's final answer (common.rewards.extract_answer: after the last 'The answer is') equal `answer`?"""
+    """Does the text's final answer (common.rewards.extract_answer: after the last 'The answer is')
+    equal `answer`?"""
     pred = extract_answer(text)
     return pred is not None and pred.strip().lower() == str(answer).strip().lower()
 
@@ -567,7 +589,8 @@ _SIDES_RE = re.compile(r"^An? (\w+) has (\d+) sides?\.$")
 
 
 def grade_steps(row: dict, text: str) -> list[bool | None]:
-    """One verdict per non-empty line of `text`: True (agrees with the scene), False, None (nothing to check)."""
+    """One verdict per non-empty line of `text`: True (agrees with the scene), False, None (nothing
+    to check)."""
     objects = row["objects"]
     by_name = {name(o): o for o in objects}
     verdicts: list[bool | None] = []
@@ -626,18 +649,18 @@ def grade_steps(row: dict, text: str) -> list[bool | None]:
     return verdicts
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # a toy "pretrained vision encoder" for the tiny LLaVA of common/models.py
 
 
 def pretrain_tiny_vision(
     model, processor, steps: int, seed: int, grid: int = 2, batch_size: int = 64
 ):
-    """Stand-in for a pretrained vision encoder (real VLMs start from CLIP/SigLIP): the randomly initialised
-    vision tower + projector of a LLaVA-style model learn, through a throw-away linear probe, the colour and
-    shape drawn in each patch's cell and the cell's index. Without it the tiny LLaVA ignored its image for
-    hundreds of SFT steps (measured: the colour of a single shape stayed at chance after 80 steps; 40 with it).
-    Uses training-split scenes only."""
+    """Stand-in for a pretrained vision encoder (real VLMs start from CLIP/SigLIP): the randomly
+    initialised vision tower + projector of a LLaVA-style model learn, through a throw-away linear
+    probe, the colour and shape drawn in each patch's cell and the cell's index. Without it the tiny
+    LLaVA ignored its image for hundreds of SFT steps (measured: the colour of a single shape stayed
+    at chance after 80 steps; 40 with it). Uses training-split scenes only."""
     import torch
     from tqdm import tqdm
 
