@@ -39,8 +39,8 @@ Commands (the defaults are the paper's settings, so --preset paper changes nothi
               --annotations whatsup/controlled_images_dataset.json --image_root whatsup
             python adaptvis.py --model llava-hf/llava-1.5-7b-hf --dtype bf16 --task vsr \\
               --data vsr/zeroshot/test.jsonl --image_root coco2017
-  8 GPUs:   torchrun --nproc_per_node=8 adaptvis.py --model llava-hf/llava-1.5-7b-hf ...
-            (one model per rank, the rows of every pass sharded over the ranks)
+  8 GPUs:   torchrun --nproc_per_node=8 adaptvis.py --model llava-hf/llava-1.5-7b-hf --data ...
+            # one model per rank; the rows of every pass are sharded over the ranks
 """
 
 from __future__ import annotations
