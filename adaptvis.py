@@ -104,7 +104,9 @@ class Args:
         "auto", "model dtype"
     )
     batch_size: int = arg(32, "prompts per generate call")
-    max_new_tokens: int = arg(100, "greedy answer length; paper: 100 (released code)")
+    max_new_tokens: int = arg(
+        100, "greedy answer length; paper: 100 (release: model_zoo/llava15.py)"
+    )
     resume: bool = arg(False, "reuse generations.jsonl of an earlier run (same model and data!)")
     track: bool = arg(False, "log to Weights & Biases")
     # algorithm (the release's README and run.sh)
@@ -128,7 +130,7 @@ class Args:
     alpha_smooth: float = arg(0.5, "alpha below beta, fixed row; paper: 0.5 (run.sh weight1)")
     alpha_sharpen: float = arg(1.5, "alpha at/above beta, fixed row; paper: 1.5 (run.sh weight2)")
     tune_fraction: float = arg(
-        0.2, "tuning share, the rest is the test; paper: 0.2 (released code)"
+        0.2, "tuning share, the rest is the test; paper: 0.2 (release: main_aro.py)"
     )
     split_seed: int = arg(1, "seed of the tuning sample; paper: 1 (release: main_aro.py --seed)")
     analysis_rows: int = arg(64, "test rows per subset for the attention analysis")
@@ -158,8 +160,8 @@ def scale_image_attention(logits, image_mask, alpha, query_index: int = -1):
 
 
 def choose_alpha(confidence: float, threshold: float, alpha_smooth: float, alpha_sharpen: float):
-    """The AdaptVis gate: confidence w, rounded to 2 decimals as the release does, below beta ->
-    smooth, else sharpen (the release calls the smoothing alpha weight1, the sharpening weight2)."""
+    """The AdaptVis gate (release: model_zoo/llava15.py, method adapt_vis): confidence w, rounded
+    to 2 decimals, below beta -> smooth (its weight1), else sharpen (its weight2)."""
     if not 0.0 <= confidence <= 1.0:  # also rejects NaN
         raise ValueError(f"confidence must be a probability in [0, 1], got {confidence}")
     return alpha_smooth if round(confidence, 2) < threshold else alpha_sharpen
@@ -172,8 +174,8 @@ def first_token_confidence(logprobs: list[float]) -> float:
 
 
 def whatsup_correct(output: str, gold: str) -> bool:
-    """The release's WhatsUp scoring: the gold option as a case-insensitive substring; gold 'On'
-    counts as wrong when 'front' appears."""
+    """WhatsUp scoring (release: model_zoo/llava15.py get_out_scores_wh_batched): the gold option
+    as a case-insensitive substring; gold 'On' counts as wrong when 'front' appears."""
     out, gold = output.lower(), gold.lower()
     return gold in out and not (gold == "on" and "front" in out)
 
@@ -199,7 +201,8 @@ def vsr_metrics(tp: int, tn: int, fp: int, fn: int) -> dict:
 
 
 def tune_test_split(n: int, tune_fraction: float = 0.2, seed: int = 1):
-    """A fixed random 20% of the rows for tuning, the other 80% for the test report."""
+    """A fixed random 20% of the rows for tuning, the other 80% for the test report (release:
+    main_aro.py, random.sample after seeding with --seed 1; TEST_MODE scores the rest)."""
     tune = sorted(random.Random(seed).sample(range(n), int(tune_fraction * n)))
     chosen = set(tune)
     return tune, [i for i in range(n) if i not in chosen]
