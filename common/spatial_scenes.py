@@ -312,9 +312,9 @@ def whatsup_relation(caption: str) -> str | None:
 def whatsup_release_rows(path: Path, root: Path) -> list[dict]:
     """WhatsUp's controlled-image JSON as released (whatsup_vlms
     data/controlled_images_dataset.json, [{image_path, caption_options}]), the true caption
-    first, images named `<subject>_<relation>_<object>.jpeg`. Each row becomes AdaptVis's four-option question ("Where
-    is the beer bottle in relation to the armchair? Answer with left, right, on or under.";
-    front / behind for the B set), gold = the true caption's relation."""
+    first, images named `<subject>_<relation>_<object>.jpeg`. Each row becomes AdaptVis's
+    four-option question ("Where is the beer bottle in relation to the armchair? Answer with left,
+    right, on or under."; front / behind for the B set), gold = the true caption's relation."""
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = []
     for i, d in enumerate(data):

@@ -382,7 +382,7 @@ def test_toy_model_reads_the_answer_off_its_attention():
     model = load_model(path, vlm=True).eval()
     processor = load_processor(path)
     state = av.enable_image_attention_scaling(model)
-    rows = [r for r in make_whatsup_rows(8, 3, "cluttered")]
+    rows = make_whatsup_rows(8, 3, "cluttered")
     enc = processor(
         text=[av.render_prompt(processor, av.messages(r)) for r in rows],
         images=[r["image"] for r in rows],
