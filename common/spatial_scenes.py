@@ -101,7 +101,7 @@ def make_scene(rng: random.Random, relation: str, style: str) -> dict:
     """One scene; `style` sets the colour strengths and the distractors (module docstring)."""
     subject_box, reference_box = place_pair(rng, relation)
     if style == "controlled":  # faint, the reference fainter: it scores below the text tokens
-        strength = rng.uniform(0.55, 0.7)
+        strength = rng.uniform(0.5, 0.65)
         strengths = (strength, strength - rng.uniform(0.1, 0.2))
     else:
         strengths = (1.0, 1.0)
