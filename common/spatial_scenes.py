@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common.data import DataError, load_rows
+from common.models import end_of_turn
 
 IMAGE_SIZE = 64
 PATCH = 4  # 16 x 16 = 256 image tokens
@@ -256,7 +257,7 @@ def set_toy_weights(model, tokenizer) -> None:
     for token, dim, sign in zip(answers, (8, 8, 9, 9), (-1, 1, -1, 1)):
         lm_head[token, 0] = ANSWER_BIAS / 30.0
         lm_head[token, dim] = sign * READOUT
-    lm_head[vocab["<|im_end|>"], 6] = STOP
+    lm_head[vocab[end_of_turn(tokenizer)], 6] = STOP  # after an answer word: end the turn
 
 
 def build_toy_vlm(folder: Path) -> None:
