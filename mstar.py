@@ -1010,9 +1010,16 @@ def demo_claims(table: list[dict], baseline: list[dict], name: str) -> list[dict
     warm = next(r for r in table if r["stage"] == "warm-up")["accuracy"]
     final = table[-1]["accuracy"]
     metric = "greedy test accuracy"
+    # a claim holds by more than 5 of 100 test queries: less is within one iteration's noise
     return [
-        claim("continuous self-evolving improves on the warm-up", metric, warm, final),
-        claim(f"continuous beats {name}, same budget", metric, baseline[-1]["accuracy"], final),
+        claim("continuous self-evolving improves on the warm-up", metric, warm, final, margin=0.05),
+        claim(
+            f"continuous beats {name}, same budget",
+            metric,
+            baseline[-1]["accuracy"],
+            final,
+            margin=0.05,
+        ),
     ]
 
 

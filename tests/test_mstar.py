@@ -342,17 +342,19 @@ def test_resume_skips_done_iterations(tmp_path, run_cmd):
 
 def test_no_argument_run_holds_its_claims(tmp_path):
     """The no-argument run (cached toy base, built on first use): continuous self-evolving beats
-    the warm-up model and iterative RFT on the same budget. Measured (greedy accuracy, 96 test
-    queries): see MEASURED below; the margins asserted are the claims' own (> 0)."""
+    the warm-up model and iterative RFT on the same budget (greedy accuracy, 96 test queries).
+    Measured (seed 0, 2 threads, twice with the same numbers): warm-up 0.042 -> 0.354 after 8
+    continuous iterations; iterative RFT (2 iterations x 32 steps at interval 100%) 0.188."""
     mstar.main(mstar.Args(output_dir=str(tmp_path)))
     claims = json.loads((tmp_path / "summary.json").read_text())["claims"]
     assert [c["name"] for c in claims] == [
         "continuous self-evolving improves on the warm-up",
         "continuous beats iterative_rft, same budget",
     ]
-    for c in claims:
-        assert c["holds"], c
-        assert c["result"] > c["baseline"]
+    assert all(c["holds"] for c in claims), claims
+    warm_up, baseline = claims
+    assert warm_up["result"] - warm_up["baseline"] > 0.2  # measured 0.312
+    assert baseline["result"] - baseline["baseline"] > 0.1  # measured 0.167
 
 
 def test_torchrun_two_processes(tmp_path, run_cmd, torchrun_cmd):
