@@ -146,7 +146,7 @@ class Args(VLLMArgs):
     training: Literal["continuous", "iterative_rft", "rest_em"] = arg(
         "continuous",
         "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (also "
-        "restart from the warm-up model); paper: 'Training Method' table",
+        "restart from the warm-up model), compared in the paper's 'Training Method' table",
     )
     interval: float | None = arg(
         None, "share of queries per iteration; None: 0.25 continuous (paper's best), 1.0 baselines"
