@@ -1,38 +1,52 @@
-"""M-STaR: multimodal continuous self-evolving training.
+"""M-STaR, multimodal continuous self-evolving training (docs/mstar.md).
 
-Paper: "Diving into Self-Evolving Training for Multimodal Reasoning" (Liu et al., arXiv 2412.17451, ICML 2025).
+Paper: "Diving into Self-Evolving Training for Multimodal Reasoning" (Liu et al., arXiv 2412.17451,
+ICML 2025). The pipeline code was never released (hkust-nlp/mstar holds a README), so this file
+follows the paper's text and tables.
 
-Idea: a vision-language model improves its own chain-of-thought (CoT) reasoning by repeatedly sampling answers to
-labelled image questions, keeping the good ones and fine-tuning on them. The paper's final recipe (§3):
-1. warm-up: CoT generated with the answer given as a hint; the correct ones are the first SFT set;
-2. continuous self-evolving: each iteration samples only a fraction (25%) of the queries with the current model,
-   then keeps training the *same* model with the *same* optimizer state and LR schedule (iterative RFT restarts
-   the optimizer every iteration, ReST-EM also restarts the weights);
-3. reward = answer correctness, then a multimodal process reward model (PRM) reranks the correct responses by
-   their minimum step score and only the top 2 are kept;
-4. every 2 iterations the sampling temperature is re-chosen in {0.3, ..., 1.6} to maximise Reward-Pass@2 on a
-   validation split. Prompt variation (unlabelled queries + weighted-vote pseudo-labels) is available but off.
+Idea: a vision-language model improves its chain-of-thought (CoT) by sampling answers to labelled
+image questions, keeping the good ones and fine-tuning on them, again and again. The paper's final
+recipe (its "Final Recipe" section, built from the "Training Method", "Reward Model", "Prompt
+Variation" and "Dynamics of Self-Evolution" studies):
+1. warm-up: CoT sampled with the answer given as a hint; the correct ones are the first SFT set;
+2. continuous self-evolving: each iteration samples a fraction (interval 25%) of the queries with
+   the current model and keeps training the SAME model with the SAME optimizer state and LR
+   schedule (iterative RFT restarts the optimizer each iteration, ReST-EM also the weights);
+3. reward: answer correctness, then a multimodal process reward model (PRM) reranks the correct
+   responses by their minimum step score, and the top 2 are kept;
+4. every 2 iterations the sampling temperature is re-chosen in {0.3, ..., 1.6} to maximise
+   Reward-Pass@2 on a validation split. Prompt variation (unlabelled queries, weighted-vote
+   pseudo-labels) is available but off, as the paper recommends.
 
-Departures (the paper's pipeline code is not released, so there is no code to disagree with):
-- Each iteration trains a fixed `--steps_per_iteration` on batches drawn from its kept samples, so the LR schedule
-  (cosine, 5% warmup; its shape is not in the sources) has a known length; the paper trains 10K steps in total.
-- PRM: `--prm <HF model>` scores steps Math-Shepherd style (P("+") vs P("-") at a step tag); the released
-  `hkust-nlp/mstar-prm-8b-v1.0` needs its own remote code and is not tested here. The CPU default uses a
-  STAND-IN: a rule-based checker that compares every CoT step with the drawn scene (it never sees the label).
-- On the shapes world the warm-up keeps only the correct hinted responses whose every step checks out
-  (`--warmup_selection threshold`): the tiny model copies a hinted answer under unrelated reasoning. With --data
-  it keeps all correct ones, as the paper does (`all`).
-- Toy: the tiny LLaVA is first warm-started (cached) into a weak base: toy vision pre-training, then captions and
-  CoT where 60% of the demonstrations state a wrong letter/side count (a "bad habit" self-training can remove).
-  The default questions need only the colour of one shape, which that model reads reliably. Sizes, lr, batch,
-  K for validation are toy values (paper values in --help). alpha of `threshold` is not in the sources (0.5).
+Departures:
+- Each iteration trains a fixed `--steps_per_iteration` on batches drawn from its kept samples, so
+  the LR schedule has a known length (the paper: 10K steps in all at batch 128). The schedule's
+  shape is not in the paper: cosine with 5% warmup here.
+- PRM: `--prm <HF model>` scores steps Math-Shepherd style (P("+") vs P("-") at a step tag); the
+  released hkust-nlp/mstar-prm-8b-v1.0 needs its own remote code and is not tested here. The CPU
+  default is a STAND-IN: a rule-based checker comparing every CoT step with the drawn scene (it
+  never sees the label).
+- alpha of the `threshold` selection is not in the paper (0.5 here).
+- On the shapes world the warm-up keeps only the correct hinted responses whose every step checks
+  out (`--warmup_selection threshold`): the tiny model copies a hinted answer under unrelated
+  reasoning. With --data it keeps all correct ones, as the paper does.
+- Pass@K and Reward-Pass@2 are reported on the test split at T = 1; accuracy is greedy.
+- Not stated in the paper: max_new_tokens (1024), micro-batch (2), gradient checkpointing, K = 4
+  samples per validation query in the temperature search.
+- --data rows are shuffled with the seed and cut into test / validation / train / unlabelled; the
+  paper uses fixed MathV360K splits (180K labelled, 750 test, 250 validation).
+- Toy: the tiny LLaVA is first warm-started (cached) into a weak base: toy vision pre-training,
+  then captions and CoT where 60% of the fact demonstrations state a wrong letter / side count (a
+  "bad habit" self-training can remove). Sizes, lr, batch and budget are toy values (paper values
+  in --help). The no-argument run also reruns the self-evolving phase with the paper's baseline,
+  iterative RFT, on the same budget (`--baseline`), and writes both claims to summary.json.
 
-Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config shows
-the effective configuration without loading anything):
-  python mstar.py                                                    # CPU, offline, tiny VLM + shapes world
+Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config
+shows the effective configuration without loading anything):
+  python mstar.py                                            # CPU, offline, tiny VLM, shapes world
   python mstar.py --model Qwen/Qwen2-VL-2B-Instruct --data mathv360k.jsonl --image_root images/ \\
-      --prm /path/to/prm                             # 1 GPU
-  torchrun --nproc_per_node=8 mstar.py  <same flags>                  # FSDP2 over 8 GPUs
+      --prm /path/to/prm                                     # 1 GPU
+  torchrun --nproc_per_node=8 mstar.py  <same flags>          # FSDP2 over 8 GPUs
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ import io
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,10 +64,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common.config import parse_config, per_rank
+from common.claims import claim, format_claims, write_summary
+from common.config import arg, parse_config, per_rank
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
-from common.models import load_model, load_processor, make_tiny_vlm
-from common.rewards import extract_answer, math_equal, pass_at_k, strip_string
+from common.models import end_of_turn, load_model, load_processor, make_tiny_vlm
+from common.rewards import extract_answer, math_equal_batch, pass_at_k, strip_string
 from common.sampling import VLLMArgs, get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import (
     grade_steps,
@@ -84,236 +99,118 @@ from common.train import (
     shard_model,
 )
 
+# The toy run computes on a fixed thread count: float reductions, hence the numbers, depend on it.
+TOY_THREADS = 2
+TRAININGS = ("continuous", "iterative_rft", "rest_em")
+
 
 @dataclass
 class Args(VLLMArgs):
     # generic
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    output_dir: str = field(
-        default="runs/mstar", metadata={"help": "metrics, samples, checkpoints, PNG"}
+    seed: int = arg(0, "random seed")
+    output_dir: str = arg("runs/mstar", "metrics, samples, checkpoints, summary.json, PNG")
+    model: str = arg("", "HF VLM id/path (AutoModelForImageTextToText); '': the toy tiny LLaVA")
+    data: str = arg("", "file/folder/hub id with question, answer, image; '': shapes world")
+    image_root: str = arg("", "folder that relative image paths in --data are relative to")
+    question_field: str = arg("question", "field of --data holding the question")
+    answer_field: str = arg("answer", "field of --data holding the gold answer")
+    image_field: str = arg("image", "field of --data holding the image (path or PIL)")
+    instruction: str = arg(
+        "", "text appended to every question (real models: one step per line, 'The answer is X.')"
     )
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "HF VLM id/path (AutoModelForImageTextToText); default: tiny LLaVA warm-started on the shapes world"
-        },
+    toy_scene: Literal["single", "group", "mixed"] = arg(
+        "single", "shapes-world scenes without --data (common/shapes_world.py)"
     )
-    data: str | None = field(
-        default=None,
-        metadata={
-            "help": "file/folder/hub id with question, answer, image fields; default: shapes world"
-        },
+    toy_kinds: str = arg(
+        "color,letters,letters_plus,letters_times",
+        "comma-separated shapes-world question kinds; empty = all kinds of --toy_scene",
     )
-    image_root: str | None = field(
-        default=None,
-        metadata={"help": "folder that relative image paths in --data are relative to"},
+    num_train: int = arg(512, "labelled training queries; paper: 180000 (MathV360K, labelled)")
+    num_unlabeled: int = arg(64, "unlabelled queries for prompt variation")
+    num_val: int = arg(32, "validation queries for the temperature rule; paper: 250")
+    num_test: int = arg(96, "held-out test queries; paper: 750 (in-domain test)")
+    sampler: Literal["hf", "vllm"] = arg("hf", "hf | vllm")
+    max_new_tokens: int = arg(48, "tokens per sampled response; paper: 1024 (not stated)")
+    gen_batch_size: int = arg(64, "prompts per generate call")
+    track: bool = arg(False, "log to Weights & Biases")
+    resume: bool = arg(False, "continue from the checkpoints in --output_dir")
+    # toy base model (only without --model)
+    base_steps: int = arg(200, "SFT steps of the cached tiny base (captions + noisy CoT)")
+    base_noise: float = arg(0.6, "share of fact demonstrations stating MISCONCEPTION (/4: misread)")
+    base_lr: float = arg(3e-3, "lr of the tiny base warm-start")
+    base_caption_share: float = arg(0.5, "share of caption examples in the tiny base's SFT")
+    base_vision_steps: int = arg(
+        150, "toy vision pre-training steps (stand-in for a pretrained ViT)"
     )
-    question_field: str = field(
-        default="question", metadata={"help": "field of --data holding the question"}
+    # algorithm (paper: "Training Method", "Reward Model", "Dynamics of Self-Evolution")
+    training: Literal["continuous", "iterative_rft", "rest_em"] = arg(
+        "continuous",
+        "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (also "
+        "restart from the warm-up model), compared in the paper's 'Training Method' table",
     )
-    answer_field: str = field(
-        default="answer", metadata={"help": "field of --data holding the gold answer"}
+    interval: float | None = arg(
+        None, "share of queries per iteration; None: 0.25 continuous (paper's best), 1.0 baselines"
     )
-    image_field: str = field(
-        default="image", metadata={"help": "field of --data holding the image (path or PIL)"}
+    baseline: Literal["iterative_rft", "rest_em", "none"] = arg(
+        "iterative_rft",
+        "after a continuous run, rerun the self-evolving phase from the warm-up with this "
+        "baseline at interval 1.0 on the same budget (SFT steps, sampled queries); paper: none",
     )
-    instruction: str = field(
-        default="",
-        metadata={
-            "help": "text appended to every question (real models: ask for one step per line and 'The answer is X.')"
-        },
+    num_iterations: int = arg(8, "self-evolving iterations; paper: 16 (x 625 = 10K steps)")
+    steps_per_iteration: int = arg(8, "SFT steps per iteration; paper: 625 (16 x 625 = 10K)")
+    samples_per_query: int = arg(16, "responses sampled per query; paper: 16")
+    batch_size: int = arg(32, "SFT batch, all ranks; paper: 128")
+    lr: float = arg(1e-3, "AdamW lr; paper: 1e-6")
+    lr_scheduler: str = arg("cosine", "transformers scheduler; one schedule across iterations")
+    warmup_ratio: float = arg(0.05, "LR warmup share of the schedule")
+    max_grad_norm: float = arg(1.0, "gradient clipping")
+    micro_batch_size: int = arg(
+        0, "rows per forward/backward on a rank (0 = its whole batch); paper: 2 (not stated)"
     )
-    toy_scene: Literal["single", "group", "mixed"] = field(
-        default="single",
-        metadata={
-            "help": "shapes-world scenes without --data: single (one shape; what the tiny VLM learns on CPU) | group | mixed"
-        },
+    gradient_checkpointing: bool = arg(
+        False, "recompute decoder layers in the backward pass; paper: True (not stated)"
     )
-    toy_kinds: str = field(
-        default="color,letters,letters_plus,letters_times",
-        metadata={
-            "help": "comma-separated shapes-world question kinds; empty = all kinds of --toy_scene (the default ones need only the colour, which the tiny VLM reads reliably)"
-        },
+    selection: Literal["top2", "top1", "top4", "threshold", "random2", "all"] = arg(
+        "top2", "H(.) over correct responses by PRM min step score; 'all' = no PRM"
     )
-    num_train: int = field(
-        default=512,
-        metadata={
-            "help": "labelled training queries; paper: 180000 (180K labelled MathV360K queries)"
-        },
+    prm_threshold: float = arg(0.5, "alpha of the 'threshold' selection (not in the paper)")
+    prm: str = arg("rule", "'rule' (stand-in: shapes-world step checker) or an HF PRM path")
+    prm_step_tag: str = arg(" ки", "tag appended to each step for a model PRM (Math-Shepherd)")
+    prm_good_token: str = arg("+", "token whose probability is the step score")
+    prm_bad_token: str = arg("-", "the competing token")
+    pseudo_label_share: float = arg(
+        0.0, "share of unlabelled queries with weighted-vote pseudo-labels; paper: 0.0"
     )
-    num_unlabeled: int = field(
-        default=64,
-        metadata={
-            "help": "unlabelled queries for prompt variation (the paper uses the rest of MathV360K)"
-        },
+    auto_temperature: bool = arg(True, "re-choose T by Reward-Pass@2 on the validation split")
+    temperature_every: int = arg(2, "iterations between temperature choices; paper: 2")
+    temperature_grid: str = arg(
+        "0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6", "candidate temperatures"
     )
-    num_val: int = field(
-        default=32, metadata={"help": "validation queries for the temperature rule; paper: 250"}
+    temperature: float = arg(1.0, "T without --auto_temperature; paper: 1.0 (static runs)")
+    val_samples_per_query: int = arg(4, "responses per validation query when scoring a T")
+    warmup_samples: int = arg(4, "hinted CoT samples per training query for the warm-up set")
+    warmup_selection: Literal["all", "threshold", "top2", "top1", "top4", "random2"] | None = arg(
+        None,
+        "correct hinted responses kept: all (paper) ...; None: all with --data, else threshold",
     )
-    num_test: int = field(
-        default=96, metadata={"help": "held-out test queries; paper: 750 (in-domain)"}
-    )
-    sampler: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf | vllm"})
-    max_new_tokens: int = field(
-        default=48,
-        metadata={
-            "help": "tokens per sampled response; paper preset: 1024 (not stated in the paper)"
-        },
-    )
-    gen_batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
-    track: bool = field(default=False, metadata={"help": "log to Weights & Biases"})
-    resume: bool = field(
-        default=False, metadata={"help": "continue from the checkpoints in --output_dir"}
-    )
-    # toy base model (only when --model is not given)
-    base_steps: int = field(
-        default=200,
-        metadata={"help": "SFT steps of the cached tiny base (captions + noisy shapes-world CoT)"},
-    )
-    base_noise: float = field(
-        default=0.6,
-        metadata={
-            "help": "share of the base's side-count demonstrations that use MISCONCEPTION (and /4 of all that misperceive the scene)"
-        },
-    )
-    base_lr: float = field(default=3e-3, metadata={"help": "lr of the tiny base warm-start"})
-    base_caption_share: float = field(
-        default=0.5, metadata={"help": "share of caption examples in the tiny base's SFT"}
-    )
-    base_vision_steps: int = field(
-        default=150,
-        metadata={
-            "help": "toy vision pre-training steps of the tiny base (stand-in for a pretrained encoder)"
-        },
-    )
-    # algorithm (§3)
-    training: Literal["continuous", "iterative_rft", "rest_em"] = field(
-        default="continuous",
-        metadata={
-            "help": "continuous (M-STaR) | iterative_rft (fresh optimizer each iteration) | rest_em (restart from the warm-up model each iteration), §3 Table 'training methods'"
-        },
-    )
-    interval: float | None = field(
-        default=None,
-        metadata={
-            "help": "fraction of queries per iteration; None: 0.25 for continuous (best in §3 interval table), 1.0 for the baselines"
-        },
-    )
-    num_iterations: int = field(
-        default=8,
-        metadata={
-            "help": "self-evolving iterations; paper preset: 16 (x 625 steps = the paper's 10K steps)"
-        },
-    )
-    steps_per_iteration: int = field(
-        default=8,
-        metadata={
-            "help": "SFT steps per iteration; paper preset: 625 (16 x 625 = the paper's 10K steps)"
-        },
-    )
-    samples_per_query: int = field(
-        default=16, metadata={"help": "responses sampled per query; paper: 16"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "SFT batch, all ranks; paper: 128"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW lr; paper: 1e-6 (8B models)"})
-    lr_scheduler: str = field(
-        default="cosine",
-        metadata={
-            "help": "transformers scheduler kind, inherited across iterations in continuous mode"
-        },
-    )
-    warmup_ratio: float = field(default=0.05, metadata={"help": "LR warmup share of the schedule"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    micro_batch_size: int = field(
-        default=0,
-        metadata={
-            "help": "rows per forward/backward on one rank (gradient "
-            "accumulation, same token-mean loss); 0 = the rank's whole batch; paper preset: 2 (not stated in the paper)"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={
-            "help": "recompute decoder layers in the backward pass; "
-            "paper preset: True (not stated in the paper; needed for long sequences at 7B)"
-        },
-    )
-    selection: Literal["top2", "top1", "top4", "threshold", "random2", "all"] = field(
-        default="top2",
-        metadata={
-            "help": "H(.) over correct responses by PRM min step score: top2 (paper) | top1 | top4 | threshold | random2 | all (no PRM)"
-        },
-    )
-    prm_threshold: float = field(
-        default=0.5,
-        metadata={
-            "help": "alpha of the 'threshold' selection (R_p > alpha); not given in the paper"
-        },
-    )
-    prm: str = field(
-        default="rule",
-        metadata={
-            "help": "'rule' (stand-in: shapes-world step checker) or an HF model path scored Math-Shepherd style"
-        },
-    )
-    prm_step_tag: str = field(
-        default=" ки",
-        metadata={"help": "tag appended to each step for a model PRM (Math-Shepherd)"},
-    )
-    prm_good_token: str = field(
-        default="+", metadata={"help": "token whose probability is the step score"}
-    )
-    prm_bad_token: str = field(default="-", metadata={"help": "the competing token"})
-    pseudo_label_share: float = field(
-        default=0.0,
-        metadata={
-            "help": "share of training queries that are unlabelled with weighted-vote pseudo-labels ; paper: 0.0 (prompt variation off: labelled data only)"
-        },
-    )
-    auto_temperature: bool = field(
-        default=True, metadata={"help": "re-choose T by Reward-Pass@2 on the validation split (§3)"}
-    )
-    temperature_every: int = field(
-        default=2, metadata={"help": "iterations between temperature choices; paper: 2"}
-    )
-    temperature_grid: str = field(
-        default="0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6",
-        metadata={"help": "candidate temperatures (§3)"},
-    )
-    temperature: float = field(
-        default=1.0, metadata={"help": "T without --auto_temperature; paper: 1.0 (static runs)"}
-    )
-    val_samples_per_query: int = field(
-        default=4, metadata={"help": "responses per validation query when scoring a temperature"}
-    )
-    warmup_samples: int = field(
-        default=4, metadata={"help": "hinted CoT samples per training query for the warm-up set"}
-    )
-    warmup_selection: Literal["all", "threshold", "top2", "top1", "top4", "random2"] | None = field(
-        default=None,
-        metadata={
-            "help": "which correct hinted responses the warm-up keeps: all (paper) | threshold | top2 | ...; None: all with --data, threshold on the shapes world (see Departures)"
-        },
-    )
-    warmup_steps: int = field(default=16, metadata={"help": "SFT steps of the warm-up"})
-    eval_k: int = field(
-        default=8, metadata={"help": "K for Pass@K and Reward-Pass@2 on the test split"}
-    )
+    warmup_steps: int = arg(16, "SFT steps of the warm-up")
+    eval_k: int = arg(8, "K for Pass@K and Reward-Pass@2 on the test split")
 
 
-# The paper's setting (MiniCPM-V-2.5 on MathV360K), used with --preset paper (the default once --model
-# is named); the defaults above are the CPU toy's. A flag on the command line wins.
+# The paper's setting (MiniCPM-V-2.5 on MathV360K), used with --preset paper (the default once
+# --model is named); the defaults above are the CPU toy's. A flag on the command line wins.
 PAPER = dict(
-    num_train=180_000,  # 180K labelled MathV360K queries (the rest unlabelled)
+    num_train=180_000,
     num_val=250,
-    num_test=750,  # in-domain test
-    max_new_tokens=1024,  # not stated in the paper
-    num_iterations=16,  # 16 x 625 = the paper's 10K SFT steps in total
+    num_test=750,
+    max_new_tokens=1024,
+    baseline="none",
+    num_iterations=16,
     steps_per_iteration=625,
     batch_size=128,
     lr=1e-6,
-    gradient_checkpointing=True,  # not stated in the paper: bounds activation memory at long sequences
-    micro_batch_size=2,  # not stated in the paper: bounds activation memory at long sequences
+    gradient_checkpointing=True,
+    micro_batch_size=2,
 )
 
 
@@ -325,13 +222,18 @@ def derived(args, world_size: int) -> dict:
     )
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # ALGO LOGIC: the paper's rules as small pure functions
 
 
 def process_reward(step_scores: list[float]) -> float:
-    """R_p = min_i s_i, the minimum step score of one response (§3 'reward model'); no steps -> 0."""
+    """R_p = min_i s_i, the minimum step score of a response (paper: "Reward Model"); 0 if none."""
     return min(step_scores) if step_scores else 0.0
+
+
+def by_score(scores: list[float], index: int) -> float:
+    """Sort key: the highest score first (sorted() is stable, so ties keep the earlier sample)."""
+    return -scores[index]
 
 
 def select_responses(
@@ -341,12 +243,13 @@ def select_responses(
     threshold: float = 0.5,
     rng: random.Random | None = None,
 ) -> list[int]:
-    """H(1[a_hat = a*] * R_p) (§3): indices of the kept responses of one query. Only correct responses compete;
-    top-k keeps the k highest R_p (ties: earlier sample first), 'threshold' keeps R_p > alpha, 'random2' keeps
-    2 random correct ones, 'all' keeps every correct one (the no-PRM baseline)."""
+    """H(1[a_hat = a*] * R_p) (paper: "Reward Model"): indices of the kept responses of one query.
+
+    Only correct responses compete: top-k keeps the k highest R_p (ties: earlier sample first),
+    'threshold' keeps R_p > alpha, 'random2' 2 random correct ones, 'all' every correct one."""
     candidates = [i for i, ok in enumerate(correct) if ok]
     if rule in ("top1", "top2", "top4"):
-        return sorted(candidates, key=lambda i: -prm_scores[i])[: int(rule[3:])]
+        return sorted(candidates, key=functools.partial(by_score, prm_scores))[: int(rule[3:])]
     if rule == "threshold":
         return [i for i in candidates if prm_scores[i] > threshold]
     if rule == "random2":
@@ -359,43 +262,44 @@ def select_responses(
 def reward_pass_at_2(
     correct: list[list[bool]], prm_scores: list[list[float]], top: int = 2
 ) -> float:
-    """Reward-Pass@2 (§3 'automatic temperature'): share of queries where at least one of the PRM's top-2
-    responses (out of all samples, correct or not) is correct."""
+    """Reward-Pass@2 (paper: "Dynamics of Self-Evolution"): share of queries where one of the PRM's
+    top-2 responses (out of all samples, correct or not) is correct."""
     if not correct:
         return 0.0
     hits = 0
     for ok, scores in zip(correct, prm_scores):
-        ranked = sorted(range(len(ok)), key=lambda i: -scores[i])[:top]
+        ranked = sorted(range(len(ok)), key=functools.partial(by_score, scores))[:top]
         hits += any(ok[i] for i in ranked)
     return hits / len(correct)
 
 
 def weighted_vote(answers: list[str | None], weights: list[float]) -> str | None:
-    """Pseudo-label of an unlabelled query (§3 'prompt variation'): the answer with the largest total PRM weight;
-    unparsable answers (None) do not vote; ties go to the answer seen first; None if nobody voted."""
+    """Pseudo-label of an unlabelled query (paper: "Prompt Variation"): the answer with the largest
+    total PRM weight; unparsable answers (None) do not vote; ties: the first seen; None: no vote."""
     totals: dict[str, float] = {}
     for a, w in zip(answers, weights):
         if a is not None:
             totals[a] = totals.get(a, 0.0) + w
-    return (
-        max(totals, key=totals.get) if totals else None
-    )  # max keeps the first of equal keys (insertion order)
+    # max keeps the first of equal keys (insertion order)
+    return max(totals, key=totals.__getitem__) if totals else None
 
 
 def choose_temperature(grid: list[float], scores: list[float]) -> float:
-    """§3: the T with the highest Reward-Pass@2 on the validation split; ties go to the first in grid order."""
+    """The T with the highest Reward-Pass@2 on the validation split (paper: "Dynamics of
+    Self-Evolution", automatic temperature); ties go to the first in grid order."""
     if len(grid) != len(scores) or not grid:
         raise ValueError(
             f"need one score per temperature, got {len(grid)} temperatures and {len(scores)} scores"
         )
-    return grid[max(range(len(grid)), key=lambda i: (scores[i], -i))]
+    best = max(scores)
+    return grid[scores.index(best)]
 
 
 def queries_for_iteration(
     num_queries: int, interval: float, iteration: int, seed: int
 ) -> list[int]:
-    """Continuous self-evolving (§3): iteration i (from 1) covers the next `interval` share of a shuffled pass over
-    the queries; a new shuffle starts every 1/interval iterations."""
+    """Continuous self-evolving (paper: "Training Method", interval): iteration i (from 1) covers
+    the next `interval` share of a shuffled pass over the queries; each pass is reshuffled."""
     if not 0 < interval <= 1:
         raise ValueError(f"--interval must be in (0, 1], got {interval}")
     per_iter = math.ceil(interval * num_queries)
@@ -406,13 +310,20 @@ def queries_for_iteration(
     return order[chunk * per_iter : (chunk + 1) * per_iter]
 
 
-# ----------------------------------------------------------------------------------------------------
+def baseline_budget(num_iterations: int, steps: int, interval: float) -> tuple[int, int]:
+    """(iterations, steps per iteration) of a baseline at interval 1.0 that samples as many queries
+    and takes as many SFT steps as `num_iterations` iterations of `steps` at `interval`."""
+    iterations = max(1, round(num_iterations * interval))
+    return iterations, round(num_iterations * steps / iterations)
+
+
+# --------------------------------------------------------------------------------------------------
 # answers, steps and process reward models
 
 
-def answers_match(pred: str | None, gold: str) -> bool:
-    """Normalised string match, numbers compared as numbers; math-verify only when LaTeX or an expression is
-    involved (a worker round trip per call: too slow to spend on every wrong word or number)."""
+def quick_match(pred: str | None, gold: str) -> bool | None:
+    """The cheap part of grading: normalised string match, numbers compared as numbers; None when
+    LaTeX or an expression is involved and math-verify must decide (too slow for every word)."""
     if pred is None:
         return False
     p, g = strip_string(pred).lower(), strip_string(str(gold)).lower()
@@ -422,8 +333,20 @@ def answers_match(pred: str | None, gold: str) -> bool:
     if number.fullmatch(p) and number.fullmatch(g):
         return float(p) == float(g)
     if "\\" in p or "\\" in g or (any(c.isdigit() for c in g) and not number.fullmatch(g)):
-        return math_equal(pred, gold)
+        return None
     return False
+
+
+def grade(preds: list[str | None], golds: list[str]) -> list[bool]:
+    """Correctness of many answers: `quick_match`, the rest by math-verify in parallel
+    (common.rewards.math_equal_batch: a process pool with a per-item timeout)."""
+    verdicts = [quick_match(p, g) for p, g in zip(preds, golds)]
+    slow = [i for i, v in enumerate(verdicts) if v is None]
+    if slow:
+        checked = math_equal_batch([preds[i] for i in slow], [str(golds[i]) for i in slow])
+        for i, ok in zip(slow, checked):
+            verdicts[i] = ok
+    return verdicts
 
 
 def split_steps(response: str) -> list[str]:
@@ -432,9 +355,12 @@ def split_steps(response: str) -> list[str]:
     return [ln for ln in lines if not ln.lower().startswith("the answer is")]
 
 
+STEP_VALUE = {True: 1.0, False: 0.0, None: 0.5}  # a step that agrees, contradicts, says nothing
+
+
 class RuleStepPRM:
-    """STAND-IN for the multimodal PRM on the shapes world: each step is checked against the drawn scene
-    (1 = agrees, 0 = contradicts, 0.5 = nothing checkable). It never sees the gold answer."""
+    """STAND-IN for the multimodal PRM on the shapes world: each step is checked against the drawn
+    scene (1 = agrees, 0 = contradicts, 0.5 = nothing checkable). It never sees the gold answer."""
 
     name = "rule-based step checker (stand-in PRM)"
 
@@ -443,17 +369,11 @@ class RuleStepPRM:
         for row, group in zip(rows, responses):
             if "objects" not in row:
                 raise ValueError(
-                    "--prm rule only works on shapes-world rows (they carry 'objects'); pass --prm <model path>"
+                    "--prm rule only works on shapes-world rows (they carry 'objects'); "
+                    "pass --prm <model path>"
                 )
-            out.append(
-                [
-                    [
-                        {True: 1.0, False: 0.0, None: 0.5}[v]
-                        for v in grade_steps(row, "\n".join(split_steps(r)))
-                    ]
-                    for r in group
-                ]
-            )
+            checks = [grade_steps(row, "\n".join(split_steps(r))) for r in group]
+            out.append([[STEP_VALUE[v] for v in c] for c in checks])
         return out
 
 
@@ -518,14 +438,14 @@ class HFProcessRewardModel:
         return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# data and encoding (every processor output is passed through: LLaVA pixel_values (B, 3, H, W), Qwen2-VL
-# flattened patches + image_grid_thw, ...)
+# --------------------------------------------------------------------------------------------------
+# data and encoding (every processor output is passed through: LLaVA pixel_values (B, 3, H, W),
+# Qwen2-VL flattened patches + image_grid_thw, ...)
 
 
 def chat_prompt(row: dict, args: Args, hint: bool = False) -> list[dict]:
     text = row["question"] + (f" {args.instruction}" if args.instruction else "")
-    if hint:  # warm-up (§3): the answer is given, the model writes the reasoning
+    if hint:  # warm-up (paper, setup): the answer is given, the model writes the reasoning
         text += f" Hint: the answer is {row['answer']}."
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
@@ -539,8 +459,8 @@ def encode_prompt(processor, row: dict, args: Args, hint: bool = False) -> dict:
 
 
 def collate_vision(encs: list[dict], total_len: int) -> dict:
-    """Model kwargs besides input_ids/attention_mask: per-token tensors (1, P) are right-padded to (B, L),
-    anything else (pixel values, grid sizes) is concatenated along dim 0."""
+    """Model kwargs besides input_ids/attention_mask: per-token tensors (1, P) are right-padded to
+    (B, L), anything else (pixel values, grid sizes) is concatenated along dim 0."""
     extra = {}
     for key in encs[0]:
         if key in ("input_ids", "attention_mask"):
@@ -556,15 +476,10 @@ def collate_vision(encs: list[dict], total_len: int) -> dict:
     return extra
 
 
-def end_of_turn(tokenizer) -> str:
-    return "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
-
-
 def response_ids(processor, examples: list[tuple[dict, str]]) -> list[list[int]]:
     tok = get_tokenizer(processor)
-    return [
-        tok(text + end_of_turn(tok), add_special_tokens=False).input_ids for _, text in examples
-    ]
+    eot = end_of_turn(tok)  # the model learns to stop
+    return [tok(text + eot, add_special_tokens=False).input_ids for _, text in examples]
 
 
 def sft_step(
@@ -598,31 +513,31 @@ def sft_step(
     )
 
 
-def load_image(value, root: str | None, where: str):
-    """A PIL image from a PIL image, a datasets Image dict ({"bytes"} or {"path"}) or a path (under --image_root)."""
+def load_image(value, root: str, where: str):
+    """A PIL image from a PIL image, a datasets Image dict ({"bytes"} or {"path"}) or a path."""
     if hasattr(value, "convert"):
         return value.convert("RGB")
     if isinstance(value, dict) and value.get("bytes"):
         return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
     path = Path(value["path"] if isinstance(value, dict) else str(value))
-    path = path if path.is_absolute() or root is None else Path(root) / path
+    path = path if path.is_absolute() or not root else Path(root) / path
     if not path.exists():
         raise FileNotFoundError(f"{where}: image {path} not found (--image_field / --image_root)")
     return Image.open(path).convert("RGB")
 
 
-def image_loader(value, root: str | None, where: str):
-    """A zero-argument loader of one row's image: a missing file is reported now, the decoding waits for image_of."""
+def image_loader(value, root: str, where: str):
+    """A zero-argument loader of one row's image: a missing file is reported now, decoding waits."""
     if not hasattr(value, "convert") and not (isinstance(value, dict) and value.get("bytes")):
         path = Path(value["path"] if isinstance(value, dict) else str(value))
-        if not (path if path.is_absolute() or root is None else Path(root) / path).exists():
+        if not (path if path.is_absolute() or not root else Path(root) / path).exists():
             load_image(value, root, where)  # raises the FileNotFoundError that names the row
     return functools.partial(load_image, value, root, where)
 
 
 def image_of(row: dict):
-    """The row's PIL image. Rows of --data hold a loader and decode on use (one micro-batch or generate batch at a
-    time), not 180K decoded images on every rank; shapes-world rows hold their (small) image."""
+    """The row's PIL image. --data rows hold a loader and decode on use (not 180K decoded images on
+    every rank); shapes-world rows hold their small image."""
     return row["image"]() if callable(row["image"]) else row["image"]
 
 
@@ -631,23 +546,15 @@ def toy_kinds(args: Args):
 
 
 def load_splits(args: Args) -> tuple[list, list, list, list]:
-    """(labelled train, unlabelled, validation, test) rows, each with its image (a loader for --data: image_of)."""
-    if (
-        args.data is None
-    ):  # shapes world; train and evaluation problems are disjoint (common.shapes_world)
+    """(labelled train, unlabelled, validation, test) rows, each with its image (or loader)."""
+    sizes = [args.num_train, args.num_unlabeled, args.num_val, args.num_test]
+    if not args.data:  # shapes world: train and evaluation problems are disjoint
+        splits = ["train", "train", "eval", "eval"]
         return tuple(
             make_shapes_rows(
-                n, seed=args.seed + i, split=split, scene=args.toy_scene, kinds=toy_kinds(args)
+                n, seed=args.seed + i, split=s, scene=args.toy_scene, kinds=toy_kinds(args)
             )
-            for i, (n, split) in enumerate(
-                [
-                    (args.num_train, "train"),
-                    (args.num_unlabeled, "train"),
-                    (args.num_val, "eval"),
-                    (args.num_test, "eval"),
-                ],
-                1,
-            )
+            for i, (n, s) in enumerate(zip(sizes, splits), 1)
         )
     rows = load_rows(args.data, required=(args.question_field, args.answer_field, args.image_field))
     random.Random(args.seed).shuffle(rows)
@@ -662,21 +569,11 @@ def load_splits(args: Args) -> tuple[list, list, list, list]:
             "answer": str(r[args.answer_field]),
             "image": image_loader(r[args.image_field], args.image_root, f"{args.data} row {i}"),
         }
-        for i, r in enumerate(
-            rows[: args.num_test + args.num_val + args.num_train + args.num_unlabeled]
-        )
+        for i, r in enumerate(rows[: sum(sizes)])
     ]
-    cut = [
-        args.num_test,
-        args.num_test + args.num_val,
-        args.num_test + args.num_val + args.num_train,
-    ]
-    return (
-        rows[cut[1] : cut[2]],
-        rows[cut[2] :],
-        rows[cut[0] : cut[1]],
-        rows[: cut[0]],
-    )  # train, unlabelled, val, test
+    test, rest = rows[: args.num_test], rows[args.num_test :]
+    val, rest = rest[: args.num_val], rest[args.num_val :]
+    return rest[: args.num_train], rest[args.num_train :], val, test
 
 
 # the toy base's bad habit: wrong side counts and wrong letter counts of colour names
@@ -684,21 +581,17 @@ MISCONCEPTION = {
     "sides": {"circle": 1, "square": 3, "triangle": 4},
     "letters": {"red": 4, "green": 4, "blue": 5, "yellow": 5},
 }
-FACT_KINDS = (
-    "sides",
-    "times",
-    "plus",
-    "letters",
-    "letters_plus",
-    "letters_times",
-)  # questions that use those facts
+# questions that use those facts
+FACT_KINDS = ("sides", "times", "plus", "letters", "letters_plus", "letters_times")
 
 
 def tiny_base_vlm(args: Args) -> str:
-    """The tiny LLaVA made a weak "pretrained" VLM, cached: `shapes_world.pretrain_tiny_vision`, then SFT on captions
-    (LLaVA's alignment data in miniature) and CoT, where `base_noise` of the letter/side-count demonstrations state
-    MISCONCEPTION (greedy answers wrong, some samples right: what self-evolving training is for), `base_noise / 4`
-    of all are solved on a misperceived scene and a quarter carry the answer as a hint. Training problems only."""
+    """The tiny LLaVA made a weak "pretrained" VLM, cached: `pretrain_tiny_vision`, then SFT on
+    captions (LLaVA's alignment data in miniature) and CoT where `base_noise` of the fact
+    demonstrations state MISCONCEPTION (greedy answers wrong, some samples right: what
+    self-evolving training is for), `base_noise / 4` of all are solved on a misperceived scene and
+    a quarter carry the answer as a hint. Training problems only. The build code is hashed into the
+    cache key (common.toys): edit it and the next run builds a fresh base."""
     spec = {
         "steps": args.base_steps,
         "noise": args.base_noise,
@@ -766,26 +659,25 @@ def tiny_base_vlm(args: Args) -> str:
     )
 
 
-# ----------------------------------------------------------------------------------------------------
-# sampling, selection, training and evaluation (rows are sharded over ranks, results gathered in order)
+# --------------------------------------------------------------------------------------------------
+# sampling, selection, training and evaluation (rows are sharded over ranks, results gathered)
 
 
-def shard(items: list, d) -> tuple[list, int]:
-    """This rank's contiguous slice, padded with copies so every rank runs the same number of forwards (FSDP2)."""
-    per_rank = math.ceil(len(items) / d.world_size)
-    mine = items[d.rank * per_rank : (d.rank + 1) * per_rank]
-    return mine + [items[0]] * (per_rank - len(mine)), len(mine)
+def shard(items: list, dist_info) -> tuple[list, int]:
+    """This rank's contiguous slice, padded with copies: all ranks run as many forwards (FSDP2)."""
+    size = math.ceil(len(items) / dist_info.world_size)
+    mine = items[dist_info.rank * size : (dist_info.rank + 1) * size]
+    return mine + [items[0]] * (size - len(mine)), len(mine)
 
 
-def sample_and_score(
-    sampler, prm, rows, n, temperature, args, d, hint=False, score=True
-) -> list[dict]:
-    """n responses per row, their parsed answers, correctness against row['answer'] (None if unlabelled) and
-    PRM min step scores R_p; one dict per row, for all rows, on every rank."""
+def sample_and_score(run, rows, n, temperature, hint=False, score=True) -> list[dict]:
+    """n responses per row sampled on every rank (its own share), their answers, correctness
+    (None if unlabelled) and PRM R_p; one dict per row, for all rows, on every rank."""
     if not rows:  # every rank sees the same rows, so all return here together
         return []
-    mine, real = shard(rows, d)
-    groups = sampler.generate(
+    args = run.args
+    mine, real = shard(rows, run.dist_info)
+    groups = run.sampler.generate(
         [chat_prompt(r, args, hint) for r in mine],
         n=n,
         temperature=temperature,
@@ -794,106 +686,101 @@ def sample_and_score(
         batch_size=args.gen_batch_size,
     )
     texts = [[c.text for c in g] for g in groups][:real]
-    step_scores = prm.step_scores(mine[:real], texts) if score else [[[] for _ in t] for t in texts]
-    preds = [
-        [extract_answer(t) for t in group] for group in texts
-    ]  # None for garbage: counted, never raised
+    mine = mine[:real]
+    step_scores = run.prm.step_scores(mine, texts) if score else [[[]] * len(t) for t in texts]
+    preds = [[extract_answer(t) for t in group] for group in texts]  # None: counted, not raised
+    golds = [row.get("answer") for row in mine]
+    # the rank grades its whole share in one batch; unlabelled rows (gold None) are not graded
+    flat = [(p, g) for group, g in zip(preds, golds) if g is not None for p in group]
+    verdicts = iter(grade([p for p, _ in flat], [g for _, g in flat]))
     local = [
         {
             "query_id": row["id"],
             "responses": group,
             "preds": p,
             "prm": [process_reward(s) for s in scores],
-            "correct": None
-            if row.get("answer") is None
-            else [answers_match(x, row["answer"]) for x in p],
+            "correct": None if g is None else [next(verdicts) for _ in p],
         }
-        for row, group, p, scores in zip(mine[:real], texts, preds, step_scores)
+        for row, group, p, scores, g in zip(mine, texts, preds, step_scores, golds)
     ]
     return [rec for part in all_gather_object(local) for rec in part]
 
 
-def collect(
-    path: Path,
-    rows,
-    labeled: bool,
-    n,
-    temperature,
-    args,
-    d,
-    sampler,
-    prm,
-    iteration,
-    hint=False,
-    rule=None,
-) -> list[dict]:
-    """Sample, score and select for `rows`, appending one complete JSONL record per query (flushed); a rerun
+def pseudo_label(rec: dict) -> None:
+    """Prompt variation: the weighted vote becomes the label of an unlabelled query's responses."""
+    votes = [None if p is None else strip_string(p).lower() for p in rec["preds"]]
+    rec["label"] = weighted_vote(votes, rec["prm"])
+    rec["correct"] = [rec["label"] is not None and v == rec["label"] for v in votes]
+
+
+def collect(run, path, rows, labeled, n, temperature, iteration, hint=False, rule=None):
+    """Sample, score and select for `rows`, one complete JSONL record per query (flushed); a rerun
     reads the finished records back and only samples the rest."""
+    args, dist_info = run.args, run.dist_info
     done = {r["query_id"]: r for r in read_jsonl_tolerant(path)}
     todo = [r for r in rows if r["id"] not in done]
-    chunk = args.gen_batch_size * d.world_size
+    chunk = args.gen_batch_size * dist_info.world_size
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        if not labeled:  # prompt variation: hide the label, vote one from the samples (§3)
+        if not labeled:  # prompt variation: hide the label, vote one from the samples
             part = [{**r, "answer": None} for r in part]
-        new = []
-        for row, rec in zip(
-            part, sample_and_score(sampler, prm, part, n, temperature, args, d, hint)
-        ):
+        new = sample_and_score(run, part, n, temperature, hint)
+        for row, rec in zip(part, new):
             if not labeled:
-                votes = [None if p is None else strip_string(p).lower() for p in rec["preds"]]
-                rec["label"] = weighted_vote(votes, rec["prm"])
-                rec["correct"] = [rec["label"] is not None and v == rec["label"] for v in votes]
+                pseudo_label(rec)
             rng = random.Random(f"{args.seed}-{iteration}-{row['id']}")
+            rule_ = rule or args.selection
             rec["selected"] = select_responses(
-                rec["correct"], rec["prm"], rule or args.selection, args.prm_threshold, rng
+                rec["correct"], rec["prm"], rule_, args.prm_threshold, rng
             )
             rec.update(labeled=labeled, temperature=temperature)
-            new.append(rec)
-        if d.is_main:
+        if dist_info.is_main:
             write_jsonl(path, new, mode="a")
         done.update({r["query_id"]: r for r in new})
         barrier()
     return [done[r["id"]] for r in rows]
 
 
-def train_steps(
-    model, processor, optimizer, scheduler, examples, num_steps, args, d, seed
-) -> float | None:
-    """`num_steps` SFT steps on global batches drawn (shuffled, cycling) from `examples`; returns the mean loss."""
+def train_steps(run, optimizer, scheduler, examples, num_steps, seed) -> float | None:
+    """`num_steps` SFT steps on global batches drawn (shuffled, cycling) from `examples`; returns
+    the mean loss."""
     if not examples:
         return None
+    args, dist_info = run.args, run.dist_info
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    model.train()
+    run.model.train()
     losses = []
     for step in range(num_steps):
         batch = [
             examples[order[(step * args.batch_size + i) % len(order)]]
             for i in range(args.batch_size)
         ]
-        mine = batch[d.rank :: d.world_size]
-        num_tokens = sum(
-            map(len, response_ids(processor, mine))
-        )  # the rank's batch: token mean over all of it
+        mine = batch[dist_info.rank :: dist_info.world_size]
+        # the token mean runs over the rank's whole batch, also when split into micro-batches
+        num_tokens = sum(map(len, response_ids(run.processor, mine)))
         loss = 0.0
-        for sl in micro_batches(
-            len(mine), args.micro_batch_size
-        ):  # images are encoded per micro-batch
-            micro = sft_step(model, processor, mine[sl], args, d.device, normalizer=num_tokens)
+        for sl in micro_batches(len(mine), args.micro_batch_size):
+            micro = sft_step(
+                run.model, run.processor, mine[sl], args, dist_info.device, normalizer=num_tokens
+            )
             micro.backward()
             loss += micro.item()
-        clip_grad_norm(model, args.max_grad_norm)
-        optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
+        clip_grad_norm(run.model, args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
-    return sum(sum(p) / len(p) for p in all_gather_object(losses)) / d.world_size
+    gathered = all_gather_object(losses)
+    return sum(sum(p) / len(p) for p in gathered) / dist_info.world_size
 
 
-def evaluate(sampler, prm, rows, args, d) -> dict:
-    """Greedy accuracy, and over K samples at T=1: sampled accuracy, Pass@K, Reward-Pass@2, unparsable share."""
-    greedy = sample_and_score(sampler, prm, rows, 1, 0.0, args, d, score=False)
-    sampled = sample_and_score(sampler, prm, rows, args.eval_k, 1.0, args, d)
-    k = args.eval_k
+def evaluate(run, rows) -> dict:
+    """Greedy accuracy; over K samples at T = 1: sampled accuracy, Pass@K, Reward-Pass@2, and the
+    share of unparsable answers."""
+    k = run.args.eval_k
+    greedy = sample_and_score(run, rows, 1, 0.0, score=False)
+    sampled = sample_and_score(run, rows, k, 1.0)
     return {
         "accuracy": sum(r["correct"][0] for r in greedy) / len(rows),
         "sampled_accuracy": sum(sum(r["correct"]) for r in sampled) / (len(rows) * k),
@@ -905,270 +792,278 @@ def evaluate(sampler, prm, rows, args, d) -> dict:
     }
 
 
-def main(args: Args):
-    d = init_distributed()
-    for flag, value, ok in [
-        ("--training", args.training, args.training in ("continuous", "iterative_rft", "rest_em")),
-        ("--pseudo_label_share", args.pseudo_label_share, 0 <= args.pseudo_label_share < 1),
-    ]:
-        if not ok:
-            raise ValueError(f"{flag} {value!r} is not allowed (see --help)")
-    select_responses([], [], args.selection)  # fails early on a bad --selection
-    interval = (
-        args.interval
-        if args.interval is not None
-        else (0.25 if args.training == "continuous" else 1.0)
-    )
-    grid = [float(t) for t in args.temperature_grid.split(",")]
-    out = Path(args.output_dir)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    if args.model is None and d.is_main:
+# --------------------------------------------------------------------------------------------------
+# the run: set-up, warm-up, self-evolving iterations, the baseline, claims
+
+
+@dataclass
+class Run:
+    """What every stage shares: flags, ranks, the policy and its sampler, the PRM, output, table."""
+
+    args: Args
+    dist_info: object
+    model: object
+    processor: object
+    sampler: object
+    prm: object
+    out: Path
+    warm_ckpt: Path
+    logger: MetricsLogger | None = None
+    table: list | None = None
+
+    def sync_sampler(self):  # vLLM keeps its own weights: every rank pushes into its own engine
+        self.sampler.sync_weights(self.model)  # a no-op for HF, which samples from the model
+
+    def report(self, stage: str, iteration: int, metrics: dict):
+        self.logger.log({"iteration": iteration, **metrics}, step=iteration + 1)
+        shown = ("temperature", "samples_kept", "loss", "accuracy", "sampled_accuracy")
+        shown += (f"pass@{self.args.eval_k}", "reward_pass@2")
+        self.table.append({"stage": stage, **{k: metrics[k] for k in shown if k in metrics}})
+        row = self.table[-1].items()
+        print0(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row))
+
+
+def check_flags(args: Args):
+    """Fail before anything loads, naming the flag."""
+    if args.training not in TRAININGS:
+        raise ValueError(f"--training {args.training!r} is not one of {TRAININGS}")
+    if not 0 <= args.pseudo_label_share < 1:
+        raise ValueError(f"--pseudo_label_share {args.pseudo_label_share} must be in [0, 1)")
+    select_responses([], [], args.selection)  # raises on a bad --selection
+
+
+def setup(args: Args) -> Run:
+    """Ranks, the (cached) toy base or --model, the policy sharded over ranks, sampler and PRM."""
+    dist_info = init_distributed()
+    check_flags(args)
+    if not args.model and dist_info.world_size == 1:
+        torch.set_num_threads(TOY_THREADS)  # the same toy numbers on any machine
+    if not args.model and dist_info.is_main:
         tiny_base_vlm(args)  # rank 0 builds the cached toy base once; the others wait
     barrier()
     model_path = args.model or tiny_base_vlm(args)
     processor = load_processor(model_path)
-    model = shard_model(
-        load_model(model_path, vlm=True), d, gradient_checkpointing=args.gradient_checkpointing
-    )
-    seed_everything(
-        args.seed
-    )  # after the (maybe first-time) toy base build, so cold and warm caches give one run
-    # vllm: one engine per rank
+    model = load_model(model_path, vlm=True)
+    model = shard_model(model, dist_info, gradient_checkpointing=args.gradient_checkpointing)
+    seed_everything(args.seed)  # after the (maybe first) toy build: cold and warm caches agree
     sampler = make_sampler(args.sampler, model, processor, model_path=model_path, args=args)
-    prm = RuleStepPRM() if args.prm == "rule" else HFProcessRewardModel(args.prm, args, d.device)
-    train, unlabeled, val, test = load_splits(args)
+    if args.prm == "rule":
+        prm = RuleStepPRM()
+    else:
+        prm = HFProcessRewardModel(args.prm, args, dist_info.device)
+    out = Path(args.output_dir)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    print0(f"model {model_path} | PRM: {prm.name} | training={args.training}")
+    return Run(args, dist_info, model, processor, sampler, prm, out, out / "ckpt_warmup", table=[])
 
-    def new_optimizer(total_steps):
-        opt = make_optimizer(model, args.lr)
-        return opt, make_scheduler(
-            opt, args.lr_scheduler, int(args.warmup_ratio * total_steps), total_steps
-        )
 
-    # continuous self-evolving: ONE optimizer and LR schedule for the whole run (§3). Made before the first forward:
-    # under FSDP2 an optimizer first created after a forward cannot be saved (torch's state-dict FQN map misses it)
-    total = (
-        args.num_iterations * args.steps_per_iteration
-        if args.training == "continuous"
-        else args.steps_per_iteration
-    )
-    optimizer, scheduler = new_optimizer(total)
-    if (
-        d.world_size > 1
-    ):  # FSDP2 initialises on the first forward, which must enter through the root module; a VLM's
-        with (
-            torch.no_grad()
-        ):  # generate() may call its vision tower first, so do one root forward up front
-            model(
-                **{k: v.to(d.device) for k, v in encode_prompt(processor, train[0], args).items()}
-            )
-    print0(
-        f"model {model_path} | PRM: {prm.name} | {len(train)} train, {len(unlabeled)} unlabelled, {len(val)} val, "
-        f"{len(test)} test | training={args.training} interval={interval} selection={args.selection}"
-    )
+def new_optimizer(run: Run, total_steps: int):
+    optimizer = make_optimizer(run.model, run.args.lr)
+    warmup = int(run.args.warmup_ratio * total_steps)
+    return optimizer, make_scheduler(optimizer, run.args.lr_scheduler, warmup, total_steps)
 
-    def sync_sampler():  # vLLM keeps its own weights: every rank pushes into its own engine
-        sampler.sync_weights(model)  # a no-op for HF, which samples from `model` itself
 
-    ckpt, warm_ckpt = out / "ckpt", out / "ckpt_warmup"
-    start_iter, temperature, table, val_scores = 1, args.temperature, [], None
-    state = load_checkpoint(ckpt, model, optimizer, scheduler) if args.resume else None
-    if state is None and args.resume:
-        state = load_checkpoint(warm_ckpt, model)
-    if state is not None:
-        start_iter, temperature, table = (
-            state[1]["iteration"] + 1,
-            state[1]["temperature"],
-            state[1]["table"],
-        )
-        print0(f"resumed after iteration {start_iter - 1} from {out}")
-        sync_sampler()
-    logger = MetricsLogger(
-        out,
-        args.track,
-        "mstar",
-        asdict(args),
-        resume_step=start_iter if state is not None else None,
-    )
+def root_forward(run: Run, row: dict):
+    """FSDP2 initialises on the first forward, which must enter through the root module; a VLM's
+    generate() may call its vision tower first, so one root forward runs up front."""
+    if run.dist_info.world_size > 1:
+        enc = encode_prompt(run.processor, row, run.args)
+        with torch.no_grad():
+            run.model(**{k: v.to(run.dist_info.device) for k, v in enc.items()})
 
-    def report(stage, iteration, metrics):
-        logger.log({"iteration": iteration, **metrics}, step=iteration + 1)
-        shown = [
-            "temperature",
-            "samples_kept",
-            "loss",
-            "accuracy",
-            "sampled_accuracy",
-            f"pass@{args.eval_k}",
-            "reward_pass@2",
-        ]
-        table.append({"stage": stage, **{k: metrics[k] for k in shown if k in metrics}})
-        print0(
-            " | ".join(
-                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in table[-1].items()
-            )
-        )
 
-    if state is None:
-        # warm-up (§3): CoT sampled with the answer as a hint; the correct ones, asked WITHOUT the hint, are the SFT set
-        report("base", -1, evaluate(sampler, prm, test, args, d))
-        recs = collect(
-            out / "samples" / "warmup.jsonl",
-            train,
-            True,
-            args.warmup_samples,
-            1.0,
-            args,
-            d,
-            sampler,
-            prm,
-            0,
-            hint=True,
-            rule=args.warmup_selection or ("all" if args.data else "threshold"),
-        )
-        by_id = {r["id"]: r for r in train}
-        examples = list(
-            {
-                (rec["query_id"], rec["responses"][i]): (
-                    by_id[rec["query_id"]],
-                    rec["responses"][i],
-                )
-                for rec in recs
-                for i in rec["selected"]
-            }.values()
-        )  # de-duplicated
-        warm_opt, warm_sched = new_optimizer(args.warmup_steps)
-        sampler.sleep()  # vLLM frees its memory for the update
-        loss = train_steps(
-            model, processor, warm_opt, warm_sched, examples, args.warmup_steps, args, d, args.seed
-        )
-        sync_sampler()
-        del warm_opt, warm_sched
-        report(
-            "warm-up",
-            0,
-            {
-                "temperature": 1.0,
-                "samples_kept": len(examples),
-                "loss": loss,
-                **evaluate(sampler, prm, test, args, d),
-            },
-        )
-        save_checkpoint(
-            warm_ckpt,
-            model,
-            step=0,
-            extra={"iteration": 0, "temperature": temperature, "table": table},
-        )
+def warm_up(run: Run, train: list[dict]) -> dict:
+    """Warm-up (paper, setup): CoT sampled with the answer as a hint; the correct responses, asked
+    WITHOUT the hint, are the first SFT set, trained with an optimizer of their own."""
+    args = run.args
+    rule = args.warmup_selection or ("all" if args.data else "threshold")
+    path = run.out / "samples" / "warmup.jsonl"
+    recs = collect(run, path, train, True, args.warmup_samples, 1.0, 0, hint=True, rule=rule)
+    by_id = {r["id"]: r for r in train}
+    kept = {(r["query_id"], r["responses"][i]) for r in recs for i in r["selected"]}
+    examples = [(by_id[q], text) for q, text in sorted(kept)]  # de-duplicated
+    optimizer, scheduler = new_optimizer(run, args.warmup_steps)
+    run.sampler.sleep()  # vLLM frees its memory for the update
+    loss = train_steps(run, optimizer, scheduler, examples, args.warmup_steps, args.seed)
+    run.sync_sampler()
+    return {"temperature": 1.0, "samples_kept": len(examples), "loss": loss}
 
+
+def iteration_rows(run: Run, splits, interval: float, it: int) -> tuple[list, list]:
+    """This iteration's queries: `interval` of the labelled pool (and unlabelled ones at the
+    pseudo-label share)."""
+    train, unlabeled, _, _ = splits
+    args = run.args
+    qids = queries_for_iteration(len(train), interval, it, args.seed)
+    share = args.pseudo_label_share
+    n_unl = min(len(unlabeled), round(len(qids) * share / (1 - share)))
+    uids = []
+    if n_unl:
+        uids = queries_for_iteration(len(unlabeled), n_unl / len(unlabeled), it, args.seed + 1)
+    return [train[i] for i in qids], [unlabeled[i] for i in uids]
+
+
+def validation_scores(run: Run, val: list[dict], grid: list[float]) -> list[float]:
+    """Reward-Pass@2 on the validation split at each temperature of the grid."""
+    scores = []
+    for t in grid:
+        recs = sample_and_score(run, val, run.args.val_samples_per_query, t)
+        scores.append(reward_pass_at_2([r["correct"] for r in recs], [r["prm"] for r in recs]))
+    return scores
+
+
+def self_evolve(run, training, interval, iterations, steps, splits, optim, start, temperature):
+    """The self-evolving iterations (paper: "Training Method"): sample `interval` of the queries
+    with the current model, keep the PRM's top-2 correct responses, SFT; `training` says what
+    restarts each iteration (continuous: nothing; the optimizer `optim` lives through the run)."""
+    args = run.args
+    train, unlabeled, val, test = splits
     by_id = {r["id"]: r for r in train + unlabeled}
-    for it in tqdm(
-        range(start_iter, args.num_iterations + 1), desc="self-evolving", disable=not d.is_main
-    ):
-        if args.training == "rest_em":  # ReST-EM: every iteration restarts from the warm-up model
-            load_checkpoint(warm_ckpt, model, restore_rng=False)
-            sync_sampler()
-        if args.training != "continuous":  # iterative RFT / ReST-EM: fresh optimizer and schedule
-            optimizer, scheduler = new_optimizer(args.steps_per_iteration)
+    grid = [float(t) for t in args.temperature_grid.split(",")]
+    optimizer, scheduler = optim
+    val_scores = None
+    main = run.dist_info.is_main
+    for it in tqdm(range(start, iterations + 1), desc="self-evolving", disable=not main):
+        if training == "rest_em":  # ReST-EM: every iteration restarts from the warm-up model
+            load_checkpoint(run.warm_ckpt, run.model, restore_rng=False)
+            run.sync_sampler()
+        if training != "continuous":  # iterative RFT / ReST-EM: fresh optimizer and schedule
+            optimizer, scheduler = new_optimizer(run, steps)
         if args.auto_temperature and (it - 1) % args.temperature_every == 0:
-            val_scores = []
-            for t in grid:
-                recs = sample_and_score(sampler, prm, val, args.val_samples_per_query, t, args, d)
-                val_scores.append(
-                    reward_pass_at_2([r["correct"] for r in recs], [r["prm"] for r in recs])
-                )
+            val_scores = validation_scores(run, val, grid)
             temperature = choose_temperature(grid, val_scores)
-        # this iteration's queries: `interval` of the labelled pool (+ unlabelled ones at the pseudo-label share)
-        qids = queries_for_iteration(len(train), interval, it, args.seed)
-        n_unl = min(
-            len(unlabeled),
-            round(len(qids) * args.pseudo_label_share / (1 - args.pseudo_label_share)),
-        )
-        uids = (
-            queries_for_iteration(len(unlabeled), n_unl / len(unlabeled), it, args.seed + 1)
-            if n_unl
-            else []
-        )
-        path = out / "samples" / f"iter{it:03d}.jsonl"
-        recs = collect(
-            path,
-            [train[i] for i in qids],
-            True,
-            args.samples_per_query,
-            temperature,
-            args,
-            d,
-            sampler,
-            prm,
-            it,
-        )
-        urecs = collect(
-            path.with_suffix(".unlabeled.jsonl"),
-            [unlabeled[i] for i in uids],
-            False,
-            args.samples_per_query,
-            temperature,
-            args,
-            d,
-            sampler,
-            prm,
-            it,
-        )
+        rows, urows = iteration_rows(run, splits, interval, it)
+        path = run.out / "samples" / f"iter{it:03d}.jsonl"
+        n = args.samples_per_query
+        recs = collect(run, path, rows, True, n, temperature, it)
+        urecs = collect(run, path.with_suffix(".unlabeled.jsonl"), urows, False, n, temperature, it)
         examples = [
-            (by_id[rec["query_id"]], rec["responses"][i])
-            for rec in recs + urecs
-            for i in rec["selected"]
+            (by_id[r["query_id"]], r["responses"][i]) for r in recs + urecs for i in r["selected"]
         ]
-        sampler.sleep()  # vLLM frees its memory for the update
-        loss = train_steps(
-            model,
-            processor,
-            optimizer,
-            scheduler,
-            examples,
-            args.steps_per_iteration,
-            args,
-            d,
-            args.seed + it,
-        )
-        sync_sampler()
+        run.sampler.sleep()  # vLLM frees its memory for the update
+        loss = train_steps(run, optimizer, scheduler, examples, steps, args.seed + it)
+        run.sync_sampler()
+        sampled = [ok for r in recs for ok in r["correct"]]
         metrics = {
             "temperature": temperature,
             "samples_kept": len(examples),
             "loss": loss,
             "lr": scheduler.get_last_lr()[0],
-            "train/correct_rate": sum(sum(r["correct"]) for r in recs)
-            / max(1, sum(len(r["correct"]) for r in recs)),
-            **evaluate(sampler, prm, test, args, d),
+            "train/correct_rate": sum(sampled) / max(1, len(sampled)),
+            **evaluate(run, test),
         }
         if urecs:  # the shapes world knows the hidden answers: how good are the pseudo-labels?
-            gold = [by_id[r["query_id"]].get("answer") for r in urecs]
-            metrics["pseudo_label_accuracy"] = sum(
-                answers_match(r["label"], g) for r, g in zip(urecs, gold) if g
-            ) / len(urecs)
+            hits = grade(
+                [r["label"] for r in urecs], [by_id[r["query_id"]]["answer"] for r in urecs]
+            )
+            metrics["pseudo_label_accuracy"] = sum(hits) / len(urecs)
         if val_scores is not None:
             metrics["val/reward_pass@2"] = max(val_scores)
-        report(f"iter {it}", it, metrics)
-        # an AdamW that has not stepped yet has no state to save (and torch segfaults initialising one on FSDP2/gloo)
-        save_checkpoint(
-            ckpt,
-            model,
-            optimizer if optimizer.state else None,
-            scheduler,
-            step=it,
-            extra={"iteration": it, "temperature": temperature, "table": table},
-        )
+        run.report(f"iter {it}" if training == args.training else f"{training} {it}", it, metrics)
+        # an AdamW that has not stepped has no state to save (and torch segfaults initialising one
+        # on FSDP2/gloo)
+        extra = {"iteration": it, "temperature": temperature, "table": run.table}
+        state = optimizer if optimizer.state else None
+        save_checkpoint(run.out / "ckpt", run.model, state, scheduler, step=it, extra=extra)
 
-    if d.is_main:
-        print(format_table(table))
-        png = logger.plot(
-            ["accuracy", f"pass@{args.eval_k}", "reward_pass@2", "temperature", "samples_kept"],
-            out / "curves.png",
-            x="iteration",
-        )
-        print(f"metrics: {logger.path} | curves: {png}")
-    logger.close()
+
+def resume_point(run: Run, ckpt: Path, optimizer=None, scheduler=None) -> tuple[int, float]:
+    """(first iteration, temperature): after the last finished iteration with --resume and a
+    checkpoint in `ckpt`, else after the warm-up (loaded from its checkpoint with --resume)."""
+    state = load_checkpoint(ckpt, run.model, optimizer, scheduler) if run.args.resume else None
+    if state is None and run.args.resume:
+        state = load_checkpoint(run.warm_ckpt, run.model)
+    if state is None:
+        return 0, run.args.temperature
+    run.table = state[1]["table"]
+    print0(f"resumed after iteration {state[1]['iteration']} from {ckpt.parent}")
+    run.sync_sampler()
+    return state[1]["iteration"] + 1, state[1]["temperature"]
+
+
+def run_baseline(run: Run, splits, interval: float) -> list[dict]:
+    """The paper's baseline (`--baseline`) from the same warm-up model, at interval 1.0 on the same
+    budget: as many sampled queries and SFT steps as the continuous run; in <output_dir>/<name>."""
+    args = run.args
+    out = run.out / args.baseline
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    base = replace(run, out=out, table=[])
+    state = load_checkpoint(out / "ckpt", base.model) if args.resume else None
+    if state is not None:
+        start, temperature = state[1]["iteration"] + 1, state[1]["temperature"]
+        base.table = state[1]["table"]
+    else:  # a fresh baseline starts from the warm-up weights and the run's seed
+        load_checkpoint(run.warm_ckpt, base.model, restore_rng=False)
+        seed_everything(args.seed)
+        start, temperature = 1, args.temperature
+    base.sync_sampler()
+    base.logger = MetricsLogger(out, False, "mstar", asdict(args), resume_step=start)
+    iterations, steps = baseline_budget(args.num_iterations, args.steps_per_iteration, interval)
+    optim = new_optimizer(base, steps)
+    self_evolve(base, args.baseline, 1.0, iterations, steps, splits, optim, start, temperature)
+    base.logger.close()
+    return base.table
+
+
+def demo_claims(table: list[dict], baseline: list[dict], name: str) -> list[dict]:
+    """The paper's two claims on the toy, computed from this run's greedy test accuracy."""
+    warm = next(r for r in table if r["stage"] == "warm-up")["accuracy"]
+    final = table[-1]["accuracy"]
+    metric = "greedy test accuracy"
+    # a claim holds by more than 5 of 100 test queries: less is within one iteration's noise
+    return [
+        claim("continuous self-evolving improves on the warm-up", metric, warm, final, margin=0.05),
+        claim(
+            f"continuous beats {name}, same budget",
+            metric,
+            baseline[-1]["accuracy"],
+            final,
+            margin=0.05,
+        ),
+    ]
+
+
+def main(args: Args):
+    run = setup(args)
+    splits = load_splits(args)
+    train, _, _, test = splits
+    continuous = args.training == "continuous"
+    interval = args.interval if args.interval is not None else (0.25 if continuous else 1.0)
+    # continuous self-evolving: ONE optimizer and LR schedule for the whole run. Made before the
+    # first forward: under FSDP2 an optimizer first created after a forward cannot be saved
+    steps = args.steps_per_iteration
+    total = args.num_iterations * steps if continuous else steps
+    optim = new_optimizer(run, total)
+    root_forward(run, train[0])
+    start, temperature = resume_point(run, run.out / "ckpt", *optim)
+    run.logger = MetricsLogger(
+        run.out, args.track, "mstar", asdict(args), resume_step=start if start else None
+    )
+    if start == 0:
+        run.report("base", -1, evaluate(run, test))
+        run.report("warm-up", 0, {**warm_up(run, train), **evaluate(run, test)})
+        extra = {"iteration": 0, "temperature": temperature, "table": run.table}
+        save_checkpoint(run.warm_ckpt, run.model, step=0, extra=extra)
+        start = 1
+    self_evolve(
+        run, args.training, interval, args.num_iterations, steps, splits, optim, start, temperature
+    )
+    claims = []
+    if continuous and args.baseline != "none":
+        baseline = run_baseline(run, splits, interval)
+        claims = demo_claims(run.table, baseline, args.baseline)
+        run.table += baseline
+    if run.dist_info.is_main:
+        print(format_table(run.table))
+        shown = ["accuracy", f"pass@{args.eval_k}", "reward_pass@2", "temperature", "samples_kept"]
+        png = run.logger.plot(shown, run.out / "curves.png", x="iteration")
+        print(f"metrics: {run.logger.path} | curves: {png}")
+        if claims:
+            print(format_claims(claims))
+        write_summary(run.out, claims, table=run.table)
+    run.logger.close()
     cleanup_distributed()
-    return table
+    return run.table
 
 
 if __name__ == "__main__":
