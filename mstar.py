@@ -68,6 +68,7 @@ from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config, per_rank
 from common.data import load_rows, read_jsonl_tolerant, write_jsonl
 from common.models import end_of_turn, load_model, load_processor, make_tiny_vlm
+from common.prm import ProcessRewardModel
 from common.rewards import extract_answer, math_equal_batch, pass_at_k, strip_string
 from common.sampling import VLLMArgs, get_tokenizer, make_sampler, render_prompt
 from common.shapes_world import (
@@ -377,64 +378,31 @@ class RuleStepPRM:
         return out
 
 
-class HFProcessRewardModel:
-    """Math-Shepherd-style PRM from any HF (vision-)language model: each step is followed by a tag, and the step
-    score is P(good) / (P(good) + P(bad)) of the next token at that tag."""
+class ModelPRM:
+    """A trained (multimodal) PRM through common/prm.py: the prompt with its image, then the steps,
+    each followed by --prm_step_tag (Math-Shepherd's layout); a step's score is P(good) at its
+    tag."""
 
     def __init__(self, path: str, args: Args, device):
-        self.processor = load_processor(path)
-        frozen = precision_policy(
-            torch.device(device).type
-        ).frozen_dtype  # a frozen model: bf16 on CUDA
-        self.model = load_model(path, vlm=True, dtype=frozen, device=device).eval()
-        self.tok = get_tokenizer(self.processor)
-        self.tag_ids = self.tok(args.prm_step_tag, add_special_tokens=False).input_ids
-        good, bad = (
-            self.tok(t, add_special_tokens=False).input_ids
-            for t in (args.prm_good_token, args.prm_bad_token)
+        dtype = precision_policy(torch.device(device).type).frozen_dtype  # bf16 on CUDA
+        tokens = (args.prm_step_tag, args.prm_good_token, args.prm_bad_token)
+        self.prm = ProcessRewardModel(
+            path,
+            "token",
+            *tokens,
+            device=device,
+            dtype=dtype,
+            vlm=True,
+            extra_inputs=collate_vision,
         )
-        if len(good) != 1 or len(bad) != 1 or not self.tag_ids:
-            raise ValueError(
-                f"--prm_good_token {args.prm_good_token!r} / --prm_bad_token {args.prm_bad_token!r} must each be "
-                f"one token of {path}, and --prm_step_tag {args.prm_step_tag!r} non-empty"
-            )
-        self.good, self.bad = good[0], bad[0]
-        self.name, self.args = f"model PRM {path}", args
+        self.name, self.args = self.prm.name, args
 
-    @torch.no_grad()
-    def step_scores(self, rows, responses):
+    def step_scores(self, rows: list[dict], responses: list[list[str]]) -> list[list[list[float]]]:
         out = []
         for row, group in zip(rows, responses):
-            prompt = encode_prompt(self.processor, row, self.args)
-            ids_list, tag_positions = (
-                [],
-                [],
-            )  # prompt ids, then each step followed by the tag; the tags' positions
-            for text in group:
-                ids_list.append(list(prompt["input_ids"][0].tolist()))
-                tag_positions.append([])
-                for step in split_steps(text):
-                    ids_list[-1] += (
-                        self.tok(
-                            "\n" + step if tag_positions[-1] else step, add_special_tokens=False
-                        ).input_ids
-                        + self.tag_ids
-                    )
-                    tag_positions[-1].append(len(ids_list[-1]) - 1)
-            input_ids, attention_mask, _ = pad_batch(
-                ids_list, [[] for _ in ids_list], self.tok.pad_token_id
-            )  # (n, L)
-            extra = collate_vision([prompt] * len(group), input_ids.shape[1])
-            device = next(self.model.parameters()).device
-            logits = self.model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                **{k: v.to(device) for k, v in extra.items()},
-            ).logits  # (n, L, V)
-            pair = logits[..., [self.good, self.bad]].float().softmax(-1)[..., 0]  # (n, L)
-            out.append(
-                [[float(pair[j, p]) for p in where] for j, where in enumerate(tag_positions)]
-            )
+            prompt = encode_prompt(self.prm.processor, row, self.args)
+            steps = [split_steps(text) for text in group]
+            out.append(self.prm.step_scores([prompt] * len(group), steps))
         return out
 
 
@@ -491,8 +459,9 @@ def sft_step(
     hint_flags=None,
     normalizer: float | None = None,
 ) -> torch.Tensor:
-    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out. A micro-batch
-    passes its whole batch's response-token count as `normalizer` (common.train.sft_loss)."""
+    """Loss of one batch of (row, response) pairs; prompt tokens (and image tokens) are masked out.
+    A micro-batch passes its whole batch's response-token count as `normalizer`
+    (common.train.sft_loss)."""
     tok = get_tokenizer(processor)
     encs = [
         encode_prompt(processor, row, args, hint=bool(hint_flags and hint_flags[i]))
@@ -850,7 +819,7 @@ def setup(args: Args) -> Run:
     if args.prm == "rule":
         prm = RuleStepPRM()
     else:
-        prm = HFProcessRewardModel(args.prm, args, dist_info.device)
+        prm = ModelPRM(args.prm, args, dist_info.device)
     out = Path(args.output_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     print0(f"model {model_path} | PRM: {prm.name} | training={args.training}")

@@ -252,7 +252,7 @@ def test_collate_vision_passes_every_processor_output():
 
 def test_model_backed_prm_interface_with_tiny_vlm():
     args = mstar.Args()
-    prm = mstar.HFProcessRewardModel(make_tiny_vlm(), args, "cpu")
+    prm = mstar.ModelPRM(make_tiny_vlm(), args, "cpu")
     rows = make_shapes_rows(2, seed=0)
     scores = prm.step_scores(rows, [[rows[0]["cot"], "one line", ""], [rows[1]["cot"]]])
     assert [len(s) for s in scores[0]] == [len(mstar.split_steps(rows[0]["cot"])), 1, 0]
