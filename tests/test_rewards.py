@@ -165,9 +165,8 @@ def test_strip_string_examples():
     )
 
 
-# ---------------------------------------------------------------- correctness reward (spec §5
-# checks 1-5)
-def test_spec_checks_rewards():
+# ------------------------------------------------------------- correctness reward (hand-computed)
+def test_correctness_reward_cases():
     assert correctness_reward("So \\boxed{\\frac{1}{2}}", "0.5") == 1.0  # check 1
     assert correctness_reward("First \\boxed{3} ... actually \\boxed{4}", "4") == 1.0  # check 2
     assert correctness_reward("First \\boxed{3} ... actually \\boxed{4}", "3") == 0.0
