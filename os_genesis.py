@@ -980,7 +980,7 @@ def fine_tune(args: Args, base: str, data: tuple, out: Path, dist_info) -> tuple
     if state:
         print0(f"resumed from step {start}")
     logger = MetricsLogger(
-        out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=state and start
+        out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=start if args.resume else None
     )
     model.train()
     batches = sft_batches(per_traj, probs, args, start, dist_info.rank)

@@ -15,14 +15,26 @@ from common.gui_env import (
     Task,
     ToyGUIEnv,
     androidcontrol_click_ok,
+    describe_action,
     list_tasks,
+    replay,
     run_episodes,
     screen_signature,
     state_diff,
     step_match,
     token_f1,
 )
-from os_genesis import PathFollower, apply_diff, describe_state_change
+from common.gui_standins import (
+    PathFollower,
+    RuleDescriber,
+    apply_diff,
+    describe_state_change,
+    direct_plan,
+    leaks_held_out,
+    plan_step,
+    task_target,
+)
+from common.train import init_distributed
 
 
 def obs_with(elements):
@@ -84,21 +96,23 @@ def test_check8_web_walk_weights():
 
 @pytest.fixture(scope="module")
 def walks():
-    args, pool, explored, out = og.Args(walk_steps=10), set(), set(), []
+    walker, out = og.Walker(og.Args(walk_steps=10), []), []
     for walk_id in range(24):
-        app = ["settings", "notes", "shop", "mail"][walk_id % 4]
-        rng = random.Random(walk_id)
-        out.append(
-            og.random_walk(app, walk_id, args, pool, explored, og.rule_text_filler(rng), rng)
-        )
+        walk = walker.walk(["settings", "notes", "shop", "mail"][walk_id % 4], walk_id)
+        out.append((walk, walk["triples"]))
     return out
+
+
+def follower_plan(triple):
+    """Open the app, the walk's loop-free path to the triple, the triple's action."""
+    return [["open_app", og.APPS[triple["app"]].label]] + triple["path"] + [triple["final_step"]]
 
 
 def test_check9_unclickable_pool_and_triples(walks):
     pooled_so_far, n_pooled = set(), 0
     for walk, triples in walks:
         app = walk["app"]
-        screens = og.replay(Task("w", app, "", start_app=app), walk["actions"])
+        screens = replay(Task("w", app, "", start_app=app), walk["actions"])
         recorded = {t["step"] for t in triples}
         for k, action in enumerate(walk["actions"], start=1):
             before, after = screens[k - 1], screens[k]
@@ -124,7 +138,7 @@ def test_walk_paths_replay_to_the_triple(walks):
     checked = 0
     for _, triples in walks:
         for t in triples[:2]:
-            follower = PathFollower(og.follower_plan(t), None, 0.0, random.Random(0))
+            follower = PathFollower(follower_plan(t), None, 0.0, random.Random(0))
             record = run_episodes(
                 [Task(t["triple_id"], t["app"], "x")],
                 lambda items: [("", follower.act(o)) for _, o, _ in items],
@@ -138,7 +152,7 @@ def test_walk_paths_replay_to_the_triple(walks):
 
 
 def _replay_urls(app, record):
-    return og.replay(Task("r", app, "x"), [s["action"] for s in record["steps"]])
+    return replay(Task("r", app, "x"), [s["action"] for s in record["steps"]])
 
 
 # -------------------------------------------------------------------------- stage 2: reverse synthesis
@@ -160,14 +174,14 @@ def _triple_from(app, actions):
             action=actions[-1].to_dict(),
             element=el,
             diff=state_diff(before_state, env.state),
-            action_text=og.describe_action(actions[-1], before["ui_elements"]),
+            action_text=describe_action(actions[-1], before["ui_elements"]),
             title_before=before["ui_elements"][0]["text"],
             title_after=after["ui_elements"][0]["text"],
             url_before=before["url"],
             url_after=after["url"],
             after=[[e["resource_id"], e["text"], e["value"]] for e in after["ui_elements"]],
             path=[],
-            final_step=og.plan_step(actions[-1], before["ui_elements"]),
+            final_step=plan_step(actions[-1], before["ui_elements"]),
         ),
         args,
         pool,
@@ -180,22 +194,20 @@ def test_rule_describer_names_the_state_change():
         0
     ]  # Bluetooth screen, switch
     assert describe_state_change(triple["diff"]) == "Turn on Bluetooth."
-    out = og.parse_synthesis(og.RuleDescriber(og.Args()).describe([triple])[0])
+    out = og.parse_synthesis(RuleDescriber(0.3).describe([triple])[0])
     assert (
         out["Sub-Instruction"] == "Click 'Bluetooth'."
         and out["High-Level-Instruction"] == "Turn on Bluetooth."
     )
     nav = _triple_from("mail", [GUIAction("click", index=1)])[0]  # Compose: a screen change only
     assert (
-        og.parse_synthesis(og.RuleDescriber(og.Args(question_ratio=0)).describe([nav])[0])[
-            "High-Level-Instruction"
-        ]
+        og.parse_synthesis(RuleDescriber(0).describe([nav])[0])["High-Level-Instruction"]
         == "Open the Compose screen in Mail."
     )
     price = _triple_from("shop", [GUIAction("click", index=3), GUIAction("click", index=1)])[
         0
     ]  # Kitchen -> Blue mug
-    question = json.loads(og.RuleDescriber(og.Args(question_ratio=1.0)).describe([price])[0])
+    question = json.loads(RuleDescriber(1.0).describe([price])[0])
     assert (
         question["High-Level-Instruction"] == "How much does the Blue mug cost?"
         and question["Answer"] == "$8"
@@ -283,7 +295,7 @@ def test_rubric_and_state_judge():
     triple = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
     triple["path"] = [["click", "open_bluetooth"]]
     task = dict(triple_id="t0", app="settings", goal="Turn on Bluetooth.", answer=None)
-    task["plan"] = og.direct_plan(task, triple)
+    task["plan"] = direct_plan(task, triple)
     assert task["plan"] == [
         ["open_app", "Settings"],
         ["click", "open_bluetooth"],
@@ -338,29 +350,29 @@ def test_direct_plan_drops_the_walks_detours_and_side_effects():
         goal="What is the subject of the email from carol?",
         answer="Photos",
     )
-    assert og.direct_plan(task, triple) == [["open_app", "Mail"], ["click", "email:3"]]
+    assert direct_plan(task, triple) == [["open_app", "Mail"], ["click", "email:3"]]
 
 
 def test_no_held_out_task_or_instance_is_synthesized():
     held_out = list_tasks("test")
     air = _triple_from("settings", [GUIAction("click", index=1)])[0]  # the airplane switch
     assert (
-        describe_state_change(og.task_target({}, air)["diff"]) == "Turn on airplane mode."
+        describe_state_change(task_target({}, air)["diff"]) == "Turn on airplane mode."
     )  # held out
-    assert og.leaks_held_out(
+    assert leaks_held_out(
         dict(goal="Switch airplane mode on please", answer=None), air, held_out
     )  # same instance
     question = dict(goal="Where does my trip go?", answer="lisbon")  # a held-out question's answer
-    assert og.leaks_held_out(
+    assert leaks_held_out(
         question, dict(diff=[], action={}, url_after="", title_after=""), held_out
     )
-    assert og.leaks_held_out(
+    assert leaks_held_out(
         dict(goal=held_out[0].goal, answer=None),
         dict(diff=[], action={}, url_after="", title_after=""),
         held_out,
     )
     bt = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
-    assert not og.leaks_held_out(
+    assert not leaks_held_out(
         dict(goal="Turn on Bluetooth.", answer=None), bt, held_out
     )  # a training task
 
@@ -427,7 +439,7 @@ def test_model_backed_annotator_filler_judge_and_executor(walks, tiny_sampler):
     text = og.model_text_filler(tiny_sampler, args)("Title", "Notes")
     assert isinstance(text, str) and text and "\n" not in text
     task = dict(triple_id="x", app="settings", goal="Turn on Bluetooth.")
-    policy = og.model_policy(tiny_sampler, args)
+    policy = og.ModelPolicy(tiny_sampler, args)
     traj = run_episodes(
         [Task("x", "settings", task["goal"])],
         policy,
@@ -474,15 +486,14 @@ def test_end_to_end_with_resume(run_cmd, tmp_path):
     assert "| stage" in proc.stdout and "after OS-Genesis SFT" in proc.stdout
     lines = {
         name: (out / f"{name}.jsonl").read_text().splitlines()
-        for name in ("walks", "triples", "tasks", "trajectories", "scores")
+        for name in ("walks", "tasks", "trajectories", "scores")
     }
-    assert (
-        len(lines["walks"]) == 4
-        and lines["triples"]
-        and len(lines["trajectories"]) == len(lines["scores"])
-    )
+    triples = [t for line in lines["walks"] for t in json.loads(line)["triples"]]
+    assert len(lines["walks"]) == 4 and triples
+    assert len(lines["tasks"]) == len(triples)
+    assert len(lines["trajectories"]) == len(lines["scores"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"]["triples"] == len(lines["triples"]) and (out / "curves.png").exists()
+    assert summary["counts"]["triples"] == len(triples) and (out / "curves.png").exists()
     assert [c["metric"] for c in summary["claims"]] == [
         "low_step_acc",
         "high_step_acc",
@@ -549,7 +560,7 @@ def test_end_to_end_model_backed_stages_never_crash(run_cmd, tmp_path):
 def test_bad_flags_are_named(tmp_path):
     for bad in ("doom", "", "notes,doom"):
         with pytest.raises(ValueError, match="--apps"):
-            og.generate_data(og.Args(apps=bad), tmp_path)
+            og.generate_data(og.Args(apps=bad), tmp_path, init_distributed())
 
 
 def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
