@@ -647,3 +647,26 @@ def test_sft_micro_steps_equal_unsplit_step():
         optimizer.step()
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
+
+
+def test_torchrun_two_ranks_each_run_their_share_of_every_stage(run_cmd, torchrun_cmd, tmp_path):
+    """Every data stage runs on both ranks: each writes its own records (distinct ids), and the
+    gathered stage is the two shares together (world x local), which the SFT then trains on."""
+    out = tmp_path / "ddp"
+    flags = ["--walks_per_app", "2", "--walk_steps", "4", "--base_steps", "2", "--train_steps", "1"]
+    flags += ["--compare", "False", "--eval_base", "False", "--eval_limit", "2"]
+    flags += ["--max_steps", "1", "--max_new_tokens", "4", "--output_dir", str(out)]
+    run_cmd([*torchrun_cmd, "os_genesis.py", *flags], timeout=900)
+    counts = json.loads((out / "counts.json").read_text())
+    for stage, count in (
+        ("walks", "walks"),
+        ("tasks", "triples"),
+        ("trajectories", "trajectories"),
+    ):
+        ids = [
+            [json.loads(line)["id"] for line in (out / name).read_text().splitlines()]
+            for name in (f"{stage}.jsonl", f"{stage}.rank1.jsonl")
+        ]
+        assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1]), stage
+        assert len(ids[0]) + len(ids[1]) == counts[count], stage
+    assert counts["walks"] == 8 and (out / "eval_after.json").exists()
