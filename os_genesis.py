@@ -59,37 +59,12 @@ import torch
 from PIL import ImageDraw
 from tqdm import tqdm
 
+from common import gui_env as gui
 from common import gui_standins as standins
 from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config
 from common.data import read_jsonl_tolerant, write_jsonl
-from common.gui_env import (
-    APPS,
-    TASKS,
-    ActionError,
-    GUIAction,
-    ScriptedExpert,
-    Task,
-    ToyGUIEnv,
-    _extract_json_object,
-    describe_action,
-    format_osgenesis,
-    instruction,
-    list_tasks,
-    normalize_answer,
-    osgenesis_a11y,
-    osgenesis_to_indexed,
-    parse_json_action,
-    parse_osgenesis,
-    replay,
-    rollout,
-    run_episodes,
-    screen_signature,
-    side_by_side,
-    state_diff,
-    step_match,
-    with_center_point,
-)
+from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task, ToyGUIEnv
 from common.models import (
     end_of_turn,
     load_model,
@@ -274,7 +249,7 @@ def history_action(step: dict, args: Args) -> str:
 def agent_prompt(goal: str, obs: dict, history: list, args: Args, thought=None) -> str:
     """Screenshot + filtered a11y tree, 'Step i: thought action: json' history, then the task."""
     coords = args.action_space == "coords"
-    screen = osgenesis_a11y(obs["ui_elements"]) if coords else obs["axtree_txt"]
+    screen = gui.osgenesis_a11y(obs["ui_elements"]) if coords else obs["axtree_txt"]
     first = max(0, len(history) - args.max_history) if args.max_history else 0
     past = "\n".join(
         f"Step {i + 1}: {h['thought']} action: {history_action(h, args)}"
@@ -289,17 +264,19 @@ def agent_prompt(goal: str, obs: dict, history: list, args: Args, thought=None) 
 def agent_target(action: GUIAction, obs: dict, args: Args, thought: str | None) -> str:
     """Planning target 'Low-level thought: ...\\naction: {json}', or 'action: {json}'."""
     if args.action_space == "coords":
-        action = with_center_point(action, obs["ui_elements"])
+        action = gui.with_center_point(action, obs["ui_elements"])
     return (
-        format_osgenesis(thought, action) if thought is not None else f"action: {action.to_json()}"
+        gui.format_osgenesis(thought, action)
+        if thought is not None
+        else f"action: {action.to_json()}"
     )
 
 
 def parse_agent_output(text: str, obs: dict) -> tuple[str, GUIAction | None]:
     """(thought, action with its point mapped to the nearest element centre); garbage -> None."""
     try:
-        thought, action = parse_osgenesis(text)
-        return thought, osgenesis_to_indexed(action, obs["ui_elements"])
+        thought, action = gui.parse_osgenesis(text)
+        return thought, gui.osgenesis_to_indexed(action, obs["ui_elements"])
     except ActionError:
         return "", None
 
@@ -390,13 +367,13 @@ class ModelDescriber:
         prompts, images = [], []
         for t in triples:
             task = Task("walk", t["app"], "", start_app=t["app"])
-            screens = replay(task, self.walk_actions[t["walk_id"]][: t["step"]])
+            screens = gui.replay(task, self.walk_actions[t["walk_id"]][: t["step"]])
             before = screens[-2]["screenshot"].copy()
             if t["element"]:
                 b = t["element"]["bbox_pixels"]
                 box = (b["x_min"], b["y_min"], b["x_max"] - 1, b["y_max"] - 1)
                 ImageDraw.Draw(before).rectangle(box, outline="red", width=2)
-            images.append(side_by_side([before, screens[-1]["screenshot"]]))
+            images.append(gui.side_by_side([before, screens[-1]["screenshot"]]))
             text = SYNTHESIS_PROMPT.format(app=APPS[t["app"]].label, action=t["action_text"])
             prompts.append(user_message(text, self.args.vlm))
         images = images if self.args.vlm else None
@@ -407,7 +384,7 @@ class ModelDescriber:
 def parse_synthesis(text: str) -> dict | None:
     """The annotator's JSON, or None (counted as invalid) when a key is missing or empty."""
     try:
-        obj = _extract_json_object(text)
+        obj = gui._extract_json_object(text)
     except ActionError:
         return None
     keys = ("Sub-Instruction", "High-Level-Instruction")
@@ -437,11 +414,11 @@ class ModelJudge:
     def score(self, task: dict, triple: dict, traj: dict) -> tuple[int, str, int]:
         actions = [s["action"] for s in traj["steps"]]
         screens = [
-            o["screenshot"] for o in replay(Task("judge", task["app"], task["goal"]), actions)
+            o["screenshot"] for o in gui.replay(Task("judge", task["app"], task["goal"]), actions)
         ]
         steps = "\n".join(f"Step {j + 1}: {s['thought']}" for j, s in enumerate(traj["steps"]))
         prompt = user_message(TRM_PROMPT.format(goal=task["goal"], steps=steps), self.args.vlm)
-        images = [side_by_side(screens[-3:])] if self.args.vlm else None
+        images = [gui.side_by_side(screens[-3:])] if self.args.vlm else None
         for attempt in range(1, self.args.judge_retries + 1):
             text = self.sampler.generate(
                 [prompt],
@@ -539,7 +516,7 @@ class Walker:
         )
         env = ToyGUIEnv(Task(f"walk{walk_id}", app, "", start_app=app), max_steps=10**6)
         obs, actions, triples, pooled, path, previous = env.obs, [], [], [], [], set()
-        seen = {(obs["url"], screen_signature(obs)): 0}  # screen -> length of the path to it
+        seen = {(obs["url"], gui.screen_signature(obs)): 0}  # screen -> length of the path to it
         for step in range(args.walk_steps):
             kind, target = self.choose(obs, app, previous, rng)
             if kind == "stop":
@@ -556,15 +533,18 @@ class Walker:
             previous = {e["resource_id"] for e in obs["ui_elements"]}
             obs = env.step(action)[0]
             actions.append(action.to_dict())
-            if screen_signature(obs) == screen_signature(before) and obs["url"] == before["url"]:
+            if (
+                gui.screen_signature(obs) == gui.screen_signature(before)
+                and obs["url"] == before["url"]
+            ):
                 if kind == "element":  # unchanged element set -> unclickable pool, no triple
                     self.pool.add((app, target["resource_id"]))
                     pooled.append(target["resource_id"])
                 continue
             triples.append(triple_record(walk_id, step, app, action, before, obs, env, actions))
-            triples[-1].update(diff=state_diff(before_state, env.state), path=list(path))
+            triples[-1].update(diff=gui.state_diff(before_state, env.state), path=list(path))
             path.append(triples[-1]["final_step"])
-            key = (obs["url"], screen_signature(obs))
+            key = (obs["url"], gui.screen_signature(obs))
             path = path[: seen[key]] if key in seen else path  # a detour back leaves the path
             seen = {k: v for k, v in seen.items() if v <= len(path)} | {key: len(path)}
         return dict(
@@ -583,7 +563,7 @@ def triple_record(walk_id, step, app, action, before, obs, env, actions) -> dict
         step=len(actions),
         app=app,
         action=action.to_dict(),
-        action_text=describe_action(action, before["ui_elements"]),
+        action_text=gui.describe_action(action, before["ui_elements"]),
         url_before=before["url"],
         url_after=obs["url"],
         element=element and {k: element[k] for k in keep},
@@ -616,30 +596,6 @@ def synthesize(triples: list[dict], describer) -> list[dict]:
     return records
 
 
-def trainable_tasks(synthesized: list[dict], by_triple: dict, held_out: list[Task]) -> tuple:
-    """Valid goals, de-duplicated by text (first wins), minus held-out tasks or instances and
-    minus changes already true on a fresh phone (the walk undid its own step: no task from the
-    start); each kept task gets the stand-in executor's direct plan."""
-    unique = list(
-        {normalize_answer(t["goal"]): t for t in synthesized[::-1] if t["valid"]}.values()
-    )
-    unique = unique[::-1]
-    leaked = [t for t in unique if standins.leaks_held_out(t, by_triple[t["id"]], held_out)]
-    launcher = ToyGUIEnv()
-    unclear = [
-        t
-        for t in unique
-        if t not in leaked
-        and standins.target_reached(
-            standins.task_target(t, by_triple[t["id"]]), launcher.obs, launcher.state
-        )
-    ]
-    kept = [t for t in unique if t not in leaked and t not in unclear]
-    for t in kept:
-        t["plan"] = standins.direct_plan(t, by_triple[t["id"]])
-    return kept, len(leaked), len(unclear)
-
-
 class Collector:
     """Stage 3 (paper: trajectory collection): run each task from the launcher with the executor,
     15-step cap, abort after 3 identical actions in a row."""
@@ -657,15 +613,8 @@ class Collector:
         else:
             policy = ModelPolicy(self.sampler, args)
         episodes = [Task(t["id"], t["app"], t["goal"]) for t in tasks]
-        records = run_episodes(episodes, policy, args.max_steps, stop_fn=self.stop)
+        records = gui.run_episodes(episodes, policy, args.max_steps, stop_fn=self.stop)
         return [dict(id=r["task_id"], **r) for r in records]
-
-
-def expert_trajectories(tasks: list[dict], max_steps: int) -> list[dict]:
-    """The task-driven baseline's trajectories: the scripted expert on catalogue tasks."""
-    catalogue = [TASKS[t["id"]] for t in tasks]
-    records = run_episodes(catalogue, standins.ExpertPolicy(catalogue), max_steps)
-    return [dict(id=r["task_id"], **r) for r in records]
 
 
 def judge_all(trajectories: list[dict], judge, tasks: dict, triples: dict) -> list[dict]:
@@ -680,8 +629,8 @@ def judge_all(trajectories: list[dict], judge, tasks: dict, triples: dict) -> li
 def generate_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
     """Stages 1-4 (or the baseline's expert trajectories): (trajectories, {id: score}, counts)."""
     if args.data == "task_driven":  # the paper's baseline: trajectories of given tasks, score 5
-        tasks = [dict(id=t.task_id) for t in named_tasks(args) or list_tasks("train")]
-        work = partial(expert_trajectories, max_steps=args.max_steps)
+        tasks = [dict(id=t.task_id) for t in named_tasks(args) or gui.list_tasks("train")]
+        work = partial(standins.expert_trajectories, max_steps=args.max_steps)
         trajectories = run_stage(out, "trajectories", tasks, work, dist_info)
         mean = sum(len(t["steps"]) for t in trajectories) / len(trajectories)
         counts = dict(trajectories=len(trajectories), mean_steps=mean)
@@ -708,8 +657,8 @@ def generate_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
         describer = ModelDescriber(helpers.get(args.annotator_model), args, actions)
     work = partial(synthesize, describer=describer)
     synthesized = run_stage(out, "tasks", triples, work, dist_info)
-    held_out = list_tasks(args.eval_split)
-    tasks, leaked, unclear = trainable_tasks(synthesized, by_triple, held_out)
+    held_out = gui.list_tasks(args.eval_split)
+    tasks, leaked, unclear = standins.trainable_tasks(synthesized, by_triple, held_out)
 
     executor = helpers.get(args.annotator_model) if args.executor == "model" else None
     trajectories = run_stage(out, "trajectories", tasks, Collector(args, executor), dist_info)
@@ -768,13 +717,13 @@ def step_samples(traj: dict, args: Args, encode) -> list[list[dict]]:
     """Per valid step: [planning sample (task -> thought + action), action sample (task + thought
     -> action)] (paper: the two training objectives)."""
     task = TASKS.get(traj["task_id"]) or Task(traj["task_id"], traj["app"], traj["goal"])
-    observations = replay(task, [s["action"] for s in traj["steps"]])  # catalogue: its setup
+    observations = gui.replay(task, [s["action"] for s in traj["steps"]])  # catalogue: its setup
     out = []
     for t, (step, obs) in enumerate(zip(traj["steps"], observations)):
         if step["error"] or not step["action"].startswith("{"):
             continue
         action, history, image = (
-            parse_json_action(step["action"]),
+            gui.parse_json_action(step["action"]),
             traj["steps"][:t],
             obs["screenshot"],
         )
@@ -824,16 +773,20 @@ def expert_step_prompts(tasks: list[Task], args: Args) -> tuple[dict, list, list
     prompts, images, golds = {"high": [], "low": []}, [], []
     for task in tasks:
         history = []
-        for s in rollout(ToyGUIEnv(), ScriptedExpert(task).act, task)[0]:
+        for s in gui.rollout(ToyGUIEnv(), gui.ScriptedExpert(task).act, task)[0]:
             obs, action = s["obs"], s["action"]
-            thought = instruction(action, obs["ui_elements"])
+            thought = gui.instruction(action, obs["ui_elements"])
             high = agent_prompt(task.goal, obs, history, args)
             prompts["high"].append(user_message(high, args.vlm))
             low = agent_prompt(task.goal, obs, history, args, thought)
             prompts["low"].append(user_message(low, args.vlm))
             images.append(obs["screenshot"])
             golds.append((action, obs))
-            xy = with_center_point(action, obs["ui_elements"]) if action.index is not None else None
+            xy = (
+                gui.with_center_point(action, obs["ui_elements"])
+                if action.index is not None
+                else None
+            )
             history.append(dict(thought=thought, action=action.to_json(), xy=xy and [xy.x, xy.y]))
     return prompts, images, golds
 
@@ -842,7 +795,7 @@ def evaluate(sampler, args: Args, tasks: list[Task], dist_info) -> dict:
     """Success rate on held-out tasks (greedy, 15 steps; overall and per tier) and step accuracy on
     their expert steps, high level (AndroidControl-High style) and low level (AC-Low)."""
     rank, world = dist_info.rank, dist_info.world_size
-    mine = run_episodes(tasks[rank::world], ModelPolicy(sampler, args), args.max_steps)
+    mine = gui.run_episodes(tasks[rank::world], ModelPolicy(sampler, args), args.max_steps)
     # ranks whose episodes ended early keep joining the lock-step rounds of the others (FSDP2)
     finish_local(sampler, temperature=0.0, max_new_tokens=args.max_new_tokens)
     episodes = [e for part in all_gather_object(mine) for e in part]
@@ -867,7 +820,7 @@ def evaluate(sampler, args: Args, tasks: list[Task], dist_info) -> dict:
         )
         prefix = "" if level == "high" else "Low-level thought: -\n"
         matches = [
-            step_match(parse_agent_output(prefix + out[0].text, obs)[1], gold)
+            gui.step_match(parse_agent_output(prefix + out[0].text, obs)[1], gold)
             for out, (gold, obs) in zip(outs, golds)
         ]
         result[f"{level}_type_acc"] = sum(m[0] for m in matches) / len(matches)
@@ -896,7 +849,7 @@ def base_samples(args: Args, encode, n_walks: int = 120) -> list[dict]:
                 action = GUIAction("open_app", app_name=APPS[rng.choice(apps)].label)
             else:
                 action = GUIAction("click", index=rng.choice(clickable)["index"])
-            thought = instruction(action, obs["ui_elements"])
+            thought = gui.instruction(action, obs["ui_elements"])
             prompt = agent_prompt(thought, obs, [], args)
             samples.append(
                 encode(prompt, agent_target(action, obs, args, thought), obs["screenshot"])
@@ -928,7 +881,8 @@ def toy_base(args: Args, dist_info) -> str:
         model.save_pretrained(folder)
         proc.save_pretrained(folder)
 
-    code = [base_samples, agent_prompt, agent_target, make_encoder, sft_micro_steps, instruction]
+    code = [base_samples, agent_prompt, agent_target, make_encoder, sft_micro_steps]
+    code += [gui.instruction]
     path = toy_model("os_genesis-base", spec, build, code=code) if dist_info.is_main else None
     barrier()  # rank 0 builds; the others then find it in the cache
     return path or toy_model("os_genesis-base", spec, build, code=code)
@@ -980,7 +934,11 @@ def fine_tune(args: Args, base: str, data: tuple, out: Path, dist_info) -> tuple
     if state:
         print0(f"resumed from step {start}")
     logger = MetricsLogger(
-        out, track=args.track, run_name="os_genesis", config=vars(args), resume_step=start if args.resume else None
+        out,
+        track=args.track,
+        run_name="os_genesis",
+        config=vars(args),
+        resume_step=start if args.resume else None,
     )
     model.train()
     batches = sft_batches(per_traj, probs, args, start, dist_info.rank)
@@ -1038,7 +996,7 @@ def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
     base = args.model or toy_base(args, dist_info)
-    tasks = (named_tasks(args) or list_tasks(args.eval_split))[: args.eval_limit or None]
+    tasks = (named_tasks(args) or gui.list_tasks(args.eval_split))[: args.eval_limit or None]
     rows = []
     # ALGO LOGIC: OS-Genesis data (stages 1-4) -> SFT; the same SFT on task-driven data
     genesis = run_data_and_sft(args, base, tasks, dist_info)

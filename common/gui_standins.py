@@ -21,12 +21,14 @@ import random
 
 from common.gui_env import (
     APPS,
+    TASKS,
     GUIAction,
     ScriptedExpert,
     Task,
     ToyGUIEnv,
     instruction,
     normalize_answer,
+    run_episodes,
     state_diff,
 )
 
@@ -397,3 +399,32 @@ def judge_facts(task: dict, triple: dict, traj: dict) -> dict:
         looped=traj["aborted"],
         reason=f"reached={reached} side_effects={len(extra)} steps={len(urls)}/{optimal}",
     )
+
+
+def trainable_tasks(synthesized: list[dict], by_triple: dict, held_out: list[Task]) -> tuple:
+    """Valid goals, de-duplicated by text (first wins), minus held-out tasks or instances and
+    minus changes already true on a fresh phone (the walk undid its own step: no task from the
+    start); each kept task gets the stand-in executor's direct plan."""
+    unique = list(
+        {normalize_answer(t["goal"]): t for t in synthesized[::-1] if t["valid"]}.values()
+    )
+    unique = unique[::-1]
+    leaked = [t for t in unique if leaks_held_out(t, by_triple[t["id"]], held_out)]
+    launcher = ToyGUIEnv()
+    unclear = [
+        t
+        for t in unique
+        if t not in leaked
+        and target_reached(task_target(t, by_triple[t["id"]]), launcher.obs, launcher.state)
+    ]
+    kept = [t for t in unique if t not in leaked and t not in unclear]
+    for t in kept:
+        t["plan"] = direct_plan(t, by_triple[t["id"]])
+    return kept, len(leaked), len(unclear)
+
+
+def expert_trajectories(tasks: list[dict], max_steps: int) -> list[dict]:
+    """The task-driven baseline's trajectories: the scripted expert on catalogue tasks."""
+    catalogue = [TASKS[t["id"]] for t in tasks]
+    records = run_episodes(catalogue, ExpertPolicy(catalogue), max_steps)
+    return [dict(id=r["task_id"], **r) for r in records]
