@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from common import gui_env as gui
 from common import gui_standins as standins
+from common import miniwob_env as web
 from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config
 from common.data import read_jsonl_tolerant, write_jsonl
@@ -106,6 +107,7 @@ class Args(VLLMArgs):
     sampler: Literal["hf", "vllm"] = arg("hf", "backend of the model-backed helper roles")
     resume: bool = arg(False, "continue from the JSONL files and the SFT checkpoint")
     track: bool = arg(False, "log to Weights & Biases")
+    env: Literal["toy", "miniwob"] = arg("toy", "toy phone | MiniWoB++ pages (Chromium; --tasks)")
     # stage 1: random walks
     apps: str = arg("settings,notes,shop,mail", "apps to explore")
     walks_per_app: int = arg(15, "walks per app (the paper walks once per AndroidWorld task)")
@@ -136,7 +138,7 @@ class Args(VLLMArgs):
         "os_genesis", "os_genesis (stages 1-4) | task_driven (expert trajectories, the baseline)"
     )
     compare: bool = arg(True, "also train the task-driven baseline from the same base")
-    tasks: str = arg("", "catalogue task ids (comma-separated) for task_driven data AND eval")
+    tasks: str = arg("", "toy: catalogue task ids for task_driven data AND eval; miniwob: pages")
     eval_base: bool = arg(True, "evaluate the model before SFT too")
     max_history: int = arg(2, "past steps shown to the agent, 0 = all; paper: 0 (all steps)")
     action_space: Literal["coords", "index"] = arg("coords", "{text: (x, y)} + x/y | index")
@@ -150,7 +152,7 @@ class Args(VLLMArgs):
     save_every: int = arg(100, "checkpoint every N steps")
     max_new_tokens: int = arg(96, "agent generation budget; paper preset: 512")
     eval_split: Literal["test", "train"] = arg("test", "held-out tasks of the toy phone")
-    eval_limit: int = arg(0, "evaluate on the first N held-out tasks (0 = all)")
+    eval_limit: int = arg(0, "evaluate on the first N held-out tasks (0 = all; miniwob: 3/page)")
 
 
 # --preset paper (the default once --model is named). The paper states no SFT hyperparameters.
@@ -628,6 +630,8 @@ def judge_all(trajectories: list[dict], judge, tasks: dict, triples: dict) -> li
 
 def generate_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
     """Stages 1-4 (or the baseline's expert trajectories): (trajectories, {id: score}, counts)."""
+    if args.env == "miniwob":
+        return generate_web_data(args, out, dist_info)
     if args.data == "task_driven":  # the paper's baseline: trajectories of given tasks, score 5
         tasks = [dict(id=t.task_id) for t in named_tasks(args) or gui.list_tasks("train")]
         work = partial(standins.expert_trajectories, max_steps=args.max_steps)
@@ -713,11 +717,9 @@ def make_encoder(proc, vlm: bool):
     return encode
 
 
-def step_samples(traj: dict, args: Args, encode) -> list[list[dict]]:
+def step_samples(traj: dict, observations: list, args: Args, encode) -> list[list[dict]]:
     """Per valid step: [planning sample (task -> thought + action), action sample (task + thought
     -> action)] (paper: the two training objectives)."""
-    task = TASKS.get(traj["task_id"]) or Task(traj["task_id"], traj["app"], traj["goal"])
-    observations = gui.replay(task, [s["action"] for s in traj["steps"]])  # catalogue: its setup
     out = []
     for t, (step, obs) in enumerate(zip(traj["steps"], observations)):
         if step["error"] or not step["action"].startswith("{"):
@@ -829,6 +831,182 @@ def evaluate(sampler, args: Args, tasks: list[Task], dist_info) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# --env miniwob: the same stages on MiniWoB++ pages (common/miniwob_env.py, headless Chromium)
+
+
+def replay_screens(args: Args):
+    """traj -> the observation before each of its steps (screens are replayed, not stored)."""
+    if args.env == "miniwob":
+        env = web_env(args)
+        return partial(page_screens, env)
+    return toy_screens
+
+
+def page_screens(env, traj: dict) -> list[dict]:
+    return web.replay_page(env, web.MiniWoBTask(traj["page"], traj["seed"]), traj["actions"])
+
+
+def toy_screens(traj: dict) -> list[dict]:
+    task = TASKS.get(traj["task_id"]) or Task(traj["task_id"], traj["app"], traj["goal"])
+    return gui.replay(task, [s["action"] for s in traj["steps"]])  # catalogue tasks: their setup
+
+
+_WEB_ENVS = {}
+
+
+def web_env(args: Args):
+    """One browser per process, shared by the stages and the evaluation."""
+    if "env" not in _WEB_ENVS:
+        _WEB_ENVS["env"] = web.MiniWoBGUIEnv(max_steps=args.max_steps)
+    return _WEB_ENVS["env"]
+
+
+def pages(args: Args) -> list[str]:
+    return [n.strip() for n in args.tasks.split(",") if n.strip()] or list(web.DEFAULT_TASKS[:2])
+
+
+class PageWalker:
+    """Stage 1 on pages: the released web walker's weights (random_walk_web.py); fields get the
+    filler's text; no long press on the web."""
+
+    def __init__(self, args: Args):
+        self.args, self.memo = args, dict(pool=set(), explored=set())
+        self.rules = dict(weight=web_element_weight, action=self.act)
+
+    def act(self, element: dict, rng) -> GUIAction:
+        text = standins.rule_text_filler(rng)(element["text"], "web")
+        return element_action(element, 0.0, rng, text)
+
+    def __call__(self, jobs: list[dict]) -> list[dict]:
+        out = []
+        for job in jobs:
+            rng = random.Random(f"{self.args.seed}-{job['id']}")
+            task = web.MiniWoBTask(job["page"], job["seed"])
+            env, steps = web_env(self.args), self.args.walk_steps
+            actions, triples = web.walk_page(env, task, steps, rng, self.rules, self.memo)
+            for t in triples:
+                t.update(id=f"{job['id']}s{t['step']}", app=job["page"], page=job["page"])
+                t.update(seed=job["seed"])
+            out.append(dict(id=job["id"], app=job["page"], actions=actions, triples=triples))
+        return out
+
+
+class PageCollector:
+    """Stage 3 on pages: each task on its own page instance, with the stand-in (the walk's
+    actions, 15% slips) or the model executor; stage 4's stand-in judge reads the result."""
+
+    def __init__(self, args: Args, triples: dict, sampler=None):
+        self.args, self.triples, self.sampler = args, triples, sampler
+
+    def __call__(self, tasks: list[dict]) -> list[dict]:
+        args, out = self.args, []
+        for t in tasks:
+            triple = self.triples[t["id"]]
+            rng = random.Random(f"{args.seed}-{t['id']}")
+            plan = triple["path"] + [triple["action"]]
+            policy = web.ReplayPolicy(plan, args.executor_noise, rng)
+            policy = ModelPolicy(self.sampler, args) if self.sampler else policy
+            task = web.MiniWoBTask(triple["page"], triple["seed"], goal=t["goal"])
+            record = web.run_page_episode(web_env(args), task, policy, args.max_steps)
+            record["actions"] = [json.loads(s["action"]) for s in record["steps"]]
+            out.append(record | dict(id=t["id"], task_id=t["id"]))
+        return out
+
+
+def page_judge(trajectories: list[dict], triples: dict) -> list[dict]:
+    """Stage 4 on pages: the paper's rubric on the stand-in's facts."""
+    out = []
+    for traj in trajectories:
+        facts = web.web_judge_facts(triples[traj["id"]], traj)
+        reason = facts.pop("reason")
+        out.append(dict(id=traj["id"], score=rubric_score(**facts), reason=reason, attempts=1))
+    return out
+
+
+def generate_web_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
+    """Stages 1-4 on MiniWoB pages (rule stand-ins; --executor model runs the model agent).
+    Task-driven data: the scripted expert on the walked page instances, with the pages' goals."""
+    if "model" in (args.annotator, args.text_filler) or args.judge == "model":
+        raise ValueError("--env miniwob: --annotator/--text_filler/--judge model are toy-only")
+    jobs = [
+        dict(id=f"{page}#{k}", page=page, seed=k)
+        for k in range(args.walks_per_app)
+        for page in pages(args)
+    ]
+    if args.data == "task_driven":
+        expert = web.ObsPolicy(web.scripted_policy)
+        trajectories = []
+        for job in jobs[dist_info.rank :: dist_info.world_size]:
+            task = web.MiniWoBTask(job["page"], job["seed"])
+            record = web.run_page_episode(web_env(args), task, expert, args.max_steps)
+            actions = [json.loads(s["action"]) for s in record["steps"]]
+            trajectories.append(record | dict(id=job["id"], actions=actions))
+        trajectories = [t for part in all_gather_object(trajectories) for t in part]
+        return trajectories, {t["id"]: 5 for t in trajectories}, dict(trajectories=len(jobs))
+    walks = run_stage(out, "walks", jobs, PageWalker(args), dist_info, chunk=1)
+    triples = {t["id"]: t for w in walks for t in w["triples"]}
+    synthesized = []  # stage 2 with the stand-in: one (low, high) per triple, de-duplicated
+    for t in triples.values():
+        low, goal = web.web_rule_goal(t)
+        synthesized.append(dict(id=t["id"], app=t["page"], low=low, goal=goal, valid=True))
+    tasks = list({(t["app"], triples[t["id"]]["seed"], t["goal"]): t for t in synthesized}.values())
+    executor = HelperModels(args).get(args.annotator_model) if args.executor == "model" else None
+    trajectories = run_stage(
+        out, "trajectories", tasks, PageCollector(args, triples, executor), dist_info, chunk=1
+    )
+    work = partial(page_judge, triples=triples)
+    scores = run_stage(out, "scores", trajectories, work, dist_info)
+    counts = dict(walks=len(walks), triples=len(triples), tasks_unique=len(tasks))
+    counts.update(trajectories=len(trajectories))
+    counts.update({f"score_{k}": sum(s["score"] == k for s in scores) for k in range(1, 6)})
+    return trajectories, {s["id"]: s["score"] for s in scores}, counts
+
+
+def evaluate_web(sampler, args: Args, dist_info) -> dict:
+    """Success rate on held-out page instances (seeds the walks never saw; the page's own reward)
+    and step accuracy on the scripted expert's steps there."""
+    env, per_page = web_env(args), args.eval_limit or 3
+    tasks = web.make_tasks(pages(args), per_page, seed=1)  # seeds 1000+: never walked
+    policy = ModelPolicy(sampler, args)
+    mine = [
+        web.run_page_episode(env, t, policy, args.max_steps)
+        for t in tasks[dist_info.rank :: dist_info.world_size]
+    ]
+    finish_local(sampler, temperature=0.0, max_new_tokens=args.max_new_tokens)
+    episodes = [e for part in all_gather_object(mine) for e in part]
+    prompts, golds = [], []
+    for task in tasks:
+        expert = web.run_page_episode(
+            env, web.MiniWoBTask(task.task_id, task.seed), web.ObsPolicy(web.scripted_policy), 4
+        )
+        screens = web.replay_page(
+            env, web.MiniWoBTask(task.task_id, task.seed), [s["action"] for s in expert["steps"]]
+        )
+        for k, (step, obs) in enumerate(zip(expert["steps"], screens)):
+            prompts.append(
+                user_message(agent_prompt(expert["goal"], obs, expert["steps"][:k], args), args.vlm)
+            )
+            golds.append((gui.parse_json_action(step["action"]), obs))
+    images = [obs["screenshot"] for _, obs in golds] if args.vlm else None
+    outs = generate_sharded(
+        sampler, prompts, images=images, temperature=0.0, max_new_tokens=args.max_new_tokens
+    )
+    matches = [
+        gui.step_match(parse_agent_output(o[0].text, obs)[1], gold)
+        for o, (gold, obs) in zip(outs, golds)
+    ]
+    sr = sum(e["success"] for e in episodes) / len(episodes)
+    return dict(
+        success_rate=sr,
+        success_rate_easy=sr,  # every default page takes the expert 1-2 steps
+        invalid_action_rate=sum(e["invalid"] for e in episodes)
+        / max(1, sum(len(e["steps"]) for e in episodes)),
+        high_type_acc=sum(m[0] for m in matches) / max(1, len(matches)),
+        high_step_acc=sum(m[1] for m in matches) / max(1, len(matches)),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # The toy base (no --model): a tiny VLM that follows low-level instructions, as the paper's
 # backbones can before OS-Genesis data teaches them high-level tasks
 
@@ -904,10 +1082,16 @@ def load_agent(path: str, args: Args, dist_info):
     return model, proc, make_sampler("hf", model, proc)
 
 
+def evaluate_agent(sampler, args: Args, tasks: list, dist_info) -> dict:
+    if args.env == "miniwob":
+        return evaluate_web(sampler, args, dist_info)
+    return evaluate(sampler, args, tasks, dist_info)
+
+
 def evaluate_once(path: str, args: Args, tasks: list, dist_info, file: Path) -> dict:
     """Evaluate a saved model once; the result is kept in `file` (reused by --resume)."""
     if not file.exists():
-        result = evaluate(load_agent(path, args, dist_info)[2], args, tasks, dist_info)
+        result = evaluate_agent(load_agent(path, args, dist_info)[2], args, tasks, dist_info)
         if dist_info.is_main:
             file.write_text(json.dumps(result))
     barrier()
@@ -920,7 +1104,8 @@ def fine_tune(args: Args, base: str, data: tuple, out: Path, dist_info) -> tuple
     model, proc, sampler = load_agent(base, args, dist_info)
     tok, encode = getattr(proc, "tokenizer", proc), make_encoder(proc, args.vlm)
     trajectories, scores, _ = data
-    per_traj = [step_samples(t, args, encode) for t in trajectories if t["id"] in scores]
+    replay = replay_screens(args)
+    per_traj = [step_samples(t, replay(t), args, encode) for t in trajectories if t["id"] in scores]
     weights = [scores[t["id"]] for t in trajectories if t["id"] in scores]
     weights = [w for w, s in zip(weights, per_traj) if s]
     per_traj = [s for s in per_traj if s]
@@ -982,7 +1167,7 @@ def run_data_and_sft(args: Args, base: str, tasks: list, dist_info) -> dict:
     if dist_info.is_main:
         (out / "counts.json").write_text(json.dumps(data[2]))
     sampler, logger = fine_tune(args, base, data, out, dist_info)
-    after = evaluate(sampler, args, tasks, dist_info)
+    after = evaluate_agent(sampler, args, tasks, dist_info)
     name = "OS-Genesis" if args.data == "os_genesis" else "task-driven"
     if dist_info.is_main:
         (out / "eval_after.json").write_text(json.dumps(after))
@@ -996,7 +1181,8 @@ def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
     base = args.model or toy_base(args, dist_info)
-    tasks = (named_tasks(args) or gui.list_tasks(args.eval_split))[: args.eval_limit or None]
+    tasks = [] if args.env == "miniwob" else named_tasks(args) or gui.list_tasks(args.eval_split)
+    tasks = tasks[: args.eval_limit or None]  # miniwob: evaluate_web picks held-out instances
     rows = []
     # ALGO LOGIC: OS-Genesis data (stages 1-4) -> SFT; the same SFT on task-driven data
     genesis = run_data_and_sft(args, base, tasks, dist_info)
@@ -1012,7 +1198,7 @@ def main(args: Args):
     if not dist_info.is_main:
         return
     print0(f"\nheld-out toy tasks ({args.eval_split}, {len(tasks)} tasks):\n" + format_table(rows))
-    claims = os_genesis_claims(rows) if args.eval_base else []
+    claims = os_genesis_claims(rows) if args.eval_base and args.env == "toy" else []
     print0(format_claims(claims))
     write_summary(out, claims, counts=counts[genesis["agent"]], eval={r["agent"]: r for r in rows})
 
