@@ -1,13 +1,13 @@
 """MiniWoB++ web tasks behind the same GUI-environment protocol as the toy phone.
 
 The `miniwob` package (Farama, gymnasium API) runs each task page in Chromium through Selenium.
-`MiniWoBGUIEnv` maps its observation (utterance, DOM elements with boxes, a 160x210 screenshot) to the
-toy phone's keys (goal, url, screenshot, axtree_txt, ui_elements, last_action, last_action_error) and
-a `GUIAction` to a MiniWoB action: click by index -> CLICK_ELEMENT, click by point -> CLICK_COORDS,
-input_text -> FOCUS_ELEMENT_AND_TYPE_TEXT (TYPE_TEXT when no element is named), keyboard_enter ->
-PRESS_KEY <Enter>, scroll -> SCROLL_UP/DOWN_COORDS, wait -> NONE; status / answer end the episode.
-Success is the task's own reward: raw reward > 0, as BrowserGym's MiniWoB tasks count it. Bad actions
-set `last_action_error` and cost a step, as on the toy phone.
+`MiniWoBGUIEnv` maps its observation (utterance, DOM elements with boxes, a 160x210 screenshot) to
+the toy phone's keys (goal, url, screenshot, axtree_txt, ui_elements, last_action,
+last_action_error) and a `GUIAction` to a MiniWoB action: click by index -> CLICK_ELEMENT, click by
+point -> CLICK_COORDS, input_text -> FOCUS_ELEMENT_AND_TYPE_TEXT (TYPE_TEXT when no element is
+named), keyboard_enter -> PRESS_KEY <Enter>, scroll -> SCROLL_UP/DOWN_COORDS, wait -> NONE; status
+/ answer end the episode. Success is the task's own reward: raw reward > 0, as BrowserGym's MiniWoB
+tasks count it. Bad actions set `last_action_error` and cost a step, as on the toy phone.
 
 Chromium runs headless from the OS packages (Debian: `apt-get install chromium chromium-driver`),
 with no sandbox (we run as root in CI), no GPU, no background networking, component updates, sync or
@@ -54,7 +54,7 @@ EDITABLE_TAGS = ("input_text", "input_password", "textarea", "input_number", "in
 
 
 def chromium_paths() -> tuple[str | None, str | None]:
-    """(chromium binary, chromedriver) from $MINIWOB_CHROME_BINARY/$MINIWOB_CHROMEDRIVER or the PATH."""
+    """(chromium, chromedriver) from $MINIWOB_CHROME_BINARY/$MINIWOB_CHROMEDRIVER or the PATH."""
     binary = (
         os.environ.get("MINIWOB_CHROME_BINARY")
         or shutil.which("chromium")
@@ -74,8 +74,9 @@ def chromium_available() -> bool:
 
 
 def _patch_chrome_options(profile_dir: str):
-    """miniwob builds its ChromeOptions inside SeleniumInstance.create_driver; give it ours (the flags
-    above, an empty profile) by swapping the `webdriver` name that module uses, nothing global."""
+    """miniwob builds its ChromeOptions inside SeleniumInstance.create_driver; give it ours (the
+    flags above, an empty profile) by swapping the `webdriver` name that module uses, nothing
+    global."""
     from miniwob import selenium_instance
     from selenium import webdriver
 
@@ -96,8 +97,8 @@ def _patch_chrome_options(profile_dir: str):
 
 @dataclass
 class MiniWoBTask:
-    """One MiniWoB episode: the task page (e.g. "click-button") and the seed of its instance. The goal
-    (the page's utterance) is only known after reset; `goal` holds it once read."""
+    """One MiniWoB episode: the task page (e.g. "click-button") and the seed of its instance. The
+    goal (the page's utterance) is only known after reset; `goal` holds it once read."""
 
     task_id: str
     seed: int = 0
@@ -108,13 +109,14 @@ class MiniWoBTask:
 def make_tasks(
     names: list[str] | tuple[str, ...] = DEFAULT_TASKS, episodes: int = 5, seed: int = 0
 ) -> list[MiniWoBTask]:
-    """`episodes` seeded instances of each named task (seeds fixed, so every run sees the same pages)."""
+    """`episodes` seeded instances of each named task (fixed seeds: every run sees the same
+    pages)."""
     return [MiniWoBTask(name, seed * 1000 + k) for name in names for k in range(episodes)]
 
 
 def dom_to_ui_elements(dom_elements) -> list[dict]:
-    """MiniWoB DOM elements -> AndroidWorld-style element dicts (the toy phone's `ui_elements`). The page
-    body and elements of zero size are left out; the index is the position in this list."""
+    """MiniWoB DOM elements -> AndroidWorld-style element dicts (the toy phone's `ui_elements`).
+    The page body and elements of zero size are left out; the index is the position in this list."""
     out = []
     for d in dom_elements:
         width, height = float(d["width"][0]), float(d["height"][0])
@@ -155,7 +157,8 @@ def dom_to_ui_elements(dom_elements) -> list[dict]:
 
 
 class MiniWoBGUIEnv:
-    """A MiniWoB++ task page as a GUIEnvironment: `reset(MiniWoBTask | name)`, `step(GUIAction | str | dict)`."""
+    """A MiniWoB++ task page as a GUIEnvironment: `reset(MiniWoBTask | name)`,
+    `step(GUIAction | str | dict)`."""
 
     def __init__(self, task: MiniWoBTask | str | None = None, max_steps: int = 10):
         if not chromium_available():
@@ -188,7 +191,8 @@ class MiniWoBGUIEnv:
         task = MiniWoBTask(task) if isinstance(task, str) else task
         if task is None:
             raise ValueError(
-                "MiniWoBGUIEnv.reset needs a task (a MiniWoBTask or a task name such as 'click-button')"
+                "MiniWoBGUIEnv.reset needs a task (a MiniWoBTask or a task name such as "
+                "'click-button')"
             )
         self.task, self.env = task, self._gym_env(task.task_id)
         raw, info = self.env.reset(seed=task.seed if seed is None else seed)
@@ -270,7 +274,8 @@ class MiniWoBGUIEnv:
         if t in ("status", "answer"):
             return None
         raise ActionError(
-            f"{t} is not an action on a MiniWoB page (click, input_text, keyboard_enter, scroll, wait, stop)"
+            f"{t} is not an action on a MiniWoB page "
+            "(click, input_text, keyboard_enter, scroll, wait, stop)"
         )
 
     def step(self, action: GUIAction | str | dict) -> tuple[dict, float, bool, bool, dict]:
@@ -334,9 +339,9 @@ class MiniWoBGUIEnv:
 
 
 def scripted_policy(obs: dict) -> GUIAction:
-    """A rule policy for the simple click / type tasks: "Enter/Type ..." types the quoted text into the
-    field, then clicks Submit; "Focus ..." clicks the field; otherwise click the element whose text the
-    goal quotes (click-button, click-link) or names (click-test's "Click Me!")."""
+    """A rule policy for the simple click / type tasks: "Enter/Type ..." types the quoted text into
+    the field, then clicks Submit; "Focus ..." clicks the field; otherwise click the element whose
+    text the goal quotes (click-button, click-link) or names (click-test's "Click Me!")."""
     goal, elements = obs["goal"], obs["ui_elements"]
     quoted = goal.split('"')[1] if goal.count('"') >= 2 else ""
     field = next((e for e in elements if e["is_editable"]), None)
@@ -391,7 +396,7 @@ def run_policy(env: MiniWoBGUIEnv, policy, tasks: list[MiniWoBTask]) -> list[dic
 
 
 def env_factory(names: str = "", episodes: int = 5, max_steps: int = 10):
-    """(make_env, tasks) for guimid's agent loop (`--env miniwob`); one shared browser per process."""
+    """(make_env, tasks) for guimid's agent loop (`--env miniwob`); one browser per process."""
     tasks = make_tasks(
         [n.strip() for n in names.split(",") if n.strip()] or DEFAULT_TASKS, episodes
     )

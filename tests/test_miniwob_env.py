@@ -1,5 +1,6 @@
-"""MiniWoB++ behind the GUI-environment protocol (common/miniwob_env.py). Needs the `miniwob` package and
-Chromium + chromedriver (.ci/run installs them); skipped cleanly where they are absent."""
+"""MiniWoB++ behind the GUI-environment protocol (common/miniwob_env.py). Needs the `miniwob`
+package and Chromium + chromedriver (.ci/run installs them); skipped cleanly where they are
+absent."""
 
 import random
 
