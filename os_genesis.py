@@ -34,6 +34,10 @@ Departures (vs the paper and its released `collection/` code):
 - Every rank runs its share of each data stage (walks, triples, tasks, trajectories strided by
   rank) with its own helper models, so the pool of unclickable elements is per rank; the paper
   walks sequentially.
+- `--env miniwob` walks MiniWoB++ pages (a page instance per walk, the web walker's weights, no
+  long press); its stand-ins name the clicked element or the typed text, replay the walk's actions
+  on the same page instance (15% slips) and judge by the last action; model-backed annotator and
+  judge are toy-only there. SR is the page's own reward on instances the walks never saw.
 
 Commands (naming --model selects the paper preset, PAPER below; --print_config shows it):
   CPU toy (offline, tiny VLM):  python os_genesis.py   # OS-Genesis vs task-driven, summary.json
