@@ -597,6 +597,8 @@ def synthesize(triples: list[dict], describer) -> list[dict]:
                 low=parsed.get("Sub-Instruction"),
                 goal=parsed.get("High-Level-Instruction"),
                 answer=parsed.get("Answer"),
+                extension=parsed.get("Steps"),
+                change=parsed.get("Change"),
             )
         )
     return records

@@ -144,8 +144,8 @@ class RuleDescriber:
 
     name = "rule"
 
-    def __init__(self, question_ratio: float):
-        self.question_ratio = question_ratio
+    def __init__(self, question_ratio: float, serve: bool = True):
+        self.question_ratio, self.serve = question_ratio, serve
 
     def describe(self, triples: list[dict]) -> list[str]:
         return [self.describe_one(t) for t in triples]
@@ -157,14 +157,41 @@ class RuleDescriber:
             high = f"Type '{t['action']['text']}' into the {field_name} field of {screen}."
         if high is None and random.Random(t["triple_id"]).random() < self.question_ratio:
             high, answer = screen_question(t["after"], t["title_after"]) or (None, None)
+        served, extra = served_task(t) if high is None and self.serve else None, {}
+        if served:  # stand-in only: the step that completes it and the change it makes
+            high, extra = served[0], {"Steps": [served[1]], "Change": served[2]}
         record = {
             "Sub-Instruction": t["action_text"][:1].upper() + t["action_text"][1:] + ".",
             "Analysis": f"The screen went from {t['title_before']} to {t['title_after']}.",
             "High-Level-Instruction": high
             or f"Open the {t['title_after']} screen in {APPS[t['app']].label}.",
         }
-        # "Answer" is read by the stand-in executor and judge only
-        return json.dumps(record | ({"Answer": answer} if answer else {}))
+        # "Answer" (and "Steps", "Change") are read by the stand-in executor and judge only
+        return json.dumps(record | extra | ({"Answer": answer} if answer else {}))
+
+
+def served_task(t: dict) -> tuple[str, list, list] | None:
+    """A step that only opens a screen serves a task done there (the paper's prompt asks for "a
+    task that this action helps to complete"): the first element on the opened screen, in a seeded
+    order, whose click makes a describable change. (goal, that click, the change) or None."""
+    plan = [["open_app", APPS[t["app"]].label]] + t["path"] + [t["final_step"]]
+    done = run_plan(plan, t["app"])
+    if done is None:
+        return None
+    env, obs = done
+    before = json.loads(json.dumps(env.state))
+    elements = [e for e in obs["ui_elements"] if e["is_clickable"] and not e["is_editable"]]
+    random.Random(t["triple_id"]).shuffle(elements)
+    for element in elements:
+        step = ["click", element["resource_id"]]
+        trial = run_plan(plan + [step], t["app"])  # a fresh env: the apps' callbacks hold state
+        if trial is None:
+            continue
+        diff = [d for d in state_diff(before, trial[0].state) if not d[0].startswith("/system/")]
+        goal = describe_state_change(diff)
+        if goal:
+            return goal, step, diff
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,6 +234,8 @@ def initial_phone_state() -> dict:
 def task_target(task: dict, triple: dict) -> dict:
     """What a synthesized task asks for: the triple's state change, the answer on its after-screen,
     the text typed into its field, or else reaching its after-screen."""
+    if task.get("change"):  # a task the triple's step serves, done one step further
+        return dict(kind="change", diff=task["change"])
     diff = [d for d in triple["diff"] if not d[0].startswith("/system/")]  # where the agent is
     if diff:
         return dict(kind="change", diff=diff)
@@ -336,6 +365,7 @@ def direct_plan(task: dict, triple: dict) -> list:
     (open an email, delete it, back on the inbox) goes in one cut."""
     target, start = task_target(task, triple), initial_phone_state()
     plan = [["open_app", APPS[triple["app"]].label]] + triple["path"] + [triple["final_step"]]
+    plan += task.get("extension") or []  # the step that completes a task the triple serves
     while True:
         cuts = (
             plan[:i] + plan[i + n :]
