@@ -684,3 +684,23 @@ def test_torchrun_two_ranks_each_run_their_share_of_every_stage(run_cmd, torchru
         assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1]), stage
         assert len(ids[0]) + len(ids[1]) == counts[count], stage
     assert counts["walks"] == 8 and (out / "eval_after.json").exists()
+
+
+def test_a_navigation_step_serves_a_task_on_the_screen_it_opens():
+    """The rule describer, like the paper's prompt ("a task that this action helps to complete"),
+    names a task done on the screen a navigation step opens; the executor's plan takes that one
+    step further and the judge reads its change as the target."""
+    triple = _triple_from("settings", [GUIAction("click", index=4)])[0]  # open Display
+    assert triple["title_after"] == "Display" and not describe_state_change(triple["diff"])
+    out = json.loads(RuleDescriber(0.0).describe([triple])[0])
+    step, change = out["Steps"][0], out["Change"]
+    assert describe_state_change(change) == out["High-Level-Instruction"] != "Open the Display"
+    task = dict(triple_id="t0", app="settings", goal=out["High-Level-Instruction"], answer=None)
+    task.update(extension=out["Steps"], change=change)
+    assert task_target(task, triple) == dict(kind="change", diff=change)
+    task["plan"] = direct_plan(task, triple)
+    assert task["plan"] == [["open_app", "Settings"], ["click", "open_display"], step]
+    follower = PathFollower(task["plan"], None, 0.0, random.Random(0))
+    record = run_episodes([Task("t0", "settings", task["goal"])], partial(_follow, follower))[0]
+    assert og.StateJudge().score(task, triple, record)[0] == 5
+    assert RuleDescriber(0.0, serve=False).describe([triple])[0].count("Open the Display") == 1
