@@ -98,8 +98,8 @@ from common.train import (
     shard_model,
 )
 
-WALK = "paper: 'Interaction-Driven Functional Discovery', collection/random_walk_aw.py"
-TRM = "paper: 'Trajectory Reward Model', collection/genesis_rm.py"
+WALK = "'Interaction-Driven Functional Discovery', collection/random_walk_aw.py"
+TRM = "'Trajectory Reward Model', collection/genesis_rm.py"
 
 
 @dataclass
@@ -115,13 +115,15 @@ class Args(VLLMArgs):
     # stage 1: random walks
     apps: str = arg("settings,notes,shop,mail", "apps to explore")
     walks_per_app: int = arg(15, "walks per app (the paper walks once per AndroidWorld task)")
-    walk_steps: int = arg(10, f"steps per walk: 10 mobile, 5 web ({WALK})")
+    walk_steps: int = arg(10, f"steps per walk (paper: 10 mobile, 5 web; {WALK})")
     walk_style: Literal["mobile", "web"] = arg("mobile", "element weights: 10/1 | 4/3/3/1")
-    interactive_weight: float = arg(10.0, f"weight per interactive element ({WALK})")
-    nav_weight: float = arg(1.0, f"weight of scroll down / scroll up / back each ({WALK})")
-    long_press_ratio: float = arg(0.1, f"long-clickable: click:long_press 9:1 ({WALK})")
+    interactive_weight: float = arg(10.0, f"weight per interactive element (paper: 10; {WALK})")
+    nav_weight: float = arg(1.0, f"weight of scroll down, scroll up, back each (paper: 1; {WALK})")
+    long_press_ratio: float = arg(
+        0.1, f"long-clickable: long_press share (paper: 0.1, 9:1; {WALK})"
+    )
     text_filler: Literal["rule", "model"] = arg("rule", "field text: rule stand-in | model")
-    filler_max_tokens: int = arg(20, f"<= 20 tokens, T=0.7, fallback 'Test Input' ({WALK})")
+    filler_max_tokens: int = arg(20, f"model filler: max tokens, T=0.7 (paper: 20; {WALK})")
     # stage 2-4: synthesis, collection, reward model
     annotator: Literal["rule", "model"] = arg("rule", "reverse synthesis: rule stand-in | model")
     annotator_model: str = arg("", "LLM/VLM of annotator, filler, executor (empty = --model)")
@@ -134,9 +136,9 @@ class Args(VLLMArgs):
     abort_repeats: int = arg(3, "abort after the same action this many times in a row")
     judge: Literal["state", "model"] = arg("state", "reward model: state stand-in | model")
     judge_model: str = arg("", "LLM/VLM for --judge model (empty = --model)")
-    judge_temperature: float = arg(0.5, f"TRM sampling temperature ({TRM})")
-    judge_top_p: float = arg(0.9, f"TRM top_p ({TRM})")
-    judge_retries: int = arg(5, f"TRM tries until 1 <= score <= 5 ({TRM})")
+    judge_temperature: float = arg(0.5, f"TRM sampling temperature (paper: 0.5; {TRM})")
+    judge_top_p: float = arg(0.9, f"TRM top_p (paper: 0.9; {TRM})")
+    judge_retries: int = arg(5, f"TRM tries until 1 <= score <= 5 (paper: 5; {TRM})")
     # stage 5: SFT and evaluation
     data: Literal["os_genesis", "task_driven"] = arg(
         "os_genesis", "os_genesis (stages 1-4) | task_driven (expert trajectories, the baseline)"
@@ -145,7 +147,9 @@ class Args(VLLMArgs):
     tasks: str = arg("", "toy: catalogue task ids for task_driven data AND eval; miniwob: pages")
     eval_base: bool = arg(True, "evaluate the model before SFT too")
     max_history: int = arg(2, "past steps shown to the agent, 0 = all; paper: 0 (all steps)")
-    action_space: Literal["coords", "index"] = arg("coords", "{text: (x, y)} + x/y | index")
+    action_space: Literal["coords", "index"] = arg(
+        "index", "index: [id] role 'name' + index | {text: (x, y)} + x/y; paper: coords (mobile)"
+    )
     base_steps: int = arg(200, "toy base (no --model): steps of low-level instruction following")
     train_steps: int = arg(300, "SFT optimizer steps")
     batch_size: int = arg(4, "trajectory draws per step per rank, each -> 2 samples")
@@ -162,6 +166,7 @@ class Args(VLLMArgs):
 # --preset paper (the default once --model is named). The paper states no SFT hyperparameters.
 PAPER = dict(
     max_history=0,  # every past step (the released AndroidWorld agent's history)
+    action_space="coords",  # the mobile format: {"text": "(x, y)"} a11y, x/y actions
     lr=1e-5,  # not stated in the paper: usual for full fine-tuning at 7B
     max_new_tokens=512,  # not stated: room for a low-level thought and the action
     gradient_checkpointing=True,  # not stated: bounds activation memory at long sequences

@@ -408,7 +408,7 @@ def test_check4_androidcontrol_step_matching():
 
 
 def test_agent_format_round_trip():
-    args, env = og.Args(), ToyGUIEnv()
+    args, env = og.Args(action_space="coords"), ToyGUIEnv()
     obs, _ = env.reset(Task("t", "settings", "Turn on airplane mode.", start_app="settings"))
     target = og.agent_target(GUIAction("click", index=1), obs, args, "Click 'Airplane mode'.")
     assert target.startswith(
