@@ -1208,7 +1208,8 @@ def main(args: Args):
     counts = {r["agent"]: r.pop("counts") for r in rows if "counts" in r}
     if not dist_info.is_main:
         return
-    print0(f"\nheld-out toy tasks ({args.eval_split}, {len(tasks)} tasks):\n" + format_table(rows))
+    where = "MiniWoB page instances" if args.env == "miniwob" else f"{len(tasks)} toy tasks"
+    print0(f"\nheld-out {where} ({args.eval_split} split):\n" + format_table(rows))
     claims = os_genesis_claims(rows) if args.eval_base and args.env == "toy" else []
     print0(format_claims(claims))
     write_summary(out, claims, counts=counts[genesis["agent"]], eval={r["agent"]: r for r in rows})
