@@ -596,6 +596,8 @@ def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
             "settings_bluetooth_on,mail_star_dave",
             "--train_steps",
             "150",
+            "--action_space",  # the paper's format; index actions reach 0.5 here in 150 steps
+            "coords",
         ],
         timeout=600,
     )
