@@ -1,13 +1,13 @@
 """MiniWoB++ web tasks behind the same GUI-environment protocol as the toy phone.
 
 The `miniwob` package (Farama, gymnasium API) runs each task page in Chromium through Selenium.
-`MiniWoBGUIEnv` maps its observation (utterance, DOM elements with boxes, a 160x210 screenshot) to the
-toy phone's keys (goal, url, screenshot, axtree_txt, ui_elements, last_action, last_action_error) and
-a `GUIAction` to a MiniWoB action: click by index -> CLICK_ELEMENT, click by point -> CLICK_COORDS,
-input_text -> FOCUS_ELEMENT_AND_TYPE_TEXT (TYPE_TEXT when no element is named), keyboard_enter ->
-PRESS_KEY <Enter>, scroll -> SCROLL_UP/DOWN_COORDS, wait -> NONE; status / answer end the episode.
-Success is the task's own reward: raw reward > 0, as BrowserGym's MiniWoB tasks count it. Bad actions
-set `last_action_error` and cost a step, as on the toy phone.
+`MiniWoBGUIEnv` maps its observation (utterance, DOM elements with boxes, a 160x210 screenshot) to
+the toy phone's keys (goal, url, screenshot, axtree_txt, ui_elements, last_action,
+last_action_error) and a `GUIAction` to a MiniWoB action: click by index -> CLICK_ELEMENT, click by
+point -> CLICK_COORDS, input_text -> FOCUS_ELEMENT_AND_TYPE_TEXT (TYPE_TEXT when no element is
+named), keyboard_enter -> PRESS_KEY <Enter>, scroll -> SCROLL_UP/DOWN_COORDS, wait -> NONE; status
+/ answer end the episode. Success is the task's own reward: raw reward > 0, as BrowserGym's MiniWoB
+tasks count it. Bad actions set `last_action_error` and cost a step, as on the toy phone.
 
 Chromium runs headless from the OS packages (Debian: `apt-get install chromium chromium-driver`),
 with no sandbox (we run as root in CI), no GPU, no background networking, component updates, sync or
@@ -17,6 +17,7 @@ keep trying to reach Google's services. `chromium_available()` says whether it c
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ from common.gui_env import (
     GUIAction,
     element_at_point,
     format_axtree,
+    instruction,
     parse_action,
     per_observation,
     run_episodes,
@@ -54,7 +56,7 @@ EDITABLE_TAGS = ("input_text", "input_password", "textarea", "input_number", "in
 
 
 def chromium_paths() -> tuple[str | None, str | None]:
-    """(chromium binary, chromedriver) from $MINIWOB_CHROME_BINARY/$MINIWOB_CHROMEDRIVER or the PATH."""
+    """(chromium, chromedriver) from $MINIWOB_CHROME_BINARY/$MINIWOB_CHROMEDRIVER or the PATH."""
     binary = (
         os.environ.get("MINIWOB_CHROME_BINARY")
         or shutil.which("chromium")
@@ -74,8 +76,9 @@ def chromium_available() -> bool:
 
 
 def _patch_chrome_options(profile_dir: str):
-    """miniwob builds its ChromeOptions inside SeleniumInstance.create_driver; give it ours (the flags
-    above, an empty profile) by swapping the `webdriver` name that module uses, nothing global."""
+    """miniwob builds its ChromeOptions inside SeleniumInstance.create_driver; give it ours (the
+    flags above, an empty profile) by swapping the `webdriver` name that module uses, nothing
+    global."""
     from miniwob import selenium_instance
     from selenium import webdriver
 
@@ -96,8 +99,8 @@ def _patch_chrome_options(profile_dir: str):
 
 @dataclass
 class MiniWoBTask:
-    """One MiniWoB episode: the task page (e.g. "click-button") and the seed of its instance. The goal
-    (the page's utterance) is only known after reset; `goal` holds it once read."""
+    """One MiniWoB episode: the task page (e.g. "click-button") and the seed of its instance. The
+    goal (the page's utterance) is only known after reset; `goal` holds it once read."""
 
     task_id: str
     seed: int = 0
@@ -108,13 +111,14 @@ class MiniWoBTask:
 def make_tasks(
     names: list[str] | tuple[str, ...] = DEFAULT_TASKS, episodes: int = 5, seed: int = 0
 ) -> list[MiniWoBTask]:
-    """`episodes` seeded instances of each named task (seeds fixed, so every run sees the same pages)."""
+    """`episodes` seeded instances of each named task (fixed seeds: every run sees the same
+    pages)."""
     return [MiniWoBTask(name, seed * 1000 + k) for name in names for k in range(episodes)]
 
 
 def dom_to_ui_elements(dom_elements) -> list[dict]:
-    """MiniWoB DOM elements -> AndroidWorld-style element dicts (the toy phone's `ui_elements`). The page
-    body and elements of zero size are left out; the index is the position in this list."""
+    """MiniWoB DOM elements -> AndroidWorld-style element dicts (the toy phone's `ui_elements`).
+    The page body and elements of zero size are left out; the index is the position in this list."""
     out = []
     for d in dom_elements:
         width, height = float(d["width"][0]), float(d["height"][0])
@@ -155,7 +159,8 @@ def dom_to_ui_elements(dom_elements) -> list[dict]:
 
 
 class MiniWoBGUIEnv:
-    """A MiniWoB++ task page as a GUIEnvironment: `reset(MiniWoBTask | name)`, `step(GUIAction | str | dict)`."""
+    """A MiniWoB++ task page as a GUIEnvironment: `reset(MiniWoBTask | name)`,
+    `step(GUIAction | str | dict)`."""
 
     def __init__(self, task: MiniWoBTask | str | None = None, max_steps: int = 10):
         if not chromium_available():
@@ -188,7 +193,8 @@ class MiniWoBGUIEnv:
         task = MiniWoBTask(task) if isinstance(task, str) else task
         if task is None:
             raise ValueError(
-                "MiniWoBGUIEnv.reset needs a task (a MiniWoBTask or a task name such as 'click-button')"
+                "MiniWoBGUIEnv.reset needs a task (a MiniWoBTask or a task name such as "
+                "'click-button')"
             )
         self.task, self.env = task, self._gym_env(task.task_id)
         raw, info = self.env.reset(seed=task.seed if seed is None else seed)
@@ -270,7 +276,8 @@ class MiniWoBGUIEnv:
         if t in ("status", "answer"):
             return None
         raise ActionError(
-            f"{t} is not an action on a MiniWoB page (click, input_text, keyboard_enter, scroll, wait, stop)"
+            f"{t} is not an action on a MiniWoB page "
+            "(click, input_text, keyboard_enter, scroll, wait, stop)"
         )
 
     def step(self, action: GUIAction | str | dict) -> tuple[dict, float, bool, bool, dict]:
@@ -334,9 +341,9 @@ class MiniWoBGUIEnv:
 
 
 def scripted_policy(obs: dict) -> GUIAction:
-    """A rule policy for the simple click / type tasks: "Enter/Type ..." types the quoted text into the
-    field, then clicks Submit; "Focus ..." clicks the field; otherwise click the element whose text the
-    goal quotes (click-button, click-link) or names (click-test's "Click Me!")."""
+    """A rule policy for the simple click / type tasks: "Enter/Type ..." types the quoted text into
+    the field, then clicks Submit; "Focus ..." clicks the field; otherwise click the element whose
+    text the goal quotes (click-button, click-link) or names (click-test's "Click Me!")."""
     goal, elements = obs["goal"], obs["ui_elements"]
     quoted = goal.split('"')[1] if goal.count('"') >= 2 else ""
     field = next((e for e in elements if e["is_editable"]), None)
@@ -388,7 +395,7 @@ def run_policy(env: MiniWoBGUIEnv, policy, tasks: list[MiniWoBTask]) -> list[dic
 
 
 def env_factory(names: str = "", episodes: int = 5, max_steps: int = 10):
-    """(make_env, tasks) for guimid's agent loop (`--env miniwob`); one shared browser per process."""
+    """(make_env, tasks) for guimid's agent loop (`--env miniwob`); one browser per process."""
     tasks = make_tasks(
         [n.strip() for n in names.split(",") if n.strip()] or DEFAULT_TASKS, episodes
     )
@@ -400,3 +407,158 @@ def env_factory(names: str = "", episodes: int = 5, max_steps: int = 10):
         return shared["env"]
 
     return make_env, tasks
+
+
+# ------------------------------------------------------------------------------------------------
+# OS-Genesis on MiniWoB pages (os_genesis.py --env miniwob): the walk loop, the rule stand-ins for
+# the annotator and the judge, replay and one agent loop. The paper's rules (element weights, the
+# element action) come in from os_genesis.py as functions.
+
+
+def walk_page(env: MiniWoBGUIEnv, task: MiniWoBTask, steps: int, rng, rules: dict, memo: dict):
+    """A random walk on one page instance: `rules["weight"](role, explored, new)` weighs the
+    elements, `rules["action"](element, rng)` acts on the drawn one. An action that leaves the page
+    unchanged pools the element (`memo["pool"]`); every change, or the end of the episode, records
+    a triple. Returns (actions, triples)."""
+    obs, _ = env.reset(task)
+    actions, triples, previous = [], [], set()
+    for _ in range(steps):
+        elements = [e for e in obs["ui_elements"] if e["is_clickable"] or e["is_editable"]]
+        elements = [e for e in elements if page_key(task, e) not in memo["pool"]]
+        weights = [
+            rules["weight"](
+                e["role"], page_key(task, e) in memo["explored"], e["text"] not in previous
+            )
+            for e in elements
+        ]
+        if not elements or sum(weights) == 0:
+            break
+        element = rng.choices(elements, weights=weights)[0]
+        memo["explored"].add(page_key(task, element))
+        action = rules["action"](element, rng)
+        previous = {e["text"] for e in obs["ui_elements"]}
+        after, _, terminated, truncated, _ = env.step(action)
+        actions.append(action.to_dict())
+        changed = screen_state(after) != screen_state(obs)
+        if not (changed or terminated):
+            memo["pool"].add(page_key(task, element))
+        else:
+            triples.append(
+                dict(
+                    step=len(actions),
+                    action=action.to_dict(),
+                    element={k: element[k] for k in ("text", "role", "resource_id")},
+                    title_before=obs["goal"],
+                    ended=bool(terminated),
+                    path=actions[:-1],
+                )
+            )
+        obs = after
+        if terminated or truncated:
+            break
+    return actions, triples
+
+
+def page_key(task: MiniWoBTask, element: dict) -> tuple:
+    """An element across instances of a page (refs change from seed to seed; text and role stay)."""
+    return task.task_id, element["text"], element["role"]
+
+
+def screen_state(obs: dict) -> list:
+    """What a page shows: each element's text, value and focus."""
+    return [(e["text"], e["value"], e["is_focused"]) for e in obs["ui_elements"]]
+
+
+def web_rule_goal(triple: dict) -> tuple[str, str]:
+    """STAND-IN for the GPT-4o annotator on a page: (low-level instruction, high-level task) named
+    from the triple's element, the way a page's own instructions name it."""
+    element, action = triple["element"], triple["action"]
+    if action["action_type"] == "input_text":
+        low = f"Type '{action['text']}' into the {element['text']} field."
+        return low, f'Enter "{action["text"]}" into the text field.'
+    low = f"Click the '{element['text']}' {element['role']}."
+    return low, f'Click on the "{element["text"]}" {element["role"]}.'
+
+
+def replay_page(env: MiniWoBGUIEnv, task: MiniWoBTask, actions: list) -> list[dict]:
+    """The observations of a recorded episode on its page instance (the seed fixes the page)."""
+    obs, _ = env.reset(task)
+    out = [obs]
+    for a in actions:
+        out.append(env.step(a if isinstance(a, (str, GUIAction)) else GUIAction(**a))[0])
+    return out
+
+
+def run_page_episode(env: MiniWoBGUIEnv, task: MiniWoBTask, policy, max_steps: int, stop_fn=None):
+    """One episode with a batch policy (`policy([(0, obs, steps)]) -> [(thought, action)]`), the
+    goal replaced by `task.goal` when set; a record in `gui_env.run_episodes`' format."""
+    goal = task.goal
+    obs, _ = env.reset(task)
+    obs["goal"] = task.goal = goal or obs["goal"]
+    record = dict(task_id=f"{task.task_id}#{task.seed}", goal=task.goal, app=task.task_id)
+    record.update(page=task.task_id, seed=task.seed)
+    record.update(steps=[], success=False, aborted=False, invalid=0)
+    for _ in range(max_steps):
+        thought, action = policy([(0, obs, record["steps"])])[0]
+        obs, _, terminated, truncated, info = env.step(action)
+        obs["goal"] = task.goal
+        text = action.to_json() if isinstance(action, GUIAction) else str(action)
+        record["steps"].append(
+            dict(thought=thought, action=text, xy=None, error=obs["last_action_error"])
+        )
+        record["invalid"] += bool(obs["last_action_error"])
+        record["aborted"] = bool(stop_fn and stop_fn(record["steps"]) and not terminated)
+        record["success"] = bool(info["success"])
+        if terminated or truncated or record["aborted"]:
+            break
+    return record
+
+
+def web_judge_facts(triple: dict, traj: dict) -> dict:
+    """STAND-IN for the GPT-4o TRM on a page: completion = the trajectory's last action is the
+    triple's action on the same element; coherence = no extra or invalid steps."""
+    steps = [s for s in traj["steps"] if s["action"].startswith("{")]
+    last = json.loads(steps[-1]["action"]) if steps else {}
+    want = triple["action"]
+    reached = bool(last) and all(last.get(k) == v for k, v in want.items() if v is not None)
+    efficient = len(traj["steps"]) <= triple["step"] + 1 and traj["invalid"] == 0
+    return dict(
+        reached=reached,
+        clean=True,
+        efficient=efficient,
+        partial=len(steps) >= triple["step"],
+        right_app=True,
+        looped=traj["aborted"],
+        reason=f"reached={reached} steps={len(traj['steps'])}/{triple['step']}",
+    )
+
+
+class ReplayPolicy:
+    """STAND-IN executor on a page (the paper's GPT-4o agent): the walk's actions up to the
+    triple's own, then stop; with probability `noise` a random clickable element instead (a slip).
+    A batch policy of one episode (`run_page_episode`)."""
+
+    def __init__(self, plan: list[dict], noise: float, rng: random.Random):
+        self.plan, self.noise, self.rng, self.pos = plan, noise, rng, 0
+
+    def __call__(self, items: list) -> list:
+        obs = items[0][1]
+        clickable = [e for e in obs["ui_elements"] if e["is_clickable"]]
+        if clickable and self.rng.random() < self.noise:
+            action = GUIAction("click", index=self.rng.choice(clickable)["index"])
+        elif self.pos < len(self.plan):
+            action, self.pos = GUIAction(**self.plan[self.pos]), self.pos + 1
+        else:
+            action = GUIAction("status", goal_status="complete")
+        return [(instruction(action, obs["ui_elements"]), action)]
+
+
+class ObsPolicy:
+    """A per-observation policy (`scripted_policy`) as a batch policy with thoughts."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, items: list) -> list:
+        actions = [self.policy(obs) for _, obs, _ in items]
+        return [(instruction(a, o["ui_elements"]), a) for a, (_, o, _) in zip(actions, items)]

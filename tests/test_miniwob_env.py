@@ -1,5 +1,6 @@
-"""MiniWoB++ behind the GUI-environment protocol (common/miniwob_env.py). Needs the `miniwob` package and
-Chromium + chromedriver (.ci/run installs them); skipped cleanly where they are absent."""
+"""MiniWoB++ behind the GUI-environment protocol (common/miniwob_env.py). Needs the `miniwob`
+package and Chromium + chromedriver (.ci/run installs them); skipped cleanly where they are
+absent."""
 
 import random
 
@@ -133,3 +134,26 @@ def test_guimid_eval_only_prints_an_sr_table(run_cmd, tmp_path):
     assert [r["task"] for r in rows] == ["click-test", "click-button", "all"] and rows[-1][
         "episodes"
     ] == 2
+
+
+@needs_chromium
+def test_os_genesis_explores_miniwob_pages_end_to_end(run_cmd, tmp_path):
+    """os_genesis.py --env miniwob: walks on MiniWoB pages -> synthesized tasks -> the stand-in
+    executor on the same page instances -> TRM scores -> SFT -> SR on unseen page instances."""
+    import json
+    import sys
+
+    out = tmp_path / "osg"
+    flags = ["--env", "miniwob", "--tasks", "click-button,click-link", "--output_dir", str(out)]
+    flags += ["--walks_per_app", "3", "--walk_steps", "3", "--train_steps", "2", "--base_steps"]
+    flags += ["2", "--eval_limit", "1", "--max_steps", "2", "--max_new_tokens", "8"]
+    proc = run_cmd([sys.executable, "os_genesis.py", *flags], timeout=900)
+    counts = json.loads((out / "counts.json").read_text())
+    walks = [json.loads(line) for line in (out / "walks.jsonl").read_text().splitlines()]
+    assert counts["walks"] == len(walks) == 6 and counts["triples"] > 0
+    assert counts["trajectories"] == counts["tasks_unique"] > 0
+    assert sum(counts[f"score_{k}"] for k in range(1, 6)) == counts["trajectories"]
+    summary = json.loads((out / "summary.json").read_text())
+    after = summary["eval"]["after OS-Genesis SFT"]
+    assert 0 <= after["success_rate"] <= 1 and "after task-driven SFT" in summary["eval"]
+    assert "held-out" in proc.stdout
