@@ -88,6 +88,11 @@ class ActionError(ValueError):
     """A malformed or impossible action; `step` turns it into `last_action_error`."""
 
 
+# What an unparsable or impossible action raises; the environments turn it into an error
+# observation (the step counts, the episode goes on) instead of crashing.
+BAD_ACTION = (ActionError, ValueError, NameError, TypeError, KeyError)
+
+
 # ------------------------------------------------------------------------------------------------
 # The internal action (AndroidWorld JSONAction shape)
 
@@ -392,13 +397,7 @@ class ToyGUIEnv:
             )
             validate_action(act)
             terminated = self._execute(act)
-        except (
-            ActionError,
-            ValueError,
-            NameError,
-            TypeError,
-            KeyError,
-        ) as exc:  # bad actions never crash the env
+        except BAD_ACTION as exc:  # bad actions never crash the env
             error = f"{type(exc).__name__}: {exc}"
         sys_state = self.state["system"]
         if terminated:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from common.gui_env import (
+    BAD_ACTION,
     ActionError,
     GUIAction,
     element_at_point,
@@ -297,13 +298,7 @@ class MiniWoBGUIEnv:
                 else parse_action(action, ui_elements=self.obs["ui_elements"])
             )
             mw_action = self._to_miniwob(validate_action(act))
-        except (
-            ActionError,
-            ValueError,
-            NameError,
-            TypeError,
-            KeyError,
-        ) as exc:  # bad actions never crash the env
+        except BAD_ACTION as exc:  # bad actions never crash the env
             self.done = self.steps >= self.max_steps
             self.obs = {
                 **self.obs,
