@@ -394,6 +394,7 @@ class ModelPRM:
             dtype=dtype,
             vlm=True,
             extra_inputs=collate_vision,
+            processor=load_processor(path),  # the policy family's processor (tests patch it)
         )
         self.name, self.args = self.prm.name, args
 

@@ -51,7 +51,8 @@ class ProcessRewardModel:
 
     prompts[i] is the question as text, or (vlm=True) the processor's output for the prompt, a dict
     with input_ids (1, P) and the image tensors; `extra_inputs(prompts, L)` turns a batch of those
-    into the model's other keyword arguments for a batch padded to L tokens."""
+    into the model's other keyword arguments for a batch padded to L tokens. `processor`: an
+    already loaded processor for a VLM PRM (default: loaded from `path`)."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class ProcessRewardModel:
         vlm: bool = False,
         extra_inputs: Callable[[list[dict], int], dict] | None = None,
         batch_size: int = 16,
+        processor=None,
     ):
         if head not in ("token", "classifier"):
             raise ValueError(f"--prm_head must be 'token' or 'classifier', got {head!r}")
@@ -72,7 +74,8 @@ class ProcessRewardModel:
             raise ValueError("--prm_head classifier reads text PRMs only; a VLM PRM needs 'token'")
         self.head, self.step_tag, self.device = head, step_tag, device
         self.extra_inputs, self.batch_size = extra_inputs, batch_size
-        self.processor = load_processor(path) if vlm else None
+        # a VLM PRM: `processor` when the caller has one (the policy's family), else from `path`
+        self.processor = (processor or load_processor(path)) if vlm else None
         self.tok = self.processor.tokenizer if vlm else load_tokenizer(path)
         good_ids, bad_ids = self._ids(good), self._ids(bad)
         if head == "token" and (len(good_ids) != 1 or len(bad_ids) != 1):
