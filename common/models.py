@@ -281,14 +281,35 @@ def make_tiny_lm(path: str | None = None, seed: int = 0, **overrides) -> str:
     return _cached_build("tiny-lm", spec, path, build)
 
 
+def tiny_llava_processor(tokenizer, side: int, patch: int):
+    """The LlavaProcessor of the tiny VLMs: `side` x `side` images normalised to [-1, 1] (PIL
+    backend, no torchvision), one `<image>` placeholder expanded to (side / patch)^2 tokens,
+    the ChatML template."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(
+        size={"height": side, "width": side},
+        do_center_crop=False,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHATML_TEMPLATE,
+        image_token="<image>",
+    )
+
+
 def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> str:
     """Build (once) a tiny LLaVA (CLIP vision tower + projector + Qwen2) with its processor."""
     from transformers import (
-        CLIPImageProcessorPil,
         CLIPVisionConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
-        LlavaProcessor,
         Qwen2Config,
     )
 
@@ -316,21 +337,7 @@ def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> s
         )
         torch.manual_seed(seed)
         LlavaForConditionalGeneration(cfg).save_pretrained(folder)
-        image_processor = CLIPImageProcessorPil(  # PIL backend: no torchvision needed
-            size={"height": side, "width": side},
-            do_center_crop=False,
-            image_mean=[0.5, 0.5, 0.5],
-            image_std=[0.5, 0.5, 0.5],
-        )
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tok,
-            patch_size=patch,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=CHATML_TEMPLATE,
-            image_token="<image>",
-        )
+        processor = tiny_llava_processor(tok, side, patch)
         processor.save_pretrained(folder)
         tok.save_pretrained(folder)
 

@@ -262,29 +262,15 @@ def set_toy_weights(model, tokenizer) -> None:
 
 def build_toy_vlm(folder: Path) -> None:
     """Save the hand-set tiny LLaVA and its processor (the ChatML template of common.models)."""
-    from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
-    from common.models import CHATML_TEMPLATE, make_tokenizer
+    from common.models import make_tokenizer, tiny_llava_processor
 
     tokenizer = make_tokenizer()
     model = LlavaForConditionalGeneration(toy_configs(tokenizer))
     set_toy_weights(model, tokenizer)
     model.save_pretrained(folder)
-    image_processor = CLIPImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        do_center_crop=False,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHATML_TEMPLATE,
-        image_token="<image>",
-    )
+    processor = tiny_llava_processor(tokenizer, IMAGE_SIZE, PATCH)
     processor.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
