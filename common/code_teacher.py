@@ -22,12 +22,12 @@ import re
 import torch
 from tqdm import tqdm
 
-from common.models import CHATML_TEMPLATE, SPECIAL_TOKENS, TINY_LM_DEFAULTS, end_of_turn
+from common.models import TINY_LM_DEFAULTS, end_of_turn, make_tokenizer
 from common.sampling import Completion, Sampler, render_prompt
 from common.train import make_optimizer, sft_inputs, sft_loss
 
 # What train_toy_student's result depends on (common.toys.toy_model hashes their source)
-STUDENT_CODE = ("train_toy_student", "toy_general_rows", "narrate", "_apply", "toy_tokenizer")
+STUDENT_CODE = ("train_toy_student", "toy_general_rows", "narrate", "_apply")
 
 # One intra-op thread: the same float reductions on every machine, and a 64-wide model's tiny
 # matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core machine.
@@ -222,39 +222,6 @@ def toy_general_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def toy_tokenizer(texts: list[str], vocab_size: int = 1024):
-    """common.models.make_tokenizer's recipe (byte-level BPE, digits one per token, ChatML) trained
-    on the toy's own text: the shared tiny tokenizer splits a CodeI/O prompt into ~500 tokens, this
-    one into ~200, which halves every SFT step of the toy."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
-
-
 def train_toy_student(
     folder, code_texts: list[str], fixed_texts: list[str], n_rows: int, steps: int, seed: int
 ):
@@ -266,7 +233,9 @@ def train_toy_student(
     torch.set_num_threads(TOY_THREADS)  # common.toys.toy_model restores the caller's count
     rows = toy_general_rows(n_rows, seed)
     narrations = [r["prompt"] + "\n" + r["response"] for r in rows[:500]]
-    tokenizer = toy_tokenizer(code_texts + narrations + fixed_texts)
+    # the shared tokenizer recipe trained on the toy's own text: the shared tiny tokenizer splits a
+    # CodeI/O prompt into ~500 tokens, this one into ~200, which halves every SFT step of the toy
+    tokenizer = make_tokenizer(1024, texts=code_texts + narrations + fixed_texts)
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),

@@ -191,8 +191,9 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
-    """Train a byte-level BPE tokenizer in code and wrap it as a HF fast tokenizer with ChatML."""
+def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB, texts: list[str] | None = None):
+    """Train a byte-level BPE tokenizer in code and wrap it as a HF fast tokenizer with ChatML.
+    `texts`: the training corpus (default: the shared toy corpus)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -212,7 +213,8 @@ def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    corpus = _tokenizer_corpus() if texts is None else texts
+    tok.train_from_iterator(corpus, trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
