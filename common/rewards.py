@@ -605,9 +605,9 @@ def math_equal(pred: Any, gold: Any, timeout: float = 5.0) -> bool:
     places otherwise). Otherwise `math_verify.verify(parse("\\boxed{gold}"),
     parse("\\boxed{pred}"))` runs in a worker process and the call returns False if it takes more
     than `timeout` seconds (SimpleRL: 10 s pool timeout; a timeout or exception counts as wrong).
-    Works in any thread and
-    in worker processes; never raises. Not counted in `timeout`: the first call of a process (and
-    the first after a timeout) also waits for a fresh worker to import math-verify (~0.5 s idle).
+    Works in any thread and in worker processes; never raises. Not counted in `timeout`: the first
+    call of a process (and the first after a timeout) also waits for a fresh worker to import
+    math-verify (~0.5 s idle).
     Many pairs at once: `math_equal_batch`.
     """
     try:

@@ -140,8 +140,7 @@ class Precision:
 def precision_policy(device_type: str, world_size: int = 1) -> Precision:
     """bf16 compute with fp32 master weights on CUDA (FSDP2 mixed precision, any world size); fp32
     on CPU, where bf16 matmuls are slow and the toy runs must stay exact. FSDP2 only when it is
-    needed:
-    several ranks, or CUDA (its MixedPrecisionPolicy is what gives the bf16 compute)."""
+    needed: several ranks, or CUDA (its MixedPrecisionPolicy is what gives the bf16 compute)."""
     cuda = device_type == "cuda"
     low = torch.bfloat16 if cuda else torch.float32
     return Precision(
@@ -169,9 +168,9 @@ def _ensure_process_group(device: torch.device):
 def enable_gradient_checkpointing(model):
     """HF activation checkpointing of every decoder layer, non-reentrant (the variant FSDP2
     supports). HF checkpoints only while the model is in train mode with gradients on (shard_model
-    leaves trained
-    models in train mode; a script that switches to eval switches back before its loss pass). It
-    also turns off the KV cache in train mode (a recomputed layer cannot append to it)."""
+    leaves trained models in train mode; a script that switches to eval switches back before its
+    loss pass). It also turns off the KV cache in train mode (a recomputed layer cannot append to
+    it)."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -491,8 +490,7 @@ def save_checkpoint(
     """Atomically write a sharded checkpoint folder (tmp folder + rename). Every rank must call it.
 
     `state/` is a torch.distributed.checkpoint folder: each rank writes its own shard of the model
-    and
-    optimizer (FSDP2 DTensors stay sharded; no rank gathers the full state). Beside it: the
+    and optimizer (FSDP2 DTensors stay sharded; no rank gathers the full state). Beside it: the
     scheduler, `meta.json` (step, extra, the parameters that have optimizer state) and one RNG file
     per rank.
     """
