@@ -373,7 +373,7 @@ def evaluate_model(
         sampler = make_sampler(sampler_kind, model, tok, **sampler_kwargs)
     max_new_tokens = eval_args.eval_max_tokens or (TOY_MAX_TOKENS if is_toy else PAPER_MAX_TOKENS)
     try:
-        return run_suite(
+        result = run_suite(
             sampler,
             lambda q: prompt_fn(q, tok),
             eval_args,
@@ -383,5 +383,8 @@ def evaluate_model(
             Path(output_dir),
             model_path,
         )
-    finally:
-        cleanup_distributed()
+    except BaseException:
+        cleanup_distributed(barrier=False)
+        raise
+    cleanup_distributed()
+    return result

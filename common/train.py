@@ -109,8 +109,13 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def cleanup_distributed():
+def cleanup_distributed(barrier: bool = True):
+    """Leave the process group. The barrier makes the ranks leave together: gloo can abort a rank
+    ("terminate called without an active exception") whose peer tears its connections down first.
+    Pass barrier=False on an error path, where the other ranks may never arrive."""
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
