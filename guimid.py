@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import math
 import random
@@ -61,34 +60,24 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from common.chat_sft import collate, encode, mean_nll
 from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config, per_rank
-from common.data import load_rows, read_jsonl_tolerant, write_jsonl
-from common.gui_env import (
-    APPS,
-    TASKS,
-    ActionError,
-    ScriptedExpert,
-    ToyGUIEnv,
-    format_axtree,
-    list_tasks,
-    rollout,
-    run_episodes,
+from common.data import read_jsonl_tolerant, write_jsonl
+from common.gui_env import APPS
+from common.gui_eval import Setup, model_generate, play_episodes, report_eval_only, scores, setup
+from common.gui_formats import load_release
+from common.models import load_model
+from common.sampling import HFSampler, get_tokenizer
+from common.toy_domains import (
+    expert_gui_samples,
+    gui_samples,
+    named_tasks,
+    open_app_then_wait,
+    toy_domain_samples,
 )
-from common.gui_formats import (
-    ModelGrounder,
-    StubGrounder,
-    action_to_guimid,
-    format_guimid,
-    guimid_to_action,
-    parse_guimid,
-)
-from common.models import end_of_turn, load_model, load_processor, make_tiny_vlm
-from common.sampling import HFSampler, finish_local, generate_local, get_tokenizer, render_prompt
-from common.toy_domains import toy_domain_samples, user_msg
 from common.train import (
     MetricsLogger,
     all_gather_object,
@@ -100,7 +89,6 @@ from common.train import (
     make_optimizer,
     make_scheduler,
     plot_curves,
-    precision_policy,
     print0,
     save_checkpoint,
     seed_everything,
@@ -118,35 +106,23 @@ class Args:
     domain_data: str = arg("", "overrides: 'domain=path_or_hub,...' (JSON/JSONL/parquet)")
     image_root: str = arg("", "folder that relative image paths in --data hub rows use")
     mixture: str = arg("guimid_300k", "a RECIPES name or 'domain:weight,...' (Table 3 rows)")
-    mixture_size: int | None = arg(
-        960, "mid-training draws; None = the recipe total; paper: None (300K for guimid_300k)"
-    )
-    gui_mix_ratio: float = arg(
-        0.374,
-        "GUI draws mixed into mid-training per mixture draw (not stated; 0.374 = "
-        "56,062/150,000: Table 2's set in a 150K run, kept by the 300K run)",
-    )
+    mixture_size: int | None = arg(960, "mid-training draws; paper: None (the recipe total)")
+    gui_mix_ratio: float = arg(0.374, "GUI draws mixed in per mixture draw (not stated)")
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
     batch_size: int = arg(16, "global batch; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)")
     micro_batch_size: int = arg(2, "rows per forward per rank; paper: 2 (Table 8)")
-    gui_epochs: int = arg(
-        10, "GUI fine-tuning epochs; toy 10 (a scarce budget); paper: 1 (Table 8)"
-    )
+    gui_epochs: int = arg(10, "GUI fine-tuning epochs (toy: a scarce budget); paper: 1 (Table 8)")
     warmup_ratio: float = arg(0.05, "warmup share of the ONE schedule; paper: 0.05 (Table 8)")
     lr_scheduler: str = arg("cosine", "transformers scheduler over both stages (Table 8)")
     weight_decay: float = arg(0.0, "AdamW weight decay (not stated)")
     max_grad_norm: float = arg(1.0, "gradient clipping (not stated)")
     max_length: int = arg(8192, "context length, tokens; paper: 8192 (Table 8)")
-    gradient_checkpointing: bool = arg(
-        False, "trade compute for memory; paper preset: True (not stated; a 7B VLM needs it)"
-    )
+    gradient_checkpointing: bool = arg(False, "trade compute for memory; paper preset: True")
     save_every: int = arg(50, "checkpoint every N steps (and at the stage boundary)")
     resume: bool = arg(False, "continue each condition from its checkpoint")
     stop_after_step: int = arg(0, "stop a condition after this step, checkpointed (0 = never)")
-    grounder: str = arg(
-        "stub", "'stub' (a11y-tree stand-in) | a VLM path (the paper's: UGround-V1-7B)"
-    )
+    grounder: str = arg("stub", "'stub' (a11y-tree stand-in) | a VLM (the paper's UGround-V1-7B)")
     observation: Literal["screenshot", "screenshot+axtree"] = arg(
         "screenshot+axtree", "the planner's input; paper: screenshot (pure vision)"
     )
@@ -156,9 +132,7 @@ class Args:
     max_episode_steps: int = arg(15, "agent steps per task; paper: 30 (AgentBoard)")
     max_new_tokens: int = arg(96, "planner output tokens; paper preset: 512 (not stated)")
     eval_split: Literal["test", "train", "all"] = arg("test", "GUI-world tasks to evaluate on")
-    env: Literal["toy", "miniwob"] = arg(
-        "toy", "toy (the simulated phone) | miniwob (MiniWoB++ in headless Chromium; --tasks)"
-    )
+    env: Literal["toy", "miniwob"] = arg("toy", "toy (the simulated phone) | miniwob (MiniWoB++)")
     episodes_per_task: int = arg(5, "--env miniwob: seeded episodes per task")
     eval_only: bool = arg(False, "evaluate the model as it is (no training): SR per task")
     env_factory: str = arg("", "'module:function' -> (make_env, tasks), an external env")
@@ -297,99 +271,8 @@ def progress_rate(step_scores: list[float], success: bool) -> float:
     return 1.0 if success else max(step_scores, default=0.0)
 
 
-def history_entry(description: str, action: str, value: str) -> str:
-    """One line of the planner's memory of earlier high-level actions ("click 'Sound'")."""
-    if action in ("click", "long_press", "hover"):
-        return f"{action} '{description}'"
-    if action == "type":
-        return f"type '{value}' into '{description}'"
-    if action == "scroll":
-        return f"{action} {value}".strip()
-    return f"{action} '{value}'" if value else action
-
-
-# ------------------------------------------------------------------------------------------------
-# Planner format and grounding
-
-
-def planner_messages(goal: str, obs: dict, history: list[str], observation="screenshot") -> list:
-    """Screenshot + URL/app + earlier actions + task in (the paper trains and evaluates on the
-    same prompt)."""
-    past = "\n".join(f"step {i + 1}: {h}" for i, h in enumerate(history)) or "none"
-    text = f"Task: {goal}\nApp: {obs.get('app', '')} URL: {obs.get('url', '')}\n"
-    text += f"Previous actions:\n{past}\n"
-    if observation == "screenshot+axtree":
-        text += format_axtree(obs["ui_elements"]) + "\n"
-    return [user_msg(text + "Next action?", True)]
-
-
-def planner_target(description: str, action: str, value: str) -> str:
-    """A thought, then the fenced JSON action."""
-    thought = f"I will {history_entry(description, action, value)}."
-    return format_guimid(thought, description, action, value)
-
-
-class Planner:
-    """The GUIMid agent as a `common.gui_env.run_episodes` policy: prompt -> text (`generate`,
-    greedy as the paper decodes) -> parsed JSON -> grounded action. Garbage never crashes: the
-    step becomes an invalid action (None) and the history says so."""
-
-    def __init__(self, generate, grounder, observation: str):
-        self.generate, self.grounder, self.observation = generate, grounder, observation
-
-    def __call__(self, items: list[tuple]) -> list[tuple]:
-        messages = [
-            planner_messages(obs["goal"], obs, [s["thought"] for s in steps], self.observation)
-            for _, obs, steps in items
-        ]
-        texts = self.generate(messages, [obs["screenshot"] for _, obs, _ in items])
-        decisions = []
-        for (_, obs, _), text in zip(items, texts):
-            try:
-                out = parse_guimid(text)
-                action = guimid_to_action(out, obs, self.grounder)
-                decisions.append((history_entry(out.description, out.action, out.value), action))
-            except (ActionError, ValueError) as exc:
-                decisions.append((f"invalid action ({type(exc).__name__})", None))
-        return decisions
-
-
-def model_generate(sampler, max_new_tokens: int, messages: list, images: list) -> list[str]:
-    """Greedy planner outputs (T=0, as the paper evaluates); each rank its own prompts."""
-    outs = generate_local(
-        sampler, messages, images=images, temperature=0, max_new_tokens=max_new_tokens
-    )
-    return [c[0].text for c in outs]
-
-
-def open_app_then_wait(apps: dict[str, str], messages: list, images: list) -> list[str]:
-    """A scripted planner: open the task's app, then wait (how much PR needs no skill)."""
-    texts = [m[0]["content"][-1]["text"] for m in messages]
-    return [
-        format_guimid("", "", "open_app", apps[re.search(r"Task: (.*)\n", t).group(1)])
-        if "Previous actions:\nnone" in t
-        else format_guimid("", "", "wait")
-        for t in texts
-    ]
-
-
 # ------------------------------------------------------------------------------------------------
 # Data: samples are {"messages": [...], "image": PIL | path | None}
-
-
-def expert_gui_samples(tasks, observation: str = "screenshot") -> list[dict]:
-    """The scripted expert on each task, one planner sample a step (Table 2's stand-in)."""
-    samples = []
-    for task in tasks:
-        history = []
-        for step in rollout(ToyGUIEnv(), ScriptedExpert(task).act, task)[0]:
-            obs = step["obs"]
-            triple = action_to_guimid(step["action"], obs["ui_elements"])
-            answer = {"role": "assistant", "content": planner_target(*triple)}
-            messages = planner_messages(task.goal, obs, history, observation) + [answer]
-            samples.append({"messages": messages, "image": obs["screenshot"]})
-            history.append(history_entry(*triple))
-    return samples
 
 
 def toy_samples(domain: str, n: int, seed: int, observation: str, gui_tasks=0) -> list[dict]:
@@ -399,77 +282,18 @@ def toy_samples(domain: str, n: int, seed: int, observation: str, gui_tasks=0) -
         hint = f"pass --data hub or --domain_data {domain}=<file>"
         raise ValueError(f"domain {domain!r} has no toy generator; {hint}")
     if kind == "gui":
-        if isinstance(gui_tasks, list):  # named tasks
-            return expert_gui_samples(gui_tasks, observation)
-        tasks = list_tasks("train")
-        if 0 < gui_tasks < len(tasks):
-            tasks = random.Random(seed).sample(tasks, gui_tasks)
-        return expert_gui_samples(tasks, observation)
+        return gui_samples(gui_tasks, seed, observation)
     return toy_domain_samples(kind, n, seed)
 
 
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-ROLES["system"] = "system"
-PAIRS = (("instruction", "output"), ("problem", "solution"), ("prompt", "response"))
-PAIRS += (("question", "answer"),)
-
-
-def rows_to_samples(rows: list[dict], source: str, image_root: str) -> list[dict]:
-    """Release rows -> samples: LLaVA conversations, chat messages or prompt/response columns."""
-    samples = []
-    for i, r in enumerate(rows):
-        conv = r.get("conversations") or r.get("messages")
-        if conv is None:
-            pair = next(((p, q) for p, q in PAIRS if p in r and q in r), None)
-            if pair is None:
-                raise ValueError(
-                    f"{source} row {i}: no conversations/messages or prompt/response-like "
-                    f"columns ({sorted(r)})"
-                )
-            conv = [{"role": "user", "content": r[pair[0]]}]
-            conv += [{"role": "assistant", "content": r[pair[1]]}]
-        image = r.get("image") or r.get("images")
-        image = image[0] if isinstance(image, list) and len(image) == 1 else image
-        if isinstance(image, list):
-            raise ValueError(f"{source} row {i}: {len(image)} images; one per sample is supported")
-        if isinstance(image, str) and image_root:
-            image = str(Path(image_root) / image)
-        messages = []
-        for m in conv:
-            speaker = m.get("from", m.get("role"))
-            role, text = ROLES.get(speaker), str(m.get("value", m.get("content", "")))
-            if role is None:
-                raise ValueError(f"{source} row {i}: unknown speaker {speaker!r}")
-            first_user = role == "user" and not any(x["role"] == "user" for x in messages)
-            if image is not None and first_user:  # the image goes with the first user turn
-                messages.append(user_msg(text.replace("<image>", "").strip(), True))
-            else:
-                messages.append({"role": role, "content": text})
-        samples.append({"messages": messages, "image": image})
-    return samples
-
-
-def named_tasks(spec: str) -> list:
-    """GUI-world tasks named by --tasks (comma-separated ids); an unknown id is an error."""
-    ids = [i.strip() for i in spec.split(",") if i.strip()]
-    if unknown := [i for i in ids if i not in TASKS]:
-        raise ValueError(f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py")
-    return [TASKS[i] for i in ids]
-
-
 def load_domain(domain: str, args: Args, n_toy: int, overrides: dict) -> list[dict]:
+    """A domain's samples: its --domain_data file, its release file (--data hub) or its toy."""
     source = overrides.get(domain) or (DOMAINS[domain].hub if args.data == "hub" else None)
-    if source is None:
-        seed = args.seed + sorted(DOMAINS).index(domain)
-        gui_tasks = (named_tasks(args.tasks) if args.env == "toy" else []) or args.gui_tasks
-        return toy_samples(domain, n_toy, seed, args.observation, gui_tasks)
-    if source.startswith("hf://"):
-        import datasets
-
-        rows = [dict(r) for r in datasets.load_dataset("json", data_files=source, split="train")]
-    else:
-        rows = load_rows(source)
-    return rows_to_samples(rows, source, args.image_root)
+    if source is not None:
+        return load_release(source, args.image_root)
+    seed = args.seed + sorted(DOMAINS).index(domain)
+    gui_tasks = (named_tasks(args.tasks) if args.env == "toy" else []) or args.gui_tasks
+    return toy_samples(domain, n_toy, seed, args.observation, gui_tasks)
 
 
 def mixture_pools(args: Args) -> tuple[dict[str, int], dict[str, list]]:
@@ -491,55 +315,11 @@ def mixture_pools(args: Args) -> tuple[dict[str, int], dict[str, list]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Encoding, batches, one training run over both stages
-
-
-def encode(processor, sample: dict, max_length: int) -> dict:
-    """Token ids with the loss on every assistant turn. The first prompt segment goes through the
-    processor (it expands the image placeholder, returns pixel_values etc.), the rest through the
-    tokenizer; each response ends with the end-of-turn token."""
-    tok = get_tokenizer(processor)
-    eot = end_of_turn(tok)
-    end_id = tok.convert_tokens_to_ids(eot)
-    messages, image = sample["messages"], sample.get("image")
-    ids, mask, extra, done = [], [], {}, ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        text = render_prompt(processor, messages[:i])
-        if not text.startswith(done):
-            raise ValueError("the chat template is not prefix-stable; cannot mask the prompts")
-        if not ids and image is not None:
-            img = Image.open(image).convert("RGB") if isinstance(image, str) else image
-            enc = processor(text=[text], images=[img], return_tensors="pt")
-            segment = enc["input_ids"][0].tolist()
-            extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        else:
-            segment = tok(text[len(done) :], add_special_tokens=False)["input_ids"]
-        response = tok(m["content"], add_special_tokens=False)["input_ids"] + [end_id]
-        ids += segment + response
-        mask += [0] * len(segment) + [1] * len(response)
-        done = text + m["content"] + eot
-    return {"ids": ids[:max_length], "mask": mask[:max_length], "extra": extra}
+# Batches (common.chat_sft encodes the rows), one training run over both stages
 
 
 def encode_row(processor, pools: dict, max_length: int, domain: str, row: int) -> dict:
     return encode(processor, pools[domain][row], max_length)
-
-
-def collate(rows: list[dict], pad_id: int, device) -> tuple:
-    """Right-padded (B, L) ids, attention and loss masks, and the rows' image tensors."""
-    L = max(len(r["ids"]) for r in rows)
-    input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (B, L)
-    attention_mask, loss_mask = torch.zeros_like(input_ids), torch.zeros_like(input_ids)  # (B, L)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r["ids"])] = torch.tensor(r["ids"])
-        attention_mask[i, : len(r["ids"])] = 1
-        loss_mask[i, : len(r["mask"])] = torch.tensor(r["mask"])
-    keys = {k for r in rows for k in r["extra"]}  # image tensors of the rows that have one
-    extra = {k: torch.cat([r["extra"][k] for r in rows if k in r["extra"]]) for k in keys}
-    extra = {k: v.to(device) for k, v in extra.items()}
-    return input_ids.to(device), attention_mask.to(device), loss_mask.to(device), extra
 
 
 def chunk(draws: list, size: int) -> list[list]:
@@ -631,28 +411,8 @@ def step_metrics(nll: dict, tokens: dict, lr: float, grad_norm: float, stage: in
     return metrics
 
 
-@torch.no_grad()
-def heldout_loss(model, processor, samples: list[dict], args: Args, dist_info) -> float:
-    """Token-mean NLL of the expert's planner outputs on the evaluation tasks: how well the GUI
-    stage generalises, on a scale that moves before success does."""
-    pad_id, nll, tokens = get_tokenizer(processor).pad_token_id, 0.0, 0.0
-    for k in range(0, len(samples), args.micro_batch_size):
-        part = samples[k : k + args.micro_batch_size]
-        rows = [encode(processor, x, args.max_length) for x in part]
-        input_ids, attention_mask, loss_mask, extra = collate(rows, pad_id, dist_info.device)
-        logps = token_logprobs(model, input_ids, attention_mask, **extra)  # (b, L-1)
-        nll -= float((logps * loss_mask[:, 1:]).sum())
-        tokens += float(loss_mask[:, 1:].sum())
-    return nll / max(1.0, tokens)
-
-
 # ------------------------------------------------------------------------------------------------
 # Evaluation: the planner in the one GUI agent loop (common.gui_env.run_episodes)
-
-
-def expert_target_url(task) -> str:
-    """The URL where the expert acts last: the toy's stand-in for AgentBoard's URL subgoal."""
-    return rollout(ToyGUIEnv(), ScriptedExpert(task).act, task)[0][-1]["obs"]["url"]
 
 
 def episode_result(record: dict, target_url: str | None) -> dict:
@@ -674,109 +434,18 @@ def episode_result(record: dict, target_url: str | None) -> dict:
     )
 
 
-@dataclass
-class Setup:
-    """What every condition shares: the flags, ranks, base model, GUI tasks and grounder."""
-
-    args: Args
-    dist_info: object
-    model_path: str
-    processor: object
-    make_env: object  # () -> a GUIEnvironment
-    tasks: list  # the evaluation tasks
-    target_urls: dict  # {task_id: the expert's last URL} (toy phone only)
-    grounder: object
-    out: Path
-
-
 def play(generate, run: Setup, sampler=None) -> list[dict]:
-    """The planner on every task (each rank its share, gathered in task order)."""
-    args, dist_info = run.args, run.dist_info
-    policy = Planner(generate, run.grounder, args.observation)
-    batch = 1 if args.env == "miniwob" else None  # one browser: one episode at a time
-    mine = run.tasks[dist_info.rank :: dist_info.world_size]
-    records = run_episodes(
-        mine, policy, args.max_episode_steps, make_env=run.make_env, batch_size=batch
-    )
-    if sampler is not None:  # FSDP2: keep joining the other ranks' generate rounds
-        finish_local(sampler, temperature=0, max_new_tokens=args.max_new_tokens)
-    urls = run.target_urls
-    parts = all_gather_object([episode_result(r, urls.get(r["task_id"])) for r in records])
-    world = dist_info.world_size
-    return [parts[k % world][k // world] for k in range(len(run.tasks))]
-
-
-def scores(results: list[dict]) -> dict:
-    n, steps = max(1, len(results)), max(1, sum(r["steps"] for r in results))
-    return dict(
-        SR=sum(r["success"] for r in results) / n,
-        PR=sum(r["pr"] for r in results) / n,
-        invalid_rate=sum(r["invalid"] for r in results) / steps,
-    )
+    """The planner on every task (common.gui_eval), each episode scored by SR and PR."""
+    records = play_episodes(generate, run, sampler)
+    return [episode_result(r, run.target_urls.get(r["task_id"])) for r in records]
 
 
 def evaluate_model(model, run: Setup) -> list[dict]:
+    """The trained planner, greedy, on the evaluation tasks."""
     model.eval()
     sampler = HFSampler(model, run.processor, batch_size=32)
     generate = functools.partial(model_generate, sampler, run.args.max_new_tokens)
     return play(generate, run, sampler)
-
-
-def setup(args: Args, dist_info) -> Setup:
-    """The base model, the GUI environment (--env / --env_factory / the toy phone) with its
-    evaluation tasks, and the grounder."""
-    model_path = args.model or make_tiny_vlm()  # the toy base: the tiny LLaVA as built
-    target_urls = {}
-    if args.env == "miniwob":
-        from common import miniwob_env
-
-        make_env, tasks = miniwob_env.env_factory(
-            args.tasks, args.episodes_per_task, args.max_episode_steps
-        )
-    elif args.env_factory:
-        module, _, fn = args.env_factory.partition(":")
-        make_env, tasks = getattr(importlib.import_module(module), fn)()
-    else:
-        tasks = named_tasks(args.tasks) or list_tasks(
-            None if args.eval_split == "all" else args.eval_split
-        )
-        make_env = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps)
-        target_urls = {t.task_id: expert_target_url(t) for t in tasks}
-    grounder = StubGrounder()
-    if args.grounder != "stub":
-        frozen = precision_policy(dist_info.device.type).frozen_dtype  # bf16 on CUDA
-        grounder = ModelGrounder(args.grounder, dist_info.device, frozen)
-    processor = load_processor(model_path)
-    out = Path(args.output_dir)
-    return Setup(
-        args, dist_info, model_path, processor, make_env, tasks, target_urls, grounder, out
-    )
-
-
-def evaluate_only(run: Setup):
-    """--eval_only: the model as it is, SR per task (MiniWoB: next to a random agent)."""
-    args = run.args
-    model = load_model(run.model_path, vlm=True, dtype="float32")
-    results = evaluate_model(shard_model(model, run.dist_info, frozen=True), run)
-    by_task = defaultdict(list)
-    for r in results:
-        by_task[r["task_id"]].append(r)
-    rows = [dict(task=k, episodes=len(v)) | scores(v) for k, v in by_task.items()]
-    rows.append(dict(task="all", episodes=len(results)) | scores(results))
-    if args.env == "miniwob":
-        from common import miniwob_env
-
-        policy = miniwob_env.random_policy(random.Random(args.seed))
-        runs = miniwob_env.run_policy(run.make_env(), policy, run.tasks)
-        for row in rows:
-            mine = [r for r in runs if row["task"] in ("all", r["task_id"])]
-            row["random agent SR"] = sum(r["success"] for r in mine) / len(mine)
-    title = f"{args.env}: {args.model or 'toy base'} without training, greedy"
-    print0(f"\n{title}, max {args.max_episode_steps} steps:\n" + format_table(rows))
-    if run.dist_info.is_main:
-        write_jsonl(run.out / "eval_only" / "episodes.jsonl", results)
-        write_summary(run.out, [], eval_only=rows)
-    cleanup_distributed()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -821,7 +490,7 @@ def run_condition(name: str, counts: dict, pools: dict, heldout: list, run: Setu
     """Train one condition (both stages, one schedule), then evaluate the agent; its table row,
     or None when --stop_after_step stopped it (checkpointed). --resume reuses a finished one."""
     args, dist_info = run.args, run.dist_info
-    cond_dir = run.out / re.sub(r"[^\w.-]+", "_", name)
+    cond_dir = condition_dir(run.out, name)
     if args.resume and (cond_dir / "eval.json").exists():
         return json.loads((cond_dir / "eval.json").read_text())
     mid, gui = build_batches(counts, pools, args.gui_epochs, args.batch_size, args.seed)
@@ -846,8 +515,10 @@ def run_condition(name: str, counts: dict, pools: dict, heldout: list, run: Setu
     row["switch_gui_loss"] = sum(switch) / max(1, len(switch)) if mid else None
     if not ablation:
         results = evaluate_model(model, run)
-        if heldout:
-            row["heldout_gui_loss"] = heldout_loss(model, run.processor, heldout, args, dist_info)
+        if heldout:  # how the GUI stage generalises, on a scale that moves before success does
+            sizes = (args.micro_batch_size, args.max_length)
+            loss = mean_nll(model, run.processor, heldout, *sizes, dist_info.device)
+            row["heldout_gui_loss"] = loss
         row |= scores(results)
         row["final_gui_loss"] = sum(gui_losses[-5:]) / max(1, len(gui_losses[-5:]))
         if dist_info.is_main:
@@ -858,24 +529,35 @@ def run_condition(name: str, counts: dict, pools: dict, heldout: list, run: Setu
     return row
 
 
-def loss_curves(name: str, cond_dir: Path) -> list[dict]:
-    return [
+def condition_dir(out: Path, name: str) -> Path:
+    return out / re.sub(r"[^\w.-]+", "_", name)
+
+
+def plot_loss_curves(out: Path, names: list[str]) -> str:
+    """Each condition's GUI loss and LR (and the last one's total loss) over steps, one PNG."""
+    curves = [
         {
             "step": r["step"],
             f"{name}/loss": r["loss"],
             f"{name}/gui_loss": r.get("loss/" + GUI),
             f"{name}/lr": r["lr"],
         }
-        for r in read_jsonl_tolerant(cond_dir / "metrics.jsonl")
+        for name in names
+        for r in read_jsonl_tolerant(condition_dir(out, name) / "metrics.jsonl")
     ]
+    keys = [f"{c}/gui_loss" for c in names] + [f"{names[-1]}/loss"] + [f"{c}/lr" for c in names]
+    return plot_curves(curves, keys, out / "curves.png", title="GUIMid: one schedule, two stages")
 
 
 def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
     run = setup(args, dist_info)  # base model, GUI environment + evaluation tasks, grounder
-    if args.eval_only:
-        return evaluate_only(run)
+    if args.eval_only:  # the model as it is: SR per task
+        model = load_model(run.model_path, vlm=True, dtype="float32")
+        return report_eval_only(
+            run, evaluate_model(shard_model(model, dist_info, frozen=True), run)
+        )
 
     # 1. the mid-training mixture (+ GUI trajectories mixed in) and the GUI trajectories
     counts, pools = mixture_pools(args)
@@ -883,14 +565,12 @@ def main(args: Args):
     heldout = expert_gui_samples(run.tasks, args.observation) if toy_env else []
 
     # 2. each condition: mid-training, then GUI fine-tuning under one schedule; then the agent
-    table, curves, names = [], [], []
+    table = []
     for name, cond_counts in conditions(args, counts):
         row = run_condition(name, cond_counts, pools, heldout, run)
         if row is None:
             break
         table.append(row)
-        names.append(name)
-        curves += loss_curves(name, run.out / re.sub(r"[^\w.-]+", "_", name))
 
     # 3. the floor a GUI agent must beat: open the task's app, then wait (no model)
     if toy_env:
@@ -907,11 +587,9 @@ def main(args: Args):
         print0(format_claims(claims))
     if dist_info.is_main:
         write_summary(run.out, claims, conditions=table)
-    if dist_info.is_main and curves:
-        keys = [f"{c}/gui_loss" for c in names] + [f"{names[-1]}/loss"]
-        keys += [f"{c}/lr" for c in names]
-        png = run.out / "curves.png"
-        print0("curves:", plot_curves(curves, keys, png, title="GUIMid: one schedule, two stages"))
+    trained = [r["condition"] for r in table if "mid_steps" in r]
+    if dist_info.is_main and trained:
+        print0("curves:", plot_loss_curves(run.out, trained))
     cleanup_distributed()
 
 

@@ -9,7 +9,9 @@ internal action of common/gui_env.py (AndroidWorld's JSONAction shape), and back
   `parse_action` also accept what such an agent writes (the tests pin their parsing rules to
   those projects');
 - formatters for the training targets (OS-Genesis, GUIMid) and for adapters (WebArena,
-  BrowserGym).
+  BrowserGym);
+- GUIMid's planner (its prompt, training target and `run_episodes` policy) and the reader of
+  its MidGUI release rows.
 `from common.gui_env import parse_action` (and the other names) keeps working.
 """
 
@@ -22,8 +24,10 @@ import json
 import re
 import tokenize
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from common.data import load_rows
 from common.gui_apps import normalize_answer
 from common.gui_env import (
     SCREEN_H,
@@ -32,6 +36,7 @@ from common.gui_env import (
     GUIAction,
     element_at_point,
     element_center,
+    format_axtree,
     nearest_center_index,
     validate_action,
 )
@@ -612,3 +617,124 @@ def action_to_guimid(action: GUIAction, ui_elements: list[dict]) -> tuple[str, s
     }
     verb, value = table[t]
     return desc, verb, value
+
+
+# ------------------------------------------------------------------------------------------------
+# GUIMid's planner (guimid.py; arXiv 2504.10127): the prompt it reads, the target it is trained
+# on, and the policy that runs it in common.gui_env.run_episodes
+
+
+def user_msg(text: str, image: bool) -> dict:
+    """A user turn; with an image, the processor's placeholder comes first."""
+    content = [{"type": "image"}, {"type": "text", "text": text}] if image else text
+    return {"role": "user", "content": content}
+
+
+def history_entry(description: str, action: str, value: str) -> str:
+    """One line of the planner's memory of earlier high-level actions ("click 'Sound'")."""
+    if action in ("click", "long_press", "hover"):
+        return f"{action} '{description}'"
+    if action == "type":
+        return f"type '{value}' into '{description}'"
+    if action == "scroll":
+        return f"{action} {value}".strip()
+    return f"{action} '{value}'" if value else action
+
+
+def planner_messages(goal: str, obs: dict, history: list[str], observation="screenshot") -> list:
+    """Screenshot + URL/app + earlier actions + task in (the paper trains and evaluates on the
+    same prompt)."""
+    past = "\n".join(f"step {i + 1}: {h}" for i, h in enumerate(history)) or "none"
+    text = f"Task: {goal}\nApp: {obs.get('app', '')} URL: {obs.get('url', '')}\n"
+    text += f"Previous actions:\n{past}\n"
+    if observation == "screenshot+axtree":
+        text += format_axtree(obs["ui_elements"]) + "\n"
+    return [user_msg(text + "Next action?", True)]
+
+
+def planner_target(description: str, action: str, value: str) -> str:
+    """A thought, then the fenced JSON action."""
+    thought = f"I will {history_entry(description, action, value)}."
+    return format_guimid(thought, description, action, value)
+
+
+class Planner:
+    """The GUIMid agent as a `common.gui_env.run_episodes` policy: prompt -> text (`generate`,
+    greedy as the paper decodes) -> parsed JSON -> grounded action. Garbage never crashes: the
+    step becomes an invalid action (None) and the history says so."""
+
+    def __init__(self, generate, grounder: Grounder, observation: str):
+        self.generate, self.grounder, self.observation = generate, grounder, observation
+
+    def __call__(self, items: list[tuple]) -> list[tuple]:
+        messages = [
+            planner_messages(obs["goal"], obs, [s["thought"] for s in steps], self.observation)
+            for _, obs, steps in items
+        ]
+        texts = self.generate(messages, [obs["screenshot"] for _, obs, _ in items])
+        decisions = []
+        for (_, obs, _), text in zip(items, texts):
+            try:
+                out = parse_guimid(text)
+                action = guimid_to_action(out, obs, self.grounder)
+                decisions.append((history_entry(out.description, out.action, out.value), action))
+            except (ActionError, ValueError) as exc:
+                decisions.append((f"invalid action ({type(exc).__name__})", None))
+        return decisions
+
+
+# ------------------------------------------------------------------------------------------------
+# The MidGUI release rows -> samples {"messages": [...], "image": PIL | path | None}. Their columns
+# are not documented, so LLaVA `conversations`, chat `messages` and prompt/response-like columns
+# are all read.
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+ROLES["system"] = "system"
+PAIRS = (("instruction", "output"), ("problem", "solution"), ("prompt", "response"))
+PAIRS += (("question", "answer"),)
+
+
+def rows_to_samples(rows: list[dict], source: str, image_root: str) -> list[dict]:
+    """Release rows -> samples: LLaVA conversations, chat messages or prompt/response columns."""
+    samples = []
+    for i, r in enumerate(rows):
+        conv = r.get("conversations") or r.get("messages")
+        if conv is None:
+            pair = next(((p, q) for p, q in PAIRS if p in r and q in r), None)
+            if pair is None:
+                raise ValueError(
+                    f"{source} row {i}: no conversations/messages or prompt/response-like "
+                    f"columns ({sorted(r)})"
+                )
+            conv = [{"role": "user", "content": r[pair[0]]}]
+            conv += [{"role": "assistant", "content": r[pair[1]]}]
+        image = r.get("image") or r.get("images")
+        image = image[0] if isinstance(image, list) and len(image) == 1 else image
+        if isinstance(image, list):
+            raise ValueError(f"{source} row {i}: {len(image)} images; one per sample is supported")
+        if isinstance(image, str) and image_root:
+            image = str(Path(image_root) / image)
+        messages = []
+        for m in conv:
+            speaker = m.get("from", m.get("role"))
+            role, text = ROLES.get(speaker), str(m.get("value", m.get("content", "")))
+            if role is None:
+                raise ValueError(f"{source} row {i}: unknown speaker {speaker!r}")
+            first_user = role == "user" and not any(x["role"] == "user" for x in messages)
+            if image is not None and first_user:  # the image goes with the first user turn
+                messages.append(user_msg(text.replace("<image>", "").strip(), True))
+            else:
+                messages.append({"role": role, "content": text})
+        samples.append({"messages": messages, "image": image})
+    return samples
+
+
+def load_release(source: str, image_root: str) -> list[dict]:
+    """A release file (hf://datasets/... or a local JSON/JSONL/parquet) -> samples."""
+    if source.startswith("hf://"):
+        import datasets  # only when asked for
+
+        rows = [dict(r) for r in datasets.load_dataset("json", data_files=source, split="train")]
+    else:
+        rows = load_rows(source)
+    return rows_to_samples(rows, source, image_root)

@@ -1,5 +1,7 @@
 """Toy stand-ins for GUIMid's mid-training domains (guimid.py; arXiv 2504.10127, Table 1), made in
 code so the CPU default runs offline. A sample is {"messages": [...], "image": PIL | None}.
+Also the toy phone's side: the GUI trajectories, the --tasks reader, the expert's last URL (the
+progress rate's URL subgoal) and a scripted "open the app, then wait" planner.
 
 | Paper domain    | Toy stand-in                                                        |
 |-----------------|---------------------------------------------------------------------|
@@ -7,6 +9,7 @@ code so the CPU default runs offline. A sample is {"messages": [...], "image": P
 | Olympiad math   | 4-term arithmetic                                                   |
 | Multimodal math | common/shapes_world questions with their chains of thought          |
 | CodeI/O         | "predict the output of f(xs)" with a fenced JSON answer (`code_samples`) |
+| GUI trajectories | common/gui_env's scripted expert on the toy phone (`gui_samples`)  |
 
 codeio.py's own CodeI/O prompts are ~1K tokens each, too long for the CPU budget.
 """
@@ -15,15 +18,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 from common.data import make_arithmetic_rows
+from common.gui_env import TASKS, ScriptedExpert, ToyGUIEnv, list_tasks, rollout
+from common.gui_formats import (
+    action_to_guimid,
+    format_guimid,
+    history_entry,
+    planner_messages,
+    planner_target,
+    user_msg,
+)
 from common.shapes_world import make_shapes_rows
-
-
-def user_msg(text: str, image: bool) -> dict:
-    """A user turn; with an image, the processor's placeholder comes first."""
-    content = [{"type": "image"}, {"type": "text", "text": text}] if image else text
-    return {"role": "user", "content": content}
 
 
 def chat(question: str, answer: str, image=None) -> dict:
@@ -92,3 +99,56 @@ def toy_domain_samples(kind: str, n: int, seed: int) -> list[dict]:
     if kind == "codeio":
         return code_samples(n, seed)
     raise ValueError(f"unknown toy domain {kind!r}; known: arith2, arith4, shapes, codeio")
+
+
+# ------------------------------------------------------------------------------------------------
+# The toy phone (common/gui_env.py): GUI trajectories, tasks, and a scripted planner
+
+
+def expert_gui_samples(tasks, observation: str = "screenshot") -> list[dict]:
+    """The scripted expert on each task, one planner sample a step (Table 2's stand-in)."""
+    samples = []
+    for task in tasks:
+        history = []
+        for step in rollout(ToyGUIEnv(), ScriptedExpert(task).act, task)[0]:
+            obs = step["obs"]
+            triple = action_to_guimid(step["action"], obs["ui_elements"])
+            answer = {"role": "assistant", "content": planner_target(*triple)}
+            messages = planner_messages(task.goal, obs, history, observation) + [answer]
+            samples.append({"messages": messages, "image": obs["screenshot"]})
+            history.append(history_entry(*triple))
+    return samples
+
+
+def gui_samples(tasks: list | int, seed: int, observation: str) -> list[dict]:
+    """The expert on the named tasks (a list), or on that many seeded training tasks (0 = all)."""
+    if isinstance(tasks, list):
+        return expert_gui_samples(tasks, observation)
+    train = list_tasks("train")
+    if 0 < tasks < len(train):
+        train = random.Random(seed).sample(train, tasks)
+    return expert_gui_samples(train, observation)
+
+
+def named_tasks(spec: str) -> list:
+    """GUI-world tasks named by --tasks (comma-separated ids); an unknown id is an error."""
+    ids = [i.strip() for i in spec.split(",") if i.strip()]
+    if unknown := [i for i in ids if i not in TASKS]:
+        raise ValueError(f"--tasks: unknown task id(s) {unknown}; see common/gui_apps.py")
+    return [TASKS[i] for i in ids]
+
+
+def expert_target_url(task) -> str:
+    """The URL where the expert acts last: the toy's stand-in for AgentBoard's URL subgoal."""
+    return rollout(ToyGUIEnv(), ScriptedExpert(task).act, task)[0][-1]["obs"]["url"]
+
+
+def open_app_then_wait(apps: dict[str, str], messages: list, images: list) -> list[str]:
+    """A scripted planner: open the task's app, then wait (how much PR needs no skill)."""
+    texts = [m[0]["content"][-1]["text"] for m in messages]
+    return [
+        format_guimid("", "", "open_app", apps[re.search(r"Task: (.*)\n", t).group(1)])
+        if "Previous actions:\nnone" in t
+        else format_guimid("", "", "wait")
+        for t in texts
+    ]

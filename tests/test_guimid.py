@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import guimid
+from common.chat_sft import encode
 from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
+from common.gui_eval import Setup
 from common.gui_formats import (
     ActionError,
     ModelGrounder,
@@ -20,10 +22,15 @@ from common.gui_formats import (
     action_to_guimid,
     format_guimid,
     guimid_to_action,
+    history_entry,
     parse_guimid,
     parse_point,
+    planner_messages,
+    planner_target,
+    rows_to_samples,
 )
 from common.models import load_model, load_processor, make_tiny_vlm
+from common.toy_domains import expert_gui_samples, expert_target_url
 from common.train import Dist
 
 # mixtures -----------------------------------------------------------------------------------------
@@ -100,7 +107,7 @@ def test_domain_table_matches_table_1():
 
 
 def test_planner_output_parsing():
-    good = guimid.planner_target("Search bar", "type", "GUI Agent")
+    good = planner_target("Search bar", "type", "GUI Agent")
     out = parse_guimid(good)
     assert (out.thought, out.description, out.action, out.value) == (
         "I will type 'GUI Agent' into 'Search bar'.",
@@ -128,12 +135,12 @@ def test_planner_output_parsing():
 
 
 def test_history_entries():
-    assert guimid.history_entry("Sound", "click", "") == "click 'Sound'"
-    assert guimid.history_entry("", "open_app", "Settings") == "open_app 'Settings'"
-    assert guimid.history_entry("", "scroll", "down") == "scroll down"
-    assert guimid.history_entry("", "go_back", "") == "go_back"
+    assert history_entry("Sound", "click", "") == "click 'Sound'"
+    assert history_entry("", "open_app", "Settings") == "open_app 'Settings'"
+    assert history_entry("", "scroll", "down") == "scroll down"
+    assert history_entry("", "go_back", "") == "go_back"
     obs = {"app": "shop", "url": "toy://shop/home"}
-    text = guimid.planner_messages("Buy a mug.", obs, ["open_app 'Shop'"])[0]["content"][1]["text"]
+    text = planner_messages("Buy a mug.", obs, ["open_app 'Shop'"])[0]["content"][1]["text"]
     assert (
         "Task: Buy a mug." in text
         and "toy://shop/home" in text
@@ -148,7 +155,7 @@ def test_expert_trajectories_through_the_planner_format_solve_every_task():
         obs, _ = env.reset(task)
         expert, done = ScriptedExpert(task), False
         while not done:
-            text = guimid.planner_target(*action_to_guimid(expert.act(obs), obs["ui_elements"]))
+            text = planner_target(*action_to_guimid(expert.act(obs), obs["ui_elements"]))
             obs, _, terminated, truncated, info = env.step(
                 guimid_to_action(parse_guimid(text), obs, StubGrounder())
             )
@@ -200,17 +207,17 @@ def test_encode_masks_every_assistant_turn(processor):
             {"role": "assistant", "content": "6"},
         ]
     }
-    e = guimid.encode(processor, sample, 8192)
+    e = encode(processor, sample, 8192)
     tok = processor.tokenizer
     assert tok.decode([i for i, m in zip(e["ids"], e["mask"]) if m]) == "4<|im_end|>6<|im_end|>"
     full = processor.apply_chat_template(sample["messages"], tokenize=False)
     assert tok.decode(e["ids"]) == full.rstrip("\n")
     image_sample = guimid.toy_samples("mm_math", 1, 0, "screenshot")[0]
-    e = guimid.encode(processor, image_sample, 8192)
+    e = encode(processor, image_sample, 8192)
     assert e["ids"].count(tok.convert_tokens_to_ids("<image>")) == 16 and e["extra"][
         "pixel_values"
     ].shape == (1, 3, 64, 64)
-    assert guimid.encode(processor, image_sample, 20)["ids"] == e["ids"][:20]
+    assert encode(processor, image_sample, 20)["ids"] == e["ids"][:20]
 
 
 def test_rows_to_samples_formats_and_errors(tmp_path):
@@ -230,7 +237,7 @@ def test_rows_to_samples_formats_and_errors(tmp_path):
         },
         {"instruction": "1+1?", "output": "2"},
     ]
-    s = guimid.rows_to_samples(rows, "x.json", str(tmp_path))
+    s = rows_to_samples(rows, "x.json", str(tmp_path))
     assert (
         s[0]["image"] == str(tmp_path / "a.png")
         and s[0]["messages"][0]["content"][1]["text"] == "What?"
@@ -240,9 +247,9 @@ def test_rows_to_samples_formats_and_errors(tmp_path):
         and s[2]["messages"][0]["content"] == "1+1?"
     )
     with pytest.raises(ValueError, match="x.json row 0: no conversations"):
-        guimid.rows_to_samples([{"foo": 1}], "x.json", "")
+        rows_to_samples([{"foo": 1}], "x.json", "")
     with pytest.raises(ValueError, match="row 0: 2 images"):
-        guimid.rows_to_samples(
+        rows_to_samples(
             [{"images": ["a", "b"], "conversations": [{"from": "human", "value": "?"}]}],
             "x.json",
             "",
@@ -281,7 +288,7 @@ def test_optimizer_and_scheduler_continue_across_the_stage_boundary(tmp_path, pr
     path = make_tiny_vlm()
     pools = {
         "mathinstruct": guimid.toy_samples("mathinstruct", 4, 0, ""),
-        "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:4],
+        "gui_trajectories": expert_gui_samples(list_tasks("train")[:1])[:4],
     }
     model_a, opt_a, sched_a, log_a, n_mid, n_gui = _run(tmp_path / "a", pools, processor, path)
     assert (n_mid, n_gui) == (2, 2)
@@ -338,7 +345,7 @@ def test_train_condition_micro_batches_equal_unsplit_step(tmp_path, processor, m
     path = make_tiny_vlm()
     pools = {
         "mathinstruct": guimid.toy_samples("mathinstruct", 2, 0, ""),
-        "gui_trajectories": guimid.expert_gui_samples(list_tasks("train")[:1])[:2],
+        "gui_trajectories": expert_gui_samples(list_tasks("train")[:1])[:2],
     }
     batch = [
         ("mathinstruct", 0),
@@ -392,7 +399,7 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
     model = load_model(path, vlm=True)
     tasks = list_tasks("test")[:2]
     args = guimid.Args(max_episode_steps=2, max_new_tokens=6)
-    run = guimid.Setup(args, Dist(), path, processor, AdapterEnv, tasks, {}, StubGrounder(), None)
+    run = Setup(args, Dist(), path, processor, AdapterEnv, tasks, {}, StubGrounder(), None)
     results = guimid.evaluate_model(model, run)
     assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(
@@ -406,9 +413,9 @@ def test_agent_loop_with_the_tiny_vlm_and_a_model_grounder(processor):
         ]
     )
     task = next(t for t in list_tasks() if t.task_id == "settings_airplane_on")
-    urls = {task.task_id: guimid.expert_target_url(task)}
+    urls = {task.task_id: expert_target_url(task)}
     args = guimid.Args(max_episode_steps=5)
-    run = guimid.Setup(args, Dist(), path, processor, ToyGUIEnv, [task], urls, StubGrounder(), None)
+    run = Setup(args, Dist(), path, processor, ToyGUIEnv, [task], urls, StubGrounder(), None)
     [r] = guimid.play(lambda msgs, imgs: [next(scripted) for _ in msgs], run)
     assert (
         r["success"]
