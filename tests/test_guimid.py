@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import guimid
-from common.chat_sft import encode
+from common.chat_sft import encode, mean_nll
 from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
 from common.gui_eval import Setup
 from common.gui_formats import (
@@ -218,6 +218,19 @@ def test_encode_masks_every_assistant_turn(processor):
         "pixel_values"
     ].shape == (1, 3, 64, 64)
     assert encode(processor, image_sample, 20)["ids"] == e["ids"][:20]
+
+
+def test_mean_nll_is_a_token_mean_whatever_the_micro_batch(processor):
+    """Padding a micro-batch must not change the held-out loss: rows of different lengths (with
+    and without an image) scored one by one and all together give the same token mean."""
+    model = load_model(make_tiny_vlm(), vlm=True).eval()
+    samples = guimid.toy_samples("mathinstruct", 2, 0, "") + guimid.toy_samples("mm_math", 1, 0, "")
+    rows = [encode(processor, x, 8192) for x in samples]
+    assert len({len(r["ids"]) for r in rows}) > 1  # the batch of 3 really is padded
+    one_by_one = [mean_nll(model, processor, [x], 1, 8192, "cpu") for x in samples]
+    tokens = [sum(r["mask"][1:]) for r in rows]
+    pooled = sum(n * t for n, t in zip(one_by_one, tokens)) / sum(tokens)
+    assert mean_nll(model, processor, samples, 3, 8192, "cpu") == pytest.approx(pooled, rel=1e-5)
 
 
 def test_rows_to_samples_formats_and_errors(tmp_path):
