@@ -58,14 +58,13 @@ Commands (a named --model selects PAPER; flags you pass win; --print_config show
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 import math
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -73,32 +72,30 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from common import code_teacher, data
+from common import code_teacher
 from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config, per_rank
-from common.data import DataError, load_located_rows, load_rows, make_arithmetic_rows
-from common.models import end_of_turn, load_model, load_tokenizer
+from common.data import (
+    load_code_corpus,
+    load_rows,
+    make_arithmetic_rows,
+    parse_rewrite_response,
+    parse_unified_file,
+)
+from common.models import load_model, load_tokenizer
 from common.rewards import last_json_object
-from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
+from common.sampling import VLLMArgs, generate_sharded, make_sampler
 from common.sandbox import Sandbox
+from common.sft import make_logger, run_sft
+from common.stages import StageRun, read_jsonl
 from common.toys import toy_model
 from common.train import (
-    MetricsLogger,
-    all_gather_object,
-    barrier,
     cleanup_distributed,
     format_table,
     init_distributed,
-    is_main_process,
     load_checkpoint,
-    make_optimizer,
-    make_scheduler,
-    micro_batches,
     print0,
-    save_checkpoint,
     seed_everything,
-    sft_inputs,
-    sft_loss,
     shard_model,
 )
 
@@ -208,7 +205,6 @@ def resolve_teacher(args: Args) -> str:
 
 
 # ---------------------------------------------- 1. rewrite (release: src/codeio_utils.py)
-SECTIONS = ("Main Function", "Input Output Description", "Input Generator", "Problem Statement")
 REWRITE_PROMPT = "\n".join(
     [
         "Turn this raw Python code into a self-contained reasoning task.",
@@ -235,71 +231,6 @@ REWRITE_PROMPT = "\n".join(
         "",
     ]
 )
-
-
-def _blank(match) -> str:
-    return re.sub(r"[^\n]", " ", match.group())
-
-
-def parse_rewrite_response(text: str) -> tuple[dict | None, str]:
-    """Strict parser of a rewrite answer: (record, "ok") or (None, why it was rejected)."""
-    if not isinstance(text, str):
-        return None, "not text"
-    outside_code = re.sub(r"```.*?```", _blank, text, flags=re.S)  # a '## x' comment is no heading
-    headings = list(re.finditer(r"^##\s*(.+?)[ \t]*$", outside_code, flags=re.M))
-    bodies = {}
-    for i, heading in enumerate(headings):
-        end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
-        bodies.setdefault(heading.group(1).rstrip(":").strip().lower(), text[heading.end() : end])
-    bodies = {k: v.strip() for k, v in bodies.items()}
-    for section in SECTIONS:
-        if not bodies.get(section.lower()):
-            return None, f"missing section: {section}"
-    code = {}
-    for section, name in (
-        ("Main Function", "main_solution"),
-        ("Input Generator", "input_generator"),
-    ):
-        blocks = re.findall(r"```python\s*\n(.*?)```", bodies[section.lower()], flags=re.S)
-        if not blocks:
-            return None, f"no python block in: {section}"
-        try:
-            tree = ast.parse(blocks[0])
-        except SyntaxError:
-            return None, f"syntax error in: {section}"
-        if not any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body):
-            return None, f"no {name}"
-        code[name] = blocks[0].strip()
-    record = {"main_code": code["main_solution"], "generator_code": code["input_generator"]}
-    record["io_description"] = bodies["input output description"]
-    record["problem"] = bodies["problem statement"]
-    return record, "ok"
-
-
-def parse_unified_file(source: str) -> dict | None:
-    """A corpus file already in the unified format (a module docstring 'Problem Statement: ...
-    Input Output Description: ...', main_solution and input_generator); None for raw code."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    doc = ast.get_docstring(tree)
-    names = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    if not doc or "main_solution" not in names or "input_generator" not in names:
-        return None
-    pattern = r"\s*Problem Statement:\s*(.+?)\s*Input Output Description:\s*(.+)"
-    if not (match := re.match(pattern, doc, flags=re.S)):
-        return None
-    generator = names["input_generator"]
-    cut = [(tree.body[0].lineno, tree.body[0].end_lineno), (generator.lineno, generator.end_lineno)]
-    lines = enumerate(source.splitlines(keepends=True), 1)
-    main_code = "".join(line for i, line in lines if not any(a <= i <= b for a, b in cut))
-    return {
-        "main_code": main_code.strip(),
-        "generator_code": ast.get_source_segment(source, generator),
-        "io_description": match.group(2).strip(),
-        "problem": match.group(1).strip(),
-    }
 
 
 # ---------------------------------------------- 2. I/O pairs (release: src/parse_gen_ios.py)
@@ -578,70 +509,6 @@ def assemble_revision(record: dict) -> str:
 
 
 # ---------------------------------------------- plumbing: corpus, stage files, each rank's share
-CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
-
-
-def load_corpus(source: str) -> list[dict]:
-    """A folder of .py files, or rows of raw code: the release's (data/rawcode_1k.jsonl: `content`
-    + repo_name, path, ...; named repo_name/path, metadata kept as `source`) or a `code` column."""
-    if Path(source).is_dir() and any(Path(source).glob("*.py")):
-        files = sorted(Path(source).glob("*.py"))
-        return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
-    corpus = []
-    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
-        code = row.get("content", row.get("code"))
-        if not isinstance(code, str) or not code.strip():
-            raise DataError(
-                f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
-                f"or empty (fields present: {sorted(row)})"
-            )
-        meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
-        name = row.get("name") or meta.get("blob_id", i)
-        if "repo_name" in meta and "path" in meta:
-            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
-        corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
-    return corpus
-
-
-def write_jsonl(path, rows, mode="w"):
-    """Every rank holds the same records (gathered work): rank 0 writes."""
-    if is_main_process():
-        data.write_jsonl(path, rows, mode)
-
-
-def read_jsonl_tolerant(path) -> list[dict]:
-    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
-    barrier()
-    rows = data.read_jsonl_tolerant(path)
-    barrier()
-    return rows
-
-
-def stage_records(p, name: str, key: str, new_records) -> list[dict]:
-    """A stage's records: those an earlier run wrote (a line cut by a kill is dropped and the file
-    repaired), then, if the stage runs, the batches `new_records(done keys)` yields, appended as
-    they come (a kill loses one batch)."""
-    path = p.out / f"{name}.jsonl"
-    records = read_jsonl_tolerant(path)
-    if path.exists() and path.read_text(encoding="utf-8")[-1:] not in ("", "\n"):
-        write_jsonl(path, records)
-    if name not in p.stages:
-        return records
-    for batch in new_records({r[key] for r in records}):
-        write_jsonl(path, batch, "a")
-    return read_jsonl_tolerant(path)
-
-
-def shared_work(p, stage: str, work, items: list) -> list:
-    """Each rank runs `work` (items -> results) on its share, the items whose index is the rank
-    modulo the world size; every rank gets all results back in item order."""
-    rank, world = p.dist_info.rank, p.dist_info.world_size
-    parts = all_gather_object(work(items[rank::world]))
-    results = [None] * len(items)
-    for r, part in enumerate(parts):
-        results[r::world] = part
-    p.count_work(stage, [len(part) for part in parts])
-    return results
 
 
 def check_all(sandbox, functions: dict, args: Args, items: list) -> list[dict]:
@@ -676,34 +543,16 @@ def user(text: str) -> list[dict]:
 
 
 @dataclass
-class Pipeline:
-    """What the stages share: the configuration, student, teacher and sandbox, and the summary
-    table they append to (with sandbox failures and each rank's share of sandbox jobs)."""
+class Pipeline(StageRun):
+    """What the stages share besides the stage bookkeeping (common.stages.StageRun): the student,
+    the teacher (a Sampler) and the sandbox."""
 
-    args: Args
-    stages: list
-    out: Path
-    dist_info: object
     model_path: str | None = None
     tokenizer: object = None
     model: object = None
     dtype: str | None = None
     sampler: object = None
     sandbox: object = None
-    rows: list = field(default_factory=list)
-    infra: Counter = field(default_factory=Counter)  # sandbox_error per stage: a rerun retries
-    work: dict = field(default_factory=dict)  # stage -> sandbox jobs per rank
-
-    def count_work(self, stage: str, per_rank: list[int]):
-        old = self.work.get(stage, [0] * len(per_rank))
-        self.work[stage] = [a + b for a, b in zip(old, per_rank)]
-
-    def report(self, stage: str, n_in: int, n_out: int, notes: str):
-        if self.infra[stage]:
-            notes += f"; {self.infra[stage]} sandbox errors (not written: a rerun retries them)"
-        if self.dist_info.world_size > 1 and stage in self.work:
-            notes += f"; sandbox jobs per rank {self.work[stage]}"
-        self.rows.append({"stage": stage, "in": n_in, "out": n_out, "notes": notes})
 
 
 def load_student(p: Pipeline):
@@ -743,7 +592,7 @@ def rewrite_stage(p: Pipeline) -> dict:
     """Unified corpus files pass through; raw code goes to the teacher with the rewrite prompt."""
 
     def new_records(done):
-        corpus = [c for c in load_corpus(p.args.corpus) if c["name"] not in done]
+        corpus = [c for c in load_code_corpus(p.args.corpus) if c["name"] not in done]
         raw = []
         for item in corpus:
             head = {"name": item["name"], "origin": "unified", "status": "ok", "reason": "ok"}
@@ -758,7 +607,7 @@ def rewrite_stage(p: Pipeline) -> dict:
             head = {"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected"}
             yield [{**head, "reason": reason, "response": answer, **(fn or {}), **source}]
 
-    records = stage_records(p, "rewrite", "name", new_records)
+    records = p.records("rewrite", "name", new_records)
     rejects = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     unified = sum(r["origin"] == "unified" for r in records)
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
@@ -791,13 +640,13 @@ def io_stage(p: Pipeline, functions: dict) -> dict:
         jobs = [io_job(fn, p.args, seed) for fn, seed in zip(todo, seeds)]
         calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in jobs]
         run_all = partial(p.sandbox.call_many, timeout=p.args.io_timeout)
-        runs = shared_work(p, "io", run_all, calls)
+        runs = p.shared_work("io", run_all, calls)
         p.infra["io"] += sum(run.infrastructure_failure for run in runs)  # a rerun retries them
         yield [
             io_record(fn["name"], r) for fn, r in zip(todo, runs) if not r.infrastructure_failure
         ]
 
-    records = stage_records(p, "io", "name", new_records)
+    records = p.records("io", "name", new_records)
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
     drops = sorted(r["reason"] for r in records if r["status"] != "ok")
     n_pairs = sum(len(r["pairs"]) for r in io_ok.values())
@@ -812,7 +661,7 @@ def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
         new = io_samples(io_ok, functions, p.args, 0, p.args.pairs_per_function)
         yield [r for r in new if r["id"] not in done]
 
-    prompts = {r["id"]: r for r in stage_records(p, "prompts", "id", new_records)}
+    prompts = {r["id"]: r for r in p.records("prompts", "id", new_records)}
     kinds = Counter(r["kind"] for r in prompts.values())
     notes = f"{kinds['input']} input / {kinds['output']} output"
     p.report("prompts", len(io_ok), len(prompts), notes)
@@ -831,7 +680,7 @@ def cot_stage(p: Pipeline, prompts: dict) -> dict:
                 {"id": r["id"], "prompt": r["prompt"], "response": t} for r, t in zip(batch, texts)
             ]
 
-    records = stage_records(p, "cot", "id", new_records)
+    records = p.records("cot", "id", new_records)
     cots = {r["id"]: r for r in records if r["id"] in prompts}
     empty = sum(not r["response"].strip() for r in cots.values())
     p.report("cot", len(prompts), len(cots), f"{empty} empty")
@@ -847,14 +696,14 @@ def verify_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict) -> dic
         size = p.args.generation_batch_size
         for start in tqdm(range(0, len(todo), size), desc="verify", leave=False):
             chunk = todo[start : start + size]
-            checks = shared_work(
-                p, "verify", check, [(prompts[c["id"]], c["response"]) for c in chunk]
+            checks = p.shared_work(
+                "verify", check, [(prompts[c["id"]], c["response"]) for c in chunk]
             )
             kept = [(c, k) for c, k in zip(chunk, checks) if k["status"] != "sandbox_error"]
             p.infra["verify"] += len(chunk) - len(kept)  # neither scored nor fed back
             yield [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept]
 
-    records = stage_records(p, "verify", "id", new_records)
+    records = p.records("verify", "id", new_records)
     verified = {r["id"]: r for r in records if r["id"] in cots}
     statuses = dict(Counter(r["status"] for r in verified.values()))
     correct = {"input": 0, "output": 0}
@@ -885,9 +734,8 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
         failed = [v for v in todo if not v["correct"]]  # only failed samples get a second turn
         chats = [revision_chat(cots[v["id"]], v["feedback"]) for v in failed]
         turns = generate(p.sampler, chats, p.args, "revise")
-        checks = shared_work(
-            p, "revise", check, [(prompts[v["id"]], t) for v, t in zip(failed, turns)]
-        )
+        items = [(prompts[v["id"]], t) for v, t in zip(failed, turns)]
+        checks = p.shared_work("revise", check, items)
         second = {v["id"]: pair for v, pair in zip(failed, zip(turns, checks))}
         new = []
         for v in todo:
@@ -901,7 +749,7 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
             new.append({"id": v["id"], **turn_1, **turn_2, "correct_2": check_2["correct"]})
         yield new
 
-    records = stage_records(p, "revise", "id", new_records)
+    records = p.records("revise", "id", new_records)
     revised = [r for r in records if r["turn_2"] is not None]
     fixed = sum(bool(r["correct_2"]) for r in revised)
     notes = f"{len(revised)} second turns, {fixed} correct; all kept (paper)"
@@ -921,77 +769,18 @@ CHECKPOINTS = {
 def sft_examples(out: Path, args: Args) -> list[dict]:
     """CodeI/O: every first-turn CoT, right or wrong; CodeI/O++: the assembled revision."""
     if not args.revise:
-        records = read_jsonl_tolerant(out / "cot.jsonl")
+        records = read_jsonl(out / "cot.jsonl")
         return [{"prompt": r["prompt"], "response": r["response"]} for r in records]
-    records = read_jsonl_tolerant(out / "revise.jsonl")
+    records = read_jsonl(out / "revise.jsonl")
     return [{"prompt": r["prompt"], "response": assemble_revision(r)} for r in records]
 
 
-def encode_sft(tokenizer, examples: list[dict], max_length: int) -> list[tuple[list, list]]:
-    """(prompt ids, response ids + end of turn); the prompt keeps at most half of max_length."""
-    end_ids = [tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))]
-    encoded = []
-    for ex in examples:
-        chat = render_prompt(tokenizer, user(ex["prompt"]))
-        prompt = tokenizer(chat, add_special_tokens=False).input_ids[: max_length // 2]
-        response = tokenizer(ex["response"], add_special_tokens=False).input_ids + end_ids
-        encoded.append((prompt, response[: max_length - len(prompt)]))
-    return encoded
-
-
-def sft_backward(model, tokenizer, rows: list[tuple], micro_batch_size: int, device) -> float:
-    """Gradients of the response-token mean loss over this rank's rows, in micro-batches (the
-    same token mean as one pass); returns the loss."""
-    num_tokens = sum(len(response) for _, response in rows)
-    total = 0.0
-    for part in micro_batches(len(rows), micro_batch_size):
-        prompts, responses = zip(*rows[part])
-        batch = sft_inputs(tokenizer, list(prompts), list(responses), device)  # 3 x (b, L)
-        loss = sft_loss(model, *batch, normalizer=num_tokens)
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-def run_sft(p, model, examples, logger, stage, lr, steps=None, schedule="constant", offset=0):
-    """Response-only SFT of `model` (stage: stage1 | stage2 | raw_code, each with its checkpoint
-    folder); returns (last loss, global step at the end). Metrics use global steps."""
-    args, dist_info, ckpt = p.args, p.dist_info, p.out / CHECKPOINTS[stage]
-    encoded = encode_sft(p.tokenizer, examples, args.max_length)
-    steps_per_epoch = max(1, len(encoded) // args.batch_size)
-    total = steps or steps_per_epoch * args.epochs
-    optimizer = make_optimizer(model, lr)
-    floor = {"min_lr": 1e-6} if schedule == "cosine_with_min_lr" else {}
-    scheduler = make_scheduler(optimizer, schedule, 0, total, **floor)
-    state = load_checkpoint(ckpt, model, optimizer, scheduler) if args.resume else None
-    start = state[0] if state and state[1].get("stage") == stage else 0
-    generator = torch.Generator().manual_seed(args.seed)
-    epochs = total // steps_per_epoch + 1
-    order = torch.cat([torch.randperm(len(encoded), generator=generator) for _ in range(epochs)])
-    share, rank = args.batch_size // dist_info.world_size, dist_info.rank
-    loss = float("nan")
-    for step in tqdm(range(start, total), desc=f"sft {stage}", disable=not dist_info.is_main):
-        batch = order[step * args.batch_size : (step + 1) * args.batch_size].tolist()
-        rows = [encoded[i] for i in batch[rank * share : (rank + 1) * share] or batch[:1]]
-        loss = sft_backward(model, p.tokenizer, rows, args.micro_batch_size, dist_info.device)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr_now = scheduler.get_last_lr()[0]
-        logger.log({f"{stage}/loss": loss, f"{stage}/lr": lr_now}, step=offset + step + 1)
-        if (step + 1) % args.save_every == 0 or step + 1 == total:
-            extra = {"stage": stage, "global_step": offset + step + 1}
-            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, extra=extra)
-    return loss, offset + total
-
-
-def make_logger(p: Pipeline) -> MetricsLogger:
-    """The metrics log; a resumed run continues at the last checkpoint's global step."""
-    metas = [p.out / CHECKPOINTS[s] / "meta.json" for s in ("stage1", "stage2")]
-    done = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if m.exists()]
-    resume_step = max(done) if p.args.resume and done else None
-    kwargs = dict(track=p.args.track, run_name="codeio", config=vars(p.args))
-    return MetricsLogger(p.out, resume_step=resume_step, **kwargs)
+def stage2_rows(args: Args) -> list[dict]:
+    """General instructions for stage 2: --stage2_data rows, or toy arithmetic."""
+    if args.stage2_data != "toy":
+        return load_rows(args.stage2_data, required=("prompt", "response"))
+    rows = make_arithmetic_rows(64, seed=args.seed)
+    return [{"prompt": r["question"], "response": f"The answer is {r['answer']}."} for r in rows]
 
 
 def loss_note(loss: float, what: str) -> str:
@@ -999,36 +788,28 @@ def loss_note(loss: float, what: str) -> str:
 
 
 def sft_stage(p: Pipeline, logger):
-    """Stage 1 on the CodeI/O(++) data, then stage 2 on general instructions if given."""
-    args = p.args
+    """Stage 1 on the CodeI/O(++) data (constant LR), then stage 2 on general instructions if
+    given (cosine to 1e-6); metrics continue at stage 1's last global step."""
+    args, ckpt = p.args, {stage: p.out / folder for stage, folder in CHECKPOINTS.items()}
     examples = sft_examples(p.out, args)
     if not examples:
         raise ValueError(f"no training examples in {p.out} (run the earlier --stages first)")
     p.model = shard_model(p.model, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-    loss, step = run_sft(p, p.model, examples, logger, "stage1", args.lr)
+    train = partial(run_sft, p.model, p.tokenizer, args=args, dist_info=p.dist_info, logger=logger)
+    loss, step = train(examples, ckpt=ckpt["stage1"], stage="stage1", lr=args.lr)
     p.report("sft", len(examples), len(examples), loss_note(loss, "stage-1 final loss"))
-    if not args.stage2_data:
-        return
-    if args.stage2_data == "toy":
-        arithmetic = make_arithmetic_rows(64, seed=args.seed)
-        rows = [
-            {"prompt": r["question"], "response": f"The answer is {r['answer']}."}
-            for r in arithmetic
-        ]
-    else:
-        rows = load_rows(args.stage2_data, required=("prompt", "response"))
-    schedule = "cosine_with_min_lr"
-    loss, _ = run_sft(
-        p, p.model, rows, logger, "stage2", args.stage2_lr, args.stage2_steps, schedule, step
-    )
-    p.report("sft stage 2", len(rows), len(rows), loss_note(loss, "final loss"))
+    if args.stage2_data:
+        rows = stage2_rows(args)
+        kwargs = dict(steps=args.stage2_steps, schedule="cosine_with_min_lr", offset=step)
+        loss, _ = train(rows, ckpt=ckpt["stage2"], stage="stage2", lr=args.stage2_lr, **kwargs)
+        p.report("sft stage 2", len(rows), len(rows), loss_note(loss, "final loss"))
 
 
 # ---------------------------------------------- evaluation: held-out I/O prediction
 def toy_student_base(args: Args) -> str:
     """The toy student (common.code_teacher.train_toy_student) with a tokenizer that has seen this
     corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
-    corpus = load_corpus(args.corpus)
+    corpus = load_code_corpus(args.corpus)
     crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
     spec = {
         "rows": args.toy_base_rows,
@@ -1089,11 +870,12 @@ def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[d
     results["base"] = evaluate_io(base, p, samples, functions)
     baselines = {"base": f"SFT on {name} data beats the base"}
     if args.compare_raw_code:  # the same SFT budget on the code files themselves
-        code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
+        code = {c["name"]: c["code"] for c in load_code_corpus(args.corpus)}
         raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
         steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
         base = shard_model(base, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-        run_sft(p, base, raw, logger, "raw_code", args.lr, steps)
+        ckpt = out / CHECKPOINTS["raw_code"]
+        run_sft(base, p.tokenizer, raw, args, p.dist_info, logger, ckpt, "raw_code", args.lr, steps)
         results["raw_code"] = evaluate_io(base, p, samples, functions)
         baselines["raw_code"] = f"SFT on {name} data beats SFT on raw code"
     for who, r in results.items():
@@ -1104,6 +886,24 @@ def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[d
     return results, [
         claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()
     ]
+
+
+def finish(p: Pipeline, logger, claims: list, results: dict):
+    """Close the sandbox and the log (plotting the SFT losses); rank 0 writes summary.json and
+    prints the stage table and the claims."""
+    if p.sandbox is not None:
+        p.sandbox.close()
+    if logger is not None:
+        keys = ("stage1/loss", "stage2/loss", "raw_code/loss")
+        keys = [k for k in keys if any(k in r for r in logger.history)]
+        if p.dist_info.is_main:
+            plot = logger.plot(keys, p.out / "sft_loss.png", title="CodeI/O SFT")
+            print0(f"loss curve: {plot}")
+        logger.close()
+    if p.dist_info.is_main:
+        write_summary(p.out, claims, stages=p.rows, eval=results)
+        print0("\n" + format_table(p.rows))
+        print0("\n" + format_claims(claims))
 
 
 # ---------------------------------------------- main
@@ -1131,7 +931,10 @@ def main(args: Args):
     first_turn = revise_stage(p, functions, prompts, cots, verified)
 
     # 6. SFT on the responses (stage 1), then general instructions (stage 2)
-    logger = make_logger(p) if set(stages) & {"sft", "eval"} else None
+    logger = None
+    if set(stages) & {"sft", "eval"}:  # a resumed run's log continues at its last global step
+        folders = [p.out / CHECKPOINTS[stage] for stage in ("stage1", "stage2")]
+        logger = make_logger(p.out, args, "codeio", folders)
     if "sft" in stages:
         sft_stage(p, logger)
     # 7. evaluate: held-out I/O prediction of the student against the base and raw-code SFT
@@ -1139,22 +942,7 @@ def main(args: Args):
     if first_turn is not None:  # the data's accuracy before and after the revision turn
         name = "CodeI/O++ revision turns wrong CoTs right"
         claims.insert(0, claim(name, "verified CoT accuracy", *first_turn))
-
-    if p.sandbox is not None:
-        p.sandbox.close()
-    if logger is not None:
-        keys = [
-            k
-            for k in ("stage1/loss", "stage2/loss", "raw_code/loss")
-            if any(k in r for r in logger.history)
-        ]
-        if dist_info.is_main:
-            print0(f"loss curve: {logger.plot(keys, p.out / 'sft_loss.png', title='CodeI/O SFT')}")
-        logger.close()
-    if dist_info.is_main:
-        write_summary(p.out, claims, stages=p.rows, eval=results)
-        print0("\n" + format_table(p.rows))
-        print0("\n" + format_claims(claims))
+    finish(p, logger, claims, results)
     cleanup_distributed()
     return p.rows
 

@@ -521,6 +521,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
 def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
     from _micro import assert_micro_batching_matches
 
+    from common import sft
     from common.models import load_tokenizer, make_tiny_lm
     from common.train import Dist, MetricsLogger
 
@@ -533,10 +534,10 @@ def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
 
     def step(model, optimizer, micro):
         # the helper's plain SGD
-        monkeypatch.setattr(codeio, "make_optimizer", lambda *a, **k: optimizer)
+        monkeypatch.setattr(sft, "make_optimizer", lambda *a, **k: optimizer)
         args = codeio.Args(batch_size=5, micro_batch_size=micro, save_every=10**6, max_length=64)
-        p = codeio.Pipeline(args, ["sft"], tmp_path / f"run{micro}", Dist(), tokenizer=tok)
-        codeio.run_sft(p, model, examples, MetricsLogger(tmp_path), "stage1", 1.0, steps=1)
+        ckpt, logger = tmp_path / f"run{micro}" / "checkpoint", MetricsLogger(tmp_path)
+        sft.run_sft(model, tok, examples, args, Dist(), logger, ckpt, "stage1", 1.0, steps=1)
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
 

@@ -1,0 +1,81 @@
+"""Resumable, rank-sharded JSONL stages (codeio.py's data pipeline; any script can use it).
+
+A stage writes `<out>/<name>.jsonl`, one complete record per line, each with a key (a file name, a
+function name, a prompt id). A rerun keeps the records on file and asks the stage only for the keys
+that are missing, so a killed run loses at most the batch it was writing. Under torchrun every rank
+holds the same records (work is gathered), rank 0 writes, and `StageRun.shared_work` splits a list
+of jobs by rank (rank r takes items r, r + world, ...) and gathers the results in item order.
+`StageRun.report` adds a row to the summary table the script prints and writes to summary.json.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import data
+from common.train import all_gather_object, barrier, is_main_process
+
+
+def write_jsonl(path, rows, mode="w"):
+    """Every rank holds the same records (gathered work): rank 0 writes."""
+    if is_main_process():
+        data.write_jsonl(path, rows, mode)
+
+
+def read_jsonl(path) -> list[dict]:
+    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
+    barrier()
+    rows = data.read_jsonl_tolerant(path)
+    barrier()
+    return rows
+
+
+@dataclass
+class StageRun:
+    """What a script's stages share: its configuration, the stages that run this time, the output
+    folder, the distributed handle, and the summary table they append to (with the infrastructure
+    failures and each rank's share of the jobs, per stage)."""
+
+    args: object
+    stages: list
+    out: Path
+    dist_info: object
+    rows: list = field(default_factory=list)
+    infra: Counter = field(default_factory=Counter)  # per stage: not written, a rerun retries
+    work: dict = field(default_factory=dict)  # stage -> jobs per rank
+
+    def records(self, name: str, key: str, new_records) -> list[dict]:
+        """A stage's records: those an earlier run wrote (a line cut by a kill is dropped and the
+        file repaired), then, if the stage runs, the batches `new_records(done keys)` yields,
+        appended as they come (a kill loses one batch)."""
+        path = self.out / f"{name}.jsonl"
+        records = read_jsonl(path)
+        if path.exists() and path.read_text(encoding="utf-8")[-1:] not in ("", "\n"):
+            write_jsonl(path, records)
+        if name not in self.stages:
+            return records
+        for batch in new_records({r[key] for r in records}):
+            write_jsonl(path, batch, "a")
+        return read_jsonl(path)
+
+    def shared_work(self, stage: str, work, items: list) -> list:
+        """Each rank runs `work` (items -> results) on its share, the items whose index is the
+        rank modulo the world size; every rank gets all results back in item order."""
+        rank, world = self.dist_info.rank, self.dist_info.world_size
+        parts = all_gather_object(work(items[rank::world]))
+        results = [None] * len(items)
+        for r, part in enumerate(parts):
+            results[r::world] = part
+        old = self.work.get(stage, [0] * world)
+        self.work[stage] = [a + len(part) for a, part in zip(old, parts)]
+        return results
+
+    def report(self, stage: str, n_in: int, n_out: int, notes: str):
+        """One row of the summary table; notes the stage's sandbox errors and per-rank shares."""
+        if self.infra[stage]:
+            notes += f"; {self.infra[stage]} sandbox errors (not written: a rerun retries them)"
+        if self.dist_info.world_size > 1 and stage in self.work:
+            notes += f"; sandbox jobs per rank {self.work[stage]}"
+        self.rows.append({"stage": stage, "in": n_in, "out": n_out, "notes": notes})
