@@ -10,10 +10,10 @@ checked with a tolerant comparison, inputs by running the function again. CodeI/
 first answer (right or wrong); CodeI/O++ gives failed samples one revision turn with execution
 feedback and joins both turns into one response. SFT uses the loss on the response only.
 
-Stages (JSONL in --output_dir, one complete record per line, reruns skip done records): rewrite ->
-io -> prompts -> cot -> verify -> revise -> sft -> eval. All generated code runs in
-common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student and the base after
-the same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds claims.
+Stages (JSONL in --output_dir; reruns skip done records; generated code runs in common/sandbox.py):
+rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval. eval scores held-out I/O pairs
+for the base, the SFT student and the base after the same SFT budget on the raw code (the paper's
+Python-Edu baseline); summary.json holds the claims.
 
 Departures:
 - Defaults are the CPU toy's (a tiny student learns from ~150 CoTs): LR 1e-3 for 8 epochs (paper:
@@ -73,28 +73,20 @@ import torch
 from tqdm import tqdm
 
 from common import code_teacher
-from common.claims import claim, format_claims, write_summary
+from common.claims import claim
 from common.config import arg, parse_config, per_rank
-from common.data import (
-    load_code_corpus,
-    load_rows,
-    make_arithmetic_rows,
-    parse_rewrite_response,
-    parse_unified_file,
-)
+from common.data import load_code_corpus, parse_rewrite_response, parse_unified_file
 from common.models import load_model, load_tokenizer
 from common.rewards import last_json_object
-from common.sampling import VLLMArgs, generate_sharded, make_sampler
+from common.sampling import VLLMArgs, make_sampler
 from common.sandbox import Sandbox
-from common.sft import make_logger, run_sft
-from common.stages import StageRun, read_jsonl
+from common.sft import instruction_rows, loss_note, make_logger, run_sft
+from common.stages import StageRun, finish_run, generate, read_jsonl
 from common.toys import toy_model
 from common.train import (
     cleanup_distributed,
-    format_table,
     init_distributed,
     load_checkpoint,
-    print0,
     seed_everything,
     shard_model,
 )
@@ -104,21 +96,15 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 
 @dataclass
 class Args(VLLMArgs):
-    model: str = arg(
-        "", "CoT author and SFT base; '' = tiny offline Qwen2 (paper CoTs: DeepSeek-V2.5)"
-    )
+    model: str = arg("", "CoT author and SFT base; '' = the tiny offline toy student")
     corpus: str = arg(
-        "data/codeio_corpus",
-        "folder of .py files, or a JSONL/Parquet file or hub set of raw code: the release's rows "
-        "(`content`, repo_name, path) or a `code` column",
+        "data/codeio_corpus", "folder of .py files, or JSONL/Parquet/hub rows: `content` or `code`"
     )
     output_dir: str = arg("runs/codeio", "stage JSONL files, metrics, checkpoint")
     stages: str = arg(",".join(STAGES), "comma-separated subset of " + ",".join(STAGES))
     sampler: Literal["hf", "vllm"] = arg("hf", "generation backend")
     temperature: float = arg(0.7, "rewrite/CoT temperature; paper: 0.7 (release API calls)")
-    max_new_tokens: int = arg(
-        160, "toy 160 (a whole narrated CoT); paper: 4096 (release API calls)"
-    )
+    max_new_tokens: int = arg(160, "toy: a whole narrated CoT; paper: 4096 (release API calls)")
     generation_batch_size: int = arg(64, "prompts per generate call and per sandbox chunk")
     max_generator_calls: int = arg(1000, "input_generator() calls per function (parse_gen_ios.py)")
     max_pairs: int = arg(10, "unique I/O pairs kept per function (src/parse_gen_ios.py)")
@@ -127,26 +113,16 @@ class Args(VLLMArgs):
     io_timeout: float = arg(60.0, "seconds for one function's whole I/O run (parse_gen_ios.py)")
     verify_timeout: float = arg(5.0, "seconds per predicted input (check_io_pred_acc_mp.py)")
     sandbox_workers: int = arg(2, "parallel sandbox processes per rank (release: 24-64)")
-    sandbox_allow_weaker: bool = arg(
-        False, "run generated code even where common/sandbox.py cannot isolate it fully"
-    )
-    prompt_values: Literal["python", "json"] = arg(
-        "python", "values in prompts: python (the release's f'{x}', build_codeio_msg.py) | json"
-    )
+    sandbox_allow_weaker: bool = arg(False, "run code even where the sandbox cannot fully isolate")
+    prompt_values: Literal["python", "json"] = arg("python", "python: the release's f'{x}' | json")
     revise: bool = arg(True, "CodeI/O++: one revision turn for failed samples")
-    lr: float = arg(1e-3, "stage-1 constant LR; toy 1e-3; paper: 1e-5 (Gemma-2-27B: 4e-6)")
-    epochs: int = arg(8, "stage-1 epochs; toy 8; paper: 1")
+    lr: float = arg(1e-3, "stage-1 constant LR; paper: 1e-5 (Gemma-2-27B: 4e-6)")
+    epochs: int = arg(8, "stage-1 epochs; paper: 1")
     batch_size: int = arg(8, "sequences per optimizer step, all ranks; paper: 1024 (both stages)")
-    micro_batch_size: int = arg(
-        4, "sequences per forward per rank (same token-mean loss); paper preset: 2 (not stated)"
-    )
-    gradient_checkpointing: bool = arg(
-        False, "recompute decoder layers in backward; paper preset: True (not stated)"
-    )
+    micro_batch_size: int = arg(4, "sequences per forward per rank; paper preset: 2 (not stated)")
+    gradient_checkpointing: bool = arg(False, "recompute layers; paper preset: True (not stated)")
     max_length: int = arg(2048, "prompt+response tokens; paper: 4096")
-    stage2_data: str = arg(
-        "", "stage-2 instruction JSONL (prompt/response); 'toy' = arithmetic rows; '' = skip"
-    )
+    stage2_data: str = arg("", "stage-2 prompt/response JSONL; 'toy' = arithmetic; '' = skip")
     stage2_steps: int = arg(700, "stage-2 steps; paper: 700")
     stage2_lr: float = arg(3e-5, "stage-2 peak LR, cosine to 1e-6; paper: 3e-5 (Gemma: 1e-5)")
     save_every: int = arg(50, "optimizer steps between checkpoints")
@@ -154,15 +130,11 @@ class Args(VLLMArgs):
     seed: int = arg(0, "random seed")
     track: bool = arg(False, "log to Weights & Biases")
     teacher: Literal["auto", "model", "stand-in"] = arg(
-        "auto",
-        "CoT author: model (--model) | stand-in (common.code_teacher's scripted narrator, NOT a "
-        "model) | auto (stand-in when no --model)",
+        "auto", "CoT author: model | stand-in (a scripted narrator, NOT a model) | auto"
     )
     teacher_slip: float = arg(0.3, "stand-in: chance of a one-digit slip per step")
     eval_pairs_per_function: int = arg(2, "held-out pairs per function (after training's) x2")
-    compare_raw_code: bool = arg(
-        True, "eval: also SFT the base on the raw code for the same steps (Python-Edu baseline)"
-    )
+    compare_raw_code: bool = arg(True, "eval: also SFT the base on the raw code (Python-Edu)")
     toy_base_rows: int = arg(4000, "toy student base: plain-words step narrations")
     toy_base_steps: int = arg(600, "toy student base: warm-start steps of 16 rows")
 
@@ -198,39 +170,37 @@ def derived(args, world_size: int) -> dict:
 
 
 def resolve_teacher(args: Args) -> str:
-    """--teacher auto: the named --model writes the CoTs, else the stand-in (the toy)."""
+    """--teacher auto: the named --model writes the CoTs (model), else the stand-in: the scripted
+    narrator common.code_teacher.StandInTeacher, NOT a model (the toy)."""
     if args.teacher == "auto":
         return "model" if args.model else "stand-in"
     return args.teacher
 
 
 # ---------------------------------------------- 1. rewrite (release: src/codeio_utils.py)
-REWRITE_PROMPT = "\n".join(
-    [
-        "Turn this raw Python code into a self-contained reasoning task.",
-        "```python",
-        "{code}",
-        "```",
-        "Answer with exactly these four sections, each starting with a level-2 markdown heading:",
-        "## Main Function",
-        "One python code block with the imports it needs and an entry function `main_solution` "
-        "whose arguments and",
-        "return value are JSON serialisable (convert sets, tuples, numpy arrays and custom objects "
-        "at the boundaries).",
-        "Under about 1KB. No printing, plotting or file access: return the result.",
-        "## Input Output Description",
-        "Every argument of `main_solution` and its return value, each with its type and meaning.",
-        "## Input Generator",
-        "One python code block defining `input_generator()`: no arguments, returns a dict of "
-        "random keyword arguments",
-        "for `main_solution`.",
-        "## Problem Statement",
-        "A question that names the inputs and asks for the result, as a problem to think about, "
-        "not a programming",
-        'task (never "write a function").',
-        "",
-    ]
-)
+REWRITE_PROMPT = """\
+Turn this raw Python code into a self-contained reasoning task.
+```python
+{code}
+```
+Answer with exactly these four sections, each starting with a level-2 markdown heading:
+## Main Function
+One python code block with the imports it needs and an entry function `main_solution` \
+whose arguments and
+return value are JSON serialisable (convert sets, tuples, numpy arrays and custom objects \
+at the boundaries).
+Under about 1KB. No printing, plotting or file access: return the result.
+## Input Output Description
+Every argument of `main_solution` and its return value, each with its type and meaning.
+## Input Generator
+One python code block defining `input_generator()`: no arguments, returns a dict of random \
+keyword arguments
+for `main_solution`.
+## Problem Statement
+A question that names the inputs and asks for the result, as a problem to think about, not a \
+programming
+task (never "write a function").
+"""
 
 
 # ---------------------------------------------- 2. I/O pairs (release: src/parse_gen_ios.py)
@@ -508,22 +478,10 @@ def assemble_revision(record: dict) -> str:
     )
 
 
-# ---------------------------------------------- plumbing: corpus, stage files, each rank's share
-
-
+# ---------------------------------------------- plumbing: samples, the student, the sandbox
 def check_all(sandbox, functions: dict, args: Args, items: list) -> list[dict]:
     """check_answer on (sample, response) items."""
     return [check_answer(sandbox, s, functions[s["name"]], text, args) for s, text in items]
-
-
-def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
-    """One completion per message; under torchrun each rank generates its share of every batch."""
-    texts, size = [], args.generation_batch_size
-    for start in tqdm(range(0, len(messages), size), desc=desc, leave=False):
-        kwargs = dict(n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-        groups = generate_sharded(sampler, messages[start : start + size], **kwargs)
-        texts += [group[0].text for group in groups]
-    return texts
 
 
 def io_samples(io_ok: dict, functions: dict, args: Args, start: int, count: int) -> list[dict]:
@@ -611,9 +569,8 @@ def rewrite_stage(p: Pipeline) -> dict:
     rejects = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     unified = sum(r["origin"] == "unified" for r in records)
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
-    p.report(
-        "rewrite", len(records), len(functions), f"{unified} already unified; rejects {rejects}"
-    )
+    notes = f"{unified} already unified; rejects {rejects}"
+    p.report("rewrite", len(records), len(functions), notes)
     return functions
 
 
@@ -759,11 +716,7 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
 
 
 # ---------------------------------------------- SFT (the paper's training setup: loss on responses)
-CHECKPOINTS = {
-    "stage1": "checkpoint",
-    "stage2": "checkpoint_stage2",
-    "raw_code": "checkpoint_raw_code",
-}
+CHECKPOINTS = dict(stage1="checkpoint", stage2="checkpoint_stage2", raw_code="checkpoint_raw_code")
 
 
 def sft_examples(out: Path, args: Args) -> list[dict]:
@@ -773,18 +726,6 @@ def sft_examples(out: Path, args: Args) -> list[dict]:
         return [{"prompt": r["prompt"], "response": r["response"]} for r in records]
     records = read_jsonl(out / "revise.jsonl")
     return [{"prompt": r["prompt"], "response": assemble_revision(r)} for r in records]
-
-
-def stage2_rows(args: Args) -> list[dict]:
-    """General instructions for stage 2: --stage2_data rows, or toy arithmetic."""
-    if args.stage2_data != "toy":
-        return load_rows(args.stage2_data, required=("prompt", "response"))
-    rows = make_arithmetic_rows(64, seed=args.seed)
-    return [{"prompt": r["question"], "response": f"The answer is {r['answer']}."} for r in rows]
-
-
-def loss_note(loss: float, what: str) -> str:
-    return "already trained (resumed)" if math.isnan(loss) else f"{what} {loss:.3f}"
 
 
 def sft_stage(p: Pipeline, logger):
@@ -799,7 +740,7 @@ def sft_stage(p: Pipeline, logger):
     loss, step = train(examples, ckpt=ckpt["stage1"], stage="stage1", lr=args.lr)
     p.report("sft", len(examples), len(examples), loss_note(loss, "stage-1 final loss"))
     if args.stage2_data:
-        rows = stage2_rows(args)
+        rows = instruction_rows(args.stage2_data, args.seed)
         kwargs = dict(steps=args.stage2_steps, schedule="cosine_with_min_lr", offset=step)
         loss, _ = train(rows, ckpt=ckpt["stage2"], stage="stage2", lr=args.stage2_lr, **kwargs)
         p.report("sft stage 2", len(rows), len(rows), loss_note(loss, "final loss"))
@@ -811,12 +752,7 @@ def toy_student_base(args: Args) -> str:
     corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
     corpus = load_code_corpus(args.corpus)
     crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
-    spec = {
-        "rows": args.toy_base_rows,
-        "steps": args.toy_base_steps,
-        "seed": args.seed,
-        "corpus": crc,
-    }
+    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
 
     def build(folder):
         functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
@@ -829,9 +765,8 @@ def toy_student_base(args: Args) -> str:
         )
 
     toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
-    return toy_model(
-        "codeio-student", spec, build, code=[*toy_world, build_prompt, parse_unified_file]
-    )
+    code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
+    return toy_model("codeio-student", spec, build, code=code)
 
 
 def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dict:
@@ -852,18 +787,13 @@ def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dic
 def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[dict, list]:
     """The base, the CodeI/O(++) student and the base after SFT on the raw code (the paper's
     Python-Edu baseline, same steps) on the pairs after the training ones."""
-    args, out = p.args, p.out
-    samples = io_samples(
-        io_ok, functions, args, args.pairs_per_function, args.eval_pairs_per_function
-    )
+    args, out, ckpt = p.args, p.out, p.out / CHECKPOINTS["stage1"]
+    count = args.eval_pairs_per_function
+    samples = io_samples(io_ok, functions, args, args.pairs_per_function, count)
     if not samples:
-        raise ValueError(
-            "eval: no held-out pairs (raise --max_pairs or lower --pairs_per_function)"
-        )
-    if "sft" not in p.stages and not load_checkpoint(
-        out / "checkpoint", p.model, restore_rng=False
-    ):
-        raise ValueError(f"eval: no {out / 'checkpoint'} (run --stages sft first)")
+        raise ValueError("eval: no held-out pairs (raise --max_pairs, lower --pairs_per_function)")
+    if "sft" not in p.stages and not load_checkpoint(ckpt, p.model, restore_rng=False):
+        raise ValueError(f"eval: no {ckpt} (run --stages sft first)")
     name, metric = ("codeio++" if args.revise else "codeio"), "held-out I/O accuracy"
     results = {name: evaluate_io(p.model, p, samples, functions)}
     base = load_model(p.model_path, dtype=p.dtype, device=p.dist_info.device)
@@ -883,27 +813,8 @@ def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[d
         notes = f"held-out accuracy {r['accuracy']:.3f} ({kinds})"
         p.report(f"eval {who}", r["n"], round(r["accuracy"] * r["n"]), notes)
     accuracy = {who: r["accuracy"] for who, r in results.items()}
-    return results, [
-        claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()
-    ]
-
-
-def finish(p: Pipeline, logger, claims: list, results: dict):
-    """Close the sandbox and the log (plotting the SFT losses); rank 0 writes summary.json and
-    prints the stage table and the claims."""
-    if p.sandbox is not None:
-        p.sandbox.close()
-    if logger is not None:
-        keys = ("stage1/loss", "stage2/loss", "raw_code/loss")
-        keys = [k for k in keys if any(k in r for r in logger.history)]
-        if p.dist_info.is_main:
-            plot = logger.plot(keys, p.out / "sft_loss.png", title="CodeI/O SFT")
-            print0(f"loss curve: {plot}")
-        logger.close()
-    if p.dist_info.is_main:
-        write_summary(p.out, claims, stages=p.rows, eval=results)
-        print0("\n" + format_table(p.rows))
-        print0("\n" + format_claims(claims))
+    claims = [claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()]
+    return results, claims
 
 
 # ---------------------------------------------- main
@@ -942,7 +853,10 @@ def main(args: Args):
     if first_turn is not None:  # the data's accuracy before and after the revision turn
         name = "CodeI/O++ revision turns wrong CoTs right"
         claims.insert(0, claim(name, "verified CoT accuracy", *first_turn))
-    finish(p, logger, claims, results)
+    if p.sandbox is not None:
+        p.sandbox.close()
+    loss_keys = ("stage1/loss", "stage2/loss", "raw_code/loss")
+    finish_run(p, logger, claims, loss_keys, "CodeI/O SFT", eval=results)
     cleanup_distributed()
     return p.rows
 

@@ -9,11 +9,13 @@ baseline); `args` is any config with the fields named in `run_sft`'s docstring.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from common.data import load_rows, make_arithmetic_rows
 from common.models import end_of_turn
 from common.sampling import render_prompt
 from common.train import (
@@ -107,3 +109,16 @@ def make_logger(out: Path, args, run_name: str, checkpoints: list[Path]) -> Metr
     resume_step = max(done) if args.resume and done else None
     kwargs = dict(track=args.track, run_name=run_name, config=vars(args))
     return MetricsLogger(out, resume_step=resume_step, **kwargs)
+
+
+def instruction_rows(source: str, seed: int) -> list[dict]:
+    """Instruction rows ({prompt, response}) from a file or hub set; 'toy': arithmetic questions."""
+    if source != "toy":
+        return load_rows(source, required=("prompt", "response"))
+    rows = make_arithmetic_rows(64, seed=seed)
+    return [{"prompt": r["question"], "response": f"The answer is {r['answer']}."} for r in rows]
+
+
+def loss_note(loss: float, what: str) -> str:
+    """A summary-table note on a run_sft loss (NaN: every step was done by an earlier run)."""
+    return "already trained (resumed)" if math.isnan(loss) else f"{what} {loss:.3f}"

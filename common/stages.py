@@ -14,8 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from common import data
-from common.train import all_gather_object, barrier, is_main_process
+from common.claims import format_claims, write_summary
+from common.sampling import generate_sharded
+from common.train import all_gather_object, barrier, format_table, is_main_process, print0
 
 
 def write_jsonl(path, rows, mode="w"):
@@ -30,6 +34,17 @@ def read_jsonl(path) -> list[dict]:
     rows = data.read_jsonl_tolerant(path)
     barrier()
     return rows
+
+
+def generate(sampler, messages: list, args, desc: str) -> list[str]:
+    """One completion per message (args: generation_batch_size, temperature, max_new_tokens) in
+    batches; under torchrun each rank generates its share of every batch."""
+    texts, size = [], args.generation_batch_size
+    for start in tqdm(range(0, len(messages), size), desc=desc, leave=False):
+        kwargs = dict(n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        groups = generate_sharded(sampler, messages[start : start + size], **kwargs)
+        texts += [group[0].text for group in groups]
+    return texts
 
 
 @dataclass
@@ -79,3 +94,17 @@ class StageRun:
         if self.dist_info.world_size > 1 and stage in self.work:
             notes += f"; sandbox jobs per rank {self.work[stage]}"
         self.rows.append({"stage": stage, "in": n_in, "out": n_out, "notes": notes})
+
+
+def finish_run(run: StageRun, logger, claims: list, loss_keys: tuple, title: str, **summary):
+    """Close the metrics log (plotting the `loss_keys` it has to sft_loss.png); rank 0 writes
+    summary.json (claims, the stage table, `summary`) and prints the table and the claims."""
+    if logger is not None:
+        keys = [k for k in loss_keys if any(k in r for r in logger.history)]
+        if run.dist_info.is_main:
+            print0(f"loss curve: {logger.plot(keys, run.out / 'sft_loss.png', title=title)}")
+        logger.close()
+    if run.dist_info.is_main:
+        write_summary(run.out, claims, stages=run.rows, **summary)
+        print0("\n" + format_table(run.rows))
+        print0("\n" + format_claims(claims))
