@@ -70,7 +70,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
 from common import code_teacher
 from common.claims import claim
@@ -549,23 +548,23 @@ def open_sandbox(p: Pipeline):
 def rewrite_stage(p: Pipeline) -> dict:
     """Unified corpus files pass through; raw code goes to the teacher with the rewrite prompt."""
 
-    def new_records(done):
-        corpus = [c for c in load_code_corpus(p.args.corpus) if c["name"] not in done]
-        raw = []
+    def rewrite(corpus: list[dict]) -> list[dict]:
+        unified, raw = [], []
         for item in corpus:
             head = {"name": item["name"], "origin": "unified", "status": "ok", "reason": "ok"}
             source = {"source": item["source"]} if "source" in item else {}  # release rows
             if fn := parse_unified_file(item["code"]):
-                yield [{**head, **fn, **source}]
+                unified.append({**head, **fn, **source})
             else:
                 raw.append((item, source))
         asks = [user(REWRITE_PROMPT.format(code=item["code"])) for item, _ in raw]
         for (item, source), answer in zip(raw, generate(p.sampler, asks, p.args, "rewrite")):
             fn, reason = parse_rewrite_response(answer)
             head = {"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected"}
-            yield [{**head, "reason": reason, "response": answer, **(fn or {}), **source}]
+            unified.append({**head, "reason": reason, "response": answer, **(fn or {}), **source})
+        return unified
 
-    records = p.records("rewrite", "name", new_records)
+    records = p.run("rewrite", "name", partial(load_code_corpus, p.args.corpus), rewrite)
     rejects = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     unified = sum(r["origin"] == "unified" for r in records)
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
@@ -591,19 +590,16 @@ def io_record(name: str, run) -> dict:
 def io_stage(p: Pipeline, functions: dict) -> dict:
     """Each function's collect_io_pairs in the sandbox; ranks run their share."""
 
-    def new_records(done):
-        todo = [fn for name, fn in functions.items() if name not in done]
+    def collect(todo: list[dict]) -> list[dict]:
         seeds = [p.args.seed * 100003 + zlib.crc32(fn["name"].encode()) for fn in todo]
         jobs = [io_job(fn, p.args, seed) for fn, seed in zip(todo, seeds)]
         calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in jobs]
-        run_all = partial(p.sandbox.call_many, timeout=p.args.io_timeout)
-        runs = p.shared_work("io", run_all, calls)
+        runs = p.shared_work("io", partial(p.sandbox.call_many, timeout=p.args.io_timeout), calls)
         p.infra["io"] += sum(run.infrastructure_failure for run in runs)  # a rerun retries them
-        yield [
-            io_record(fn["name"], r) for fn, r in zip(todo, runs) if not r.infrastructure_failure
-        ]
+        runs = [(fn, run) for fn, run in zip(todo, runs) if not run.infrastructure_failure]
+        return [io_record(fn["name"], run) for fn, run in runs]
 
-    records = p.records("io", "name", new_records)
+    records = p.run("io", "name", functions.values, collect)
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
     drops = sorted(r["reason"] for r in records if r["status"] != "ok")
     n_pairs = sum(len(r["pairs"]) for r in io_ok.values())
@@ -613,12 +609,8 @@ def io_stage(p: Pipeline, functions: dict) -> dict:
 
 def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
     """The first pairs_per_function pairs -> input and output prompts (build_codeio_msg.py)."""
-
-    def new_records(done):
-        new = io_samples(io_ok, functions, p.args, 0, p.args.pairs_per_function)
-        yield [r for r in new if r["id"] not in done]
-
-    prompts = {r["id"]: r for r in p.records("prompts", "id", new_records)}
+    samples = partial(io_samples, io_ok, functions, p.args, 0, p.args.pairs_per_function)
+    prompts = {r["id"]: r for r in p.run("prompts", "id", samples, list)}
     kinds = Counter(r["kind"] for r in prompts.values())
     notes = f"{kinds['input']} input / {kinds['output']} output"
     p.report("prompts", len(io_ok), len(prompts), notes)
@@ -628,16 +620,11 @@ def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
 def cot_stage(p: Pipeline, prompts: dict) -> dict:
     """One chain of thought per prompt from the teacher."""
 
-    def new_records(done):
-        todo = [r for r in prompts.values() if r["id"] not in done]
-        for start in range(0, len(todo), p.args.generation_batch_size):
-            batch = todo[start : start + p.args.generation_batch_size]
-            texts = generate(p.sampler, [user(r["prompt"]) for r in batch], p.args, "cot")
-            yield [
-                {"id": r["id"], "prompt": r["prompt"], "response": t} for r, t in zip(batch, texts)
-            ]
+    def write_cots(batch: list[dict]) -> list[dict]:
+        texts = generate(p.sampler, [user(r["prompt"]) for r in batch], p.args, "cot")
+        return [{"id": r["id"], "prompt": r["prompt"], "response": t} for r, t in zip(batch, texts)]
 
-    records = p.records("cot", "id", new_records)
+    records = p.run("cot", "id", prompts.values, write_cots, p.args.generation_batch_size)
     cots = {r["id"]: r for r in records if r["id"] in prompts}
     empty = sum(not r["response"].strip() for r in cots.values())
     p.report("cot", len(prompts), len(cots), f"{empty} empty")
@@ -648,26 +635,18 @@ def verify_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict) -> dic
     """Every CoT checked (check_io_pred_acc_mp.py), in chunks; ranks check their share."""
     check = partial(check_all, p.sandbox, functions, p.args)
 
-    def new_records(done):
-        todo = [c for c in cots.values() if c["id"] not in done]
-        size = p.args.generation_batch_size
-        for start in tqdm(range(0, len(todo), size), desc="verify", leave=False):
-            chunk = todo[start : start + size]
-            checks = p.shared_work(
-                "verify", check, [(prompts[c["id"]], c["response"]) for c in chunk]
-            )
-            kept = [(c, k) for c, k in zip(chunk, checks) if k["status"] != "sandbox_error"]
-            p.infra["verify"] += len(chunk) - len(kept)  # neither scored nor fed back
-            yield [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept]
+    def verify(chunk: list[dict]) -> list[dict]:
+        checks = p.shared_work("verify", check, [(prompts[c["id"]], c["response"]) for c in chunk])
+        kept = [(c, k) for c, k in zip(chunk, checks) if k["status"] != "sandbox_error"]
+        p.infra["verify"] += len(chunk) - len(kept)  # neither scored nor fed back
+        return [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept]
 
-    records = p.records("verify", "id", new_records)
+    records = p.run("verify", "id", cots.values, verify, p.args.generation_batch_size)
     verified = {r["id"]: r for r in records if r["id"] in cots}
     statuses = dict(Counter(r["status"] for r in verified.values()))
-    correct = {"input": 0, "output": 0}
-    for r in verified.values():
-        correct[r["kind"]] += r["correct"]
+    correct = Counter(r["kind"] for r in verified.values() if r["correct"])
     kinds = Counter(r["kind"] for r in verified.values())
-    accuracy = {kind: f"{correct[kind]}/{kinds[kind]}" for kind in correct}
+    accuracy = {kind: f"{correct[kind]}/{kinds[kind]}" for kind in ("input", "output")}
     notes = f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
     p.report("verify", len(cots), len(verified), notes)
     return verified
@@ -684,10 +663,7 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
     request), verified again; every record is kept. Returns the data's accuracy (before, after)."""
     check = partial(check_all, p.sandbox, functions, p.args)
 
-    def new_records(done):
-        if not p.args.revise:  # plain CodeI/O: no second turns
-            return
-        todo = [v for v in verified.values() if v["id"] not in done]
+    def revise(todo: list[dict]) -> list[dict]:
         failed = [v for v in todo if not v["correct"]]  # only failed samples get a second turn
         chats = [revision_chat(cots[v["id"]], v["feedback"]) for v in failed]
         turns = generate(p.sampler, chats, p.args, "revise")
@@ -704,9 +680,10 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
             turn_1["feedback_1"] = v["feedback"]
             turn_2 = {"turn_2": turn_2, "feedback_2": check_2["feedback"]}
             new.append({"id": v["id"], **turn_1, **turn_2, "correct_2": check_2["correct"]})
-        yield new
+        return new
 
-    records = p.records("revise", "id", new_records)
+    todo = verified.values if p.args.revise else list  # plain CodeI/O: no second turns
+    records = p.run("revise", "id", todo, revise)
     revised = [r for r in records if r["turn_2"] is not None]
     fixed = sum(bool(r["correct_2"]) for r in revised)
     notes = f"{len(revised)} second turns, {fixed} correct; all kept (paper)"

@@ -75,6 +75,19 @@ class StageRun:
             write_jsonl(path, batch, "a")
         return read_jsonl(path)
 
+    def run(self, name: str, key: str, items, work, batch_size: int = 0) -> list[dict]:
+        """`records` for the usual stage: `work(batch)` -> the batch's new records, on the items
+        (`items()`, called only if the stage runs) whose key is not on file, `batch_size` at a
+        time (0: all in one batch)."""
+
+        def new_records(done: set):
+            todo = [item for item in items() if item[key] not in done]
+            size = batch_size or max(1, len(todo))
+            for start in tqdm(range(0, len(todo), size), desc=name, leave=False):
+                yield work(todo[start : start + size])
+
+        return self.records(name, key, new_records)
+
     def shared_work(self, stage: str, work, items: list) -> list:
         """Each rank runs `work` (items -> results) on its share, the items whose index is the
         rank modulo the world size; every rank gets all results back in item order."""
