@@ -22,7 +22,7 @@ Departures:
 - The size filter counts bytes with a recursive sys.getsizeof (8-byte aligned, shared objects once)
   instead of pympler.asizeof (not a dependency): pympler's 824 B for list(range(19)), but it may
   differ by a few bytes elsewhere.
-- The paper excludes functions that use randomness without a stated criterion; the release checks
+- Randomness: the paper excludes such functions without a stated criterion; the release checks
   nothing (src/parse_gen_ios.py runs main_solution once per candidate input). Each candidate runs
   once here too, then each KEPT input once more and the function is dropped if an output changed
   (<= max_pairs extra calls; --io_recheck false = the release). The generator is seeded per
@@ -30,16 +30,15 @@ Departures:
 - Sandbox infrastructure failures (a worker died) are not written to io/verify/revise: counted in
   the summary, retried by a rerun, never shown to the model or scored (the release has no sandbox).
 - The CodeI/O++ connective phrases are not in the release (`assemble_revision` documents ours); a
-  correct first turn is kept as is.
+  correct first turn is kept as is. The feedback also covers "no parsable answer" and "timeout"
+  (the paper describes mismatch and exception feedback); the reference-code tip is appended to
+  both prompt kinds; verification makes one pass (the release re-runs timeouts with fewer
+  processes).
 - The rewrite/CoT author is any model behind common.sampling (--teacher model; paper: DeepSeek-V2.5;
-  release: gpt-4o-mini). The toy's author is common.code_teacher.StandInTeacher, a SCRIPT that
-  narrates the toy corpus's digits_* functions step by step and slips one digit per step with
-  probability --teacher_slip; it cannot rewrite code or trace other functions.
-- The CodeI/O++ feedback also covers "no parsable answer" and "timeout" (the paper describes
-  mismatch and exception feedback); the reference-code tip is appended to both prompt kinds;
-  verification makes one pass (the release re-runs timeouts with fewer processes).
-- With --model the same model writes the CoTs and is the SFT student (the paper fine-tunes smaller
-  models on DeepSeek-V2.5's CoTs).
+  release: gpt-4o-mini); with --model that model is also the SFT student (the paper fine-tunes
+  smaller models on DeepSeek-V2.5's CoTs). The toy's author is common.code_teacher.StandInTeacher,
+  a SCRIPT that narrates the toy corpus's digits_* functions step by step and slips one digit per
+  step with probability --teacher_slip; it cannot rewrite code or trace other functions.
 - The toy student is warm-started on plain-words narrations; eval scores held-out pairs of the
   training functions instead of the paper's 14 benchmarks (Table 1), and stage 2 is skipped. The
   raw-code baseline (the paper's Python-Edu, LM loss) trains the base for the same steps on the
@@ -512,6 +511,28 @@ class Pipeline(StageRun):
     sandbox: object = None
 
 
+def toy_student_base(args: Args) -> str:
+    """The toy student (common.code_teacher.train_toy_student) with a tokenizer that has seen this
+    corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
+    corpus = load_code_corpus(args.corpus)
+    crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
+    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
+
+    def build(folder):
+        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
+        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
+        prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
+        texts = prompts + [c["code"] for c in corpus]
+        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
+        code_teacher.train_toy_student(
+            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
+        )
+
+    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
+    code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
+    return toy_model("codeio-student", spec, build, code=code)
+
+
 def load_student(p: Pipeline):
     """The SFT student and the CoT author (--model, or the scripted stand-in). SFT trains fp32
     masters (common.train); generation alone runs the checkpoint's dtype; SFT alone (torchrun)
@@ -724,28 +745,6 @@ def sft_stage(p: Pipeline, logger):
 
 
 # ---------------------------------------------- evaluation: held-out I/O prediction
-def toy_student_base(args: Args) -> str:
-    """The toy student (common.code_teacher.train_toy_student) with a tokenizer that has seen this
-    corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
-    corpus = load_code_corpus(args.corpus)
-    crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
-    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
-
-    def build(folder):
-        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
-        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
-        prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
-        texts = prompts + [c["code"] for c in corpus]
-        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
-        code_teacher.train_toy_student(
-            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
-        )
-
-    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
-    code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
-    return toy_model("codeio-student", spec, build, code=code)
-
-
 def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dict:
     """Greedy held-out I/O-prediction accuracy (overall and per kind), scored like verify."""
     sampler = make_sampler("hf", model, p.tokenizer)
