@@ -5,7 +5,9 @@ function name, a prompt id). A rerun keeps the records on file and asks the stag
 that are missing, so a killed run loses at most the batch it was writing. Under torchrun every rank
 holds the same records (work is gathered), rank 0 writes, and `StageRun.shared_work` splits a list
 of jobs by rank (rank r takes items r, r + world, ...) and gathers the results in item order.
-`StageRun.report` adds a row to the summary table the script prints and writes to summary.json.
+`generate` samples one completion per prompt, each rank its share of every batch.
+`StageRun.report` adds a row to the summary table that `finish_run` prints and writes to
+summary.json.
 """
 
 from __future__ import annotations
