@@ -112,7 +112,9 @@ class Args(VLLMArgs):
     verify_timeout: float = arg(5.0, "seconds per predicted input (check_io_pred_acc_mp.py)")
     sandbox_workers: int = arg(2, "parallel sandbox processes per rank (release: 24-64)")
     sandbox_allow_weaker: bool = arg(False, "run code even where the sandbox cannot fully isolate")
-    prompt_values: Literal["python", "json"] = arg("python", "python: the release's f'{x}' | json")
+    prompt_values: Literal["python", "json"] = arg(
+        "python", "values in prompts: python (the release's f'{x}', build_codeio_msg.py) | json"
+    )
     revise: bool = arg(True, "CodeI/O++: one revision turn for failed samples")
     lr: float = arg(1e-3, "stage-1 constant LR; paper: 1e-5 (Gemma-2-27B: 4e-6)")
     epochs: int = arg(8, "stage-1 epochs; paper: 1")

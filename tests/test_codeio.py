@@ -542,6 +542,32 @@ def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
     assert_micro_batching_matches(path, step, micro_batch_size=2)
 
 
+def test_stage_run_appends_batches_and_redoes_only_missing_keys(tmp_path):
+    """common.stages.StageRun.run: work() sees the items not on file, `batch_size` at a time, each
+    batch appended; a line cut by a kill is dropped and only its key is redone."""
+    from common.stages import StageRun
+    from common.train import Dist
+
+    items = [{"k": i} for i in range(5)]
+    calls = []
+
+    def work(batch):
+        calls.append([x["k"] for x in batch])
+        return [{"k": x["k"], "twice": 2 * x["k"]} for x in batch]
+
+    run = StageRun(None, ["double"], tmp_path, Dist())
+    records = run.run("double", "k", lambda: items, work, batch_size=2)
+    assert [r["twice"] for r in records] == [0, 2, 4, 6, 8] and calls == [[0, 1], [2, 3], [4]]
+    path = tmp_path / "double.jsonl"
+    path.write_text(path.read_text()[:-4])  # a kill cut the last record short
+    calls.clear()
+    records = run.run("double", "k", lambda: items, work, batch_size=2)
+    assert [r["k"] for r in records] == [0, 1, 2, 3, 4] and calls == [[4]]
+    assert path.read_text().count("\n") == 5
+    skipped = StageRun(None, [], tmp_path, Dist())  # a stage not in --stages: what is on file
+    assert len(skipped.run("double", "k", lambda: items, work)) == 5 and calls == [[4]]
+
+
 def _per_rank(notes: str) -> list[int]:
     return json.loads(notes.split("sandbox jobs per rank ")[1].split("]")[0] + "]")
 
