@@ -572,20 +572,20 @@ def rewrite_stage(p: Pipeline) -> dict:
     """Unified corpus files pass through; raw code goes to the teacher with the rewrite prompt."""
 
     def rewrite(corpus: list[dict]) -> list[dict]:
-        unified, raw = [], []
+        new, raw = [], []  # unified files first, then the rewrites
         for item in corpus:
             head = {"name": item["name"], "origin": "unified", "status": "ok", "reason": "ok"}
             source = {"source": item["source"]} if "source" in item else {}  # release rows
             if fn := parse_unified_file(item["code"]):
-                unified.append({**head, **fn, **source})
+                new.append({**head, **fn, **source})
             else:
                 raw.append((item, source))
         asks = [user(REWRITE_PROMPT.format(code=item["code"])) for item, _ in raw]
         for (item, source), answer in zip(raw, generate(p.sampler, asks, p.args, "rewrite")):
             fn, reason = parse_rewrite_response(answer)
             head = {"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected"}
-            unified.append({**head, "reason": reason, "response": answer, **(fn or {}), **source})
-        return unified
+            new.append({**head, "reason": reason, "response": answer, **(fn or {}), **source})
+        return new
 
     records = p.run("rewrite", "name", partial(load_code_corpus, p.args.corpus), rewrite)
     rejects = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
