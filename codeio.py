@@ -10,10 +10,10 @@ checked with a tolerant comparison, inputs by running the function again. CodeI/
 first answer (right or wrong); CodeI/O++ gives failed samples one revision turn with execution
 feedback and joins both turns into one response. SFT uses the loss on the response only.
 
-Stages (JSONL in --output_dir, one complete record per line, reruns skip done records): rewrite ->
-io -> prompts -> cot -> verify -> revise -> sft -> eval. All generated code runs in
-common/sandbox.py. eval scores held-out I/O pairs for the base, the SFT student and the base after
-the same SFT budget on the raw code (the paper's Python-Edu baseline); summary.json holds claims.
+Stages (JSONL in --output_dir; reruns skip done records; generated code runs in common/sandbox.py):
+rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval. eval scores held-out I/O pairs
+for the base, the SFT student and the base after the same SFT budget on the raw code (the paper's
+Python-Edu baseline); summary.json holds the claims.
 
 Departures:
 - Defaults are the CPU toy's (a tiny student learns from ~150 CoTs): LR 1e-3 for 8 epochs (paper:
@@ -22,7 +22,7 @@ Departures:
 - The size filter counts bytes with a recursive sys.getsizeof (8-byte aligned, shared objects once)
   instead of pympler.asizeof (not a dependency): pympler's 824 B for list(range(19)), but it may
   differ by a few bytes elsewhere.
-- The paper excludes functions that use randomness without a stated criterion; the release checks
+- Randomness: the paper excludes such functions without a stated criterion; the release checks
   nothing (src/parse_gen_ios.py runs main_solution once per candidate input). Each candidate runs
   once here too, then each KEPT input once more and the function is dropped if an output changed
   (<= max_pairs extra calls; --io_recheck false = the release). The generator is seeded per
@@ -30,16 +30,15 @@ Departures:
 - Sandbox infrastructure failures (a worker died) are not written to io/verify/revise: counted in
   the summary, retried by a rerun, never shown to the model or scored (the release has no sandbox).
 - The CodeI/O++ connective phrases are not in the release (`assemble_revision` documents ours); a
-  correct first turn is kept as is.
+  correct first turn is kept as is. The feedback also covers "no parsable answer" and "timeout"
+  (the paper describes mismatch and exception feedback); the reference-code tip is appended to
+  both prompt kinds; verification makes one pass (the release re-runs timeouts with fewer
+  processes).
 - The rewrite/CoT author is any model behind common.sampling (--teacher model; paper: DeepSeek-V2.5;
-  release: gpt-4o-mini). The toy's author is common.code_teacher.StandInTeacher, a SCRIPT that
-  narrates the toy corpus's digits_* functions step by step and slips one digit per step with
-  probability --teacher_slip; it cannot rewrite code or trace other functions.
-- The CodeI/O++ feedback also covers "no parsable answer" and "timeout" (the paper describes
-  mismatch and exception feedback); the reference-code tip is appended to both prompt kinds;
-  verification makes one pass (the release re-runs timeouts with fewer processes).
-- With --model the same model writes the CoTs and is the SFT student (the paper fine-tunes smaller
-  models on DeepSeek-V2.5's CoTs).
+  release: gpt-4o-mini); with --model that model is also the SFT student (the paper fine-tunes
+  smaller models on DeepSeek-V2.5's CoTs). The toy's author is common.code_teacher.StandInTeacher,
+  a SCRIPT that narrates the toy corpus's digits_* functions step by step and slips one digit per
+  step with probability --teacher_slip; it cannot rewrite code or trace other functions.
 - The toy student is warm-started on plain-words narrations; eval scores held-out pairs of the
   training functions instead of the paper's 14 benchmarks (Table 1), and stage 2 is skipped. The
   raw-code baseline (the paper's Python-Edu, LM loss) trains the base for the same steps on the
@@ -58,47 +57,35 @@ Commands (a named --model selects PAPER; flags you pass win; --print_config show
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 import math
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
-from common import code_teacher, data
-from common.claims import claim, format_claims, write_summary
+from common import code_teacher
+from common.claims import claim
 from common.config import arg, parse_config, per_rank
-from common.data import DataError, load_located_rows, load_rows, make_arithmetic_rows
-from common.models import end_of_turn, load_model, load_tokenizer
+from common.data import load_code_corpus, parse_rewrite_response, parse_unified_file
+from common.models import load_model, load_tokenizer
 from common.rewards import last_json_object
-from common.sampling import VLLMArgs, generate_sharded, make_sampler, render_prompt
+from common.sampling import VLLMArgs, make_sampler
 from common.sandbox import Sandbox
+from common.sft import instruction_rows, loss_note, make_logger, run_sft
+from common.stages import StageRun, finish_run, generate, read_jsonl
 from common.toys import toy_model
 from common.train import (
-    MetricsLogger,
-    all_gather_object,
-    barrier,
     cleanup_distributed,
-    format_table,
     init_distributed,
-    is_main_process,
     load_checkpoint,
-    make_optimizer,
-    make_scheduler,
-    micro_batches,
-    print0,
-    save_checkpoint,
     seed_everything,
-    sft_inputs,
-    sft_loss,
     shard_model,
 )
 
@@ -107,21 +94,15 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 
 @dataclass
 class Args(VLLMArgs):
-    model: str = arg(
-        "", "CoT author and SFT base; '' = tiny offline Qwen2 (paper CoTs: DeepSeek-V2.5)"
-    )
+    model: str = arg("", "CoT author and SFT base; '' = the tiny offline toy student")
     corpus: str = arg(
-        "data/codeio_corpus",
-        "folder of .py files, or a JSONL/Parquet file or hub set of raw code: the release's rows "
-        "(`content`, repo_name, path) or a `code` column",
+        "data/codeio_corpus", "folder of .py files, or JSONL/Parquet/hub rows: `content` or `code`"
     )
     output_dir: str = arg("runs/codeio", "stage JSONL files, metrics, checkpoint")
     stages: str = arg(",".join(STAGES), "comma-separated subset of " + ",".join(STAGES))
     sampler: Literal["hf", "vllm"] = arg("hf", "generation backend")
     temperature: float = arg(0.7, "rewrite/CoT temperature; paper: 0.7 (release API calls)")
-    max_new_tokens: int = arg(
-        160, "toy 160 (a whole narrated CoT); paper: 4096 (release API calls)"
-    )
+    max_new_tokens: int = arg(160, "toy: a whole narrated CoT; paper: 4096 (release API calls)")
     generation_batch_size: int = arg(64, "prompts per generate call and per sandbox chunk")
     max_generator_calls: int = arg(1000, "input_generator() calls per function (parse_gen_ios.py)")
     max_pairs: int = arg(10, "unique I/O pairs kept per function (src/parse_gen_ios.py)")
@@ -130,26 +111,18 @@ class Args(VLLMArgs):
     io_timeout: float = arg(60.0, "seconds for one function's whole I/O run (parse_gen_ios.py)")
     verify_timeout: float = arg(5.0, "seconds per predicted input (check_io_pred_acc_mp.py)")
     sandbox_workers: int = arg(2, "parallel sandbox processes per rank (release: 24-64)")
-    sandbox_allow_weaker: bool = arg(
-        False, "run generated code even where common/sandbox.py cannot isolate it fully"
-    )
+    sandbox_allow_weaker: bool = arg(False, "run code even where the sandbox cannot fully isolate")
     prompt_values: Literal["python", "json"] = arg(
         "python", "values in prompts: python (the release's f'{x}', build_codeio_msg.py) | json"
     )
     revise: bool = arg(True, "CodeI/O++: one revision turn for failed samples")
-    lr: float = arg(1e-3, "stage-1 constant LR; toy 1e-3; paper: 1e-5 (Gemma-2-27B: 4e-6)")
-    epochs: int = arg(8, "stage-1 epochs; toy 8; paper: 1")
+    lr: float = arg(1e-3, "stage-1 constant LR; paper: 1e-5 (Gemma-2-27B: 4e-6)")
+    epochs: int = arg(8, "stage-1 epochs; paper: 1")
     batch_size: int = arg(8, "sequences per optimizer step, all ranks; paper: 1024 (both stages)")
-    micro_batch_size: int = arg(
-        4, "sequences per forward per rank (same token-mean loss); paper preset: 2 (not stated)"
-    )
-    gradient_checkpointing: bool = arg(
-        False, "recompute decoder layers in backward; paper preset: True (not stated)"
-    )
+    micro_batch_size: int = arg(4, "sequences per forward per rank; paper preset: 2 (not stated)")
+    gradient_checkpointing: bool = arg(False, "recompute layers; paper preset: True (not stated)")
     max_length: int = arg(2048, "prompt+response tokens; paper: 4096")
-    stage2_data: str = arg(
-        "", "stage-2 instruction JSONL (prompt/response); 'toy' = arithmetic rows; '' = skip"
-    )
+    stage2_data: str = arg("", "stage-2 prompt/response JSONL; 'toy' = arithmetic; '' = skip")
     stage2_steps: int = arg(700, "stage-2 steps; paper: 700")
     stage2_lr: float = arg(3e-5, "stage-2 peak LR, cosine to 1e-6; paper: 3e-5 (Gemma: 1e-5)")
     save_every: int = arg(50, "optimizer steps between checkpoints")
@@ -157,15 +130,11 @@ class Args(VLLMArgs):
     seed: int = arg(0, "random seed")
     track: bool = arg(False, "log to Weights & Biases")
     teacher: Literal["auto", "model", "stand-in"] = arg(
-        "auto",
-        "CoT author: model (--model) | stand-in (common.code_teacher's scripted narrator, NOT a "
-        "model) | auto (stand-in when no --model)",
+        "auto", "CoT author: model | stand-in (a scripted narrator, NOT a model) | auto"
     )
     teacher_slip: float = arg(0.3, "stand-in: chance of a one-digit slip per step")
     eval_pairs_per_function: int = arg(2, "held-out pairs per function (after training's) x2")
-    compare_raw_code: bool = arg(
-        True, "eval: also SFT the base on the raw code for the same steps (Python-Edu baseline)"
-    )
+    compare_raw_code: bool = arg(True, "eval: also SFT the base on the raw code (Python-Edu)")
     toy_base_rows: int = arg(4000, "toy student base: plain-words step narrations")
     toy_base_steps: int = arg(600, "toy student base: warm-start steps of 16 rows")
 
@@ -201,105 +170,37 @@ def derived(args, world_size: int) -> dict:
 
 
 def resolve_teacher(args: Args) -> str:
-    """--teacher auto: the named --model writes the CoTs, else the stand-in (the toy)."""
+    """--teacher auto: the named --model writes the CoTs (model), else the stand-in: the scripted
+    narrator common.code_teacher.StandInTeacher, NOT a model (the toy)."""
     if args.teacher == "auto":
         return "model" if args.model else "stand-in"
     return args.teacher
 
 
 # ---------------------------------------------- 1. rewrite (release: src/codeio_utils.py)
-SECTIONS = ("Main Function", "Input Output Description", "Input Generator", "Problem Statement")
-REWRITE_PROMPT = "\n".join(
-    [
-        "Turn this raw Python code into a self-contained reasoning task.",
-        "```python",
-        "{code}",
-        "```",
-        "Answer with exactly these four sections, each starting with a level-2 markdown heading:",
-        "## Main Function",
-        "One python code block with the imports it needs and an entry function `main_solution` "
-        "whose arguments and",
-        "return value are JSON serialisable (convert sets, tuples, numpy arrays and custom objects "
-        "at the boundaries).",
-        "Under about 1KB. No printing, plotting or file access: return the result.",
-        "## Input Output Description",
-        "Every argument of `main_solution` and its return value, each with its type and meaning.",
-        "## Input Generator",
-        "One python code block defining `input_generator()`: no arguments, returns a dict of "
-        "random keyword arguments",
-        "for `main_solution`.",
-        "## Problem Statement",
-        "A question that names the inputs and asks for the result, as a problem to think about, "
-        "not a programming",
-        'task (never "write a function").',
-        "",
-    ]
-)
-
-
-def _blank(match) -> str:
-    return re.sub(r"[^\n]", " ", match.group())
-
-
-def parse_rewrite_response(text: str) -> tuple[dict | None, str]:
-    """Strict parser of a rewrite answer: (record, "ok") or (None, why it was rejected)."""
-    if not isinstance(text, str):
-        return None, "not text"
-    outside_code = re.sub(r"```.*?```", _blank, text, flags=re.S)  # a '## x' comment is no heading
-    headings = list(re.finditer(r"^##\s*(.+?)[ \t]*$", outside_code, flags=re.M))
-    bodies = {}
-    for i, heading in enumerate(headings):
-        end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
-        bodies.setdefault(heading.group(1).rstrip(":").strip().lower(), text[heading.end() : end])
-    bodies = {k: v.strip() for k, v in bodies.items()}
-    for section in SECTIONS:
-        if not bodies.get(section.lower()):
-            return None, f"missing section: {section}"
-    code = {}
-    for section, name in (
-        ("Main Function", "main_solution"),
-        ("Input Generator", "input_generator"),
-    ):
-        blocks = re.findall(r"```python\s*\n(.*?)```", bodies[section.lower()], flags=re.S)
-        if not blocks:
-            return None, f"no python block in: {section}"
-        try:
-            tree = ast.parse(blocks[0])
-        except SyntaxError:
-            return None, f"syntax error in: {section}"
-        if not any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body):
-            return None, f"no {name}"
-        code[name] = blocks[0].strip()
-    record = {"main_code": code["main_solution"], "generator_code": code["input_generator"]}
-    record["io_description"] = bodies["input output description"]
-    record["problem"] = bodies["problem statement"]
-    return record, "ok"
-
-
-def parse_unified_file(source: str) -> dict | None:
-    """A corpus file already in the unified format (a module docstring 'Problem Statement: ...
-    Input Output Description: ...', main_solution and input_generator); None for raw code."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    doc = ast.get_docstring(tree)
-    names = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    if not doc or "main_solution" not in names or "input_generator" not in names:
-        return None
-    pattern = r"\s*Problem Statement:\s*(.+?)\s*Input Output Description:\s*(.+)"
-    if not (match := re.match(pattern, doc, flags=re.S)):
-        return None
-    generator = names["input_generator"]
-    cut = [(tree.body[0].lineno, tree.body[0].end_lineno), (generator.lineno, generator.end_lineno)]
-    lines = enumerate(source.splitlines(keepends=True), 1)
-    main_code = "".join(line for i, line in lines if not any(a <= i <= b for a, b in cut))
-    return {
-        "main_code": main_code.strip(),
-        "generator_code": ast.get_source_segment(source, generator),
-        "io_description": match.group(2).strip(),
-        "problem": match.group(1).strip(),
-    }
+REWRITE_PROMPT = """\
+Turn this raw Python code into a self-contained reasoning task.
+```python
+{code}
+```
+Answer with exactly these four sections, each starting with a level-2 markdown heading:
+## Main Function
+One python code block with the imports it needs and an entry function `main_solution` \
+whose arguments and
+return value are JSON serialisable (convert sets, tuples, numpy arrays and custom objects \
+at the boundaries).
+Under about 1KB. No printing, plotting or file access: return the result.
+## Input Output Description
+Every argument of `main_solution` and its return value, each with its type and meaning.
+## Input Generator
+One python code block defining `input_generator()`: no arguments, returns a dict of random \
+keyword arguments
+for `main_solution`.
+## Problem Statement
+A question that names the inputs and asks for the result, as a problem to think about, not a \
+programming
+task (never "write a function").
+"""
 
 
 # ---------------------------------------------- 2. I/O pairs (release: src/parse_gen_ios.py)
@@ -577,86 +478,10 @@ def assemble_revision(record: dict) -> str:
     )
 
 
-# ---------------------------------------------- plumbing: corpus, stage files, each rank's share
-CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
-
-
-def load_corpus(source: str) -> list[dict]:
-    """A folder of .py files, or rows of raw code: the release's (data/rawcode_1k.jsonl: `content`
-    + repo_name, path, ...; named repo_name/path, metadata kept as `source`) or a `code` column."""
-    if Path(source).is_dir() and any(Path(source).glob("*.py")):
-        files = sorted(Path(source).glob("*.py"))
-        return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
-    corpus = []
-    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
-        code = row.get("content", row.get("code"))
-        if not isinstance(code, str) or not code.strip():
-            raise DataError(
-                f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
-                f"or empty (fields present: {sorted(row)})"
-            )
-        meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
-        name = row.get("name") or meta.get("blob_id", i)
-        if "repo_name" in meta and "path" in meta:
-            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
-        corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
-    return corpus
-
-
-def write_jsonl(path, rows, mode="w"):
-    """Every rank holds the same records (gathered work): rank 0 writes."""
-    if is_main_process():
-        data.write_jsonl(path, rows, mode)
-
-
-def read_jsonl_tolerant(path) -> list[dict]:
-    """Every rank reads rank 0's file after its writes and before rank 0 repairs a cut line."""
-    barrier()
-    rows = data.read_jsonl_tolerant(path)
-    barrier()
-    return rows
-
-
-def stage_records(p, name: str, key: str, new_records) -> list[dict]:
-    """A stage's records: those an earlier run wrote (a line cut by a kill is dropped and the file
-    repaired), then, if the stage runs, the batches `new_records(done keys)` yields, appended as
-    they come (a kill loses one batch)."""
-    path = p.out / f"{name}.jsonl"
-    records = read_jsonl_tolerant(path)
-    if path.exists() and path.read_text(encoding="utf-8")[-1:] not in ("", "\n"):
-        write_jsonl(path, records)
-    if name not in p.stages:
-        return records
-    for batch in new_records({r[key] for r in records}):
-        write_jsonl(path, batch, "a")
-    return read_jsonl_tolerant(path)
-
-
-def shared_work(p, stage: str, work, items: list) -> list:
-    """Each rank runs `work` (items -> results) on its share, the items whose index is the rank
-    modulo the world size; every rank gets all results back in item order."""
-    rank, world = p.dist_info.rank, p.dist_info.world_size
-    parts = all_gather_object(work(items[rank::world]))
-    results = [None] * len(items)
-    for r, part in enumerate(parts):
-        results[r::world] = part
-    p.count_work(stage, [len(part) for part in parts])
-    return results
-
-
+# ---------------------------------------------- plumbing: samples, the student, the sandbox
 def check_all(sandbox, functions: dict, args: Args, items: list) -> list[dict]:
     """check_answer on (sample, response) items."""
     return [check_answer(sandbox, s, functions[s["name"]], text, args) for s, text in items]
-
-
-def generate(sampler, messages: list, args: Args, desc: str) -> list[str]:
-    """One completion per message; under torchrun each rank generates its share of every batch."""
-    texts, size = [], args.generation_batch_size
-    for start in tqdm(range(0, len(messages), size), desc=desc, leave=False):
-        kwargs = dict(n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-        groups = generate_sharded(sampler, messages[start : start + size], **kwargs)
-        texts += [group[0].text for group in groups]
-    return texts
 
 
 def io_samples(io_ok: dict, functions: dict, args: Args, start: int, count: int) -> list[dict]:
@@ -676,34 +501,38 @@ def user(text: str) -> list[dict]:
 
 
 @dataclass
-class Pipeline:
-    """What the stages share: the configuration, student, teacher and sandbox, and the summary
-    table they append to (with sandbox failures and each rank's share of sandbox jobs)."""
+class Pipeline(StageRun):
+    """What the stages share besides the stage bookkeeping (common.stages.StageRun): the student,
+    the teacher (a Sampler) and the sandbox."""
 
-    args: Args
-    stages: list
-    out: Path
-    dist_info: object
     model_path: str | None = None
     tokenizer: object = None
     model: object = None
     dtype: str | None = None
     sampler: object = None
     sandbox: object = None
-    rows: list = field(default_factory=list)
-    infra: Counter = field(default_factory=Counter)  # sandbox_error per stage: a rerun retries
-    work: dict = field(default_factory=dict)  # stage -> sandbox jobs per rank
 
-    def count_work(self, stage: str, per_rank: list[int]):
-        old = self.work.get(stage, [0] * len(per_rank))
-        self.work[stage] = [a + b for a, b in zip(old, per_rank)]
 
-    def report(self, stage: str, n_in: int, n_out: int, notes: str):
-        if self.infra[stage]:
-            notes += f"; {self.infra[stage]} sandbox errors (not written: a rerun retries them)"
-        if self.dist_info.world_size > 1 and stage in self.work:
-            notes += f"; sandbox jobs per rank {self.work[stage]}"
-        self.rows.append({"stage": stage, "in": n_in, "out": n_out, "notes": notes})
+def toy_student_base(args: Args) -> str:
+    """The toy student (common.code_teacher.train_toy_student) with a tokenizer that has seen this
+    corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
+    corpus = load_code_corpus(args.corpus)
+    crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
+    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
+
+    def build(folder):
+        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
+        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
+        prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
+        texts = prompts + [c["code"] for c in corpus]
+        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
+        code_teacher.train_toy_student(
+            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
+        )
+
+    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
+    code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
+    return toy_model("codeio-student", spec, build, code=code)
 
 
 def load_student(p: Pipeline):
@@ -742,29 +571,28 @@ def open_sandbox(p: Pipeline):
 def rewrite_stage(p: Pipeline) -> dict:
     """Unified corpus files pass through; raw code goes to the teacher with the rewrite prompt."""
 
-    def new_records(done):
-        corpus = [c for c in load_corpus(p.args.corpus) if c["name"] not in done]
-        raw = []
+    def rewrite(corpus: list[dict]) -> list[dict]:
+        new, raw = [], []  # unified files first, then the rewrites
         for item in corpus:
             head = {"name": item["name"], "origin": "unified", "status": "ok", "reason": "ok"}
             source = {"source": item["source"]} if "source" in item else {}  # release rows
             if fn := parse_unified_file(item["code"]):
-                yield [{**head, **fn, **source}]
+                new.append({**head, **fn, **source})
             else:
                 raw.append((item, source))
         asks = [user(REWRITE_PROMPT.format(code=item["code"])) for item, _ in raw]
         for (item, source), answer in zip(raw, generate(p.sampler, asks, p.args, "rewrite")):
             fn, reason = parse_rewrite_response(answer)
             head = {"name": item["name"], "origin": "rewrite", "status": "ok" if fn else "rejected"}
-            yield [{**head, "reason": reason, "response": answer, **(fn or {}), **source}]
+            new.append({**head, "reason": reason, "response": answer, **(fn or {}), **source})
+        return new
 
-    records = stage_records(p, "rewrite", "name", new_records)
+    records = p.run("rewrite", "name", partial(load_code_corpus, p.args.corpus), rewrite)
     rejects = dict(Counter(r["reason"] for r in records if r["status"] != "ok"))
     unified = sum(r["origin"] == "unified" for r in records)
     functions = {r["name"]: r for r in records if r["status"] == "ok"}
-    p.report(
-        "rewrite", len(records), len(functions), f"{unified} already unified; rejects {rejects}"
-    )
+    notes = f"{unified} already unified; rejects {rejects}"
+    p.report("rewrite", len(records), len(functions), notes)
     return functions
 
 
@@ -785,19 +613,16 @@ def io_record(name: str, run) -> dict:
 def io_stage(p: Pipeline, functions: dict) -> dict:
     """Each function's collect_io_pairs in the sandbox; ranks run their share."""
 
-    def new_records(done):
-        todo = [fn for name, fn in functions.items() if name not in done]
+    def collect(todo: list[dict]) -> list[dict]:
         seeds = [p.args.seed * 100003 + zlib.crc32(fn["name"].encode()) for fn in todo]
         jobs = [io_job(fn, p.args, seed) for fn, seed in zip(todo, seeds)]
         calls = [(code, "collect_io_pairs", kwargs) for code, kwargs in jobs]
-        run_all = partial(p.sandbox.call_many, timeout=p.args.io_timeout)
-        runs = shared_work(p, "io", run_all, calls)
+        runs = p.shared_work("io", partial(p.sandbox.call_many, timeout=p.args.io_timeout), calls)
         p.infra["io"] += sum(run.infrastructure_failure for run in runs)  # a rerun retries them
-        yield [
-            io_record(fn["name"], r) for fn, r in zip(todo, runs) if not r.infrastructure_failure
-        ]
+        runs = [(fn, run) for fn, run in zip(todo, runs) if not run.infrastructure_failure]
+        return [io_record(fn["name"], run) for fn, run in runs]
 
-    records = stage_records(p, "io", "name", new_records)
+    records = p.run("io", "name", functions.values, collect)
     io_ok = {r["name"]: r for r in records if r["status"] == "ok" and r["name"] in functions}
     drops = sorted(r["reason"] for r in records if r["status"] != "ok")
     n_pairs = sum(len(r["pairs"]) for r in io_ok.values())
@@ -807,12 +632,8 @@ def io_stage(p: Pipeline, functions: dict) -> dict:
 
 def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
     """The first pairs_per_function pairs -> input and output prompts (build_codeio_msg.py)."""
-
-    def new_records(done):
-        new = io_samples(io_ok, functions, p.args, 0, p.args.pairs_per_function)
-        yield [r for r in new if r["id"] not in done]
-
-    prompts = {r["id"]: r for r in stage_records(p, "prompts", "id", new_records)}
+    samples = partial(io_samples, io_ok, functions, p.args, 0, p.args.pairs_per_function)
+    prompts = {r["id"]: r for r in p.run("prompts", "id", samples, list)}
     kinds = Counter(r["kind"] for r in prompts.values())
     notes = f"{kinds['input']} input / {kinds['output']} output"
     p.report("prompts", len(io_ok), len(prompts), notes)
@@ -822,16 +643,11 @@ def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
 def cot_stage(p: Pipeline, prompts: dict) -> dict:
     """One chain of thought per prompt from the teacher."""
 
-    def new_records(done):
-        todo = [r for r in prompts.values() if r["id"] not in done]
-        for start in range(0, len(todo), p.args.generation_batch_size):
-            batch = todo[start : start + p.args.generation_batch_size]
-            texts = generate(p.sampler, [user(r["prompt"]) for r in batch], p.args, "cot")
-            yield [
-                {"id": r["id"], "prompt": r["prompt"], "response": t} for r, t in zip(batch, texts)
-            ]
+    def write_cots(batch: list[dict]) -> list[dict]:
+        texts = generate(p.sampler, [user(r["prompt"]) for r in batch], p.args, "cot")
+        return [{"id": r["id"], "prompt": r["prompt"], "response": t} for r, t in zip(batch, texts)]
 
-    records = stage_records(p, "cot", "id", new_records)
+    records = p.run("cot", "id", prompts.values, write_cots, p.args.generation_batch_size)
     cots = {r["id"]: r for r in records if r["id"] in prompts}
     empty = sum(not r["response"].strip() for r in cots.values())
     p.report("cot", len(prompts), len(cots), f"{empty} empty")
@@ -842,26 +658,18 @@ def verify_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict) -> dic
     """Every CoT checked (check_io_pred_acc_mp.py), in chunks; ranks check their share."""
     check = partial(check_all, p.sandbox, functions, p.args)
 
-    def new_records(done):
-        todo = [c for c in cots.values() if c["id"] not in done]
-        size = p.args.generation_batch_size
-        for start in tqdm(range(0, len(todo), size), desc="verify", leave=False):
-            chunk = todo[start : start + size]
-            checks = shared_work(
-                p, "verify", check, [(prompts[c["id"]], c["response"]) for c in chunk]
-            )
-            kept = [(c, k) for c, k in zip(chunk, checks) if k["status"] != "sandbox_error"]
-            p.infra["verify"] += len(chunk) - len(kept)  # neither scored nor fed back
-            yield [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept]
+    def verify(chunk: list[dict]) -> list[dict]:
+        checks = p.shared_work("verify", check, [(prompts[c["id"]], c["response"]) for c in chunk])
+        kept = [(c, k) for c, k in zip(chunk, checks) if k["status"] != "sandbox_error"]
+        p.infra["verify"] += len(chunk) - len(kept)  # neither scored nor fed back
+        return [{"id": c["id"], "kind": prompts[c["id"]]["kind"], **k} for c, k in kept]
 
-    records = stage_records(p, "verify", "id", new_records)
+    records = p.run("verify", "id", cots.values, verify, p.args.generation_batch_size)
     verified = {r["id"]: r for r in records if r["id"] in cots}
     statuses = dict(Counter(r["status"] for r in verified.values()))
-    correct = {"input": 0, "output": 0}
-    for r in verified.values():
-        correct[r["kind"]] += r["correct"]
+    correct = Counter(r["kind"] for r in verified.values() if r["correct"])
     kinds = Counter(r["kind"] for r in verified.values())
-    accuracy = {kind: f"{correct[kind]}/{kinds[kind]}" for kind in correct}
+    accuracy = {kind: f"{correct[kind]}/{kinds[kind]}" for kind in ("input", "output")}
     notes = f"correct {accuracy}; statuses {statuses} (wrong CoTs are kept too)"
     p.report("verify", len(cots), len(verified), notes)
     return verified
@@ -878,16 +686,12 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
     request), verified again; every record is kept. Returns the data's accuracy (before, after)."""
     check = partial(check_all, p.sandbox, functions, p.args)
 
-    def new_records(done):
-        if not p.args.revise:  # plain CodeI/O: no second turns
-            return
-        todo = [v for v in verified.values() if v["id"] not in done]
+    def revise(todo: list[dict]) -> list[dict]:
         failed = [v for v in todo if not v["correct"]]  # only failed samples get a second turn
         chats = [revision_chat(cots[v["id"]], v["feedback"]) for v in failed]
         turns = generate(p.sampler, chats, p.args, "revise")
-        checks = shared_work(
-            p, "revise", check, [(prompts[v["id"]], t) for v, t in zip(failed, turns)]
-        )
+        items = [(prompts[v["id"]], t) for v, t in zip(failed, turns)]
+        checks = p.shared_work("revise", check, items)
         second = {v["id"]: pair for v, pair in zip(failed, zip(turns, checks))}
         new = []
         for v in todo:
@@ -899,9 +703,10 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
             turn_1["feedback_1"] = v["feedback"]
             turn_2 = {"turn_2": turn_2, "feedback_2": check_2["feedback"]}
             new.append({"id": v["id"], **turn_1, **turn_2, "correct_2": check_2["correct"]})
-        yield new
+        return new
 
-    records = stage_records(p, "revise", "id", new_records)
+    todo = verified.values if p.args.revise else list  # plain CodeI/O: no second turns
+    records = p.run("revise", "id", todo, revise)
     revised = [r for r in records if r["turn_2"] is not None]
     fixed = sum(bool(r["correct_2"]) for r in revised)
     notes = f"{len(revised)} second turns, {fixed} correct; all kept (paper)"
@@ -911,148 +716,37 @@ def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verifi
 
 
 # ---------------------------------------------- SFT (the paper's training setup: loss on responses)
-CHECKPOINTS = {
-    "stage1": "checkpoint",
-    "stage2": "checkpoint_stage2",
-    "raw_code": "checkpoint_raw_code",
-}
+CHECKPOINTS = dict(stage1="checkpoint", stage2="checkpoint_stage2", raw_code="checkpoint_raw_code")
 
 
 def sft_examples(out: Path, args: Args) -> list[dict]:
     """CodeI/O: every first-turn CoT, right or wrong; CodeI/O++: the assembled revision."""
     if not args.revise:
-        records = read_jsonl_tolerant(out / "cot.jsonl")
+        records = read_jsonl(out / "cot.jsonl")
         return [{"prompt": r["prompt"], "response": r["response"]} for r in records]
-    records = read_jsonl_tolerant(out / "revise.jsonl")
+    records = read_jsonl(out / "revise.jsonl")
     return [{"prompt": r["prompt"], "response": assemble_revision(r)} for r in records]
 
 
-def encode_sft(tokenizer, examples: list[dict], max_length: int) -> list[tuple[list, list]]:
-    """(prompt ids, response ids + end of turn); the prompt keeps at most half of max_length."""
-    end_ids = [tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))]
-    encoded = []
-    for ex in examples:
-        chat = render_prompt(tokenizer, user(ex["prompt"]))
-        prompt = tokenizer(chat, add_special_tokens=False).input_ids[: max_length // 2]
-        response = tokenizer(ex["response"], add_special_tokens=False).input_ids + end_ids
-        encoded.append((prompt, response[: max_length - len(prompt)]))
-    return encoded
-
-
-def sft_backward(model, tokenizer, rows: list[tuple], micro_batch_size: int, device) -> float:
-    """Gradients of the response-token mean loss over this rank's rows, in micro-batches (the
-    same token mean as one pass); returns the loss."""
-    num_tokens = sum(len(response) for _, response in rows)
-    total = 0.0
-    for part in micro_batches(len(rows), micro_batch_size):
-        prompts, responses = zip(*rows[part])
-        batch = sft_inputs(tokenizer, list(prompts), list(responses), device)  # 3 x (b, L)
-        loss = sft_loss(model, *batch, normalizer=num_tokens)
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-def run_sft(p, model, examples, logger, stage, lr, steps=None, schedule="constant", offset=0):
-    """Response-only SFT of `model` (stage: stage1 | stage2 | raw_code, each with its checkpoint
-    folder); returns (last loss, global step at the end). Metrics use global steps."""
-    args, dist_info, ckpt = p.args, p.dist_info, p.out / CHECKPOINTS[stage]
-    encoded = encode_sft(p.tokenizer, examples, args.max_length)
-    steps_per_epoch = max(1, len(encoded) // args.batch_size)
-    total = steps or steps_per_epoch * args.epochs
-    optimizer = make_optimizer(model, lr)
-    floor = {"min_lr": 1e-6} if schedule == "cosine_with_min_lr" else {}
-    scheduler = make_scheduler(optimizer, schedule, 0, total, **floor)
-    state = load_checkpoint(ckpt, model, optimizer, scheduler) if args.resume else None
-    start = state[0] if state and state[1].get("stage") == stage else 0
-    generator = torch.Generator().manual_seed(args.seed)
-    epochs = total // steps_per_epoch + 1
-    order = torch.cat([torch.randperm(len(encoded), generator=generator) for _ in range(epochs)])
-    share, rank = args.batch_size // dist_info.world_size, dist_info.rank
-    loss = float("nan")
-    for step in tqdm(range(start, total), desc=f"sft {stage}", disable=not dist_info.is_main):
-        batch = order[step * args.batch_size : (step + 1) * args.batch_size].tolist()
-        rows = [encoded[i] for i in batch[rank * share : (rank + 1) * share] or batch[:1]]
-        loss = sft_backward(model, p.tokenizer, rows, args.micro_batch_size, dist_info.device)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr_now = scheduler.get_last_lr()[0]
-        logger.log({f"{stage}/loss": loss, f"{stage}/lr": lr_now}, step=offset + step + 1)
-        if (step + 1) % args.save_every == 0 or step + 1 == total:
-            extra = {"stage": stage, "global_step": offset + step + 1}
-            save_checkpoint(ckpt, model, optimizer, scheduler, step + 1, extra=extra)
-    return loss, offset + total
-
-
-def make_logger(p: Pipeline) -> MetricsLogger:
-    """The metrics log; a resumed run continues at the last checkpoint's global step."""
-    metas = [p.out / CHECKPOINTS[s] / "meta.json" for s in ("stage1", "stage2")]
-    done = [json.loads(m.read_text())["extra"]["global_step"] for m in metas if m.exists()]
-    resume_step = max(done) if p.args.resume and done else None
-    kwargs = dict(track=p.args.track, run_name="codeio", config=vars(p.args))
-    return MetricsLogger(p.out, resume_step=resume_step, **kwargs)
-
-
-def loss_note(loss: float, what: str) -> str:
-    return "already trained (resumed)" if math.isnan(loss) else f"{what} {loss:.3f}"
-
-
 def sft_stage(p: Pipeline, logger):
-    """Stage 1 on the CodeI/O(++) data, then stage 2 on general instructions if given."""
-    args = p.args
+    """Stage 1 on the CodeI/O(++) data (constant LR), then stage 2 on general instructions if
+    given (cosine to 1e-6); metrics continue at stage 1's last global step."""
+    args, ckpt = p.args, {stage: p.out / folder for stage, folder in CHECKPOINTS.items()}
     examples = sft_examples(p.out, args)
     if not examples:
         raise ValueError(f"no training examples in {p.out} (run the earlier --stages first)")
     p.model = shard_model(p.model, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-    loss, step = run_sft(p, p.model, examples, logger, "stage1", args.lr)
+    train = partial(run_sft, p.model, p.tokenizer, args=args, dist_info=p.dist_info, logger=logger)
+    loss, step = train(examples, ckpt=ckpt["stage1"], stage="stage1", lr=args.lr)
     p.report("sft", len(examples), len(examples), loss_note(loss, "stage-1 final loss"))
-    if not args.stage2_data:
-        return
-    if args.stage2_data == "toy":
-        arithmetic = make_arithmetic_rows(64, seed=args.seed)
-        rows = [
-            {"prompt": r["question"], "response": f"The answer is {r['answer']}."}
-            for r in arithmetic
-        ]
-    else:
-        rows = load_rows(args.stage2_data, required=("prompt", "response"))
-    schedule = "cosine_with_min_lr"
-    loss, _ = run_sft(
-        p, p.model, rows, logger, "stage2", args.stage2_lr, args.stage2_steps, schedule, step
-    )
-    p.report("sft stage 2", len(rows), len(rows), loss_note(loss, "final loss"))
+    if args.stage2_data:
+        rows = instruction_rows(args.stage2_data, args.seed)
+        kwargs = dict(steps=args.stage2_steps, schedule="cosine_with_min_lr", offset=step)
+        loss, _ = train(rows, ckpt=ckpt["stage2"], stage="stage2", lr=args.stage2_lr, **kwargs)
+        p.report("sft stage 2", len(rows), len(rows), loss_note(loss, "final loss"))
 
 
 # ---------------------------------------------- evaluation: held-out I/O prediction
-def toy_student_base(args: Args) -> str:
-    """The toy student (common.code_teacher.train_toy_student) with a tokenizer that has seen this
-    corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
-    corpus = load_corpus(args.corpus)
-    crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
-    spec = {
-        "rows": args.toy_base_rows,
-        "steps": args.toy_base_steps,
-        "seed": args.seed,
-        "corpus": crc,
-    }
-
-    def build(folder):
-        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
-        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
-        prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
-        texts = prompts + [c["code"] for c in corpus]
-        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
-        code_teacher.train_toy_student(
-            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
-        )
-
-    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
-    return toy_model(
-        "codeio-student", spec, build, code=[*toy_world, build_prompt, parse_unified_file]
-    )
-
-
 def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dict:
     """Greedy held-out I/O-prediction accuracy (overall and per kind), scored like verify."""
     sampler = make_sampler("hf", model, p.tokenizer)
@@ -1071,29 +765,25 @@ def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dic
 def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[dict, list]:
     """The base, the CodeI/O(++) student and the base after SFT on the raw code (the paper's
     Python-Edu baseline, same steps) on the pairs after the training ones."""
-    args, out = p.args, p.out
-    samples = io_samples(
-        io_ok, functions, args, args.pairs_per_function, args.eval_pairs_per_function
-    )
+    args, out, ckpt = p.args, p.out, p.out / CHECKPOINTS["stage1"]
+    count = args.eval_pairs_per_function
+    samples = io_samples(io_ok, functions, args, args.pairs_per_function, count)
     if not samples:
-        raise ValueError(
-            "eval: no held-out pairs (raise --max_pairs or lower --pairs_per_function)"
-        )
-    if "sft" not in p.stages and not load_checkpoint(
-        out / "checkpoint", p.model, restore_rng=False
-    ):
-        raise ValueError(f"eval: no {out / 'checkpoint'} (run --stages sft first)")
+        raise ValueError("eval: no held-out pairs (raise --max_pairs, lower --pairs_per_function)")
+    if "sft" not in p.stages and not load_checkpoint(ckpt, p.model, restore_rng=False):
+        raise ValueError(f"eval: no {ckpt} (run --stages sft first)")
     name, metric = ("codeio++" if args.revise else "codeio"), "held-out I/O accuracy"
     results = {name: evaluate_io(p.model, p, samples, functions)}
     base = load_model(p.model_path, dtype=p.dtype, device=p.dist_info.device)
     results["base"] = evaluate_io(base, p, samples, functions)
     baselines = {"base": f"SFT on {name} data beats the base"}
     if args.compare_raw_code:  # the same SFT budget on the code files themselves
-        code = {c["name"]: c["code"] for c in load_corpus(args.corpus)}
+        code = {c["name"]: c["code"] for c in load_code_corpus(args.corpus)}
         raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
         steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
         base = shard_model(base, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-        run_sft(p, base, raw, logger, "raw_code", args.lr, steps)
+        ckpt = out / CHECKPOINTS["raw_code"]
+        run_sft(base, p.tokenizer, raw, args, p.dist_info, logger, ckpt, "raw_code", args.lr, steps)
         results["raw_code"] = evaluate_io(base, p, samples, functions)
         baselines["raw_code"] = f"SFT on {name} data beats SFT on raw code"
     for who, r in results.items():
@@ -1101,9 +791,8 @@ def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[d
         notes = f"held-out accuracy {r['accuracy']:.3f} ({kinds})"
         p.report(f"eval {who}", r["n"], round(r["accuracy"] * r["n"]), notes)
     accuracy = {who: r["accuracy"] for who, r in results.items()}
-    return results, [
-        claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()
-    ]
+    claims = [claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()]
+    return results, claims
 
 
 # ---------------------------------------------- main
@@ -1131,7 +820,10 @@ def main(args: Args):
     first_turn = revise_stage(p, functions, prompts, cots, verified)
 
     # 6. SFT on the responses (stage 1), then general instructions (stage 2)
-    logger = make_logger(p) if set(stages) & {"sft", "eval"} else None
+    logger = None
+    if set(stages) & {"sft", "eval"}:  # a resumed run's log continues at its last global step
+        folders = [p.out / CHECKPOINTS[stage] for stage in ("stage1", "stage2")]
+        logger = make_logger(p.out, args, "codeio", folders)
     if "sft" in stages:
         sft_stage(p, logger)
     # 7. evaluate: held-out I/O prediction of the student against the base and raw-code SFT
@@ -1139,22 +831,10 @@ def main(args: Args):
     if first_turn is not None:  # the data's accuracy before and after the revision turn
         name = "CodeI/O++ revision turns wrong CoTs right"
         claims.insert(0, claim(name, "verified CoT accuracy", *first_turn))
-
     if p.sandbox is not None:
         p.sandbox.close()
-    if logger is not None:
-        keys = [
-            k
-            for k in ("stage1/loss", "stage2/loss", "raw_code/loss")
-            if any(k in r for r in logger.history)
-        ]
-        if dist_info.is_main:
-            print0(f"loss curve: {logger.plot(keys, p.out / 'sft_loss.png', title='CodeI/O SFT')}")
-        logger.close()
-    if dist_info.is_main:
-        write_summary(p.out, claims, stages=p.rows, eval=results)
-        print0("\n" + format_table(p.rows))
-        print0("\n" + format_claims(claims))
+    loss_keys = ("stage1/loss", "stage2/loss", "raw_code/loss")
+    finish_run(p, logger, claims, loss_keys, "CodeI/O SFT", eval=results)
     cleanup_distributed()
     return p.rows
 

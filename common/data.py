@@ -5,8 +5,10 @@ Every error names what was wrong and where: the file, the line (JSONL) or row, a
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+import re
 from pathlib import Path
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -193,3 +195,106 @@ def make_countdown_rows(n: int, seed: int = 0, num_count: int = 3, max_num: int 
             question = f"Using the numbers {nums}, create an equation that equals {value}."
             rows.append({"question": question, "target": value, "nums": nums, "answer": expr})
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# code corpora (codeio.py): a folder of .py files or the CodeI/O release's rows; the unified format
+# (hkust-nlp/CodeIO) of a corpus file or of a model's rewrite answer
+
+CORPUS_META = ("repo_name", "path", "blob_id", "length_bytes", "score", "int_score", "license")
+
+
+def load_code_corpus(source: str) -> list[dict]:
+    """A folder of .py files, or rows of raw code: the release's (data/rawcode_1k.jsonl: `content`
+    + repo_name, path, ...; named repo_name/path, metadata kept as `source`) or a `code` column."""
+    if Path(source).is_dir() and any(Path(source).glob("*.py")):
+        files = sorted(Path(source).glob("*.py"))
+        return [{"name": f.stem, "code": f.read_text(encoding="utf-8")} for f in files]
+    corpus = []
+    for i, (where, row) in enumerate(load_located_rows(source)):  # a file, folder or hub set
+        code = row.get("content", row.get("code"))
+        if not isinstance(code, str) or not code.strip():
+            raise DataError(
+                f"--corpus {where}: field 'content' (CodeI/O release) or 'code' is missing "
+                f"or empty (fields present: {sorted(row)})"
+            )
+        meta = {k: row[k] for k in CORPUS_META if row.get(k) is not None}
+        name = row.get("name") or meta.get("blob_id", i)
+        if "repo_name" in meta and "path" in meta:
+            name = row.get("name") or f"{meta['repo_name']}/{meta['path'].lstrip('/')}"
+        corpus.append({"name": str(name), "code": code, **({"source": meta} if meta else {})})
+    return corpus
+
+
+# the four sections codeio.py's REWRITE_PROMPT asks for
+REWRITE_SECTIONS = (
+    "Main Function",
+    "Input Output Description",
+    "Input Generator",
+    "Problem Statement",
+)
+
+
+def _blank(match) -> str:
+    return re.sub(r"[^\n]", " ", match.group())
+
+
+def parse_rewrite_response(text: str) -> tuple[dict | None, str]:
+    """Strict parser of a rewrite answer: (record, "ok") or (None, why it was rejected)."""
+    if not isinstance(text, str):
+        return None, "not text"
+    outside_code = re.sub(r"```.*?```", _blank, text, flags=re.S)  # a '## x' comment is no heading
+    headings = list(re.finditer(r"^##\s*(.+?)[ \t]*$", outside_code, flags=re.M))
+    bodies = {}
+    for i, heading in enumerate(headings):
+        end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
+        bodies.setdefault(heading.group(1).rstrip(":").strip().lower(), text[heading.end() : end])
+    bodies = {k: v.strip() for k, v in bodies.items()}
+    for section in REWRITE_SECTIONS:
+        if not bodies.get(section.lower()):
+            return None, f"missing section: {section}"
+    code = {}
+    for section, name in (
+        ("Main Function", "main_solution"),
+        ("Input Generator", "input_generator"),
+    ):
+        blocks = re.findall(r"```python\s*\n(.*?)```", bodies[section.lower()], flags=re.S)
+        if not blocks:
+            return None, f"no python block in: {section}"
+        try:
+            tree = ast.parse(blocks[0])
+        except SyntaxError:
+            return None, f"syntax error in: {section}"
+        if not any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body):
+            return None, f"no {name}"
+        code[name] = blocks[0].strip()
+    record = {"main_code": code["main_solution"], "generator_code": code["input_generator"]}
+    record["io_description"] = bodies["input output description"]
+    record["problem"] = bodies["problem statement"]
+    return record, "ok"
+
+
+def parse_unified_file(source: str) -> dict | None:
+    """A corpus file already in the unified format (a module docstring 'Problem Statement: ...
+    Input Output Description: ...', main_solution and input_generator); None for raw code."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    doc = ast.get_docstring(tree)
+    names = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if not doc or "main_solution" not in names or "input_generator" not in names:
+        return None
+    pattern = r"\s*Problem Statement:\s*(.+?)\s*Input Output Description:\s*(.+)"
+    if not (match := re.match(pattern, doc, flags=re.S)):
+        return None
+    generator = names["input_generator"]
+    cut = [(tree.body[0].lineno, tree.body[0].end_lineno), (generator.lineno, generator.end_lineno)]
+    lines = enumerate(source.splitlines(keepends=True), 1)
+    main_code = "".join(line for i, line in lines if not any(a <= i <= b for a, b in cut))
+    return {
+        "main_code": main_code.strip(),
+        "generator_code": ast.get_source_segment(source, generator),
+        "io_description": match.group(2).strip(),
+        "problem": match.group(1).strip(),
+    }

@@ -521,6 +521,7 @@ def test_stand_in_teacher_is_a_sampler_with_a_mix_of_right_and_wrong(sandbox):
 def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
     from _micro import assert_micro_batching_matches
 
+    from common import sft
     from common.models import load_tokenizer, make_tiny_lm
     from common.train import Dist, MetricsLogger
 
@@ -533,12 +534,38 @@ def test_run_sft_micro_batches_equal_unsplit_step(tmp_path, monkeypatch):
 
     def step(model, optimizer, micro):
         # the helper's plain SGD
-        monkeypatch.setattr(codeio, "make_optimizer", lambda *a, **k: optimizer)
+        monkeypatch.setattr(sft, "make_optimizer", lambda *a, **k: optimizer)
         args = codeio.Args(batch_size=5, micro_batch_size=micro, save_every=10**6, max_length=64)
-        p = codeio.Pipeline(args, ["sft"], tmp_path / f"run{micro}", Dist(), tokenizer=tok)
-        codeio.run_sft(p, model, examples, MetricsLogger(tmp_path), "stage1", 1.0, steps=1)
+        ckpt, logger = tmp_path / f"run{micro}" / "checkpoint", MetricsLogger(tmp_path)
+        sft.run_sft(model, tok, examples, args, Dist(), logger, ckpt, "stage1", 1.0, steps=1)
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
+
+
+def test_stage_run_appends_batches_and_redoes_only_missing_keys(tmp_path):
+    """common.stages.StageRun.run: work() sees the items not on file, `batch_size` at a time, each
+    batch appended; a line cut by a kill is dropped and only its key is redone."""
+    from common.stages import StageRun
+    from common.train import Dist
+
+    items = [{"k": i} for i in range(5)]
+    calls = []
+
+    def work(batch):
+        calls.append([x["k"] for x in batch])
+        return [{"k": x["k"], "twice": 2 * x["k"]} for x in batch]
+
+    run = StageRun(None, ["double"], tmp_path, Dist())
+    records = run.run("double", "k", lambda: items, work, batch_size=2)
+    assert [r["twice"] for r in records] == [0, 2, 4, 6, 8] and calls == [[0, 1], [2, 3], [4]]
+    path = tmp_path / "double.jsonl"
+    path.write_text(path.read_text()[:-4])  # a kill cut the last record short
+    calls.clear()
+    records = run.run("double", "k", lambda: items, work, batch_size=2)
+    assert [r["k"] for r in records] == [0, 1, 2, 3, 4] and calls == [[4]]
+    assert path.read_text().count("\n") == 5
+    skipped = StageRun(None, [], tmp_path, Dist())  # a stage not in --stages: what is on file
+    assert len(skipped.run("double", "k", lambda: items, work)) == 5 and calls == [[4]]
 
 
 def _per_rank(notes: str) -> list[int]:

@@ -18,9 +18,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_codeio_corpus_from_release_rows(tmp_path):
-    from codeio import load_corpus, parse_unified_file
+    from common.data import load_code_corpus, parse_unified_file
 
-    corpus = load_corpus(str(FIXTURES / "codeio_rawcode.jsonl"))
+    corpus = load_code_corpus(str(FIXTURES / "codeio_rawcode.jsonl"))
     assert [c["name"] for c in corpus] == [
         "example-org/puzzles/classic/josephus.py",
         "example-org/puzzles/strings/roman.py",
@@ -35,10 +35,10 @@ def test_codeio_corpus_from_release_rows(tmp_path):
     write_jsonl(
         tmp_path / "code.jsonl", [{"name": "a", "code": "x = 1"}]
     )  # the older `code` column still works
-    assert load_corpus(str(tmp_path / "code.jsonl")) == [{"name": "a", "code": "x = 1"}]
+    assert load_code_corpus(str(tmp_path / "code.jsonl")) == [{"name": "a", "code": "x = 1"}]
     write_jsonl(tmp_path / "bad.jsonl", [{"repo_name": "r", "path": "/p.py", "content": ""}])
     with pytest.raises(DataError, match=r"bad\.jsonl:1: field 'content' .* missing or empty"):
-        load_corpus(str(tmp_path / "bad.jsonl"))
+        load_code_corpus(str(tmp_path / "bad.jsonl"))
 
 
 def test_codeio_pipeline_runs_on_a_release_file(tmp_path, run_cmd):
