@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mstar
+from common import image_questions
 from common.data import read_jsonl_tolerant
 from common.models import make_tiny_vlm
 from common.rewards import math_equal
@@ -168,7 +169,7 @@ def test_shapes_world_deterministic_split_and_grader():
 
 def test_rule_prm_stand_in_checks_steps_not_the_label():
     row = next(r for r in make_shapes_rows(40, seed=5) if r["kind"] == "add")
-    prm = mstar.RuleStepPRM()
+    prm = image_questions.RuleStepPRM()
     good = row["cot"]
     wrong_answer_only = good.rsplit("The answer is", 1)[0] + "The answer is 99."
     lines = good.split("\n")
@@ -188,13 +189,13 @@ def test_grading_in_one_batch_equals_serial_grading():
     golds = ["2", "2", "left", "left", "left", "2", "2", "0.5", "\\frac{1}{2}", "3+4", "1+x"]
     serial = []
     for p, g in zip(preds, golds):
-        quick = mstar.quick_match(p, g)
+        quick = image_questions.quick_match(p, g)
         serial.append(math_equal(p, g) if quick is None else quick)
     assert serial == [True, True, True, True, False, False, False, True, True, True, True]
-    assert mstar.grade(preds, golds) == serial
-    assert mstar.quick_match("right", "left") is False  # words never reach math-verify
-    assert mstar.quick_match("7", "3+4") is None  # expressions do
-    assert mstar.split_steps("a\n\n b \nThe answer is 3.") == ["a", "b"]
+    assert image_questions.grade(preds, golds) == serial
+    assert image_questions.quick_match("right", "left") is False  # words never reach math-verify
+    assert image_questions.quick_match("7", "3+4") is None  # expressions do
+    assert image_questions.split_steps("a\n\n b \nThe answer is 3.") == ["a", "b"]
     assert mstar.extract_answer("Count: 2.\nThe answer is 2.") == "2"
 
 
@@ -225,7 +226,7 @@ def test_collate_vision_passes_every_processor_output():
         }
         for n in (3, 5)
     ]
-    out = mstar.collate_vision(llava, 7)
+    out = image_questions.collate_vision(llava, 7)
     assert set(out) == {"pixel_values"} and out["pixel_values"].shape == (2, 3, 8, 8)
     qwen = [
         {
@@ -237,7 +238,7 @@ def test_collate_vision_passes_every_processor_output():
         }
         for n, p in ((3, 4), (5, 8))
     ]
-    out = mstar.collate_vision(qwen, 7)
+    out = image_questions.collate_vision(qwen, 7)
     assert out["pixel_values"].shape == (12, 12) and out["image_grid_thw"].shape == (2, 3)
     assert out["mm_token_type_ids"].shape == (2, 7) and out["mm_token_type_ids"][0].tolist() == [
         1,
@@ -252,10 +253,10 @@ def test_collate_vision_passes_every_processor_output():
 
 def test_model_backed_prm_interface_with_tiny_vlm():
     args = mstar.Args()
-    prm = mstar.ModelPRM(make_tiny_vlm(), args, "cpu")
+    prm = image_questions.ModelPRM(make_tiny_vlm(), args, "cpu")
     rows = make_shapes_rows(2, seed=0)
     scores = prm.step_scores(rows, [[rows[0]["cot"], "one line", ""], [rows[1]["cot"]]])
-    assert [len(s) for s in scores[0]] == [len(mstar.split_steps(rows[0]["cot"])), 1, 0]
+    assert [len(s) for s in scores[0]] == [len(image_questions.split_steps(rows[0]["cot"])), 1, 0]
     assert all(0.0 < x < 1.0 for group in scores for resp in group for x in resp)
 
 
@@ -478,7 +479,7 @@ def test_qwen2_vl_family_on_a_data_file(tmp_path, monkeypatch):
         ),
         template,
     )
-    monkeypatch.setattr(mstar, "load_processor", lambda path: processor)
+    monkeypatch.setattr(image_questions, "load_processor", lambda path: processor)
     # the random model answers nothing right
     monkeypatch.setattr(mstar, "grade", lambda preds, golds: [True] * len(preds))
     (tmp_path / "img").mkdir()
@@ -514,7 +515,7 @@ def test_qwen2_vl_family_on_a_data_file(tmp_path, monkeypatch):
         (tmp_path / "bad.jsonl").write_text(
             json.dumps({"q": "?", "a": "1", "img": "nowhere.png"}) + "\n" * 2
         )
-        mstar.load_splits(
+        image_questions.load_splits(
             mstar.Args(
                 data=str(tmp_path / "bad.jsonl"),
                 num_train=0,
@@ -542,7 +543,7 @@ def test_train_steps_micro_batches_equal_unsplit_step(tmp_path):
     def step(model, optimizer, micro):
         args = mstar.Args(batch_size=5, micro_batch_size=micro, max_grad_norm=1e9)
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        run = mstar.Run(args, Dist(), model, processor, None, None, tmp_path, tmp_path)
-        mstar.train_steps(run, optimizer, sched, examples, 1, seed=0)
+        run = image_questions.Run(args, Dist(), model, processor, None, None, tmp_path, tmp_path)
+        image_questions.train_steps(run, optimizer, sched, examples, 1, seed=0)
 
     assert_micro_batching_matches(path, step, micro_batch_size=2, vlm=True)
