@@ -11,32 +11,23 @@ first answer (right or wrong); CodeI/O++ gives failed samples one revision turn 
 feedback and joins both turns into one response. SFT uses the loss on the response only.
 Stages (resumable JSONL): rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval.
 
-Departures:
-- Toy defaults (a tiny student, ~150 CoTs): LR 1e-3 for 8 epochs (paper: 1e-5, 1 epoch on 3.5M
-  samples), batch 8 (paper: 1024), max_new_tokens 160 (release: 4096), max_length 2048 (paper:
-  4096). A named --model selects PAPER, the paper's values.
-- Size filter: a recursive sys.getsizeof (8-byte aligned, shared objects once) stands in for
-  pympler.asizeof (pympler's 824 B for list(range(19)); may differ by a few bytes elsewhere).
-- Randomness: the paper excludes such functions without a stated criterion; the release checks
-  nothing. Each KEPT input runs once more and the function is dropped if an output changed
-  (--io_recheck false = the release). The generator is seeded per function; a candidate that
-  raises is skipped (the release's script dies).
-- Sandbox infrastructure failures (a worker died) are not written to io/verify/revise: counted in
-  the summary, retried by a rerun, never shown to the model or scored (the release has no sandbox).
-- CodeI/O++: the connective phrases are ours (`assemble_revision`; not in the release); a correct
-  first turn is kept as is; feedback also covers "no parsable answer" and "timeout"; the
-  reference-code tip is in both prompt kinds; verification makes one pass (the release re-runs
-  timeouts with fewer processes).
-- The rewrite/CoT author is any model behind common.sampling (--teacher model; paper: DeepSeek-V2.5;
-  release: gpt-4o-mini); with --model it is also the SFT student. The toy's author is
-  common.code_teacher.StandInTeacher, a SCRIPT that narrates the toy corpus's digits_* functions
-  and slips one digit per step with probability --teacher_slip; it cannot rewrite or trace others.
-- The toy student is warm-started on plain-words narrations; eval scores held-out pairs of the
-  training functions instead of the 14 benchmarks (Table 1); stage 2 is skipped. The raw-code
-  baseline (Python-Edu) trains the base for the same steps on the corpus files of the functions
-  with I/O pairs, as responses to an empty user turn.
-- Under torchrun each rank generates and runs sandbox checks for its share, rank 0 writes the
-  records; eval compares three models in one process.
+Departures (details in docs/codeio.md):
+- Toy defaults: LR 1e-3, 8 epochs (paper: 1e-5, 1), batch 8 (paper: 1024), max_new_tokens 160
+  (release: 4096), max_length 2048 (paper: 4096); a named --model selects PAPER.
+- Size filter: a recursive sys.getsizeof stands in for pympler.asizeof.
+- "Uses randomness" (no criterion in the paper, no check in the release): each kept input runs once
+  more, a changed output drops the function (--io_recheck false = the release); generators are
+  seeded per function; a candidate that raises is skipped (the release's script dies).
+- Sandbox infrastructure failures are neither written, scored nor shown to the model (a rerun
+  retries them); verification makes one pass (the release re-runs timeouts).
+- CodeI/O++: our connective phrases (`assemble_revision`); a correct first turn is kept as is;
+  extra feedback for "no parsable answer" and "timeout"; the code tip in both prompt kinds.
+- The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; release:
+  gpt-4o-mini), with --model also the student; the toy's is a SCRIPT,
+  common.code_teacher.StandInTeacher (slips one digit per step w.p. --teacher_slip).
+- Toy eval: held-out pairs of the training functions, not the 14 benchmarks (Table 1); no stage 2.
+  The raw-code (Python-Edu) baseline: the base, same steps, on the corpus files as responses.
+- Under torchrun ranks share generation and sandbox jobs; eval runs in one process.
 
 Commands (a named --model selects PAPER; flags you pass win; more in docs/codeio.md):
     python codeio.py                                   # CPU toy: stand-in teacher, tiny student
@@ -67,10 +58,9 @@ from common.data import (
     parse_rewrite_response,
     parse_unified_file,
 )
-from common.models import load_model
 from common.sampling import VLLMArgs
 from common.sandbox import Sandbox
-from common.sft import instruction_rows, loss_note, make_logger, run_sft
+from common.sft import compare_with_baselines, instruction_rows, loss_note, make_logger, run_sft
 from common.stages import (
     StageRun,
     finish_run,
@@ -621,38 +611,23 @@ def sft_stage(p: StageRun, logger):
 
 # ---------------------------------------------- evaluation: held-out I/O prediction
 def evaluate_stage(p: StageRun, functions: dict, io_ok: dict, logger) -> tuple[dict, list]:
-    """Greedy accuracy of the base, the CodeI/O(++) student and the base after SFT on the raw code
-    (the paper's Python-Edu baseline, same steps) on the pairs after the training ones."""
-    args, out, ckpt = p.args, p.out, p.out / CHECKPOINTS["stage1"]
-    count = args.eval_pairs_per_function
-    samples = io_samples(io_ok, functions, args, args.pairs_per_function, count)
-    if not samples:
+    """Greedy accuracy on the pairs after the training ones: the CodeI/O(++) student against the
+    base and the base after the same SFT steps on the raw code (the paper's Python-Edu baseline)."""
+    args, ckpt = p.args, p.out / CHECKPOINTS["stage1"]
+    held_out = (args.pairs_per_function, args.eval_pairs_per_function)
+    if not (samples := io_samples(io_ok, functions, args, *held_out)):
         raise ValueError("eval: no held-out pairs (raise --max_pairs, lower --pairs_per_function)")
     if "sft" not in p.stages and not load_checkpoint(ckpt, p.model, restore_rng=False):
         raise ValueError(f"eval: no {ckpt} (run --stages sft first)")
     check = partial(check_all, p.sandbox, functions, args)
     kwargs = dict(samples=samples, check=check, max_new_tokens=args.max_new_tokens)
-    name, metric = ("codeio++" if args.revise else "codeio"), "held-out I/O accuracy"
-    results = {name: greedy_accuracy(p.model, p.tokenizer, **kwargs)}
-    base = load_model(p.model_path, dtype=p.dtype, device=p.dist_info.device)
-    results["base"] = greedy_accuracy(base, p.tokenizer, **kwargs)
-    baselines = {"base": f"SFT on {name} data beats the base"}
-    if args.compare_raw_code:  # the same SFT budget on the code files themselves
-        code = {c["name"]: c["code"] for c in load_code_corpus(args.corpus)}
-        raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
-        steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
-        base = shard_model(base, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-        ckpt = out / CHECKPOINTS["raw_code"]
-        run_sft(base, p.tokenizer, raw, args, p.dist_info, logger, ckpt, "raw_code", args.lr, steps)
-        results["raw_code"] = greedy_accuracy(base, p.tokenizer, **kwargs)
-        baselines["raw_code"] = f"SFT on {name} data beats SFT on raw code"
-    for who, r in results.items():
-        kinds = f"input {r['accuracy_input']:.3f}, output {r['accuracy_output']:.3f}"
-        notes = f"held-out accuracy {r['accuracy']:.3f} ({kinds})"
-        p.report(f"eval {who}", r["n"], round(r["accuracy"] * r["n"]), notes)
-    accuracy = {who: r["accuracy"] for who, r in results.items()}
-    claims = [claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()]
-    return results, claims
+    code = {c["name"]: c["code"] for c in load_code_corpus(args.corpus)}
+    raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]  # as responses
+    steps = max(1, len(sft_examples(p.out, args)) // args.batch_size) * args.epochs
+    raw_code = (raw, steps, p.out / CHECKPOINTS["raw_code"]) if args.compare_raw_code else None
+    name = "codeio++" if args.revise else "codeio"
+    score = partial(greedy_accuracy, tokenizer=p.tokenizer, **kwargs)
+    return compare_with_baselines(p, name, "held-out I/O accuracy", score, raw_code, logger)
 
 
 # ---------------------------------------------- main
@@ -684,10 +659,8 @@ def main(args: Args):
     first_turn = revise_stage(p, functions, prompts, cots, verified)
 
     # 6. SFT on the responses (stage 1), then general instructions (stage 2)
-    logger = None
-    if set(stages) & {"sft", "eval"}:  # a resumed run's log continues at its last global step
-        folders = [p.out / CHECKPOINTS[stage] for stage in ("stage1", "stage2")]
-        logger = make_logger(p.out, args, "codeio", folders)
+    folders = [p.out / CHECKPOINTS[stage] for stage in ("stage1", "stage2")]  # resume: last step
+    logger = make_logger(p.out, args, "codeio", folders) if {"sft", "eval"} & set(stages) else None
     if "sft" in stages:
         sft_stage(p, logger)
     # 7. evaluate: held-out I/O prediction of the student against the base and raw-code SFT
@@ -695,8 +668,6 @@ def main(args: Args):
     if first_turn is not None:  # the data's accuracy before and after the revision turn
         name = "CodeI/O++ revision turns wrong CoTs right"
         claims.insert(0, claim(name, "verified CoT accuracy", *first_turn))
-    if p.sandbox is not None:
-        p.sandbox.close()
     loss_keys = ("stage1/loss", "stage2/loss", "raw_code/loss")
     finish_run(p, logger, claims, loss_keys, "CodeI/O SFT", eval=results)
     cleanup_distributed()

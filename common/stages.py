@@ -157,8 +157,10 @@ def greedy_accuracy(model, tokenizer, samples: list[dict], check, max_new_tokens
 
 
 def finish_run(run: StageRun, logger, claims: list, loss_keys: tuple, title: str, **summary):
-    """Close the metrics log (plotting the `loss_keys` it has to sft_loss.png); rank 0 writes
-    summary.json (claims, the stage table, `summary`) and prints the table and the claims."""
+    """Close the sandbox and the metrics log (plotting the `loss_keys` it has to sft_loss.png);
+    rank 0 writes summary.json (claims, the stage table, `summary`) and prints table and claims."""
+    if run.sandbox is not None:
+        run.sandbox.close()
     if logger is not None:
         keys = [k for k in loss_keys if any(k in r for r in logger.history)]
         if run.dist_info.is_main:
