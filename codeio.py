@@ -9,48 +9,28 @@ and "predict a feasible input" questions. A model answers each with a chain of t
 checked with a tolerant comparison, inputs by running the function again. CodeI/O trains on every
 first answer (right or wrong); CodeI/O++ gives failed samples one revision turn with execution
 feedback and joins both turns into one response. SFT uses the loss on the response only.
+Stages (resumable JSONL): rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval.
 
-Stages (JSONL in --output_dir; reruns skip done records; generated code runs in common/sandbox.py):
-rewrite -> io -> prompts -> cot -> verify -> revise -> sft -> eval. eval scores held-out I/O pairs
-for the base, the SFT student and the base after the same SFT budget on the raw code (the paper's
-Python-Edu baseline); summary.json holds the claims.
+Departures (details in docs/codeio.md):
+- Toy defaults: LR 1e-3, 8 epochs (paper: 1e-5, 1), batch 8 (paper: 1024), max_new_tokens 160
+  (release: 4096), max_length 2048 (paper: 4096); a named --model selects PAPER.
+- Size filter: a recursive sys.getsizeof stands in for pympler.asizeof.
+- "Uses randomness" (no criterion in the paper, no check in the release): each kept input runs once
+  more, a changed output drops the function (--io_recheck false = the release); generators are
+  seeded per function; a candidate that raises is skipped (the release's script dies).
+- Sandbox infrastructure failures are neither written, scored nor shown to the model (a rerun
+  retries them); verification makes one pass (the release re-runs timeouts).
+- CodeI/O++: our connective phrases (`assemble_revision`); a correct first turn is kept as is;
+  extra feedback for "no parsable answer" and "timeout"; the code tip in both prompt kinds.
+- The rewrite/CoT author is any model behind common.sampling (paper: DeepSeek-V2.5; release:
+  gpt-4o-mini), with --model also the student; the toy's is a SCRIPT,
+  common.code_teacher.StandInTeacher (slips one digit per step w.p. --teacher_slip).
+- Toy eval: held-out pairs of the training functions, not the 14 benchmarks (Table 1); no stage 2.
+  The raw-code (Python-Edu) baseline: the base, same steps, on the corpus files as responses.
+- Under torchrun ranks share generation and sandbox jobs; eval runs in one process.
 
-Departures:
-- Defaults are the CPU toy's (a tiny student learns from ~150 CoTs): LR 1e-3 for 8 epochs (paper:
-  1e-5, 1 epoch on 3.5M samples), batch 8 (paper: 1024), max_new_tokens 160 (release: 4096),
-  max_length 2048 (paper: 4096). A named --model selects PAPER, the paper's values.
-- The size filter counts bytes with a recursive sys.getsizeof (8-byte aligned, shared objects once)
-  instead of pympler.asizeof (not a dependency): pympler's 824 B for list(range(19)), but it may
-  differ by a few bytes elsewhere.
-- Randomness: the paper excludes such functions without a stated criterion; the release checks
-  nothing (src/parse_gen_ios.py runs main_solution once per candidate input). Each candidate runs
-  once here too, then each KEPT input once more and the function is dropped if an output changed
-  (<= max_pairs extra calls; --io_recheck false = the release). The generator is seeded per
-  function (resumable runs); a candidate that raises is skipped (the release's script dies).
-- Sandbox infrastructure failures (a worker died) are not written to io/verify/revise: counted in
-  the summary, retried by a rerun, never shown to the model or scored (the release has no sandbox).
-- The CodeI/O++ connective phrases are not in the release (`assemble_revision` documents ours); a
-  correct first turn is kept as is. The feedback also covers "no parsable answer" and "timeout"
-  (the paper describes mismatch and exception feedback); the reference-code tip is appended to
-  both prompt kinds; verification makes one pass (the release re-runs timeouts with fewer
-  processes).
-- The rewrite/CoT author is any model behind common.sampling (--teacher model; paper: DeepSeek-V2.5;
-  release: gpt-4o-mini); with --model that model is also the SFT student (the paper fine-tunes
-  smaller models on DeepSeek-V2.5's CoTs). The toy's author is common.code_teacher.StandInTeacher,
-  a SCRIPT that narrates the toy corpus's digits_* functions step by step and slips one digit per
-  step with probability --teacher_slip; it cannot rewrite code or trace other functions.
-- The toy student is warm-started on plain-words narrations; eval scores held-out pairs of the
-  training functions instead of the paper's 14 benchmarks (Table 1), and stage 2 is skipped. The
-  raw-code baseline (the paper's Python-Edu, LM loss) trains the base for the same steps on the
-  corpus files of the functions that have I/O pairs, as responses to an empty user turn.
-- Under torchrun every stage but eval runs: each rank generates its share of a batch (HF or its own
-  vLLM engine), runs its share of the sandbox checks (rows strided by rank), results are gathered,
-  rank 0 writes the records; eval compares three models in one process.
-
-Commands (a named --model selects PAPER; flags you pass win; --print_config shows the config):
+Commands (a named --model selects PAPER; flags you pass win; more in docs/codeio.md):
     python codeio.py                                   # CPU toy: stand-in teacher, tiny student
-    python codeio.py --model Qwen/Qwen2.5-Coder-7B-Instruct --sampler vllm --corpus my_py_files/ \\
-        --sandbox_workers 16 --stages rewrite,io,prompts,cot,verify,revise        # 1 GPU
     torchrun --nproc_per_node=8 codeio.py --model Qwen/Qwen2.5-Coder-7B --stages sft \\
         --output_dir runs/codeio --stage2_data tulu3.jsonl                        # 8 GPUs
 """
@@ -60,7 +40,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -73,14 +52,24 @@ import torch
 from common import code_teacher
 from common.claims import claim
 from common.config import arg, parse_config, per_rank
-from common.data import load_code_corpus, parse_rewrite_response, parse_unified_file
-from common.models import load_model, load_tokenizer
-from common.rewards import last_json_object
-from common.sampling import VLLMArgs, make_sampler
+from common.data import (
+    extract_json_answer,
+    load_code_corpus,
+    parse_rewrite_response,
+    parse_unified_file,
+)
+from common.sampling import VLLMArgs
 from common.sandbox import Sandbox
-from common.sft import instruction_rows, loss_note, make_logger, run_sft
-from common.stages import StageRun, finish_run, generate, read_jsonl
-from common.toys import toy_model
+from common.sft import compare_with_baselines, instruction_rows, loss_note, make_logger, run_sft
+from common.stages import (
+    StageRun,
+    finish_run,
+    generate,
+    greedy_accuracy,
+    parse_stages,
+    read_jsonl,
+    user,
+)
 from common.train import (
     cleanup_distributed,
     init_distributed,
@@ -95,9 +84,7 @@ STAGES = ("rewrite", "io", "prompts", "cot", "verify", "revise", "sft", "eval")
 @dataclass
 class Args(VLLMArgs):
     model: str = arg("", "CoT author and SFT base; '' = the tiny offline toy student")
-    corpus: str = arg(
-        "data/codeio_corpus", "folder of .py files, or JSONL/Parquet/hub rows: `content` or `code`"
-    )
+    corpus: str = arg("data/codeio_corpus", ".py folder, or JSONL/Parquet/hub: `content`|`code`")
     output_dir: str = arg("runs/codeio", "stage JSONL files, metrics, checkpoint")
     stages: str = arg(",".join(STAGES), "comma-separated subset of " + ",".join(STAGES))
     sampler: Literal["hf", "vllm"] = arg("hf", "generation backend")
@@ -113,7 +100,7 @@ class Args(VLLMArgs):
     sandbox_workers: int = arg(2, "parallel sandbox processes per rank (release: 24-64)")
     sandbox_allow_weaker: bool = arg(False, "run code even where the sandbox cannot fully isolate")
     prompt_values: Literal["python", "json"] = arg(
-        "python", "values in prompts: python (the release's f'{x}', build_codeio_msg.py) | json"
+        "python", "values in prompts: f'{x}' (release) | json"
     )
     revise: bool = arg(True, "CodeI/O++: one revision turn for failed samples")
     lr: float = arg(1e-3, "stage-1 constant LR; paper: 1e-5 (Gemma-2-27B: 4e-6)")
@@ -129,9 +116,7 @@ class Args(VLLMArgs):
     resume: bool = arg(False, "continue SFT from output_dir/checkpoint")
     seed: int = arg(0, "random seed")
     track: bool = arg(False, "log to Weights & Biases")
-    teacher: Literal["auto", "model", "stand-in"] = arg(
-        "auto", "CoT author: model | stand-in (a scripted narrator, NOT a model) | auto"
-    )
+    teacher: Literal["auto", "model", "stand-in"] = arg("auto", "CoT author; stand-in: a script")
     teacher_slip: float = arg(0.3, "stand-in: chance of a one-digit slip per step")
     eval_pairs_per_function: int = arg(2, "held-out pairs per function (after training's) x2")
     compare_raw_code: bool = arg(True, "eval: also SFT the base on the raw code (Python-Edu)")
@@ -151,30 +136,15 @@ PAPER = dict(
 )
 
 
-def parse_stages(text: str) -> list[str]:
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    if unknown := set(stages) - set(STAGES):
-        raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {STAGES}")
-    return stages
-
-
 def derived(args, world_size: int) -> dict:
     """Checks --stages (eval compares three models in one process) and splits the SFT batch."""
-    if world_size > 1 and "eval" in parse_stages(args.stages):
+    if world_size > 1 and "eval" in parse_stages(args.stages, STAGES):
         raise ValueError(
             "--stages: eval compares three models in one process; under torchrun pass "
             "--stages rewrite,io,prompts,cot,verify,revise,sft, then run --stages eval alone"
         )
     rows = per_rank(args.batch_size, world_size, "--batch_size")
     return dict(sft_rows_per_rank=rows, micro_batches_per_step=-(-rows // args.micro_batch_size))
-
-
-def resolve_teacher(args: Args) -> str:
-    """--teacher auto: the named --model writes the CoTs (model), else the stand-in: the scripted
-    narrator common.code_teacher.StandInTeacher, NOT a model (the toy)."""
-    if args.teacher == "auto":
-        return "model" if args.model else "stand-in"
-    return args.teacher
 
 
 # ---------------------------------------------- 1. rewrite (release: src/codeio_utils.py)
@@ -330,42 +300,6 @@ def build_prompt(kind: str, function: dict, pair: dict, style: str = "python") -
 
 
 # ---------------------------------------------- 4. verification (release: src/codeio_utils.py)
-NO_ANSWER = "no answer"
-
-
-def _repairs(text: str):
-    """The release's retries, cumulative and in its order: as is; True/False/None -> JSON; () ->
-    []; \\boxed{} removed."""
-    yield text
-    for word, json_word in (("None", "null"), ("False", "false"), ("True", "true")):
-        text = re.sub(rf"\b{word}\b", json_word, text)
-    yield text
-    text = text.replace("(", "[").replace(")", "]")
-    yield text
-    while (at := text.find("\\boxed{")) >= 0:
-        depth, end = 1, at + 7
-        while end < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            end += 1
-        text = text[:at] + text[at + 7 : end - 1] + text[end:]
-    yield text
-
-
-def extract_json_answer(text):
-    """The release's extract_last_complete_json: the last ```json block, else the last complete
-    top-level {...}, parsed after each repair in turn. Failure: "no answer"."""
-    if not isinstance(text, str):
-        return NO_ANSWER
-    fenced = re.findall(r"```json\s*(.*?)```", text, flags=re.S)
-    candidate = fenced[-1].strip() if fenced else last_json_object(text)
-    for repaired in _repairs(candidate) if candidate else ():
-        try:
-            return json.loads(repaired)
-        except (ValueError, RecursionError):
-            continue
-    return NO_ANSWER
-
-
 def is_close(pred, gold) -> bool:
     """The release's is_close (template_check_input): same dict keys / list lengths recursively; if
     either number is a float, |p - t| <= 1e-3 |t| and int(p) == int(t) (NaN/inf wrong); else ==."""
@@ -478,7 +412,7 @@ def assemble_revision(record: dict) -> str:
     )
 
 
-# ---------------------------------------------- plumbing: samples, the student, the sandbox
+# ---------------------------------------------- samples and their checks
 def check_all(sandbox, functions: dict, args: Args, items: list) -> list[dict]:
     """check_answer on (sample, response) items."""
     return [check_answer(sandbox, s, functions[s["name"]], text, args) for s, text in items]
@@ -496,79 +430,8 @@ def io_samples(io_ok: dict, functions: dict, args: Args, start: int, count: int)
     return samples
 
 
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-@dataclass
-class Pipeline(StageRun):
-    """What the stages share besides the stage bookkeeping (common.stages.StageRun): the student,
-    the teacher (a Sampler) and the sandbox."""
-
-    model_path: str | None = None
-    tokenizer: object = None
-    model: object = None
-    dtype: str | None = None
-    sampler: object = None
-    sandbox: object = None
-
-
-def toy_student_base(args: Args) -> str:
-    """The toy student (common.code_teacher.train_toy_student) with a tokenizer that has seen this
-    corpus's CodeI/O prompts and code; built once, cached by common.toys.toy_model."""
-    corpus = load_code_corpus(args.corpus)
-    crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
-    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
-
-    def build(folder):
-        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
-        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
-        prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
-        texts = prompts + [c["code"] for c in corpus]
-        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
-        code_teacher.train_toy_student(
-            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
-        )
-
-    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
-    code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
-    return toy_model("codeio-student", spec, build, code=code)
-
-
-def load_student(p: Pipeline):
-    """The SFT student and the CoT author (--model, or the scripted stand-in). SFT trains fp32
-    masters (common.train); generation alone runs the checkpoint's dtype; SFT alone (torchrun)
-    stays on the CPU until shard_model puts each rank's shard on its GPU."""
-    generating = bool(set(p.stages) & {"rewrite", "cot", "revise"})
-    by_model = generating and resolve_teacher(p.args) == "model"
-    trains = bool(set(p.stages) & {"sft", "eval"})
-    if trains or by_model:
-        p.model_path = p.args.model or toy_student_base(p.args)  # the toy's: built and cached
-        p.tokenizer = load_tokenizer(p.model_path)
-        p.dtype = "float32" if trains or not p.args.model else "auto"
-    if trains or (by_model and p.args.sampler == "hf"):  # vLLM loads its own copy
-        device = "cpu" if p.stages == ["sft"] else p.dist_info.device
-        p.model = load_model(p.model_path, dtype=p.dtype, device=device)
-    if by_model:
-        kwargs = dict(model_path=p.model_path, args=p.args)
-        p.sampler = make_sampler(p.args.sampler, p.model, p.tokenizer, **kwargs)
-    elif generating:
-        p.sampler = code_teacher.StandInTeacher(p.args.teacher_slip, p.args.seed)
-
-
-def open_sandbox(p: Pipeline):
-    """The sandbox for every stage that runs code; the table's first row says how isolated it is."""
-    if set(p.stages) & {"io", "verify", "revise", "eval"}:
-        args, n = p.args, p.args.sandbox_workers
-        kwargs = dict(timeout=args.verify_timeout, allow_weaker=args.sandbox_allow_weaker)
-        p.sandbox = Sandbox(workers=n, **kwargs)
-        iso = p.sandbox.isolation
-        missing = f", missing {', '.join(iso['missing'])}" if iso["missing"] else ""
-        p.report("sandbox", n, n, f"isolation {iso['level']}{missing}")
-
-
 # ---------------------------------------------- the data stages (each resumes from its JSONL file)
-def rewrite_stage(p: Pipeline) -> dict:
+def rewrite_stage(p: StageRun) -> dict:
     """Unified corpus files pass through; raw code goes to the teacher with the rewrite prompt."""
 
     def rewrite(corpus: list[dict]) -> list[dict]:
@@ -610,7 +473,7 @@ def io_record(name: str, run) -> dict:
     return {"name": name, "status": status, "reason": reason, "pairs": pairs, "stats": stats}
 
 
-def io_stage(p: Pipeline, functions: dict) -> dict:
+def io_stage(p: StageRun, functions: dict) -> dict:
     """Each function's collect_io_pairs in the sandbox; ranks run their share."""
 
     def collect(todo: list[dict]) -> list[dict]:
@@ -630,7 +493,7 @@ def io_stage(p: Pipeline, functions: dict) -> dict:
     return io_ok
 
 
-def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
+def prompts_stage(p: StageRun, functions: dict, io_ok: dict) -> dict:
     """The first pairs_per_function pairs -> input and output prompts (build_codeio_msg.py)."""
     samples = partial(io_samples, io_ok, functions, p.args, 0, p.args.pairs_per_function)
     prompts = {r["id"]: r for r in p.run("prompts", "id", samples, list)}
@@ -640,7 +503,7 @@ def prompts_stage(p: Pipeline, functions: dict, io_ok: dict) -> dict:
     return prompts
 
 
-def cot_stage(p: Pipeline, prompts: dict) -> dict:
+def cot_stage(p: StageRun, prompts: dict) -> dict:
     """One chain of thought per prompt from the teacher."""
 
     def write_cots(batch: list[dict]) -> list[dict]:
@@ -654,7 +517,7 @@ def cot_stage(p: Pipeline, prompts: dict) -> dict:
     return cots
 
 
-def verify_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict) -> dict:
+def verify_stage(p: StageRun, functions: dict, prompts: dict, cots: dict) -> dict:
     """Every CoT checked (check_io_pred_acc_mp.py), in chunks; ranks check their share."""
     check = partial(check_all, p.sandbox, functions, p.args)
 
@@ -681,7 +544,7 @@ def revision_chat(cot: dict, feedback: str) -> list[dict]:
     return user(cot["prompt"]) + first + user(f"{feedback}\n\n{REDO}")
 
 
-def revise_stage(p: Pipeline, functions: dict, prompts: dict, cots: dict, verified: dict):
+def revise_stage(p: StageRun, functions: dict, prompts: dict, cots: dict, verified: dict):
     """CodeI/O++: a failed sample gets a second turn (its CoT, then the feedback and the redo
     request), verified again; every record is kept. Returns the data's accuracy (before, after)."""
     check = partial(check_all, p.sandbox, functions, p.args)
@@ -728,7 +591,7 @@ def sft_examples(out: Path, args: Args) -> list[dict]:
     return [{"prompt": r["prompt"], "response": assemble_revision(r)} for r in records]
 
 
-def sft_stage(p: Pipeline, logger):
+def sft_stage(p: StageRun, logger):
     """Stage 1 on the CodeI/O(++) data (constant LR), then stage 2 on general instructions if
     given (cosine to 1e-6); metrics continue at stage 1's last global step."""
     args, ckpt = p.args, {stage: p.out / folder for stage, folder in CHECKPOINTS.items()}
@@ -747,65 +610,41 @@ def sft_stage(p: Pipeline, logger):
 
 
 # ---------------------------------------------- evaluation: held-out I/O prediction
-def evaluate_io(model, p: Pipeline, samples: list[dict], functions: dict) -> dict:
-    """Greedy held-out I/O-prediction accuracy (overall and per kind), scored like verify."""
-    sampler = make_sampler("hf", model, p.tokenizer)
-    kwargs = dict(n=1, temperature=0, max_new_tokens=p.args.max_new_tokens)
-    texts = [g[0].text for g in sampler.generate([user(s["prompt"]) for s in samples], **kwargs)]
-    scores = {"input": [], "output": []}
-    for sample, check in zip(samples, check_all(p.sandbox, functions, p.args, zip(samples, texts))):
-        if check["status"] != "sandbox_error":  # the sandbox failed, not the model: not scored
-            scores[sample["kind"]].append(bool(check["correct"]))
-    every = scores["input"] + scores["output"]
-    per_kind = {f"accuracy_{kind}": sum(v) / max(1, len(v)) for kind, v in scores.items()}
-    accuracy = sum(every) / max(1, len(every))
-    return {"accuracy": accuracy, "n": len(every), "example": texts[0] if texts else "", **per_kind}
-
-
-def evaluate_stage(p: Pipeline, functions: dict, io_ok: dict, logger) -> tuple[dict, list]:
-    """The base, the CodeI/O(++) student and the base after SFT on the raw code (the paper's
-    Python-Edu baseline, same steps) on the pairs after the training ones."""
-    args, out, ckpt = p.args, p.out, p.out / CHECKPOINTS["stage1"]
-    count = args.eval_pairs_per_function
-    samples = io_samples(io_ok, functions, args, args.pairs_per_function, count)
-    if not samples:
+def evaluate_stage(p: StageRun, functions: dict, io_ok: dict, logger) -> tuple[dict, list]:
+    """Greedy accuracy on the pairs after the training ones: the CodeI/O(++) student against the
+    base and the base after the same SFT steps on the raw code (the paper's Python-Edu baseline)."""
+    args, ckpt = p.args, p.out / CHECKPOINTS["stage1"]
+    held_out = (args.pairs_per_function, args.eval_pairs_per_function)
+    if not (samples := io_samples(io_ok, functions, args, *held_out)):
         raise ValueError("eval: no held-out pairs (raise --max_pairs, lower --pairs_per_function)")
     if "sft" not in p.stages and not load_checkpoint(ckpt, p.model, restore_rng=False):
         raise ValueError(f"eval: no {ckpt} (run --stages sft first)")
-    name, metric = ("codeio++" if args.revise else "codeio"), "held-out I/O accuracy"
-    results = {name: evaluate_io(p.model, p, samples, functions)}
-    base = load_model(p.model_path, dtype=p.dtype, device=p.dist_info.device)
-    results["base"] = evaluate_io(base, p, samples, functions)
-    baselines = {"base": f"SFT on {name} data beats the base"}
-    if args.compare_raw_code:  # the same SFT budget on the code files themselves
-        code = {c["name"]: c["code"] for c in load_code_corpus(args.corpus)}
-        raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]
-        steps = max(1, len(sft_examples(out, args)) // args.batch_size) * args.epochs
-        base = shard_model(base, p.dist_info, gradient_checkpointing=args.gradient_checkpointing)
-        ckpt = out / CHECKPOINTS["raw_code"]
-        run_sft(base, p.tokenizer, raw, args, p.dist_info, logger, ckpt, "raw_code", args.lr, steps)
-        results["raw_code"] = evaluate_io(base, p, samples, functions)
-        baselines["raw_code"] = f"SFT on {name} data beats SFT on raw code"
-    for who, r in results.items():
-        kinds = f"input {r['accuracy_input']:.3f}, output {r['accuracy_output']:.3f}"
-        notes = f"held-out accuracy {r['accuracy']:.3f} ({kinds})"
-        p.report(f"eval {who}", r["n"], round(r["accuracy"] * r["n"]), notes)
-    accuracy = {who: r["accuracy"] for who, r in results.items()}
-    claims = [claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()]
-    return results, claims
+    check = partial(check_all, p.sandbox, functions, args)
+    kwargs = dict(samples=samples, check=check, max_new_tokens=args.max_new_tokens)
+    code = {c["name"]: c["code"] for c in load_code_corpus(args.corpus)}
+    raw = [{"prompt": "", "response": code[n]} for n in io_ok if n in code]  # as responses
+    steps = max(1, len(sft_examples(p.out, args)) // args.batch_size) * args.epochs
+    raw_code = (raw, steps, p.out / CHECKPOINTS["raw_code"]) if args.compare_raw_code else None
+    name = "codeio++" if args.revise else "codeio"
+    score = partial(greedy_accuracy, tokenizer=p.tokenizer, **kwargs)
+    return compare_with_baselines(p, name, "held-out I/O accuracy", score, raw_code, logger)
 
 
 # ---------------------------------------------- main
 def main(args: Args):
-    stages = parse_stages(args.stages)
+    stages = parse_stages(args.stages, STAGES)
     if not args.model:
         torch.set_num_threads(code_teacher.TOY_THREADS)
     dist_info = init_distributed()
     seed_everything(args.seed)
-    p = Pipeline(args, stages, Path(args.output_dir), dist_info)
+    p = StageRun(args, stages, Path(args.output_dir), dist_info)
     p.out.mkdir(parents=True, exist_ok=True)
-    load_student(p)  # the student model, and the teacher: --model or the scripted stand-in
-    open_sandbox(p)  # every execution of generated code goes through it
+    # the student model, and the teacher: --model or the scripted stand-in
+    texts = (REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT)  # what the toy's tokenizer has seen
+    code_teacher.load_student(p, partial(code_teacher.toy_student_base, args, build_prompt, *texts))
+    if set(stages) & {"io", "verify", "revise", "eval"}:  # every run of generated code goes here
+        kwargs = dict(timeout=args.verify_timeout, allow_weaker=args.sandbox_allow_weaker)
+        p.use_sandbox(Sandbox(workers=args.sandbox_workers, **kwargs), args.sandbox_workers)
 
     # 1. collect code: raw files rewritten into the unified format; unified files pass through
     functions = rewrite_stage(p)
@@ -820,10 +659,8 @@ def main(args: Args):
     first_turn = revise_stage(p, functions, prompts, cots, verified)
 
     # 6. SFT on the responses (stage 1), then general instructions (stage 2)
-    logger = None
-    if set(stages) & {"sft", "eval"}:  # a resumed run's log continues at its last global step
-        folders = [p.out / CHECKPOINTS[stage] for stage in ("stage1", "stage2")]
-        logger = make_logger(p.out, args, "codeio", folders)
+    folders = [p.out / CHECKPOINTS[stage] for stage in ("stage1", "stage2")]  # resume: last step
+    logger = make_logger(p.out, args, "codeio", folders) if {"sft", "eval"} & set(stages) else None
     if "sft" in stages:
         sft_stage(p, logger)
     # 7. evaluate: held-out I/O prediction of the student against the base and raw-code SFT
@@ -831,8 +668,6 @@ def main(args: Args):
     if first_turn is not None:  # the data's accuracy before and after the revision turn
         name = "CodeI/O++ revision turns wrong CoTs right"
         claims.insert(0, claim(name, "verified CoT accuracy", *first_turn))
-    if p.sandbox is not None:
-        p.sandbox.close()
     loss_keys = ("stage1/loss", "stage2/loss", "raw_code/loss")
     finish_run(p, logger, claims, loss_keys, "CodeI/O SFT", eval=results)
     cleanup_distributed()

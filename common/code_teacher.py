@@ -8,8 +8,9 @@ one digit per step with probability `slip`, so verification sees a real mix of r
 Any other code (josephus, roman_numeral, ...) it cannot trace: it says so and guesses (wrong).
 
 `toy_general_rows` is the student's "pretraining": the same narrations asked in plain words (never a
-CodeI/O prompt, never code); `train_toy_student` builds the tiny student on them. Nothing here is
-part of the CodeI/O algorithm, which lives in codeio.py.
+CodeI/O prompt, never code); `train_toy_student` builds the tiny student on them and
+`toy_student_base` caches it. `load_student` loads codeio.py's student and CoT author: --model, or
+the toy's. Nothing here is part of the CodeI/O algorithm, which lives in codeio.py.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import ast
 import json
 import random
 import re
+import sys
+import zlib
 
 import torch
 from tqdm import tqdm
 
-from common.models import TINY_LM_DEFAULTS, end_of_turn, make_tokenizer
-from common.sampling import Completion, Sampler, render_prompt
+from common.data import load_code_corpus, parse_unified_file
+from common.models import TINY_LM_DEFAULTS, end_of_turn, load_model, load_tokenizer, make_tokenizer
+from common.sampling import Completion, Sampler, make_sampler, render_prompt
+from common.toys import toy_model
 from common.train import make_optimizer, sft_inputs, sft_loss
 
 # What train_toy_student's result depends on (common.toys.toy_model hashes their source)
@@ -264,3 +269,58 @@ def train_toy_student(
         optimizer.zero_grad(set_to_none=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def toy_student_base(args, build_prompt, REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT) -> str:
+    """The toy student (train_toy_student) with a tokenizer that has seen this corpus's CodeI/O
+    prompts (codeio.build_prompt) and code and codeio.py's fixed texts; built once, cached by
+    common.toys.toy_model. The parameters and `code_teacher` keep the names `build` has always
+    used: its source is hashed into the cache key (a rebuild costs 10-20 CPU-minutes)."""
+    code_teacher = sys.modules[__name__]
+    corpus = load_code_corpus(args.corpus)
+    crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
+    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
+
+    def build(folder):
+        functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
+        pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
+        prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
+        texts = prompts + [c["code"] for c in corpus]
+        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
+        code_teacher.train_toy_student(
+            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
+        )
+
+    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
+    code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
+    return toy_model("codeio-student", spec, build, code=code)
+
+
+def resolve_teacher(args) -> str:
+    """--teacher auto: the named --model writes the CoTs (model), else the stand-in: the scripted
+    narrator StandInTeacher, NOT a model (the toy)."""
+    if args.teacher == "auto":
+        return "model" if args.model else "stand-in"
+    return args.teacher
+
+
+def load_student(p, toy_base):
+    """codeio.py's SFT student (--model, or `toy_base()`: the toy's, built and cached) and CoT
+    author (--model, or StandInTeacher) into p (common.stages.StageRun). SFT trains fp32 masters
+    (common.train); generation alone runs the checkpoint's dtype; SFT alone (torchrun) stays on the
+    CPU until shard_model puts each rank's shard on its GPU."""
+    generating = bool(set(p.stages) & {"rewrite", "cot", "revise"})
+    by_model = generating and resolve_teacher(p.args) == "model"
+    trains = bool(set(p.stages) & {"sft", "eval"})
+    if trains or by_model:
+        p.model_path = p.args.model or toy_base()
+        p.tokenizer = load_tokenizer(p.model_path)
+        p.dtype = "float32" if trains or not p.args.model else "auto"
+    if trains or (by_model and p.args.sampler == "hf"):  # vLLM loads its own copy
+        device = "cpu" if p.stages == ["sft"] else p.dist_info.device
+        p.model = load_model(p.model_path, dtype=p.dtype, device=device)
+    if by_model:
+        kwargs = dict(model_path=p.model_path, args=p.args)
+        p.sampler = make_sampler(p.args.sampler, p.model, p.tokenizer, **kwargs)
+    elif generating:
+        p.sampler = StandInTeacher(p.args.teacher_slip, p.args.seed)

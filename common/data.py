@@ -11,6 +11,8 @@ import random
 import re
 from pathlib import Path
 
+from common.rewards import last_json_object
+
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -298,3 +300,40 @@ def parse_unified_file(source: str) -> dict | None:
         "io_description": match.group(2).strip(),
         "problem": match.group(1).strip(),
     }
+
+
+# The CodeI/O release's answer extraction (src/codeio_utils.py), used by codeio.py
+NO_ANSWER = "no answer"
+
+
+def _repairs(text: str):
+    """The release's retries, cumulative and in its order: as is; True/False/None -> JSON; () ->
+    []; \\boxed{} removed."""
+    yield text
+    for word, json_word in (("None", "null"), ("False", "false"), ("True", "true")):
+        text = re.sub(rf"\b{word}\b", json_word, text)
+    yield text
+    text = text.replace("(", "[").replace(")", "]")
+    yield text
+    while (at := text.find("\\boxed{")) >= 0:
+        depth, end = 1, at + 7
+        while end < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        text = text[:at] + text[at + 7 : end - 1] + text[end:]
+    yield text
+
+
+def extract_json_answer(text):
+    """The release's extract_last_complete_json: the last ```json block, else the last complete
+    top-level {...}, parsed after each repair in turn. Failure: "no answer"."""
+    if not isinstance(text, str):
+        return NO_ANSWER
+    fenced = re.findall(r"```json\s*(.*?)```", text, flags=re.S)
+    candidate = fenced[-1].strip() if fenced else last_json_object(text)
+    for repaired in _repairs(candidate) if candidate else ():
+        try:
+            return json.loads(repaired)
+        except (ValueError, RecursionError):
+            continue
+    return NO_ANSWER

@@ -3,7 +3,8 @@
 The prompt is the user turn rendered with the chat template; the loss covers the response and the
 end-of-turn token (`common.train.sft_loss`), as a token mean over each optimizer step's rows however
 they are split into micro-batches. Used by codeio.py (the paper's two SFT stages and the raw-code
-baseline); `args` is any config with the fields named in `run_sft`'s docstring.
+baseline; `compare_with_baselines` scores the student against them); `args` is any config with the
+fields named in `run_sft`'s docstring.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.claims import claim
 from common.data import load_rows, make_arithmetic_rows
-from common.models import end_of_turn
+from common.models import end_of_turn, load_model
 from common.sampling import render_prompt
 from common.train import (
     MetricsLogger,
@@ -27,6 +29,7 @@ from common.train import (
     save_checkpoint,
     sft_inputs,
     sft_loss,
+    shard_model,
 )
 
 
@@ -122,3 +125,32 @@ def instruction_rows(source: str, seed: int) -> list[dict]:
 def loss_note(loss: float, what: str) -> str:
     """A summary-table note on a run_sft loss (NaN: every step was done by an earlier run)."""
     return "already trained (resumed)" if math.isnan(loss) else f"{what} {loss:.3f}"
+
+
+def compare_with_baselines(run, name: str, metric: str, score, raw_code, logger):
+    """`score(model)` (-> {accuracy, n, accuracy_<kind>...}) of the SFT student run.model (`name`),
+    its base (reloaded from run.model_path) and, if `raw_code` = (rows, steps, checkpoint folder),
+    the base after that many run_sft steps on those rows (metrics raw_code/*). One summary row per
+    model; returns (results, the claims that the student beats each baseline)."""
+    args, dist_info = run.args, run.dist_info
+    results = {name: score(run.model)}
+    base = load_model(run.model_path, dtype=run.dtype, device=dist_info.device)
+    results["base"] = score(base)
+    baselines = {"base": f"SFT on {name} data beats the base"}
+    if raw_code is not None:  # the same SFT budget on the raw code itself
+        rows, steps, ckpt = raw_code
+        base = shard_model(base, dist_info, gradient_checkpointing=args.gradient_checkpointing)
+        run_sft(
+            base, run.tokenizer, rows, args, dist_info, logger, ckpt, "raw_code", args.lr, steps
+        )
+        results["raw_code"] = score(base)
+        baselines["raw_code"] = f"SFT on {name} data beats SFT on raw code"
+    for who, r in results.items():
+        kinds = [
+            f"{k[len('accuracy_') :]} {v:.3f}" for k, v in r.items() if k.startswith("accuracy_")
+        ]
+        notes = f"held-out accuracy {r['accuracy']:.3f} ({', '.join(kinds)})"
+        run.report(f"eval {who}", r["n"], round(r["accuracy"] * r["n"]), notes)
+    accuracy = {who: r["accuracy"] for who, r in results.items()}
+    claims = [claim(text, metric, accuracy[who], accuracy[name]) for who, text in baselines.items()]
+    return results, claims

@@ -7,7 +7,8 @@ holds the same records (work is gathered), rank 0 writes, and `StageRun.shared_w
 of jobs by rank (rank r takes items r, r + world, ...) and gathers the results in item order.
 `generate` samples one completion per prompt, each rank its share of every batch.
 `StageRun.report` adds a row to the summary table that `finish_run` prints and writes to
-summary.json.
+summary.json. `greedy_accuracy` is the held-out evaluation harness (greedy answers, a script's
+checker, accuracy per kind).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from common import data
 from common.claims import format_claims, write_summary
-from common.sampling import generate_sharded
+from common.sampling import generate_sharded, make_sampler
 from common.train import all_gather_object, barrier, format_table, is_main_process, print0
 
 
@@ -38,6 +39,19 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
+def parse_stages(text: str, names: tuple) -> list[str]:
+    """--stages: a comma-separated subset of `names`."""
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    if unknown := set(stages) - set(names):
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {names}")
+    return stages
+
+
+def user(text: str) -> list[dict]:
+    """A conversation of one user turn."""
+    return [{"role": "user", "content": text}]
+
+
 def generate(sampler, messages: list, args, desc: str) -> list[str]:
     """One completion per message (args: generation_batch_size, temperature, max_new_tokens) in
     batches; under torchrun each rank generates its share of every batch."""
@@ -52,8 +66,9 @@ def generate(sampler, messages: list, args, desc: str) -> list[str]:
 @dataclass
 class StageRun:
     """What a script's stages share: its configuration, the stages that run this time, the output
-    folder, the distributed handle, and the summary table they append to (with the infrastructure
-    failures and each rank's share of the jobs, per stage)."""
+    folder, the distributed handle, the summary table they append to (with the infrastructure
+    failures and each rank's share of the jobs, per stage), and the student, the sampler and the
+    sandbox the stages use (None where no stage needs them)."""
 
     args: object
     stages: list
@@ -62,6 +77,12 @@ class StageRun:
     rows: list = field(default_factory=list)
     infra: Counter = field(default_factory=Counter)  # per stage: not written, a rerun retries
     work: dict = field(default_factory=dict)  # stage -> jobs per rank
+    model_path: str | None = None
+    tokenizer: object = None
+    model: object = None
+    dtype: str | None = None
+    sampler: object = None
+    sandbox: object = None
 
     def records(self, name: str, key: str, new_records) -> list[dict]:
         """A stage's records: those an earlier run wrote (a line cut by a kill is dropped and the
@@ -110,10 +131,36 @@ class StageRun:
             notes += f"; sandbox jobs per rank {self.work[stage]}"
         self.rows.append({"stage": stage, "in": n_in, "out": n_out, "notes": notes})
 
+    def use_sandbox(self, sandbox, workers: int):
+        """The sandbox (common.sandbox, `workers` processes) for every stage that runs code; the
+        table's row says how isolated it is."""
+        self.sandbox, iso = sandbox, sandbox.isolation
+        missing = f", missing {', '.join(iso['missing'])}" if iso["missing"] else ""
+        self.report("sandbox", workers, workers, f"isolation {iso['level']}{missing}")
+
+
+def greedy_accuracy(model, tokenizer, samples: list[dict], check, max_new_tokens: int) -> dict:
+    """Greedy answers to each sample's `prompt`, scored by `check((sample, answer) pairs)` -> one
+    dict per pair whose `correct` is None where nothing was scored (e.g. the sandbox failed):
+    accuracy overall and per sample `kind`, the number scored and the first answer."""
+    sampler = make_sampler("hf", model, tokenizer)
+    kwargs = dict(n=1, temperature=0, max_new_tokens=max_new_tokens)
+    texts = [g[0].text for g in sampler.generate([user(s["prompt"]) for s in samples], **kwargs)]
+    scores = {sample["kind"]: [] for sample in samples}
+    for sample, result in zip(samples, check(zip(samples, texts))):
+        if result["correct"] is not None:
+            scores[sample["kind"]].append(bool(result["correct"]))
+    every = [score for kind_scores in scores.values() for score in kind_scores]
+    per_kind = {f"accuracy_{kind}": sum(v) / max(1, len(v)) for kind, v in scores.items()}
+    accuracy = sum(every) / max(1, len(every))
+    return {"accuracy": accuracy, "n": len(every), "example": texts[0] if texts else "", **per_kind}
+
 
 def finish_run(run: StageRun, logger, claims: list, loss_keys: tuple, title: str, **summary):
-    """Close the metrics log (plotting the `loss_keys` it has to sft_loss.png); rank 0 writes
-    summary.json (claims, the stage table, `summary`) and prints the table and the claims."""
+    """Close the sandbox and the metrics log (plotting the `loss_keys` it has to sft_loss.png);
+    rank 0 writes summary.json (claims, the stage table, `summary`) and prints table and claims."""
+    if run.sandbox is not None:
+        run.sandbox.close()
     if logger is not None:
         keys = [k for k in loss_keys if any(k in r for r in logger.history)]
         if run.dist_info.is_main:

@@ -12,11 +12,9 @@ import pytest
 
 import codeio
 from codeio import (
-    NO_ANSWER,
     REDO,
     assemble_revision,
     build_prompt,
-    extract_json_answer,
     feedback_text,
     is_close,
     object_size,
@@ -26,6 +24,7 @@ from codeio import (
     verify_input,
 )
 from common import code_teacher
+from common.data import NO_ANSWER, extract_json_answer
 from common.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,11 +356,13 @@ def test_toy_defaults_paper_preset_and_teacher(tmp_path, monkeypatch):
 
     toy = parse("--lr", "5e-4")
     assert (toy.lr, toy.epochs, toy.batch_size, toy.max_new_tokens) == (5e-4, 8, 8, 160)
-    assert codeio.resolve_teacher(toy) == "stand-in"
+    assert code_teacher.resolve_teacher(toy) == "stand-in"
     paper = parse("--model", "some/model")
     assert (paper.lr, paper.epochs, paper.batch_size, paper.max_new_tokens) == (1e-5, 1, 1024, 4096)
-    assert codeio.resolve_teacher(paper) == "model"
-    assert codeio.resolve_teacher(parse("--model", "m", "--teacher", "stand-in")) == "stand-in"
+    assert code_teacher.resolve_teacher(paper) == "model"
+    assert (
+        code_teacher.resolve_teacher(parse("--model", "m", "--teacher", "stand-in")) == "stand-in"
+    )
     with pytest.raises(SystemExit) as exit_info:  # a bad choice fails at parse time
         parse("--teacher", "oracle")
     assert exit_info.value.code == 2

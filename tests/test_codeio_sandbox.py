@@ -156,7 +156,6 @@ def test_verify_and_revise_skip_sandbox_failures(tmp_path, monkeypatch):
     monkeypatch.setattr(
         codeio, "generate", lambda sampler, messages, args, desc: ["turn 2"] * len(messages)
     )
-    monkeypatch.setattr(codeio, "make_sampler", lambda *a, **k: None)
     args = codeio.Args(output_dir=str(out), stages="verify,revise", sandbox_allow_weaker=True)
     summary = {row["stage"]: row for row in codeio.main(args)}
     verified = [json.loads(line) for line in (out / "verify.jsonl").read_text().splitlines()]
