@@ -641,7 +641,7 @@ def main(args: Args):
     p.out.mkdir(parents=True, exist_ok=True)
     # the student model, and the teacher: --model or the scripted stand-in
     texts = (REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT)  # what the toy's tokenizer has seen
-    code_teacher.load_student(p, partial(code_teacher.toy_student_base, args, build_prompt, *texts))
+    code_teacher.load_student(p, partial(code_teacher.toy_student_base, args, build_prompt, texts))
     if set(stages) & {"io", "verify", "revise", "eval"}:  # every run of generated code goes here
         kwargs = dict(timeout=args.verify_timeout, allow_weaker=args.sandbox_allow_weaker)
         p.use_sandbox(Sandbox(workers=args.sandbox_workers, **kwargs), args.sandbox_workers)

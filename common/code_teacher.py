@@ -19,7 +19,6 @@ import ast
 import json
 import random
 import re
-import sys
 import zlib
 
 import torch
@@ -30,9 +29,6 @@ from common.models import TINY_LM_DEFAULTS, end_of_turn, load_model, load_tokeni
 from common.sampling import Completion, Sampler, make_sampler, render_prompt
 from common.toys import toy_model
 from common.train import make_optimizer, sft_inputs, sft_loss
-
-# What train_toy_student's result depends on (common.toys.toy_model hashes their source)
-STUDENT_CODE = ("train_toy_student", "toy_general_rows", "narrate", "_apply")
 
 # One intra-op thread: the same float reductions on every machine, and a 64-wide model's tiny
 # matmuls ran ~10x faster per CPU second than on 2 threads on a loaded 2-core machine.
@@ -271,27 +267,25 @@ def train_toy_student(
     tokenizer.save_pretrained(folder)
 
 
-def toy_student_base(args, build_prompt, REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT) -> str:
+def toy_student_base(args, build_prompt, fixed_texts) -> str:
     """The toy student (train_toy_student) with a tokenizer that has seen this corpus's CodeI/O
-    prompts (codeio.build_prompt) and code and codeio.py's fixed texts; built once, cached by
-    common.toys.toy_model. The parameters and `code_teacher` keep the names `build` has always
-    used: its source is hashed into the cache key (a rebuild costs 10-20 CPU-minutes)."""
-    code_teacher = sys.modules[__name__]
+    prompts (codeio.build_prompt), its code and codeio.py's fixed texts (`fixed_texts`: the rewrite
+    prompt and the revision turn's phrases); built once, cached by common.toys.toy_model."""
     corpus = load_code_corpus(args.corpus)
     crc = zlib.crc32(json.dumps(corpus, sort_keys=True).encode())
-    spec = dict(rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc)
+    fixed = [*fixed_texts, "[Mismatch] Your output is wrong!"]
+    spec = dict(
+        rows=args.toy_base_rows, steps=args.toy_base_steps, seed=args.seed, corpus=crc, fixed=fixed
+    )
 
     def build(folder):
         functions = [fn for c in corpus if (fn := parse_unified_file(c["code"]))]
         pair = {"input": {"xs": [1, 2, 3]}, "output": [1, 2, 3]}
         prompts = [build_prompt(kind, fn, pair) for fn in functions for kind in ("input", "output")]
         texts = prompts + [c["code"] for c in corpus]
-        fixed = [REWRITE_PROMPT, REDO, CHECK, OOPS, CORRECT, "[Mismatch] Your output is wrong!"]
-        code_teacher.train_toy_student(
-            folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"]
-        )
+        train_toy_student(folder, texts, fixed, spec["rows"], spec["steps"], spec["seed"])
 
-    toy_world = [getattr(code_teacher, name) for name in code_teacher.STUDENT_CODE]
+    toy_world = [train_toy_student, toy_general_rows, narrate, _apply]
     code = [*toy_world, build_prompt, parse_unified_file]  # what the base depends on
     return toy_model("codeio-student", spec, build, code=code)
 
