@@ -57,6 +57,8 @@ def read_queries(args, source: str, tag: str) -> list[dict]:
 
 
 def load_task(args) -> tuple[list[dict], list[dict]]:
+    """(training rows, held-out rows): the toy's split, or --data with --eval_data (else its last
+    --eval_queries rows held out)."""
     if args.data == "toy":
         return toy_split(args)[:2]
     rows = read_queries(args, args.data, "train")

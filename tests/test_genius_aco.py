@@ -275,12 +275,8 @@ def test_search_without_foresight_makes_no_rollouts():
 def test_sample_queries_is_a_seeded_prefix_stable_permutation():
     rows = [{"instruction": f"q{i}"} for i in range(10)]
     # random.Random(0).shuffle(list(range(10))) = [7, 8, 1, 5, 3, 4, 2, 0, 9, 6]
-    assert [r["instruction"] for r in pp.sample_queries(rows, 4, seed=0)] == [
-        "q7",
-        "q8",
-        "q1",
-        "q5",
-    ]
+    picked = pp.sample_queries(rows, 4, seed=0)
+    assert [r["instruction"] for r in picked] == ["q7", "q8", "q1", "q5"]
     assert pp.sample_queries(rows, 6, seed=0)[:4] == pp.sample_queries(
         rows, 4, seed=0
     )  # n grows, ids stay
