@@ -34,6 +34,7 @@ from common.data import DataError, read_jsonl_tolerant, write_jsonl
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.prm import RulePRM, split_steps
 from common.sampling import Completion
+from common.self_taught import build_warm_start, make_prm
 from common.train import Dist, read_checkpoint
 
 # ------------------------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_bad_input_names_flag_file_and_field(tmp_path):
     train, evals = bstar.load_task(Args(data=str(data), eval_queries=1))
     assert len(train) == 2 and evals[0]["answer"] == "2"  # GSM8K's '#### N' gold format
     with pytest.raises(ValueError, match="--prm rule"):
-        bstar.make_prm(Args(data=str(data)), "cpu")
+        make_prm(Args(data=str(data)), "cpu")
     with pytest.raises(ValueError, match="--balance_rule"):
         balance_score([1], [1], 4, rule="mean")
     with pytest.raises(ValueError, match="--eval_queries 500"):
@@ -316,7 +317,7 @@ def test_end_to_end_learning_and_inherited_optimizer(run_cmd, tmp_path):
 def test_mid_sft_resume_reuses_samples_and_matches_step_counts(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = Args(output_dir=str(out), **SMALL)
-    bstar.build_warm_start(args)  # cached P0, built (if needed) before sft_step is patched
+    build_warm_start(args)  # cached P0 (common/self_taught.py's sft_step is not patched)
     real_step, calls = bstar.sft_step, {"n": 0}
 
     def crash_in_iteration_2(*a, **kw):

@@ -11,8 +11,10 @@ import zlib
 import pytest
 import torch
 
+import common.preference_pairs as pp
 import genius_aco as g
 from common.data import DataError
+from common.running_sums import make_toy_rows
 from common.sampling import Completion, Sampler
 
 F_SPEC = torch.tensor([-0.20, -0.25, -0.40, -0.60, -0.22, -0.90, -0.35, -0.30], dtype=torch.float64)
@@ -273,19 +275,20 @@ def test_search_without_foresight_makes_no_rollouts():
 def test_sample_queries_is_a_seeded_prefix_stable_permutation():
     rows = [{"instruction": f"q{i}"} for i in range(10)]
     # random.Random(0).shuffle(list(range(10))) = [7, 8, 1, 5, 3, 4, 2, 0, 9, 6]
-    assert [r["instruction"] for r in g.sample_queries(rows, 4, seed=0)] == ["q7", "q8", "q1", "q5"]
-    assert g.sample_queries(rows, 6, seed=0)[:4] == g.sample_queries(
+    picked = pp.sample_queries(rows, 4, seed=0)
+    assert [r["instruction"] for r in picked] == ["q7", "q8", "q1", "q5"]
+    assert pp.sample_queries(rows, 6, seed=0)[:4] == pp.sample_queries(
         rows, 4, seed=0
     )  # n grows, ids stay
-    assert g.sample_queries(rows, 4, seed=1) != g.sample_queries(rows, 4, seed=0)
-    assert sorted(r["instruction"] for r in g.sample_queries(rows, None, seed=0)) == sorted(
+    assert pp.sample_queries(rows, 4, seed=1) != pp.sample_queries(rows, 4, seed=0)
+    assert sorted(r["instruction"] for r in pp.sample_queries(rows, None, seed=0)) == sorted(
         f"q{i}" for i in range(10)
     )
-    assert len(g.sample_queries(rows, 50, seed=0)) == 10
+    assert len(pp.sample_queries(rows, 50, seed=0)) == 10
 
 
 def test_weight_spread_and_claims():
-    spread = g.weight_spread(torch.tensor([1.0, 0.5, 1.0, 0.25]))
+    spread = pp.weight_spread(torch.tensor([1.0, 0.5, 1.0, 0.25]))
     # sorted [0.25, 0.5, 1, 1]: p10 at position 0.3 -> 0.25 + 0.3 * 0.25, p50 at 1.5 -> 0.75
     assert spread == {
         "mean": 0.6875,
@@ -296,7 +299,7 @@ def test_weight_spread_and_claims():
         "frac_above_1": 0.0,
     }
     evals = [{"eval/loss": 0.693}, {"eval/loss": 0.60}]
-    claims = g.run_claims(
+    claims = pp.run_claims(
         evals,
         {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.4},
         {"accuracy_greedy": 0.5, "accuracy_sampled_T1": 0.6},
@@ -306,7 +309,7 @@ def test_weight_spread_and_claims():
         ("accuracy_greedy", False),
         ("accuracy_sampled_T1", True),
     ]
-    assert g.run_claims(evals[:1], {}, {}) == []  # no answers, one evaluation: nothing to claim
+    assert pp.run_claims(evals[:1], {}, {}) == []  # no answers, one evaluation: nothing to claim
 
 
 def test_malformed_pairs_line_is_named(tmp_path):
@@ -323,17 +326,17 @@ def test_malformed_pairs_line_is_named(tmp_path):
         json.dumps(good) + "\n" + '{"query": "q", "chosen": "a"\n' + json.dumps(good) + "\n"
     )
     with pytest.raises(DataError, match=r"pairs\.jsonl:2"):
-        g.load_pairs(path)
+        pp.load_pairs(path)
     path.write_text(
         json.dumps(good) + "\n" + json.dumps({**good, "rejected_advantage": None}) + "\n"
     )
     with pytest.raises(DataError, match=r"pairs\.jsonl:2: missing field 'rejected_advantage'"):
-        g.load_pairs(path)
+        pp.load_pairs(path)
 
 
 def test_toy_rows_keep_heldout_queries_out_of_the_warmstart():
-    sft = {r["instruction"] for r in g.make_toy_rows(500, seed=1, pool="sft")}
-    held = g.make_toy_rows(100, seed=3, pool="heldout")
+    sft = {r["instruction"] for r in make_toy_rows(500, seed=1, pool="sft")}
+    held = make_toy_rows(100, seed=3, pool="heldout")
     assert not sft & {r["instruction"] for r in held}
     row = held[0]
     terms = [int(x) for x in row["instruction"][8:-1].split(" + ")]
@@ -373,7 +376,7 @@ def test_end_to_end_and_resume(run_cmd, tmp_path):
     ]
     run_cmd(cmd, timeout=300)
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
-    assert pairs and all(set(g.PAIR_FIELDS) <= set(p) for p in pairs) and len(pairs) <= 6 * 4
+    assert pairs and all(set(pp.PAIR_FIELDS) <= set(p) for p in pairs) and len(pairs) <= 6 * 4
     assert all(
         len({p["timestamp"] for p in pairs if p["query_id"] == q})
         == sum(p["query_id"] == q for p in pairs)
