@@ -17,14 +17,13 @@ from codeio import (
     build_prompt,
     feedback_text,
     is_close,
-    object_size,
     parse_rewrite_response,
     parse_unified_file,
-    strict_check_size,
     verify_input,
 )
 from common import code_teacher
 from common.data import NO_ANSWER, extract_json_answer
+from common.io_pairs import object_size, strict_check_size
 from common.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
