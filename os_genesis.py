@@ -69,7 +69,6 @@ from common import gui_env as gui
 from common import gui_standins as standins
 from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config
-from common.data import read_records, run_stage
 from common.gui_agents import (
     HelperModels,
     ModelDescriber,
@@ -79,6 +78,8 @@ from common.gui_agents import (
     agent_target,
     load_agent,
     make_encoder,
+    read_records,
+    run_stage,
     sft_micro_steps,
 )
 from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task

@@ -1,5 +1,4 @@
-"""Rows from a hub id, a local JSONL/JSON/Parquet/CSV file or a folder of them; toy task generators;
-resumable per-rank JSONL records of a staged pipeline (`run_stage`).
+"""Rows from a hub id, a local JSONL/JSON/Parquet/CSV file or a folder of them; toy task generators.
 
 Every error names what was wrong and where: the file, the line (JSONL) or row, and the field.
 """
@@ -194,32 +193,3 @@ def make_countdown_rows(n: int, seed: int = 0, num_count: int = 3, max_num: int 
             question = f"Using the numbers {nums}, create an equation that equals {value}."
             rows.append({"question": question, "target": value, "nums": nums, "answer": expr})
     return rows
-
-
-def read_records(out: Path, name: str) -> list[dict]:
-    """Every rank's records of a stage: `name.jsonl` (rank 0) and `name.rank<r>.jsonl`."""
-    files = [out / f"{name}.jsonl", *sorted(out.glob(f"{name}.rank*.jsonl"))]
-    return [r for f in files for r in read_jsonl_tolerant(f)]
-
-
-def run_stage(out: Path, name: str, items: list, work, dist_info, chunk: int = 32) -> list:
-    """`work(items) -> records` on this rank's share of `items` (strided by rank), skipping items
-    whose record (same "id") a file already holds. Records are appended to this rank's own file as
-    each chunk finishes; every rank's records come back, gathered, in the order of `items`."""
-    from tqdm import tqdm
-
-    from common.train import all_gather_object  # imported here: common.train imports this module
-
-    rank, world = dist_info.rank, dist_info.world_size
-    order = {item["id"]: i for i, item in enumerate(items)}
-    share = items[rank::world]
-    done = {r["id"]: r for r in read_records(out, name) if r["id"] in {s["id"] for s in share}}
-    todo = [item for item in share if item["id"] not in done]
-    path = out / (f"{name}.jsonl" if rank == 0 else f"{name}.rank{rank}.jsonl")
-    records = list(done.values())
-    for start in tqdm(range(0, len(todo), chunk), desc=name, disable=not dist_info.is_main):
-        new = work(todo[start : start + chunk])
-        write_jsonl(path, new, mode="a")
-        records += new
-    gathered = [r for part in all_gather_object(records) for r in part]
-    return sorted(gathered, key=lambda r: order[r["id"]])

@@ -1,6 +1,7 @@
 """The plumbing of os_genesis.py around a GUI environment (docs/os_genesis.md).
 
 The script keeps the paper's rules, stage sequence and training; this file holds what runs them:
+- resumable stages (`run_stage`): every rank runs its share and appends to its own JSONL file;
 - the agent's format (mobile training format of the released data: screenshot + a11y, history,
   task -> "Low-level thought: ...\naction: {json}") and its encoder;
 - the frozen helper models and the model-backed roles (text filler, reverse-synthesis annotator,
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from common import gui_env as gui
 from common import gui_standins as standins
 from common import miniwob_env as web
-from common.data import run_stage
+from common.data import read_jsonl_tolerant, write_jsonl
 from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task, ToyGUIEnv
 from common.models import (
     end_of_turn,
@@ -54,6 +55,35 @@ from common.train import (
 
 if TYPE_CHECKING:
     from os_genesis import Args
+
+
+# ------------------------------------------------------------------------------------------------
+# Resumable stages: each rank runs its share and appends to its own JSONL file; records gathered
+
+
+def read_records(out: Path, name: str) -> list[dict]:
+    """Every rank's records of a stage: `name.jsonl` (rank 0) and `name.rank<r>.jsonl`."""
+    files = [out / f"{name}.jsonl", *sorted(out.glob(f"{name}.rank*.jsonl"))]
+    return [r for f in files for r in read_jsonl_tolerant(f)]
+
+
+def run_stage(out: Path, name: str, items: list, work, dist_info, chunk: int = 32) -> list:
+    """`work(items) -> records` on this rank's share of `items` (strided by rank), skipping items
+    whose record (same "id") a file already holds. Records are appended to this rank's own file as
+    each chunk finishes; every rank's records come back, gathered, in the order of `items`."""
+    rank, world = dist_info.rank, dist_info.world_size
+    order = {item["id"]: i for i, item in enumerate(items)}
+    share = items[rank::world]
+    done = {r["id"]: r for r in read_records(out, name) if r["id"] in {s["id"] for s in share}}
+    todo = [item for item in share if item["id"] not in done]
+    path = out / (f"{name}.jsonl" if rank == 0 else f"{name}.rank{rank}.jsonl")
+    records = list(done.values())
+    for start in tqdm(range(0, len(todo), chunk), desc=name, disable=not dist_info.is_main):
+        new = work(todo[start : start + chunk])
+        write_jsonl(path, new, mode="a")
+        records += new
+    gathered = [r for part in all_gather_object(records) for r in part]
+    return sorted(gathered, key=lambda r: order[r["id"]])
 
 
 # ------------------------------------------------------------------------------------------------
