@@ -77,6 +77,8 @@ def _record_change(key: str, old: list, new: list) -> str | None:
     removed = [x for x in old if x not in new]
     if key == "orders":
         return f"Order {' and '.join(added[0]['items'])} to {added[0]['address']}."
+    if key == "sent" and added[0]["subject"].startswith("Re:"):  # the catalogue's reply phrasing
+        return f"Reply to {added[0]['to']}'s email saying '{added[0]['body']}'."
     if key == "sent":
         return f"Send an email to {added[0]['to']} with the subject '{added[0]['subject']}'."
     for a in added:

@@ -396,6 +396,11 @@ def test_no_held_out_template_instance_is_synthesized():
     no_screen = dict(diff=[], action={}, url_after="", title_after="", after=[])
     # a held-out template with a parameter no held-out task has: still an instance
     assert leaks_held_out(dict(goal="Star the email from alice.", answer=None), no_screen, held_out)
+    reply = [("/mail/sent", [], [dict(to="dave", subject="Re: Hi", body="ok")])]  # a reply
+    assert describe_state_change(reply) == "Reply to dave's email saying 'ok'."
+    assert leaks_held_out(
+        dict(goal="Answer dave", answer=None), dict(no_screen, diff=reply), held_out
+    )
     network = dict(no_screen, diff=[("/settings/network", "CafeFree", "Guest")])
     assert leaks_held_out(dict(goal="Join Guest", answer=None), network, held_out)  # its change
     question = dict(goal="Where does my trip go?", answer="lisbon")  # a held-out answer
