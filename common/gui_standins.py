@@ -2,7 +2,7 @@
 
 OS-Genesis (arXiv 2412.19723) calls GPT-4o (gpt-4o-mini for text fields) in four roles. Offline,
 each role is played here by rules that read the toy phone's state, where GPT-4o reads screenshots;
-each sits behind the same interface as its model-backed twin in os_genesis.py:
+each sits behind the same interface as its model-backed twin in common/gui_agents.py:
 - text filler: `rule_text_filler(rng)(field, app) -> str` (small per-field word lists);
 - reverse-synthesis annotator: `RuleDescriber.describe(triples) -> [raw JSON text]` (names the
   triple's state change, asks a question about an info screen, or names the screen it opened);
@@ -10,14 +10,17 @@ each sits behind the same interface as its model-backed twin in os_genesis.py:
   step the task does not need, with random slips;
 - trajectory reward model: `judge_facts` reads completion and coherence from the replayed env state;
   os_genesis.StateJudge turns them into the paper's 1-5 rubric.
-Also here: the clean split (`leaks_held_out`) and the scripted expert's trajectories of catalogue
-tasks (the task-driven baseline). Nothing in this file is OS-Genesis's algorithm.
+Also here: the clean split by task template (`template_split`: held-out tasks come from templates
+no training data is built from; `leaks_held_out` drops synthesized instances of them) and the
+scripted expert's trajectories of catalogue tasks (the task-driven baseline). Nothing in this file
+is OS-Genesis's algorithm.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 
 from common.gui_env import (
     APPS,
@@ -74,6 +77,8 @@ def _record_change(key: str, old: list, new: list) -> str | None:
     removed = [x for x in old if x not in new]
     if key == "orders":
         return f"Order {' and '.join(added[0]['items'])} to {added[0]['address']}."
+    if key == "sent" and added[0]["subject"].startswith("Re:"):  # the catalogue's reply phrasing
+        return f"Reply to {added[0]['to']}'s email saying '{added[0]['body']}'."
     if key == "sent":
         return f"Send an email to {added[0]['to']} with the subject '{added[0]['subject']}'."
     for a in added:
@@ -272,17 +277,86 @@ def side_effects(start: dict, end: dict, target: dict) -> list:
     return state_diff(canonical(intended), canonical(end))
 
 
+# The catalogue's task templates (common/gui_apps.py), per app in catalogue order: a goal's
+# template is the first pattern that matches its start (lower case). The rule describer writes
+# goals in the same phrasing; a model's goal is also matched through the change it asks for.
+TEMPLATES = {
+    "settings": [
+        ("settings_switch", r"turn (on|off) (?!5g)"),
+        ("settings_network", r"connect to the wi-fi network "),
+        ("settings_brightness", r"set the brightness to "),
+        ("settings_volume", r"set the volume to "),
+        ("settings_font", r"change the font size to "),
+        ("settings_rename", r"rename this phone to "),
+        ("settings_question", r"(which android version|what is the model name)"),
+        ("settings_infeasible", r"turn on 5g"),
+    ],
+    "notes": [
+        ("notes_create", r"create a note titled "),
+        ("notes_delete", r"delete the note "),
+        ("notes_pin", r"(un)?pin the note "),
+        ("notes_rename", r"rename the note "),
+        ("notes_question", r"(what is the wi-fi password|which city is in my|what does the note)"),
+    ],
+    "shop": [
+        ("shop_cart", r"(add \d+ .* to the cart|remove .* from the cart)"),
+        ("shop_order", r"order "),
+        ("shop_price", r"how much does the "),
+        ("shop_infeasible", r"buy a laptop"),
+    ],
+    "mail": [
+        ("mail_send", r"send an email to "),
+        ("mail_star", r"(un)?star the email from "),
+        ("mail_delete", r"delete the email from "),
+        ("mail_reply", r"reply to "),
+        ("mail_question", r"what is the subject of the email from "),
+    ],
+}
+
+
+def goal_template(goal: str | None) -> str | None:
+    """The catalogue template a goal is an instance of ("Turn on Wi-Fi." -> "settings_switch"), or
+    None (e.g. "Open the Font size screen in Settings.")."""
+    text = (goal or "").strip().lower()
+    for patterns in TEMPLATES.values():
+        name = next((n for n, p in patterns if re.match(p, text)), None)
+        if name:
+            return name
+    return None
+
+
+def held_out_templates() -> set[str]:
+    """A clean split by template: every second template of each app in catalogue order (a fixed
+    rule, not chosen by result). Their tasks are the held-out tasks; no training data, OS-Genesis
+    or task-driven, is built from them."""
+    return {name for patterns in TEMPLATES.values() for name, _ in patterns[1::2]}
+
+
+def template_split(split: str) -> list[Task]:
+    """The catalogue tasks of the held-out templates ("test") or of the others ("train")."""
+    held_out = held_out_templates()
+    return [t for t in TASKS.values() if (goal_template(t.goal) in held_out) == (split == "test")]
+
+
 def leaks_held_out(task: dict, triple: dict, held_out: list[Task]) -> bool:
-    """True when a synthesized task is a held-out task (same goal text, or the same template
-    instance: its state change passes a held-out check, or its answer is a held-out answer)."""
-    if normalize_answer(task["goal"]) in {normalize_answer(t.goal) for t in held_out}:
+    """True when a synthesized task is an instance of a held-out task's template: its goal reads as
+    one, the state change it asks for reads as one (or passes a held-out check), it asks the
+    question of a held-out template about the screen it opened, or its answer is a held-out
+    answer."""
+    templates = {goal_template(t.goal) for t in held_out} - {None}
+    if goal_template(task["goal"]) in templates:
         return True
     answers = {normalize_answer(t.answer) for t in held_out if t.answer}
     if task.get("answer") and normalize_answer(task["answer"]) in answers:
         return True
     target = task_target(task, triple)
+    if target["kind"] == "answer":
+        question = screen_question(triple["after"], triple["title_after"])
+        return bool(question) and goal_template(question[0]) in templates
     if target["kind"] != "change":
         return False
+    if goal_template(describe_state_change(target["diff"])) in templates:
+        return True
     start = initial_phone_state()
     after = apply_diff(start, target["diff"])
     return any(t.check is not None and t.check(after) and not t.check(start) for t in held_out)
@@ -455,6 +529,6 @@ def trainable_tasks(synthesized: list[dict], by_triple: dict, held_out: list[Tas
 
 def expert_trajectories(tasks: list[dict], max_steps: int) -> list[dict]:
     """The task-driven baseline's trajectories: the scripted expert on catalogue tasks."""
-    catalogue = [TASKS[t["id"]] for t in tasks]
+    catalogue = [TASKS[t["task_id"]] for t in tasks]
     records = run_episodes(catalogue, ExpertPolicy(catalogue), max_steps)
-    return [dict(id=r["task_id"], **r) for r in records]
+    return [dict(id=t["id"], **r) for t, r in zip(tasks, records)]

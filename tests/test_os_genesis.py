@@ -12,13 +12,14 @@ from functools import partial
 import pytest
 
 import os_genesis as og
+from common import gui_agents as agents
 from common.gui_env import (
+    TASKS,
     GUIAction,
     Task,
     ToyGUIEnv,
     androidcontrol_click_ok,
     describe_action,
-    list_tasks,
     replay,
     run_episodes,
     screen_signature,
@@ -32,9 +33,12 @@ from common.gui_standins import (
     apply_diff,
     describe_state_change,
     direct_plan,
+    goal_template,
+    held_out_templates,
     leaks_held_out,
     plan_step,
     task_target,
+    template_split,
 )
 from common.train import init_distributed
 
@@ -98,7 +102,7 @@ def test_check8_web_walk_weights():
 
 @pytest.fixture(scope="module")
 def walks():
-    walker, out = og.Walker(og.Args(walk_steps=10), []), []
+    walker, out = agents.Walker(og.Args(walk_steps=10), og.RULES, []), []
     for walk_id in range(24):
         walk = walker.walk(["settings", "notes", "shop", "mail"][walk_id % 4], walk_id)
         out.append((walk, walk["triples"]))
@@ -366,28 +370,47 @@ def test_direct_plan_drops_the_walks_detours_and_side_effects():
     assert direct_plan(task, triple) == [["open_app", "Mail"], ["click", "email:3"]]
 
 
-def test_no_held_out_task_or_instance_is_synthesized():
-    held_out = list_tasks("test")
-    air = _triple_from("settings", [GUIAction("click", index=1)])[0]  # the airplane switch
-    assert (
-        describe_state_change(task_target({}, air)["diff"]) == "Turn on airplane mode."
-    )  # held out
+def test_template_split_holds_out_every_second_template_of_each_app():
+    assert held_out_templates() == {
+        "settings_network",
+        "settings_volume",
+        "settings_rename",
+        "settings_infeasible",
+        "notes_delete",
+        "notes_rename",
+        "shop_order",
+        "shop_infeasible",
+        "mail_star",
+        "mail_reply",
+    }
+    test, train = template_split("test"), template_split("train")
+    assert (len(test), len(train)) == (24, 36) and all(goal_template(t.goal) for t in test + train)
+    assert {goal_template(t.goal) for t in test}.isdisjoint(goal_template(t.goal) for t in train)
+    assert goal_template("Turn on 5G in the network settings.") == "settings_infeasible"
+    assert goal_template("Turn off Wi-Fi.") == "settings_switch"
+    assert goal_template("Open the Font size screen in Settings.") is None
+
+
+def test_no_held_out_template_instance_is_synthesized():
+    held_out = template_split("test")
+    no_screen = dict(diff=[], action={}, url_after="", title_after="", after=[])
+    # a held-out template with a parameter no held-out task has: still an instance
+    assert leaks_held_out(dict(goal="Star the email from alice.", answer=None), no_screen, held_out)
+    reply = [("/mail/sent", [], [dict(to="dave", subject="Re: Hi", body="ok")])]  # a reply
+    assert describe_state_change(reply) == "Reply to dave's email saying 'ok'."
     assert leaks_held_out(
-        dict(goal="Switch airplane mode on please", answer=None), air, held_out
-    )  # same instance
-    question = dict(goal="Where does my trip go?", answer="lisbon")  # a held-out question's answer
-    assert leaks_held_out(
-        question, dict(diff=[], action={}, url_after="", title_after=""), held_out
+        dict(goal="Answer dave", answer=None), dict(no_screen, diff=reply), held_out
     )
-    assert leaks_held_out(
-        dict(goal=held_out[0].goal, answer=None),
-        dict(diff=[], action={}, url_after="", title_after=""),
-        held_out,
-    )
+    network = dict(no_screen, diff=[("/settings/network", "CafeFree", "Guest")])
+    assert leaks_held_out(dict(goal="Join Guest", answer=None), network, held_out)  # its change
+    question = dict(goal="Where does my trip go?", answer="lisbon")  # a held-out answer
+    assert leaks_held_out(question, no_screen, [TASKS["notes_q_7"]])
+    price = _triple_from("shop", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
+    asked = dict(goal="What's the price here?", answer="$8")  # the question of a held-out template
+    assert leaks_held_out(asked, price, [TASKS["shop_q_price_2"]])
+    assert not leaks_held_out(asked, price, held_out)  # prices are a training template
     bt = _triple_from("settings", [GUIAction("click", index=3), GUIAction("click", index=1)])[0]
-    assert not leaks_held_out(
-        dict(goal="Turn on Bluetooth.", answer=None), bt, held_out
-    )  # a training task
+    assert not leaks_held_out(dict(goal="Turn on Bluetooth.", answer=None), bt, held_out)
 
 
 # evaluation rules
@@ -410,16 +433,16 @@ def test_check4_androidcontrol_step_matching():
 def test_agent_format_round_trip():
     args, env = og.Args(action_space="coords"), ToyGUIEnv()
     obs, _ = env.reset(Task("t", "settings", "Turn on airplane mode.", start_app="settings"))
-    target = og.agent_target(GUIAction("click", index=1), obs, args, "Click 'Airplane mode'.")
+    target = agents.agent_target(GUIAction("click", index=1), obs, args, "Click 'Airplane mode'.")
     assert target.startswith(
         'Low-level thought: Click \'Airplane mode\'.\naction: {"action_type": "click", "x": '
     )
-    assert og.parse_agent_output(target, obs) == (
+    assert agents.parse_agent_output(target, obs) == (
         "Click 'Airplane mode'.",
         GUIAction("click", index=1),
     )
-    assert og.parse_agent_output("<garbage>", obs) == ("", None)
-    prompt = og.agent_prompt(
+    assert agents.parse_agent_output("<garbage>", obs) == ("", None)
+    prompt = agents.agent_prompt(
         "Turn on airplane mode.",
         obs,
         [dict(thought="Open it.", action='{"action_type": "click", "index": 1}', xy=[5, 6])],
@@ -436,23 +459,23 @@ def test_agent_format_round_trip():
 
 @pytest.fixture(scope="module")
 def tiny_sampler():
-    return og.load_helper("", og.Args())
+    return agents.load_helper("", og.Args())
 
 
 def test_model_backed_annotator_filler_judge_and_executor(walks, tiny_sampler):
     args = og.Args(judge_retries=2, max_new_tokens=12)
     walk, triples = walks[0]
-    texts = og.ModelDescriber(tiny_sampler, args, {walk["walk_id"]: walk["actions"]}).describe(
+    texts = agents.ModelDescriber(tiny_sampler, args, {walk["walk_id"]: walk["actions"]}).describe(
         triples[:3]
     )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert (
         sum(og.parse_synthesis(t) is None for t in texts) == 3
     )  # garbage from an untrained model: counted invalid
-    text = og.model_text_filler(tiny_sampler, args)("Title", "Notes")
+    text = agents.model_text_filler(tiny_sampler, args)("Title", "Notes")
     assert isinstance(text, str) and text and "\n" not in text
     task = dict(triple_id="x", app="settings", goal="Turn on Bluetooth.")
-    policy = og.ModelPolicy(tiny_sampler, args)
+    policy = agents.ModelPolicy(tiny_sampler, args)
     traj = run_episodes(
         [Task("x", "settings", task["goal"])],
         policy,
@@ -464,7 +487,9 @@ def test_model_backed_annotator_filler_judge_and_executor(walks, tiny_sampler):
         and traj["invalid"] == len(traj["steps"])
         and not traj["success"]
     )
-    score, reason, attempts = og.ModelJudge(tiny_sampler, args).score(task, None, traj)
+    score, reason, attempts = agents.ModelJudge(tiny_sampler, args, og.parse_trm_output).score(
+        task, None, traj
+    )
     assert (
         1 <= score <= 5
         and attempts <= 2
@@ -623,18 +648,19 @@ def test_learning_os_genesis_sft_improves_on_the_base(learned):
     assert claims["OS-Genesis SFT > base: step acc (low)"]["holds"], stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on the toy, task-driven data (the expert's trajectories of the training tasks: the "
-    "held-out tasks' templates) still wins on held-out step accuracy (docs/os_genesis.md)",
-)
 def test_learning_os_genesis_data_beats_task_driven_data(learned):
-    """The paper's claim: OS-Genesis data beats task-driven data on held-out step accuracy."""
+    """The paper's claim (Table 1/2): OS-Genesis data beats task-driven data (expert trajectories of
+    the training templates' tasks, as many as OS-Genesis's) on held-out templates' step accuracy."""
     claims, stdout = learned
     assert claims["OS-Genesis > task-driven: step acc (high)"]["holds"], stdout
     assert claims["OS-Genesis > task-driven: step acc (low)"]["holds"], stdout
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="on the clean template split neither agent solves a held-out task: both are goal-blind "
+    "at the launcher (each opens one app for every task; docs/os_genesis.md, Results)",
+)
 def test_learning_success_rises_on_the_easy_tier(learned):
     claims, stdout = learned
     assert claims["OS-Genesis SFT: SR above the base (easy tier)"]["holds"], stdout
@@ -657,7 +683,7 @@ def test_sft_micro_steps_equal_unsplit_step():
     ]
 
     def step(model, optimizer, micro):
-        og.sft_micro_steps(model, tok, batch, micro, "cpu")
+        agents.sft_micro_steps(model, tok, batch, micro, "cpu")
         optimizer.step()
 
     assert_micro_batching_matches(path, step, micro_batch_size=2)
