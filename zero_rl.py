@@ -12,30 +12,30 @@ length, clip ratio, pass@k and the share of responses showing reasoning behaviou
 
 Departures (from the paper and its released verl code, hkust-nlp/simpleRL-reason):
 - CPU default = a toy: a 2-layer tiny Qwen2 "base" (a short, cached SFT on noisy demonstrations of
-  sorting four digits, never on the held-out prompts; common/sort_digits.py) answers through the
-  paper's qwen-boxed template and is graded by the paper's grader. Scale-dependent defaults (batch,
-  lr, lengths, steps) are the toy's; the help strings and PAPER give the paper's values.
+  sorting four digits, never on the held-out prompts; common/sort_digits.py) asked through the
+  paper's qwen-boxed template, graded by the paper's grader. Scale-dependent defaults (batch, lr,
+  lengths, steps) are the toy's; the help strings and PAPER give the paper's values.
 - Old log-probs come from the sampler (HF generate records the model's own) on CPU, where they
   equal the trainer's forward; on CUDA (bf16) and with `--sampler vllm` the trainer recomputes them.
 - The loss forward computes each prompt once for its G responses (a shared KV cache): exact.
-- Reasoning behaviours: a keyword detector is the stand-in labeller (the paper rejects keyword
-  counts and labels with GPT-4o); `--judge_model` labels the first sample of each held-out prompt
-  with any local/hub model.
+- Reasoning behaviours: a keyword stand-in (the paper rejects keyword counts and labels with
+  GPT-4o); `--judge_model` (any model) labels the first sample of each held-out prompt.
 - FSDP2: every rank samples its own prompts; all rewards are gathered before the group
-  normalisation (verl gathers on its driver). Weights go to vLLM tensor by tensor
-  (DTensor.full_tensor). Precision: common.train's policy (fp32 master weights and AdamW state; bf16
-  compute on CUDA, the reference model held in bf16).
-- Loss aggregation: the default `--loss_type dapo` is the token mean over the whole mini-batch that
-  the paper describes (DAPO's rule); the released verl code averages token means per micro-batch,
-  `--loss_type verl` (the two agree when a mini-batch is one micro-batch on one rank).
-- Held-out evaluation during training: `--eval_samples` samples per prompt at T=1.0, top-p 0.95
-  (the paper's RL-model setting) plus greedy; the six-benchmark suite is `--eval_only`.
-- Length rewards (not in SimpleRL-Zoo; `--length_reward`, off by default) combine with correctness
-  as their papers do (total_rewards). Kimi's weight and warm-up length are unpublished
-  (`--length_reward_coef` 1, `--length_reward_warmup_steps` 0). The cosine paper's repetition
-  penalty is per token under PPO; GRPO has one reward per response, so the penalties are summed.
-- Countdown: TinyZero's qwen-instruct prompt (ChatML text with its "<think>" prefill) is the
-  default; TinyZero's base prompt is `--prompt_template countdown-base`.
+  normalisation (verl gathers on its driver); weights go to vLLM tensor by tensor. Precision:
+  fp32 master weights and AdamW state, bf16 compute on CUDA, the reference model in bf16.
+- Loss: the default `--loss_type dapo` is the token mean over the whole mini-batch the paper
+  describes (DAPO's rule); the released verl code averages token means per micro-batch, `--loss_type
+  verl` (the two agree when a mini-batch is one micro-batch on one rank).
+- Data: release formats (SimpleRL-Zoo-Data parquet, MATH, GSM8K) need no field flags; prompts
+  over `--max_prompt_length` are dropped (as verl). Held-out evaluation during training: greedy
+  plus `--eval_samples` samples at T=1.0, top-p 0.95 (the paper's RL setting); the paper's six
+  benchmarks are `--eval_only`.
+- Length rewards (not in SimpleRL-Zoo; `--length_reward`) combine with correctness as their papers
+  do (total_rewards). Kimi's weight and warm-up are unpublished (`--length_reward_coef` 1,
+  `--length_reward_warmup_steps` 0). The cosine paper's per-token repetition penalty is summed
+  into the one reward per response.
+- Countdown: TinyZero's qwen-instruct prompt (ChatML text, "<think>" prefill) by default; its base
+  prompt is `--prompt_template countdown-base`.
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config
 shows the effective configuration and per-rank sizes without loading anything):
@@ -51,57 +51,39 @@ shows the effective configuration and per-rank sizes without loading anything):
 """
 
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from common import grpo_plumbing as P
 from common import rewards as R
-from common.benchmarks import load_math_rows
-from common.claims import claim, format_claims, write_summary
+from common.claims import claim
 from common.config import arg, parse_config, per_rank
-from common.data import load_rows
-from common.evaluation import EvalArgs, evaluate_model, heldout_eval
-from common.models import load_model, load_tokenizer
-from common.sampling import (
-    HFSampler,
-    VLLMArgs,
-    make_sampler,
-    old_logprobs_need_recompute,
-    render_prompt,
-)
-from common.sort_digits import TOY_HELD_OUT, make_toy_rows, toy_demo, train_noisy_base
-from common.toys import toy_model
+from common.data import parse_range
+from common.evaluation import EvalArgs, heldout_eval, load_judge
+from common.models import load_tokenizer
+from common.sampling import VLLMArgs, old_logprobs_need_recompute, render_prompt
+from common.sort_digits import warm_start_base
 from common.train import (
     MetricsLogger,
     all_gather_object,
     barrier,
     cleanup_distributed,
     clip_grad_norm,
-    export_pretrained,
-    format_table,
-    forward_hidden,
-    gradient_checkpointing_on,
     init_distributed,
-    lm_head_weight,
-    load_checkpoint,
-    logprobs_from_hidden,
-    make_optimizer,
-    make_scheduler,
-    plain_lm_head,
-    precision_policy,
-    print0,
     save_checkpoint,
     seed_everything,
-    shard_model,
-    token_logprobs,
 )
+
+Template = Literal["auto", "qwen-boxed", "abel", "countdown", "countdown-base"]
+LossType = Literal["dapo", "verl", "bnpo", "grpo", "dr_grpo"]
+LengthReward = Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"]
 
 
 @dataclass
@@ -118,9 +100,7 @@ class Args(VLLMArgs):
     level_field: str = arg("level", "difficulty field for --levels (int or 'Level 3')")
     levels: str = arg("", "keep rows whose level is in range, e.g. 3-5 (the paper's Hard tier)")
     task: Literal["math", "countdown"] = arg("math", "math (SimpleRL) | countdown (TinyZero)")
-    prompt_template: Literal["auto", "qwen-boxed", "abel", "countdown", "countdown-base"] = arg(
-        "auto", "see make_prompt; auto = countdown for --task countdown, else qwen-boxed"
-    )
+    prompt_template: Template = arg("auto", "make_prompt; auto: countdown or qwen-boxed by --task")
     sampler: Literal["hf", "vllm"] = arg("hf", "hf (transformers generate) | vllm (colocated)")
     gradient_checkpointing: bool = arg(False, "recompute layers in backward; paper preset: True")
     track: bool = arg(False, "log to Weights & Biases")
@@ -139,9 +119,7 @@ class Args(VLLMArgs):
     top_p: float = arg(1.0, "rollout top-p; paper: 1.0 (App. B.5)")
     clip_eps: float = arg(0.2, "PPO clip epsilon; paper: 0.2 (script)")
     clip_eps_high: float = arg(0.0, "upper clip epsilon (DAPO clip-higher: 0.28); 0 = --clip_eps")
-    loss_type: Literal["dapo", "verl", "bnpo", "grpo", "dr_grpo"] = arg(
-        "dapo", "token-loss aggregation, see aggregate_loss"
-    )
+    loss_type: LossType = arg("dapo", "token-loss aggregation, see aggregate_loss")
     beta: float = arg(1e-4, "k3 KL weight; paper: 1e-4 (App. B.5; 1e-3 above 14B); 0 = no ref")
     entropy_coef: float = arg(0.001, "entropy bonus (script: 0.001)")
     max_grad_norm: float = arg(1.0, "gradient clipping (script: 1.0)")
@@ -151,9 +129,7 @@ class Args(VLLMArgs):
         "mix", "mix: 1 / 0 (paper) | independent: 1, 0.5, -0.5, --format_penalty (Sec. 3.1)"
     )
     format_penalty: float = arg(-1.0, "reward of a wrong unboxed answer (independent)")
-    length_reward: Literal["none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong"] = arg(
-        "none", "length-aware reward, combined with correctness as its paper does: total_rewards"
-    )
+    length_reward: LengthReward = arg("none", "length-aware reward, see total_rewards")
     length_reward_coef: float = arg(1.0, "weight of the kimi / dapo_overlong term")
     l1_budget: str = arg("100-4000", "L1 token budget range n_gold ~ U{a..b} (L1: 100-4000)")
     overlong_buffer: int = arg(4096, "DAPO overlong buffer L_c (DAPO: 4096)")
@@ -244,12 +220,11 @@ def k3_kl(logps, ref_logps):
 
 
 def aggregate_loss(
-    per_token_loss, mask, loss_type, max_len, num_tokens=None, num_seqs=None, num_micro=1
+    per_token, mask, loss_type, max_len, num_tokens=None, num_seqs=None, num_micro=1
 ):
     """Reduce a (B, T) per-token loss to a scalar. `num_tokens` / `num_seqs`: the normalisers of
     the whole mini-batch when it is split into micro-batches (default: this micro-batch's own);
     `num_micro`: the micro-batches of this rank's mini-batch (verl only).
-
     dapo    token mean over all valid tokens of the mini-batch, every token weighs the same (DAPO,
             arXiv 2503.14476, Sec. 3.3, the rule the SimpleRL-Zoo paper describes). The caller
             passes the global token count / world size; FSDP's gradient mean gives the global mean.
@@ -258,32 +233,29 @@ def aggregate_loss(
             gradient accumulation). A micro-batch with few tokens weighs them more.
     bnpo    token mean over this rank's mini-batch (TRL bnpo)
     grpo    per-sequence token mean, then the mean over sequences (GRPO; favours short answers)
-    dr_grpo token sum / (sequences * max completion length) (Dr. GRPO: no length bias)
-    """
-    mask = mask.to(per_token_loss.dtype)
+    dr_grpo token sum / (sequences * max completion length) (Dr. GRPO: no length bias)"""
+    mask = mask.to(per_token.dtype)
     num_seqs = num_seqs or mask.shape[0]
     if loss_type in ("dapo", "bnpo"):
-        return (per_token_loss * mask).sum() / max(float(num_tokens or mask.sum()), 1.0)
+        return (per_token * mask).sum() / max(float(num_tokens or mask.sum()), 1.0)
     if loss_type == "verl":
-        return (per_token_loss * mask).sum() / max(float(mask.sum()), 1.0) / num_micro
+        return (per_token * mask).sum() / max(float(mask.sum()), 1.0) / num_micro
     if loss_type == "grpo":
-        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_seqs
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_seqs
     if loss_type == "dr_grpo":
-        return (per_token_loss * mask).sum() / (num_seqs * max_len)
+        return (per_token * mask).sum() / (num_seqs * max_len)
     raise ValueError(f"--loss_type must be dapo, verl, bnpo, grpo or dr_grpo, got {loss_type!r}")
 
 
-LENGTH_REWARDS = ("none", "kimi", "cosine", "l1_exact", "l1_max", "dapo_overlong")
 WHOLE_REWARD = ("cosine", "l1_exact", "l1_max")  # their formula already pays for correctness
 
 
 def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, buffer=4096):
-    """Each length reward's own formula (common.rewards), one per completion, groups consecutive.
-    Kimi k1.5 (arXiv 2501.12599, Sec. 2.3.3): per group, lambda = 0.5 - (L - Lmin) / (Lmax -
-    Lmin); lambda if correct, else min(0, lambda). Cosine (Yeo et al., arXiv 2502.03373, their
-    cosine length-scaling reward): 2 -> 1 over L if correct, -10 -> 0 if wrong, -10 past the
-    limit. L1 (arXiv 2503.04697, LCPO): exact c - alpha |n_gold - L|, max c * clip(alpha (n_gold
-    - L) + delta, 0, 1). DAPO (arXiv 2503.14476, Sec. 3.4): the soft overlong punishment."""
+    """Each length reward's own formula (common.rewards), one per completion, groups of G
+    consecutive. Kimi k1.5 (arXiv 2501.12599, Sec. 2.3.3), per group: lambda = 0.5 - (L - Lmin) /
+    (Lmax - Lmin); lambda if correct, else min(0, lambda). Cosine (Yeo et al., arXiv 2502.03373),
+    L1 exact / max (LCPO, arXiv 2503.04697) and DAPO's soft overlong punishment (arXiv 2503.14476,
+    Sec. 3.4) as common.rewards writes them."""
     if kind == "none":
         return [0.0] * len(lengths)
     if kind == "kimi":
@@ -299,20 +271,11 @@ def length_rewards(kind, lengths, correct, group_size, max_len, budgets=None, bu
         if buffer > max_len:
             raise ValueError(f"--overlong_buffer {buffer} must be <= --max_new_tokens {max_len}")
         return [R.dapo_overlong_penalty(n, max_len, buffer) for n in lengths]
-    raise ValueError(f"--length_reward must be {'|'.join(LENGTH_REWARDS)}, got {kind!r}")
+    raise ValueError(f"--length_reward must be {'|'.join(get_args(LengthReward))}, got {kind!r}")
 
 
 def total_rewards(
-    kind,
-    task_rewards,
-    correct,
-    lengths,
-    group_size,
-    max_len,
-    budgets=None,
-    buffer=4096,
-    coef=1.0,
-    repetition=None,
+    kind, task, correct, lengths, G, max_len, budgets=None, buffer=4096, coef=1.0, repetition=None
 ):
     """The reward GRPO normalises, one per completion. A length reward meets correctness as its
     paper says:
@@ -323,10 +286,10 @@ def total_rewards(
                      task reward (and its other levels: countdown's 0.1, --reward_mode
                      independent) is not added again.
     `repetition`: one n-gram repetition penalty (<= 0) per completion, added last (Yeo et al.
-    pair it with the cosine reward; see repetition_penalty)."""
-    if not len(task_rewards) == len(correct) == len(lengths):
+    pair it with the cosine reward; common.rewards.repetition_penalty)."""
+    if not len(task) == len(correct) == len(lengths):
         raise ValueError(
-            f"{len(task_rewards)} task rewards, {len(correct)} correctness flags and "
+            f"{len(task)} task rewards, {len(correct)} correctness flags and "
             f"{len(lengths)} lengths: need one of each per completion"
         )
     if kind in WHOLE_REWARD and coef != 1.0:
@@ -334,11 +297,11 @@ def total_rewards(
             f"--length_reward_coef {coef} has no effect with --length_reward {kind}: "
             "cosine and L1 are the whole reward (only kimi, dapo_overlong add a term)"
         )
-    length = length_rewards(kind, lengths, correct, group_size, max_len, budgets, buffer)
+    length = length_rewards(kind, lengths, correct, G, max_len, budgets, buffer)
     if kind in WHOLE_REWARD:
         total = list(length)
     else:
-        total = [task + coef * extra for task, extra in zip(task_rewards, length)]
+        total = [t + coef * extra for t, extra in zip(task, length)]
     if repetition is not None:
         total = [t + p for t, p in zip(total, repetition)]
     return [float(t) for t in total]
@@ -357,22 +320,6 @@ def scales_by_std(args) -> bool:
     if args.scale_rewards_by_std is None:
         return args.loss_type != "dr_grpo"
     return args.scale_rewards_by_std
-
-
-def repetition_penalty(token_ids, ngram_size=40, penalty=-0.05):
-    """N-gram repetition penalty of Yeo et al. (arXiv 2502.03373; eddycmu/demystify-
-    long-cot `openrlhf/reward/repetition.py`, `RepetitionDensePenalty`): every token inside a
-    repeated token n-gram (the second and later occurrences) is penalised once. Their PPO puts
-    `penalty` on each such token; GRPO has one scalar per response, so this returns the sum."""
-    if penalty > 0:
-        raise ValueError(f"--repetition_penalty must be <= 0 (a penalty), got {penalty}")
-    seen, hit = set(), set()
-    for start in range(len(token_ids) - ngram_size + 1):
-        gram = tuple(token_ids[start : start + ngram_size])
-        if gram in seen:
-            hit.update(range(start, start + ngram_size))
-        seen.add(gram)
-    return penalty * len(hit)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,61 +384,6 @@ def encode_prompt(tok, prompt) -> list[int]:
     return tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids
 
 
-def parse_range(spec: str, flag: str) -> tuple[int, int]:
-    """'3-5' -> (3, 5), '2' -> (2, 2); the error names the flag."""
-    if not (m := re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)):
-        raise ValueError(f"{flag} must look like 3-5 or 2, got {spec!r}")
-    return int(m[1]), int(m[2] or m[1])
-
-
-def question_text(row: dict, args) -> str:
-    """The question field; TinyZero's countdown rows (Countdown-Tasks-3to4) hold only target and
-    nums, so their question is TinyZero's."""
-    if args.question_field in row or args.task != "countdown":
-        return str(row[args.question_field])
-    nums = [int(n) for n in row["nums"]]
-    return f"Using the numbers {nums}, create an equation that equals {row['target']}."
-
-
-def read_rows(args, source: str, split: str) -> list[dict]:
-    """Rows of `source` with `question` and `answer` (countdown: also `target`, `nums`), kept to
-    --levels. Release formats (SimpleRL-Zoo-Data parquet, MATH, GSM8K "#### N") need no field
-    flags (common/benchmarks.py)."""
-    countdown = args.task == "countdown"
-    fields = (args.question_field, args.answer_field)
-    release_format = not countdown and fields == ("question", "answer")
-    if release_format:
-        rows = load_math_rows(source, split)
-    else:
-        need = ("target", "nums") if countdown else fields
-        rows = load_rows(source, split=split, required=need)
-    if args.levels:
-        lo, hi = parse_range(args.levels, "--levels")
-        for i, r in enumerate(rows):
-            if args.level_field not in r:
-                raise ValueError(
-                    f"{source} row {i}: no field {args.level_field!r} for --levels "
-                    "(see --level_field)"
-                )
-        level = [int(re.sub(r"\D", "", str(r[args.level_field])) or -1) for r in rows]
-        rows = [r for r, n in zip(rows, level) if lo <= n <= hi]
-    if release_format:
-        return rows
-    answer = args.answer_field
-    return [{**r, "question": question_text(r, args), "answer": str(r.get(answer))} for r in rows]
-
-
-def load_task_rows(args):
-    """(train_rows, eval_rows): the toy's (disjoint), or from --data (and --eval_data)."""
-    if not args.data:
-        train_rows, held_out = make_toy_rows(args.task, args.seed)
-        return train_rows, held_out[: args.num_eval_prompts]
-    rows = read_rows(args, args.data, args.data_split)
-    if args.eval_data:
-        return rows, read_rows(args, args.eval_data, "test")[: args.num_eval_prompts]
-    return rows[: -args.num_eval_prompts], rows[-args.num_eval_prompts :]
-
-
 def score(text: str, row: dict, args) -> tuple[float, bool, bool]:
     """(task reward, correct, an answer was found). Never raises on garbage text."""
     if args.task == "countdown":
@@ -511,31 +403,7 @@ def score_all(texts: list[str], rows: list[dict], args) -> list[tuple[float, boo
 
 
 # ------------------------------------------------------------------------------------------------
-# the toy base model: a short SFT on noisy demonstrations (common/sort_digits.py), cached
-
-
-def warm_start_base(args, train_rows, template) -> str:
-    """The toy's base model, built once and cached (common.toys.toy_model)."""
-    spec = {
-        "task": args.task,
-        "template": template,
-        "steps": args.warm_start_steps,
-        "noise": args.warm_start_noise,
-        "seed": args.seed,
-        "held_out": TOY_HELD_OUT,
-    }
-
-    def build(folder):
-        prompt = partial(make_prompt, template=template)
-        steps, noise = args.warm_start_steps, args.warm_start_noise
-        train_noisy_base(folder, train_rows, args.task, prompt, steps, noise, args.seed)
-
-    code = [train_noisy_base, toy_demo, make_toy_rows, make_prompt]
-    return toy_model("zero_rl-base", spec, build, code=code)
-
-
-# ------------------------------------------------------------------------------------------------
-# evaluation, rollouts, log-probs, the update
+# evaluation, rollouts, the update, the loop
 
 
 def correct_flags(texts: list[str], rows: list[dict], args) -> list[bool]:
@@ -547,41 +415,12 @@ def evaluate(sampler, eval_rows, args, dist_info, template, judge=None):
     """Held-out greedy / sampled accuracy, pass@k, length and reasoning behaviours
     (common.evaluation.heldout_eval), asked with the training prompt, graded as in training."""
     prompt, grade = partial(make_prompt, template=template), partial(correct_flags, args=args)
-    sampling = dict(
-        temperature=args.eval_temperature, top_p=args.eval_top_p, max_new_tokens=args.max_new_tokens
-    )
+    sampling = dict(temperature=args.eval_temperature, top_p=args.eval_top_p)
+    sampling["max_new_tokens"] = args.max_new_tokens
     k, gather, judge_tokens = args.eval_samples, all_gather_object, args.judge_max_new_tokens
     return heldout_eval(
         sampler, eval_rows, prompt, grade, dist_info, gather, k, sampling, judge, judge_tokens
     )
-
-
-def log_eval(sampler, eval_rows, args, dist_info, template, judge, logger, step) -> dict:
-    metrics, example = evaluate(sampler, eval_rows, args, dist_info, template, judge)
-    logger.log(metrics, step)
-    shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if "behaviour" not in k)
-    print0(f"\n[eval step {step}] {shown}\n  sample: {example!r}")
-    return metrics
-
-
-@dataclass
-class Rollout:
-    """One step's samples on this rank: B = P * G completions, the G of a prompt consecutive."""
-
-    prompt_ids: torch.Tensor  # (P, Lp) left padded
-    prompt_mask: torch.Tensor  # (P, Lp)
-    responses: torch.Tensor  # (B, T) right padded
-    response_mask: torch.Tensor  # (B, T)
-    loss_mask: torch.Tensor  # (B, T) float; 0 on truncated responses with --mask_truncated
-    sampler_logps: torch.Tensor  # (B, T) the sampler's log-probs of the response tokens
-    token_ids: list  # B lists of response token ids
-    budgets: list  # B L1 token budgets (None without an L1 reward)
-    task_rewards: list  # B task rewards (score)
-    correct: list  # B bools
-    found: list  # B bools: an answer could be extracted
-    truncated: list  # B bools: cut at --max_new_tokens
-    started: float  # time.perf_counter() when the step began
-    t_generate: float  # seconds spent sampling
 
 
 def step_rows(args, train_rows, first, count, orders) -> list[tuple[dict, int | None]]:
@@ -612,129 +451,26 @@ def rollouts(args, train_rows, template, sampler, tok, dist_info, start_step):
         groups = sampler.generate(prompts, G, args.temperature, args.top_p, args.max_new_tokens)
         sampler.sleep()  # vLLM frees its memory for the update
         comps = [c for g in groups for c in g]
-        t_generate = time.perf_counter() - started
+        times = (started, time.perf_counter() - started)  # (step start, seconds sampling)
         per_completion = [x for x in batch for _ in range(G)]  # (row, budget) of each completion
         scored = score_all([c.text for c in comps], [r for r, _ in per_completion], args)
-        B, T = len(comps), max(len(c.token_ids) for c in comps)
-        ids = {"input_ids": [encode_prompt(tok, p) for p in prompts]}
-        enc = tok.pad(ids, padding=True, return_tensors="pt")  # left padded (load_tokenizer)
-        responses = torch.full((B, T), tok.pad_token_id)
-        loss_mask, sampler_logps = torch.zeros(B, T), torch.zeros(B, T)
-        for i, c in enumerate(comps):
-            responses[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
-            masked = args.mask_truncated and c.finish_reason == "length"
-            loss_mask[i, : len(c.token_ids)] = 0.0 if masked else 1.0
-            sampler_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs[:T])
-        lengths = torch.tensor([len(c.token_ids) for c in comps])
-        response_mask = (torch.arange(T)[None] < lengths[:, None]).long()  # (B, T)
-        device = dist_info.device
-        yield Rollout(
-            prompt_ids=enc["input_ids"].to(device),
-            prompt_mask=enc["attention_mask"].to(device),
-            responses=responses.to(device),
-            response_mask=response_mask.to(device),
-            loss_mask=loss_mask.to(device),
-            sampler_logps=sampler_logps.to(device),
-            token_ids=[c.token_ids for c in comps],
-            budgets=[b for _, b in per_completion],
-            task_rewards=[s[0] for s in scored],
-            correct=[s[1] for s in scored],
-            found=[s[2] for s in scored],
-            truncated=[c.finish_reason == "length" for c in comps],
-            started=started,
-            t_generate=t_generate,
-        )
+        prompt_ids = [encode_prompt(tok, p) for p in prompts]
+        budgets = [b for _, b in per_completion]
+        device, mask_truncated = dist_info.device, args.mask_truncated
+        yield P.make_rollout(tok, prompt_ids, comps, scored, budgets, mask_truncated, device, times)
 
 
-def step_rewards(args, rollout: Rollout, step: int) -> list[float]:
+def step_rewards(args, rollout: P.Rollout, step: int) -> list[float]:
     """The reward GRPO normalises (total_rewards), with the length reward in force at `step`."""
     repeats = None
     if args.repetition_penalty:
         size, penalty = args.repetition_ngram_size, args.repetition_penalty
-        repeats = [repetition_penalty(ids, size, penalty) for ids in rollout.token_ids]
+        repeats = [R.repetition_penalty(ids, size, penalty) for ids in rollout.token_ids]
     lengths = [len(ids) for ids in rollout.token_ids]
-    return total_rewards(
-        length_reward_at(args, step),
-        rollout.task_rewards,
-        rollout.correct,
-        lengths,
-        args.group_size,
-        args.max_new_tokens,
-        rollout.budgets,
-        args.overlong_buffer,
-        args.length_reward_coef,
-        repeats,
-    )
-
-
-def response_logprobs(
-    model, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, return_entropy=False
-):
-    """Log-probs (B, T) of the response tokens (and entropies), each prompt computed once for its
-    group: the P prompts (left padded) go through the model once, their KV cache is indexed out to
-    the B responses (`prompt_index` (B,): each row's prompt) and the responses (right padded)
-    attend to it; gradients flow through the shared prompt too. Only response positions reach the
-    vocabulary (common.train.logprobs_from_hidden: no (B, T, V) logits). Equals
-    common.train.token_logprobs on the concatenated sequences (tested), the path taken under
-    gradient checkpointing: a checkpointed layer cannot fill a KV cache (HF drops it)."""
-    checkpointed = model.training and torch.is_grad_enabled() and gradient_checkpointing_on(model)
-    if checkpointed or not plain_lm_head(model):
-        ids = torch.cat([prompt_ids[prompt_index], response_ids], dim=1)  # (B, Lp + T)
-        att = torch.cat([prompt_mask[prompt_index], response_mask], dim=1)  # (B, Lp + T)
-        out = token_logprobs(model, ids, att, return_entropy=return_entropy)  # (B, Lp + T - 1)
-        # the last prompt position predicts the first response token
-        first = prompt_ids.shape[1] - 1
-        return tuple(x[:, first:] for x in out) if return_entropy else out[:, first:]
-    inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
-    hidden, out = forward_hidden(model, **inputs)  # (P, Lp, H)
-    cache_kw = "cache" if "cache" in out else "past_key_values"  # renamed in transformers 5.2x
-    cache = out[cache_kw]
-    cache.batch_select_indices(prompt_index)  # (P, ...) -> (B, ...)
-    hidden = hidden[prompt_index, -1:]  # (B, 1, H): the last prompt position predicts token 1
-    if response_ids.shape[1] > 1:
-        mask = torch.cat([prompt_mask[prompt_index], response_mask[:, :-1]], dim=1)  # (B, Lp+T-1)
-        inputs = dict(input_ids=response_ids[:, :-1], attention_mask=mask, **{cache_kw: cache})
-        rest, _ = forward_hidden(model, **inputs)  # (B, T - 1, H)
-        hidden = torch.cat([hidden, rest], dim=1)  # (B, T, H)
-    weight = lm_head_weight(model)
-    return logprobs_from_hidden(hidden, weight, response_ids, return_entropy=return_entropy)
-
-
-def micro_spans(lo, hi, size, response_mask):
-    """(start, end, longest response) of the micro-batches of rows lo .. hi - 1; 0 = one."""
-    for s in range(lo, hi, size or hi - lo):
-        e = min(s + (size or hi - lo), hi)
-        yield s, e, int(response_mask[s:e].sum(1).max())
-
-
-def rollout_logprobs(model, rollout: Rollout, G, s, e, t, entropy=False):
-    """response_logprobs of rows s .. e-1 (prompts s // G .. (e-1) // G), trimmed to t tokens."""
-    p_lo, p_hi = s // G, (e - 1) // G + 1
-    pad = int((rollout.prompt_mask[p_lo:p_hi].sum(0) == 0).sum())  # left padding they all share
-    index = torch.arange(s, e, device=rollout.prompt_ids.device) // G - p_lo  # (b,) row -> prompt
-    return response_logprobs(
-        model,
-        rollout.prompt_ids[p_lo:p_hi, pad:],
-        rollout.prompt_mask[p_lo:p_hi, pad:],
-        rollout.responses[s:e, :t],
-        rollout.response_mask[s:e, :t],
-        index,
-        return_entropy=entropy,
-    )  # (b, t)
-
-
-@torch.no_grad()
-def old_and_ref_logprobs(model, ref_model, rollout, recompute, args):
-    """(old, reference or None) log-probs (B, T); old = the sampler's unless `recompute`."""
-    old = rollout.sampler_logps.clone()
-    ref = None if ref_model is None else torch.zeros_like(old)
-    B = old.shape[0]
-    for s, e, t in micro_spans(0, B, args.micro_batch_size, rollout.response_mask):
-        if recompute:
-            old[s:e, :t] = rollout_logprobs(model, rollout, args.group_size, s, e, t).float()
-        if ref_model is not None:
-            ref[s:e, :t] = rollout_logprobs(ref_model, rollout, args.group_size, s, e, t).float()
-    return old, ref
+    kind, G, max_len = length_reward_at(args, step), args.group_size, args.max_new_tokens
+    task, correct, budgets = rollout.task_rewards, rollout.correct, rollout.budgets
+    buffer, coef = args.overlong_buffer, args.length_reward_coef
+    return total_rewards(kind, task, correct, lengths, G, max_len, budgets, buffer, coef, repeats)
 
 
 def ppo_update(model, opt, sched, rollout, advantages, old_logps, ref_logps, args, world):
@@ -753,8 +489,8 @@ def ppo_update(model, opt, sched, rollout, advantages, old_logps, ref_logps, arg
             num_tokens = sum(all_gather_object(num_tokens)) / world
         n_micro = len(range(lo, hi, args.micro_batch_size or hi - lo))  # verl's accumulation
         losses = []
-        for s, e, t in micro_spans(lo, hi, args.micro_batch_size, rollout.response_mask):
-            logps, entropy = rollout_logprobs(model, rollout, G, s, e, t, entropy=True)  # (b, t)
+        for s, e, t in P.micro_spans(lo, hi, args.micro_batch_size, rollout.response_mask):
+            logps, entropy = P.rollout_logprobs(model, rollout, G, s, e, t, entropy=True)  # (b, t)
             mask, adv = rollout.loss_mask[s:e, :t], advantages[s:e]
             old = old_logps[s:e, :t]
             per_token, ratio = ppo_clip_loss(logps, old, adv, args.clip_eps, eps_high)  # (b, t)
@@ -778,71 +514,6 @@ def ppo_update(model, opt, sched, rollout, advantages, old_logps, ref_logps, arg
     return micro, updates, time.perf_counter() - started
 
 
-def step_metrics(args, every, update, sched, rollout, world) -> dict:
-    """TRL's metric names where TRL has the metric; every rank returns the same dict."""
-    micro, updates, t_train = update  # ppo_update's
-    eps_high, n_updates = args.clip_eps_high or args.clip_eps, len(updates)
-    sums = dict.fromkeys(("tokens", "entropy", "kl", "low", "high"), 0.0)
-    for mask, entropy, ratio, kl, adv in micro:
-        sums["tokens"] += float(mask.sum())
-        sums["entropy"] += float((entropy * mask).sum())
-        if kl is not None:
-            sums["kl"] += float((kl * mask).sum())
-        sums["low"] += float((((ratio < 1 - args.clip_eps) & (adv[:, None] < 0)) * mask).sum())
-        sums["high"] += float((((ratio > 1 + eps_high) & (adv[:, None] > 0)) * mask).sum())
-    sums["loss"] = sum(loss / n_updates for losses, _ in updates for loss in losses)
-    sums["grad_norm"] = sum(norm / n_updates for _, norm in updates)
-    tot = {k: sum(part[k] for part in all_gather_object(sums)) for k in sums}
-    n_tok, step_time = max(tot["tokens"], 1.0), time.perf_counter() - rollout.started
-    rewards, G = torch.tensor(every["reward"]), args.group_size  # (W*B,)
-    lengths, truncated = np.array(every["length"]), np.array(every["truncated"])
-    stopped = lengths[~truncated]
-    metrics = {
-        "reward": float(rewards.mean()),
-        "reward_std": float(rewards.std()),
-        "accuracy": np.mean(every["correct"]),
-        "frac_reward_zero_std": float((rewards.view(-1, G).std(1) == 0).float().mean()),
-        "completions/mean_length": lengths.mean(),
-        "completions/min_length": float(lengths.min()),
-        "completions/max_length": float(lengths.max()),
-        "completions/clipped_ratio": truncated.mean(),
-        "completions/mean_terminated_length": stopped.mean() if len(stopped) else 0.0,
-        "completions/no_answer_ratio": 1 - np.mean(every["found"]),
-        "entropy": tot["entropy"] / n_tok,
-        "kl": tot["kl"] / n_tok,
-        "clip_ratio/low_mean": tot["low"] / n_tok,
-        "clip_ratio/high_mean": tot["high"] / n_tok,
-        "clip_ratio/region_mean": (tot["low"] + tot["high"]) / n_tok,
-        "loss": tot["loss"] / world,
-        "grad_norm": tot["grad_norm"] / world,
-        "learning_rate": sched.get_last_lr()[0],
-        "time/step": step_time,
-        "time/generate": rollout.t_generate,
-        "time/train": t_train,
-        "tokens_per_s": lengths.sum() / step_time,
-    }
-    if args.length_reward != "none" or args.repetition_penalty:  # total - task reward
-        metrics["length_reward"] = np.mean(every["bonus"])
-    return metrics
-
-
-def gather_stats(rollout: Rollout, rewards: list[float]) -> dict:
-    """All ranks' per-completion values, rank after rank (so the groups of G stay together)."""
-    local = {
-        "reward": rewards,
-        "correct": rollout.correct,
-        "bonus": [r - t for r, t in zip(rewards, rollout.task_rewards)],
-        "length": [len(ids) for ids in rollout.token_ids],
-        "found": rollout.found,
-        "truncated": rollout.truncated,
-    }
-    return {k: [x for part in all_gather_object(local) for x in part[k]] for k in local}
-
-
-# ------------------------------------------------------------------------------------------------
-# setup and results
-
-
 def training_rows(args, rows, tok, template) -> list[dict]:
     """--data rows whose prompt fits --max_prompt_length (verl drops the others); toy rows fit."""
     if args.data:
@@ -855,50 +526,11 @@ def training_rows(args, rows, tok, template) -> list[dict]:
     return rows
 
 
-def load_judge(args, dist_info):
-    """The behaviour labeller (--judge_model) as an HF Sampler; frozen, so bf16 on CUDA."""
-    if not args.judge_model:
-        return None
-    dtype = precision_policy(dist_info.device.type).frozen_dtype
-    model = load_model(args.judge_model, dtype=dtype, device=dist_info.device).eval()
-    return HFSampler(model, load_tokenizer(args.judge_model))
-
-
-def resume(args, model, opt, sched, sampler) -> int:
-    """The last finished step: 0, or the checkpoint's with --resume (it restores the RNG too)."""
-    ckpt_dir = Path(args.output_dir) / "checkpoint"
-    if not args.resume or (state := load_checkpoint(ckpt_dir, model, opt, sched)) is None:
-        return 0
-    where = f"at step {state[0]} (data position {state[1]['data_position']})"
-    print0(f"resumed from {ckpt_dir} {where}")
-    sampler.sync_weights(model)  # vLLM: its engine loaded the base weights; HF: a no-op
-    return state[0]
-
-
-def report(args, model, tok, logger, before, after, dist_info):
-    """The final model, curves.png, the before/after table and summary.json with the claims."""
-    out_dir = Path(args.output_dir)
-    export_pretrained(model, tok, out_dir / "model")
-    if not dist_info.is_main:
-        return
-    curves = ["reward", "accuracy", "completions/mean_length", "eval/accuracy_sampled"]
-    logger.plot(curves, out_dir / "curves.png")
-    keys = ["accuracy_greedy", "accuracy_sampled", f"pass@{args.eval_samples}", "mean_length"]
-    named = (("before RL", before), (f"after {args.total_steps} steps", after))
-    table = [{"": name, **{k: d.get(f"eval/{k}", float("nan")) for k in keys}} for name, d in named]
-    print0("\n" + format_table(table))
-    claims = [  # the paper's claim on the toy: RL raises held-out accuracy over the base
-        claim(
-            f"held-out {how} accuracy rises over the base",
-            f"eval/accuracy_{how}",
-            before.get(f"eval/accuracy_{how}", float("nan")),
-            after.get(f"eval/accuracy_{how}", float("nan")),
-        )
-        for how in ("greedy", "sampled")
-    ]
-    print0("\n" + format_claims(claims))
-    write_summary(out_dir, claims, before=before, after=after, steps=args.total_steps)
-    print0(f"metrics: {logger.path}  curves: {out_dir / 'curves.png'}  model: {out_dir / 'model'}")
+def claims(before: dict, after: dict) -> list[dict]:
+    """The paper's claim on the toy: RL raises held-out (greedy, sampled) accuracy over the base."""
+    nan, hows = float("nan"), ("greedy", "sampled")
+    named = [(f"held-out {h} accuracy rises over the base", f"eval/accuracy_{h}") for h in hows]
+    return [claim(name, m, before.get(m, nan), after.get(m, nan)) for name, m in named]
 
 
 def main(args):
@@ -906,33 +538,24 @@ def main(args):
     G, rank, world = args.group_size, dist_info.rank, dist_info.world_size
     derived(args, world)  # batch sizes or length-reward flags that do not fit fail here
     template = resolve_template(args)
-    train_rows, eval_rows = load_task_rows(args)
+    train_rows, eval_rows = P.load_task_rows(args)
     if not args.model and dist_info.is_main:  # the toy base: rank 0 builds it, the others wait
-        warm_start_base(args, train_rows, template)
+        warm_start_base(args, train_rows, template, make_prompt)
     barrier()
-    model_path = args.model or warm_start_base(args, train_rows, template)
+    model_path = args.model or warm_start_base(args, train_rows, template, make_prompt)
     tok = load_tokenizer(model_path)
     train_rows = training_rows(args, train_rows, tok, template)
-    checkpointing = args.gradient_checkpointing
-    model = shard_model(load_model(model_path), dist_info, gradient_checkpointing=checkpointing)
-    ref_model = None  # --beta 0: no reference model at all
-    if args.beta:
-        ref_model = shard_model(load_model(model_path), dist_info, frozen=True)  # bf16 on CUDA
-    opt = make_optimizer(model, args.lr)  # fp32 master weights and state (common.train)
-    sched = make_scheduler(opt, "constant", 0, args.total_steps)
-    sampler = make_sampler(args.sampler, model, tok, model_path=model_path, args=args)
-    recompute = args.recompute_old_logprobs or old_logprobs_need_recompute(
-        sampler, dist_info.device
-    )
-    judge = load_judge(args, dist_info)
-    seed_everything(args.seed + rank)  # ranks sample different completions
-    start_step = resume(args, model, opt, sched, sampler)  # after seeding: it restores the RNG
+    model, ref_model, opt, sched, sampler = P.load_policy(args, model_path, tok, dist_info)
+    device = dist_info.device
+    recompute = args.recompute_old_logprobs or old_logprobs_need_recompute(sampler, device)
+    judge = load_judge(args.judge_model, device) if args.judge_model else None
+    seed_everything(args.seed + rank)  # ranks sample differently; a checkpoint's RNG wins
+    start_step = P.resume_step(args.output_dir, args.resume, model, opt, sched, sampler)
     out_dir = Path(args.output_dir)
-    config = asdict(args)
-    logger = MetricsLogger(
-        out_dir, args.track, "zero_rl", config, start_step if args.resume else None
-    )
-    evaluation = partial(log_eval, sampler, eval_rows, args, dist_info, template, judge, logger)
+    resumed = start_step if args.resume else None
+    logger = MetricsLogger(out_dir, args.track, "zero_rl", asdict(args), resumed)
+    inputs = (sampler, eval_rows, args, dist_info, template, judge)
+    evaluation = partial(P.log_eval, evaluate, inputs, logger)  # evaluation(step)
     history = [r for r in logger.history if r["step"] == 0 and "eval/mean_length" in r]
     before = after = evaluation(0) if start_step == 0 else (history or [{}])[0]
     batches = rollouts(args, train_rows, template, sampler, tok, dist_info, start_step)
@@ -943,19 +566,18 @@ def main(args):
         rollout = next(batches)
         # 2. rewards: the task reward plus any length reward, gathered from all ranks
         rewards = step_rewards(args, rollout, step)
-        every = gather_stats(rollout, rewards)
+        every = P.gather_stats(rollout, rewards)
         # 3. advantages: normalised within each group of G, then this rank's slice
         advantages = grpo_advantages(torch.tensor(every["reward"]), G, scales_by_std(args))
-        B = len(rewards)
-        advantages = advantages[rank * B : (rank + 1) * B].to(dist_info.device)  # (B,)
+        advantages = advantages.view(world, -1)[rank].to(device)  # (B,): ranks hold equal B
         # 4. update: PPO-clip + beta k3 KL - entropy bonus, mini-batches of micro-batches
-        old_logps, ref_logps = old_and_ref_logprobs(model, ref_model, rollout, recompute, args)
-        update = ppo_update(
-            model, opt, sched, rollout, advantages, old_logps, ref_logps, args, world
-        )
+        old, ref = P.old_and_ref_logprobs(model, ref_model, rollout, recompute, args)  # (B, T)
+        update = ppo_update(model, opt, sched, rollout, advantages, old, ref, args, world)
         sampler.sync_weights(model)  # vLLM: the next rollout samples the updated policy
         # 5. metrics, after the update
-        metrics = step_metrics(args, every, update, sched, rollout, world)
+        lr, clip = sched.get_last_lr()[0], (args.clip_eps, args.clip_eps_high or args.clip_eps)
+        bonus = args.length_reward != "none" or bool(args.repetition_penalty)
+        metrics = P.step_metrics(every, update, rollout, lr, world, G, clip, bonus)
         logger.log(metrics, step)
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics['accuracy']:.2f}")
         # 6. checkpoint (before the eval, whose sampling moves the RNG), evaluate
@@ -964,28 +586,15 @@ def main(args):
             save_checkpoint(out_dir / "checkpoint", model, opt, sched, step, extra=position)
         if step % args.eval_every == 0 or step == args.total_steps:
             after = evaluation(step)
-    report(args, model, tok, logger, before, after, dist_info)
+    found = claims(before, after)
+    P.write_report(args, model, tok, logger, before, after, found, dist_info.is_main)
     logger.close()
     cleanup_distributed()
-
-
-def eval_only(args, suite):
-    """--eval_only: SimpleRL-Zoo's six benchmarks, asked with the training template."""
-    template = "abel" if args.prompt_template == "abel" else "qwen-boxed"
-    model_path = args.model or warm_start_base(args, load_task_rows(args)[0], template)
-
-    def prompt(question, tok):
-        return make_prompt(question, template)
-
-    is_toy = not args.model
-    evaluate_model(
-        suite, model_path, prompt, args.sampler, args.output_dir, args.seed, is_toy=is_toy
-    )
 
 
 if __name__ == "__main__":
     cli_args, suite_args = parse_config(Args, PAPER, derived, extra=(EvalArgs,))
     if suite_args.eval_only:  # common/evaluation.py: SimpleRL-Zoo's six-benchmark evaluation
-        eval_only(cli_args, suite_args)
+        P.eval_only(cli_args, suite_args, make_prompt)
     else:
         main(cli_args)

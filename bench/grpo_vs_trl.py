@@ -217,8 +217,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = Z.Args(seed=args.seed, num_eval_prompts=args.eval_prompts)
-    train_rows, eval_rows = Z.load_task_rows(cfg)
-    base_path = Z.warm_start_base(cfg, train_rows, "qwen-boxed")
+    train_rows, eval_rows = Z.P.load_task_rows(cfg)
+    base_path = Z.warm_start_base(cfg, train_rows, "qwen-boxed", Z.make_prompt)
     order = np.random.RandomState(cfg.seed + 0).permutation(
         len(train_rows)
     )  # zero_rl's first-epoch prompt order

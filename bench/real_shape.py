@@ -3,8 +3,8 @@
 --size 1.5B) built from its config with random weights (nothing is downloaded), then
 
 - one zero_rl step: sample G responses per prompt (HF generate), old and reference log-probs, the
-  PPO-clip + k3-KL + entropy loss over micro-batches (zero_rl.response_logprobs: chunked log-probs,
-  the concatenated path under gradient checkpointing), AdamW step;
+  PPO-clip + k3-KL + entropy loss over micro-batches (common.grpo_plumbing.response_logprobs:
+  chunked log-probs, the concatenated path under gradient checkpointing), AdamW step;
 - one bstar SFT step (bstar.sft_step: token-mean NLL accumulated over micro-batches), AdamW step;
 - (gpu_check.py adds one genius_aco ACO step.)
 
@@ -122,6 +122,7 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
     """One GRPO step of zero_rl.py's update on random prompts: generate, old/ref log-probs, loss,
     AdamW."""
     import zero_rl as Z
+    from common.grpo_plumbing import response_logprobs
 
     dev, G, T = meter.device, args.group, args.response_len
     prompts = torch.randint(0, vocab, (args.prompts, args.prompt_len), device=dev)  # (P, Lp)
@@ -151,7 +152,7 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
         with torch.no_grad():
             return torch.cat(
                 [
-                    Z.response_logprobs(
+                    response_logprobs(
                         m,
                         prompts[index[sl]],
                         prompt_mask[index[sl]],
@@ -174,7 +175,7 @@ def zero_rl_step(model, ref, optimizer, args, meter: Meter, vocab: int) -> dict:
         total = 0.0
         for sl in micro_batches(B, args.micro_batch_size):
             n = sl.stop - sl.start
-            logps, entropy = Z.response_logprobs(
+            logps, entropy = response_logprobs(
                 model,
                 prompts[index[sl]],
                 prompt_mask[index[sl]],

@@ -337,3 +337,61 @@ def extract_json_answer(text):
         except (ValueError, RecursionError):
             continue
     return NO_ANSWER
+
+
+# question/answer rows for the RL trainers (zero_rl.py)
+
+
+def parse_range(spec: str, flag: str) -> tuple[int, int]:
+    """'3-5' -> (3, 5), '2' -> (2, 2); the error names the flag."""
+    if not (m := re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)):
+        raise ValueError(f"{flag} must look like 3-5 or 2, got {spec!r}")
+    return int(m[1]), int(m[2] or m[1])
+
+
+def keep_levels(rows: list[dict], source: str, level_field: str, levels: str) -> list[dict]:
+    """Rows whose `level_field` (an int or 'Level 3') lies in `levels` (--levels: '3-5')."""
+    lo, hi = parse_range(levels, "--levels")
+    for i, r in enumerate(rows):
+        if level_field not in r:
+            raise DataError(
+                f"{source} row {i}: no field {level_field!r} for --levels (see --level_field)"
+            )
+    level = [int(re.sub(r"\D", "", str(r[level_field])) or -1) for r in rows]
+    return [r for r, n in zip(rows, level) if lo <= n <= hi]
+
+
+def read_task_rows(
+    source: str, split: str, task: str, fields=("question", "answer"), level_field="", levels=""
+) -> list[dict]:
+    """Rows of `source` with `question` and `answer` (countdown: also `target`, `nums`), kept to
+    `levels`. `fields`: the (question, answer) columns. Release formats (SimpleRL-Zoo-Data
+    parquet, MATH, GSM8K "#### N") need no field names (common/benchmarks.py). TinyZero's
+    countdown rows (Countdown-Tasks-3to4) hold only target and nums: their question is TinyZero's.
+    """
+    from common.benchmarks import load_math_rows  # benchmarks imports this module
+
+    countdown = task == "countdown"
+    release_format = not countdown and tuple(fields) == ("question", "answer")
+    if release_format:
+        rows = load_math_rows(source, split)
+    else:
+        rows = load_rows(source, split=split, required=("target", "nums") if countdown else fields)
+    if levels:
+        rows = keep_levels(rows, source, level_field, levels)
+    if release_format:
+        return rows
+    question, answer = fields
+    out = []
+    for r in rows:
+        if question in r or not countdown:
+            text = str(r[question])
+        else:
+            text = countdown_question([int(n) for n in r["nums"]], r["target"])
+        out.append({**r, "question": text, "answer": str(r.get(answer))})
+    return out
+
+
+def countdown_question(nums: list[int], target) -> str:
+    """TinyZero's countdown question (examples/data_preprocess/countdown.py)."""
+    return f"Using the numbers {nums}, create an equation that equals {target}."

@@ -184,6 +184,17 @@ def judge_behaviours(judge, questions, responses, max_new_tokens=256) -> list[se
     return [parse_judge_reply(group[0].text) for group in replies]
 
 
+def load_judge(model_id: str, device):
+    """A behaviour labeller (--judge_model) as an HF Sampler; frozen, so bf16 on CUDA."""
+    from common.models import load_model, load_tokenizer
+    from common.sampling import HFSampler
+    from common.train import precision_policy
+
+    dtype = precision_policy(device.type).frozen_dtype
+    model = load_model(model_id, dtype=dtype, device=device).eval()
+    return HFSampler(model, load_tokenizer(model_id))
+
+
 def heldout_eval(
     sampler, rows, prompt_fn, grade_fn, dist, gather, k, sampling, judge=None, judge_tokens=256
 ) -> tuple[dict, str]:

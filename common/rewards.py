@@ -1007,3 +1007,19 @@ def dapo_overlong_penalty(length: float, max_len: int, buffer: int) -> float:
     if length <= max_len:
         return (expected - length) / buffer
     return -1.0
+
+
+def repetition_penalty(token_ids, ngram_size=40, penalty=-0.05):
+    """N-gram repetition penalty of Yeo et al. (arXiv 2502.03373; eddycmu/demystify-
+    long-cot `openrlhf/reward/repetition.py`, `RepetitionDensePenalty`): every token inside a
+    repeated token n-gram (the second and later occurrences) is penalised once. Their PPO puts
+    `penalty` on each such token; GRPO has one scalar per response, so this returns the sum."""
+    if penalty > 0:
+        raise ValueError(f"--repetition_penalty must be <= 0 (a penalty), got {penalty}")
+    seen, hit = set(), set()
+    for start in range(len(token_ids) - ngram_size + 1):
+        gram = tuple(token_ids[start : start + ngram_size])
+        if gram in seen:
+            hit.update(range(start, start + ngram_size))
+        seen.add(gram)
+    return penalty * len(hit)

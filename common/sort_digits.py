@@ -5,10 +5,11 @@ generalises in a tiny transformer, so RL on it can sharpen what a warm-started "
 (a memorised task, e.g. an addition table, does not: held-out accuracy stays flat). Small
 countdowns (TinyZero) run the countdown reward path; the tiny model cannot learn them.
 `train_noisy_base` gives a tiny Qwen2 its "base" competence: a short SFT on `toy_demo`'s noisy
-demonstrations (zero_rl.warm_start_base caches it with common.toys.toy_model).
+demonstrations (warm_start_base caches it with common.toys.toy_model).
 """
 
 import random
+from functools import partial
 
 import torch
 from tqdm import tqdm
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from common.data import make_countdown_rows
 from common.models import end_of_turn, load_model, load_tokenizer, make_tiny_lm
 from common.sampling import render_prompt
+from common.toys import toy_model
 from common.train import make_optimizer, pad_batch, sft_loss
 
 TOY_HELD_OUT = 512  # questions reserved for evaluation (never in warm start or RL)
@@ -86,3 +88,24 @@ def train_noisy_base(folder, rows, task, prompt_fn, steps, noise, seed):
         opt.zero_grad()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+
+
+def warm_start_base(args, train_rows, template, make_prompt) -> str:
+    """zero_rl's toy base model, built once and cached (common.toys.toy_model); `args`: zero_rl's
+    Args, `make_prompt`: zero_rl's prompt templates (their source is part of the cache key)."""
+    spec = {
+        "task": args.task,
+        "template": template,
+        "steps": args.warm_start_steps,
+        "noise": args.warm_start_noise,
+        "seed": args.seed,
+        "held_out": TOY_HELD_OUT,
+    }
+
+    def build(folder):
+        prompt = partial(make_prompt, template=template)
+        steps, noise = args.warm_start_steps, args.warm_start_noise
+        train_noisy_base(folder, train_rows, args.task, prompt, steps, noise, args.seed)
+
+    code = [train_noisy_base, toy_demo, make_toy_rows, make_prompt]
+    return toy_model("zero_rl-base", spec, build, code=code)

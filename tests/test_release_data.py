@@ -182,7 +182,7 @@ def test_vsr_release_jsonl(tmp_path):
 
 def test_math_scripts_read_release_training_files(tmp_path):
     import bstar
-    import zero_rl
+    from common.grpo_plumbing import load_task_rows  # zero_rl's
 
     math_rows = [
         {
@@ -205,7 +205,7 @@ def test_math_scripts_read_release_training_files(tmp_path):
         eval_data="",
         num_eval_prompts=2,
     )
-    train, held_out = zero_rl.load_task_rows(args)
+    train, held_out = load_task_rows(args)
     kept = [i for i in range(10) if 3 <= 1 + i % 5 <= 5]
     assert [r["answer"] for r in train + held_out] == [str(2 * i) for i in kept]
     assert train[0]["question"] == f"Compute ${kept[0]} + {kept[0]}$." and len(held_out) == 2

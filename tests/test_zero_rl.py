@@ -12,8 +12,11 @@ from transformers import HfArgumentParser
 
 import zero_rl as Z
 from common import evaluation as E
+from common import rewards as R
+from common.grpo_plumbing import load_task_rows, micro_spans, response_logprobs
 from common.models import load_model, load_tokenizer, make_tiny_lm
 from common.sampling import HFSampler
+from common.sort_digits import TOY_HELD_OUT, make_toy_rows
 from common.train import Dist, gradient_checkpointing_on, shard_model, token_logprobs
 
 # --------------------------------------------------------------------------------------------------
@@ -235,14 +238,14 @@ def test_total_rewards_adds_the_repetition_penalty_and_checks_lengths():
 
 def test_repetition_penalty_hand_values():
     # n=2 over 1 2 3 1 2 3 1: the 2-grams at 3, 4, 5 repeat, covering tokens 3..6 -> 4 x -0.05
-    assert Z.repetition_penalty([1, 2, 3, 1, 2, 3, 1], 2, -0.05) == pytest.approx(-0.2)
+    assert R.repetition_penalty([1, 2, 3, 1, 2, 3, 1], 2, -0.05) == pytest.approx(-0.2)
     # n=3 over 1 2 3 4 1 2 3 5: only (1 2 3) at 4 repeats, tokens 4..6 -> 3 x -0.05
-    assert Z.repetition_penalty([1, 2, 3, 4, 1, 2, 3, 5], 3, -0.05) == pytest.approx(-0.15)
-    assert Z.repetition_penalty([5] * 10, 3, -0.05) == pytest.approx(-0.45)  # tokens 1..9, once
-    assert Z.repetition_penalty([1, 2, 3, 4], 2, -0.05) == 0.0
-    assert Z.repetition_penalty([1, 1], 5, -1.0) == 0.0
+    assert R.repetition_penalty([1, 2, 3, 4, 1, 2, 3, 5], 3, -0.05) == pytest.approx(-0.15)
+    assert R.repetition_penalty([5] * 10, 3, -0.05) == pytest.approx(-0.45)  # tokens 1..9, once
+    assert R.repetition_penalty([1, 2, 3, 4], 2, -0.05) == 0.0
+    assert R.repetition_penalty([1, 1], 5, -1.0) == 0.0
     with pytest.raises(ValueError, match="--repetition_penalty"):
-        Z.repetition_penalty([1, 1, 1], 1, 0.05)
+        R.repetition_penalty([1, 1, 1], 1, 0.05)
 
 
 def test_kimi_length_reward_warm_up():
@@ -269,8 +272,8 @@ def test_step_rows_depend_only_on_the_position():
 
 def test_micro_spans_trim_each_micro_batch_to_its_longest_response():
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0]])
-    assert list(Z.micro_spans(0, 5, 2, mask)) == [(0, 2, 3), (2, 4, 2), (4, 5, 1)]
-    assert list(Z.micro_spans(1, 5, 0, mask)) == [(1, 5, 2)]  # 0: the whole range at once
+    assert list(micro_spans(0, 5, 2, mask)) == [(0, 2, 3), (2, 4, 2), (4, 5, 1)]
+    assert list(micro_spans(1, 5, 0, mask)) == [(1, 5, 2)]  # 0: the whole range at once
 
 
 def test_bad_length_reward_flags_fail_before_anything_loads():
@@ -297,7 +300,7 @@ def test_response_logprobs_match_common_token_logprobs():
     enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     resp = torch.tensor([r + [0] * (4 - len(r)) for r in responses])
     resp_mask = torch.tensor([[1] * len(r) + [0] * (4 - len(r)) for r in responses])
-    logps, entropy = Z.response_logprobs(
+    logps, entropy = response_logprobs(
         model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, return_entropy=True
     )
     assert logps.shape == (4, 4)
@@ -332,7 +335,7 @@ def test_response_logprobs_under_gradient_checkpointing_fall_back_to_concatenati
     out = []
     for ckpt in (False, True):
         model = shard_model(load_model(path), Dist(), gradient_checkpointing=ckpt).train()
-        logps, ent = Z.response_logprobs(
+        logps, ent = response_logprobs(
             model, enc["input_ids"], enc["attention_mask"], resp, resp_mask, index, True
         )
         ((logps + ent) * resp_mask).sum().backward()
@@ -400,21 +403,21 @@ def test_countdown_rows_with_only_target_and_nums(tmp_path):
     path = tmp_path / "countdown.jsonl"  # the fields of TinyZero's Countdown-Tasks-3to4
     rows = [{"target": 20 + i, "nums": [3, 4, 8 + i]} for i in range(4)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    train, evals = Z.load_task_rows(Z.Args(task="countdown", data=str(path), num_eval_prompts=1))
+    train, evals = load_task_rows(Z.Args(task="countdown", data=str(path), num_eval_prompts=1))
     assert train[0]["question"] == COUNTDOWN_Q and evals[0]["target"] == 23
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"target": 1}) + "\n" + json.dumps({"target": 2}))
     with pytest.raises(ValueError, match="nums"):
-        Z.load_task_rows(Z.Args(task="countdown", data=str(bad), num_eval_prompts=1))
+        load_task_rows(Z.Args(task="countdown", data=str(bad), num_eval_prompts=1))
 
 
 def test_toy_held_out_prompts_never_in_training():
     for task in ("math", "countdown"):
-        train, held_out = Z.make_toy_rows(task, seed=1)
-        assert len(held_out) == Z.TOY_HELD_OUT and not {r["question"] for r in train} & {
+        train, held_out = make_toy_rows(task, seed=1)
+        assert len(held_out) == TOY_HELD_OUT and not {r["question"] for r in train} & {
             r["question"] for r in held_out
         }
-    train, _ = Z.make_toy_rows("math", seed=1)
+    train, _ = make_toy_rows("math", seed=1)
     assert train[0]["answer"] == "".join(sorted(train[0]["answer"]))
     assert Z.score(f"\\boxed{{{train[0]['answer']}}}", train[0], Z.Args())[:2] == (1.0, True)
 
@@ -470,7 +473,7 @@ def test_levels_and_field_names_from_a_local_file(tmp_path):
         levels="3-5",
         num_eval_prompts=2,
     )
-    train, evals = Z.load_task_rows(args)
+    train, evals = load_task_rows(args)
     assert len(train) + len(evals) == 12 and all(
         r["level"] in ("Level 3", "Level 4", "Level 5") for r in train + evals
     )
@@ -480,7 +483,7 @@ def test_levels_and_field_names_from_a_local_file(tmp_path):
         with pytest.raises(ValueError, match="--levels"):
             Z.parse_range(bad, "--levels")
     with pytest.raises(ValueError, match="'difficulty'.*--level_field"):
-        Z.load_task_rows(
+        load_task_rows(
             Z.Args(
                 data=str(path),
                 question_field="problem",
@@ -492,7 +495,7 @@ def test_levels_and_field_names_from_a_local_file(tmp_path):
     with pytest.raises(
         ValueError, match=r"math\.jsonl:1: missing field 'answer' .*'solution'"
     ):  # no box
-        Z.load_task_rows(Z.Args(data=str(path)))
+        load_task_rows(Z.Args(data=str(path)))
 
 
 # --------------------------------------------------------------------------------------------------
