@@ -78,6 +78,7 @@ from common.train import (
     MetricsLogger,
     all_gather_object,
     barrier,
+    cleanup_distributed,
     format_table,
     init_distributed,
     print0,
@@ -577,15 +578,14 @@ def main(args: Args):
         shown = [args.alpha_smooth, 1.0, args.alpha_sharpen]
         analysis = attention_analysis(model, processor, state, analysed, correct, shown, args)
         mass, share = analysis["image_mass"], analysis.get("box_share", {})
+        attention = [
+            {"alpha": a, "image mass": m[-1], "on the boxes": share.get(a, [-1])[-1]}
+            for a, m in mass.items()
+        ]
         print0(
             f"\nattention on {analysis['rows']} test rows (image tokens: "
             f"{analysis['image_token_share']:.0%} of the prompt), last layer:\n"
-            + format_table(
-                [
-                    {"alpha": a, "image mass": m[-1], "on the boxes": share.get(a, [-1])[-1]}
-                    for a, m in mass.items()
-                ]
-            )
+            + format_table(attention)
         )
         claims = adaptvis_claims(results, subsets)
         extra = {"args": asdict(args), "model": model_path, "subsets": results}
@@ -593,7 +593,7 @@ def main(args: Args):
         print0("\n" + format_claims(claims))
         print0(f"\nwrote {out_dir}/summary.json, metrics.jsonl, generations.jsonl, a PNG")
     logger.close()
-    barrier()
+    cleanup_distributed()  # the ranks leave together (after rank 0's report)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task
 from common.sampling import VLLMArgs
 from common.train import (
     MetricsLogger,
+    cleanup_distributed,
     format_table,
     init_distributed,
     load_checkpoint,
@@ -523,6 +524,22 @@ def run_data_and_sft(args: Args, base: str, tasks: list, dist_info) -> dict:
     return {"agent": f"after {name} SFT", **after, "counts": data[2]}
 
 
+def report(args: Args, rows: list[dict], counts: dict, genesis: str, tasks: list):
+    """Rank 0: the data and evaluation tables, the claims, summary.json."""
+    out = Path(args.output_dir)
+    data = [
+        {"SFT data": a, "trajectories": c["trajectories"], "steps": c.get("steps")}
+        for a, c in counts.items()
+    ]
+    print0("\n" + format_table(data))  # --compare: task-driven gets as many trajectories as OSG
+    where = "MiniWoB page instances" if args.env == "miniwob" else f"{len(tasks)} toy tasks"
+    print0(f"\nheld-out {where} ({args.eval_split} split):\n" + format_table(rows))
+    claims = os_genesis_claims(rows) if args.eval_base and args.env == "toy" else []
+    print0(format_claims(claims))
+    evals = {r["agent"]: r for r in rows}
+    write_summary(out, claims, counts=counts[genesis], data=data, eval=evals)
+
+
 def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
@@ -544,19 +561,9 @@ def main(args: Args):
         rows.append(run_data_and_sft(driven_args, base, tasks, dist_info))
     rows.append(genesis)
     counts = {r["agent"]: r.pop("counts") for r in rows if "counts" in r}
-    if not dist_info.is_main:
-        return
-    data = [
-        {"SFT data": a, "trajectories": c["trajectories"], "steps": c.get("steps")}
-        for a, c in counts.items()
-    ]
-    print0("\n" + format_table(data))  # --compare: task-driven gets as many trajectories as OSG
-    where = "MiniWoB page instances" if args.env == "miniwob" else f"{len(tasks)} toy tasks"
-    print0(f"\nheld-out {where} ({args.eval_split} split):\n" + format_table(rows))
-    claims = os_genesis_claims(rows) if args.eval_base and args.env == "toy" else []
-    print0(format_claims(claims))
-    evals = {r["agent"]: r for r in rows}
-    write_summary(out, claims, counts=counts[genesis["agent"]], data=data, eval=evals)
+    if dist_info.is_main:
+        report(args, rows, counts, genesis["agent"], tasks)
+    cleanup_distributed()
 
 
 def os_genesis_claims(rows: list[dict]) -> list[dict]:
