@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from common import prm
 from common.data import load_rows
 from common.models import end_of_turn, load_model, load_processor, make_tiny_vlm
 from common.prm import ProcessRewardModel
@@ -94,8 +95,7 @@ def grade(preds: list[str | None], golds: list[str]) -> list[bool]:
 
 def split_steps(response: str) -> list[str]:
     """One step per non-empty line; the final 'The answer is' line is not a reasoning step."""
-    lines = [ln.strip() for ln in response.split("\n") if ln.strip()]
-    return [ln for ln in lines if not ln.lower().startswith("the answer is")]
+    return [s for s in prm.split_steps(response) if not s.lower().startswith("the answer is")]
 
 
 STEP_VALUE = {True: 1.0, False: 0.0, None: 0.5}  # a step that agrees, contradicts, says nothing
