@@ -40,7 +40,8 @@ Departures:
   then captions and CoT where 60% of the fact demonstrations state a wrong letter / side count (a
   "bad habit" self-training can remove). Sizes, lr, batch and budget are toy values (paper values
   in --help). The no-argument run also reruns the self-evolving phase with the paper's baseline,
-  iterative RFT, on the same budget (`--baseline`), and writes both claims to summary.json.
+  iterative RFT, on the same budget (`--baseline`; on CPU in a second process beside the main run,
+  one thread each), and writes both claims to summary.json.
 
 Commands (naming --model selects the paper preset, PAPER below; flags you pass win; --print_config
 shows the effective configuration without loading anything):

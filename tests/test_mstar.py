@@ -358,8 +358,9 @@ def test_resume_skips_done_iterations(tmp_path, run_cmd):
 def test_no_argument_run_holds_its_claims(tmp_path):
     """The no-argument run (cached toy base, built on first use): continuous self-evolving beats
     the warm-up model and iterative RFT on the same budget (greedy accuracy, 96 test queries).
-    Measured (seed 0, 2 threads, twice with the same numbers): warm-up 0.042 -> 0.354 after 8
-    continuous iterations; iterative RFT (2 iterations x 32 steps at interval 100%) 0.188."""
+    Measured (seed 0, one thread per process, twice with the same numbers): warm-up 0.042 ->
+    0.354 after 8 continuous iterations; iterative RFT (2 iterations x 32 steps at interval 100%,
+    in a second process) 0.188."""
     mstar.main(mstar.Args(output_dir=str(tmp_path)))
     claims = json.loads((tmp_path / "summary.json").read_text())["claims"]
     assert [c["name"] for c in claims] == [
