@@ -56,7 +56,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from concurrent.futures import Future
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -76,9 +76,9 @@ from common.image_questions import (
     root_forward,
     setup,
     shard,
-    spawn_beside,
     train_steps,
 )
+from common.processes import in_second_process
 from common.rewards import extract_answer, pass_at_k, strip_string
 from common.sampling import VLLMArgs
 from common.train import (
@@ -141,9 +141,7 @@ class Args(VLLMArgs):
         "after a continuous run, rerun the self-evolving phase from the warm-up with this "
         "baseline at interval 1.0 on the same budget (SFT steps, sampled queries); paper: none",
     )
-    baseline_beside: bool = arg(
-        True, "on CPU in one process, run the baseline in a second process beside the main run"
-    )
+    baseline_process: bool = arg(True, "one CPU process: run the baseline in a second process")
     num_iterations: int = arg(8, "self-evolving iterations; paper: 16 (x 625 = 10K steps)")
     steps_per_iteration: int = arg(8, "SFT steps per iteration; paper: 625 (16 x 625 = 10K)")
     samples_per_query: int = arg(16, "responses sampled per query; paper: 16")
@@ -527,14 +525,15 @@ def baseline_process(args: Args, interval: float) -> list[dict]:
     return run_baseline(setup(args), load_splits(args), interval)  # the same setup and seed
 
 
-def start_baseline(run: Run, interval: float) -> Future | None:
-    """Once the warm-up checkpoint exists, the baseline does not depend on the continuous run: on
-    CPU in one process it runs in a second process on the other core; on GPUs, after it."""
+def start_baseline(run: Run, splits, interval: float) -> Callable[[], list[dict]]:
+    """A call that gives the baseline's table. It needs only the warm-up checkpoint and the seed:
+    with --baseline_process on one CPU process it starts now in a second process (the toy runs on
+    one thread, the machine has two cores); otherwise it runs here when called, after the run."""
     args, dist_info = run.args, run.dist_info
-    if not (args.baseline_beside and dist_info.world_size == 1 and dist_info.device.type == "cpu"):
-        return None
-    print(f"{args.baseline} baseline: in a second process, its output in {run.out / args.baseline}")
-    return spawn_beside(run.out / args.baseline / "log.txt", baseline_process, args, interval)
+    if args.baseline_process and dist_info.world_size == 1 and dist_info.device.type == "cpu":
+        log = run.out / args.baseline / "log.txt"
+        return in_second_process(log, baseline_process, args, interval)
+    return functools.partial(run_baseline, run, splits, interval)
 
 
 def demo_claims(table: list[dict], baseline: list[dict], name: str) -> list[dict]:
@@ -572,14 +571,15 @@ def main(args: Args):
         extra = {"iteration": 0, "temperature": temperature, "table": run.table}
         save_checkpoint(run.warm_ckpt, run.model, step=0, extra=extra)
         start = 1
-    with_baseline = continuous and args.baseline != "none"
-    beside = start_baseline(run, interval) if with_baseline else None
+    finish_baseline = None
+    if continuous and args.baseline != "none":
+        finish_baseline = start_baseline(run, splits, interval)
     self_evolve(
         run, args.training, interval, args.num_iterations, steps, splits, optim, start, temperature
     )
     claims = []
-    if with_baseline:
-        baseline = beside.result() if beside else run_baseline(run, splits, interval)
+    if finish_baseline:
+        baseline = finish_baseline()
         claims = demo_claims(run.table, baseline, args.baseline)
         run.table += baseline
     if run.dist_info.is_main:

@@ -14,11 +14,8 @@ from __future__ import annotations
 import functools
 import io
 import math
-import multiprocessing
 import random
 import re
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -500,21 +497,3 @@ def shard(items: list, dist_info) -> tuple[list, int]:
     size = math.ceil(len(items) / dist_info.world_size)
     mine = items[dist_info.rank * size : (dist_info.rank + 1) * size]
     return mine + [items[0]] * (size - len(mine)), len(mine)
-
-
-def logged_call(log: Path, threads: int, fn, *args):
-    """fn(*args) on `threads` threads, this process's output appended to `log`."""
-    torch.set_num_threads(threads)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f, redirect_stdout(f), redirect_stderr(f):
-        return fn(*args)
-
-
-def spawn_beside(log: Path, fn, *args) -> Future:
-    """fn(*args) in a fresh (spawned) interpreter beside this one, on as many threads (the numbers
-    depend on it); `.result()` waits and re-raises its error. Spawned: a forked child would inherit
-    OpenMP's and torch's state."""
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    future = pool.submit(logged_call, log, torch.get_num_threads(), fn, *args)
-    pool.shutdown(wait=False)  # the worker still finishes its one job
-    return future

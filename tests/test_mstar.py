@@ -320,14 +320,14 @@ def test_optimizer_state_across_iterations(tmp_path, monkeypatch, training):
     assert all(r["samples_kept"] > 0 for r in records[2:])
 
 
-def test_baseline_beside_equals_the_baseline_after(tmp_path):
+def test_baseline_in_a_second_process_equals_the_baseline_after(tmp_path):
     """The baseline in a second process (the CPU default) gives the numbers it gives run after the
     continuous run in the same process: it starts from the warm-up checkpoint and the seed."""
     model = make_tiny_vlm()
     tables = []
     for beside in (True, False):
         out = tmp_path / str(beside)
-        flags = {**TINY, "baseline": "iterative_rft", "baseline_beside": beside}
+        flags = {**TINY, "baseline": "iterative_rft", "baseline_process": beside}
         tables.append(mstar.main(mstar.Args(model=model, output_dir=str(out), **flags)))
         assert (out / "iterative_rft" / "log.txt").exists() == beside
     assert [r["stage"] for r in tables[0]][-2:] == ["iter 2", "iterative_rft 1"]  # 1 x 4 steps
