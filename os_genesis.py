@@ -143,6 +143,9 @@ class Args(VLLMArgs):
         "os_genesis", "os_genesis (stages 1-4) | task_driven (expert trajectories, the baseline)"
     )
     compare: bool = arg(True, "also train the task-driven baseline from the same base")
+    baseline_process: bool = arg(
+        True, "one CPU process: run the baseline in a 2nd process (1 thread each) beside OSG's SFT"
+    )
     driven_trajectories: int = arg(
         0, "task_driven: training tasks cycled to N trajectories (0: each once; compare: OSG's N)"
     )
@@ -306,12 +309,16 @@ class Collector:
 
     def __call__(self, tasks: list[dict]) -> list[dict]:
         args = self.args
-        if self.sampler is None:
+        make_env = partial(gui.ToyGUIEnv, max_steps=args.max_steps)
+        if self.sampler is None:  # the stand-in reads no pixels: skip drawing screenshots
             policy = standins.FollowerPolicy(tasks, args.executor_noise, args.seed)
+            make_env = partial(make_env, render=False)
         else:
             policy = ModelPolicy(self.sampler, args)
         episodes = [Task(t["id"], t["app"], t["goal"]) for t in tasks]
-        records = gui.run_episodes(episodes, policy, args.max_steps, stop_fn=self.stop)
+        records = gui.run_episodes(
+            episodes, policy, args.max_steps, stop_fn=self.stop, make_env=make_env
+        )
         return [dict(id=r["task_id"], **r) for r in records]
 
 
@@ -351,6 +358,12 @@ def eval_tasks(args: Args) -> list[Task]:
     """The --tasks, else the catalogue tasks of the held-out templates (--eval_split test) or of
     the training templates (train): common/gui_standins.py, `template_split`."""
     return named_tasks(args) or standins.template_split(args.eval_split)
+
+
+def run_tasks(args: Args) -> list[Task]:
+    """The evaluation's toy tasks, the first --eval_limit (miniwob: evaluate_web picks its own)."""
+    tasks = [] if args.env == "miniwob" else eval_tasks(args)
+    return tasks[: args.eval_limit or None]
 
 
 def generate_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
@@ -506,10 +519,9 @@ def fine_tune(args: Args, base: str, data: tuple, out: Path, dist_info) -> tuple
 # The run: OS-Genesis data and task-driven data, each -> SFT -> evaluation on held-out tasks
 
 
-def run_data_and_sft(args: Args, base: str, tasks: list, dist_info) -> dict:
-    """Stages 1-5 into args.output_dir; returns the agent's evaluation after SFT."""
-    out = agents.fresh_output_dir(args, dist_info)
-    data = generate_data(args, out, dist_info)
+def sft_and_evaluate(args: Args, base: str, data: tuple, tasks: list, dist_info) -> dict:
+    """Stage 5 into args.output_dir: SFT on `data`, then the agent's evaluation (its table row)."""
+    out = Path(args.output_dir)
     print0(format_table([{"stage": k, "count": v} for k, v in data[2].items()]))
     if dist_info.is_main:
         (out / "counts.json").write_text(json.dumps(data[2]))
@@ -522,6 +534,25 @@ def run_data_and_sft(args: Args, base: str, tasks: list, dist_info) -> dict:
         logger.plot(["loss", "lr"], out / "curves.png", title=f"{name} SFT")
     logger.close()
     return {"agent": f"after {name} SFT", **after, "counts": data[2]}
+
+
+def run_data_and_sft(args: Args, base: str, dist_info) -> dict:
+    """Stages 1-5 (or the baseline's data and stage 5) into a fresh args.output_dir."""
+    out = agents.fresh_output_dir(args, dist_info)
+    data = generate_data(args, out, dist_info)
+    return sft_and_evaluate(args, base, data, run_tasks(args), dist_info)
+
+
+def start_baseline(args: Args, base: str, n: int, dist_info):
+    """The paper's baseline (Table 1): task-driven data cycled to `n` trajectories (OSG's count),
+    same base and budget, into <output_dir>/task_driven. Returns a call that gives its row. With
+    --baseline_process on one CPU process it runs now in a second process (one thread each, so
+    the numbers do not depend on scheduling), beside OSG's SFT; otherwise here, when called."""
+    driven = replace(args, data="task_driven", driven_trajectories=n)
+    driven.output_dir = str(Path(args.output_dir) / "task_driven")
+    if args.baseline_process and dist_info.world_size == 1 and dist_info.device.type == "cpu":
+        return agents.second_process(run_data_and_sft, driven, base, log=driven.output_dir)
+    return partial(run_data_and_sft, driven, base, dist_info)
 
 
 def report(args: Args, rows: list[dict], counts: dict, genesis: str, tasks: list):
@@ -544,21 +575,20 @@ def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
     base = args.model or agents.toy_base(args, dist_info)
-    tasks = [] if args.env == "miniwob" else eval_tasks(args)
-    tasks = tasks[: args.eval_limit or None]  # miniwob: evaluate_web picks held-out instances
-    rows = []
+    tasks = run_tasks(args)
+    out = agents.fresh_output_dir(args, dist_info)
     # ALGO LOGIC: OS-Genesis data (stages 1-4) -> SFT; the same SFT on task-driven data
-    genesis = run_data_and_sft(args, base, tasks, dist_info)
-    out = Path(args.output_dir)
+    data = generate_data(args, out, dist_info)
+    baseline = None
+    if args.compare and args.data == "os_genesis":  # as many trajectories as the OSG data
+        baseline = start_baseline(args, base, data[2]["trajectories"], dist_info)
+    genesis = sft_and_evaluate(args, base, data, tasks, dist_info)
+    rows = []
     if args.eval_base:
         before = agents.evaluate_once(base, args, tasks, dist_info, out / "eval_before.json")
         rows.append({"agent": "base before SFT", **before})
-    if args.compare and args.data == "os_genesis":  # the paper's baseline (Table 1)
-        n = genesis["counts"]["trajectories"]  # as many trajectories as the OS-Genesis data
-        driven_args = replace(
-            args, data="task_driven", output_dir=str(out / "task_driven"), driven_trajectories=n
-        )
-        rows.append(run_data_and_sft(driven_args, base, tasks, dist_info))
+    if baseline:
+        rows.append(baseline())
     rows.append(genesis)
     counts = {r["agent"]: r.pop("counts") for r in rows if "counts" in r}
     if dist_info.is_main:

@@ -18,8 +18,11 @@ make_encoder, sft_micro_steps) are hashed into the toy base's cache key: edit th
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +49,7 @@ from common.toys import toy_model
 from common.train import (
     all_gather_object,
     barrier,
+    init_distributed,
     make_optimizer,
     micro_batches,
     sft_inputs,
@@ -374,7 +378,9 @@ class Walker:
             if self.filler_sampler is None
             else model_text_filler(self.filler_sampler, args)
         )
-        env = ToyGUIEnv(Task(f"walk{walk_id}", app, "", start_app=app), max_steps=10**6)
+        env = ToyGUIEnv(
+            Task(f"walk{walk_id}", app, "", start_app=app), max_steps=10**6, render=False
+        )
         obs, actions, triples, pooled, path, previous = env.obs, [], [], [], [], set()
         seen = {(obs["url"], gui.screen_signature(obs)): 0}  # screen -> length of the path to it
         for step in range(args.walk_steps):
@@ -766,6 +772,25 @@ def evaluate_once(path: str, args: Args, tasks: list, dist_info, file: Path) -> 
             file.write_text(json.dumps(result))
     barrier()
     return json.loads(file.read_text())
+
+
+def _on_one_thread(fn, folder: str, *args):
+    torch.set_num_threads(1)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / "log.txt", "w") as log, redirect_stdout(log), redirect_stderr(log):
+        return fn(*args, init_distributed())
+
+
+def second_process(fn, *args, log: str):
+    """Start `fn(*args, dist_info)` in a spawned process on one thread (its output in
+    <log>/log.txt) and put this process on one thread too, so that each result is independent of
+    how the two are scheduled on the cores. Returns a call that waits and gives fn's result."""
+    torch.set_num_threads(1)
+    print(f"{fn.__name__}: in a second process, log in {log}/log.txt", flush=True)
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(_on_one_thread, fn, log, *args)
+    pool.shutdown(wait=False)  # the submitted call goes on; future.result() waits for it
+    return future.result
 
 
 def fresh_output_dir(args: Args, dist_info) -> Path:

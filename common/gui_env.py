@@ -309,8 +309,10 @@ class ToyGUIEnv:
         max_steps: int | None = None,
         end_on_success: bool = True,
         grounder=None,  # a common.gui_formats.Grounder; default StubGrounder
+        render: bool = True,  # False: obs["screenshot"] is None (rule-only users skip drawing)
     ):
         self.apps = APPS
+        self.render = render
         self.seed = seed
         self.max_steps_override = max_steps
         self.end_on_success = (
@@ -585,7 +587,7 @@ class ToyGUIEnv:
             goal=self.task.goal,
             url=url,
             app=app_name,
-            screenshot=self._render(widgets, frame, len(rows), capacity),
+            screenshot=self._render(widgets, frame, len(rows), capacity) if self.render else None,
             axtree_txt=format_axtree(ui_elements, url),
             ui_elements=ui_elements,
             last_action=last_action,

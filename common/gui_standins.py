@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from functools import partial
 
 from common.gui_env import (
     APPS,
@@ -233,7 +234,7 @@ def canonical(state):
 
 def initial_phone_state() -> dict:
     """The phone's state after reset (every walk, trajectory and held-out task starts here)."""
-    return json.loads(json.dumps(ToyGUIEnv().state))
+    return json.loads(json.dumps(ToyGUIEnv(render=False).state))
 
 
 def task_target(task: dict, triple: dict) -> dict:
@@ -412,7 +413,7 @@ class PathFollower:
 
 def run_plan(plan: list, app: str) -> tuple[ToyGUIEnv, dict] | None:
     """Replay a resource-id plan from the launcher (no noise); None when a target is missing."""
-    env = ToyGUIEnv(Task("plan", app, ""), max_steps=10**6, end_on_success=False)
+    env = ToyGUIEnv(Task("plan", app, ""), max_steps=10**6, end_on_success=False, render=False)
     obs, follower = env.obs, PathFollower(plan, None, 0.0, random.Random(0))
     while follower.pos < len(plan):
         pos = follower.pos
@@ -483,7 +484,8 @@ def judge_facts(task: dict, triple: dict, traj: dict) -> dict:
     the rubric's inputs read from the env. Completion: is the target there (its state change, its
     answer, its screen)? Coherence: no side effects, no more steps than the direct plan + 1 (the
     stop/answer), no invalid steps."""
-    env = ToyGUIEnv(Task("judge", task["app"], task["goal"]), max_steps=10**6, end_on_success=False)
+    judged = Task("judge", task["app"], task["goal"])
+    env = ToyGUIEnv(judged, max_steps=10**6, end_on_success=False, render=False)
     start, target = initial_phone_state(), task_target(task, triple)
     observations = [env.step(s["action"])[0] for s in traj["steps"]]
     urls = [o["url"] for o in observations]
@@ -514,7 +516,7 @@ def trainable_tasks(synthesized: list[dict], by_triple: dict, held_out: list[Tas
     )
     unique = unique[::-1]
     leaked = [t for t in unique if leaks_held_out(t, by_triple[t["id"]], held_out)]
-    launcher = ToyGUIEnv()
+    launcher = ToyGUIEnv(render=False)
     unclear = [
         t
         for t in unique
@@ -530,5 +532,6 @@ def trainable_tasks(synthesized: list[dict], by_triple: dict, held_out: list[Tas
 def expert_trajectories(tasks: list[dict], max_steps: int) -> list[dict]:
     """The task-driven baseline's trajectories: the scripted expert on catalogue tasks."""
     catalogue = [TASKS[t["task_id"]] for t in tasks]
-    records = run_episodes(catalogue, ExpertPolicy(catalogue), max_steps)
+    no_screenshots = partial(ToyGUIEnv, max_steps=max_steps, render=False)  # rules read no pixels
+    records = run_episodes(catalogue, ExpertPolicy(catalogue), max_steps, make_env=no_screenshots)
     return [dict(id=t["id"], **r) for t, r in zip(tasks, records)]
