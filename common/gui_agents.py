@@ -775,6 +775,7 @@ def evaluate_once(path: str, args: Args, tasks: list, dist_info, file: Path) -> 
 
 
 def _on_one_thread(fn, folder: str, *args):
+    """The spawned process's body: one thread, output to <folder>/log.txt, a single-process run."""
     torch.set_num_threads(1)
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / "log.txt", "w") as log, redirect_stdout(log), redirect_stderr(log):

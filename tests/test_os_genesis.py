@@ -659,7 +659,8 @@ def test_learning_os_genesis_data_beats_task_driven_data(learned):
 @pytest.mark.xfail(
     strict=True,
     reason="on the clean template split neither agent solves a held-out task: both are goal-blind "
-    "at the launcher (each opens one app for every task; docs/os_genesis.md, Results)",
+    "at the launcher (each opens one app for every task) because the 200-step base never learned "
+    "to copy the instruction line (docs/os_genesis.md, Results)",
 )
 def test_learning_success_rises_on_the_easy_tier(learned):
     claims, stdout = learned
