@@ -12,8 +12,7 @@ filtering). The agent is fine-tuned on two objectives per step: (screen, task, h
 thought + action, and the same inputs + the thought -> action. Here the GUI is the toy phone of
 common/gui_env.py; the agent is evaluated on tasks of held-out templates (success rate and
 AndroidControl-style step accuracy, high and low level) against the paper's baseline, task-driven
-data. The plumbing (agent format, model-backed roles, walker, evaluation, MiniWoB++ path, toy
-base) is in common/gui_agents.py; the rule stand-ins in common/gui_standins.py.
+data. Plumbing: common/gui_agents.py; the rule stand-ins: common/gui_standins.py.
 
 Departures (vs the paper and its released `collection/` code):
 - Offline, rule-based STAND-INS for GPT-4o (common/gui_standins.py) read the toy phone's state: a
@@ -30,10 +29,9 @@ Departures (vs the paper and its released `collection/` code):
 - Both start from the same warm-started toy base, a tiny VLM taught low-level instruction following
   on random screens (the paper starts from Qwen2-VL-7B-Instruct).
 - One image per prompt (before | after with a red box; the TRM's last 3 screenshots side by side).
-- Trajectories start on the launcher (the held-out tasks do); synthesized goals are de-duplicated
-  by text; a judge output still invalid after 5 tries scores 1; screenshots are re-rendered by
-  replay, not stored.
-- The agent sees the last `--max_history 2` steps (paper: all); the task comes last in its prompt.
+- Trajectories start on the launcher (the held-out tasks do); goals are de-duplicated by text; a
+  judge output still invalid after 5 tries scores 1; screenshots are replayed, not stored; the
+  agent sees the last `--max_history 2` steps (paper: all); the task comes last in its prompt.
 - Every rank runs its share of each data stage (walks, triples, tasks, trajectories strided by
   rank) with its own helper models, so the pool of unclickable elements is per rank; the paper
   walks sequentially.
@@ -70,19 +68,15 @@ from common import gui_standins as standins
 from common.claims import claim, format_claims, write_summary
 from common.config import arg, parse_config
 from common.gui_agents import (
-    HelperModels,
     ModelDescriber,
     ModelJudge,
     ModelPolicy,
     agent_prompt,
     agent_target,
-    load_agent,
-    make_encoder,
-    read_records,
     run_stage,
-    sft_micro_steps,
 )
 from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task
+from common.processes import in_second_process
 from common.sampling import VLLMArgs
 from common.train import (
     MetricsLogger,
@@ -143,9 +137,7 @@ class Args(VLLMArgs):
         "os_genesis", "os_genesis (stages 1-4) | task_driven (expert trajectories, the baseline)"
     )
     compare: bool = arg(True, "also train the task-driven baseline from the same base")
-    baseline_process: bool = arg(
-        True, "one CPU process: run the baseline in a 2nd process (1 thread each) beside OSG's SFT"
-    )
+    baseline_process: bool = arg(True, "one CPU process: run the baseline in a second process")
     driven_trajectories: int = arg(
         0, "task_driven: training tasks cycled to N trajectories (0: each once; compare: OSG's N)"
     )
@@ -309,10 +301,10 @@ class Collector:
 
     def __call__(self, tasks: list[dict]) -> list[dict]:
         args = self.args
-        make_env = partial(gui.ToyGUIEnv, max_steps=args.max_steps)
-        if self.sampler is None:  # the stand-in reads no pixels: skip drawing screenshots
+        draw = self.sampler is not None  # the stand-in reads no pixels: no screenshots drawn
+        make_env = partial(gui.ToyGUIEnv, max_steps=args.max_steps, render=draw)
+        if self.sampler is None:
             policy = standins.FollowerPolicy(tasks, args.executor_noise, args.seed)
-            make_env = partial(make_env, render=False)
         else:
             policy = ModelPolicy(self.sampler, args)
         episodes = [Task(t["id"], t["app"], t["goal"]) for t in tasks]
@@ -383,14 +375,14 @@ def generate_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
     apps = [a.strip() for a in args.apps.split(",") if a.strip()]
     if not apps or any(a not in APPS for a in apps):
         raise ValueError(f"--apps {args.apps!r}: choose from {sorted(APPS)}")
-    helpers = HelperModels(args)
+    helpers = agents.HelperModels(args)
     jobs = [
         dict(id=i * len(apps) + k, app=app)
         for i in range(args.walks_per_app)
         for k, app in enumerate(apps)
     ]
     filler = helpers.get(args.annotator_model) if args.text_filler == "model" else None
-    walker = agents.Walker(args, RULES, read_records(out, "walks"), filler)
+    walker = agents.Walker(args, RULES, agents.read_records(out, "walks"), filler)
     walks = run_stage(out, "walks", jobs, walker, dist_info, chunk=1)
     triples = [t for w in walks for t in w["triples"]]
     by_triple = {t["id"]: t for t in triples}
@@ -413,23 +405,7 @@ def generate_data(args: Args, out: Path, dist_info) -> tuple[list, dict, dict]:
         judge = ModelJudge(helpers.get(args.judge_model), args, parse_trm_output)
     work = partial(judge_all, judge=judge, tasks={t["id"]: t for t in tasks}, triples=by_triple)
     scores = run_stage(out, "scores", trajectories, work, dist_info)
-    counts = dict(
-        walks=len(walks),
-        walk_steps=sum(len(w["actions"]) for w in walks),
-        noop_pooled=sum(len(w["pooled"]) for w in walks),
-        triples=len(triples),
-        tasks_valid=sum(t["valid"] for t in synthesized),
-        tasks_invalid=sum(not t["valid"] for t in synthesized),
-        tasks_held_out_dropped=leaked,
-        tasks_unclear_dropped=unclear,
-        tasks_unique=len(tasks),
-        trajectories=len(trajectories),
-        aborted=sum(t["aborted"] for t in trajectories),
-        steps=sum(len(t["steps"]) for t in trajectories),
-        mean_steps=sum(len(t["steps"]) for t in trajectories) / max(1, len(trajectories)),
-        judge_invalid=sum(s["reason"] == "invalid judge output" for s in scores),
-        **{f"score_{k}": sum(s["score"] == k for s in scores) for k in range(1, 6)},
-    )
+    counts = agents.stage_counts(walks, synthesized, (leaked, unclear), tasks, trajectories, scores)
     return trajectories, {s["id"]: s["score"] for s in scores}, counts
 
 
@@ -472,8 +448,8 @@ def sft_batches(per_traj: list, probs: list, args: Args, start: int, rank: int):
 def fine_tune(args: Args, base: str, data: tuple, out: Path, dist_info) -> tuple:
     """Stage 5 (paper: training): SFT on score-weighted draws, two objectives per drawn step."""
     seed_everything(args.seed)
-    model, proc, sampler = load_agent(base, args, dist_info)
-    tok, encode = getattr(proc, "tokenizer", proc), make_encoder(proc, args.vlm)
+    model, proc, sampler = agents.load_agent(base, args, dist_info)
+    tok, encode = getattr(proc, "tokenizer", proc), agents.make_encoder(proc, args.vlm)
     trajectories, scores, _ = data
     replay = agents.replay_screens(args)
     per_traj = [step_samples(t, replay(t), args, encode) for t in trajectories if t["id"] in scores]
@@ -501,7 +477,7 @@ def fine_tune(args: Args, base: str, data: tuple, out: Path, dist_info) -> tuple
     for step, batch in tqdm(
         batches, desc="SFT", total=args.train_steps - start, disable=not dist_info.is_main
     ):
-        loss = sft_micro_steps(model, tok, batch, args.micro_batch_size, dist_info.device)
+        loss = agents.sft_micro_steps(model, tok, batch, args.micro_batch_size, dist_info.device)
         for p in model.parameters():  # unused ones (LLaVA's vision post-layernorm) get a zero
             if p.grad is None:  # grad: optimizer state, which the strict --resume loader needs
                 p.grad = torch.zeros_like(p)
@@ -544,14 +520,15 @@ def run_data_and_sft(args: Args, base: str, dist_info) -> dict:
 
 
 def start_baseline(args: Args, base: str, n: int, dist_info):
-    """The paper's baseline (Table 1): task-driven data cycled to `n` trajectories (OSG's count),
-    same base and budget, into <output_dir>/task_driven. Returns a call that gives its row. With
-    --baseline_process on one CPU process it runs now in a second process (one thread each, so
-    the numbers do not depend on scheduling), beside OSG's SFT; otherwise here, when called."""
+    """The paper's baseline (Table 1), task-driven data cycled to OSG's `n` trajectories, into
+    <output_dir>/task_driven: a call that gives its row. --baseline_process, one CPU process: it
+    starts now in a second process beside OSG's SFT (one thread each); else it runs when called."""
     driven = replace(args, data="task_driven", driven_trajectories=n)
     driven.output_dir = str(Path(args.output_dir) / "task_driven")
     if args.baseline_process and dist_info.world_size == 1 and dist_info.device.type == "cpu":
-        return agents.second_process(run_data_and_sft, driven, base, log=driven.output_dir)
+        torch.set_num_threads(1)  # one core each (common/processes.py: the child gets as many)
+        log = Path(driven.output_dir) / "log.txt"
+        return in_second_process(log, run_data_and_sft, driven, base, dist_info)
     return partial(run_data_and_sft, driven, base, dist_info)
 
 
@@ -579,9 +556,8 @@ def main(args: Args):
     out = agents.fresh_output_dir(args, dist_info)
     # ALGO LOGIC: OS-Genesis data (stages 1-4) -> SFT; the same SFT on task-driven data
     data = generate_data(args, out, dist_info)
-    baseline = None
-    if args.compare and args.data == "os_genesis":  # as many trajectories as the OSG data
-        baseline = start_baseline(args, base, data[2]["trajectories"], dist_info)
+    compare = args.compare and args.data == "os_genesis"  # as many trajectories as OSG's data
+    baseline = compare and start_baseline(args, base, data[2]["trajectories"], dist_info)
     genesis = sft_and_evaluate(args, base, data, tasks, dist_info)
     rows = []
     if args.eval_base:

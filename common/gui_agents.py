@@ -18,11 +18,8 @@ make_encoder, sft_micro_steps) are hashed into the toy base's cache key: edit th
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 import shutil
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +46,6 @@ from common.toys import toy_model
 from common.train import (
     all_gather_object,
     barrier,
-    init_distributed,
     make_optimizer,
     micro_batches,
     sft_inputs,
@@ -317,6 +313,28 @@ class ModelJudge:
             if score is not None:
                 return score, reason, attempt
         return 1, "invalid judge output", self.args.judge_retries
+
+
+def stage_counts(walks, synthesized, dropped: tuple, tasks, trajectories, scores) -> dict:
+    """The stage table of stages 1-4 (counts.json); `dropped`: (held-out instances, unclear)."""
+    steps = sum(len(t["steps"]) for t in trajectories)
+    return dict(
+        walks=len(walks),
+        walk_steps=sum(len(w["actions"]) for w in walks),
+        noop_pooled=sum(len(w["pooled"]) for w in walks),
+        triples=sum(len(w["triples"]) for w in walks),
+        tasks_valid=sum(t["valid"] for t in synthesized),
+        tasks_invalid=sum(not t["valid"] for t in synthesized),
+        tasks_held_out_dropped=dropped[0],
+        tasks_unclear_dropped=dropped[1],
+        tasks_unique=len(tasks),
+        trajectories=len(trajectories),
+        aborted=sum(t["aborted"] for t in trajectories),
+        steps=steps,
+        mean_steps=steps / max(1, len(trajectories)),
+        judge_invalid=sum(s["reason"] == "invalid judge output" for s in scores),
+        **{f"score_{k}": sum(s["score"] == k for s in scores) for k in range(1, 6)},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -772,26 +790,6 @@ def evaluate_once(path: str, args: Args, tasks: list, dist_info, file: Path) -> 
             file.write_text(json.dumps(result))
     barrier()
     return json.loads(file.read_text())
-
-
-def _on_one_thread(fn, folder: str, *args):
-    """The spawned process's body: one thread, output to <folder>/log.txt, a single-process run."""
-    torch.set_num_threads(1)
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    with open(Path(folder) / "log.txt", "w") as log, redirect_stdout(log), redirect_stderr(log):
-        return fn(*args, init_distributed())
-
-
-def second_process(fn, *args, log: str):
-    """Start `fn(*args, dist_info)` in a spawned process on one thread (its output in
-    <log>/log.txt) and put this process on one thread too, so that each result is independent of
-    how the two are scheduled on the cores. Returns a call that waits and gives fn's result."""
-    torch.set_num_threads(1)
-    print(f"{fn.__name__}: in a second process, log in {log}/log.txt", flush=True)
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    future = pool.submit(_on_one_thread, fn, log, *args)
-    pool.shutdown(wait=False)  # the submitted call goes on; future.result() waits for it
-    return future.result
 
 
 def fresh_output_dir(args: Args, dist_info) -> Path:
