@@ -109,6 +109,7 @@ class Args:
     mixture_size: int | None = arg(960, "mid-training draws; paper: None (the recipe total)")
     gui_mix_ratio: float = arg(0.374, "GUI draws mixed in per mixture draw (not stated)")
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
+    base_steps: int = arg(0, "toy base: low-level instruction SFT steps; 0 = tiny LLaVA as built")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
     batch_size: int = arg(16, "global batch; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)")
     micro_batch_size: int = arg(2, "rows per forward per rank; paper: 2 (Table 8)")
@@ -131,7 +132,7 @@ class Args:
     switch_loss_steps: int = arg(3, "GUI-stage steps averaged for the loss at the stage switch")
     max_episode_steps: int = arg(15, "agent steps per task; paper: 30 (AgentBoard)")
     max_new_tokens: int = arg(96, "planner output tokens; paper preset: 512 (not stated)")
-    eval_split: Literal["test", "train", "all"] = arg("test", "GUI-world tasks to evaluate on")
+    eval_split: Literal["test", "train", "all", "val"] = arg("test", "val: train minus GUI data")
     env: Literal["toy", "miniwob"] = arg("toy", "toy (the simulated phone) | miniwob (MiniWoB++)")
     episodes_per_task: int = arg(5, "--env miniwob: seeded episodes per task")
     eval_only: bool = arg(False, "evaluate the model as it is (no training): SR per task")
@@ -552,7 +553,8 @@ def plot_loss_curves(out: Path, names: list[str]) -> str:
 def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
-    run = setup(args, dist_info)  # base model, GUI environment + evaluation tasks, grounder
+    # base model, GUI environment + evaluation tasks (val: training tasks not in the GUI data)
+    run = setup(args, dist_info, gui_seed=args.seed + sorted(DOMAINS).index(GUI))
     if args.eval_only:  # the model as it is: SR per task
         model = load_model(run.model_path, vlm=True, dtype="float32")
         return report_eval_only(

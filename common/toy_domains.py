@@ -124,10 +124,20 @@ def gui_samples(tasks: list | int, seed: int, observation: str) -> list[dict]:
     """The expert on the named tasks (a list), or on that many seeded training tasks (0 = all)."""
     if isinstance(tasks, list):
         return expert_gui_samples(tasks, observation)
+    return expert_gui_samples(gui_data_tasks(tasks, seed), observation)
+
+
+def gui_data_tasks(n: int, seed: int) -> list:
+    """The training tasks whose expert runs are the GUI data: n seeded ones (0 = all)."""
     train = list_tasks("train")
-    if 0 < tasks < len(train):
-        train = random.Random(seed).sample(train, tasks)
-    return expert_gui_samples(train, observation)
+    return random.Random(seed).sample(train, n) if 0 < n < len(train) else train
+
+
+def validation_tasks(n: int, seed: int) -> list:
+    """The training tasks that are NOT GUI data (`gui_data_tasks(n, seed)`): a validation split
+    to choose the toy's knobs on, never the evaluation tasks."""
+    used = {t.task_id for t in gui_data_tasks(n, seed)}
+    return [t for t in list_tasks("train") if t.task_id not in used]
 
 
 def named_tasks(spec: str) -> list:

@@ -7,12 +7,14 @@ import json
 import math
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 import guimid
 from common.chat_sft import encode, mean_nll
+from common.gui_base import WORDS, base_samples, toy_base, train_base
 from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
 from common.gui_eval import Setup
 from common.gui_formats import (
@@ -30,7 +32,12 @@ from common.gui_formats import (
     rows_to_samples,
 )
 from common.models import load_model, load_processor, make_tiny_vlm
-from common.toy_domains import expert_gui_samples, expert_target_url
+from common.toy_domains import (
+    expert_gui_samples,
+    expert_target_url,
+    gui_data_tasks,
+    validation_tasks,
+)
 from common.train import Dist
 
 # mixtures -----------------------------------------------------------------------------------------
@@ -161,6 +168,58 @@ def test_expert_trajectories_through_the_planner_format_solve_every_task():
             )
             done = terminated or truncated
         assert info["success"], task.task_id
+
+
+def test_toy_base_samples_are_low_level_instructions_in_the_planner_format():
+    """The base's data: the Task line names the step's own action (never a goal or a task's
+    text), and the target is that action in the planner format, executable on the screen."""
+    samples = base_samples(0, 20, 6, "screenshot+axtree")
+    task_texts = " ".join(t.goal + json.dumps(t.expert) for t in list_tasks()).lower()
+    assert not any(w.lower() in task_texts for w in WORDS)  # typed text is no task's value
+    goals = {t.goal for t in list_tasks()}
+    verbs = Counter()
+    for x in samples:
+        prompt, target = x["messages"][0]["content"][-1]["text"], x["messages"][1]["content"]
+        task = prompt.split("\n")[0].removeprefix("Task: ")
+        assert task not in goals and prompt.endswith("Next action?")
+        out = parse_guimid(target)
+        verbs[out.action] += 1
+        assert out.thought == f"I will {history_entry(out.description, out.action, out.value)}."
+        if out.action in ("click", "long_press", "type"):  # the instruction names the element
+            assert f"'{out.description}'" in task and StubGrounder().ground(
+                out.description, {"ui_elements": _screen_of(prompt)}
+            )
+    assert {"click", "open_app", "type", "long_press", "stop"} <= set(verbs)
+    assert verbs["click"] > verbs["type"] > 0
+
+
+def test_toy_base_training_fits_its_data_and_is_cached(tmp_path, monkeypatch, processor):
+    samples = base_samples(0, 2, 4, "screenshot+axtree")
+    model = load_model(make_tiny_vlm(), vlm=True, dtype="float32")
+    before = mean_nll(model, processor, samples, 4, 8192, "cpu")
+    torch.manual_seed(0)
+    train_base(model, processor, samples, 20, 8, 1e-2, seed=0)
+    after = mean_nll(model.eval(), processor, samples, 4, 8192, "cpu")
+    assert after < 0.5 * before, (before, after)
+    monkeypatch.setenv("NANOREASON_CACHE", str(tmp_path))
+    path = toy_base(0, "screenshot+axtree", 1)
+    assert toy_base(0, "screenshot+axtree", 1) == path  # built once, keyed by its inputs
+    assert (tmp_path / Path(path).name / "config.json").exists()
+
+
+def _screen_of(prompt: str) -> list[dict]:
+    """The accessibility lines of a planner prompt as minimal ui_elements (for the grounder)."""
+    lines = [ln for ln in prompt.split("\n") if ln.startswith("[")]
+    names = [ln.split("'", 1)[1].rsplit("'", 1)[0] for ln in lines if "'" in ln]
+    box = {"x_min": 0, "y_min": 0, "x_max": 10, "y_max": 10}
+    return [{"text": n, "role": "button", "is_clickable": True, "bbox_pixels": box} for n in names]
+
+
+def test_validation_tasks_are_the_training_tasks_without_gui_data():
+    used = {t.task_id for t in gui_data_tasks(12, 3)}
+    val = validation_tasks(12, 3)
+    assert len(used) == 12 and len(val) == 28 and not used & {t.task_id for t in val}
+    assert all(t.split == "train" for t in val)
 
 
 def test_parse_point():
