@@ -41,6 +41,7 @@ Departures:
 Commands (--print_config shows the effective configuration without loading anything):
   python guimid.py                            # CPU toy: GUI-only vs GUIMid, claims in summary.json
   python guimid.py --env miniwob --eval_only  # MiniWoB++ in headless Chromium: SR per task
+  python guimid.py --base_steps 200 --eval_split val  # a warm-started toy base (tried, docs)
   python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --gradient_checkpointing   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --data hub \\
       --image_root /data/guimid_images --compare False                         # FSDP2
