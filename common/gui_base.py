@@ -1,7 +1,7 @@
 """The warm-started toy base of guimid.py: the tiny LLaVA taught LOW-LEVEL instruction following in
-the GUIMid planner format, the toy's analogue of starting from Qwen2-VL-7B-Instruct, a model that
-already follows instructions on screens (arXiv 2504.10127, Section 3: both stages start from the
-instruct model).
+the GUIMid planner format, the toy's analogue of the paper's starting point, Qwen2-VL-7B-Instruct
+(arXiv 2504.10127), a model that already follows instructions on screens. Not the default
+(guimid.py --base_steps; docs/guimid.md says what it did and did not change).
 
 The data: random walks on the toy phone (common/gui_env.py). At each step the "Task" line is the
 low-level instruction that names the step's own action ("Click 'Sound'.", "Open app 'Mail'."),
@@ -102,8 +102,8 @@ def train_base(model, processor, samples: list[dict], steps: int, batch_size: in
 
 def toy_base(seed: int, observation: str, steps: int, lr: float = 1e-2) -> str:
     """The folder of the cached toy base (built on first use, on CPU)."""
-    spec = dict(seed=seed, observation=observation, steps=steps, walks=100, length=6, batch=16)
-    spec["lr"] = lr
+    spec = dict(seed=seed, observation=observation, steps=steps, lr=lr, walks=100, length=6)
+    spec["batch"] = 16
 
     def build(folder: Path):
         tiny = make_tiny_vlm()
