@@ -35,8 +35,7 @@ Departures:
   gradient clipping (1.0) are not stated.
 - `--data hub` reads the MidGUI per-domain release files; their columns are not documented, so
   rows may use LLaVA `conversations`, chat `messages` or prompt/response columns; one image a row.
-- `--env miniwob` runs the agent on MiniWoB++ pages (common/miniwob_env.py), not WebArena or
-  AndroidWorld.
+- `--env miniwob`: the agent on MiniWoB++ pages (common/miniwob_env.py), not WebArena/AndroidWorld.
 
 Commands (--print_config shows the effective configuration without loading anything):
   python guimid.py                            # CPU toy: GUI-only vs GUIMid, claims in summary.json
@@ -111,6 +110,7 @@ class Args:
     gui_mix_ratio: float = arg(0.374, "GUI draws mixed in per mixture draw (not stated)")
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
     base_steps: int = arg(0, "toy base: low-level instruction SFT steps; 0 = tiny LLaVA as built")
+    base_tokenizer: Literal["toy", "words"] = arg("toy", "words: screen labels as single tokens")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
     batch_size: int = arg(16, "global batch; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)")
     micro_batch_size: int = arg(2, "rows per forward per rank; paper: 2 (Table 8)")

@@ -12,6 +12,10 @@ accessibility text). So the base knows the output format and how to name an on-s
 what a high-level goal ("Turn on airplane mode.") asks for is left to the GUI stage.
 
 Built once and cached (`common.toys.toy_model`, keyed by the code below and its inputs).
+
+`tokenizer="words"` (tried, not the default) starts from the tiny LLaVA with single tokens added
+for every label the toy phone's screens show, the action verbs and the fixed JSON text of the
+planner target (`word_vlm`), as a real tokenizer (Qwen2's) holds 'Sound' or 'Mail' as one token.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from common.models import load_model, load_processor, make_tiny_vlm
 from common.sampling import get_tokenizer
 from common.toys import toy_model
 from common.train import make_optimizer, make_scheduler, token_logprobs
+
+# The fixed text of the planner target around its three fields (common.gui_formats.format_guimid)
+# and the action verbs (common.gui_formats.action_to_guimid): one token each with --base_tokenizer
+# words.
+JSON_PIECES = ['```json\n{"Element Description": "', '", "Action": "', '", "Value": "', '"}\n```']
+VERBS = ["click", "long_press", "type", "enter", "scroll", "go_back", "go_home", "open_app"]
+VERBS += ["wait", "stop", "completed", "infeasible"]
 
 # Text the walk types: generic words that are no task's value (tests/test_guimid.py checks).
 WORDS = ["hello", "lunch", "red", "quick test", "today", "maybe", "soon", "hi there"]
@@ -100,13 +111,50 @@ def train_base(model, processor, samples: list[dict], steps: int, batch_size: in
         optimizer.zero_grad(set_to_none=True)
 
 
-def toy_base(seed: int, observation: str, steps: int, lr: float = 1e-2) -> str:
-    """The folder of the cached toy base (built on first use, on CPU)."""
-    spec = dict(seed=seed, observation=observation, steps=steps, lr=lr, walks=100, length=6)
-    spec["batch"] = 16
+def screen_labels(n_walks: int = 400, walk_length: int = 12) -> list[str]:
+    """Every label the toy phone's screens show on seeded random walks (the GUI world's own
+    catalogue of app and element names; typed text is left out), sorted."""
+    labels = {app.label for app in APPS.values()}
+    for k in range(n_walks):
+        rng = random.Random(f"guimid-labels-{k}")
+        env = ToyGUIEnv(Task("labels", "", ""), max_steps=10**6)
+        obs = env.obs
+        for _ in range(walk_length):
+            labels |= {e["text"] for e in obs["ui_elements"] if e["text"] and not e["is_editable"]}
+            obs = env.step(walk_action(rng, obs))[0]
+    return sorted(t for t in labels if not any(w in t for w in WORDS))
+
+
+def word_vlm() -> str:
+    """The tiny LLaVA as built, with one added token per screen label, verb and JSON piece (new
+    embedding rows drawn around the mean of the old ones, seeded); every other weight as built."""
+    from tokenizers import AddedToken
+
+    spec = dict(labels=screen_labels(), verbs=VERBS, json=JSON_PIECES)
 
     def build(folder: Path):
         tiny = make_tiny_vlm()
+        model, processor = load_model(tiny, vlm=True, dtype="float32"), load_processor(tiny)
+        words = [AddedToken(t, single_word=True, normalized=False) for t in spec["labels"]]
+        words += [AddedToken(t, single_word=True, normalized=False) for t in VERBS]
+        words += [AddedToken(t, normalized=False) for t in JSON_PIECES]
+        processor.tokenizer.add_tokens(words)
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(processor.tokenizer))
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return toy_model("guimid-words", spec, build, code=[screen_labels, walk_action])
+
+
+def toy_base(seed: int, observation: str, steps: int, lr: float = 1e-2, tokenizer="toy") -> str:
+    """The folder of the cached toy base (built on first use, on CPU)."""
+    spec = dict(seed=seed, observation=observation, steps=steps, lr=lr, walks=100, length=6)
+    spec["batch"] = 16
+    spec |= dict(tokenizer=tokenizer) if tokenizer != "toy" else {}
+
+    def build(folder: Path):
+        tiny = make_tiny_vlm() if tokenizer == "toy" else word_vlm()
         model, processor = load_model(tiny, vlm=True, dtype="float32"), load_processor(tiny)
         samples = base_samples(seed, spec["walks"], spec["length"], observation)
         train_base(model, processor, samples, steps, spec["batch"], lr, seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.claims import write_summary
 from common.data import write_jsonl
-from common.gui_base import toy_base
+from common.gui_base import toy_base, word_vlm
 from common.gui_env import ToyGUIEnv, list_tasks, run_episodes
 from common.gui_formats import ModelGrounder, Planner, StubGrounder
 from common.models import load_processor, make_tiny_vlm
@@ -83,10 +83,11 @@ def toy_base_path(args, dist_info) -> str:
     """The toy base (no --model): the tiny LLaVA taught low-level instruction following in the
     planner format (common/gui_base.py), built once by rank 0; or, --base_steps 0, as built."""
     if not args.base_steps:
-        return make_tiny_vlm()
-    path = toy_base(args.seed, args.observation, args.base_steps) if dist_info.is_main else None
+        return make_tiny_vlm() if args.base_tokenizer == "toy" else word_vlm()
+    build = functools.partial(toy_base, tokenizer=args.base_tokenizer)
+    path = build(args.seed, args.observation, args.base_steps) if dist_info.is_main else None
     barrier()  # rank 0 builds; the others then find it in the cache
-    return path or toy_base(args.seed, args.observation, args.base_steps)
+    return path or build(args.seed, args.observation, args.base_steps)
 
 
 def model_generate(sampler, max_new_tokens: int, messages: list, images: list) -> list[str]:

@@ -14,7 +14,15 @@ import torch
 
 import guimid
 from common.chat_sft import encode, mean_nll
-from common.gui_base import WORDS, base_samples, toy_base, train_base
+from common.gui_base import (
+    JSON_PIECES,
+    WORDS,
+    base_samples,
+    screen_labels,
+    toy_base,
+    train_base,
+    word_vlm,
+)
 from common.gui_env import ScriptedExpert, ToyGUIEnv, list_tasks
 from common.gui_eval import Setup
 from common.gui_formats import (
@@ -205,6 +213,27 @@ def test_toy_base_training_fits_its_data_and_is_cached(tmp_path, monkeypatch, pr
     path = toy_base(0, "screenshot+axtree", 1)
     assert toy_base(0, "screenshot+axtree", 1) == path  # built once, keyed by its inputs
     assert (tmp_path / Path(path).name / "config.json").exists()
+
+
+def test_word_tokenizer_holds_screen_labels_and_the_json_text_as_single_tokens():
+    """--base_tokenizer words: a label the screens show, a verb and the fixed JSON text are one
+    token each, so copying 'Cookbook $18' out of the Task line is a one-token copy; text round-
+    trips; the labels are the screens' own (app names in, typed words out)."""
+    labels = screen_labels()
+    assert {"Settings", "Mail", "Sound", "Wi-Fi", "Airplane mode", "Cookbook $18"} <= set(labels)
+    assert not any(w in t for w in WORDS for t in labels)
+    tok = load_processor(word_vlm()).tokenizer
+    target = planner_target("Cookbook $18", "long_press", "")
+    j0, j1, j2, j3 = JSON_PIECES
+    pieces = ["I", "Ġwill", "Ġ", "long_press", "Ġ", "'", "Cookbook $18", "'", ".", "Ċ", j0]
+    pieces += ["Cookbook $18", j1, "long_press", j2, j3]
+    assert tok.tokenize(target) == pieces  # 16 tokens; the toy tokenizer needs 91
+    assert len(load_processor(make_tiny_vlm()).tokenizer.tokenize(target)) == 91
+    assert tok.decode(tok.encode(target)) == target
+    assert tok.tokenize("Settingsx Mail") == tok.tokenize("Settingsx") + [
+        "Ġ",
+        "Mail",
+    ]  # whole words
 
 
 def _screen_of(prompt: str) -> list[dict]:
