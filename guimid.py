@@ -183,7 +183,7 @@ DOMAINS = {  # sources as Tables 1 and 2 list them
     "screenshot2code": Domain(MIDGUI + "Web_Screenshot2Code.json", 150_000),  # Web2Code
     "mm_math": Domain(MIDGUI + "Multi-modal_Math .json", 150_000, "shapes"),  # MAVIS
     "visual_conversation": Domain(MIDGUI + "Multi-round_Visual_Conversation.json", 150_000),  # SVIT
-    "non_gui_agents": Domain(MIDGUI + "Non-GUI_Agents.json", 51_780),  # AlfWorld (MAmmoTH-VL)
+    "non_gui_agents": Domain(MIDGUI + "Non-GUI_Agents.json", 51_780, "agents"),  # AlfWorld
     "mathinstruct": Domain(MIDGUI + "MathInstruct.json", 150_000, "arith2"),  # CoT split
     "olympiad_math": Domain(MIDGUI + "Olympiad_Math.json", 150_000, "arith4"),  # NuminaMath
     "codeio": Domain(MIDGUI + "CodeIO.json", 150_000, "codeio"),  # CodeIO-PyEdu-Reasoning

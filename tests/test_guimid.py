@@ -41,6 +41,10 @@ from common.gui_formats import (
 )
 from common.models import load_model, load_processor, make_tiny_vlm
 from common.toy_domains import (
+    AGENT_VERBS,
+    OBJECTS,
+    ROOMS,
+    agent_samples,
     expert_gui_samples,
     expert_target_url,
     gui_data_tasks,
@@ -234,6 +238,25 @@ def test_word_tokenizer_holds_screen_labels_and_the_json_text_as_single_tokens()
         "Ġ",
         "Mail",
     ]  # whole words
+
+
+def test_toy_non_gui_agent_samples_act_on_the_named_object_and_hold_no_gui_labels():
+    """--mixture non_gui_agents (toy): the answer names the object the task names, one of the
+    objects listed, in the planner's JSON; no object, room or verb is a word of a phone label."""
+    words = {w.lower().strip("():$!?,") for t in screen_labels() for w in t.split()}
+    assert not words & set(OBJECTS + ROOMS + AGENT_VERBS)
+    samples = agent_samples(50, 0)
+    assert agent_samples(50, 0) == samples  # seeded
+    for x in samples:
+        question, answer = x["messages"][0]["content"], x["messages"][1]["content"]
+        task = question.split("\n")[0]  # "Task: heat the plate."
+        verb, obj = task.removeprefix("Task: ").removesuffix(".").split(" the ")
+        out = parse_guimid(answer)
+        assert (out.description, out.action, out.value) == (obj, verb, "")
+        assert out.thought == f"I will {verb} '{obj}'." and f"] {obj}\n" in question
+    first = samples[0]["messages"]
+    assert first[1]["content"] == format_guimid("I will heat 'plate'.", "plate", "heat")
+    assert guimid.toy_samples("non_gui_agents", 3, 0, "screenshot") == agent_samples(3, 0)
 
 
 def _screen_of(prompt: str) -> list[dict]:
