@@ -35,12 +35,12 @@ Departures:
   gradient clipping (1.0) are not stated.
 - `--data hub` reads the MidGUI per-domain release files; their columns are not documented, so
   rows may use LLaVA `conversations`, chat `messages` or prompt/response columns; one image a row.
-- `--env miniwob` runs the agent on MiniWoB++ pages (common/miniwob_env.py), not WebArena or
-  AndroidWorld.
+- `--env miniwob`: the agent on MiniWoB++ pages (common/miniwob_env.py), not WebArena/AndroidWorld.
 
 Commands (--print_config shows the effective configuration without loading anything):
   python guimid.py                            # CPU toy: GUI-only vs GUIMid, claims in summary.json
   python guimid.py --env miniwob --eval_only  # MiniWoB++ in headless Chromium: SR per task
+  python guimid.py --base_steps 200 --eval_split val  # a warm-started toy base (tried, docs)
   python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --gradient_checkpointing   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --data hub \\
       --image_root /data/guimid_images --compare False                         # FSDP2
@@ -109,6 +109,8 @@ class Args:
     mixture_size: int | None = arg(960, "mid-training draws; paper: None (the recipe total)")
     gui_mix_ratio: float = arg(0.374, "GUI draws mixed in per mixture draw (not stated)")
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
+    base_steps: int = arg(0, "toy base: low-level instruction SFT steps; 0 = tiny LLaVA as built")
+    base_tokenizer: Literal["toy", "words"] = arg("toy", "words: screen labels as single tokens")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
     batch_size: int = arg(16, "global batch; paper: 32 (Table 8: 8 GPUs x 2 x accumulation 2)")
     micro_batch_size: int = arg(2, "rows per forward per rank; paper: 2 (Table 8)")
@@ -131,7 +133,7 @@ class Args:
     switch_loss_steps: int = arg(3, "GUI-stage steps averaged for the loss at the stage switch")
     max_episode_steps: int = arg(15, "agent steps per task; paper: 30 (AgentBoard)")
     max_new_tokens: int = arg(96, "planner output tokens; paper preset: 512 (not stated)")
-    eval_split: Literal["test", "train", "all"] = arg("test", "GUI-world tasks to evaluate on")
+    eval_split: Literal["test", "train", "all", "val"] = arg("test", "val: train minus GUI data")
     env: Literal["toy", "miniwob"] = arg("toy", "toy (the simulated phone) | miniwob (MiniWoB++)")
     episodes_per_task: int = arg(5, "--env miniwob: seeded episodes per task")
     eval_only: bool = arg(False, "evaluate the model as it is (no training): SR per task")
@@ -181,7 +183,7 @@ DOMAINS = {  # sources as Tables 1 and 2 list them
     "screenshot2code": Domain(MIDGUI + "Web_Screenshot2Code.json", 150_000),  # Web2Code
     "mm_math": Domain(MIDGUI + "Multi-modal_Math .json", 150_000, "shapes"),  # MAVIS
     "visual_conversation": Domain(MIDGUI + "Multi-round_Visual_Conversation.json", 150_000),  # SVIT
-    "non_gui_agents": Domain(MIDGUI + "Non-GUI_Agents.json", 51_780),  # AlfWorld (MAmmoTH-VL)
+    "non_gui_agents": Domain(MIDGUI + "Non-GUI_Agents.json", 51_780, "agents"),  # AlfWorld
     "mathinstruct": Domain(MIDGUI + "MathInstruct.json", 150_000, "arith2"),  # CoT split
     "olympiad_math": Domain(MIDGUI + "Olympiad_Math.json", 150_000, "arith4"),  # NuminaMath
     "codeio": Domain(MIDGUI + "CodeIO.json", 150_000, "codeio"),  # CodeIO-PyEdu-Reasoning
@@ -552,7 +554,8 @@ def plot_loss_curves(out: Path, names: list[str]) -> str:
 def main(args: Args):
     dist_info = init_distributed()
     seed_everything(args.seed)
-    run = setup(args, dist_info)  # base model, GUI environment + evaluation tasks, grounder
+    # base model, GUI environment + evaluation tasks (val: training tasks not in the GUI data)
+    run = setup(args, dist_info, gui_seed=args.seed + sorted(DOMAINS).index(GUI))
     if args.eval_only:  # the model as it is: SR per task
         model = load_model(run.model_path, vlm=True, dtype="float32")
         return report_eval_only(

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from common.claims import write_summary
 from common.data import write_jsonl
+from common.gui_base import toy_base, word_vlm
 from common.gui_env import ToyGUIEnv, list_tasks, run_episodes
 from common.gui_formats import ModelGrounder, Planner, StubGrounder
 from common.models import load_processor, make_tiny_vlm
 from common.sampling import finish_local, generate_local
-from common.toy_domains import expert_target_url, named_tasks
+from common.toy_domains import expert_target_url, named_tasks, validation_tasks
 from common.train import (
     all_gather_object,
+    barrier,
     cleanup_distributed,
     format_table,
     precision_policy,
@@ -43,10 +45,11 @@ class Setup:
     out: Path
 
 
-def setup(args, dist_info) -> Setup:
+def setup(args, dist_info, gui_seed: int = 0) -> Setup:
     """The base model, the GUI environment (--env / --env_factory / the toy phone) with its
-    evaluation tasks, and the grounder."""
-    model_path = args.model or make_tiny_vlm()  # the toy base: the tiny LLaVA as built
+    evaluation tasks, and the grounder. `gui_seed` picks the GUI-data tasks (--eval_split val:
+    the other training tasks)."""
+    model_path = args.model or toy_base_path(args, dist_info)
     target_urls = {}
     if args.env == "miniwob":
         from common import miniwob_env
@@ -58,8 +61,10 @@ def setup(args, dist_info) -> Setup:
         module, _, fn = args.env_factory.partition(":")
         make_env, tasks = getattr(importlib.import_module(module), fn)()
     else:
-        tasks = named_tasks(args.tasks) or list_tasks(
-            None if args.eval_split == "all" else args.eval_split
+        tasks = named_tasks(args.tasks) or (
+            validation_tasks(args.gui_tasks, gui_seed)
+            if args.eval_split == "val"
+            else list_tasks(None if args.eval_split == "all" else args.eval_split)
         )
         make_env = functools.partial(ToyGUIEnv, max_steps=args.max_episode_steps)
         target_urls = {t.task_id: expert_target_url(t) for t in tasks}
@@ -72,6 +77,17 @@ def setup(args, dist_info) -> Setup:
     return Setup(
         args, dist_info, model_path, processor, make_env, tasks, target_urls, grounder, out
     )
+
+
+def toy_base_path(args, dist_info) -> str:
+    """The toy base (no --model): the tiny LLaVA taught low-level instruction following in the
+    planner format (common/gui_base.py), built once by rank 0; or, --base_steps 0, as built."""
+    if not args.base_steps:
+        return make_tiny_vlm() if args.base_tokenizer == "toy" else word_vlm()
+    build = functools.partial(toy_base, tokenizer=args.base_tokenizer)
+    path = build(args.seed, args.observation, args.base_steps) if dist_info.is_main else None
+    barrier()  # rank 0 builds; the others then find it in the cache
+    return path or build(args.seed, args.observation, args.base_steps)
 
 
 def model_generate(sampler, max_new_tokens: int, messages: list, images: list) -> list[str]:

@@ -9,6 +9,7 @@ progress rate's URL subgoal) and a scripted "open the app, then wait" planner.
 | Olympiad math   | 4-term arithmetic                                                   |
 | Multimodal math | common/shapes_world questions with their chains of thought          |
 | CodeI/O         | "predict the output of f(xs)" with a fenced JSON answer (`code_samples`) |
+| Non-GUI agents  | a text room: act on the object the task names (`agent_samples`, not in GUIMid) |
 | GUI trajectories | common/gui_env's scripted expert on the toy phone (`gui_samples`)  |
 
 codeio.py's own CodeI/O prompts are ~1K tokens each, too long for the CPU budget.
@@ -88,8 +89,37 @@ def code_samples(n: int, seed: int) -> list[dict]:
     return out
 
 
+# The toy non-GUI agent world (AlfWorld in miniature): rooms, objects and verbs that are no label
+# of the toy phone (tests/test_guimid.py checks), so the domain holds no GUI data.
+ROOMS = ["cellar", "bedroom", "garage", "hallway", "attic"]
+OBJECTS = ["apple", "bowl", "candle", "fork", "key", "lamp", "cup", "pencil", "plate", "sponge"]
+OBJECTS += ["towel", "vase", "watch", "spoon", "cloth", "bottle", "pillow", "hammer"]
+AGENT_VERBS = ["take", "open", "clean", "heat", "examine"]
+
+
+def agent_samples(n: int, seed: int) -> list[dict]:
+    """A non-GUI agent step: a room's objects listed, a task that names one object, the earlier
+    actions; the answer acts on the named object in the planner's format (a thought, then the
+    fenced JSON action). A toy design choice: the paper's AlfWorld rows (MAmmoTH-VL) have their
+    own format; here the domain teaches what the planner needs, copying the named item out of
+    the task into the JSON."""
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        things = rng.sample(OBJECTS, rng.randint(3, 6))
+        target, verb = rng.choice(things), rng.choice(AGENT_VERBS)
+        seen = "\n".join(f"[{i}] {t}" for i, t in enumerate(things))
+        past = [
+            f"{rng.choice(AGENT_VERBS)} '{rng.choice(OBJECTS)}'" for _ in range(rng.randint(0, 3))
+        ]
+        past_text = "\n".join(f"step {i + 1}: {h}" for i, h in enumerate(past)) or "none"
+        question = f"Task: {verb} the {target}.\nRoom: {rng.choice(ROOMS)}\n"
+        question += f"Previous actions:\n{past_text}\nYou see:\n{seen}\nNext action?"
+        out.append(chat(question, format_guimid(f"I will {verb} '{target}'.", target, verb)))
+    return out
+
+
 def toy_domain_samples(kind: str, n: int, seed: int) -> list[dict]:
-    """n samples of a toy domain: arith2 | arith4 | shapes | codeio."""
+    """n samples of a toy domain: arith2 | arith4 | shapes | codeio | agents."""
     if kind == "arith2":
         return arithmetic_samples(n, seed, 2, 99)
     if kind == "arith4":
@@ -98,7 +128,10 @@ def toy_domain_samples(kind: str, n: int, seed: int) -> list[dict]:
         return shapes_samples(n, seed)
     if kind == "codeio":
         return code_samples(n, seed)
-    raise ValueError(f"unknown toy domain {kind!r}; known: arith2, arith4, shapes, codeio")
+    if kind == "agents":
+        return agent_samples(n, seed)
+    known = "arith2, arith4, shapes, codeio, agents"
+    raise ValueError(f"unknown toy domain {kind!r}; known: {known}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,10 +157,20 @@ def gui_samples(tasks: list | int, seed: int, observation: str) -> list[dict]:
     """The expert on the named tasks (a list), or on that many seeded training tasks (0 = all)."""
     if isinstance(tasks, list):
         return expert_gui_samples(tasks, observation)
+    return expert_gui_samples(gui_data_tasks(tasks, seed), observation)
+
+
+def gui_data_tasks(n: int, seed: int) -> list:
+    """The training tasks whose expert runs are the GUI data: n seeded ones (0 = all)."""
     train = list_tasks("train")
-    if 0 < tasks < len(train):
-        train = random.Random(seed).sample(train, tasks)
-    return expert_gui_samples(train, observation)
+    return random.Random(seed).sample(train, n) if 0 < n < len(train) else train
+
+
+def validation_tasks(n: int, seed: int) -> list:
+    """The training tasks that are NOT GUI data (`gui_data_tasks(n, seed)`): a validation split
+    to choose the toy's knobs on, never the evaluation tasks."""
+    used = {t.task_id for t in gui_data_tasks(n, seed)}
+    return [t for t in list_tasks("train") if t.task_id not in used]
 
 
 def named_tasks(spec: str) -> list:
