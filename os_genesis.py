@@ -523,12 +523,10 @@ def start_baseline(args: Args, base: str, n: int, dist_info):
     """The paper's baseline (Table 1), task-driven data cycled to OSG's `n` trajectories, into
     <output_dir>/task_driven: a call that gives its row. --baseline_process, one CPU process: it
     starts now in a second process beside OSG's SFT (one thread each); else it runs when called."""
-    driven = replace(args, data="task_driven", driven_trajectories=n)
-    driven.output_dir = str(Path(args.output_dir) / "task_driven")
+    out = Path(args.output_dir) / "task_driven"
+    driven = replace(args, data="task_driven", driven_trajectories=n, output_dir=str(out))
     if args.baseline_process and dist_info.world_size == 1 and dist_info.device.type == "cpu":
-        torch.set_num_threads(1)  # one core each (common/processes.py: the child gets as many)
-        log = Path(driven.output_dir) / "log.txt"
-        return in_second_process(log, run_data_and_sft, driven, base, dist_info)
+        return in_second_process(out / "log.txt", run_data_and_sft, driven, base, dist_info)
     return partial(run_data_and_sft, driven, base, dist_info)
 
 
@@ -550,6 +548,8 @@ def report(args: Args, rows: list[dict], counts: dict, genesis: str, tasks: list
 
 def main(args: Args):
     dist_info = init_distributed()
+    if not args.model and dist_info.world_size == 1:  # the toy: the same numbers on any machine,
+        torch.set_num_threads(1)  # and one core each for the baseline's second process
     seed_everything(args.seed)
     base = args.model or agents.toy_base(args, dist_info)
     tasks = run_tasks(args)
