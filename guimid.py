@@ -22,8 +22,9 @@ Departures:
   labels off its 64x64 image. The paper's planner is pure vision (the paper preset).
 - Toy GUI data is scarce on purpose (12 of 40 training tasks, 10 epochs), the regime where the
   paper says mid-training pays; the toy's budget values (--mixture_size 960, --gui_epochs, --lr
-  1e-2, batch 16) are the toy's own. Its mixture domains do not transfer to the phone: the toy's
-  gain comes from the GUI data mixed into mid-training (docs/guimid.md, Results).
+  1e-2, batch 16) are the toy's own. The recipe's toy domains do not transfer to the phone (its
+  gain is the GUI data mixed in), so the run also trains Table 3's Non-GUI agents row
+  (--compare_mixtures), whose toy domain answers in the planner's JSON; the PR claim is that row's.
 - The run also reports the GUI loss at the stage switch without GUI data mixed in (Table 4's
   ablation, stopped after the switch) and a scripted "open the right app, then wait" planner.
 - Grounding: the toy reads the accessibility tree (common.gui_formats.StubGrounder, a stand-in for
@@ -38,9 +39,8 @@ Departures:
 - `--env miniwob`: the agent on MiniWoB++ pages (common/miniwob_env.py), not WebArena/AndroidWorld.
 
 Commands (--print_config shows the effective configuration without loading anything):
-  python guimid.py                            # CPU toy: GUI-only vs GUIMid, claims in summary.json
+  python guimid.py                    # CPU toy: GUI-only vs GUIMid vs Non-GUI agents, summary.json
   python guimid.py --env miniwob --eval_only  # MiniWoB++ in headless Chromium: SR per task
-  python guimid.py --base_steps 200 --eval_split val  # a warm-started toy base (tried, docs)
   python guimid.py --model Qwen/Qwen2-VL-7B-Instruct --gradient_checkpointing   # 1 GPU, toy data
   torchrun --nproc_per_node=8 guimid.py --model Qwen/Qwen2-VL-7B-Instruct --data hub \\
       --image_root /data/guimid_images --compare False                         # FSDP2
@@ -109,6 +109,7 @@ class Args:
     mixture_size: int | None = arg(960, "mid-training draws; paper: None (the recipe total)")
     gui_mix_ratio: float = arg(0.374, "GUI draws mixed in per mixture draw (not stated)")
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
+    compare_mixtures: str = arg("non_gui_agents", "with --compare: more Table 3 rows, a,b,...")
     base_steps: int = arg(0, "toy base: low-level instruction SFT steps; 0 = tiny LLaVA as built")
     base_tokenizer: Literal["toy", "words"] = arg("toy", "words: screen labels as single tokens")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
@@ -152,6 +153,7 @@ PAPER = dict(
     gradient_checkpointing=True,  # not stated; a 7B VLM at 8192 tokens needs it
     observation="screenshot",  # the planner is pure vision: no DOM or accessibility tree
     gui_tasks=0,  # every GUI trajectory (Table 2)
+    compare_mixtures="",  # the toy's agent domain is the toy's own; a real run claims the recipe
 )
 
 
@@ -268,8 +270,7 @@ def progress_score(url_match: float | None, content_flags: list[bool]) -> float:
 
 
 def progress_rate(step_scores: list[float], success: bool) -> float:
-    """PR = the running max of the per-step progress (AgentBoard); 1 on success (SR = 1 iff
-    PR = 1)."""
+    """PR = the running max of the per-step progress (AgentBoard); 1 on success (SR = 1)."""
     return 1.0 if success else max(step_scores, default=0.0)
 
 
@@ -454,33 +455,37 @@ def evaluate_model(model, run: Setup) -> list[dict]:
 # The toy base, the conditions, the claims
 
 
-def conditions(args: Args, counts: dict[str, int]) -> list[tuple[str, dict]]:
-    """(name, mid-training draws): GUI post-training only (Table 3 row 1), the mixture, and the
-    mixture without GUI mixed in (Table 4's ablation, run only a few steps past the switch)."""
+def compared_mixtures(args: Args) -> list[str]:
+    names = [m.strip() for m in args.compare_mixtures.split(",") if m.strip()]
+    return [m for m in names if m not in (args.mixture, "gui_only")] if args.compare else []
+
+
+def conditions(args: Args, counts: dict, more: dict) -> list[tuple[str, dict]]:
+    """(name, mid-training draws): GUI post-training only (Table 3 row 1), the mixture, without
+    GUI mixed in (Table 4's ablation, stopped past the switch), the compared rows (`more`)."""
     out = [("gui_only", {GUI: 0})] if args.compare and args.mixture != "gui_only" else []
     out.append((args.mixture, counts))
     if args.compare and sum(counts.values()) > counts[GUI] > 0:
         out.append((f"{args.mixture} without GUI mixed in", {**counts, GUI: 0}))
-    return out
+    return out + list(more.items())
 
 
-def guimid_claims(table: list[dict], mixture: str) -> list[dict]:
-    """The paper's comparisons, computed from this run: mid-training beats GUI post-training only
-    (Table 3, PR; and on the held-out GUI loss), and GUI data mixed into mid-training lowers the
-    GUI loss at the switch (Table 4)."""
+def guimid_claims(table: list[dict], mixture: str, compared: list[str]) -> list[dict]:
+    """The paper's comparisons, computed: mid-training beats GUI post-training only (Table 3: PR,
+    and the held-out GUI loss); GUI data mixed into mid-training lowers the GUI loss at the switch
+    (Table 4). With compared rows, the PR claim is theirs and the recipe's PR is only reported: the
+    toy's arithmetic, shapes and f(xs) cannot carry the paper's math-to-GUI transfer."""
     by = {r["condition"]: r for r in table}
-    base, mixed = by.get("gui_only"), by.get(mixture)
-    unmixed = by.get(f"{mixture} without GUI mixed in")
+    base, unmixed = by.get("gui_only"), by.get(f"{mixture} without GUI mixed in")
     specs = []  # (claim, metric, baseline row, result row, higher is better, margin)
-    if base and mixed and mixture != "gui_only":
-        mid = f"{mixture} mid-training"
-        specs.append((f"{mid} > GUI-only: PR", "PR", base, mixed, True, 0.02))
-        specs.append(
-            (f"{mid} < GUI-only: held-out loss", "heldout_gui_loss", base, mixed, False, 0)
-        )
-    if mixed and unmixed:
+    for name in [n for n in [mixture, *compared] if base and n in by and n != "gui_only"]:
+        mid, row = f"{name} mid-training", by[name]
+        if name != mixture or not compared:
+            specs.append((f"{mid} > GUI-only: PR", "PR", base, row, True, 0.02))
+        specs.append((f"{mid} < GUI-only: held-out loss", "heldout_gui_loss", base, row, False, 0))
+    if mixture in by and unmixed:
         switch = "GUI mixed in: lower GUI loss at the switch"
-        specs.append((switch, "switch_gui_loss", unmixed, mixed, False, 0))
+        specs.append((switch, "switch_gui_loss", unmixed, by[mixture], False, 0))
     return [
         claim(name, metric, b[metric], r[metric], higher_is_better=higher, margin=margin)
         for name, metric, b, r, higher, margin in specs
@@ -564,12 +569,16 @@ def main(args: Args):
 
     # 1. the mid-training mixture (+ GUI trajectories mixed in) and the GUI trajectories
     counts, pools = mixture_pools(args)
+    more = {}  # the compared Table 3 rows: their draws; their domains' rows join the pools
+    for name in compared_mixtures(args):
+        more[name], extra = mixture_pools(replace(args, mixture=name))
+        pools |= extra
     toy_env = args.env == "toy" and not args.env_factory
     heldout = expert_gui_samples(run.tasks, args.observation) if toy_env else []
 
     # 2. each condition: mid-training, then GUI fine-tuning under one schedule; then the agent
     table = []
-    for name, cond_counts in conditions(args, counts):
+    for name, cond_counts in conditions(args, counts, more):
         row = run_condition(name, cond_counts, pools, heldout, run)
         if row is None:
             break
@@ -585,7 +594,7 @@ def main(args: Args):
     # 4. the table, the paper's claims (computed), the curves
     title = f"GUI world, {args.eval_split} tasks ({len(run.tasks)}), SR and AgentBoard-style PR"
     print0(f"\n{title}:\n" + format_table(table))
-    claims = guimid_claims(table, args.mixture)
+    claims = guimid_claims(table, args.mixture, compared_mixtures(args))
     if claims:
         print0(format_claims(claims))
     if dist_info.is_main:

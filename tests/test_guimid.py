@@ -677,62 +677,58 @@ def test_overfits_two_training_tasks_to_success(run_cmd, tmp_path):
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
-    """The no-argument run (fixed seed), once for the learning tests below."""
+    """The no-argument run (fixed seed), once for the learning tests below: claims by name."""
     from conftest import _run
 
     out = tmp_path_factory.mktemp("learn")
     proc = _run([sys.executable, "guimid.py", "--output_dir", str(out)], timeout=1800)
     summary = json.loads((out / "summary.json").read_text())
-    return {c["metric"]: c for c in summary["claims"]}, summary["conditions"], proc.stdout[-3000:]
+    rows = {r["condition"]: r for r in summary["conditions"]}
+    return {c["name"]: c for c in summary["claims"]}, rows, proc.stdout[-3000:]
+
+
+def test_learning_every_claim_holds(learned):
+    claims, _, stdout = learned
+    assert len(claims) == 4 and all(c["holds"] for c in claims.values()), stdout
 
 
 def test_learning_mixing_gui_data_in_removes_the_spike_at_the_switch(learned):
     claims, _, stdout = learned
-    assert (
-        claims["switch_gui_loss"]["holds"]
-        and claims["switch_gui_loss"]["baseline"] > 2 * claims["switch_gui_loss"]["result"]
-    ), stdout
+    switch = claims["GUI mixed in: lower GUI loss at the switch"]
+    assert switch["holds"] and switch["baseline"] > 2 * switch["result"], stdout
 
 
 def test_learning_scripted_baseline_earns_progress_but_never_success(learned):
-    _, conditions, _ = learned
-    scripted = next(r for r in conditions if r["condition"].startswith("scripted"))
-    assert (
-        scripted["SR"] == 0 and 0.1 < scripted["PR"] < 0.5
-    )  # opening the right app is a third of the way
+    _, rows, _ = learned
+    scripted = rows["scripted: open the right app, then wait"]
+    assert scripted["SR"] == 0 and 0.1 < scripted["PR"] < 0.5  # the right app is a third of it
 
 
 def test_learning_mid_training_lowers_the_held_out_gui_loss(learned):
     """The paper's claim: with scarce GUI data, mid-training (with GUI data mixed in) makes the
     GUI stage generalise better: a lower loss on the held-out tasks' expert steps."""
     claims, _, stdout = learned
-    assert claims["heldout_gui_loss"]["holds"], stdout
-    assert claims["heldout_gui_loss"]["result"] < 0.8 * claims["heldout_gui_loss"]["baseline"]
+    for name in ("guimid_300k", "non_gui_agents"):
+        loss = claims[f"{name} mid-training < GUI-only: held-out loss"]
+        assert loss["holds"] and loss["result"] < 0.8 * loss["baseline"], stdout
+
+
+def test_learning_toy_non_gui_agent_mid_training_raises_pr(learned):
+    """The Non-GUI agents row of Table 3 (the toy domain answers in the planner's JSON;
+    docs/guimid.md): mid-training on it makes the GUI stage emit valid actions where GUI-only
+    emits none (seed 0, test split: 0.090 vs 0.000), still below the scripted open-the-app
+    baseline."""
+    claims, rows, stdout = learned
+    pr = claims["non_gui_agents mid-training > GUI-only: PR"]
+    assert pr["holds"] and pr["result"] >= 0.05 and pr["baseline"] == 0.0, stdout
+    assert pr["result"] < rows["scripted: open the right app, then wait"]["PR"]
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="no planner trained on the toy's scarce GUI data emits valid actions on held-out "
-    "tasks (invalid rate 1.0), so PR is 0 for both (docs/guimid.md)",
+    reason="the toy's arithmetic, shapes and f(xs) domains do not carry the paper's math-to-GUI "
+    "transfer: both planners emit no valid action on held-out tasks, PR 0 (docs/guimid.md)",
 )
-def test_learning_mid_training_raises_pr(learned):
-    claims, _, stdout = learned
-    assert claims["PR"]["holds"], stdout
-
-
-def test_learning_toy_non_gui_agent_mid_training_raises_pr(tmp_path):
-    """`--mixture non_gui_agents` (the toy Non-GUI agents domain, which answers in the planner's
-    JSON; docs/guimid.md): from the tiny LLaVA as built, mid-training on it makes the GUI stage
-    emit valid actions where GUI-only emits none, so all three claims hold, PR included (seed 0,
-    test split: 0.090 vs 0.000), still below the scripted open-the-app baseline."""
-    from conftest import _run
-
-    out = tmp_path / "agents"
-    cmd = [sys.executable, "guimid.py", "--output_dir", str(out), "--mixture", "non_gui_agents"]
-    proc = _run(cmd, timeout=1800)
-    summary = json.loads((out / "summary.json").read_text())
-    claims = {c["metric"]: c for c in summary["claims"]}
-    assert all(c["holds"] for c in claims.values()), proc.stdout[-3000:]
-    assert claims["PR"]["result"] >= 0.05 and claims["PR"]["baseline"] == 0.0
-    scripted = next(r for r in summary["conditions"] if r["condition"].startswith("scripted"))
-    assert claims["PR"]["result"] < scripted["PR"]
+def test_learning_guimid_recipe_raises_pr(learned):
+    _, rows, stdout = learned
+    assert rows["guimid_300k"]["PR"] > rows["gui_only"]["PR"] + 0.02, stdout
