@@ -27,7 +27,8 @@ Departures (vs the paper and its released `collection/` code):
   cycled to as many trajectories as the OS-Genesis data (the paper has GPT-4o propose tasks from
   the apps' first screens and execute them).
 - Both start from the same warm-started toy base, a tiny VLM taught low-level instruction following
-  on random screens (the paper starts from Qwen2-VL-7B-Instruct).
+  on random screens, with a tokenizer trained on the phone's screens (the paper starts from
+  Qwen2-VL-7B-Instruct).
 - One image per prompt (before | after with a red box; the TRM's last 3 screenshots side by side).
 - Trajectories start on the launcher (the held-out tasks do); goals are de-duplicated by text; a
   judge output still invalid after 5 tries scores 1; screenshots are replayed, not stored; the
@@ -148,6 +149,7 @@ class Args(VLLMArgs):
         "index", "index: [id] role 'name' + index | {text: (x, y)} + x/y; paper: coords (mobile)"
     )
     base_steps: int = arg(200, "toy base (no --model): steps of low-level instruction following")
+    base_tokenizer: Literal["screens", "toy"] = arg("screens", "toy base: BPE on the phone's text")
     train_steps: int = arg(300, "SFT optimizer steps")
     batch_size: int = arg(4, "trajectory draws per step per rank, each -> 2 samples")
     micro_batch_size: int = arg(0, "samples per forward/backward; 0 = all; paper preset: 2")
@@ -579,14 +581,8 @@ def os_genesis_claims(rows: list[dict]) -> list[dict]:
     by = {r["agent"]: r for r in rows}
     base, genesis = by["base before SFT"], by["after OS-Genesis SFT"]
     driven = by.get("after task-driven SFT")
-    claims = [
-        claim(
-            "OS-Genesis SFT > base: step acc (low)",
-            "low_step_acc",
-            base["low_step_acc"],
-            genesis["low_step_acc"],
-        )
-    ]
+    low = "low_step_acc"
+    claims = [claim("OS-Genesis SFT > base: step acc (low)", low, base[low], genesis[low])]
     for level in ("high", "low") if driven else ():
         metric = f"{level}_step_acc"
         name = f"OS-Genesis > task-driven: step acc ({level})"

@@ -32,8 +32,10 @@ from common import gui_env as gui
 from common import gui_standins as standins
 from common import miniwob_env as web
 from common.data import read_jsonl_tolerant, write_jsonl
+from common.gui_base import walk_action
 from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task, ToyGUIEnv
 from common.models import (
+    _tokenizer_corpus,
     end_of_turn,
     load_model,
     load_processor,
@@ -734,12 +736,32 @@ def base_samples(args: Args, encode, n_walks: int = 120) -> list[dict]:
     return samples
 
 
+def phone_corpus(args: Args, n_walks: int = 200, walk_length: int = 10) -> list[str]:
+    """What the agent reads and writes on the toy phone, for a tokenizer of its own: the shared
+    toy corpus, the accessibility trees of seeded random walks (screens, no task's goal) and the
+    agent's output for each walk action (a pretrained VLM's tokenizer holds 'Settings' or
+    'Bluetooth' as one token; the shared toy tokenizer spells them out)."""
+    texts = list(_tokenizer_corpus())
+    for k in range(n_walks):
+        rng = random.Random(f"phone-corpus-{k}")
+        env = ToyGUIEnv(Task("corpus", "", ""), max_steps=10**6, render=False)
+        obs = env.obs
+        for _ in range(walk_length):
+            action = walk_action(rng, obs)
+            thought = gui.instruction(action, obs["ui_elements"])
+            texts += [obs["axtree_txt"], agent_target(action, obs, args, thought)]
+            obs = env.step(action)[0]
+    return texts
+
+
 def toy_base(args: Args, dist_info) -> str:
     """The warm-started toy base, built once by rank 0 and cached (common.toys.toy_model)."""
     spec = dict(seed=args.seed, vlm=args.vlm, steps=args.base_steps, action_space=args.action_space)
+    spec |= dict(tokenizer=args.base_tokenizer) if args.base_tokenizer != "toy" else {}
 
     def build(folder: Path):
-        tiny = make_tiny_vlm() if args.vlm else make_tiny_lm()
+        texts = phone_corpus(args) if args.base_tokenizer == "screens" else None
+        tiny = make_tiny_vlm(texts=texts) if args.vlm else make_tiny_lm(texts=texts)
         model = load_model(tiny, vlm=args.vlm)
         proc = load_processor(tiny) if args.vlm else load_tokenizer(tiny)
         tok, samples = (
@@ -758,7 +780,7 @@ def toy_base(args: Args, dist_info) -> str:
         proc.save_pretrained(folder)
 
     code = [base_samples, agent_prompt, agent_target, make_encoder, sft_micro_steps]
-    code += [gui.instruction]
+    code += [gui.instruction, phone_corpus, walk_action]
     path = toy_model("os_genesis-base", spec, build, code=code) if dist_info.is_main else None
     barrier()  # rank 0 builds; the others then find it in the cache
     return path or toy_model("os_genesis-base", spec, build, code=code)

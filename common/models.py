@@ -260,15 +260,22 @@ def _cached_build(kind: str, spec: dict, path: str | None, build) -> str:
     return str(target)
 
 
-def make_tiny_lm(path: str | None = None, seed: int = 0, **overrides) -> str:
+def _digest(texts: list[str]) -> str:
+    return hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
+
+
+def make_tiny_lm(
+    path: str | None = None, seed: int = 0, texts: list[str] | None = None, **overrides
+) -> str:
     """Build (once) a tiny Qwen2 causal LM + trained tokenizer; return the folder to load it
-    from."""
+    from. `texts`: the tokenizer's corpus (default: the shared toy corpus)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     spec = {**TINY_LM_DEFAULTS, **overrides, "vocab": TOKENIZER_VOCAB, "seed": seed, "v": 1}
+    spec |= {"texts": _digest(texts)} if texts is not None else {}
 
     def build(folder: Path):
-        tok = make_tokenizer()
+        tok = make_tokenizer(texts=texts)
         cfg = Qwen2Config(
             vocab_size=len(tok),
             bos_token_id=None,
@@ -306,8 +313,11 @@ def tiny_llava_processor(tokenizer, side: int, patch: int):
     )
 
 
-def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> str:
-    """Build (once) a tiny LLaVA (CLIP vision tower + projector + Qwen2) with its processor."""
+def make_tiny_vlm(
+    path: str | None = None, seed: int = 0, texts: list[str] | None = None, **text_overrides
+) -> str:
+    """Build (once) a tiny LLaVA (CLIP vision tower + projector + Qwen2) with its processor.
+    `texts`: the tokenizer's corpus (default: the shared toy corpus)."""
     from transformers import (
         CLIPVisionConfig,
         LlavaConfig,
@@ -316,11 +326,12 @@ def make_tiny_vlm(path: str | None = None, seed: int = 0, **text_overrides) -> s
     )
 
     spec = {**TINY_LM_DEFAULTS, **TINY_VISION_DEFAULTS, **text_overrides, "seed": seed, "v": 1}
+    spec |= {"texts": _digest(texts)} if texts is not None else {}
     side, patch = TINY_VISION_DEFAULTS["image_size"], TINY_VISION_DEFAULTS["patch_size"]
     num_image_tokens = (side // patch) ** 2  # the CLS token is dropped ("default" feature strategy)
 
     def build(folder: Path):
-        tok = make_tokenizer()
+        tok = make_tokenizer(texts=texts)
         text_cfg = Qwen2Config(
             vocab_size=len(tok),
             bos_token_id=None,
