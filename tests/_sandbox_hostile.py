@@ -1,7 +1,7 @@
 """Hostile programs for common/sandbox.py, one per leak of issue #18, shared by the test run as root
 (tests/test_sandbox.py) and the one that drops to `nobody` (this file is then run as a script, with
-a copy of common/sandbox.py beside it, because the repository may sit in a directory nobody cannot
-read). Standard library only.
+a copy of common/sandbox.py and common/sandbox_zygote.py in common/ beside it, because the
+repository may sit in a directory nobody cannot read). Standard library only.
 
 Each program tries to leave something behind or reach outside; `job_failures` checks what the job
 itself reported, `host_failures` checks the host afterwards. Both return messages, [] = contained.
@@ -251,7 +251,7 @@ if (
     __name__ == "__main__"
 ):  # as nobody: python -I _sandbox_hostile.py CONTEXT_JSON SANDBOX_KWARGS_JSON
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import sandbox  # the copy beside this file
+    from common import sandbox  # the copy beside this file
 
     context, kwargs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     print(json.dumps(run_batch(sandbox, context, **kwargs)))

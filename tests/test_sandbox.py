@@ -245,7 +245,8 @@ def python_for_nobody() -> str | None:
 def test_every_leak_is_contained_as_nobody(bait):
     """The same programs with the Sandbox created by uid 65534 (no worker uids: bwrap makes an
     unprivileged user namespace). The repository may be unreadable to nobody (CI clones as root),
-    so common/sandbox.py and the programs are copied to a directory nobody can read."""
+    so common/sandbox.py, common/sandbox_zygote.py and the programs are copied to a directory
+    nobody can read."""
     python = python_for_nobody()
     if python is None or shutil.which("setpriv") is None:
         pytest.skip(
@@ -254,10 +255,13 @@ def test_every_leak_is_contained_as_nobody(bait):
     where = tempfile.mkdtemp(prefix="nanoreason-nobody-")
     try:
         os.chmod(where, 0o755)
-        shutil.copy(ROOT / "common" / "sandbox.py", where)
+        os.mkdir(os.path.join(where, "common"))
+        os.chmod(os.path.join(where, "common"), 0o755)
+        for name in ("__init__.py", "sandbox.py", "sandbox_zygote.py"):
+            shutil.copy(ROOT / "common" / name, os.path.join(where, "common", name))
+            os.chmod(os.path.join(where, "common", name), 0o644)
         shutil.copy(ROOT / "tests" / "_sandbox_hostile.py", where)
-        for name in os.listdir(where):
-            os.chmod(os.path.join(where, name), 0o644)
+        os.chmod(os.path.join(where, "_sandbox_hostile.py"), 0o644)
         kwargs = dict(LEAK_KWARGS, preload=["json"])  # numpy may be missing for that interpreter
         done = subprocess.run(
             [
