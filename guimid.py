@@ -457,6 +457,8 @@ def evaluate_model(model, run: Setup) -> list[dict]:
 
 def compared_mixtures(args: Args) -> list[str]:
     names = [m.strip() for m in args.compare_mixtures.split(",") if m.strip()]
+    if unknown := [m for m in names if m not in RECIPES]:
+        raise ValueError(f"--compare_mixtures: unknown {unknown}; known: {', '.join(RECIPES)}")
     return [m for m in names if m not in (args.mixture, "gui_only")] if args.compare else []
 
 

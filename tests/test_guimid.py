@@ -112,6 +112,8 @@ def test_bad_mixtures_give_clear_errors():
         guimid.draw_plan({"codeio": 3}, {"codeio": 0}, seed=0)
     with pytest.raises(ValueError, match="no toy generator"):
         guimid.toy_samples("screenshot2code", 4, 0, "screenshot")
+    with pytest.raises(ValueError, match=r"--compare_mixtures: unknown \['agents'\]"):
+        guimid.compared_mixtures(guimid.Args(compare_mixtures="non_gui_agents,agents"))
 
 
 def test_domain_table_matches_table_1():
