@@ -109,7 +109,7 @@ class Args:
     mixture_size: int | None = arg(960, "mid-training draws; paper: None (the recipe total)")
     gui_mix_ratio: float = arg(0.374, "GUI draws mixed in per mixture draw (not stated)")
     compare: bool = arg(True, "also train 'GUI post-training only' (Table 3 row 1) + ablation")
-    compare_mixtures: str = arg("non_gui_agents", "with --compare: more Table 3 rows, a,b,...")
+    compare_mixtures: str = arg("non_gui_agents", "--compare: more Table 3 rows a,b; paper: ''")
     base_steps: int = arg(0, "toy base: low-level instruction SFT steps; 0 = tiny LLaVA as built")
     base_tokenizer: Literal["toy", "words"] = arg("toy", "words: screen labels as single tokens")
     lr: float = arg(1e-2, "peak LR; paper: 2e-5 (Table 8)")
