@@ -35,13 +35,13 @@ from common.data import read_jsonl_tolerant, write_jsonl
 from common.gui_base import walk_action
 from common.gui_env import APPS, TASKS, ActionError, GUIAction, Task, ToyGUIEnv
 from common.models import (
-    _tokenizer_corpus,
     end_of_turn,
     load_model,
     load_processor,
     load_tokenizer,
     make_tiny_lm,
     make_tiny_vlm,
+    tokenizer_corpus,
 )
 from common.sampling import finish_local, generate_local, generate_sharded, make_sampler
 from common.toys import toy_model
@@ -741,7 +741,7 @@ def phone_corpus(args: Args, n_walks: int = 200, walk_length: int = 10) -> list[
     toy corpus, the accessibility trees of seeded random walks (screens, no task's goal) and the
     agent's output for each walk action (a pretrained VLM's tokenizer holds 'Settings' or
     'Bluetooth' as one token; the shared toy tokenizer spells them out)."""
-    texts = list(_tokenizer_corpus())
+    texts = list(tokenizer_corpus())
     for k in range(n_walks):
         rng = random.Random(f"phone-corpus-{k}")
         env = ToyGUIEnv(Task("corpus", "", ""), max_steps=10**6, render=False)

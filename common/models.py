@@ -160,7 +160,7 @@ def stop_token_ids(tokenizer) -> list[int]:
 # tiny offline models
 
 
-def _tokenizer_corpus() -> list[str]:
+def tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizer's merges are learnt from: English, arithmetic, LaTeX, code, JSON."""
     words = (
         "the a an of to and in is it that for on with as was be by this are or from at which you "
@@ -213,7 +213,7 @@ def make_tokenizer(vocab_size: int = TOKENIZER_VOCAB, texts: list[str] | None = 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = _tokenizer_corpus() if texts is None else texts
+    corpus = tokenizer_corpus() if texts is None else texts
     tok.train_from_iterator(corpus, trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
