@@ -571,8 +571,8 @@ def main(args: Args):
 
     # 1. the mid-training mixture (+ GUI trajectories mixed in) and the GUI trajectories
     counts, pools = mixture_pools(args)
-    more = {}  # the compared Table 3 rows: their draws; their domains' rows join the pools
-    for name in compared_mixtures(args):
+    compared, more = compared_mixtures(args), {}  # Table 3 rows: their draws; rows join the pools
+    for name in compared:
         more[name], extra = mixture_pools(replace(args, mixture=name))
         pools |= extra
     toy_env = args.env == "toy" and not args.env_factory
@@ -596,7 +596,7 @@ def main(args: Args):
     # 4. the table, the paper's claims (computed), the curves
     title = f"GUI world, {args.eval_split} tasks ({len(run.tasks)}), SR and AgentBoard-style PR"
     print0(f"\n{title}:\n" + format_table(table))
-    claims = guimid_claims(table, args.mixture, compared_mixtures(args))
+    claims = guimid_claims(table, args.mixture, compared)
     if claims:
         print0(format_claims(claims))
     if dist_info.is_main:
